@@ -1,0 +1,78 @@
+"""A stand-in for nvidia-ml-py's ``pynvml`` module: the process edge where tests simulate GPUs.
+
+In-process tests build ``FakeNvml(gpus)``; subprocess tests put this folder first
+on PYTHONPATH and describe the GPUs in ``ZWAIF_FAKE_NVML`` as JSON, e.g.
+``[{"name": "RTX 4090", "total_mb": 24564, "used_mb": 800}]``, or ``"nodriver"``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from types import SimpleNamespace
+
+MIB = 1024 * 1024
+
+
+class NVMLError(Exception):
+    pass
+
+
+class NVMLError_LibraryNotFound(NVMLError):
+    pass
+
+
+class FakeNvml:
+    """The NVML calls zwaif_fallback makes, answered from a list of GPU dicts."""
+
+    NVMLError = NVMLError
+
+    def __init__(self, gpus: list[dict] | str) -> None:
+        self.gpus = copy.deepcopy(gpus)
+        self.queries = 0
+
+    def nvmlInit(self) -> None:
+        if self.gpus == "nodriver":
+            raise NVMLError_LibraryNotFound("NVML Shared Library Not Found")
+
+    def nvmlShutdown(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        self.queries += 1
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> dict:
+        return self.gpus[index]
+
+    def nvmlDeviceGetName(self, handle: dict) -> str:
+        return handle.get("name", "NVIDIA Test GPU")
+
+    def nvmlDeviceGetMemoryInfo(self, handle: dict) -> SimpleNamespace:
+        total = int(handle["total_mb"] * MIB)
+        used = int(handle.get("used_mb", 0) * MIB)
+        return SimpleNamespace(total=total, used=used, free=total - used)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: dict) -> SimpleNamespace:
+        if "utilization" not in handle:
+            raise NVMLError("Not Supported")
+        return SimpleNamespace(gpu=handle["utilization"], memory=0)
+
+    def nvmlDeviceGetTemperature(self, handle: dict, sensor: int) -> int:
+        if "temperature" not in handle:
+            raise NVMLError("Not Supported")
+        return handle["temperature"]
+
+
+_spec = os.environ.get("ZWAIF_FAKE_NVML", "[]")
+_default = FakeNvml(_spec if _spec == "nodriver" else json.loads(_spec))
+
+nvmlInit = _default.nvmlInit
+nvmlShutdown = _default.nvmlShutdown
+nvmlDeviceGetCount = _default.nvmlDeviceGetCount
+nvmlDeviceGetHandleByIndex = _default.nvmlDeviceGetHandleByIndex
+nvmlDeviceGetName = _default.nvmlDeviceGetName
+nvmlDeviceGetMemoryInfo = _default.nvmlDeviceGetMemoryInfo
+nvmlDeviceGetUtilizationRates = _default.nvmlDeviceGetUtilizationRates
+nvmlDeviceGetTemperature = _default.nvmlDeviceGetTemperature

