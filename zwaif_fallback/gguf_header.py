@@ -13,12 +13,11 @@ never allocates more than the file holds.
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import InvalidModelFile
 from .ggml import GGML_TYPES, tensor_nbytes
@@ -85,21 +84,50 @@ class _Corrupt(Exception):
 
 
 class _Cursor:
-    """Reads forward through a memory-mapped file: only the pages the parse touches are read."""
+    """Reads forward through a file, keeping a buffer from the parse position on.
 
-    def __init__(self, buf: Any, size: int) -> None:
-        self.buf = buf
+    Plain reads, not mmap: first-touch page faults cost more than a copy on some
+    kernels (sandboxes, VMs). The buffer slides: bytes behind the parse position
+    are dropped, so memory stays at a few hundred KiB whatever the file claims.
+    Positions are absolute; ``buf`` holds the file from ``base`` on.
+    """
+
+    def __init__(self, handle: BinaryIO, size: int) -> None:
+        self.handle = handle
         self.size = size
+        self.buf = b""
+        self.base = 0
         self.pos = 0
 
     def need(self, n: int, what: str) -> None:
-        if n < 0 or self.pos + n > self.size:
+        """Make ``n`` bytes at the position readable, or fail as truncated."""
+        end = self.pos + n
+        if n < 0 or end > self.size:
             raise _Corrupt(f"truncated: {what} at byte {self.pos} runs past the end "
                            f"of the file ({self.size} bytes)")
+        if end > self.base + len(self.buf):
+            self.fill(end)
+
+    def fill(self, end: int) -> None:
+        """Buffer the file from the position to at least ``end``."""
+        end = min(self.size, end)
+        have = self.base + len(self.buf)
+        if end <= have:
+            return
+        stop = min(self.size, max(end, self.pos + _CHUNK))
+        if self.pos >= have:  # skipped past the buffer: start afresh
+            self.handle.seek(self.pos)
+            self.buf, self.base = self.handle.read(stop - self.pos), self.pos
+        else:
+            self.handle.seek(have)
+            self.buf = self.buf[self.pos - self.base:] + self.handle.read(stop - have)
+            self.base = self.pos
+        if self.base + len(self.buf) < end:
+            raise _Corrupt("the file shrank while it was read")
 
     def unpack(self, fmt: struct.Struct, what: str) -> Any:
         self.need(fmt.size, what)
-        (value,) = fmt.unpack_from(self.buf, self.pos)
+        (value,) = fmt.unpack_from(self.buf, self.pos - self.base)
         self.pos += fmt.size
         return value
 
@@ -109,16 +137,19 @@ class _Cursor:
     def u64(self, what: str) -> int:
         return int(self.unpack(_U64, what))
 
-    def string(self, what: str, limit: int) -> str | None:
-        """A GGUF string; None (and skipped) when longer than ``limit`` bytes."""
-        n = self.u64(what)
+    def read(self, n: int, what: str) -> bytes:
         self.need(n, what)
-        if n > limit:
-            self.pos += n
-            return None
-        text = self.buf[self.pos:self.pos + n].decode("utf-8", errors="replace")
+        start = self.pos - self.base
         self.pos += n
-        return text
+        return self.buf[start:start + n]
+
+    def string(self, what: str, limit: int) -> str | None:
+        """A GGUF string; None (and skipped, never buffered) when longer than ``limit``."""
+        n = self.u64(what)
+        if n > limit:
+            self.skip(n, what)
+            return None
+        return self.read(n, what).decode("utf-8", errors="replace")
 
     def skip(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
@@ -149,30 +180,17 @@ def read_gguf_header(path: str | Path) -> GGUFHeader:
                 if not GGUF_MAGIC.startswith(start):
                     raise _Corrupt(f"not a GGUF file (starts with {start!r}, expected b'GGUF')")
                 raise _Corrupt(f"truncated: {size} bytes is too short for a GGUF header")
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            try:
-                return _parse(path, _Cursor(mapped, size))
-            finally:
-                _close_quietly(mapped)
+            return _parse(path, _Cursor(handle, size))
     except _Corrupt as exc:
         raise InvalidModelFile(path, str(exc)) from None
     except OSError as exc:
         raise InvalidModelFile(path, f"cannot read: {exc.strerror or exc}") from None
 
 
-def _close_quietly(mapped: mmap.mmap) -> None:
-    try:
-        mapped.close()
-    except BufferError:
-        pass  # a numpy view from a failed parse is still alive; the map closes when it dies
-
-
 def _parse(path: Path, cur: _Cursor) -> GGUFHeader:
-    cur.need(4, "magic")
-    magic = cur.buf[:4]
+    magic = cur.read(4, "magic")
     if magic != GGUF_MAGIC:
         raise _Corrupt(f"not a GGUF file (starts with {magic!r}, expected b'GGUF')")
-    cur.pos = 4
     version = cur.u32("version")
     if version not in (2, 3):
         raise _Corrupt(f"unsupported GGUF version {version} (2 and 3 are supported)")
@@ -241,12 +259,9 @@ def _value(cur: _Cursor, vtype: int, key: str, *, depth: int) -> Any:
     efmt = _SCALARS.get(etype)
     if efmt is not None:
         esize = struct.calcsize(efmt)
-        cur.need(count * esize, key)
         if count <= MAX_KEPT_ARRAY:
-            values = list(struct.unpack_from(f"<{count}{efmt[1]}", cur.buf, cur.pos))
-            cur.pos += count * esize
-            return values
-        cur.pos += count * esize
+            return list(struct.unpack(f"<{count}{efmt[1]}", cur.read(count * esize, key)))
+        cur.skip(count * esize, key)
         return ArrayInfo(etype, count)
     if etype == _STRING:
         if count * 8 > cur.size - cur.pos:
@@ -269,7 +284,7 @@ def _skip_strings(cur: _Cursor, count: int, key: str) -> None:
 
     A Python loop costs ~0.2 us a string, most of the time discovery would spend
     on a file with a 150k vocabulary and 150k merges. Instead, ``_walk_window``
-    finds, in 1 MiB windows, every offset where a string shorter than 256 bytes
+    finds, in 64 KiB windows, every offset where a string shorter than 256 bytes
     could start, and follows ``next = offset + 8 + length`` through them with
     vectorised comparisons. The walk is exact: a long string or a stray
     candidate only breaks a link, and one plain step resumes it.
@@ -281,8 +296,10 @@ def _skip_strings(cur: _Cursor, count: int, key: str) -> None:
                 cur.skip(cur.u64(key), key)
             return
         cur.need(8, key)
-        end = min(cur.size, cur.pos + _WINDOW)
-        done, pos = _walk_window(cur.buf, cur.pos, end, remaining)
+        cur.fill(cur.pos + _WINDOW)
+        end = min(cur.size, cur.pos + _WINDOW) - cur.base
+        done, pos = _walk_window(cur.buf, cur.pos - cur.base, end, remaining)
+        pos += cur.base
         if done == 0:
             cur.skip(cur.u64(key), key)  # a string of 256 bytes or more: one plain step
             remaining -= 1
@@ -293,7 +310,8 @@ def _skip_strings(cur: _Cursor, count: int, key: str) -> None:
         remaining -= done
 
 
-_WINDOW = 1 << 20
+_WINDOW = 1 << 16  # small enough that numpy's temporaries are reused, not page-faulted anew
+_CHUNK = 1 << 18  # bytes read at a time
 
 
 def _walk_window(buf: bytes, start: int, end: int, count: int) -> tuple[int, int]:
