@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from builders import write_gguf, write_hf_folder
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ def assert_same_as_gguf_reader(path: Path) -> None:
     ours = read_gguf_header(path)
     theirs = gguf.GGUFReader(str(path))
     assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
-    for mine, ref in zip(ours.tensors, theirs.tensors):
+    for mine, ref in zip(ours.tensors, theirs.tensors, strict=False):
         assert mine.shape == tuple(int(d) for d in ref.shape)
         assert mine.ggml_type == int(ref.tensor_type)
         assert mine.nbytes == int(ref.n_bytes)

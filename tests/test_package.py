@@ -29,9 +29,9 @@ def test_the_design_api_is_exported():
 
 def test_import_is_cheap_and_configures_nothing():
     code = ("import logging, sys, zwaif_fallback; "
-            "print(' '.join(m for m in %r if m in sys.modules)); "
+            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules)); "
             "print(len(logging.getLogger().handlers), "
-            "len(logging.getLogger('zwaif_fallback').handlers))" % (HEAVY,))
+            "len(logging.getLogger('zwaif_fallback').handlers))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     heavy, handlers = out.stdout.splitlines()
     assert heavy == ""

@@ -209,7 +209,8 @@ def _format_models(models: list[ModelInfo]) -> str:
                      m.quantization or "-", str(m.context_length or "-"), params,
                      "ok" if m.valid else f"invalid: {m.error}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
+    lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
+    return "\n".join(lines)
 
 
 def _format_check(c: Compatibility) -> str:

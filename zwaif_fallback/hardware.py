@@ -89,8 +89,8 @@ class _Nvml:
                 vram_total_mb=memory.total // MIB,
                 vram_used_mb=memory.used // MIB,
                 vram_free_mb=memory.free // MIB,
-                utilization_pct=_optional(lambda: float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)),
-                temperature_c=_optional(lambda: float(nvml.nvmlDeviceGetTemperature(handle, 0))),
+                utilization_pct=_optional(nvml.nvmlDeviceGetUtilizationRates, handle, "gpu"),
+                temperature_c=_optional(nvml.nvmlDeviceGetTemperature, handle, 0),
             ))
         return gpus
 
@@ -119,10 +119,15 @@ class _Nvml:
                 pass
 
 
-def _optional(read: Callable[[], float]) -> float | None:
-    """Utilisation and temperature are not supported on every card: None then."""
+def _optional(query: Callable[..., Any], handle: Any, arg: object) -> float | None:
+    """Utilisation and temperature are not supported on every card: None then.
+
+    ``arg`` is the attribute to read from the answer (a string) or the argument to pass.
+    """
     try:
-        return read()
+        if isinstance(arg, str):
+            return float(getattr(query(handle), arg))
+        return float(query(handle, arg))
     except Exception:
         return None
 

@@ -216,7 +216,8 @@ def _from_hf_folder(base: ModelInfo, folder: Path, *, allow_pickle: bool) -> Mod
         raise InvalidModelFile(config_path, "is not valid JSON") from None
     if not isinstance(config, dict):
         raise InvalidModelFile(config_path, "is not a JSON object")
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    nested = config.get("text_config")
+    text: dict[str, Any] = nested if isinstance(nested, dict) else config
     safe, pickles = weight_files(folder)
     size = _size(safe or pickles)
     if not safe and not pickles:
@@ -232,9 +233,9 @@ def _from_hf_folder(base: ModelInfo, folder: Path, *, allow_pickle: bool) -> Mod
         _check_shards(folder, index, safe)
     if tensors:
         params = sum(t.n_elements for t in tensors)
-        stored = Counter()
-        for t in tensors:
-            stored[t.dtype] += t.nbytes
+        stored: Counter[str] = Counter()
+        for summary in tensors:
+            stored[summary.dtype] += summary.nbytes
         dtype = dtype or stored.most_common(1)[0][0]
     else:
         params = int(size / DTYPE_BYTES.get(_st_dtype(dtype), 2))

@@ -108,7 +108,7 @@ class FallbackSettings(BaseSettings):
     max_retries: int = Field(3, ge=1, le=10, description="attempts on the primary for retryable errors")
     auto_switch: bool = Field(True, description="on a local model failure, go on to the next best model")
     vram_monitoring: bool = Field(True, description="sample VRAM in the background")
-    auto_optimize_vram: bool = Field(False, description="pick the optimal model at start and when VRAM changes")
+    auto_optimize_vram: bool = Field(False, description="pick the optimal model at start and on VRAM change")
     models_dir: Path = Field(Path("models"), description="where models are discovered")
     hf_models: NameList = Field(default_factory=list, description="extra HF model folders or ids")
     primary_url: Url = Field("", description="base URL of the main OpenAI-compatible API")
@@ -117,7 +117,7 @@ class FallbackSettings(BaseSettings):
     remote_urls: UrlList = Field(default_factory=list, description="more servers tried before local models")
     preferred_model: str = Field("", description="the local model to load first")
     n_ctx: int = Field(4096, ge=512, le=131072, description="context size for loads and estimates")
-    keep_alive: float = Field(600.0, ge=0, le=86400, description="unload an idle local model after this many seconds")
+    keep_alive: float = Field(600.0, ge=0, le=86400, description="seconds before an idle model is unloaded")
     monitor_duration: int = Field(60, ge=10, le=300, description="default monitoring session, seconds")
     settings_file: Path = Field(DEFAULT_SETTINGS_FILE, description="where saved settings live")
     data_dir: Path = Field(Path(".zwaif_fallback"), description="SQLite history and caches")
@@ -271,9 +271,10 @@ _adapters: dict[str, TypeAdapter[Any]] = {}
 def _adapter(name: str) -> TypeAdapter[Any]:
     if name not in _adapters:
         info = FallbackSettings.model_fields[name]
-        annotation = info.annotation
+        annotation: Any = info.annotation
         if info.metadata:
-            annotation = Annotated[(annotation, *info.metadata)]  # type: ignore[assignment]
+            params = (annotation, *info.metadata)
+            annotation = Annotated[params]
         _adapters[name] = TypeAdapter(annotation)
     return _adapters[name]
 
