@@ -189,3 +189,38 @@ def test_cpu_estimate_matches_what_llama_cpp_allocates(smol, n_ctx):
     assert reported > 100
     assert abs(est - reported) / reported <= 0.15, (est, reported)
     assert est >= growth, (est, growth)
+
+
+# llama.cpp's own "CPU compute buffer size" and KV size (MiB), logged by llama-cpp-python 0.3.36
+# on this project's CPU machines for zero-filled GGUFs of real shapes (n_batch 512).
+# (shape: n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab), n_ctx, flash_attn, n_ubatch, compute, kv
+LLAMA_CPP_LOGS = [
+    ((30, 576, 9, 3, 1536, 49152), 2048, False, 512, 99.377, 45.0),
+    ((30, 576, 9, 3, 1536, 49152), 2048, True, 512, 102.514, 45.0),
+    ((30, 576, 9, 3, 1536, 49152), 8192, False, 512, 166.385, 180.0),
+    ((30, 576, 9, 3, 1536, 49152), 8192, True, 512, 98.252, 180.0),
+    ((22, 2048, 32, 4, 5632, 32000), 2048, False, 512, 153.010, 44.0),
+    ((22, 2048, 32, 4, 5632, 32000), 8192, False, 512, 549.010, 176.0),
+    ((22, 2048, 32, 4, 5632, 32000), 8192, True, 512, 70.502, 176.0),
+    ((24, 896, 14, 2, 4864, 151936), 2048, False, 512, 300.252, 24.0),
+    ((24, 896, 14, 2, 4864, 151936), 8192, False, 512, 302.002, 96.0),
+    ((32, 4096, 32, 8, 14336, 128256), 2048, True, 512, 266.502, 256.0),
+    ((32, 4096, 32, 8, 14336, 128256), 8192, False, 512, 572.010, 1024.0),
+    ((2, 2048, 32, 4, 5632, 1000), 8192, False, 128, 137.252, 16.0),
+    ((2, 2048, 32, 4, 5632, 1000), 8192, True, 512, 57.014, 16.0),
+    ((2, 4096, 32, 8, 14336, 1000), 2048, True, 512, 118.014, 16.0),
+]
+
+
+@pytest.mark.parametrize("dims, n_ctx, flash_attn, n_ubatch, compute, kv", LLAMA_CPP_LOGS)
+def test_compute_and_kv_match_llama_cpp_logs(dims, n_ctx, flash_attn, n_ubatch, compute, kv):
+    from zwaif_fallback import ModelInfo, ModelShape
+
+    n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab = dims
+    shape = ModelShape(n_embd=n_embd, n_ff=n_ff, n_heads=n_head, n_kv_heads=n_head_kv,
+                       head_dim_k=n_embd // n_head, head_dim_v=n_embd // n_head, vocab_size=n_vocab)
+    model = ModelInfo(name="shape", path="-", format="gguf", source="test", n_layers=n_layer,
+                      shape=shape)
+    est = estimate(model, LoadConfig(n_ctx=n_ctx, flash_attn=flash_attn, n_ubatch=n_ubatch))
+    assert est.ram.kv_mb == pytest.approx(kv)
+    assert est.ram.compute_mb == pytest.approx(compute, rel=0.05)

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what if the GPU had X MiB free")
     _json_flag(check)
 
+    chat = commands.add_parser("chat", help="one answer through the failover chain")
+    chat.add_argument("prompt", metavar="PROMPT")
+    chat.add_argument("--model", metavar="NAME", help="the local model to fall back to first")
+    chat.add_argument("--max-tokens", type=_positive_int, default=256, metavar="N")
+    _json_flag(chat)
+
     settings = commands.add_parser("settings", help="show or change the saved settings")
     settings.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="save a setting (repeatable)")
@@ -131,6 +137,26 @@ def cmd_check(manager: FallbackManager, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(manager: FallbackManager, args: argparse.Namespace) -> int:
+    if args.model:
+        manager.switch_model(args.model, persist=False)
+    messages = [{"role": "user", "content": args.prompt}]
+    if args.json:
+        result = manager.chat(messages, max_tokens=args.max_tokens)
+        return _print_json(result.model_dump())
+    for piece in manager.stream_chat(messages, max_tokens=args.max_tokens):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    result = manager.last_result
+    if result is not None:
+        failed = [f"{a.target}: {a.error}" for a in result.attempts if not a.ok]
+        note = f"; fell back after {'; '.join(failed)}" if failed else ""
+        print(f"[{result.model} ({result.source}), {result.tokens} tokens in "
+              f"{result.latency_s:.1f} s{note}]", file=sys.stderr)
+    return 0
+
+
 def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
     if args.reset:
         manager.reset_settings()
@@ -155,6 +181,7 @@ COMMANDS: dict[str, Callable[[FallbackManager, argparse.Namespace], int]] = {
     "status": cmd_status,
     "models": cmd_models,
     "check": cmd_check,
+    "chat": cmd_chat,
     "settings": cmd_settings,
 }
 

@@ -198,7 +198,7 @@ def _estimate_gguf(model: ModelInfo, shape: ModelShape, config: LoadConfig, n_gp
     uses_gpu = blocks_on_gpu > 0 or output_on_gpu
     vram = MemoryBreakdown()
     ram = MemoryBreakdown(weights_mb=cpu_w / MIB, kv_mb=cpu_kv / MIB,
-                          overhead_mb=CPU_RUNTIME_MB + _vocab_mb(shape))
+                          overhead_mb=CPU_RUNTIME_MB + _vocab_mb(shape) + _output_mb(shape))
     if uses_gpu:
         vram = MemoryBreakdown(weights_mb=gpu_w / MIB, kv_mb=gpu_kv / MIB, compute_mb=compute,
                                overhead_mb=CUDA_CONTEXT_MB * max(n_gpus, 1))
@@ -211,19 +211,35 @@ def _estimate_gguf(model: ModelInfo, shape: ModelShape, config: LoadConfig, n_gp
 
 
 def _gguf_compute_mb(shape: ModelShape, cells: int, config: LoadConfig) -> float:
-    """The compute buffer: the peak of the graph reserved for one micro-batch."""
+    """The compute buffer: the allocator's peak over the graph reserved for one micro-batch.
+
+    llama.cpp reserves the graph for ``ub = min(n_ubatch, n_ctx)`` tokens, all of them
+    outputs, with the whole cache visible. Its peak is the largest of three stages
+    (fitted to llama.cpp's own logs on SmolLM2, TinyLlama, Qwen2 and Llama-3 shapes;
+    within 5% on 559 of 602 loads, see benchmarks/bench_fit.py):
+
+    * logits: ``ub x (n_vocab + 2 n_embd)`` floats;
+    * attention scores, without flash attention: ``ub x (n_kv (n_head + 1) + 5 n_embd + 2 n_gqa)``;
+    * feed-forward, with the KQ mask alive: ``ub x (3 n_ff + 4 n_embd [+ 2 n_gqa])`` floats plus
+      the mask (f32 without flash attention, f16 with it).
+    """
     ub = min(config.n_ubatch, config.n_batch, cells)
-    f32 = 4
-    n_embd = shape.n_embd or 0
-    n_head = shape.n_heads or 1
-    logits = (shape.vocab_size or 0) * ub * f32
-    ffn = 2 * (shape.n_ff or 0) * ub * f32
-    residual = 3 * n_embd * ub * f32
+    e = shape.n_embd or 0
+    gqa = (shape.head_dim_k or 0) * (shape.n_kv_heads or shape.n_heads or 0)
+    ff = shape.n_ff or 0
+    logits = 4 * ub * ((shape.vocab_size or 0) + 2 * e)
     if config.flash_attn:
-        attention = n_embd * ub * f32 + cells * ub * 2  # output + f16 mask
+        attention = 0
+        ffn = 2 * ub * cells + 4 * ub * (3 * ff + 4 * e)
     else:
-        attention = cells * ub * n_head * f32 + cells * ub * f32  # scores + mask
-    return (max(logits, ffn, attention) + residual) / MIB
+        attention = 4 * ub * (cells * ((shape.n_heads or 1) + 1) + 5 * e + 2 * gqa)
+        ffn = 4 * ub * cells + 4 * ub * (3 * ff + 4 * e + 2 * gqa)
+    return (max(logits, attention, ffn) + 20 * ub) / MIB
+
+
+def _output_mb(shape: ModelShape) -> float:
+    """The host's output buffer: one row of logits."""
+    return (shape.vocab_size or 0) * 4 / MIB
 
 
 def _host_compute_mb(shape: ModelShape, config: LoadConfig, *, all_on_gpu: bool) -> float:

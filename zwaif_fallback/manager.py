@@ -1,29 +1,37 @@
 """FallbackManager: the one facade the host, the CLI and the web UI use.
 
-It owns state (settings, the hardware probe, the catalog, the current model and
-their locks) and delegates the work to the modules that know how.
+It owns state (settings, the hardware probe, the catalog, the local model pool,
+the breakers) and delegates the work to the modules that know how.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from .backends.base import Backend, GenerationParams, Message, check_messages
 from .catalog import Catalog
-from .errors import InvalidModelFile, InvalidSettings
+from .errors import IncompatibleModel, InvalidModelFile, InvalidSettings
+from .failover import ChatResult, FailoverChain
 from .fit import KV_TYPES, Compatibility, plan
 from .hardware import HardwareProbe, SystemStatus
 from .model_info import ModelInfo
-from .settings import FallbackSettings
+from .pool import LocalPool
+from .routing import Primary, Router, rank_local
+from .settings import FallbackSettings, validate_field
 
 __all__ = ["FallbackManager"]
 
 log = logging.getLogger(__name__)
 
+RANKING_TTL_S = 30.0
+
 
 class FallbackManager:
-    """Discovers models, checks what fits, and (later) answers through the failover chain.
+    """Discovers models, checks what fits, and answers through the failover chain.
 
     Args:
         settings: the settings to use; None reads the environment and the settings file.
@@ -31,12 +39,21 @@ class FallbackManager:
     """
 
     def __init__(self, settings: FallbackSettings | None = None, *,
-                 probe: HardwareProbe | None = None) -> None:
+                 probe: HardwareProbe | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings if settings is not None else FallbackSettings()
         self._settings_lock = threading.Lock()
         self._probe = probe or HardwareProbe()
         self._catalog = Catalog()
-        self._current: ModelInfo | None = None
+        self._clock = clock
+        self._pool = LocalPool(self._make_backend, clock=clock)
+        self._router = Router(local_stream=self._stream_local, current=lambda: self._pool.current,
+                              ranked=self._ranked_local, on_primary_down=self._preload_async)
+        self._ranking: tuple[float, list[ModelInfo]] | None = None
+        self._ranking_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
+        self.last_result: ChatResult | None = None
         for problem in self._settings.problems:
             log.warning("settings: %s", problem)
 
@@ -54,13 +71,15 @@ class FallbackManager:
         """
         with self._settings_lock:
             self._settings = self._settings.saved(**changes)
-            return self._settings
+        self._forget_ranking()
+        return self._settings
 
     def reset_settings(self) -> FallbackSettings:
         """Forget every saved setting; arguments and the environment still apply."""
         with self._settings_lock:
             self._settings = self._settings.reset()
-            return self._settings
+        self._forget_ranking()
+        return self._settings
 
     # -- the machine and its models --------------------------------------------
 
@@ -70,6 +89,8 @@ class FallbackManager:
 
     def discover_models(self, refresh: bool = False) -> list[ModelInfo]:
         """Every model found, valid or not; invalid ones carry the reason."""
+        if refresh:
+            self._forget_ranking()
         return self._catalog.discover(self._settings, refresh=refresh)
 
     def find_model(self, name_or_path: str) -> ModelInfo:
@@ -78,11 +99,14 @@ class FallbackManager:
         Raises:
             ModelNotFound: no such name, with the closest known names.
         """
+        if not isinstance(name_or_path, str):
+            raise InvalidSettings(f"a model name must be text, not {type(name_or_path).__name__}")
         return self._catalog.resolve(name_or_path, self._settings)
 
     @property
     def current_model(self) -> ModelInfo | None:
-        return self._current
+        """The local model this process holds (loaded, or unloaded while idle)."""
+        return self._pool.current
 
     def check_compatibility(
         self,
@@ -105,20 +129,132 @@ class FallbackManager:
             ModelNotFound: unknown name. InvalidModelFile: the file is unusable.
             InvalidSettings: n_ctx, gpu_layers, kv_type or free_vram_mb out of range.
         """
+        model = self._valid(name_or_path)
+        n_ctx = self._check_args(model, n_ctx, gpu_layers, kv_type, free_vram_mb)
+        return self._plan(model, n_ctx=n_ctx, gpu_layers=gpu_layers, flash_attn=flash_attn,
+                          kv_type=kv_type, free_vram_mb=free_vram_mb)
+
+    # -- local models ------------------------------------------------------------
+
+    def switch_model(self, name: str, *, persist: bool = True) -> ModelInfo:
+        """Load ``name`` as the local fallback model, and remember it as preferred_model.
+
+        The new model is loaded before the old one is freed only when both fit;
+        otherwise the old one is freed first (after its running generations end).
+
+        Raises:
+            ModelNotFound, InvalidModelFile, IncompatibleModel, ModelLoadError.
+        """
+        model = self._valid(name)
+        fit = self._plan(model)
+        both_fit = fit.compatible and self._pool.current is not None
+        if not fit.compatible and self._pool.current is not None:
+            self._pool.release()  # make room, then look again
+            fit = self._plan(model, refresh=True)
+        if not fit.compatible:
+            raise IncompatibleModel(f"{model.name} does not fit this machine: {fit.reason}")
+        self._pool.switch(model, both_fit=both_fit)
+        self._ensure_reaper()
+        self._forget_ranking()
+        if persist and self._settings.preferred_model != model.name:
+            try:
+                self.update_settings(preferred_model=model.name)
+            except InvalidSettings as exc:
+                log.warning("switched to %s but could not save it as preferred: %s", model.name, exc)
+        return model
+
+    # -- chat ------------------------------------------------------------------------
+
+    def chat(self, messages: Sequence[Message], primary: Primary = None, **gen: Any) -> ChatResult:
+        """One answer through the failover chain.
+
+        Args:
+            messages: OpenAI-style ``[{"role": ..., "content": ...}]``.
+            primary: None (settings.primary_url), a base URL, or the host's callable
+                ``(messages, **gen) -> str | Iterator[str]``.
+            gen: max_tokens, temperature, top_p, stop, seed.
+
+        Raises:
+            AllTargetsFailed: no target could answer; ``attempts`` says why.
+            InvalidSettings: bad messages or generation options.
+        """
+        results: list[ChatResult] = []
+        for _ in self._answer(messages, primary, gen, results.append):
+            pass
+        return results[0]
+
+    def stream_chat(self, messages: Sequence[Message], primary: Primary = None,
+                    **gen: Any) -> Iterator[str]:
+        """Like ``chat`` but yields the answer as it comes; ``last_result`` holds its ChatResult.
+
+        Bad input raises here, before the first piece.
+        """
+        return self._answer(messages, primary, gen, None)
+
+    def _answer(self, messages: Sequence[Message], primary: Primary, gen: dict[str, Any],
+                done: Callable[[ChatResult], None] | None) -> Iterator[str]:
+        checked = check_messages(messages)
+        params = GenerationParams.from_kwargs(**gen)
+        settings = self._settings
+        if isinstance(primary, str):
+            validate_field("primary_url", primary)
+        elif primary is not None and not callable(primary):
+            raise InvalidSettings("primary must be a base URL, a callable, or None")
+        chain = FailoverChain(timeout_s=settings.timeout, max_retries=settings.max_retries,
+                              auto_switch=settings.auto_switch, clock=self._clock)
+        targets = self._router.targets(settings, primary)
+
+        def finished(result: ChatResult) -> None:
+            self.last_result = result
+            if done is not None:
+                done(result)
+
+        return chain.stream(checked, params, targets, finished)
+
+    def breaker_states(self) -> dict[str, Any]:
+        """Each target's circuit breaker: state, failures, seconds until it is retried."""
+        return {name: state.model_dump() for name, state in self._router.breaker_states().items()}
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unload models, stop threads, release probes. Safe to call twice."""
+        self._stop.set()
+        if self._reaper is not None:
+            self._reaper.join(timeout=5)
+        self._pool.close()
+        self._router.close()
+        self._probe.close()
+
+    def __enter__(self) -> FallbackManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------
+
+    def _valid(self, name_or_path: str) -> ModelInfo:
         model = self.find_model(name_or_path)
         if not model.valid:
             raise InvalidModelFile(model.path, model.error or "not a usable model")
-        n_ctx = self._check_args(model, n_ctx, gpu_layers, kv_type, free_vram_mb)
-        status = self.system_status()
+        return model
+
+    def _plan(self, model: ModelInfo, *, n_ctx: int | None = None, gpu_layers: int | None = None,
+              flash_attn: bool = False, kv_type: str = "f16", free_vram_mb: float | None = None,
+              refresh: bool = False) -> Compatibility:
+        status = self.system_status(refresh=refresh)
         if free_vram_mb is not None:
             free = [float(free_vram_mb)] if free_vram_mb > 0 else []
         else:
             free = [float(g.vram_free_mb) for g in status.gpus]
+        if n_ctx is None:
+            n_ctx = min(self._settings.n_ctx, model.context_length or self._settings.n_ctx)
         return plan(model, n_ctx=n_ctx, free_vram_mb=free, free_ram_mb=status.ram_available_mb,
                     gpu_layers=gpu_layers, flash_attn=flash_attn, kv_type=kv_type)
 
     def _check_args(self, model: ModelInfo, n_ctx: int | None, gpu_layers: int | None,
-                    kv_type: str, free_vram_mb: float | None) -> int:
+                    kv_type: str, free_vram_mb: float | None) -> int | None:
         problems = []
         if n_ctx is not None and not 1 <= n_ctx <= 1 << 20:
             problems.append(f"n_ctx={n_ctx} is out of range; allowed: 1 to {1 << 20}")
@@ -130,18 +266,71 @@ class FallbackManager:
             problems.append(f"free_vram_mb={free_vram_mb} is out of range; allowed: 0 to {1 << 24}")
         if problems:
             raise InvalidSettings("; ".join(problems), problems=problems)
-        if n_ctx is None:
-            n_ctx = min(self._settings.n_ctx, model.context_length or self._settings.n_ctx)
         return n_ctx
 
-    # -- lifecycle ------------------------------------------------------------------
+    def _make_backend(self, model: ModelInfo) -> Backend:
+        fit = self._plan(model)
+        if model.format == "gguf":
+            from .backends.llama_cpp import LlamaCppBackend
 
-    def close(self) -> None:
-        """Release probes and models. Safe to call twice."""
-        self._probe.close()
+            return LlamaCppBackend(model.name, model.path, n_ctx=fit.n_ctx,
+                                   n_gpu_layers=fit.gpu_layers, flash_attn=fit.flash_attn,
+                                   kv_type=fit.kv_type)
+        from .backends.transformers import TransformersBackend
 
-    def __enter__(self) -> FallbackManager:
-        return self
+        return TransformersBackend(model.name, model.path, gpu_layers=fit.gpu_layers,
+                                   n_layers=fit.n_layers,
+                                   trust_remote_code=self._settings.trust_remote_code,
+                                   allow_pickle=self._settings.allow_pickle)
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _stream_local(self, model: ModelInfo, messages: list[dict[str, str]],
+                      params: GenerationParams, *, prefix: str = "", **_: Any) -> Iterator[str]:
+        with self._pool.use(model) as backend:
+            self._ensure_reaper()
+            yield from backend.stream(messages, params, prefix=prefix)
+
+    def _ranked_local(self) -> list[ModelInfo]:
+        with self._ranking_lock:
+            now = self._clock()
+            if self._ranking is not None and now - self._ranking[0] < RANKING_TTL_S:
+                return self._ranking[1]
+            models = [m for m in self.discover_models() if m.valid and m.format != "remote"]
+            ranked = rank_local([(m, self._plan(m)) for m in models], self._settings.preferred_model)
+            self._ranking = (now, ranked)
+            return ranked
+
+    def _forget_ranking(self) -> None:
+        with self._ranking_lock:
+            self._ranking = None
+
+    def _preload_async(self) -> None:
+        """The primary's breaker opened: have the best local model loaded before it is needed."""
+
+        def preload() -> None:
+            try:
+                current = self._pool.current
+                if current is not None:
+                    self._pool.switch(current, both_fit=True)  # reloads it if it was reaped
+                    return
+                ranked = self._ranked_local()
+                if ranked:
+                    self._pool.switch(ranked[0], both_fit=False)
+                    self._ensure_reaper()
+            except Exception as exc:  # a failed preload only means the next answer loads it
+                log.warning("preloading a local model failed: %s", exc)
+
+        threading.Thread(target=preload, daemon=True, name="zwaif-preload").start()
+
+    def _ensure_reaper(self) -> None:
+        """Unload an idle local model after keep_alive seconds (a background thread)."""
+        if self._settings.keep_alive <= 0 or self._stop.is_set():
+            return
+        if self._reaper is not None and self._reaper.is_alive():
+            return
+
+        def reap() -> None:
+            while not self._stop.wait(min(max(self._settings.keep_alive / 4, 0.05), 5.0)):
+                self._pool.reap_idle(self._settings.keep_alive)
+
+        self._reaper = threading.Thread(target=reap, daemon=True, name="zwaif-keep-alive")
+        self._reaper.start()

@@ -1,0 +1,212 @@
+"""Real servers for failover tests, all on loopback.
+
+* ``LlamaServer``: llama-cpp-python's OpenAI-compatible server in its own process.
+* ``FaultProxy``: a real HTTP proxy in front of it that can pass, answer 500,
+  cut the stream after N events, or stall after N events.
+* ``HangServer``: a socket that accepts connections and never answers.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, *, timeout_s: float, what: str, interval_s: float = 0.05):
+    """Poll ``check`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        threading.Event().wait(interval_s)
+
+
+class LlamaServer:
+    """``python -m llama_cpp.server`` serving one GGUF on a free loopback port."""
+
+    def __init__(self, model: Path, *, n_ctx: int = 1024) -> None:
+        self.model = model
+        self.n_ctx = n_ctx
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> LlamaServer:
+        log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{self.port}.log", "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--host",
+             "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx)],
+            stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._ready, timeout_s=60, what="the llama.cpp server to start")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"llama.cpp server exited with {self.process.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+            conn.request("GET", "/v1/models")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+
+
+class FaultProxy:
+    """Forwards to ``upstream`` (host, port) unless told to misbehave.
+
+    mode: "pass", "500", "400", "cut" (close after ``after`` pieces of content), "stall"
+    (stop sending after ``after`` pieces but keep the socket open). ``fail_first``
+    makes the first K requests answer 500 whatever the mode.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.mode = "pass"
+        self.after = 3
+        self.fail_first = 0
+        self.requests = 0
+        self.forwarded: list[str] = []  # the content pieces sent downstream, last request
+        self._release = threading.Event()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"  # the body ends when the connection closes
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._forward(None)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self._forward(body)
+
+            def _forward(self, body: bytes | None) -> None:
+                proxy.requests += 1
+                proxy.forwarded = []
+                if proxy.fail_first > 0 or proxy.mode in ("500", "400"):
+                    status = 400 if proxy.mode == "400" else 500
+                    proxy.fail_first = max(proxy.fail_first - 1, 0)
+                    self._error(status)
+                    return
+                upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=120)
+                upstream.request(self.command, self.path, body=body,
+                                 headers={"Content-Type": "application/json"})
+                response = upstream.getresponse()
+                self.send_response(response.status)
+                self.send_header("Content-Type", response.getheader("Content-Type", "text/plain"))
+                self.end_headers()
+                events = 0
+                while True:
+                    line = response.readline()
+                    if not line:
+                        break
+                    if line.startswith(b"data:") and b"[DONE]" not in line:
+                        if proxy._record(line):
+                            events += 1
+                        if proxy.mode in ("cut", "stall") and events > proxy.after:
+                            if proxy.mode == "stall":
+                                proxy._release.wait(120)
+                            break
+                    self.wfile.write(line)
+                    self.wfile.flush()
+                upstream.close()
+
+            def _error(self, status: int) -> None:
+                payload = json.dumps({"error": {"message": f"injected {status}"}}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _record(self, line: bytes) -> bool:
+        """Note the content an event carries; True when it carries some."""
+        try:
+            event = json.loads(line[5:])
+            piece = event["choices"][0]["delta"].get("content")
+        except (ValueError, KeyError, IndexError):
+            return False
+        if piece and len(self.forwarded) < self.after or self.mode not in ("cut", "stall"):
+            if piece:
+                self.forwarded.append(piece)
+        return bool(piece)
+
+    def close(self) -> None:
+        self._release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class HangServer:
+    """Accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._held.append(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        self.sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+def refused_url() -> str:
+    """A loopback URL where nothing listens: connections are refused at once."""
+    return f"http://127.0.0.1:{free_port()}/v1"

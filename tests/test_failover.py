@@ -1,0 +1,275 @@
+"""The failover chain against a real llama.cpp server process, real faults, real local models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from builders import write_gguf
+from conftest import run_cli
+from servers import FaultProxy, HangServer, LlamaServer, refused_url, wait_until
+
+from zwaif_fallback import AllTargetsFailed, FallbackManager, FallbackSettings, InvalidSettings
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1"
+ASK = [{"role": "user", "content": "Name three colours."}]
+GEN = {"max_tokens": 24, "temperature": 0.0, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def server(smollm2):
+    srv = LlamaServer(smollm2).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def proxy(server):
+    p = FaultProxy(server.port)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def manager(isolated):
+    m = FallbackManager(FallbackSettings(timeout=5, max_retries=3, models_dir=isolated / "models",
+                                         scan_system_stores=False, keep_alive=0,
+                                         preferred_model=SMOL))
+    yield m
+    m.close()
+
+
+def local_answer(manager: FallbackManager) -> str:
+    return manager.chat(ASK, **GEN).text
+
+
+def test_a_healthy_primary_answers(manager, proxy):
+    result = manager.chat(ASK, primary=proxy.url, **GEN)
+    assert (result.source, result.fell_back, result.model) == ("primary", False, proxy.url)
+    assert result.text == "".join(proxy.forwarded) and result.tokens > 0
+    assert [a.ok for a in result.attempts] == [True]
+
+
+def test_a_refused_primary_falls_back_at_once_without_retries(manager):
+    result = manager.chat(ASK, primary=refused_url(), **GEN)
+    assert (result.source, result.model, result.fell_back) == ("local", SMOL, True)
+    first = result.attempts[0]
+    assert not first.ok and "connection refused" in first.error
+    assert first.tries == 1 and first.latency_s < 1.0  # no waiting on a server that is down
+    assert result.text == local_answer(manager)
+
+
+def test_a_stopped_server_process_is_refused(tmp_path, manager):
+    srv = LlamaServer(write_gguf(tmp_path / "m.gguf")).start()
+    assert manager.chat(ASK, primary=srv.url, **GEN).source == "primary"
+    srv.stop()
+    result = manager.chat(ASK, primary=srv.url, **GEN)
+    assert result.source == "local" and "refused" in result.attempts[0].error
+
+
+def test_a_hung_primary_yields_at_the_deadline(manager):
+    hang = HangServer()
+    try:
+        result = manager.chat(ASK, primary=hang.url, **GEN)
+    finally:
+        hang.close()
+    first = result.attempts[0]
+    assert result.source == "local" and not first.ok
+    assert 5.0 <= first.latency_s < 6.5, first  # timeout=5 covers every retry
+    assert "within" in first.error
+
+
+def test_500s_are_retried_then_fall_back(manager, proxy):
+    proxy.mode = "500"
+    result = manager.chat(ASK, primary=proxy.url, **GEN)
+    assert result.source == "local"
+    assert result.attempts[0].tries == 3 and proxy.requests == 3
+    assert "HTTP 500" in result.attempts[0].error
+
+
+def test_a_transient_500_is_retried_to_success(manager, proxy):
+    proxy.fail_first = 2
+    result = manager.chat(ASK, primary=proxy.url, **GEN)
+    assert result.source == "primary" and result.attempts[0].tries == 3
+    assert not result.fell_back
+
+
+def test_a_client_error_is_not_retried(manager, proxy):
+    proxy.mode = "400"
+    result = manager.chat(ASK, primary=proxy.url, **GEN)
+    assert result.source == "local" and result.attempts[0].tries == 1 and proxy.requests == 1
+
+
+def test_the_breaker_opens_and_then_no_request_is_sent(manager, proxy):
+    proxy.mode = "500"
+    for _ in range(3):
+        manager.chat(ASK, primary=proxy.url, **GEN)
+    assert manager.breaker_states()[proxy.url]["state"] == "open"
+    sent = proxy.requests
+    result = manager.chat(ASK, primary=proxy.url, **GEN)
+    assert proxy.requests == sent  # skipped: no request, no time lost
+    skipped = result.attempts[0]
+    assert skipped.latency_s == 0.0 and skipped.error.startswith("circuit open")
+
+
+def test_the_breaker_opening_calls_for_a_preload(manager):
+    url = refused_url()
+    target = next(manager._router.targets(manager.settings, url))
+    opened = []
+    target.on_breaker_open = lambda: opened.append(True)
+    from zwaif_fallback.failover import FailoverChain
+    from zwaif_fallback.backends.base import GenerationParams
+
+    chain = FailoverChain(timeout_s=5, max_retries=3)
+    for _ in range(3):
+        with pytest.raises(AllTargetsFailed):
+            list(chain.stream(ASK, GenerationParams(), [target], lambda result: None))
+    assert opened == [True]  # once, when it opened
+
+
+def test_a_preload_loads_the_best_local_model(manager):
+    assert manager.current_model is None
+    manager._preload_async()
+    wait_until(lambda: manager._pool.is_loaded(), timeout_s=60, what="the preload")
+    assert manager.current_model.name == SMOL
+
+
+def test_a_cut_stream_is_continued_by_the_next_target(manager, proxy):
+    proxy.mode, proxy.after = "cut", 4
+    pieces = list(manager.stream_chat(ASK, primary=proxy.url, **GEN))
+    result = manager.last_result
+    assert "".join(pieces) == result.text
+    head = "".join(proxy.forwarded[:4])
+    assert len(result.switches) == 1
+    switch = result.switches[0]
+    assert (switch.from_target, switch.to_target, switch.at_char) == (proxy.url, SMOL, len(head))
+    assert result.text.startswith(head) and len(result.text) > len(head)
+    assert result.source == "local" and result.attempts[0].tokens == 4
+
+
+def test_a_stalled_stream_is_continued_after_the_stall_limit(manager, proxy):
+    proxy.mode, proxy.after = "stall", 3
+    result = manager.chat(ASK, primary=proxy.url, **GEN)
+    assert result.switches and result.switches[0].at_char == len("".join(proxy.forwarded[:3]))
+    assert "no new token within" in result.attempts[0].error
+
+
+def test_remote_urls_come_before_local_models(isolated, proxy):
+    settings = FallbackSettings(remote_urls=[proxy.url], models_dir=isolated / "models",
+                                scan_system_stores=False, keep_alive=0, timeout=5)
+    with FallbackManager(settings) as manager:
+        result = manager.chat(ASK, primary=refused_url(), **GEN)
+    assert (result.source, result.model) == ("remote", proxy.url)
+
+
+class TestHostCallable:
+    def test_a_string_answer(self, manager):
+        result = manager.chat(ASK, primary=lambda messages, **gen: "Red, green, blue.", **GEN)
+        assert (result.text, result.source) == ("Red, green, blue.", "primary")
+
+    def test_an_iterator_answer_gets_the_generation_options(self, manager):
+        seen = {}
+
+        def call(messages, **gen):
+            seen.update(gen, messages=messages)
+            yield from ["Red", ", ", "green"]
+
+        result = manager.chat(ASK, primary=call, **GEN)
+        assert result.text == "Red, green" and result.tokens == 3
+        assert seen["max_tokens"] == 24 and seen["messages"] == ASK
+
+    def test_connection_errors_are_retried(self, manager):
+        calls = []
+
+        def flaky(messages, **gen):
+            calls.append(1)
+            if len(calls) < 3:
+                raise ConnectionError("the host's API is restarting")
+            return "back"
+
+        assert manager.chat(ASK, primary=flaky, **GEN).text == "back" and len(calls) == 3
+
+    def test_other_errors_fall_back_without_retry(self, manager):
+        calls = []
+
+        def broken(messages, **gen):
+            calls.append(1)
+            raise KeyError("bad response shape")
+
+        result = manager.chat(ASK, primary=broken, **GEN)
+        assert result.source == "local" and len(calls) == 1
+        assert "KeyError" in result.attempts[0].error
+
+
+def test_a_model_that_fails_to_load_is_skipped_with_auto_switch(isolated, tmp_path):
+    models = isolated / "models"
+    models.mkdir()
+    write_gguf(models / "broken.gguf", n_embd=64, n_head=4, n_head_kv=3)  # 64 % 3: bad K/V shape
+    settings = FallbackSettings(models_dir=models, scan_system_stores=False, keep_alive=0,
+                                preferred_model="broken")
+    with FallbackManager(settings) as manager:
+        result = manager.chat(ASK, **GEN)
+        assert result.model == SMOL and result.attempts[0].target == "broken"
+        assert not result.attempts[0].ok and "damaged or unsupported" in result.attempts[0].error
+    with FallbackManager(settings.model_copy(update={"auto_switch": False})) as manager:
+        with pytest.raises(AllTargetsFailed) as err:
+            manager.chat(ASK, **GEN)
+        assert [a.target for a in err.value.attempts] == ["broken"]
+
+
+def test_a_vocabulary_that_aborts_llama_cpp_does_not_kill_the_host(isolated):
+    models = isolated / "models"
+    models.mkdir()
+    tokens = [f"t{i}" for i in range(300)] + ["dup", "dup", "<|endoftext|>", "<|im_start|>",
+                                             "<|im_end|>"]
+    write_gguf(models / "dupes.gguf", tokens=tokens, merges=[])
+    settings = FallbackSettings(models_dir=models, scan_system_stores=False, keep_alive=0,
+                                preferred_model="dupes")
+    with FallbackManager(settings) as manager:
+        result = manager.chat(ASK, **GEN)
+    assert result.model == SMOL
+    assert "damaged or unsupported" in result.attempts[0].error
+
+
+def test_all_targets_failed_lists_every_attempt(isolated):
+    settings = FallbackSettings(models_dir=isolated / "models", scan_system_stores=False,
+                                keep_alive=0, n_ctx=512)
+    long = [{"role": "user", "content": "word " * 2000}]  # more than the 512-token context
+    with FallbackManager(settings) as manager, pytest.raises(AllTargetsFailed) as err:
+        manager.chat(long, primary=refused_url(), **GEN)
+    attempts = err.value.attempts
+    assert [a.source for a in attempts] == ["primary", "local"]
+    assert "refused" in attempts[0].error and "n_ctx=512" in attempts[1].error
+    assert "no target could answer" in str(err.value)
+
+
+def test_bad_input_is_refused_before_anything_is_sent(manager, proxy):
+    for messages in ([], "hello", [{"role": "wizard", "content": "x"}], [{"role": "user"}]):
+        with pytest.raises(InvalidSettings):
+            manager.chat(messages, primary=proxy.url)
+    for gen in ({"max_tokens": 0}, {"temperature": float("nan")}, {"top_k": 3}):
+        with pytest.raises(InvalidSettings):
+            manager.chat(ASK, primary=proxy.url, **gen)
+    with pytest.raises(InvalidSettings):
+        manager.chat(ASK, primary="ftp://example")
+    assert proxy.requests == 0
+
+
+def test_to_openai_is_a_chat_completion(manager):
+    data = manager.chat(ASK, **GEN).to_openai()
+    assert data["object"] == "chat.completion" and data["model"] == SMOL
+    assert data["choices"][0]["message"]["role"] == "assistant"
+    assert data["usage"]["completion_tokens"] > 0
+    json.dumps(data)
+
+
+def test_cli_chat_falls_back_and_reports_json(isolated):
+    result = run_cli("chat", "Say hi.", "--json", "--max-tokens", "8", cwd=isolated,
+                     env={"FALLBACK_PRIMARY_URL": refused_url(), "FALLBACK_KEEP_ALIVE": "0"})
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["source"], data["fell_back"], data["model"]) == ("local", True, SMOL)
+    assert set(data) >= {"text", "model", "source", "fell_back", "attempts", "ttft_s", "latency_s",
+                         "tokens"}
+    assert not Path(isolated / "fallback_settings.json").exists()  # --model-less chat saves nothing

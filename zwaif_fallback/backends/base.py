@@ -1,0 +1,127 @@
+"""The interface every runtime implements: load, stream, unload, memory.
+
+A backend streams text pieces for OpenAI-style messages. ``prefix`` is text the
+assistant has already said (a previous target died mid-answer): the backend
+continues it instead of starting over, so the reader sees no duplicate.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from ..errors import InvalidSettings
+
+__all__ = ["Backend", "GenerationParams", "Message", "TargetFailed", "check_messages"]
+
+Message = Mapping[str, Any]
+MAX_PROMPT_CHARS = 2_000_000
+
+
+class TargetFailed(Exception):
+    """A target could not answer. ``retryable`` errors may succeed when tried again."""
+
+    def __init__(self, message: str, *, retryable: bool = False, fast: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.fast = fast  # the target is down for sure (connection refused): do not wait on it
+
+
+class GenerationParams(BaseModel):
+    """OpenAI's generation names, validated."""
+
+    max_tokens: int = Field(256, ge=1, le=32768)
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+
+    @field_validator("temperature", "top_p")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else ([] if value is None else value)
+
+    @classmethod
+    def from_kwargs(cls, **gen: Any) -> GenerationParams:
+        """Build from ``chat(**gen)`` keywords; unknown or bad values raise InvalidSettings."""
+        unknown = sorted(set(gen) - set(cls.model_fields))
+        if unknown:
+            raise InvalidSettings(f"unknown generation option(s) {', '.join(unknown)}; "
+                                  f"use {', '.join(cls.model_fields)}")
+        try:
+            return cls(**{k: v for k, v in gen.items() if v is not None})
+        except ValidationError as exc:
+            problems = [f"{e['loc'][0]}={e.get('input')!r}: {e['msg']}" for e in exc.errors()]
+            raise InvalidSettings("; ".join(problems), problems=problems) from None
+
+
+def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """OpenAI-style messages as plain dicts, or InvalidSettings saying what is wrong."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise InvalidSettings("messages must be a non-empty list of {'role': ..., 'content': ...}")
+    out, total = [], 0
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise InvalidSettings(f"message {i} is not a dict with 'role' and 'content'")
+        role, content = message.get("role"), message.get("content")
+        if role not in ("system", "user", "assistant", "tool"):
+            raise InvalidSettings(f"message {i} has role {role!r}; use system, user or assistant")
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+        if not isinstance(content, str):
+            raise InvalidSettings(f"message {i} has no text content")
+        total += len(content)
+        out.append({"role": role, "content": content})
+    if total > MAX_PROMPT_CHARS:
+        raise InvalidSettings(f"the messages hold {total} characters; the limit is {MAX_PROMPT_CHARS}")
+    return out
+
+
+class Backend(ABC):
+    """One runtime serving one model (or one server)."""
+
+    #: what ChatResult.source says when this backend answers
+    source: str = "local"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abstractmethod
+    def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
+               prefix: str = "", deadline_s: float | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str]:
+        """Yield the answer piece by piece, continuing after ``prefix``.
+
+        ``deadline_s`` is how long the caller will wait for the first piece;
+        ``cancel`` is set when the caller gives up (free sockets, stop early).
+        Raises TargetFailed when the target cannot answer.
+        """
+
+    def load(self) -> None:
+        """Load the model, if this backend has one. Idempotent."""
+
+    def unload(self) -> None:
+        """Free the model's memory. Idempotent."""
+
+    @property
+    def loaded(self) -> bool:
+        return True
+
+    def memory_mb(self) -> float:
+        """Memory this backend holds now (0 for remote servers)."""
+        return 0.0
+
+    def close(self) -> None:
+        self.unload()

@@ -1,0 +1,203 @@
+"""GGUF models through llama-cpp-python.
+
+The prompt is built with the chat template stored in the GGUF (as llama-cpp-python's
+own chat handler does), so an answer cut off elsewhere can be continued exactly:
+the partial text is appended after the assistant turn's opening.
+
+Some llama.cpp failures abort the process instead of raising (a vocabulary with
+duplicate tokens, a tensor of the wrong shape). Before a file is loaded in this
+process for the first time, a child process loads it; if the child dies, the
+file is refused and the host lives on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendUnavailable, ModelLoadError
+from .base import Backend, GenerationParams, TargetFailed
+
+__all__ = ["LlamaCppBackend"]
+
+log = logging.getLogger(__name__)
+
+_KV_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
+_checked: dict[tuple[str, int, int], str | None] = {}  # file identity -> why it is unsafe
+_checked_lock = threading.Lock()
+
+# Loads the weights' layout (mmap, no repacking) and builds a small context: enough for
+# llama.cpp to check every tensor's shape and reserve its compute graph, which is where
+# a malformed file makes it abort.
+_PREFLIGHT = (
+    "import sys, llama_cpp\n"
+    "llama_cpp.llama_backend_init()\n"
+    "params = llama_cpp.llama_model_default_params()\n"
+    "params.n_gpu_layers = 0\n"
+    "params.use_extra_bufts = False\n"
+    "model = llama_cpp.llama_model_load_from_file(sys.argv[1].encode(), params)\n"
+    "if not model: sys.exit(3)\n"
+    "cparams = llama_cpp.llama_context_default_params()\n"
+    "cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = 256\n"
+    "sys.exit(0 if llama_cpp.llama_init_from_model(model, cparams) else 4)\n"
+)
+
+
+def _import_llama() -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise BackendUnavailable(
+            "llama-cpp-python is not installed: pip install 'zwaif-fallback[gguf]'") from None
+    return llama_cpp
+
+
+def preflight(path: str, *, timeout_s: float = 120.0) -> None:
+    """Load the file in a child process once; raise ModelLoadError if that fails or kills it."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    with _checked_lock:
+        if key in _checked:
+            problem = _checked[key]
+            if problem:
+                raise ModelLoadError(problem)
+            return
+    try:
+        child = subprocess.run([sys.executable, "-c", _PREFLIGHT, path], capture_output=True,
+                               text=True, timeout=timeout_s)
+        problem = None
+        if child.returncode != 0:
+            tail = (child.stderr.strip().splitlines() or ["no output"])[-1][:200]
+            how = (f"was killed by signal {-child.returncode}" if child.returncode < 0
+                   else f"failed ({tail})")
+            problem = f"llama.cpp {how} while reading {Path(path).name}; the file is damaged or unsupported"
+    except subprocess.TimeoutExpired:
+        problem = f"llama.cpp did not finish reading {Path(path).name} in {timeout_s:.0f} s"
+    with _checked_lock:
+        _checked[key] = problem
+    if problem:
+        raise ModelLoadError(problem)
+
+
+class LlamaCppBackend(Backend):
+    """One GGUF model in this process; generations on it are queued (contexts are not thread-safe).
+
+    Args:
+        path: the GGUF file (the first shard of a split model).
+        n_ctx, n_gpu_layers, flash_attn, kv_type: the load plan (llama.cpp's meanings).
+        safe_load: check the file in a child process before the first load.
+    """
+
+    def __init__(self, name: str, path: str, *, n_ctx: int = 4096, n_gpu_layers: int = 0,
+                 flash_attn: bool = False, kv_type: str = "f16", n_threads: int | None = None,
+                 safe_load: bool = True) -> None:
+        super().__init__(name)
+        self.path = path
+        self.n_ctx = n_ctx
+        self.n_gpu_layers = n_gpu_layers
+        self.flash_attn = flash_attn
+        self.kv_type = kv_type
+        self.n_threads = n_threads
+        self.safe_load = safe_load
+        self._llm: Any = None
+        self._formatter: Any = None
+        self._lock = threading.Lock()  # one generation (or load/unload) at a time
+
+    @property
+    def loaded(self) -> bool:
+        return self._llm is not None
+
+    def load(self) -> None:
+        with self._lock:
+            self._load_locked()
+
+    def _load_locked(self) -> None:
+        if self._llm is not None:
+            return
+        llama_cpp = _import_llama()
+        if self.safe_load:
+            preflight(self.path)
+        kv = getattr(llama_cpp, _KV_TYPES[self.kv_type])
+        try:
+            self._llm = llama_cpp.Llama(
+                self.path, n_ctx=self.n_ctx, n_gpu_layers=self.n_gpu_layers,
+                flash_attn=self.flash_attn, type_k=kv, type_v=kv, n_threads=self.n_threads,
+                verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(f"llama.cpp could not load {self.name}: {exc}") from exc
+        self._formatter = self._make_formatter(llama_cpp)
+        log.info("loaded %s (n_ctx=%d, gpu_layers=%d)", self.name, self.n_ctx, self.n_gpu_layers)
+
+    def _make_formatter(self, llama_cpp: Any) -> Any:
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        model = self._llm._model
+        eos_id, bos_id = self._llm.token_eos(), self._llm.token_bos()
+        return Jinja2ChatFormatter(
+            template=template,
+            eos_token=model.token_get_text(eos_id) if eos_id != -1 else "",
+            bos_token=model.token_get_text(bos_id) if bos_id != -1 else "",
+            stop_token_ids=[eos_id],
+        )
+
+    def unload(self) -> None:
+        with self._lock:
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = self._formatter = None
+                log.info("unloaded %s", self.name)
+
+    def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
+               prefix: str = "", deadline_s: float | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str]:
+        with self._lock:
+            try:
+                self._load_locked()
+            except ModelLoadError as exc:
+                raise TargetFailed(str(exc)) from exc
+            try:
+                chunks = self._completion(messages, params, prefix)
+                for chunk in chunks:
+                    if cancel is not None and cancel.is_set():
+                        return
+                    piece = chunk["choices"][0].get("text") or ""
+                    if piece:
+                        yield piece
+            except (ValueError, RuntimeError) as exc:
+                raise TargetFailed(f"llama.cpp failed while generating: {exc}") from exc
+
+    def _completion(self, messages: list[dict[str, str]], params: GenerationParams,
+                    prefix: str) -> Iterator[Any]:
+        llm = self._llm
+        stop = list(params.stop)
+        criteria = None
+        if self._formatter is not None:
+            formatted = self._formatter(messages=messages)
+            prompt = llm.tokenize((formatted.prompt + prefix).encode("utf-8"),
+                                  add_bos=not formatted.added_special, special=True)
+            stop += formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
+            criteria = formatted.stopping_criteria
+        else:  # no template in the file: llama-cpp-python's default chat format
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: " + prefix
+            prompt = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        if len(prompt) >= self.n_ctx:
+            raise TargetFailed(f"the prompt is {len(prompt)} tokens; {self.name} is loaded with "
+                               f"n_ctx={self.n_ctx}: shorten the history or raise n_ctx")
+        max_tokens = min(params.max_tokens, self.n_ctx - len(prompt))
+        if params.seed is not None:
+            # Reusing the cached prompt prefix evaluates it in other batch shapes, which
+            # changes the floats a little; with a seed the caller wants the same answer twice.
+            llm.reset()
+        return llm.create_completion(
+            prompt=prompt, max_tokens=max_tokens, temperature=params.temperature,
+            top_p=params.top_p, stop=stop or None, seed=params.seed, stream=True,
+            stopping_criteria=criteria)

@@ -1,0 +1,197 @@
+"""Any OpenAI-compatible server (Oobabooga, Ollama, llama.cpp's server, vLLM, TGI) over HTTP.
+
+Answers stream by server-sent events. Errors are classified here, at the edge:
+a refused connection means the server is down (fail fast, no retry); 429, 5xx,
+read timeouts and dropped connections are retryable; other 4xx are not.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import BackendUnavailable
+from .base import Backend, GenerationParams, TargetFailed
+
+__all__ = ["OpenAIBackend"]
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class OpenAIBackend(Backend):
+    """Streams chat completions from ``base_url`` (e.g. ``http://127.0.0.1:5000/v1``).
+
+    Args:
+        source: "primary" or "remote", as ChatResult reports it.
+        read_timeout_s: longest silence on the socket before the request is abandoned;
+            the failover chain enforces tighter deadlines on top of this.
+    """
+
+    def __init__(self, base_url: str, *, model: str = "", api_key: str = "",
+                 source: str = "remote", read_timeout_s: float = 300.0) -> None:
+        super().__init__(base_url)
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.source = source
+        self._api_key = api_key
+        self._read_timeout_s = read_timeout_s
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAIBackend({self.base_url!r}, model={self.model!r})"
+
+    def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
+               prefix: str = "", deadline_s: float | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str]:
+        import httpx
+
+        body: dict[str, Any] = {
+            "model": self.model or "default",
+            "messages": messages + ([{"role": "assistant", "content": prefix}] if prefix else []),
+            "stream": True,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if params.stop:
+            body["stop"] = params.stop
+        if params.seed is not None:
+            body["seed"] = params.seed
+        headers = {"Accept": "text/event-stream"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        connect = min(deadline_s or 10.0, 10.0)
+        timeout = httpx.Timeout(connect=connect, read=self._read_timeout_s, write=connect, pool=connect)
+        try:
+            with self._http().stream("POST", f"{self.base_url}/chat/completions", json=body,
+                                     headers=headers, timeout=timeout) as response:
+                if cancel is not None:
+                    _close_on(cancel, response)
+                if response.status_code >= 400:
+                    raise _status_error(response)
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    yield _whole_answer(response)  # a server that ignores stream=true
+                    return
+                yield from _events(response)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, self.base_url) from None
+
+    def _http(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    import httpx
+                except ImportError:  # pragma: no cover - httpx is a core dependency
+                    raise BackendUnavailable("httpx is not installed: pip install httpx") from None
+                self._client = httpx.Client(follow_redirects=False, trust_env=False)
+            return self._client
+
+    def unload(self) -> None:
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+def _close_on(cancel: threading.Event, response: Any) -> None:
+    """Close the response from a watchdog when the chain gives up on it."""
+
+    def watch() -> None:
+        cancel.wait()
+        try:
+            response.close()
+        except Exception:  # closing a dead socket may fail; nothing is left to free
+            pass
+
+    threading.Thread(target=watch, daemon=True, name="zwaif-http-cancel").start()
+
+
+def _events(response: Any) -> Iterator[str]:
+    finished = False
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            raise TargetFailed(f"the server sent malformed JSON: {payload[:80]!r}") from None
+        if isinstance(event, dict) and event.get("error"):
+            raise TargetFailed(f"the server reported: {_error_text(event)}", retryable=True)
+        piece = _delta(event)
+        if piece:
+            yield piece
+        finished = finished or _finish_reason(event) is not None
+    if not finished:
+        # The connection closed mid-answer: a server that finished says [DONE] or a reason.
+        raise TargetFailed("the stream ended before the answer was finished", retryable=True)
+
+
+def _finish_reason(event: Any) -> Any:
+    try:
+        return event["choices"][0].get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def _delta(event: Any) -> str:
+    try:
+        choice = event["choices"][0]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    delta = choice.get("delta") or choice.get("message") or {}
+    return delta.get("content") or choice.get("text") or ""
+
+
+def _whole_answer(response: Any) -> str:
+    try:
+        return _delta(json.loads(response.read()))
+    except ValueError:
+        raise TargetFailed("the server answered with something that is not JSON") from None
+
+
+def _error_text(event: dict[str, Any]) -> str:
+    error = event.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error)
+
+
+def _status_error(response: Any) -> TargetFailed:
+    response.read()
+    status = response.status_code
+    try:
+        detail = _error_text(response.json())
+    except ValueError:
+        detail = response.text[:200]
+    hint = " (check primary_api_key)" if status in (401, 403) else ""
+    return TargetFailed(f"HTTP {status}: {detail}{hint}", retryable=status in RETRYABLE_STATUS)
+
+
+def _transport_error(exc: Exception, url: str) -> TargetFailed:
+    import httpx
+
+    if isinstance(exc, httpx.ConnectError) and _refused(exc):
+        return TargetFailed(f"connection refused by {url} (is the server running?)", fast=True)
+    if isinstance(exc, httpx.TimeoutException):
+        return TargetFailed(f"timed out talking to {url} ({type(exc).__name__})", retryable=True)
+    if isinstance(exc, (httpx.TransportError, httpx.StreamError)):
+        return TargetFailed(f"connection to {url} failed: {exc or type(exc).__name__}", retryable=True)
+    return TargetFailed(f"request to {url} failed: {exc}")
+
+
+def _refused(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError) or getattr(seen, "errno", None) == errno.ECONNREFUSED:
+            return True
+        if "refused" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

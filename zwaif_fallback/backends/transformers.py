@@ -1,0 +1,171 @@
+"""Hugging Face models through transformers: safetensors folders, or GGUF via ``gguf_file``.
+
+The prompt comes from the tokenizer's chat template; answers stream through
+``TextIteratorStreamer`` without echoing the prompt. Nothing is downloaded
+(``local_files_only``), remote code stays off and pickle weights are refused
+unless the settings allow them.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendUnavailable, ModelLoadError
+from .base import Backend, GenerationParams, TargetFailed
+
+__all__ = ["TransformersBackend"]
+
+log = logging.getLogger(__name__)
+
+
+def _import() -> tuple[Any, Any]:
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise BackendUnavailable(
+            "transformers and torch are not installed: pip install 'zwaif-fallback[hf]'") from None
+    return torch, transformers
+
+
+class TransformersBackend(Backend):
+    """One HF model in this process; generations are queued.
+
+    Args:
+        path: a model folder, or a ``.gguf`` file (loaded through ``gguf_file``).
+        gpu_layers: llama.cpp-style layer count from the fit plan: 0 keeps the model
+            on the CPU, more than ``n_layers`` puts it all on the GPU, in between
+            lets accelerate split it.
+    """
+
+    def __init__(self, name: str, path: str, *, gpu_layers: int = 0, n_layers: int = 0,
+                 trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
+        super().__init__(name)
+        self.path = path
+        self.gpu_layers = gpu_layers
+        self.n_layers = n_layers
+        self.trust_remote_code = trust_remote_code
+        self.allow_pickle = allow_pickle
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> None:
+        with self._lock:
+            self._load_locked()
+
+    def _load_locked(self) -> None:
+        if self._model is not None:
+            return
+        torch, transformers = _import()
+        folder, extra = self._source()
+        device_map = self._device_map(torch)
+        options: dict[str, Any] = dict(local_files_only=True, trust_remote_code=self.trust_remote_code,
+                                       **extra)
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **options)
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                folder, dtype=torch.float32 if device_map == "cpu" else "auto",
+                device_map=device_map, use_safetensors=None if self.allow_pickle or extra else True,
+                **options)
+        except (OSError, ValueError, RuntimeError, ImportError, KeyError) as exc:
+            raise ModelLoadError(f"transformers could not load {self.name}: {exc}") from exc
+        model.eval()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._model, self._tokenizer = model, tokenizer
+        log.info("loaded %s with transformers on %s", self.name, device_map)
+
+    def _source(self) -> tuple[str, dict[str, Any]]:
+        path = Path(self.path)
+        if path.suffix.lower() == ".gguf":
+            return str(path.parent), {"gguf_file": path.name}
+        return str(path), {}
+
+    def _device_map(self, torch: Any) -> Any:
+        if self.gpu_layers == 0 or not torch.cuda.is_available():
+            return "cpu"
+        if self.gpu_layers > self.n_layers:
+            return "cuda:0"
+        return "auto"
+
+    def unload(self) -> None:
+        with self._lock:
+            if self._model is None:
+                return
+            self._model = self._tokenizer = None
+            gc.collect()
+            torch, _ = _import()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.info("unloaded %s", self.name)
+
+    def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
+               prefix: str = "", deadline_s: float | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str]:
+        with self._lock:
+            try:
+                self._load_locked()
+            except ModelLoadError as exc:
+                raise TargetFailed(str(exc)) from exc
+            yield from self._generate(messages, params, prefix, cancel)
+
+    def _generate(self, messages: list[dict[str, str]], params: GenerationParams, prefix: str,
+                  cancel: threading.Event | None) -> Iterator[str]:
+        torch, transformers = _import()
+        tok, model = self._tokenizer, self._model
+        try:
+            prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except (ValueError, TypeError) as exc:  # no chat template in the tokenizer
+            raise TargetFailed(f"{self.name} has no usable chat template: {exc}") from exc
+        inputs = tok(prompt + prefix, return_tensors="pt", add_special_tokens=False).to(model.device)
+        streamer = transformers.TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        sample = params.temperature > 0
+        options: dict[str, Any] = dict(
+            **inputs, streamer=streamer, max_new_tokens=params.max_tokens, do_sample=sample,
+            pad_token_id=tok.pad_token_id)
+        if sample:
+            options.update(temperature=params.temperature, top_p=params.top_p)
+        if params.stop:
+            options.update(stop_strings=params.stop, tokenizer=tok)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        stop = threading.Event()  # set when the reader goes away: generation ends early
+
+        class _Abandoned(transformers.StoppingCriteria):  # type: ignore[misc, name-defined]
+            def __call__(self, *args: Any, **kwargs: Any) -> bool:
+                return stop.is_set()
+
+        options["stopping_criteria"] = transformers.StoppingCriteriaList([_Abandoned()])
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    model.generate(**options)
+            except BaseException as exc:  # reported to the reader below
+                failure.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True, name="zwaif-hf-generate")
+        worker.start()
+        try:
+            for text in streamer:
+                if cancel is not None and cancel.is_set():
+                    break
+                if text:
+                    yield text
+        finally:
+            stop.set()
+            worker.join()
+        if failure:
+            raise TargetFailed(f"transformers failed while generating: {failure[0]}") from failure[0]

@@ -1,0 +1,302 @@
+"""The call path: targets tried in order, each under its deadline, retries and breaker.
+
+Order: the primary, then ``remote_urls``, then local models best first. For the
+primary and the remotes:
+
+* **Deadline.** ``timeout`` bounds the wait for the first piece of the answer,
+  all retries included. A hung server yields to the next target at the deadline;
+  a refused connection yields at once.
+* **Retries.** Retryable errors (dropped connections, 429, 5xx, read timeouts)
+  are retried by stamina with exponential backoff and jitter, inside the deadline.
+* **Circuit breaker.** A target that keeps failing is skipped without a request
+  until its cooldown ends.
+
+Once a target streams, a gap longer than ``stall_s`` or an error counts as its
+failure; the next target continues the *same* answer from the text so far, so
+the reader sees no duplicate and no gap. ``ChatResult.switches`` records where.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .backends.base import GenerationParams, TargetFailed
+from .breaker import CircuitBreaker
+from .errors import AllTargetsFailed, FallbackError
+
+__all__ = ["Attempt", "ChatResult", "FailoverChain", "Switch", "Target"]
+
+log = logging.getLogger(__name__)
+
+Source = Literal["primary", "remote", "local"]
+StreamFn = Callable[..., Iterator[str]]
+
+
+class Attempt(BaseModel):
+    """One try of one target (its retries included)."""
+
+    target: str
+    source: Source
+    ok: bool
+    error: str | None = None
+    latency_s: float
+    tries: int = 1
+    tokens: int = 0
+
+
+class Switch(BaseModel):
+    """Where a streamed answer moved from one target to the next."""
+
+    at_char: int
+    from_target: str
+    to_target: str
+
+
+class ChatResult(BaseModel):
+    """The answer and how it was obtained."""
+
+    text: str
+    model: str
+    source: Source
+    fell_back: bool
+    attempts: list[Attempt]
+    ttft_s: float | None
+    latency_s: float
+    tokens: int
+    switches: list[Switch] = Field(default_factory=list)
+    finish_reason: str = "stop"
+
+    def to_openai(self) -> dict[str, Any]:
+        """The answer as an OpenAI ``chat.completion`` object."""
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": self.text},
+                "finish_reason": self.finish_reason,
+            }],
+            "usage": {"prompt_tokens": 0, "completion_tokens": self.tokens,
+                      "total_tokens": self.tokens},
+        }
+
+
+@dataclass
+class Target:
+    """Something that can answer: a server, the host's callable, or a local model.
+
+    ``stream(messages, params, prefix=..., deadline_s=..., cancel=...)`` yields pieces.
+    Remote targets (``guarded``) run in a watchdog thread with deadlines and retries.
+    """
+
+    name: str
+    source: Source
+    stream: StreamFn
+    breaker: CircuitBreaker | None = None
+    guarded: bool = True
+    on_breaker_open: Callable[[], None] | None = None
+
+
+_END = object()
+
+
+class _Pump:
+    """Runs a target's stream in a thread and hands pieces over under time limits."""
+
+    def __init__(self, start: Callable[[threading.Event], Iterator[str]]) -> None:
+        self.cancel = threading.Event()
+        self._queue: queue.Queue[tuple[bool, Any]] = queue.Queue()
+        self._start = start
+        threading.Thread(target=self._run, daemon=True, name="zwaif-target").start()
+
+    def _run(self) -> None:
+        try:
+            for piece in self._start(self.cancel):
+                if self.cancel.is_set():
+                    return
+                self._queue.put((True, piece))
+            self._queue.put((True, _END))
+        except BaseException as exc:  # handed to the reader, who decides
+            self._queue.put((False, exc))
+
+    def next(self, timeout_s: float, what: str) -> Any:
+        try:
+            ok, item = self._queue.get(timeout=max(timeout_s, 0.0))
+        except queue.Empty:
+            self.close()
+            raise TargetFailed(f"no {what} within {timeout_s:.1f} s", retryable=True) from None
+        if ok:
+            return item
+        if isinstance(item, TargetFailed):
+            raise item
+        raise TargetFailed(f"{type(item).__name__}: {item}") from item
+
+    def close(self) -> None:
+        self.cancel.set()
+
+
+@dataclass
+class _Run:
+    """The state of one chat while it streams."""
+
+    started: float
+    text: str = ""
+    tokens: int = 0
+    ttft_s: float | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    switches: list[Switch] = field(default_factory=list)
+    last_target: str | None = None
+
+
+class FailoverChain:
+    """Runs one chat through a list of targets.
+
+    Args:
+        timeout_s: deadline for a guarded target's first piece, retries included.
+        max_retries: attempts on a guarded target for retryable errors.
+        stall_s: the longest gap between pieces once a guarded target streams.
+        auto_switch: go on to the next local model when one fails.
+    """
+
+    def __init__(self, *, timeout_s: float, max_retries: int, stall_s: float | None = None,
+                 auto_switch: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.stall_s = stall_s if stall_s is not None else timeout_s
+        self.auto_switch = auto_switch
+        self._clock = clock
+
+    def stream(self, messages: list[dict[str, str]], params: GenerationParams,
+               targets: Iterable[Target], done: Callable[[ChatResult], None]) -> Iterator[str]:
+        """Yield the answer; call ``done`` with the ChatResult when it is complete.
+
+        Raises:
+            AllTargetsFailed: no target could finish the answer (``attempts`` says why).
+        """
+        run = _Run(started=self._clock())
+        locals_tried = 0
+        for target in targets:
+            if target.source == "local":
+                if locals_tried and not self.auto_switch:
+                    break
+                locals_tried += 1
+            if target.breaker is not None and not target.breaker.allow():
+                state = target.breaker.snapshot()
+                run.attempts.append(Attempt(target=target.name, source=target.source, ok=False,
+                                            error=f"circuit open: skipped (retry in "
+                                                  f"{state.retry_in_s:.0f} s)", latency_s=0.0))
+                continue
+            yield from self._try(target, messages, params, run)
+            if run.attempts[-1].ok:
+                done(self._result(run, target, params))
+                return
+        raise AllTargetsFailed(run.attempts)
+
+    def _try(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
+             run: _Run) -> Iterator[str]:
+        start, produced, tries = self._clock(), 0, [0]
+        prefix = run.text
+        try:
+            pieces = (self._guarded(target, messages, params, prefix, tries) if target.guarded
+                      else self._direct(target, messages, params, prefix, tries))
+            for piece in pieces:
+                if produced == 0 and run.last_target is not None and run.text:
+                    run.switches.append(Switch(at_char=len(run.text), from_target=run.last_target,
+                                               to_target=target.name))
+                produced += 1
+                run.tokens += 1
+                run.text += piece
+                if run.ttft_s is None:
+                    run.ttft_s = self._clock() - run.started
+                yield piece
+        except TargetFailed as exc:
+            run.attempts.append(Attempt(target=target.name, source=target.source, ok=False,
+                                        error=str(exc), latency_s=self._clock() - start,
+                                        tries=tries[0], tokens=produced))
+            log.warning("target %s failed after %d pieces: %s", target.name, produced, exc)
+            if target.breaker is not None and target.breaker.record_failure():
+                log.warning("circuit for %s opened", target.name)
+                if target.on_breaker_open is not None:
+                    target.on_breaker_open()
+            if produced:
+                run.last_target = target.name
+            return
+        if target.breaker is not None:
+            target.breaker.record_success()
+        run.attempts.append(Attempt(target=target.name, source=target.source, ok=True,
+                                    latency_s=self._clock() - start, tries=tries[0],
+                                    tokens=produced))
+
+    def _direct(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
+                prefix: str, tries: list[int]) -> Iterator[str]:
+        tries[0] = 1
+        try:
+            yield from target.stream(messages, params, prefix=prefix)
+        except TargetFailed:
+            raise
+        except FallbackError as exc:  # its message already says what went wrong
+            raise TargetFailed(str(exc)) from exc
+        except Exception as exc:  # a local runtime failing any way at all is a failed target
+            raise TargetFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    def _guarded(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
+                 prefix: str, tries: list[int]) -> Iterator[str]:
+        import stamina
+
+        deadline = self._clock() + self.timeout_s
+        pump: _Pump | None = None
+        first: Any = _END
+        for attempt in stamina.retry_context(
+                on=lambda exc: isinstance(exc, TargetFailed) and exc.retryable,
+                attempts=self.max_retries, timeout=self.timeout_s,
+                wait_initial=0.05, wait_max=1.0, wait_jitter=0.1):
+            with attempt:
+                tries[0] += 1
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise TargetFailed(f"no answer within the {self.timeout_s:g} s deadline")
+                pump = self._open(target, messages, params, prefix, remaining)
+                try:
+                    first = pump.next(remaining, "answer")
+                except TargetFailed:
+                    pump.close()
+                    raise
+        assert pump is not None
+        try:
+            item = first
+            while item is not _END:
+                yield item
+                item = pump.next(self.stall_s, "new token")
+        finally:
+            pump.close()
+
+    @staticmethod
+    def _open(target: Target, messages: list[dict[str, str]], params: GenerationParams,
+              prefix: str, deadline_s: float) -> _Pump:
+        return _Pump(lambda cancel: target.stream(messages, params, prefix=prefix,
+                                                  deadline_s=deadline_s, cancel=cancel))
+
+    def _result(self, run: _Run, target: Target, params: GenerationParams) -> ChatResult:
+        return ChatResult(
+            text=run.text,
+            model=target.name,
+            source=target.source,
+            fell_back=any(not a.ok for a in run.attempts),
+            attempts=run.attempts,
+            ttft_s=round(run.ttft_s, 4) if run.ttft_s is not None else None,
+            latency_s=round(self._clock() - run.started, 4),
+            tokens=run.tokens,
+            switches=run.switches,
+            finish_reason="length" if run.attempts[-1].tokens >= params.max_tokens else "stop",
+        )

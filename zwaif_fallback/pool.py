@@ -1,0 +1,161 @@
+"""The local model this process holds, switched safely.
+
+One local model is current at a time. Generations lease its backend; a model is
+never freed while a lease is out. A switch loads the new model first when both
+fit (the old one is freed when its last generation ends), or waits for the old
+one's generations, frees it, then loads the new one. An idle model is unloaded
+after ``keep_alive`` seconds and loaded again on its next use.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from .backends.base import Backend
+from .model_info import ModelInfo
+
+__all__ = ["LocalPool"]
+
+log = logging.getLogger(__name__)
+
+
+class LocalPool:
+    """Holds the current local model. ``make(model)`` builds an unloaded backend for it."""
+
+    def __init__(self, make: Callable[[ModelInfo], Backend], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._make = make
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._switching = threading.Lock()  # one switch at a time
+        self._model: ModelInfo | None = None
+        self._backend: Backend | None = None
+        self._leases: dict[Backend, int] = {}
+        self._retired: set[Backend] = set()
+        self._last_used = clock()
+        self.loads = 0  # how many loads this pool has made (for health and tests)
+
+    @property
+    def current(self) -> ModelInfo | None:
+        with self._cond:
+            return self._model
+
+    @property
+    def backend(self) -> Backend | None:
+        with self._cond:
+            return self._backend
+
+    def is_loaded(self) -> bool:
+        with self._cond:
+            return self._backend is not None and self._backend.loaded
+
+    @contextmanager
+    def use(self, model: ModelInfo, *, both_fit: bool = False) -> Iterator[Backend]:
+        """Lease the backend of ``model``, switching to it first if needed."""
+        backend = self._acquire(model, both_fit)
+        try:
+            yield backend
+        finally:
+            self._release(backend)
+
+    def switch(self, model: ModelInfo, *, both_fit: bool) -> Backend:
+        """Make ``model`` current and loaded. Raises ModelLoadError (the old model stays then,
+        when it was not released first)."""
+        with self.use(model, both_fit=both_fit) as backend:
+            if not backend.loaded:
+                backend.load()
+                self.loads += 1
+            return backend
+
+    def release(self) -> None:
+        """Free the current model once its generations are done; nothing is current after."""
+        with self._switching:
+            with self._cond:
+                old, self._model, self._backend = self._backend, None, None
+            if old is not None:
+                self._retire(old)
+
+    def reap_idle(self, keep_alive_s: float) -> bool:
+        """Unload the current model if nothing used it for ``keep_alive_s``; True if it did."""
+        if keep_alive_s <= 0:
+            return False
+        with self._cond:
+            backend = self._backend
+            idle = self._clock() - self._last_used
+            if (backend is None or not backend.loaded or self._leases.get(backend)
+                    or idle < keep_alive_s):
+                return False
+            self._leases[backend] = 1  # hold it while unloading, so no generation starts
+        try:
+            backend.unload()
+            log.info("unloaded %s after %.0f s idle", backend.name, idle)
+        finally:
+            self._release(backend, touch=False)
+        return True
+
+    def close(self) -> None:
+        self.release()
+
+    # -- internals -----------------------------------------------------------------
+
+    def _lease(self, backend: Backend) -> Backend:
+        self._leases[backend] = self._leases.get(backend, 0) + 1
+        self._last_used = self._clock()
+        return backend
+
+    def _acquire(self, model: ModelInfo, both_fit: bool) -> Backend:
+        with self._cond:
+            if self._model is not None and self._model.path == model.path and self._backend:
+                return self._lease(self._backend)
+        with self._switching:
+            with self._cond:  # another thread may have switched to it meanwhile
+                if self._model is not None and self._model.path == model.path and self._backend:
+                    return self._lease(self._backend)
+                old = self._backend
+            new = self._make(model)
+            if old is not None and not both_fit:
+                with self._cond:
+                    self._model = self._backend = None
+                self._retire(old, wait=True)
+                old = None
+            new.load()
+            self.loads += 1
+            with self._cond:
+                self._model, self._backend = model, new
+                self._lease(new)
+            if old is not None:
+                self._retire(old)
+            log.info("switched to %s", model.name)
+            return new
+
+    def _retire(self, backend: Backend, *, wait: bool = False) -> None:
+        """Unload ``backend`` now if idle; else when its last lease returns (or wait for it)."""
+        with self._cond:
+            if wait:
+                while self._leases.get(backend):
+                    self._cond.wait()
+            if self._leases.get(backend):
+                self._retired.add(backend)
+                return
+        backend.unload()
+
+    def _release(self, backend: Backend, *, touch: bool = True) -> None:
+        unload = False
+        with self._cond:
+            left = self._leases.get(backend, 0) - 1
+            if left > 0:
+                self._leases[backend] = left
+            else:
+                self._leases.pop(backend, None)
+                if backend in self._retired:
+                    self._retired.discard(backend)
+                    unload = True
+            if touch:
+                self._last_used = self._clock()
+            self._cond.notify_all()
+        if unload:
+            backend.unload()

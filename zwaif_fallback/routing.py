@@ -1,0 +1,120 @@
+"""Which targets a chat goes through, in what order, and the state they keep.
+
+The primary (a URL or the host's callable), then ``remote_urls``, then local
+models: the one already loaded first, then the rest ranked by fit verdict
+(GPU, partial, CPU), the preferred model ahead of its tier. Local candidates are
+ranked lazily, only when the chain gets that far, so a healthy primary costs
+nothing here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+from .backends.base import Backend
+from .backends.host import HostBackend
+from .backends.openai import OpenAIBackend
+from .breaker import BreakerState, CircuitBreaker
+from .errors import InvalidSettings
+from .failover import Target
+from .fit import Compatibility
+from .model_info import ModelInfo
+from .settings import FallbackSettings, validate_field
+
+__all__ = ["Router", "rank_local"]
+
+_VERDICT_RANK = {"gpu": 0, "partial": 1, "cpu": 2}
+Primary = str | Callable[..., Any] | None
+
+
+def rank_local(plans: list[tuple[ModelInfo, Compatibility]], preferred: str) -> list[ModelInfo]:
+    """Local models best first: verdict tier, the preferred model first in its tier,
+    bigger models first on the GPU (better answers), smaller first elsewhere (faster)."""
+    usable = [(m, c) for m, c in plans if c.compatible]
+
+    def key(item: tuple[ModelInfo, Compatibility]) -> tuple[int, int, float]:
+        model, fit = item
+        size = float(model.parameters or model.size_bytes)
+        return (_VERDICT_RANK[fit.verdict], 0 if model.name == preferred else 1,
+                -size if fit.verdict == "gpu" else size)
+
+    return [m for m, _ in sorted(usable, key=key)]
+
+
+class Router:
+    """Builds the target list of each chat and keeps each target's breaker."""
+
+    def __init__(self, *, local_stream: Callable[..., Iterator[str]],
+                 current: Callable[[], ModelInfo | None],
+                 ranked: Callable[[], list[ModelInfo]],
+                 on_primary_down: Callable[[], None],
+                 clock: Callable[[], float] | None = None) -> None:
+        self._local_stream = local_stream
+        self._current = current
+        self._ranked = ranked
+        self._on_primary_down = on_primary_down
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._remotes: dict[tuple[str, str, str], Backend] = {}
+
+    def targets(self, settings: FallbackSettings, primary: Primary) -> Iterator[Target]:
+        if primary is None and settings.primary_url:
+            primary = settings.primary_url
+        if callable(primary):
+            host = HostBackend(primary)
+            yield Target(name=f"host:{host.name}", source="primary", stream=host.stream,
+                         breaker=self.breaker(f"host:{host.name}"),
+                         on_breaker_open=self._on_primary_down)
+        elif primary:
+            yield self._remote_target(settings, str(primary), "primary")
+        for url in settings.remote_urls:
+            yield self._remote_target(settings, url, "remote")
+        current = self._current()
+        if current is not None:
+            yield self._local_target(current)
+        for model in self._ranked():
+            if current is None or model.path != current.path:
+                yield self._local_target(model)
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        with self._lock:
+            if name not in self._breakers:
+                kwargs = {"clock": self._clock} if self._clock else {}
+                self._breakers[name] = CircuitBreaker(**kwargs)
+            return self._breakers[name]
+
+    def breaker_states(self) -> dict[str, BreakerState]:
+        with self._lock:
+            return {name: b.snapshot() for name, b in self._breakers.items()}
+
+    def close(self) -> None:
+        with self._lock:
+            remotes, self._remotes = list(self._remotes.values()), {}
+        for backend in remotes:
+            backend.close()
+
+    def _remote_target(self, settings: FallbackSettings, url: str, source: str) -> Target:
+        try:
+            url = validate_field("primary_url", url)
+        except InvalidSettings as exc:
+            raise InvalidSettings(f"primary {exc}") from None
+        is_primary = source == "primary"
+        model = settings.primary_model if is_primary else ""
+        key = settings.primary_api_key.get_secret_value() if is_primary else ""
+        with self._lock:
+            backend = self._remotes.get((url, model, key))
+            if backend is None:
+                backend = OpenAIBackend(url, model=model, api_key=key, source=source,
+                                        read_timeout_s=settings.timeout + 5.0)
+                self._remotes[(url, model, key)] = backend
+        return Target(name=url, source="primary" if is_primary else "remote",
+                      stream=backend.stream, breaker=self.breaker(url),
+                      on_breaker_open=self._on_primary_down if is_primary else None)
+
+    def _local_target(self, model: ModelInfo) -> Target:
+        return Target(name=model.name, source="local", stream=partial(self._local_stream, model),
+                      guarded=False)
