@@ -231,3 +231,28 @@ def gguf_bytes(*, n_tensors: int = 0, kv: Sequence[bytes] = (), version: int = 3
 def kv_string(key: str, value: str) -> bytes:
     k, v = key.encode(), value.encode()
     return struct.pack("<Q", len(k)) + k + struct.pack("<I", 8) + struct.pack("<Q", len(v)) + v
+
+
+def write_hf_chat_model(folder: Path, *, seed: int = 0) -> Path:
+    """An HF Llama folder transformers can load and chat with: weights, a byte-level BPE
+    tokenizer trained here, and a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["hello world, the cat sat on the mat; red green blue"] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                                   eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    write_hf_folder(folder, n_vocab=max(300, len(fast)), seed=seed)
+    fast.save_pretrained(str(folder))
+    config = json.loads((folder / "config.json").read_text())
+    config.update(bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                  pad_token_id=fast.pad_token_id)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder

@@ -1,0 +1,167 @@
+"""Real local models in one process: concurrency, switching, memory, keep_alive, transformers."""
+
+from __future__ import annotations
+
+import threading
+
+import psutil
+import pytest
+from builders import write_gguf, write_hf_chat_model, write_sparse_gguf
+from servers import wait_until
+
+from zwaif_fallback import FallbackManager, FallbackSettings, IncompatibleModel
+from zwaif_fallback.backends.base import GenerationParams
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1"
+PROMPTS = ["Name a fruit.", "Name a colour.", "Name an animal.", "Name a city."]
+GEN = {"max_tokens": 12, "temperature": 0.0, "seed": 3}
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture
+def models_dir(isolated):
+    folder = isolated / "models"
+    folder.mkdir()
+    write_gguf(folder / "tiny.gguf", seed=5)
+    return folder
+
+
+def make(models_dir, **settings) -> FallbackManager:
+    base = dict(models_dir=models_dir, scan_system_stores=False, keep_alive=0,
+                preferred_model=SMOL)
+    return FallbackManager(FallbackSettings(**(base | settings)))
+
+
+def references(manager: FallbackManager, name: str) -> dict[str, str]:
+    manager.switch_model(name, persist=False)
+    return {p: manager.chat(ask(p), **GEN).text for p in PROMPTS}
+
+
+def test_concurrent_chats_are_all_served_and_never_mixed(models_dir):
+    with make(models_dir) as manager:
+        expected = references(manager, SMOL)
+        results: dict[int, object] = {}
+
+        def chat(i: int) -> None:
+            results[i] = manager.chat(ask(PROMPTS[i % 4]), **GEN)
+
+        threads = [threading.Thread(target=chat, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert len(results) == 8
+        for i, result in results.items():
+            assert result.text == expected[PROMPTS[i % 4]], i
+
+
+def test_chats_go_on_while_another_thread_switches_models(models_dir):
+    with make(models_dir) as manager:
+        expected = {"tiny": references(manager, "tiny"), SMOL: references(manager, SMOL)}
+        results, errors = [], []
+        stop = threading.Event()
+
+        def chat(i: int) -> None:
+            try:
+                for n in range(3):
+                    prompt = PROMPTS[(i + n) % 4]
+                    results.append((prompt, manager.chat(ask(prompt), **GEN)))
+            except Exception as exc:  # any failure is a test failure below
+                errors.append(exc)
+
+        def switch() -> None:
+            names = ["tiny", SMOL]
+            n = 0
+            while not stop.is_set() and n < 8:
+                manager.switch_model(names[n % 2], persist=False)
+                n += 1
+
+        switcher = threading.Thread(target=switch)
+        chatters = [threading.Thread(target=chat, args=(i,)) for i in range(4)]
+        switcher.start()
+        for t in chatters:
+            t.start()
+        for t in chatters:
+            t.join(300)
+        stop.set()
+        switcher.join(300)
+        assert not errors
+        assert len(results) == 12
+        for prompt, result in results:
+            assert result.text == expected[result.model][prompt], (result.model, prompt)
+
+
+@pytest.mark.slow
+def test_twenty_switches_do_not_leak_memory(models_dir):
+    with make(models_dir) as manager:
+        rss = psutil.Process().memory_info
+        for name in ("tiny", SMOL):
+            manager.switch_model(name, persist=False)
+            manager.chat(ask("hi"), **GEN)
+        baseline = rss().rss
+        for n in range(20):
+            manager.switch_model(("tiny", SMOL)[n % 2], persist=False)
+            manager.chat(ask("hi"), **GEN)
+        growth = (rss().rss - baseline) / baseline
+        assert growth < 0.10, f"RSS grew {growth:.1%} over 20 switches"
+
+
+def test_an_idle_model_is_unloaded_and_reloaded_on_demand(models_dir):
+    with make(models_dir, keep_alive=1) as manager:
+        manager.chat(ask("hi"), **GEN)
+        assert manager._pool.is_loaded()
+        wait_until(lambda: not manager._pool.is_loaded(), timeout_s=15, what="keep_alive unload")
+        assert manager.current_model.name == SMOL  # still the current model, just unloaded
+        assert manager.chat(ask("hi"), **GEN).model == SMOL
+        assert manager._pool.is_loaded()
+
+
+def test_switch_model_persists_the_preferred_model(models_dir):
+    settings = FallbackSettings(models_dir=models_dir, scan_system_stores=False, keep_alive=0)
+    with FallbackManager(settings) as manager:
+        assert manager.switch_model("tiny").name == "tiny"
+        assert manager.settings.preferred_model == "tiny"
+        assert manager.current_model.name == "tiny"
+    assert FallbackSettings().preferred_model == "tiny"  # saved in the settings file
+
+
+def test_a_model_too_big_for_this_machine_is_refused(models_dir):
+    write_sparse_gguf(models_dir / "giant.gguf", n_vocab=160_000, n_embd=400_000, merges=False)
+    with make(models_dir) as manager:
+        with pytest.raises(IncompatibleModel, match="does not fit"):
+            manager.switch_model("giant")
+        assert manager.check_compatibility("giant").verdict == "none"
+
+
+@pytest.fixture(scope="module")
+def hf_chat_model(tmp_path_factory):
+    return write_hf_chat_model(tmp_path_factory.mktemp("hf") / "tiny-chat-hf")
+
+
+def test_an_hf_folder_answers_through_transformers(isolated, hf_chat_model):
+    settings = FallbackSettings(hf_models=[str(hf_chat_model)], preferred_model="tiny-chat-hf",
+                                models_dir=isolated / "models", scan_system_stores=False,
+                                keep_alive=0)
+    with FallbackManager(settings) as manager:
+        manager.switch_model("tiny-chat-hf", persist=False)
+        pieces = list(manager.stream_chat(ask("hello world"), **GEN))
+        result = manager.last_result
+    assert result.model == "tiny-chat-hf" and result.source == "local"
+    assert "".join(pieces) == result.text and result.tokens == len(pieces) > 0
+    assert "<|im_start|>" not in result.text and "hello world" not in result.text  # no echo
+
+
+@pytest.mark.slow
+def test_transformers_loads_a_gguf_file(smollm2):
+    from zwaif_fallback.backends.transformers import TransformersBackend
+
+    backend = TransformersBackend("smol-hf", str(smollm2))
+    try:
+        text = "".join(backend.stream(ask("What is the capital of France?"),
+                                      GenerationParams(max_tokens=12, temperature=0.0)))
+    finally:
+        backend.unload()
+    assert "Paris" in text
