@@ -118,8 +118,8 @@ def test_the_breaker_opening_calls_for_a_preload(manager):
     target = next(manager._router.targets(manager.settings, url))
     opened = []
     target.on_breaker_open = lambda: opened.append(True)
-    from zwaif_fallback.failover import FailoverChain
     from zwaif_fallback.backends.base import GenerationParams
+    from zwaif_fallback.failover import FailoverChain
 
     chain = FailoverChain(timeout_s=5, max_retries=3)
     for _ in range(3):

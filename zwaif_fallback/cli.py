@@ -142,18 +142,17 @@ def cmd_chat(manager: FallbackManager, args: argparse.Namespace) -> int:
         manager.switch_model(args.model, persist=False)
     messages = [{"role": "user", "content": args.prompt}]
     if args.json:
-        result = manager.chat(messages, max_tokens=args.max_tokens)
-        return _print_json(result.model_dump())
+        return _print_json(manager.chat(messages, max_tokens=args.max_tokens).model_dump())
     for piece in manager.stream_chat(messages, max_tokens=args.max_tokens):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
-    result = manager.last_result
-    if result is not None:
-        failed = [f"{a.target}: {a.error}" for a in result.attempts if not a.ok]
+    done = manager.last_result
+    if done is not None:
+        failed = [f"{a.target}: {a.error}" for a in done.attempts if not a.ok]
         note = f"; fell back after {'; '.join(failed)}" if failed else ""
-        print(f"[{result.model} ({result.source}), {result.tokens} tokens in "
-              f"{result.latency_s:.1f} s{note}]", file=sys.stderr)
+        print(f"[{done.model} ({done.source}), {done.tokens} tokens in "
+              f"{done.latency_s:.1f} s{note}]", file=sys.stderr)
     return 0
 
 

@@ -83,8 +83,8 @@ class Router:
     def breaker(self, name: str) -> CircuitBreaker:
         with self._lock:
             if name not in self._breakers:
-                kwargs = {"clock": self._clock} if self._clock else {}
-                self._breakers[name] = CircuitBreaker(**kwargs)
+                self._breakers[name] = (CircuitBreaker(clock=self._clock) if self._clock
+                                        else CircuitBreaker())
             return self._breakers[name]
 
     def breaker_states(self) -> dict[str, BreakerState]:

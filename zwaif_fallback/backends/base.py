@@ -109,10 +109,10 @@ class Backend(ABC):
         Raises TargetFailed when the target cannot answer.
         """
 
-    def load(self) -> None:
+    def load(self) -> None:  # noqa: B027 - remote backends have nothing to load
         """Load the model, if this backend has one. Idempotent."""
 
-    def unload(self) -> None:
+    def unload(self) -> None:  # noqa: B027 - remote backends have nothing to free
         """Free the model's memory. Idempotent."""
 
     @property

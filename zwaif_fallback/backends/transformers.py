@@ -141,7 +141,7 @@ class TransformersBackend(Backend):
             torch.manual_seed(params.seed)
         stop = threading.Event()  # set when the reader goes away: generation ends early
 
-        class _Abandoned(transformers.StoppingCriteria):  # type: ignore[misc, name-defined]
+        class _Abandoned(transformers.StoppingCriteria):  # type: ignore[name-defined]
             def __call__(self, *args: Any, **kwargs: Any) -> bool:
                 return stop.is_set()
 
