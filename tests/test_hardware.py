@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import threading
 
-from conftest import run_cli
+from conftest import FakeClock, run_cli
 from fake_nvml.pynvml import FakeNvml
 
 from zwaif_fallback.hardware import HardwareProbe
@@ -15,12 +15,6 @@ TWO_GPUS = [
 ]
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_nvml_reports_every_gpu_with_its_vram():

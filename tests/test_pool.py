@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from conftest import FakeClock
 from servers import wait_until
 
 from zwaif_fallback.backends.base import Backend
@@ -35,12 +36,6 @@ class Recording(Backend):
         yield self.name
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def model(name: str) -> ModelInfo:
@@ -104,7 +99,7 @@ def test_a_release_first_switch_waits_for_the_running_generation():
 
 def test_an_idle_model_is_unloaded_after_keep_alive_and_reloaded_on_use():
     events: list[str] = []
-    clock = Clock()
+    clock = FakeClock()
     pool = make_pool(events, clock)
     pool.switch(model("a"), both_fit=False)
     clock.now = 59
@@ -118,7 +113,7 @@ def test_an_idle_model_is_unloaded_after_keep_alive_and_reloaded_on_use():
 
 def test_a_model_in_use_is_never_reaped():
     events: list[str] = []
-    clock = Clock()
+    clock = FakeClock()
     pool = make_pool(events, clock)
     with pool.use(model("a")):
         clock.now = 1000
@@ -128,7 +123,7 @@ def test_a_model_in_use_is_never_reaped():
 
 def test_keep_alive_zero_never_unloads():
     events: list[str] = []
-    clock = Clock()
+    clock = FakeClock()
     pool = make_pool(events, clock)
     pool.switch(model("a"), both_fit=False)
     clock.now = 10**6

@@ -7,6 +7,7 @@ data. Only the JSON is read, after checking N against the file size.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -34,10 +35,7 @@ class SafetensorsTensor:
 
     @property
     def n_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 def read_safetensors_header(path: str | Path) -> list[SafetensorsTensor]:

@@ -17,7 +17,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ..errors import InvalidSettings
 
-__all__ = ["Backend", "GenerationParams", "Message", "TargetFailed", "check_messages"]
+__all__ = ["Backend", "GenerationParams", "LocalBackend", "Message", "TargetFailed",
+           "check_messages"]
 
 Message = Mapping[str, Any]
 MAX_PROMPT_CHARS = 2_000_000
@@ -125,3 +126,51 @@ class Backend(ABC):
 
     def close(self) -> None:
         self.unload()
+
+
+class LocalBackend(Backend):
+    """A model held in this process. One generation, load or unload runs at a time
+    (llama.cpp contexts are not thread-safe); others queue on the lock. A model that
+    was unloaded while idle is loaded again by its next generation."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._lock = threading.Lock()
+
+    @property
+    @abstractmethod
+    def loaded(self) -> bool: ...
+
+    @abstractmethod
+    def _load_locked(self) -> None:
+        """Load the model (the lock is held; a no-op when loaded). Raises ModelLoadError."""
+
+    @abstractmethod
+    def _unload_locked(self) -> None:
+        """Free the model (the lock is held, the model is loaded)."""
+
+    @abstractmethod
+    def _generate(self, messages: list[dict[str, str]], params: GenerationParams, prefix: str,
+                  cancel: threading.Event | None) -> Iterator[str]:
+        """Yield the answer (the lock is held, the model is loaded)."""
+
+    def load(self) -> None:
+        with self._lock:
+            self._load_locked()
+
+    def unload(self) -> None:
+        with self._lock:
+            if self.loaded:
+                self._unload_locked()
+
+    def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
+               prefix: str = "", deadline_s: float | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str]:
+        from ..errors import ModelLoadError
+
+        with self._lock:
+            try:
+                self._load_locked()
+            except ModelLoadError as exc:
+                raise TargetFailed(str(exc)) from exc
+            yield from self._generate(messages, params, prefix, cancel)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable, ModelLoadError
-from .base import Backend, GenerationParams, TargetFailed
+from .base import GenerationParams, LocalBackend, TargetFailed
 
 __all__ = ["LlamaCppBackend"]
 
@@ -85,7 +85,7 @@ def preflight(path: str, *, timeout_s: float = 120.0) -> None:
         raise ModelLoadError(problem)
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(LocalBackend):
     """One GGUF model in this process; generations on it are queued (contexts are not thread-safe).
 
     Args:
@@ -107,15 +107,10 @@ class LlamaCppBackend(Backend):
         self.safe_load = safe_load
         self._llm: Any = None
         self._formatter: Any = None
-        self._lock = threading.Lock()  # one generation (or load/unload) at a time
 
     @property
     def loaded(self) -> bool:
         return self._llm is not None
-
-    def load(self) -> None:
-        with self._lock:
-            self._load_locked()
 
     def _load_locked(self) -> None:
         if self._llm is not None:
@@ -149,31 +144,22 @@ class LlamaCppBackend(Backend):
             stop_token_ids=[eos_id],
         )
 
-    def unload(self) -> None:
-        with self._lock:
-            if self._llm is not None:
-                self._llm.close()
-                self._llm = self._formatter = None
-                log.info("unloaded %s", self.name)
+    def _unload_locked(self) -> None:
+        self._llm.close()
+        self._llm = self._formatter = None
+        log.info("unloaded %s", self.name)
 
-    def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
-               prefix: str = "", deadline_s: float | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str]:
-        with self._lock:
-            try:
-                self._load_locked()
-            except ModelLoadError as exc:
-                raise TargetFailed(str(exc)) from exc
-            try:
-                chunks = self._completion(messages, params, prefix)
-                for chunk in chunks:
-                    if cancel is not None and cancel.is_set():
-                        return
-                    piece = chunk["choices"][0].get("text") or ""
-                    if piece:
-                        yield piece
-            except (ValueError, RuntimeError) as exc:
-                raise TargetFailed(f"llama.cpp failed while generating: {exc}") from exc
+    def _generate(self, messages: list[dict[str, str]], params: GenerationParams, prefix: str,
+                  cancel: threading.Event | None) -> Iterator[str]:
+        try:
+            for chunk in self._completion(messages, params, prefix):
+                if cancel is not None and cancel.is_set():
+                    return
+                piece = chunk["choices"][0].get("text") or ""
+                if piece:
+                    yield piece
+        except (ValueError, RuntimeError) as exc:
+            raise TargetFailed(f"llama.cpp failed while generating: {exc}") from exc
 
     def _completion(self, messages: list[dict[str, str]], params: GenerationParams,
                     prefix: str) -> Iterator[Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable, ModelLoadError
-from .base import Backend, GenerationParams, TargetFailed
+from .base import GenerationParams, LocalBackend, TargetFailed
 
 __all__ = ["TransformersBackend"]
 
@@ -33,7 +33,7 @@ def _import() -> tuple[Any, Any]:
     return torch, transformers
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(LocalBackend):
     """One HF model in this process; generations are queued.
 
     Args:
@@ -53,15 +53,10 @@ class TransformersBackend(Backend):
         self.allow_pickle = allow_pickle
         self._model: Any = None
         self._tokenizer: Any = None
-        self._lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
         return self._model is not None
-
-    def load(self) -> None:
-        with self._lock:
-            self._load_locked()
 
     def _load_locked(self) -> None:
         if self._model is not None:
@@ -98,26 +93,13 @@ class TransformersBackend(Backend):
             return "cuda:0"
         return "auto"
 
-    def unload(self) -> None:
-        with self._lock:
-            if self._model is None:
-                return
-            self._model = self._tokenizer = None
-            gc.collect()
-            torch, _ = _import()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            log.info("unloaded %s", self.name)
-
-    def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
-               prefix: str = "", deadline_s: float | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str]:
-        with self._lock:
-            try:
-                self._load_locked()
-            except ModelLoadError as exc:
-                raise TargetFailed(str(exc)) from exc
-            yield from self._generate(messages, params, prefix, cancel)
+    def _unload_locked(self) -> None:
+        self._model = self._tokenizer = None
+        gc.collect()
+        torch, _ = _import()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.info("unloaded %s", self.name)
 
     def _generate(self, messages: list[dict[str, str]], params: GenerationParams, prefix: str,
                   cancel: threading.Event | None) -> Iterator[str]:
