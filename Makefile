@@ -40,6 +40,7 @@ run: setup
 	$(PY) -m zwaif_fallback status
 	$(PY) -m zwaif_fallback models
 	$(PY) -m zwaif_fallback check $(BUNDLED_MODEL)
+	$(PY) -m zwaif_fallback chat "Hello! Who are you?" --max-tokens 48
 
 test: setup-test
 	$(PY) -m pytest
