@@ -1,0 +1,289 @@
+"""History on disk: benchmark results, failover events, monitor samples, fit calibrations.
+
+SQLite (stdlib, WAL) in ``data_dir/history.sqlite3``. The schema migrates itself
+(``PRAGMA user_version`` counts the migrations applied). The store sits beside
+the host's chat path, so it never raises into it: a locked, read-only, full or
+corrupt database is logged and reported by ``problem``, writes are dropped, reads
+return nothing. A corrupt file is moved aside and a fresh one started.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Store"]
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "history.sqlite3"
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE benchmarks (
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, model TEXT NOT NULL, ok INTEGER NOT NULL,
+        gen_tps REAL, quality_score REAL, data TEXT NOT NULL);
+    CREATE INDEX benchmarks_model ON benchmarks (model, at);
+    CREATE TABLE failovers (
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, target TEXT NOT NULL, source TEXT NOT NULL,
+        ok INTEGER NOT NULL, error TEXT, duration_s REAL NOT NULL);
+    CREATE INDEX failovers_at ON failovers (at);
+    CREATE TABLE monitor_sessions (
+        id INTEGER PRIMARY KEY, started REAL NOT NULL, duration_s REAL NOT NULL,
+        interval_s REAL NOT NULL, stopped_early INTEGER, summary TEXT);
+    CREATE TABLE monitor_samples (
+        session INTEGER NOT NULL REFERENCES monitor_sessions (id) ON DELETE CASCADE,
+        t_s REAL NOT NULL, vram_used_mb REAL, ram_used_mb REAL, cpu_percent REAL,
+        gpu_utilization_pct REAL, tokens_per_s REAL);
+    CREATE INDEX monitor_samples_session ON monitor_samples (session, t_s);
+    CREATE TABLE calibrations (
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, model_key TEXT NOT NULL,
+        config_key TEXT NOT NULL, device TEXT NOT NULL, estimated_mb REAL NOT NULL,
+        measured_mb REAL NOT NULL);
+    CREATE INDEX calibrations_key ON calibrations (model_key, config_key, device, at);
+    """,
+]
+
+
+class Store:
+    """Thread-safe; every public method swallows database errors (see ``problem``)."""
+
+    def __init__(self, data_dir: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(data_dir) / FILE_NAME
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self.problem: str | None = None
+
+    # -- connection -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=2.0, check_same_thread=False,
+                               isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=2000")
+            self._migrate(conn)
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("PRAGMA user_version").fetchone()[0] >= number:
+                    conn.execute("ROLLBACK")  # another process migrated meanwhile
+                    continue
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("history database migrated to version %d", number)
+
+    @contextmanager
+    def _db(self, what: str) -> Iterator[sqlite3.Connection | None]:
+        """The connection, or None when the database cannot be used (reported, not raised)."""
+        with self._lock:
+            try:
+                conn = self._connect()
+            except sqlite3.DatabaseError as exc:
+                if _is_corrupt(exc):
+                    conn = self._recover(exc)
+                else:
+                    self._report(what, exc)
+                    conn = None
+            except OSError as exc:
+                self._report(what, exc)
+                conn = None
+            if conn is None:
+                yield None
+                return
+            try:
+                yield conn
+                self.problem = None
+            except sqlite3.DatabaseError as exc:
+                self._report(what, exc)
+                if _is_corrupt(exc):
+                    self._close()
+
+    def _recover(self, exc: Exception) -> sqlite3.Connection | None:
+        self._close()
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(self._clock())}")
+        try:
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            conn = self._connect()
+        except (OSError, sqlite3.DatabaseError) as again:
+            self._report("recovering the history database", again)
+            return None
+        self.problem = f"the history database was corrupt ({exc}); moved it to {aside.name}"
+        log.error("%s", self.problem)
+        return conn
+
+    def _report(self, what: str, exc: Exception) -> None:
+        self.problem = f"history database unavailable while {what}: {exc}"
+        log.warning("%s", self.problem)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    # -- benchmarks ----------------------------------------------------------------
+
+    def add_benchmark(self, result: dict[str, Any]) -> None:
+        with self._db("saving a benchmark") as db:
+            if db is not None:
+                db.execute("INSERT INTO benchmarks (at, model, ok, gen_tps, quality_score, data) "
+                           "VALUES (?, ?, ?, ?, ?, ?)",
+                           (self._clock(), result.get("model", "?"), int(bool(result.get("ok"))),
+                            result.get("gen_tps"), result.get("quality_score"),
+                            json.dumps(result, default=str)))
+
+    def benchmarks(self, model: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first; each is the saved result plus ``at`` (Unix time)."""
+        with self._db("reading benchmarks") as db:
+            if db is None:
+                return []
+            query = "SELECT at, data FROM benchmarks"
+            args: Sequence[Any] = ()
+            if model is not None:
+                query, args = query + " WHERE model = ?", (model,)
+            rows = db.execute(query + " ORDER BY at DESC, id DESC LIMIT ?", (*args, limit))
+            return [json.loads(data) | {"at": at} for at, data in rows.fetchall()]
+        return []
+
+    # -- failovers -------------------------------------------------------------------
+
+    def add_attempts(self, attempts: Sequence[dict[str, Any]]) -> None:
+        """Every attempt of one chat (target, source, ok, error, latency_s)."""
+        with self._db("saving failover events") as db:
+            if db is not None and attempts:
+                now = self._clock()
+                db.executemany(
+                    "INSERT INTO failovers (at, target, source, ok, error, duration_s) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(now, a["target"], a["source"], int(bool(a["ok"])), a.get("error"),
+                      float(a.get("latency_s") or 0.0)) for a in attempts])
+
+    def failovers(self, *, since_s: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Attempts newest first, optionally only those of the last ``since_s`` seconds."""
+        with self._db("reading failover events") as db:
+            if db is None:
+                return []
+            cutoff = self._clock() - since_s if since_s is not None else 0.0
+            rows = db.execute("SELECT at, target, source, ok, error, duration_s FROM failovers "
+                              "WHERE at >= ? ORDER BY at DESC, id DESC LIMIT ?", (cutoff, limit))
+            keys = ("at", "target", "source", "ok", "error", "duration_s")
+            return [dict(zip(keys, row, strict=True)) | {"ok": bool(row[3])} for row in rows]
+        return []
+
+    # -- monitoring ---------------------------------------------------------------------
+
+    def add_monitor_session(self, report: dict[str, Any]) -> int | None:
+        """Save a finished session and its samples; returns its id."""
+        with self._db("saving a monitoring session") as db:
+            if db is None:
+                return None
+            db.execute("BEGIN")
+            try:
+                cursor = db.execute(
+                    "INSERT INTO monitor_sessions (started, duration_s, interval_s, stopped_early, "
+                    "summary) VALUES (?, ?, ?, ?, ?)",
+                    (report.get("started", self._clock()), report["duration_s"],
+                     report["interval_s"], int(bool(report.get("stopped_early"))),
+                     json.dumps(report.get("summary", {}))))
+                session = cursor.lastrowid
+                db.executemany(
+                    "INSERT INTO monitor_samples (session, t_s, vram_used_mb, ram_used_mb, "
+                    "cpu_percent, gpu_utilization_pct, tokens_per_s) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(session, s["t_s"], s.get("vram_used_mb"), s.get("ram_used_mb"),
+                      s.get("cpu_percent"), s.get("gpu_utilization_pct"), s.get("tokens_per_s"))
+                     for s in report.get("samples", [])])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return int(session) if session is not None else None
+        return None
+
+    def monitor_sessions(self, *, limit: int = 20) -> list[dict[str, Any]]:
+        with self._db("reading monitoring sessions") as db:
+            if db is None:
+                return []
+            rows = db.execute("SELECT id, started, duration_s, interval_s, stopped_early, summary "
+                              "FROM monitor_sessions ORDER BY started DESC, id DESC LIMIT ?",
+                              (limit,)).fetchall()
+            return [{"id": r[0], "started": r[1], "duration_s": r[2], "interval_s": r[3],
+                     "stopped_early": bool(r[4]), "summary": json.loads(r[5] or "{}")} for r in rows]
+        return []
+
+    def monitor_samples(self, session: int) -> list[dict[str, Any]]:
+        with self._db("reading monitoring samples") as db:
+            if db is None:
+                return []
+            keys = ("t_s", "vram_used_mb", "ram_used_mb", "cpu_percent", "gpu_utilization_pct",
+                    "tokens_per_s")
+            rows = db.execute(f"SELECT {', '.join(keys)} FROM monitor_samples WHERE session = ? "
+                              "ORDER BY t_s", (session,)).fetchall()
+            return [dict(zip(keys, row, strict=True)) for row in rows]
+        return []
+
+    # -- calibrations ---------------------------------------------------------------------
+
+    def add_calibration(self, model_key: str, config_key: str, device: str, *,
+                        estimated_mb: float, measured_mb: float) -> None:
+        with self._db("saving a calibration") as db:
+            if db is not None:
+                db.execute("INSERT INTO calibrations (at, model_key, config_key, device, "
+                           "estimated_mb, measured_mb) VALUES (?, ?, ?, ?, ?, ?)",
+                           (self._clock(), model_key, config_key, device, estimated_mb,
+                            measured_mb))
+
+    def calibration(self, model_key: str, config_key: str, device: str) -> float | None:
+        """measured / estimated of the latest calibration for this model, config and device."""
+        with self._db("reading calibrations") as db:
+            if db is None:
+                return None
+            row = db.execute("SELECT estimated_mb, measured_mb FROM calibrations WHERE model_key = ? "
+                             "AND config_key = ? AND device = ? ORDER BY at DESC, id DESC LIMIT 1",
+                             (model_key, config_key, device)).fetchone()
+            if row is None or row[0] <= 0:
+                return None
+            return float(row[1]) / float(row[0])
+        return None
+
+
+def _is_corrupt(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text
