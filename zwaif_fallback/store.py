@@ -4,7 +4,8 @@ SQLite (stdlib, WAL) in ``data_dir/history.sqlite3``. The schema migrates itself
 (``PRAGMA user_version`` counts the migrations applied). The store sits beside
 the host's chat path, so it never raises into it: a locked, read-only, full or
 corrupt database is logged and reported by ``problem``, writes are dropped, reads
-return nothing. A corrupt file is moved aside and a fresh one started.
+return nothing. A corrupt file is moved aside, a fresh one started, and that is
+noted in ``notices``.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class Store:
         self._clock = clock
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        self.problem: str | None = None
+        self.problem: str | None = None  # what keeps the store from working now
+        self.notices: list[str] = []  # what happened to it (a corrupt file moved aside)
 
     # -- connection -------------------------------------------------------------
 
@@ -106,6 +108,7 @@ class Store:
     def _db(self, what: str) -> Iterator[sqlite3.Connection | None]:
         """The connection, or None when the database cannot be used (reported, not raised)."""
         with self._lock:
+            conn: sqlite3.Connection | None
             try:
                 conn = self._connect()
             except sqlite3.DatabaseError as exc:
@@ -139,8 +142,9 @@ class Store:
         except (OSError, sqlite3.DatabaseError) as again:
             self._report("recovering the history database", again)
             return None
-        self.problem = f"the history database was corrupt ({exc}); moved it to {aside.name}"
-        log.error("%s", self.problem)
+        notice = f"the history database was corrupt ({exc}); moved it to {aside.name}"
+        self.notices.append(notice)
+        log.error("%s", notice)
         return conn
 
     def _report(self, what: str, exc: Exception) -> None:

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, FakeClock
+
+from zwaif_fallback.store import MIGRATIONS, Store
+
+
+def test_the_schema_migrates_itself_once(tmp_path):
+    store = Store(tmp_path)
+    store.add_benchmark({"model": "m", "ok": True})
+    store.close()
+    conn = sqlite3.connect(tmp_path / "history.sqlite3")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    again = Store(tmp_path)
+    assert len(again.benchmarks()) == 1 and again.problem is None
+
+
+def test_benchmarks_round_trip_newest_first(tmp_path):
+    clock = FakeClock(1000.0)
+    store = Store(tmp_path, clock=clock)
+    store.add_benchmark({"model": "a", "ok": True, "gen_tps": 50.0})
+    clock.now = 1001.0
+    store.add_benchmark({"model": "b", "ok": False, "error": "no"})
+    assert [b["model"] for b in store.benchmarks()] == ["b", "a"]
+    assert store.benchmarks("a") == [{"model": "a", "ok": True, "gen_tps": 50.0, "at": 1000.0}]
+
+
+def test_failover_events_can_be_read_by_age(tmp_path):
+    clock = FakeClock(1000.0)
+    store = Store(tmp_path, clock=clock)
+    store.add_attempts([{"target": "http://x/v1", "source": "primary", "ok": False,
+                         "error": "refused", "latency_s": 0.01}])
+    clock.now = 2000.0
+    store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.5}])
+    assert [e["target"] for e in store.failovers()] == ["smol", "http://x/v1"]
+    recent = store.failovers(since_s=60)
+    assert recent == [{"at": 2000.0, "target": "smol", "source": "local", "ok": True,
+                       "error": None, "duration_s": 1.5}]
+
+
+def test_monitor_sessions_keep_their_samples(tmp_path):
+    store = Store(tmp_path)
+    samples = [{"t_s": float(i), "vram_used_mb": 0.0, "ram_used_mb": 100.0 + i,
+                "cpu_percent": 5.0, "gpu_utilization_pct": None} for i in range(3)]
+    session = store.add_monitor_session({"duration_s": 10, "interval_s": 1, "stopped_early": True,
+                                         "samples": samples, "summary": {"ram_used_mb": {"max": 102}}})
+    assert store.monitor_sessions()[0]["summary"] == {"ram_used_mb": {"max": 102}}
+    assert [s["ram_used_mb"] for s in store.monitor_samples(session)] == [100.0, 101.0, 102.0]
+
+
+def test_the_latest_calibration_gives_the_correction(tmp_path):
+    clock = FakeClock(1.0)
+    store = Store(tmp_path, clock=clock)
+    store.add_calibration("m", "ctx=4096", "cpu", estimated_mb=100.0, measured_mb=90.0)
+    clock.now = 2.0
+    store.add_calibration("m", "ctx=4096", "cpu", estimated_mb=100.0, measured_mb=110.0)
+    assert store.calibration("m", "ctx=4096", "cpu") == 1.1
+    assert store.calibration("m", "ctx=2048", "cpu") is None
+
+
+WRITER = """
+import sys
+from zwaif_fallback.store import Store
+store = Store(sys.argv[1])
+for i in range(50):
+    store.add_benchmark({"model": sys.argv[2], "ok": True, "n": i})
+assert store.problem is None, store.problem
+"""
+
+
+def test_history_is_shared_between_processes(tmp_path):
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), name], cwd=ROOT)
+               for name in ("one", "two")]
+    assert [w.wait(60) for w in writers] == [0, 0]
+    rows = Store(tmp_path).benchmarks(limit=1000)
+    assert len(rows) == 100 and {r["model"] for r in rows} == {"one", "two"}
+
+
+def test_a_corrupt_database_is_moved_aside_and_replaced(tmp_path):
+    (tmp_path / "history.sqlite3").write_bytes(b"this is not a database" * 100)
+    store = Store(tmp_path)
+    store.add_benchmark({"model": "m", "ok": True})
+    assert "corrupt" in store.notices[0] and store.problem is None
+    assert len(list(tmp_path.glob("history.sqlite3.corrupt-*"))) == 1
+    assert [b["model"] for b in store.benchmarks()] == ["m"]
+
+
+def test_a_locked_database_is_reported_not_raised(tmp_path):
+    store = Store(tmp_path)
+    store.add_benchmark({"model": "m", "ok": True})
+    holder = sqlite3.connect(tmp_path / "history.sqlite3", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        store.add_benchmark({"model": "n", "ok": True})
+        assert "locked" in store.problem
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    store.add_benchmark({"model": "n", "ok": True})
+    assert store.problem is None and len(store.benchmarks()) == 2
+
+
+def test_an_unusable_folder_is_reported_not_raised(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    store = Store(Path(blocker) / "data")
+    store.add_benchmark({"model": "m", "ok": True})
+    assert store.benchmarks() == [] and store.problem
