@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local-LLM fallback for chatbot hosts: models, fit, failover.")
     parser.add_argument("--models-dir", metavar="DIR", help="where to discover models")
     parser.add_argument("--settings-file", metavar="F", help="the saved settings file")
+    parser.add_argument("--metrics-port", type=int, metavar="P",
+                        help="serve Prometheus metrics on 127.0.0.1:P while the command runs")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     status = commands.add_parser("status", help="GPUs, VRAM, RAM, CPU and the probe used")
@@ -56,6 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", metavar="NAME", help="the local model to fall back to first")
     chat.add_argument("--max-tokens", type=_positive_int, default=256, metavar="N")
     _json_flag(chat)
+
+    bench = commands.add_parser("bench", help="measure speed, memory and quality of models")
+    target = bench.add_mutually_exclusive_group(required=True)
+    target.add_argument("model", nargs="?", metavar="MODEL", help="a model name")
+    target.add_argument("--all", action="store_true", help="every compatible model")
+    bench.add_argument("--prompt", metavar="P", help="the user message to answer")
+    _json_flag(bench)
+
+    optimize = commands.add_parser("optimize", help="rank the models and switch to the best")
+    optimize.add_argument("--dry-run", action="store_true", help="rank only, switch nothing")
+    _json_flag(optimize)
+
+    health = commands.add_parser("health", help="health score, factors and recommendations")
+    _json_flag(health)
+
+    monitor = commands.add_parser("monitor", help="sample VRAM, RAM, CPU and tokens/s for a while")
+    monitor.add_argument("--duration", type=float, required=True, metavar="S", help="10-300 seconds")
+    monitor.add_argument("--interval", type=float, default=1.0, metavar="I", help="seconds (0.1-60)")
+    _json_flag(monitor)
 
     settings = commands.add_parser("settings", help="show or change the saved settings")
     settings.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -93,7 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in manager.settings.problems:
             print(f"warning: {problem}", file=sys.stderr)
         with manager:
-            return COMMANDS[args.command](manager, args)
+            stop_metrics = manager.metrics.serve(args.metrics_port) if args.metrics_port else None
+            try:
+                return COMMANDS[args.command](manager, args)
+            finally:
+                if stop_metrics is not None:
+                    stop_metrics()
     except FallbackError as exc:
         log.info("%s failed: %s", args.command, exc)
         print(f"error: {exc}", file=sys.stderr)
@@ -156,6 +182,73 @@ def cmd_chat(manager: FallbackManager, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(manager: FallbackManager, args: argparse.Namespace) -> int:
+    def progress(fraction: float, message: str) -> None:
+        if not args.json:
+            print(f"\r[{fraction:4.0%}] {message[:70]:<70}", end="", file=sys.stderr, flush=True)
+
+    if args.all:
+        results = manager.benchmark_all(args.prompt, progress)
+    else:
+        results = [manager.benchmark(args.model, args.prompt, progress)]
+    if args.json:
+        return _print_json([r.model_dump(exclude={"checks"}) for r in results])
+    print(file=sys.stderr)
+    rows = [("MODEL", "LOAD s", "TTFT s", "PP tok/s", "GEN tok/s", "RAM MiB", "PPL", "QUALITY",
+             "STATUS")]
+    for r in results:
+        rows.append((r.model, _num(r.load_s, 2), _num(r.ttft_s, 3), _num(r.prompt_tps, 0),
+                     _num(r.gen_tps, 1), _num(r.peak_ram_mb, 0), _num(r.perplexity, 1),
+                     _num(r.quality_score, 2), "ok" if r.ok else f"failed: {r.error}"))
+    print(_table(rows))
+    return 0 if all(r.ok or (r.error or "").startswith("skipped") for r in results) else 1
+
+
+def cmd_optimize(manager: FallbackManager, args: argparse.Namespace) -> int:
+    result = manager.optimize(apply=not args.dry_run)
+    if args.json:
+        return _print_json(result.model_dump())
+    print(result.reason + (" (switched)" if result.switched else ""))
+    rows = [("MODEL", "SCORE", "FITS", "WHY")]
+    rows += [(e.model, f"{e.score:.1f}", e.verdict, e.reason) for e in result.ranking]
+    print(_table(rows))
+    return 0
+
+
+def cmd_health(manager: FallbackManager, args: argparse.Namespace) -> int:
+    report = manager.health()
+    if args.json:
+        return _print_json(report.model_dump())
+    print(f"Health {report.score}/100: {report.status}")
+    print(f"Current model: {report.current_model or '-'}; optimal: {report.optimal_model or '-'}")
+    for name, factor in report.factors.items():
+        print(f"  {name:<12} {factor.score:>3}  {factor.detail}")
+    for line in report.recommendations:
+        print(f"- {line}")
+    return 0
+
+
+def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
+    manager.start_monitoring(args.duration, args.interval)
+    try:
+        while not manager.wait_monitoring(timeout=args.interval):
+            if not args.json:
+                latest = manager.monitoring_report().samples[-1:]
+                for s in latest:
+                    print(f"\r{s.t_s:6.1f} s  RAM {s.ram_used_mb:8.0f} MiB  CPU {s.cpu_percent:5.1f}%  "
+                          f"{s.tokens_per_s:5.1f} tok/s", end="", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        pass
+    report = manager.stop_monitoring()
+    if args.json:
+        return _print_json(report.model_dump())
+    print(file=sys.stderr)
+    for name, summary in report.summary.items():
+        print(f"{name:<20} min {summary.min:10.1f}  mean {summary.mean:10.1f}  max {summary.max:10.1f}"
+              f"  p95 {summary.p95:10.1f}")
+    return 0
+
+
 def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
     if args.reset:
         manager.reset_settings()
@@ -181,6 +274,10 @@ COMMANDS: dict[str, Callable[[FallbackManager, argparse.Namespace], int]] = {
     "models": cmd_models,
     "check": cmd_check,
     "chat": cmd_chat,
+    "bench": cmd_bench,
+    "optimize": cmd_optimize,
+    "health": cmd_health,
+    "monitor": cmd_monitor,
     "settings": cmd_settings,
 }
 
@@ -225,6 +322,16 @@ def _format_status(status: SystemStatus) -> str:
     return "\n".join(lines)
 
 
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
+    return "\n".join(lines)
+
+
 def _format_models(models: list[ModelInfo]) -> str:
     if not models:
         return "no models found: put .gguf files or HF model folders in the models folder"
@@ -234,9 +341,7 @@ def _format_models(models: list[ModelInfo]) -> str:
         rows.append((m.name, m.format, m.source, f"{m.size_bytes / 2**20:.0f} MiB",
                      m.quantization or "-", str(m.context_length or "-"), params,
                      "ok" if m.valid else f"invalid: {m.error}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
-    return "\n".join(lines)
+    return _table(rows)
 
 
 def _format_check(c: Compatibility) -> str:

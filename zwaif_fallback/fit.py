@@ -86,6 +86,9 @@ class MemoryBreakdown(BaseModel):
             overhead_mb=self.overhead_mb + other.overhead_mb,
         )
 
+    def scaled(self, factor: float) -> MemoryBreakdown:
+        return MemoryBreakdown(**{k: v * factor for k, v in self.model_dump().items()})
+
     def rounded(self) -> MemoryBreakdown:
         return MemoryBreakdown(**{k: round(v, 1) for k, v in self.model_dump().items()})
 
@@ -310,6 +313,7 @@ class _Budget:
     ram_mb: float
     n_gpus: int
     free_vram_mb: float  # as the probe reported it
+    calibrated: bool = False
 
     def fits(self, est: Estimate) -> bool:
         return est.vram_mb <= self.vram_mb and est.ram_mb <= self.ram_mb
@@ -326,6 +330,9 @@ def plan(
     kv_type: str = "f16",
     n_batch: int = 512,
     headroom_mb: float = HEADROOM_MB,
+    vram_scale: float = 1.0,
+    ram_scale: float = 1.0,
+    calibrated: bool = False,
 ) -> Compatibility:
     """Decide whether and how ``model`` runs here.
 
@@ -333,6 +340,8 @@ def plan(
         free_vram_mb: free VRAM of each usable GPU (empty: no GPU).
         free_ram_mb: RAM available to a new model.
         gpu_layers: force llama.cpp's n_gpu_layers; None picks the most that fits.
+        vram_scale, ram_scale: corrections measured on earlier real loads (calibration).
+        calibrated: a real load of this model and configuration was measured.
 
     Returns:
         A ``Compatibility`` whose verdict is ``gpu``, ``partial`` (with the
@@ -344,12 +353,17 @@ def plan(
     gpus = [v for v in free_vram_mb if v > 0]
     budget = _Budget(vram_mb=max(sum(gpus) - headroom_mb * len(gpus), 0.0),
                      ram_mb=max(free_ram_mb, 0.0), n_gpus=max(len(gpus), 1),
-                     free_vram_mb=float(sum(gpus)))
+                     free_vram_mb=float(sum(gpus)),
+                     calibrated=calibrated)
 
     def at(layers: int) -> Estimate:
         config = LoadConfig(n_ctx=n_ctx, gpu_layers=layers, flash_attn=flash_attn,
                             kv_type=kv_type, n_batch=n_batch, n_ubatch=min(n_batch, 512))
-        return estimate(model, config, n_gpus=budget.n_gpus)
+        est = estimate(model, config, n_gpus=budget.n_gpus)
+        if vram_scale == 1.0 and ram_scale == 1.0:
+            return est
+        return est.model_copy(update={"vram": est.vram.scaled(vram_scale),
+                                      "ram": est.ram.scaled(ram_scale)})
 
     full = n_layers + 1
     if kv_type != "f16" and not flash_attn:
@@ -428,6 +442,8 @@ def _forced(model: ModelInfo, at: object, layers: int, budget: _Budget, has_gpu:
 
 def _result(model: ModelInfo, verdict: Verdict, est: Estimate, budget: _Budget, kv_type: str,
             flash_attn: bool, reason: str) -> Compatibility:
+    if budget.calibrated:
+        reason += " (calibrated against a measured load of this model)"
     return Compatibility(
         model=model.name,
         verdict=verdict,
@@ -444,6 +460,7 @@ def _result(model: ModelInfo, verdict: Verdict, est: Estimate, budget: _Budget, 
         ram_breakdown=est.ram.rounded(),
         flash_attn=flash_attn,
         kv_type=kv_type,
+        calibrated=budget.calibrated,
         reason=reason,
     )
 

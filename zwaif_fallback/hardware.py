@@ -110,6 +110,22 @@ class _Nvml:
             self._ready = True
         return self._module
 
+    def process_used_mb(self, pid: int) -> float | None:
+        """VRAM that process ``pid`` holds on all GPUs; None when the driver does not say."""
+        nvml = self._load()
+        total, known = 0.0, False
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            try:
+                processes = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            except Exception:  # not supported on this card or driver
+                continue
+            for process in processes:
+                used = getattr(process, "usedGpuMemory", None)
+                if process.pid == pid and used is not None:
+                    total, known = total + used / MIB, True
+        return total if known else None
+
     def close(self) -> None:
         if self._ready:
             self._ready = False
@@ -209,6 +225,16 @@ class HardwareProbe:
                 self._cached = self._read()
                 self._cached_at = now
             return self._cached
+
+    def process_vram_mb(self, pid: int) -> float | None:
+        """VRAM held by one process (NVML per-process accounting), or None where unknown."""
+        try:
+            return self._nvml.process_used_mb(pid)
+        except _NoAnswer:
+            return None
+        except Exception as exc:  # a driver error must not break a benchmark
+            log.debug("per-process VRAM unavailable: %s", exc)
+            return None
 
     def close(self) -> None:
         with self._lock:

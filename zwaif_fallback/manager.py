@@ -12,16 +12,21 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .backends.base import Backend, GenerationParams, Message, check_messages
+from .backends.base import Backend, GenerationParams, LocalBackend, Message, check_messages
+from .bench import BenchmarkResult, benchmark_model
 from .catalog import Catalog
-from .errors import IncompatibleModel, InvalidModelFile, InvalidSettings
+from .errors import AllTargetsFailed, IncompatibleModel, InvalidModelFile, InvalidSettings
 from .failover import ChatResult, FailoverChain
 from .fit import KV_TYPES, Compatibility, plan
 from .hardware import HardwareProbe, SystemStatus
+from .health import HealthInputs, HealthReport, Optimization, health_report, rank_models
+from .jobs import Job, Progress
 from .model_info import ModelInfo
+from .monitor import MonitoringReport
 from .pool import LocalPool
 from .routing import Primary, Router, rank_local
 from .settings import FallbackSettings, validate_field
+from .telemetry import Telemetry
 
 __all__ = ["FallbackManager"]
 
@@ -46,9 +51,12 @@ class FallbackManager:
         self._probe = probe or HardwareProbe()
         self._catalog = Catalog()
         self._clock = clock
-        self._pool = LocalPool(self._make_backend, clock=clock)
+        self._pool = LocalPool(self._make_backend, clock=clock, on_load=self._calibrate)
         self._router = Router(local_stream=self._stream_local, current=lambda: self._pool.current,
                               ranked=self._ranked_local, on_primary_down=self._preload_async)
+        self._telemetry = Telemetry(self._probe, data_dir=lambda: self._settings.data_dir,
+                                    breakers=self.breaker_states, clock=clock)
+        self._jobs: dict[str, Job[Any]] = {}
         self._ranking: tuple[float, list[ModelInfo]] | None = None
         self._ranking_lock = threading.Lock()
         self._stop = threading.Event()
@@ -56,6 +64,10 @@ class FallbackManager:
         self.last_result: ChatResult | None = None
         for problem in self._settings.problems:
             log.warning("settings: %s", problem)
+        if self._settings.vram_monitoring:
+            self._telemetry.start_background()
+        if self._settings.auto_optimize_vram:
+            self._auto_optimizer_start()
 
     # -- settings -------------------------------------------------------------
 
@@ -206,14 +218,167 @@ class FallbackManager:
 
         def finished(result: ChatResult) -> None:
             self.last_result = result
+            self._telemetry.record_chat(result)
             if done is not None:
                 done(result)
 
-        return chain.stream(checked, params, targets, finished)
+        return self._metered(chain.stream(checked, params, targets, finished))
+
+    def _metered(self, pieces: Iterator[str]) -> Iterator[str]:
+        meter = self._telemetry.meter
+        try:
+            for piece in pieces:
+                meter.add()
+                yield piece
+        except AllTargetsFailed as exc:
+            self._telemetry.record_failure(exc.attempts)
+            raise
 
     def breaker_states(self) -> dict[str, Any]:
         """Each target's circuit breaker: state, failures, seconds until it is retried."""
         return {name: state.model_dump() for name, state in self._router.breaker_states().items()}
+
+    # -- measure and steer ----------------------------------------------------------
+
+    def benchmark(self, name: str, prompt: str | None = None,
+                  progress: Callable[[float, str], None] | None = None) -> BenchmarkResult:
+        """Measure one model's speed, memory and quality (it loads its own copy), and save it.
+
+        Raises:
+            ModelNotFound, InvalidModelFile, IncompatibleModel: before anything is loaded.
+        """
+        model = self._valid(name)
+        fit = self._plan(model)
+        if not fit.compatible:
+            raise IncompatibleModel(f"{model.name} cannot be benchmarked here: {fit.reason}")
+        backend = self._make_backend(model)
+        if not isinstance(backend, LocalBackend):  # pragma: no cover - every local backend is one
+            raise IncompatibleModel(f"{model.name} is not a local model")
+        result = benchmark_model(model, backend, prompt=prompt, vram=self._probe.process_vram_mb,
+                                 progress=progress)
+        self._telemetry.store.add_benchmark(result.model_dump())
+        self._forget_ranking()
+        return result
+
+    def benchmark_all(self, prompt: str | None = None,
+                      progress: Callable[[float, str], None] | None = None) -> list[BenchmarkResult]:
+        """Benchmark every compatible model; incompatible and invalid ones come back as skipped."""
+        models = [m for m in self.discover_models() if m.format != "remote"]
+        results = []
+        for i, model in enumerate(models):
+            def step(fraction: float, message: str, i: int = i, name: str = model.name) -> None:
+                if progress is not None:
+                    progress((i + fraction) / len(models), f"{name}: {message}")
+
+            fit = self._plan(model) if model.valid else None
+            if fit is None or not fit.compatible:
+                why = model.error if fit is None else fit.reason
+                results.append(BenchmarkResult(model=model.name, ok=False, error=f"skipped: {why}"))
+                continue
+            results.append(self.benchmark(model.name, prompt, step))
+        if progress is not None:
+            progress(1.0, "done")
+        return results
+
+    def start_benchmark(self, name: str | None = None, prompt: str | None = None) -> Job[Any]:
+        """Run ``benchmark`` (or ``benchmark_all`` when name is None) as a background job."""
+        if name is not None:
+            self._valid(name)  # refuse a bad name now, not inside the job
+
+        def work(progress: Progress) -> Any:
+            if name is None:
+                return self.benchmark_all(prompt, progress)
+            return self.benchmark(name, prompt, progress)
+
+        job: Job[Any] = Job("benchmark " + (name or "all models"), work)
+        self._jobs[job.id] = job
+        return job
+
+    def job(self, job_id: str) -> Job[Any]:
+        """A background job by id. Raises InvalidSettings for an unknown id."""
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise InvalidSettings(f"no job with id {job_id!r}") from None
+
+    def benchmark_history(self, model: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
+        """Saved benchmark results, newest first."""
+        return self._telemetry.store.benchmarks(model, limit=limit)
+
+    def failover_history(self, *, since_s: float | None = None) -> list[dict[str, Any]]:
+        """Saved attempts of chats that did not go straight through, newest first."""
+        return self._telemetry.store.failovers(since_s=since_s)
+
+    def optimize(self, apply: bool = True) -> Optimization:
+        """Rank the local models (quality first, then speed and headroom) and, with ``apply``,
+        switch to the best one."""
+        ranking = rank_models(self._candidates())
+        best = next((e for e in ranking if e.compatible), None)
+        current = self._pool.current
+        switched = False
+        if best is None:
+            return Optimization(selected=None, switched=False, ranking=ranking,
+                                reason="no local model fits this machine")
+        if apply and (current is None or current.name != best.model):
+            self.switch_model(best.model)
+            switched = True
+        why = f"{best.model} scores {best.score:.0f}: {best.reason}"
+        return Optimization(selected=best.model, switched=switched, ranking=ranking, reason=why)
+
+    def health(self) -> HealthReport:
+        """The system's health, 0-100, with its factors and recommendations. Changes nothing."""
+        status = self.system_status()
+        current = self._pool.current
+        current_fit = self._plan(current) if current is not None else None
+        breakers = self.breaker_states()
+        primary = self._settings.primary_url
+        history = [b["gen_tps"] for b in self._telemetry.store.benchmarks(current.name, limit=5)
+                   if b.get("ok") and b.get("gen_tps")] if current is not None else []
+        inputs = HealthInputs(
+            status=status, ranking=rank_models(self._candidates()), current=current,
+            current_fit=current_fit, primary_configured=bool(primary),
+            primary_breaker=breakers.get(primary, {}).get("state") if primary else None,
+            recent_attempts=self._telemetry.store.failovers(since_s=3600),
+            speed_history=history)
+        if current is not None and current_fit is not None and status.gpus:
+            full = self._plan(current, gpu_layers=-1)
+            inputs.full_gpu_mb = full.vram_mb
+            inputs.lower_ctx_fits = self._ctx_that_fits(current, current_fit.n_ctx)
+        return health_report(inputs)
+
+    def start_monitoring(self, duration_s: float, interval_s: float = 1.0) -> None:
+        """Sample VRAM, RAM, CPU, GPU use and tokens/s for ``duration_s`` (10-300 s), in the
+        background. Raises InvalidSettings for an out-of-range value or a session already running."""
+        self._telemetry.start_monitoring(duration_s, interval_s)
+
+    def stop_monitoring(self) -> MonitoringReport:
+        """End the running session early (or read the finished one): its report."""
+        return self._telemetry.stop_monitoring()
+
+    def monitoring_report(self) -> MonitoringReport:
+        """The live view of the running (or last) session."""
+        return self._telemetry.monitoring_report()
+
+    def wait_monitoring(self, timeout: float | None = None) -> bool:
+        """Block until the monitoring session ends; True when it has."""
+        return self._telemetry.wait_monitoring(timeout)
+
+    def monitor_history(self, *, limit: int = 20) -> list[dict[str, Any]]:
+        return self._telemetry.store.monitor_sessions(limit=limit)
+
+    @property
+    def metrics(self) -> Any:
+        """Prometheus metrics (``metrics.wsgi_app()``, ``metrics.serve(port)``); no prompt text."""
+        return self._telemetry.metrics
+
+    @property
+    def background_samples(self) -> list[Any]:
+        sampler = self._telemetry.background
+        return sampler.history() if sampler is not None else []
+
+    def store_problem(self) -> str | None:
+        """Why the history database cannot be used right now, or None."""
+        return self._telemetry.store.problem
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -222,6 +387,7 @@ class FallbackManager:
         self._stop.set()
         if self._reaper is not None:
             self._reaper.join(timeout=5)
+        self._telemetry.close()
         self._pool.close()
         self._router.close()
         self._probe.close()
@@ -250,8 +416,10 @@ class FallbackManager:
             free = [float(g.vram_free_mb) for g in status.gpus]
         if n_ctx is None:
             n_ctx = min(self._settings.n_ctx, model.context_length or self._settings.n_ctx)
+        vram_scale, ram_scale, calibrated = self._scales(model, n_ctx, flash_attn, kv_type)
         return plan(model, n_ctx=n_ctx, free_vram_mb=free, free_ram_mb=status.ram_available_mb,
-                    gpu_layers=gpu_layers, flash_attn=flash_attn, kv_type=kv_type)
+                    gpu_layers=gpu_layers, flash_attn=flash_attn, kv_type=kv_type,
+                    vram_scale=vram_scale, ram_scale=ram_scale, calibrated=calibrated)
 
     def _check_args(self, model: ModelInfo, n_ctx: int | None, gpu_layers: int | None,
                     kv_type: str, free_vram_mb: float | None) -> int | None:
@@ -270,18 +438,105 @@ class FallbackManager:
 
     def _make_backend(self, model: ModelInfo) -> Backend:
         fit = self._plan(model)
+        backend: LocalBackend
         if model.format == "gguf":
             from .backends.llama_cpp import LlamaCppBackend
 
-            return LlamaCppBackend(model.name, model.path, n_ctx=fit.n_ctx,
-                                   n_gpu_layers=fit.gpu_layers, flash_attn=fit.flash_attn,
-                                   kv_type=fit.kv_type)
-        from .backends.transformers import TransformersBackend
+            backend = LlamaCppBackend(model.name, model.path, n_ctx=fit.n_ctx,
+                                      n_gpu_layers=fit.gpu_layers, flash_attn=fit.flash_attn,
+                                      kv_type=fit.kv_type)
+        else:
+            from .backends.transformers import TransformersBackend
 
-        return TransformersBackend(model.name, model.path, gpu_layers=fit.gpu_layers,
-                                   n_layers=fit.n_layers,
-                                   trust_remote_code=self._settings.trust_remote_code,
-                                   allow_pickle=self._settings.allow_pickle)
+            backend = TransformersBackend(model.name, model.path, gpu_layers=fit.gpu_layers,
+                                          n_layers=fit.n_layers,
+                                          trust_remote_code=self._settings.trust_remote_code,
+                                          allow_pickle=self._settings.allow_pickle)
+        backend.plan = fit
+        backend.vram_probe = self._probe.process_vram_mb
+        return backend
+
+    def _candidates(self) -> list[tuple[ModelInfo, Compatibility, BenchmarkResult | None]]:
+        latest: dict[str, BenchmarkResult] = {}
+        for row in reversed(self._telemetry.store.benchmarks(limit=500)):
+            fields = {k: v for k, v in row.items() if k in BenchmarkResult.model_fields}
+            try:
+                latest[row["model"]] = BenchmarkResult(**fields)
+            except (KeyError, ValueError):
+                continue
+        models = [m for m in self.discover_models() if m.valid and m.format != "remote"]
+        return [(m, self._plan(m), latest.get(m.name)) for m in models]
+
+    def _ctx_that_fits(self, model: ModelInfo, n_ctx: int) -> int | None:
+        """The largest n_ctx (halving, down to 512) at which ``model`` fits the GPU entirely."""
+        ctx = n_ctx // 2
+        while ctx >= 512:
+            if self._plan(model, n_ctx=ctx).verdict == "gpu":
+                return ctx
+            ctx //= 2
+        return None
+
+    def _device(self) -> str:
+        gpus = self.system_status().gpus
+        return f"gpu:{gpus[0].name}" if gpus else "cpu"
+
+    @staticmethod
+    def _calibration_keys(model: ModelInfo, n_ctx: int, flash_attn: bool, kv_type: str) -> tuple[str, str]:
+        return (f"{model.path}|{model.size_bytes}",
+                f"ctx={n_ctx};fa={int(flash_attn)};kv={kv_type}")
+
+    def _calibrate(self, model: ModelInfo, backend: Backend, load_s: float) -> None:
+        """After a real load: store what it took next to what was estimated."""
+        fit: Compatibility | None = getattr(backend, "plan", None)
+        measured = getattr(backend, "measured_mb", None)
+        if fit is None or not measured:
+            return
+        model_key, config_key = self._calibration_keys(model, fit.n_ctx, fit.flash_attn, fit.kv_type)
+        ram_mb, vram_mb = measured
+        store = self._telemetry.store
+        if fit.gpu_layers > 0 and vram_mb:
+            store.add_calibration(model_key, config_key, self._device(),
+                                  estimated_mb=fit.vram_mb, measured_mb=vram_mb)
+        elif fit.gpu_layers == 0 and ram_mb:
+            store.add_calibration(model_key, config_key, "cpu", estimated_mb=fit.ram_mb,
+                                  measured_mb=ram_mb)
+        log.info("loaded %s in %.2f s (estimated %.0f MiB, measured %s)", model.name, load_s,
+                 fit.vram_mb if fit.gpu_layers else fit.ram_mb, measured)
+
+    def _scales(self, model: ModelInfo, n_ctx: int, flash_attn: bool,
+                kv_type: str) -> tuple[float, float, bool]:
+        """(vram, ram) corrections from the latest real load with this model and configuration,
+        and whether there was one.
+
+        On the GPU the NVML measurement is the truth both ways (clamped to 0.5-2). On the CPU
+        the resident-memory growth at load misses buffers not yet touched, so it can only
+        raise an estimate."""
+        model_key, config_key = self._calibration_keys(model, n_ctx, flash_attn, kv_type)
+        store = self._telemetry.store
+        gpu = store.calibration(model_key, config_key, self._device()) if self.system_status().gpus else None
+        cpu = store.calibration(model_key, config_key, "cpu")
+        return (min(max(gpu, 0.5), 2.0) if gpu else 1.0, min(max(cpu, 1.0), 2.0) if cpu else 1.0,
+                bool(gpu or cpu))
+
+    def _auto_optimizer_start(self) -> None:
+        """With auto_optimize_vram: optimize now, and again whenever the verdicts change."""
+
+        def watch() -> None:
+            last: tuple[tuple[str, str], ...] | None = None
+            while not self._stop.is_set():
+                try:
+                    verdicts = tuple((m.name, fit.verdict) for m, fit, _ in self._candidates())
+                    if verdicts != last:
+                        if last is not None:
+                            log.info("free memory changed the fit verdicts; optimizing again")
+                        self.optimize(apply=True)
+                        last = verdicts
+                except Exception as exc:  # the watcher must outlive a failed optimization
+                    log.warning("auto-optimization failed: %s", exc)
+                if self._stop.wait(15.0):
+                    return
+
+        threading.Thread(target=watch, daemon=True, name="zwaif-auto-optimize").start()
 
     def _stream_local(self, model: ModelInfo, messages: list[dict[str, str]],
                       params: GenerationParams, *, prefix: str = "", **_: Any) -> Iterator[str]:

@@ -27,9 +27,11 @@ class LocalPool:
     """Holds the current local model. ``make(model)`` builds an unloaded backend for it."""
 
     def __init__(self, make: Callable[[ModelInfo], Backend], *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_load: Callable[[ModelInfo, Backend, float], None] | None = None) -> None:
         self._make = make
         self._clock = clock
+        self._on_load = on_load
         self._cond = threading.Condition()
         self._switching = threading.Lock()  # one switch at a time
         self._model: ModelInfo | None = None
@@ -67,8 +69,7 @@ class LocalPool:
         when it was not released first)."""
         with self.use(model, both_fit=both_fit) as backend:
             if not backend.loaded:
-                backend.load()
-                self.loads += 1
+                self._load(model, backend)
             return backend
 
     def release(self) -> None:
@@ -122,8 +123,7 @@ class LocalPool:
                     self._model = self._backend = None
                 self._retire(old, wait=True)
                 old = None
-            new.load()
-            self.loads += 1
+            self._load(model, new)
             with self._cond:
                 self._model, self._backend = model, new
                 self._lease(new)
@@ -131,6 +131,16 @@ class LocalPool:
                 self._retire(old)
             log.info("switched to %s", model.name)
             return new
+
+    def _load(self, model: ModelInfo, backend: Backend) -> None:
+        start = time.perf_counter()
+        backend.load()
+        self.loads += 1
+        if self._on_load is not None:
+            try:
+                self._on_load(model, backend, time.perf_counter() - start)
+            except Exception as exc:  # bookkeeping must not fail a load
+                log.warning("after loading %s: %s", model.name, exc)
 
     def _retire(self, backend: Backend, *, wait: bool = False) -> None:
         """Unload ``backend`` now if idle; else when its last lease returns (or wait for it)."""

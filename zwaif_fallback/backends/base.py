@@ -8,9 +8,10 @@ continues it instead of starting over, so the reader sees no duplicate.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -136,6 +137,9 @@ class LocalBackend(Backend):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self._lock = threading.Lock()
+        self.plan: Any = None  # the fit plan it was built from (the manager sets it)
+        self.vram_probe: Callable[[int], float | None] | None = None
+        self.measured_mb: tuple[float, float | None] | None = None  # (RAM, VRAM) the last load added
 
     @property
     @abstractmethod
@@ -155,13 +159,29 @@ class LocalBackend(Backend):
         """Yield the answer (the lock is held, the model is loaded)."""
 
     def load(self) -> None:
+        """Load the model and record the memory the load added (``measured_mb``)."""
         with self._lock:
+            if self.loaded:
+                return
+            import psutil
+
+            pid = os.getpid()
+            rss = psutil.Process(pid).memory_info().rss
+            vram = self.vram_probe(pid) if self.vram_probe else None
             self._load_locked()
+            added_ram = (psutil.Process(pid).memory_info().rss - rss) / (1024 * 1024)
+            now = self.vram_probe(pid) if self.vram_probe else None
+            added_vram = now - (vram or 0.0) if now is not None else None
+            self.measured_mb = (added_ram, added_vram)
 
     def unload(self) -> None:
         with self._lock:
             if self.loaded:
                 self._unload_locked()
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int | None:
+        """Tokens of the prompt these messages make (None when the runtime cannot say)."""
+        return None
 
     def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
                prefix: str = "", deadline_s: float | None = None,

@@ -161,20 +161,29 @@ class LlamaCppBackend(LocalBackend):
         except (ValueError, RuntimeError) as exc:
             raise TargetFailed(f"llama.cpp failed while generating: {exc}") from exc
 
+    def count_tokens(self, messages: list[dict[str, str]]) -> int | None:
+        with self._lock:
+            self._load_locked()
+            return len(self._prompt(messages, "")[0])
+
+    def _prompt(self, messages: list[dict[str, str]], prefix: str) -> tuple[list[int], list[str], Any]:
+        """(prompt tokens, stop strings, stopping criteria) from the GGUF's chat template."""
+        llm = self._llm
+        if self._formatter is not None:
+            formatted = self._formatter(messages=messages)
+            tokens = llm.tokenize((formatted.prompt + prefix).encode("utf-8"),
+                                  add_bos=not formatted.added_special, special=True)
+            stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
+            return tokens, stop, formatted.stopping_criteria
+        # No template in the file: a plain role-prefixed transcript.
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: " + prefix
+        return llm.tokenize(text.encode("utf-8"), add_bos=True, special=True), [], None
+
     def _completion(self, messages: list[dict[str, str]], params: GenerationParams,
                     prefix: str) -> Iterator[Any]:
         llm = self._llm
-        stop = list(params.stop)
-        criteria = None
-        if self._formatter is not None:
-            formatted = self._formatter(messages=messages)
-            prompt = llm.tokenize((formatted.prompt + prefix).encode("utf-8"),
-                                  add_bos=not formatted.added_special, special=True)
-            stop += formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
-            criteria = formatted.stopping_criteria
-        else:  # no template in the file: llama-cpp-python's default chat format
-            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: " + prefix
-            prompt = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        prompt, template_stop, criteria = self._prompt(messages, prefix)
+        stop = list(params.stop) + template_stop
         if len(prompt) >= self.n_ctx:
             raise TargetFailed(f"the prompt is {len(prompt)} tokens; {self.name} is loaded with "
                                f"n_ctx={self.n_ctx}: shorten the history or raise n_ctx")

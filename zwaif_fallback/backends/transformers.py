@@ -101,6 +101,16 @@ class TransformersBackend(LocalBackend):
             torch.cuda.empty_cache()
         log.info("unloaded %s", self.name)
 
+    def count_tokens(self, messages: list[dict[str, str]]) -> int | None:
+        with self._lock:
+            self._load_locked()
+            try:
+                ids = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                          tokenize=True)
+            except (ValueError, TypeError):
+                return None
+            return len(ids["input_ids"] if isinstance(ids, dict) else ids)
+
     def _generate(self, messages: list[dict[str, str]], params: GenerationParams, prefix: str,
                   cancel: threading.Event | None) -> Iterator[str]:
         torch, transformers = _import()

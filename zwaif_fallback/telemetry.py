@@ -1,0 +1,180 @@
+"""What the manager records and samples: history, metrics, live rates, monitoring.
+
+Everything here sits beside the chat path and must never break it: recording
+swallows and logs its errors, and the history store reports its own problems.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidSettings
+from .failover import Attempt, ChatResult
+from .hardware import HardwareProbe
+from .monitor import BackgroundSampler, MonitoringReport, MonitorSession
+from .store import Store
+
+__all__ = ["Telemetry", "TokenMeter"]
+
+log = logging.getLogger(__name__)
+
+
+class TokenMeter:
+    """Pieces streamed per second over a short window: the rate of generations in flight."""
+
+    def __init__(self, *, window_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._window_s = window_s
+        self._clock = clock
+        self._times: collections.deque[float] = collections.deque()
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        now = self._clock()
+        with self._lock:
+            self._times.append(now)
+            self._trim(now)
+
+    def rate(self) -> float:
+        now = self._clock()
+        with self._lock:
+            self._trim(now)
+            return len(self._times) / self._window_s
+
+    def _trim(self, now: float) -> None:
+        while self._times and now - self._times[0] > self._window_s:
+            self._times.popleft()
+
+
+class Telemetry:
+    """Owns the history store, the Prometheus metrics, the token meter and the samplers."""
+
+    def __init__(self, probe: HardwareProbe, *, data_dir: Callable[[], Path],
+                 breakers: Callable[[], dict[str, Any]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._probe = probe
+        self._data_dir = data_dir
+        self._breakers = breakers
+        self._clock = clock
+        self.meter = TokenMeter(clock=clock)
+        self._lock = threading.Lock()
+        self._store: Store | None = None
+        self._metrics: Any = None
+        self._sampler: BackgroundSampler | None = None
+        self._session: MonitorSession | None = None
+
+    # -- history ---------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        with self._lock:
+            path = Path(self._data_dir())
+            if self._store is None or self._store.path.parent != path:
+                if self._store is not None:
+                    self._store.close()
+                self._store = Store(path)
+            return self._store
+
+    @property
+    def metrics(self) -> Any:
+        """The Prometheus metrics (built on first use: prometheus_client loads then)."""
+        with self._lock:
+            if self._metrics is None:
+                from .metrics import Metrics
+
+                self._metrics = Metrics(status=self._probe.status, breakers=self._breakers)
+            return self._metrics
+
+    def record_chat(self, result: ChatResult) -> None:
+        self._record([a.model_dump() for a in result.attempts], result)
+
+    def record_failure(self, attempts: list[Attempt]) -> None:
+        self._record([a.model_dump() for a in attempts], None)
+
+    def _record(self, attempts: list[dict[str, Any]], result: ChatResult | None) -> None:
+        try:
+            if len(attempts) > 1 or any(not a["ok"] for a in attempts):
+                self.store.add_attempts(attempts)  # only chats that did not go straight through
+            if result is not None and self._metrics is not None:
+                self._metrics.record_chat(result)
+        except Exception as exc:  # history and metrics must never break an answer
+            log.warning("could not record a chat: %s", exc)
+
+    # -- sampling ----------------------------------------------------------------
+
+    def sample(self) -> dict[str, float | None]:
+        """One monitoring sample: VRAM, RAM, CPU, GPU utilisation, tokens/s in flight."""
+        status = self._probe.status()
+        utilisation = [g.utilization_pct for g in status.gpus if g.utilization_pct is not None]
+        rate = self.meter.rate()
+        if self._metrics is not None:
+            self._metrics.set_tokens_per_s(rate)
+        return {
+            "vram_used_mb": float(sum(g.vram_used_mb for g in status.gpus)) if status.gpus else None,
+            "ram_used_mb": float(status.ram_total_mb - status.ram_available_mb),
+            "cpu_percent": status.cpu_percent,
+            "gpu_utilization_pct": sum(utilisation) / len(utilisation) if utilisation else None,
+            "tokens_per_s": rate,
+        }
+
+    def start_background(self, interval_s: float = 5.0) -> None:
+        with self._lock:
+            if self._sampler is None:
+                self._sampler = BackgroundSampler(self.sample, interval_s=interval_s)
+                self._sampler.start()
+
+    @property
+    def background(self) -> BackgroundSampler | None:
+        return self._sampler
+
+    def start_monitoring(self, duration_s: float, interval_s: float) -> None:
+        with self._lock:
+            if self._session is not None and self._session.running:
+                raise InvalidSettings("a monitoring session is already running; stop it first")
+            session = MonitorSession(self.sample, duration_s=duration_s, interval_s=interval_s,
+                                     on_finish=self._save_session)
+            session.start()
+            self._session = session
+
+    def _save_session(self, report: MonitoringReport) -> None:
+        try:
+            self.store.add_monitor_session(report.model_dump() | {"started": report.started_at})
+        except Exception as exc:
+            log.warning("could not save a monitoring session: %s", exc)
+
+    def stop_monitoring(self) -> MonitoringReport:
+        with self._lock:
+            session = self._session
+        if session is None:
+            raise InvalidSettings("no monitoring session was started")
+        session.stop()
+        session.wait(10)
+        return session.report()
+
+    def monitoring_report(self) -> MonitoringReport:
+        with self._lock:
+            session = self._session
+        if session is None:
+            raise InvalidSettings("no monitoring session was started")
+        return session.report()
+
+    def wait_monitoring(self, timeout: float | None = None) -> bool:
+        with self._lock:
+            session = self._session
+        return session.wait(timeout) if session is not None else True
+
+    def close(self) -> None:
+        with self._lock:
+            sampler, session, store = self._sampler, self._session, self._store
+            self._sampler = None
+        if session is not None and session.running:
+            session.stop()
+        if sampler is not None:
+            sampler.stop()
+        if store is not None:
+            store.close()
