@@ -43,7 +43,8 @@ def main() -> None:
     manager = FallbackManager(settings)
     model = next(m for m in manager.discover_models() if m.source == "bundled")
     manager.switch_model(model.name, persist=False)
-    raw = Llama(model.path, n_ctx=2048, n_gpu_layers=0, verbose=False)
+    threads = manager._pool.backend.n_threads  # the same threads on both sides
+    raw = Llama(model.path, n_ctx=2048, n_gpu_layers=0, n_threads=threads, verbose=False)
 
     def ours():
         return manager.stream_chat(PROMPT, max_tokens=MAX_TOKENS, temperature=0.0, seed=SEED)
@@ -73,7 +74,8 @@ def main() -> None:
         out.append((label, samples[0][0], f"{statistics.median(s[1] for s in samples) * 1000:.0f}",
                     f"{rate(samples, True):.1f}", f"{rate(samples, False):.1f}"))
     print(table(out))
-    print(f"\nmedian of {RUNS} alternating runs, {MAX_TOKENS} max tokens, seed {SEED}")
+    print(f"\nmedian of {RUNS} alternating runs, {MAX_TOKENS} max tokens, seed {SEED}, "
+          f"{threads} threads")
     print(f"ratio decode tok/s: {rate(rows['ours'], True) / rate(rows['raw'], True):.3f}; "
           f"end-to-end: {rate(rows['ours'], False) / rate(rows['raw'], False):.3f} (target >= 0.97)")
     if rows["ours"][0][0] != rows["raw"][0][0]:

@@ -204,9 +204,10 @@ def health_report(inputs: HealthInputs) -> HealthReport:
             options.append(f"use {alternative.model}, which fits entirely")
         if inputs.lower_ctx_fits:
             options.append(f"lower n_ctx to {inputs.lower_ctx_fits}")
-        if options:
-            advice.append(f"{need}, {status.vram_free_mb / 1024:.1f} GiB free: " + " or ".join(options)
-                          + ".")
+        if not options:
+            options.append("close other programs that use the GPU, or keep running on the CPU")
+        advice.append(f"{need}, {status.vram_free_mb / 1024:.1f} GiB free: " + " or ".join(options)
+                      + ".")
 
     ram_free = status.ram_available_mb / max(status.ram_total_mb, 1)
     add("system", 50 * min(ram_free / 0.25, 1.0) + 50 * (1 - status.cpu_percent / 100),

@@ -14,6 +14,7 @@ from typing import Any
 
 from .backends.base import Backend, GenerationParams, LocalBackend, Message, check_messages
 from .bench import BenchmarkResult, benchmark_model
+from .calibration import Calibration
 from .catalog import Catalog
 from .errors import AllTargetsFailed, IncompatibleModel, InvalidModelFile, InvalidSettings
 from .failover import ChatResult, FailoverChain
@@ -56,6 +57,7 @@ class FallbackManager:
                               ranked=self._ranked_local, on_primary_down=self._preload_async)
         self._telemetry = Telemetry(self._probe, data_dir=lambda: self._settings.data_dir,
                                     breakers=self.breaker_states, clock=clock)
+        self._calibration = Calibration(lambda: self._telemetry.store)
         self._jobs: dict[str, Job[Any]] = {}
         self._ranking: tuple[float, list[ModelInfo]] | None = None
         self._ranking_lock = threading.Lock()
@@ -416,7 +418,9 @@ class FallbackManager:
             free = [float(g.vram_free_mb) for g in status.gpus]
         if n_ctx is None:
             n_ctx = min(self._settings.n_ctx, model.context_length or self._settings.n_ctx)
-        vram_scale, ram_scale, calibrated = self._scales(model, n_ctx, flash_attn, kv_type)
+        device = f"gpu:{status.gpus[0].name}" if status.gpus else None
+        vram_scale, ram_scale, calibrated = self._calibration.scales(model, n_ctx, flash_attn,
+                                                                     kv_type, gpu_device=device)
         return plan(model, n_ctx=n_ctx, free_vram_mb=free, free_ram_mb=status.ram_available_mb,
                     gpu_layers=gpu_layers, flash_attn=flash_attn, kv_type=kv_type,
                     vram_scale=vram_scale, ram_scale=ram_scale, calibrated=calibrated)
@@ -476,47 +480,17 @@ class FallbackManager:
             ctx //= 2
         return None
 
+    def _calibrate(self, model: ModelInfo, backend: Backend, load_s: float) -> None:
+        fit = getattr(backend, "plan", None)
+        measured = getattr(backend, "measured_mb", None)
+        if fit is not None and measured:
+            self._calibration.record(model, fit, measured, device=self._device())
+            log.info("loaded %s in %.2f s (estimated %.0f MiB, measured RAM %.0f, VRAM %s MiB)",
+                     model.name, load_s, fit.vram_mb if fit.gpu_layers else fit.ram_mb, *measured)
+
     def _device(self) -> str:
         gpus = self.system_status().gpus
         return f"gpu:{gpus[0].name}" if gpus else "cpu"
-
-    @staticmethod
-    def _calibration_keys(model: ModelInfo, n_ctx: int, flash_attn: bool, kv_type: str) -> tuple[str, str]:
-        return (f"{model.path}|{model.size_bytes}",
-                f"ctx={n_ctx};fa={int(flash_attn)};kv={kv_type}")
-
-    def _calibrate(self, model: ModelInfo, backend: Backend, load_s: float) -> None:
-        """After a real load: store what it took next to what was estimated."""
-        fit: Compatibility | None = getattr(backend, "plan", None)
-        measured = getattr(backend, "measured_mb", None)
-        if fit is None or not measured:
-            return
-        model_key, config_key = self._calibration_keys(model, fit.n_ctx, fit.flash_attn, fit.kv_type)
-        ram_mb, vram_mb = measured
-        store = self._telemetry.store
-        if fit.gpu_layers > 0 and vram_mb:
-            store.add_calibration(model_key, config_key, self._device(),
-                                  estimated_mb=fit.vram_mb, measured_mb=vram_mb)
-        elif fit.gpu_layers == 0 and ram_mb:
-            store.add_calibration(model_key, config_key, "cpu", estimated_mb=fit.ram_mb,
-                                  measured_mb=ram_mb)
-        log.info("loaded %s in %.2f s (estimated %.0f MiB, measured %s)", model.name, load_s,
-                 fit.vram_mb if fit.gpu_layers else fit.ram_mb, measured)
-
-    def _scales(self, model: ModelInfo, n_ctx: int, flash_attn: bool,
-                kv_type: str) -> tuple[float, float, bool]:
-        """(vram, ram) corrections from the latest real load with this model and configuration,
-        and whether there was one.
-
-        On the GPU the NVML measurement is the truth both ways (clamped to 0.5-2). On the CPU
-        the resident-memory growth at load misses buffers not yet touched, so it can only
-        raise an estimate."""
-        model_key, config_key = self._calibration_keys(model, n_ctx, flash_attn, kv_type)
-        store = self._telemetry.store
-        gpu = store.calibration(model_key, config_key, self._device()) if self.system_status().gpus else None
-        cpu = store.calibration(model_key, config_key, "cpu")
-        return (min(max(gpu, 0.5), 2.0) if gpu else 1.0, min(max(cpu, 1.0), 2.0) if cpu else 1.0,
-                bool(gpu or cpu))
 
     def _auto_optimizer_start(self) -> None:
         """With auto_optimize_vram: optimize now, and again whenever the verdicts change."""

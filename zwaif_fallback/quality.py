@@ -36,6 +36,7 @@ __all__ = [
 
 CHECK_SEED = 1234
 _ANSWER_CHARS = 200
+_TOO_SHORT = "the text is too short to measure perplexity: give it two tokens or more"
 _ROWS_PER_CHUNK = 128  # log-softmax in float64 a slice at a time: 1024 x 49152 at once is 400 MB
 
 
@@ -97,13 +98,14 @@ def llama_cpp_perplexity(path: str, text: str, *, n_ctx: int = 1024, n_threads: 
     except (ValueError, RuntimeError, OSError) as exc:
         raise ModelLoadError(f"llama.cpp could not load {Path(path).name}: {exc}") from exc
     try:
-        tokens = llm.tokenize(text.encode("utf-8"), add_bos=True)[:n_ctx]
-        if len(tokens) < 2:
-            raise InvalidSettings("the text is too short to measure perplexity: give it two tokens or more")
         try:
-            llm.eval(tokens)
+            tokens = llm.tokenize(text.encode("utf-8"), add_bos=True)[:n_ctx]
+            if len(tokens) >= 2:
+                llm.eval(tokens)
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"llama.cpp failed to evaluate {Path(path).name}: {exc}") from exc
+        if len(tokens) < 2:
+            raise InvalidSettings(_TOO_SHORT)
         # The logits row i predicts token i + 1.
         nll = _mean_nll(llm.scores[:len(tokens) - 1], tokens[1:])
     finally:
@@ -129,8 +131,8 @@ def transformers_perplexity(path: str, text: str, *, max_tokens: int = 1024) -> 
     """
     from .backends.transformers import _import
 
-    torch, transformers = _import()
     source = _require(path)
+    torch, transformers = _import()
     is_gguf = source.suffix.lower() == ".gguf"
     folder = str(source.parent if is_gguf else source)
     gguf = {"gguf_file": source.name} if is_gguf else {}
@@ -143,12 +145,16 @@ def transformers_perplexity(path: str, text: str, *, max_tokens: int = 1024) -> 
     except (OSError, ValueError, RuntimeError, ImportError, KeyError) as exc:
         raise ModelLoadError(f"transformers could not load {source.name}: {exc}") from exc
     model.eval()
-    input_ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens]
+    limit = min(max_tokens, getattr(model.config, "max_position_embeddings", None) or max_tokens)
+    input_ids = tokenizer(text, return_tensors="pt").input_ids[:, :limit]
     n_tokens = int(input_ids.shape[1])
     if n_tokens < 2:
-        raise InvalidSettings("the text is too short to measure perplexity: give it two tokens or more")
-    with torch.no_grad():
-        loss = model(input_ids=input_ids, labels=input_ids).loss  # mean NLL of tokens[1:]
+        raise InvalidSettings(_TOO_SHORT)
+    try:
+        with torch.no_grad():
+            loss = model(input_ids=input_ids, labels=input_ids).loss  # mean NLL of tokens[1:]
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise ModelLoadError(f"transformers failed to evaluate {source.name}: {exc}") from exc
     return math.exp(float(loss)), n_tokens - 1
 
 
@@ -266,7 +272,8 @@ def quality_score(perplexity: float | None, vocab_size: int | None, pass_rate: f
     ``fluency = clamp(1 - ln(perplexity) / ln(vocab_size), 0, 1)``: a model that guesses
     uniformly over its vocabulary has perplexity == vocab_size and scores 0; a perfect
     predictor (perplexity 1) scores 1. Dividing by ln(vocab_size) puts models with
-    different tokenizers on one scale.
+    different tokenizers roughly on one scale (a coarser tokenizer still has a higher
+    perplexity per token on the same text).
 
     ``score = 0.5 * fluency + 0.5 * clamp(pass_rate, 0, 1)``; when one part is unknown
     (None, NaN, or a vocabulary under 2 tokens) the other is the score, and 0.0 when both are.
@@ -275,6 +282,9 @@ def quality_score(perplexity: float | None, vocab_size: int | None, pass_rate: f
         perplexity: measured on ``perplexity_text()``; infinity counts as the worst.
         vocab_size: the model's vocabulary size.
         pass_rate: the share of passed instruction checks, in [0, 1].
+
+    Returns:
+        The score, in [0, 1]; higher is better.
     """
     parts = []
     if perplexity is not None and not math.isnan(perplexity) and vocab_size is not None and vocab_size >= 2:

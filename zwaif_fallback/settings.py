@@ -12,7 +12,6 @@ import contextvars
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,6 +35,7 @@ from pydantic_settings import (
 )
 
 from .errors import InvalidSettings
+from .settings_file import load_file, read_file_quietly, to_json, write_atomically
 
 __all__ = ["FallbackSettings", "SettingsOrigin"]
 
@@ -196,18 +196,18 @@ class FallbackSettings(BaseSettings):
         problems = self._check_changes(changes)
         if problems:
             raise InvalidSettings("; ".join(problems), problems=problems)
-        stored = _read_file_quietly(self.settings_file)
+        stored = read_file_quietly(self.settings_file)
         for name, value in changes.items():
-            stored[name] = _to_json(validate_field(name, value))
-        _write_atomically(self.settings_file, stored)
+            stored[name] = to_json(validate_field(name, value))
+        write_atomically(self.settings_file, stored)
         log.info("saved settings %s to %s", sorted(changes), self.settings_file)
         return type(self)(**self._argument_values())
 
     def reset(self) -> FallbackSettings:
         """Forget every saved value (the file keeps keys this version does not know)."""
-        stored = _read_file_quietly(self.settings_file)
+        stored = read_file_quietly(self.settings_file)
         kept = {k: v for k, v in stored.items() if k not in type(self).model_fields}
-        _write_atomically(self.settings_file, kept)
+        write_atomically(self.settings_file, kept)
         log.info("reset settings in %s", self.settings_file)
         return type(self)(**self._argument_values())
 
@@ -348,7 +348,7 @@ class _JsonFileSource(PydanticBaseSettingsSource):
             report = {}
         report.setdefault("problems", [])
         path = Path(self.current_state.get("settings_file") or DEFAULT_SETTINGS_FILE)
-        stored = _load_file(path, report["problems"])
+        stored = load_file(path, report["problems"])
         values = {}
         for name, value in stored.items():
             if name in _NOT_SAVED or name not in self.settings_cls.model_fields:
@@ -363,79 +363,3 @@ class _JsonFileSource(PydanticBaseSettingsSource):
                 log.warning("%s", message)
         report["fields"] = set(values)
         return values
-
-
-def _load_file(path: Path, problems: list[str]) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        message = f"cannot read settings file {path} ({exc}); using defaults"
-        problems.append(message)
-        log.warning("%s", message)
-        return {}
-    try:
-        data = json.loads(text) if text.strip() else {}
-        if not isinstance(data, dict):
-            raise ValueError(f"expected a JSON object, found {type(data).__name__}")
-    except ValueError as exc:
-        backup = _move_aside(path)
-        message = (f"settings file {path} is corrupt ({exc}); "
-                   f"moved it to {backup} and used defaults")
-        problems.append(message)
-        log.error("%s", message)
-        return {}
-    return data
-
-
-def _move_aside(path: Path) -> Path:
-    backup = path.with_name(path.name + ".bak")
-    n = 1
-    while backup.exists():
-        n += 1
-        backup = path.with_name(f"{path.name}.bak{n}")
-    try:
-        os.replace(path, backup)
-    except OSError as exc:
-        log.error("could not move corrupt %s aside: %s", path, exc)
-        return path
-    return backup
-
-
-def _read_file_quietly(path: Path) -> dict[str, Any]:
-    """The file's object for a merge; a corrupt file counts as empty (it was moved aside on load)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _to_json(value: Any) -> Any:
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _write_atomically(path: Path, data: Mapping[str, Any]) -> None:
-    """Write ``data`` as JSON so that a crash leaves either the old file or the new one."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise InvalidSettings(f"cannot write settings to {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(dict(data), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise InvalidSettings(f"cannot write settings to {path}: {exc.strerror or exc}") from exc

@@ -49,6 +49,12 @@ _PREFLIGHT = (
 )
 
 
+def _physical_cores() -> int:
+    import psutil
+
+    return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
 def _import_llama() -> Any:
     try:
         import llama_cpp
@@ -103,7 +109,8 @@ class LlamaCppBackend(LocalBackend):
         self.n_gpu_layers = n_gpu_layers
         self.flash_attn = flash_attn
         self.kv_type = kv_type
-        self.n_threads = n_threads
+        # llama-cpp-python's default is half the logical cores; llama.cpp's own is the physical ones.
+        self.n_threads = n_threads or _physical_cores()
         self.safe_load = safe_load
         self._llm: Any = None
         self._formatter: Any = None
@@ -192,7 +199,15 @@ class LlamaCppBackend(LocalBackend):
             # Reusing the cached prompt prefix evaluates it in other batch shapes, which
             # changes the floats a little; with a seed the caller wants the same answer twice.
             llm.reset()
+        # llama-cpp-python checks max_tokens only after a complete UTF-8 character, so a model
+        # that keeps emitting broken bytes would run to the end of the context: cap it here.
+        from llama_cpp import StoppingCriteriaList
+
+        cap = len(prompt) + max_tokens
+        limits = StoppingCriteriaList([lambda tokens, logits: len(tokens) >= cap])
+        if criteria is not None:
+            limits.extend(criteria)
         return llm.create_completion(
             prompt=prompt, max_tokens=max_tokens, temperature=params.temperature,
             top_p=params.top_p, stop=stop or None, seed=params.seed, stream=True,
-            stopping_criteria=criteria)
+            stopping_criteria=limits)

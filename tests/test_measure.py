@@ -1,0 +1,219 @@
+"""Benchmarks, history, calibration, the optimal model, health, monitoring and metrics,
+on real models and a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+from builders import write_gguf, write_hf_chat_model
+from conftest import run_cli
+from fake_nvml.pynvml import FakeNvml
+from servers import free_port, refused_url, wait_until
+
+from zwaif_fallback import FallbackManager, FallbackSettings, HardwareProbe, ModelNotFound
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1"
+
+
+@pytest.fixture
+def models_dir(isolated):
+    folder = isolated / "models"
+    folder.mkdir()
+    write_gguf(folder / "random-tiny.gguf", seed=11)
+    return folder
+
+
+def make(models_dir, probe=None, **settings) -> FallbackManager:
+    base = dict(models_dir=models_dir, scan_system_stores=False, keep_alive=0,
+                vram_monitoring=False)
+    return FallbackManager(FallbackSettings(**(base | settings)), probe=probe)
+
+
+@pytest.fixture(scope="module")
+def smol_benchmark(tmp_path_factory):
+    """One real benchmark of SmolLM2, shared by the tests that only read it."""
+    data = tmp_path_factory.mktemp("data")
+    with make(tmp_path_factory.mktemp("models"), data_dir=data) as manager:
+        progress = []
+        result = manager.benchmark(SMOL, progress=lambda f, m: progress.append((f, m)))
+        return result, progress, data
+
+
+def test_a_benchmark_measures_speed_memory_and_quality(smol_benchmark):
+    result, progress, _ = smol_benchmark
+    assert result.ok and result.runs == 3 and result.tokens > 0
+    for field in ("load_s", "ttft_s", "prompt_tps", "gen_tps", "chars_per_s", "response_time_s",
+                  "peak_ram_mb", "perplexity", "quality_score", "pass_rate"):
+        assert getattr(result, field) is not None and getattr(result, field) > 0, field
+    assert result.gen_tps_sd is not None and result.prompt_tokens > 10
+    assert result.peak_vram_mb is None  # no NVIDIA driver here: not a made-up number
+    fractions = [f for f, _ in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_a_random_model_scores_clearly_worse_than_smollm2(smol_benchmark, models_dir):
+    smol, _, _ = smol_benchmark
+    with make(models_dir) as manager:
+        random = manager.benchmark("random-tiny")
+    assert random.perplexity > 10 * smol.perplexity
+    assert random.quality_score < smol.quality_score - 0.3
+
+
+def test_an_hf_model_is_benchmarked_through_transformers(isolated, tmp_path):
+    folder = write_hf_chat_model(tmp_path / "hf-chat")
+    with make(isolated / "models", hf_models=[str(folder)]) as manager:
+        result = manager.benchmark("hf-chat")
+    assert result.ok and result.gen_tps > 0 and result.perplexity > 1
+
+
+def test_benchmark_all_skips_what_cannot_run(models_dir):
+    (models_dir / "broken.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    with make(models_dir) as manager:
+        seen = []
+        results = {r.model: r for r in manager.benchmark_all(progress=lambda f, m: seen.append(f))}
+    assert results["broken"].ok is False and results["broken"].error.startswith("skipped")
+    assert results["random-tiny"].ok and results[SMOL].ok
+    assert seen[-1] == 1.0
+
+
+def test_benchmarks_run_as_jobs_with_progress_and_cancel(models_dir):
+    with make(models_dir) as manager:
+        job = manager.start_benchmark("random-tiny")
+        assert job.wait(300) and job.status().state == "done"
+        assert job.result().model == "random-tiny" and job.status().progress == 1.0
+        job = manager.start_benchmark(None)
+        job.cancel()
+        assert job.wait(300)
+        assert job.status().state == "cancelled"
+        with pytest.raises(ModelNotFound):
+            manager.start_benchmark("nope")
+
+
+def test_history_is_shared_between_processes(isolated, models_dir):
+    result = run_cli("--models-dir", str(models_dir), "bench", "random-tiny", "--json", cwd=isolated,
+                     env={"FALLBACK_SCAN_SYSTEM_STORES": "false"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["model"] == "random-tiny"
+    with make(models_dir) as manager:  # the same data_dir, another process
+        history = manager.benchmark_history()
+    assert [h["model"] for h in history] == ["random-tiny"]
+
+
+def test_failovers_are_recorded(models_dir):
+    with make(models_dir) as manager:
+        manager.chat([{"role": "user", "content": "hi"}], primary=refused_url(), max_tokens=4)
+        events = manager.failover_history()
+    assert [(e["source"], e["ok"]) for e in events] == [("local", True), ("primary", False)]
+
+
+def test_calibration_round_trip(models_dir):
+    with make(models_dir) as manager:
+        before = manager.check_compatibility(SMOL)
+        assert not before.calibrated
+        manager.switch_model(SMOL, persist=False)
+        after = manager.check_compatibility(SMOL)
+    assert after.calibrated and "calibrated" in after.reason
+    assert after.ram_mb >= before.ram_mb  # on the CPU a measurement can only raise it
+    with make(models_dir) as manager:  # remembered across managers (on disk)
+        assert manager.check_compatibility(SMOL).calibrated
+
+
+def test_optimize_picks_the_best_and_switches(smol_benchmark, models_dir):
+    with make(models_dir) as manager:
+        manager.benchmark("random-tiny")
+        dry = manager.optimize(apply=False)
+        assert dry.selected == SMOL and not dry.switched and manager.current_model is None
+        result = manager.optimize(apply=True)
+        assert result.switched and manager.current_model.name == SMOL
+        scores = {e.model: e.score for e in result.ranking}
+        assert scores[SMOL] > scores["random-tiny"]
+
+
+RTX = [{"name": "NVIDIA GeForce RTX 3060", "total_mb": 12288, "used_mb": 11800, "utilization": 20}]
+
+
+def test_health_with_a_simulated_gpu(models_dir):
+    probe = HardwareProbe(nvml=FakeNvml(RTX))
+    with make(models_dir, probe=probe) as manager:
+        manager.switch_model(SMOL, persist=False)
+        report = manager.health()
+    assert set(report.factors) == {"vram", "model", "system", "gpu", "primary", "errors",
+                                   "speed_trend"}
+    assert report.factors["gpu"].score == 100 and "RTX 3060" in report.factors["gpu"].detail
+    assert report.factors["vram"].score < 20  # 488 MiB free of 12 GiB
+    assert 0 <= report.score <= 100
+    assert report.status == {8: "Excellent", 9: "Excellent", 10: "Excellent", 6: "Good", 7: "Good",
+                             4: "Fair", 5: "Fair"}.get(report.score // 10, "Poor")
+    assert report.current_model == SMOL
+    assert any("needs" in r and "GiB" in r for r in report.recommendations), report.recommendations
+
+
+def test_health_changes_nothing(models_dir):
+    with make(models_dir) as manager:
+        manager.health()
+        assert manager.current_model is None and manager.benchmark_history() == []
+
+
+def test_health_sees_a_failing_primary(models_dir):
+    url = refused_url()
+    with make(models_dir, primary_url=url) as manager:
+        for _ in range(3):
+            manager.chat([{"role": "user", "content": "hi"}], max_tokens=2)
+        report = manager.health()
+    assert report.factors["primary"].score == 10
+    assert any("main API" in r for r in report.recommendations)
+
+
+def test_monitoring_starts_reports_live_and_stops_early(models_dir):
+    with make(models_dir) as manager:
+        manager.start_monitoring(10, interval_s=0.2)
+        wait_until(lambda: len(manager.monitoring_report().samples) >= 3, timeout_s=10,
+                   what="three samples")
+        live = manager.monitoring_report()
+        assert live.running and live.samples[0].ram_used_mb > 0
+        report = manager.stop_monitoring()
+        assert report.stopped_early and not report.running
+        assert set(report.summary) >= {"ram_used_mb", "cpu_percent", "tokens_per_s"}
+        assert manager.monitor_history()[0]["stopped_early"] is True
+
+
+def test_monitoring_refuses_bad_durations(models_dir):
+    from zwaif_fallback import InvalidSettings
+
+    with make(models_dir) as manager:
+        for duration in (5, 301, float("nan")):
+            with pytest.raises(InvalidSettings):
+                manager.start_monitoring(duration)
+
+
+def test_the_metrics_endpoint_is_scraped_over_http(models_dir):
+    with make(models_dir) as manager:
+        port = free_port()
+        stop = manager.metrics.serve(port)
+        try:
+            manager.chat([{"role": "user", "content": "PRIVATE-WORDS"}], primary=refused_url(),
+                         max_tokens=4)
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        finally:
+            stop()
+    text = body.decode()
+    assert "zwaif_requests_total" in text and "zwaif_failovers_total" in text
+    assert "zwaif_ram_available_mb" in text and "zwaif_breaker_state" in text
+    assert "PRIVATE-WORDS" not in text
+
+
+def test_cli_health_optimize_and_monitor(isolated, models_dir):
+    env = {"FALLBACK_SCAN_SYSTEM_STORES": "false", "FALLBACK_KEEP_ALIVE": "0"}
+    health = run_cli("--models-dir", str(models_dir), "health", "--json", cwd=isolated, env=env)
+    data = json.loads(health.stdout)
+    assert set(data) >= {"score", "status", "factors", "current_model", "optimal_model",
+                         "recommendations"}
+    optimize = run_cli("--models-dir", str(models_dir), "optimize", "--dry-run", "--json",
+                       cwd=isolated, env=env)
+    data = json.loads(optimize.stdout)
+    assert data["switched"] is False and {"model", "score", "compatible", "reason"} <= set(
+        data["ranking"][0])
+    bad = run_cli("monitor", "--duration", "3", cwd=isolated, env=env)
+    assert bad.returncode == 2 and "duration_s" in bad.stderr

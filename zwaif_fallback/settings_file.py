@@ -1,0 +1,100 @@
+"""The settings file on disk: read without ever crashing, written atomically.
+
+A file that is not a JSON object is moved aside (``.bak``, ``.bak2`` ...) and
+reported; a write goes to a temporary file in the same folder, is flushed to
+disk, then renamed over the old one, so a crash leaves either file whole.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from .errors import InvalidSettings
+
+__all__ = ["load_file", "read_file_quietly", "to_json", "write_atomically"]
+
+log = logging.getLogger("zwaif_fallback.settings")
+
+
+def load_file(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        message = f"cannot read settings file {path} ({exc}); using defaults"
+        problems.append(message)
+        log.warning("%s", message)
+        return {}
+    try:
+        data = json.loads(text) if text.strip() else {}
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+    except ValueError as exc:
+        backup = _move_aside(path)
+        message = (f"settings file {path} is corrupt ({exc}); "
+                   f"moved it to {backup} and used defaults")
+        problems.append(message)
+        log.error("%s", message)
+        return {}
+    return data
+
+
+def _move_aside(path: Path) -> Path:
+    backup = path.with_name(path.name + ".bak")
+    n = 1
+    while backup.exists():
+        n += 1
+        backup = path.with_name(f"{path.name}.bak{n}")
+    try:
+        os.replace(path, backup)
+    except OSError as exc:
+        log.error("could not move corrupt %s aside: %s", path, exc)
+        return path
+    return backup
+
+
+def read_file_quietly(path: Path) -> dict[str, Any]:
+    """The file's object for a merge; a corrupt file counts as empty (it was moved aside on load)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def to_json(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_atomically(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as JSON so that a crash leaves either the old file or the new one."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise InvalidSettings(f"cannot write settings to {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(dict(data), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InvalidSettings(f"cannot write settings to {path}: {exc.strerror or exc}") from exc
