@@ -14,10 +14,13 @@ device. Later estimates for the same triple are multiplied by measured/estimated
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .fit import Compatibility
 from .model_info import ModelInfo
-from .store import Store
+
+if TYPE_CHECKING:
+    from .store import Store
 
 __all__ = ["Calibration"]
 

@@ -10,24 +10,27 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backends.base import Backend, GenerationParams, LocalBackend, Message, check_messages
-from .bench import BenchmarkResult, benchmark_model
 from .calibration import Calibration
 from .catalog import Catalog
 from .errors import AllTargetsFailed, IncompatibleModel, InvalidModelFile, InvalidSettings
 from .failover import ChatResult, FailoverChain
 from .fit import KV_TYPES, Compatibility, plan
 from .hardware import HardwareProbe, SystemStatus
-from .health import HealthInputs, HealthReport, Optimization, health_report, rank_models
-from .jobs import Job, Progress
 from .model_info import ModelInfo
-from .monitor import MonitoringReport
 from .pool import LocalPool
 from .routing import Primary, Router, rank_local
 from .settings import FallbackSettings, validate_field
-from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .bench import BenchmarkResult
+    from .health import HealthReport, Optimization
+    from .jobs import Job
+    from .monitor import MonitoringReport
+    from .steering import Steering
+    from .telemetry import Telemetry
 
 __all__ = ["FallbackManager"]
 
@@ -55,8 +58,9 @@ class FallbackManager:
         self._pool = LocalPool(self._make_backend, clock=clock, on_load=self._calibrate)
         self._router = Router(local_stream=self._stream_local, current=lambda: self._pool.current,
                               ranked=self._ranked_local, on_primary_down=self._preload_async)
-        self._telemetry = Telemetry(self._probe, data_dir=lambda: self._settings.data_dir,
-                                    breakers=self.breaker_states, clock=clock)
+        self._telemetry_instance: Telemetry | None = None
+        self._steering_instance: Steering | None = None
+        self._lazy_lock = threading.Lock()
         self._calibration = Calibration(lambda: self._telemetry.store)
         self._jobs: dict[str, Job[Any]] = {}
         self._ranking: tuple[float, list[ModelInfo]] | None = None
@@ -69,7 +73,7 @@ class FallbackManager:
         if self._settings.vram_monitoring:
             self._telemetry.start_background()
         if self._settings.auto_optimize_vram:
-            self._auto_optimizer_start()
+            self._steering.start_auto_optimizer(self._stop)
 
     # -- settings -------------------------------------------------------------
 
@@ -249,50 +253,17 @@ class FallbackManager:
         Raises:
             ModelNotFound, InvalidModelFile, IncompatibleModel: before anything is loaded.
         """
-        model = self._valid(name)
-        fit = self._plan(model)
-        if not fit.compatible:
-            raise IncompatibleModel(f"{model.name} cannot be benchmarked here: {fit.reason}")
-        backend = self._make_backend(model)
-        if not isinstance(backend, LocalBackend):  # pragma: no cover - every local backend is one
-            raise IncompatibleModel(f"{model.name} is not a local model")
-        result = benchmark_model(model, backend, prompt=prompt, vram=self._probe.process_vram_mb,
-                                 progress=progress)
-        self._telemetry.store.add_benchmark(result.model_dump())
-        self._forget_ranking()
-        return result
+        return self._steering.benchmark(name, prompt, progress)
 
     def benchmark_all(self, prompt: str | None = None,
                       progress: Callable[[float, str], None] | None = None) -> list[BenchmarkResult]:
         """Benchmark every compatible model; incompatible and invalid ones come back as skipped."""
-        models = [m for m in self.discover_models() if m.format != "remote"]
-        results = []
-        for i, model in enumerate(models):
-            def step(fraction: float, message: str, i: int = i, name: str = model.name) -> None:
-                if progress is not None:
-                    progress((i + fraction) / len(models), f"{name}: {message}")
-
-            fit = self._plan(model) if model.valid else None
-            if fit is None or not fit.compatible:
-                why = model.error if fit is None else fit.reason
-                results.append(BenchmarkResult(model=model.name, ok=False, error=f"skipped: {why}"))
-                continue
-            results.append(self.benchmark(model.name, prompt, step))
-        if progress is not None:
-            progress(1.0, "done")
-        return results
+        return self._steering.benchmark_all(prompt, progress)
 
     def start_benchmark(self, name: str | None = None, prompt: str | None = None) -> Job[Any]:
-        """Run ``benchmark`` (or ``benchmark_all`` when name is None) as a background job."""
-        if name is not None:
-            self._valid(name)  # refuse a bad name now, not inside the job
-
-        def work(progress: Progress) -> Any:
-            if name is None:
-                return self.benchmark_all(prompt, progress)
-            return self.benchmark(name, prompt, progress)
-
-        job: Job[Any] = Job("benchmark " + (name or "all models"), work)
+        """Run ``benchmark`` (or ``benchmark_all`` when name is None) as a background job
+        with progress and cancel. Raises ModelNotFound at once for an unknown name."""
+        job = self._steering.start_benchmark(name, prompt)
         self._jobs[job.id] = job
         return job
 
@@ -314,39 +285,11 @@ class FallbackManager:
     def optimize(self, apply: bool = True) -> Optimization:
         """Rank the local models (quality first, then speed and headroom) and, with ``apply``,
         switch to the best one."""
-        ranking = rank_models(self._candidates())
-        best = next((e for e in ranking if e.compatible), None)
-        current = self._pool.current
-        switched = False
-        if best is None:
-            return Optimization(selected=None, switched=False, ranking=ranking,
-                                reason="no local model fits this machine")
-        if apply and (current is None or current.name != best.model):
-            self.switch_model(best.model)
-            switched = True
-        why = f"{best.model} scores {best.score:.0f}: {best.reason}"
-        return Optimization(selected=best.model, switched=switched, ranking=ranking, reason=why)
+        return self._steering.optimize(apply)
 
     def health(self) -> HealthReport:
         """The system's health, 0-100, with its factors and recommendations. Changes nothing."""
-        status = self.system_status()
-        current = self._pool.current
-        current_fit = self._plan(current) if current is not None else None
-        breakers = self.breaker_states()
-        primary = self._settings.primary_url
-        history = [b["gen_tps"] for b in self._telemetry.store.benchmarks(current.name, limit=5)
-                   if b.get("ok") and b.get("gen_tps")] if current is not None else []
-        inputs = HealthInputs(
-            status=status, ranking=rank_models(self._candidates()), current=current,
-            current_fit=current_fit, primary_configured=bool(primary),
-            primary_breaker=breakers.get(primary, {}).get("state") if primary else None,
-            recent_attempts=self._telemetry.store.failovers(since_s=3600),
-            speed_history=history)
-        if current is not None and current_fit is not None and status.gpus:
-            full = self._plan(current, gpu_layers=-1)
-            inputs.full_gpu_mb = full.vram_mb
-            inputs.lower_ctx_fits = self._ctx_that_fits(current, current_fit.n_ctx)
-        return health_report(inputs)
+        return self._steering.health()
 
     def start_monitoring(self, duration_s: float, interval_s: float = 1.0) -> None:
         """Sample VRAM, RAM, CPU, GPU use and tokens/s for ``duration_s`` (10-300 s), in the
@@ -389,7 +332,8 @@ class FallbackManager:
         self._stop.set()
         if self._reaper is not None:
             self._reaper.join(timeout=5)
-        self._telemetry.close()
+        if self._telemetry_instance is not None:
+            self._telemetry_instance.close()
         self._pool.close()
         self._router.close()
         self._probe.close()
@@ -401,6 +345,27 @@ class FallbackManager:
         self.close()
 
     # -- internals -----------------------------------------------------------------
+
+    @property
+    def _telemetry(self) -> Telemetry:
+        """History, metrics and sampling, built on first use (they import sqlite3 and more)."""
+        with self._lazy_lock:
+            if self._telemetry_instance is None:
+                from .telemetry import Telemetry
+
+                self._telemetry_instance = Telemetry(
+                    self._probe, data_dir=lambda: self._settings.data_dir,
+                    breakers=self.breaker_states, clock=self._clock)
+            return self._telemetry_instance
+
+    @property
+    def _steering(self) -> Steering:
+        with self._lazy_lock:
+            if self._steering_instance is None:
+                from .steering import Steering
+
+                self._steering_instance = Steering(self)
+            return self._steering_instance
 
     def _valid(self, name_or_path: str) -> ModelInfo:
         model = self.find_model(name_or_path)
@@ -460,26 +425,6 @@ class FallbackManager:
         backend.vram_probe = self._probe.process_vram_mb
         return backend
 
-    def _candidates(self) -> list[tuple[ModelInfo, Compatibility, BenchmarkResult | None]]:
-        latest: dict[str, BenchmarkResult] = {}
-        for row in reversed(self._telemetry.store.benchmarks(limit=500)):
-            fields = {k: v for k, v in row.items() if k in BenchmarkResult.model_fields}
-            try:
-                latest[row["model"]] = BenchmarkResult(**fields)
-            except (KeyError, ValueError):
-                continue
-        models = [m for m in self.discover_models() if m.valid and m.format != "remote"]
-        return [(m, self._plan(m), latest.get(m.name)) for m in models]
-
-    def _ctx_that_fits(self, model: ModelInfo, n_ctx: int) -> int | None:
-        """The largest n_ctx (halving, down to 512) at which ``model`` fits the GPU entirely."""
-        ctx = n_ctx // 2
-        while ctx >= 512:
-            if self._plan(model, n_ctx=ctx).verdict == "gpu":
-                return ctx
-            ctx //= 2
-        return None
-
     def _calibrate(self, model: ModelInfo, backend: Backend, load_s: float) -> None:
         fit = getattr(backend, "plan", None)
         measured = getattr(backend, "measured_mb", None)
@@ -491,26 +436,6 @@ class FallbackManager:
     def _device(self) -> str:
         gpus = self.system_status().gpus
         return f"gpu:{gpus[0].name}" if gpus else "cpu"
-
-    def _auto_optimizer_start(self) -> None:
-        """With auto_optimize_vram: optimize now, and again whenever the verdicts change."""
-
-        def watch() -> None:
-            last: tuple[tuple[str, str], ...] | None = None
-            while not self._stop.is_set():
-                try:
-                    verdicts = tuple((m.name, fit.verdict) for m, fit, _ in self._candidates())
-                    if verdicts != last:
-                        if last is not None:
-                            log.info("free memory changed the fit verdicts; optimizing again")
-                        self.optimize(apply=True)
-                        last = verdicts
-                except Exception as exc:  # the watcher must outlive a failed optimization
-                    log.warning("auto-optimization failed: %s", exc)
-                if self._stop.wait(15.0):
-                    return
-
-        threading.Thread(target=watch, daemon=True, name="zwaif-auto-optimize").start()
 
     def _stream_local(self, model: ModelInfo, messages: list[dict[str, str]],
                       params: GenerationParams, *, prefix: str = "", **_: Any) -> Iterator[str]:
