@@ -43,7 +43,8 @@ class BenchmarkResult(BaseModel):
     load_s: float | None = None
     ttft_s: float | None = None
     prompt_tps: float | None = None
-    gen_tps: float | None = None
+    gen_tps: float | None = None  # decode tokens/s (llama-bench's tg)
+    stream_tps: float | None = None  # pieces/s as a reader of the stream sees them
     chars_per_s: float | None = None
     response_time_s: float | None = None
     peak_vram_mb: float | None = None
@@ -155,9 +156,11 @@ def benchmark_model(model: ModelInfo, backend: LocalBackend, *, prompt: str | No
 
 
 def _generate(backend: LocalBackend, messages: list[dict[str, str]], max_tokens: int,
-              *, seed: int) -> tuple[int, int, float, float, float]:
-    """(tokens, chars, ttft, decode seconds, total seconds) of one generation."""
+              *, seed: int) -> tuple[int, int, float, float, float, tuple[int, float] | None]:
+    """(pieces, chars, ttft, seconds from first to last piece, total seconds, the runtime's
+    own decode counters) of one generation."""
     params = GenerationParams(max_tokens=max_tokens, temperature=0.0, seed=seed)
+    backend.reset_decode_stats()
     start = time.perf_counter()
     first = last = start
     tokens = chars = 0
@@ -167,13 +170,17 @@ def _generate(backend: LocalBackend, messages: list[dict[str, str]], max_tokens:
             first = last
         tokens += 1
         chars += len(piece)
-    return tokens, chars, first - start, last - first, last - start
+    return tokens, chars, first - start, last - first, last - start, backend.decode_stats()
 
 
-def _summarize(model: ModelInfo, samples: list[tuple[int, int, float, float, float]],
-               load_s: float, prompt_tokens: int | None, memory: _PeakMemory) -> BenchmarkResult:
+def _summarize(model: ModelInfo, samples: list[Any], load_s: float, prompt_tokens: int | None,
+               memory: _PeakMemory) -> BenchmarkResult:
     ttfts = [s[2] for s in samples if s[0]]
-    rates = [(s[0] - 1) / s[3] for s in samples if s[0] > 1 and s[3] > 0]
+    streamed = [(s[0] - 1) / s[3] for s in samples if s[0] > 1 and s[3] > 0]
+    # Generation speed as llama-bench's tg counts it: the runtime's own decode time, when it
+    # keeps one; else the pace at which pieces reached the reader.
+    decoded = [n / t for n, t in (s[5] for s in samples if s[5]) if n > 0 and t > 0]
+    rates = decoded if len(decoded) == len(samples) else streamed
     totals = [s[4] for s in samples]
     chars = sum(s[1] for s in samples)
     ttft = statistics.mean(ttfts) if ttfts else None
@@ -185,6 +192,7 @@ def _summarize(model: ModelInfo, samples: list[tuple[int, int, float, float, flo
         ttft_s=_round(ttft, 4),
         prompt_tps=_round(prompt_tokens / ttft if prompt_tokens and ttft else None, 1),
         gen_tps=_round(statistics.mean(rates) if rates else None, 2),
+        stream_tps=_round(statistics.mean(streamed) if streamed else None, 2),
         chars_per_s=_round(chars / sum(totals) if sum(totals) > 0 else None, 1),
         response_time_s=_round(statistics.mean(totals) if totals else None, 3),
         peak_vram_mb=_round(memory.vram_mb, 1),

@@ -183,6 +183,14 @@ class LocalBackend(Backend):
         """Tokens of the prompt these messages make (None when the runtime cannot say)."""
         return None
 
+    def reset_decode_stats(self) -> None:
+        """Start counting decode time afresh (runtimes that keep their own counters)."""
+
+    def decode_stats(self) -> tuple[int, float] | None:
+        """(tokens decoded, seconds spent decoding them) since the reset, as the runtime
+        itself measured them (llama-bench's tg); None when it keeps no such counters."""
+        return None
+
     def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
                prefix: str = "", deadline_s: float | None = None,
                cancel: threading.Event | None = None) -> Iterator[str]:

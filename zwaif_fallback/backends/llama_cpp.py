@@ -173,6 +173,22 @@ class LlamaCppBackend(LocalBackend):
             self._load_locked()
             return len(self._prompt(messages, "")[0])
 
+    def reset_decode_stats(self) -> None:
+        with self._lock:
+            if self._llm is not None:
+                import llama_cpp
+
+                llama_cpp.llama_perf_context_reset(self._llm.ctx)
+
+    def decode_stats(self) -> tuple[int, float] | None:
+        with self._lock:
+            if self._llm is None:
+                return None
+            import llama_cpp
+
+            perf = llama_cpp.llama_perf_context(self._llm.ctx)
+            return (int(perf.n_eval), perf.t_eval_ms / 1000.0) if perf.n_eval else None
+
     def _prompt(self, messages: list[dict[str, str]], prefix: str) -> tuple[list[int], list[str], Any]:
         """(prompt tokens, stop strings, stopping criteria) from the GGUF's chat template."""
         llm = self._llm
