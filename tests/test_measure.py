@@ -217,3 +217,37 @@ def test_cli_health_optimize_and_monitor(isolated, models_dir):
         data["ranking"][0])
     bad = run_cli("monitor", "--duration", "3", cwd=isolated, env=env)
     assert bad.returncode == 2 and "duration_s" in bad.stderr
+
+
+def test_a_broken_history_store_never_breaks_the_chat_path(isolated, models_dir):
+    blocker = isolated / "not-a-folder"
+    blocker.write_text("")
+    with make(models_dir, data_dir=blocker / "data") as manager:
+        result = manager.chat([{"role": "user", "content": "hi"}], primary=refused_url(),
+                              max_tokens=4)
+        assert result.source == "local"
+        assert manager.store_problem() and manager.failover_history() == []
+
+
+def test_auto_optimize_picks_a_model_at_start(models_dir):
+    with make(models_dir, auto_optimize_vram=True) as manager:
+        wait_until(lambda: manager.current_model is not None, timeout_s=120,
+                   what="the start-up optimization")
+        assert manager.current_model.name == manager.optimize(apply=False).selected
+
+
+def test_vram_monitoring_keeps_a_light_sampler_running(models_dir):
+    with make(models_dir, vram_monitoring=True) as manager:
+        samples = wait_until(lambda: manager.background_samples, timeout_s=10,
+                             what="a background sample")
+        assert samples[0].ram_used_mb > 0
+
+
+def test_cli_monitor_runs_a_whole_session(isolated):
+    result = run_cli("monitor", "--duration", "10", "--interval", "2", "--json", cwd=isolated,
+                     timeout=60)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["duration_s"], data["interval_s"], data["stopped_early"]) == (10, 2, False)
+    assert len(data["samples"]) == 6 and data["samples"][-1]["t_s"] >= 9.9
+    assert set(data["summary"]["ram_used_mb"]) == {"min", "mean", "max", "p95"}
