@@ -110,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.settings_file:
         overrides["settings_file"] = args.settings_file
     try:
-        manager = FallbackManager(FallbackSettings(**overrides))
+        manager = FallbackManager(FallbackSettings(**overrides),
+                                  background=args.command in LONG_RUNNING)
         for problem in manager.settings.problems:
             print(f"warning: {problem}", file=sys.stderr)
         with manager:
@@ -268,6 +269,8 @@ def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
         print(f"problem: {problem}")
     return 0
 
+
+LONG_RUNNING = {"ui"}  # commands that keep the manager's background work running
 
 COMMANDS: dict[str, Callable[[FallbackManager, argparse.Namespace], int]] = {
     "status": cmd_status,

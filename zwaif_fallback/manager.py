@@ -45,10 +45,12 @@ class FallbackManager:
     Args:
         settings: the settings to use; None reads the environment and the settings file.
         probe: the hardware probe; None builds one (tests pass one with a simulated NVML).
+        background: start the background work the settings ask for (the VRAM sampler,
+            auto-optimization); one-shot tools such as the CLI pass False.
     """
 
     def __init__(self, settings: FallbackSettings | None = None, *,
-                 probe: HardwareProbe | None = None,
+                 probe: HardwareProbe | None = None, background: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings if settings is not None else FallbackSettings()
         self._settings_lock = threading.Lock()
@@ -70,9 +72,9 @@ class FallbackManager:
         self.last_result: ChatResult | None = None
         for problem in self._settings.problems:
             log.warning("settings: %s", problem)
-        if self._settings.vram_monitoring:
+        if background and self._settings.vram_monitoring:
             self._telemetry.start_background()
-        if self._settings.auto_optimize_vram:
+        if background and self._settings.auto_optimize_vram:
             self._steering.start_auto_optimizer(self._stop)
 
     # -- settings -------------------------------------------------------------
