@@ -62,8 +62,10 @@ def test_a_refused_primary_falls_back_at_once_without_retries(manager):
 
 def test_a_stopped_server_process_is_refused(tmp_path, manager):
     srv = LlamaServer(write_gguf(tmp_path / "m.gguf")).start()
-    assert manager.chat(ASK, primary=srv.url, **GEN).source == "primary"
-    srv.stop()
+    try:
+        assert manager.chat(ASK, primary=srv.url, **GEN).source == "primary"
+    finally:
+        srv.stop()
     result = manager.chat(ASK, primary=srv.url, **GEN)
     assert result.source == "local" and "refused" in result.attempts[0].error
 

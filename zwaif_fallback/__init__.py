@@ -1,10 +1,15 @@
 """zwaif-fallback: keep a chatbot answering when its main LLM API fails.
 
-Importing this package is cheap (no torch, transformers, llama_cpp, gradio or
-NVML): hosts import it in their LLM call path.
+Importing this package is cheap: names load on first use (PEP 562), and nothing
+imports torch, transformers, llama_cpp, gradio or NVML until a feature needs it.
+Hosts import it in their LLM call path.
 """
 
-from .catalog import Catalog
+from __future__ import annotations
+
+import importlib as _importlib
+import typing as _typing
+
 from .errors import (
     AllTargetsFailed,
     BackendUnavailable,
@@ -15,33 +20,43 @@ from .errors import (
     ModelLoadError,
     ModelNotFound,
 )
-from .failover import Attempt, ChatResult, Switch
-from .fit import Compatibility, Estimate, LoadConfig, MemoryBreakdown, estimate, plan
-from .hardware import GPUInfo, HardwareProbe, SystemStatus
-from .manager import FallbackManager
-from .model_info import ModelInfo, ModelShape
-from .settings import FallbackSettings
+
+if _typing.TYPE_CHECKING:
+    from .bench import BenchmarkResult
+    from .catalog import Catalog
+    from .failover import Attempt, ChatResult, Switch
+    from .fit import Compatibility, Estimate, LoadConfig, MemoryBreakdown, estimate, plan
+    from .hardware import GPUInfo, HardwareProbe, SystemStatus
+    from .health import HealthReport, Optimization
+    from .jobs import Job, JobStatus
+    from .manager import FallbackManager
+    from .model_info import ModelInfo, ModelShape
+    from .monitor import MonitoringReport
+    from .settings import FallbackSettings
 
 __version__ = "0.1.0"
 
-# Result types of the measuring side load on first use: their modules are not needed
-# in a host's chat path.
-_LAZY = {
-    "BenchmarkResult": "bench",
-    "HealthReport": "health",
-    "Optimization": "health",
-    "MonitoringReport": "monitor",
-    "Job": "jobs",
-    "JobStatus": "jobs",
+_WHERE = {
+    "Attempt": "failover", "BenchmarkResult": "bench", "Catalog": "catalog",
+    "ChatResult": "failover", "Compatibility": "fit", "Estimate": "fit",
+    "FallbackManager": "manager", "FallbackSettings": "settings", "GPUInfo": "hardware",
+    "HardwareProbe": "hardware", "HealthReport": "health", "Job": "jobs", "JobStatus": "jobs",
+    "LoadConfig": "fit", "MemoryBreakdown": "fit", "ModelInfo": "model_info",
+    "ModelShape": "model_info", "MonitoringReport": "monitor", "Optimization": "health",
+    "Switch": "failover", "SystemStatus": "hardware", "estimate": "fit", "plan": "fit",
 }
 
 
 def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _WHERE:
+        value = getattr(_importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'zwaif_fallback' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [

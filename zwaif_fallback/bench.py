@@ -19,8 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 import psutil
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from ._model import Model
 from .backends.base import GenerationParams, LocalBackend
 from .errors import FallbackError
 from .model_info import ModelInfo
@@ -34,7 +35,7 @@ DEFAULT_PROMPT = "Tell me, in a few friendly sentences, how you would spend a ra
 Progress = Callable[[float, str], None]
 
 
-class BenchmarkResult(BaseModel):
+class BenchmarkResult(Model):
     """One model's benchmark. Times in seconds, memory in MiB (growth over the process before load)."""
 
     model: str

@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel
+from ._model import Model
 
 __all__ = ["BreakerState", "CircuitBreaker"]
 
 State = Literal["closed", "open", "half_open"]
 
 
-class BreakerState(BaseModel):
+class BreakerState(Model):
     """What health and the UI show of a breaker."""
 
     state: State

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import FallbackError, InvalidSettings
+from .errors import BackendUnavailable, FallbackError, InvalidSettings
 from .fit import KV_TYPES, Compatibility
 from .hardware import SystemStatus
 from .logs import setup_logging
@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-port", type=int, metavar="P",
                         help="serve Prometheus metrics on 127.0.0.1:P while the command runs")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    ui = commands.add_parser("ui", help="serve the three settings tabs as a standalone web UI")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (anything but loopback needs FALLBACK_UI_AUTH)")
+    ui.add_argument("--port", type=int, default=7860)
 
     status = commands.add_parser("status", help="GPUs, VRAM, RAM, CPU and the probe used")
     _json_flag(status)
@@ -136,6 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # -- commands ------------------------------------------------------------------------------
+
+
+def cmd_ui(manager: FallbackManager, args: argparse.Namespace) -> int:
+    try:
+        from webui.app import launch
+    except ImportError as exc:
+        raise BackendUnavailable(f"the web UI needs gradio: pip install 'zwaif-fallback[ui]' ({exc})"
+                                 ) from None
+    launch(manager, host=args.host, port=args.port, block=True)
+    return 0
 
 
 def cmd_status(manager: FallbackManager, args: argparse.Namespace) -> int:
@@ -273,6 +288,7 @@ def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
 LONG_RUNNING = {"ui"}  # commands that keep the manager's background work running
 
 COMMANDS: dict[str, Callable[[FallbackManager, argparse.Namespace], int]] = {
+    "ui": cmd_ui,
     "status": cmd_status,
     "models": cmd_models,
     "check": cmd_check,

@@ -25,8 +25,9 @@ included), the KV cache, activations and torch's own overhead.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from ._model import Model
 from .ggml import kv_type_id, tensor_nbytes
 from .model_info import ModelInfo, ModelShape
 from .safetensors_header import DTYPE_BYTES
@@ -41,7 +42,7 @@ CPU_RUNTIME_MB = 16.0  # llama.cpp's threads, graph metadata and bookkeeping on 
 TORCH_CPU_RUNTIME_MB = 350.0  # torch + transformers resident before a model is built
 
 
-class LoadConfig(BaseModel):
+class LoadConfig(Model):
     """How a model would be loaded."""
 
     n_ctx: int = Field(4096, ge=1)
@@ -52,7 +53,7 @@ class LoadConfig(BaseModel):
     n_ubatch: int = Field(512, ge=1)
 
 
-class MemoryBreakdown(BaseModel):
+class MemoryBreakdown(Model):
     """Where the memory goes, in MiB."""
 
     weights_mb: float = 0.0
@@ -79,7 +80,7 @@ class MemoryBreakdown(BaseModel):
         return MemoryBreakdown(**{k: round(v, 1) for k, v in self.model_dump().items()})
 
 
-class Estimate(BaseModel):
+class Estimate(Model):
     """Memory a configuration needs on the GPU(s) and on the host."""
 
     vram: MemoryBreakdown

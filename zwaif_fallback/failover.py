@@ -27,8 +27,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from ._model import Model
 from .backends.base import GenerationParams, TargetFailed
 from .breaker import CircuitBreaker
 from .errors import AllTargetsFailed, FallbackError
@@ -41,7 +42,7 @@ Source = Literal["primary", "remote", "local"]
 StreamFn = Callable[..., Iterator[str]]
 
 
-class Attempt(BaseModel):
+class Attempt(Model):
     """One try of one target (its retries included)."""
 
     target: str
@@ -53,7 +54,7 @@ class Attempt(BaseModel):
     tokens: int = 0
 
 
-class Switch(BaseModel):
+class Switch(Model):
     """Where a streamed answer moved from one target to the next."""
 
     at_char: int
@@ -61,7 +62,7 @@ class Switch(BaseModel):
     to_target: str
 
 
-class ChatResult(BaseModel):
+class ChatResult(Model):
     """The answer and how it was obtained."""
 
     text: str

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel
-
+from ._model import Model
 from .estimate import (
     CUDA_CONTEXT_MB,
     KV_PAD,
@@ -44,7 +43,7 @@ KV_TYPES = ("f16", "q8_0", "q4_0")
 HEADROOM_MB = 256.0  # VRAM left free for the desktop and for fragmentation
 
 
-class Compatibility(BaseModel):
+class Compatibility(Model):
     """Whether and how a model fits this machine now. ``reason`` is for people."""
 
     model: str

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import psutil
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from ._model import Model
 
 __all__ = ["GPUInfo", "HardwareProbe", "SystemStatus"]
 
@@ -28,7 +30,7 @@ MIB = 1024 * 1024
 VramSource = Literal["nvml", "gputil", "torch", "mps", "none"]
 
 
-class GPUInfo(BaseModel):
+class GPUInfo(Model):
     """One GPU as the probe saw it. Sizes in MiB."""
 
     index: int
@@ -40,7 +42,7 @@ class GPUInfo(BaseModel):
     temperature_c: float | None = None
 
 
-class SystemStatus(BaseModel):
+class SystemStatus(Model):
     """A snapshot of the machine."""
 
     gpus: list[GPUInfo] = Field(default_factory=list)

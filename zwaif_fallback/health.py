@@ -27,8 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from ._model import Model
 from .bench import BenchmarkResult
 from .fit import Compatibility
 from .hardware import SystemStatus
@@ -53,7 +54,7 @@ GARBAGE_QUALITY = 0.15
 READING_PACE_TPS = 20.0
 
 
-class RankEntry(BaseModel):
+class RankEntry(Model):
     model: str
     score: float
     compatible: bool
@@ -62,20 +63,20 @@ class RankEntry(BaseModel):
     measured: bool = False
 
 
-class Optimization(BaseModel):
+class Optimization(Model):
     selected: str | None
     switched: bool
     ranking: list[RankEntry]
     reason: str = ""
 
 
-class Factor(BaseModel):
+class Factor(Model):
     score: int
     weight: float
     detail: str
 
 
-class HealthReport(BaseModel):
+class HealthReport(Model):
     score: int
     status: Status
     factors: dict[str, Factor]

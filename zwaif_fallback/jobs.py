@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel
+from ._model import Model
 
 __all__ = ["Cancelled", "Job", "JobStatus", "Progress"]
 
@@ -26,7 +26,7 @@ class Cancelled(Exception):
     """Raised inside a job's work when its cancel was asked for."""
 
 
-class JobStatus(BaseModel):
+class JobStatus(Model):
     id: str
     name: str
     state: State

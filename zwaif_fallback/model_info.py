@@ -14,8 +14,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from ._model import Model
 from .errors import InvalidModelFile
 from .ggml import FILE_TYPES, GGML_TYPES
 from .gguf_header import ArrayInfo, GGUFHeader, read_gguf_header
@@ -28,7 +29,7 @@ ModelFormat = Literal["gguf", "transformers", "remote"]
 _LAYER_RE = re.compile(r"(?:^|\.)(?:blk|layers|h|block|blocks)\.(\d+)\.")
 
 
-class TensorSummary(BaseModel):
+class TensorSummary(Model):
     """One weight tensor: what the estimator needs of it."""
 
     name: str
@@ -38,7 +39,7 @@ class TensorSummary(BaseModel):
     layer: int | None = None  # the block it belongs to; None for embeddings, output, norms
 
 
-class ModelShape(BaseModel):
+class ModelShape(Model):
     """The dimensions that decide memory: per-layer weights, attention geometry, vocabulary."""
 
     n_embd: int | None = None
@@ -59,7 +60,7 @@ class ModelShape(BaseModel):
         return self.n_kv_heads or self.n_heads or 0
 
 
-class ModelInfo(BaseModel):
+class ModelInfo(Model):
     """A discovered model. ``valid=False`` entries carry the reason in ``error``."""
 
     name: str

@@ -17,8 +17,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from ._model import Model
 from .errors import InvalidSettings
 
 __all__ = ["BackgroundSampler", "MetricSummary", "MonitorSession", "MonitoringReport", "Sample", "summarize"]
@@ -32,7 +33,7 @@ METRICS = ("vram_used_mb", "ram_used_mb", "cpu_percent", "gpu_utilization_pct", 
 _EPSILON = 1e-9  # 0.3 / 0.1 is 2.9999999999999996 in floats; a tick due then is still due
 
 
-class Sample(BaseModel):
+class Sample(Model):
     """The machine at ``t_s`` seconds after the sampler started. Sizes in MiB."""
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False)
@@ -50,14 +51,14 @@ class Sample(BaseModel):
         return 0.0 if value is None else value
 
 
-class MetricSummary(BaseModel):
+class MetricSummary(Model):
     min: float
     mean: float
     max: float
     p95: float = Field(description="nearest-rank 95th percentile")
 
 
-class MonitoringReport(BaseModel):
+class MonitoringReport(Model):
     """A session as it stands: live while ``running``, final afterwards."""
 
     duration_s: float

@@ -17,8 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
+from ._model import Model
 from .backends.base import GenerationParams
 from .errors import InvalidSettings, ModelLoadError
 
@@ -226,7 +225,7 @@ INSTRUCTION_CHECKS: tuple[InstructionCheck, ...] = (
 )
 
 
-class CheckResult(BaseModel):
+class CheckResult(Model):
     """How a model did on one instruction check."""
 
     name: str

@@ -14,8 +14,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from .._model import Model
 from ..errors import InvalidSettings
 
 __all__ = ["Backend", "GenerationParams", "LocalBackend", "Message", "TargetFailed",
@@ -34,7 +35,7 @@ class TargetFailed(Exception):
         self.fast = fast  # the target is down for sure (connection refused): do not wait on it
 
 
-class GenerationParams(BaseModel):
+class GenerationParams(Model):
     """OpenAI's generation names, validated."""
 
     max_tokens: int = Field(256, ge=1, le=32768)

@@ -1,0 +1,150 @@
+"""Embedding the three tabs in a host's UI, and serving them on their own.
+
+``build_tabs(manager)`` adds the tabs inside whatever gr.Blocks/gr.Tab context the caller
+has open; ``build_app(manager)`` is the standalone page; ``launch(manager)`` serves it (or a
+host's own Blocks), with the Prometheus metrics at ``/metrics`` on the same server.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gradio as gr
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from zwaif_fallback import FallbackManager, InvalidSettings
+
+from .diagnostics import DiagnosticsTab, build_diagnostics_tab
+from .health_monitor import HealthTab, build_health_tab
+from .management import ManagementTab, build_management_tab
+
+__all__ = ["AUTH_ENV", "FallbackTabs", "build_app", "build_tabs", "launch"]
+
+AUTH_ENV = "FALLBACK_UI_AUTH"
+TITLE = "zwaif-fallback"
+
+
+@dataclass
+class FallbackTabs:
+    diagnostics: DiagnosticsTab
+    management: ManagementTab
+    health: HealthTab
+
+
+def build_tabs(manager: FallbackManager) -> FallbackTabs:
+    """Add the three tabs inside the caller's open gr.Blocks (or gr.Tab) context.
+
+    Args:
+        manager: the manager every handler calls; the tabs hold no other state.
+
+    Returns:
+        The tabs and their main components, for a host that wants to wire more events.
+    """
+    with gr.Tabs(elem_id="fallback-tabs"):
+        return FallbackTabs(diagnostics=build_diagnostics_tab(manager),
+                            management=build_management_tab(manager),
+                            health=build_health_tab(manager))
+
+
+def build_app(manager: FallbackManager) -> gr.Blocks:
+    """The standalone page: a title and the three tabs."""
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
+        gr.Markdown(f"# {TITLE}\nKeep the chatbot answering when its main LLM API fails.")
+        build_tabs(manager)
+    return app
+
+
+def launch(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 7860,
+           auth: tuple[str, str] | str | None = None, block: bool = True,
+           blocks: gr.Blocks | None = None) -> str:
+    """Serve the UI, and the manager's Prometheus metrics at ``/metrics``, on one server.
+
+    Args:
+        host: the address to listen on; anything but loopback needs a login.
+        port: the TCP port.
+        auth: ``(user, password)`` or ``"user:password"``; None reads FALLBACK_UI_AUTH.
+            With a login, ``/metrics`` asks for the same credentials (HTTP Basic).
+        block: wait here until the server stops (Ctrl+C); False returns at once.
+        blocks: serve this gr.Blocks (a host's UI built with ``build_tabs``) instead of
+            ``build_app(manager)``; the caller can then stop it with ``blocks.close()``.
+
+    Returns:
+        The local URL the UI is served at.
+
+    Raises:
+        InvalidSettings: a non-loopback host without a login, a malformed login, or a
+            port that cannot be listened on.
+    """
+    credentials = _credentials(auth if auth is not None else os.environ.get(AUTH_ENV) or None)
+    if credentials is None and not _is_loopback(host):
+        raise InvalidSettings(
+            f"refusing to serve the UI on {host!r} without a login: anyone on the network could "
+            f"switch models and change settings. Set {AUTH_ENV}=user:password (or pass auth=), "
+            "or listen on 127.0.0.1")
+    app = blocks if blocks is not None else build_app(manager)
+    metrics = Route("/metrics", _metrics_endpoint(manager, credentials), methods=["GET"])
+    try:
+        app.queue().launch(server_name=host, server_port=port, auth=credentials, prevent_thread_lock=True,
+                           quiet=True, footer_links=["api"], app_kwargs={"routes": [metrics]})
+    except OSError as exc:
+        raise InvalidSettings(f"cannot serve the UI on {host}:{port}: {exc}; choose another port") from exc
+    url = str(app.local_url)
+    if block:
+        app.block_thread()
+    return url
+
+
+def _credentials(auth: tuple[str, str] | str | None) -> tuple[str, str] | None:
+    if auth is None:
+        return None
+    if isinstance(auth, str):
+        user, sep, password = auth.partition(":")
+        auth = (user, password) if sep else ("", "")
+    user, password = auth
+    if not user or not password:
+        raise InvalidSettings(f"a login must be 'user:password' with both parts non-empty (as in {AUTH_ENV})")
+    return user, password
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # another name may resolve to any address
+        return False
+
+
+def _metrics_endpoint(manager: FallbackManager,
+                      credentials: tuple[str, str] | None) -> Callable[[Request], Response]:
+    """``GET /metrics``: the manager's metrics, behind the UI's login when there is one."""
+
+    def metrics(request: Request) -> Response:
+        if credentials is not None and not _authorized(request.headers.get("authorization"), credentials):
+            return Response("login required", status_code=401,
+                            headers={"WWW-Authenticate": 'Basic realm="zwaif-fallback metrics"'})
+        body, content_type = manager.metrics.render()
+        return Response(body, media_type=content_type)
+
+    return metrics
+
+
+def _authorized(header: str | None, credentials: tuple[str, str]) -> bool:
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    return secrets.compare_digest(user.encode(), credentials[0].encode()) & secrets.compare_digest(
+        password.encode(), credentials[1].encode())

@@ -1,0 +1,224 @@
+"""The "System Health Monitor" tab: health score, checks, stats, live monitoring and history.
+
+Monitoring runs on the manager's own sampling thread; a gr.Timer reads the live report
+once a second while it runs and stops itself when the session ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from zwaif_fallback import FallbackError, FallbackManager
+from zwaif_fallback.monitor import summarize
+
+from . import format as fmt
+
+__all__ = ["HealthHandlers", "HealthTab", "build_health_tab"]
+
+TAB_LABEL = "System Health Monitor"
+POLL_S = 1.0
+INTERVAL_S = 1.0
+
+
+class HealthHandlers:
+    """The tab's event handlers: each calls the manager and formats what it returns."""
+
+    def __init__(self, manager: FallbackManager) -> None:
+        self.manager = manager
+
+    def refresh_health(self) -> tuple[str, pd.DataFrame, str]:
+        """Score and status, current vs optimal model, the factors and recommendations."""
+        try:
+            report = self.manager.health()
+        except FallbackError as exc:
+            return fmt.failure(exc, "Reading the health status"), gr.skip(), gr.skip()
+        return (fmt.health_markdown(report), fmt.factors_frame(report.factors),
+                fmt.recommendations_markdown(report.recommendations))
+
+    def auto_optimize(self) -> tuple[str, str, pd.DataFrame, str]:
+        """Switch to the optimal model, then show the health that results."""
+        try:
+            result = self.manager.optimize(apply=True)
+        except FallbackError as exc:
+            return fmt.failure(exc, "Auto-optimizing"), gr.skip(), gr.skip(), gr.skip()
+        if result.selected is None:
+            done = f"⚠️ Nothing to optimize: {result.reason}"
+        elif result.switched:
+            done = f"⚡ Switched to **{result.selected}**: {result.reason}"
+        else:
+            done = f"✅ Already optimal: **{result.selected}** ({result.reason})"
+        return (done, *self.refresh_health())
+
+    def health_check(self) -> str:
+        """VRAM usage, system memory, CPU information and GPU status, now."""
+        try:
+            status = self.manager.system_status(refresh=True)
+        except FallbackError as exc:
+            return fmt.failure(exc, "The health check")
+        ram_used = status.ram_total_mb - status.ram_available_mb
+        if status.gpus:
+            vram = (f"{fmt.size(status.vram_total_mb - status.vram_free_mb)} used of "
+                    f"{fmt.size(status.vram_total_mb)} ({fmt.size(status.vram_free_mb)} free)")
+        else:
+            vram = "no GPU, so no VRAM in use"
+        lines = ["### 🔍 Health check",
+                 f"- **VRAM usage:** {vram}",
+                 f"- **System memory:** {fmt.size(ram_used)} used of {fmt.size(status.ram_total_mb)} "
+                 f"({ram_used / max(status.ram_total_mb, 1):.0%}), {fmt.size(status.ram_available_mb)} "
+                 "available",
+                 f"- **CPU information:** {status.cpu_count} logical cores, {status.cpu_percent:.0f}% busy, "
+                 f"{status.platform}",
+                 f"- **GPU status:** probe `{status.vram_source}`"]
+        for gpu in status.gpus:
+            load = f", {gpu.utilization_pct:.0f}% busy" if gpu.utilization_pct is not None else ""
+            temp = f", {gpu.temperature_c:.0f} °C" if gpu.temperature_c is not None else ""
+            lines.append(f"  - GPU {gpu.index} {gpu.name}: {fmt.size(gpu.vram_free_mb)} free of "
+                         f"{fmt.size(gpu.vram_total_mb)}{load}{temp}")
+        if not status.gpus:
+            lines.append("  - no GPU found" + (f" ({'; '.join(status.notes)})" if status.notes else ""))
+        return "\n".join(lines)
+
+    def performance_stats(self) -> tuple[str, str]:
+        """The current model's latest benchmark, background samples, failovers, and what to do."""
+        try:
+            report = self.manager.health()
+            history = self.manager.benchmark_history(limit=200)
+            failovers = self.manager.failover_history(since_s=3600)
+            samples = self.manager.background_samples
+        except FallbackError as exc:
+            return fmt.failure(exc, "Reading performance stats"), gr.skip()
+        lines = ["### 📊 Performance stats"]
+        latest = fmt.latest_per_model(history)
+        current = report.current_model
+        mine = next((r for r in latest if r.get("model") == current), None)
+        if mine and mine.get("ok"):
+            lines.append(f"- **{current}:** {mine.get('gen_tps') or 0:.1f} tokens/s, first token in "
+                         f"{mine.get('ttft_s') or 0:.2f} s, quality {mine.get('quality_score') or 0:.2f}")
+        else:
+            lines.append(f"- **Current model** `{current or 'none'}`: no benchmark yet")
+        lines.append(f"- **Benchmarked models:** {len(latest)} ({len(history)} runs saved)")
+        failed = sum(1 for a in failovers if not a.get("ok"))
+        lines.append(f"- **Last hour:** {len(failovers)} attempts in chats that fell back, {failed} failed")
+        summary = summarize(samples)
+        if summary:
+            parts = [f"{fmt.SAMPLE_LABELS.get(k, k)} mean {s.mean:.1f} (max {s.max:.1f})"
+                     for k, s in summary.items()]
+            lines.append(f"- **Background samples** ({len(samples)}): " + ", ".join(parts))
+        else:
+            lines.append("- **Background samples:** none (VRAM monitoring is off or just started)")
+        return "\n".join(lines), fmt.recommendations_markdown(report.recommendations)
+
+    def start_monitoring(self, duration_s: float) -> tuple[Any, ...]:
+        """Start a session on the manager's sampling thread and the poll timer."""
+        try:
+            self.manager.start_monitoring(float(duration_s), INTERVAL_S)
+        except FallbackError as exc:
+            return fmt.failure(exc, "Starting monitoring"), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (f"📈 Monitoring for {duration_s:.0f} s, one sample a second…", *self._plots([]),
+                pd.DataFrame(columns=["metric", "min", "mean", "max", "p95"]), gr.Timer(active=True))
+
+    def poll_monitoring(self) -> tuple[Any, ...]:
+        """The live samples; once the session ends, its summary and the timer stopped."""
+        try:
+            report = self.manager.monitoring_report()
+        except FallbackError as exc:
+            return fmt.failure(exc, "Reading monitoring"), gr.skip(), gr.skip(), gr.skip(), \
+                gr.Timer(active=False)
+        if report.running:
+            return (f"📈 Monitoring: {len(report.samples)} samples so far of {report.duration_s:.0f} s…",
+                    *self._plots(report.samples), gr.skip(), gr.skip())
+        return self._finished(report)
+
+    def stop_monitoring(self) -> tuple[Any, ...]:
+        try:
+            report = self.manager.stop_monitoring()
+        except FallbackError as exc:
+            return fmt.failure(exc, "Stopping monitoring"), gr.skip(), gr.skip(), gr.skip(), \
+                gr.Timer(active=False)
+        return self._finished(report)
+
+    def _finished(self, report: Any) -> tuple[Any, ...]:
+        how = "stopped early" if report.stopped_early else "finished"
+        return (f"⏹️ Monitoring {how}: {len(report.samples)} samples over "
+                f"{report.samples[-1].t_s if report.samples else 0:.1f} s. Summary below.",
+                *self._plots(report.samples), fmt.summary_frame(report.summary), gr.Timer(active=False))
+
+    @staticmethod
+    def _plots(samples: list[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return (fmt.samples_frame(samples, fmt.MEMORY_METRICS), fmt.samples_frame(samples, fmt.LOAD_METRICS))
+
+    def history(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Past benchmarks (speed over time) and failover attempts (by target and outcome)."""
+        try:
+            benchmarks = self.manager.benchmark_history(limit=500)
+            failovers = self.manager.failover_history()
+        except FallbackError as exc:
+            fmt.failure(exc, "Reading history")
+            return gr.skip(), gr.skip()
+        return fmt.benchmark_history_frame(benchmarks), fmt.failover_history_frame(failovers)
+
+
+@dataclass
+class HealthTab:
+    tab: gr.Tab
+    health: gr.Markdown
+    monitor_status: gr.Markdown
+
+
+def build_health_tab(manager: FallbackManager) -> HealthTab:
+    """Build the tab inside the caller's gr.Tabs context and bind its events."""
+    h = HealthHandlers(manager)
+    with gr.Tab(TAB_LABEL, id="fallback-health", elem_id="fallback-health") as tab:
+        health = gr.Markdown("Loading the health status…", elem_id="health-score")
+        with gr.Row():
+            refresh = gr.Button("🔄 Refresh Health Status", variant="primary", elem_id="health-refresh")
+            optimize = gr.Button("⚡ Auto-Optimize System", elem_id="health-optimize")
+            check = gr.Button("🔍 Run Health Check", elem_id="health-check")
+            stats = gr.Button("📊 Get Performance Stats", elem_id="health-stats")
+        action = gr.Markdown(elem_id="health-action")
+        factors = gr.Dataframe(headers=["factor", "score", "weight", "detail"], label="Health factors",
+                               interactive=False, wrap=True, elem_id="health-factors")
+        recommendations = gr.Markdown(elem_id="health-recommendations")
+
+        gr.Markdown("## Monitoring")
+        with gr.Row(equal_height=True):
+            duration = gr.Slider(10, 300, value=manager.settings.monitor_duration, step=10,
+                                 label="Monitoring duration (seconds)", scale=2, elem_id="monitor-duration")
+            start = gr.Button("📈 Start Monitoring", variant="primary", scale=1, elem_id="monitor-start")
+            stop = gr.Button("⏹️ Stop Monitoring", variant="stop", scale=1, elem_id="monitor-stop")
+        monitor_status = gr.Markdown("Not monitoring.", elem_id="monitor-status")
+        with gr.Row():
+            memory_plot = gr.LinePlot(x="t_s", y="value", color="metric", title="Memory (MiB)",
+                                      x_title="seconds", y_title="MiB", elem_id="monitor-memory")
+            load_plot = gr.LinePlot(x="t_s", y="value", color="metric", title="CPU, GPU and tokens/s",
+                                    x_title="seconds", y_title="% or tokens/s", elem_id="monitor-load")
+        summary = gr.Dataframe(headers=["metric", "min", "mean", "max", "p95"], label="Monitoring summary",
+                               interactive=False, elem_id="monitor-summary")
+        timer = gr.Timer(POLL_S, active=False)
+
+        gr.Markdown("## History")
+        with gr.Row():
+            bench_history = gr.LinePlot(x="time", y="gen_tps", color="model", title="Benchmarks: tokens/s",
+                                        y_title="tokens/s", elem_id="history-benchmarks")
+            failover_history = gr.BarPlot(x="target", y="attempts", color="outcome",
+                                          title="Failover attempts by target", elem_id="history-failovers")
+
+    health_outputs = [health, factors, recommendations]
+    monitor_outputs = [monitor_status, memory_plot, load_plot, summary, timer]
+    for trigger in ([tab.select], None):
+        gr.on(trigger, h.refresh_health, outputs=health_outputs, api_visibility="private")
+        gr.on(trigger, h.history, outputs=[bench_history, failover_history], api_visibility="private")
+    refresh.click(h.refresh_health, outputs=health_outputs, api_name="fallback_health")
+    optimize.click(h.auto_optimize, outputs=[action, *health_outputs], api_name="fallback_auto_optimize")
+    check.click(h.health_check, outputs=action, api_name="fallback_health_check")
+    stats.click(h.performance_stats, outputs=[action, recommendations], api_name="fallback_performance_stats")
+    start.click(h.start_monitoring, inputs=duration, outputs=monitor_outputs,
+                api_name="fallback_monitor_start")
+    timer.tick(h.poll_monitoring, outputs=monitor_outputs, api_visibility="private", show_progress="hidden")
+    stop.click(h.stop_monitoring, outputs=monitor_outputs, api_name="fallback_monitor_stop"
+               ).then(h.history, outputs=[bench_history, failover_history], api_visibility="private")
+    return HealthTab(tab=tab, health=health, monitor_status=monitor_status)

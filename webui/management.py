@@ -1,0 +1,325 @@
+"""The "Advanced Fallback Management" tab: switch and optimize models, settings, benchmarks, a try-out.
+
+Benchmarks run as the manager's background jobs; a gr.Timer polls the job's status once a
+second while it runs, so the page keeps answering. The job id lives in the session's gr.State.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from zwaif_fallback import FallbackError, FallbackManager
+
+from . import format as fmt
+
+__all__ = ["ManagementHandlers", "ManagementTab", "build_management_tab"]
+
+TAB_LABEL = "Advanced Fallback Management"
+POLL_S = 1.0
+#: The Advanced Settings controls, in the order of the handlers' arguments.
+SETTING_FIELDS = ("timeout", "max_retries", "auto_switch", "vram_monitoring")
+SETTING_TYPES = {"timeout": float, "max_retries": int, "auto_switch": bool, "vram_monitoring": bool}
+DEFAULT_PROMPT = "Tell me, in a few friendly sentences, how you would spend a rainy afternoon."
+
+
+class ManagementHandlers:
+    """The tab's event handlers: each calls the manager and formats what it returns."""
+
+    def __init__(self, manager: FallbackManager) -> None:
+        self.manager = manager
+
+    # -- model management ---------------------------------------------------------
+
+    def refresh_models(self) -> tuple[str, pd.DataFrame, dict[str, Any], dict[str, Any]]:
+        """Current model, the models that can be switched to, and both model dropdowns."""
+        try:
+            models = self.manager.discover_models(refresh=True)
+        except FallbackError as exc:
+            return fmt.failure(exc, "Listing models"), gr.skip(), gr.skip(), gr.skip()
+        usable = [m for m in models if m.valid and m.format != "remote"]
+        table = fmt.models_frame(usable, {}).drop(columns=["fit"])
+        choices = gr.update(choices=fmt.model_choices(models))
+        return fmt.current_model_markdown(self.manager.current_model), table, choices, choices
+
+    def switch_model(self, name: str | None) -> str:
+        """Load ``name`` as the fallback model (it blocks only this event while it loads)."""
+        if not name or not name.strip():
+            gr.Warning("Choose the model to switch to.")
+            return fmt.current_model_markdown(self.manager.current_model)
+        try:
+            model = self.manager.switch_model(name.strip())
+        except FallbackError as exc:
+            return fmt.failure(exc, f"Switching to {name.strip()!r}") + "  \n" + \
+                fmt.current_model_markdown(self.manager.current_model)
+        gr.Info(f"Switched to {model.name}")
+        return fmt.current_model_markdown(model)
+
+    # -- VRAM optimization ------------------------------------------------------------
+
+    def vram_status(self) -> tuple[str, bool]:
+        """VRAM use now, whether the current model is optimal, and the auto-optimize setting."""
+        try:
+            plan = self.manager.optimize(apply=False)
+            status = self.manager.system_status()
+        except FallbackError as exc:
+            return fmt.failure(exc, "Reading the VRAM status"), gr.skip()
+        current = self.manager.current_model
+        auto = self.manager.settings.auto_optimize_vram
+        return fmt.vram_markdown(status, auto, plan.selected, current.name if current else None), auto
+
+    def optimize(self) -> tuple[str, pd.DataFrame, str]:
+        """Switch to the optimal model; say which and why, with the full ranking."""
+        try:
+            result = self.manager.optimize(apply=True)
+        except FallbackError as exc:
+            return fmt.failure(exc, "Optimizing"), gr.skip(), gr.skip()
+        if result.selected is None:
+            text = f"⚠️ {result.reason}"
+        elif result.switched:
+            text = f"⚡ Switched to the optimal model **{result.selected}**: {result.reason}"
+        else:
+            text = f"✅ **{result.selected}** is already the optimal model: {result.reason}"
+        return (text, fmt.ranking_frame(result.ranking),
+                fmt.current_model_markdown(self.manager.current_model))
+
+    def save_auto_optimize(self, enabled: bool) -> tuple[str, bool]:
+        try:
+            settings = self.manager.update_settings(auto_optimize_vram=bool(enabled))
+        except FallbackError as exc:
+            return fmt.failure(exc, "Saving auto-optimize"), self.manager.settings.auto_optimize_vram
+        state = "on" if settings.auto_optimize_vram else "off"
+        return f"✅ Saved: auto-optimize VRAM is {state}.", settings.auto_optimize_vram
+
+    # -- advanced settings -------------------------------------------------------------
+
+    def _controls(self) -> list[dict[str, Any]]:
+        """Each settings control's value, with a note when something outside the UI pins it."""
+        settings = self.manager.settings
+        updates = []
+        for field in SETTING_FIELDS:
+            origin = settings.origin(field)
+            if origin == "environment":
+                note = (f"🔒 pinned by the environment variable {settings.env_name(field)}: "
+                        "unset it to change this here")
+            elif origin == "argument":
+                note = "🔒 set by the host program (an explicit argument): it cannot be saved here"
+            else:
+                note = {"file": "saved in the settings file", "default": "default value"}[origin]
+            updates.append(gr.update(value=getattr(settings, field), info=note))
+        return updates
+
+    def load_settings(self) -> tuple[Any, ...]:
+        """The controls as the settings stand now (on load, tab select and after changes)."""
+        return (*self._controls(), self.manager.settings.auto_optimize_vram)
+
+    def save_settings(self, timeout: float, max_retries: float, auto_switch: bool,
+                      vram_monitoring: bool) -> tuple[Any, ...]:
+        """Save the values that changed; a refused value is explained and nothing is written."""
+        settings = self.manager.settings
+        typed = {f: SETTING_TYPES[f](v) for f, v in zip(SETTING_FIELDS, (timeout, max_retries, auto_switch,
+                                                                         vram_monitoring), strict=True)}
+        changes = {f: v for f, v in typed.items() if getattr(settings, f) != v}
+        if not changes:
+            return ("Nothing to save: the values are the saved ones.", *self._controls())
+        try:
+            self.manager.update_settings(**changes)
+        except FallbackError as exc:
+            message = fmt.failure(exc, "Saving settings") + "  \nNothing was saved."
+            return (message, *[gr.update(info=c["info"]) for c in self._controls()])
+        saved = ", ".join(f"{f} = {v}" for f, v in changes.items())
+        return (f"✅ Saved {saved} to {self.manager.settings.settings_file}.", *self._controls())
+
+    def reset_settings(self) -> tuple[Any, ...]:
+        try:
+            self.manager.reset_settings()
+        except FallbackError as exc:
+            return (fmt.failure(exc, "Resetting settings"), *self._controls(), gr.skip())
+        return ("✅ Reset: the saved settings are forgotten (values pinned by the environment stay).",
+                *self._controls(), self.manager.settings.auto_optimize_vram)
+
+    # -- performance testing ------------------------------------------------------------
+
+    def _start(self, name: str | None, prompt: str, job_id: str | None) -> tuple[Any, ...]:
+        if job_id:
+            try:
+                if self.manager.job(job_id).status().state == "running":
+                    gr.Warning("A benchmark is already running: wait for it or cancel it.")
+                    return job_id, gr.skip(), gr.skip()
+            except FallbackError:
+                pass  # an unknown id (another manager): start afresh
+        try:
+            job = self.manager.start_benchmark(name, prompt.strip() or None)
+        except FallbackError as exc:
+            return job_id, fmt.failure(exc, "Starting the benchmark"), gr.skip()
+        return job.id, fmt.progress_markdown(job.status()), gr.Timer(active=True)
+
+    def start_benchmark(self, name: str | None, prompt: str, job_id: str | None) -> tuple[Any, ...]:
+        """Benchmark one model in the background; returns the job id and starts the poll timer."""
+        if not name or not name.strip():
+            gr.Warning("Choose the model to test.")
+            return job_id, gr.skip(), gr.skip()
+        return self._start(name.strip(), prompt, job_id)
+
+    def start_benchmark_all(self, prompt: str, job_id: str | None) -> tuple[Any, ...]:
+        """Benchmark every compatible model in the background."""
+        return self._start(None, prompt, job_id)
+
+    def poll_benchmark(self, job_id: str | None) -> tuple[Any, ...]:
+        """The job's progress; when it has ended, its results, the chart, and the timer stopped."""
+        if not job_id:
+            return gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)
+        try:
+            job = self.manager.job(job_id)
+        except FallbackError as exc:
+            return fmt.failure(exc, "Reading the benchmark"), gr.skip(), gr.skip(), gr.Timer(active=False)
+        status = job.status()
+        if status.state == "running":
+            return fmt.progress_markdown(status), gr.skip(), gr.skip(), gr.skip()
+        result = job.result()
+        results = result if isinstance(result, list) else [result] if result is not None else []
+        table = fmt.benchmark_frame([r.model_dump() for r in results]) if results else gr.skip()
+        return fmt.progress_markdown(status), table, self.speed_chart(), gr.Timer(active=False)
+
+    def cancel_benchmark(self, job_id: str | None) -> str:
+        if not job_id:
+            return "No benchmark was started."
+        try:
+            job = self.manager.job(job_id)
+        except FallbackError as exc:
+            return fmt.failure(exc, "Cancelling")
+        job.cancel()
+        return fmt.progress_markdown(job.status()) + "  \nCancel asked: it stops at its next step."
+
+    def speed_chart(self) -> pd.DataFrame:
+        """Generation tokens/s of the latest benchmark of each model."""
+        return fmt.speed_chart_frame(fmt.latest_per_model(self.manager.benchmark_history()))
+
+    def benchmark_results(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The latest saved benchmark of each model and the chart (shown before any run)."""
+        latest = fmt.latest_per_model(self.manager.benchmark_history())
+        return fmt.benchmark_frame(latest), fmt.speed_chart_frame(latest)
+
+    # -- try the fallback ----------------------------------------------------------------
+
+    def send(self, message: str, primary_url: str, max_tokens: float) -> tuple[str, str, pd.DataFrame]:
+        """One answer through the failover chain: who answered, and every attempt with its time."""
+        if not message or not message.strip():
+            gr.Warning("Type a message to send.")
+            return "", "Type a message to send.", fmt.attempts_frame([])
+        try:
+            result = self.manager.chat([{"role": "user", "content": message.strip()}],
+                                       primary=primary_url.strip() or None, max_tokens=int(max_tokens))
+        except FallbackError as exc:
+            return "", fmt.failure(exc, "Sending"), fmt.attempts_frame(getattr(exc, "attempts", []))
+        return result.text, fmt.chat_markdown(result), fmt.attempts_frame(result.attempts)
+
+
+@dataclass
+class ManagementTab:
+    tab: gr.Tab
+    current: gr.Markdown
+    switch_to: gr.Dropdown
+    test_model: gr.Dropdown
+    settings_message: gr.Markdown
+
+
+def build_management_tab(manager: FallbackManager) -> ManagementTab:
+    """Build the tab inside the caller's gr.Tabs context and bind its events."""
+    h = ManagementHandlers(manager)
+    with gr.Tab(TAB_LABEL, id="fallback-management", elem_id="fallback-management") as tab:
+        gr.Markdown("## Model Management")
+        current = gr.Markdown(elem_id="mgmt-current")
+        available = gr.Dataframe(label="Available models", interactive=False, elem_id="mgmt-models")
+        with gr.Row(equal_height=True):
+            switch_to = gr.Dropdown(label="Model Name to Switch To", choices=[], allow_custom_value=True,
+                                    scale=3, elem_id="mgmt-switch-to")
+            refresh_models = gr.Button("🔄 Refresh Model List", scale=1, elem_id="mgmt-refresh")
+            switch = gr.Button("🔄 Switch Model", variant="primary", scale=1, elem_id="mgmt-switch")
+
+        gr.Markdown("## VRAM Optimization")
+        vram = gr.Markdown(elem_id="mgmt-vram")
+        with gr.Row(equal_height=True):
+            optimize = gr.Button("⚡ Optimize VRAM", variant="primary", elem_id="mgmt-optimize")
+            auto_optimize = gr.Checkbox(label="Auto-optimize VRAM", elem_id="mgmt-auto-optimize",
+                                        info="pick the optimal model at start and when free VRAM changes")
+        optimize_result = gr.Markdown(elem_id="mgmt-optimize-result")
+        ranking = gr.Dataframe(headers=fmt.RANK_COLUMNS, label="Model ranking", interactive=False,
+                               wrap=True, elem_id="mgmt-ranking")
+
+        gr.Markdown("## Advanced Settings")
+        with gr.Row():
+            timeout = gr.Slider(5, 120, step=1, label="Fallback Timeout (seconds)", elem_id="set-timeout")
+            max_retries = gr.Slider(1, 10, step=1, label="Max Retries", elem_id="set-retries")
+        with gr.Row():
+            auto_switch = gr.Checkbox(label="Auto-switch on failure", elem_id="set-auto-switch")
+            vram_monitoring = gr.Checkbox(label="Monitor VRAM usage", elem_id="set-vram-monitoring")
+        with gr.Row():
+            save = gr.Button("💾 Save Advanced Settings", variant="primary", elem_id="set-save")
+            reset = gr.Button("🔄 Reset to Defaults", elem_id="set-reset")
+        settings_message = gr.Markdown(elem_id="set-message")
+
+        gr.Markdown("## Performance Testing")
+        with gr.Row():
+            test_model = gr.Dropdown(label="Model to Test", choices=[], allow_custom_value=True,
+                                     elem_id="bench-model")
+            prompt = gr.Textbox(DEFAULT_PROMPT, label="Test Prompt", lines=2, scale=2, elem_id="bench-prompt")
+        with gr.Row():
+            run_one = gr.Button("🧪 Run Performance Test", variant="primary", elem_id="bench-run")
+            run_all = gr.Button("📊 Benchmark All Models", elem_id="bench-all")
+            cancel = gr.Button("⏹️ Cancel Benchmark", variant="stop", elem_id="bench-cancel")
+        progress = gr.Markdown("No benchmark running.", elem_id="bench-progress")
+        results = gr.Dataframe(headers=fmt.BENCH_COLUMNS, label="Benchmark results", interactive=False,
+                               elem_id="bench-results")
+        chart = gr.BarPlot(x="model", y="gen_tps", title="Generation speed by model (latest benchmark)",
+                           y_title="tokens/s", x_title="model", elem_id="bench-chart")
+        job_id = gr.State(None)
+        timer = gr.Timer(POLL_S, active=False)
+
+        gr.Markdown("## Try the fallback")
+        with gr.Row():
+            message = gr.Textbox(label="Message", placeholder="Hello! Who are you?", scale=3,
+                                 elem_id="try-message")
+            primary_url = gr.Textbox(label="Primary API URL (blank: the configured one)", scale=2,
+                                     placeholder="http://127.0.0.1:5000/v1", elem_id="try-primary")
+            max_tokens = gr.Slider(8, 512, value=64, step=8, label="Max tokens", scale=1)
+        send = gr.Button("💬 Send through the fallback", variant="primary", elem_id="try-send")
+        answer = gr.Textbox(label="Answer", interactive=False, lines=3, elem_id="try-answer")
+        answered_by = gr.Markdown(elem_id="try-summary")
+        attempts = gr.Dataframe(headers=fmt.ATTEMPT_COLUMNS, label="Attempts", interactive=False,
+                                elem_id="try-attempts")
+
+    settings_controls = [timeout, max_retries, auto_switch, vram_monitoring]
+    model_outputs = [current, available, switch_to, test_model]
+    for trigger in ([tab.select], None):
+        gr.on(trigger, h.refresh_models, outputs=model_outputs, api_visibility="private")
+        gr.on(trigger, h.vram_status, outputs=[vram, auto_optimize], api_visibility="private")
+        gr.on(trigger, h.load_settings, outputs=[*settings_controls, auto_optimize],
+              api_visibility="private")
+        gr.on(trigger, h.benchmark_results, outputs=[results, chart], api_visibility="private")
+    refresh_models.click(h.refresh_models, outputs=model_outputs, api_name="fallback_refresh_models")
+    switch.click(h.switch_model, inputs=switch_to, outputs=current, api_name="fallback_switch_model"
+                 ).then(h.vram_status, outputs=[vram, auto_optimize], api_visibility="private")
+    optimize.click(h.optimize, outputs=[optimize_result, ranking, current], api_name="fallback_optimize"
+                   ).then(h.vram_status, outputs=[vram, auto_optimize], api_visibility="private")
+    auto_optimize.input(h.save_auto_optimize, inputs=auto_optimize, outputs=[optimize_result, auto_optimize],
+                        api_visibility="private").then(h.vram_status, outputs=[vram, auto_optimize],
+                                                       api_visibility="private")
+    save.click(h.save_settings, inputs=settings_controls, outputs=[settings_message, *settings_controls],
+               api_name="fallback_save_settings")
+    reset.click(h.reset_settings, outputs=[settings_message, *settings_controls, auto_optimize],
+                api_name="fallback_reset_settings")
+    run_one.click(h.start_benchmark, inputs=[test_model, prompt, job_id], outputs=[job_id, progress, timer],
+                  api_name="fallback_benchmark")
+    run_all.click(h.start_benchmark_all, inputs=[prompt, job_id], outputs=[job_id, progress, timer],
+                  api_name="fallback_benchmark_all")
+    timer.tick(h.poll_benchmark, inputs=job_id, outputs=[progress, results, chart, timer],
+               api_visibility="private", show_progress="hidden")
+    cancel.click(h.cancel_benchmark, inputs=job_id, outputs=progress, api_name="fallback_cancel_benchmark")
+    send.click(h.send, inputs=[message, primary_url, max_tokens], outputs=[answer, answered_by, attempts],
+               api_name="fallback_try_chat")
+    return ManagementTab(tab=tab, current=current, switch_to=switch_to, test_model=test_model,
+                         settings_message=settings_message)
