@@ -22,7 +22,7 @@ from shapes import write  # noqa: E402
 
 from zwaif_fallback import FallbackSettings  # noqa: E402
 from zwaif_fallback.catalog import Catalog  # noqa: E402
-from zwaif_fallback.estimate import LoadConfig, estimate  # noqa: E402
+from zwaif_fallback.memory import LoadConfig, estimate  # noqa: E402
 
 
 def main(results: str) -> None:

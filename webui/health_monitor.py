@@ -119,7 +119,7 @@ class HealthHandlers:
         except FallbackError as exc:
             return fmt.failure(exc, "Starting monitoring"), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return (f"📈 Monitoring for {duration_s:.0f} s, one sample a second…", *self._plots([]),
-                pd.DataFrame(columns=["metric", "min", "mean", "max", "p95"]), gr.Timer(active=True))
+                pd.DataFrame(columns=["metric", "min", "mean", "max", "p95"]), gr.update(active=True))
 
     def poll_monitoring(self) -> tuple[Any, ...]:
         """The live samples; once the session ends, its summary and the timer stopped."""
@@ -127,7 +127,7 @@ class HealthHandlers:
             report = self.manager.monitoring_report()
         except FallbackError as exc:
             return fmt.failure(exc, "Reading monitoring"), gr.skip(), gr.skip(), gr.skip(), \
-                gr.Timer(active=False)
+                gr.update(active=False)
         if report.running:
             return (f"📈 Monitoring: {len(report.samples)} samples so far of {report.duration_s:.0f} s…",
                     *self._plots(report.samples), gr.skip(), gr.skip())
@@ -138,14 +138,14 @@ class HealthHandlers:
             report = self.manager.stop_monitoring()
         except FallbackError as exc:
             return fmt.failure(exc, "Stopping monitoring"), gr.skip(), gr.skip(), gr.skip(), \
-                gr.Timer(active=False)
+                gr.update(active=False)
         return self._finished(report)
 
     def _finished(self, report: Any) -> tuple[Any, ...]:
         how = "stopped early" if report.stopped_early else "finished"
         return (f"⏹️ Monitoring {how}: {len(report.samples)} samples over "
                 f"{report.samples[-1].t_s if report.samples else 0:.1f} s. Summary below.",
-                *self._plots(report.samples), fmt.summary_frame(report.summary), gr.Timer(active=False))
+                *self._plots(report.samples), fmt.summary_frame(report.summary), gr.update(active=False))
 
     @staticmethod
     def _plots(samples: list[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -155,7 +155,7 @@ class ManagementHandlers:
             job = self.manager.start_benchmark(name, prompt.strip() or None)
         except FallbackError as exc:
             return job_id, fmt.failure(exc, "Starting the benchmark"), gr.skip()
-        return job.id, fmt.progress_markdown(job.status()), gr.Timer(active=True)
+        return job.id, fmt.progress_markdown(job.status()), gr.update(active=True)
 
     def start_benchmark(self, name: str | None, prompt: str, job_id: str | None) -> tuple[Any, ...]:
         """Benchmark one model in the background; returns the job id and starts the poll timer."""
@@ -171,18 +171,18 @@ class ManagementHandlers:
     def poll_benchmark(self, job_id: str | None) -> tuple[Any, ...]:
         """The job's progress; when it has ended, its results, the chart, and the timer stopped."""
         if not job_id:
-            return gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)
+            return gr.skip(), gr.skip(), gr.skip(), gr.update(active=False)
         try:
             job = self.manager.job(job_id)
         except FallbackError as exc:
-            return fmt.failure(exc, "Reading the benchmark"), gr.skip(), gr.skip(), gr.Timer(active=False)
+            return fmt.failure(exc, "Reading the benchmark"), gr.skip(), gr.skip(), gr.update(active=False)
         status = job.status()
         if status.state == "running":
             return fmt.progress_markdown(status), gr.skip(), gr.skip(), gr.skip()
         result = job.result()
         results = result if isinstance(result, list) else [result] if result is not None else []
         table = fmt.benchmark_frame([r.model_dump() for r in results]) if results else gr.skip()
-        return fmt.progress_markdown(status), table, self.speed_chart(), gr.Timer(active=False)
+        return fmt.progress_markdown(status), table, self.speed_chart(), gr.update(active=False)
 
     def cancel_benchmark(self, job_id: str | None) -> str:
         if not job_id:

@@ -1,6 +1,6 @@
 """Fit verdicts: whether and how a model runs on this machine now.
 
-Pure functions over a model's estimate (``estimate.py``) and the free VRAM and
+Pure functions over a model's estimate (``memory.py``) and the free VRAM and
 RAM the caller passes: ``gpu`` (everything offloaded), ``partial`` (the most
 layers that fit), ``cpu``, or ``none``, each with a reason a person can act on.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ._model import Model
-from .estimate import (
+from .memory import (
     CUDA_CONTEXT_MB,
     KV_PAD,
     Estimate,

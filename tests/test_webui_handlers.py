@@ -1,0 +1,321 @@
+"""The web UI's handlers, called directly with a real FallbackManager (no browser)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from builders import write_gguf
+from servers import refused_url, wait_until
+
+from webui.diagnostics import DiagnosticsHandlers
+from webui.health_monitor import HealthHandlers
+from webui.management import ManagementHandlers
+from zwaif_fallback import FallbackManager, FallbackSettings
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1"
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, tiny_gguf: Path) -> Path:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "tiny.gguf").write_bytes(tiny_gguf.read_bytes())
+    return folder
+
+
+def make_manager(tmp_path: Path, models_dir: Path) -> FallbackManager:
+    return FallbackManager(FallbackSettings(
+        models_dir=models_dir, scan_system_stores=False, keep_alive=0,
+        settings_file=tmp_path / "fallback_settings.json", data_dir=tmp_path / "data"))
+
+
+@pytest.fixture
+def manager(tmp_path: Path, models_dir: Path) -> Iterator[FallbackManager]:
+    with make_manager(tmp_path, models_dir) as m:
+        yield m
+
+
+def saved(manager: FallbackManager) -> dict[str, Any]:
+    path = Path(manager.settings.settings_file)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def is_update(update: Any, **expected: Any) -> bool:
+    return isinstance(update, dict) and update.get("__type__") == "update" and all(
+        update.get(k) == v for k, v in expected.items())
+
+
+# -- diagnostics ---------------------------------------------------------------------
+
+
+def test_refresh_diagnostics_lists_models_with_verdicts(manager: FallbackManager) -> None:
+    status, models, dropdown = DiagnosticsHandlers(manager).refresh()
+    assert "VRAM probe that answered:** `none`" in status
+    assert "No GPU found" in status
+    assert list(models["name"]) == ["tiny", SMOL]
+    assert all("cpu" in fit for fit in models["fit"])
+    assert dropdown["choices"] == ["tiny", SMOL]
+
+
+def test_refresh_diagnostics_shows_an_invalid_file_with_its_reason(manager: FallbackManager,
+                                                                   models_dir: Path) -> None:
+    (models_dir / "broken.gguf").write_bytes(b"not a gguf at all")
+    _, models, dropdown = DiagnosticsHandlers(manager).refresh()
+    row = models[models["name"] == "broken"].iloc[0]
+    assert row["fit"].startswith("⚠️ invalid:")
+    assert "broken" not in dropdown["choices"]
+
+
+def test_compatibility_shows_verdict_breakdown_and_layers(manager: FallbackManager) -> None:
+    text = DiagnosticsHandlers(manager).test_compatibility(SMOL, None, "f16", False, None)
+    assert "Runs on the CPU (`cpu`)" in text
+    assert "| KV cache |" in text and "| **total** |" in text
+    assert "none of 30 layers on the GPU" in text
+
+
+def test_compatibility_what_if_a_gpu_had_8_gib(manager: FallbackManager) -> None:
+    text = DiagnosticsHandlers(manager).test_compatibility(SMOL, 2048, "f16", False, 8192)
+    assert "Fits on the GPU (`gpu`)" in text
+    assert "all 30 layers and the output layer on the GPU" in text
+    assert "2048 tokens" in text
+
+
+def test_compatibility_accepts_a_typed_path(manager: FallbackManager, models_dir: Path) -> None:
+    other = write_gguf(models_dir.parent / "elsewhere.gguf", n_layer=3)
+    text = DiagnosticsHandlers(manager).test_compatibility(str(other), None, "f16", False, None)
+    assert "none of 3 layers on the GPU" in text
+
+
+def test_compatibility_of_an_unknown_model_warns_without_a_traceback(manager: FallbackManager) -> None:
+    with pytest.warns(UserWarning, match="no model named 'nope'"):
+        text = DiagnosticsHandlers(manager).test_compatibility("nope", None, "f16", False, None)
+    assert text.startswith("❌") and "known models" in text
+
+
+# -- management: models and VRAM ------------------------------------------------------
+
+
+def test_refresh_model_list_fills_both_dropdowns(manager: FallbackManager) -> None:
+    current, table, switch_to, test_model = ManagementHandlers(manager).refresh_models()
+    assert "none loaded yet" in current
+    assert list(table["name"]) == ["tiny", SMOL]
+    assert switch_to["choices"] == test_model["choices"] == ["tiny", SMOL]
+
+
+def test_switch_model_loads_it_and_remembers_it(manager: FallbackManager) -> None:
+    text = ManagementHandlers(manager).switch_model("tiny")
+    assert "`tiny`" in text
+    assert manager.current_model is not None and manager.current_model.name == "tiny"
+    assert saved(manager)["preferred_model"] == "tiny"
+
+
+def test_switch_to_an_unknown_model_warns_and_keeps_the_current(manager: FallbackManager) -> None:
+    with pytest.warns(UserWarning, match="no model named 'nope'"):
+        text = ManagementHandlers(manager).switch_model("nope")
+    assert "❌" in text and "none loaded yet" in text
+    assert manager.current_model is None
+
+
+def test_vram_status_names_the_optimal_model(manager: FallbackManager) -> None:
+    text, auto = ManagementHandlers(manager).vram_status()
+    assert "no GPU found" in text
+    assert f"the optimal model is `{SMOL}`" in text
+    assert auto is False
+
+
+def test_optimize_switches_to_the_optimal_model_and_says_why(manager: FallbackManager) -> None:
+    manager.switch_model("tiny")
+    text, ranking, current = ManagementHandlers(manager).optimize()
+    assert f"Switched to the optimal model **{SMOL}**" in text and "scores" in text
+    assert list(ranking["model"]) == [SMOL, "tiny"]
+    assert SMOL in current
+    assert manager.current_model is not None and manager.current_model.name == SMOL
+
+
+def test_auto_optimize_checkbox_is_saved(manager: FallbackManager) -> None:
+    text, value = ManagementHandlers(manager).save_auto_optimize(True)
+    assert value is True and "auto-optimize VRAM is on" in text
+    assert saved(manager)["auto_optimize_vram"] is True
+
+
+# -- management: advanced settings ---------------------------------------------------------
+
+
+def test_save_settings_writes_only_the_changed_values(manager: FallbackManager) -> None:
+    message, *controls = ManagementHandlers(manager).save_settings(45, 5, True, False)
+    assert message.startswith("✅ Saved timeout = 45.0, max_retries = 5, vram_monitoring = False")
+    assert saved(manager) == {"timeout": 45.0, "max_retries": 5, "vram_monitoring": False}
+    assert manager.settings.timeout == 45
+    assert is_update(controls[0], value=45.0, info="saved in the settings file")
+    assert is_update(controls[2], value=True, info="default value")
+
+
+def test_an_out_of_range_value_is_refused_and_nothing_is_written(manager: FallbackManager) -> None:
+    handlers = ManagementHandlers(manager)
+    handlers.save_settings(30, 4, True, True)
+    before = Path(manager.settings.settings_file).read_bytes()
+    with pytest.warns(UserWarning, match="timeout=500"):
+        message, *_ = handlers.save_settings(500, 7, True, True)
+    assert "allowed: 5 to 120" in message and "Nothing was saved" in message
+    assert Path(manager.settings.settings_file).read_bytes() == before
+    assert manager.settings.max_retries == 4
+
+
+def test_a_value_pinned_by_the_environment_says_so_and_is_refused(
+        tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FALLBACK_TIMEOUT", "20")
+    with make_manager(tmp_path, models_dir) as manager:
+        handlers = ManagementHandlers(manager)
+        timeout, *_ = handlers.load_settings()
+        assert timeout["value"] == 20.0 and "FALLBACK_TIMEOUT" in timeout["info"]
+        with pytest.warns(UserWarning, match="pinned by the environment variable FALLBACK_TIMEOUT"):
+            message, *_ = handlers.save_settings(45, 7, True, True)
+        assert "Nothing was saved" in message
+        assert not Path(manager.settings.settings_file).exists()
+        message, *_ = handlers.save_settings(20, 7, True, True)  # the pinned value as it is: fine
+        assert saved(manager) == {"max_retries": 7}
+
+
+def test_reset_to_defaults_forgets_saved_values(manager: FallbackManager) -> None:
+    handlers = ManagementHandlers(manager)
+    handlers.save_settings(60, 9, False, False)
+    message, timeout, retries, auto_switch, monitoring, auto_optimize = handlers.reset_settings()
+    assert message.startswith("✅ Reset")
+    assert timeout["value"] == 30.0 and retries["value"] == 3 and auto_switch["value"] is True
+    assert saved(manager) == {}
+
+
+# -- management: benchmarks and the try-out ---------------------------------------------------
+
+
+def poll_until_done(handlers: ManagementHandlers, job_id: str) -> tuple[Any, ...]:
+    def done() -> tuple[Any, ...] | None:
+        polled = handlers.poll_benchmark(job_id)
+        return polled if is_update(polled[3], active=False) else None
+
+    return wait_until(done, timeout_s=120, what="the benchmark job to end", interval_s=0.2)
+
+
+def test_benchmark_runs_as_a_job_and_the_poll_fills_table_and_chart(manager: FallbackManager) -> None:
+    handlers = ManagementHandlers(manager)
+    job_id, progress, timer = handlers.start_benchmark("tiny", "Say hi", None)
+    assert job_id and "benchmark tiny" in progress and is_update(timer, active=True)
+    progress, table, chart, timer = poll_until_done(handlers, job_id)
+    assert "✅" in progress and "done" in progress
+    assert list(table["model"]) == ["tiny"] and bool(table["ok"].iloc[0])
+    assert list(chart["model"]) == ["tiny"] and chart["gen_tps"].iloc[0] > 0
+    results, chart = handlers.benchmark_results()  # what a fresh page shows
+    assert list(results["model"]) == ["tiny"]
+
+
+def test_a_second_benchmark_is_refused_while_one_runs(manager: FallbackManager) -> None:
+    handlers = ManagementHandlers(manager)
+    job_id, _, _ = handlers.start_benchmark_all("", None)
+    with pytest.warns(UserWarning, match="already running"):
+        same, _, _ = handlers.start_benchmark("tiny", "", job_id)
+    assert same == job_id
+    handlers.cancel_benchmark(job_id)
+    poll_until_done(handlers, job_id)
+
+
+def test_benchmark_all_can_be_cancelled(manager: FallbackManager) -> None:
+    handlers = ManagementHandlers(manager)
+    job_id, _, _ = handlers.start_benchmark_all("", None)
+    assert "Cancel asked" in handlers.cancel_benchmark(job_id)
+    progress, *_ = poll_until_done(handlers, job_id)
+    assert "cancelled" in progress
+
+
+def test_benchmark_of_an_unknown_model_warns(manager: FallbackManager) -> None:
+    with pytest.warns(UserWarning, match="no model named 'nope'"):
+        job_id, progress, _ = ManagementHandlers(manager).start_benchmark("nope", "", None)
+    assert job_id is None and progress.startswith("❌")
+
+
+def test_try_the_fallback_shows_who_answered_and_each_attempt(manager: FallbackManager) -> None:
+    manager.switch_model("tiny")
+    primary = refused_url()
+    answer, summary, attempts = ManagementHandlers(manager).send("Hello!", primary, 8)
+    assert "after a failover" in summary and "(local)" in summary
+    assert list(attempts["target"])[0] == primary
+    assert list(attempts["ok"]) == [False, True]
+    assert (attempts["latency_s"] >= 0).all()
+
+
+def test_try_the_fallback_with_nothing_to_answer_warns(manager: FallbackManager,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.warns(UserWarning, match="Type a message"):
+        answer, summary, attempts = ManagementHandlers(manager).send("  ", "", 8)
+    assert answer == "" and attempts.empty
+
+
+# -- health monitor ---------------------------------------------------------------------------
+
+
+def test_health_status_shows_score_and_current_vs_optimal(manager: FallbackManager) -> None:
+    health, factors, recommendations = HealthHandlers(manager).refresh_health()
+    assert "/100" in health and f"**Optimal model:** `{SMOL}`" in health
+    assert "**Current model:** `none`" in health
+    assert {"vram", "model", "system", "primary"} <= set(factors["factor"])
+    assert "No GPU was found" in recommendations
+
+
+def test_auto_optimize_system_switches_and_reports_health(manager: FallbackManager) -> None:
+    done, health, _, _ = HealthHandlers(manager).auto_optimize()
+    assert f"Switched to **{SMOL}**" in done
+    assert f"**Current model:** `{SMOL}`" in health
+
+
+def test_health_check_covers_vram_memory_cpu_and_gpu(manager: FallbackManager) -> None:
+    text = HealthHandlers(manager).health_check()
+    for part in ("VRAM usage:", "System memory:", "CPU information:", "GPU status:"):
+        assert part in text
+    assert "logical cores" in text
+
+
+def test_performance_stats_include_benchmarks_and_recommendations(manager: FallbackManager) -> None:
+    manager.switch_model("tiny")
+    manager.benchmark("tiny")
+    stats, recommendations = HealthHandlers(manager).performance_stats()
+    assert "**tiny:**" in stats and "tokens/s" in stats
+    assert "Benchmarked models:** 1" in stats
+    assert recommendations.startswith("**Recommendations:**")
+
+
+def test_monitoring_start_poll_stop_gives_samples_and_a_summary(manager: FallbackManager) -> None:
+    handlers = HealthHandlers(manager)
+    status, memory, load, summary, timer = handlers.start_monitoring(10)
+    assert "Monitoring for 10 s" in status and is_update(timer, active=True)
+
+    def two_samples() -> tuple[Any, ...] | None:
+        polled = handlers.poll_monitoring()
+        return polled if len(polled[1]) >= 2 else None
+
+    status, memory, load, _, _ = wait_until(two_samples, timeout_s=15, what="two monitoring samples")
+    assert "samples so far" in status
+    assert set(memory["metric"]) == {"RAM used (MiB)"}
+    assert "CPU (%)" in set(load["metric"])
+    status, memory, load, summary, timer = handlers.stop_monitoring()
+    assert "stopped early" in status and is_update(timer, active=False)
+    assert {"RAM used (MiB)", "CPU (%)", "tokens/s"} <= set(summary["metric"])
+    assert (summary["min"] <= summary["max"]).all()
+
+
+def test_stopping_monitoring_that_never_started_warns(manager: FallbackManager) -> None:
+    with pytest.warns(UserWarning, match="no monitoring session was started"):
+        status, *_, timer = HealthHandlers(manager).stop_monitoring()
+    assert status.startswith("❌") and is_update(timer, active=False)
+
+
+def test_history_charts_show_benchmarks_and_failovers(manager: FallbackManager) -> None:
+    manager.switch_model("tiny")
+    manager.benchmark("tiny")
+    manager.chat([{"role": "user", "content": "Hi"}], primary=refused_url(), max_tokens=4)
+    benchmarks, failovers = HealthHandlers(manager).history()
+    assert list(benchmarks["model"]) == ["tiny"] and benchmarks["gen_tps"].iloc[0] > 0
+    assert set(failovers["outcome"]) == {"ok", "failed"}
+    assert failovers["attempts"].sum() == 2
