@@ -251,3 +251,30 @@ def test_cli_monitor_runs_a_whole_session(isolated):
     assert (data["duration_s"], data["interval_s"], data["stopped_early"]) == (10, 2, False)
     assert len(data["samples"]) == 6 and data["samples"][-1]["t_s"] >= 9.9
     assert set(data["summary"]["ram_used_mb"]) == {"min", "mean", "max", "p95"}
+
+
+def test_auto_optimize_follows_a_change_of_free_vram(models_dir):
+    """When free VRAM changes a verdict, optimization runs again (a simulated GPU)."""
+    import threading
+
+    from zwaif_fallback.fit import CUDA_CONTEXT_MB
+
+    nvml = FakeNvml([{"name": "NVIDIA Test", "total_mb": 16000, "used_mb": 15900}])
+    with make(models_dir, probe=HardwareProbe(nvml=nvml, ttl_s=0.0)) as manager:
+        runs, looks = [], []
+        steering = manager._steering
+        optimize, candidates = steering.optimize, steering.candidates
+        steering.optimize = lambda apply=True: runs.append(apply) or optimize(apply)
+        steering.candidates = lambda: looks.append(1) or candidates()
+        stop = threading.Event()
+        try:
+            steering.start_auto_optimizer(stop, interval_s=0.05)
+            wait_until(lambda: len(runs) == 1, timeout_s=60, what="the first optimization")
+            assert manager.check_compatibility(SMOL).verdict == "cpu"
+            seen = len(looks)  # let the watcher take the state after its own switch as baseline
+            wait_until(lambda: len(looks) >= seen + 2, timeout_s=60, what="two more looks")
+            assert len(runs) == 1  # nothing changed: no new optimization
+            nvml.gpus[0]["used_mb"] = 16000 - 2 * CUDA_CONTEXT_MB - 2000  # room for a full offload
+            wait_until(lambda: len(runs) == 2, timeout_s=60, what="a new optimization")
+        finally:
+            stop.set()

@@ -383,14 +383,29 @@ class FallbackManager:
             free = [float(free_vram_mb)] if free_vram_mb > 0 else []
         else:
             free = [float(g.vram_free_mb) for g in status.gpus]
+        free_ram = float(status.ram_available_mb)
+        held = self._held_by(model)
+        if held is not None:  # the model is loaded: what it holds is free for it
+            if free and free_vram_mb is None:
+                free[0] += held.vram_mb
+            free_ram += held.ram_mb
         if n_ctx is None:
             n_ctx = min(self._settings.n_ctx, model.context_length or self._settings.n_ctx)
         device = f"gpu:{status.gpus[0].name}" if status.gpus else None
         vram_scale, ram_scale, calibrated = self._calibration.scales(model, n_ctx, flash_attn,
                                                                      kv_type, gpu_device=device)
-        return plan(model, n_ctx=n_ctx, free_vram_mb=free, free_ram_mb=status.ram_available_mb,
+        return plan(model, n_ctx=n_ctx, free_vram_mb=free, free_ram_mb=free_ram,
                     gpu_layers=gpu_layers, flash_attn=flash_attn, kv_type=kv_type,
                     vram_scale=vram_scale, ram_scale=ram_scale, calibrated=calibrated)
+
+    def _held_by(self, model: ModelInfo) -> Compatibility | None:
+        """The plan ``model`` was loaded with, when it is the loaded current model."""
+        backend = self._pool.backend
+        current = self._pool.current
+        if backend is None or current is None or current.path != model.path or not backend.loaded:
+            return None
+        held = getattr(backend, "plan", None)
+        return held if isinstance(held, Compatibility) else None
 
     def _check_args(self, model: ModelInfo, n_ctx: int | None, gpu_layers: int | None,
                     kv_type: str, free_vram_mb: float | None) -> int | None:

@@ -142,22 +142,27 @@ class Steering:
             ctx //= 2
         return None
 
-    def start_auto_optimizer(self, stop: threading.Event) -> None:
-        """With auto_optimize_vram: optimize now, and again whenever the verdicts change."""
+    def start_auto_optimizer(self, stop: threading.Event, *, interval_s: float = 15.0) -> None:
+        """With auto_optimize_vram: optimize now, and again whenever free memory changes a
+        fit verdict. A switch it made itself changes the memory too: the verdicts after it
+        become the new baseline instead of triggering another switch."""
 
         def watch() -> None:
             last: tuple[tuple[str, str], ...] | None = None
+            rebaseline = False
             while not stop.is_set():
                 try:
                     verdicts = tuple((m.name, fit.verdict) for m, fit, _ in self.candidates())
-                    if verdicts != last:
+                    if rebaseline:
+                        last, rebaseline = verdicts, False
+                    elif verdicts != last:
                         if last is not None:
                             log.info("free memory changed the fit verdicts; optimizing again")
-                        self.optimize(apply=True)
+                        rebaseline = self.optimize(apply=True).switched
                         last = verdicts
                 except Exception as exc:  # the watcher must outlive a failed optimization
                     log.warning("auto-optimization failed: %s", exc)
-                if stop.wait(15.0):
+                if stop.wait(interval_s):
                     return
 
         threading.Thread(target=watch, daemon=True, name="zwaif-auto-optimize").start()
