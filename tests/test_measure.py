@@ -278,3 +278,18 @@ def test_auto_optimize_follows_a_change_of_free_vram(models_dir):
             wait_until(lambda: len(runs) == 2, timeout_s=60, what="a new optimization")
         finally:
             stop.set()
+
+
+def test_background_work_follows_settings_changes(models_dir):
+    with make(models_dir, vram_monitoring=True) as manager:  # an argument pins vram_monitoring
+        assert manager._telemetry.background is not None
+    settings = FallbackSettings(models_dir=models_dir, scan_system_stores=False, keep_alive=0)
+    with FallbackManager(settings) as manager:
+        assert manager._telemetry.background is not None  # vram_monitoring defaults to on
+        manager.update_settings(vram_monitoring=False)
+        assert manager._telemetry.background is None
+        manager.update_settings(auto_optimize_vram=True)
+        wait_until(lambda: manager.current_model is not None, timeout_s=120,
+                   what="the optimizer started by the new setting")
+        manager.update_settings(auto_optimize_vram=False)
+        assert manager._optimizer_stop is not None and manager._optimizer_stop.is_set()

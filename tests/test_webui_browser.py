@@ -34,6 +34,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 SCREENSHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 PINNED_TIMEOUT = "45"
+IDLE = """() => [...document.querySelectorAll('[data-testid=status-tracker]')]
+                .every(e => e.classList.contains('hide') || e.offsetParent === null)"""
 WAIT_MS = 60_000  # a deadline, not a pause: expect() returns as soon as the text is there
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Chromium is not installed")
@@ -92,12 +94,15 @@ def page(browser: object, served: Served) -> Iterator[object]:
     page.set_default_timeout(WAIT_MS)
     page.goto(served.url)
     expect(page.locator("#diag-status")).to_contain_text("VRAM probe that answered")
+    page.wait_for_function(IDLE)
     yield page
     page.close()
 
 
 def open_tab(page: object, label: str) -> None:
+    """Select a tab and wait for the refresh its selection starts (else it could undo our input)."""
     page.get_by_role("tab", name=label).click()  # type: ignore[attr-defined]
+    page.wait_for_function(IDLE)  # type: ignore[attr-defined]
 
 
 def click(page: object, label: str) -> None:
@@ -121,6 +126,8 @@ def set_number(page: object, elem_id: str, value: str) -> None:
 
 
 def screenshot(page: object, name: str) -> None:
+    """A full-page picture once no visible component is waiting for an answer."""
+    page.wait_for_function(IDLE)  # type: ignore[attr-defined]
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / name), full_page=True)  # type: ignore[attr-defined]
 
@@ -244,8 +251,9 @@ def test_health_tab_buttons_and_monitoring(page: object) -> None:
     click(page, "⏹️ Stop Monitoring")
     expect(status).to_contain_text("Monitoring stopped early")
     expect(page.locator("#monitor-summary")).to_contain_text("CPU (%)")  # type: ignore[attr-defined]
-    expect(page.locator("#monitor-memory")).to_contain_text("RAM used (MiB)")  # type: ignore[attr-defined]
-    expect(page.locator("#history-benchmarks")).to_contain_text("tiny")  # type: ignore[attr-defined]
+    expect(page.locator("#monitor-memory .mark-line path").first).to_be_attached()  # type: ignore
+    expect(page.locator("#monitor-load .mark-line path").first).to_be_attached()  # type: ignore
+    expect(page.locator("#history-benchmarks .mark-rect path").first).to_be_attached()  # type: ignore
     screenshot(page, "health.png")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,11 @@ import pytest
 from builders import write_gguf
 from servers import refused_url, wait_until
 
+from webui import launch
 from webui.diagnostics import DiagnosticsHandlers
 from webui.health_monitor import HealthHandlers
 from webui.management import ManagementHandlers
-from zwaif_fallback import FallbackManager, FallbackSettings
+from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 
@@ -121,10 +123,11 @@ def test_switch_to_an_unknown_model_warns_and_keeps_the_current(manager: Fallbac
 
 
 def test_vram_status_names_the_optimal_model(manager: FallbackManager) -> None:
-    text, auto = ManagementHandlers(manager).vram_status()
+    text, auto, ranking = ManagementHandlers(manager).vram_status()
     assert "no GPU found" in text
     assert f"the optimal model is `{SMOL}`" in text
     assert auto is False
+    assert list(ranking["model"]) == [SMOL, "tiny"]
 
 
 def test_optimize_switches_to_the_optimal_model_and_says_why(manager: FallbackManager) -> None:
@@ -246,11 +249,16 @@ def test_try_the_fallback_shows_who_answered_and_each_attempt(manager: FallbackM
     assert (attempts["latency_s"] >= 0).all()
 
 
-def test_try_the_fallback_with_nothing_to_answer_warns(manager: FallbackManager,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_try_the_fallback_with_nothing_to_answer_warns(manager: FallbackManager) -> None:
     with pytest.warns(UserWarning, match="Type a message"):
         answer, summary, attempts = ManagementHandlers(manager).send("  ", "", 8)
     assert answer == "" and attempts.empty
+
+
+def test_try_the_fallback_with_a_bad_primary_url_warns(manager: FallbackManager) -> None:
+    with pytest.warns(UserWarning, match="must start with http"):
+        answer, summary, _ = ManagementHandlers(manager).send("Hi", "localhost:5000", 8)
+    assert answer == "" and summary.startswith("❌")
 
 
 # -- health monitor ---------------------------------------------------------------------------
@@ -319,3 +327,28 @@ def test_history_charts_show_benchmarks_and_failovers(manager: FallbackManager) 
     assert list(benchmarks["model"]) == ["tiny"] and benchmarks["gen_tps"].iloc[0] > 0
     assert set(failovers["outcome"]) == {"ok", "failed"}
     assert failovers["attempts"].sum() == 2
+
+
+# -- serving ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "my-pc.local"])
+def test_launch_refuses_a_network_address_without_a_login(manager: FallbackManager, host: str) -> None:
+    with pytest.raises(InvalidSettings, match="without a login.*FALLBACK_UI_AUTH=user:password"):
+        launch(manager, host=host, port=9, block=False)
+
+
+@pytest.mark.parametrize("login", ["no-colon", ":password", "user:"])
+def test_launch_refuses_a_malformed_login(manager: FallbackManager, login: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FALLBACK_UI_AUTH", login)
+    with pytest.raises(InvalidSettings, match="'user:password'"):
+        launch(manager, host="0.0.0.0", port=9, block=False)
+
+
+def test_launch_on_a_busy_port_says_so(manager: FallbackManager) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(InvalidSettings, match="choose another port"):
+            launch(manager, port=taken.getsockname()[1], block=False)

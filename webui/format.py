@@ -37,6 +37,8 @@ def failure(exc: Exception, doing: str) -> str:
 def size(mb: float | None) -> str:
     if mb is None:
         return "–"
+    if mb < 1:
+        return f"{mb * 1024:.0f} KiB"
     return f"{mb / 1024:.1f} GiB" if mb >= 1024 else f"{mb:.0f} MiB"
 
 
@@ -232,14 +234,11 @@ def summary_frame(summary: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["metric", "min", "mean", "max", "p95"])
 
 
-def when(unix_s: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(unix_s)
-
-
-def benchmark_history_frame(history: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    rows = [[when(r["at"]), str(r["model"]), float(r["gen_tps"])] for r in history
-            if r.get("ok") and r.get("gen_tps") and r.get("at")]
-    return pd.DataFrame(rows, columns=["time", "model", "gen_tps"]).sort_values("time")
+def benchmark_history_frame(history: Iterable[Mapping[str, Any]], *, last: int = 30) -> pd.DataFrame:
+    """The last runs, oldest first, each labelled by when it ran (a bar each: one run is visible too)."""
+    rows = [[dt.datetime.fromtimestamp(r["at"]).strftime("%m-%d %H:%M:%S"), str(r["model"]),
+             float(r["gen_tps"])] for r in history if r.get("ok") and r.get("gen_tps") and r.get("at")]
+    return pd.DataFrame(rows[:last][::-1], columns=["run", "model", "gen_tps"])
 
 
 def failover_history_frame(attempts: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

@@ -202,9 +202,10 @@ def build_health_tab(manager: FallbackManager) -> HealthTab:
 
         gr.Markdown("## History")
         with gr.Row():
-            bench_history = gr.LinePlot(x="time", y="gen_tps", color="model", title="Benchmarks: tokens/s",
-                                        y_title="tokens/s", elem_id="history-benchmarks")
-            failover_history = gr.BarPlot(x="target", y="attempts", color="outcome",
+            bench_history = gr.BarPlot(x="run", y="gen_tps", color="model", y_lim=[0, None], sort="x",
+                                       title="Past benchmarks: tokens/s per run", x_title="run",
+                                       y_title="tokens/s", elem_id="history-benchmarks")
+            failover_history = gr.BarPlot(x="target", y="attempts", color="outcome", y_lim=[0, None],
                                           title="Failover attempts by target", elem_id="history-failovers")
 
     health_outputs = [health, factors, recommendations]

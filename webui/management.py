@@ -60,16 +60,17 @@ class ManagementHandlers:
 
     # -- VRAM optimization ------------------------------------------------------------
 
-    def vram_status(self) -> tuple[str, bool]:
-        """VRAM use now, whether the current model is optimal, and the auto-optimize setting."""
+    def vram_status(self) -> tuple[str, bool, pd.DataFrame]:
+        """VRAM use now, whether the current model is optimal (with the ranking), and auto-optimize."""
         try:
             plan = self.manager.optimize(apply=False)
             status = self.manager.system_status()
         except FallbackError as exc:
-            return fmt.failure(exc, "Reading the VRAM status"), gr.skip()
+            return fmt.failure(exc, "Reading the VRAM status"), gr.skip(), gr.skip()
         current = self.manager.current_model
         auto = self.manager.settings.auto_optimize_vram
-        return fmt.vram_markdown(status, auto, plan.selected, current.name if current else None), auto
+        return (fmt.vram_markdown(status, auto, plan.selected, current.name if current else None), auto,
+                fmt.ranking_frame(plan.ranking))
 
     def optimize(self) -> tuple[str, pd.DataFrame, str]:
         """Switch to the optimal model; say which and why, with the full ranking."""
@@ -113,15 +114,16 @@ class ManagementHandlers:
         return updates
 
     def load_settings(self) -> tuple[Any, ...]:
-        """The controls as the settings stand now (on load, tab select and after changes)."""
+        """The controls as the settings stand now (on page load; save and reset return them too)."""
         return (*self._controls(), self.manager.settings.auto_optimize_vram)
 
     def save_settings(self, timeout: float, max_retries: float, auto_switch: bool,
                       vram_monitoring: bool) -> tuple[Any, ...]:
         """Save the values that changed; a refused value is explained and nothing is written."""
         settings = self.manager.settings
-        typed = {f: SETTING_TYPES[f](v) for f, v in zip(SETTING_FIELDS, (timeout, max_retries, auto_switch,
-                                                                         vram_monitoring), strict=True)}
+        values = (timeout, max_retries, auto_switch, vram_monitoring)
+        typed = {f: SETTING_TYPES[f](v) for f, v in zip(SETTING_FIELDS, values, strict=True)}
+        # Only what changed: an unchanged value pinned by the environment must not refuse the rest.
         changes = {f: v for f, v in typed.items() if getattr(settings, f) != v}
         if not changes:
             return ("Nothing to save: the values are the saved ones.", *self._controls())
@@ -275,7 +277,7 @@ def build_management_tab(manager: FallbackManager) -> ManagementTab:
         results = gr.Dataframe(headers=fmt.BENCH_COLUMNS, label="Benchmark results", interactive=False,
                                elem_id="bench-results")
         chart = gr.BarPlot(x="model", y="gen_tps", title="Generation speed by model (latest benchmark)",
-                           y_title="tokens/s", x_title="model", elem_id="bench-chart")
+                           y_title="tokens/s", x_title="model", y_lim=[0, None], elem_id="bench-chart")
         job_id = gr.State(None)
         timer = gr.Timer(POLL_S, active=False)
 
@@ -293,20 +295,21 @@ def build_management_tab(manager: FallbackManager) -> ManagementTab:
                                 elem_id="try-attempts")
 
     settings_controls = [timeout, max_retries, auto_switch, vram_monitoring]
+    vram_outputs = [vram, auto_optimize, ranking]
     model_outputs = [current, available, switch_to, test_model]
     for trigger in ([tab.select], None):
         gr.on(trigger, h.refresh_models, outputs=model_outputs, api_visibility="private")
-        gr.on(trigger, h.vram_status, outputs=[vram, auto_optimize], api_visibility="private")
-        gr.on(trigger, h.load_settings, outputs=[*settings_controls, auto_optimize],
-              api_visibility="private")
+        gr.on(trigger, h.vram_status, outputs=vram_outputs, api_visibility="private")
         gr.on(trigger, h.benchmark_results, outputs=[results, chart], api_visibility="private")
+    # Settings load with the page only: coming back to the tab must not undo unsaved edits.
+    gr.on(None, h.load_settings, outputs=[*settings_controls, auto_optimize], api_visibility="private")
     refresh_models.click(h.refresh_models, outputs=model_outputs, api_name="fallback_refresh_models")
     switch.click(h.switch_model, inputs=switch_to, outputs=current, api_name="fallback_switch_model"
-                 ).then(h.vram_status, outputs=[vram, auto_optimize], api_visibility="private")
+                 ).then(h.vram_status, outputs=vram_outputs, api_visibility="private")
     optimize.click(h.optimize, outputs=[optimize_result, ranking, current], api_name="fallback_optimize"
-                   ).then(h.vram_status, outputs=[vram, auto_optimize], api_visibility="private")
+                   ).then(h.vram_status, outputs=vram_outputs, api_visibility="private")
     auto_optimize.input(h.save_auto_optimize, inputs=auto_optimize, outputs=[optimize_result, auto_optimize],
-                        api_visibility="private").then(h.vram_status, outputs=[vram, auto_optimize],
+                        api_visibility="private").then(h.vram_status, outputs=vram_outputs,
                                                        api_visibility="private")
     save.click(h.save_settings, inputs=settings_controls, outputs=[settings_message, *settings_controls],
                api_name="fallback_save_settings")

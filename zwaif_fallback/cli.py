@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -149,7 +150,13 @@ def cmd_ui(manager: FallbackManager, args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise BackendUnavailable(f"the web UI needs gradio: pip install 'zwaif-fallback[ui]' ({exc})"
                                  ) from None
-    launch(manager, host=args.host, port=args.port, block=True)
+    url = launch(manager, host=args.host, port=args.port, block=False)
+    print(f"zwaif-fallback UI: {url}  (metrics at {url.rstrip('/')}/metrics; Ctrl+C stops it)",
+          flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr)
     return 0
 
 

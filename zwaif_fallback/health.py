@@ -240,7 +240,8 @@ def health_report(inputs: HealthInputs) -> HealthReport:
                           "the timeout or check the server's load.")
 
     errors = [a for a in inputs.recent_attempts if not a.get("ok")]
-    add("errors", 100 - 10 * len(errors), f"{len(errors)} failed attempts in the last hour")
+    add("errors", 100 - 10 * len(errors),
+        f"{len(errors)} failed attempt{'' if len(errors) == 1 else 's'} in the last hour")
 
     history = inputs.speed_history
     if len(history) >= 2:

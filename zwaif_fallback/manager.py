@@ -37,6 +37,7 @@ __all__ = ["FallbackManager"]
 log = logging.getLogger(__name__)
 
 RANKING_TTL_S = 30.0
+MAX_JOBS = 20
 
 
 class FallbackManager:
@@ -72,10 +73,9 @@ class FallbackManager:
         self.last_result: ChatResult | None = None
         for problem in self._settings.problems:
             log.warning("settings: %s", problem)
-        if background and self._settings.vram_monitoring:
-            self._telemetry.start_background()
-        if background and self._settings.auto_optimize_vram:
-            self._steering.start_auto_optimizer(self._stop)
+        self._background = background
+        self._optimizer_stop: threading.Event | None = None
+        self._apply_background()
 
     # -- settings -------------------------------------------------------------
 
@@ -92,6 +92,7 @@ class FallbackManager:
         with self._settings_lock:
             self._settings = self._settings.saved(**changes)
         self._forget_ranking()
+        self._apply_background()
         return self._settings
 
     def reset_settings(self) -> FallbackSettings:
@@ -99,7 +100,30 @@ class FallbackManager:
         with self._settings_lock:
             self._settings = self._settings.reset()
         self._forget_ranking()
+        self._apply_background()
         return self._settings
+
+    def _apply_background(self) -> None:
+        """Start or stop the VRAM sampler and the auto-optimizer as the settings now say."""
+        if not self._background or self._stop.is_set():
+            return
+        if self._settings.vram_monitoring:
+            self._telemetry.start_background()
+        elif self._telemetry_instance is not None:
+            self._telemetry_instance.stop_background()
+        with self._lazy_lock:
+            running = self._optimizer_stop is not None and not self._optimizer_stop.is_set()
+            if self._settings.auto_optimize_vram and not running:
+                self._optimizer_stop = threading.Event()
+                start = self._optimizer_stop
+            elif not self._settings.auto_optimize_vram and running:
+                assert self._optimizer_stop is not None
+                self._optimizer_stop.set()
+                start = None
+            else:
+                start = None
+        if start is not None:
+            self._steering.start_auto_optimizer(start)
 
     # -- the machine and its models --------------------------------------------
 
@@ -127,6 +151,11 @@ class FallbackManager:
     def current_model(self) -> ModelInfo | None:
         """The local model this process holds (loaded, or unloaded while idle)."""
         return self._pool.current
+
+    @property
+    def model_loaded(self) -> bool:
+        """Whether the current model is in memory now (keep_alive unloads an idle one)."""
+        return self._pool.is_loaded()
 
     def check_compatibility(
         self,
@@ -267,6 +296,11 @@ class FallbackManager:
         with progress and cancel. Raises ModelNotFound at once for an unknown name."""
         job = self._steering.start_benchmark(name, prompt)
         self._jobs[job.id] = job
+        while len(self._jobs) > MAX_JOBS:  # forget the oldest finished jobs
+            oldest = next((k for k, j in self._jobs.items() if j.status().state != "running"), None)
+            if oldest is None:
+                break
+            del self._jobs[oldest]
         return job
 
     def job(self, job_id: str) -> Job[Any]:
@@ -332,6 +366,8 @@ class FallbackManager:
     def close(self) -> None:
         """Unload models, stop threads, release probes. Safe to call twice."""
         self._stop.set()
+        if self._optimizer_stop is not None:
+            self._optimizer_stop.set()
         if self._reaper is not None:
             self._reaper.join(timeout=5)
         if self._telemetry_instance is not None:

@@ -128,6 +128,12 @@ class Telemetry:
                 self._sampler = BackgroundSampler(self.sample, interval_s=interval_s)
                 self._sampler.start()
 
+    def stop_background(self) -> None:
+        with self._lock:
+            sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.stop()
+
     @property
     def background(self) -> BackgroundSampler | None:
         return self._sampler
