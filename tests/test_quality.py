@@ -13,10 +13,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_mypy_passes():
-    result = run("mypy", "zwaif_fallback")
+    result = run("mypy", "zwaif_fallback", "webui")
     assert result.returncode == 0, result.stdout
 
 
 def test_ruff_passes():
-    result = run("ruff", "check", "zwaif_fallback", "tests", "benchmarks")
+    result = run("ruff", "check", "zwaif_fallback", "webui", "tests", "benchmarks")
     assert result.returncode == 0, result.stdout
