@@ -31,6 +31,7 @@ CPU_SUITE = [
     ("UI responsiveness during Benchmark All", ["bench_ui.py"]),
 ]
 GPU_SUITE = [
+    ("GPU probe latency: NVML against nvidia-smi", ["bench_probe_gpu.py"]),
     ("Memory estimate against llama.cpp (GPU)", ["bench_fit.py", "--gpu"]),
 ]
 
