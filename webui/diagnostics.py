@@ -44,16 +44,17 @@ class DiagnosticsHandlers:
     def test_compatibility(self, name: str | None, n_ctx: float | None, kv_type: str,
                            flash_attn: bool, free_vram_mb: float | None) -> str:
         """The verdict for one model (a name or a path), with the estimate's breakdown."""
-        if not name or not name.strip():
+        name = fmt.text(name)
+        if not name:
             gr.Warning("Choose a model, or type a model name or a path to a .gguf file.")
             return "Choose a model, or type a model name or a path to a .gguf file."
         try:
             fit = self.manager.check_compatibility(
-                name.strip(), n_ctx=int(n_ctx) if n_ctx else None, kv_type=kv_type or "f16",
+                name, n_ctx=fmt.whole_number(n_ctx, "Context") or None, kv_type=kv_type or "f16",
                 flash_attn=bool(flash_attn),
-                free_vram_mb=float(free_vram_mb) if free_vram_mb not in (None, "") else None)
+                free_vram_mb=fmt.whole_number(free_vram_mb, "Free VRAM"))
         except FallbackError as exc:
-            return fmt.failure(exc, f"Testing {name.strip()!r}")
+            return fmt.failure(exc, f"Testing {name!r}")
         return fmt.compatibility_markdown(fit)
 
 

@@ -249,3 +249,23 @@ def failover_history_frame(attempts: Iterable[Mapping[str, Any]]) -> pd.DataFram
         counts[key] = counts.get(key, 0) + 1
     rows = [[target, outcome, n] for (target, outcome), n in sorted(counts.items())]
     return pd.DataFrame(rows, columns=["target", "outcome", "attempts"])
+
+
+def text(value: Any) -> str:
+    """A text field's value, stripped; anything that is not text counts as empty."""
+    return value.strip() if isinstance(value, str) else ""
+
+
+def whole_number(value: Any, field: str) -> int | None:
+    """A numeric field's value as an int (None when empty); InvalidSettings when it is not one."""
+    from zwaif_fallback import InvalidSettings
+
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+        if number != int(number):
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidSettings(f"{field} must be a whole number, not {value!r}") from None

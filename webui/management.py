@@ -47,13 +47,14 @@ class ManagementHandlers:
 
     def switch_model(self, name: str | None) -> str:
         """Load ``name`` as the fallback model (it blocks only this event while it loads)."""
-        if not name or not name.strip():
+        name = fmt.text(name)
+        if not name:
             gr.Warning("Choose the model to switch to.")
             return fmt.current_model_markdown(self.manager.current_model)
         try:
-            model = self.manager.switch_model(name.strip())
+            model = self.manager.switch_model(name)
         except FallbackError as exc:
-            return fmt.failure(exc, f"Switching to {name.strip()!r}") + "  \n" + \
+            return fmt.failure(exc, f"Switching to {name!r}") + "  \n" + \
                 fmt.current_model_markdown(self.manager.current_model)
         gr.Info(f"Switched to {model.name}")
         return fmt.current_model_markdown(model)
@@ -122,7 +123,13 @@ class ManagementHandlers:
         """Save the values that changed; a refused value is explained and nothing is written."""
         settings = self.manager.settings
         values = (timeout, max_retries, auto_switch, vram_monitoring)
-        typed = {f: SETTING_TYPES[f](v) for f, v in zip(SETTING_FIELDS, values, strict=True)}
+        try:
+            typed = {f: SETTING_TYPES[f](v) for f, v in zip(SETTING_FIELDS, values, strict=True)}
+        except (TypeError, ValueError, OverflowError):
+            message = (f"Not saved: {', '.join(map(repr, values))} are not all valid values. "
+                       "Nothing was saved.")
+            gr.Warning(message)
+            return (message, *[gr.update(info=c["info"]) for c in self._controls()])
         # Only what changed: an unchanged value pinned by the environment must not refuse the rest.
         changes = {f: v for f, v in typed.items() if getattr(settings, f) != v}
         if not changes:
@@ -154,17 +161,18 @@ class ManagementHandlers:
             except FallbackError:
                 pass  # an unknown id (another manager): start afresh
         try:
-            job = self.manager.start_benchmark(name, prompt.strip() or None)
+            job = self.manager.start_benchmark(name, fmt.text(prompt) or None)
         except FallbackError as exc:
             return job_id, fmt.failure(exc, "Starting the benchmark"), gr.skip()
         return job.id, fmt.progress_markdown(job.status()), gr.update(active=True)
 
     def start_benchmark(self, name: str | None, prompt: str, job_id: str | None) -> tuple[Any, ...]:
         """Benchmark one model in the background; returns the job id and starts the poll timer."""
-        if not name or not name.strip():
+        name = fmt.text(name)
+        if not name:
             gr.Warning("Choose the model to test.")
             return job_id, gr.skip(), gr.skip()
-        return self._start(name.strip(), prompt, job_id)
+        return self._start(name, prompt, job_id)
 
     def start_benchmark_all(self, prompt: str, job_id: str | None) -> tuple[Any, ...]:
         """Benchmark every compatible model in the background."""
@@ -209,12 +217,14 @@ class ManagementHandlers:
 
     def send(self, message: str, primary_url: str, max_tokens: float) -> tuple[str, str, pd.DataFrame]:
         """One answer through the failover chain: who answered, and every attempt with its time."""
-        if not message or not message.strip():
+        message, primary_url = fmt.text(message), fmt.text(primary_url)
+        if not message:
             gr.Warning("Type a message to send.")
             return "", "Type a message to send.", fmt.attempts_frame([])
         try:
-            result = self.manager.chat([{"role": "user", "content": message.strip()}],
-                                       primary=primary_url.strip() or None, max_tokens=int(max_tokens))
+            result = self.manager.chat([{"role": "user", "content": message}],
+                                       primary=primary_url or None,
+                                       max_tokens=fmt.whole_number(max_tokens, "Max tokens") or 64)
         except FallbackError as exc:
             return "", fmt.failure(exc, "Sending"), fmt.attempts_frame(getattr(exc, "attempts", []))
         return result.text, fmt.chat_markdown(result), fmt.attempts_frame(result.attempts)

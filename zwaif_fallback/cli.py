@@ -12,7 +12,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import BackendUnavailable, FallbackError, InvalidSettings
 from .fit import KV_TYPES, Compatibility
@@ -27,8 +27,15 @@ __all__ = ["main"]
 log = logging.getLogger("zwaif_fallback.cli")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line on stderr, like every other error, and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="zwaif-fallback",
         description="Local-LLM fallback for chatbot hosts: models, fit, failover.")
     parser.add_argument("--models-dir", metavar="DIR", help="where to discover models")

@@ -87,6 +87,8 @@ def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
             raise InvalidSettings(f"message {i} has no text content")
         total += len(content)
         out.append({"role": role, "content": content})
+    if not any(m["content"].strip() for m in out):
+        raise InvalidSettings("the messages hold no text: there is nothing to answer")
     if total > MAX_PROMPT_CHARS:
         raise InvalidSettings(f"the messages hold {total} characters; the limit is {MAX_PROMPT_CHARS}")
     return out
