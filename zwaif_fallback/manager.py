@@ -70,7 +70,7 @@ class FallbackManager:
         self._ranking_lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
-        self.last_result: ChatResult | None = None
+        self._last = threading.local()
         for problem in self._settings.problems:
             log.warning("settings: %s", problem)
         self._background = background
@@ -254,7 +254,7 @@ class FallbackManager:
         targets = self._router.targets(settings, primary)
 
         def finished(result: ChatResult) -> None:
-            self.last_result = result
+            self._last.result = result
             self._telemetry.record_chat(result)
             if done is not None:
                 done(result)
@@ -270,6 +270,12 @@ class FallbackManager:
         except AllTargetsFailed as exc:
             self._telemetry.record_failure(exc.attempts)
             raise
+
+    @property
+    def last_result(self) -> ChatResult | None:
+        """The ChatResult of this thread's last finished chat or stream (each thread sees its own,
+        so concurrent chats never read each other's)."""
+        return getattr(self._last, "result", None)
 
     def breaker_states(self) -> dict[str, Any]:
         """Each target's circuit breaker: state, failures, seconds until it is retried."""
