@@ -132,3 +132,26 @@ def test_safetensors_reader_survives_generated_headers(data):
 @pytest.mark.parametrize("claimed", [2**63, 100 * 2**20, 2**32])
 def test_a_huge_claimed_header_is_not_allocated(claimed):
     read_safely(read_safetensors_header, struct.pack("<Q", claimed) + b"{}")
+
+
+@pytest.mark.parametrize("reader", ["gguf", "safetensors"])
+def test_coverage_guided_fuzzing_with_atheris(reader, tmp_path):
+    """5,000 inputs a reader under libFuzzer: no crash, none over 1 s, no allocation of 100 MB."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    if importlib.util.find_spec("atheris") is None:
+        pytest.skip("atheris is not installed on this platform")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "seed").write_bytes(SEED_BYTES[:4096] if reader == "gguf" else
+                                  struct.pack("<Q", 2) + b"{}")
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "fuzz_atheris.py"), reader, str(corpus),
+         "-runs=5000", "-max_len=4096", "-timeout=1", "-malloc_limit_mb=100", "-seed=1"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Done 5000 runs" in run.stderr
