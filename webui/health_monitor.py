@@ -115,10 +115,11 @@ class HealthHandlers:
     def start_monitoring(self, duration_s: float) -> tuple[Any, ...]:
         """Start a session on the manager's sampling thread and the poll timer."""
         try:
-            self.manager.start_monitoring(float(duration_s), INTERVAL_S)
+            seconds = fmt.whole_number(duration_s, "Monitoring duration")
+            self.manager.start_monitoring(seconds if seconds is not None else -1, INTERVAL_S)
         except FallbackError as exc:
             return fmt.failure(exc, "Starting monitoring"), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return (f"📈 Monitoring for {duration_s:.0f} s, one sample a second…", *self._plots([]),
+        return (f"📈 Monitoring for {seconds} s, one sample a second…", *self._plots([]),
                 pd.DataFrame(columns=["metric", "min", "mean", "max", "p95"]), gr.update(active=True))
 
     def poll_monitoring(self) -> tuple[Any, ...]:

@@ -311,10 +311,10 @@ class FallbackManager:
 
     def job(self, job_id: str) -> Job[Any]:
         """A background job by id. Raises InvalidSettings for an unknown id."""
-        try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise InvalidSettings(f"no job with id {job_id!r}") from None
+        job = self._jobs.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            raise InvalidSettings(f"no job with id {job_id!r}")
+        return job
 
     def benchmark_history(self, model: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
         """Saved benchmark results, newest first."""
