@@ -132,7 +132,7 @@ def test_the_breaker_opening_calls_for_a_preload(manager):
 
 def test_a_preload_loads_the_best_local_model(manager):
     assert manager.current_model is None
-    manager._preload_async()
+    manager._local.preload_async()
     wait_until(lambda: manager._pool.is_loaded(), timeout_s=60, what="the preload")
     assert manager.current_model.name == SMOL
 

@@ -245,7 +245,7 @@ def test_every_ui_handler_answers_every_hostile_value(handlers, isolated):
                     method(*[value] * len(params))
                     calls += 1
         _, management, health = handlers
-        for job in list(management.manager._jobs.values()):
+        for job in list(management.manager._steering.jobs.values()):
             job.cancel()
         try:
             health.stop_monitoring()

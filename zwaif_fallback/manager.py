@@ -12,16 +12,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .backends.base import Backend, GenerationParams, LocalBackend, Message, check_messages
-from .calibration import Calibration
+from .backends.base import GenerationParams, Message, check_messages
 from .catalog import Catalog
 from .errors import AllTargetsFailed, IncompatibleModel, InvalidModelFile, InvalidSettings
 from .failover import ChatResult, FailoverChain
-from .fit import KV_TYPES, Compatibility, plan
+from .fit import Compatibility
 from .hardware import HardwareProbe, SystemStatus
+from .local import LocalModels
 from .model_info import ModelInfo
-from .pool import LocalPool
-from .routing import Primary, Router, rank_local
+from .routing import Primary, Router
 from .settings import FallbackSettings, validate_field
 
 if TYPE_CHECKING:
@@ -36,8 +35,6 @@ __all__ = ["FallbackManager"]
 
 log = logging.getLogger(__name__)
 
-RANKING_TTL_S = 30.0
-MAX_JOBS = 20
 
 
 class FallbackManager:
@@ -58,18 +55,16 @@ class FallbackManager:
         self._probe = probe or HardwareProbe()
         self._catalog = Catalog()
         self._clock = clock
-        self._pool = LocalPool(self._make_backend, clock=clock, on_load=self._calibrate)
-        self._router = Router(local_stream=self._stream_local, current=lambda: self._pool.current,
-                              ranked=self._ranked_local, on_primary_down=self._preload_async)
+        self._local = LocalModels(settings=lambda: self._settings, probe=self._probe,
+                                  discover=self.discover_models,
+                                  store=lambda: self._telemetry.store, clock=clock)
+        self._pool = self._local.pool
+        self._router = Router(local_stream=self._local.stream, current=lambda: self._pool.current,
+                              ranked=self._local.ranked, on_primary_down=self._local.preload_async)
         self._telemetry_instance: Telemetry | None = None
         self._steering_instance: Steering | None = None
         self._lazy_lock = threading.Lock()
-        self._calibration = Calibration(lambda: self._telemetry.store)
-        self._jobs: dict[str, Job[Any]] = {}
-        self._ranking: tuple[float, list[ModelInfo]] | None = None
-        self._ranking_lock = threading.Lock()
         self._stop = threading.Event()
-        self._reaper: threading.Thread | None = None
         self._last = threading.local()
         for problem in self._settings.problems:
             log.warning("settings: %s", problem)
@@ -91,7 +86,7 @@ class FallbackManager:
         """
         with self._settings_lock:
             self._settings = self._settings.saved(**changes)
-        self._forget_ranking()
+        self._local.forget_ranking()
         self._apply_background()
         return self._settings
 
@@ -99,7 +94,7 @@ class FallbackManager:
         """Forget every saved setting; arguments and the environment still apply."""
         with self._settings_lock:
             self._settings = self._settings.reset()
-        self._forget_ranking()
+        self._local.forget_ranking()
         self._apply_background()
         return self._settings
 
@@ -134,7 +129,7 @@ class FallbackManager:
     def discover_models(self, refresh: bool = False) -> list[ModelInfo]:
         """Every model found, valid or not; invalid ones carry the reason."""
         if refresh:
-            self._forget_ranking()
+            self._local.forget_ranking()
         return self._catalog.discover(self._settings, refresh=refresh)
 
     def find_model(self, name_or_path: str) -> ModelInfo:
@@ -179,8 +174,8 @@ class FallbackManager:
             InvalidSettings: n_ctx, gpu_layers, kv_type or free_vram_mb out of range.
         """
         model = self._valid(name_or_path)
-        n_ctx = self._check_args(model, n_ctx, gpu_layers, kv_type, free_vram_mb)
-        return self._plan(model, n_ctx=n_ctx, gpu_layers=gpu_layers, flash_attn=flash_attn,
+        n_ctx = self._local.check_args(model, n_ctx, gpu_layers, kv_type, free_vram_mb)
+        return self._local.plan(model, n_ctx=n_ctx, gpu_layers=gpu_layers, flash_attn=flash_attn,
                           kv_type=kv_type, free_vram_mb=free_vram_mb)
 
     # -- local models ------------------------------------------------------------
@@ -195,16 +190,16 @@ class FallbackManager:
             ModelNotFound, InvalidModelFile, IncompatibleModel, ModelLoadError.
         """
         model = self._valid(name)
-        fit = self._plan(model)
+        fit = self._local.plan(model)
         both_fit = fit.compatible and self._pool.current is not None
         if not fit.compatible and self._pool.current is not None:
             self._pool.release()  # make room, then look again
-            fit = self._plan(model, refresh=True)
+            fit = self._local.plan(model, refresh=True)
         if not fit.compatible:
             raise IncompatibleModel(f"{model.name} does not fit this machine: {fit.reason}")
         self._pool.switch(model, both_fit=both_fit)
-        self._ensure_reaper()
-        self._forget_ranking()
+        self._local.ensure_reaper()
+        self._local.forget_ranking()
         if persist and self._settings.preferred_model != model.name:
             try:
                 self.update_settings(preferred_model=model.name)
@@ -273,8 +268,7 @@ class FallbackManager:
 
     @property
     def last_result(self) -> ChatResult | None:
-        """The ChatResult of this thread's last finished chat or stream (each thread sees its own,
-        so concurrent chats never read each other's)."""
+        """This thread's last finished ChatResult (per thread: concurrent chats never mix)."""
         return getattr(self._last, "result", None)
 
     def breaker_states(self) -> dict[str, Any]:
@@ -300,21 +294,11 @@ class FallbackManager:
     def start_benchmark(self, name: str | None = None, prompt: str | None = None) -> Job[Any]:
         """Run ``benchmark`` (or ``benchmark_all`` when name is None) as a background job
         with progress and cancel. Raises ModelNotFound at once for an unknown name."""
-        job = self._steering.start_benchmark(name, prompt)
-        self._jobs[job.id] = job
-        while len(self._jobs) > MAX_JOBS:  # forget the oldest finished jobs
-            oldest = next((k for k, j in self._jobs.items() if j.status().state != "running"), None)
-            if oldest is None:
-                break
-            del self._jobs[oldest]
-        return job
+        return self._steering.start_benchmark(name, prompt)
 
     def job(self, job_id: str) -> Job[Any]:
         """A background job by id. Raises InvalidSettings for an unknown id."""
-        job = self._jobs.get(job_id) if isinstance(job_id, str) else None
-        if job is None:
-            raise InvalidSettings(f"no job with id {job_id!r}")
-        return job
+        return self._steering.job(job_id)
 
     def benchmark_history(self, model: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
         """Saved benchmark results, newest first."""
@@ -374,11 +358,9 @@ class FallbackManager:
         self._stop.set()
         if self._optimizer_stop is not None:
             self._optimizer_stop.set()
-        if self._reaper is not None:
-            self._reaper.join(timeout=5)
         if self._telemetry_instance is not None:
             self._telemetry_instance.close()
-        self._pool.close()
+        self._local.close()
         self._router.close()
         self._probe.close()
 
@@ -416,134 +398,3 @@ class FallbackManager:
         if not model.valid:
             raise InvalidModelFile(model.path, model.error or "not a usable model")
         return model
-
-    def _plan(self, model: ModelInfo, *, n_ctx: int | None = None, gpu_layers: int | None = None,
-              flash_attn: bool = False, kv_type: str = "f16", free_vram_mb: float | None = None,
-              refresh: bool = False) -> Compatibility:
-        status = self.system_status(refresh=refresh)
-        if free_vram_mb is not None:
-            free = [float(free_vram_mb)] if free_vram_mb > 0 else []
-        else:
-            free = [float(g.vram_free_mb) for g in status.gpus]
-        free_ram = float(status.ram_available_mb)
-        held = self._held_by(model)
-        if held is not None:  # the model is loaded: what it holds is free for it
-            if free and free_vram_mb is None:
-                free[0] += held.vram_mb
-            free_ram += held.ram_mb
-        if n_ctx is None:
-            n_ctx = min(self._settings.n_ctx, model.context_length or self._settings.n_ctx)
-        device = f"gpu:{status.gpus[0].name}" if status.gpus else None
-        vram_scale, ram_scale, calibrated = self._calibration.scales(model, n_ctx, flash_attn,
-                                                                     kv_type, gpu_device=device)
-        return plan(model, n_ctx=n_ctx, free_vram_mb=free, free_ram_mb=free_ram,
-                    gpu_layers=gpu_layers, flash_attn=flash_attn, kv_type=kv_type,
-                    vram_scale=vram_scale, ram_scale=ram_scale, calibrated=calibrated)
-
-    def _held_by(self, model: ModelInfo) -> Compatibility | None:
-        """The plan ``model`` was loaded with, when it is the loaded current model."""
-        backend = self._pool.backend
-        current = self._pool.current
-        if backend is None or current is None or current.path != model.path or not backend.loaded:
-            return None
-        held = getattr(backend, "plan", None)
-        return held if isinstance(held, Compatibility) else None
-
-    def _check_args(self, model: ModelInfo, n_ctx: int | None, gpu_layers: int | None,
-                    kv_type: str, free_vram_mb: float | None) -> int | None:
-        problems = []
-        if n_ctx is not None and not 1 <= n_ctx <= 1 << 20:
-            problems.append(f"n_ctx={n_ctx} is out of range; allowed: 1 to {1 << 20}")
-        if gpu_layers is not None and gpu_layers < -1:
-            problems.append(f"gpu_layers={gpu_layers} is out of range; use -1 (all) or 0 and up")
-        if kv_type not in KV_TYPES:
-            problems.append(f"kv_type={kv_type!r} is not valid; allowed: {', '.join(KV_TYPES)}")
-        if free_vram_mb is not None and not 0 <= free_vram_mb <= 1 << 24:
-            problems.append(f"free_vram_mb={free_vram_mb} is out of range; allowed: 0 to {1 << 24}")
-        if problems:
-            raise InvalidSettings("; ".join(problems), problems=problems)
-        return n_ctx
-
-    def _make_backend(self, model: ModelInfo) -> Backend:
-        fit = self._plan(model)
-        backend: LocalBackend
-        if model.format == "gguf":
-            from .backends.llama_cpp import LlamaCppBackend
-
-            backend = LlamaCppBackend(model.name, model.path, n_ctx=fit.n_ctx,
-                                      n_gpu_layers=fit.gpu_layers, flash_attn=fit.flash_attn,
-                                      kv_type=fit.kv_type)
-        else:
-            from .backends.transformers import TransformersBackend
-
-            backend = TransformersBackend(model.name, model.path, gpu_layers=fit.gpu_layers,
-                                          n_layers=fit.n_layers,
-                                          trust_remote_code=self._settings.trust_remote_code,
-                                          allow_pickle=self._settings.allow_pickle)
-        backend.plan = fit
-        backend.vram_probe = self._probe.process_vram_mb
-        return backend
-
-    def _calibrate(self, model: ModelInfo, backend: Backend, load_s: float) -> None:
-        fit = getattr(backend, "plan", None)
-        measured = getattr(backend, "measured_mb", None)
-        if fit is not None and measured:
-            self._calibration.record(model, fit, measured, device=self._device())
-            log.info("loaded %s in %.2f s (estimated %.0f MiB, measured RAM %.0f, VRAM %s MiB)",
-                     model.name, load_s, fit.vram_mb if fit.gpu_layers else fit.ram_mb, *measured)
-
-    def _device(self) -> str:
-        gpus = self.system_status().gpus
-        return f"gpu:{gpus[0].name}" if gpus else "cpu"
-
-    def _stream_local(self, model: ModelInfo, messages: list[dict[str, str]],
-                      params: GenerationParams, *, prefix: str = "", **_: Any) -> Iterator[str]:
-        with self._pool.use(model) as backend:
-            self._ensure_reaper()
-            yield from backend.stream(messages, params, prefix=prefix)
-
-    def _ranked_local(self) -> list[ModelInfo]:
-        with self._ranking_lock:
-            now = self._clock()
-            if self._ranking is not None and now - self._ranking[0] < RANKING_TTL_S:
-                return self._ranking[1]
-            models = [m for m in self.discover_models() if m.valid and m.format != "remote"]
-            ranked = rank_local([(m, self._plan(m)) for m in models], self._settings.preferred_model)
-            self._ranking = (now, ranked)
-            return ranked
-
-    def _forget_ranking(self) -> None:
-        with self._ranking_lock:
-            self._ranking = None
-
-    def _preload_async(self) -> None:
-        """The primary's breaker opened: have the best local model loaded before it is needed."""
-
-        def preload() -> None:
-            try:
-                current = self._pool.current
-                if current is not None:
-                    self._pool.switch(current, both_fit=True)  # reloads it if it was reaped
-                    return
-                ranked = self._ranked_local()
-                if ranked:
-                    self._pool.switch(ranked[0], both_fit=False)
-                    self._ensure_reaper()
-            except Exception as exc:  # a failed preload only means the next answer loads it
-                log.warning("preloading a local model failed: %s", exc)
-
-        threading.Thread(target=preload, daemon=True, name="zwaif-preload").start()
-
-    def _ensure_reaper(self) -> None:
-        """Unload an idle local model after keep_alive seconds (a background thread)."""
-        if self._settings.keep_alive <= 0 or self._stop.is_set():
-            return
-        if self._reaper is not None and self._reaper.is_alive():
-            return
-
-        def reap() -> None:
-            while not self._stop.wait(min(max(self._settings.keep_alive / 4, 0.05), 5.0)):
-                self._pool.reap_idle(self._settings.keep_alive)
-
-        self._reaper = threading.Thread(target=reap, daemon=True, name="zwaif-keep-alive")
-        self._reaper.start()

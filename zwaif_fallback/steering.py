@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backends.base import LocalBackend
 from .bench import BenchmarkResult, benchmark_model
-from .errors import IncompatibleModel
+from .errors import IncompatibleModel, InvalidSettings
 from .fit import Compatibility
 from .health import HealthInputs, HealthReport, Optimization, health_report, rank_models
 from .jobs import Job, Progress
@@ -26,12 +26,16 @@ __all__ = ["Steering"]
 
 log = logging.getLogger(__name__)
 
+MAX_JOBS = 20
+
 
 class Steering:
     """Benchmarks, ranking, health and the auto-optimizer of one manager."""
 
     def __init__(self, manager: FallbackManager) -> None:
         self._m = manager
+        self.jobs: dict[str, Job[Any]] = {}  # oldest first
+        self._jobs_lock = threading.Lock()
 
     def benchmark(self, name: str, prompt: str | None = None,
                   progress: Callable[[float, str], None] | None = None) -> BenchmarkResult:
@@ -41,16 +45,16 @@ class Steering:
             ModelNotFound, InvalidModelFile, IncompatibleModel: before anything is loaded.
         """
         model = self._m._valid(name)
-        fit = self._m._plan(model)
+        fit = self._m._local.plan(model)
         if not fit.compatible:
             raise IncompatibleModel(f"{model.name} cannot be benchmarked here: {fit.reason}")
-        backend = self._m._make_backend(model)
+        backend = self._m._local.make_backend(model)
         if not isinstance(backend, LocalBackend):  # pragma: no cover - every local backend is one
             raise IncompatibleModel(f"{model.name} is not a local model")
         result = benchmark_model(model, backend, prompt=prompt, vram=self._m._probe.process_vram_mb,
                                  progress=progress)
         self._m._telemetry.store.add_benchmark(result.model_dump())
-        self._m._forget_ranking()
+        self._m._local.forget_ranking()
         return result
 
     def benchmark_all(self, prompt: str | None = None,
@@ -63,7 +67,7 @@ class Steering:
                 if progress is not None:
                     progress((i + fraction) / len(models), f"{name}: {message}")
 
-            fit = self._m._plan(model) if model.valid else None
+            fit = self._m._local.plan(model) if model.valid else None
             if fit is None or not fit.compatible:
                 why = model.error if fit is None else fit.reason
                 results.append(BenchmarkResult(model=model.name, ok=False, error=f"skipped: {why}"))
@@ -83,7 +87,21 @@ class Steering:
                 return self.benchmark_all(prompt, progress)
             return self.benchmark(name, prompt, progress)
 
-        return Job("benchmark " + (name or "all models"), work)
+        job: Job[Any] = Job("benchmark " + (name or "all models"), work)
+        with self._jobs_lock:
+            self.jobs[job.id] = job
+            finished = [k for k, j in self.jobs.items() if j.status().state != "running"]
+            for old in finished[:max(len(self.jobs) - MAX_JOBS, 0)]:  # forget the oldest
+                del self.jobs[old]
+        return job
+
+    def job(self, job_id: str) -> Job[Any]:
+        """A background job by id. Raises InvalidSettings for an unknown id."""
+        with self._jobs_lock:
+            job = self.jobs.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            raise InvalidSettings(f"no job with id {job_id!r}")
+        return job
 
     def optimize(self, apply: bool = True) -> Optimization:
         """Rank the local models (quality first, then speed and headroom) and, with ``apply``,
@@ -105,7 +123,7 @@ class Steering:
         """The system's health, 0-100, with its factors and recommendations. Changes nothing."""
         status = self._m.system_status()
         current = self._m._pool.current
-        current_fit = self._m._plan(current) if current is not None else None
+        current_fit = self._m._local.plan(current) if current is not None else None
         breakers = self._m.breaker_states()
         primary = self._m.settings.primary_url
         history = [b["gen_tps"] for b in self._m._telemetry.store.benchmarks(current.name, limit=5)
@@ -117,7 +135,7 @@ class Steering:
             recent_attempts=self._m._telemetry.store.failovers(since_s=3600),
             speed_history=history)
         if current is not None and current_fit is not None and status.gpus:
-            full = self._m._plan(current, gpu_layers=-1)
+            full = self._m._local.plan(current, gpu_layers=-1)
             inputs.full_gpu_mb = full.vram_mb
             inputs.lower_ctx_fits = self.ctx_that_fits(current, current_fit.n_ctx)
         return health_report(inputs)
@@ -131,13 +149,13 @@ class Steering:
             except (KeyError, ValueError):
                 continue
         models = [m for m in self._m.discover_models() if m.valid and m.format != "remote"]
-        return [(m, self._m._plan(m), latest.get(m.name)) for m in models]
+        return [(m, self._m._local.plan(m), latest.get(m.name)) for m in models]
 
     def ctx_that_fits(self, model: ModelInfo, n_ctx: int) -> int | None:
         """The largest n_ctx (halving, down to 512) at which ``model`` fits the GPU entirely."""
         ctx = n_ctx // 2
         while ctx >= 512:
-            if self._m._plan(model, n_ctx=ctx).verdict == "gpu":
+            if self._m._local.plan(model, n_ctx=ctx).verdict == "gpu":
                 return ctx
             ctx //= 2
         return None
