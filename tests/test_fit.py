@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from builders import write_gguf, write_hf_folder
@@ -10,6 +11,7 @@ from builders import write_gguf, write_hf_folder
 from zwaif_fallback import FallbackSettings, LoadConfig, estimate, plan
 from zwaif_fallback.catalog import Catalog
 from zwaif_fallback.fit import CUDA_CONTEXT_MB, KV_PAD, offloaded
+from zwaif_fallback.memory import CUBLAS_MB
 
 MIB = 2**20
 
@@ -38,9 +40,12 @@ def tensor_bytes(model, pick) -> int:
 
 
 def test_gpu_layers_follow_llama_cpp():
+    """The output layer is offloaded first: n_gpu_layers=16 of Llama-3-8B put blocks 17-31 and
+    the output layer on an H100 (llama.cpp's log, benchmarks/gpu/h100-results.jsonl)."""
     assert offloaded(30, 0) == (0, False)
-    assert offloaded(30, 12) == (12, False)
-    assert offloaded(30, 30) == (30, False)  # the output layer needs one more
+    assert offloaded(30, 1) == (0, True)
+    assert offloaded(30, 12) == (11, True)
+    assert offloaded(30, 30) == (29, True)
     assert offloaded(30, 31) == (30, True)
     assert offloaded(30, -1) == (30, True)
 
@@ -52,8 +57,8 @@ def test_cpu_only_weights_are_every_tensor(smol):
 
 
 def test_the_last_blocks_go_to_the_gpu_and_the_input_layer_never_does(untied):
-    est = estimate(untied, LoadConfig(n_ctx=512, gpu_layers=2))
-    on_gpu = tensor_bytes(untied, lambda t: t.layer in (2, 3))
+    est = estimate(untied, LoadConfig(n_ctx=512, gpu_layers=3))
+    on_gpu = tensor_bytes(untied, lambda t: t.layer in (2, 3) or t.name.startswith("output"))
     assert est.vram.weights_mb * MIB == on_gpu
     full = estimate(untied, LoadConfig(n_ctx=512, gpu_layers=-1))
     embd = tensor_bytes(untied, lambda t: t.name == "token_embd.weight")
@@ -80,8 +85,8 @@ def test_kv_cache_is_gqa_aware_padded_and_sized_by_type(smol):
 
 
 def test_kv_cache_follows_layers_to_the_gpu(smol):
-    est = estimate(smol, LoadConfig(n_ctx=4096, gpu_layers=10))
-    assert est.vram.kv_mb == pytest.approx(30.0) and est.ram.kv_mb == pytest.approx(60.0)
+    est = estimate(smol, LoadConfig(n_ctx=4096, gpu_layers=10))  # the output layer and 9 blocks
+    assert est.vram.kv_mb == pytest.approx(27.0) and est.ram.kv_mb == pytest.approx(63.0)
 
 
 def test_compute_grows_with_context_and_shrinks_with_flash_attention(tmp_path):
@@ -96,10 +101,19 @@ def test_compute_grows_with_context_and_shrinks_with_flash_attention(tmp_path):
 
 
 def test_cuda_context_is_counted_once_per_gpu(smol):
-    one = estimate(smol, LoadConfig(n_ctx=2048, gpu_layers=-1))
-    two = estimate(smol, LoadConfig(n_ctx=2048, gpu_layers=-1), n_gpus=2)
-    assert one.vram.overhead_mb == CUDA_CONTEXT_MB
+    one = estimate(smol, LoadConfig(n_ctx=2048, gpu_layers=-1, flash_attn=True))
+    two = estimate(smol, LoadConfig(n_ctx=2048, gpu_layers=-1, flash_attn=True), n_gpus=2)
+    assert one.vram.overhead_mb == CUDA_CONTEXT_MB  # quantized weights, flash attention: no cuBLAS
     assert two.vram_mb - one.vram_mb == pytest.approx(CUDA_CONTEXT_MB)
+
+
+def test_cublas_costs_more_context(smol, untied):
+    """Attention without flash attention, or float weight matrices, run cuBLAS on CUDA."""
+    no_fa = estimate(smol, LoadConfig(n_ctx=2048, gpu_layers=-1))
+    assert no_fa.vram.overhead_mb == CUDA_CONTEXT_MB + CUBLAS_MB
+    f16 = estimate(untied, LoadConfig(n_ctx=512, gpu_layers=-1, flash_attn=True))
+    assert f16.vram.overhead_mb == CUDA_CONTEXT_MB + CUBLAS_MB
+    assert estimate(smol, LoadConfig(n_ctx=2048)).vram_mb == 0  # CPU only: no context at all
 
 
 class TestVerdicts:
@@ -133,11 +147,11 @@ class TestVerdicts:
         assert "lower n_ctx" in c.reason
 
     def test_forced_layers_that_do_not_fit_say_how_many_would(self, smol):
-        c = plan(smol, n_ctx=4096, free_vram_mb=[1000], free_ram_mb=16000, gpu_layers=-1)
+        c = plan(smol, n_ctx=4096, free_vram_mb=[1200], free_ram_mb=16000, gpu_layers=-1)
         assert c.verdict == "none" and re.search(r"at most \d+ layers fit", c.reason)
-        c = plan(smol, n_ctx=4096, free_vram_mb=[600], free_ram_mb=16000, gpu_layers=-1)
+        c = plan(smol, n_ctx=4096, free_vram_mb=[800], free_ram_mb=16000, gpu_layers=-1)
         assert c.verdict == "none" and "not even one layer fits" in c.reason
-        c = plan(smol, n_ctx=4096, free_vram_mb=[1000], free_ram_mb=16000, gpu_layers=3)
+        c = plan(smol, n_ctx=4096, free_vram_mb=[1200], free_ram_mb=16000, gpu_layers=3)
         assert (c.verdict, c.gpu_layers) == ("partial", 3)
 
     def test_quantized_kv_needs_flash_attention(self, smol):
@@ -149,7 +163,7 @@ class TestVerdicts:
 
     def test_two_gpus_pool_their_memory(self, smol):
         full = plan(smol, n_ctx=4096, free_vram_mb=[8000], free_ram_mb=16000)
-        half = (full.vram_mb + CUDA_CONTEXT_MB) / 2 + 256 + 10
+        half = (full.vram_mb + full.vram_breakdown.overhead_mb) / 2 + 256 + 10  # a context each
         assert plan(smol, n_ctx=4096, free_vram_mb=[half], free_ram_mb=16000).verdict == "partial"
         assert plan(smol, n_ctx=4096, free_vram_mb=[half, half], free_ram_mb=16000).verdict == "gpu"
 
@@ -165,7 +179,8 @@ def test_hf_estimates_scale_with_dtype_and_quantization(tmp_path):
     assert estimate(four, cfg).vram.weights_mb < w16 * 0.75
 
 
-LOG_SIZES = re.compile(r"(CPU_Mapped model|CPU KV|CPU compute|CPU  output) buffer size =\s+([\d.]+) MiB")
+LOG_SIZES = re.compile(r"(CPU_Mapped model|CPU_REPACK model|CPU KV|CPU compute|CPU  output) "
+                       r"buffer size =\s+([\d.]+) MiB")
 PROBE = """
 import sys, psutil
 from llama_cpp import Llama
@@ -176,16 +191,29 @@ print("RSS_GROWTH", (psutil.Process().memory_info().rss - rss) / 2**20, file=sys
 """
 
 
+@pytest.fixture(scope="module")
+def smol_q4_0(tmp_path_factory):
+    """SmolLM2's shape in Q4_0, zero-filled: llama.cpp repacks it on the CPU."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "gpu"))
+    from shapes import write
+
+    return info(write(tmp_path_factory.mktemp("q4_0"), "smollm2-135m", "Q4_0"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("n_ctx", [2048, 4096])
-def test_cpu_estimate_matches_what_llama_cpp_allocates(smol, n_ctx):
+@pytest.mark.parametrize("which", ["smol", "smol_q4_0"])
+def test_cpu_estimate_matches_what_llama_cpp_allocates(request, which, n_ctx):
     """Within 15% of llama.cpp's own buffer log, and never below the RSS growth."""
-    out = subprocess.run([sys.executable, "-c", PROBE, smol.path, str(n_ctx)],
+    model = request.getfixturevalue(which)
+    out = subprocess.run([sys.executable, "-c", PROBE, model.path, str(n_ctx)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    reported = sum(float(size) for _, size in LOG_SIZES.findall(out.stderr))
+    logged = LOG_SIZES.findall(out.stderr)
+    assert any(kind == "CPU_REPACK model" for kind, _ in logged) == (which == "smol_q4_0")
+    reported = sum(float(size) for _, size in logged)
     growth = float(re.search(r"RSS_GROWTH ([\d.]+)", out.stderr).group(1))
-    est = plan(smol, n_ctx=n_ctx, free_vram_mb=[], free_ram_mb=16000).ram_mb
+    est = plan(model, n_ctx=n_ctx, free_vram_mb=[], free_ram_mb=16000).ram_mb
     assert reported > 100
     assert abs(est - reported) / reported <= 0.15, (est, reported)
     assert est >= growth, (est, growth)

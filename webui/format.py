@@ -14,6 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from zwaif_fallback import ChatResult, Compatibility, ModelInfo, SystemStatus
+from zwaif_fallback.fit import layers_text
 
 MODEL_COLUMNS = ["name", "format", "source", "size", "quantization", "context", "fit"]
 BENCH_COLUMNS = ["model", "ok", "gen_tps", "prompt_tps", "ttft_s", "load_s", "response_time_s",
@@ -40,15 +41,6 @@ def size(mb: float | None) -> str:
     if mb < 1:
         return f"{mb * 1024:.0f} KiB"
     return f"{mb / 1024:.1f} GiB" if mb >= 1024 else f"{mb:.0f} MiB"
-
-
-def layers_text(fit: Compatibility) -> str:
-    """llama.cpp counts the output layer as one more than n_layers: all of them is n_layers + 1."""
-    if fit.gpu_layers > fit.n_layers:
-        return f"all {fit.n_layers} layers and the output layer on the GPU"
-    if fit.gpu_layers <= 0:
-        return f"none of {fit.n_layers} layers on the GPU (CPU only)"
-    return f"{fit.gpu_layers} of {fit.n_layers} layers on the GPU"
 
 
 def verdict_text(fit: Compatibility) -> str:

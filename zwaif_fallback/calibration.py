@@ -4,7 +4,12 @@ Whenever a model is really loaded, the memory the load added is stored beside
 the estimate for that model, configuration (n_ctx, flash attention, KV type) and
 device. Later estimates for the same triple are multiplied by measured/estimated:
 
-* on a GPU, NVML's per-process figure is the truth both ways (clamped to 0.5-2);
+* on a GPU, NVML's per-process figure is the truth both ways (clamped to 0.5-2). It is
+  compared with the estimate's buffers (weights, KV cache, compute), not its total: the
+  backend takes the runtime's own context out of the measurement, and the context at
+  a generation's peak is a constant of the card that calibration leaves alone. Models
+  whose buffers are estimated under ``MIN_GPU_BUFFERS_MB`` are not calibrated, since
+  the context's variation from card to card (tens of MiB) would dominate;
 * on the CPU, the resident-memory growth at load misses buffers that are not
   touched yet (the compute buffer), so it can only raise an estimate (1-2).
 
@@ -17,12 +22,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .fit import Compatibility
+from .memory import LoadConfig, estimate
 from .model_info import ModelInfo
 
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Calibration"]
+__all__ = ["MIN_GPU_BUFFERS_MB", "Calibration"]
+
+MIN_GPU_BUFFERS_MB = 512.0
 
 
 class Calibration:
@@ -40,16 +48,21 @@ class Calibration:
         """Store one real load: ``measured`` is (RAM, VRAM) in MiB that the load added."""
         model_key, config_key = self.keys(model, fit.n_ctx, fit.flash_attn, fit.kv_type)
         ram_mb, vram_mb = measured
-        if fit.gpu_layers > 0 and vram_mb:
-            self._store().add_calibration(model_key, config_key, device,
-                                          estimated_mb=fit.vram_mb, measured_mb=vram_mb)
-        elif fit.gpu_layers == 0 and ram_mb > 0:
+        # The plan may carry an earlier correction already: compare with the raw estimate.
+        raw = estimate(model, LoadConfig(n_ctx=fit.n_ctx, gpu_layers=fit.gpu_layers,
+                                         flash_attn=fit.flash_attn, kv_type=fit.kv_type))
+        if fit.gpu_layers > 0:
+            buffers = raw.vram_mb - raw.vram.overhead_mb
+            if vram_mb and vram_mb > 0 and buffers >= MIN_GPU_BUFFERS_MB:
+                self._store().add_calibration(model_key, config_key, device,
+                                              estimated_mb=buffers, measured_mb=vram_mb)
+        elif ram_mb > 0:
             self._store().add_calibration(model_key, config_key, "cpu",
-                                          estimated_mb=fit.ram_mb, measured_mb=ram_mb)
+                                          estimated_mb=raw.ram_mb, measured_mb=ram_mb)
 
     def scales(self, model: ModelInfo, n_ctx: int, flash_attn: bool, kv_type: str, *,
                gpu_device: str | None) -> tuple[float, float, bool]:
-        """(VRAM factor, RAM factor, whether any measurement exists) for this configuration."""
+        """(VRAM buffers factor, RAM factor, whether any measurement exists) for this configuration."""
         model_key, config_key = self.keys(model, n_ctx, flash_attn, kv_type)
         store = self._store()
         gpu = store.calibration(model_key, config_key, gpu_device) if gpu_device else None

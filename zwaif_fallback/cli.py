@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .errors import BackendUnavailable, FallbackError, InvalidSettings
-from .fit import KV_TYPES, Compatibility
+from .fit import KV_TYPES, Compatibility, layers_text
 from .hardware import SystemStatus
 from .logs import setup_logging
 from .manager import FallbackManager
@@ -382,9 +382,8 @@ def _format_check(c: Compatibility) -> str:
     return "\n".join([
         f"{c.model}: {c.verdict.upper()}" + ("" if c.compatible else " (does not fit)"),
         f"  {c.reason}",
-        f"  n_ctx {c.n_ctx}, {c.gpu_layers} of {c.n_layers} layers on the GPU"
-        + (" (+ output)" if c.gpu_layers > c.n_layers else "")
-        + f", KV {c.kv_type}, flash attention {'on' if c.flash_attn else 'off'}",
+        f"  n_ctx {c.n_ctx}, {layers_text(c)}, KV {c.kv_type}, "
+        f"flash attention {'on' if c.flash_attn else 'off'}",
         f"  VRAM {c.vram_mb:.0f} MiB, RAM {c.ram_mb:.0f} MiB = weights {b.weights_mb:.0f} + "
         f"KV {b.kv_mb:.0f} + compute {b.compute_mb:.0f} + overhead {b.overhead_mb:.0f} MiB",
     ])

@@ -34,6 +34,7 @@ __all__ = [
     "MemoryBreakdown",
     "estimate",
     "kv_cells",
+    "layers_text",
     "offloaded",
     "plan",
 ]
@@ -98,7 +99,8 @@ def plan(
         free_vram_mb: free VRAM of each usable GPU (empty: no GPU).
         free_ram_mb: RAM available to a new model.
         gpu_layers: force llama.cpp's n_gpu_layers; None picks the most that fits.
-        vram_scale, ram_scale: corrections measured on earlier real loads (calibration).
+        vram_scale, ram_scale: corrections measured on earlier real loads (calibration); the
+            VRAM one applies to the buffers, not to the runtime's context.
         calibrated: a real load of this model and configuration was measured.
 
     Returns:
@@ -120,7 +122,7 @@ def plan(
         est = estimate(model, config, n_gpus=budget.n_gpus)
         if vram_scale == 1.0 and ram_scale == 1.0:
             return est
-        return est.model_copy(update={"vram": est.vram.scaled(vram_scale),
+        return est.model_copy(update={"vram": est.vram.scaled(vram_scale, overhead=False),
                                       "ram": est.ram.scaled(ram_scale)})
 
     full = n_layers + 1
@@ -221,6 +223,18 @@ def _result(model: ModelInfo, verdict: Verdict, est: Estimate, budget: _Budget, 
         calibrated=budget.calibrated,
         reason=reason,
     )
+
+
+def layers_text(fit: Compatibility) -> str:
+    """Where the layers go, in llama.cpp's terms: it offloads the output layer first, so
+    n_gpu_layers = k puts the output layer and k - 1 blocks on the GPU."""
+    n = fit.n_layers
+    if fit.gpu_layers > n:
+        return f"all {n} layers and the output layer on the GPU"
+    if fit.gpu_layers <= 0:
+        return f"none of {n} layers on the GPU (CPU only)"
+    return (f"the output layer and {fit.gpu_layers - 1} of {n} layers on the GPU "
+            f"(n_gpu_layers {fit.gpu_layers})")
 
 
 def _gib(mb: float) -> str:

@@ -5,19 +5,33 @@ clock, no files, no probes.
 
 llama.cpp (GGUF) places memory like this, and the estimate follows it:
 
-* **Weights**, tensor by tensor at ggml's block sizes. With ``n_gpu_layers = k``
-  the *last* k blocks go to the GPU; ``k = n_layer + 1`` also moves the output
-  layer. The input embedding (``token_embd``) always stays on the CPU; when the
-  model ties its output to the embedding, llama.cpp loads a second copy of it
-  on the output layer's device.
+* **Weights**, tensor by tensor at ggml's block sizes. llama.cpp counts the
+  output layer as layer ``n_layer`` and offloads from the top: ``n_gpu_layers = k``
+  puts the output layer and the last ``k - 1`` blocks on the GPU ("offloaded
+  k/(n_layer+1) layers"). The input embedding (``token_embd``) always stays on
+  the CPU; when the model ties its output to the embedding, llama.cpp loads a
+  second copy of it on the output layer's device. On a CPU-only load, llama.cpp
+  repacks Q4_0, Q4_K and IQ4_NL weights into an interleaved copy for its AVX2/NEON
+  kernels (the ``CPU_REPACK`` buffer) while the mapped file stays resident: those
+  weights count twice.
 * **KV cache**, per layer on that layer's device: ``(n_embd_k_gqa + n_embd_v_gqa)``
   per cell at the KV type's block size, for ``n_ctx`` rounded up to the cache's
   padding.
 * **Compute buffers**, the peak of the graph reserved for one micro-batch: the
   attention scores (``n_ctx x n_ubatch x n_head`` floats, gone with flash
   attention), the logits (``n_vocab x n_ubatch``), the feed-forward activations.
-* **Runtime overhead**: a CUDA context costs ~0.55 GiB of VRAM before any model;
-  on the CPU the library, its threads and the vocabulary cost tens of MiB.
+* **Runtime overhead**: what a CUDA process holds besides llama.cpp's buffers at
+  the peak of a generation: the context and the kernels loaded on first use,
+  ~100 MiB more once cuBLAS runs (float weights, or attention without flash
+  attention). On the CPU the library, its threads and the vocabulary cost tens
+  of MiB.
+
+The GPU figures were measured on an NVIDIA H100 (driver 580, CUDA 13,
+llama-cpp-python 0.3.36): 56 loads of four model shapes, full and partial
+offload, flash attention off and on, f16/q8_0/q4_0 KV caches, estimate within
+2% of NVML's per-process peak (benchmarks/gpu/run.sh, benchmarks/compare_gpu.py).
+Other cards and drivers differ by tens of MiB in the context; calibration
+(calibration.py) corrects for what a real load measured.
 
 Hugging Face models: parameters x bytes per dtype (bitsandbytes 8/4-bit
 included), the KV cache, activations and torch's own overhead.
@@ -37,7 +51,16 @@ __all__ = ["Estimate", "LoadConfig", "MemoryBreakdown", "estimate", "kv_cells", 
 MIB = 1024 * 1024
 
 KV_PAD = 256  # llama.cpp rounds the KV cache's cell count up to a multiple of this
-CUDA_CONTEXT_MB = 560.0  # what a CUDA process holds before it allocates anything
+# NVML's per-process peak less llama.cpp's own CUDA buffers, on an H100: 598-602 MiB with
+# quantized weights and flash attention (MMQ and FA kernels only), 690-708 MiB once cuBLAS
+# runs. Right after loading, before the first kernels, it is ~523 MiB.
+CUDA_CONTEXT_MB = 600.0
+CUDA_LOAD_CONTEXT_MB = 523.0  # the same, right after a load (521-525 MiB over 56 loads)
+CUBLAS_MB = 100.0  # cuBLAS's kernels and workspace, when float matrices are multiplied
+TORCH_CUDA_CONTEXT_MB = 612.0  # torch 2.11 (CUDA 13) after its first allocation, same card
+_FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
+# Copied into CPU_REPACK on a CPU-only load (llama-cpp-python 0.3.36, AVX2 and AVX-512 here).
+_REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL"})
 CPU_RUNTIME_MB = 16.0  # llama.cpp's threads, graph metadata and bookkeeping on the host
 TORCH_CPU_RUNTIME_MB = 350.0  # torch + transformers resident before a model is built
 
@@ -73,8 +96,10 @@ class MemoryBreakdown(Model):
             overhead_mb=self.overhead_mb + other.overhead_mb,
         )
 
-    def scaled(self, factor: float) -> MemoryBreakdown:
-        return MemoryBreakdown(**{k: v * factor for k, v in self.model_dump().items()})
+    def scaled(self, factor: float, *, overhead: bool = True) -> MemoryBreakdown:
+        """Every part times ``factor``; the runtime's overhead too unless ``overhead=False``."""
+        return MemoryBreakdown(**{k: v if k == "overhead_mb" and not overhead else v * factor
+                                  for k, v in self.model_dump().items()})
 
     def rounded(self) -> MemoryBreakdown:
         return MemoryBreakdown(**{k: round(v, 1) for k, v in self.model_dump().items()})
@@ -118,10 +143,16 @@ def estimate(model: ModelInfo, config: LoadConfig, *, n_gpus: int = 1) -> Estima
 
 
 def offloaded(n_layers: int, gpu_layers: int) -> tuple[int, bool]:
-    """(blocks on the GPU, output layer on the GPU) for llama.cpp's n_gpu_layers."""
+    """(blocks on the GPU, output layer on the GPU) for llama.cpp's n_gpu_layers.
+
+    llama.cpp numbers the output layer ``n_layers`` and offloads layers from the top,
+    so the output layer goes first: k layers are the output layer and k - 1 blocks.
+    """
     if gpu_layers < 0 or gpu_layers > n_layers:
         return n_layers, True
-    return gpu_layers, False
+    if gpu_layers == 0:
+        return 0, False
+    return gpu_layers - 1, True
 
 
 def kv_cells(n_ctx: int) -> int:
@@ -132,7 +163,9 @@ def _estimate_gguf(model: ModelInfo, shape: ModelShape, config: LoadConfig, n_gp
     n_layers = model.n_layers or 0
     blocks_on_gpu, output_on_gpu = offloaded(n_layers, config.gpu_layers)
     first_gpu_block = n_layers - blocks_on_gpu
-    gpu_w = cpu_w = 0
+    gpu_w = cpu_w = repacked = 0
+    gpu_float_matrices = False
+    cpu_only = blocks_on_gpu == 0 and not output_on_gpu
     has_output = any(t.name == "output.weight" for t in shape.tensors)
     for t in shape.tensors:
         if t.layer is not None:
@@ -143,10 +176,14 @@ def _estimate_gguf(model: ModelInfo, shape: ModelShape, config: LoadConfig, n_gp
             on_gpu = False  # the input layer (token_embd, position embeddings) stays on the CPU
         if on_gpu:
             gpu_w += t.nbytes
+            gpu_float_matrices |= _is_float_matrix(t.dtype, t.name)
         else:
             cpu_w += t.nbytes
+            if cpu_only and t.dtype.upper() in _REPACKED_TYPES:
+                repacked += t.nbytes
         if t.name == "token_embd.weight" and not has_output and output_on_gpu:
             gpu_w += t.nbytes  # tied output: llama.cpp puts a copy on the output device
+            gpu_float_matrices |= _is_float_matrix(t.dtype, t.name)
 
     cells = kv_cells(config.n_ctx)
     kv_type = kv_type_id(config.kv_type)
@@ -163,17 +200,23 @@ def _estimate_gguf(model: ModelInfo, shape: ModelShape, config: LoadConfig, n_gp
     compute = _gguf_compute_mb(shape, cells, config)
     uses_gpu = blocks_on_gpu > 0 or output_on_gpu
     vram = MemoryBreakdown()
-    ram = MemoryBreakdown(weights_mb=cpu_w / MIB, kv_mb=cpu_kv / MIB,
+    ram = MemoryBreakdown(weights_mb=(cpu_w + repacked) / MIB, kv_mb=cpu_kv / MIB,
                           overhead_mb=CPU_RUNTIME_MB + _vocab_mb(shape) + _output_mb(shape))
     if uses_gpu:
+        cublas = gpu_float_matrices or not config.flash_attn
         vram = MemoryBreakdown(weights_mb=gpu_w / MIB, kv_mb=gpu_kv / MIB, compute_mb=compute,
-                               overhead_mb=CUDA_CONTEXT_MB * max(n_gpus, 1))
+                               overhead_mb=(CUDA_CONTEXT_MB + CUBLAS_MB * cublas) * max(n_gpus, 1))
         # The host keeps a pinned staging buffer for inputs and CPU-side ops.
         ram.compute_mb = _host_compute_mb(shape, config, all_on_gpu=output_on_gpu)
     else:
         ram.compute_mb = compute
     return Estimate(vram=vram, ram=ram, gpu_layers=blocks_on_gpu + int(output_on_gpu),
                     n_layers=n_layers, n_ctx=config.n_ctx)
+
+
+def _is_float_matrix(dtype: str, name: str) -> bool:
+    """A weight matrix that CUDA multiplies with cuBLAS (quantized ones use llama.cpp's MMQ)."""
+    return dtype.upper() in _FLOAT_TYPES and name.endswith(".weight") and "norm" not in name
 
 
 def _gguf_compute_mb(shape: ModelShape, cells: int, config: LoadConfig) -> float:
@@ -260,7 +303,7 @@ def _estimate_hf(model: ModelInfo, shape: ModelShape, config: LoadConfig, n_gpus
         vram = MemoryBreakdown(weights_mb=gpu_weights / MIB,
                                kv_mb=kv_per_layer * blocks_on_gpu / MIB,
                                compute_mb=activations / MIB,
-                               overhead_mb=CUDA_CONTEXT_MB * max(n_gpus, 1))
+                               overhead_mb=TORCH_CUDA_CONTEXT_MB * max(n_gpus, 1))
     else:
         ram.compute_mb = activations / MIB
     return Estimate(vram=vram, ram=ram, gpu_layers=blocks_on_gpu + int(output_on_gpu),

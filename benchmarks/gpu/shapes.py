@@ -62,7 +62,7 @@ def write(folder: Path, name: str, weight_type: str) -> Path:
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(f"{name} zeros")
     writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{weight_type}"))
-    writer.add_context_length(8192)
+    writer.add_context_length(32768)
     writer.add_embedding_length(e)
     writer.add_block_count(n_layer)
     writer.add_feed_forward_length(ff)

@@ -142,7 +142,8 @@ class LocalBackend(Backend):
         self._lock = threading.Lock()
         self.plan: Any = None  # the fit plan it was built from (the manager sets it)
         self.vram_probe: Callable[[int], float | None] | None = None
-        self.measured_mb: tuple[float, float | None] | None = None  # (RAM, VRAM) the last load added
+        # (RAM, VRAM) the last load added; the VRAM without the runtime's own GPU context
+        self.measured_mb: tuple[float, float | None] | None = None
 
     @property
     @abstractmethod
@@ -161,6 +162,11 @@ class LocalBackend(Backend):
                   cancel: threading.Event | None) -> Iterator[str]:
         """Yield the answer (the lock is held, the model is loaded)."""
 
+    # What the runtime's GPU context holds right after a process's first load, before any
+    # kernel ran (subclasses measure it); taken out of ``measured_mb`` so that a first load
+    # and a later one measure the same thing: the model's own buffers.
+    gpu_context_mb = 0.0
+
     def load(self) -> None:
         """Load the model and record the memory the load added (``measured_mb``)."""
         with self._lock:
@@ -174,7 +180,9 @@ class LocalBackend(Backend):
             self._load_locked()
             added_ram = (psutil.Process(pid).memory_info().rss - rss) / (1024 * 1024)
             now = self.vram_probe(pid) if self.vram_probe else None
-            added_vram = now - (vram or 0.0) if now is not None else None
+            added_vram = None
+            if now is not None:
+                added_vram = now - (vram or 0.0) - (0.0 if vram else self.gpu_context_mb)
             self.measured_mb = (added_ram, added_vram)
 
     def unload(self) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable, ModelLoadError
+from ..memory import CUDA_LOAD_CONTEXT_MB
 from .base import GenerationParams, LocalBackend, TargetFailed
 
 __all__ = ["LlamaCppBackend"]
@@ -36,7 +37,11 @@ _checked_lock = threading.Lock()
 # llama.cpp to check every tensor's shape and reserve its compute graph, which is where
 # a malformed file makes it abort.
 _PREFLIGHT = (
-    "import sys, llama_cpp\n"
+    "import ctypes, sys\n"
+    "if sys.platform == 'linux':\n"  # as _share_libstdcxx() does, without importing this package
+    "    try: ctypes.CDLL('libstdc++.so.6', mode=ctypes.RTLD_GLOBAL)\n"
+    "    except OSError: pass\n"
+    "import llama_cpp\n"
     "llama_cpp.llama_backend_init()\n"
     "params = llama_cpp.llama_model_default_params()\n"
     "params.n_gpu_layers = 0\n"
@@ -55,7 +60,27 @@ def _physical_cores() -> int:
     return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
 
 
+def _share_libstdcxx() -> None:
+    """Put the system's libstdc++ in the process's global symbol scope before llama.cpp loads.
+
+    A CUDA build of llama.cpp can carry its own copy of libstdc++ inside libggml-cuda.so
+    (nvcc links it statically) and export it. When numpy was imported first, libllama's
+    std::regex then picks up locale facets from both copies and the first tokenization
+    crashes the process with SIGSEGV. Seen on an H100 with CUDA 13 and numpy 2.5; loading
+    libstdc++ globally first makes every library bind to the one copy.
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
+    except OSError:  # no shared libstdc++ (a static build): nothing to share
+        pass
+
+
 def _import_llama() -> Any:
+    _share_libstdcxx()
     try:
         import llama_cpp
     except ImportError:
@@ -99,6 +124,8 @@ class LlamaCppBackend(LocalBackend):
         n_ctx, n_gpu_layers, flash_attn, kv_type: the load plan (llama.cpp's meanings).
         safe_load: check the file in a child process before the first load.
     """
+
+    gpu_context_mb = CUDA_LOAD_CONTEXT_MB
 
     def __init__(self, name: str, path: str, *, n_ctx: int = 4096, n_gpu_layers: int = 0,
                  flash_attn: bool = False, kv_type: str = "f16", n_threads: int | None = None,

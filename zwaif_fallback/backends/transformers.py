@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable, ModelLoadError
+from ..memory import TORCH_CUDA_CONTEXT_MB
 from .base import GenerationParams, LocalBackend, TargetFailed
 
 __all__ = ["TransformersBackend"]
@@ -42,6 +43,8 @@ class TransformersBackend(LocalBackend):
             on the CPU, more than ``n_layers`` puts it all on the GPU, in between
             lets accelerate split it.
     """
+
+    gpu_context_mb = TORCH_CUDA_CONTEXT_MB
 
     def __init__(self, name: str, path: str, *, gpu_layers: int = 0, n_layers: int = 0,
                  trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
