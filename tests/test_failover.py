@@ -113,6 +113,7 @@ def test_the_breaker_opens_and_then_no_request_is_sent(manager, proxy):
     assert proxy.requests == sent  # skipped: no request, no time lost
     skipped = result.attempts[0]
     assert skipped.latency_s == 0.0 and skipped.error.startswith("circuit open")
+    assert skipped.tries == 0  # nothing was sent
 
 
 def test_the_breaker_opening_calls_for_a_preload(manager):

@@ -103,6 +103,21 @@ def test_requests_and_failures_are_counted_per_attempt_and_target():
         not in samples
 
 
+def test_a_target_skipped_by_its_open_breaker_counts_a_skip_not_a_request():
+    skipped = Attempt(target=PRIMARY, source="primary", ok=False, latency_s=0.0, tries=0,
+                      error="circuit open: skipped (retry in 25 s)")
+    chat = ChatResult(text="Hi.", model=REMOTE, source="remote", fell_back=True,
+                      attempts=[skipped, attempt(REMOTE, "remote", True, 2)],
+                      ttft_s=0.1, latency_s=0.3, tokens=2)
+    metrics = Metrics()
+    metrics.record_chat(chat)
+    samples = scrape(metrics)
+    assert value(samples, "zwaif_breaker_skips_total", target=PRIMARY, source="primary") == 1
+    for name in ("zwaif_requests_total", "zwaif_failures_total"):
+        assert (name, frozenset({"target": PRIMARY, "source": "primary"}.items())) not in samples
+    assert value(samples, "zwaif_requests_total", target=REMOTE, source="remote") == 1
+
+
 def test_a_fallback_counts_one_failover_from_the_first_failed_target():
     metrics = Metrics()
     metrics.record_chat(fell_back_chat())

@@ -50,7 +50,7 @@ class Attempt(Model):
     ok: bool
     error: str | None = None
     latency_s: float
-    tries: int = 1
+    tries: int = 1  # requests sent; 0 when an open circuit breaker skipped the target
     tokens: int = 0
 
 
@@ -196,7 +196,8 @@ class FailoverChain:
                 state = target.breaker.snapshot()
                 run.attempts.append(Attempt(target=target.name, source=target.source, ok=False,
                                             error=f"circuit open: skipped (retry in "
-                                                  f"{state.retry_in_s:.0f} s)", latency_s=0.0))
+                                                  f"{state.retry_in_s:.0f} s)", latency_s=0.0,
+                                            tries=0))
                 continue
             yield from self._try(target, messages, params, run)
             if run.attempts[-1].ok:

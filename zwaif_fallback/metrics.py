@@ -8,7 +8,7 @@ collide. Two kinds of numbers:
   GPU, RAM, CPU and each circuit breaker. Nothing is sampled in between, so a
   scrape always sees the present; a callable that raises only drops its metrics
   from that scrape.
-* **Counted** by ``record_chat``: requests, failures, failovers, mid-stream
+* **Counted** by ``record_chat``: requests, failures, breaker skips, failovers, mid-stream
   switches and generated tokens, plus the generation speed gauge.
 
 Labels hold only target names (URLs, model names), sources and GPU names and
@@ -147,6 +147,8 @@ class Metrics:
                                  by_target, registry=self.registry)
         self._failures = Counter("zwaif_failures", "Failed attempts on a failover target",
                                  by_target, registry=self.registry)
+        self._skips = Counter("zwaif_breaker_skips", "Attempts not sent because the target's "
+                              "circuit breaker was open", by_target, registry=self.registry)
         self._failovers = Counter("zwaif_failovers", "Chats answered after a target failed, "
                                   "by the first target that failed", ["from_target"], registry=self.registry)
         self._switches = Counter("zwaif_switches", "Streamed answers continued by another target",
@@ -165,6 +167,9 @@ class Metrics:
         """
         counted = 0
         for attempt in result.attempts:
+            if attempt.tries == 0:  # skipped by an open breaker: nothing was sent, nothing failed
+                self._skips.labels(attempt.target, attempt.source).inc()
+                continue
             self._requests.labels(attempt.target, attempt.source).inc()
             if not attempt.ok:
                 self._failures.labels(attempt.target, attempt.source).inc()
