@@ -34,9 +34,9 @@ def estimated(results: Path, work: Path) -> Iterator[tuple[dict, Estimate | None
     catalog, settings = Catalog(), FallbackSettings(scan_system_stores=False)
     models = {}
     for line in results.read_text().splitlines():
-        row = json.loads(line) if line.strip() else None
-        if row is None:
+        if not line.strip():
             continue
+        row = json.loads(line)
         if not row.get("ok"):
             yield row, None
             continue

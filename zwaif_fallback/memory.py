@@ -28,8 +28,8 @@ llama.cpp (GGUF) places memory like this, and the estimate follows it:
 
 The GPU figures were measured on an NVIDIA H100 (driver 580, CUDA 13,
 llama-cpp-python 0.3.36): 56 loads of four model shapes, full and partial
-offload, flash attention off and on, f16/q8_0/q4_0 KV caches, estimate within
-2% of NVML's per-process peak (benchmarks/gpu/run.sh, benchmarks/compare_gpu.py).
+offload, flash attention off and on, f16/q8_0/q4_0 KV caches: estimate / NVML's
+per-process peak 0.987-1.010 (benchmarks/gpu/run.sh, benchmarks/compare_gpu.py).
 Other cards and drivers differ by tens of MiB in the context; calibration
 (calibration.py) corrects for what a real load measured.
 
