@@ -4,6 +4,8 @@
 * ``FaultProxy``: a real HTTP proxy in front of it that can pass, answer 500,
   cut the stream after N events, or stall after N events.
 * ``HangServer``: a socket that accepts connections and never answers.
+* ``ScriptedServer``: an OpenAI-compatible server that streams a fixed answer, with
+  usage when asked, or refuses ``stream_options`` as servers that predate it do.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class FaultProxy:
         self.fail_first = 0
         self.requests = 0
         self.forwarded: list[str] = []  # the content pieces sent downstream, last request
+        self.last_body: bytes | None = None  # the last request's body, as the client sent it
         self._release = threading.Event()
         proxy = self
 
@@ -111,6 +114,7 @@ class FaultProxy:
             def _forward(self, body: bytes | None) -> None:
                 proxy.requests += 1
                 proxy.forwarded = []
+                proxy.last_body = body
                 if proxy.fail_first > 0 or proxy.mode in ("500", "400"):
                     status = 400 if proxy.mode == "400" else 500
                     proxy.fail_first = max(proxy.fail_first - 1, 0)
@@ -205,6 +209,57 @@ class HangServer:
         self.sock.close()
         for conn in self._held:
             conn.close()
+
+
+class ScriptedServer:
+    """Streams ``pieces`` for every chat completion; records each request's body."""
+
+    def __init__(self, pieces: list[str], *, prompt_tokens: int = 11,
+                 refuse_stream_options: bool = False) -> None:
+        self.bodies: list[dict[str, object]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                server.bodies.append(body)
+                if refuse_stream_options and "stream_options" in body:
+                    self._send(400, "application/json", json.dumps({"error": {
+                        "message": "Unrecognized request argument supplied: stream_options"}}).encode())
+                    return
+                events = [{"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
+                          for p in pieces]
+                events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    events.append({"choices": [], "usage": {
+                        "prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
+                        "total_tokens": prompt_tokens + len(pieces)}})
+                stream = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+                self._send(200, "text/event-stream", stream.encode())
+
+            def _send(self, status: int, content_type: str, payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def refused_url() -> str:

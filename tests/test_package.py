@@ -19,8 +19,10 @@ def test_all_is_sorted_and_complete():
 def test_the_design_api_is_exported():
     for name in ("FallbackManager", "FallbackSettings", "FallbackError", "ModelNotFound",
                  "IncompatibleModel", "ModelLoadError", "AllTargetsFailed", "InvalidSettings",
-                 "InvalidModelFile"):
+                 "InvalidModelFile", "try_fallbacks"):
         assert name in zwaif_fallback.__all__
+    for method in ("chat_completion", "stream_chat_completion", "chat", "stream_chat"):
+        assert callable(getattr(zwaif_fallback.FallbackManager, method))
     for name in zwaif_fallback.__all__:
         obj = getattr(zwaif_fallback, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
@@ -28,7 +30,7 @@ def test_the_design_api_is_exported():
 
 
 def test_import_is_cheap_and_configures_nothing():
-    code = ("import logging, sys, zwaif_fallback; from zwaif_fallback import FallbackManager; "
+    code = ("import logging, sys, zwaif_fallback; from zwaif_fallback import FallbackManager, try_fallbacks; "
             f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules)); "
             "print(len(logging.getLogger().handlers), "
             "len(logging.getLogger('zwaif_fallback').handlers))")

@@ -2,7 +2,9 @@
 
 Importing this package is cheap: names load on first use (PEP 562), and nothing
 imports torch, transformers, llama_cpp, gradio or NVML until a feature needs it.
-Hosts import it in their LLM call path.
+Hosts import it in their LLM call path: ``try_fallbacks(request)`` answers an OpenAI
+chat-completions dict on a default manager, ``FallbackManager.chat_completion`` and
+``stream_chat_completion`` on one the host owns.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .errors import (
 if _typing.TYPE_CHECKING:
     from .bench import BenchmarkResult
     from .catalog import Catalog
+    from .default import try_fallbacks
     from .failover import Attempt, ChatResult, Switch
     from .fit import Compatibility, Estimate, LoadConfig, MemoryBreakdown, estimate, plan
     from .hardware import GPUInfo, HardwareProbe, SystemStatus
@@ -44,6 +47,7 @@ _WHERE = {
     "LoadConfig": "fit", "MemoryBreakdown": "fit", "ModelInfo": "model_info",
     "ModelShape": "model_info", "MonitoringReport": "monitor", "Optimization": "health",
     "Switch": "failover", "SystemStatus": "hardware", "estimate": "fit", "plan": "fit",
+    "try_fallbacks": "default",
 }
 
 
@@ -91,4 +95,5 @@ __all__ = [
     "SystemStatus",
     "estimate",
     "plan",
+    "try_fallbacks",
 ]

@@ -25,16 +25,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field
 
 from ._model import Model
-from .backends.base import GenerationParams, TargetFailed
+from .backends.base import GenerationParams, TargetFailed, Usage
 from .breaker import CircuitBreaker
 from .errors import AllTargetsFailed, FallbackError
 
-__all__ = ["Attempt", "ChatResult", "FailoverChain", "Switch", "Target"]
+__all__ = ["Attempt", "ChatResult", "FailoverChain", "Piece", "Switch", "Target"]
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,23 @@ class ChatResult(Model):
     tokens: int
     switches: list[Switch] = Field(default_factory=list)
     finish_reason: str = "stop"
+    #: the prompt as the answering target counted it (with any continued text); None when
+    #: that target cannot say (the host's callable, a server that sends no usage)
+    prompt_tokens: int | None = None
+    #: the answer's tokens as each target that gave a part of it counted them (pieces
+    #: for a part whose target could not say)
+    completion_tokens: int = 0
+
+    def usage(self) -> dict[str, int] | None:
+        """OpenAI's ``usage`` object, or None when the prompt's token count is unknown."""
+        if self.prompt_tokens is None:
+            return None
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
 
     def to_openai(self) -> dict[str, Any]:
-        """The answer as an OpenAI ``chat.completion`` object."""
-        return {
+        """The answer as an OpenAI ``chat.completion`` object (``usage`` only when known)."""
+        completion: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -88,9 +101,11 @@ class ChatResult(Model):
                 "message": {"role": "assistant", "content": self.text},
                 "finish_reason": self.finish_reason,
             }],
-            "usage": {"prompt_tokens": 0, "completion_tokens": self.tokens,
-                      "total_tokens": self.tokens},
         }
+        usage = self.usage()
+        if usage is not None:
+            completion["usage"] = usage
+        return completion
 
 
 @dataclass
@@ -107,6 +122,13 @@ class Target:
     breaker: CircuitBreaker | None = None
     guarded: bool = True
     on_breaker_open: Callable[[], None] | None = None
+
+
+class Piece(NamedTuple):
+    """A piece of the answer and the target that gave it."""
+
+    text: str
+    target: Target
 
 
 _END = object()
@@ -158,6 +180,7 @@ class _Run:
     attempts: list[Attempt] = field(default_factory=list)
     switches: list[Switch] = field(default_factory=list)
     last_target: str | None = None
+    completion_tokens: int = 0  # of the parts delivered by targets before the current one
 
 
 class FailoverChain:
@@ -185,6 +208,11 @@ class FailoverChain:
         Raises:
             AllTargetsFailed: no target could finish the answer (``attempts`` says why).
         """
+        return (piece.text for piece in self.pieces(messages, params, targets, done))
+
+    def pieces(self, messages: list[dict[str, str]], params: GenerationParams,
+               targets: Iterable[Target], done: Callable[[ChatResult], None]) -> Iterator[Piece]:
+        """Like ``stream``, with the target that gave each piece."""
         run = _Run(started=self._clock())
         locals_tried = 0
         for target in targets:
@@ -199,19 +227,23 @@ class FailoverChain:
                                                   f"{state.retry_in_s:.0f} s)", latency_s=0.0,
                                             tries=0))
                 continue
-            yield from self._try(target, messages, params, run)
+            usage = Usage()
+            for text in self._try(target, messages, params, run, usage):
+                yield Piece(text, target)
             if run.attempts[-1].ok:
-                done(self._result(run, target, params))
+                done(self._result(run, target, params, usage))
                 return
+            if run.attempts[-1].tokens:  # a part of the answer came from this target
+                run.completion_tokens += _counted(usage, run.attempts[-1].tokens)
         raise AllTargetsFailed(run.attempts)
 
     def _try(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
-             run: _Run) -> Iterator[str]:
+             run: _Run, usage: Usage) -> Iterator[str]:
         start, produced, tries = self._clock(), 0, [0]
         prefix = run.text
         try:
-            pieces = (self._guarded(target, messages, params, prefix, tries) if target.guarded
-                      else self._direct(target, messages, params, prefix, tries))
+            pieces = (self._guarded(target, messages, params, prefix, tries, usage) if target.guarded
+                      else self._direct(target, messages, params, prefix, tries, usage))
             for piece in pieces:
                 if produced == 0 and run.last_target is not None and run.text:
                     run.switches.append(Switch(at_char=len(run.text), from_target=run.last_target,
@@ -241,10 +273,10 @@ class FailoverChain:
                                     tokens=produced))
 
     def _direct(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
-                prefix: str, tries: list[int]) -> Iterator[str]:
+                prefix: str, tries: list[int], usage: Usage) -> Iterator[str]:
         tries[0] = 1
         try:
-            yield from target.stream(messages, params, prefix=prefix)
+            yield from target.stream(messages, params, prefix=prefix, usage=usage)
         except TargetFailed:
             raise
         except FallbackError as exc:  # its message already says what went wrong
@@ -253,7 +285,7 @@ class FailoverChain:
             raise TargetFailed(f"{type(exc).__name__}: {exc}") from exc
 
     def _guarded(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
-                 prefix: str, tries: list[int]) -> Iterator[str]:
+                 prefix: str, tries: list[int], usage: Usage) -> Iterator[str]:
         import stamina
 
         deadline = self._clock() + self.timeout_s
@@ -268,7 +300,7 @@ class FailoverChain:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise TargetFailed(f"no answer within the {self.timeout_s:g} s deadline")
-                pump = self._open(target, messages, params, prefix, remaining)
+                pump = self._open(target, messages, params, prefix, remaining, usage)
                 try:
                     first = pump.next(remaining, "answer")
                 except TargetFailed:
@@ -285,11 +317,11 @@ class FailoverChain:
 
     @staticmethod
     def _open(target: Target, messages: list[dict[str, str]], params: GenerationParams,
-              prefix: str, deadline_s: float) -> _Pump:
+              prefix: str, deadline_s: float, usage: Usage) -> _Pump:
         return _Pump(lambda cancel: target.stream(messages, params, prefix=prefix,
-                                                  deadline_s=deadline_s, cancel=cancel))
+                                                  deadline_s=deadline_s, cancel=cancel, usage=usage))
 
-    def _result(self, run: _Run, target: Target, params: GenerationParams) -> ChatResult:
+    def _result(self, run: _Run, target: Target, params: GenerationParams, usage: Usage) -> ChatResult:
         return ChatResult(
             text=run.text,
             model=target.name,
@@ -301,4 +333,11 @@ class FailoverChain:
             tokens=run.tokens,
             switches=run.switches,
             finish_reason="length" if run.attempts[-1].tokens >= params.max_tokens else "stop",
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=run.completion_tokens + _counted(usage, run.attempts[-1].tokens),
         )
+
+
+def _counted(usage: Usage, pieces: int) -> int:
+    """The tokens a target reported for its part, or its pieces when it reported none."""
+    return usage.completion_tokens if usage.completion_tokens is not None else pieces

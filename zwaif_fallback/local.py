@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .backends.base import Backend, GenerationParams, LocalBackend
+from .backends.base import Backend, GenerationParams, LocalBackend, Usage
 from .calibration import Calibration
 from .errors import InvalidSettings
 from .fit import KV_TYPES, Compatibility, plan
@@ -136,10 +136,11 @@ class LocalModels:
         return f"gpu:{gpus[0].name}" if gpus else "cpu"
 
     def stream(self, model: ModelInfo, messages: list[dict[str, str]],
-                      params: GenerationParams, *, prefix: str = "", **_: Any) -> Iterator[str]:
+                      params: GenerationParams, *, prefix: str = "", usage: Usage | None = None,
+                      **_: Any) -> Iterator[str]:
         with self.pool.use(model) as backend:
             self.ensure_reaper()
-            yield from backend.stream(messages, params, prefix=prefix)
+            yield from backend.stream(messages, params, prefix=prefix, usage=usage)
 
     def ranked(self) -> list[ModelInfo]:
         with self._ranking_lock:

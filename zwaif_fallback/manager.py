@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import completions
 from .backends.base import GenerationParams, Message, check_messages
 from .catalog import Catalog
 from .errors import AllTargetsFailed, IncompatibleModel, InvalidModelFile, InvalidSettings
-from .failover import ChatResult, FailoverChain
+from .failover import ChatResult, FailoverChain, Piece
 from .fit import Compatibility
 from .hardware import HardwareProbe, SystemStatus
 from .local import LocalModels
@@ -223,7 +224,7 @@ class FallbackManager:
             InvalidSettings: bad messages or generation options.
         """
         results: list[ChatResult] = []
-        for _ in self._answer(messages, primary, gen, results.append):
+        for _ in self._answer(messages, primary, None, gen, results.append):
             pass
         return results[0]
 
@@ -233,10 +234,40 @@ class FallbackManager:
 
         Bad input raises here, before the first piece.
         """
-        return self._answer(messages, primary, gen, None)
+        return (piece.text for piece in self._answer(messages, primary, None, gen, None))
 
-    def _answer(self, messages: Sequence[Message], primary: Primary, gen: dict[str, Any],
-                done: Callable[[ChatResult], None] | None) -> Iterator[str]:
+    def chat_completion(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer an OpenAI chat-completions request through the failover chain.
+
+        Args:
+            request: ``{"messages": [...], "model"?, "max_tokens"?, "temperature"?, "top_p"?,
+                "stop"?, "seed"?, ...}`` as a host sends it to its OpenAI-compatible API;
+                ``model`` goes to the primary, and a local model of that name is tried first.
+
+        Returns:
+            An OpenAI ``chat.completion`` dict (``usage`` with real token counts when the
+            answering target knows them), or, when the request is bad or no target could
+            answer, ``{"error": {"message", "type", "param", "code"}, "attempts": [...]}``.
+            It never raises.
+        """
+        return completions.chat_completion(self._answer_request, request)
+
+    def stream_chat_completion(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Answer as OpenAI ``chat.completion.chunk`` dicts; never raises.
+
+        Each chunk's ``model`` is the target that gave its piece; the last has
+        ``finish_reason`` and ``x_fallback`` (who answered, the attempts, any switch);
+        ``stream_options.include_usage`` adds a usage chunk. A bad request, or no target
+        able to answer, ends the stream with one error object (as ``chat_completion``).
+        """
+        return completions.stream_chat_completion(self._answer_request, request)
+
+    def _answer_request(self, messages: list[dict[str, str]], model: str | None, gen: dict[str, Any],
+                        done: Callable[[ChatResult], None]) -> Iterator[Piece]:
+        return self._answer(messages, None, model, gen, done)
+
+    def _answer(self, messages: Sequence[Message], primary: Primary, model: str | None,
+                gen: dict[str, Any], done: Callable[[ChatResult], None] | None) -> Iterator[Piece]:
         checked = check_messages(messages)
         params = GenerationParams.from_kwargs(**gen)
         settings = self._settings
@@ -246,7 +277,7 @@ class FallbackManager:
             raise InvalidSettings("primary must be a base URL, a callable, or None")
         chain = FailoverChain(timeout_s=settings.timeout, max_retries=settings.max_retries,
                               auto_switch=settings.auto_switch, clock=self._clock)
-        targets = self._router.targets(settings, primary)
+        targets = self._router.targets(settings, primary, model=model)
 
         def finished(result: ChatResult) -> None:
             self._last.result = result
@@ -254,9 +285,9 @@ class FallbackManager:
             if done is not None:
                 done(result)
 
-        return self._metered(chain.stream(checked, params, targets, finished))
+        return self._metered(chain.pieces(checked, params, targets, finished))
 
-    def _metered(self, pieces: Iterator[str]) -> Iterator[str]:
+    def _metered(self, pieces: Iterator[Piece]) -> Iterator[Piece]:
         meter = self._telemetry.meter
         try:
             for piece in pieces:

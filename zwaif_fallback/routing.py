@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
-from .backends.base import Backend
 from .backends.host import HostBackend
 from .backends.openai import OpenAIBackend
 from .breaker import BreakerState, CircuitBreaker
@@ -59,9 +58,12 @@ class Router:
         self._clock = clock
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
-        self._remotes: dict[tuple[str, str, str], Backend] = {}
+        self._remotes: dict[tuple[str, str, str], OpenAIBackend] = {}
 
-    def targets(self, settings: FallbackSettings, primary: Primary) -> Iterator[Target]:
+    def targets(self, settings: FallbackSettings, primary: Primary, *,
+                model: str | None = None) -> Iterator[Target]:
+        """The targets of one chat, in order. ``model`` (a request's model name) goes to a URL
+        primary in place of ``primary_model``, and a local model of that name is tried first."""
         if primary is None and settings.primary_url:
             primary = settings.primary_url
         if callable(primary):
@@ -70,15 +72,20 @@ class Router:
                          breaker=self.breaker(f"host:{host.name}"),
                          on_breaker_open=self._on_primary_down)
         elif primary:
-            yield self._remote_target(settings, str(primary), "primary")
+            yield self._remote_target(settings, str(primary), "primary", model=model)
         for url in settings.remote_urls:
             yield self._remote_target(settings, url, "remote")
         current = self._current()
-        if current is not None:
-            yield self._local_target(current)
-        for model in self._ranked():
-            if current is None or model.path != current.path:
-                yield self._local_target(model)
+        named = next((m for m in self._ranked() if m.name == model), None) if model else None
+        tried: set[str] = set()
+        for candidate in self._local_order(named, current):
+            if candidate is not None and candidate.path not in tried:
+                tried.add(candidate.path)
+                yield self._local_target(candidate)
+
+    def _local_order(self, *first: ModelInfo | None) -> Iterator[ModelInfo | None]:
+        yield from first
+        yield from self._ranked()  # only now: a chain that never gets here never ranks
 
     def breaker(self, name: str) -> CircuitBreaker:
         with self._lock:
@@ -97,22 +104,25 @@ class Router:
         for backend in remotes:
             backend.close()
 
-    def _remote_target(self, settings: FallbackSettings, url: str, source: str) -> Target:
+    def _remote_target(self, settings: FallbackSettings, url: str, source: str, *,
+                       model: str | None = None) -> Target:
+        """A server target; ``model`` is the request's model name for this call only."""
         try:
             url = validate_field("primary_url", url)
         except InvalidSettings as exc:
             raise InvalidSettings(f"primary {exc}") from None
         is_primary = source == "primary"
-        model = settings.primary_model if is_primary else ""
+        configured = settings.primary_model if is_primary else ""
         key = settings.primary_api_key.get_secret_value() if is_primary else ""
         with self._lock:
-            backend = self._remotes.get((url, model, key))
+            backend = self._remotes.get((url, configured, key))
             if backend is None:
-                backend = OpenAIBackend(url, model=model, api_key=key, source=source,
+                backend = OpenAIBackend(url, model=configured, api_key=key, source=source,
                                         read_timeout_s=settings.timeout + 5.0)
-                self._remotes[(url, model, key)] = backend
+                self._remotes[(url, configured, key)] = backend
+        stream = partial(backend.stream, model=model) if model and is_primary else backend.stream
         return Target(name=url, source="primary" if is_primary else "remote",
-                      stream=backend.stream, breaker=self.breaker(url),
+                      stream=stream, breaker=self.breaker(url),
                       on_breaker_open=self._on_primary_down if is_primary else None)
 
     def _local_target(self, model: ModelInfo) -> Target:

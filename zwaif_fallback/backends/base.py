@@ -12,6 +12,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
@@ -19,7 +20,7 @@ from pydantic import Field, ValidationError, field_validator
 from .._model import Model
 from ..errors import InvalidSettings
 
-__all__ = ["Backend", "GenerationParams", "LocalBackend", "Message", "TargetFailed",
+__all__ = ["Backend", "GenerationParams", "LocalBackend", "Message", "TargetFailed", "Usage",
            "check_messages"]
 
 Message = Mapping[str, Any]
@@ -33,6 +34,18 @@ class TargetFailed(Exception):
         super().__init__(message)
         self.retryable = retryable
         self.fast = fast  # the target is down for sure (connection refused): do not wait on it
+
+
+@dataclass
+class Usage:
+    """Token counts of one answer, filled in by the backend that gives it.
+
+    None means the runtime cannot say (the host's own callable, a server that sends no
+    usage): callers report nothing rather than a guess.
+    """
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class GenerationParams(Model):
@@ -106,11 +119,12 @@ class Backend(ABC):
     @abstractmethod
     def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
                prefix: str = "", deadline_s: float | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str]:
+               cancel: threading.Event | None = None, usage: Usage | None = None) -> Iterator[str]:
         """Yield the answer piece by piece, continuing after ``prefix``.
 
         ``deadline_s`` is how long the caller will wait for the first piece;
-        ``cancel`` is set when the caller gives up (free sockets, stop early).
+        ``cancel`` is set when the caller gives up (free sockets, stop early);
+        ``usage`` receives the token counts where the runtime knows them.
         Raises TargetFailed when the target cannot answer.
         """
 
@@ -159,8 +173,9 @@ class LocalBackend(Backend):
 
     @abstractmethod
     def _generate(self, messages: list[dict[str, str]], params: GenerationParams, prefix: str,
-                  cancel: threading.Event | None) -> Iterator[str]:
-        """Yield the answer (the lock is held, the model is loaded)."""
+                  cancel: threading.Event | None, usage: Usage) -> Iterator[str]:
+        """Yield the answer and count its tokens into ``usage`` (the lock is held, the
+        model is loaded)."""
 
     # What the runtime's GPU context holds right after a process's first load, before any
     # kernel ran (subclasses measure it); taken out of ``measured_mb`` so that a first load
@@ -204,7 +219,7 @@ class LocalBackend(Backend):
 
     def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
                prefix: str = "", deadline_s: float | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str]:
+               cancel: threading.Event | None = None, usage: Usage | None = None) -> Iterator[str]:
         from ..errors import ModelLoadError
 
         with self._lock:
@@ -212,4 +227,5 @@ class LocalBackend(Backend):
                 self._load_locked()
             except ModelLoadError as exc:
                 raise TargetFailed(str(exc)) from exc
-            yield from self._generate(messages, params, prefix, cancel)
+            yield from self._generate(messages, params, prefix, cancel,
+                                      usage if usage is not None else Usage())

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .base import Backend, GenerationParams, TargetFailed
+from .base import Backend, GenerationParams, TargetFailed, Usage
 
 __all__ = ["HostBackend"]
 
@@ -25,7 +25,8 @@ class HostBackend(Backend):
 
     def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
                prefix: str = "", deadline_s: float | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str]:
+               cancel: threading.Event | None = None, usage: Usage | None = None) -> Iterator[str]:
+        # The host's callable returns text only: ``usage`` stays unknown rather than guessed.
         sent = messages + ([{"role": "assistant", "content": prefix}] if prefix else [])
         gen = params.model_dump(exclude_none=True)
         if not gen.get("stop"):

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import BackendUnavailable
-from .base import Backend, GenerationParams, TargetFailed
+from .base import Backend, GenerationParams, TargetFailed, Usage
 
 __all__ = ["OpenAIBackend"]
 
@@ -40,17 +40,21 @@ class OpenAIBackend(Backend):
         self._read_timeout_s = read_timeout_s
         self._client: Any = None
         self._client_lock = threading.Lock()
+        # Servers that predate ``stream_options`` may refuse it; once one has, it is not sent again.
+        self._usage_option = True
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIBackend({self.base_url!r}, model={self.model!r})"
 
     def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
                prefix: str = "", deadline_s: float | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str]:
+               cancel: threading.Event | None = None, usage: Usage | None = None,
+               model: str | None = None) -> Iterator[str]:
+        """Stream one answer; ``model`` replaces the configured model name for this call."""
         import httpx
 
         body: dict[str, Any] = {
-            "model": self.model or "default",
+            "model": model or self.model or "default",
             "messages": messages + ([{"role": "assistant", "content": prefix}] if prefix else []),
             "stream": True,
             "max_tokens": params.max_tokens,
@@ -66,17 +70,28 @@ class OpenAIBackend(Backend):
             headers["Authorization"] = f"Bearer {self._api_key}"
         connect = min(deadline_s or 10.0, 10.0)
         timeout = httpx.Timeout(connect=connect, read=self._read_timeout_s, write=connect, pool=connect)
+        usage = usage if usage is not None else Usage()
         try:
-            with self._http().stream("POST", f"{self.base_url}/chat/completions", json=body,
-                                     headers=headers, timeout=timeout) as response:
-                if cancel is not None:
-                    _close_on(cancel, response)
-                if response.status_code >= 400:
-                    raise _status_error(response)
-                if "text/event-stream" not in response.headers.get("content-type", ""):
-                    yield _whole_answer(response)  # a server that ignores stream=true
+            for ask_usage in ((True, False) if self._usage_option else (False,)):
+                if ask_usage:
+                    body["stream_options"] = {"include_usage": True}
+                else:
+                    body.pop("stream_options", None)
+                with self._http().stream("POST", f"{self.base_url}/chat/completions", json=body,
+                                         headers=headers, timeout=timeout) as response:
+                    if cancel is not None:
+                        _close_on(cancel, response)
+                    if response.status_code >= 400:
+                        failure = _status_error(response)
+                        if ask_usage and "stream_options" in str(failure) and not failure.retryable:
+                            self._usage_option = False  # an older server: ask again without it
+                            continue
+                        raise failure
+                    if "text/event-stream" not in response.headers.get("content-type", ""):
+                        yield _whole_answer(response, usage)  # a server that ignores stream=true
+                        return
+                    yield from _events(response, usage)
                     return
-                yield from _events(response)
         except httpx.HTTPError as exc:
             raise _transport_error(exc, self.base_url) from None
 
@@ -110,7 +125,7 @@ def _close_on(cancel: threading.Event, response: Any) -> None:
     threading.Thread(target=watch, daemon=True, name="zwaif-http-cancel").start()
 
 
-def _events(response: Any) -> Iterator[str]:
+def _events(response: Any, usage: Usage) -> Iterator[str]:
     finished = False
     for line in response.iter_lines():
         if not line.startswith("data:"):
@@ -124,6 +139,7 @@ def _events(response: Any) -> Iterator[str]:
             raise TargetFailed(f"the server sent malformed JSON: {payload[:80]!r}") from None
         if isinstance(event, dict) and event.get("error"):
             raise TargetFailed(f"the server reported: {_error_text(event)}", retryable=True)
+        _read_usage(event, usage)
         piece = _delta(event)
         if piece:
             yield piece
@@ -149,11 +165,24 @@ def _delta(event: Any) -> str:
     return delta.get("content") or choice.get("text") or ""
 
 
-def _whole_answer(response: Any) -> str:
+def _whole_answer(response: Any, usage: Usage) -> str:
     try:
-        return _delta(json.loads(response.read()))
+        answer = json.loads(response.read())
     except ValueError:
         raise TargetFailed("the server answered with something that is not JSON") from None
+    _read_usage(answer, usage)
+    return _delta(answer)
+
+
+def _read_usage(event: Any, usage: Usage) -> None:
+    """Copy the server's token counts (its last chunk, with ``include_usage``) into ``usage``."""
+    counts = event.get("usage") if isinstance(event, dict) else None
+    if not isinstance(counts, dict):
+        return
+    for field in ("prompt_tokens", "completion_tokens"):
+        value = counts.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            setattr(usage, field, value)
 
 
 def _error_text(event: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import BackendUnavailable, ModelLoadError
 from ..memory import TORCH_CUDA_CONTEXT_MB
-from .base import GenerationParams, LocalBackend, TargetFailed
+from .base import GenerationParams, LocalBackend, TargetFailed, Usage
 
 __all__ = ["TransformersBackend"]
 
@@ -115,7 +115,7 @@ class TransformersBackend(LocalBackend):
             return len(ids["input_ids"] if isinstance(ids, dict) else ids)
 
     def _generate(self, messages: list[dict[str, str]], params: GenerationParams, prefix: str,
-                  cancel: threading.Event | None) -> Iterator[str]:
+                  cancel: threading.Event | None, usage: Usage) -> Iterator[str]:
         torch, transformers = _import()
         tok, model = self._tokenizer, self._model
         try:
@@ -123,6 +123,8 @@ class TransformersBackend(LocalBackend):
         except (ValueError, TypeError) as exc:  # no chat template in the tokenizer
             raise TargetFailed(f"{self.name} has no usable chat template: {exc}") from exc
         inputs = tok(prompt + prefix, return_tensors="pt", add_special_tokens=False).to(model.device)
+        prompt_len = usage.prompt_tokens = int(inputs["input_ids"].shape[-1])
+        usage.completion_tokens = 0
         streamer = transformers.TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         sample = params.temperature > 0
         options: dict[str, Any] = dict(
@@ -137,7 +139,11 @@ class TransformersBackend(LocalBackend):
         stop = threading.Event()  # set when the reader goes away: generation ends early
 
         class _Abandoned(transformers.StoppingCriteria):  # type: ignore[name-defined]
-            def __call__(self, *args: Any, **kwargs: Any) -> bool:
+            """Ends generation when the reader has gone; counts the tokens made so far
+            (transformers calls it once per new token, with the whole sequence)."""
+
+            def __call__(self, input_ids: Any, *args: Any, **kwargs: Any) -> bool:
+                usage.completion_tokens = int(input_ids.shape[-1]) - prompt_len
                 return stop.is_set()
 
         options["stopping_criteria"] = transformers.StoppingCriteriaList([_Abandoned()])

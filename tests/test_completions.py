@@ -1,0 +1,278 @@
+"""The host's call path: OpenAI request dicts in, OpenAI response dicts out, never an exception.
+
+The answers come from a real ``llama_cpp.server`` primary and the bundled SmolLM2; each
+response is checked with the ``openai`` package's own types, as a host's client would read it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from builders import write_gguf
+from conftest import ROOT
+from servers import FaultProxy, LlamaServer, ScriptedServer, refused_url
+
+from zwaif_fallback import FallbackManager, FallbackSettings
+
+openai_types = pytest.importorskip("openai.types.chat")
+ChatCompletion = openai_types.ChatCompletion
+ChatCompletionChunk = openai_types.ChatCompletionChunk
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1"
+ASK = [{"role": "user", "content": "Name three colours."}]
+REQUEST = {"messages": ASK, "max_tokens": 24, "temperature": 0.0, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def server(smollm2: Path) -> Any:
+    srv = LlamaServer(smollm2).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def proxy(server: LlamaServer) -> Any:
+    p = FaultProxy(server.port)
+    yield p
+    p.close()
+
+
+def make_manager(root: Path, **settings: Any) -> FallbackManager:
+    models = root / "models"
+    models.mkdir(exist_ok=True)
+    defaults: dict[str, Any] = dict(
+        timeout=5, max_retries=2, models_dir=models, scan_system_stores=False, keep_alive=0,
+        preferred_model=SMOL, settings_file=root / "settings.json", data_dir=root / "data")
+    return FallbackManager(FallbackSettings(**{**defaults, **settings}), background=False)
+
+
+@pytest.fixture
+def manager(isolated: Path) -> Any:
+    with make_manager(isolated) as m:
+        yield m
+
+
+@pytest.fixture
+def fronted(isolated: Path, proxy: FaultProxy) -> Any:
+    """A manager whose primary is the llama.cpp server, behind the fault proxy."""
+    with make_manager(isolated, primary_url=proxy.url) as m:
+        yield m
+
+
+def text_of(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
+
+
+# -- the whole answer ---------------------------------------------------------------------
+
+
+def test_a_healthy_primary_answers_as_an_openai_completion(fronted: FallbackManager, proxy: FaultProxy):
+    response = fronted.chat_completion({**REQUEST, "model": "the-hosts-model"})
+    completion = ChatCompletion.model_validate(response)
+    assert completion.model == proxy.url
+    assert completion.choices[0].message.content == "".join(proxy.forwarded)
+    assert json.loads(proxy.last_body or b"{}")["model"] == "the-hosts-model"  # passed on as given
+    # llama_cpp.server sends no usage in a stream: nothing is made up in its place.
+    assert completion.usage is None
+
+
+def test_a_server_that_reports_usage_passes_its_counts_on(isolated: Path):
+    server = ScriptedServer(["Red, ", "green ", "and blue."], prompt_tokens=17)
+    try:
+        with make_manager(isolated, primary_url=server.url) as manager:
+            completion = ChatCompletion.model_validate(manager.chat_completion(REQUEST))
+    finally:
+        server.close()
+    assert completion.choices[0].message.content == "Red, green and blue."
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (17, 3)
+    assert server.bodies[0]["stream_options"] == {"include_usage": True}
+
+
+def test_a_server_that_refuses_stream_options_is_asked_again_without_them(isolated: Path):
+    server = ScriptedServer(["Red."], refuse_stream_options=True)
+    try:
+        with make_manager(isolated, primary_url=server.url) as manager:
+            first = manager.chat_completion(REQUEST)
+            second = manager.chat_completion(REQUEST)
+    finally:
+        server.close()
+    assert first["model"] == second["model"] == server.url and "usage" not in first
+    assert ["stream_options" in b for b in server.bodies] == [True, False, False]
+
+
+def test_a_stopped_primary_falls_back_with_real_token_counts(manager: FallbackManager, smollm2: Path):
+    response = manager.chat_completion({**REQUEST, "model": "gpt-4o"})
+    completion = ChatCompletion.model_validate(response)
+    assert completion.model == SMOL and completion.choices[0].message.content
+    assert completion.choices[0].finish_reason == "length"
+
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(smollm2), n_ctx=512, verbose=False)
+    direct = llm.create_chat_completion(ASK, max_tokens=24, temperature=0.0, seed=1)
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == direct["usage"]["prompt_tokens"]
+    assert completion.usage.completion_tokens == direct["usage"]["completion_tokens"] == 24
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + 24
+
+
+def test_nothing_able_to_answer_gives_an_error_object_listing_the_attempts(isolated: Path):
+    models = isolated / "models"
+    models.mkdir()
+    write_gguf(models / "broken.gguf", n_embd=64, n_head=4, n_head_kv=3)  # 64 % 3: bad K/V shape
+    with make_manager(isolated, auto_switch=False, preferred_model="broken",
+                      primary_url=refused_url()) as manager:
+        response = manager.chat_completion(REQUEST)
+        chunks = list(manager.stream_chat_completion(REQUEST))
+    assert "choices" not in response
+    assert response["error"]["code"] == "all_targets_failed"
+    error = response["error"]
+    assert error["type"] == "server_error" and "connection refused" in error["message"]
+    assert [a["ok"] for a in response["attempts"]] == [False, False]
+    assert response["attempts"][1]["target"] == "broken"
+    assert chunks == [{**chunks[0], "error": response["error"]}] and len(chunks[0]["attempts"]) == 2
+
+
+# -- the stream ----------------------------------------------------------------------------
+
+
+def test_stream_chunks_are_openai_chunks_and_add_up_to_the_completion(manager: FallbackManager):
+    request = {**REQUEST, "stream": True, "stream_options": {"include_usage": True}}
+    chunks = list(manager.stream_chat_completion(request))
+    parsed = [ChatCompletionChunk.model_validate(c) for c in chunks]
+    assert parsed[0].choices[0].delta.role == "assistant"
+    assert len({c.id for c in parsed}) == 1
+    *answer, last, usage = parsed
+    assert all(c.choices[0].finish_reason is None for c in answer)
+    assert last.choices[0].finish_reason == "length" and chunks[-2]["x_fallback"]["source"] == "local"
+    assert usage.choices == [] and usage.usage is not None and usage.usage.completion_tokens == 24
+    assert all(c.usage is None for c in parsed[:-1])
+
+    whole = ChatCompletion.model_validate(manager.chat_completion(REQUEST))
+    assert text_of(chunks) == whole.choices[0].message.content
+    assert whole.usage == usage.usage
+
+
+def test_without_include_usage_a_stream_has_no_usage_chunk(manager: FallbackManager):
+    chunks = list(manager.stream_chat_completion(REQUEST))
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert all("usage" not in c for c in chunks)
+
+
+def test_a_stream_cut_mid_answer_is_continued_with_each_piece_named(fronted: FallbackManager,
+                                                                    proxy: FaultProxy):
+    proxy.mode, proxy.after = "cut", 3
+    chunks = list(fronted.stream_chat_completion(REQUEST))
+    for chunk in chunks:
+        ChatCompletionChunk.model_validate(chunk)
+    sources = [c["model"] for c in chunks[:-1]]
+    assert sources[:3] == [proxy.url] * 3 and set(sources[3:]) == {SMOL}
+    text = text_of(chunks)
+    assert text.startswith("".join(proxy.forwarded)) and len(text) > len("".join(proxy.forwarded))
+    info = chunks[-1]["x_fallback"]
+    assert info["model"] == SMOL and info["fell_back"]
+    assert info["switches"] == [{"at_char": len("".join(proxy.forwarded)), "from_target": proxy.url,
+                                 "to_target": SMOL}]
+
+
+def test_the_model_field_picks_a_local_model_first(isolated: Path):
+    (isolated / "models").mkdir()
+    write_gguf(isolated / "models" / "tiny.gguf")
+    with make_manager(isolated) as manager:
+        assert manager.chat_completion(REQUEST)["model"] == SMOL  # the preferred model
+        assert manager.chat_completion({**REQUEST, "model": "tiny"})["model"] == "tiny"
+
+
+# -- bad requests ----------------------------------------------------------------------------
+
+MESSAGE = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.mark.parametrize(("request_", "param"), [
+    (None, "request"),
+    ("Hello", "request"),
+    ([{"role": "user", "content": "Hi"}], "request"),
+    ({}, "messages"),
+    ({"messages": "Hello"}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "Hi"}]}, "messages"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages"),
+    ({"messages": MESSAGE, "model": 5}, "model"),
+    ({"messages": MESSAGE, "max_tokens": -1}, "max_tokens"),
+    ({"messages": MESSAGE, "max_completion_tokens": 0}, "max_completion_tokens"),
+    ({"messages": MESSAGE, "max_tokens": "many"}, "max_tokens"),
+    ({"messages": MESSAGE, "temperature": float("nan")}, "temperature"),
+    ({"messages": MESSAGE, "temperature": "hot"}, "temperature"),
+    ({"messages": MESSAGE, "top_p": 0}, "top_p"),
+    ({"messages": MESSAGE, "stop": 5}, "stop"),
+    ({"messages": MESSAGE, "seed": "lucky"}, "seed"),
+    ({"messages": MESSAGE, "stream_options": "yes"}, "stream_options"),
+])
+def test_a_bad_request_gets_an_error_naming_the_field(manager: FallbackManager, request_: Any, param: str):
+    response = manager.chat_completion(request_)
+    assert response["error"]["type"] == "invalid_request_error"
+    assert response["error"]["param"] == param and response["error"]["message"]
+    assert list(manager.stream_chat_completion(request_)) == [response]
+
+
+def test_unknown_fields_are_ignored_with_one_debug_line(manager: FallbackManager, caplog: Any):
+    with caplog.at_level(logging.DEBUG, logger="zwaif_fallback.completions"):
+        response = manager.chat_completion({**REQUEST, "logit_bias": {"1": 5}, "user": "abc",
+                                            "presence_penalty": 0.5})
+    assert "choices" in response
+    lines = [r.getMessage() for r in caplog.records if r.name == "zwaif_fallback.completions"]
+    assert lines == ["chat completion: ignoring field(s) logit_bias, presence_penalty, user"]
+
+
+# -- try_fallbacks, in a host process ------------------------------------------------------
+
+HOST = """
+import json, sys
+from zwaif_fallback import try_fallbacks   # the one line a host changes
+
+for line in sys.stdin:
+    fallback_request = json.loads(line)
+    fallback_response = try_fallbacks(fallback_request)
+    if isinstance(fallback_response, dict) and "choices" in fallback_response:
+        print(json.dumps({"said": fallback_response["choices"][0]["message"]["content"],
+                          "by": fallback_response["model"]}), flush=True)
+    else:
+        print(json.dumps({"failed": fallback_response}), flush=True)
+"""
+
+
+def test_try_fallbacks_answers_a_hosts_request_before_and_after_its_primary_stops(
+        isolated: Path, smollm2: Path):
+    server = LlamaServer(smollm2).start()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FALLBACK_PRIMARY_URL": server.url,
+           "FALLBACK_TIMEOUT": "10", "FALLBACK_MODELS_DIR": str(isolated / "models"),
+           "FALLBACK_SCAN_SYSTEM_STORES": "false", "FALLBACK_DATA_DIR": str(isolated / "data"),
+           "FALLBACK_SETTINGS_FILE": str(isolated / "settings.json")}
+    # Z-WAIF's own request: messages, max_tokens, temperature and its stopping strings.
+    request = json.dumps({"messages": ASK, "max_tokens": 24, "temperature": 0.0,
+                          "stop": ["\nUser:", "<|im_end|>"]})
+    host = subprocess.Popen([sys.executable, "-c", HOST], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env, cwd=isolated)
+    try:
+        assert host.stdin is not None and host.stdout is not None
+        host.stdin.write(request + "\n")
+        host.stdin.flush()
+        first = json.loads(host.stdout.readline())
+        server.stop()
+        host.stdin.write(request + "\n")
+        host.stdin.close()
+        second = json.loads(host.stdout.readline())
+        assert host.wait(timeout=60) == 0
+    finally:
+        server.stop()
+        host.kill()
+    assert first["by"] == server.url and first["said"]
+    assert second["by"] == SMOL and second["said"]

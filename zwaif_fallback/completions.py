@@ -1,0 +1,184 @@
+"""OpenAI chat-completions dicts in and out: the call path a host already has.
+
+A host that talks to an OpenAI-compatible API builds a request dict and reads
+``response["choices"][0]["message"]["content"]``. These functions take that same dict,
+answer through the failover chain, and give back what OpenAI would: a
+``chat.completion``, or ``chat.completion.chunk`` dicts for a stream. They never
+raise: a host's call site tests for ``"choices"``, so a bad request or a chain with
+no target left comes back as an OpenAI error object that lists the attempts.
+
+Fields read: messages, model, max_tokens (or max_completion_tokens), temperature,
+top_p, stop, seed, stream, stream_options. Others are ignored, with a debug line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .backends.base import GenerationParams, check_messages
+from .errors import AllTargetsFailed, FallbackError, InvalidSettings
+from .failover import Attempt, ChatResult, Piece
+
+__all__ = ["Answer", "BadRequestField", "CompletionRequest", "chat_completion", "error_object",
+           "fallback_info", "parse_request", "stream_chat_completion"]
+
+log = logging.getLogger(__name__)
+
+READ_FIELDS = frozenset({"messages", "model", "max_tokens", "max_completion_tokens", "temperature",
+                         "top_p", "stop", "seed", "stream", "stream_options"})
+GEN_FIELDS = ("temperature", "top_p", "stop", "seed")
+
+#: ``answer(messages, model, gen, done)``: the manager's failover chain, piece by piece
+Answer = Callable[[list[dict[str, str]], str | None, dict[str, Any], Callable[[ChatResult], None]],
+                  Iterator[Piece]]
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """A request dict, checked: what the failover chain needs to answer it."""
+
+    messages: list[dict[str, str]]
+    model: str | None
+    gen: dict[str, Any]
+    include_usage: bool
+
+
+class BadRequestField(InvalidSettings):
+    """A request field with a wrong value; ``param`` names it, as OpenAI's errors do."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message if message.startswith(param) else f"{param}: {message}")
+        self.param = param
+
+
+def parse_request(request: Any) -> CompletionRequest:
+    """Check an OpenAI chat-completions request.
+
+    Raises:
+        InvalidSettings: a field is missing or wrong; the message names it.
+    """
+    if not isinstance(request, Mapping):
+        raise BadRequestField("request", f"must be a dict with 'messages', not {type(request).__name__}")
+    unknown = sorted(str(k) for k in request if k not in READ_FIELDS)
+    if unknown:
+        log.debug("chat completion: ignoring field(s) %s", ", ".join(unknown))
+    if "messages" not in request:
+        raise BadRequestField("messages", "missing: give a list of {'role': ..., 'content': ...}")
+    try:
+        messages = check_messages(request["messages"])
+    except InvalidSettings as exc:
+        raise BadRequestField("messages", str(exc)) from None
+    model = request.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequestField("model", f"must be text, not {type(model).__name__}")
+    gen = {k: request[k] for k in GEN_FIELDS if request.get(k) is not None}
+    limit = "max_completion_tokens" if request.get("max_completion_tokens") is not None else "max_tokens"
+    if request.get(limit) is not None:
+        gen["max_tokens"] = request[limit]
+    try:
+        GenerationParams.from_kwargs(**gen)  # refuse bad values here, naming the request's field
+    except InvalidSettings as exc:
+        field = exc.problems[0].split("=", 1)[0] if exc.problems else "request"
+        raise BadRequestField(limit if field == "max_tokens" else field, str(exc)) from None
+    options = request.get("stream_options")
+    if options is not None and not isinstance(options, Mapping):
+        raise BadRequestField("stream_options", "must be a dict such as {'include_usage': true}")
+    return CompletionRequest(messages=messages, model=model or None, gen=gen,
+                             include_usage=bool(options and options.get("include_usage")))
+
+
+def chat_completion(answer: Answer, request: Any) -> dict[str, Any]:
+    """The whole answer as a ``chat.completion`` dict (with ``x_fallback``: who answered and
+    how), or an error object; never raises."""
+    try:
+        checked = parse_request(request)
+        results: list[ChatResult] = []
+        for _ in answer(checked.messages, checked.model, checked.gen, results.append):
+            pass
+        return {**results[0].to_openai(), "x_fallback": fallback_info(results[0])}
+    except Exception as exc:  # the host's call site must get a dict, whatever happened
+        return error_object(exc)
+
+
+def stream_chat_completion(answer: Answer, request: Any) -> Iterator[dict[str, Any]]:
+    """``chat.completion.chunk`` dicts as the answer comes; never raises.
+
+    The first chunk carries the role and ``x_fallback`` with the source and model of the
+    target that began the answer; each chunk's ``model`` is the target that gave its
+    piece. The last chunk has ``finish_reason`` and ``x_fallback`` (who answered, the
+    attempts, where a switch happened), which OpenAI clients ignore. With
+    ``stream_options.include_usage``, every chunk has ``usage: None`` and one more chunk
+    with no choices carries the counts, as OpenAI sends them (when the answering target
+    knows its prompt's tokens). When no target can answer, or the request is bad, the
+    stream ends with one error object instead.
+    """
+    try:
+        checked = parse_request(request)
+    except InvalidSettings as exc:
+        yield error_object(exc)
+        return
+    chunk_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    extra = {"usage": None} if checked.include_usage else {}
+
+    def chunk(model: str, delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
+        return {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+
+    results: list[ChatResult] = []
+    first = True
+    try:
+        for piece in answer(checked.messages, checked.model, checked.gen, results.append):
+            if first:
+                first = False
+                opening = chunk(piece.target.name, {"role": "assistant", "content": piece.text})
+                opening["x_fallback"] = {"source": piece.target.source, "model": piece.target.name}
+                yield opening
+            else:
+                yield chunk(piece.target.name, {"content": piece.text})
+    except Exception as exc:  # after the first piece too: the stream ends with the error
+        yield error_object(exc)
+        return
+    result = results[0]
+    last = chunk(result.model, {"role": "assistant", "content": ""} if first else {},
+                 result.finish_reason)
+    last["x_fallback"] = fallback_info(result)
+    yield last
+    usage = result.usage()
+    if checked.include_usage and usage is not None:
+        yield {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
+               "model": result.model, "choices": [], "usage": usage}
+
+
+def fallback_info(result: ChatResult) -> dict[str, Any]:
+    """Who answered and how: the ``x_fallback`` field of a stream's last chunk."""
+    return {"source": result.source, "model": result.model, "fell_back": result.fell_back,
+            "switches": [s.model_dump() for s in result.switches],
+            "attempts": [a.model_dump() for a in result.attempts]}
+
+
+def error_object(exc: BaseException) -> dict[str, Any]:
+    """An OpenAI error object for ``exc``, with the chain's attempts when there were some."""
+    attempts: list[Attempt] = list(getattr(exc, "attempts", []) or [])
+    if isinstance(exc, InvalidSettings):
+        error = {"message": str(exc), "type": "invalid_request_error",
+                 "param": getattr(exc, "param", None), "code": "invalid_value"}
+    elif isinstance(exc, AllTargetsFailed):
+        error = {"message": str(exc), "type": "server_error", "param": None,
+                 "code": "all_targets_failed"}
+    elif isinstance(exc, FallbackError):
+        error = {"message": str(exc), "type": "server_error", "param": None,
+                 "code": _snake(type(exc).__name__)}
+    else:
+        log.exception("chat completion failed unexpectedly")
+        error = {"message": f"internal error: {type(exc).__name__}: {exc}", "type": "server_error",
+                 "param": None, "code": "internal_error"}
+    return {"error": error, "attempts": [a.model_dump() for a in attempts]}
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
