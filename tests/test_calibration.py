@@ -72,10 +72,9 @@ def test_small_models_are_not_calibrated_on_a_gpu(tiny_gguf, calibration):
 
 
 def test_a_load_measures_the_models_buffers_not_the_runtimes_context(tiny_gguf):
-    backend = LlamaCppBackend("tiny", str(tiny_gguf), n_ctx=256)
     # NVML's per-process figure: nothing before the first load, the context and 300 MiB after.
     readings = iter([None, CUDA_LOAD_CONTEXT_MB + 300.0])
-    backend.vram_probe = lambda pid: next(readings)
+    backend = LlamaCppBackend("tiny", str(tiny_gguf), n_ctx=256, vram_probe=lambda pid: next(readings))
     backend.load()
     assert backend.measured_mb[1] == pytest.approx(300.0)
     backend.unload()

@@ -94,6 +94,24 @@ def test_settings_set_json_and_reset(isolated):
     assert data["settings"]["timeout"] == 30
 
 
+def test_a_settings_file_that_cannot_be_written_is_a_failed_operation(isolated):
+    (isolated / "blocker").write_text("a file where the settings folder should be")
+    result = run_cli("--settings-file", str(isolated / "blocker" / "s.json"), "settings", "--set",
+                     "timeout=12", cwd=isolated)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: cannot write settings to " in result.stderr
+
+
+def test_a_metrics_port_in_use_is_a_failed_operation(isolated):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli("--metrics-port", str(taken.getsockname()[1]), "status", cwd=isolated)
+    assert result.returncode == 1 and "pick another port" in result.stderr
+
+
 def test_settings_json_reports_a_corrupt_file(isolated):
     (isolated / "fallback_settings.json").write_text("{oops")
     result = run_cli("settings", "--json", cwd=isolated)

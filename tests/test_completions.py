@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -276,3 +277,14 @@ def test_try_fallbacks_answers_a_hosts_request_before_and_after_its_primary_stop
         host.kill()
     assert first["by"] == server.url and first["said"]
     assert second["by"] == SMOL and second["said"]
+
+
+def test_a_cancelled_stream_stops_and_frees_the_model(manager: FallbackManager):
+    cancel = threading.Event()
+    chunks = manager.stream_chat_completion({**REQUEST, "max_tokens": 400}, cancel=cancel)
+    assert next(chunks)["choices"][0]["delta"]["content"]
+    cancel.set()
+    rest = list(chunks)  # ends at once, with no finish_reason and no error: the reader is gone
+    assert len(rest) <= 1 and all("error" not in c for c in rest)
+    again = manager.chat_completion(REQUEST)
+    assert again["choices"][0]["finish_reason"] == "length"

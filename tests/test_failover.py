@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 from builders import write_gguf
-from conftest import run_cli
+from conftest import local_models, run_cli
 from servers import FaultProxy, HangServer, LlamaServer, refused_url, wait_until
 
 from zwaif_fallback import AllTargetsFailed, FallbackManager, FallbackSettings, InvalidSettings
+from zwaif_fallback.backends.base import GenerationParams
+from zwaif_fallback.failover import FailoverChain
+from zwaif_fallback.routing import Router
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 ASK = [{"role": "user", "content": "Name three colours."}]
@@ -116,14 +119,11 @@ def test_the_breaker_opens_and_then_no_request_is_sent(manager, proxy):
     assert skipped.tries == 0  # nothing was sent
 
 
-def test_the_breaker_opening_calls_for_a_preload(manager):
-    url = refused_url()
-    target = next(manager._router.targets(manager.settings, url))
+def test_the_breaker_opening_calls_for_a_preload():
     opened = []
-    target.on_breaker_open = lambda: opened.append(True)
-    from zwaif_fallback.backends.base import GenerationParams
-    from zwaif_fallback.failover import FailoverChain
-
+    router = Router(local_stream=lambda *a, **k: iter(()), current=lambda: None, ranked=list,
+                    on_primary_down=lambda: opened.append(True))
+    target = next(router.targets(FallbackSettings(), refused_url()))
     chain = FailoverChain(timeout_s=5, max_retries=3)
     for _ in range(3):
         with pytest.raises(AllTargetsFailed):
@@ -131,11 +131,28 @@ def test_the_breaker_opening_calls_for_a_preload(manager):
     assert opened == [True]  # once, when it opened
 
 
-def test_a_preload_loads_the_best_local_model(manager):
-    assert manager.current_model is None
-    manager._local.preload_async()
-    wait_until(lambda: manager._pool.is_loaded(), timeout_s=60, what="the preload")
-    assert manager.current_model.name == SMOL
+def test_a_preload_loads_the_best_local_model(isolated):
+    settings = FallbackSettings(models_dir=isolated / "models", scan_system_stores=False,
+                                keep_alive=0, preferred_model=SMOL)
+    with local_models(settings) as local:
+        assert local.current is None
+        local.preload_async()
+        wait_until(lambda: local.loaded, timeout_s=60, what="the preload")
+        assert local.current.name == SMOL
+
+
+def test_a_refused_connection_is_known_by_its_type_not_its_text():
+    import httpx
+
+    from zwaif_fallback.backends.openai import _transport_error
+
+    try:
+        httpx.get(refused_url() + "/models", timeout=5)
+    except httpx.ConnectError as exc:
+        refused = _transport_error(exc, "u")
+    assert refused.fast and not refused.retryable  # down for sure: no retries, no waiting
+    worded = httpx.ConnectError("the proxy said: connection refused")  # text only, no OS error
+    assert not _transport_error(worded, "u").fast
 
 
 def test_a_cut_stream_is_continued_by_the_next_target(manager, proxy):

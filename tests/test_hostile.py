@@ -146,7 +146,7 @@ def test_a_full_disk_never_breaks_the_chat_path(isolated):
     run = subprocess.run([sys.executable, "-c", FULL_DISK, refused_url()], capture_output=True,
                          text=True, cwd=isolated, timeout=300)
     assert "ANSWER local True" in run.stdout, run.stderr[-2000:]
-    assert "SAVE InvalidSettings" in run.stdout
+    assert "SAVE StorageError" in run.stdout
 
 
 def test_an_unwritable_logs_folder_does_not_stop_the_cli(isolated):
@@ -245,7 +245,7 @@ def test_every_ui_handler_answers_every_hostile_value(handlers, isolated):
                     method(*[value] * len(params))
                     calls += 1
         _, management, health = handlers
-        for job in list(management.manager._steering.jobs.values()):
+        for job in management.manager.jobs():
             job.cancel()
         try:
             health.stop_monitoring()

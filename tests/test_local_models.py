@@ -7,6 +7,7 @@ import threading
 import psutil
 import pytest
 from builders import write_gguf, write_hf_chat_model, write_sparse_gguf
+from conftest import local_models
 from servers import wait_until
 
 from zwaif_fallback import FallbackManager, FallbackSettings, IncompatibleModel
@@ -110,13 +111,16 @@ def test_twenty_switches_do_not_leak_memory(models_dir):
 
 
 def test_an_idle_model_is_unloaded_and_reloaded_on_demand(models_dir):
-    with make(models_dir, keep_alive=1) as manager:
-        manager.chat(ask("hi"), **GEN)
-        assert manager._pool.is_loaded()
-        wait_until(lambda: not manager._pool.is_loaded(), timeout_s=15, what="keep_alive unload")
-        assert manager.current_model.name == SMOL  # still the current model, just unloaded
-        assert manager.chat(ask("hi"), **GEN).model == SMOL
-        assert manager._pool.is_loaded()
+    settings = FallbackSettings(models_dir=models_dir, scan_system_stores=False, keep_alive=1)
+    with local_models(settings) as local:
+        smol = local.valid(SMOL)
+        params = GenerationParams(**GEN)
+        assert "".join(local.stream(smol, ask("hi"), params))
+        assert local.loaded
+        wait_until(lambda: not local.loaded, timeout_s=15, what="keep_alive unload")
+        assert local.current.name == SMOL  # still the current model, just unloaded
+        assert "".join(local.stream(smol, ask("hi"), params))
+        assert local.loaded
 
 
 def test_switch_model_persists_the_preferred_model(models_dir):

@@ -12,7 +12,15 @@ from conftest import run_cli
 from fake_nvml.pynvml import FakeNvml
 from servers import free_port, refused_url, wait_until
 
-from zwaif_fallback import FallbackManager, FallbackSettings, HardwareProbe, ModelNotFound
+from zwaif_fallback import (
+    Busy,
+    FallbackManager,
+    FallbackSettings,
+    HardwareProbe,
+    JobNotFound,
+    ModelNotFound,
+    NotStarted,
+)
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 
@@ -89,6 +97,14 @@ def test_benchmarks_run_as_jobs_with_progress_and_cancel(models_dir):
         assert job.status().state == "cancelled"
         with pytest.raises(ModelNotFound):
             manager.start_benchmark("nope")
+        assert [j.name for j in manager.jobs()] == ["benchmark random-tiny", "benchmark all models"]
+        assert manager.job(job.id) is job
+
+
+def test_an_unknown_job_id_is_a_lookup_error_naming_the_id(models_dir):
+    with make(models_dir) as manager, pytest.raises(JobNotFound, match="no job with id 'nope'") as info:
+        manager.job("nope")
+    assert isinstance(info.value, LookupError) and info.value.exit_code == 2
 
 
 def test_history_is_shared_between_processes(isolated, models_dir):
@@ -150,6 +166,20 @@ def test_health_with_a_simulated_gpu(models_dir):
     assert any("needs" in r and "GiB" in r for r in report.recommendations), report.recommendations
 
 
+def test_performance_stats_sum_up_benchmarks_attempts_and_samples(models_dir):
+    with make(models_dir) as manager:
+        manager.benchmark("random-tiny")
+        manager.switch_model("random-tiny", persist=False)
+        manager.chat([{"role": "user", "content": "hi"}], primary=refused_url(), max_tokens=4)
+        stats = manager.performance_stats()
+        report = manager.health()
+    assert stats.current_model == "random-tiny" and stats.current_benchmark.gen_tps > 0
+    assert (stats.benchmarked_models, stats.benchmark_runs) == (1, 1)
+    assert (stats.attempts_last_hour, stats.failed_last_hour) == (2, 1)
+    assert stats.background_samples == 0 and stats.background_summary == {}
+    assert stats.recommendations == report.recommendations
+
+
 def test_health_changes_nothing(models_dir):
     with make(models_dir) as manager:
         manager.health()
@@ -177,6 +207,20 @@ def test_monitoring_starts_reports_live_and_stops_early(models_dir):
         assert report.stopped_early and not report.running
         assert set(report.summary) >= {"ram_used_mb", "cpu_percent", "tokens_per_s"}
         assert manager.monitor_history()[0]["stopped_early"] is True
+
+
+def test_monitoring_refuses_a_second_session_and_a_stop_before_a_start(models_dir):
+    with make(models_dir) as manager:
+        with pytest.raises(NotStarted, match="no monitoring session was started") as info:
+            manager.stop_monitoring()
+        assert info.value.exit_code == 2
+        with pytest.raises(NotStarted):
+            manager.monitoring_report()
+        manager.start_monitoring(10, interval_s=1)
+        with pytest.raises(Busy, match="already running; stop it first") as busy:
+            manager.start_monitoring(10, interval_s=1)
+        assert busy.value.exit_code == 1
+        manager.stop_monitoring()
 
 
 def test_monitoring_refuses_bad_durations(models_dir):
@@ -258,17 +302,26 @@ def test_auto_optimize_follows_a_change_of_free_vram(models_dir):
     import threading
 
     from zwaif_fallback.fit import CUDA_CONTEXT_MB
+    from zwaif_fallback.optimizer import watch_fits
 
     nvml = FakeNvml([{"name": "NVIDIA Test", "total_mb": 16000, "used_mb": 15900}])
     with make(models_dir, probe=HardwareProbe(nvml=nvml, ttl_s=0.0)) as manager:
         runs, looks = [], []
-        steering = manager._steering
-        optimize, candidates = steering.optimize, steering.candidates
-        steering.optimize = lambda apply=True: runs.append(apply) or optimize(apply)
-        steering.candidates = lambda: looks.append(1) or candidates()
+
+        def verdicts() -> tuple[tuple[str, str], ...]:
+            looks.append(1)
+            return tuple((m.name, manager.check_compatibility(m.name).verdict)
+                         for m in manager.discover_models() if m.usable)
+
+        def optimize() -> bool:
+            runs.append(True)
+            return manager.optimize(apply=True).switched
+
         stop = threading.Event()
+        watcher = threading.Thread(target=watch_fits, args=(verdicts, optimize, stop),
+                                   kwargs={"interval_s": 0.05}, daemon=True)
+        watcher.start()
         try:
-            steering.start_auto_optimizer(stop, interval_s=0.05)
             wait_until(lambda: len(runs) == 1, timeout_s=60, what="the first optimization")
             assert manager.check_compatibility(SMOL).verdict == "cpu"
             seen = len(looks)  # let the watcher take the state after its own switch as baseline
@@ -278,18 +331,20 @@ def test_auto_optimize_follows_a_change_of_free_vram(models_dir):
             wait_until(lambda: len(runs) == 2, timeout_s=60, what="a new optimization")
         finally:
             stop.set()
+            watcher.join(10)
 
 
 def test_background_work_follows_settings_changes(models_dir):
     with make(models_dir, vram_monitoring=True) as manager:  # an argument pins vram_monitoring
-        assert manager._telemetry.background is not None
+        assert manager.background_work() == ["vram_sampler"]
     settings = FallbackSettings(models_dir=models_dir, scan_system_stores=False, keep_alive=0)
     with FallbackManager(settings) as manager:
-        assert manager._telemetry.background is not None  # vram_monitoring defaults to on
+        assert manager.background_work() == ["vram_sampler"]  # vram_monitoring defaults to on
         manager.update_settings(vram_monitoring=False)
-        assert manager._telemetry.background is None
+        assert manager.background_work() == []
         manager.update_settings(auto_optimize_vram=True)
+        assert manager.background_work() == ["auto_optimizer"]
         wait_until(lambda: manager.current_model is not None, timeout_s=120,
                    what="the optimizer started by the new setting")
         manager.update_settings(auto_optimize_vram=False)
-        assert manager._optimizer_stop is not None and manager._optimizer_stop.is_set()
+        assert manager.background_work() == []

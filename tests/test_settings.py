@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from zwaif_fallback import FallbackSettings, InvalidSettings
+from zwaif_fallback import FallbackSettings, InvalidSettings, StorageError
 from zwaif_fallback.settings import describe_range
 
 # field: (default, low, high) for the bounded ones, from DESIGN.md's table.
@@ -158,8 +158,9 @@ def test_settings_file_location_comes_from_argument_or_environment(monkeypatch, 
 def test_an_unwritable_location_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(InvalidSettings, match="cannot write settings"):
+    with pytest.raises(StorageError, match="cannot write settings") as info:
         FallbackSettings(settings_file=blocker / "s.json").saved(timeout=10)
+    assert info.value.exit_code == 1  # the value was fine: the operation failed
 
 
 def test_the_api_key_is_never_shown():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from conftest import ROOT, FakeClock
 
+from zwaif_fallback.bench import BenchmarkResult
 from zwaif_fallback.store import MIGRATIONS, Store
 
 
@@ -30,6 +31,16 @@ def test_benchmarks_round_trip_newest_first(tmp_path):
     store.add_benchmark({"model": "b", "ok": False, "error": "no"})
     assert [b["model"] for b in store.benchmarks()] == ["b", "a"]
     assert store.benchmarks("a") == [{"model": "a", "ok": True, "gen_tps": 50.0, "at": 1000.0}]
+
+
+def test_benchmarks_read_back_as_results_skip_rows_they_cannot_read(tmp_path):
+    store = Store(tmp_path)
+    store.add_benchmark({"model": "a", "ok": True, "gen_tps": 50.0, "from_a_newer_version": 1})
+    store.add_benchmark({"model": "b", "ok": "not a bool"})
+    store.add_benchmark({"no model": True})
+    results = store.benchmarks_as(BenchmarkResult)
+    assert [(r.model, r.ok, r.gen_tps) for r in results] == [("a", True, 50.0)]
+    assert store.benchmarks_as(BenchmarkResult, "b") == []
 
 
 def test_failover_events_can_be_read_by_age(tmp_path):

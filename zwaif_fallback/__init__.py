@@ -5,6 +5,32 @@ imports torch, transformers, llama_cpp, gradio or NVML until a feature needs it.
 Hosts import it in their LLM call path: ``try_fallbacks(request)`` answers an OpenAI
 chat-completions dict on a default manager, ``FallbackManager.chat_completion`` and
 ``stream_chat_completion`` on one the host owns.
+
+Module map, top to bottom. Each part imports only the parts below it (lazy and
+type-only imports included); tests/test_import_graph.py holds the code to this map
+and to having no import cycle.
+
+    porches       cli, __main__, default, server
+    facade        manager
+    measurement   optimizer, bench_jobs, telemetry, health, bench, quality, metrics, monitor, jobs
+    call path     chats, completions, routing, failover, breaker, local, pool, backends
+    fit           fit, memory, calibration
+    discovery     catalog, model_info, locations, gguf_header, safetensors_header, ggml
+    base          settings, settings_file, hardware, store, errors, units, net, logs, _model
+
+* porches: the CLI, ``try_fallbacks`` on a default manager, the OpenAI-compatible server.
+* facade: ``FallbackManager`` owns the state and delegates each call to one part.
+* measurement: benchmark runs and jobs (bench_jobs -> bench, quality); ranking, health and
+  the auto-optimizer (optimizer -> health); history, Prometheus metrics and sampling
+  (telemetry -> store, metrics, monitor).
+* call path: one answer: input checks and recording (chats), the targets in order
+  (routing), deadline, retries and breakers (failover), one class per runtime
+  (backends/), the local models' fits, pool, switching and keep_alive (local -> pool).
+* fit: the memory estimate (memory), the verdict (fit), corrections measured on real
+  loads (calibration).
+* discovery: which models exist and what they are, read from their files' headers.
+* base: settings, hardware probes, the SQLite store, the errors, and small helpers
+  (units: sizes for people; net: which hosts are loopback).
 """
 
 from __future__ import annotations
@@ -15,12 +41,17 @@ import typing as _typing
 from .errors import (
     AllTargetsFailed,
     BackendUnavailable,
+    Busy,
     FallbackError,
     IncompatibleModel,
     InvalidModelFile,
     InvalidSettings,
+    JobNotFound,
     ModelLoadError,
     ModelNotFound,
+    NotStarted,
+    PortUnavailable,
+    StorageError,
 )
 
 if _typing.TYPE_CHECKING:
@@ -30,7 +61,7 @@ if _typing.TYPE_CHECKING:
     from .failover import Attempt, ChatResult, Switch
     from .fit import Compatibility, Estimate, LoadConfig, MemoryBreakdown, estimate, plan
     from .hardware import GPUInfo, HardwareProbe, SystemStatus
-    from .health import HealthReport, Optimization
+    from .health import HealthReport, Optimization, PerformanceStats
     from .jobs import Job, JobStatus
     from .manager import FallbackManager
     from .model_info import ModelInfo, ModelShape
@@ -46,8 +77,8 @@ _WHERE = {
     "HardwareProbe": "hardware", "HealthReport": "health", "Job": "jobs", "JobStatus": "jobs",
     "LoadConfig": "fit", "MemoryBreakdown": "fit", "ModelInfo": "model_info",
     "ModelShape": "model_info", "MonitoringReport": "monitor", "Optimization": "health",
-    "Switch": "failover", "SystemStatus": "hardware", "estimate": "fit", "plan": "fit",
-    "try_fallbacks": "default",
+    "PerformanceStats": "health", "Switch": "failover", "SystemStatus": "hardware",
+    "estimate": "fit", "plan": "fit", "try_fallbacks": "default",
 }
 
 
@@ -68,6 +99,7 @@ __all__ = [
     "Attempt",
     "BackendUnavailable",
     "BenchmarkResult",
+    "Busy",
     "Catalog",
     "ChatResult",
     "Compatibility",
@@ -82,6 +114,7 @@ __all__ = [
     "InvalidModelFile",
     "InvalidSettings",
     "Job",
+    "JobNotFound",
     "JobStatus",
     "LoadConfig",
     "MemoryBreakdown",
@@ -90,7 +123,11 @@ __all__ = [
     "ModelNotFound",
     "ModelShape",
     "MonitoringReport",
+    "NotStarted",
     "Optimization",
+    "PerformanceStats",
+    "PortUnavailable",
+    "StorageError",
     "Switch",
     "SystemStatus",
     "estimate",

@@ -67,9 +67,8 @@ class CircuitBreaker:
             self._probing = False
             if self._state == "half_open" or (
                     self._state == "closed" and self._failures >= self.failure_threshold):
-                was_open = self._state == "open"
                 self._state, self._opened_at = "open", self._clock()
-                return not was_open
+                return True
             return False
 
     def snapshot(self) -> BreakerState:

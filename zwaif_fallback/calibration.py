@@ -48,7 +48,7 @@ class Calibration:
         """Store one real load: ``measured`` is (RAM, VRAM) in MiB that the load added."""
         model_key, config_key = self.keys(model, fit.n_ctx, fit.flash_attn, fit.kv_type)
         ram_mb, vram_mb = measured
-        # The plan may carry an earlier correction already: compare with the raw estimate.
+        # The fit may carry an earlier correction already: compare with the raw estimate.
         raw = estimate(model, LoadConfig(n_ctx=fit.n_ctx, gpu_layers=fit.gpu_layers,
                                          flash_attn=fit.flash_attn, kv_type=fit.kv_type))
         if fit.gpu_layers > 0:

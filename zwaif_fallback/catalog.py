@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import ModelNotFound
+from .errors import InvalidSettings, ModelNotFound
 from .locations import (
     Candidate,
     bundled_models,
@@ -72,7 +72,10 @@ class Catalog:
 
         Raises:
             ModelNotFound: with the closest known names.
+            InvalidSettings: ``name_or_path`` is not text.
         """
+        if not isinstance(name_or_path, str):
+            raise InvalidSettings(f"a model name must be text, not {type(name_or_path).__name__}")
         wanted = name_or_path.strip()
         models = self.discover(settings)
         for match in (lambda m: m.name == wanted, lambda m: m.name.lower() == wanted.lower()):

@@ -2,6 +2,10 @@
 
 Exit status: 0 on success, 1 when an operation failed, 2 for bad input.
 Errors are one line on stderr; the traceback goes to the log file only.
+
+Each command is one handler registered with ``@command(name, help, arguments)``, where
+``arguments(parser)`` adds its own options and sits right above the handler; ``--json``
+is added after them unless ``json_flag=False``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .errors import BackendUnavailable, FallbackError, InvalidSettings
@@ -21,6 +26,7 @@ from .logs import setup_logging
 from .manager import FallbackManager
 from .model_info import ModelInfo
 from .settings import FallbackSettings
+from .units import size_text
 
 __all__ = ["main"]
 
@@ -34,6 +40,37 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
 
 
+Handler = Callable[[FallbackManager, argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help line, the arguments it takes, and its handler."""
+
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Handler
+    json_flag: bool = True  # takes --json, after its own arguments
+    long_running: bool = False  # keeps the manager's background work running
+
+
+#: every subcommand, in the order ``--help`` lists them
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+            *, json_flag: bool = True, long_running: bool = False) -> Callable[[Handler], Handler]:
+    """Register the decorated handler as the subcommand ``name``; ``arguments(parser)`` adds
+    its own arguments (define it right above the handler)."""
+
+    def register(run: Handler) -> Handler:
+        COMMANDS[name] = Command(help=help, arguments=arguments or _no_arguments, run=run,
+                                 json_flag=json_flag, long_running=long_running)
+        return run
+
+    return register
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="zwaif-fallback",
@@ -42,65 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settings-file", metavar="F", help="the saved settings file")
     parser.add_argument("--metrics-port", type=int, metavar="P",
                         help="serve Prometheus metrics on 127.0.0.1:P while the command runs")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    ui = commands.add_parser("ui", help="serve the three settings tabs as a standalone web UI")
-    ui.add_argument("--host", default="127.0.0.1",
-                    help="address to listen on (anything but loopback needs FALLBACK_UI_AUTH)")
-    ui.add_argument("--port", type=int, default=7860)
-
-    status = commands.add_parser("status", help="GPUs, VRAM, RAM, CPU and the probe used")
-    _json_flag(status)
-
-    models = commands.add_parser("models", help="discovered models, invalid ones with the reason")
-    _json_flag(models)
-
-    check = commands.add_parser("check", help="memory estimate and fit verdict for a model")
-    check.add_argument("model", metavar="MODEL", help="a model name (see 'models') or a file path")
-    check.add_argument("--ctx", type=_positive_int, metavar="N", help="context size")
-    check.add_argument("--gpu-layers", type=int, metavar="K",
-                       help="llama.cpp's n_gpu_layers (-1 = all); default: the most that fit")
-    check.add_argument("--flash-attn", action="store_true", help="estimate with flash attention")
-    check.add_argument("--kv-type", choices=KV_TYPES, default="f16", help="KV cache type")
-    check.add_argument("--free-vram-mb", type=float, metavar="X",
-                       help="what if the GPU had X MiB free")
-    _json_flag(check)
-
-    chat = commands.add_parser("chat", help="one answer through the failover chain")
-    chat.add_argument("prompt", metavar="PROMPT")
-    chat.add_argument("--model", metavar="NAME", help="the local model to fall back to first")
-    chat.add_argument("--max-tokens", type=_positive_int, default=256, metavar="N")
-    _json_flag(chat)
-
-    bench = commands.add_parser("bench", help="measure speed, memory and quality of models")
-    target = bench.add_mutually_exclusive_group(required=True)
-    target.add_argument("model", nargs="?", metavar="MODEL", help="a model name")
-    target.add_argument("--all", action="store_true", help="every compatible model")
-    bench.add_argument("--prompt", metavar="P", help="the user message to answer")
-    _json_flag(bench)
-
-    optimize = commands.add_parser("optimize", help="rank the models and switch to the best")
-    optimize.add_argument("--dry-run", action="store_true", help="rank only, switch nothing")
-    _json_flag(optimize)
-
-    health = commands.add_parser("health", help="health score, factors and recommendations")
-    _json_flag(health)
-
-    monitor = commands.add_parser("monitor", help="sample VRAM, RAM, CPU and tokens/s for a while")
-    monitor.add_argument("--duration", type=float, required=True, metavar="S", help="10-300 seconds")
-    monitor.add_argument("--interval", type=float, default=1.0, metavar="I", help="seconds (0.1-60)")
-    _json_flag(monitor)
-
-    settings = commands.add_parser("settings", help="show or change the saved settings")
-    settings.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                          help="save a setting (repeatable)")
-    settings.add_argument("--reset", action="store_true", help="forget every saved setting")
-    _json_flag(settings)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, cmd in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=cmd.help)
+        cmd.arguments(sub)
+        if cmd.json_flag:
+            sub.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
-def _json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON")
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
 
 
 def _positive_int(text: str) -> int:
@@ -122,15 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["models_dir"] = args.models_dir
     if args.settings_file:
         overrides["settings_file"] = args.settings_file
+    cmd = COMMANDS[args.command]
     try:
-        manager = FallbackManager(FallbackSettings(**overrides),
-                                  background=args.command in LONG_RUNNING)
+        manager = FallbackManager(FallbackSettings(**overrides), background=cmd.long_running)
         for problem in manager.settings.problems:
             print(f"warning: {problem}", file=sys.stderr)
         with manager:
             stop_metrics = manager.metrics.serve(args.metrics_port) if args.metrics_port else None
             try:
-                return COMMANDS[args.command](manager, args)
+                return cmd.run(manager, args)
             finally:
                 if stop_metrics is not None:
                     stop_metrics()
@@ -148,9 +137,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-# -- commands ------------------------------------------------------------------------------
+# -- commands: each one's arguments, then its handler ---------------------------------------
 
 
+def _ui_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (anything but loopback needs FALLBACK_UI_AUTH)")
+    parser.add_argument("--port", type=int, default=7860)
+
+
+@command("ui", "serve the three settings tabs as a standalone web UI", _ui_arguments,
+         json_flag=False, long_running=True)
 def cmd_ui(manager: FallbackManager, args: argparse.Namespace) -> int:
     try:
         from webui.app import launch
@@ -167,6 +164,39 @@ def cmd_ui(manager: FallbackManager, args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (anything but loopback needs FALLBACK_API_KEY, "
+                             "and FALLBACK_UI_AUTH for the tabs)")
+    parser.add_argument("--port", type=int, default=5001)
+    parser.add_argument("--no-ui", action="store_true", help="serve the API without the tabs at /")
+
+
+@command("serve", "OpenAI-compatible /v1 in front of the main API, with /health, /metrics and the tabs",
+         _serve_arguments, json_flag=False, long_running=True)
+def cmd_serve(manager: FallbackManager, args: argparse.Namespace) -> int:
+    from .server import run
+
+    mount = None
+    if not args.no_ui:
+        try:
+            from webui.app import mount_tabs
+        except ImportError as exc:
+            raise BackendUnavailable(f"the tabs need gradio: pip install 'zwaif-fallback[ui]' ({exc}); "
+                                     "or serve the API alone with --no-ui") from None
+
+        def mount(app: Any) -> None:
+            mount_tabs(app, manager, host=args.host)
+
+    try:
+        run(manager, host=args.host, port=args.port, mount=mount,
+            announce=lambda line: print(line + "  (Ctrl+C stops it)", flush=True))
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr)
+    return 0
+
+
+@command("status", "GPUs, VRAM, RAM, CPU and the probe used")
 def cmd_status(manager: FallbackManager, args: argparse.Namespace) -> int:
     status = manager.system_status()
     if args.json:
@@ -175,6 +205,7 @@ def cmd_status(manager: FallbackManager, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("models", "discovered models, invalid ones with the reason")
 def cmd_models(manager: FallbackManager, args: argparse.Namespace) -> int:
     models = manager.discover_models()
     if args.json:
@@ -183,6 +214,18 @@ def cmd_models(manager: FallbackManager, args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="a model name (see 'models') or a file path")
+    parser.add_argument("--ctx", type=_positive_int, metavar="N", help="context size")
+    parser.add_argument("--gpu-layers", type=int, metavar="K",
+                        help="llama.cpp's n_gpu_layers (-1 = all); default: the most that fit")
+    parser.add_argument("--flash-attn", action="store_true", help="estimate with flash attention")
+    parser.add_argument("--kv-type", choices=KV_TYPES, default="f16", help="KV cache type")
+    parser.add_argument("--free-vram-mb", type=float, metavar="X",
+                        help="what if the GPU had X MiB free")
+
+
+@command("check", "memory estimate and fit verdict for a model", _check_arguments)
 def cmd_check(manager: FallbackManager, args: argparse.Namespace) -> int:
     result = manager.check_compatibility(
         args.model, n_ctx=args.ctx, gpu_layers=args.gpu_layers, flash_attn=args.flash_attn,
@@ -193,6 +236,13 @@ def cmd_check(manager: FallbackManager, args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", metavar="PROMPT")
+    parser.add_argument("--model", metavar="NAME", help="the local model to fall back to first")
+    parser.add_argument("--max-tokens", type=_positive_int, default=256, metavar="N")
+
+
+@command("chat", "one answer through the failover chain", _chat_arguments)
 def cmd_chat(manager: FallbackManager, args: argparse.Namespace) -> int:
     if args.model:
         manager.switch_model(args.model, persist=False)
@@ -212,6 +262,14 @@ def cmd_chat(manager: FallbackManager, args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("model", nargs="?", metavar="MODEL", help="a model name")
+    target.add_argument("--all", action="store_true", help="every compatible model")
+    parser.add_argument("--prompt", metavar="P", help="the user message to answer")
+
+
+@command("bench", "measure speed, memory and quality of models", _bench_arguments)
 def cmd_bench(manager: FallbackManager, args: argparse.Namespace) -> int:
     def progress(fraction: float, message: str) -> None:
         if not args.json:
@@ -234,6 +292,11 @@ def cmd_bench(manager: FallbackManager, args: argparse.Namespace) -> int:
     return 0 if all(r.ok or (r.error or "").startswith("skipped") for r in results) else 1
 
 
+def _optimize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="rank only, switch nothing")
+
+
+@command("optimize", "rank the models and switch to the best", _optimize_arguments)
 def cmd_optimize(manager: FallbackManager, args: argparse.Namespace) -> int:
     result = manager.optimize(apply=not args.dry_run)
     if args.json:
@@ -245,6 +308,7 @@ def cmd_optimize(manager: FallbackManager, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("health", "health score, factors and recommendations")
 def cmd_health(manager: FallbackManager, args: argparse.Namespace) -> int:
     report = manager.health()
     if args.json:
@@ -258,6 +322,12 @@ def cmd_health(manager: FallbackManager, args: argparse.Namespace) -> int:
     return 0
 
 
+def _monitor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, required=True, metavar="S", help="10-300 seconds")
+    parser.add_argument("--interval", type=float, default=1.0, metavar="I", help="seconds (0.1-60)")
+
+
+@command("monitor", "sample VRAM, RAM, CPU and tokens/s for a while", _monitor_arguments)
 def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
     manager.start_monitoring(args.duration, args.interval)
     try:
@@ -279,6 +349,13 @@ def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="save a setting (repeatable)")
+    parser.add_argument("--reset", action="store_true", help="forget every saved setting")
+
+
+@command("settings", "show or change the saved settings", _settings_arguments)
 def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
     if args.reset:
         manager.reset_settings()
@@ -299,22 +376,6 @@ def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
     return 0
 
 
-LONG_RUNNING = {"ui"}  # commands that keep the manager's background work running
-
-COMMANDS: dict[str, Callable[[FallbackManager, argparse.Namespace], int]] = {
-    "ui": cmd_ui,
-    "status": cmd_status,
-    "models": cmd_models,
-    "check": cmd_check,
-    "chat": cmd_chat,
-    "bench": cmd_bench,
-    "optimize": cmd_optimize,
-    "health": cmd_health,
-    "monitor": cmd_monitor,
-    "settings": cmd_settings,
-}
-
-
 def _parse_assignment(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
@@ -330,10 +391,6 @@ def _print_json(data: Any) -> int:
     return 0
 
 
-def _gib(mb: float) -> str:
-    return f"{mb / 1024:.1f} GiB"
-
-
 def _format_status(status: SystemStatus) -> str:
     lines = [f"GPU probe : {status.vram_source}"]
     if status.gpus:
@@ -343,13 +400,14 @@ def _format_status(status: SystemStatus) -> str:
                 extra.append(f"{g.utilization_pct:.0f}% busy")
             if g.temperature_c is not None:
                 extra.append(f"{g.temperature_c:.0f} C")
-            lines.append(f"GPU {g.index}     : {g.name}, {_gib(g.vram_free_mb)} free of "
-                         f"{_gib(g.vram_total_mb)}" + (f" ({', '.join(extra)})" if extra else ""))
+            free, total = (size_text(mb, smallest="GiB") for mb in (g.vram_free_mb, g.vram_total_mb))
+            lines.append(f"GPU {g.index}     : {g.name}, {free} free of {total}"
+                         + (f" ({', '.join(extra)})" if extra else ""))
     else:
         reason = status.notes[-1] if status.notes else "no GPU"
         lines.append(f"GPUs      : none ({reason})")
-    lines.append(f"RAM       : {_gib(status.ram_available_mb)} available of "
-                 f"{_gib(status.ram_total_mb)}")
+    lines.append(f"RAM       : {size_text(status.ram_available_mb, smallest='GiB')} available of "
+                 f"{size_text(status.ram_total_mb, smallest='GiB')}")
     lines.append(f"CPU       : {status.cpu_count} logical cores, {status.cpu_percent:.0f}% busy")
     lines.append(f"Platform  : {status.platform}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ top_p, stop, seed, stream, stream_options. Others are ignored, with a debug line
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -33,9 +34,9 @@ READ_FIELDS = frozenset({"messages", "model", "max_tokens", "max_completion_toke
                          "top_p", "stop", "seed", "stream", "stream_options"})
 GEN_FIELDS = ("temperature", "top_p", "stop", "seed")
 
-#: ``answer(messages, model, gen, done)``: the manager's failover chain, piece by piece
-Answer = Callable[[list[dict[str, str]], str | None, dict[str, Any], Callable[[ChatResult], None]],
-                  Iterator[Piece]]
+#: ``answer(messages, model, gen, done, cancel)``: the manager's failover chain, piece by piece
+Answer = Callable[[list[dict[str, str]], str | None, dict[str, Any], Callable[[ChatResult], None],
+                   "threading.Event | None"], Iterator[Piece]]
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,15 @@ def chat_completion(answer: Answer, request: Any) -> dict[str, Any]:
     try:
         checked = parse_request(request)
         results: list[ChatResult] = []
-        for _ in answer(checked.messages, checked.model, checked.gen, results.append):
+        for _ in answer(checked.messages, checked.model, checked.gen, results.append, None):
             pass
         return {**results[0].to_openai(), "x_fallback": fallback_info(results[0])}
     except Exception as exc:  # the host's call site must get a dict, whatever happened
         return error_object(exc)
 
 
-def stream_chat_completion(answer: Answer, request: Any) -> Iterator[dict[str, Any]]:
+def stream_chat_completion(answer: Answer, request: Any,
+                           cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
     """``chat.completion.chunk`` dicts as the answer comes; never raises.
 
     The first chunk carries the role and ``x_fallback`` with the source and model of the
@@ -115,7 +117,8 @@ def stream_chat_completion(answer: Answer, request: Any) -> Iterator[dict[str, A
     ``stream_options.include_usage``, every chunk has ``usage: None`` and one more chunk
     with no choices carries the counts, as OpenAI sends them (when the answering target
     knows its prompt's tokens). When no target can answer, or the request is bad, the
-    stream ends with one error object instead.
+    stream ends with one error object instead. Setting ``cancel`` (the reader went away)
+    ends the stream within a tenth of a second, closing what was in flight.
     """
     try:
         checked = parse_request(request)
@@ -132,7 +135,7 @@ def stream_chat_completion(answer: Answer, request: Any) -> Iterator[dict[str, A
     results: list[ChatResult] = []
     first = True
     try:
-        for piece in answer(checked.messages, checked.model, checked.gen, results.append):
+        for piece in answer(checked.messages, checked.model, checked.gen, results.append, cancel):
             if first:
                 first = False
                 opening = chunk(piece.target.name, {"role": "assistant", "content": piece.text})
@@ -142,6 +145,8 @@ def stream_chat_completion(answer: Answer, request: Any) -> Iterator[dict[str, A
                 yield chunk(piece.target.name, {"content": piece.text})
     except Exception as exc:  # after the first piece too: the stream ends with the error
         yield error_object(exc)
+        return
+    if not results:  # cancelled: the reader is gone, nothing more to say
         return
     result = results[0]
     last = chunk(result.model, {"role": "assistant", "content": ""} if first else {},

@@ -3,11 +3,20 @@
     FallbackError                 the root: catch this to catch everything
     ├── InvalidSettings           a value is out of range or the wrong type: fix it
     ├── ModelNotFound             no model by that name: pick one of the known names
+    ├── JobNotFound               no background job has that id: use one that start_* returned
     ├── InvalidModelFile          the file is not a usable model: replace or re-download it
     ├── IncompatibleModel         the model cannot run on this machine: pick a smaller one
     ├── ModelLoadError            the runtime failed to load it: see the message
     ├── BackendUnavailable        an optional runtime is not installed: pip install the extra
+    ├── Busy                      the same work is already running: stop it or wait for it
+    ├── NotStarted                nothing to stop or report yet: start it first
+    ├── StorageError              a file could not be written: check the folder and the disk
+    ├── PortUnavailable           an address and port cannot be listened on: pick another port
     └── AllTargetsFailed          no target could answer: see ``attempts``
+
+Both not-found errors are also ``LookupError``s, and ``InvalidSettings`` a ``ValueError``.
+The CLI exits with ``exit_code``: 2 for bad input (a value, a name, an id), 1 for an
+operation that failed.
 
 Messages say what to do, because they end up in front of a person (CLI, UI).
 Third-party exceptions are translated at the edge with ``raise ... from exc``.
@@ -15,18 +24,24 @@ Third-party exceptions are translated at the edge with ``raise ... from exc``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
     "AllTargetsFailed",
     "BackendUnavailable",
+    "Busy",
     "FallbackError",
     "IncompatibleModel",
     "InvalidModelFile",
     "InvalidSettings",
+    "JobNotFound",
     "ModelLoadError",
     "ModelNotFound",
+    "NotStarted",
+    "PortUnavailable",
+    "StorageError",
 ]
 
 
@@ -38,7 +53,7 @@ class FallbackError(Exception):
 
 
 class InvalidSettings(FallbackError, ValueError):
-    """A setting is out of range, of the wrong type, or cannot be changed here."""
+    """A setting or an argument (a chat's messages, options) is out of range, wrong or pinned."""
 
     exit_code = 2
 
@@ -65,10 +80,20 @@ class ModelNotFound(FallbackError, LookupError):
         super().__init__(f"no model named {name!r}; {hint} (list them with: zwaif-fallback models)")
 
 
+class JobNotFound(FallbackError, LookupError):
+    """No background job has that id: it was never started, or forgotten as one of the oldest."""
+
+    exit_code = 2
+
+    def __init__(self, job_id: object) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id!r}")
+
+
 class InvalidModelFile(FallbackError):
     """A file claims to be a model but cannot be read as one."""
 
-    def __init__(self, path: Any, reason: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
@@ -84,6 +109,24 @@ class ModelLoadError(FallbackError):
 
 class BackendUnavailable(FallbackError):
     """An optional dependency is missing; the message names the pip command."""
+
+
+class Busy(FallbackError):
+    """The same work is already running (a monitoring session): stop it or wait for it to end."""
+
+
+class NotStarted(FallbackError):
+    """There is nothing to stop or report on yet (no monitoring session was started)."""
+
+    exit_code = 2
+
+
+class StorageError(FallbackError):
+    """A file could not be written (the settings file): check its folder, permissions and space."""
+
+
+class PortUnavailable(FallbackError):
+    """An address and port cannot be listened on (in use, or not allowed): pick another port."""
 
 
 class AllTargetsFailed(FallbackError):

@@ -134,11 +134,21 @@ class Piece(NamedTuple):
 _END = object()
 
 
+class _Cancelled(Exception):
+    """The reader went away (``FailoverChain(cancel=...)`` was set): stop without a verdict."""
+
+
+#: How often a wait for a target's next piece looks at the caller's cancel event.
+CANCEL_POLL_S = 0.1
+
+
 class _Pump:
     """Runs a target's stream in a thread and hands pieces over under time limits."""
 
-    def __init__(self, start: Callable[[threading.Event], Iterator[str]]) -> None:
+    def __init__(self, start: Callable[[threading.Event], Iterator[str]],
+                 caller_cancel: threading.Event | None = None) -> None:
         self.cancel = threading.Event()
+        self._caller_cancel = caller_cancel
         self._queue: queue.Queue[tuple[bool, Any]] = queue.Queue()
         self._start = start
         threading.Thread(target=self._run, daemon=True, name="zwaif-target").start()
@@ -154,11 +164,20 @@ class _Pump:
             self._queue.put((False, exc))
 
     def next(self, timeout_s: float, what: str) -> Any:
-        try:
-            ok, item = self._queue.get(timeout=max(timeout_s, 0.0))
-        except queue.Empty:
-            self.close()
-            raise TargetFailed(f"no {what} within {timeout_s:.1f} s", retryable=True) from None
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        while True:
+            if self._caller_cancel is not None and self._caller_cancel.is_set():
+                self.close()
+                raise _Cancelled
+            left = deadline - time.monotonic()
+            wait = left if self._caller_cancel is None else min(left, CANCEL_POLL_S)
+            try:
+                ok, item = self._queue.get(timeout=max(wait, 0.0))
+                break
+            except queue.Empty:
+                if left <= wait:
+                    self.close()
+                    raise TargetFailed(f"no {what} within {timeout_s:.1f} s", retryable=True) from None
         if ok:
             return item
         if isinstance(item, TargetFailed):
@@ -191,15 +210,20 @@ class FailoverChain:
         max_retries: attempts on a guarded target for retryable errors.
         stall_s: the longest gap between pieces once a guarded target streams.
         auto_switch: go on to the next local model when one fails.
+        cancel: set when the reader has gone (a client disconnected): the chain stops
+            within ``CANCEL_POLL_S``, closes the request or generation in flight and
+            records no failure.
     """
 
     def __init__(self, *, timeout_s: float, max_retries: int, stall_s: float | None = None,
-                 auto_switch: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+                 auto_switch: bool = True, clock: Callable[[], float] = time.monotonic,
+                 cancel: threading.Event | None = None) -> None:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.stall_s = stall_s if stall_s is not None else timeout_s
         self.auto_switch = auto_switch
         self._clock = clock
+        self._cancel = cancel
 
     def stream(self, messages: list[dict[str, str]], params: GenerationParams,
                targets: Iterable[Target], done: Callable[[ChatResult], None]) -> Iterator[str]:
@@ -228,14 +252,24 @@ class FailoverChain:
                                             tries=0))
                 continue
             usage = Usage()
-            for text in self._try(target, messages, params, run, usage):
-                yield Piece(text, target)
+            try:
+                for text in self._try(target, messages, params, run, usage):
+                    yield Piece(text, target)
+                    self._check_cancel()
+                self._check_cancel()  # a local generation that saw it ends early, not done
+            except _Cancelled:
+                log.info("the reader went away: %s stopped after %d pieces", target.name, run.tokens)
+                return
             if run.attempts[-1].ok:
                 done(self._result(run, target, params, usage))
                 return
             if run.attempts[-1].tokens:  # a part of the answer came from this target
                 run.completion_tokens += _counted(usage, run.attempts[-1].tokens)
         raise AllTargetsFailed(run.attempts)
+
+    def _check_cancel(self) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            raise _Cancelled
 
     def _try(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
              run: _Run, usage: Usage) -> Iterator[str]:
@@ -276,7 +310,7 @@ class FailoverChain:
                 prefix: str, tries: list[int], usage: Usage) -> Iterator[str]:
         tries[0] = 1
         try:
-            yield from target.stream(messages, params, prefix=prefix, usage=usage)
+            yield from target.stream(messages, params, prefix=prefix, usage=usage, cancel=self._cancel)
         except TargetFailed:
             raise
         except FallbackError as exc:  # its message already says what went wrong
@@ -300,7 +334,7 @@ class FailoverChain:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise TargetFailed(f"no answer within the {self.timeout_s:g} s deadline")
-                pump = self._open(target, messages, params, prefix, remaining, usage)
+                pump = self._open(target, messages, params, prefix, remaining, usage, self._cancel)
                 try:
                     first = pump.next(remaining, "answer")
                 except TargetFailed:
@@ -317,9 +351,10 @@ class FailoverChain:
 
     @staticmethod
     def _open(target: Target, messages: list[dict[str, str]], params: GenerationParams,
-              prefix: str, deadline_s: float, usage: Usage) -> _Pump:
+              prefix: str, deadline_s: float, usage: Usage, caller_cancel: threading.Event | None) -> _Pump:
         return _Pump(lambda cancel: target.stream(messages, params, prefix=prefix,
-                                                  deadline_s=deadline_s, cancel=cancel, usage=usage))
+                                                  deadline_s=deadline_s, cancel=cancel, usage=usage),
+                     caller_cancel)
 
     def _result(self, run: _Run, target: Target, params: GenerationParams, usage: Usage) -> ChatResult:
         return ChatResult(

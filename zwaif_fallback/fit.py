@@ -3,11 +3,15 @@
 Pure functions over a model's estimate (``memory.py``) and the free VRAM and
 RAM the caller passes: ``gpu`` (everything offloaded), ``partial`` (the most
 layers that fit), ``cpu``, or ``none``, each with a reason a person can act on.
+
+One word for the result throughout the package: a *fit*. ``plan()`` makes one (a
+``Compatibility``, the public name of the type); ``LocalModels.fit`` makes one against
+the memory free now, and a loaded backend keeps the fit it was loaded with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +27,7 @@ from .memory import (
     offloaded,
 )
 from .model_info import ModelInfo
+from .units import size_text
 
 __all__ = [
     "CUDA_CONTEXT_MB",
@@ -137,33 +142,33 @@ def plan(
         est = at(full)
         if budget.fits(est):
             return _result(model, "gpu", est, budget, kv_type, flash_attn,
-                           f"fits on the GPU: needs {_gib(est.vram_mb)} of "
-                           f"{_gib(budget.vram_mb)} usable VRAM")
+                           f"fits on the GPU: needs {size_text(est.vram_mb)} of "
+                           f"{size_text(budget.vram_mb)} usable VRAM")
         best = _most_layers(at, budget, n_layers)
         if best is not None and best.gpu_layers > 0:
             return _result(model, "partial", best, budget, kv_type, flash_attn,
-                           f"needs {_gib(est.vram_mb)}, {_gib(budget.vram_mb)} usable VRAM: "
+                           f"needs {size_text(est.vram_mb)}, {size_text(budget.vram_mb)} usable VRAM: "
                            f"{best.gpu_layers} of {n_layers} layers fit on the GPU, the rest run "
-                           f"on the CPU ({_gib(best.ram_mb)} of RAM)")
+                           f"on the CPU ({size_text(best.ram_mb)} of RAM)")
     cpu = at(0)
     if budget.fits(cpu):
         why = ("no GPU found" if not gpus else
-               f"not even one layer fits in {_gib(budget.vram_mb)} of usable VRAM")
+               f"not even one layer fits in {size_text(budget.vram_mb)} of usable VRAM")
         return _result(model, "cpu", cpu, budget, kv_type, flash_attn,
-                       f"{why}: runs on the CPU, needs {_gib(cpu.ram_mb)} of "
-                       f"{_gib(budget.ram_mb)} free RAM")
+                       f"{why}: runs on the CPU, needs {size_text(cpu.ram_mb)} of "
+                       f"{size_text(budget.ram_mb)} free RAM")
     return _result(model, "none", cpu, budget, kv_type, flash_attn,
-                   f"needs {_gib(cpu.ram_mb)} of RAM with {_gib(budget.ram_mb)} free"
-                   + (f" and does not fit {_gib(budget.vram_mb)} of usable VRAM" if gpus else "")
+                   f"needs {size_text(cpu.ram_mb)} of RAM with {size_text(budget.ram_mb)} free"
+                   + (f" and does not fit {size_text(budget.vram_mb)} of usable VRAM" if gpus else "")
                    + ": choose a smaller quantization or lower n_ctx")
 
 
-def _most_layers(at: object, budget: _Budget, n_layers: int) -> Estimate | None:
+def _most_layers(at: Callable[[int], Estimate], budget: _Budget, n_layers: int) -> Estimate | None:
     """The estimate with the most GPU layers that fits (VRAM grows with layers)."""
     low, high, best = 1, n_layers, None
     while low <= high:
         mid = (low + high) // 2
-        est = at(mid)  # type: ignore[operator]
+        est = at(mid)
         if est.vram_mb <= budget.vram_mb:
             best, low = est, mid + 1
         else:
@@ -173,20 +178,20 @@ def _most_layers(at: object, budget: _Budget, n_layers: int) -> Estimate | None:
     return best
 
 
-def _forced(model: ModelInfo, at: object, layers: int, budget: _Budget, has_gpu: bool,
+def _forced(model: ModelInfo, at: Callable[[int], Estimate], layers: int, budget: _Budget, has_gpu: bool,
             kv_type: str, flash_attn: bool) -> Compatibility:
     n_layers = model.n_layers or 0
     if not has_gpu:
         layers = 0
-    est: Estimate = at(layers)  # type: ignore[operator]
+    est = at(layers)
     verdict: Verdict = ("cpu" if est.gpu_layers == 0 else
                         "gpu" if est.gpu_layers > n_layers else "partial")
     if budget.fits(est):
         where = {"cpu": "on the CPU", "gpu": "entirely on the GPU",
                  "partial": f"with {est.gpu_layers} of {n_layers} layers on the GPU"}[verdict]
         return _result(model, verdict, est, budget, kv_type, flash_attn,
-                       f"runs {where}: needs {_gib(est.vram_mb)} of {_gib(budget.vram_mb)} usable "
-                       f"VRAM and {_gib(est.ram_mb)} of {_gib(budget.ram_mb)} free RAM")
+                       f"runs {where}: needs {size_text(est.vram_mb)} of {size_text(budget.vram_mb)} usable "
+                       f"VRAM and {size_text(est.ram_mb)} of {size_text(budget.ram_mb)} free RAM")
     best = _most_layers(at, budget, n_layers) if has_gpu else None
     if best is not None:
         hint = f"at most {best.gpu_layers} layers fit"
@@ -195,9 +200,9 @@ def _forced(model: ModelInfo, at: object, layers: int, budget: _Budget, has_gpu:
     else:
         hint = "lower n_ctx or choose a smaller quantization"
     return _result(model, "none", est, budget, kv_type, flash_attn,
-                   f"{est.gpu_layers} GPU layers need {_gib(est.vram_mb)} of VRAM "
-                   f"({_gib(budget.vram_mb)} usable) and {_gib(est.ram_mb)} of RAM "
-                   f"({_gib(budget.ram_mb)} free): {hint}")
+                   f"{est.gpu_layers} GPU layers need {size_text(est.vram_mb)} of VRAM "
+                   f"({size_text(budget.vram_mb)} usable) and {size_text(est.ram_mb)} of RAM "
+                   f"({size_text(budget.ram_mb)} free): {hint}")
 
 
 def _result(model: ModelInfo, verdict: Verdict, est: Estimate, budget: _Budget, kv_type: str,
@@ -235,7 +240,3 @@ def layers_text(fit: Compatibility) -> str:
         return f"none of {n} layers on the GPU (CPU only)"
     return (f"the output layer and {fit.gpu_layers - 1} of {n} layers on the GPU "
             f"(n_gpu_layers {fit.gpu_layers})")
-
-
-def _gib(mb: float) -> str:
-    return f"{mb / 1024:.1f} GiB" if mb >= 1024 else f"{mb:.0f} MiB"

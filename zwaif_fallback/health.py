@@ -23,9 +23,9 @@ bands 80-100 Excellent, 60-79 Good, 40-59 Fair, 0-39 Poor.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field
 
@@ -34,15 +34,19 @@ from .bench import BenchmarkResult
 from .fit import Compatibility
 from .hardware import SystemStatus
 from .model_info import ModelInfo
+from .monitor import MetricSummary, Sample, summarize
+from .units import gib, size_text
 
 __all__ = [
     "Factor",
     "HealthInputs",
     "HealthReport",
     "Optimization",
+    "PerformanceStats",
     "RankEntry",
     "health_report",
     "model_score",
+    "performance_stats",
     "rank_models",
     "status_band",
 ]
@@ -151,112 +155,185 @@ class HealthInputs:
     lower_ctx_fits: int | None = None  # an n_ctx at which the current model would fit the GPU
     full_gpu_mb: float | None = None  # VRAM the current model needs fully offloaded
 
+    @property
+    def optimal(self) -> RankEntry | None:
+        return next((e for e in self.ranking if e.compatible), None)
+
+
+class _Finding(NamedTuple):
+    """One factor of the health score and what to do about it."""
+
+    name: str
+    factor: Factor
+    advice: list[str]
+
+
+def _finding(name: str, score: float, detail: str, *advice: str) -> _Finding:
+    factor = Factor(score=int(round(min(max(score, 0), 100))), weight=WEIGHTS[name], detail=detail)
+    return _Finding(name, factor, list(advice))
+
 
 def health_report(inputs: HealthInputs) -> HealthReport:
     """The health score, its factors and what to do about the weak ones."""
-    factors: dict[str, Factor] = {}
-    advice: list[str] = []
-    status, ranking = inputs.status, inputs.ranking
-    optimal = next((e for e in ranking if e.compatible), None)
-    current_entry = next((e for e in ranking if inputs.current and e.model == inputs.current.name),
-                         None)
+    findings = [check(inputs) for check in FACTORS]
+    factors = {f.name: f.factor for f in findings}
+    total = sum(f.score * f.weight for f in factors.values()) / sum(f.weight for f in factors.values())
+    score = int(round(total))
+    optimal = inputs.optimal
+    return HealthReport(score=score, status=status_band(score), factors=factors,
+                        current_model=inputs.current.name if inputs.current else None,
+                        optimal_model=optimal.model if optimal else None,
+                        recommendations=[line for f in findings for line in f.advice])
 
-    def add(name: str, score: float, detail: str) -> None:
-        factors[name] = Factor(score=int(round(min(max(score, 0), 100))), weight=WEIGHTS[name],
-                               detail=detail)
 
-    if status.gpus:
-        free = status.vram_free_mb / max(status.vram_total_mb, 1)
-        add("vram", 100 * min(free / 0.3, 1.0),
-            f"{status.vram_free_mb / 1024:.1f} of {status.vram_total_mb / 1024:.1f} GiB VRAM free "
-            f"({status.vram_source})")
-        add("gpu", 100, f"{len(status.gpus)} GPU(s): {', '.join(g.name for g in status.gpus)}")
+def _vram(inputs: HealthInputs) -> _Finding:
+    status = inputs.status
+    if not status.gpus:
+        return _finding("vram", 50, "no GPU: VRAM does not apply, local models use system RAM")
+    free = status.vram_free_mb / max(status.vram_total_mb, 1)
+    return _finding("vram", 100 * min(free / 0.3, 1.0),
+                    f"{gib(status.vram_free_mb)} of {gib(status.vram_total_mb)} GiB VRAM free "
+                    f"({status.vram_source})")
+
+
+def _gpu(inputs: HealthInputs) -> _Finding:
+    gpus = inputs.status.gpus
+    if gpus:
+        return _finding("gpu", 100, f"{len(gpus)} GPU(s): {', '.join(g.name for g in gpus)}")
+    return _finding("gpu", 30, "no GPU found: local models run on the CPU, slower",
+                    "No GPU was found: local answers run on the CPU. Keep to small models "
+                    "(about 1B parameters or less) for quick replies.")
+
+
+def _model(inputs: HealthInputs) -> _Finding:
+    """The current model against the best one here, and what to do when it does not fit the GPU."""
+    optimal, current = inputs.optimal, inputs.current
+    offload = _offload_advice(inputs)
+    if current is None:
+        load = [f"Load a local fallback model now so the first failover is quick: "
+                f"{optimal.model} scores best here ({optimal.score:.0f})."] if optimal else []
+        return _finding("model", 40, "no local model is loaded yet", *load, *offload)
+    entry = next((e for e in inputs.ranking if e.model == current.name), None)
+    if optimal is None or entry is None or optimal.model == current.name:
+        fits = entry is not None and entry.compatible
+        return _finding("model", 100 if fits else 30,
+                        f"{current.name} is the best model for this machine" if fits
+                        else f"{current.name} does not fit now", *offload)
+    ratio = entry.score / optimal.score if optimal.score else 0.0
+    return _finding("model", 100 * ratio,
+                    f"{current.name} scores {entry.score:.0f}; {optimal.model} would score "
+                    f"{optimal.score:.0f}",
+                    f"Switch to {optimal.model} (score {optimal.score:.0f} against "
+                    f"{entry.score:.0f} for {current.name}): {optimal.reason}.", *offload)
+
+
+def _offload_advice(inputs: HealthInputs) -> list[str]:
+    """What to do when the current model runs partly or wholly off the GPU."""
+    fit, status = inputs.current_fit, inputs.status
+    if fit is None or not status.gpus or fit.verdict not in ("partial", "cpu", "none"):
+        return []
+    alternative = next((e for e in inputs.ranking if e.verdict == "gpu" and e.compatible), None)
+    if inputs.full_gpu_mb:
+        need = f"{fit.model} needs {size_text(inputs.full_gpu_mb, smallest='GiB')} on the GPU"
     else:
-        add("vram", 50, "no GPU: VRAM does not apply, local models use system RAM")
-        add("gpu", 30, "no GPU found: local models run on the CPU, slower")
-        advice.append("No GPU was found: local answers run on the CPU. Keep to small models "
-                      "(about 1B parameters or less) for quick replies.")
+        need = f"{fit.model} does not fit the GPU"
+    options = []
+    if alternative is not None:
+        options.append(f"use {alternative.model}, which fits entirely")
+    if inputs.lower_ctx_fits:
+        options.append(f"lower n_ctx to {inputs.lower_ctx_fits}")
+    if not options:
+        options.append("close other programs that use the GPU, or keep running on the CPU")
+    return [f"{need}, {gib(status.vram_free_mb)} GiB free: " + " or ".join(options) + "."]
 
-    if inputs.current is None:
-        add("model", 40, "no local model is loaded yet")
-        if optimal:
-            advice.append(f"Load a local fallback model now so the first failover is quick: "
-                          f"{optimal.model} scores best here ({optimal.score:.0f}).")
-    elif optimal is None or current_entry is None or optimal.model == inputs.current.name:
-        add("model", 100 if current_entry and current_entry.compatible else 30,
-            f"{inputs.current.name} is the best model for this machine"
-            if current_entry and current_entry.compatible else f"{inputs.current.name} does not fit now")
-    else:
-        ratio = current_entry.score / optimal.score if optimal.score else 0.0
-        add("model", 100 * ratio, f"{inputs.current.name} scores {current_entry.score:.0f}; "
-                                  f"{optimal.model} would score {optimal.score:.0f}")
-        advice.append(f"Switch to {optimal.model} (score {optimal.score:.0f} against "
-                      f"{current_entry.score:.0f} for {inputs.current.name}): {optimal.reason}.")
 
-    fit = inputs.current_fit
-    if fit is not None and status.gpus and fit.verdict in ("partial", "cpu", "none"):
-        alternative = next((e for e in ranking if e.verdict == "gpu" and e.compatible), None)
-        if inputs.full_gpu_mb:
-            need = f"{fit.model} needs {inputs.full_gpu_mb / 1024:.1f} GiB on the GPU"
-        else:
-            need = f"{fit.model} does not fit the GPU"
-        options = []
-        if alternative is not None:
-            options.append(f"use {alternative.model}, which fits entirely")
-        if inputs.lower_ctx_fits:
-            options.append(f"lower n_ctx to {inputs.lower_ctx_fits}")
-        if not options:
-            options.append("close other programs that use the GPU, or keep running on the CPU")
-        advice.append(f"{need}, {status.vram_free_mb / 1024:.1f} GiB free: " + " or ".join(options)
-                      + ".")
-
+def _system(inputs: HealthInputs) -> _Finding:
+    status = inputs.status
     ram_free = status.ram_available_mb / max(status.ram_total_mb, 1)
-    add("system", 50 * min(ram_free / 0.25, 1.0) + 50 * (1 - status.cpu_percent / 100),
-        f"{status.ram_available_mb / 1024:.1f} of {status.ram_total_mb / 1024:.1f} GiB RAM free, "
-        f"CPU {status.cpu_percent:.0f}% busy on {status.cpu_count} cores")
+    advice = []
     if ram_free < 0.15:
-        advice.append(f"Only {status.ram_available_mb / 1024:.1f} GiB of RAM is free: close other "
+        advice.append(f"Only {gib(status.ram_available_mb)} GiB of RAM is free: close other "
                       "programs or use a smaller quantization.")
     if status.cpu_percent > 85:
         advice.append(f"The CPU is {status.cpu_percent:.0f}% busy: CPU generation will be slow.")
+    return _finding("system", 50 * min(ram_free / 0.25, 1.0) + 50 * (1 - status.cpu_percent / 100),
+                    f"{gib(status.ram_available_mb)} of {gib(status.ram_total_mb)} GiB RAM free, "
+                    f"CPU {status.cpu_percent:.0f}% busy on {status.cpu_count} cores", *advice)
 
+
+def _primary(inputs: HealthInputs) -> _Finding:
+    if not inputs.primary_configured:
+        return _finding("primary", 60, "no primary API configured: every answer is local")
+    if inputs.primary_breaker == "open":
+        return _finding("primary", 10, "the primary API's circuit breaker is open: it failed repeatedly",
+                        "The main API is failing and skipped for now; check that its server is "
+                        "running and reachable (zwaif-fallback settings shows primary_url).")
+    if inputs.primary_breaker == "half_open":
+        return _finding("primary", 40, "the primary API is being probed after failures")
     primary = [a for a in inputs.recent_attempts if a.get("source") == "primary"]
     failed = [a for a in primary if not a.get("ok")]
-    if not inputs.primary_configured:
-        add("primary", 60, "no primary API configured: every answer is local")
-    elif inputs.primary_breaker == "open":
-        add("primary", 10, "the primary API's circuit breaker is open: it failed repeatedly")
-        advice.append("The main API is failing and skipped for now; check that its server is "
-                      "running and reachable (zwaif-fallback settings shows primary_url).")
-    elif inputs.primary_breaker == "half_open":
-        add("primary", 40, "the primary API is being probed after failures")
-    else:
-        rate = len(failed) / len(primary) if primary else 0.0
-        add("primary", 100 * (1 - rate), f"{len(failed)} of {len(primary)} primary requests failed "
-                                         "in the last hour" if primary else "no primary requests "
-                                         "in the last hour")
-        if rate > 0.2:
-            advice.append(f"{rate:.0%} of requests to the main API failed in the last hour; raise "
-                          "the timeout or check the server's load.")
+    rate = len(failed) / len(primary) if primary else 0.0
+    detail = (f"{len(failed)} of {len(primary)} primary requests failed in the last hour" if primary
+              else "no primary requests in the last hour")
+    advice = [f"{rate:.0%} of requests to the main API failed in the last hour; raise "
+              "the timeout or check the server's load."] if rate > 0.2 else []
+    return _finding("primary", 100 * (1 - rate), detail, *advice)
 
+
+def _errors(inputs: HealthInputs) -> _Finding:
     errors = [a for a in inputs.recent_attempts if not a.get("ok")]
-    add("errors", 100 - 10 * len(errors),
-        f"{len(errors)} failed attempt{'' if len(errors) == 1 else 's'} in the last hour")
+    return _finding("errors", 100 - 10 * len(errors),
+                    f"{len(errors)} failed attempt{'' if len(errors) == 1 else 's'} in the last hour")
 
+
+def _speed_trend(inputs: HealthInputs) -> _Finding:
     history = inputs.speed_history
-    if len(history) >= 2:
-        latest, earlier = history[0], sum(history[1:]) / len(history[1:])
-        trend = latest / earlier if earlier else 1.0
-        add("speed_trend", 100 * min(trend / 0.95, 1.0),
-            f"latest {latest:.1f} tokens/s against {earlier:.1f} before")
-        if trend < 0.8:
-            advice.append(f"Generation slowed from {earlier:.1f} to {latest:.1f} tokens/s: another "
-                          "program may be using the GPU or CPU.")
-    else:
-        add("speed_trend", 70, "not enough benchmarks of the current model to see a trend")
+    if len(history) < 2:
+        return _finding("speed_trend", 70, "not enough benchmarks of the current model to see a trend")
+    latest, earlier = history[0], sum(history[1:]) / len(history[1:])
+    trend = latest / earlier if earlier else 1.0
+    advice = [f"Generation slowed from {earlier:.1f} to {latest:.1f} tokens/s: another "
+              "program may be using the GPU or CPU."] if trend < 0.8 else []
+    return _finding("speed_trend", 100 * min(trend / 0.95, 1.0),
+                    f"latest {latest:.1f} tokens/s against {earlier:.1f} before", *advice)
 
-    total = sum(f.score * f.weight for f in factors.values()) / sum(f.weight for f in factors.values())
-    score = int(round(total))
-    return HealthReport(score=score, status=status_band(score), factors=factors,
-                        current_model=inputs.current.name if inputs.current else None,
-                        optimal_model=optimal.model if optimal else None, recommendations=advice)
+
+#: the factors in the order the report lists them (and their advice)
+FACTORS: tuple[Callable[[HealthInputs], _Finding], ...] = (
+    _vram, _gpu, _model, _system, _primary, _errors, _speed_trend)
+
+
+class PerformanceStats(Model):
+    """The Health tab's performance summary, in one result."""
+
+    current_model: str | None
+    #: the current model's newest benchmark, when that one succeeded
+    current_benchmark: BenchmarkResult | None
+    benchmarked_models: int  # among the saved runs read
+    benchmark_runs: int  # saved runs read, at most ``STATS_RUNS``
+    attempts_last_hour: int  # attempts of chats that did not go straight through
+    failed_last_hour: int
+    background_samples: int
+    background_summary: dict[str, MetricSummary]
+    recommendations: list[str]
+
+
+STATS_RUNS = 200
+
+
+def performance_stats(report: HealthReport, runs: Sequence[BenchmarkResult],
+                      attempts: Sequence[dict[str, Any]], samples: Sequence[Sample]) -> PerformanceStats:
+    """Summarize the saved benchmark ``runs`` (newest first), the last hour's ``attempts``
+    and the background ``samples`` next to a health report."""
+    newest: dict[str, BenchmarkResult] = {}
+    for run in runs:
+        newest.setdefault(run.model, run)
+    mine = newest.get(report.current_model) if report.current_model is not None else None
+    return PerformanceStats(
+        current_model=report.current_model,
+        current_benchmark=mine if mine is not None and mine.ok else None,
+        benchmarked_models=len(newest), benchmark_runs=len(runs),
+        attempts_last_hour=len(attempts),
+        failed_last_hour=sum(1 for a in attempts if not a.get("ok")),
+        background_samples=len(samples), background_summary=summarize(samples),
+        recommendations=report.recommendations)

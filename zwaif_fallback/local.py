@@ -1,8 +1,8 @@
-"""The local models of one manager: plans against free memory, backends, the pool,
-ranking, keep_alive and preloading.
+"""The local models of one manager: fits against free memory, backends, the pool,
+switching, ranking, keep_alive and preloading.
 
-Plans count what the loaded model holds as free for it, and apply the corrections
-measured on earlier real loads (calibration.py).
+A fit (a ``Compatibility``, made by ``fit.plan``) counts what the loaded model holds as
+free for it, and applies the corrections measured on earlier real loads (calibration.py).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .backends.base import Backend, GenerationParams, LocalBackend, Usage
+from .backends.base import GenerationParams, LocalBackend, Usage
 from .calibration import Calibration
-from .errors import InvalidSettings
+from .errors import IncompatibleModel, InvalidModelFile, InvalidSettings
 from .fit import KV_TYPES, Compatibility, plan
 from .hardware import HardwareProbe
 from .model_info import ModelInfo
@@ -34,17 +34,27 @@ RANKING_TTL_S = 30.0
 
 
 class LocalModels:
-    """Plans, loads, ranks and keeps the local models. Thread-safe."""
+    """Fits, loads, switches, ranks and keeps the local models. Thread-safe.
+
+    Args:
+        settings: the settings now (n_ctx, keep_alive, preferred_model, ...).
+        probe: free VRAM and RAM for fits; per-process VRAM for calibration.
+        discover: every model found, valid or not.
+        find: the model a person means by a name or a path (raises ModelNotFound).
+        store: the history store, where calibrations are kept.
+    """
 
     def __init__(self, *, settings: Callable[[], FallbackSettings], probe: HardwareProbe,
-                 discover: Callable[[], list[ModelInfo]], store: Callable[[], Store],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 discover: Callable[[], list[ModelInfo]], find: Callable[[str], ModelInfo],
+                 store: Callable[[], Store], clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings
         self._probe = probe
         self._discover = discover
+        self._find = find
         self._clock = clock
         self._calibration = Calibration(store)
-        self.pool = LocalPool(self.make_backend, clock=clock, on_load=self.calibrate)
+        self.pool: LocalPool[LocalBackend] = LocalPool(self.make_backend, clock=clock,
+                                                       on_load=self.calibrate)
         self._ranking: tuple[float, list[ModelInfo]] | None = None
         self._ranking_lock = threading.Lock()
         self._stop = threading.Event()
@@ -56,16 +66,43 @@ class LocalModels:
             self._reaper.join(timeout=5)
         self.pool.close()
 
-    def plan(self, model: ModelInfo, *, n_ctx: int | None = None, gpu_layers: int | None = None,
-              flash_attn: bool = False, kv_type: str = "f16", free_vram_mb: float | None = None,
-              refresh: bool = False) -> Compatibility:
+    # -- which models ------------------------------------------------------------------
+
+    @property
+    def current(self) -> ModelInfo | None:
+        return self.pool.current
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the current model is in memory now (keep_alive unloads an idle one)."""
+        return self.pool.is_loaded()
+
+    def discover(self) -> list[ModelInfo]:
+        return self._discover()
+
+    def usable(self) -> list[ModelInfo]:
+        return [m for m in self._discover() if m.usable]
+
+    def valid(self, name_or_path: str) -> ModelInfo:
+        """The model by that name or path; InvalidModelFile when it cannot be used."""
+        model = self._find(name_or_path)
+        if not model.valid:
+            raise InvalidModelFile(model.path, model.error or "not a usable model")
+        return model
+
+    # -- fits ---------------------------------------------------------------------------
+
+    def fit(self, model: ModelInfo, *, n_ctx: int | None = None, gpu_layers: int | None = None,
+            flash_attn: bool = False, kv_type: str = "f16", free_vram_mb: float | None = None,
+            refresh: bool = False) -> Compatibility:
+        """How ``model`` fits the memory free now, counting what it holds itself when loaded."""
         status = self._probe.status(refresh=refresh)
         if free_vram_mb is not None:
             free = [float(free_vram_mb)] if free_vram_mb > 0 else []
         else:
             free = [float(g.vram_free_mb) for g in status.gpus]
         free_ram = float(status.ram_available_mb)
-        held = self.held_by(model)
+        held = self.held_fit(model)
         if held is not None:  # the model is loaded: what it holds is free for it
             if free and free_vram_mb is None:
                 free[0] += held.vram_mb
@@ -79,17 +116,17 @@ class LocalModels:
                     gpu_layers=gpu_layers, flash_attn=flash_attn, kv_type=kv_type,
                     vram_scale=vram_scale, ram_scale=ram_scale, calibrated=calibrated)
 
-    def held_by(self, model: ModelInfo) -> Compatibility | None:
-        """The plan ``model`` was loaded with, when it is the loaded current model."""
+    def held_fit(self, model: ModelInfo) -> Compatibility | None:
+        """The fit ``model`` was loaded with, when it is the loaded current model."""
         backend = self.pool.backend
         current = self.pool.current
         if backend is None or current is None or current.path != model.path or not backend.loaded:
             return None
-        held = getattr(backend, "plan", None)
-        return held if isinstance(held, Compatibility) else None
+        return backend.fit
 
-    def check_args(self, model: ModelInfo, n_ctx: int | None, gpu_layers: int | None,
-                    kv_type: str, free_vram_mb: float | None) -> int | None:
+    def check_args(self, n_ctx: int | None, gpu_layers: int | None, kv_type: str,
+                   free_vram_mb: float | None) -> None:
+        """InvalidSettings naming every argument of ``fit`` that is out of range."""
         problems = []
         if n_ctx is not None and not 1 <= n_ctx <= 1 << 20:
             problems.append(f"n_ctx={n_ctx} is out of range; allowed: 1 to {1 << 20}")
@@ -101,31 +138,43 @@ class LocalModels:
             problems.append(f"free_vram_mb={free_vram_mb} is out of range; allowed: 0 to {1 << 24}")
         if problems:
             raise InvalidSettings("; ".join(problems), problems=problems)
-        return n_ctx
 
-    def make_backend(self, model: ModelInfo) -> Backend:
-        fit = self.plan(model)
-        backend: LocalBackend
+    # -- backends and switching -----------------------------------------------------------
+
+    def make_backend(self, model: ModelInfo) -> LocalBackend:
+        """An unloaded backend for ``model``, configured by its fit now."""
+        fit = self.fit(model)
         if model.format == "gguf":
             from .backends.llama_cpp import LlamaCppBackend
 
-            backend = LlamaCppBackend(model.name, model.path, n_ctx=fit.n_ctx,
-                                      n_gpu_layers=fit.gpu_layers, flash_attn=fit.flash_attn,
-                                      kv_type=fit.kv_type)
-        else:
-            from .backends.transformers import TransformersBackend
+            return LlamaCppBackend(model.name, model.path, n_ctx=fit.n_ctx,
+                                   n_gpu_layers=fit.gpu_layers, flash_attn=fit.flash_attn,
+                                   kv_type=fit.kv_type, fit=fit,
+                                   vram_probe=self._probe.process_vram_mb)
+        from .backends.transformers import TransformersBackend
 
-            backend = TransformersBackend(model.name, model.path, gpu_layers=fit.gpu_layers,
-                                          n_layers=fit.n_layers,
-                                          trust_remote_code=self._settings().trust_remote_code,
-                                          allow_pickle=self._settings().allow_pickle)
-        backend.plan = fit
-        backend.vram_probe = self._probe.process_vram_mb
-        return backend
+        return TransformersBackend(model.name, model.path, gpu_layers=fit.gpu_layers,
+                                   n_layers=fit.n_layers,
+                                   trust_remote_code=self._settings().trust_remote_code,
+                                   allow_pickle=self._settings().allow_pickle, fit=fit,
+                                   vram_probe=self._probe.process_vram_mb)
 
-    def calibrate(self, model: ModelInfo, backend: Backend, load_s: float) -> None:
-        fit = getattr(backend, "plan", None)
-        measured = getattr(backend, "measured_mb", None)
+    def switch(self, model: ModelInfo) -> None:
+        """``FallbackManager.switch_model`` without the saving: release, then fit again."""
+        fit = self.fit(model)
+        both_fit = fit.compatible and self.pool.current is not None
+        if not fit.compatible and self.pool.current is not None:
+            self.pool.release()  # make room, then look again
+            fit = self.fit(model, refresh=True)
+        if not fit.compatible:
+            raise IncompatibleModel(f"{model.name} does not fit this machine: {fit.reason}")
+        self.pool.switch(model, both_fit=both_fit)
+        self.ensure_reaper()
+        self.forget_ranking()
+
+    def calibrate(self, model: ModelInfo, backend: LocalBackend, load_s: float) -> None:
+        fit = backend.fit
+        measured = backend.measured_mb
         if fit is not None and measured:
             self._calibration.record(model, fit, measured, device=self.device())
             log.info("loaded %s in %.2f s (estimated %.0f MiB, measured RAM %.0f, VRAM %s MiB)",
@@ -136,19 +185,23 @@ class LocalModels:
         return f"gpu:{gpus[0].name}" if gpus else "cpu"
 
     def stream(self, model: ModelInfo, messages: list[dict[str, str]],
-                      params: GenerationParams, *, prefix: str = "", usage: Usage | None = None,
-                      **_: Any) -> Iterator[str]:
+               params: GenerationParams, *, prefix: str = "", deadline_s: float | None = None,
+               cancel: threading.Event | None = None, usage: Usage | None = None) -> Iterator[str]:
+        """``model``'s answer, loading it first if needed (``deadline_s`` does not apply:
+        a local model is not waited on, it is run)."""
         with self.pool.use(model) as backend:
             self.ensure_reaper()
-            yield from backend.stream(messages, params, prefix=prefix, usage=usage)
+            yield from backend.stream(messages, params, prefix=prefix, cancel=cancel, usage=usage)
+
+    # -- ranking, preloading, keep_alive ---------------------------------------------------
 
     def ranked(self) -> list[ModelInfo]:
         with self._ranking_lock:
             now = self._clock()
             if self._ranking is not None and now - self._ranking[0] < RANKING_TTL_S:
                 return self._ranking[1]
-            models = [m for m in self._discover() if m.valid and m.format != "remote"]
-            ranked = rank_local([(m, self.plan(m)) for m in models], self._settings().preferred_model)
+            fits = [(m, self.fit(m)) for m in self.usable()]
+            ranked = rank_local(fits, self._settings().preferred_model)
             self._ranking = (now, ranked)
             return ranked
 

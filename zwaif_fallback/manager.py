@@ -1,7 +1,10 @@
 """FallbackManager: the one facade the host, the CLI and the web UI use.
 
-It owns state (settings, the hardware probe, the catalog, the local model pool,
-the breakers) and delegates the work to the modules that know how.
+It owns state (the settings, the hardware probe, the catalog, the local models,
+the router and its breakers) and delegates the work: chats to ``chats``, local
+models to ``local``, benchmarks to ``bench_jobs``, ranking and health to
+``optimizer``, history, metrics and sampling to ``telemetry``. Each public method's
+docstring lives here, once.
 """
 
 from __future__ import annotations
@@ -13,29 +16,30 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import completions
-from .backends.base import GenerationParams, Message, check_messages
+from .backends.base import Message
 from .catalog import Catalog
-from .errors import AllTargetsFailed, IncompatibleModel, InvalidModelFile, InvalidSettings
-from .failover import ChatResult, FailoverChain, Piece
+from .chats import Chats
+from .errors import InvalidSettings, StorageError
+from .failover import ChatResult, Piece
 from .fit import Compatibility
 from .hardware import HardwareProbe, SystemStatus
 from .local import LocalModels
 from .model_info import ModelInfo
 from .routing import Primary, Router
-from .settings import FallbackSettings, validate_field
+from .settings import FallbackSettings
 
 if TYPE_CHECKING:
     from .bench import BenchmarkResult
-    from .health import HealthReport, Optimization
-    from .jobs import Job
-    from .monitor import MonitoringReport
-    from .steering import Steering
+    from .bench_jobs import BenchmarkJob, BenchmarkJobs
+    from .health import HealthReport, Optimization, PerformanceStats
+    from .metrics import Metrics
+    from .monitor import MonitoringReport, Sample
+    from .optimizer import Optimizer
     from .telemetry import Telemetry
 
 __all__ = ["FallbackManager"]
 
 log = logging.getLogger(__name__)
-
 
 
 class FallbackManager:
@@ -57,20 +61,21 @@ class FallbackManager:
         self._catalog = Catalog()
         self._clock = clock
         self._local = LocalModels(settings=lambda: self._settings, probe=self._probe,
-                                  discover=self.discover_models,
+                                  discover=self.discover_models, find=self.find_model,
                                   store=lambda: self._telemetry.store, clock=clock)
-        self._pool = self._local.pool
-        self._router = Router(local_stream=self._local.stream, current=lambda: self._pool.current,
+        self._router = Router(local_stream=self._local.stream, current=lambda: self._local.current,
                               ranked=self._local.ranked, on_primary_down=self._local.preload_async)
+        self._chats = Chats(settings=lambda: self._settings, router=self._router,
+                            recorder=lambda: self._telemetry, clock=clock)
+        # Built on first use: they import sqlite3, prometheus_client, psutil and more.
         self._telemetry_instance: Telemetry | None = None
-        self._steering_instance: Steering | None = None
+        self._benchmarks_instance: BenchmarkJobs | None = None
+        self._optimizer_instance: Optimizer | None = None
         self._lazy_lock = threading.Lock()
         self._stop = threading.Event()
-        self._last = threading.local()
         for problem in self._settings.problems:
             log.warning("settings: %s", problem)
         self._background = background
-        self._optimizer_stop: threading.Event | None = None
         self._apply_background()
 
     # -- settings -------------------------------------------------------------
@@ -84,6 +89,7 @@ class FallbackManager:
 
         Raises:
             InvalidSettings: a value is out of range or pinned; nothing changes then.
+            StorageError: the settings file cannot be written; nothing changes then.
         """
         with self._settings_lock:
             self._settings = self._settings.saved(**changes)
@@ -92,7 +98,11 @@ class FallbackManager:
         return self._settings
 
     def reset_settings(self) -> FallbackSettings:
-        """Forget every saved setting; arguments and the environment still apply."""
+        """Forget every saved setting; arguments and the environment still apply.
+
+        Raises:
+            StorageError: the settings file cannot be written; nothing changes then.
+        """
         with self._settings_lock:
             self._settings = self._settings.reset()
         self._local.forget_ranking()
@@ -107,19 +117,9 @@ class FallbackManager:
             self._telemetry.start_background()
         elif self._telemetry_instance is not None:
             self._telemetry_instance.stop_background()
-        with self._lazy_lock:
-            running = self._optimizer_stop is not None and not self._optimizer_stop.is_set()
-            if self._settings.auto_optimize_vram and not running:
-                self._optimizer_stop = threading.Event()
-                start = self._optimizer_stop
-            elif not self._settings.auto_optimize_vram and running:
-                assert self._optimizer_stop is not None
-                self._optimizer_stop.set()
-                start = None
-            else:
-                start = None
-        if start is not None:
-            self._steering.start_auto_optimizer(start)
+        automatic = self._settings.auto_optimize_vram
+        if automatic or self._optimizer_instance is not None:
+            self._optimizer.run_automatically(automatic)
 
     # -- the machine and its models --------------------------------------------
 
@@ -138,20 +138,14 @@ class FallbackManager:
 
         Raises:
             ModelNotFound: no such name, with the closest known names.
+            InvalidSettings: ``name_or_path`` is not text.
         """
-        if not isinstance(name_or_path, str):
-            raise InvalidSettings(f"a model name must be text, not {type(name_or_path).__name__}")
         return self._catalog.resolve(name_or_path, self._settings)
 
     @property
     def current_model(self) -> ModelInfo | None:
         """The local model this process holds (loaded, or unloaded while idle)."""
-        return self._pool.current
-
-    @property
-    def model_loaded(self) -> bool:
-        """Whether the current model is in memory now (keep_alive unloads an idle one)."""
-        return self._pool.is_loaded()
+        return self._local.current
 
     def check_compatibility(
         self,
@@ -174,10 +168,10 @@ class FallbackManager:
             ModelNotFound: unknown name. InvalidModelFile: the file is unusable.
             InvalidSettings: n_ctx, gpu_layers, kv_type or free_vram_mb out of range.
         """
-        model = self._valid(name_or_path)
-        n_ctx = self._local.check_args(model, n_ctx, gpu_layers, kv_type, free_vram_mb)
-        return self._local.plan(model, n_ctx=n_ctx, gpu_layers=gpu_layers, flash_attn=flash_attn,
-                          kv_type=kv_type, free_vram_mb=free_vram_mb)
+        model = self._local.valid(name_or_path)
+        self._local.check_args(n_ctx, gpu_layers, kv_type, free_vram_mb)
+        return self._local.fit(model, n_ctx=n_ctx, gpu_layers=gpu_layers, flash_attn=flash_attn,
+                               kv_type=kv_type, free_vram_mb=free_vram_mb)
 
     # -- local models ------------------------------------------------------------
 
@@ -186,25 +180,17 @@ class FallbackManager:
 
         The new model is loaded before the old one is freed only when both fit;
         otherwise the old one is freed first (after its running generations end).
+        A preferred_model that cannot be saved is logged, not raised.
 
         Raises:
             ModelNotFound, InvalidModelFile, IncompatibleModel, ModelLoadError.
         """
-        model = self._valid(name)
-        fit = self._local.plan(model)
-        both_fit = fit.compatible and self._pool.current is not None
-        if not fit.compatible and self._pool.current is not None:
-            self._pool.release()  # make room, then look again
-            fit = self._local.plan(model, refresh=True)
-        if not fit.compatible:
-            raise IncompatibleModel(f"{model.name} does not fit this machine: {fit.reason}")
-        self._pool.switch(model, both_fit=both_fit)
-        self._local.ensure_reaper()
-        self._local.forget_ranking()
+        model = self._local.valid(name)
+        self._local.switch(model)
         if persist and self._settings.preferred_model != model.name:
             try:
                 self.update_settings(preferred_model=model.name)
-            except InvalidSettings as exc:
+            except (InvalidSettings, StorageError) as exc:
                 log.warning("switched to %s but could not save it as preferred: %s", model.name, exc)
         return model
 
@@ -224,7 +210,7 @@ class FallbackManager:
             InvalidSettings: bad messages or generation options.
         """
         results: list[ChatResult] = []
-        for _ in self._answer(messages, primary, None, gen, results.append):
+        for _ in self._answer(messages, primary, None, gen, results.append, None):
             pass
         return results[0]
 
@@ -234,7 +220,7 @@ class FallbackManager:
 
         Bad input raises here, before the first piece.
         """
-        return (piece.text for piece in self._answer(messages, primary, None, gen, None))
+        return (piece.text for piece in self._answer(messages, primary, None, gen, None, None))
 
     def chat_completion(self, request: dict[str, Any]) -> dict[str, Any]:
         """Answer an OpenAI chat-completions request through the failover chain.
@@ -252,57 +238,35 @@ class FallbackManager:
         """
         return completions.chat_completion(self._answer_request, request)
 
-    def stream_chat_completion(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def stream_chat_completion(self, request: dict[str, Any], *,
+                               cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
         """Answer as OpenAI ``chat.completion.chunk`` dicts; never raises.
 
         Each chunk's ``model`` is the target that gave its piece; the last has
         ``finish_reason`` and ``x_fallback`` (who answered, the attempts, any switch);
         ``stream_options.include_usage`` adds a usage chunk. A bad request, or no target
         able to answer, ends the stream with one error object (as ``chat_completion``).
+        Setting ``cancel`` (the reader went away) stops it within 0.1 s: the request or
+        local generation in flight is closed, and it counts as cancelled, not failed.
         """
-        return completions.stream_chat_completion(self._answer_request, request)
+        return completions.stream_chat_completion(self._answer_request, request, cancel)
 
     def _answer_request(self, messages: list[dict[str, str]], model: str | None, gen: dict[str, Any],
-                        done: Callable[[ChatResult], None]) -> Iterator[Piece]:
-        return self._answer(messages, None, model, gen, done)
+                        done: Callable[[ChatResult], None],
+                        cancel: threading.Event | None) -> Iterator[Piece]:
+        return self._answer(messages, None, model, gen, done, cancel)
 
     def _answer(self, messages: Sequence[Message], primary: Primary, model: str | None,
-                gen: dict[str, Any], done: Callable[[ChatResult], None] | None) -> Iterator[Piece]:
-        checked = check_messages(messages)
-        params = GenerationParams.from_kwargs(**gen)
-        settings = self._settings
-        if isinstance(primary, str):
-            validate_field("primary_url", primary)
-        elif primary is not None and not callable(primary):
-            raise InvalidSettings("primary must be a base URL, a callable, or None")
-        chain = FailoverChain(timeout_s=settings.timeout, max_retries=settings.max_retries,
-                              auto_switch=settings.auto_switch, clock=self._clock)
-        targets = self._router.targets(settings, primary, model=model)
-
-        def finished(result: ChatResult) -> None:
-            self._last.result = result
-            self._telemetry.record_chat(result)
-            if done is not None:
-                done(result)
-
-        return self._metered(chain.pieces(checked, params, targets, finished))
-
-    def _metered(self, pieces: Iterator[Piece]) -> Iterator[Piece]:
-        meter = self._telemetry.meter
-        try:
-            for piece in pieces:
-                meter.add()
-                yield piece
-        except AllTargetsFailed as exc:
-            self._telemetry.record_failure(exc.attempts)
-            raise
+                gen: dict[str, Any], done: Callable[[ChatResult], None] | None,
+                cancel: threading.Event | None) -> Iterator[Piece]:
+        return self._chats.answer(messages, primary, model, gen, done, cancel)
 
     @property
     def last_result(self) -> ChatResult | None:
         """This thread's last finished ChatResult (per thread: concurrent chats never mix)."""
-        return getattr(self._last, "result", None)
+        return self._chats.last_result
 
-    def breaker_states(self) -> dict[str, Any]:
+    def breaker_states(self) -> dict[str, dict[str, Any]]:
         """Each target's circuit breaker: state, failures, seconds until it is retried."""
         return {name: state.model_dump() for name, state in self._router.breaker_states().items()}
 
@@ -315,21 +279,25 @@ class FallbackManager:
         Raises:
             ModelNotFound, InvalidModelFile, IncompatibleModel: before anything is loaded.
         """
-        return self._steering.benchmark(name, prompt, progress)
+        return self._benchmarks.benchmark(name, prompt, progress)
 
     def benchmark_all(self, prompt: str | None = None,
                       progress: Callable[[float, str], None] | None = None) -> list[BenchmarkResult]:
         """Benchmark every compatible model; incompatible and invalid ones come back as skipped."""
-        return self._steering.benchmark_all(prompt, progress)
+        return self._benchmarks.benchmark_all(prompt, progress)
 
-    def start_benchmark(self, name: str | None = None, prompt: str | None = None) -> Job[Any]:
+    def start_benchmark(self, name: str | None = None, prompt: str | None = None) -> BenchmarkJob:
         """Run ``benchmark`` (or ``benchmark_all`` when name is None) as a background job
         with progress and cancel. Raises ModelNotFound at once for an unknown name."""
-        return self._steering.start_benchmark(name, prompt)
+        return self._benchmarks.start(name, prompt)
 
-    def job(self, job_id: str) -> Job[Any]:
-        """A background job by id. Raises InvalidSettings for an unknown id."""
-        return self._steering.job(job_id)
+    def job(self, job_id: str) -> BenchmarkJob:
+        """A background job by id. Raises JobNotFound for an unknown id."""
+        return self._benchmarks.job(job_id)
+
+    def jobs(self) -> list[BenchmarkJob]:
+        """The background jobs still kept (running ones, and the last finished), oldest first."""
+        return self._benchmarks.jobs()
 
     def benchmark_history(self, model: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
         """Saved benchmark results, newest first."""
@@ -342,23 +310,35 @@ class FallbackManager:
     def optimize(self, apply: bool = True) -> Optimization:
         """Rank the local models (quality first, then speed and headroom) and, with ``apply``,
         switch to the best one."""
-        return self._steering.optimize(apply)
+        return self._optimizer.optimize(apply)
 
     def health(self) -> HealthReport:
         """The system's health, 0-100, with its factors and recommendations. Changes nothing."""
-        return self._steering.health()
+        return self._optimizer.health()
+
+    def performance_stats(self) -> PerformanceStats:
+        """The current model's newest benchmark, how many runs are saved, the last hour's
+        failover attempts, the background samples' summary, and the health report's advice."""
+        return self._optimizer.performance_stats()
 
     def start_monitoring(self, duration_s: float, interval_s: float = 1.0) -> None:
         """Sample VRAM, RAM, CPU, GPU use and tokens/s for ``duration_s`` (10-300 s), in the
-        background. Raises InvalidSettings for an out-of-range value or a session already running."""
+        background.
+
+        Raises:
+            InvalidSettings: a duration or interval out of range.
+            Busy: a session is already running.
+        """
         self._telemetry.start_monitoring(duration_s, interval_s)
 
     def stop_monitoring(self) -> MonitoringReport:
-        """End the running session early (or read the finished one): its report."""
+        """End the running session early (or read the finished one): its report.
+        Raises NotStarted when no session was started."""
         return self._telemetry.stop_monitoring()
 
     def monitoring_report(self) -> MonitoringReport:
-        """The live view of the running (or last) session."""
+        """The live view of the running (or last) session. Raises NotStarted when no
+        session was started."""
         return self._telemetry.monitoring_report()
 
     def wait_monitoring(self, timeout: float | None = None) -> bool:
@@ -366,17 +346,27 @@ class FallbackManager:
         return self._telemetry.wait_monitoring(timeout)
 
     def monitor_history(self, *, limit: int = 20) -> list[dict[str, Any]]:
+        """Saved monitoring sessions (without their samples), newest first."""
         return self._telemetry.store.monitor_sessions(limit=limit)
 
     @property
-    def metrics(self) -> Any:
+    def metrics(self) -> Metrics:
         """Prometheus metrics (``metrics.wsgi_app()``, ``metrics.serve(port)``); no prompt text."""
         return self._telemetry.metrics
 
     @property
-    def background_samples(self) -> list[Any]:
-        sampler = self._telemetry.background
-        return sampler.history() if sampler is not None else []
+    def background_samples(self) -> list[Sample]:
+        """The VRAM sampler's recent samples, oldest first (empty while it is off)."""
+        return self._telemetry.background_samples()
+
+    def background_work(self) -> list[str]:
+        """What runs in the background now: "vram_sampler", "auto_optimizer"."""
+        work = []
+        if self._telemetry_instance is not None and self._telemetry_instance.sampling:
+            work.append("vram_sampler")
+        if self._optimizer_instance is not None and self._optimizer_instance.automatic:
+            work.append("auto_optimizer")
+        return work
 
     def store_problem(self) -> str | None:
         """Why the history database cannot be used right now, or None."""
@@ -387,8 +377,8 @@ class FallbackManager:
     def close(self) -> None:
         """Unload models, stop threads, release probes. Safe to call twice."""
         self._stop.set()
-        if self._optimizer_stop is not None:
-            self._optimizer_stop.set()
+        if self._optimizer_instance is not None:
+            self._optimizer_instance.close()
         if self._telemetry_instance is not None:
             self._telemetry_instance.close()
         self._local.close()
@@ -401,31 +391,40 @@ class FallbackManager:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- internals -----------------------------------------------------------------
+    # -- the collaborators built on first use ----------------------------------------
 
     @property
     def _telemetry(self) -> Telemetry:
-        """History, metrics and sampling, built on first use (they import sqlite3 and more)."""
         with self._lazy_lock:
             if self._telemetry_instance is None:
                 from .telemetry import Telemetry
 
                 self._telemetry_instance = Telemetry(
                     self._probe, data_dir=lambda: self._settings.data_dir,
-                    breakers=self.breaker_states, clock=self._clock)
+                    breakers=self._router.breaker_states, clock=self._clock)
             return self._telemetry_instance
 
     @property
-    def _steering(self) -> Steering:
+    def _benchmarks(self) -> BenchmarkJobs:
         with self._lazy_lock:
-            if self._steering_instance is None:
-                from .steering import Steering
+            if self._benchmarks_instance is None:
+                from .bench_jobs import BenchmarkJobs
 
-                self._steering_instance = Steering(self)
-            return self._steering_instance
+                self._benchmarks_instance = BenchmarkJobs(
+                    local=self._local, vram=self._probe.process_vram_mb,
+                    history=lambda: self._telemetry.store)
+            return self._benchmarks_instance
 
-    def _valid(self, name_or_path: str) -> ModelInfo:
-        model = self.find_model(name_or_path)
-        if not model.valid:
-            raise InvalidModelFile(model.path, model.error or "not a usable model")
-        return model
+    @property
+    def _optimizer(self) -> Optimizer:
+        with self._lazy_lock:
+            if self._optimizer_instance is None:
+                from .optimizer import Optimizer
+
+                self._optimizer_instance = Optimizer(
+                    local=self._local, switch=self.switch_model,
+                    history=lambda: self._telemetry.store, status=self._probe.status,
+                    breakers=self._router.breaker_states,
+                    primary_url=lambda: self._settings.primary_url,
+                    samples=lambda: self._telemetry.background_samples())
+            return self._optimizer_instance

@@ -19,7 +19,6 @@ prometheus_client is imported inside the methods, so importing zwaif_fallback st
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import threading
@@ -27,7 +26,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .breaker import BreakerState
-from .errors import InvalidSettings
+from .errors import InvalidSettings, PortUnavailable
+from .net import is_loopback
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -44,16 +44,6 @@ log = logging.getLogger(__name__)
 
 #: ``zwaif_breaker_state`` values: a higher number is a less available target.
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
-
-
-def _is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # any other host name may resolve to anything
-        return False
 
 
 class _ScrapeCollector(_CollectorBase):
@@ -153,6 +143,8 @@ class Metrics:
                                   "by the first target that failed", ["from_target"], registry=self.registry)
         self._switches = Counter("zwaif_switches", "Streamed answers continued by another target",
                                  registry=self.registry)
+        self._cancelled = Counter("zwaif_cancelled", "Chats whose reader went away before the answer "
+                                  "ended (a client disconnected): not failures", registry=self.registry)
         self._tokens = Counter("zwaif_generated_tokens", "Tokens generated, by source of the target",
                                ["source"], registry=self.registry)
         self._tokens_per_s = Gauge("zwaif_generation_tokens_per_second",
@@ -189,6 +181,10 @@ class Metrics:
             if generating_s > 0:
                 self._tokens_per_s.set(result.tokens / generating_s)
 
+    def record_cancelled(self) -> None:
+        """Count one chat given up by its reader (it counts as no failure)."""
+        self._cancelled.inc()
+
     def set_tokens_per_s(self, value: float) -> None:
         """Set the generation speed gauge to the live rate of the generations in flight.
 
@@ -224,10 +220,11 @@ class Metrics:
             A function that stops the server; calling it again does nothing.
 
         Raises:
-            InvalidSettings: ``host`` is not loopback and ``allow_remote`` is false,
-                or the address cannot be listened on.
+            InvalidSettings: ``host`` is not loopback and ``allow_remote`` is false.
+            PortUnavailable: the address cannot be listened on (the port is in use).
         """
-        if not allow_remote and not _is_loopback(host):
+        host = host.strip()
+        if not allow_remote and not is_loopback(host):
             raise InvalidSettings(
                 f"metrics host {host!r} is not loopback: use 127.0.0.1, ::1 or localhost, "
                 "or pass allow_remote=True to expose the metrics on the network")
@@ -236,7 +233,7 @@ class Metrics:
         try:
             server, thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
-            raise InvalidSettings(f"cannot serve metrics on {host}:{port}: {exc}; "
+            raise PortUnavailable(f"cannot serve metrics on {host}:{port}: {exc}; "
                                   "pick another port") from exc
         lock = threading.Lock()
         stopped = False

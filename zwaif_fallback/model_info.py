@@ -25,7 +25,7 @@ from .safetensors_header import DTYPE_BYTES, read_safetensors_header
 
 __all__ = ["ModelInfo", "ModelShape", "TensorSummary", "inspect_candidate"]
 
-ModelFormat = Literal["gguf", "transformers", "remote"]
+ModelFormat = Literal["gguf", "transformers"]
 _LAYER_RE = re.compile(r"(?:^|\.)(?:blk|layers|h|block|blocks)\.(\d+)\.")
 
 
@@ -80,6 +80,11 @@ class ModelInfo(Model):
     @property
     def size_mb(self) -> float:
         return self.size_bytes / (1024 * 1024)
+
+    @property
+    def usable(self) -> bool:
+        """Whether a local backend can run it: what fallback, ranking and benchmarks consider."""
+        return self.valid
 
 
 def inspect_candidate(candidate: Candidate, *, allow_pickle: bool = False) -> ModelInfo:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Generic, TypeVar
 
 from .backends.base import Backend
 from .model_info import ModelInfo
@@ -22,22 +23,24 @@ __all__ = ["LocalPool"]
 
 log = logging.getLogger(__name__)
 
+B = TypeVar("B", bound=Backend)
 
-class LocalPool:
+
+class LocalPool(Generic[B]):
     """Holds the current local model. ``make(model)`` builds an unloaded backend for it."""
 
-    def __init__(self, make: Callable[[ModelInfo], Backend], *,
+    def __init__(self, make: Callable[[ModelInfo], B], *,
                  clock: Callable[[], float] = time.monotonic,
-                 on_load: Callable[[ModelInfo, Backend, float], None] | None = None) -> None:
+                 on_load: Callable[[ModelInfo, B, float], None] | None = None) -> None:
         self._make = make
         self._clock = clock
         self._on_load = on_load
         self._cond = threading.Condition()
         self._switching = threading.Lock()  # one switch at a time
         self._model: ModelInfo | None = None
-        self._backend: Backend | None = None
-        self._leases: dict[Backend, int] = {}
-        self._retired: set[Backend] = set()
+        self._backend: B | None = None
+        self._leases: dict[B, int] = {}
+        self._retired: set[B] = set()
         self._last_used = clock()
         self.loads = 0  # how many loads this pool has made (for health and tests)
 
@@ -47,7 +50,7 @@ class LocalPool:
             return self._model
 
     @property
-    def backend(self) -> Backend | None:
+    def backend(self) -> B | None:
         with self._cond:
             return self._backend
 
@@ -56,7 +59,7 @@ class LocalPool:
             return self._backend is not None and self._backend.loaded
 
     @contextmanager
-    def use(self, model: ModelInfo, *, both_fit: bool = False) -> Iterator[Backend]:
+    def use(self, model: ModelInfo, *, both_fit: bool = False) -> Iterator[B]:
         """Lease the backend of ``model``, switching to it first if needed."""
         backend = self._acquire(model, both_fit)
         try:
@@ -64,7 +67,7 @@ class LocalPool:
         finally:
             self._release(backend)
 
-    def switch(self, model: ModelInfo, *, both_fit: bool) -> Backend:
+    def switch(self, model: ModelInfo, *, both_fit: bool) -> B:
         """Make ``model`` current and loaded. Raises ModelLoadError (the old model stays then,
         when it was not released first)."""
         with self.use(model, both_fit=both_fit) as backend:
@@ -103,12 +106,12 @@ class LocalPool:
 
     # -- internals -----------------------------------------------------------------
 
-    def _lease(self, backend: Backend) -> Backend:
+    def _lease(self, backend: B) -> B:
         self._leases[backend] = self._leases.get(backend, 0) + 1
         self._last_used = self._clock()
         return backend
 
-    def _acquire(self, model: ModelInfo, both_fit: bool) -> Backend:
+    def _acquire(self, model: ModelInfo, both_fit: bool) -> B:
         with self._cond:
             if self._model is not None and self._model.path == model.path and self._backend:
                 return self._lease(self._backend)
@@ -132,7 +135,7 @@ class LocalPool:
             log.info("switched to %s", model.name)
             return new
 
-    def _load(self, model: ModelInfo, backend: Backend) -> None:
+    def _load(self, model: ModelInfo, backend: B) -> None:
         start = time.perf_counter()
         backend.load()
         self.loads += 1
@@ -142,7 +145,7 @@ class LocalPool:
             except Exception as exc:  # bookkeeping must not fail a load
                 log.warning("after loading %s: %s", model.name, exc)
 
-    def _retire(self, backend: Backend, *, wait: bool = False) -> None:
+    def _retire(self, backend: B, *, wait: bool = False) -> None:
         """Unload ``backend`` now if idle; else when its last lease returns (or wait for it)."""
         with self._cond:
             if wait:
@@ -153,7 +156,7 @@ class LocalPool:
                 return
         backend.unload()
 
-    def _release(self, backend: Backend, *, touch: bool = True) -> None:
+    def _release(self, backend: B, *, touch: bool = True) -> None:
         unload = False
         with self._cond:
             left = self._leases.get(backend, 0) - 1

@@ -29,10 +29,10 @@ _VERDICT_RANK = {"gpu": 0, "partial": 1, "cpu": 2}
 Primary = str | Callable[..., Any] | None
 
 
-def rank_local(plans: list[tuple[ModelInfo, Compatibility]], preferred: str) -> list[ModelInfo]:
+def rank_local(fits: list[tuple[ModelInfo, Compatibility]], preferred: str) -> list[ModelInfo]:
     """Local models best first: verdict tier, the preferred model first in its tier,
     bigger models first on the GPU (better answers), smaller first elsewhere (faster)."""
-    usable = [(m, c) for m, c in plans if c.compatible]
+    usable = [(m, c) for m, c in fits if c.compatible]
 
     def key(item: tuple[ModelInfo, Compatibility]) -> tuple[int, int, float]:
         model, fit = item

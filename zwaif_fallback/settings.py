@@ -192,6 +192,7 @@ class FallbackSettings(BaseSettings):
         Raises:
             InvalidSettings: a value is out of range, the field is unknown, or it is
                 pinned by an argument or the environment. Nothing is written then.
+            StorageError: the settings file cannot be written.
         """
         problems = self._check_changes(changes)
         if problems:
@@ -204,7 +205,11 @@ class FallbackSettings(BaseSettings):
         return type(self)(**self._argument_values())
 
     def reset(self) -> FallbackSettings:
-        """Forget every saved value (the file keeps keys this version does not know)."""
+        """Forget every saved value (the file keeps keys this version does not know).
+
+        Raises:
+            StorageError: the settings file cannot be written.
+        """
         stored = read_file_quietly(self.settings_file)
         kept = {k: v for k, v in stored.items() if k not in type(self).model_fields}
         write_atomically(self.settings_file, kept)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from .errors import InvalidSettings
+from .errors import StorageError
 
 __all__ = ["load_file", "read_file_quietly", "to_json", "write_atomically"]
 
@@ -87,7 +87,7 @@ def write_atomically(path: Path, data: Mapping[str, Any]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:
-        raise InvalidSettings(f"cannot write settings to {path}: {exc.strerror or exc}") from exc
+        raise StorageError(f"cannot write settings to {path}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(dict(data), handle, indent=2, sort_keys=True)
@@ -97,4 +97,4 @@ def write_atomically(path: Path, data: Mapping[str, Any]) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise InvalidSettings(f"cannot write settings to {path}: {exc.strerror or exc}") from exc
+        raise StorageError(f"cannot write settings to {path}: {exc.strerror or exc}") from exc

@@ -19,13 +19,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 __all__ = ["Store"]
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "history.sqlite3"
+R = TypeVar("R", bound=BaseModel)
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -186,6 +189,20 @@ class Store:
             rows = db.execute(query + " ORDER BY at DESC, id DESC LIMIT ?", (*args, limit))
             return [json.loads(data) | {"at": at} for at, data in rows.fetchall()]
         return []
+
+    def benchmarks_as(self, result_type: type[R], model: str | None = None, *,
+                      limit: int = 100) -> list[R]:
+        """Like ``benchmarks``, each row read as ``result_type`` (``BenchmarkResult``: the
+        store stays below the modules that define results); a row it cannot read (an older
+        or a damaged one) is left out."""
+        results = []
+        for row in self.benchmarks(model, limit=limit):
+            try:
+                results.append(result_type.model_validate(row))
+            except ValidationError as exc:
+                log.warning("skipped a saved benchmark of %r: %s", row.get("model"),
+                            exc.errors()[0].get("msg", exc))
+        return results
 
     # -- failovers -------------------------------------------------------------------
 

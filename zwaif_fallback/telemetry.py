@@ -12,13 +12,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidSettings
+from .breaker import BreakerState
+from .errors import Busy, NotStarted
 from .failover import Attempt, ChatResult
 from .hardware import HardwareProbe
-from .monitor import BackgroundSampler, MonitoringReport, MonitorSession
+from .monitor import BackgroundSampler, MonitoringReport, MonitorSession, Sample
 from .store import Store
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 __all__ = ["Telemetry", "TokenMeter"]
 
@@ -55,7 +59,7 @@ class Telemetry:
     """Owns the history store, the Prometheus metrics, the token meter and the samplers."""
 
     def __init__(self, probe: HardwareProbe, *, data_dir: Callable[[], Path],
-                 breakers: Callable[[], dict[str, Any]],
+                 breakers: Callable[[], dict[str, BreakerState]],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._probe = probe
         self._data_dir = data_dir
@@ -64,7 +68,7 @@ class Telemetry:
         self.meter = TokenMeter(clock=clock)
         self._lock = threading.Lock()
         self._store: Store | None = None
-        self._metrics: Any = None
+        self._metrics: Metrics | None = None
         self._sampler: BackgroundSampler | None = None
         self._session: MonitorSession | None = None
 
@@ -81,7 +85,7 @@ class Telemetry:
             return self._store
 
     @property
-    def metrics(self) -> Any:
+    def metrics(self) -> Metrics:
         """The Prometheus metrics (built on first use: prometheus_client loads then)."""
         with self._lock:
             if self._metrics is None:
@@ -90,8 +94,16 @@ class Telemetry:
                 self._metrics = Metrics(status=self._probe.status, breakers=self._breakers)
             return self._metrics
 
+    def record_piece(self) -> None:
+        """One piece of an answer was streamed (the live tokens/s)."""
+        self.meter.add()
+
     def record_chat(self, result: ChatResult) -> None:
         self._record([a.model_dump() for a in result.attempts], result)
+
+    def record_cancelled(self) -> None:
+        if self._metrics is not None:
+            self._metrics.record_cancelled()
 
     def record_failure(self, attempts: list[Attempt]) -> None:
         self._record([a.model_dump() for a in attempts], None)
@@ -135,13 +147,18 @@ class Telemetry:
             sampler.stop()
 
     @property
-    def background(self) -> BackgroundSampler | None:
-        return self._sampler
+    def sampling(self) -> bool:
+        """Whether the background sampler runs."""
+        return self._sampler is not None
+
+    def background_samples(self) -> list[Sample]:
+        sampler = self._sampler
+        return sampler.history() if sampler is not None else []
 
     def start_monitoring(self, duration_s: float, interval_s: float) -> None:
         with self._lock:
             if self._session is not None and self._session.running:
-                raise InvalidSettings("a monitoring session is already running; stop it first")
+                raise Busy("a monitoring session is already running; stop it first")
             session = MonitorSession(self.sample, duration_s=duration_s, interval_s=interval_s,
                                      on_finish=self._save_session)
             session.start()
@@ -157,7 +174,7 @@ class Telemetry:
         with self._lock:
             session = self._session
         if session is None:
-            raise InvalidSettings("no monitoring session was started")
+            raise NotStarted("no monitoring session was started")
         session.stop()
         session.wait(10)
         return session.report()
@@ -166,7 +183,7 @@ class Telemetry:
         with self._lock:
             session = self._session
         if session is None:
-            raise InvalidSettings("no monitoring session was started")
+            raise NotStarted("no monitoring session was started")
         return session.report()
 
     def wait_monitoring(self, timeout: float | None = None) -> bool:

@@ -1,4 +1,4 @@
-"""The interface every runtime implements: load, stream, unload, memory.
+"""The interface every runtime implements: load, stream, unload.
 
 A backend streams text pieces for OpenAI-style messages. ``prefix`` is text the
 assistant has already said (a previous target died mid-answer): the backend
@@ -13,12 +13,15 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError, field_validator
 
 from .._model import Model
 from ..errors import InvalidSettings
+
+if TYPE_CHECKING:
+    from ..fit import Compatibility
 
 __all__ = ["Backend", "GenerationParams", "LocalBackend", "Message", "TargetFailed", "Usage",
            "check_messages"]
@@ -138,10 +141,6 @@ class Backend(ABC):
     def loaded(self) -> bool:
         return True
 
-    def memory_mb(self) -> float:
-        """Memory this backend holds now (0 for remote servers)."""
-        return 0.0
-
     def close(self) -> None:
         self.unload()
 
@@ -149,13 +148,20 @@ class Backend(ABC):
 class LocalBackend(Backend):
     """A model held in this process. One generation, load or unload runs at a time
     (llama.cpp contexts are not thread-safe); others queue on the lock. A model that
-    was unloaded while idle is loaded again by its next generation."""
+    was unloaded while idle is loaded again by its next generation.
 
-    def __init__(self, name: str) -> None:
+    Args:
+        fit: the fit it is built from (``LocalModels.fit``); it tells what the
+            loaded model holds, and calibration compares a real load with it.
+        vram_probe: per-process VRAM in MiB for a pid, to measure what a load added.
+    """
+
+    def __init__(self, name: str, *, fit: Compatibility | None = None,
+                 vram_probe: Callable[[int], float | None] | None = None) -> None:
         super().__init__(name)
         self._lock = threading.Lock()
-        self.plan: Any = None  # the fit plan it was built from (the manager sets it)
-        self.vram_probe: Callable[[int], float | None] | None = None
+        self.fit = fit  # the fit it was built from: what a load of it should hold
+        self.vram_probe = vram_probe  # per-process VRAM in MiB for a pid, None where unknown
         # (RAM, VRAM) the last load added; the VRAM without the runtime's own GPU context
         self.measured_mb: tuple[float, float | None] | None = None
 

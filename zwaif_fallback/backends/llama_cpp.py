@@ -17,13 +17,16 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable, ModelLoadError
 from ..memory import CUDA_LOAD_CONTEXT_MB
 from .base import GenerationParams, LocalBackend, TargetFailed, Usage
+
+if TYPE_CHECKING:
+    from ..fit import Compatibility
 
 __all__ = ["LlamaCppBackend"]
 
@@ -121,7 +124,7 @@ class LlamaCppBackend(LocalBackend):
 
     Args:
         path: the GGUF file (the first shard of a split model).
-        n_ctx, n_gpu_layers, flash_attn, kv_type: the load plan (llama.cpp's meanings).
+        n_ctx, n_gpu_layers, flash_attn, kv_type: from the fit (llama.cpp's meanings).
         safe_load: check the file in a child process before the first load.
     """
 
@@ -129,8 +132,9 @@ class LlamaCppBackend(LocalBackend):
 
     def __init__(self, name: str, path: str, *, n_ctx: int = 4096, n_gpu_layers: int = 0,
                  flash_attn: bool = False, kv_type: str = "f16", n_threads: int | None = None,
-                 safe_load: bool = True) -> None:
-        super().__init__(name)
+                 safe_load: bool = True, fit: Compatibility | None = None,
+                 vram_probe: Callable[[int], float | None] | None = None) -> None:
+        super().__init__(name, fit=fit, vram_probe=vram_probe)
         self.path = path
         self.n_ctx = n_ctx
         self.n_gpu_layers = n_gpu_layers

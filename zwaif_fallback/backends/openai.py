@@ -216,11 +216,14 @@ def _transport_error(exc: Exception, url: str) -> TargetFailed:
 
 
 def _refused(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ConnectionRefusedError) or getattr(seen, "errno", None) == errno.ECONNREFUSED:
+    """Whether the OS refused the connection: httpx keeps the socket's error in the chain
+    (httpx.ConnectError from httpcore.ConnectError from ConnectionRefusedError)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError) or (
+                isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED):
             return True
-        if "refused" in str(seen).lower():
-            return True
-        seen = seen.__cause__ or seen.__context__
+        cause = cause.__cause__ or cause.__context__
     return False

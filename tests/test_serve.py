@@ -1,0 +1,304 @@
+"""``serve``'s OpenAI-compatible API, read by clients nobody here wrote.
+
+The ``openai`` package (sync and async) and ``requests`` + ``sseclient-py`` (the way
+Z-WAIF reads its Oobabooga stream) talk to the API served by uvicorn on loopback; the
+primary is a real ``llama_cpp.server`` behind a fault proxy, the fallback the bundled SmolLM2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import run_cli
+from servers import FaultProxy, HangServer, LlamaServer, free_port, refused_url, wait_until
+
+from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings
+from zwaif_fallback.server import MAX_BODY_BYTES, build_api, check_bind
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1"
+ASK = [{"role": "user", "content": "Name three colours."}]
+GEN: dict[str, Any] = {"max_tokens": 24, "temperature": 0.0, "seed": 1}
+
+
+class Served:
+    """The API app on a free loopback port, in a uvicorn thread."""
+
+    def __init__(self, manager: FallbackManager, api_key: str | None = None) -> None:
+        config = uvicorn.Config(build_api(manager, api_key=api_key), host="127.0.0.1", port=free_port(),
+                                log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.server.started, timeout_s=20, what="uvicorn to start")
+        self.url = f"http://127.0.0.1:{config.port}"
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def llama(smollm2: Path) -> Iterator[LlamaServer]:
+    srv = LlamaServer(smollm2).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def proxy(llama: LlamaServer) -> Iterator[FaultProxy]:
+    p = FaultProxy(llama.port)
+    yield p
+    p.close()
+
+
+def make_manager(root: Path, primary_url: str, **settings: Any) -> FallbackManager:
+    models = root / "models"
+    models.mkdir(exist_ok=True)
+    return FallbackManager(FallbackSettings(
+        timeout=5, max_retries=2, models_dir=models, scan_system_stores=False, keep_alive=0,
+        preferred_model=SMOL, settings_file=root / "settings.json", data_dir=root / "data",
+        primary_url=primary_url, **settings), background=False)
+
+
+@contextmanager
+def serve(root: Path, primary_url: str, api_key: str | None = None) -> Iterator[Served]:
+    with make_manager(root, primary_url) as manager:
+        served = Served(manager, api_key)
+        try:
+            yield served
+        finally:
+            served.close()
+
+
+@pytest.fixture
+def fronting(isolated: Path, proxy: FaultProxy) -> Iterator[Served]:
+    """``serve`` in front of the healthy llama.cpp server."""
+    with serve(isolated, proxy.url) as served:
+        yield served
+
+
+@pytest.fixture
+def orphaned(isolated: Path) -> Iterator[Served]:
+    """``serve`` whose primary refuses connections."""
+    with serve(isolated, refused_url()) as served:
+        yield served
+
+
+def client(served: Served, **kwargs: Any) -> Any:
+    return openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0, **kwargs)
+
+
+# -- the openai package ---------------------------------------------------------------------
+
+
+def test_a_healthy_primary_answers_through_serve(fronting: Served, proxy: FaultProxy):
+    raw = client(fronting).chat.completions.with_raw_response.create(model="local-llm", messages=ASK, **GEN)
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "".join(proxy.forwarded)
+    assert raw.headers["x-fallback-source"] == "primary"
+    assert raw.headers["x-fallback-model"] == proxy.url
+    assert json.loads(proxy.last_body or b"{}")["model"] == "local-llm"
+
+
+def test_a_stopped_primary_streams_from_the_local_model(orphaned: Served):
+    with client(orphaned).chat.completions.with_streaming_response.create(
+            model="local-llm", messages=ASK, stream=True, **GEN) as response:
+        assert response.headers["x-fallback-source"] == "local"
+        assert response.headers["x-fallback-model"] == SMOL
+        chunks = list(response.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and chunks[-1].choices[0].finish_reason == "length"
+    whole = client(orphaned).chat.completions.create(model="local-llm", messages=ASK, **GEN)
+    assert whole.choices[0].message.content == text
+    assert whole.usage is not None and whole.usage.completion_tokens == 24
+
+
+def test_the_async_client_streams_with_usage(orphaned: Served):
+    async def ask() -> list[Any]:
+        async with openai.AsyncOpenAI(base_url=orphaned.url + "/v1", api_key="unused",
+                                      max_retries=0) as aclient:
+            stream = await aclient.chat.completions.create(
+                model="local-llm", messages=ASK, stream=True, stream_options={"include_usage": True},
+                **GEN)
+            return [chunk async for chunk in stream]
+
+    chunks = asyncio.run(ask())
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 24 and chunks[-1].usage.prompt_tokens > 0
+
+
+def test_a_hung_primary_is_answered_for_at_the_deadline(isolated: Path):
+    hung = HangServer()
+    try:
+        with serve(isolated, hung.url) as served:
+            completion = client(served, timeout=30).chat.completions.create(
+                model="x", messages=ASK, **GEN)
+            assert completion.model == SMOL
+    finally:
+        hung.close()
+
+
+def test_a_stream_cut_mid_answer_continues_in_one_stream(fronting: Served, proxy: FaultProxy):
+    proxy.mode, proxy.after = "cut", 3
+    with client(fronting).chat.completions.with_streaming_response.create(
+            model="x", messages=ASK, stream=True, **GEN) as response:
+        assert response.headers["x-fallback-source"] == "primary"  # who gave the first piece
+        chunks = list(response.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    sent = "".join(proxy.forwarded)
+    assert text.startswith(sent) and len(text) > len(sent)
+    switch = (chunks[-1].model_extra or {})["x_fallback"]["switches"]
+    assert switch == [{"at_char": len(sent), "from_target": proxy.url, "to_target": SMOL}]
+
+
+# -- requests + sseclient-py, as Z-WAIF reads a stream --------------------------------------
+
+
+def test_a_stream_reads_as_z_waif_reads_it(orphaned: Served):
+    requests = pytest.importorskip("requests")
+    sseclient = pytest.importorskip("sseclient")
+    response = requests.post(orphaned.url + "/v1/chat/completions", json={
+        "messages": ASK, "mode": "chat", "stream": True, "max_tokens": 24, "temperature": 0.0,
+        "seed": 1, "truncation_length": 4096}, stream=True, timeout=60)
+    response.raise_for_status()
+    message = ""
+    for event in sseclient.SSEClient(response).events():  # Z-WAIF's extract_streaming_chunk
+        try:
+            if event.data:
+                payload = json.loads(event.data)
+                if payload.get("choices"):
+                    message += payload["choices"][0].get("delta", {}).get("content", "")
+        except json.JSONDecodeError:
+            assert event.data == "[DONE]"
+    assert message == client(orphaned).chat.completions.create(
+        model="x", messages=ASK, **GEN).choices[0].message.content
+
+
+# -- the other routes ------------------------------------------------------------------------
+
+
+def test_models_lists_the_primarys_then_the_local_ones(fronting: Served):
+    listed = client(fronting).models.list().data
+    sources = [(m.id, (m.model_extra or {})["source"]) for m in listed]
+    assert sources[0][1] == "primary" and sources[0][0].endswith(".gguf")
+    assert (SMOL, "local") in sources
+
+
+def test_health_reports_the_chain(orphaned: Served):
+    client(orphaned).chat.completions.create(model="x", messages=ASK, **GEN)
+    response = httpx.get(orphaned.url + "/health", timeout=10)
+    state = response.json()
+    assert response.status_code == 200 and state["can_answer"]
+    assert state["current_model"] == SMOL and state["local_models"] >= 1
+    assert "/v1" in next(iter(state["breakers"]))
+
+
+def test_metrics_are_served(orphaned: Served):
+    response = httpx.get(orphaned.url + "/metrics", timeout=10)
+    assert response.status_code == 200 and "zwaif_" in response.text
+
+
+# -- safety -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    (b"{not json", 400, None),
+    (b"[1, 2]", 400, None),
+    (json.dumps({"model": "x"}).encode(), 400, "messages"),
+    (json.dumps({"messages": "hello"}).encode(), 400, "messages"),
+    (json.dumps({"messages": ASK, "n": 2}).encode(), 400, "n"),
+    (json.dumps({"messages": ASK, "max_tokens": -5}).encode(), 400, "max_tokens"),
+    (json.dumps({"messages": ASK, "max_tokens": -5, "stream": True}).encode(), 400, "max_tokens"),
+    (b'{"messages": "' + b"a" * (MAX_BODY_BYTES + 1) + b'"}', 413, None),
+])
+def test_a_bad_request_gets_an_openai_error(orphaned: Served, body: bytes, status: int, param: str | None):
+    response = httpx.post(orphaned.url + "/v1/chat/completions", content=body, timeout=30,
+                          headers={"Content-Type": "application/json"})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    if param is not None:
+        assert error["param"] == param
+
+
+def test_a_key_is_required_when_set(isolated: Path):
+    with serve(isolated, refused_url(), api_key="s3cret") as served:
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=served.url + "/v1", api_key="wrong", max_retries=0).models.list()
+        response = httpx.post(served.url + "/v1/chat/completions", json={"messages": ASK}, timeout=10)
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+        keyed = openai.OpenAI(base_url=served.url + "/v1", api_key="s3cret", max_retries=0)
+        assert keyed.chat.completions.create(model="x", messages=ASK, **GEN).choices[0].message.content
+        assert httpx.get(served.url + "/health", timeout=10).status_code == 200  # for load balancers
+
+
+def test_a_network_address_needs_a_key():
+    with pytest.raises(InvalidSettings, match="FALLBACK_API_KEY"):
+        check_bind("0.0.0.0", None)
+    check_bind("0.0.0.0", "s3cret")
+    check_bind("127.0.0.1", None)
+    check_bind("::1", None)
+
+
+def test_a_client_that_disconnects_stops_the_local_generation(orphaned: Served):
+    body = {"messages": ASK, "stream": True, "max_tokens": 400, "temperature": 0.0, "seed": 1}
+    with httpx.stream("POST", orphaned.url + "/v1/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: {")  # the local model is generating
+    # The connection is closed: the chain is told, the generation ends and counts as cancelled.
+    wait_until(lambda: "zwaif_cancelled_total 1.0" in httpx.get(orphaned.url + "/metrics").text,
+               timeout_s=10, what="the stream to be cancelled")
+    answer = client(orphaned).chat.completions.create(model="x", messages=ASK, **GEN)
+    assert answer.choices[0].finish_reason == "length"  # the model was free again
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def test_the_serve_command_answers_with_the_tabs_beside_the_api(isolated: Path):
+    port = free_port()
+    env = {**os.environ, "FALLBACK_PRIMARY_URL": refused_url(), "FALLBACK_SCAN_SYSTEM_STORES": "false",
+           "FALLBACK_VRAM_MONITORING": "false"}
+    process = subprocess.Popen([sys.executable, "-m", "zwaif_fallback", "serve", "--port", str(port)],
+                               cwd=isolated, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert f"point your host's OpenAI-compatible URL at http://127.0.0.1:{port}/v1" in line
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(base + "/health", timeout=2).status_code == 200, timeout_s=30,
+                   what="serve to answer")
+        page = httpx.get(base + "/", timeout=10)
+        assert page.status_code == 200 and "gradio" in page.text.lower()
+        host = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        answer = host.chat.completions.create(model="x", messages=ASK, **GEN)
+        assert answer.model == SMOL and answer.choices[0].message.content
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_serve_refuses_a_network_address_without_a_key_and_a_taken_port(isolated: Path):
+    refused = run_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()), cwd=isolated)
+    assert refused.returncode == 2 and "FALLBACK_API_KEY" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = run_cli("serve", "--no-ui", "--port", str(taken.getsockname()[1]), cwd=isolated)
+    assert busy.returncode == 1 and "choose another port" in busy.stderr

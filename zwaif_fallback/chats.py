@@ -1,0 +1,97 @@
+"""Chats: one answer through the failover chain, from input checks to the recorded result.
+
+The input is checked before anything is sent; the chain is built from the settings of
+the moment; each finished result goes to telemetry and becomes this thread's last one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+from .backends.base import GenerationParams, Message, check_messages
+from .errors import AllTargetsFailed, InvalidSettings
+from .failover import Attempt, ChatResult, FailoverChain, Piece
+from .routing import Primary, Router
+from .settings import FallbackSettings, validate_field
+
+__all__ = ["Chats", "Recorder"]
+
+
+class Recorder(Protocol):
+    """Where chats are counted (``Telemetry`` is one): it must never raise into a chat."""
+
+    def record_piece(self) -> None: ...
+
+    def record_chat(self, result: ChatResult) -> None: ...
+
+    def record_failure(self, attempts: list[Attempt]) -> None: ...
+
+    def record_cancelled(self) -> None: ...
+
+
+class Chats:
+    """Answers chats for one manager. Thread-safe; ``last_result`` is per thread.
+
+    Args:
+        settings: the settings now (timeout, retries, auto_switch, the primary...).
+        router: the targets of each chat, with their breakers.
+        recorder: where results, failures and streamed pieces are counted.
+    """
+
+    def __init__(self, *, settings: Callable[[], FallbackSettings], router: Router,
+                 recorder: Callable[[], Recorder],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._router = router
+        self._recorder = recorder
+        self._clock = clock
+        self._last = threading.local()
+
+    @property
+    def last_result(self) -> ChatResult | None:
+        result: ChatResult | None = getattr(self._last, "result", None)
+        return result
+
+    def answer(self, messages: Sequence[Message], primary: Primary, model: str | None,
+               gen: dict[str, Any], done: Callable[[ChatResult], None] | None,
+               cancel: threading.Event | None) -> Iterator[Piece]:
+        """The answer's pieces; bad input raises here, before the first piece.
+
+        ``model`` is a request's model name (see ``Router.targets``); ``done`` receives the
+        ChatResult when the answer is complete; setting ``cancel`` stops it (the reader went
+        away), counted as cancelled.
+        """
+        checked = check_messages(messages)
+        params = GenerationParams.from_kwargs(**gen)
+        settings = self._settings()
+        if isinstance(primary, str):
+            validate_field("primary_url", primary)
+        elif primary is not None and not callable(primary):
+            raise InvalidSettings("primary must be a base URL, a callable, or None")
+        chain = FailoverChain(timeout_s=settings.timeout, max_retries=settings.max_retries,
+                              auto_switch=settings.auto_switch, clock=self._clock, cancel=cancel)
+        targets = self._router.targets(settings, primary, model=model)
+
+        def finished(result: ChatResult) -> None:
+            self._last.result = result
+            self._recorder().record_chat(result)
+            if done is not None:
+                done(result)
+
+        return self._metered(chain.pieces(checked, params, targets, finished), cancel)
+
+    def _metered(self, pieces: Iterator[Piece], cancel: threading.Event | None) -> Iterator[Piece]:
+        recorder = self._recorder()
+        try:
+            for piece in pieces:
+                recorder.record_piece()
+                yield piece
+        except AllTargetsFailed as exc:
+            recorder.record_failure(exc.attempts)
+            raise
+        finally:  # the reader may also close this generator itself once it has cancelled
+            if cancel is not None and cancel.is_set():
+                recorder.record_cancelled()

@@ -1,0 +1,358 @@
+"""``zwaif-fallback serve``: the failover chain behind an OpenAI-compatible HTTP API.
+
+A host that talks HTTP points its OpenAI base URL here and changes nothing else:
+
+    POST /v1/chat/completions   the chain's answer, whole or as server-sent events
+    GET  /v1/models             the primary's models, then the remotes', then the local ones
+    GET  /health                200 with the chain's state, 503 when nothing could answer
+    GET  /metrics               Prometheus metrics
+
+Generation never runs on the event loop: each stream is pumped by a thread of its own
+into the loop, so a slow local model stalls neither other requests nor ``/health``. The
+app is Starlette's (Gradio brings it); ``webui`` mounts the tabs at ``/`` beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .completions import BadRequestField, error_object
+from .errors import InvalidSettings, PortUnavailable
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from .manager import FallbackManager
+
+__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "build_api", "check_bind", "run"]
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "FALLBACK_API_KEY"
+#: The largest request body taken (413 above it): 2 M characters of messages, in JSON.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MODELS_TIMEOUT_S = 2.0
+_DONE = object()
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    """Refuse a non-loopback address without an API key.
+
+    Raises:
+        InvalidSettings: anyone on the network could use the models and read the answers.
+    """
+    from .net import is_loopback
+
+    if not api_key and not is_loopback(host):
+        raise InvalidSettings(
+            f"refusing to serve the API on {host!r} without a key: anyone on the network could "
+            f"use it. Set {API_KEY_ENV} (clients then send it as a Bearer token), or listen on "
+            "127.0.0.1")
+
+
+def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starlette:
+    """The OpenAI-compatible routes, ``/health`` and ``/metrics`` as one ASGI app.
+
+    Args:
+        manager: answers every request; its settings say where the primary is.
+        api_key: required as ``Authorization: Bearer KEY`` on ``/v1`` routes; None reads
+            FALLBACK_API_KEY (unset: no key, for loopback use).
+    """
+    from fastapi import FastAPI  # a FastAPI app, so that gradio can mount the tabs on it
+    from starlette.routing import Route
+
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    manager.metrics  # noqa: B018 - made now, so that /metrics counts from the first request
+    api = _Api(manager, key)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.routes.extend([
+        Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+        Route("/v1/models", api.models, methods=["GET"]),
+        Route("/health", api.health, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+    ])
+    return app
+
+
+def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
+        api_key: str | None = None, mount: Callable[[Starlette], None] | None = None,
+        announce: Callable[[str], None] = print) -> None:
+    """Serve the API (and, through ``mount``, the tabs at ``/``) until interrupted.
+
+    Args:
+        api_key: as in ``build_api``; without one only loopback addresses are allowed.
+        mount: adds more routes to the app before it starts (the CLI mounts the web UI).
+        announce: told the line a host needs once the server listens.
+
+    Raises:
+        InvalidSettings: a non-loopback host without a key.
+        PortUnavailable: the address cannot be listened on (the port is taken).
+    """
+    import socket
+
+    import uvicorn
+
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    check_bind(host, key)
+    app = build_api(manager, api_key=key)
+    if mount is not None:
+        mount(app)
+    try:  # bind first, so that a port in use is one clear line, not a uvicorn traceback
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+    except OSError as exc:
+        raise PortUnavailable(f"cannot serve on {host}:{port}: {exc.strerror or exc}; "
+                              "choose another port with --port") from exc
+    shown = f"[{host}]" if ":" in host else host
+    announce(f"point your host's OpenAI-compatible URL at http://{shown}:{port}/v1 "
+             f"(the tabs: http://{shown}:{port}/, health: /health)" if mount is not None else
+             f"point your host's OpenAI-compatible URL at http://{shown}:{port}/v1")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    server.run(sockets=[listener])
+
+
+class _Api:
+    """The route handlers, over one manager."""
+
+    def __init__(self, manager: FallbackManager, api_key: str | None) -> None:
+        self.manager = manager
+        self.api_key = api_key
+
+    async def chat_completions(self, request: Request) -> Response:
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        body = await _read_body(request)
+        if isinstance(body, Exception):
+            return _error_response(body, 413 if "larger than" in str(body) else 400)
+        problem = _unsupported(body)
+        if problem is not None:
+            return _error_response(problem, 400)
+        if not body.get("stream"):
+            answer = await asyncio.to_thread(self.manager.chat_completion, body)
+            return JSONResponse(answer, status_code=_status_of(answer), headers=_who(answer))
+        cancel = threading.Event()
+        chunks = _Pump(self.manager.stream_chat_completion(body, cancel=cancel), cancel)
+        chunks.watch(request)
+        first = await chunks.next()
+        if first is _DONE:  # stream_chat_completion always yields; a last guard
+            first = error_object(RuntimeError("the answer ended before it began"))
+        if "error" in first:  # nothing was sent yet: a plain error response, as OpenAI gives
+            chunks.close()
+            return JSONResponse(first, status_code=_status_of(first))
+        return StreamingResponse(_sse(first, chunks), media_type="text/event-stream",
+                                 headers={**_who(first), "Cache-Control": "no-cache"})
+
+    async def models(self, request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        data = await asyncio.to_thread(self._models)
+        return JSONResponse({"object": "list", "data": data})
+
+    def _models(self) -> list[dict[str, Any]]:
+        settings = self.manager.settings
+        servers = ([(settings.primary_url, "primary")] if settings.primary_url else []) + \
+            [(url, "remote") for url in settings.remote_urls]
+        listed: list[dict[str, Any]] = []
+        for url, source in servers:
+            listed += _server_models(url, source, settings.primary_api_key.get_secret_value()
+                                     if source == "primary" else "")
+        for model in self.manager.discover_models():
+            if model.usable:
+                listed.append({"id": model.name, "object": "model", "created": 0,
+                               "owned_by": "zwaif-fallback", "source": "local"})
+        return listed
+
+    async def health(self, request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        state = await asyncio.to_thread(self._health)
+        return JSONResponse(state, status_code=200 if state["can_answer"] else 503)
+
+    def _health(self) -> dict[str, Any]:
+        breakers = self.manager.breaker_states()
+        settings = self.manager.settings
+        servers = [settings.primary_url, *settings.remote_urls] if settings.primary_url \
+            else list(settings.remote_urls)
+        server_up = any(breakers.get(url, {}).get("state") != "open" for url in servers)
+        current = self.manager.current_model
+        local = [m.name for m in self.manager.discover_models() if m.usable]
+        return {"status": "ok" if server_up or local else "unavailable",
+                "can_answer": bool(server_up or local),
+                "primary": settings.primary_url or None,
+                "breakers": breakers,
+                "current_model": current.name if current is not None else None,
+                "local_models": len(local)}
+
+    async def metrics(self, request: Request) -> Response:
+        from starlette.responses import Response
+
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        body, content_type = self.manager.metrics.render()
+        return Response(body, media_type=content_type)
+
+    def _refuse(self, request: Request) -> Response | None:
+        if self.api_key is None:
+            return None
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(),
+                                                                 self.api_key.encode()):
+            return None
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"error": {
+            "message": "a valid API key is required: send 'Authorization: Bearer <key>' with "
+                       f"the key this server was started with ({API_KEY_ENV})",
+            "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}},
+            status_code=401)
+
+
+class _Pump:
+    """Runs a blocking iterator on a thread of its own and hands its items to the loop.
+
+    ``close`` sets ``stopped``, the iterator's own cancel event: the chain then stops
+    within a tenth of a second, closing the upstream request or the local generation,
+    and the thread closes the iterator.
+    """
+
+    def __init__(self, items: Iterator[Any], stopped: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.stopped = stopped
+        self._items = items
+        threading.Thread(target=self._run, daemon=True, name="zwaif-serve-stream").start()
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if self.stopped.is_set():
+                    break
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except Exception as exc:  # stream_chat_completion never raises; this is a last guard
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, error_object(exc))
+        finally:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+            try:
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, _DONE)
+            except RuntimeError:  # the loop has closed: nobody is reading
+                pass
+
+    async def next(self) -> Any:
+        return await self._queue.get()
+
+    def watch(self, request: Request) -> None:
+        """Close when the client disconnects. The body has been read, so the next ASGI
+        message is the disconnect (Starlette's own check relies on ``send`` failing, which
+        uvicorn does not do: it drops what a gone client would have received)."""
+
+        async def wait_for_disconnect() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            self.close()
+
+        self._watcher = asyncio.get_running_loop().create_task(wait_for_disconnect())
+
+    def close(self) -> None:
+        self.stopped.set()
+        watcher = getattr(self, "_watcher", None)
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
+
+
+async def _sse(first: dict[str, Any], chunks: _Pump) -> AsyncIterator[bytes]:
+    """Server-sent events as OpenAI sends them: ``data: {...}`` each, then ``data: [DONE]``."""
+    try:
+        item: Any = first
+        while item is not _DONE:
+            yield b"data: " + json.dumps(item, separators=(",", ":")).encode() + b"\n\n"
+            if "error" in item:
+                return  # OpenAI ends a failed stream with the error event
+            item = await chunks.next()
+        yield b"data: [DONE]\n\n"
+    finally:
+        chunks.close()  # the client went away, or the stream ended
+
+
+async def _read_body(request: Request) -> dict[str, Any] | InvalidSettings:
+    """The JSON body, at most MAX_BODY_BYTES; an error saying what is wrong otherwise."""
+    size = 0
+    parts = []
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY_BYTES:
+            return InvalidSettings(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+        parts.append(part)
+    try:
+        body = json.loads(b"".join(parts))
+    except (ValueError, UnicodeDecodeError) as exc:
+        return InvalidSettings(f"the request body is not JSON: {exc}")
+    if not isinstance(body, dict):
+        return InvalidSettings(f"the request body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def _unsupported(body: dict[str, Any]) -> InvalidSettings | None:
+    n = body.get("n")
+    if n is not None and n != 1:
+        return BadRequestField("n", f"n={n!r}: one choice per request is supported; send n=1")
+    return None
+
+
+def _status_of(answer: dict[str, Any]) -> int:
+    error = answer.get("error")
+    if not isinstance(error, dict):
+        return 200
+    return 400 if error.get("type") == "invalid_request_error" else 503
+
+
+def _who(answer: dict[str, Any]) -> dict[str, str]:
+    """The headers that tell the host which target answered."""
+    info = answer.get("x_fallback") or {}
+    model = info.get("model") or answer.get("model")
+    headers = {}
+    if info.get("source"):
+        headers["X-Fallback-Source"] = str(info["source"])
+    if model:
+        headers["X-Fallback-Model"] = str(model)
+    return headers
+
+
+def _error_response(exc: InvalidSettings, status: int) -> Response:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(error_object(exc), status_code=status)
+
+
+def _server_models(url: str, source: str, api_key: str) -> list[dict[str, Any]]:
+    """A server's ``/models``, each marked with its source; nothing when it does not answer."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/models", headers=headers, timeout=MODELS_TIMEOUT_S,
+                             trust_env=False)
+        data = response.json().get("data") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        log.info("no model list from %s: %s", url, exc)
+        return []
+    return [{**m, "source": source} for m in data or [] if isinstance(m, dict) and m.get("id")]
