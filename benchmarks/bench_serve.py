@@ -48,6 +48,7 @@ PROMPT = [{"role": "user", "content": "Write a long story about a dragon who lea
 STREAMS, CHUNKS = 64, 200
 LITELLM_VENV = Path(__file__).resolve().parent / ".venv-litellm"
 LITELLM_KEY = "sk-zwaif-bench-0123456789abcdef"
+SERVE_FLAGS: list[str] = []  # ["--no-ui"] with --no-ui
 
 
 @dataclass
@@ -103,8 +104,8 @@ def serve(stack: ExitStack, primary: str, fallback: str | None = None, timeout_s
            "FALLBACK_TIMEOUT": str(timeout_s), "FALLBACK_MODELS_DIR": str(work),
            "FALLBACK_DATA_DIR": str(work / "data"), "FALLBACK_SETTINGS_FILE": str(work / "s.json"),
            "FALLBACK_SCAN_SYSTEM_STORES": "false", "FALLBACK_VRAM_MONITORING": "false"}
-    stack.enter_context(process([sys.executable, "-m", "zwaif_fallback", "serve", "--port", str(port)],
-                                f"http://127.0.0.1:{port}/health", env))
+    stack.enter_context(process([sys.executable, "-m", "zwaif_fallback", "serve", "--port", str(port),
+                                 *SERVE_FLAGS], f"http://127.0.0.1:{port}/health", env))
     return Endpoint("serve", f"http://127.0.0.1:{port}/v1")
 
 
@@ -285,13 +286,20 @@ def main() -> None:
     parser.add_argument("--failover-runs", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM's proxy")
+    parser.add_argument("--no-ui", action="store_true", help="serve without the tabs (Gradio) at /")
+    parser.add_argument("--only", choices=["overhead", "throughput", "failover"], help="one part only")
     args = parser.parse_args()
+    if args.no_ui:
+        SERVE_FLAGS.append("--no-ui")
     with_litellm = not args.no_litellm
     names = ["direct", "serve"] + (["LiteLLM"] if with_litellm else [])
     rows = [["measure", *names, *(f"{n} vs direct" for n in names[1:]), "target"]]
-    rows += overhead(args.runs, args.max_tokens, with_litellm)
-    rows += throughput(args.rounds, with_litellm)
-    rows += failover(args.failover_runs, with_litellm)
+    if args.only in (None, "overhead"):
+        rows += overhead(args.runs, args.max_tokens, with_litellm)
+    if args.only in (None, "throughput"):
+        rows += throughput(args.rounds, with_litellm)
+    if args.only in (None, "failover"):
+        rows += failover(args.failover_runs, with_litellm)
     print(table(rows))
 
 

@@ -3,7 +3,8 @@
 Times the "Refresh Diagnostics" handler (called directly, and as a real HTTP call through
 the served app with gradio_client) with nothing running, then again while the benchmark
 of every model (started through the UI's own handler) loads and runs them on the CPU.
-Target: the refresh answers in under 1 s, even while the benchmark runs.
+Target: the refresh answers in under 1 s, even while the benchmark runs. It runs on any
+Gradio the tabs support: run it in .venv (Gradio 6) and in .venv-host (Z-WAIF's 4.36.1).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import gradio  # noqa: E402
+import gradio_client  # noqa: E402
 from builders import write_gguf  # noqa: E402
 from gradio_client import Client  # noqa: E402
 from servers import free_port  # noqa: E402
@@ -82,7 +85,7 @@ def main(runs: int = 20) -> None:
     url = launch(manager, port=free_port(), block=False, blocks=app)
     try:
         refresh = DiagnosticsHandlers(manager).refresh
-        client = Client(url, verbose=False, analytics_enabled=False)
+        client = Client(url, verbose=False)  # gradio_client 1.0.1 (Z-WAIF's pin) takes no analytics_enabled
 
         def http_refresh() -> object:
             return client.predict(api_name="/fallback_refresh_diagnostics")
@@ -94,7 +97,8 @@ def main(runs: int = 20) -> None:
     finally:
         app.close()
         manager.close()
-    print(f"models benchmarked: {', '.join(models)}; {os.cpu_count()} CPU cores")
+    print(f"Gradio {gradio.__version__}, gradio_client {gradio_client.__version__}; "
+          f"models benchmarked: {', '.join(models)}; {os.cpu_count()} CPU cores")
     print(table([("Refresh Diagnostics", "n", "median", "max"),
                  row("handler, idle", idle_direct),
                  row("handler, during Benchmark All", busy["handler"]),

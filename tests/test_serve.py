@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from builders import write_gguf
 from conftest import run_cli
 from servers import FaultProxy, HangServer, LlamaServer, free_port, refused_url, wait_until
 
@@ -69,15 +70,25 @@ def proxy(llama: LlamaServer) -> Iterator[FaultProxy]:
 def make_manager(root: Path, primary_url: str, **settings: Any) -> FallbackManager:
     models = root / "models"
     models.mkdir(exist_ok=True)
-    return FallbackManager(FallbackSettings(
+    defaults: dict[str, Any] = dict(
         timeout=5, max_retries=2, models_dir=models, scan_system_stores=False, keep_alive=0,
-        preferred_model=SMOL, settings_file=root / "settings.json", data_dir=root / "data",
-        primary_url=primary_url, **settings), background=False)
+        preferred_model=SMOL, settings_file=root / "settings.json", data_dir=root / "data")
+    return FallbackManager(FallbackSettings(**{**defaults, **settings, "primary_url": primary_url}),
+                           background=False)
 
 
 @contextmanager
-def serve(root: Path, primary_url: str, api_key: str | None = None) -> Iterator[Served]:
-    with make_manager(root, primary_url) as manager:
+def nothing_local(root: Path, primary_url: str) -> Iterator[Served]:
+    """``serve`` whose only local model cannot load, and that may not try another."""
+    (root / "models").mkdir(exist_ok=True)
+    write_gguf(root / "models" / "broken.gguf", n_embd=64, n_head=4, n_head_kv=3)  # bad K/V shape
+    with serve(root, primary_url, auto_switch=False, preferred_model="broken") as served:
+        yield served
+
+
+@contextmanager
+def serve(root: Path, primary_url: str, api_key: str | None = None, **settings: Any) -> Iterator[Served]:
+    with make_manager(root, primary_url, **settings) as manager:
         served = Served(manager, api_key)
         try:
             yield served
@@ -164,6 +175,30 @@ def test_a_stream_cut_mid_answer_continues_in_one_stream(fronting: Served, proxy
     assert text.startswith(sent) and len(text) > len(sent)
     switch = (chunks[-1].model_extra or {})["x_fallback"]["switches"]
     assert switch == [{"at_char": len(sent), "from_target": proxy.url, "to_target": SMOL}]
+
+
+def test_nothing_able_to_answer_is_a_503_listing_the_attempts(isolated: Path):
+    with nothing_local(isolated, refused_url()) as served:
+        for stream in (False, True):
+            response = httpx.post(served.url + "/v1/chat/completions", timeout=60,
+                                  json={"messages": ASK, "stream": stream, **GEN})
+            assert response.status_code == 503
+            body = response.json()
+            assert body["error"]["code"] == "all_targets_failed"
+            assert [a["target"] for a in body["attempts"]][-1] == "broken"
+
+
+def test_a_failure_after_the_first_piece_ends_the_stream_with_an_error_event(isolated: Path,
+                                                                            proxy: FaultProxy):
+    proxy.mode, proxy.after = "cut", 3
+    with nothing_local(isolated, proxy.url) as served:
+        with httpx.stream("POST", served.url + "/v1/chat/completions", timeout=60,
+                          json={"messages": ASK, "stream": True, **GEN}) as response:
+            assert response.status_code == 200
+            events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    pieces = [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1]]
+    assert "".join(pieces) == "".join(proxy.forwarded)
+    assert json.loads(events[-1])["error"]["code"] == "all_targets_failed"  # no [DONE] after it
 
 
 # -- requests + sseclient-py, as Z-WAIF reads a stream --------------------------------------

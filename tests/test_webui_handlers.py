@@ -12,7 +12,7 @@ import pytest
 from builders import write_gguf
 from servers import refused_url, wait_until
 
-from webui import launch
+from webui import compat, launch
 from webui.diagnostics import DiagnosticsHandlers
 from webui.health_monitor import HealthHandlers
 from webui.management import ManagementHandlers
@@ -198,7 +198,7 @@ def test_reset_to_defaults_forgets_saved_values(manager: FallbackManager) -> Non
 def poll_until_done(handlers: ManagementHandlers, job_id: str) -> tuple[Any, ...]:
     def done() -> tuple[Any, ...] | None:
         polled = handlers.poll_benchmark(job_id)
-        return polled if is_update(polled[3], active=False) else None
+        return polled if polled[3] == compat.timer_update(active=False) else None
 
     return wait_until(done, timeout_s=120, what="the benchmark job to end", interval_s=0.2)
 
@@ -206,7 +206,7 @@ def poll_until_done(handlers: ManagementHandlers, job_id: str) -> tuple[Any, ...
 def test_benchmark_runs_as_a_job_and_the_poll_fills_table_and_chart(manager: FallbackManager) -> None:
     handlers = ManagementHandlers(manager)
     job_id, progress, timer = handlers.start_benchmark("tiny", "Say hi", None)
-    assert job_id and "benchmark tiny" in progress and is_update(timer, active=True)
+    assert job_id and "benchmark tiny" in progress and timer == compat.timer_update(active=True)
     progress, table, chart, timer = poll_until_done(handlers, job_id)
     assert "✅" in progress and "done" in progress
     assert list(table["model"]) == ["tiny"] and bool(table["ok"].iloc[0])
@@ -297,18 +297,18 @@ def test_performance_stats_include_benchmarks_and_recommendations(manager: Fallb
 def test_monitoring_start_poll_stop_gives_samples_and_a_summary(manager: FallbackManager) -> None:
     handlers = HealthHandlers(manager)
     status, memory, load, summary, timer = handlers.start_monitoring(10)
-    assert "Monitoring for 10 s" in status and is_update(timer, active=True)
+    assert "Monitoring for 10 s" in status and timer == compat.timer_update(active=True)
 
     def two_samples() -> tuple[Any, ...] | None:
         polled = handlers.poll_monitoring()
-        return polled if len(polled[1]) >= 2 else None
+        return polled if len(polled[1].get("value", [])) >= 2 else None
 
     status, memory, load, _, _ = wait_until(two_samples, timeout_s=15, what="two monitoring samples")
     assert "samples so far" in status
-    assert set(memory["metric"]) == {"RAM used (MiB)"}
-    assert "CPU (%)" in set(load["metric"])
+    assert set(memory["value"]["metric"]) == {"RAM used (MiB)"} and memory["x_lim"] == [0, 10]
+    assert "CPU (%)" in set(load["value"]["metric"])
     status, memory, load, summary, timer = handlers.stop_monitoring()
-    assert "stopped early" in status and is_update(timer, active=False)
+    assert "stopped early" in status and timer == compat.timer_update(active=False)
     assert {"RAM used (MiB)", "CPU (%)", "tokens/s"} <= set(summary["metric"])
     assert (summary["min"] <= summary["max"]).all()
 
@@ -316,7 +316,7 @@ def test_monitoring_start_poll_stop_gives_samples_and_a_summary(manager: Fallbac
 def test_stopping_monitoring_that_never_started_warns(manager: FallbackManager) -> None:
     with pytest.warns(UserWarning, match="no monitoring session was started"):
         status, *_, timer = HealthHandlers(manager).stop_monitoring()
-    assert status.startswith("❌") and is_update(timer, active=False)
+    assert status.startswith("❌") and timer == compat.timer_update(active=False)
 
 
 def test_history_charts_show_benchmarks_and_failovers(manager: FallbackManager) -> None:

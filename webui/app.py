@@ -14,6 +14,7 @@ import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 from starlette.requests import Request
@@ -22,11 +23,12 @@ from starlette.routing import Route
 
 from zwaif_fallback import FallbackManager, InvalidSettings
 
+from . import compat
 from .diagnostics import DiagnosticsTab, build_diagnostics_tab
 from .health_monitor import HealthTab, build_health_tab
 from .management import ManagementTab, build_management_tab
 
-__all__ = ["AUTH_ENV", "FallbackTabs", "build_app", "build_tabs", "launch"]
+__all__ = ["AUTH_ENV", "FallbackTabs", "build_app", "build_tabs", "launch", "mount_tabs"]
 
 AUTH_ENV = "FALLBACK_UI_AUTH"
 TITLE = "zwaif-fallback"
@@ -83,23 +85,44 @@ def launch(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 786
         InvalidSettings: a non-loopback host without a login, a malformed login, or a
             port that cannot be listened on.
     """
-    credentials = _credentials(auth if auth is not None else os.environ.get(AUTH_ENV) or None)
-    if credentials is None and not _is_loopback(host):
-        raise InvalidSettings(
-            f"refusing to serve the UI on {host!r} without a login: anyone on the network could "
-            f"switch models and change settings. Set {AUTH_ENV}=user:password (or pass auth=), "
-            "or listen on 127.0.0.1")
+    credentials = _login_for(host, auth)
     app = blocks if blocks is not None else build_app(manager)
     metrics = Route("/metrics", _metrics_endpoint(manager, credentials), methods=["GET"])
     try:
         app.queue().launch(server_name=host, server_port=port, auth=credentials, prevent_thread_lock=True,
-                           quiet=True, footer_links=["api"], app_kwargs={"routes": [metrics]})
+                           quiet=True, app_kwargs={"routes": [metrics]}, **compat.LAUNCH_KWARGS)
     except OSError as exc:
         raise InvalidSettings(f"cannot serve the UI on {host}:{port}: {exc}; choose another port") from exc
     url = str(app.local_url)
     if block:
         app.block_thread()
     return url
+
+
+def mount_tabs(app: Any, manager: FallbackManager, *, host: str = "127.0.0.1",
+               auth: tuple[str, str] | str | None = None) -> None:
+    """Serve the standalone page at ``/`` of ``app``, a FastAPI app (``zwaif-fallback serve``
+    puts its OpenAI-compatible API there; routes added before this one keep their paths).
+
+    Args:
+        host: the address the server listens on: anything but loopback needs a login.
+        auth: as in ``launch``; None reads FALLBACK_UI_AUTH.
+
+    Raises:
+        InvalidSettings: a non-loopback host without a login, or a malformed login.
+    """
+    gr.mount_gradio_app(app, build_app(manager), path="/", auth=_login_for(host, auth))
+
+
+def _login_for(host: str, auth: tuple[str, str] | str | None) -> tuple[str, str] | None:
+    """The login the UI needs on ``host``, from ``auth`` or FALLBACK_UI_AUTH; loopback may have none."""
+    credentials = _credentials(auth if auth is not None else os.environ.get(AUTH_ENV) or None)
+    if credentials is None and not _is_loopback(host):
+        raise InvalidSettings(
+            f"refusing to serve the UI on {host!r} without a login: anyone on the network could "
+            f"switch models and change settings. Set {AUTH_ENV}=user:password (or pass auth=), "
+            "or listen on 127.0.0.1")
+    return credentials
 
 
 def _credentials(auth: tuple[str, str] | str | None) -> tuple[str, str] | None:

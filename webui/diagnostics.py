@@ -10,6 +10,7 @@ import pandas as pd
 
 from zwaif_fallback import Compatibility, FallbackError, FallbackManager
 
+from . import compat
 from . import format as fmt
 
 __all__ = ["DiagnosticsHandlers", "DiagnosticsTab", "build_diagnostics_tab"]
@@ -71,28 +72,29 @@ def build_diagnostics_tab(manager: FallbackManager) -> DiagnosticsTab:
     """Build the tab inside the caller's gr.Tabs context and bind its events."""
     handlers = DiagnosticsHandlers(manager)
     with gr.Tab(TAB_LABEL, id="fallback-diagnostics", elem_id="fallback-diagnostics") as tab:
-        status = gr.Markdown("Loading the system status…", elem_id="diag-status")
-        refresh = gr.Button("Refresh Diagnostics", variant="primary", elem_id="diag-refresh")
+        status = gr.Markdown("Loading the system status…", elem_id="fallback-diag-status")
+        refresh = gr.Button("Refresh Diagnostics", variant="primary", elem_id="fallback-diag-refresh")
         models = gr.Dataframe(headers=fmt.MODEL_COLUMNS, label="Discovered models", interactive=False,
-                              wrap=True, elem_id="diag-models")
+                              wrap=True, elem_id="fallback-diag-models")
         gr.Markdown("### Model compatibility")
         with gr.Row():
             model_name = gr.Dropdown(label="Model Name for Compatibility Test", choices=[],
-                                     allow_custom_value=True, scale=3, elem_id="diag-model",
+                                     allow_custom_value=True, scale=3, elem_id="fallback-diag-model",
                                      info="a discovered model, or type a name or a path to a .gguf file")
-            test = gr.Button("Test Model Compatibility", variant="primary", scale=1, elem_id="diag-test")
+            test = gr.Button("Test Model Compatibility", variant="primary", scale=1,
+                             elem_id="fallback-diag-test")
         with gr.Accordion("Options: context, KV cache, what-if VRAM", open=False):
             with gr.Row():
                 n_ctx = gr.Number(label="Context size (blank: the setting)", precision=0, minimum=0)
                 kv_type = gr.Dropdown(KV_TYPES, value="f16", label="KV cache type")
                 flash_attn = gr.Checkbox(label="Flash attention")
                 free_vram = gr.Number(label="Pretend free VRAM (MiB, blank: measured)", minimum=0)
-        result = gr.Markdown(elem_id="diag-result")
+        result = gr.Markdown(elem_id="fallback-diag-result")
 
     outputs = [status, models, model_name]
     refresh.click(handlers.refresh, outputs=outputs, api_name="fallback_refresh_diagnostics")
-    gr.on([tab.select], handlers.refresh, outputs=outputs, api_visibility="private")
-    gr.on(None, handlers.refresh, outputs=outputs, api_visibility="private")  # page load
+    tab.select(handlers.refresh, outputs=outputs, **compat.PRIVATE)
+    compat.on_page_load(handlers.refresh, outputs)
     test.click(handlers.test_compatibility, inputs=[model_name, n_ctx, kv_type, flash_attn, free_vram],
                outputs=result, api_name="fallback_test_compatibility")
     return DiagnosticsTab(tab=tab, status=status, models=models, model_name=model_name, result=result)

@@ -1,7 +1,7 @@
 """The "System Health Monitor" tab: health score, checks, stats, live monitoring and history.
 
-Monitoring runs on the manager's own sampling thread; a gr.Timer reads the live report
-once a second while it runs and stops itself when the session ends.
+Monitoring runs on the manager's own sampling thread; a poll (a gr.Timer where Gradio has
+one) reads the live report once a second while it runs and stops itself when the session ends.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pandas as pd
 from zwaif_fallback import FallbackError, FallbackManager
 from zwaif_fallback.monitor import summarize
 
+from . import compat
 from . import format as fmt
 
 __all__ = ["HealthHandlers", "HealthTab", "build_health_tab"]
@@ -119,8 +120,9 @@ class HealthHandlers:
             self.manager.start_monitoring(seconds if seconds is not None else -1, INTERVAL_S)
         except FallbackError as exc:
             return fmt.failure(exc, "Starting monitoring"), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return (f"📈 Monitoring for {seconds} s, one sample a second…", *self._plots([]),
-                pd.DataFrame(columns=["metric", "min", "mean", "max", "p95"]), gr.update(active=True))
+        return (f"📈 Monitoring for {seconds} s, one sample a second…", *self._plots([], 0),
+                pd.DataFrame(columns=["metric", "min", "mean", "max", "p95"]),
+                compat.timer_update(active=True))
 
     def poll_monitoring(self) -> tuple[Any, ...]:
         """The live samples; once the session ends, its summary and the timer stopped."""
@@ -128,10 +130,10 @@ class HealthHandlers:
             report = self.manager.monitoring_report()
         except FallbackError as exc:
             return fmt.failure(exc, "Reading monitoring"), gr.skip(), gr.skip(), gr.skip(), \
-                gr.update(active=False)
+                compat.timer_update(active=False)
         if report.running:
             return (f"📈 Monitoring: {len(report.samples)} samples so far of {report.duration_s:.0f} s…",
-                    *self._plots(report.samples), gr.skip(), gr.skip())
+                    *self._plots(report.samples, report.duration_s), gr.skip(), gr.skip())
         return self._finished(report)
 
     def stop_monitoring(self) -> tuple[Any, ...]:
@@ -139,18 +141,29 @@ class HealthHandlers:
             report = self.manager.stop_monitoring()
         except FallbackError as exc:
             return fmt.failure(exc, "Stopping monitoring"), gr.skip(), gr.skip(), gr.skip(), \
-                gr.update(active=False)
+                compat.timer_update(active=False)
         return self._finished(report)
 
     def _finished(self, report: Any) -> tuple[Any, ...]:
         how = "stopped early" if report.stopped_early else "finished"
         return (f"⏹️ Monitoring {how}: {len(report.samples)} samples over "
                 f"{report.samples[-1].t_s if report.samples else 0:.1f} s. Summary below.",
-                *self._plots(report.samples), fmt.summary_frame(report.summary), gr.update(active=False))
+                *self._plots(report.samples, report.duration_s), fmt.summary_frame(report.summary),
+                compat.timer_update(active=False))
 
     @staticmethod
-    def _plots(samples: list[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        return (fmt.samples_frame(samples, fmt.MEMORY_METRICS), fmt.samples_frame(samples, fmt.LOAD_METRICS))
+    def _plots(samples: list[Any], duration_s: float) -> tuple[Any, Any]:
+        """The live charts over the whole session, left as they are until its first sample.
+
+        The session's x range also makes Gradio 5 redraw a chart from its first real frame: it
+        keeps the column types of the frame a chart first drew (the empty one it mounts with),
+        and draws nothing once it has had an empty frame between two timer ticks.
+        """
+        if not samples:
+            return gr.skip(), gr.skip()
+        x_lim = [0, duration_s]
+        return (gr.update(value=fmt.samples_frame(samples, fmt.MEMORY_METRICS), x_lim=x_lim),
+                gr.update(value=fmt.samples_frame(samples, fmt.LOAD_METRICS), x_lim=x_lim))
 
     def history(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Past benchmarks (speed over time) and failover attempts (by target and outcome)."""
@@ -174,53 +187,57 @@ def build_health_tab(manager: FallbackManager) -> HealthTab:
     """Build the tab inside the caller's gr.Tabs context and bind its events."""
     h = HealthHandlers(manager)
     with gr.Tab(TAB_LABEL, id="fallback-health", elem_id="fallback-health") as tab:
-        health = gr.Markdown("Loading the health status…", elem_id="health-score")
+        health = gr.Markdown("Loading the health status…", elem_id="fallback-health-score")
         with gr.Row():
-            refresh = gr.Button("🔄 Refresh Health Status", variant="primary", elem_id="health-refresh")
-            optimize = gr.Button("⚡ Auto-Optimize System", elem_id="health-optimize")
-            check = gr.Button("🔍 Run Health Check", elem_id="health-check")
-            stats = gr.Button("📊 Get Performance Stats", elem_id="health-stats")
-        action = gr.Markdown(elem_id="health-action")
+            refresh = gr.Button("🔄 Refresh Health Status", variant="primary",
+                                elem_id="fallback-health-refresh")
+            optimize = gr.Button("⚡ Auto-Optimize System", elem_id="fallback-health-optimize")
+            check = gr.Button("🔍 Run Health Check", elem_id="fallback-health-check")
+            stats = gr.Button("📊 Get Performance Stats", elem_id="fallback-health-stats")
+        action = gr.Markdown(elem_id="fallback-health-action")
         factors = gr.Dataframe(headers=["factor", "score", "weight", "detail"], label="Health factors",
-                               interactive=False, wrap=True, elem_id="health-factors")
-        recommendations = gr.Markdown(elem_id="health-recommendations")
+                               interactive=False, wrap=True, elem_id="fallback-health-factors")
+        recommendations = gr.Markdown(elem_id="fallback-health-recommendations")
 
         gr.Markdown("## Monitoring")
         with gr.Row(equal_height=True):
-            duration = gr.Slider(10, 300, value=manager.settings.monitor_duration, step=10,
-                                 label="Monitoring duration (seconds)", scale=2, elem_id="monitor-duration")
-            start = gr.Button("📈 Start Monitoring", variant="primary", scale=1, elem_id="monitor-start")
-            stop = gr.Button("⏹️ Stop Monitoring", variant="stop", scale=1, elem_id="monitor-stop")
-        monitor_status = gr.Markdown("Not monitoring.", elem_id="monitor-status")
+            duration = gr.Slider(10, 300, value=manager.settings.monitor_duration, step=10, scale=2,
+                                 label="Monitoring duration (seconds)", elem_id="fallback-monitor-duration")
+            start = gr.Button("📈 Start Monitoring", variant="primary", scale=1,
+                              elem_id="fallback-monitor-start")
+            stop = gr.Button("⏹️ Stop Monitoring", variant="stop", scale=1, elem_id="fallback-monitor-stop")
+        monitor_status = gr.Markdown("Not monitoring.", elem_id="fallback-monitor-status")
         with gr.Row():
-            memory_plot = gr.LinePlot(x="t_s", y="value", color="metric", title="Memory (MiB)",
-                                      x_title="seconds", y_title="MiB", elem_id="monitor-memory")
-            load_plot = gr.LinePlot(x="t_s", y="value", color="metric", title="CPU, GPU and tokens/s",
-                                    x_title="seconds", y_title="% or tokens/s", elem_id="monitor-load")
+            memory_plot = compat.plot(gr.LinePlot, x="t_s", y="value", color="metric", title="Memory (MiB)",
+                                      x_title="seconds", y_title="MiB", elem_id="fallback-monitor-memory")
+            load_plot = compat.plot(gr.LinePlot, x="t_s", y="value", color="metric",
+                                    title="CPU, GPU and tokens/s", x_title="seconds", y_title="% or tokens/s",
+                                    elem_id="fallback-monitor-load")
         summary = gr.Dataframe(headers=["metric", "min", "mean", "max", "p95"], label="Monitoring summary",
-                               interactive=False, elem_id="monitor-summary")
-        timer = gr.Timer(POLL_S, active=False)
+                               interactive=False, elem_id="fallback-monitor-summary")
+        poll = compat.Poll(POLL_S)
 
         gr.Markdown("## History")
         with gr.Row():
-            bench_history = gr.BarPlot(x="run", y="gen_tps", color="model", y_lim=[0, None], sort="x",
-                                       title="Past benchmarks: tokens/s per run", x_title="run",
-                                       y_title="tokens/s", elem_id="history-benchmarks")
-            failover_history = gr.BarPlot(x="target", y="attempts", color="outcome", y_lim=[0, None],
-                                          title="Failover attempts by target", elem_id="history-failovers")
+            bench_history = compat.plot(gr.BarPlot, x="run", y="gen_tps", color="model", sort="x",
+                                        title="Past benchmarks: tokens/s per run", x_title="run",
+                                        y_title="tokens/s", elem_id="fallback-history-benchmarks")
+            failover_history = compat.plot(gr.BarPlot, x="target", y="attempts", color="outcome",
+                                           title="Failover attempts by target",
+                                           elem_id="fallback-history-failovers")
 
     health_outputs = [health, factors, recommendations]
-    monitor_outputs = [monitor_status, memory_plot, load_plot, summary, timer]
-    for trigger in ([tab.select], None):
-        gr.on(trigger, h.refresh_health, outputs=health_outputs, api_visibility="private")
-        gr.on(trigger, h.history, outputs=[bench_history, failover_history], api_visibility="private")
+    monitor_outputs = [monitor_status, memory_plot, load_plot, summary, poll.component]
+    for fn, outputs in ((h.refresh_health, health_outputs), (h.history, [bench_history, failover_history])):
+        tab.select(fn, outputs=outputs, **compat.PRIVATE)
+        compat.on_page_load(fn, outputs)
     refresh.click(h.refresh_health, outputs=health_outputs, api_name="fallback_health")
     optimize.click(h.auto_optimize, outputs=[action, *health_outputs], api_name="fallback_auto_optimize")
     check.click(h.health_check, outputs=action, api_name="fallback_health_check")
     stats.click(h.performance_stats, outputs=[action, recommendations], api_name="fallback_performance_stats")
     start.click(h.start_monitoring, inputs=duration, outputs=monitor_outputs,
                 api_name="fallback_monitor_start")
-    timer.tick(h.poll_monitoring, outputs=monitor_outputs, api_visibility="private", show_progress="hidden")
+    poll.on_tick(h.poll_monitoring, inputs=[], outputs=monitor_outputs)
     stop.click(h.stop_monitoring, outputs=monitor_outputs, api_name="fallback_monitor_stop"
-               ).then(h.history, outputs=[bench_history, failover_history], api_visibility="private")
+               ).then(h.history, outputs=[bench_history, failover_history], **compat.PRIVATE)
     return HealthTab(tab=tab, health=health, monitor_status=monitor_status)

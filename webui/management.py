@@ -1,7 +1,8 @@
 """The "Advanced Fallback Management" tab: switch and optimize models, settings, benchmarks, a try-out.
 
-Benchmarks run as the manager's background jobs; a gr.Timer polls the job's status once a
-second while it runs, so the page keeps answering. The job id lives in the session's gr.State.
+Benchmarks run as the manager's background jobs; a poll (a gr.Timer where Gradio has one)
+reads the job's status once a second while it runs, so the page keeps answering. The job id
+lives in the session's gr.State.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pandas as pd
 
 from zwaif_fallback import FallbackError, FallbackManager
 
+from . import compat
 from . import format as fmt
 
 __all__ = ["ManagementHandlers", "ManagementTab", "build_management_tab"]
@@ -164,7 +166,7 @@ class ManagementHandlers:
             job = self.manager.start_benchmark(name, fmt.text(prompt) or None)
         except FallbackError as exc:
             return job_id, fmt.failure(exc, "Starting the benchmark"), gr.skip()
-        return job.id, fmt.progress_markdown(job.status()), gr.update(active=True)
+        return job.id, fmt.progress_markdown(job.status()), compat.timer_update(active=True)
 
     def start_benchmark(self, name: str | None, prompt: str, job_id: str | None) -> tuple[Any, ...]:
         """Benchmark one model in the background; returns the job id and starts the poll timer."""
@@ -181,18 +183,19 @@ class ManagementHandlers:
     def poll_benchmark(self, job_id: str | None) -> tuple[Any, ...]:
         """The job's progress; when it has ended, its results, the chart, and the timer stopped."""
         if not job_id:
-            return gr.skip(), gr.skip(), gr.skip(), gr.update(active=False)
+            return gr.skip(), gr.skip(), gr.skip(), compat.timer_update(active=False)
         try:
             job = self.manager.job(job_id)
         except FallbackError as exc:
-            return fmt.failure(exc, "Reading the benchmark"), gr.skip(), gr.skip(), gr.update(active=False)
+            return (fmt.failure(exc, "Reading the benchmark"), gr.skip(), gr.skip(),
+                    compat.timer_update(active=False))
         status = job.status()
         if status.state == "running":
             return fmt.progress_markdown(status), gr.skip(), gr.skip(), gr.skip()
         result = job.result()
         results = result if isinstance(result, list) else [result] if result is not None else []
         table = fmt.benchmark_frame([r.model_dump() for r in results]) if results else gr.skip()
-        return fmt.progress_markdown(status), table, self.speed_chart(), gr.update(active=False)
+        return fmt.progress_markdown(status), table, self.speed_chart(), compat.timer_update(active=False)
 
     def cancel_benchmark(self, job_id: str | None) -> str:
         if not job_id:
@@ -244,93 +247,94 @@ def build_management_tab(manager: FallbackManager) -> ManagementTab:
     h = ManagementHandlers(manager)
     with gr.Tab(TAB_LABEL, id="fallback-management", elem_id="fallback-management") as tab:
         gr.Markdown("## Model Management")
-        current = gr.Markdown(elem_id="mgmt-current")
-        available = gr.Dataframe(label="Available models", interactive=False, elem_id="mgmt-models")
+        current = gr.Markdown(elem_id="fallback-mgmt-current")
+        available = gr.Dataframe(label="Available models", interactive=False, elem_id="fallback-mgmt-models")
         with gr.Row(equal_height=True):
             switch_to = gr.Dropdown(label="Model Name to Switch To", choices=[], allow_custom_value=True,
-                                    scale=3, elem_id="mgmt-switch-to")
-            refresh_models = gr.Button("🔄 Refresh Model List", scale=1, elem_id="mgmt-refresh")
-            switch = gr.Button("🔄 Switch Model", variant="primary", scale=1, elem_id="mgmt-switch")
+                                    scale=3, elem_id="fallback-mgmt-switch-to")
+            refresh_models = gr.Button("🔄 Refresh Model List", scale=1, elem_id="fallback-mgmt-refresh")
+            switch = gr.Button("🔄 Switch Model", variant="primary", scale=1, elem_id="fallback-mgmt-switch")
 
         gr.Markdown("## VRAM Optimization")
-        vram = gr.Markdown(elem_id="mgmt-vram")
+        vram = gr.Markdown(elem_id="fallback-mgmt-vram")
         with gr.Row(equal_height=True):
-            optimize = gr.Button("⚡ Optimize VRAM", variant="primary", elem_id="mgmt-optimize")
-            auto_optimize = gr.Checkbox(label="Auto-optimize VRAM", elem_id="mgmt-auto-optimize",
+            optimize = gr.Button("⚡ Optimize VRAM", variant="primary", elem_id="fallback-mgmt-optimize")
+            auto_optimize = gr.Checkbox(label="Auto-optimize VRAM", elem_id="fallback-mgmt-auto-optimize",
                                         info="pick the optimal model at start and when free VRAM changes")
-        optimize_result = gr.Markdown(elem_id="mgmt-optimize-result")
+        optimize_result = gr.Markdown(elem_id="fallback-mgmt-optimize-result")
         ranking = gr.Dataframe(headers=fmt.RANK_COLUMNS, label="Model ranking", interactive=False,
-                               wrap=True, elem_id="mgmt-ranking")
+                               wrap=True, elem_id="fallback-mgmt-ranking")
 
         gr.Markdown("## Advanced Settings")
         with gr.Row():
-            timeout = gr.Slider(5, 120, step=1, label="Fallback Timeout (seconds)", elem_id="set-timeout")
-            max_retries = gr.Slider(1, 10, step=1, label="Max Retries", elem_id="set-retries")
+            timeout = gr.Slider(5, 120, step=1, label="Fallback Timeout (seconds)",
+                                elem_id="fallback-set-timeout")
+            max_retries = gr.Slider(1, 10, step=1, label="Max Retries", elem_id="fallback-set-retries")
         with gr.Row():
-            auto_switch = gr.Checkbox(label="Auto-switch on failure", elem_id="set-auto-switch")
-            vram_monitoring = gr.Checkbox(label="Monitor VRAM usage", elem_id="set-vram-monitoring")
+            auto_switch = gr.Checkbox(label="Auto-switch on failure", elem_id="fallback-set-auto-switch")
+            vram_monitoring = gr.Checkbox(label="Monitor VRAM usage", elem_id="fallback-set-vram-monitoring")
         with gr.Row():
-            save = gr.Button("💾 Save Advanced Settings", variant="primary", elem_id="set-save")
-            reset = gr.Button("🔄 Reset to Defaults", elem_id="set-reset")
-        settings_message = gr.Markdown(elem_id="set-message")
+            save = gr.Button("💾 Save Advanced Settings", variant="primary", elem_id="fallback-set-save")
+            reset = gr.Button("🔄 Reset to Defaults", elem_id="fallback-set-reset")
+        settings_message = gr.Markdown(elem_id="fallback-set-message")
 
         gr.Markdown("## Performance Testing")
         with gr.Row():
             test_model = gr.Dropdown(label="Model to Test", choices=[], allow_custom_value=True,
-                                     elem_id="bench-model")
-            prompt = gr.Textbox(DEFAULT_PROMPT, label="Test Prompt", lines=2, scale=2, elem_id="bench-prompt")
+                                     elem_id="fallback-bench-model")
+            prompt = gr.Textbox(DEFAULT_PROMPT, label="Test Prompt", lines=2, scale=2,
+                                elem_id="fallback-bench-prompt")
         with gr.Row():
-            run_one = gr.Button("🧪 Run Performance Test", variant="primary", elem_id="bench-run")
-            run_all = gr.Button("📊 Benchmark All Models", elem_id="bench-all")
-            cancel = gr.Button("⏹️ Cancel Benchmark", variant="stop", elem_id="bench-cancel")
-        progress = gr.Markdown("No benchmark running.", elem_id="bench-progress")
+            run_one = gr.Button("🧪 Run Performance Test", variant="primary", elem_id="fallback-bench-run")
+            run_all = gr.Button("📊 Benchmark All Models", elem_id="fallback-bench-all")
+            cancel = gr.Button("⏹️ Cancel Benchmark", variant="stop", elem_id="fallback-bench-cancel")
+        progress = gr.Markdown("No benchmark running.", elem_id="fallback-bench-progress")
         results = gr.Dataframe(headers=fmt.BENCH_COLUMNS, label="Benchmark results", interactive=False,
-                               elem_id="bench-results")
-        chart = gr.BarPlot(x="model", y="gen_tps", title="Generation speed by model (latest benchmark)",
-                           y_title="tokens/s", x_title="model", y_lim=[0, None], elem_id="bench-chart")
+                               elem_id="fallback-bench-results")
+        chart = compat.plot(gr.BarPlot, x="model", y="gen_tps", x_title="model", y_title="tokens/s",
+                            title="Generation speed by model (latest benchmark)",
+                            elem_id="fallback-bench-chart")
         job_id = gr.State(None)
-        timer = gr.Timer(POLL_S, active=False)
+        poll = compat.Poll(POLL_S)
 
         gr.Markdown("## Try the fallback")
         with gr.Row():
             message = gr.Textbox(label="Message", placeholder="Hello! Who are you?", scale=3,
-                                 elem_id="try-message")
+                                 elem_id="fallback-try-message")
             primary_url = gr.Textbox(label="Primary API URL (blank: the configured one)", scale=2,
-                                     placeholder="http://127.0.0.1:5000/v1", elem_id="try-primary")
+                                     placeholder="http://127.0.0.1:5000/v1", elem_id="fallback-try-primary")
             max_tokens = gr.Slider(8, 512, value=64, step=8, label="Max tokens", scale=1)
-        send = gr.Button("💬 Send through the fallback", variant="primary", elem_id="try-send")
-        answer = gr.Textbox(label="Answer", interactive=False, lines=3, elem_id="try-answer")
-        answered_by = gr.Markdown(elem_id="try-summary")
+        send = gr.Button("💬 Send through the fallback", variant="primary", elem_id="fallback-try-send")
+        answer = gr.Textbox(label="Answer", interactive=False, lines=3, elem_id="fallback-try-answer")
+        answered_by = gr.Markdown(elem_id="fallback-try-summary")
         attempts = gr.Dataframe(headers=fmt.ATTEMPT_COLUMNS, label="Attempts", interactive=False,
-                                elem_id="try-attempts")
+                                elem_id="fallback-try-attempts")
 
     settings_controls = [timeout, max_retries, auto_switch, vram_monitoring]
     vram_outputs = [vram, auto_optimize, ranking]
     model_outputs = [current, available, switch_to, test_model]
-    for trigger in ([tab.select], None):
-        gr.on(trigger, h.refresh_models, outputs=model_outputs, api_visibility="private")
-        gr.on(trigger, h.vram_status, outputs=vram_outputs, api_visibility="private")
-        gr.on(trigger, h.benchmark_results, outputs=[results, chart], api_visibility="private")
+    for fn, outputs in ((h.refresh_models, model_outputs), (h.vram_status, vram_outputs),
+                        (h.benchmark_results, [results, chart])):
+        tab.select(fn, outputs=outputs, **compat.PRIVATE)
+        compat.on_page_load(fn, outputs)
     # Settings load with the page only: coming back to the tab must not undo unsaved edits.
-    gr.on(None, h.load_settings, outputs=[*settings_controls, auto_optimize], api_visibility="private")
+    compat.on_page_load(h.load_settings, [*settings_controls, auto_optimize])
     refresh_models.click(h.refresh_models, outputs=model_outputs, api_name="fallback_refresh_models")
     switch.click(h.switch_model, inputs=switch_to, outputs=current, api_name="fallback_switch_model"
-                 ).then(h.vram_status, outputs=vram_outputs, api_visibility="private")
+                 ).then(h.vram_status, outputs=vram_outputs, **compat.PRIVATE)
     optimize.click(h.optimize, outputs=[optimize_result, ranking, current], api_name="fallback_optimize"
-                   ).then(h.vram_status, outputs=vram_outputs, api_visibility="private")
+                   ).then(h.vram_status, outputs=vram_outputs, **compat.PRIVATE)
     auto_optimize.input(h.save_auto_optimize, inputs=auto_optimize, outputs=[optimize_result, auto_optimize],
-                        api_visibility="private").then(h.vram_status, outputs=vram_outputs,
-                                                       api_visibility="private")
+                        **compat.PRIVATE).then(h.vram_status, outputs=vram_outputs, **compat.PRIVATE)
     save.click(h.save_settings, inputs=settings_controls, outputs=[settings_message, *settings_controls],
                api_name="fallback_save_settings")
     reset.click(h.reset_settings, outputs=[settings_message, *settings_controls, auto_optimize],
                 api_name="fallback_reset_settings")
-    run_one.click(h.start_benchmark, inputs=[test_model, prompt, job_id], outputs=[job_id, progress, timer],
-                  api_name="fallback_benchmark")
-    run_all.click(h.start_benchmark_all, inputs=[prompt, job_id], outputs=[job_id, progress, timer],
+    run_one.click(h.start_benchmark, inputs=[test_model, prompt, job_id],
+                  outputs=[job_id, progress, poll.component], api_name="fallback_benchmark")
+    run_all.click(h.start_benchmark_all, inputs=[prompt, job_id], outputs=[job_id, progress, poll.component],
                   api_name="fallback_benchmark_all")
-    timer.tick(h.poll_benchmark, inputs=job_id, outputs=[progress, results, chart, timer],
-               api_visibility="private", show_progress="hidden")
+    poll.on_tick(h.poll_benchmark, inputs=[job_id], outputs=[progress, results, chart, poll.component])
     cancel.click(h.cancel_benchmark, inputs=job_id, outputs=progress, api_name="fallback_cancel_benchmark")
     send.click(h.send, inputs=[message, primary_url, max_tokens], outputs=[answer, answered_by, attempts],
                api_name="fallback_try_chat")

@@ -1,0 +1,141 @@
+"""Every difference between the Gradio versions the tabs run on, 4.36 to 6, in one place.
+
+A process holds one Gradio, the host's, so the tabs adapt to it. Each shim detects a
+feature (an attribute, a parameter), never a version string, and says which versions need it.
+``gr.skip()``, ``gr.Dataframe(wrap=...)`` and ``launch(app_kwargs={"routes": ...})`` need none:
+4.36.1 has them already.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import anyio.to_thread
+import gradio as gr
+import pandas as pd
+from gradio.context import Context
+
+__all__ = ["LAUNCH_KWARGS", "PRIVATE", "Poll", "chat_value", "chatbot", "on_page_load", "plot",
+           "timer_update"]
+
+
+def _takes(func: Callable[..., Any], name: str) -> bool:
+    return name in inspect.signature(func).parameters
+
+
+#: An event that is no API endpoint: ``api_visibility`` in 6; ``api_name=False`` in 4 and 5
+#: (their ``show_api=False`` only hides it from the docs).
+PRIVATE: dict[str, Any] = ({"api_visibility": "private"} if _takes(gr.on, "api_visibility")
+                           else {"api_name": False})
+
+#: ``launch()`` shows only the API link in the footer: ``footer_links`` in 6; 4 and 5 show it anyway.
+LAUNCH_KWARGS: dict[str, Any] = {"footer_links": ["api"]} if _takes(gr.Blocks.launch, "footer_links") else {}
+
+_NATIVE_PLOTS = _takes(gr.BarPlot.__init__, "y_aggregate")  # 4.4x on; before them, altair charts
+# An open end in y_lim, [0, None]: typed so from 5.0, where bars no longer start at zero by themselves.
+_OPEN_Y_LIM = "None]" in str(inspect.signature(gr.BarPlot.__init__).parameters["y_lim"].annotation)
+
+
+def plot(cls: type[Any], **kwargs: Any) -> Any:
+    """A gr.LinePlot or gr.BarPlot for this Gradio; its bars start at zero.
+
+    Native plots (4.4x on) mount with an empty frame of their columns: on 4.44.1 one that mounts
+    with no value stops every load event of the page. Bars start at zero by themselves up to 4.x,
+    where a None in y_lim breaks the axis; from 5.0 they need ``y_lim=[0, None]``.
+    """
+    if _NATIVE_PLOTS:
+        kwargs.setdefault("value", pd.DataFrame(columns=[kwargs[k] for k in ("x", "y", "color")
+                                                         if kwargs.get(k)]))
+    if cls is gr.BarPlot and _OPEN_Y_LIM:
+        kwargs.setdefault("y_lim", [0, None])
+    return cls(**kwargs)
+
+
+def on_page_load(fn: Callable[..., Any], outputs: Sequence[gr.components.Component]) -> None:
+    """Call ``fn`` when the page loads, from inside any Blocks context (a host's too).
+
+    ``gr.on(None, ...)`` is a page-load event only from 5.0 (4.x makes it listen to input
+    changes); the load event of the page's root Blocks, the host's, fires in every version.
+    """
+    root = Context.root_block
+    if root is None:
+        raise RuntimeError("the tabs must be built inside a gr.Blocks context")
+    root.load(fn, outputs=list(outputs), **PRIVATE)
+
+
+_HAS_TIMER = hasattr(gr, "Timer")  # 4.40+
+
+
+def timer_update(*, active: bool) -> dict[str, Any]:
+    """The update a handler returns to switch its ``Poll`` on or off."""
+    return gr.update(active=active) if _HAS_TIMER else gr.update(value=active)
+
+
+class Poll:
+    """Calls a handler every ``period_s`` seconds while it is on; off when the page opens.
+
+    Handlers switch it by returning ``timer_update(active=...)`` for ``component``. From 4.40
+    that is a gr.Timer. Before it (4.36-4.39) it is a hidden checkbox: switching it on starts a
+    loop that calls the handler until the handler switches it off (``every=`` would poll
+    forever, with the inputs it had when it started).
+    """
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self.component: Any = (gr.Timer(period_s, active=False) if _HAS_TIMER  # the type depends on Gradio
+                               else gr.Checkbox(False, visible=False))
+
+    def on_tick(self, fn: Callable[..., tuple[Any, ...]], *, inputs: Sequence[gr.components.Component],
+                outputs: Sequence[gr.components.Component]) -> None:
+        """Bind ``fn``; its outputs end with ``component``'s update."""
+        if _HAS_TIMER:
+            self.component.tick(fn, inputs=list(inputs), outputs=list(outputs), show_progress="hidden",
+                                **PRIVATE)
+        else:
+            self.component.change(self._loop(fn, len(outputs)), inputs=[self.component, *inputs],
+                                  outputs=list(outputs), show_progress="hidden", concurrency_limit=None,
+                                  **PRIVATE)
+
+    def _loop(self, fn: Callable[..., tuple[Any, ...]],
+              n_outputs: int) -> Callable[..., AsyncIterator[tuple[Any, ...]]]:
+        off = timer_update(active=False)
+
+        async def loop(on: bool, *args: Any) -> AsyncIterator[tuple[Any, ...]]:
+            if not on:  # switched off; a generator that yields nothing would blank the outputs
+                yield tuple(gr.skip() for _ in range(n_outputs))
+            while on:
+                outputs = await anyio.to_thread.run_sync(fn, *args)
+                on = outputs[-1] != off  # before Gradio takes the update dicts apart
+                yield outputs
+                if on:
+                    await asyncio.sleep(self.period_s)
+
+        return loop
+
+
+# Chatbot: [user, assistant] pairs only before gr.ChatMessage (4.36-4.3x); OpenAI-style messages
+# after it, chosen with type="messages" in 4.4x and 5, the only format in 6.
+_CHAT_MESSAGES = hasattr(gr, "ChatMessage")
+
+
+def chatbot(**kwargs: Any) -> gr.Chatbot:
+    """A gr.Chatbot that holds messages where this Gradio can."""
+    if _takes(gr.Chatbot.__init__, "type"):
+        kwargs["type"] = "messages"
+    return gr.Chatbot(**kwargs)
+
+
+def chat_value(messages: Sequence[dict[str, str]]) -> list[Any]:
+    """OpenAI user and assistant messages (text content) as the Chatbot's value."""
+    if _CHAT_MESSAGES:
+        return [{"role": m["role"], "content": m["content"]} for m in messages]
+    pairs: list[list[str | None]] = []
+    for m in messages:
+        if m["role"] == "assistant" and pairs and pairs[-1][1] is None:
+            pairs[-1][1] = m["content"]
+        else:
+            pairs.append([m["content"], None] if m["role"] == "user" else [None, m["content"]])
+    return pairs
