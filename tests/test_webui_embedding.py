@@ -68,6 +68,19 @@ def test_every_element_id_of_the_tabs_is_prefixed(manager: FallbackManager) -> N
     assert len(set(ids)) == len(ids)
 
 
+def test_two_copies_of_the_tabs_on_one_page_have_no_id_in_common(manager: FallbackManager) -> None:
+    with gr.Blocks(analytics_enabled=False) as page:
+        with gr.Tab("Main bot"):
+            build_tabs(manager)
+        with gr.Tab("Second bot"):
+            build_tabs(manager, prefix="second-bot")
+    ids = [b.elem_id for b in page.blocks.values() if b.elem_id]
+    assert len(ids) == len(set(ids)) and len(ids) > 80
+    assert {i.split("-", 1)[0] for i in ids} == {"fallback", "second"}
+    tab_ids = [b.id for b in page.blocks.values() if isinstance(b, gr.Tab) and isinstance(b.id, str)]
+    assert len(tab_ids) == len(set(tab_ids)) == 6
+
+
 def test_an_answer_names_the_target_that_gave_it() -> None:
     line = answered_by({"source": "local", "model": "SmolLM2", "fell_back": True, "switches": []})
     assert line == "*answered by `SmolLM2` (local) after a failover*"

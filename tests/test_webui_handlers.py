@@ -16,7 +16,7 @@ from webui import compat, launch
 from webui.diagnostics import DiagnosticsHandlers
 from webui.health_monitor import HealthHandlers
 from webui.management import ManagementHandlers
-from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings
+from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings, PortUnavailable
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 
@@ -350,5 +350,5 @@ def test_launch_on_a_busy_port_says_so(manager: FallbackManager) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        with pytest.raises(InvalidSettings, match="choose another port"):
+        with pytest.raises(PortUnavailable, match="choose another port"):
             launch(manager, port=taken.getsockname()[1], block=False)

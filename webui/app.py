@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import os
 import secrets
 from collections.abc import Callable
@@ -21,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from zwaif_fallback import FallbackManager, InvalidSettings
+from zwaif_fallback import FallbackManager, InvalidSettings, PortUnavailable
+from zwaif_fallback.net import is_loopback
 
 from . import compat
 from .diagnostics import DiagnosticsTab, build_diagnostics_tab
@@ -41,19 +41,21 @@ class FallbackTabs:
     health: HealthTab
 
 
-def build_tabs(manager: FallbackManager) -> FallbackTabs:
+def build_tabs(manager: FallbackManager, *, prefix: str = "fallback") -> FallbackTabs:
     """Add the three tabs inside the caller's open gr.Blocks (or gr.Tab) context.
 
     Args:
         manager: the manager every handler calls; the tabs hold no other state.
+        prefix: starts every element id of the tabs (``fallback-diag-status``...): give a
+            second copy on the same page another one.
 
     Returns:
         The tabs and their main components, for a host that wants to wire more events.
     """
-    with gr.Tabs(elem_id="fallback-tabs"):
-        return FallbackTabs(diagnostics=build_diagnostics_tab(manager),
-                            management=build_management_tab(manager),
-                            health=build_health_tab(manager))
+    with gr.Tabs(elem_id=f"{prefix}-tabs"):
+        return FallbackTabs(diagnostics=build_diagnostics_tab(manager, prefix),
+                            management=build_management_tab(manager, prefix),
+                            health=build_health_tab(manager, prefix))
 
 
 def build_app(manager: FallbackManager) -> gr.Blocks:
@@ -82,8 +84,8 @@ def launch(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 786
         The local URL the UI is served at.
 
     Raises:
-        InvalidSettings: a non-loopback host without a login, a malformed login, or a
-            port that cannot be listened on.
+        InvalidSettings: a non-loopback host without a login, or a malformed login.
+        PortUnavailable: the port cannot be listened on.
     """
     credentials = _login_for(host, auth)
     app = blocks if blocks is not None else build_app(manager)
@@ -92,7 +94,7 @@ def launch(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 786
         app.queue().launch(server_name=host, server_port=port, auth=credentials, prevent_thread_lock=True,
                            quiet=True, app_kwargs={"routes": [metrics]}, **compat.LAUNCH_KWARGS)
     except OSError as exc:
-        raise InvalidSettings(f"cannot serve the UI on {host}:{port}: {exc}; choose another port") from exc
+        raise PortUnavailable(f"cannot serve the UI on {host}:{port}: {exc}; choose another port") from exc
     url = str(app.local_url)
     if block:
         app.block_thread()
@@ -117,7 +119,7 @@ def mount_tabs(app: Any, manager: FallbackManager, *, host: str = "127.0.0.1",
 def _login_for(host: str, auth: tuple[str, str] | str | None) -> tuple[str, str] | None:
     """The login the UI needs on ``host``, from ``auth`` or FALLBACK_UI_AUTH; loopback may have none."""
     credentials = _credentials(auth if auth is not None else os.environ.get(AUTH_ENV) or None)
-    if credentials is None and not _is_loopback(host):
+    if credentials is None and not is_loopback(host):
         raise InvalidSettings(
             f"refusing to serve the UI on {host!r} without a login: anyone on the network could "
             f"switch models and change settings. Set {AUTH_ENV}=user:password (or pass auth=), "
@@ -135,16 +137,6 @@ def _credentials(auth: tuple[str, str] | str | None) -> tuple[str, str] | None:
     if not user or not password:
         raise InvalidSettings(f"a login must be 'user:password' with both parts non-empty (as in {AUTH_ENV})")
     return user, password
-
-
-def _is_loopback(host: str) -> bool:
-    host = host.strip().strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # another name may resolve to any address
-        return False
 
 
 def _metrics_endpoint(manager: FallbackManager,

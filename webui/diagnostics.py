@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -34,7 +35,7 @@ class DiagnosticsHandlers:
             return fmt.failure(exc, "Refreshing diagnostics"), gr.skip(), gr.skip()
         fits: dict[str, Compatibility | str] = {}
         for model in models:
-            if model.valid and model.format != "remote":
+            if model.usable:
                 try:
                     fits[model.name] = self.manager.check_compatibility(model.name)
                 except FallbackError as exc:  # one unreadable model must not hide the others
@@ -68,28 +69,29 @@ class DiagnosticsTab:
     result: gr.Markdown
 
 
-def build_diagnostics_tab(manager: FallbackManager) -> DiagnosticsTab:
+def build_diagnostics_tab(manager: FallbackManager, prefix: str = "fallback") -> DiagnosticsTab:
     """Build the tab inside the caller's gr.Tabs context and bind its events."""
+    eid = partial(fmt.element_id, prefix)
     handlers = DiagnosticsHandlers(manager)
-    with gr.Tab(TAB_LABEL, id="fallback-diagnostics", elem_id="fallback-diagnostics") as tab:
-        status = gr.Markdown("Loading the system status…", elem_id="fallback-diag-status")
-        refresh = gr.Button("Refresh Diagnostics", variant="primary", elem_id="fallback-diag-refresh")
+    with gr.Tab(TAB_LABEL, id=eid("diagnostics"), elem_id=eid("diagnostics")) as tab:
+        status = gr.Markdown("Loading the system status…", elem_id=eid("diag-status"))
+        refresh = gr.Button("Refresh Diagnostics", variant="primary", elem_id=eid("diag-refresh"))
         models = gr.Dataframe(headers=fmt.MODEL_COLUMNS, label="Discovered models", interactive=False,
-                              wrap=True, elem_id="fallback-diag-models")
+                              wrap=True, elem_id=eid("diag-models"))
         gr.Markdown("### Model compatibility")
         with gr.Row():
             model_name = gr.Dropdown(label="Model Name for Compatibility Test", choices=[],
-                                     allow_custom_value=True, scale=3, elem_id="fallback-diag-model",
+                                     allow_custom_value=True, scale=3, elem_id=eid("diag-model"),
                                      info="a discovered model, or type a name or a path to a .gguf file")
             test = gr.Button("Test Model Compatibility", variant="primary", scale=1,
-                             elem_id="fallback-diag-test")
+                             elem_id=eid("diag-test"))
         with gr.Accordion("Options: context, KV cache, what-if VRAM", open=False):
             with gr.Row():
                 n_ctx = gr.Number(label="Context size (blank: the setting)", precision=0, minimum=0)
                 kv_type = gr.Dropdown(KV_TYPES, value="f16", label="KV cache type")
                 flash_attn = gr.Checkbox(label="Flash attention")
                 free_vram = gr.Number(label="Pretend free VRAM (MiB, blank: measured)", minimum=0)
-        result = gr.Markdown(elem_id="fallback-diag-result")
+        result = gr.Markdown(elem_id=eid("diag-result"))
 
     outputs = [status, models, model_name]
     refresh.click(handlers.refresh, outputs=outputs, api_name="fallback_refresh_diagnostics")

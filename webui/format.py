@@ -13,8 +13,9 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from zwaif_fallback import ChatResult, Compatibility, ModelInfo, SystemStatus
+from zwaif_fallback import ChatResult, Compatibility, HealthReport, JobStatus, ModelInfo, SystemStatus
 from zwaif_fallback.fit import layers_text
+from zwaif_fallback.units import size_text
 
 MODEL_COLUMNS = ["name", "format", "source", "size", "quantization", "context", "fit"]
 BENCH_COLUMNS = ["model", "ok", "gen_tps", "prompt_tps", "ttft_s", "load_s", "response_time_s",
@@ -29,6 +30,12 @@ VERDICT_ICONS = {"gpu": "🟢", "partial": "🟡", "cpu": "🔵", "none": "🔴"
 STATUS_ICONS = {"Excellent": "🟢", "Good": "🟢", "Fair": "🟡", "Poor": "🔴"}
 
 
+def element_id(prefix: str, name: str) -> str:
+    """The id of one of the tabs' elements: ``prefix`` keeps two copies of the tabs on one page,
+    and the host's own elements, apart."""
+    return f"{prefix}-{name}"
+
+
 def failure(exc: Exception, doing: str) -> str:
     """Show ``exc`` as a warning toast and return the same message for an output."""
     gr.Warning(f"{doing} failed: {exc}")
@@ -36,11 +43,7 @@ def failure(exc: Exception, doing: str) -> str:
 
 
 def size(mb: float | None) -> str:
-    if mb is None:
-        return "–"
-    if mb < 1:
-        return f"{mb * 1024:.0f} KiB"
-    return f"{mb / 1024:.1f} GiB" if mb >= 1024 else f"{mb:.0f} MiB"
+    return "–" if mb is None else size_text(mb, smallest="KiB")
 
 
 def verdict_text(fit: Compatibility) -> str:
@@ -120,7 +123,7 @@ def compatibility_markdown(fit: Compatibility) -> str:
 
 
 def model_choices(models: Iterable[ModelInfo]) -> list[str]:
-    return [m.name for m in models if m.valid and m.format != "remote"]
+    return [m.name for m in models if m.usable]
 
 
 def current_model_markdown(current: ModelInfo | None) -> str:
@@ -173,7 +176,7 @@ def speed_chart_frame(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "gen_tps"])
 
 
-def progress_markdown(status: Any) -> str:
+def progress_markdown(status: JobStatus) -> str:
     """A job's state as a line with a text progress bar."""
     filled = int(round(status.progress * 20))
     bar = "█" * filled + "░" * (20 - filled)
@@ -195,7 +198,7 @@ def attempts_frame(attempts: Iterable[Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=ATTEMPT_COLUMNS)
 
 
-def health_markdown(report: Any) -> str:
+def health_markdown(report: HealthReport) -> str:
     icon = STATUS_ICONS.get(report.status, "")
     return (f"## {icon} Health {report.score}/100: {report.status}\n"
             f"- **Current model:** `{report.current_model or 'none'}`\n"

@@ -7,12 +7,13 @@ one) reads the live report once a second while it runs and stops itself when the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from zwaif_fallback import FallbackError, FallbackManager
+from zwaif_fallback import FallbackError, FallbackManager, MonitoringReport
 from zwaif_fallback.monitor import summarize
 
 from . import compat
@@ -144,7 +145,7 @@ class HealthHandlers:
                 compat.timer_update(active=False)
         return self._finished(report)
 
-    def _finished(self, report: Any) -> tuple[Any, ...]:
+    def _finished(self, report: MonitoringReport) -> tuple[Any, ...]:
         how = "stopped early" if report.stopped_early else "finished"
         return (f"⏹️ Monitoring {how}: {len(report.samples)} samples over "
                 f"{report.samples[-1].t_s if report.samples else 0:.1f} s. Summary below.",
@@ -183,48 +184,49 @@ class HealthTab:
     monitor_status: gr.Markdown
 
 
-def build_health_tab(manager: FallbackManager) -> HealthTab:
+def build_health_tab(manager: FallbackManager, prefix: str = "fallback") -> HealthTab:
     """Build the tab inside the caller's gr.Tabs context and bind its events."""
+    eid = partial(fmt.element_id, prefix)
     h = HealthHandlers(manager)
-    with gr.Tab(TAB_LABEL, id="fallback-health", elem_id="fallback-health") as tab:
-        health = gr.Markdown("Loading the health status…", elem_id="fallback-health-score")
+    with gr.Tab(TAB_LABEL, id=eid("health"), elem_id=eid("health")) as tab:
+        health = gr.Markdown("Loading the health status…", elem_id=eid("health-score"))
         with gr.Row():
             refresh = gr.Button("🔄 Refresh Health Status", variant="primary",
-                                elem_id="fallback-health-refresh")
-            optimize = gr.Button("⚡ Auto-Optimize System", elem_id="fallback-health-optimize")
-            check = gr.Button("🔍 Run Health Check", elem_id="fallback-health-check")
-            stats = gr.Button("📊 Get Performance Stats", elem_id="fallback-health-stats")
-        action = gr.Markdown(elem_id="fallback-health-action")
+                                elem_id=eid("health-refresh"))
+            optimize = gr.Button("⚡ Auto-Optimize System", elem_id=eid("health-optimize"))
+            check = gr.Button("🔍 Run Health Check", elem_id=eid("health-check"))
+            stats = gr.Button("📊 Get Performance Stats", elem_id=eid("health-stats"))
+        action = gr.Markdown(elem_id=eid("health-action"))
         factors = gr.Dataframe(headers=["factor", "score", "weight", "detail"], label="Health factors",
-                               interactive=False, wrap=True, elem_id="fallback-health-factors")
-        recommendations = gr.Markdown(elem_id="fallback-health-recommendations")
+                               interactive=False, wrap=True, elem_id=eid("health-factors"))
+        recommendations = gr.Markdown(elem_id=eid("health-recommendations"))
 
         gr.Markdown("## Monitoring")
         with gr.Row(equal_height=True):
             duration = gr.Slider(10, 300, value=manager.settings.monitor_duration, step=10, scale=2,
-                                 label="Monitoring duration (seconds)", elem_id="fallback-monitor-duration")
+                                 label="Monitoring duration (seconds)", elem_id=eid("monitor-duration"))
             start = gr.Button("📈 Start Monitoring", variant="primary", scale=1,
-                              elem_id="fallback-monitor-start")
-            stop = gr.Button("⏹️ Stop Monitoring", variant="stop", scale=1, elem_id="fallback-monitor-stop")
-        monitor_status = gr.Markdown("Not monitoring.", elem_id="fallback-monitor-status")
+                              elem_id=eid("monitor-start"))
+            stop = gr.Button("⏹️ Stop Monitoring", variant="stop", scale=1, elem_id=eid("monitor-stop"))
+        monitor_status = gr.Markdown("Not monitoring.", elem_id=eid("monitor-status"))
         with gr.Row():
             memory_plot = compat.plot(gr.LinePlot, x="t_s", y="value", color="metric", title="Memory (MiB)",
-                                      x_title="seconds", y_title="MiB", elem_id="fallback-monitor-memory")
+                                      x_title="seconds", y_title="MiB", elem_id=eid("monitor-memory"))
             load_plot = compat.plot(gr.LinePlot, x="t_s", y="value", color="metric",
                                     title="CPU, GPU and tokens/s", x_title="seconds", y_title="% or tokens/s",
-                                    elem_id="fallback-monitor-load")
+                                    elem_id=eid("monitor-load"))
         summary = gr.Dataframe(headers=["metric", "min", "mean", "max", "p95"], label="Monitoring summary",
-                               interactive=False, elem_id="fallback-monitor-summary")
+                               interactive=False, elem_id=eid("monitor-summary"))
         poll = compat.Poll(POLL_S)
 
         gr.Markdown("## History")
         with gr.Row():
             bench_history = compat.plot(gr.BarPlot, x="run", y="gen_tps", color="model", sort="x",
                                         title="Past benchmarks: tokens/s per run", x_title="run",
-                                        y_title="tokens/s", elem_id="fallback-history-benchmarks")
+                                        y_title="tokens/s", elem_id=eid("history-benchmarks"))
             failover_history = compat.plot(gr.BarPlot, x="target", y="attempts", color="outcome",
                                            title="Failover attempts by target",
-                                           elem_id="fallback-history-failovers")
+                                           elem_id=eid("history-failovers"))
 
     health_outputs = [health, factors, recommendations]
     monitor_outputs = [monitor_status, memory_plot, load_plot, summary, poll.component]

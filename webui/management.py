@@ -8,6 +8,7 @@ lives in the session's gr.State.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -42,7 +43,7 @@ class ManagementHandlers:
             models = self.manager.discover_models(refresh=True)
         except FallbackError as exc:
             return fmt.failure(exc, "Listing models"), gr.skip(), gr.skip(), gr.skip()
-        usable = [m for m in models if m.valid and m.format != "remote"]
+        usable = [m for m in models if m.usable]
         table = fmt.models_frame(usable, {}).drop(columns=["fit"])
         choices = gr.update(choices=fmt.model_choices(models))
         return fmt.current_model_markdown(self.manager.current_model), table, choices, choices
@@ -242,73 +243,74 @@ class ManagementTab:
     settings_message: gr.Markdown
 
 
-def build_management_tab(manager: FallbackManager) -> ManagementTab:
+def build_management_tab(manager: FallbackManager, prefix: str = "fallback") -> ManagementTab:
     """Build the tab inside the caller's gr.Tabs context and bind its events."""
+    eid = partial(fmt.element_id, prefix)
     h = ManagementHandlers(manager)
-    with gr.Tab(TAB_LABEL, id="fallback-management", elem_id="fallback-management") as tab:
+    with gr.Tab(TAB_LABEL, id=eid("management"), elem_id=eid("management")) as tab:
         gr.Markdown("## Model Management")
-        current = gr.Markdown(elem_id="fallback-mgmt-current")
-        available = gr.Dataframe(label="Available models", interactive=False, elem_id="fallback-mgmt-models")
+        current = gr.Markdown(elem_id=eid("mgmt-current"))
+        available = gr.Dataframe(label="Available models", interactive=False, elem_id=eid("mgmt-models"))
         with gr.Row(equal_height=True):
             switch_to = gr.Dropdown(label="Model Name to Switch To", choices=[], allow_custom_value=True,
-                                    scale=3, elem_id="fallback-mgmt-switch-to")
-            refresh_models = gr.Button("🔄 Refresh Model List", scale=1, elem_id="fallback-mgmt-refresh")
-            switch = gr.Button("🔄 Switch Model", variant="primary", scale=1, elem_id="fallback-mgmt-switch")
+                                    scale=3, elem_id=eid("mgmt-switch-to"))
+            refresh_models = gr.Button("🔄 Refresh Model List", scale=1, elem_id=eid("mgmt-refresh"))
+            switch = gr.Button("🔄 Switch Model", variant="primary", scale=1, elem_id=eid("mgmt-switch"))
 
         gr.Markdown("## VRAM Optimization")
-        vram = gr.Markdown(elem_id="fallback-mgmt-vram")
+        vram = gr.Markdown(elem_id=eid("mgmt-vram"))
         with gr.Row(equal_height=True):
-            optimize = gr.Button("⚡ Optimize VRAM", variant="primary", elem_id="fallback-mgmt-optimize")
-            auto_optimize = gr.Checkbox(label="Auto-optimize VRAM", elem_id="fallback-mgmt-auto-optimize",
+            optimize = gr.Button("⚡ Optimize VRAM", variant="primary", elem_id=eid("mgmt-optimize"))
+            auto_optimize = gr.Checkbox(label="Auto-optimize VRAM", elem_id=eid("mgmt-auto-optimize"),
                                         info="pick the optimal model at start and when free VRAM changes")
-        optimize_result = gr.Markdown(elem_id="fallback-mgmt-optimize-result")
+        optimize_result = gr.Markdown(elem_id=eid("mgmt-optimize-result"))
         ranking = gr.Dataframe(headers=fmt.RANK_COLUMNS, label="Model ranking", interactive=False,
-                               wrap=True, elem_id="fallback-mgmt-ranking")
+                               wrap=True, elem_id=eid("mgmt-ranking"))
 
         gr.Markdown("## Advanced Settings")
         with gr.Row():
             timeout = gr.Slider(5, 120, step=1, label="Fallback Timeout (seconds)",
-                                elem_id="fallback-set-timeout")
-            max_retries = gr.Slider(1, 10, step=1, label="Max Retries", elem_id="fallback-set-retries")
+                                elem_id=eid("set-timeout"))
+            max_retries = gr.Slider(1, 10, step=1, label="Max Retries", elem_id=eid("set-retries"))
         with gr.Row():
-            auto_switch = gr.Checkbox(label="Auto-switch on failure", elem_id="fallback-set-auto-switch")
-            vram_monitoring = gr.Checkbox(label="Monitor VRAM usage", elem_id="fallback-set-vram-monitoring")
+            auto_switch = gr.Checkbox(label="Auto-switch on failure", elem_id=eid("set-auto-switch"))
+            vram_monitoring = gr.Checkbox(label="Monitor VRAM usage", elem_id=eid("set-vram-monitoring"))
         with gr.Row():
-            save = gr.Button("💾 Save Advanced Settings", variant="primary", elem_id="fallback-set-save")
-            reset = gr.Button("🔄 Reset to Defaults", elem_id="fallback-set-reset")
-        settings_message = gr.Markdown(elem_id="fallback-set-message")
+            save = gr.Button("💾 Save Advanced Settings", variant="primary", elem_id=eid("set-save"))
+            reset = gr.Button("🔄 Reset to Defaults", elem_id=eid("set-reset"))
+        settings_message = gr.Markdown(elem_id=eid("set-message"))
 
         gr.Markdown("## Performance Testing")
         with gr.Row():
             test_model = gr.Dropdown(label="Model to Test", choices=[], allow_custom_value=True,
-                                     elem_id="fallback-bench-model")
+                                     elem_id=eid("bench-model"))
             prompt = gr.Textbox(DEFAULT_PROMPT, label="Test Prompt", lines=2, scale=2,
-                                elem_id="fallback-bench-prompt")
+                                elem_id=eid("bench-prompt"))
         with gr.Row():
-            run_one = gr.Button("🧪 Run Performance Test", variant="primary", elem_id="fallback-bench-run")
-            run_all = gr.Button("📊 Benchmark All Models", elem_id="fallback-bench-all")
-            cancel = gr.Button("⏹️ Cancel Benchmark", variant="stop", elem_id="fallback-bench-cancel")
-        progress = gr.Markdown("No benchmark running.", elem_id="fallback-bench-progress")
+            run_one = gr.Button("🧪 Run Performance Test", variant="primary", elem_id=eid("bench-run"))
+            run_all = gr.Button("📊 Benchmark All Models", elem_id=eid("bench-all"))
+            cancel = gr.Button("⏹️ Cancel Benchmark", variant="stop", elem_id=eid("bench-cancel"))
+        progress = gr.Markdown("No benchmark running.", elem_id=eid("bench-progress"))
         results = gr.Dataframe(headers=fmt.BENCH_COLUMNS, label="Benchmark results", interactive=False,
-                               elem_id="fallback-bench-results")
+                               elem_id=eid("bench-results"))
         chart = compat.plot(gr.BarPlot, x="model", y="gen_tps", x_title="model", y_title="tokens/s",
                             title="Generation speed by model (latest benchmark)",
-                            elem_id="fallback-bench-chart")
+                            elem_id=eid("bench-chart"))
         job_id = gr.State(None)
         poll = compat.Poll(POLL_S)
 
         gr.Markdown("## Try the fallback")
         with gr.Row():
             message = gr.Textbox(label="Message", placeholder="Hello! Who are you?", scale=3,
-                                 elem_id="fallback-try-message")
+                                 elem_id=eid("try-message"))
             primary_url = gr.Textbox(label="Primary API URL (blank: the configured one)", scale=2,
-                                     placeholder="http://127.0.0.1:5000/v1", elem_id="fallback-try-primary")
+                                     placeholder="http://127.0.0.1:5000/v1", elem_id=eid("try-primary"))
             max_tokens = gr.Slider(8, 512, value=64, step=8, label="Max tokens", scale=1)
-        send = gr.Button("💬 Send through the fallback", variant="primary", elem_id="fallback-try-send")
-        answer = gr.Textbox(label="Answer", interactive=False, lines=3, elem_id="fallback-try-answer")
-        answered_by = gr.Markdown(elem_id="fallback-try-summary")
+        send = gr.Button("💬 Send through the fallback", variant="primary", elem_id=eid("try-send"))
+        answer = gr.Textbox(label="Answer", interactive=False, lines=3, elem_id=eid("try-answer"))
+        answered_by = gr.Markdown(elem_id=eid("try-summary"))
         attempts = gr.Dataframe(headers=fmt.ATTEMPT_COLUMNS, label="Attempts", interactive=False,
-                                elem_id="fallback-try-attempts")
+                                elem_id=eid("try-attempts"))
 
     settings_controls = [timeout, max_retries, auto_switch, vram_monitoring]
     vram_outputs = [vram, auto_optimize, ranking]
