@@ -10,7 +10,7 @@ Module map, top to bottom. Each part imports only the parts below it (lazy and
 type-only imports included); tests/test_import_graph.py holds the code to this map
 and to having no import cycle.
 
-    porches       cli, __main__, default, server
+    porches       cli, cli_text, __main__, default, server
     facade        manager
     measurement   optimizer, bench_jobs, telemetry, health, bench, quality, metrics, monitor, jobs
     call path     chats, completions, routing, failover, breaker, local, pool, backends
@@ -18,7 +18,8 @@ and to having no import cycle.
     discovery     catalog, model_info, locations, gguf_header, safetensors_header, ggml
     base          settings, settings_file, hardware, store, errors, units, net, logs, _model
 
-* porches: the CLI, ``try_fallbacks`` on a default manager, the OpenAI-compatible server.
+* porches: the CLI (cli_text: what it prints), ``try_fallbacks`` on a default manager, the
+  OpenAI-compatible server.
 * facade: ``FallbackManager`` owns the state and delegates each call to one part.
 * measurement: benchmark runs and jobs (bench_jobs -> bench, quality); ranking, health and
   the auto-optimizer (optimizer -> health); history, Prometheus metrics and sampling

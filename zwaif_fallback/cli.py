@@ -19,14 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from .cli_text import format_check, format_models, format_status, num, print_json, table
 from .errors import BackendUnavailable, FallbackError, InvalidSettings
-from .fit import KV_TYPES, Compatibility, layers_text
-from .hardware import SystemStatus
+from .fit import KV_TYPES
 from .logs import setup_logging
 from .manager import FallbackManager
-from .model_info import ModelInfo
 from .settings import FallbackSettings
-from .units import size_text
 
 __all__ = ["main"]
 
@@ -200,8 +198,8 @@ def cmd_serve(manager: FallbackManager, args: argparse.Namespace) -> int:
 def cmd_status(manager: FallbackManager, args: argparse.Namespace) -> int:
     status = manager.system_status()
     if args.json:
-        return _print_json(status.model_dump(exclude={"notes"}) | {"notes": status.notes})
-    print(_format_status(status))
+        return print_json(status.model_dump(exclude={"notes"}) | {"notes": status.notes})
+    print(format_status(status))
     return 0
 
 
@@ -209,8 +207,8 @@ def cmd_status(manager: FallbackManager, args: argparse.Namespace) -> int:
 def cmd_models(manager: FallbackManager, args: argparse.Namespace) -> int:
     models = manager.discover_models()
     if args.json:
-        return _print_json([m.model_dump() for m in models])
-    print(_format_models(models))
+        return print_json([m.model_dump() for m in models])
+    print(format_models(models))
     return 0
 
 
@@ -231,8 +229,8 @@ def cmd_check(manager: FallbackManager, args: argparse.Namespace) -> int:
         args.model, n_ctx=args.ctx, gpu_layers=args.gpu_layers, flash_attn=args.flash_attn,
         kv_type=args.kv_type, free_vram_mb=args.free_vram_mb)
     if args.json:
-        return _print_json(result.model_dump())
-    print(_format_check(result))
+        return print_json(result.model_dump())
+    print(format_check(result))
     return 0
 
 
@@ -248,7 +246,7 @@ def cmd_chat(manager: FallbackManager, args: argparse.Namespace) -> int:
         manager.switch_model(args.model, persist=False)
     messages = [{"role": "user", "content": args.prompt}]
     if args.json:
-        return _print_json(manager.chat(messages, max_tokens=args.max_tokens).model_dump())
+        return print_json(manager.chat(messages, max_tokens=args.max_tokens).model_dump())
     for piece in manager.stream_chat(messages, max_tokens=args.max_tokens):
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -280,15 +278,15 @@ def cmd_bench(manager: FallbackManager, args: argparse.Namespace) -> int:
     else:
         results = [manager.benchmark(args.model, args.prompt, progress)]
     if args.json:
-        return _print_json([r.model_dump(exclude={"checks"}) for r in results])
+        return print_json([r.model_dump(exclude={"checks"}) for r in results])
     print(file=sys.stderr)
     rows = [("MODEL", "LOAD s", "TTFT s", "PP tok/s", "GEN tok/s", "RAM MiB", "PPL", "QUALITY",
              "STATUS")]
     for r in results:
-        rows.append((r.model, _num(r.load_s, 2), _num(r.ttft_s, 3), _num(r.prompt_tps, 0),
-                     _num(r.gen_tps, 1), _num(r.peak_ram_mb, 0), _num(r.perplexity, 1),
-                     _num(r.quality_score, 2), "ok" if r.ok else f"failed: {r.error}"))
-    print(_table(rows))
+        rows.append((r.model, num(r.load_s, 2), num(r.ttft_s, 3), num(r.prompt_tps, 0),
+                     num(r.gen_tps, 1), num(r.peak_ram_mb, 0), num(r.perplexity, 1),
+                     num(r.quality_score, 2), "ok" if r.ok else f"failed: {r.error}"))
+    print(table(rows))
     return 0 if all(r.ok or (r.error or "").startswith("skipped") for r in results) else 1
 
 
@@ -300,11 +298,11 @@ def _optimize_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_optimize(manager: FallbackManager, args: argparse.Namespace) -> int:
     result = manager.optimize(apply=not args.dry_run)
     if args.json:
-        return _print_json(result.model_dump())
+        return print_json(result.model_dump())
     print(result.reason + (" (switched)" if result.switched else ""))
     rows = [("MODEL", "SCORE", "FITS", "WHY")]
     rows += [(e.model, f"{e.score:.1f}", e.verdict, e.reason) for e in result.ranking]
-    print(_table(rows))
+    print(table(rows))
     return 0
 
 
@@ -312,7 +310,7 @@ def cmd_optimize(manager: FallbackManager, args: argparse.Namespace) -> int:
 def cmd_health(manager: FallbackManager, args: argparse.Namespace) -> int:
     report = manager.health()
     if args.json:
-        return _print_json(report.model_dump())
+        return print_json(report.model_dump())
     print(f"Health {report.score}/100: {report.status}")
     print(f"Current model: {report.current_model or '-'}; optimal: {report.optimal_model or '-'}")
     for name, factor in report.factors.items():
@@ -341,7 +339,7 @@ def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
         pass
     report = manager.stop_monitoring()
     if args.json:
-        return _print_json(report.model_dump())
+        return print_json(report.model_dump())
     print(file=sys.stderr)
     for name, summary in report.summary.items():
         print(f"{name:<20} min {summary.min:10.1f}  mean {summary.mean:10.1f}  max {summary.max:10.1f}"
@@ -363,7 +361,7 @@ def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
         manager.update_settings(**dict(_parse_assignment(item) for item in args.set))
     settings = manager.settings
     if args.json:
-        return _print_json({
+        return print_json({
             "settings": settings.public_dict(),
             "origins": {name: settings.origin(name) for name in type(settings).model_fields},
             "settings_file": str(settings.settings_file),
@@ -381,67 +379,3 @@ def _parse_assignment(item: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise InvalidSettings(f"--set expects KEY=VALUE, got {item!r}")
     return key.strip(), value.strip()
-
-
-# -- output ---------------------------------------------------------------------------------
-
-
-def _print_json(data: Any) -> int:
-    print(json.dumps(data, indent=2, default=str))
-    return 0
-
-
-def _format_status(status: SystemStatus) -> str:
-    lines = [f"GPU probe : {status.vram_source}"]
-    if status.gpus:
-        for g in status.gpus:
-            extra = []
-            if g.utilization_pct is not None:
-                extra.append(f"{g.utilization_pct:.0f}% busy")
-            if g.temperature_c is not None:
-                extra.append(f"{g.temperature_c:.0f} C")
-            free, total = (size_text(mb, smallest="GiB") for mb in (g.vram_free_mb, g.vram_total_mb))
-            lines.append(f"GPU {g.index}     : {g.name}, {free} free of {total}"
-                         + (f" ({', '.join(extra)})" if extra else ""))
-    else:
-        reason = status.notes[-1] if status.notes else "no GPU"
-        lines.append(f"GPUs      : none ({reason})")
-    lines.append(f"RAM       : {size_text(status.ram_available_mb, smallest='GiB')} available of "
-                 f"{size_text(status.ram_total_mb, smallest='GiB')}")
-    lines.append(f"CPU       : {status.cpu_count} logical cores, {status.cpu_percent:.0f}% busy")
-    lines.append(f"Platform  : {status.platform}")
-    return "\n".join(lines)
-
-
-def _num(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
-    return "\n".join(lines)
-
-
-def _format_models(models: list[ModelInfo]) -> str:
-    if not models:
-        return "no models found: put .gguf files or HF model folders in the models folder"
-    rows = [("NAME", "FORMAT", "SOURCE", "SIZE", "QUANT", "CTX", "PARAMS", "STATUS")]
-    for m in models:
-        params = f"{m.parameters / 1e9:.2f}B" if m.parameters else "-"
-        rows.append((m.name, m.format, m.source, f"{m.size_bytes / 2**20:.0f} MiB",
-                     m.quantization or "-", str(m.context_length or "-"), params,
-                     "ok" if m.valid else f"invalid: {m.error}"))
-    return _table(rows)
-
-
-def _format_check(c: Compatibility) -> str:
-    b = c.breakdown
-    return "\n".join([
-        f"{c.model}: {c.verdict.upper()}" + ("" if c.compatible else " (does not fit)"),
-        f"  {c.reason}",
-        f"  n_ctx {c.n_ctx}, {layers_text(c)}, KV {c.kv_type}, "
-        f"flash attention {'on' if c.flash_attn else 'off'}",
-        f"  VRAM {c.vram_mb:.0f} MiB, RAM {c.ram_mb:.0f} MiB = weights {b.weights_mb:.0f} + "
-        f"KV {b.kv_mb:.0f} + compute {b.compute_mb:.0f} + overhead {b.overhead_mb:.0f} MiB",
-    ])

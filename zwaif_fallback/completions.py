@@ -34,9 +34,10 @@ READ_FIELDS = frozenset({"messages", "model", "max_tokens", "max_completion_toke
                          "top_p", "stop", "seed", "stream", "stream_options"})
 GEN_FIELDS = ("temperature", "top_p", "stop", "seed")
 
-#: ``answer(messages, model, gen, done, cancel)``: the manager's failover chain, piece by piece
-Answer = Callable[[list[dict[str, str]], str | None, dict[str, Any], Callable[[ChatResult], None],
-                   "threading.Event | None"], Iterator[Piece]]
+#: ``answer(messages, primary, model, gen, done, cancel)``: ``Chats.answer``, the failover chain
+#: piece by piece (requests take the settings' primary: ``primary`` is always None here)
+Answer = Callable[[list[dict[str, str]], None, str | None, dict[str, Any],
+                   Callable[[ChatResult], None], "threading.Event | None"], Iterator[Piece]]
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def chat_completion(answer: Answer, request: Any) -> dict[str, Any]:
     try:
         checked = parse_request(request)
         results: list[ChatResult] = []
-        for _ in answer(checked.messages, checked.model, checked.gen, results.append, None):
+        for _ in answer(checked.messages, None, checked.model, checked.gen, results.append, None):
             pass
         return {**results[0].to_openai(), "x_fallback": fallback_info(results[0])}
     except Exception as exc:  # the host's call site must get a dict, whatever happened
@@ -135,7 +136,7 @@ def stream_chat_completion(answer: Answer, request: Any,
     results: list[ChatResult] = []
     first = True
     try:
-        for piece in answer(checked.messages, checked.model, checked.gen, results.append, cancel):
+        for piece in answer(checked.messages, None, checked.model, checked.gen, results.append, cancel):
             if first:
                 first = False
                 opening = chunk(piece.target.name, {"role": "assistant", "content": piece.text})

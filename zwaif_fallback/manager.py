@@ -13,14 +13,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import completions
 from .backends.base import Message
 from .catalog import Catalog
 from .chats import Chats
 from .errors import InvalidSettings, StorageError
-from .failover import ChatResult, Piece
+from .failover import ChatResult
 from .fit import Compatibility
 from .hardware import HardwareProbe, SystemStatus
 from .local import LocalModels
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from .telemetry import Telemetry
 
 __all__ = ["FallbackManager"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +212,7 @@ class FallbackManager:
             InvalidSettings: bad messages or generation options.
         """
         results: list[ChatResult] = []
-        for _ in self._answer(messages, primary, None, gen, results.append, None):
+        for _ in self._chats.answer(messages, primary, None, gen, results.append, None):
             pass
         return results[0]
 
@@ -220,7 +222,7 @@ class FallbackManager:
 
         Bad input raises here, before the first piece.
         """
-        return (piece.text for piece in self._answer(messages, primary, None, gen, None, None))
+        return (piece.text for piece in self._chats.answer(messages, primary, None, gen, None, None))
 
     def chat_completion(self, request: dict[str, Any]) -> dict[str, Any]:
         """Answer an OpenAI chat-completions request through the failover chain.
@@ -236,7 +238,7 @@ class FallbackManager:
             answer, ``{"error": {"message", "type", "param", "code"}, "attempts": [...]}``.
             It never raises.
         """
-        return completions.chat_completion(self._answer_request, request)
+        return completions.chat_completion(self._chats.answer, request)
 
     def stream_chat_completion(self, request: dict[str, Any], *,
                                cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
@@ -249,17 +251,7 @@ class FallbackManager:
         Setting ``cancel`` (the reader went away) stops it within 0.1 s: the request or
         local generation in flight is closed, and it counts as cancelled, not failed.
         """
-        return completions.stream_chat_completion(self._answer_request, request, cancel)
-
-    def _answer_request(self, messages: list[dict[str, str]], model: str | None, gen: dict[str, Any],
-                        done: Callable[[ChatResult], None],
-                        cancel: threading.Event | None) -> Iterator[Piece]:
-        return self._answer(messages, None, model, gen, done, cancel)
-
-    def _answer(self, messages: Sequence[Message], primary: Primary, model: str | None,
-                gen: dict[str, Any], done: Callable[[ChatResult], None] | None,
-                cancel: threading.Event | None) -> Iterator[Piece]:
-        return self._chats.answer(messages, primary, model, gen, done, cancel)
+        return completions.stream_chat_completion(self._chats.answer, request, cancel)
 
     @property
     def last_result(self) -> ChatResult | None:
@@ -393,38 +385,35 @@ class FallbackManager:
 
     # -- the collaborators built on first use ----------------------------------------
 
+    def _built(self, attribute: str, make: Callable[[], _T]) -> _T:
+        """The collaborator held in ``attribute``, made by ``make`` the first time."""
+        with self._lazy_lock:
+            if getattr(self, attribute) is None:
+                setattr(self, attribute, make())
+            built: _T = getattr(self, attribute)
+            return built
+
     @property
     def _telemetry(self) -> Telemetry:
-        with self._lazy_lock:
-            if self._telemetry_instance is None:
-                from .telemetry import Telemetry
+        from .telemetry import Telemetry
 
-                self._telemetry_instance = Telemetry(
-                    self._probe, data_dir=lambda: self._settings.data_dir,
-                    breakers=self._router.breaker_states, clock=self._clock)
-            return self._telemetry_instance
+        return self._built("_telemetry_instance", lambda: Telemetry(
+            self._probe, data_dir=lambda: self._settings.data_dir,
+            breakers=self._router.breaker_states, clock=self._clock))
 
     @property
     def _benchmarks(self) -> BenchmarkJobs:
-        with self._lazy_lock:
-            if self._benchmarks_instance is None:
-                from .bench_jobs import BenchmarkJobs
+        from .bench_jobs import BenchmarkJobs
 
-                self._benchmarks_instance = BenchmarkJobs(
-                    local=self._local, vram=self._probe.process_vram_mb,
-                    history=lambda: self._telemetry.store)
-            return self._benchmarks_instance
+        return self._built("_benchmarks_instance", lambda: BenchmarkJobs(
+            local=self._local, vram=self._probe.process_vram_mb, history=lambda: self._telemetry.store))
 
     @property
     def _optimizer(self) -> Optimizer:
-        with self._lazy_lock:
-            if self._optimizer_instance is None:
-                from .optimizer import Optimizer
+        from .optimizer import Optimizer
 
-                self._optimizer_instance = Optimizer(
-                    local=self._local, switch=self.switch_model,
-                    history=lambda: self._telemetry.store, status=self._probe.status,
-                    breakers=self._router.breaker_states,
-                    primary_url=lambda: self._settings.primary_url,
-                    samples=lambda: self._telemetry.background_samples())
-            return self._optimizer_instance
+        return self._built("_optimizer_instance", lambda: Optimizer(
+            local=self._local, switch=self.switch_model, history=lambda: self._telemetry.store,
+            status=self._probe.status, breakers=self._router.breaker_states,
+            primary_url=lambda: self._settings.primary_url,
+            samples=lambda: self._telemetry.background_samples()))

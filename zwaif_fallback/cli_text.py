@@ -1,0 +1,78 @@
+"""What the CLI prints for a person: tables and summaries of the library's typed results.
+
+Pure functions over those results; ``print_json`` is the ``--json`` side of every command.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .fit import Compatibility, layers_text
+from .hardware import SystemStatus
+from .model_info import ModelInfo
+from .units import size_text
+
+__all__ = ["format_check", "format_models", "format_status", "num", "print_json", "table"]
+
+
+def print_json(data: Any) -> int:
+    print(json.dumps(data, indent=2, default=str))
+    return 0
+
+
+def format_status(status: SystemStatus) -> str:
+    lines = [f"GPU probe : {status.vram_source}"]
+    if status.gpus:
+        for g in status.gpus:
+            extra = []
+            if g.utilization_pct is not None:
+                extra.append(f"{g.utilization_pct:.0f}% busy")
+            if g.temperature_c is not None:
+                extra.append(f"{g.temperature_c:.0f} C")
+            free, total = (size_text(mb, smallest="GiB") for mb in (g.vram_free_mb, g.vram_total_mb))
+            lines.append(f"GPU {g.index}     : {g.name}, {free} free of {total}"
+                         + (f" ({', '.join(extra)})" if extra else ""))
+    else:
+        reason = status.notes[-1] if status.notes else "no GPU"
+        lines.append(f"GPUs      : none ({reason})")
+    lines.append(f"RAM       : {size_text(status.ram_available_mb, smallest='GiB')} available of "
+                 f"{size_text(status.ram_total_mb, smallest='GiB')}")
+    lines.append(f"CPU       : {status.cpu_count} logical cores, {status.cpu_percent:.0f}% busy")
+    lines.append(f"Platform  : {status.platform}")
+    return "\n".join(lines)
+
+
+def num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
+    return "\n".join(lines)
+
+
+def format_models(models: list[ModelInfo]) -> str:
+    if not models:
+        return "no models found: put .gguf files or HF model folders in the models folder"
+    rows = [("NAME", "FORMAT", "SOURCE", "SIZE", "QUANT", "CTX", "PARAMS", "STATUS")]
+    for m in models:
+        params = f"{m.parameters / 1e9:.2f}B" if m.parameters else "-"
+        rows.append((m.name, m.format, m.source, f"{m.size_bytes / 2**20:.0f} MiB",
+                     m.quantization or "-", str(m.context_length or "-"), params,
+                     "ok" if m.valid else f"invalid: {m.error}"))
+    return table(rows)
+
+
+def format_check(c: Compatibility) -> str:
+    b = c.breakdown
+    return "\n".join([
+        f"{c.model}: {c.verdict.upper()}" + ("" if c.compatible else " (does not fit)"),
+        f"  {c.reason}",
+        f"  n_ctx {c.n_ctx}, {layers_text(c)}, KV {c.kv_type}, "
+        f"flash attention {'on' if c.flash_attn else 'off'}",
+        f"  VRAM {c.vram_mb:.0f} MiB, RAM {c.ram_mb:.0f} MiB = weights {b.weights_mb:.0f} + "
+        f"KV {b.kv_mb:.0f} + compute {b.compute_mb:.0f} + overhead {b.overhead_mb:.0f} MiB",
+    ])
