@@ -337,3 +337,22 @@ def test_serve_refuses_a_network_address_without_a_key_and_a_taken_port(isolated
         taken.listen()
         busy = run_cli("serve", "--no-ui", "--port", str(taken.getsockname()[1]), cwd=isolated)
     assert busy.returncode == 1 and "choose another port" in busy.stderr
+
+
+def test_health_answers_while_whole_answers_queue_for_the_local_model(orphaned: Served):
+    body = {"messages": ASK, "max_tokens": 64, "temperature": 0.0, "seed": 1}
+    answers: list[int] = []
+
+    def ask() -> None:
+        answers.append(httpx.post(orphaned.url + "/v1/chat/completions", json=body, timeout=120).status_code)
+
+    askers = [threading.Thread(target=ask) for _ in range(8)]  # more than the loop's default executor
+    for asker in askers:
+        asker.start()
+    wait_until(lambda: "zwaif_generated_tokens_total" in httpx.get(orphaned.url + "/metrics").text,
+               timeout_s=60, what="the local model to start answering")
+    assert httpx.get(orphaned.url + "/health", timeout=60).status_code == 200
+    assert len(answers) <= 2  # /health did not wait for the queued generations
+    for asker in askers:
+        asker.join(timeout=120)
+    assert answers == [200] * 8

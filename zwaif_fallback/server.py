@@ -21,7 +21,7 @@ import os
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .completions import BadRequestField, error_object
 from .errors import InvalidSettings, PortUnavailable
@@ -42,6 +42,7 @@ API_KEY_ENV = "FALLBACK_API_KEY"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MODELS_TIMEOUT_S = 2.0
 _DONE = object()
+_R = TypeVar("_R")
 
 
 def check_bind(host: str, api_key: str | None) -> None:
@@ -136,13 +137,13 @@ class _Api:
         if refused is not None:
             return refused
         body = await _read_body(request)
-        if isinstance(body, Exception):
-            return _error_response(body, 413 if "larger than" in str(body) else 400)
+        if not isinstance(body, dict):
+            return body
         problem = _unsupported(body)
         if problem is not None:
             return _error_response(problem, 400)
         if not body.get("stream"):
-            answer = await asyncio.to_thread(self.manager.chat_completion, body)
+            answer = await _on_own_thread(self.manager.chat_completion, body)
             return JSONResponse(answer, status_code=_status_of(answer), headers=_who(answer))
         cancel = threading.Event()
         chunks = _Pump(self.manager.stream_chat_completion(body, cancel=cancel), cancel)
@@ -293,22 +294,42 @@ async def _sse(first: dict[str, Any], chunks: _Pump) -> AsyncIterator[bytes]:
         chunks.close()  # the client went away, or the stream ended
 
 
-async def _read_body(request: Request) -> dict[str, Any] | InvalidSettings:
-    """The JSON body, at most MAX_BODY_BYTES; an error saying what is wrong otherwise."""
+async def _read_body(request: Request) -> dict[str, Any] | Response:
+    """The JSON body, at most MAX_BODY_BYTES; otherwise the error response (413 or 400)."""
     size = 0
     parts = []
     async for part in request.stream():
         size += len(part)
         if size > MAX_BODY_BYTES:
-            return InvalidSettings(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+            return _error_response(InvalidSettings(
+                f"the request body is larger than {MAX_BODY_BYTES} bytes"), 413)
         parts.append(part)
     try:
         body = json.loads(b"".join(parts))
     except (ValueError, UnicodeDecodeError) as exc:
-        return InvalidSettings(f"the request body is not JSON: {exc}")
+        return _error_response(InvalidSettings(f"the request body is not JSON: {exc}"), 400)
     if not isinstance(body, dict):
-        return InvalidSettings(f"the request body must be a JSON object, not {type(body).__name__}")
+        return _error_response(InvalidSettings(
+            f"the request body must be a JSON object, not {type(body).__name__}"), 400)
     return body
+
+
+async def _on_own_thread(fn: Callable[[Any], _R], arg: Any) -> _R:
+    """``fn(arg)`` on a thread of its own: a long generation must not hold one of the loop's
+    few default executor threads, which ``/health`` and ``/v1/models`` need."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_R] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = fn(arg)
+        except BaseException as exc:  # handed to the awaiting request
+            loop.call_soon_threadsafe(done.set_exception, exc)
+        else:
+            loop.call_soon_threadsafe(done.set_result, result)
+
+    threading.Thread(target=run, daemon=True, name="zwaif-serve-answer").start()
+    return await done
 
 
 def _unsupported(body: dict[str, Any]) -> InvalidSettings | None:
