@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -99,5 +100,10 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     if fake_gpus is not None:
         full_env["PYTHONPATH"] = os.pathsep.join([str(FAKE_NVML_DIR), str(ROOT)])
         full_env["ZWAIF_FAKE_NVML"] = fake_gpus
+        if fake_gpus != "nodriver":  # llama.cpp built with CUDA sees the same cards
+            cards = json.loads(fake_gpus)
+            full_env["ZWAIF_FAKE_GGML"] = json.dumps(
+                [{"name": "CPU", "type": 0, "total_mb": 65536}]
+                + [{"name": f"CUDA{i}", "type": 1, "total_mb": g["total_mb"]} for i, g in enumerate(cards)])
     return subprocess.run([sys.executable, "-m", "zwaif_fallback", *args], capture_output=True,
                           text=True, env=full_env, cwd=cwd, timeout=timeout)

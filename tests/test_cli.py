@@ -43,9 +43,9 @@ def test_check_on_a_simulated_gpu(isolated):
 
 
 def test_check_what_if_free_vram_mb(isolated):
-    data = cli_json("check", SMOL, "--free-vram-mb", "1200", "--ctx", "8192", fake_gpus=RTX_3060,
+    data = cli_json("check", SMOL, "--free-vram-mb", "1450", "--ctx", "8192", fake_gpus=RTX_3060,
                     cwd=isolated)
-    assert data["verdict"] == "partial" and data["available_vram_mb"] == 1200
+    assert data["verdict"] == "partial" and data["available_vram_mb"] == 1450
     assert "layers fit" in data["reason"]
 
 

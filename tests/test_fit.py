@@ -10,7 +10,7 @@ from builders import write_gguf, write_hf_folder
 
 from zwaif_fallback import FallbackSettings, LoadConfig, estimate, plan
 from zwaif_fallback.catalog import Catalog
-from zwaif_fallback.fit import CUDA_CONTEXT_MB, KV_PAD, offloaded
+from zwaif_fallback.fit import CUDA_CONTEXT_MB, HEADROOM_MB, KV_PAD, offloaded
 from zwaif_fallback.memory import CUBLAS_MB
 
 MIB = 2**20
@@ -124,13 +124,13 @@ class TestVerdicts:
 
     def test_partial_names_the_layers_that_fit(self, smol):
         full = plan(smol, n_ctx=4096, free_vram_mb=[8000], free_ram_mb=16000)
-        free = full.vram_mb + 256 - 60  # 60 MiB short of a full offload
+        free = full.vram_mb + HEADROOM_MB - 60  # 60 MiB short of a full offload
         c = plan(smol, n_ctx=4096, free_vram_mb=[free], free_ram_mb=16000)
         assert c.verdict == "partial" and 0 < c.gpu_layers < 30
         assert f"{c.gpu_layers} of 30 layers fit" in c.reason
-        assert c.vram_mb <= free - 256
+        assert c.vram_mb <= free - HEADROOM_MB
         more = estimate(smol, LoadConfig(n_ctx=4096, gpu_layers=c.gpu_layers + 1))
-        assert more.vram_mb > free - 256  # it is the largest number that fits
+        assert more.vram_mb > free - HEADROOM_MB  # it is the largest number that fits
 
     def test_cpu_without_a_gpu_is_valid(self, smol):
         c = plan(smol, n_ctx=4096, free_vram_mb=[], free_ram_mb=16000)
@@ -147,11 +147,11 @@ class TestVerdicts:
         assert "lower n_ctx" in c.reason
 
     def test_forced_layers_that_do_not_fit_say_how_many_would(self, smol):
-        c = plan(smol, n_ctx=4096, free_vram_mb=[1200], free_ram_mb=16000, gpu_layers=-1)
+        c = plan(smol, n_ctx=4096, free_vram_mb=[1450], free_ram_mb=16000, gpu_layers=-1)
         assert c.verdict == "none" and re.search(r"at most \d+ layers fit", c.reason)
-        c = plan(smol, n_ctx=4096, free_vram_mb=[800], free_ram_mb=16000, gpu_layers=-1)
+        c = plan(smol, n_ctx=4096, free_vram_mb=[1050], free_ram_mb=16000, gpu_layers=-1)
         assert c.verdict == "none" and "not even one layer fits" in c.reason
-        c = plan(smol, n_ctx=4096, free_vram_mb=[1200], free_ram_mb=16000, gpu_layers=3)
+        c = plan(smol, n_ctx=4096, free_vram_mb=[1450], free_ram_mb=16000, gpu_layers=3)
         assert (c.verdict, c.gpu_layers) == ("partial", 3)
 
     def test_quantized_kv_needs_flash_attention(self, smol):
@@ -163,7 +163,7 @@ class TestVerdicts:
 
     def test_two_gpus_pool_their_memory(self, smol):
         full = plan(smol, n_ctx=4096, free_vram_mb=[8000], free_ram_mb=16000)
-        half = (full.vram_mb + full.vram_breakdown.overhead_mb) / 2 + 256 + 10  # a context each
+        half = (full.vram_mb + full.vram_breakdown.overhead_mb) / 2 + HEADROOM_MB + 10  # a context each
         assert plan(smol, n_ctx=4096, free_vram_mb=[half], free_ram_mb=16000).verdict == "partial"
         assert plan(smol, n_ctx=4096, free_vram_mb=[half, half], free_ram_mb=16000).verdict == "gpu"
 

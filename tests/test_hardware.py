@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
+import psutil
 from conftest import FakeClock, run_cli
 from fake_nvml.pynvml import FakeNvml
 
@@ -13,8 +15,13 @@ TWO_GPUS = [
      "temperature": 61},
     {"name": "NVIDIA GeForce RTX 3060", "total_mb": 12288, "used_mb": 300},
 ]
+NO_SUCH_PID = 2**31 - 1  # above any pid_max
 
 
+def gpu_held_by(processes: list[dict], graphics: list[dict] | None = None) -> list[dict]:
+    gpu = {"name": "NVIDIA GeForce RTX 4090", "total_mb": 24564, "used_mb": 4000,
+           "processes": processes}
+    return [gpu if graphics is None else dict(gpu, graphics_processes=graphics)]
 
 
 def test_nvml_reports_every_gpu_with_its_vram():
@@ -27,6 +34,30 @@ def test_nvml_reports_every_gpu_with_its_vram():
     assert (second.index, second.vram_free_mb) == (1, 11988)
     assert second.utilization_pct is None and second.temperature_c is None  # not supported
     assert status.vram_free_mb == 23064 + 11988
+
+
+def test_nvml_says_which_processes_hold_the_vram():
+    me, parent = os.getpid(), os.getppid()
+    nvml = FakeNvml(gpu_held_by([{"pid": me, "used_mb": 1500}], [{"pid": parent, "used_mb": 200}]))
+    (gpu,) = HardwareProbe(nvml=nvml).status().gpus
+    assert [(p.pid, p.name, p.used_mb) for p in gpu.processes] == [
+        (me, psutil.Process(me).name(), 1500), (parent, psutil.Process(parent).name(), 200)]
+
+
+def test_a_process_that_is_gone_or_unmeasured_is_listed_with_unknowns():
+    (gpu,) = HardwareProbe(nvml=FakeNvml(gpu_held_by([{"pid": NO_SUCH_PID}]))).status().gpus
+    assert [(p.pid, p.name, p.used_mb) for p in gpu.processes] == [(NO_SUCH_PID, "?", None)]
+
+
+def test_a_process_that_computes_and_draws_is_listed_once():
+    me = {"pid": os.getpid(), "used_mb": 900}
+    (gpu,) = HardwareProbe(nvml=FakeNvml(gpu_held_by([me], [me]))).status().gpus
+    assert [(p.pid, p.used_mb) for p in gpu.processes] == [(os.getpid(), 900)]
+
+
+def test_a_gpu_without_process_accounting_has_no_process_list():
+    status = HardwareProbe(nvml=FakeNvml(TWO_GPUS)).status()
+    assert [g.processes for g in status.gpus] == [[], []]
 
 
 def test_ram_and_cpu_come_from_psutil():
@@ -96,3 +127,10 @@ def test_status_cli_prints_simulated_gpus():
     assert result.returncode == 0, result.stderr
     assert "GPU probe : nvml" in result.stdout
     assert "RTX 4090, 22.5 GiB free of 24.0 GiB (37% busy, 61 C)" in result.stdout
+
+
+def test_status_cli_names_who_holds_the_vram():
+    me = os.getpid()
+    result = run_cli("status", fake_gpus=json.dumps(gpu_held_by([{"pid": me, "used_mb": 1536}])))
+    assert result.returncode == 0, result.stderr
+    assert f"  held by : {psutil.Process(me).name()} (pid {me}, 1.5 GiB)" in result.stdout

@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 from builders import write_gguf, write_hf_chat_model
 from conftest import run_cli
+from fake_nvml.fake_ggml import cuda_build
 from fake_nvml.pynvml import FakeNvml
 from servers import free_port, refused_url, wait_until
 
@@ -151,7 +152,7 @@ RTX = [{"name": "NVIDIA GeForce RTX 3060", "total_mb": 12288, "used_mb": 11800, 
 
 
 def test_health_with_a_simulated_gpu(models_dir):
-    probe = HardwareProbe(nvml=FakeNvml(RTX))
+    probe = HardwareProbe(nvml=FakeNvml(RTX), ggml=cuda_build())
     with make(models_dir, probe=probe) as manager:
         manager.switch_model(SMOL, persist=False)
         report = manager.health()
@@ -305,7 +306,7 @@ def test_auto_optimize_follows_a_change_of_free_vram(models_dir):
     from zwaif_fallback.optimizer import watch_fits
 
     nvml = FakeNvml([{"name": "NVIDIA Test", "total_mb": 16000, "used_mb": 15900}])
-    with make(models_dir, probe=HardwareProbe(nvml=nvml, ttl_s=0.0)) as manager:
+    with make(models_dir, probe=HardwareProbe(nvml=nvml, ggml=cuda_build(), ttl_s=0.0)) as manager:
         runs, looks = [], []
 
         def verdicts() -> tuple[tuple[str, str], ...]:

@@ -13,7 +13,15 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from zwaif_fallback import ChatResult, Compatibility, HealthReport, JobStatus, ModelInfo, SystemStatus
+from zwaif_fallback import (
+    ChatResult,
+    Compatibility,
+    GPUInfo,
+    HealthReport,
+    JobStatus,
+    ModelInfo,
+    SystemStatus,
+)
 from zwaif_fallback.fit import layers_text
 from zwaif_fallback.units import size_text
 
@@ -86,11 +94,30 @@ def status_markdown(status: SystemStatus, current: ModelInfo | None) -> str:
             temp = f"{gpu.temperature_c:.0f} °C" if gpu.temperature_c is not None else "–"
             lines.append(f"| {gpu.index} | {gpu.name} | **{size(gpu.vram_free_mb)}** | "
                          f"{size(gpu.vram_used_mb)} | {size(gpu.vram_total_mb)} | {load} | {temp} |")
+        lines.append("")
+        lines += [f"- **GPU {gpu.index} held by:** {holders_text(gpu)}" for gpu in status.gpus
+                  if gpu.processes]
+        lines.append(f"- **llama.cpp can offload to:** {offload_text(status)}")
     else:
         lines.append("**No GPU found:** local models run on the CPU, from system RAM.")
     if status.notes:
         lines += ["", "Probes that did not answer: " + "; ".join(status.notes)]
     return "\n".join(lines)
+
+
+def holders_text(gpu: GPUInfo) -> str:
+    """Who holds a GPU's memory, biggest first (NVML's per-process figures)."""
+    ranked = sorted(gpu.processes, key=lambda p: -(p.used_mb or 0))
+    return ", ".join(f"{p.name} (pid {p.pid}" + (f", {size(p.used_mb)})" if p.used_mb is not None
+                                                 else ")") for p in ranked)
+
+
+def offload_text(status: SystemStatus) -> str:
+    if status.llama_gpus is None:
+        return "unknown (llama-cpp-python could not be read)"
+    if not status.llama_gpus:
+        return "nothing: this llama-cpp-python is a CPU-only build (reinstall it with CUDA, Vulkan or Metal)"
+    return ", ".join(status.llama_gpus)
 
 
 def compatibility_markdown(fit: Compatibility) -> str:

@@ -80,6 +80,8 @@ class HealthHandlers:
             temp = f", {gpu.temperature_c:.0f} °C" if gpu.temperature_c is not None else ""
             lines.append(f"  - GPU {gpu.index} {gpu.name}: {fmt.size(gpu.vram_free_mb)} free of "
                          f"{fmt.size(gpu.vram_total_mb)}{load}{temp}")
+            if gpu.processes:
+                lines.append(f"    held by {fmt.holders_text(gpu)}")
         if not status.gpus:
             lines.append("  - no GPU found" + (f" ({'; '.join(status.notes)})" if status.notes else ""))
         return "\n".join(lines)

@@ -14,9 +14,9 @@ and to having no import cycle.
     facade        manager
     measurement   optimizer, bench_jobs, telemetry, health, bench, quality, metrics, monitor, jobs
     call path     chats, completions, routing, failover, breaker, local, pool, backends
-    fit           fit, memory, calibration
+    fit           fit, memory, calibration, dry_run
     discovery     catalog, model_info, locations, gguf_header, safetensors_header, ggml
-    base          settings, settings_file, hardware, store, errors, units, net, logs, _model
+    base          settings, settings_file, hardware, ggml_devices, store, errors, units, net, logs, _model
 
 * porches: the CLI (cli_text: what it prints), ``try_fallbacks`` on a default manager, the
   OpenAI-compatible server.
@@ -30,8 +30,9 @@ and to having no import cycle.
 * fit: the memory estimate (memory), the verdict (fit), corrections measured on real
   loads (calibration).
 * discovery: which models exist and what they are, read from their files' headers.
-* base: settings, hardware probes, the SQLite store, the errors, and small helpers
-  (units: sizes for people; net: which hosts are loopback).
+* base: settings, hardware probes (hardware; ggml_devices: llama.cpp's own device list),
+  the SQLite store, the errors, and small helpers (units: sizes for people; net: which
+  hosts are loopback).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from .errors import (
     ModelLoadError,
     ModelNotFound,
     NotStarted,
+    OutOfMemory,
     PortUnavailable,
     StorageError,
 )
@@ -126,6 +128,7 @@ __all__ = [
     "MonitoringReport",
     "NotStarted",
     "Optimization",
+    "OutOfMemory",
     "PerformanceStats",
     "PortUnavailable",
     "StorageError",

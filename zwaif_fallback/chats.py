@@ -39,14 +39,18 @@ class Chats:
         settings: the settings now (timeout, retries, auto_switch, the primary...).
         router: the targets of each chat, with their breakers.
         recorder: where results, failures and streamed pieces are counted.
+        on_primary_answer: told each time the primary gave a whole answer (the manager
+            warms up its fallback then, while nothing is urgent).
     """
 
     def __init__(self, *, settings: Callable[[], FallbackSettings], router: Router,
                  recorder: Callable[[], Recorder],
+                 on_primary_answer: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings
         self._router = router
         self._recorder = recorder
+        self._on_primary_answer = on_primary_answer
         self._clock = clock
         self._last = threading.local()
 
@@ -78,6 +82,8 @@ class Chats:
         def finished(result: ChatResult) -> None:
             self._last.result = result
             self._recorder().record_chat(result)
+            if result.source == "primary" and self._on_primary_answer is not None:
+                self._on_primary_answer()
             if done is not None:
                 done(result)
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .fit import Compatibility, layers_text
-from .hardware import SystemStatus
+from .hardware import GPUProcess, SystemStatus
 from .model_info import ModelInfo
 from .units import size_text
 
@@ -34,6 +34,8 @@ def format_status(status: SystemStatus) -> str:
             free, total = (size_text(mb, smallest="GiB") for mb in (g.vram_free_mb, g.vram_total_mb))
             lines.append(f"GPU {g.index}     : {g.name}, {free} free of {total}"
                          + (f" ({', '.join(extra)})" if extra else ""))
+            if g.processes:
+                lines.append("  held by : " + ", ".join(_holder(p) for p in g.processes))
     else:
         reason = status.notes[-1] if status.notes else "no GPU"
         lines.append(f"GPUs      : none ({reason})")
@@ -42,6 +44,11 @@ def format_status(status: SystemStatus) -> str:
     lines.append(f"CPU       : {status.cpu_count} logical cores, {status.cpu_percent:.0f}% busy")
     lines.append(f"Platform  : {status.platform}")
     return "\n".join(lines)
+
+
+def _holder(process: GPUProcess) -> str:
+    used = "" if process.used_mb is None else f", {size_text(process.used_mb)}"
+    return f"{process.name} (pid {process.pid}{used})"
 
 
 def num(value: float | None, digits: int) -> str:
@@ -71,8 +78,19 @@ def format_check(c: Compatibility) -> str:
     return "\n".join([
         f"{c.model}: {c.verdict.upper()}" + ("" if c.compatible else " (does not fit)"),
         f"  {c.reason}",
+        *([f"  runtime: {c.runtime}"] if c.runtime else []),
         f"  n_ctx {c.n_ctx}, {layers_text(c)}, KV {c.kv_type}, "
         f"flash attention {'on' if c.flash_attn else 'off'}",
         f"  VRAM {c.vram_mb:.0f} MiB, RAM {c.ram_mb:.0f} MiB = weights {b.weights_mb:.0f} + "
         f"KV {b.kv_mb:.0f} + compute {b.compute_mb:.0f} + overhead {b.overhead_mb:.0f} MiB",
+        *_dry_run_lines(c),
     ])
+
+
+def _dry_run_lines(c: Compatibility) -> list[str]:
+    d = c.dry_run
+    if d is None:
+        return [f"  llama.cpp dry run: {c.dry_run_note}"] if c.dry_run_note else []
+    return [f"  llama.cpp dry run ({d.seconds:.2f} s), buffers without the runtime's overhead: "
+            f"VRAM {d.vram_mb:.0f} MiB (estimate {d.estimate_vram_mb:.0f}, {d.vram_diff_mb:+.0f}), "
+            f"RAM {d.ram_mb:.0f} MiB (estimate {d.estimate_ram_mb:.0f}, {d.ram_diff_mb:+.0f})"]

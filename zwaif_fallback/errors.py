@@ -7,6 +7,7 @@
     ├── InvalidModelFile          the file is not a usable model: replace or re-download it
     ├── IncompatibleModel         the model cannot run on this machine: pick a smaller one
     ├── ModelLoadError            the runtime failed to load it: see the message
+    │   └── OutOfMemory           it ran out of VRAM or RAM: a smaller plan may fit
     ├── BackendUnavailable        an optional runtime is not installed: pip install the extra
     ├── Busy                      the same work is already running: stop it or wait for it
     ├── NotStarted                nothing to stop or report yet: start it first
@@ -40,6 +41,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFound",
     "NotStarted",
+    "OutOfMemory",
     "PortUnavailable",
     "StorageError",
 ]
@@ -105,6 +107,10 @@ class IncompatibleModel(FallbackError):
 
 class ModelLoadError(FallbackError):
     """A runtime failed to load a model that looked valid."""
+
+
+class OutOfMemory(ModelLoadError):
+    """A load ran out of VRAM or RAM. The same plan would fail again; a smaller one may fit."""
 
 
 class BackendUnavailable(FallbackError):

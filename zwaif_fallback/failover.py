@@ -52,6 +52,7 @@ class Attempt(Model):
     latency_s: float
     tries: int = 1  # requests sent; 0 when an open circuit breaker skipped the target
     tokens: int = 0
+    notes: list[str] = Field(default_factory=list, description="how a local load stepped down")
 
 
 class Switch(Model):
@@ -122,6 +123,7 @@ class Target:
     breaker: CircuitBreaker | None = None
     guarded: bool = True
     on_breaker_open: Callable[[], None] | None = None
+    notes: Callable[[], list[str]] | None = None  # what the attempt should say besides its verdict
 
 
 class Piece(NamedTuple):
@@ -132,6 +134,10 @@ class Piece(NamedTuple):
 
 
 _END = object()
+
+
+def _notes(target: Target) -> list[str]:
+    return target.notes() if target.notes is not None else []
 
 
 class _Cancelled(Exception):
@@ -291,7 +297,7 @@ class FailoverChain:
         except TargetFailed as exc:
             run.attempts.append(Attempt(target=target.name, source=target.source, ok=False,
                                         error=str(exc), latency_s=self._clock() - start,
-                                        tries=tries[0], tokens=produced))
+                                        tries=tries[0], tokens=produced, notes=_notes(target)))
             log.warning("target %s failed after %d pieces: %s", target.name, produced, exc)
             if target.breaker is not None and target.breaker.record_failure():
                 log.warning("circuit for %s opened", target.name)
@@ -304,7 +310,7 @@ class FailoverChain:
             target.breaker.record_success()
         run.attempts.append(Attempt(target=target.name, source=target.source, ok=True,
                                     latency_s=self._clock() - start, tries=tries[0],
-                                    tokens=produced))
+                                    tokens=produced, notes=_notes(target)))
 
     def _direct(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
                 prefix: str, tries: list[int], usage: Usage) -> Iterator[str]:

@@ -15,7 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import Field
+
 from ._model import Model
+from .dry_run import DryRunCheck
 from .memory import (
     CUDA_CONTEXT_MB,
     KV_PAD,
@@ -27,6 +30,7 @@ from .memory import (
     offloaded,
 )
 from .model_info import ModelInfo
+from .settings import VRAM_MARGIN_MB
 from .units import size_text
 
 __all__ = [
@@ -46,7 +50,7 @@ __all__ = [
 
 Verdict = Literal["gpu", "partial", "cpu", "none"]
 KV_TYPES = ("f16", "q8_0", "q4_0")
-HEADROOM_MB = 256.0  # VRAM left free for the desktop and for fragmentation
+HEADROOM_MB = float(VRAM_MARGIN_MB)  # VRAM left free on each GPU (settings.vram_margin_mb)
 
 
 class Compatibility(Model):
@@ -68,6 +72,11 @@ class Compatibility(Model):
     flash_attn: bool = False
     kv_type: str = "f16"
     calibrated: bool = False
+    runtime: str = Field("", description="the runtime and build the plan assumes, e.g. "
+                                         "'llama.cpp on CUDA0' or 'llama.cpp, CPU-only build'")
+    dry_run: DryRunCheck | None = Field(None, description="llama.cpp's own dry run of this plan "
+                                                          "beside the estimate, when asked for")
+    dry_run_note: str | None = Field(None, description="why no dry run was made, when asked for")
     reason: str
 
 
@@ -78,6 +87,8 @@ class _Budget:
     n_gpus: int
     free_vram_mb: float  # as the probe reported it
     calibrated: bool = False
+    runtime: str = ""
+    dry_run_checked: bool = False
 
     def fits(self, est: Estimate) -> bool:
         return est.vram_mb <= self.vram_mb and est.ram_mb <= self.ram_mb
@@ -97,6 +108,9 @@ def plan(
     vram_scale: float = 1.0,
     ram_scale: float = 1.0,
     calibrated: bool = False,
+    runtime: str = "",
+    no_gpu_why: str = "no GPU found",
+    dry_run_checked: bool = False,
 ) -> Compatibility:
     """Decide whether and how ``model`` runs here.
 
@@ -107,6 +121,9 @@ def plan(
         vram_scale, ram_scale: corrections measured on earlier real loads (calibration); the
             VRAM one applies to the buffers, not to the runtime's context.
         calibrated: a real load of this model and configuration was measured.
+        runtime: what the plan assumes about the runtime, for ``Compatibility.runtime``.
+        no_gpu_why: why a CPU plan has no GPU (the reason's first words) when there is none.
+        dry_run_checked: ``vram_scale`` comes from llama.cpp's dry run of this model.
 
     Returns:
         A ``Compatibility`` whose verdict is ``gpu``, ``partial`` (with the
@@ -119,7 +136,7 @@ def plan(
     budget = _Budget(vram_mb=max(sum(gpus) - headroom_mb * len(gpus), 0.0),
                      ram_mb=max(free_ram_mb, 0.0), n_gpus=max(len(gpus), 1),
                      free_vram_mb=float(sum(gpus)),
-                     calibrated=calibrated)
+                     calibrated=calibrated, runtime=runtime, dry_run_checked=dry_run_checked)
 
     def at(layers: int) -> Estimate:
         config = LoadConfig(n_ctx=n_ctx, gpu_layers=layers, flash_attn=flash_attn,
@@ -152,7 +169,7 @@ def plan(
                            f"on the CPU ({size_text(best.ram_mb)} of RAM)")
     cpu = at(0)
     if budget.fits(cpu):
-        why = ("no GPU found" if not gpus else
+        why = (no_gpu_why if not gpus else
                f"not even one layer fits in {size_text(budget.vram_mb)} of usable VRAM")
         return _result(model, "cpu", cpu, budget, kv_type, flash_attn,
                        f"{why}: runs on the CPU, needs {size_text(cpu.ram_mb)} of "
@@ -209,6 +226,8 @@ def _result(model: ModelInfo, verdict: Verdict, est: Estimate, budget: _Budget, 
             flash_attn: bool, reason: str) -> Compatibility:
     if budget.calibrated:
         reason += " (calibrated against a measured load of this model)"
+    elif budget.dry_run_checked and est.gpu_layers > 0:
+        reason += " (GPU buffers as llama.cpp's dry run sized them)"
     return Compatibility(
         model=model.name,
         verdict=verdict,
@@ -226,6 +245,7 @@ def _result(model: ModelInfo, verdict: Verdict, est: Estimate, budget: _Budget, 
         flash_attn=flash_attn,
         kv_type=kv_type,
         calibrated=budget.calibrated,
+        runtime=budget.runtime,
         reason=reason,
     )
 

@@ -1,10 +1,15 @@
 """What this machine has: GPUs and their VRAM, RAM, CPU.
 
 GPUs are probed in order of cost and precision: NVML (nvidia-ml-py, ~microseconds
-a query), GPUtil (runs nvidia-smi, ~25 ms a call), torch (CUDA, or MPS on macOS;
-importing torch costs seconds, so it is the last resort). ``vram_source`` says
-which one answered. When NVML is installed but finds no NVIDIA driver, nothing
-else is asked about CUDA: without a driver neither GPUtil nor torch can see a card.
+a query, and the only one that says which processes hold the VRAM), llama.cpp's own
+device list (ggml_devices: AMD, Intel and Apple GPUs through a Vulkan, ROCm, SYCL or
+Metal build, a few milliseconds), GPUtil (runs nvidia-smi, ~25 ms a call), torch
+(CUDA, or MPS on macOS; importing torch costs seconds, so it is the last resort).
+``vram_source`` says which one answered. llama.cpp comes after NVML because asking it
+about a CUDA card would make this process hold a CUDA context. When NVML is installed
+but finds no NVIDIA driver, nothing else is asked about CUDA: without a driver neither
+GPUtil nor torch can see a card; llama.cpp is still asked, as that is the AMD and
+Intel case.
 """
 
 from __future__ import annotations
@@ -15,19 +20,30 @@ import platform
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import psutil
 from pydantic import Field
 
 from ._model import Model
+from .ggml_devices import GgmlDevice, GgmlLibrary, list_devices
 
-__all__ = ["GPUInfo", "HardwareProbe", "SystemStatus"]
+__all__ = ["GPUInfo", "GPUProcess", "HardwareProbe", "SystemStatus"]
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-VramSource = Literal["nvml", "gputil", "torch", "mps", "none"]
+#: the probe that answered: "nvml", "ggml:<llama.cpp's device names, comma-separated>"
+#: (e.g. "ggml:Vulkan0"), "gputil", "torch", "mps", or "none"
+VramSource = str
+
+
+class GPUProcess(Model):
+    """A process that holds memory on a GPU, as NVML reports it."""
+
+    pid: int
+    name: str = Field(description='from the OS; "?" when the process is gone or not ours to read')
+    used_mb: int | None = Field(None, description="None where the driver does not say (WSL, some cards)")
 
 
 class GPUInfo(Model):
@@ -40,19 +56,25 @@ class GPUInfo(Model):
     vram_free_mb: int
     utilization_pct: float | None = None
     temperature_c: float | None = None
+    processes: list[GPUProcess] = Field(
+        default_factory=list, description="who holds its VRAM; NVML only, empty where unsupported")
 
 
 class SystemStatus(Model):
     """A snapshot of the machine."""
 
     gpus: list[GPUInfo] = Field(default_factory=list)
-    vram_source: VramSource = "none"
+    vram_source: VramSource = Field("none", description="the probe that answered: nvml, "
+                                    "ggml:<device names>, gputil, torch, mps or none")
     ram_total_mb: int
     ram_available_mb: int
     cpu_count: int
     cpu_percent: float
     platform: str
     notes: list[str] = Field(default_factory=list, description="why earlier probes did not answer")
+    llama_gpus: list[str] | None = Field(
+        None, description="the GPUs llama.cpp can offload to (CUDA0, Vulkan0, MTL0); empty: this "
+                          "llama-cpp-python has no GPU offload here; None: it could not be read")
 
     @property
     def vram_free_mb(self) -> int:
@@ -93,6 +115,7 @@ class _Nvml:
                 vram_free_mb=memory.free // MIB,
                 utilization_pct=_optional(nvml.nvmlDeviceGetUtilizationRates, handle, "gpu"),
                 temperature_c=_optional(nvml.nvmlDeviceGetTemperature, handle, 0),
+                processes=_gpu_processes(nvml, handle),
             ))
         return gpus
 
@@ -117,15 +140,9 @@ class _Nvml:
         nvml = self._load()
         total, known = 0.0, False
         for index in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            try:
-                processes = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
-            except Exception:  # not supported on this card or driver
-                continue
-            for process in processes:
-                used = getattr(process, "usedGpuMemory", None)
-                if process.pid == pid and used is not None:
-                    total, known = total + used / MIB, True
+            used = _running(nvml, nvml.nvmlDeviceGetHandleByIndex(index)).get(pid)
+            if used is not None:
+                total, known = total + used / MIB, True
         return total if known else None
 
     def close(self) -> None:
@@ -135,6 +152,39 @@ class _Nvml:
                 self._module.nvmlShutdown()
             except Exception:  # shutdown failures leave nothing to clean up
                 pass
+
+
+def _running(nvml: Any, handle: Any) -> dict[int, int | None]:
+    """pid -> bytes it holds on this GPU (None where the driver does not say)."""
+    found: dict[int, int | None] = {}
+    # A process that draws and computes is in both lists, with the same figure.
+    for query in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+        try:
+            processes = getattr(nvml, query)(handle)
+        except Exception:  # not supported on this card, driver or nvidia-ml-py
+            continue
+        for process in processes:
+            if found.get(process.pid) is None:
+                found[process.pid] = getattr(process, "usedGpuMemory", None)
+    return found
+
+
+def _gpu_processes(nvml: Any, handle: Any) -> list[GPUProcess]:
+    try:
+        running = _running(nvml, handle)
+    except Exception as exc:  # who holds the VRAM is extra; the GPU's own figures still stand
+        log.debug("NVML process list unavailable: %s", exc)
+        return []
+    return [GPUProcess(pid=pid, name=_process_name(pid), used_mb=None if used is None else used // MIB)
+            for pid, used in running.items()]
+
+
+def _process_name(pid: int) -> str:
+    # NVML reports host pids: inside a container, other processes' are not visible.
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:
+        return "?"
 
 
 def _optional(query: Callable[..., Any], handle: Any, arg: object) -> float | None:
@@ -148,6 +198,34 @@ def _optional(query: Callable[..., Any], handle: Any, arg: object) -> float | No
         return float(query(handle, arg))
     except Exception:
         return None
+
+
+def _ggml_gpus(library: GgmlLibrary | None) -> tuple[VramSource, list[GPUInfo]]:
+    found = list_devices(library=library)
+    if found.reason is not None:
+        raise _NoAnswer(found.reason)
+    # llama.cpp offloads to the dedicated GPUs, and to an integrated one only when there is none.
+    gpus = ([d for d in found.devices if d.type == "gpu"]
+            or [d for d in found.devices if d.type == "igpu"])
+    if not gpus:
+        seen = ", ".join(d.name for d in found.devices) or "no device at all"
+        raise _NoAnswer(f"llama.cpp found no GPU device (it sees {seen})")
+    sized = [d for d in gpus if d.total_bytes]
+    if not sized:
+        names = ", ".join(d.name for d in gpus)
+        if any(d.total_bytes is None for d in gpus):
+            raise _NoAnswer(f"llama.cpp sees {names}; asking it for memory would make this process "
+                            "hold a CUDA context, NVML reads it for free: pip install nvidia-ml-py")
+        raise _NoAnswer(f"llama.cpp sees {names}, but not their memory")
+    return "ggml:" + ",".join(d.name for d in sized), [
+        _ggml_gpu(index, device) for index, device in enumerate(sized)]
+
+
+def _ggml_gpu(index: int, device: GgmlDevice) -> GPUInfo:
+    total, free = device.total_bytes or 0, device.free_bytes or 0
+    return GPUInfo(index=index, name=device.description or device.name,
+                   vram_total_mb=total // MIB, vram_used_mb=(total - free) // MIB,
+                   vram_free_mb=free // MIB)
 
 
 def _gputil_gpus() -> list[GPUInfo]:
@@ -205,19 +283,24 @@ def _torch_gpus(*, allow_cuda: bool) -> tuple[VramSource, list[GPUInfo]]:
 class HardwareProbe:
     """Reads GPUs, RAM and CPU, and caches the answer for ``ttl_s`` seconds.
 
-    Safe to share between threads. ``nvml`` replaces the pynvml module (the
-    process edge), ``clock`` the monotonic clock.
+    Safe to share between threads. ``nvml`` replaces the pynvml module and ``ggml``
+    llama.cpp's library (the process edges), ``clock`` the monotonic clock.
     """
 
-    def __init__(self, *, ttl_s: float = 1.0, nvml: Any = None,
+    def __init__(self, *, ttl_s: float = 1.0, nvml: Any = None, ggml: GgmlLibrary | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl_s = ttl_s
         self._clock = clock
         self._nvml = _Nvml(nvml)
+        self._ggml = ggml
         self._lock = threading.Lock()
         self._cached: SystemStatus | None = None
         self._cached_at = 0.0
         self._cpu_primed = False
+        self._llama_gpu_names: list[str] | None = None
+        self._llama_read = False
+        self._created = time.monotonic()
+        psutil.cpu_percent(interval=None)  # opens psutil's first measuring window
 
     def status(self, *, refresh: bool = False) -> SystemStatus:
         """The machine now, or as seen less than ``ttl_s`` ago."""
@@ -254,40 +337,49 @@ class HardwareProbe:
             cpu_percent=self._cpu_percent(),
             platform=f"{platform.system()} {platform.release()} ({platform.machine()})",
             notes=notes,
+            llama_gpus=self._llama_gpus(),
         )
+
+    def _llama_gpus(self) -> list[str] | None:
+        """The GPU devices of the installed llama.cpp build, read once (a build does not
+        change while the process runs; CUDA devices are listed without asking their memory)."""
+        if not self._llama_read:
+            found = list_devices(library=self._ggml, memory=False)
+            self._llama_gpu_names = (None if found.reason is not None else
+                                     [d.name for d in found.devices if d.type in ("gpu", "igpu")])
+            self._llama_read = True
+        return None if self._llama_gpu_names is None else list(self._llama_gpu_names)
 
     def _read_gpus(self) -> tuple[VramSource, list[GPUInfo], list[str]]:
         notes: list[str] = []
         cuda_possible = True
-        probes: list[tuple[VramSource, Callable[[], list[GPUInfo]]]] = [
-            ("nvml", self._nvml.gpus),
-            ("gputil", _gputil_gpus),
-        ]
-        for source, probe in probes:
+
+        def ask(name: str, probe: Callable[[], tuple[VramSource, list[GPUInfo]]]
+                ) -> tuple[VramSource, list[GPUInfo]] | None:
+            nonlocal cuda_possible
             try:
-                return source, probe(), notes
+                return probe()
             except _NoAnswer as exc:
                 notes.append(str(exc))
-                if exc.final:
-                    cuda_possible = False
-                    break
+                cuda_possible = cuda_possible and not exc.final
             except Exception as exc:  # a driver error mid-query must not break the caller
-                log.warning("%s probe failed: %s", source, exc)
-                notes.append(f"{source} failed ({exc})")
-        if cuda_possible or platform.system() == "Darwin":
-            try:
-                torch_source, gpus = _torch_gpus(allow_cuda=cuda_possible)
-                return torch_source, gpus, notes
-            except _NoAnswer as exc:
-                notes.append(str(exc))
-            except Exception as exc:
-                log.warning("torch probe failed: %s", exc)
-                notes.append(f"torch failed ({exc})")
-        return "none", [], notes
+                log.warning("%s probe failed: %s", name, exc)
+                notes.append(f"{name} failed ({exc})")
+            return None
+
+        found = (ask("nvml", lambda: ("nvml", self._nvml.gpus()))
+                 or ask("ggml", lambda: _ggml_gpus(self._ggml)))
+        if found is None and cuda_possible:
+            found = ask("gputil", lambda: ("gputil", _gputil_gpus()))
+        if found is None and (cuda_possible or platform.system() == "Darwin"):
+            found = ask("torch", lambda: _torch_gpus(allow_cuda=cuda_possible))
+        source, gpus = found or ("none", [])
+        return source, gpus, notes
 
     def _cpu_percent(self) -> float:
-        # psutil measures between two calls; the first call of a process has nothing to compare.
+        # psutil measures between two calls: the probe's construction started the window, so
+        # no read blocks (a load decision re-reads the machine and must not wait 100 ms).
         if not self._cpu_primed:
             self._cpu_primed = True
-            return float(psutil.cpu_percent(interval=0.1))
+            time.sleep(max(0.0, 0.02 - (time.monotonic() - self._created)))  # a window of 20 ms at least
         return float(psutil.cpu_percent(interval=None))

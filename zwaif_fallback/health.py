@@ -23,6 +23,7 @@ bands 80-100 Excellent, 60-79 Good, 40-59 Fair, 0-39 Poor.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -154,6 +155,8 @@ class HealthInputs:
     speed_history: list[float] = field(default_factory=list)  # current model's gen_tps, newest first
     lower_ctx_fits: int | None = None  # an n_ctx at which the current model would fit the GPU
     full_gpu_mb: float | None = None  # VRAM the current model needs fully offloaded
+    vram_margin_mb: float = 512.0  # settings.vram_margin_mb: what every load leaves free
+    own_pid: int = field(default_factory=os.getpid)
 
     @property
     def optimal(self) -> RankEntry | None:
@@ -190,10 +193,32 @@ def _vram(inputs: HealthInputs) -> _Finding:
     status = inputs.status
     if not status.gpus:
         return _finding("vram", 50, "no GPU: VRAM does not apply, local models use system RAM")
+    if status.vram_free_mb < inputs.vram_margin_mb * len(status.gpus):
+        return _contended(inputs)
     free = status.vram_free_mb / max(status.vram_total_mb, 1)
     return _finding("vram", 100 * min(free / 0.3, 1.0),
                     f"{gib(status.vram_free_mb)} of {gib(status.vram_total_mb)} GiB VRAM free "
                     f"({status.vram_source})")
+
+
+def _contended(inputs: HealthInputs) -> _Finding:
+    """Less VRAM is free than a load leaves: the main LLM and the fallback crowd each other."""
+    status = inputs.status
+    holders = sorted((p for g in status.gpus for p in g.processes), key=lambda p: -(p.used_mb or 0))
+    named = [(f"this process (pid {p.pid})" if p.pid == inputs.own_pid else f"{p.name} (pid {p.pid})")
+             + (f", {size_text(p.used_mb)}" if p.used_mb is not None else "") for p in holders[:3]]
+    who = f"; held by {', '.join(named)}" if named else ""
+    fit = inputs.current_fit
+    on_gpu = fit is not None and fit.gpu_layers > 0
+    return _finding(
+        "vram", 10,
+        f"the GPU is contended: {size_text(status.vram_free_mb)} free, under the "
+        f"{size_text(inputs.vram_margin_mb)} margin{who}",
+        "The GPU is nearly full" + (f" ({named[0]} holds the most)" if named else "") + ". "
+        + (f"{fit.model} keeps its place until its answer ends; " if on_gpu and fit else "")
+        + "the next load plans against what is free then and steps down to fewer GPU layers "
+        "or the CPU. To keep the fallback on the GPU, give the main LLM less VRAM (a smaller "
+        "model or context) or close other programs that use the GPU.")
 
 
 def _gpu(inputs: HealthInputs) -> _Finding:

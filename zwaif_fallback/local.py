@@ -15,9 +15,16 @@ from typing import TYPE_CHECKING
 
 from .backends.base import GenerationParams, LocalBackend, Usage
 from .calibration import Calibration
-from .errors import IncompatibleModel, InvalidModelFile, InvalidSettings
+from .errors import (
+    FallbackError,
+    IncompatibleModel,
+    InvalidModelFile,
+    InvalidSettings,
+    OutOfMemory,
+)
 from .fit import KV_TYPES, Compatibility, plan
-from .hardware import HardwareProbe
+from .hardware import HardwareProbe, SystemStatus
+from .memory import LoadConfig
 from .model_info import ModelInfo
 from .pool import LocalPool
 from .routing import rank_local
@@ -31,6 +38,55 @@ __all__ = ["LocalModels"]
 log = logging.getLogger(__name__)
 
 RANKING_TTL_S = 30.0
+# The smallest context a load steps down to after running out of memory: a companion bot's
+# persona and a few turns of history still fit.
+MIN_STEP_DOWN_CTX = 1024
+# Loads with fewer GPU layers tried after running out of memory before the CPU: each
+# failed GPU load costs a weights upload, and a card that refuses half the layers twice
+# is held by something else.
+MAX_GPU_RUNGS = 2
+
+
+def _runtime(model: ModelInfo, status: SystemStatus, *, what_if: bool) -> tuple[str, str]:
+    """What a plan for ``model`` assumes about its runtime, and why a CPU plan has no GPU."""
+    if model.format != "gguf":
+        return "transformers", "no GPU found"
+    if what_if:
+        return "llama.cpp (a what-if: GPU offload assumed)", "no GPU found"
+    gpus = status.llama_gpus
+    if gpus is None:
+        return "llama.cpp (its build could not be read: GPU offload assumed)", "no GPU found"
+    if not gpus:
+        why = ("no GPU found" if not status.gpus else
+               "this llama-cpp-python cannot offload to a GPU (a CPU-only build, or its GPU "
+               "backend finds no device): reinstall it with CUDA, Vulkan or Metal to use the GPU")
+        return "llama.cpp, CPU-only build", why
+    measured = all(name.startswith("CUDA") for name in gpus)
+    return (f"llama.cpp on {', '.join(gpus)}" + ("" if measured else
+            " (runtime overheads measured on CUDA; estimated for this backend)"), "no GPU found")
+
+
+def _full_offload(fit: Compatibility) -> LoadConfig:
+    return LoadConfig(n_ctx=fit.n_ctx, gpu_layers=-1, flash_attn=fit.flash_attn, kv_type=fit.kv_type)
+
+
+def _dry_run_scale(model: ModelInfo, n_ctx: int, flash_attn: bool, kv_type: str) -> float | None:
+    """llama.cpp's VRAM buffers over ours for a full offload of ``model``, when a dry run of
+    it was made in this process (the warm-up makes one for the best model's GPU plan)."""
+    from .dry_run import cached
+    from .memory import estimate
+
+    config = LoadConfig(n_ctx=n_ctx, gpu_layers=-1, flash_attn=flash_attn, kv_type=kv_type)
+    dry = cached(model.path, config)
+    if dry is None or dry.vram_mb <= 0:
+        return None
+    ours = estimate(model, config)
+    buffers = ours.vram_mb - ours.vram.overhead_mb
+    return dry.vram_mb / buffers if buffers > 0 else None
+
+
+def _plan_text(fit: Compatibility) -> str:
+    return f"{fit.gpu_layers} GPU layers and n_ctx {fit.n_ctx}"
 
 
 class LocalModels:
@@ -54,7 +110,8 @@ class LocalModels:
         self._clock = clock
         self._calibration = Calibration(store)
         self.pool: LocalPool[LocalBackend] = LocalPool(self.make_backend, clock=clock,
-                                                       on_load=self.calibrate)
+                                                       load=self.load, on_load=self.calibrate)
+        self._steps: dict[str, list[str]] = {}  # model path -> the step-downs of its last load
         self._ranking: tuple[float, list[ModelInfo]] | None = None
         self._ranking_lock = threading.Lock()
         self._stop = threading.Event()
@@ -101,6 +158,9 @@ class LocalModels:
             free = [float(free_vram_mb)] if free_vram_mb > 0 else []
         else:
             free = [float(g.vram_free_mb) for g in status.gpus]
+        runtime, no_gpu_why = _runtime(model, status, what_if=free_vram_mb is not None)
+        if model.format == "gguf" and free_vram_mb is None and status.llama_gpus == []:
+            free = []  # a GPU is there, but this llama.cpp build cannot use it
         free_ram = float(status.ram_available_mb)
         held = self.held_fit(model)
         if held is not None:  # the model is loaded: what it holds is free for it
@@ -112,9 +172,38 @@ class LocalModels:
         device = f"gpu:{status.gpus[0].name}" if status.gpus else None
         vram_scale, ram_scale, calibrated = self._calibration.scales(model, n_ctx, flash_attn,
                                                                      kv_type, gpu_device=device)
+        dry_checked = False
+        if not calibrated and free and model.format == "gguf":  # a measured load counts more
+            scale = _dry_run_scale(model, n_ctx, flash_attn, kv_type)
+            if scale is not None:
+                vram_scale, dry_checked = scale, True
         return plan(model, n_ctx=n_ctx, free_vram_mb=free, free_ram_mb=free_ram,
                     gpu_layers=gpu_layers, flash_attn=flash_attn, kv_type=kv_type,
-                    vram_scale=vram_scale, ram_scale=ram_scale, calibrated=calibrated)
+                    headroom_mb=float(self._settings().vram_margin_mb),
+                    vram_scale=vram_scale, ram_scale=ram_scale, calibrated=calibrated,
+                    runtime=runtime, no_gpu_why=no_gpu_why, dry_run_checked=dry_checked)
+
+    def with_dry_run(self, model: ModelInfo, fit: Compatibility) -> Compatibility:
+        """``fit`` with llama.cpp's own dry run of the same plan beside it (GGUF only; a child
+        process, ~0.6 s, cached per file and plan)."""
+        if model.format != "gguf":
+            return fit.model_copy(update={"dry_run_note": "llama.cpp dry runs are for GGUF files"})
+        from .dry_run import DryRunCheck, dry_run
+        from .memory import estimate
+
+        full = fit.gpu_layers > fit.n_layers  # one dry run per plan: all layers is -1
+        config = LoadConfig(n_ctx=fit.n_ctx, gpu_layers=-1 if full else fit.gpu_layers,
+                            flash_attn=fit.flash_attn, kv_type=fit.kv_type)
+        try:
+            dry = dry_run(model.path, config, cpu_only=fit.gpu_layers == 0)
+        except FallbackError as exc:
+            return fit.model_copy(update={"dry_run_note": f"no dry run: {exc}"})
+        ours = estimate(model, config)  # unscaled: the estimate itself beside llama.cpp's figure
+        return fit.model_copy(update={"dry_run": DryRunCheck.of(dry, ours.vram, ours.ram)})
+
+    def vram_margin_mb(self) -> float:
+        """What every load leaves free on each GPU (``settings.vram_margin_mb``)."""
+        return float(self._settings().vram_margin_mb)
 
     def held_fit(self, model: ModelInfo) -> Compatibility | None:
         """The fit ``model`` was loaded with, when it is the loaded current model."""
@@ -142,8 +231,11 @@ class LocalModels:
     # -- backends and switching -----------------------------------------------------------
 
     def make_backend(self, model: ModelInfo) -> LocalBackend:
-        """An unloaded backend for ``model``, configured by its fit now."""
-        fit = self.fit(model)
+        """An unloaded backend for ``model``, configured by its fit against memory read now.
+
+        The probe's cache is for the UI; a load decision re-reads free VRAM, since the main
+        LLM may have taken or given back gigabytes since the last look."""
+        fit = self.fit(model, refresh=True)
         if model.format == "gguf":
             from .backends.llama_cpp import LlamaCppBackend
 
@@ -159,6 +251,55 @@ class LocalModels:
                                    allow_pickle=self._settings().allow_pickle, fit=fit,
                                    vram_probe=self._probe.process_vram_mb)
 
+    def load(self, model: ModelInfo, backend: LocalBackend) -> None:
+        """Load ``backend``; when it runs out of memory, step down one rung at a time.
+
+        The rungs: fewer GPU layers (planned again against memory read now, else half as
+        many), then the CPU, then half the context, down to ``MIN_STEP_DOWN_CTX``. Any other
+        failure, or running out at the last rung, is raised. Each step is logged and kept
+        for the chat's attempt list (``steps``).
+        """
+        steps: list[str] = []
+        self._steps[model.path] = steps
+        gpu_rungs = 0  # steps to fewer GPU layers so far: after two, the CPU is next
+        while True:
+            try:
+                backend.load()
+                return
+            except OutOfMemory as exc:
+                fit = backend.fit
+                smaller = self._smaller(model, fit, gpu_rungs) if fit is not None else None
+                if fit is None or smaller is None:
+                    tried = f" (after {'; '.join(steps)})" if steps else ""
+                    raise OutOfMemory(f"{exc}{tried}; nothing smaller is left to try: free some "
+                                      "memory or choose a smaller model") from exc
+                step = f"out of memory with {_plan_text(fit)}: trying {_plan_text(smaller)}"
+                log.warning("%s: %s", model.name, step)
+                steps.append(step)
+                gpu_rungs += smaller.gpu_layers > 0
+                backend.replan(smaller)
+
+    def steps(self, model: ModelInfo) -> list[str]:
+        """The step-downs of ``model``'s last load, told once: the chat whose attempt caused
+        the load reports them, later chats on the same load do not."""
+        return self._steps.pop(model.path, [])
+
+    def _smaller(self, model: ModelInfo, fit: Compatibility, gpu_rungs: int) -> Compatibility | None:
+        """The next rung below ``fit``, or None at the bottom."""
+        if fit.gpu_layers > 0:
+            fresh = self.fit(model, n_ctx=fit.n_ctx, flash_attn=fit.flash_attn,
+                             kv_type=fit.kv_type, refresh=True)
+            layers = fresh.gpu_layers if 0 < fresh.gpu_layers < fit.gpu_layers else fit.gpu_layers // 2
+            if layers > 0 and gpu_rungs < MAX_GPU_RUNGS:
+                return self.fit(model, n_ctx=fit.n_ctx, gpu_layers=layers,
+                                flash_attn=fit.flash_attn, kv_type=fit.kv_type)
+            return self.fit(model, n_ctx=fit.n_ctx, gpu_layers=0, flash_attn=fit.flash_attn,
+                            kv_type=fit.kv_type)
+        if fit.n_ctx // 2 >= MIN_STEP_DOWN_CTX:
+            return self.fit(model, n_ctx=fit.n_ctx // 2, gpu_layers=0, flash_attn=fit.flash_attn,
+                            kv_type=fit.kv_type)
+        return None
+
     def switch(self, model: ModelInfo) -> None:
         """``FallbackManager.switch_model`` without the saving: release, then fit again."""
         fit = self.fit(model)
@@ -171,6 +312,24 @@ class LocalModels:
         self.pool.switch(model, both_fit=both_fit)
         self.ensure_reaper()
         self.forget_ranking()
+
+    def use_freed_vram(self) -> Compatibility | None:
+        """Reload the current model with more GPU layers when VRAM came back since it loaded
+        (the main LLM exited); its running answers end first. The new fit, or None."""
+        current = self.pool.current
+        held = self.held_fit(current) if current is not None else None
+        if current is None or held is None:
+            return None
+        now = self.fit(current, n_ctx=held.n_ctx, flash_attn=held.flash_attn,
+                       kv_type=held.kv_type, refresh=True)  # counts what it holds as free
+        if not now.compatible or now.gpu_layers <= held.gpu_layers:
+            return None
+        log.info("VRAM came back: reloading %s with %d GPU layers (was %d)", current.name,
+                 now.gpu_layers, held.gpu_layers)
+        self.pool.release()
+        self.pool.switch(current, both_fit=False)
+        self.forget_ranking()
+        return self.held_fit(current)
 
     def calibrate(self, model: ModelInfo, backend: LocalBackend, load_s: float) -> None:
         fit = backend.fit
@@ -208,6 +367,27 @@ class LocalModels:
     def forget_ranking(self) -> None:
         with self._ranking_lock:
             self._ranking = None
+
+    def warm_up(self) -> None:
+        """Make the first fallback fast: import the best local model's runtime and run its
+        one-time safety check now, while the primary still answers. Nothing is loaded.
+        (transformers is not imported ahead: it costs seconds and hundreds of MiB.)"""
+        ranked = self.ranked()
+        if not ranked or ranked[0].format != "gguf":
+            return
+        best = ranked[0]
+        from .backends.llama_cpp import warm_up
+
+        warm_up(best.path)
+        fit = self.fit(best)
+        if fit.gpu_layers > 0:  # a GPU plan: size it by llama.cpp's own accounting too
+            from .dry_run import dry_run
+
+            try:
+                dry_run(best.path, _full_offload(fit))
+                self.forget_ranking()
+            except FallbackError as exc:
+                log.info("no llama.cpp dry run for %s: %s", best.name, exc)
 
     def preload_async(self) -> None:
         """The primary's breaker opened: have the best local model loaded before it is needed."""

@@ -66,9 +66,11 @@ class FallbackManager:
                                   discover=self.discover_models, find=self.find_model,
                                   store=lambda: self._telemetry.store, clock=clock)
         self._router = Router(local_stream=self._local.stream, current=lambda: self._local.current,
-                              ranked=self._local.ranked, on_primary_down=self._local.preload_async)
+                              ranked=self._local.ranked, on_primary_down=self._local.preload_async,
+                              local_steps=self._local.steps)
         self._chats = Chats(settings=lambda: self._settings, router=self._router,
-                            recorder=lambda: self._telemetry, clock=clock)
+                            recorder=lambda: self._telemetry, on_primary_answer=self._warm_up,
+                            clock=clock)
         # Built on first use: they import sqlite3, prometheus_client, psutil and more.
         self._telemetry_instance: Telemetry | None = None
         self._benchmarks_instance: BenchmarkJobs | None = None
@@ -78,6 +80,7 @@ class FallbackManager:
         for problem in self._settings.problems:
             log.warning("settings: %s", problem)
         self._background = background
+        self._warming: threading.Thread | None = None
         self._apply_background()
 
     # -- settings -------------------------------------------------------------
@@ -123,6 +126,22 @@ class FallbackManager:
         if automatic or self._optimizer_instance is not None:
             self._optimizer.run_automatically(automatic)
 
+    def _warm_up(self) -> None:
+        """The first time the primary answers, make the first fallback fast in the background
+        (``LocalModels.warm_up``): a host that runs has time now, one that fails later won't."""
+        with self._lazy_lock:
+            if not self._background or self._warming is not None or self._stop.is_set():
+                return
+            self._warming = threading.Thread(target=self._warm_up_now, daemon=True,
+                                             name="zwaif-warm-up")
+        self._warming.start()
+
+    def _warm_up_now(self) -> None:
+        try:
+            self._local.warm_up()
+        except Exception as exc:  # only an optimisation: the first fallback then loads as usual
+            log.debug("warm-up: %s", exc)
+
     # -- the machine and its models --------------------------------------------
 
     def system_status(self, *, refresh: bool = False) -> SystemStatus:
@@ -157,6 +176,7 @@ class FallbackManager:
         flash_attn: bool = False,
         kv_type: str = "f16",
         free_vram_mb: float | None = None,
+        dry_run: bool = False,
     ) -> Compatibility:
         """Estimate the memory a model needs and whether it fits this machine now.
 
@@ -165,6 +185,8 @@ class FallbackManager:
             n_ctx: context size; None uses ``settings.n_ctx``, capped at the model's own.
             gpu_layers: llama.cpp's n_gpu_layers; None picks the most that fit.
             free_vram_mb: pretend the GPU has this much free ("what if").
+            dry_run: also have llama.cpp dry-run the same plan (``no_alloc``, in a child
+                process, ~0.6 s) and put its buffers beside the estimate (``dry_run``).
 
         Raises:
             ModelNotFound: unknown name. InvalidModelFile: the file is unusable.
@@ -172,8 +194,9 @@ class FallbackManager:
         """
         model = self._local.valid(name_or_path)
         self._local.check_args(n_ctx, gpu_layers, kv_type, free_vram_mb)
-        return self._local.fit(model, n_ctx=n_ctx, gpu_layers=gpu_layers, flash_attn=flash_attn,
-                               kv_type=kv_type, free_vram_mb=free_vram_mb)
+        fit = self._local.fit(model, n_ctx=n_ctx, gpu_layers=gpu_layers, flash_attn=flash_attn,
+                              kv_type=kv_type, free_vram_mb=free_vram_mb)
+        return self._local.with_dry_run(model, fit) if dry_run else fit
 
     # -- local models ------------------------------------------------------------
 

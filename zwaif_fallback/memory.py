@@ -179,7 +179,8 @@ def _estimate_gguf(model: ModelInfo, shape: ModelShape, config: LoadConfig, n_gp
             gpu_float_matrices |= _is_float_matrix(t.dtype, t.name)
         else:
             cpu_w += t.nbytes
-            if cpu_only and t.dtype.upper() in _REPACKED_TYPES:
+            # token_embd is read by row lookups, not matrix products: llama.cpp keeps it as is
+            if cpu_only and t.dtype.upper() in _REPACKED_TYPES and t.name != "token_embd.weight":
                 repacked += t.nbytes
         if t.name == "token_embd.weight" and not has_output and output_on_gpu:
             gpu_w += t.nbytes  # tied output: llama.cpp puts a copy on the output device
@@ -277,6 +278,12 @@ def _estimate_hf(model: ModelInfo, shape: ModelShape, config: LoadConfig, n_gpus
     n_layers = model.n_layers or 0
     blocks_on_gpu, output_on_gpu = offloaded(n_layers, config.gpu_layers)
     weights = _hf_weight_bytes(shape, model.parameters or 0)
+    # On the CPU the backend loads float32 (half-precision matmuls are slow or missing there):
+    # a bf16 checkpoint takes twice its file size (TinyLlama: 4196 MiB of weights, measured).
+    on_cpu_only = blocks_on_gpu == 0 and not output_on_gpu
+    float32 = on_cpu_only and shape.quant_bits not in (4, 8)
+    if float32:
+        weights = (model.parameters or 0) * 4
     per_layer = [0.0] * n_layers
     other = 0.0
     scale = weights / max(sum(t.nbytes for t in shape.tensors), 1) if shape.tensors else 0.0
@@ -289,7 +296,7 @@ def _estimate_hf(model: ModelInfo, shape: ModelShape, config: LoadConfig, n_gpus
         per_layer = [weights / (n_layers + 1)] * n_layers
         other = weights / (n_layers + 1)
     first_gpu = n_layers - blocks_on_gpu
-    act_bytes = 4 if (shape.dtype or "F32") == "F32" else 2
+    act_bytes = 4 if float32 or (shape.dtype or "F32") == "F32" else 2
     kv_per_layer = (2 * shape.kv_heads(0) * (shape.head_dim_k or 0) * config.n_ctx * act_bytes)
     activations = (config.n_ctx * ((shape.n_embd or 0) * 4 + (shape.n_ff or 0) * 2) * act_bytes
                    + (shape.vocab_size or 0) * 4 * 2)

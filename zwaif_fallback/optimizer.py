@@ -74,10 +74,16 @@ class Optimizer:
                                 reason="no local model fits this machine")
         current = self._local.current
         switched = False
+        why = f"{best.model} scores {best.score:.0f}: {best.reason}"
         if apply and (current is None or current.name != best.model):
             self._switch(best.model)
             switched = True
-        why = f"{best.model} scores {best.score:.0f}: {best.reason}"
+        elif apply:  # the best is loaded already; with more VRAM free now, it may fit better
+            reloaded = self._local.use_freed_vram()
+            if reloaded is not None:
+                switched = True
+                why = (f"{best.model} reloaded with {reloaded.gpu_layers} GPU layers, since VRAM "
+                       f"came back; " + why)
         return Optimization(selected=best.model, switched=switched, ranking=ranking, reason=why)
 
     def health(self) -> HealthReport:
@@ -98,7 +104,8 @@ class Optimizer:
             status=status, ranking=rank_models(self.candidates()), current=current,
             current_fit=current_fit, primary_configured=bool(primary),
             primary_breaker=breaker.state if breaker is not None else None,
-            recent_attempts=store.failovers(since_s=RECENT_S), speed_history=speeds)
+            recent_attempts=store.failovers(since_s=RECENT_S), speed_history=speeds,
+            vram_margin_mb=self._local.vram_margin_mb())
         if current is not None and current_fit is not None and status.gpus:
             inputs.full_gpu_mb = self._local.fit(current, gpu_layers=-1).vram_mb
             inputs.lower_ctx_fits = self.ctx_that_fits(current, current_fit.n_ctx)

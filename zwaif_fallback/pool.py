@@ -31,8 +31,12 @@ class LocalPool(Generic[B]):
 
     def __init__(self, make: Callable[[ModelInfo], B], *,
                  clock: Callable[[], float] = time.monotonic,
+                 load: Callable[[ModelInfo, B], None] | None = None,
                  on_load: Callable[[ModelInfo, B, float], None] | None = None) -> None:
+        """``load(model, backend)`` loads it (default: ``backend.load()``); ``on_load`` is
+        told each load's time."""
         self._make = make
+        self._loader = load
         self._clock = clock
         self._on_load = on_load
         self._cond = threading.Condition()
@@ -137,7 +141,10 @@ class LocalPool(Generic[B]):
 
     def _load(self, model: ModelInfo, backend: B) -> None:
         start = time.perf_counter()
-        backend.load()
+        if self._loader is not None:
+            self._loader(model, backend)
+        else:
+            backend.load()
         self.loads += 1
         if self._on_load is not None:
             try:

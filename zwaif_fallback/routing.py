@@ -50,8 +50,10 @@ class Router:
                  current: Callable[[], ModelInfo | None],
                  ranked: Callable[[], list[ModelInfo]],
                  on_primary_down: Callable[[], None],
+                 local_steps: Callable[[ModelInfo], list[str]] | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self._local_stream = local_stream
+        self._local_steps = local_steps
         self._current = current
         self._ranked = ranked
         self._on_primary_down = on_primary_down
@@ -126,5 +128,6 @@ class Router:
                       on_breaker_open=self._on_primary_down if is_primary else None)
 
     def _local_target(self, model: ModelInfo) -> Target:
+        steps = partial(self._local_steps, model) if self._local_steps is not None else None
         return Target(name=model.name, source="local", stream=partial(self._local_stream, model),
-                      guarded=False)
+                      guarded=False, notes=steps)

@@ -52,9 +52,11 @@ threading.Thread(target=sample, daemon=True).start()
 import llama_cpp
 kv = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
 start = time.perf_counter()
+# cpu_only: no GPU device at all (what the library does for a CPU plan)
+devices = {"split_mode": llama_cpp.LLAMA_SPLIT_MODE_NONE, "main_gpu": -1} if cfg.get("cpu_only") else {}
 llm = llama_cpp.Llama(sys.argv[1], n_ctx=cfg["n_ctx"], n_gpu_layers=cfg["gpu_layers"],
                       flash_attn=cfg["flash_attn"], type_k=kv[cfg["kv_type"]],
-                      type_v=kv[cfg["kv_type"]], n_batch=512, n_ubatch=512, verbose=True)
+                      type_v=kv[cfg["kv_type"]], n_batch=512, n_ubatch=512, verbose=True, **devices)
 loaded = {"device": used(), "process": mine(), "s": time.perf_counter() - start}
 llm.create_completion([5] * 500, max_tokens=16, temperature=0.0)
 time.sleep(0.05)

@@ -3,6 +3,9 @@
 In-process tests build ``FakeNvml(gpus)``; subprocess tests put this folder first
 on PYTHONPATH and describe the GPUs in ``ZWAIF_FAKE_NVML`` as JSON, e.g.
 ``[{"name": "RTX 4090", "total_mb": 24564, "used_mb": 800}]``, or ``"nodriver"``.
+A GPU's ``processes`` and ``graphics_processes`` list who holds its memory, e.g.
+``[{"pid": 4242, "used_mb": 1500}]`` (no ``used_mb``: the driver does not say); a GPU
+without them answers "Not Supported", as older cards do.
 """
 
 from __future__ import annotations
@@ -64,6 +67,20 @@ class FakeNvml:
             raise NVMLError("Not Supported")
         return handle["temperature"]
 
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: dict) -> list[SimpleNamespace]:
+        return _processes(handle, "processes")
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: dict) -> list[SimpleNamespace]:
+        return _processes(handle, "graphics_processes")
+
+
+def _processes(handle: dict, key: str) -> list[SimpleNamespace]:
+    if key not in handle:
+        raise NVMLError("Not Supported")
+    # nvidia-ml-py reports "not available" as None, and the figure in bytes
+    return [SimpleNamespace(pid=p["pid"], usedGpuMemory=None if p.get("used_mb") is None
+                            else int(p["used_mb"] * MIB)) for p in handle[key]]
+
 
 _spec = os.environ.get("ZWAIF_FAKE_NVML", "[]")
 _default = FakeNvml(_spec if _spec == "nodriver" else json.loads(_spec))
@@ -76,3 +93,5 @@ nvmlDeviceGetName = _default.nvmlDeviceGetName
 nvmlDeviceGetMemoryInfo = _default.nvmlDeviceGetMemoryInfo
 nvmlDeviceGetUtilizationRates = _default.nvmlDeviceGetUtilizationRates
 nvmlDeviceGetTemperature = _default.nvmlDeviceGetTemperature
+nvmlDeviceGetComputeRunningProcesses = _default.nvmlDeviceGetComputeRunningProcesses
+nvmlDeviceGetGraphicsRunningProcesses = _default.nvmlDeviceGetGraphicsRunningProcesses

@@ -169,6 +169,12 @@ class LocalBackend(Backend):
     @abstractmethod
     def loaded(self) -> bool: ...
 
+    def replan(self, fit: Compatibility) -> None:
+        """Load by ``fit`` next time: a smaller plan after a load ran out of memory.
+        Runtimes with knobs (layers, context) override this to apply them."""
+        with self._lock:
+            self.fit = fit
+
     @abstractmethod
     def _load_locked(self) -> None:
         """Load the model (the lock is held; a no-op when loaded). Raises ModelLoadError."""

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendUnavailable, ModelLoadError
+from ..errors import BackendUnavailable, ModelLoadError, OutOfMemory
+from ..ggml_devices import share_libstdcxx
 from ..memory import CUDA_LOAD_CONTEXT_MB
 from .base import GenerationParams, LocalBackend, TargetFailed, Usage
 
@@ -41,7 +44,7 @@ _checked_lock = threading.Lock()
 # a malformed file makes it abort.
 _PREFLIGHT = (
     "import ctypes, sys\n"
-    "if sys.platform == 'linux':\n"  # as _share_libstdcxx() does, without importing this package
+    "if sys.platform == 'linux':\n"  # as share_libstdcxx() does, without importing this package
     "    try: ctypes.CDLL('libstdc++.so.6', mode=ctypes.RTLD_GLOBAL)\n"
     "    except OSError: pass\n"
     "import llama_cpp\n"
@@ -63,33 +66,82 @@ def _physical_cores() -> int:
     return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
 
 
-def _share_libstdcxx() -> None:
-    """Put the system's libstdc++ in the process's global symbol scope before llama.cpp loads.
+# What llama.cpp logs when a buffer cannot be had: cudaMalloc, Vulkan, Metal, or the host's
+# own allocator ("insufficient memory", or mmap/malloc failing under a limit).
+_OUT_OF_MEMORY = re.compile(r"out of memory|insufficient memory|failed to allocate|unable to allocate|"
+                            r"OutOfDeviceMemory|OutOfHostMemory|cannot allocate memory|bad_alloc",
+                            re.IGNORECASE)
+_FAILED = re.compile(r"error|fail|unable|cannot|invalid", re.IGNORECASE)
 
-    A CUDA build of llama.cpp can carry its own copy of libstdc++ inside libggml-cuda.so
-    (nvcc links it statically) and export it. When numpy was imported first, libllama's
-    std::regex then picks up locale facets from both copies and the first tokenization
-    crashes the process with SIGSEGV. Seen on an H100 with CUDA 13 and numpy 2.5; loading
-    libstdc++ globally first makes every library bind to the one copy.
+
+class _LlamaLog:
+    """llama.cpp's log while a load runs, kept to say why a load failed.
+
+    llama-cpp-python sends the log to stderr (muted when ``verbose=False``), so the cause
+    of a failed load (``cudaMalloc failed: out of memory``) is otherwise lost. The log
+    callback is process-wide: loads are serialised by the pool, and llama-cpp-python's
+    own callback is put back afterwards. Levels are not trusted (their numbering changed
+    between ggml versions): the lines are matched by what they say.
     """
-    if sys.platform != "linux":
-        return
-    import ctypes
 
-    try:
-        ctypes.CDLL("libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
-    except OSError:  # no shared libstdc++ (a static build): nothing to share
-        pass
+    def __init__(self, llama_cpp: Any) -> None:
+        self._llama_cpp = llama_cpp
+        self._lines: deque[str] = deque(maxlen=200)
+
+        def keep(_level: int, text: bytes, _user: Any) -> None:
+            self._lines.append(text.decode("utf-8", errors="replace").strip())
+
+        self._callback = llama_cpp.llama_log_callback(keep)  # kept alive while installed
+
+    def __enter__(self) -> _LlamaLog:
+        self._llama_cpp.llama_log_set(self._callback, None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from llama_cpp import _logger
+
+        self._llama_cpp.llama_log_set(_logger.llama_log_callback, None)
+
+    def out_of_memory(self) -> str | None:
+        """The first line that says an allocation failed, or None."""
+        return next((line for line in self._lines if _OUT_OF_MEMORY.search(line)), None)
+
+    def failure(self) -> str | None:
+        """The last line that says something failed, or None."""
+        return next((line for line in reversed(self._lines) if _FAILED.search(line)), None)
+
+
+def _devices(llama_cpp: Any, n_gpu_layers: int) -> dict[str, int]:
+    """A CPU plan loads with no GPU device at all.
+
+    With ``n_gpu_layers=0`` alone, a GPU build of llama.cpp still opens the GPU: a CUDA
+    context, compute buffers and weights copied up for large batches (op offload). A CPU
+    plan is made when the GPU is full, so it must take nothing there. ``split_mode`` NONE
+    with ``main_gpu`` -1 makes llama.cpp clear its device list (src/llama.cpp).
+    """
+    if n_gpu_layers != 0:
+        return {}
+    return {"split_mode": llama_cpp.LLAMA_SPLIT_MODE_NONE, "main_gpu": -1}
 
 
 def _import_llama() -> Any:
-    _share_libstdcxx()
+    share_libstdcxx()
     try:
         import llama_cpp
     except ImportError:
         raise BackendUnavailable(
             "llama-cpp-python is not installed: pip install 'zwaif-fallback[gguf]'") from None
     return llama_cpp
+
+
+def warm_up(path: str) -> None:
+    """Import llama-cpp-python and check ``path`` in a child, so that a first load costs
+    only the load itself. Failures are left for the load to report."""
+    try:
+        _import_llama()
+        preflight(path)
+    except Exception as exc:
+        log.debug("warming up for %s: %s", path, exc)
 
 
 def preflight(path: str, *, timeout_s: float = 120.0) -> None:
@@ -150,6 +202,10 @@ class LlamaCppBackend(LocalBackend):
     def loaded(self) -> bool:
         return self._llm is not None
 
+    def replan(self, fit: Compatibility) -> None:
+        with self._lock:
+            self.n_gpu_layers, self.n_ctx, self.fit = fit.gpu_layers, fit.n_ctx, fit
+
     def _load_locked(self) -> None:
         if self._llm is not None:
             return
@@ -157,13 +213,21 @@ class LlamaCppBackend(LocalBackend):
         if self.safe_load:
             preflight(self.path)
         kv = getattr(llama_cpp, _KV_TYPES[self.kv_type])
-        try:
-            self._llm = llama_cpp.Llama(
-                self.path, n_ctx=self.n_ctx, n_gpu_layers=self.n_gpu_layers,
-                flash_attn=self.flash_attn, type_k=kv, type_v=kv, n_threads=self.n_threads,
-                verbose=False)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise ModelLoadError(f"llama.cpp could not load {self.name}: {exc}") from exc
+        with _LlamaLog(llama_cpp) as llama_log:
+            try:
+                self._llm = llama_cpp.Llama(
+                    self.path, n_ctx=self.n_ctx, n_gpu_layers=self.n_gpu_layers,
+                    flash_attn=self.flash_attn, type_k=kv, type_v=kv, n_threads=self.n_threads,
+                    verbose=False, **_devices(llama_cpp, self.n_gpu_layers))
+            except (ValueError, RuntimeError, OSError, MemoryError) as exc:
+                plan = f"n_gpu_layers={self.n_gpu_layers}, n_ctx={self.n_ctx}"
+                short = llama_log.out_of_memory()
+                if short is not None or isinstance(exc, MemoryError):
+                    raise OutOfMemory(f"{self.name} ran out of memory loading with {plan}: "
+                                      f"{short or exc}") from exc
+                why = llama_log.failure()
+                raise ModelLoadError(f"llama.cpp could not load {self.name} ({plan}): {exc}"
+                                     + (f" ({why})" if why else "")) from exc
         self._formatter = self._make_formatter(llama_cpp)
         log.info("loaded %s (n_ctx=%d, gpu_layers=%d)", self.name, self.n_ctx, self.n_gpu_layers)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendUnavailable, ModelLoadError
+from ..errors import BackendUnavailable, ModelLoadError, OutOfMemory
 from ..memory import TORCH_CUDA_CONTEXT_MB
 from .base import GenerationParams, LocalBackend, TargetFailed, Usage
 
@@ -66,6 +66,10 @@ class TransformersBackend(LocalBackend):
     def loaded(self) -> bool:
         return self._model is not None
 
+    def replan(self, fit: Compatibility) -> None:
+        with self._lock:
+            self.gpu_layers, self.fit = fit.gpu_layers, fit
+
     def _load_locked(self) -> None:
         if self._model is not None:
             return
@@ -80,7 +84,11 @@ class TransformersBackend(LocalBackend):
                 folder, dtype=torch.float32 if device_map == "cpu" else "auto",
                 device_map=device_map, use_safetensors=None if self.allow_pickle or extra else True,
                 **options)
-        except (OSError, ValueError, RuntimeError, ImportError, KeyError) as exc:
+        except (OSError, ValueError, RuntimeError, ImportError, KeyError, MemoryError) as exc:
+            if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+                # torch.cuda.OutOfMemoryError is a RuntimeError; the host says MemoryError
+                raise OutOfMemory(f"{self.name} ran out of memory loading with transformers on "
+                                  f"{device_map}: {exc}") from exc
             raise ModelLoadError(f"transformers could not load {self.name}: {exc}") from exc
         model.eval()
         if tokenizer.pad_token_id is None:

@@ -1,0 +1,179 @@
+"""llama.cpp's no_alloc dry run against real loads of the same plan, on this machine's library.
+
+A real load runs in a child with llama-cpp-python's ``Llama(verbose=True)``; its log's
+buffer lines are parsed here, independently of ``dry_run``'s own parser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from builders import write_gguf
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from bench_dry_run import REAL_LOAD  # noqa: E402
+
+from zwaif_fallback.dry_run import DryRun, dry_run, parse_log
+from zwaif_fallback.errors import BackendUnavailable, ModelLoadError
+from zwaif_fallback.memory import MIB, LoadConfig
+
+BUFFER = re.compile(r"(\S+)\s+(model|KV|output|compute) buffer size =\s*([\d.]+) MiB")
+FIELD = {"model": "weights_mb", "KV": "kv_mb", "output": "output_mb", "compute": "compute_mb"}
+# llama.cpp logs sizes to 0.01 MiB and pads each tensor to the buffer's alignment.
+TOLERANCE_MB = 0.05
+
+
+def real_buffers(path: Path, config: LoadConfig, *, use_mmap: bool) -> dict[tuple[str, str], float]:
+    """(buffer, field) -> MiB, from the log of a real load in a child."""
+    plan = json.dumps({**config.model_dump(), "use_mmap": use_mmap})
+    child = subprocess.run([sys.executable, "-c", REAL_LOAD, str(path), plan], capture_output=True,
+                           text=True, timeout=120, check=True)
+    found: dict[tuple[str, str], float] = {}
+    for name, kind, mb in BUFFER.findall(child.stderr):
+        found[name, FIELD[kind]] = found.get((name, FIELD[kind]), 0.0) + float(mb)
+    return found
+
+
+def dry_buffers(dry: DryRun) -> dict[tuple[str, str], float]:
+    return {(name, field): mb for name, device in dry.devices.items()
+            for field, mb in device.model_dump().items() if mb}
+
+
+@pytest.fixture(scope="module")
+def q4_0_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Q4_0 weights, which llama.cpp repacks (CPU_REPACK) on CPUs with AVX2 or NEON."""
+    return write_gguf(tmp_path_factory.mktemp("q4") / "q4_0.gguf", weight_type="Q4_0", n_layer=4,
+                      n_embd=256, n_head=4, n_head_kv=2, n_ff=1024)
+
+
+@pytest.mark.parametrize("model", ["smollm2", "q4_0_gguf"])
+def test_the_dry_run_matches_a_real_unmapped_load_buffer_for_buffer(model, request):
+    path = request.getfixturevalue(model)
+    config = LoadConfig(n_ctx=1024)
+    dry = dry_run(path, config)
+    real = real_buffers(path, config, use_mmap=False)
+    real = {key: mb for key, mb in real.items() if mb}
+    assert dry_buffers(dry).keys() == real.keys()
+    for key, mb in real.items():
+        assert dry_buffers(dry)[key] == pytest.approx(mb, abs=TOLERANCE_MB), key
+
+
+def test_repacked_weights_are_counted_in_their_own_buffer(q4_0_gguf):
+    dry = dry_run(q4_0_gguf, LoadConfig(n_ctx=512))
+    real = real_buffers(q4_0_gguf, LoadConfig(n_ctx=512), use_mmap=False)
+    if ("CPU_REPACK", "weights_mb") not in real:
+        pytest.skip("this CPU has no repacked kernels for Q4_0")
+    assert dry.weights_by == "tensor"
+    assert dry.devices["CPU_REPACK"].weights_mb == pytest.approx(real["CPU_REPACK", "weights_mb"],
+                                                                 abs=TOLERANCE_MB)
+    # Unmapped, each weight is in one buffer: together they are the file's weights.
+    total = sum(d.weights_mb for d in dry.devices.values())
+    assert total == pytest.approx(dry.model_mb, abs=TOLERANCE_MB)
+
+
+def test_kv_and_compute_match_a_mapped_load_with_flash_attention_and_q8_0_cache(smollm2):
+    config = LoadConfig(n_ctx=2048, flash_attn=True, kv_type="q8_0", n_batch=256, n_ubatch=256)
+    dry = dry_run(smollm2, config)
+    real = real_buffers(smollm2, config, use_mmap=True)
+    cpu = dry.devices["CPU"]
+    assert cpu.kv_mb == pytest.approx(real["CPU", "kv_mb"], abs=TOLERANCE_MB)
+    assert cpu.compute_mb == pytest.approx(real["CPU", "compute_mb"], abs=TOLERANCE_MB)
+    assert cpu.output_mb == pytest.approx(real["CPU", "output_mb"], abs=TOLERANCE_MB)
+    assert dry.model_mb == pytest.approx(real["CPU_Mapped", "weights_mb"], abs=TOLERANCE_MB)
+    assert (dry.n_ctx, dry.n_layers, dry.gpu_layers, dry.vram_mb) == (2048, 30, 0, 0.0)
+
+
+def test_cpu_only_reports_no_vram_whatever_the_gpu_layers(smollm2):
+    dry = dry_run(smollm2, LoadConfig(n_ctx=512, gpu_layers=-1), cpu_only=True)
+    assert dry.vram_mb == 0.0 and dry.gpu_layers == 0
+    assert dry.ram_mb == pytest.approx(sum(d.total_mb for d in dry.devices.values()), abs=0.01)
+
+
+def test_a_gpu_log_splits_vram_from_ram_layer_by_layer():
+    """The texts llama.cpp logs on a CUDA build with 2 of 3 layers offloaded (no GPU here)."""
+    log = [
+        "load_tensors: layer   0 assigned to device CPU, is_swa = 0",
+        "load_tensors: layer   1 assigned to device CUDA0, is_swa = 0",
+        "load_tensors: layer   2 assigned to device CUDA0, is_swa = 0",
+        "load_tensors: offloaded 2/3 layers to GPU",
+        "load_tensors:    CUDA_Host model buffer size =     0.00 MiB",
+        "load_tensors:        CUDA0 model buffer size =     0.00 MiB",
+        "llama_context: n_ctx                 = 1024",
+        "llama_context:  CUDA_Host  output buffer size =     0.50 MiB",
+        "llama_kv_cache: layer   0: dev = CPU",
+        "llama_kv_cache: layer   1: dev = CUDA0",
+        "llama_kv_cache:      CUDA0 KV buffer size =     0.00 MiB",
+        "llama_kv_cache: size =    8.00 MiB (  1024 cells,   2 layers,  1/1 seqs), "
+        "K (f16):    4.00 MiB, V (f16):    4.00 MiB",
+        "sched_reserve:      CUDA0 compute buffer size =   100.00 MiB",
+        "sched_reserve:  CUDA_Host compute buffer size =    10.00 MiB",
+    ]
+    tensors = {"token_embd.weight": 64 * MIB, "blk.0.attn_q.weight": 16 * MIB,
+               "blk.1.attn_q.weight": 16 * MIB, "output_norm.weight": MIB}  # tied output
+    dry = parse_log(log, tensors, model_bytes=97 * MIB, seconds=0.5, version="test")
+    assert dry.weights_by == "layer"
+    assert dry.devices["CPU"].weights_mb == 80 and dry.devices["CPU"].kv_mb == 4
+    assert dry.devices["CUDA0"].weights_mb == 16 + 1 + 64  # a tied output's copy on the GPU
+    assert dry.vram_mb == 81 + 4 + 100
+    assert dry.ram_mb == 80 + 4 + 10 + 0.5
+    assert (dry.gpu_layers, dry.n_layers, dry.n_ctx) == (2, 2, 1024)
+
+
+@pytest.mark.parametrize("damage", ["bad K/V shape", "truncated", "not a model"])
+def test_a_damaged_file_raises_model_load_error_and_stays_refused(damage, tmp_path, tiny_gguf,
+                                                                  monkeypatch):
+    path = tmp_path / "damaged.gguf"
+    if damage == "bad K/V shape":
+        write_gguf(path, n_embd=64, n_head=4, n_head_kv=3)  # llama.cpp aborts on 64 % 3
+    elif damage == "truncated":
+        data = tiny_gguf.read_bytes()
+        path.write_bytes(data[: len(data) * 3 // 4])
+    else:
+        path.write_bytes(b"GGUF" + b"\xff" * 4096)
+    with pytest.raises(ModelLoadError, match="damaged.gguf .*damaged or unsupported"):
+        dry_run(path, LoadConfig(n_ctx=256))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    with pytest.raises(ModelLoadError):  # from the cache: no child could start now
+        dry_run(path, LoadConfig(n_ctx=256))
+
+
+def test_a_plan_llama_cpp_refuses_names_the_reason(tiny_gguf):
+    with pytest.raises(ModelLoadError, match="quantized V cache requires flash_attn"):
+        dry_run(tiny_gguf, LoadConfig(n_ctx=256, kv_type="q8_0", flash_attn=False))
+
+
+def test_the_cache_answers_the_same_file_and_plan_without_a_child(tmp_path, monkeypatch):
+    path = write_gguf(tmp_path / "cached.gguf")
+    first = dry_run(path, LoadConfig(n_ctx=256))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))  # no child can start
+    assert dry_run(path, LoadConfig(n_ctx=256)) is first
+    with pytest.raises(BackendUnavailable, match="cannot start"):
+        dry_run(path, LoadConfig(n_ctx=512))
+    with pytest.raises(BackendUnavailable):
+        dry_run(path, LoadConfig(n_ctx=256), cpu_only=True)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(BackendUnavailable):  # a changed file is dry-run again
+        dry_run(path, LoadConfig(n_ctx=256))
+
+
+def test_a_timeout_raises_and_is_not_cached(tiny_gguf):
+    config = LoadConfig(n_ctx=768)
+    with pytest.raises(ModelLoadError, match="did not finish"):
+        dry_run(tiny_gguf, config, timeout_s=0.001)
+    assert dry_run(tiny_gguf, config).n_ctx == 768
+
+
+def test_a_child_without_llama_cpp_raises_backend_unavailable(tiny_gguf, tmp_path, monkeypatch):
+    fake = tmp_path / "site" / "llama_cpp"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('libllama.so: cannot open shared object')\n")
+    monkeypatch.setenv("PYTHONPATH", str(fake.parent))
+    with pytest.raises(BackendUnavailable, match="pip install"):
+        dry_run(tiny_gguf, LoadConfig(n_ctx=320))
