@@ -6,6 +6,8 @@
 * ``HangServer``: a socket that accepts connections and never answers.
 * ``ScriptedServer``: an OpenAI-compatible server that streams a fixed answer, with
   usage when asked, or refuses ``stream_options`` as servers that predate it do.
+* ``SlowServer``: streams a piece at a time, slowly, and notes when a client hangs up.
+* ``Served``: our own API (``build_api``) served by uvicorn in a thread.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -20,6 +23,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+
+from zwaif_fallback.server import build_api
 
 
 def free_port() -> int:
@@ -41,11 +47,16 @@ def wait_until(check, *, timeout_s: float, what: str, interval_s: float = 0.05):
 
 
 class LlamaServer:
-    """``python -m llama_cpp.server`` serving one GGUF on a free loopback port."""
+    """``python -m llama_cpp.server`` serving one GGUF on a free loopback port.
 
-    def __init__(self, model: Path, *, n_ctx: int = 1024) -> None:
+    ``interrupt_requests``: its default stops the answer it streams when a newer request
+    arrives; False queues requests instead, as Oobabooga does.
+    """
+
+    def __init__(self, model: Path, *, n_ctx: int = 1024, interrupt_requests: bool = True) -> None:
         self.model = model
         self.n_ctx = n_ctx
+        self.interrupt_requests = interrupt_requests
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -54,11 +65,14 @@ class LlamaServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> LlamaServer:
-        log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{self.port}.log", "wb")
+        """Start it (again, after ``stop`` or ``kill``: on the same port)."""
+        log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{self.port}.log", "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--host",
-             "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx)],
+             "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
+             "--interrupt_requests", str(self.interrupt_requests)],
             stdout=log, stderr=subprocess.STDOUT)
+        log.close()  # the child has its own copy
         wait_until(self._ready, timeout_s=60, what="the llama.cpp server to start")
         return self
 
@@ -76,6 +90,13 @@ class LlamaServer:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
+            self.process.wait(timeout=20)
+
+    def kill(self) -> None:
+        """Stop it as a crash does: at once, cutting the answers it is streaming
+        (``stop`` lets uvicorn wait for them)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
             self.process.wait(timeout=20)
 
 
@@ -211,11 +232,34 @@ class HangServer:
             conn.close()
 
 
-class ScriptedServer:
-    """Streams ``pieces`` for every chat completion; records each request's body."""
+class _Background:
+    """An HTTP server on a free loopback port, answering from a daemon thread."""
+
+    server: ThreadingHTTPServer
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ScriptedServer(_Background):
+    """Streams ``pieces`` for every chat completion; records each request's body.
+
+    ``interrupted``: end with ``[DONE]`` and no finish reason, as llama.cpp's server ends an
+    answer it stops for a newer request.
+    """
 
     def __init__(self, pieces: list[str], *, prompt_tokens: int = 11,
-                 refuse_stream_options: bool = False) -> None:
+                 refuse_stream_options: bool = False, interrupted: bool = False) -> None:
         self.bodies: list[dict[str, object]] = []
         server = self
 
@@ -234,8 +278,9 @@ class ScriptedServer:
                     return
                 events = [{"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
                           for p in pieces]
-                events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-                if (body.get("stream_options") or {}).get("include_usage"):
+                if not interrupted:
+                    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                if (body.get("stream_options") or {}).get("include_usage") and not interrupted:
                     events.append({"choices": [], "usage": {
                         "prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
                         "total_tokens": prompt_tokens + len(pieces)}})
@@ -249,17 +294,87 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._serve(Handler)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+class SlowServer(_Background):
+    """Streams ``word `` every ``interval_s``, ``pieces`` times, for every chat completion.
+
+    ``closed_at`` gets the ``time.monotonic()`` at which each client hung up mid-stream
+    (seen as the end of its socket, within ``interval_s``); ``GET /models`` answers too.
+    """
+
+    def __init__(self, *, pieces: int = 400, interval_s: float = 0.02) -> None:
+        self.closed_at: list[float] = []
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                payload = json.dumps({"object": "list", "data": [{"id": "slow"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for _ in range(pieces):
+                    if not self._send({"choices": [{"index": 0, "delta": {"content": "word "},
+                                                    "finish_reason": None}]}) or self._hung_up():
+                        server.closed_at.append(time.monotonic())
+                        return
+                self._send({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+                self.wfile.write(b"data: [DONE]\n\n")
+
+            def _send(self, event: dict[str, Any]) -> bool:
+                try:
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                    self.wfile.flush()
+                    return True
+                except OSError:
+                    return False
+
+            def _hung_up(self) -> bool:
+                """The whole request was read: anything readable now is the client's end."""
+                readable, _, _ = select.select([self.connection], [], [], interval_s)
+                if not readable:
+                    return False
+                try:
+                    return self.connection.recv(1) == b""
+                except OSError:
+                    return True
+
+        self._serve(Handler)
+
+
+class Served:
+    """Our API app (``build_api`` over ``manager``) on a free loopback port, in a uvicorn thread."""
+
+    def __init__(self, manager: Any, api_key: str | None = None) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(build_api(manager, api_key=api_key), host="127.0.0.1", port=free_port(),
+                                log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.server.started, timeout_s=20, what="uvicorn to start")
+        self.url = f"http://127.0.0.1:{config.port}"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
 
 
 def refused_url() -> str:

@@ -224,13 +224,24 @@ def test_a_bad_request_gets_an_error_naming_the_field(manager: FallbackManager, 
     assert list(manager.stream_chat_completion(request_)) == [response]
 
 
-def test_unknown_fields_are_ignored_with_one_debug_line(manager: FallbackManager, caplog: Any):
-    with caplog.at_level(logging.DEBUG, logger="zwaif_fallback.completions"):
-        response = manager.chat_completion({**REQUEST, "logit_bias": {"1": 5}, "user": "abc",
+def test_a_local_model_ignores_unknown_fields_with_one_debug_line(manager: FallbackManager, caplog: Any):
+    with caplog.at_level(logging.DEBUG, logger="zwaif_fallback"):
+        response = manager.chat_completion({**REQUEST, "logit_bias": {"1": 5}, "user": "abc-user",
                                             "presence_penalty": 0.5})
     assert "choices" in response
-    lines = [r.getMessage() for r in caplog.records if r.name == "zwaif_fallback.completions"]
-    assert lines == ["chat completion: ignoring field(s) logit_bias, presence_penalty, user"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "zwaif_fallback.routing"]
+    assert lines == [f"local model {SMOL} ignores the request's field(s) logit_bias, presence_penalty, user"]
+    assert not any("abc-user" in r.getMessage() for r in caplog.records)  # names, never values
+
+
+@pytest.mark.parametrize("request_", [
+    {**REQUEST, "logit_bias": {"1": float("nan")}},
+    {**REQUEST, "user": object()},
+])
+def test_a_field_that_cannot_be_passed_on_as_json_is_refused(manager: FallbackManager, request_: Any):
+    response = manager.chat_completion(request_)
+    assert response["error"]["type"] == "invalid_request_error"
+    assert response["error"]["param"] == next(k for k in request_ if k not in REQUEST)
 
 
 # -- try_fallbacks, in a host process ------------------------------------------------------

@@ -7,7 +7,7 @@ import re
 import zwaif_fallback
 from zwaif_fallback import errors
 
-BAD_INPUT = {"InvalidSettings", "ModelNotFound", "JobNotFound", "NotStarted"}  # exit 2
+BAD_INPUT = {"HubFileNotFound", "InvalidSettings", "ModelNotFound", "JobNotFound", "NotStarted"}  # exit 2
 
 
 def test_every_error_is_in_the_tree_and_exported():
@@ -31,4 +31,5 @@ def test_bad_input_exits_2_and_a_failed_operation_1():
 def test_not_found_errors_are_lookup_errors():
     assert issubclass(errors.ModelNotFound, LookupError)
     assert issubclass(errors.JobNotFound, LookupError)
+    assert issubclass(errors.HubFileNotFound, LookupError)
     assert str(errors.JobNotFound("abc")) == "no job with id 'abc'"

@@ -23,10 +23,10 @@ import httpx
 import pytest
 from builders import write_gguf
 from conftest import run_cli
-from servers import FaultProxy, HangServer, LlamaServer, free_port, refused_url, wait_until
+from servers import FaultProxy, HangServer, LlamaServer, Served, free_port, refused_url, wait_until
 
 from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings
-from zwaif_fallback.server import MAX_BODY_BYTES, build_api, check_bind
+from zwaif_fallback.server import MAX_BODY_BYTES, check_bind
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -34,23 +34,6 @@ uvicorn = pytest.importorskip("uvicorn")
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 ASK = [{"role": "user", "content": "Name three colours."}]
 GEN: dict[str, Any] = {"max_tokens": 24, "temperature": 0.0, "seed": 1}
-
-
-class Served:
-    """The API app on a free loopback port, in a uvicorn thread."""
-
-    def __init__(self, manager: FallbackManager, api_key: str | None = None) -> None:
-        config = uvicorn.Config(build_api(manager, api_key=api_key), host="127.0.0.1", port=free_port(),
-                                log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        wait_until(lambda: self.server.started, timeout_s=20, what="uvicorn to start")
-        self.url = f"http://127.0.0.1:{config.port}"
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
 
 
 @pytest.fixture(scope="module")

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
+import pandas as pd
 import pytest
 from builders import write_gguf
+from fake_nvml.pynvml import FakeNvml
 from servers import refused_url, wait_until
 
 from webui import compat, launch
+from webui import format as fmt
 from webui.diagnostics import DiagnosticsHandlers
 from webui.health_monitor import HealthHandlers
 from webui.management import ManagementHandlers
-from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings, PortUnavailable
+from zwaif_fallback import FallbackManager, FallbackSettings, HardwareProbe, InvalidSettings, PortUnavailable
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 
@@ -55,9 +60,11 @@ def is_update(update: Any, **expected: Any) -> bool:
 
 
 def test_refresh_diagnostics_lists_models_with_verdicts(manager: FallbackManager) -> None:
-    status, models, dropdown = DiagnosticsHandlers(manager).refresh()
+    status, gpus, models, dropdown = DiagnosticsHandlers(manager).refresh()
     assert "VRAM probe that answered:** `none`" in status
     assert "No GPU found" in status
+    assert is_update(gpus, visible=False) and gpus["value"].empty
+    assert list(gpus["value"].columns) == fmt.GPU_COLUMNS
     assert list(models["name"]) == ["tiny", SMOL]
     assert all("cpu" in fit for fit in models["fit"])
     assert dropdown["choices"] == ["tiny", SMOL]
@@ -66,36 +73,67 @@ def test_refresh_diagnostics_lists_models_with_verdicts(manager: FallbackManager
 def test_refresh_diagnostics_shows_an_invalid_file_with_its_reason(manager: FallbackManager,
                                                                    models_dir: Path) -> None:
     (models_dir / "broken.gguf").write_bytes(b"not a gguf at all")
-    _, models, dropdown = DiagnosticsHandlers(manager).refresh()
+    _, _, models, dropdown = DiagnosticsHandlers(manager).refresh()
     row = models[models["name"] == "broken"].iloc[0]
     assert row["fit"].startswith("⚠️ invalid:")
     assert "broken" not in dropdown["choices"]
 
 
+def test_refresh_diagnostics_lists_each_gpu(tmp_path: Path, models_dir: Path) -> None:
+    nvml = FakeNvml([{"name": "RTX 4090", "total_mb": 24576, "used_mb": 2048, "utilization": 35,
+                      "processes": [{"pid": os.getpid(), "used_mb": 1536}]}])
+    with FallbackManager(FallbackSettings(
+            models_dir=models_dir, scan_system_stores=False, keep_alive=0, vram_monitoring=False,
+            settings_file=tmp_path / "fallback_settings.json", data_dir=tmp_path / "data"),
+            probe=HardwareProbe(nvml=nvml), background=False) as manager:
+        status, gpus, _, _ = DiagnosticsHandlers(manager).refresh()
+    assert is_update(gpus, visible=True)
+    assert gpus["value"].to_dict("records") == [
+        {"GPU": 0, "name": "RTX 4090", "free VRAM": "22.0 GiB", "used": "2.0 GiB", "total": "24.0 GiB",
+         "load": "35%", "temp": "–"}]
+    assert f"(pid {os.getpid()}, 1.5 GiB)" in status
+
+
+def memory(frame: pd.DataFrame, where: str) -> dict[str, float]:
+    """One bar of the memory breakdown: part -> MiB."""
+    rows = frame[frame["memory"] == where]
+    return dict(zip(rows["part"], rows["size_mb"], strict=True))
+
+
 def test_compatibility_shows_verdict_breakdown_and_layers(manager: FallbackManager) -> None:
-    text = DiagnosticsHandlers(manager).test_compatibility(SMOL, None, "f16", False, None)
+    text, breakdown = DiagnosticsHandlers(manager).test_compatibility(SMOL, None, "f16", False, None)
+    fit = manager.check_compatibility(SMOL)
     assert "Runs on the CPU (`cpu`)" in text
-    assert "| KV cache |" in text and "| **total** |" in text
     assert "none of 30 layers on the GPU" in text
+    assert list(breakdown.columns) == ["memory", "part", "size_mb"]
+    assert set(memory(breakdown, "VRAM").values()) == {0}
+    ram = memory(breakdown, "RAM")
+    assert list(ram) == ["weights", "KV cache", "compute buffers", "runtime overhead"]
+    assert ram["weights"] > ram["KV cache"] > 0
+    assert sum(ram.values()) == pytest.approx(fit.ram_breakdown.total_mb, abs=0.2)
 
 
 def test_compatibility_what_if_a_gpu_had_8_gib(manager: FallbackManager) -> None:
-    text = DiagnosticsHandlers(manager).test_compatibility(SMOL, 2048, "f16", False, 8192)
+    text, breakdown = DiagnosticsHandlers(manager).test_compatibility(SMOL, 2048, "f16", False, 8192)
     assert "Fits on the GPU (`gpu`)" in text
     assert "all 30 layers and the output layer on the GPU" in text
     assert "2048 tokens" in text
+    vram = memory(breakdown, "VRAM")
+    assert vram["weights"] > 0 and vram["KV cache"] > 0
+    assert memory(breakdown, "RAM")["KV cache"] == 0
 
 
 def test_compatibility_accepts_a_typed_path(manager: FallbackManager, models_dir: Path) -> None:
     other = write_gguf(models_dir.parent / "elsewhere.gguf", n_layer=3)
-    text = DiagnosticsHandlers(manager).test_compatibility(str(other), None, "f16", False, None)
+    text, _ = DiagnosticsHandlers(manager).test_compatibility(str(other), None, "f16", False, None)
     assert "none of 3 layers on the GPU" in text
 
 
 def test_compatibility_of_an_unknown_model_warns_without_a_traceback(manager: FallbackManager) -> None:
     with pytest.warns(UserWarning, match="no model named 'nope'"):
-        text = DiagnosticsHandlers(manager).test_compatibility("nope", None, "f16", False, None)
+        text, breakdown = DiagnosticsHandlers(manager).test_compatibility("nope", None, "f16", False, None)
     assert text.startswith("❌") and "known models" in text
+    assert breakdown == gr.skip()
 
 
 # -- management: models and VRAM ------------------------------------------------------
@@ -274,7 +312,7 @@ def test_health_status_shows_score_and_current_vs_optimal(manager: FallbackManag
 
 def test_auto_optimize_system_switches_and_reports_health(manager: FallbackManager) -> None:
     done, health, _, _ = HealthHandlers(manager).auto_optimize()
-    assert f"Switched to **{SMOL}**" in done
+    assert done.startswith("⚡ Switched to the optimal model") and SMOL in done
     assert f"**Current model:** `{SMOL}`" in health
 
 
@@ -287,10 +325,10 @@ def test_health_check_covers_vram_memory_cpu_and_gpu(manager: FallbackManager) -
 
 def test_performance_stats_include_benchmarks_and_recommendations(manager: FallbackManager) -> None:
     manager.switch_model("tiny")
-    manager.benchmark("tiny")
+    result = manager.benchmark("tiny")
     stats, recommendations = HealthHandlers(manager).performance_stats()
-    assert "**tiny:**" in stats and "tokens/s" in stats
-    assert "Benchmarked models:** 1" in stats
+    assert f"tiny:** {result.gen_tps:.1f} tokens/s" in stats
+    assert "(1 runs saved)" in stats
     assert recommendations.startswith("**Recommendations:**")
 
 

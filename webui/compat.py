@@ -3,7 +3,9 @@
 A process holds one Gradio, the host's, so the tabs adapt to it. Each shim detects a
 feature (an attribute, a parameter), never a version string, and says which versions need it.
 ``gr.skip()``, ``gr.Dataframe(wrap=...)`` and ``launch(app_kwargs={"routes": ...})`` need none:
-4.36.1 has them already.
+4.36.1 has them already. One difference has no shim: 4.x draws a gr.Dataframe given a frame
+with no rows without its first column, so a table that is empty on most machines (the GPUs)
+is hidden while it is.
 """
 
 from __future__ import annotations
@@ -43,8 +45,11 @@ def plot(cls: type[Any], **kwargs: Any) -> Any:
     """A gr.LinePlot or gr.BarPlot for this Gradio; its bars start at zero.
 
     Native plots (4.4x on) mount with an empty frame of their columns: on 4.44.1 one that mounts
-    with no value stops every load event of the page. Bars start at zero by themselves up to 4.x,
-    where a None in y_lim breaks the axis; from 5.0 they need ``y_lim=[0, None]``.
+    with no value stops every load event of the page. A chart with a ``color`` that is on show
+    when the page opens needs a ``value`` with every colour in it (a frame of zeros): 5.x keeps
+    the colours of the first frame it draws, and draws no others. Bars start at zero by
+    themselves up to 4.x, where a None in y_lim breaks the axis; from 5.0 they need
+    ``y_lim=[0, None]``.
     """
     if _NATIVE_PLOTS:
         kwargs.setdefault("value", pd.DataFrame(columns=[kwargs[k] for k in ("x", "y", "color")

@@ -26,13 +26,14 @@ class DiagnosticsHandlers:
     def __init__(self, manager: FallbackManager) -> None:
         self.manager = manager
 
-    def refresh(self) -> tuple[str, pd.DataFrame, dict[str, Any]]:
-        """Status overview, the models table with fit verdicts, and the test dropdown's choices."""
+    def refresh(self) -> tuple[str, dict[str, Any], pd.DataFrame, dict[str, Any]]:
+        """Status overview, the GPUs (hidden where there are none), the models table with fit
+        verdicts, and the test dropdown's choices."""
         try:
             status = self.manager.system_status(refresh=True)
             models = self.manager.discover_models(refresh=True)
         except FallbackError as exc:
-            return fmt.failure(exc, "Refreshing diagnostics"), gr.skip(), gr.skip()
+            return fmt.failure(exc, "Refreshing diagnostics"), gr.skip(), gr.skip(), gr.skip()
         fits: dict[str, Compatibility | str] = {}
         for model in models:
             if model.usable:
@@ -40,33 +41,37 @@ class DiagnosticsHandlers:
                     fits[model.name] = self.manager.check_compatibility(model.name)
                 except FallbackError as exc:  # one unreadable model must not hide the others
                     fits[model.name] = f"⚠️ {exc}"
-        return (fmt.status_markdown(status, self.manager.current_model), fmt.models_frame(models, fits),
-                gr.update(choices=fmt.model_choices(models)))
+        # Without a GPU the status says so, and an empty table would only look broken (compat.py).
+        gpus = gr.update(value=fmt.gpus_frame(status), visible=bool(status.gpus))
+        return (fmt.status_markdown(status, self.manager.current_model), gpus,
+                fmt.models_frame(models, fits), gr.update(choices=fmt.model_choices(models)))
 
     def test_compatibility(self, name: str | None, n_ctx: float | None, kv_type: str,
-                           flash_attn: bool, free_vram_mb: float | None) -> str:
-        """The verdict for one model (a name or a path), with the estimate's breakdown."""
+                           flash_attn: bool, free_vram_mb: float | None) -> tuple[str, pd.DataFrame]:
+        """The verdict for one model (a name or a path), and where its memory goes."""
         name = fmt.text(name)
         if not name:
             gr.Warning("Choose a model, or type a model name or a path to a .gguf file.")
-            return "Choose a model, or type a model name or a path to a .gguf file."
+            return "Choose a model, or type a model name or a path to a .gguf file.", gr.skip()
         try:
             fit = self.manager.check_compatibility(
                 name, n_ctx=fmt.whole_number(n_ctx, "Context") or None, kv_type=kv_type or "f16",
                 flash_attn=bool(flash_attn),
                 free_vram_mb=fmt.whole_number(free_vram_mb, "Free VRAM"))
         except FallbackError as exc:
-            return fmt.failure(exc, f"Testing {name!r}")
-        return fmt.compatibility_markdown(fit)
+            return fmt.failure(exc, f"Testing {name!r}"), gr.skip()
+        return fmt.compatibility_markdown(fit), fmt.memory_frame(fit)
 
 
 @dataclass
 class DiagnosticsTab:
     tab: gr.Tab
     status: gr.Markdown
+    gpus: gr.Dataframe
     models: gr.Dataframe
     model_name: gr.Dropdown
     result: gr.Markdown
+    memory: gr.BarPlot
 
 
 def build_diagnostics_tab(manager: FallbackManager, prefix: str = "fallback") -> DiagnosticsTab:
@@ -75,6 +80,8 @@ def build_diagnostics_tab(manager: FallbackManager, prefix: str = "fallback") ->
     handlers = DiagnosticsHandlers(manager)
     with gr.Tab(TAB_LABEL, id=eid("diagnostics"), elem_id=eid("diagnostics")) as tab:
         status = gr.Markdown("Loading the system status…", elem_id=eid("diag-status"))
+        gpus = gr.Dataframe(headers=fmt.GPU_COLUMNS, label="GPUs", interactive=False, visible=False,
+                            elem_id=eid("diag-gpus"))
         refresh = gr.Button("Refresh Diagnostics", variant="primary", elem_id=eid("diag-refresh"))
         models = gr.Dataframe(headers=fmt.MODEL_COLUMNS, label="Discovered models", interactive=False,
                               wrap=True, elem_id=eid("diag-models"))
@@ -92,11 +99,15 @@ def build_diagnostics_tab(manager: FallbackManager, prefix: str = "fallback") ->
                 flash_attn = gr.Checkbox(label="Flash attention")
                 free_vram = gr.Number(label="Pretend free VRAM (MiB, blank: measured)", minimum=0)
         result = gr.Markdown(elem_id=eid("diag-result"))
+        memory = compat.plot(gr.BarPlot, value=fmt.memory_frame(None), x="memory", y="size_mb",
+                             color="part", title="Memory breakdown (estimate)", x_title="where",
+                             y_title="MiB", elem_id=eid("diag-memory"))
 
-    outputs = [status, models, model_name]
+    outputs = [status, gpus, models, model_name]
     refresh.click(handlers.refresh, outputs=outputs, api_name="fallback_refresh_diagnostics")
     tab.select(handlers.refresh, outputs=outputs, **compat.PRIVATE)
     compat.on_page_load(handlers.refresh, outputs)
     test.click(handlers.test_compatibility, inputs=[model_name, n_ctx, kv_type, flash_attn, free_vram],
-               outputs=result, api_name="fallback_test_compatibility")
-    return DiagnosticsTab(tab=tab, status=status, models=models, model_name=model_name, result=result)
+               outputs=[result, memory], api_name="fallback_test_compatibility")
+    return DiagnosticsTab(tab=tab, status=status, gpus=gpus, models=models, model_name=model_name,
+                          result=result, memory=memory)

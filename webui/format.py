@@ -14,15 +14,21 @@ import gradio as gr
 import pandas as pd
 
 from zwaif_fallback import (
+    Attempt,
     ChatResult,
     Compatibility,
     GPUInfo,
     HealthReport,
     JobStatus,
+    MemoryBreakdown,
     ModelInfo,
+    Optimization,
+    PerformanceStats,
     SystemStatus,
 )
 from zwaif_fallback.fit import layers_text
+from zwaif_fallback.health import Factor, RankEntry
+from zwaif_fallback.monitor import MetricSummary, Sample
 from zwaif_fallback.units import size_text
 
 MODEL_COLUMNS = ["name", "format", "source", "size", "quantization", "context", "fit"]
@@ -30,6 +36,13 @@ BENCH_COLUMNS = ["model", "ok", "gen_tps", "prompt_tps", "ttft_s", "load_s", "re
                  "peak_ram_mb", "peak_vram_mb", "perplexity", "quality_score", "error"]
 ATTEMPT_COLUMNS = ["target", "source", "ok", "latency_s", "tries", "error"]
 RANK_COLUMNS = ["model", "score", "compatible", "verdict", "reason"]
+GPU_COLUMNS = ["GPU", "name", "free VRAM", "used", "total", "load", "temp"]
+FACTOR_COLUMNS = ["factor", "score", "weight", "detail"]
+SUMMARY_COLUMNS = ["metric", "min", "mean", "max", "p95"]
+#: A model's memory in long form, for a bar per place (VRAM, RAM) stacked by part.
+MEMORY_COLUMNS = ["memory", "part", "size_mb"]
+MEMORY_PARTS = {"weights": "weights_mb", "KV cache": "kv_mb", "compute buffers": "compute_mb",
+                "runtime overhead": "overhead_mb"}
 SAMPLE_LABELS = {"ram_used_mb": "RAM used (MiB)", "vram_used_mb": "VRAM used (MiB)",
                  "cpu_percent": "CPU (%)", "gpu_utilization_pct": "GPU (%)", "tokens_per_s": "tokens/s"}
 MEMORY_METRICS = ("ram_used_mb", "vram_used_mb")
@@ -76,7 +89,8 @@ def models_frame(models: Sequence[ModelInfo], fits: Mapping[str, Compatibility |
 
 
 def status_markdown(status: SystemStatus, current: ModelInfo | None) -> str:
-    """The machine overview: probe, per-GPU VRAM, RAM, CPU and the current model."""
+    """The machine overview: probe, RAM, CPU, the current model, and who holds each GPU
+    (the GPUs themselves are ``gpus_frame``)."""
     lines = [
         "### System status",
         f"- **Platform:** {status.platform}",
@@ -84,25 +98,25 @@ def status_markdown(status: SystemStatus, current: ModelInfo | None) -> str:
         f"- **RAM:** {size(status.ram_available_mb)} available of {size(status.ram_total_mb)}",
         f"- **VRAM probe that answered:** `{status.vram_source}`",
         f"- **Current local model:** {current.name if current else 'none loaded yet'}",
-        "",
     ]
     if status.gpus:
-        lines += ["| GPU | name | free VRAM | used | total | load | temp |",
-                  "|---|---|---|---|---|---|---|"]
-        for gpu in status.gpus:
-            load = f"{gpu.utilization_pct:.0f}%" if gpu.utilization_pct is not None else "–"
-            temp = f"{gpu.temperature_c:.0f} °C" if gpu.temperature_c is not None else "–"
-            lines.append(f"| {gpu.index} | {gpu.name} | **{size(gpu.vram_free_mb)}** | "
-                         f"{size(gpu.vram_used_mb)} | {size(gpu.vram_total_mb)} | {load} | {temp} |")
-        lines.append("")
         lines += [f"- **GPU {gpu.index} held by:** {holders_text(gpu)}" for gpu in status.gpus
                   if gpu.processes]
         lines.append(f"- **llama.cpp can offload to:** {offload_text(status)}")
     else:
-        lines.append("**No GPU found:** local models run on the CPU, from system RAM.")
+        lines += ["", "**No GPU found:** local models run on the CPU, from system RAM."]
     if status.notes:
         lines += ["", "Probes that did not answer: " + "; ".join(status.notes)]
     return "\n".join(lines)
+
+
+def gpus_frame(status: SystemStatus) -> pd.DataFrame:
+    """One row per GPU: its free, used and total VRAM, load and temperature."""
+    rows = [[gpu.index, gpu.name, size(gpu.vram_free_mb), size(gpu.vram_used_mb), size(gpu.vram_total_mb),
+             f"{gpu.utilization_pct:.0f}%" if gpu.utilization_pct is not None else "–",
+             f"{gpu.temperature_c:.0f} °C" if gpu.temperature_c is not None else "–"]
+            for gpu in status.gpus]
+    return pd.DataFrame(rows, columns=GPU_COLUMNS)
 
 
 def holders_text(gpu: GPUInfo) -> str:
@@ -121,13 +135,11 @@ def offload_text(status: SystemStatus) -> str:
 
 
 def compatibility_markdown(fit: Compatibility) -> str:
-    """The verdict, the reason, where the memory goes and how many layers fit."""
+    """The verdict, the reason, how many layers fit and how much memory it needs
+    (where that memory goes is ``memory_frame``)."""
     verdict = {"gpu": "Fits on the GPU", "partial": "Fits partly on the GPU",
                "cpu": "Runs on the CPU", "none": "Does not fit"}[fit.verdict]
-    total, vram, ram = fit.breakdown, fit.vram_breakdown, fit.ram_breakdown
-    rows = [("weights", "weights_mb"), ("KV cache", "kv_mb"), ("compute buffers", "compute_mb"),
-            ("runtime overhead", "overhead_mb")]
-    lines = [
+    return "\n".join([
         f"### {VERDICT_ICONS[fit.verdict]} {fit.model}: {verdict} (`{fit.verdict}`)",
         fit.reason,
         "",
@@ -137,16 +149,18 @@ def compatibility_markdown(fit: Compatibility) -> str:
         f"- **Needs:** {size(fit.vram_mb)} VRAM ({size(fit.available_vram_mb)} free) and "
         f"{size(fit.ram_mb)} RAM ({size(fit.available_ram_mb)} free)"
         + (" · calibrated by a measured load" if fit.calibrated else ""),
-        "",
-        "| estimate | VRAM | RAM | total |",
-        "|---|---|---|---|",
-    ]
-    for label, field in rows:
-        lines.append(f"| {label} | {getattr(vram, field):.1f} MiB | {getattr(ram, field):.1f} MiB | "
-                     f"{getattr(total, field):.1f} MiB |")
-    lines.append(f"| **total** | **{vram.total_mb:.1f} MiB** | **{ram.total_mb:.1f} MiB** | "
-                 f"**{total.total_mb:.1f} MiB** |")
-    return "\n".join(lines)
+    ])
+
+
+def memory_frame(fit: Compatibility | None) -> pd.DataFrame:
+    """Where the estimated memory goes, in MiB: each part (weights, KV cache, compute buffers,
+    runtime overhead) on VRAM and on RAM, for a bar per place stacked by part. Without a
+    ``fit``, every part at zero: the chart mounts with that (see ``compat.plot``)."""
+    nothing = MemoryBreakdown()
+    places = {"VRAM": fit.vram_breakdown if fit else nothing, "RAM": fit.ram_breakdown if fit else nothing}
+    rows = [[place, part, round(getattr(breakdown, field), 1)]
+            for place, breakdown in places.items() for part, field in MEMORY_PARTS.items()]
+    return pd.DataFrame(rows, columns=MEMORY_COLUMNS)
 
 
 def model_choices(models: Iterable[ModelInfo]) -> list[str]:
@@ -180,7 +194,16 @@ def vram_markdown(status: SystemStatus, auto_optimize: bool, best: str | None, c
     return f"{usage}  \n**Optimization:** {state}; auto-optimize is {auto}."
 
 
-def ranking_frame(ranking: Sequence[Any]) -> pd.DataFrame:
+def optimization_markdown(result: Optimization) -> str:
+    """Which model the optimizer chose and why, and whether it switched to it."""
+    if result.selected is None:
+        return f"⚠️ Nothing to optimize: {result.reason}"
+    if result.switched:
+        return f"⚡ Switched to the optimal model **{result.selected}**: {result.reason}"
+    return f"✅ **{result.selected}** is already the optimal model: {result.reason}"
+
+
+def ranking_frame(ranking: Sequence[RankEntry]) -> pd.DataFrame:
     return pd.DataFrame([[e.model, e.score, e.compatible, e.verdict, e.reason] for e in ranking],
                         columns=RANK_COLUMNS)
 
@@ -220,7 +243,7 @@ def chat_markdown(result: ChatResult) -> str:
             f"first token {ttft} · total {result.latency_s:.2f} s")
 
 
-def attempts_frame(attempts: Iterable[Any]) -> pd.DataFrame:
+def attempts_frame(attempts: Iterable[Attempt]) -> pd.DataFrame:
     rows = [[a.target, a.source, a.ok, round(a.latency_s, 3), a.tries, a.error or ""] for a in attempts]
     return pd.DataFrame(rows, columns=ATTEMPT_COLUMNS)
 
@@ -232,9 +255,9 @@ def health_markdown(report: HealthReport) -> str:
             f"- **Optimal model:** `{report.optimal_model or 'none fits'}`")
 
 
-def factors_frame(factors: Mapping[str, Any]) -> pd.DataFrame:
+def factors_frame(factors: Mapping[str, Factor]) -> pd.DataFrame:
     rows = [[name, f.score, f.weight, f.detail] for name, f in factors.items()]
-    return pd.DataFrame(rows, columns=["factor", "score", "weight", "detail"])
+    return pd.DataFrame(rows, columns=FACTOR_COLUMNS)
 
 
 def recommendations_markdown(recommendations: Sequence[str]) -> str:
@@ -243,17 +266,66 @@ def recommendations_markdown(recommendations: Sequence[str]) -> str:
     return "**Recommendations:**\n" + "\n".join(f"- {r}" for r in recommendations)
 
 
-def samples_frame(samples: Iterable[Any], metrics: Sequence[str]) -> pd.DataFrame:
+def health_check_markdown(status: SystemStatus) -> str:
+    """VRAM usage, system memory, CPU information and each GPU's status."""
+    ram_used = status.ram_total_mb - status.ram_available_mb
+    if status.gpus:
+        vram = (f"{size(status.vram_total_mb - status.vram_free_mb)} used of {size(status.vram_total_mb)} "
+                f"({size(status.vram_free_mb)} free)")
+    else:
+        vram = "no GPU, so no VRAM in use"
+    lines = ["### 🔍 Health check",
+             f"- **VRAM usage:** {vram}",
+             f"- **System memory:** {size(ram_used)} used of {size(status.ram_total_mb)} "
+             f"({ram_used / max(status.ram_total_mb, 1):.0%}), {size(status.ram_available_mb)} available",
+             f"- **CPU information:** {status.cpu_count} logical cores, {status.cpu_percent:.0f}% busy, "
+             f"{status.platform}",
+             f"- **GPU status:** probe `{status.vram_source}`"]
+    for gpu in status.gpus:
+        load = f", {gpu.utilization_pct:.0f}% busy" if gpu.utilization_pct is not None else ""
+        temp = f", {gpu.temperature_c:.0f} °C" if gpu.temperature_c is not None else ""
+        lines.append(f"  - GPU {gpu.index} {gpu.name}: {size(gpu.vram_free_mb)} free of "
+                     f"{size(gpu.vram_total_mb)}{load}{temp}")
+        if gpu.processes:
+            lines.append(f"    held by {holders_text(gpu)}")
+    if not status.gpus:
+        lines.append("  - no GPU found" + (f" ({'; '.join(status.notes)})" if status.notes else ""))
+    return "\n".join(lines)
+
+
+def performance_markdown(stats: PerformanceStats) -> str:
+    """The current model's newest benchmark, the saved runs, the last hour's failovers and the
+    background samples."""
+    lines = ["### 📊 Performance stats"]
+    bench = stats.current_benchmark
+    if bench is not None:
+        lines.append(f"- **{stats.current_model}:** {bench.gen_tps or 0:.1f} tokens/s, first token in "
+                     f"{bench.ttft_s or 0:.2f} s, quality {bench.quality_score or 0:.2f}")
+    else:
+        lines.append(f"- **Current model** `{stats.current_model or 'none'}`: no benchmark yet")
+    lines += [f"- **Benchmarked models:** {stats.benchmarked_models} ({stats.benchmark_runs} runs saved)",
+              f"- **Last hour:** {stats.attempts_last_hour} attempts in chats that fell back, "
+              f"{stats.failed_last_hour} failed"]
+    if stats.background_summary:
+        parts = [f"{SAMPLE_LABELS.get(name, name)} mean {s.mean:.1f} (max {s.max:.1f})"
+                 for name, s in stats.background_summary.items()]
+        lines.append(f"- **Background samples** ({stats.background_samples}): " + ", ".join(parts))
+    else:
+        lines.append("- **Background samples:** none (VRAM monitoring is off or just started)")
+    return "\n".join(lines)
+
+
+def samples_frame(samples: Iterable[Sample], metrics: Sequence[str]) -> pd.DataFrame:
     """Samples in long form (t_s, value, metric) for a LinePlot coloured by metric."""
     rows = [[s.t_s, float(v), SAMPLE_LABELS[m]] for s in samples for m in metrics
             if (v := getattr(s, m)) is not None]
     return pd.DataFrame(rows, columns=["t_s", "value", "metric"])
 
 
-def summary_frame(summary: Mapping[str, Any]) -> pd.DataFrame:
+def summary_frame(summary: Mapping[str, MetricSummary]) -> pd.DataFrame:
     rows = [[SAMPLE_LABELS.get(name, name), round(s.min, 1), round(s.mean, 1), round(s.max, 1),
              round(s.p95, 1)] for name, s in summary.items()]
-    return pd.DataFrame(rows, columns=["metric", "min", "mean", "max", "p95"])
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 def benchmark_history_frame(history: Iterable[Mapping[str, Any]], *, last: int = 30) -> pd.DataFrame:

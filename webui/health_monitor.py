@@ -6,6 +6,7 @@ one) reads the live report once a second while it runs and stops itself when the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -14,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from zwaif_fallback import FallbackError, FallbackManager, MonitoringReport
-from zwaif_fallback.monitor import summarize
+from zwaif_fallback.monitor import Sample
 
 from . import compat
 from . import format as fmt
@@ -44,16 +45,10 @@ class HealthHandlers:
     def auto_optimize(self) -> tuple[str, str, pd.DataFrame, str]:
         """Switch to the optimal model, then show the health that results."""
         try:
-            result = self.manager.optimize(apply=True)
+            optimization = self.manager.optimize(apply=True)
         except FallbackError as exc:
             return fmt.failure(exc, "Auto-optimizing"), gr.skip(), gr.skip(), gr.skip()
-        if result.selected is None:
-            done = f"⚠️ Nothing to optimize: {result.reason}"
-        elif result.switched:
-            done = f"⚡ Switched to **{result.selected}**: {result.reason}"
-        else:
-            done = f"✅ Already optimal: **{result.selected}** ({result.reason})"
-        return (done, *self.refresh_health())
+        return (fmt.optimization_markdown(optimization), *self.refresh_health())
 
     def health_check(self) -> str:
         """VRAM usage, system memory, CPU information and GPU status, now."""
@@ -61,60 +56,15 @@ class HealthHandlers:
             status = self.manager.system_status(refresh=True)
         except FallbackError as exc:
             return fmt.failure(exc, "The health check")
-        ram_used = status.ram_total_mb - status.ram_available_mb
-        if status.gpus:
-            vram = (f"{fmt.size(status.vram_total_mb - status.vram_free_mb)} used of "
-                    f"{fmt.size(status.vram_total_mb)} ({fmt.size(status.vram_free_mb)} free)")
-        else:
-            vram = "no GPU, so no VRAM in use"
-        lines = ["### 🔍 Health check",
-                 f"- **VRAM usage:** {vram}",
-                 f"- **System memory:** {fmt.size(ram_used)} used of {fmt.size(status.ram_total_mb)} "
-                 f"({ram_used / max(status.ram_total_mb, 1):.0%}), {fmt.size(status.ram_available_mb)} "
-                 "available",
-                 f"- **CPU information:** {status.cpu_count} logical cores, {status.cpu_percent:.0f}% busy, "
-                 f"{status.platform}",
-                 f"- **GPU status:** probe `{status.vram_source}`"]
-        for gpu in status.gpus:
-            load = f", {gpu.utilization_pct:.0f}% busy" if gpu.utilization_pct is not None else ""
-            temp = f", {gpu.temperature_c:.0f} °C" if gpu.temperature_c is not None else ""
-            lines.append(f"  - GPU {gpu.index} {gpu.name}: {fmt.size(gpu.vram_free_mb)} free of "
-                         f"{fmt.size(gpu.vram_total_mb)}{load}{temp}")
-            if gpu.processes:
-                lines.append(f"    held by {fmt.holders_text(gpu)}")
-        if not status.gpus:
-            lines.append("  - no GPU found" + (f" ({'; '.join(status.notes)})" if status.notes else ""))
-        return "\n".join(lines)
+        return fmt.health_check_markdown(status)
 
     def performance_stats(self) -> tuple[str, str]:
         """The current model's latest benchmark, background samples, failovers, and what to do."""
         try:
-            report = self.manager.health()
-            history = self.manager.benchmark_history(limit=200)
-            failovers = self.manager.failover_history(since_s=3600)
-            samples = self.manager.background_samples
+            stats = self.manager.performance_stats()
         except FallbackError as exc:
             return fmt.failure(exc, "Reading performance stats"), gr.skip()
-        lines = ["### 📊 Performance stats"]
-        latest = fmt.latest_per_model(history)
-        current = report.current_model
-        mine = next((r for r in latest if r.get("model") == current), None)
-        if mine and mine.get("ok"):
-            lines.append(f"- **{current}:** {mine.get('gen_tps') or 0:.1f} tokens/s, first token in "
-                         f"{mine.get('ttft_s') or 0:.2f} s, quality {mine.get('quality_score') or 0:.2f}")
-        else:
-            lines.append(f"- **Current model** `{current or 'none'}`: no benchmark yet")
-        lines.append(f"- **Benchmarked models:** {len(latest)} ({len(history)} runs saved)")
-        failed = sum(1 for a in failovers if not a.get("ok"))
-        lines.append(f"- **Last hour:** {len(failovers)} attempts in chats that fell back, {failed} failed")
-        summary = summarize(samples)
-        if summary:
-            parts = [f"{fmt.SAMPLE_LABELS.get(k, k)} mean {s.mean:.1f} (max {s.max:.1f})"
-                     for k, s in summary.items()]
-            lines.append(f"- **Background samples** ({len(samples)}): " + ", ".join(parts))
-        else:
-            lines.append("- **Background samples:** none (VRAM monitoring is off or just started)")
-        return "\n".join(lines), fmt.recommendations_markdown(report.recommendations)
+        return fmt.performance_markdown(stats), fmt.recommendations_markdown(stats.recommendations)
 
     def start_monitoring(self, duration_s: float) -> tuple[Any, ...]:
         """Start a session on the manager's sampling thread and the poll timer."""
@@ -124,7 +74,7 @@ class HealthHandlers:
         except FallbackError as exc:
             return fmt.failure(exc, "Starting monitoring"), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return (f"📈 Monitoring for {seconds} s, one sample a second…", *self._plots([], 0),
-                pd.DataFrame(columns=["metric", "min", "mean", "max", "p95"]),
+                fmt.summary_frame({}),
                 compat.timer_update(active=True))
 
     def poll_monitoring(self) -> tuple[Any, ...]:
@@ -155,7 +105,7 @@ class HealthHandlers:
                 compat.timer_update(active=False))
 
     @staticmethod
-    def _plots(samples: list[Any], duration_s: float) -> tuple[Any, Any]:
+    def _plots(samples: Sequence[Sample], duration_s: float) -> tuple[Any, Any]:
         """The live charts over the whole session, left as they are until its first sample.
 
         The session's x range also makes Gradio 5 redraw a chart from its first real frame: it
@@ -199,7 +149,7 @@ def build_health_tab(manager: FallbackManager, prefix: str = "fallback") -> Heal
             check = gr.Button("🔍 Run Health Check", elem_id=eid("health-check"))
             stats = gr.Button("📊 Get Performance Stats", elem_id=eid("health-stats"))
         action = gr.Markdown(elem_id=eid("health-action"))
-        factors = gr.Dataframe(headers=["factor", "score", "weight", "detail"], label="Health factors",
+        factors = gr.Dataframe(headers=fmt.FACTOR_COLUMNS, label="Health factors",
                                interactive=False, wrap=True, elem_id=eid("health-factors"))
         recommendations = gr.Markdown(elem_id=eid("health-recommendations"))
 
@@ -217,7 +167,7 @@ def build_health_tab(manager: FallbackManager, prefix: str = "fallback") -> Heal
             load_plot = compat.plot(gr.LinePlot, x="t_s", y="value", color="metric",
                                     title="CPU, GPU and tokens/s", x_title="seconds", y_title="% or tokens/s",
                                     elem_id=eid("monitor-load"))
-        summary = gr.Dataframe(headers=["metric", "min", "mean", "max", "p95"], label="Monitoring summary",
+        summary = gr.Dataframe(headers=fmt.SUMMARY_COLUMNS, label="Monitoring summary",
                                interactive=False, elem_id=eid("monitor-summary"))
         poll = compat.Poll(POLL_S)
 

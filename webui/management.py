@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from zwaif_fallback import FallbackError, FallbackManager
+from zwaif_fallback import AllTargetsFailed, FallbackError, FallbackManager
 
 from . import compat
 from . import format as fmt
@@ -67,28 +67,22 @@ class ManagementHandlers:
     def vram_status(self) -> tuple[str, bool, pd.DataFrame]:
         """VRAM use now, whether the current model is optimal (with the ranking), and auto-optimize."""
         try:
-            plan = self.manager.optimize(apply=False)
+            optimization = self.manager.optimize(apply=False)
             status = self.manager.system_status()
         except FallbackError as exc:
             return fmt.failure(exc, "Reading the VRAM status"), gr.skip(), gr.skip()
         current = self.manager.current_model
         auto = self.manager.settings.auto_optimize_vram
-        return (fmt.vram_markdown(status, auto, plan.selected, current.name if current else None), auto,
-                fmt.ranking_frame(plan.ranking))
+        return (fmt.vram_markdown(status, auto, optimization.selected, current.name if current else None),
+                auto, fmt.ranking_frame(optimization.ranking))
 
     def optimize(self) -> tuple[str, pd.DataFrame, str]:
         """Switch to the optimal model; say which and why, with the full ranking."""
         try:
-            result = self.manager.optimize(apply=True)
+            optimization = self.manager.optimize(apply=True)
         except FallbackError as exc:
             return fmt.failure(exc, "Optimizing"), gr.skip(), gr.skip()
-        if result.selected is None:
-            text = f"⚠️ {result.reason}"
-        elif result.switched:
-            text = f"⚡ Switched to the optimal model **{result.selected}**: {result.reason}"
-        else:
-            text = f"✅ **{result.selected}** is already the optimal model: {result.reason}"
-        return (text, fmt.ranking_frame(result.ranking),
+        return (fmt.optimization_markdown(optimization), fmt.ranking_frame(optimization.ranking),
                 fmt.current_model_markdown(self.manager.current_model))
 
     def save_auto_optimize(self, enabled: bool) -> tuple[str, bool]:
@@ -229,8 +223,10 @@ class ManagementHandlers:
             result = self.manager.chat([{"role": "user", "content": message}],
                                        primary=primary_url or None,
                                        max_tokens=fmt.whole_number(max_tokens, "Max tokens") or 64)
+        except AllTargetsFailed as exc:
+            return "", fmt.failure(exc, "Sending"), fmt.attempts_frame(exc.attempts)
         except FallbackError as exc:
-            return "", fmt.failure(exc, "Sending"), fmt.attempts_frame(getattr(exc, "attempts", []))
+            return "", fmt.failure(exc, "Sending"), fmt.attempts_frame([])
         return result.text, fmt.chat_markdown(result), fmt.attempts_frame(result.attempts)
 
 

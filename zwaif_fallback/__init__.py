@@ -12,10 +12,10 @@ and to having no import cycle.
 
     porches       cli, cli_text, __main__, default, server
     facade        manager
-    measurement   optimizer, bench_jobs, telemetry, health, bench, quality, metrics, monitor, jobs
+    measurement   recommend, optimizer, bench_jobs, telemetry, health, bench, quality, metrics, monitor, jobs
     call path     chats, completions, routing, failover, breaker, local, pool, backends
     fit           fit, memory, calibration, dry_run
-    discovery     catalog, model_info, locations, gguf_header, safetensors_header, ggml
+    discovery     catalog, hub, model_info, locations, gguf_header, safetensors_header, ggml
     base          settings, settings_file, hardware, ggml_devices, store, errors, units, net, logs, _model
 
 * porches: the CLI (cli_text: what it prints), ``try_fallbacks`` on a default manager, the
@@ -45,6 +45,10 @@ from .errors import (
     BackendUnavailable,
     Busy,
     FallbackError,
+    HubAccessDenied,
+    HubFileNotFound,
+    HubOffline,
+    HubUnavailable,
     IncompatibleModel,
     InvalidModelFile,
     InvalidSettings,
@@ -113,6 +117,10 @@ __all__ = [
     "GPUInfo",
     "HardwareProbe",
     "HealthReport",
+    "HubAccessDenied",
+    "HubFileNotFound",
+    "HubOffline",
+    "HubUnavailable",
     "IncompatibleModel",
     "InvalidModelFile",
     "InvalidSettings",

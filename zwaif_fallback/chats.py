@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from .backends.base import GenerationParams, Message, check_messages
@@ -61,12 +61,14 @@ class Chats:
 
     def answer(self, messages: Sequence[Message], primary: Primary, model: str | None,
                gen: dict[str, Any], done: Callable[[ChatResult], None] | None,
-               cancel: threading.Event | None) -> Iterator[Piece]:
+               cancel: threading.Event | None, *,
+               extra: Mapping[str, Any] | None = None) -> Iterator[Piece]:
         """The answer's pieces; bad input raises here, before the first piece.
 
-        ``model`` is a request's model name (see ``Router.targets``); ``done`` receives the
-        ChatResult when the answer is complete; setting ``cancel`` stops it (the reader went
-        away), counted as cancelled.
+        ``model`` is a request's model name and ``extra`` the request fields the chain does
+        not read (both: see ``Router.targets``); ``done`` receives the ChatResult when the
+        answer is complete; setting ``cancel`` stops it (the reader went away), counted as
+        cancelled.
         """
         checked = check_messages(messages)
         params = GenerationParams.from_kwargs(**gen)
@@ -77,7 +79,7 @@ class Chats:
             raise InvalidSettings("primary must be a base URL, a callable, or None")
         chain = FailoverChain(timeout_s=settings.timeout, max_retries=settings.max_retries,
                               auto_switch=settings.auto_switch, clock=self._clock, cancel=cancel)
-        targets = self._router.targets(settings, primary, model=model)
+        targets = self._router.targets(settings, primary, model=model, extra=extra)
 
         def finished(result: ChatResult) -> None:
             self._last.result = result

@@ -19,7 +19,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from .cli_text import format_check, format_models, format_status, num, print_json, table
+from .cli_text import (
+    format_check,
+    format_models,
+    format_recommendations,
+    format_status,
+    num,
+    print_json,
+    table,
+)
 from .errors import BackendUnavailable, FallbackError, InvalidSettings
 from .fit import KV_TYPES
 from .logs import setup_logging
@@ -233,6 +241,23 @@ def cmd_check(manager: FallbackManager, args: argparse.Namespace) -> int:
     if args.json:
         return print_json(result.model_dump())
     print(format_check(result))
+    return 0
+
+
+def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help="REPO/FILE.gguf, a repo id, or the URL of a .gguf file; "
+                             "default: the curated list")
+    parser.add_argument("--ctx", type=_positive_int, metavar="N", help="context size to plan for")
+
+
+@command("recommend", "which GGUF models on the Hugging Face Hub fit this machine, before downloading",
+         _recommend_arguments)
+def cmd_recommend(manager: FallbackManager, args: argparse.Namespace) -> int:
+    results = manager.recommend_models(args.models or None, n_ctx=args.ctx)
+    if args.json:
+        return print_json([r.model_dump() for r in results])
+    print(format_recommendations(results))
     return 0
 
 

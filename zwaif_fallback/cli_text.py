@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .fit import Compatibility, layers_text
 from .hardware import GPUProcess, SystemStatus
 from .model_info import ModelInfo
 from .units import size_text
 
-__all__ = ["format_check", "format_models", "format_status", "num", "print_json", "table"]
+if TYPE_CHECKING:
+    from .recommend import Recommendation
+
+__all__ = ["format_check", "format_models", "format_recommendations", "format_status", "num",
+           "print_json", "table"]
 
 
 def print_json(data: Any) -> int:
@@ -94,3 +98,15 @@ def _dry_run_lines(c: Compatibility) -> list[str]:
     return [f"  llama.cpp dry run ({d.seconds:.2f} s), buffers without the runtime's overhead: "
             f"VRAM {d.vram_mb:.0f} MiB (estimate {d.estimate_vram_mb:.0f}, {d.vram_diff_mb:+.0f}), "
             f"RAM {d.ram_mb:.0f} MiB (estimate {d.estimate_ram_mb:.0f}, {d.ram_diff_mb:+.0f})"]
+
+
+def format_recommendations(items: list[Recommendation]) -> str:
+    if not items:
+        return "no candidates"
+    rows = [("MODEL", "PARAMS", "QUANT", "SIZE", "FITS", "SCORE", "WHY")]
+    for r in items:
+        params = f"{r.params / 1e9:.1f}B" if r.params else "-"
+        size = size_text(r.size_bytes / 2**20, smallest="GiB") if r.size_bytes else "-"
+        rows.append((f"{r.repo}/{r.file}" if r.repo else r.url, params, r.quantization or "-", size,
+                     r.verdict, f"{r.score:.1f}", r.reason))
+    return table(rows)

@@ -8,18 +8,24 @@ raise: a host's call site tests for ``"choices"``, so a bad request or a chain w
 no target left comes back as an OpenAI error object that lists the attempts.
 
 Fields read: messages, model, max_tokens (or max_completion_tokens), temperature,
-top_p, stop, seed, stream, stream_options. Others are ignored, with a debug line.
+top_p, stop, seed, stream, stream_options, n (only 1). Every other field (a vendor's
+samplers such as ``repetition_penalty``, ``min_p`` or ``top_k``, ``logit_bias``,
+``response_format``, ``user``, ``tools``) goes unchanged to the primary and the remote
+servers, and is ignored by local models (a debug line names the fields, never their
+values). A request with ``tools`` cannot be answered by a local model unless its
+``tool_choice`` is ``"none"`` (see ``Router.targets``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .backends.base import GenerationParams, check_messages
 from .errors import AllTargetsFailed, FallbackError, InvalidSettings
@@ -30,14 +36,20 @@ __all__ = ["Answer", "BadRequestField", "CompletionRequest", "chat_completion", 
 
 log = logging.getLogger(__name__)
 
+#: The fields the chain interprets itself; every other one is passed on (``CompletionRequest.extra``).
 READ_FIELDS = frozenset({"messages", "model", "max_tokens", "max_completion_tokens", "temperature",
-                         "top_p", "stop", "seed", "stream", "stream_options"})
+                         "top_p", "stop", "seed", "stream", "stream_options", "n"})
 GEN_FIELDS = ("temperature", "top_p", "stop", "seed")
 
-#: ``answer(messages, primary, model, gen, done, cancel)``: ``Chats.answer``, the failover chain
-#: piece by piece (requests take the settings' primary: ``primary`` is always None here)
-Answer = Callable[[list[dict[str, str]], None, str | None, dict[str, Any],
-                   Callable[[ChatResult], None], "threading.Event | None"], Iterator[Piece]]
+
+class Answer(Protocol):
+    """``Chats.answer``: the failover chain piece by piece (requests take the settings'
+    primary: ``primary`` is always None here)."""
+
+    def __call__(self, messages: list[dict[str, str]], primary: None, model: str | None,
+                 gen: dict[str, Any], done: Callable[[ChatResult], None],
+                 cancel: threading.Event | None, *,
+                 extra: Mapping[str, Any] | None = None) -> Iterator[Piece]: ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,8 @@ class CompletionRequest:
     model: str | None
     gen: dict[str, Any]
     include_usage: bool
+    #: the fields the chain does not interpret, as given: servers receive them, local models not
+    extra: dict[str, Any]
 
 
 class BadRequestField(InvalidSettings):
@@ -66,9 +80,6 @@ def parse_request(request: Any) -> CompletionRequest:
     """
     if not isinstance(request, Mapping):
         raise BadRequestField("request", f"must be a dict with 'messages', not {type(request).__name__}")
-    unknown = sorted(str(k) for k in request if k not in READ_FIELDS)
-    if unknown:
-        log.debug("chat completion: ignoring field(s) %s", ", ".join(unknown))
     if "messages" not in request:
         raise BadRequestField("messages", "missing: give a list of {'role': ..., 'content': ...}")
     try:
@@ -90,8 +101,26 @@ def parse_request(request: Any) -> CompletionRequest:
     options = request.get("stream_options")
     if options is not None and not isinstance(options, Mapping):
         raise BadRequestField("stream_options", "must be a dict such as {'include_usage': true}")
+    n = request.get("n")
+    if n is not None and n != 1:
+        raise BadRequestField("n", f"n={n!r}: one choice per request is supported; send n=1")
     return CompletionRequest(messages=messages, model=model or None, gen=gen,
-                             include_usage=bool(options and options.get("include_usage")))
+                             include_usage=bool(options and options.get("include_usage")),
+                             extra=_passed_on(request))
+
+
+def _passed_on(request: Mapping[Any, Any]) -> dict[str, Any]:
+    """The fields the chain does not read, checked to be JSON a server can be sent: a value
+    that is not would otherwise fail the primary's request and count against its breaker."""
+    extra = {k: v for k, v in request.items() if k not in READ_FIELDS}
+    for key, value in extra.items():
+        if not isinstance(key, str):
+            raise BadRequestField("request", f"field names must be text, not {type(key).__name__}")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise BadRequestField(key, f"cannot be sent on as JSON: {exc}") from None
+    return extra
 
 
 def chat_completion(answer: Answer, request: Any) -> dict[str, Any]:
@@ -100,7 +129,8 @@ def chat_completion(answer: Answer, request: Any) -> dict[str, Any]:
     try:
         checked = parse_request(request)
         results: list[ChatResult] = []
-        for _ in answer(checked.messages, None, checked.model, checked.gen, results.append, None):
+        for _ in answer(checked.messages, None, checked.model, checked.gen, results.append, None,
+                        extra=checked.extra):
             pass
         return {**results[0].to_openai(), "x_fallback": fallback_info(results[0])}
     except Exception as exc:  # the host's call site must get a dict, whatever happened
@@ -136,7 +166,8 @@ def stream_chat_completion(answer: Answer, request: Any,
     results: list[ChatResult] = []
     first = True
     try:
-        for piece in answer(checked.messages, None, checked.model, checked.gen, results.append, cancel):
+        for piece in answer(checked.messages, None, checked.model, checked.gen, results.append, cancel,
+                            extra=checked.extra):
             if first:
                 first = False
                 opening = chunk(piece.target.name, {"role": "assistant", "content": piece.text})

@@ -13,6 +13,10 @@
     ├── NotStarted                nothing to stop or report yet: start it first
     ├── StorageError              a file could not be written: check the folder and the disk
     ├── PortUnavailable           an address and port cannot be listened on: pick another port
+    ├── HubUnavailable            the Hub cannot be read now (no network, down, timed out): try later
+    │   └── HubOffline            HF_HUB_OFFLINE is set, so nothing was fetched: unset it
+    ├── HubFileNotFound           no such repo or file on the Hub (404): check the name
+    ├── HubAccessDenied           the repo is gated or private (401, 403): accept its license, set HF_TOKEN
     └── AllTargetsFailed          no target could answer: see ``attempts``
 
 Both not-found errors are also ``LookupError``s, and ``InvalidSettings`` a ``ValueError``.
@@ -34,6 +38,10 @@ __all__ = [
     "BackendUnavailable",
     "Busy",
     "FallbackError",
+    "HubAccessDenied",
+    "HubFileNotFound",
+    "HubOffline",
+    "HubUnavailable",
     "IncompatibleModel",
     "InvalidModelFile",
     "InvalidSettings",
@@ -144,3 +152,21 @@ class AllTargetsFailed(FallbackError):
             f"{getattr(a, 'target', '?')}: {getattr(a, 'error', '?')}" for a in self.attempts
         )
         super().__init__(f"no target could answer ({lines or 'no targets configured'})")
+
+
+class HubUnavailable(FallbackError):
+    """The Hub cannot be read now: no network, the Hub (or HF_ENDPOINT) is down, or it timed out."""
+
+
+class HubOffline(HubUnavailable):
+    """HF_HUB_OFFLINE is set, so nothing was fetched."""
+
+
+class HubFileNotFound(FallbackError, LookupError):
+    """The Hub has no such repo, revision or file (HTTP 404)."""
+
+    exit_code = 2
+
+
+class HubAccessDenied(FallbackError):
+    """The repo is gated or private (HTTP 401 or 403): accept its license, or set HF_TOKEN."""

@@ -18,12 +18,13 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 from .errors import InvalidModelFile
 from .ggml import GGML_TYPES, tensor_nbytes
 
-__all__ = ["ArrayInfo", "GGUFHeader", "TensorInfo", "read_gguf_header"]
+__all__ = ["ArrayInfo", "GGUFHeader", "Seekable", "TensorInfo", "read_gguf_header",
+           "read_gguf_header_from"]
 
 GGUF_MAGIC = b"GGUF"
 MAX_TENSORS = 1_000_000
@@ -77,6 +78,14 @@ class GGUFHeader:
     extra_tensor_files: list[Path] = field(default_factory=list)
 
 
+class Seekable(Protocol):
+    """What the reader needs of a file: a local one, or a remote one read by HTTP ranges."""
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class _Corrupt(Exception):
     """Raised inside the reader; turned into InvalidModelFile with the path."""
 
@@ -90,7 +99,7 @@ class _Cursor:
     Positions are absolute; ``buf`` holds the file from ``base`` on.
     """
 
-    def __init__(self, handle: BinaryIO, size: int) -> None:
+    def __init__(self, handle: Seekable, size: int) -> None:
         self.handle = handle
         self.size = size
         self.buf = b""
@@ -170,19 +179,37 @@ def read_gguf_header(path: str | Path) -> GGUFHeader:
     path = Path(path)
     try:
         with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size < 24:
-                start = handle.read(4)
-                if not start:
-                    raise _Corrupt("truncated: the file is empty")
-                if not GGUF_MAGIC.startswith(start):
-                    raise _Corrupt(f"not a GGUF file (starts with {start!r}, expected b'GGUF')")
-                raise _Corrupt(f"truncated: {size} bytes is too short for a GGUF header")
-            return _parse(path, _Cursor(handle, size))
-    except _Corrupt as exc:
-        raise InvalidModelFile(path, str(exc)) from None
+            return read_gguf_header_from(handle, size=os.fstat(handle.fileno()).st_size, path=path)
     except OSError as exc:
         raise InvalidModelFile(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def read_gguf_header_from(handle: Seekable, *, size: int, path: str | Path) -> GGUFHeader:
+    """Read a GGUF header from an open file of ``size`` bytes (``read_gguf_header``'s reader,
+    for files that are not local: hub.py reads remote ones by HTTP ranges).
+
+    Args:
+        handle: the file; read forward in blocks of a few hundred KiB, from byte 0 on.
+        size: the whole file's size, which every count and length is checked against.
+        path: what errors and ``GGUFHeader.path`` call the file.
+
+    Raises:
+        InvalidModelFile: not a GGUF file, truncated, or with absurd values. Whatever
+            ``handle`` raises passes through.
+    """
+    path = Path(path)
+    try:
+        if size < 24:
+            handle.seek(0)
+            start = handle.read(4)
+            if not start:
+                raise _Corrupt("truncated: the file is empty")
+            if not GGUF_MAGIC.startswith(start):
+                raise _Corrupt(f"not a GGUF file (starts with {start!r}, expected b'GGUF')")
+            raise _Corrupt(f"truncated: {size} bytes is too short for a GGUF header")
+        return _parse(path, _Cursor(handle, size))
+    except _Corrupt as exc:
+        raise InvalidModelFile(path, str(exc)) from None
 
 
 def _parse(path: Path, cur: _Cursor) -> GGUFHeader:

@@ -377,9 +377,10 @@ class HardwareProbe:
         return source, gpus, notes
 
     def _cpu_percent(self) -> float:
-        # psutil measures between two calls: the probe's construction started the window, so
-        # no read blocks (a load decision re-reads the machine and must not wait 100 ms).
+        # psutil measures between two calls: the probe's construction opened the window. Only a
+        # read within 100 ms of it waits for the rest (a one-shot `status`); a host's probe is
+        # older than that by the time a load decision reads the machine.
         if not self._cpu_primed:
             self._cpu_primed = True
-            time.sleep(max(0.0, 0.02 - (time.monotonic() - self._created)))  # a window of 20 ms at least
+            time.sleep(max(0.0, 0.1 - (time.monotonic() - self._created)))
         return float(psutil.cpu_percent(interval=None))

@@ -101,10 +101,13 @@ def status_band(score: float) -> Status:
 
 
 def _prior_quality(model: ModelInfo) -> float:
+    """Quality guessed from the size before a benchmark says: 0.2 at 100M parameters, +0.08 a
+    doubling, up to 0.8 (about 14B), so that bigger models keep ranking ahead up to the sizes
+    a consumer GPU holds; measured quality (0 to 1) replaces it."""
     params = model.parameters or 0
     if params <= 0:
         return 0.2
-    return min(max(0.2 + 0.08 * math.log2(params / 1e8), 0.2), 0.6)
+    return min(max(0.2 + 0.08 * math.log2(params / 1e8), 0.2), 0.8)
 
 
 def model_score(model: ModelInfo, fit: Compatibility, bench: BenchmarkResult | None) -> RankEntry:

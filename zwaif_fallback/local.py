@@ -151,8 +151,11 @@ class LocalModels:
 
     def fit(self, model: ModelInfo, *, n_ctx: int | None = None, gpu_layers: int | None = None,
             flash_attn: bool = False, kv_type: str = "f16", free_vram_mb: float | None = None,
-            refresh: bool = False) -> Compatibility:
-        """How ``model`` fits the memory free now, counting what it holds itself when loaded."""
+            refresh: bool = False, on_disk: bool = True) -> Compatibility:
+        """How ``model`` fits the memory free now, counting what it holds itself when loaded.
+
+        ``on_disk=False`` plans a file not downloaded yet (hub.py read its header): no load
+        or dry run of it can have been measured, so the history store is not opened for it."""
         status = self._probe.status(refresh=refresh)
         if free_vram_mb is not None:
             free = [float(free_vram_mb)] if free_vram_mb > 0 else []
@@ -170,10 +173,10 @@ class LocalModels:
         if n_ctx is None:
             n_ctx = min(self._settings().n_ctx, model.context_length or self._settings().n_ctx)
         device = f"gpu:{status.gpus[0].name}" if status.gpus else None
-        vram_scale, ram_scale, calibrated = self._calibration.scales(model, n_ctx, flash_attn,
-                                                                     kv_type, gpu_device=device)
+        vram_scale, ram_scale, calibrated = (self._calibration.scales(
+            model, n_ctx, flash_attn, kv_type, gpu_device=device) if on_disk else (1.0, 1.0, False))
         dry_checked = False
-        if not calibrated and free and model.format == "gguf":  # a measured load counts more
+        if on_disk and not calibrated and free and model.format == "gguf":  # a measured load counts more
             scale = _dry_run_scale(model, n_ctx, flash_attn, kv_type)
             if scale is not None:
                 vram_scale, dry_checked = scale, True

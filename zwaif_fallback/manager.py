@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .monitor import MonitoringReport, Sample
     from .optimizer import Optimizer
+    from .recommend import Recommendation
     from .telemetry import Telemetry
 
 __all__ = ["FallbackManager"]
@@ -197,6 +198,32 @@ class FallbackManager:
         fit = self._local.fit(model, n_ctx=n_ctx, gpu_layers=gpu_layers, flash_attn=flash_attn,
                               kv_type=kv_type, free_vram_mb=free_vram_mb)
         return self._local.with_dry_run(model, fit) if dry_run else fit
+
+    def recommend_models(self, models: Sequence[str] | None = None, *,
+                         n_ctx: int | None = None) -> list[Recommendation]:
+        """Which GGUF files on the Hugging Face Hub would fit this machine now, best first,
+        known before downloading: each file's header alone is read (HTTP ranges, a few MiB),
+        planned like a local model, and ranked like ``optimize`` (quality from the parameter
+        count and the quantization's known perplexity cost, then speed and headroom).
+
+        Args:
+            models: ``REPO/FILE.gguf``, a repo id (its Q4_K_M, Q5_K_M and Q8_0 files) or the
+                URL of a .gguf file; None: the curated list (zwaif_fallback/data/recommended.json).
+            n_ctx: context size to plan for; None uses ``settings.n_ctx``, capped at each model's.
+
+        Returns:
+            One ``Recommendation`` a file; ``verdict`` "unknown" with the reason for a file
+            that could not be read.
+
+        Raises:
+            HubOffline: HF_HUB_OFFLINE is set; nothing was fetched.
+            HubUnavailable, HubFileNotFound, HubAccessDenied: no file could be read, and why.
+            InvalidSettings: a model is none of the forms above, or n_ctx is out of range.
+        """
+        from .recommend import recommend
+
+        self._local.check_args(n_ctx, None, "f16", None)
+        return recommend(models, fit=lambda model: self._local.fit(model, n_ctx=n_ctx, on_disk=False))
 
     # -- local models ------------------------------------------------------------
 

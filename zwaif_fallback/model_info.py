@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from .gguf_header import ArrayInfo, GGUFHeader, read_gguf_header
 from .locations import Candidate, weight_files
 from .safetensors_header import DTYPE_BYTES, read_safetensors_header
 
-__all__ = ["ModelInfo", "ModelShape", "TensorSummary", "inspect_candidate"]
+__all__ = ["ModelInfo", "ModelShape", "TensorSummary", "gguf_model_info", "inspect_candidate"]
 
 ModelFormat = Literal["gguf", "transformers"]
 _LAYER_RE = re.compile(r"(?:^|\.)(?:blk|layers|h|block|blocks)\.(\d+)\.")
@@ -121,21 +122,29 @@ def _size(files: list[Path]) -> int:
 
 
 def _from_gguf(base: ModelInfo, files: list[Path]) -> ModelInfo:
-    header = read_gguf_header(files[0])
-    tensors = list(header.tensors)
-    for shard in files[1:]:
-        tensors.extend(read_gguf_header(shard).tensors)
+    return gguf_model_info(base, [read_gguf_header(path) for path in files])
+
+
+def gguf_model_info(base: ModelInfo, headers: Sequence[GGUFHeader]) -> ModelInfo:
+    """``base`` completed from a GGUF model's headers: its first file's, then any split
+    shards' in order (local files, or remote ones that hub.py read by HTTP ranges).
+
+    Raises:
+        InvalidModelFile: the headers are not a language model's (named by the first file).
+    """
+    header = headers[0]
+    tensors = [t for h in headers for t in h.tensors]
     meta = header.metadata
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
-        raise InvalidModelFile(files[0], "has no general.architecture: not a model file")
+        raise InvalidModelFile(header.path, "has no general.architecture: not a model file")
     if meta.get("general.type") == "mmproj" or arch == "clip":
-        raise InvalidModelFile(files[0], "is a vision projector (mmproj), not a language model")
+        raise InvalidModelFile(header.path, "is a vision projector (mmproj), not a language model")
     if not tensors:
-        raise InvalidModelFile(files[0], "holds no tensors (a vocabulary-only file?)")
+        raise InvalidModelFile(header.path, "holds no tensors (a vocabulary-only file?)")
     expected = meta.get("split.tensors.count")
     if isinstance(expected, int) and expected != len(tensors):
-        raise InvalidModelFile(files[0], f"split GGUF declares {expected} tensors, "
+        raise InvalidModelFile(header.path, f"split GGUF declares {expected} tensors, "
                                          f"its shards hold {len(tensors)}")
 
     def key(name: str) -> Any:
@@ -143,7 +152,7 @@ def _from_gguf(base: ModelInfo, files: list[Path]) -> ModelInfo:
 
     n_layers = _int(key("block_count"))
     if n_layers is None:
-        raise InvalidModelFile(files[0], f"has no {arch}.block_count")
+        raise InvalidModelFile(header.path, f"has no {arch}.block_count")
     n_heads = _first(key("attention.head_count"))
     n_kv_raw = key("attention.head_count_kv")
     n_embd = _int(key("embedding_length"))

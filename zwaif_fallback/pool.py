@@ -62,6 +62,13 @@ class LocalPool(Generic[B]):
         with self._cond:
             return self._backend is not None and self._backend.loaded
 
+    @property
+    def leases(self) -> int:
+        """How many leases are out now, on any backend: a generation holds one from its
+        start to its end (an idle unload holds one while it runs)."""
+        with self._cond:
+            return sum(self._leases.values())
+
     @contextmanager
     def use(self, model: ModelInfo, *, both_fit: bool = False) -> Iterator[B]:
         """Lease the backend of ``model``, switching to it first if needed."""

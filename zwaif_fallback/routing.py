@@ -5,15 +5,20 @@ models: the one already loaded first, then the rest ranked by fit verdict
 (GPU, partial, CPU), the preferred model ahead of its tier. Local candidates are
 ranked lazily, only when the chain gets that far, so a healthy primary costs
 nothing here.
+
+A request's fields the chain does not read (``extra``) go to the servers as given;
+local models ignore them, except a request for tools, which they refuse.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
+from .backends.base import TargetFailed
 from .backends.host import HostBackend
 from .backends.openai import OpenAIBackend
 from .breaker import BreakerState, CircuitBreaker
@@ -24,6 +29,8 @@ from .model_info import ModelInfo
 from .settings import FallbackSettings, validate_field
 
 __all__ = ["Router", "rank_local"]
+
+log = logging.getLogger(__name__)
 
 _VERDICT_RANK = {"gpu": 0, "partial": 1, "cpu": 2}
 Primary = str | Callable[..., Any] | None
@@ -63,9 +70,21 @@ class Router:
         self._remotes: dict[tuple[str, str, str], OpenAIBackend] = {}
 
     def targets(self, settings: FallbackSettings, primary: Primary, *,
-                model: str | None = None) -> Iterator[Target]:
-        """The targets of one chat, in order. ``model`` (a request's model name) goes to a URL
-        primary in place of ``primary_model``, and a local model of that name is tried first."""
+                model: str | None = None,
+                extra: Mapping[str, Any] | None = None) -> Iterator[Target]:
+        """The targets of one chat, in order.
+
+        Args:
+            model: a request's model name: it goes to a URL primary in place of
+                ``primary_model``, and a local model of that name is tried first.
+            extra: a request's fields the chain does not read (``logit_bias``, a vendor's
+                ``min_p``, ``tools``...): sent as given to the primary and the remotes,
+                ignored by local models. Non-empty ``tools`` (or the older ``functions``)
+                make each local attempt fail, saying the request needs a server, since a
+                local model cannot call them; with ``tool_choice: "none"`` (the caller
+                asked for no tool call) a local model answers with text as usual.
+        """
+        extra = dict(extra or {})
         if primary is None and settings.primary_url:
             primary = settings.primary_url
         if callable(primary):
@@ -74,16 +93,16 @@ class Router:
                          breaker=self.breaker(f"host:{host.name}"),
                          on_breaker_open=self._on_primary_down)
         elif primary:
-            yield self._remote_target(settings, str(primary), "primary", model=model)
+            yield self._remote_target(settings, str(primary), "primary", model=model, extra=extra)
         for url in settings.remote_urls:
-            yield self._remote_target(settings, url, "remote")
+            yield self._remote_target(settings, url, "remote", extra=extra)
         current = self._current()
         named = next((m for m in self._ranked() if m.name == model), None) if model else None
         tried: set[str] = set()
         for candidate in self._local_order(named, current):
             if candidate is not None and candidate.path not in tried:
                 tried.add(candidate.path)
-                yield self._local_target(candidate)
+                yield self._local_target(candidate, extra)
 
     def _local_order(self, *first: ModelInfo | None) -> Iterator[ModelInfo | None]:
         yield from first
@@ -107,8 +126,9 @@ class Router:
             backend.close()
 
     def _remote_target(self, settings: FallbackSettings, url: str, source: str, *,
-                       model: str | None = None) -> Target:
-        """A server target; ``model`` is the request's model name for this call only."""
+                       model: str | None = None, extra: dict[str, Any]) -> Target:
+        """A server target; ``model`` (the request's model name) and ``extra`` are for this
+        call only."""
         try:
             url = validate_field("primary_url", url)
         except InvalidSettings as exc:
@@ -122,12 +142,38 @@ class Router:
                 backend = OpenAIBackend(url, model=configured, api_key=key, source=source,
                                         read_timeout_s=settings.timeout + 5.0)
                 self._remotes[(url, configured, key)] = backend
-        stream = partial(backend.stream, model=model) if model and is_primary else backend.stream
+        stream = partial(backend.stream, model=model if is_primary else None, extra=extra)
         return Target(name=url, source="primary" if is_primary else "remote",
                       stream=stream, breaker=self.breaker(url),
                       on_breaker_open=self._on_primary_down if is_primary else None)
 
-    def _local_target(self, model: ModelInfo) -> Target:
+    def _local_target(self, model: ModelInfo, extra: dict[str, Any]) -> Target:
+        tools = _tools_asked(extra)
+        if tools is not None:
+            return Target(name=model.name, source="local", guarded=False,
+                          stream=partial(_cannot_call_tools, model.name, *tools))
+        stream = partial(self._local_stream, model)
+        if extra:
+            stream = partial(_ignoring, stream, model.name, sorted(extra))
         steps = partial(self._local_steps, model) if self._local_steps is not None else None
-        return Target(name=model.name, source="local", stream=partial(self._local_stream, model),
-                      guarded=False, notes=steps)
+        return Target(name=model.name, source="local", stream=stream, guarded=False, notes=steps)
+
+
+def _tools_asked(extra: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The field that asks for tool calls (``tools``, or the older ``functions``) and the one
+    that could say not to call any, unless it does."""
+    for field, choice in (("tools", "tool_choice"), ("functions", "function_call")):
+        if extra.get(field) and extra.get(choice) != "none":
+            return field, choice
+    return None
+
+
+def _cannot_call_tools(name: str, field: str, choice: str, *args: Any, **kwargs: Any) -> Iterator[str]:
+    raise TargetFailed(f"local model {name} cannot call tools; the request's `{field}` need the "
+                       f"primary or a remote server (or send {choice}: \"none\" for a text answer)")
+
+
+def _ignoring(stream: Callable[..., Iterator[str]], name: str, fields: list[str],
+              *args: Any, **kwargs: Any) -> Iterator[str]:
+    log.debug("local model %s ignores the request's field(s) %s", name, ", ".join(fields))
+    return stream(*args, **kwargs)

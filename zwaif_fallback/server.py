@@ -7,6 +7,11 @@ A host that talks HTTP points its OpenAI base URL here and changes nothing else:
     GET  /health                200 with the chain's state, 503 when nothing could answer
     GET  /metrics               Prometheus metrics
 
+"Nothing could answer" means no usable local model and no server (primary or remote) that
+answers HTTP at all, a server in its circuit's cooldown counting as down. The servers are
+probed (``GET /models``, 2 s) only when no local model exists: a local model answers
+whatever they do.
+
 Generation never runs on the event loop: each stream is pumped by a thread of its own
 into the loop, so a slow local model stalls neither other requests nor ``/health``. The
 app is Starlette's (Gradio brings it); ``webui`` mounts the tabs at ``/`` beside it.
@@ -23,7 +28,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .completions import BadRequestField, error_object
+from .completions import error_object
 from .errors import InvalidSettings, PortUnavailable
 
 if TYPE_CHECKING:
@@ -139,9 +144,6 @@ class _Api:
         body = await _read_body(request)
         if not isinstance(body, dict):
             return body
-        problem = _unsupported(body)
-        if problem is not None:
-            return _error_response(problem, 400)
         if not body.get("stream"):
             answer = await _on_own_thread(self.manager.chat_completion, body)
             return JSONResponse(answer, status_code=_status_of(answer), headers=_who(answer))
@@ -187,16 +189,30 @@ class _Api:
         return JSONResponse(state, status_code=200 if state["can_answer"] else 503)
 
     def _health(self) -> dict[str, Any]:
+        """The chain's state, probing the servers only when no local model can answer."""
         breakers = self.manager.breaker_states()
         settings = self.manager.settings
-        servers = [settings.primary_url, *settings.remote_urls] if settings.primary_url \
-            else list(settings.remote_urls)
-        server_up = any(breakers.get(url, {}).get("state") != "open" for url in servers)
-        current = self.manager.current_model
+        keys = {settings.primary_url: settings.primary_api_key.get_secret_value()} \
+            if settings.primary_url else {}
+        servers = [*keys, *(url for url in settings.remote_urls if url not in keys)]
         local = [m.name for m in self.manager.discover_models() if m.usable]
-        return {"status": "ok" if server_up or local else "unavailable",
-                "can_answer": bool(server_up or local),
+        reach: dict[str, str] = {}
+        for url in servers:
+            breaker = breakers.get(url, {})
+            # Past its cooldown an open circuit lets the next chat through: probe it then, or a
+            # load balancer that heeds the 503 would keep that chat from ever coming.
+            if breaker.get("state") == "open" and breaker.get("retry_in_s", 0) > 0:
+                reach[url] = "circuit open"
+            elif local:
+                reach[url] = "not probed"
+            else:
+                reach[url] = "reachable" if _answers(url, keys.get(url, "")) else "unreachable"
+        can_answer = bool(local) or "reachable" in reach.values()
+        current = self.manager.current_model
+        return {"status": "ok" if can_answer else "unavailable",
+                "can_answer": can_answer,
                 "primary": settings.primary_url or None,
+                "servers": reach,
                 "breakers": breakers,
                 "current_model": current.name if current is not None else None,
                 "local_models": len(local)}
@@ -332,13 +348,6 @@ async def _on_own_thread(fn: Callable[[Any], _R], arg: Any) -> _R:
     return await done
 
 
-def _unsupported(body: dict[str, Any]) -> InvalidSettings | None:
-    n = body.get("n")
-    if n is not None and n != 1:
-        return BadRequestField("n", f"n={n!r}: one choice per request is supported; send n=1")
-    return None
-
-
 def _status_of(answer: dict[str, Any]) -> int:
     error = answer.get("error")
     if not isinstance(error, dict):
@@ -362,6 +371,20 @@ def _error_response(exc: InvalidSettings, status: int) -> Response:
     from starlette.responses import JSONResponse
 
     return JSONResponse(error_object(exc), status_code=status)
+
+
+def _answers(url: str, api_key: str) -> bool:
+    """Whether a server answers HTTP at all: any status means it is up, if perhaps unwilling."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        httpx.get(f"{url.rstrip('/')}/models", headers=headers, timeout=MODELS_TIMEOUT_S,
+                  trust_env=False)
+    except httpx.HTTPError as exc:
+        log.info("health: %s does not answer: %s", url, exc)
+        return False
+    return True
 
 
 def _server_models(url: str, source: str, api_key: str) -> list[dict[str, Any]]:

@@ -78,9 +78,18 @@ def write(folder: Path, name: str, weight_type: str) -> Path:
     writer.add_token_merges(["Ġ t"])
     writer.add_bos_token_id(vocab - 3)
     writer.add_eos_token_id(vocab - 1)
+    layout = tensors(arch, n_layer, e, heads, kv_heads, ff, vocab, tied, bias)
+    return write_sparse(writer, path, [(t, shape, weight_type if matrix else "F32")
+                                       for t, shape, matrix in layout])
+
+
+def write_sparse(writer: gguf.GGUFWriter, path: Path,
+                 layout: list[tuple[str, tuple[int, ...], str]]) -> Path:
+    """Declare each (name, numpy-order shape, ggml type name) tensor, write the header the
+    writer holds, and give the file its full size in sparse zeros (no disk used)."""
     size = 0
-    for tensor, shape, matrix in tensors(arch, n_layer, e, heads, kv_heads, ff, vocab, tied, bias):
-        kind = getattr(gguf.GGMLQuantizationType, weight_type if matrix else "F32")
+    for tensor, shape, type_name in layout:
+        kind = getattr(gguf.GGMLQuantizationType, type_name)
         block, type_size = gguf.GGML_QUANT_SIZES[kind]
         nbytes = int(np.prod(shape)) // block * type_size
         writer.add_tensor_info(tensor, shape, np.dtype(np.float32), nbytes, raw_dtype=kind)
@@ -91,7 +100,7 @@ def write(folder: Path, name: str, weight_type: str) -> Path:
     writer.flush()
     header = writer.fout[0].tell()
     writer.close()
-    with open(path, "r+b") as handle:  # the data: sparse zeros, no disk used
+    with open(path, "r+b") as handle:
         handle.truncate(-(-header // writer.data_alignment) * writer.data_alignment + size)
     return path
 

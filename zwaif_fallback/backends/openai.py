@@ -2,7 +2,9 @@
 
 Answers stream by server-sent events. Errors are classified here, at the edge:
 a refused connection means the server is down (fail fast, no retry); 429, 5xx,
-read timeouts and dropped connections are retryable; other 4xx are not.
+read timeouts and dropped connections are retryable; other 4xx are not. A stream that
+ends with no finish reason (the connection closing, or ``[DONE]`` alone, as llama.cpp's
+server ends an answer it interrupts for a newer request) is an unfinished answer.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import BackendUnavailable
@@ -19,6 +21,9 @@ from .base import Backend, GenerationParams, TargetFailed, Usage
 __all__ = ["OpenAIBackend"]
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+#: What ``stream`` sets itself; a caller's ``extra`` fields never replace these.
+OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "max_tokens",
+                        "max_completion_tokens", "temperature", "top_p", "stop", "seed", "n"})
 
 
 class OpenAIBackend(Backend):
@@ -49,11 +54,14 @@ class OpenAIBackend(Backend):
     def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
                prefix: str = "", deadline_s: float | None = None,
                cancel: threading.Event | None = None, usage: Usage | None = None,
-               model: str | None = None) -> Iterator[str]:
-        """Stream one answer; ``model`` replaces the configured model name for this call."""
+               model: str | None = None, extra: Mapping[str, Any] | None = None) -> Iterator[str]:
+        """Stream one answer; ``model`` replaces the configured model name for this call, and
+        ``extra`` adds fields to the request body as given (a vendor's samplers such as
+        ``min_p``, ``logit_bias``, ``tools``), except those in ``OWN_FIELDS``."""
         import httpx
 
-        body: dict[str, Any] = {
+        body: dict[str, Any] = {k: v for k, v in (extra or {}).items() if k not in OWN_FIELDS}
+        body |= {
             "model": model or self.model or "default",
             "messages": messages + ([{"role": "assistant", "content": prefix}] if prefix else []),
             "stream": True,
@@ -132,6 +140,10 @@ def _events(response: Any, usage: Usage) -> Iterator[str]:
             continue
         payload = line[5:].strip()
         if payload == "[DONE]":
+            if not finished:  # llama.cpp's server ends an answer this way when a newer request
+                # interrupts it (unless started with --interrupt_requests false)
+                raise TargetFailed("the server ended the stream before the answer was finished "
+                                   "(it may stop an answer for a newer request)")
             return
         try:
             event = json.loads(payload)
@@ -145,7 +157,7 @@ def _events(response: Any, usage: Usage) -> Iterator[str]:
             yield piece
         finished = finished or _finish_reason(event) is not None
     if not finished:
-        # The connection closed mid-answer: a server that finished says [DONE] or a reason.
+        # The connection closed mid-answer: a server that finished gives a finish reason.
         raise TargetFailed("the stream ended before the answer was finished", retryable=True)
 
 
