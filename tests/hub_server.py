@@ -12,6 +12,10 @@ and benchmarks/bench_recommend.py.
 * ``GET|HEAD /cdn/{id}``: the file, with ``Range`` (206 and ``Content-Range``, 416 past
   the end) and its ``ETag``.
 
+For downloads (pull.py's tests): ``add(..., sha256=True)`` gives a file its real sha256 as
+``X-Linked-Etag`` (a text gives that one: a wrong hash), and ``cut_after`` bytes makes
+the next ``cuts`` file bodies stop there and drop the connection (a network cut).
+
 It counts the requests and the body bytes it sent, and can add latency to every request
 (a far-away Hub, for benchmarks). Files are served from disk, so sparse zero-filled GGUFs
 of real shapes cost nothing to serve.
@@ -28,6 +32,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 CHUNK = 1 << 20
@@ -67,13 +72,25 @@ class HubServer:
         self.requests: list[Served] = []
         self.bytes_served = 0
         self.bytes_by_file: dict[tuple[str, str], int] = {}  # (repo, file) -> its bytes sent
+        self.cut_after: int | None = None  # a file body stops after this many bytes ...
+        self.cuts = 0  # ... this many more times
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
-    def add(self, repo: str, file: str, path: Path, *, license: str = "apache-2.0") -> str:
-        """Serve ``path`` as ``file`` of ``repo``; returns ``repo/file``."""
+    def add(self, repo: str, file: str, path: Path, *, license: str = "apache-2.0",
+            sha256: bool | str = False) -> str:
+        """Serve ``path`` as ``file`` of ``repo``; returns ``repo/file``.
+
+        Args:
+            sha256: True: announce the file's real sha256; a text: announce that instead.
+        """
         stat = os.stat(path)
-        digest = hashlib.sha256(f"{repo}/{file}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+        if sha256 is True:
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        elif isinstance(sha256, str):
+            digest = sha256
+        else:
+            digest = hashlib.sha256(f"{repo}/{file}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
         self.files[(repo, file)] = _File(Path(path), stat.st_size, digest)
         self.licenses[repo] = license
         return f"{repo}/{file}"
@@ -107,6 +124,14 @@ class HubServer:
             self.requests.clear()
             self.bytes_served = 0
             self.bytes_by_file.clear()
+
+    def _cut(self) -> int | None:
+        """How many bytes this body may send before the connection drops, or None."""
+        with self._lock:
+            if self.cut_after is None or self.cuts <= 0:
+                return None
+            self.cuts -= 1
+            return self.cut_after
 
     def _count(self, served: Served | None, nbytes: int = 0, file: tuple[str, str] | None = None) -> None:
         with self._lock:
@@ -197,6 +222,10 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if not body:
                 return
+            cut = hub._cut()
+            if cut is not None:
+                stop = min(stop, start + cut)
+                self.close_connection = True  # fewer bytes than Content-Length, then hang up
             try:
                 with open(entry.path, "rb") as handle:
                     handle.seek(start)
@@ -224,3 +253,10 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 hub._count(None, len(payload))
 
     return Handler
+
+
+def clear_hub_environment(monkeypatch: Any) -> None:
+    """No HF_ENDPOINT, offline flag or token from the machine running the tests."""
+    for key in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
+                "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(key, raising=False)

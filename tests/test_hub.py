@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from builders import write_gguf, write_sparse_gguf
 from conftest import ROOT, run_cli
-from hub_server import COMMIT, HubServer
+from hub_server import COMMIT, HubServer, clear_hub_environment
 from servers import HangServer, free_port
 
 from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings
@@ -40,9 +40,7 @@ FIELDS = {"repo", "file", "params", "quantization", "license", "size_bytes", "ve
 
 @pytest.fixture(autouse=True)
 def no_hub_environment(monkeypatch):
-    for key in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
-                "HF_OIDC_RESOURCE"):
-        monkeypatch.delenv(key, raising=False)
+    clear_hub_environment(monkeypatch)
 
 
 @pytest.fixture(scope="module")

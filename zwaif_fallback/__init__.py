@@ -15,7 +15,7 @@ and to having no import cycle.
     measurement   recommend, optimizer, bench_jobs, telemetry, health, bench, quality, metrics, monitor, jobs
     call path     chats, completions, routing, failover, breaker, local, pool, backends
     fit           fit, memory, calibration, dry_run
-    discovery     catalog, hub, model_info, locations, gguf_header, safetensors_header, ggml
+    discovery     catalog, pull, hub, model_info, locations, gguf_header, safetensors_header, ggml
     base          settings, settings_file, hardware, ggml_devices, store, errors, units, net, logs, _model
 
 * porches: the CLI (cli_text: what it prints), ``try_fallbacks`` on a default manager, the
@@ -29,7 +29,8 @@ and to having no import cycle.
   (backends/), the local models' fits, pool, switching and keep_alive (local -> pool).
 * fit: the memory estimate (memory), the verdict (fit), corrections measured on real
   loads (calibration).
-* discovery: which models exist and what they are, read from their files' headers.
+* discovery: which models exist and what they are, read from their files' headers; pull
+  downloads one from the Hub into a place discovery reads.
 * base: settings, hardware probes (hardware; ggml_devices: llama.cpp's own device list),
   the SQLite store, the errors, and small helpers (units: sizes for people; net: which
   hosts are loopback).
@@ -44,6 +45,7 @@ from .errors import (
     AllTargetsFailed,
     BackendUnavailable,
     Busy,
+    DownloadCancelled,
     FallbackError,
     HubAccessDenied,
     HubFileNotFound,
@@ -55,6 +57,7 @@ from .errors import (
     JobNotFound,
     ModelLoadError,
     ModelNotFound,
+    NotEnoughSpace,
     NotStarted,
     OutOfMemory,
     PortUnavailable,
@@ -110,6 +113,7 @@ __all__ = [
     "Catalog",
     "ChatResult",
     "Compatibility",
+    "DownloadCancelled",
     "Estimate",
     "FallbackError",
     "FallbackManager",
@@ -134,6 +138,7 @@ __all__ = [
     "ModelNotFound",
     "ModelShape",
     "MonitoringReport",
+    "NotEnoughSpace",
     "NotStarted",
     "Optimization",
     "OutOfMemory",

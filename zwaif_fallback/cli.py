@@ -17,11 +17,12 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .cli_text import (
     format_check,
     format_models,
+    format_pull_progress,
     format_recommendations,
     format_status,
     num,
@@ -33,6 +34,9 @@ from .fit import KV_TYPES
 from .logs import setup_logging
 from .manager import FallbackManager
 from .settings import FallbackSettings
+
+if TYPE_CHECKING:
+    from .pull import PullProgress
 
 __all__ = ["main"]
 
@@ -259,6 +263,26 @@ def cmd_recommend(manager: FallbackManager, args: argparse.Namespace) -> int:
         return print_json([r.model_dump() for r in results])
     print(format_recommendations(results))
     return 0
+
+
+def _pull_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="REPO[/FILE]",
+                        help="REPO/FILE.gguf (or .safetensors), a repo id (its Q4_K_M file), the URL "
+                             "of a .gguf file, or a file name from the recommend list")
+
+
+@command("pull", "download one model from the Hugging Face Hub, verified; Ctrl-C keeps the part "
+                 "downloaded for the next pull", _pull_arguments)
+def cmd_pull(manager: FallbackManager, args: argparse.Namespace) -> int:
+    model = manager.pull_model(args.model, progress=_print_progress)
+    if args.json:
+        return print_json(model.model_dump())
+    print(f"{model.name}  {model.path}" + ("" if model.valid else f"  ({model.error})"))
+    return 0
+
+
+def _print_progress(progress: PullProgress) -> None:
+    print(format_pull_progress(progress), file=sys.stderr, flush=True)
 
 
 def _chat_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,10 +15,11 @@ from .model_info import ModelInfo
 from .units import size_text
 
 if TYPE_CHECKING:
+    from .pull import PullProgress
     from .recommend import Recommendation
 
-__all__ = ["format_check", "format_models", "format_recommendations", "format_status", "num",
-           "print_json", "table"]
+__all__ = ["format_check", "format_models", "format_pull_progress", "format_recommendations",
+           "format_status", "num", "print_json", "table"]
 
 
 def print_json(data: Any) -> int:
@@ -110,3 +111,18 @@ def format_recommendations(items: list[Recommendation]) -> str:
         rows.append((f"{r.repo}/{r.file}" if r.repo else r.url, params, r.quantization or "-", size,
                      r.verdict, f"{r.score:.1f}", r.reason))
     return table(rows)
+
+
+def format_pull_progress(p: PullProgress) -> str:
+    """One progress line: "12.0 MiB of 380 MiB (3%), 25 MiB/s, 14 s left"."""
+    done = size_text(p.downloaded_bytes / 2**20, smallest="KiB")
+    if p.total_bytes:
+        done += (f" of {size_text(p.total_bytes / 2**20, smallest='KiB')} "
+                 f"({100 * p.downloaded_bytes / p.total_bytes:.0f}%)")
+    rate = f"{size_text(p.rate_bytes_per_s / 2**20, smallest='KiB')}/s"
+    if p.done:
+        return f"{p.file}: {done}, {rate}, done"
+    left = f"{p.eta_s:.0f} s left" if p.eta_s is not None else "time left unknown"
+    resumed = (f", resumed at {size_text(p.resumed_from_bytes / 2**20, smallest='KiB')}"
+               if p.resumed_from_bytes else "")
+    return f"{p.file}: {done}, {rate}, {left}{resumed}"

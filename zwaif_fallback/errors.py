@@ -12,6 +12,8 @@
     ├── Busy                      the same work is already running: stop it or wait for it
     ├── NotStarted                nothing to stop or report yet: start it first
     ├── StorageError              a file could not be written: check the folder and the disk
+    │   └── NotEnoughSpace        a download would not fit on its disk: free space or pick another folder
+    ├── DownloadCancelled         a download was stopped; its partial file is kept: run it again to resume
     ├── PortUnavailable           an address and port cannot be listened on: pick another port
     ├── HubUnavailable            the Hub cannot be read now (no network, down, timed out): try later
     │   └── HubOffline            HF_HUB_OFFLINE is set, so nothing was fetched: unset it
@@ -37,6 +39,7 @@ __all__ = [
     "AllTargetsFailed",
     "BackendUnavailable",
     "Busy",
+    "DownloadCancelled",
     "FallbackError",
     "HubAccessDenied",
     "HubFileNotFound",
@@ -48,6 +51,7 @@ __all__ = [
     "JobNotFound",
     "ModelLoadError",
     "ModelNotFound",
+    "NotEnoughSpace",
     "NotStarted",
     "OutOfMemory",
     "PortUnavailable",
@@ -137,6 +141,14 @@ class NotStarted(FallbackError):
 
 class StorageError(FallbackError):
     """A file could not be written (the settings file): check its folder, permissions and space."""
+
+
+class NotEnoughSpace(StorageError):
+    """A download would not fit in the free space of its folder's disk; nothing was downloaded."""
+
+
+class DownloadCancelled(FallbackError):
+    """A download was cancelled; the bytes received are kept, and the next pull resumes from them."""
 
 
 class PortUnavailable(FallbackError):

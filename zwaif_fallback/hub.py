@@ -22,6 +22,7 @@ import errno
 import json
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -57,6 +58,7 @@ __all__ = [
     "HubModel",
     "HubOffline",
     "HubUnavailable",
+    "RemoteFile",
     "curated",
     "parse_spec",
 ]
@@ -69,6 +71,7 @@ MAX_BLOCK = 2 * 1024 * 1024
 #: the quantizations a bare repo id stands for, when the repo has them
 COMMON_QUANTS = ("Q4_K_M", "Q5_K_M", "Q8_0")
 MAX_REPO_FILES = 12
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class HubModel(Model):
@@ -92,6 +95,16 @@ class HubModel(Model):
         if self.url is not None and not self.repo:
             return self.url
         return f"{self.repo}/{self.file}" if self.file else self.repo
+
+
+class RemoteFile(Model):
+    """A file as the server describes it before sending it (``Hub.stat``)."""
+
+    url: str  # where its bytes are, after the Hub's redirect
+    size_bytes: int | None
+    sha256: str | None  # lower-case hex; None when the server gives no sha256 (not an LFS file)
+    etag: str
+    commit: str | None  # the Hub's X-Repo-Commit
 
 
 def curated() -> list[HubModel]:
@@ -347,15 +360,47 @@ class Hub:
                     break
             return bytes(data[:stop - start]), size, str(response.url), response.headers.get("etag", "")
 
+    def stat(self, model: HubModel) -> RemoteFile:
+        """What the Hub says about ``model``'s file before sending any of it (a HEAD request):
+        its size, its sha256 (the Hub's ``X-Linked-Etag`` for a file kept in LFS), the commit,
+        and the URL that serves it after redirects (the Hub's CDN).
+
+        Raises:
+            HubOffline, HubUnavailable, HubFileNotFound, HubAccessDenied: it could not be asked.
+        """
+        self._check_online()
+        url = self.url(model)
+        with self._request(url, {}, what=model.label, method="HEAD") as response:
+            first = next((r for r in response.history if "x-linked-size" in r.headers), response)
+            size = first.headers.get("x-linked-size") or response.headers.get("content-length", "")
+            linked = first.headers.get("x-linked-etag", "").strip('"').removeprefix("W/").strip('"')
+            etag = linked or response.headers.get("etag", "").strip('"')
+            return RemoteFile(url=str(response.url), size_bytes=int(size) if size.isdigit() else None,
+                              sha256=linked.lower() if _SHA256.fullmatch(linked) else None,
+                              etag=etag, commit=first.headers.get("x-repo-commit") or None)
+
     @contextmanager
-    def _request(self, url: str, headers: dict[str, str], *, what: str) -> Iterator[httpx.Response]:
-        """A streamed GET whose status was checked, closed on leaving the ``with``; httpx's
+    def stream(self, url: str, *, start: int = 0, what: str) -> Iterator[httpx.Response]:
+        """A GET of the file at ``url`` from byte ``start`` on (a range request when ``start``
+        is not 0), its status checked; a server that ignores the range answers 200.
+
+        Raises:
+            HubUnavailable, HubFileNotFound, HubAccessDenied: while connecting or reading.
+        """
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        with self._request(url, headers, what=what) as response:
+            yield response
+
+    @contextmanager
+    def _request(self, url: str, headers: dict[str, str], *, what: str,
+                 method: str = "GET") -> Iterator[httpx.Response]:
+        """A streamed request whose status was checked, closed on leaving the ``with``; httpx's
         errors, raised while connecting or reading, leave as one line each."""
         import httpx
 
         client = self._client()
         try:
-            request = client.build_request("GET", url, headers=headers | self._auth(url))
+            request = client.build_request(method, url, headers=headers | self._auth(url))
             response = client.send(request, stream=True)
             try:
                 _check_status(response, what)

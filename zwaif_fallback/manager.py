@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .monitor import MonitoringReport, Sample
     from .optimizer import Optimizer
+    from .pull import ProgressCallback
     from .recommend import Recommendation
     from .telemetry import Telemetry
 
@@ -224,6 +225,38 @@ class FallbackManager:
 
         self._local.check_args(n_ctx, None, "f16", None)
         return recommend(models, fit=lambda model: self._local.fit(model, n_ctx=n_ctx, on_disk=False))
+
+    def pull_model(self, spec: str, *, progress: ProgressCallback | None = None,
+                   cancel: threading.Event | None = None) -> ModelInfo:
+        """Download one model file from the Hub to ``settings.download_to`` (``models_dir``, or
+        the Hugging Face cache), verified against the Hub's sha256 before discovery can see it;
+        an interrupted download resumes. Discovery lists it at once.
+
+        Args:
+            spec: ``REPO/FILE.gguf`` (or ``.safetensors``), a repo id, a URL, or a curated
+                file's name.
+            progress: called with a ``PullProgress`` (bytes, rate, time left) as it goes.
+            cancel: set it from another thread to stop; the partial file is kept.
+
+        Returns:
+            The downloaded model, as ``discover_models`` lists it.
+
+        Raises:
+            InvalidSettings: a pickle file or another file type, or a spec naming no file.
+            HubOffline, HubUnavailable, HubFileNotFound, HubAccessDenied: the Hub said no.
+            NotEnoughSpace: the disk is too small; nothing was fetched.
+            InvalidModelFile: the sha256 differs from the Hub's; the file was deleted.
+            DownloadCancelled: cancelled or interrupted; pull again to resume.
+        """
+        from .hub import Hub
+        from .pull import pull
+
+        settings = self._settings
+        with Hub() as hub:
+            model = pull(spec, hub=hub, models_dir=settings.models_dir,
+                         download_to=settings.download_to, progress=progress, cancel=cancel)
+        self.discover_models(refresh=True)
+        return model
 
     # -- local models ------------------------------------------------------------
 

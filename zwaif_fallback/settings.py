@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -114,6 +114,8 @@ class FallbackSettings(BaseSettings):
     vram_monitoring: bool = Field(True, description="sample VRAM in the background")
     auto_optimize_vram: bool = Field(False, description="pick the optimal model at start and on VRAM change")
     models_dir: Path = Field(Path("models"), description="where models are discovered")
+    download_to: Literal["models_dir", "hf_cache"] = Field(
+        "models_dir", description="where pull puts a model: models_dir, or the Hugging Face cache")
     hf_models: NameList = Field(default_factory=list, description="extra HF model folders or ids")
     primary_url: Url = Field("", description="base URL of the main OpenAI-compatible API")
     primary_model: str = Field("", description="model name sent to the main API")
