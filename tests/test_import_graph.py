@@ -109,10 +109,15 @@ def module_map() -> list[tuple[str, set[str]]]:
     block = zwaif_fallback.__doc__.split("Module map", 1)[1].split("\n\n")[1]
     parts = []
     for line in block.splitlines():
+        more = re.fullmatch(r" {5,}(\w.+)", line)  # a part's modules, continued
         match = re.fullmatch(r" {4}(\w[\w ]*?) {2,}(.+)", line)
-        assert match, f"not a module map line: {line!r}"
-        modules = {f"zwaif_fallback.{m.strip()}" for m in match.group(2).split(",")}
-        parts.append((match.group(1), modules))
+        assert match or (more and parts), f"not a module map line: {line!r}"
+        listed = (match or more).group(match.lastindex if match else 1)  # type: ignore[union-attr]
+        modules = {f"zwaif_fallback.{m.strip()}" for m in listed.split(",") if m.strip()}
+        if match:
+            parts.append((match.group(1), modules))
+        else:
+            parts[-1][1].update(modules)
     return parts
 
 

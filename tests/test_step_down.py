@@ -26,7 +26,7 @@ from zwaif_fallback import (
     ModelLoadError,
     OutOfMemory,
 )
-from zwaif_fallback.local import MIN_STEP_DOWN_CTX
+from zwaif_fallback.step_down import MIN_STEP_DOWN_CTX
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks" / "gpu"))
 from shapes import write  # noqa: E402

@@ -13,9 +13,10 @@ and to having no import cycle.
     porches       cli, cli_text, __main__, default, server
     facade        manager
     measurement   recommend, optimizer, bench_jobs, telemetry, health, bench, quality, metrics, monitor, jobs
-    call path     chats, completions, routing, failover, breaker, local, pool, backends
+    call path     chats, completions, routing, failover, breaker, local, step_down, pool, backends
     fit           fit, memory, calibration, dry_run
-    discovery     catalog, pull, hub, model_info, locations, gguf_header, safetensors_header, ggml
+    discovery     catalog, pull, hub, hub_http, hub_models, model_info, locations, gguf_header,
+                  safetensors_header, ggml
     base          settings, settings_file, hardware, ggml_devices, store, errors, units, net, logs, _model
 
 * porches: the CLI (cli_text: what it prints), ``try_fallbacks`` on a default manager, the
@@ -26,11 +27,13 @@ and to having no import cycle.
   (telemetry -> store, metrics, monitor).
 * call path: one answer: input checks and recording (chats), the targets in order
   (routing), deadline, retries and breakers (failover), one class per runtime
-  (backends/), the local models' fits, pool, switching and keep_alive (local -> pool).
+  (backends/), the local models' fits, pool, switching and keep_alive (local -> pool),
+  a load that runs out of memory stepping down (step_down).
 * fit: the memory estimate (memory), the verdict (fit), corrections measured on real
-  loads (calibration).
-* discovery: which models exist and what they are, read from their files' headers; pull
-  downloads one from the Hub into a place discovery reads.
+  loads (calibration), llama.cpp's own no_alloc dry run of a plan (dry_run).
+* discovery: which models exist and what they are, read from their files' headers, local or
+  on the Hub by range requests (hub -> hub_http, hub_models); pull downloads one from the
+  Hub into a place discovery reads.
 * base: settings, hardware probes (hardware; ggml_devices: llama.cpp's own device list),
   the SQLite store, the errors, and small helpers (units: sizes for people; net: which
   hosts are loopback).

@@ -1,7 +1,7 @@
 """GGUF files on the Hugging Face Hub, read header-only before anything is downloaded.
 
 A GGUF's header (metadata, vocabulary, tensor table) is its first few MiB. The reader
-for local files (``gguf_header.read_gguf_header_from``) walks it through ``_RangedFile``,
+for local files (``gguf_header.read_gguf_header_from``) walks it through ``hub_http.RangedFile``,
 whose reads are HTTP range requests in blocks that grow with the header: 256 KiB, then
 as much as was fetched so far, up to 2 MiB. A 150k-token vocabulary costs a handful of
 requests, and no weights are fetched. The result is the ``ModelInfo`` a local file
@@ -18,22 +18,18 @@ httpx is imported on first use, so ``import zwaif_fallback`` stays cheap.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import re
-import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from ._model import Model
 from .errors import (
     FallbackError,
     HubAccessDenied,
@@ -44,6 +40,8 @@ from .errors import (
     InvalidSettings,
 )
 from .gguf_header import GGUFHeader, read_gguf_header_from
+from .hub_http import RangedFile, check_status, connect_problem, content_range_size
+from .hub_models import HubModel, RemoteFile, curated, parse_spec
 from .locations import SPLIT_RE
 from .model_info import ModelInfo, gguf_model_info
 
@@ -66,86 +64,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-FIRST_BLOCK = 256 * 1024
-MAX_BLOCK = 2 * 1024 * 1024
 #: the quantizations a bare repo id stands for, when the repo has them
 COMMON_QUANTS = ("Q4_K_M", "Q5_K_M", "Q8_0")
 MAX_REPO_FILES = 12
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-
-
-class HubModel(Model):
-    """One GGUF file on the Hub, or at a plain URL, with what a list says about it.
-
-    ``file`` is empty for a bare repo id (``Hub.resolve`` lists its files). For a split
-    model it names the first part; the other parts are read with it.
-    """
-
-    repo: str  # "" for a URL outside the Hub's layout
-    file: str
-    revision: str = "main"
-    url: str | None = None  # set when the file is not at the endpoint's resolve URL
-    params: int | None = None  # the parameter count the list gives
-    license: str | None = None
-    quantization: str | None = None
-
-    @property
-    def label(self) -> str:
-        """How a person names it: ``repo/file``, or the URL."""
-        if self.url is not None and not self.repo:
-            return self.url
-        return f"{self.repo}/{self.file}" if self.file else self.repo
-
-
-class RemoteFile(Model):
-    """A file as the server describes it before sending it (``Hub.stat``)."""
-
-    url: str  # where its bytes are, after the Hub's redirect
-    size_bytes: int | None
-    sha256: str | None  # lower-case hex; None when the server gives no sha256 (not an LFS file)
-    etag: str
-    commit: str | None  # the Hub's X-Repo-Commit
-
-
-def curated() -> list[HubModel]:
-    """The curated candidates: well-known instruct GGUFs from 0.5B to 14B
-    (``zwaif_fallback/data/recommended.json``)."""
-    text = resources.files("zwaif_fallback").joinpath("data/recommended.json").read_text(encoding="utf-8")
-    data = json.loads(text)
-    revision = str(data.get("revision", "main"))
-    return [HubModel(revision=revision, **entry) for entry in data["models"]]
-
-
-def parse_spec(text: str) -> HubModel:
-    """What a person typed: ``REPO/FILE.gguf``, a repo id ``OWNER/NAME``, or an http(s) URL
-    of a .gguf file (a Hub page's ``/blob/`` or ``/resolve/`` link, or any server's).
-
-    Raises:
-        InvalidSettings: none of these.
-    """
-    text = text.strip()
-    if text.startswith(("https://", "http://")):
-        return _parse_url(text)
-    parts = text.split("/")
-    if len(parts) == 2 and all(parts) and not text.lower().endswith(".gguf"):
-        return HubModel(repo=text, file="")
-    if len(parts) >= 3 and all(parts) and text.lower().endswith(".gguf"):
-        return HubModel(repo="/".join(parts[:2]), file="/".join(parts[2:]))
-    raise InvalidSettings(
-        f"{text!r} is not a model on the Hub: give REPO/FILE.gguf (e.g. Qwen/Qwen2.5-0.5B-"
-        "Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf), a repo id, or the URL of a .gguf file")
-
-
-def _parse_url(text: str) -> HubModel:
-    parts = urlsplit(text)
-    segments = parts.path.strip("/").split("/")
-    if not segments[-1].lower().endswith(".gguf"):
-        raise InvalidSettings(f"{text!r} is not the URL of a .gguf file")
-    if len(segments) >= 5 and segments[2] in ("resolve", "blob"):  # a Hub page: /blob/ shows HTML
-        repo, revision, file = "/".join(segments[:2]), segments[3], "/".join(segments[4:])
-        url = f"{parts.scheme}://{parts.netloc}/{repo}/resolve/{revision}/{file}"
-        return HubModel(repo=repo, file=file, revision=revision, url=url)
-    return HubModel(repo="", file=segments[-1], url=text)
 
 
 class Hub:
@@ -292,7 +214,7 @@ class Hub:
             return exc
 
     def _header(self, url: str, model: HubModel) -> GGUFHeader:
-        remote = _RangedFile(self, url, model.label)
+        remote = RangedFile(self._get_range, url, model.label)
         try:
             return read_gguf_header_from(remote, size=remote.size, path=model.file or url)
         except InvalidModelFile as exc:
@@ -344,7 +266,7 @@ class Hub:
         with self._request(url, {"Range": f"bytes={start}-{stop - 1}"}, what=what) as response:
             host = response.url.netloc.decode("ascii", "replace")
             if response.status_code == 206:
-                size = _content_range_size(response.headers.get("content-range", ""))
+                size = content_range_size(response.headers.get("content-range", ""))
             else:  # 200: the server ignores Range; fine only for a file no bigger than asked
                 length = response.headers.get("content-length", "")
                 size = int(length) if length.isdigit() else -1
@@ -403,7 +325,7 @@ class Hub:
             request = client.build_request(method, url, headers=headers | self._auth(url))
             response = client.send(request, stream=True)
             try:
-                _check_status(response, what)
+                check_status(response, what)
                 yield response
             finally:
                 response.close()
@@ -412,99 +334,9 @@ class Hub:
                                  f"{self.timeout_s:g} s; the Hub or the network is slow, try again"
                                  ) from None
         except httpx.RequestError as exc:
-            raise HubUnavailable(_connect_problem(url, exc)) from None
+            raise HubUnavailable(connect_problem(url, exc)) from None
         except httpx.InvalidURL as exc:
             raise InvalidSettings(f"{url!r} is not a valid URL ({exc})") from None
-
-
-def _check_status(response: httpx.Response, what: str) -> None:
-    code = response.status_code
-    host = response.url.netloc.decode("ascii", "replace")
-    if code in (200, 206):
-        return
-    if code == 404:
-        raise HubFileNotFound(f"not found: {what} ({host} answered 404); check the repo id, "
-                              "the revision and the file name")
-    if code in (401, 403):
-        raise HubAccessDenied(f"access denied: {what} ({host} answered {code}); the repo is gated "
-                              "or private: accept its license on its Hub page and set HF_TOKEN "
-                              "(or run: hf auth login)")
-    if code == 416:
-        raise InvalidModelFile(str(response.url), "is empty")
-    if code >= 500 or code == 429:
-        raise HubUnavailable(f"hub down: {host} answered {code} for {what}; try again later")
-    raise HubUnavailable(f"hub down: {host} answered {code} for {what}")
-
-
-def _connect_problem(url: str, exc: Exception) -> str:
-    """Which of 'no network' and 'hub down' a failed connection means, in one line."""
-    host = urlsplit(url).netloc
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, socket.gaierror):
-            return (f"no network: cannot look up {host} ({cause.strerror or cause}); check the "
-                    "connection, or set HF_HUB_OFFLINE=1")
-        if isinstance(cause, OSError) and cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-            return f"no network: {host} is unreachable ({cause.strerror}); check the connection"
-        if isinstance(cause, ConnectionRefusedError):
-            return (f"hub down: nothing answers at {host} (connection refused); try again later, "
-                    "or check HF_ENDPOINT")
-        cause = cause.__cause__ or cause.__context__
-    text = str(exc) or type(exc).__name__
-    if "name resolution" in text or "not known" in text or "nodename" in text:
-        return f"no network: cannot look up {host} ({text}); check the connection"
-    if "refused" in text:
-        return f"hub down: nothing answers at {host} ({text}); try again later, or check HF_ENDPOINT"
-    return f"hub down: the connection to {host} failed ({text}); try again later"
-
-
-class _RangedFile:
-    """A remote file read forward by HTTP range requests: what ``read_gguf_header_from``
-    needs of a file (``seek`` and ``read``).
-
-    Reads ahead in blocks: the first is ``FIRST_BLOCK``; each next one is as big as all
-    fetched so far (a header that needed that much is most likely a long vocabulary, with
-    merges after it), at most ``MAX_BLOCK``: what is fetched past the header is less than
-    the header and less than one block. Only the bytes from the last read on are kept.
-    Later requests go to the URL that answered the first (a CDN's, after the Hub's
-    redirect); a changed ETag between them means the file changed under the reader.
-    """
-
-    def __init__(self, hub: Hub, url: str, what: str) -> None:
-        self._hub = hub
-        self._what = what
-        data, self.size, self._url, self._etag = hub._get_range(url, 0, FIRST_BLOCK, what=what)
-        self._buf, self._base, self._pos = data, 0, 0
-        self.fetched = len(data)
-
-    def seek(self, offset: int, whence: int = 0, /) -> int:
-        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self.size + offset
-        return self._pos
-
-    def read(self, size: int = -1, /) -> bytes:
-        if size < 0:
-            raise ValueError("a remote file is read in ranges: give a size")
-        pos, stop = self._pos, min(self._pos + size, self.size)
-        end = self._base + len(self._buf)
-        if not self._base <= pos <= end:  # a jump past the buffer: start afresh there
-            self._buf, self._base, end = b"", pos, pos
-        if stop > end:
-            block = max(min(max(self.fetched, FIRST_BLOCK), MAX_BLOCK), stop - end)
-            data, _, _, etag = self._hub._get_range(self._url, end, min(end + block, self.size),
-                                                    what=self._what)
-            if etag != self._etag:
-                raise InvalidModelFile(self._url, "changed on the server while its header was "
-                                                  "read (its ETag changed): try again")
-            self.fetched += len(data)
-            self._buf, self._base = self._buf[pos - self._base:] + data, pos
-        self._pos = max(stop, pos)
-        return self._buf[pos - self._base:stop - self._base]
-
-
-def _content_range_size(value: str) -> int:
-    """The total size in ``Content-Range: bytes 0-99/1234``, or -1."""
-    total = value.rpartition("/")[2].strip()
-    return int(total) if total.isdigit() else -1
 
 
 def _part_urls(url: str) -> list[str]:

@@ -20,7 +20,6 @@ from .errors import (
     IncompatibleModel,
     InvalidModelFile,
     InvalidSettings,
-    OutOfMemory,
 )
 from .fit import KV_TYPES, Compatibility, plan
 from .hardware import HardwareProbe, SystemStatus
@@ -29,6 +28,7 @@ from .model_info import ModelInfo
 from .pool import LocalPool
 from .routing import rank_local
 from .settings import FallbackSettings
+from .step_down import StepDown
 
 if TYPE_CHECKING:
     from .store import Store
@@ -38,13 +38,6 @@ __all__ = ["LocalModels"]
 log = logging.getLogger(__name__)
 
 RANKING_TTL_S = 30.0
-# The smallest context a load steps down to after running out of memory: a companion bot's
-# persona and a few turns of history still fit.
-MIN_STEP_DOWN_CTX = 1024
-# Loads with fewer GPU layers tried after running out of memory before the CPU: each
-# failed GPU load costs a weights upload, and a card that refuses half the layers twice
-# is held by something else.
-MAX_GPU_RUNGS = 2
 
 
 def _runtime(model: ModelInfo, status: SystemStatus, *, what_if: bool) -> tuple[str, str]:
@@ -85,10 +78,6 @@ def _dry_run_scale(model: ModelInfo, n_ctx: int, flash_attn: bool, kv_type: str)
     return dry.vram_mb / buffers if buffers > 0 else None
 
 
-def _plan_text(fit: Compatibility) -> str:
-    return f"{fit.gpu_layers} GPU layers and n_ctx {fit.n_ctx}"
-
-
 class LocalModels:
     """Fits, loads, switches, ranks and keeps the local models. Thread-safe.
 
@@ -109,9 +98,10 @@ class LocalModels:
         self._find = find
         self._clock = clock
         self._calibration = Calibration(store)
+        self._ladder = StepDown(self.fit)
         self.pool: LocalPool[LocalBackend] = LocalPool(self.make_backend, clock=clock,
-                                                       load=self.load, on_load=self.calibrate)
-        self._steps: dict[str, list[str]] = {}  # model path -> the step-downs of its last load
+                                                       load=self._ladder.load,
+                                                       on_load=self.calibrate)
         self._ranking: tuple[float, list[ModelInfo]] | None = None
         self._ranking_lock = threading.Lock()
         self._stop = threading.Event()
@@ -254,54 +244,9 @@ class LocalModels:
                                    allow_pickle=self._settings().allow_pickle, fit=fit,
                                    vram_probe=self._probe.process_vram_mb)
 
-    def load(self, model: ModelInfo, backend: LocalBackend) -> None:
-        """Load ``backend``; when it runs out of memory, step down one rung at a time.
-
-        The rungs: fewer GPU layers (planned again against memory read now, else half as
-        many), then the CPU, then half the context, down to ``MIN_STEP_DOWN_CTX``. Any other
-        failure, or running out at the last rung, is raised. Each step is logged and kept
-        for the chat's attempt list (``steps``).
-        """
-        steps: list[str] = []
-        self._steps[model.path] = steps
-        gpu_rungs = 0  # steps to fewer GPU layers so far: after two, the CPU is next
-        while True:
-            try:
-                backend.load()
-                return
-            except OutOfMemory as exc:
-                fit = backend.fit
-                smaller = self._smaller(model, fit, gpu_rungs) if fit is not None else None
-                if fit is None or smaller is None:
-                    tried = f" (after {'; '.join(steps)})" if steps else ""
-                    raise OutOfMemory(f"{exc}{tried}; nothing smaller is left to try: free some "
-                                      "memory or choose a smaller model") from exc
-                step = f"out of memory with {_plan_text(fit)}: trying {_plan_text(smaller)}"
-                log.warning("%s: %s", model.name, step)
-                steps.append(step)
-                gpu_rungs += smaller.gpu_layers > 0
-                backend.replan(smaller)
-
     def steps(self, model: ModelInfo) -> list[str]:
-        """The step-downs of ``model``'s last load, told once: the chat whose attempt caused
-        the load reports them, later chats on the same load do not."""
-        return self._steps.pop(model.path, [])
-
-    def _smaller(self, model: ModelInfo, fit: Compatibility, gpu_rungs: int) -> Compatibility | None:
-        """The next rung below ``fit``, or None at the bottom."""
-        if fit.gpu_layers > 0:
-            fresh = self.fit(model, n_ctx=fit.n_ctx, flash_attn=fit.flash_attn,
-                             kv_type=fit.kv_type, refresh=True)
-            layers = fresh.gpu_layers if 0 < fresh.gpu_layers < fit.gpu_layers else fit.gpu_layers // 2
-            if layers > 0 and gpu_rungs < MAX_GPU_RUNGS:
-                return self.fit(model, n_ctx=fit.n_ctx, gpu_layers=layers,
-                                flash_attn=fit.flash_attn, kv_type=fit.kv_type)
-            return self.fit(model, n_ctx=fit.n_ctx, gpu_layers=0, flash_attn=fit.flash_attn,
-                            kv_type=fit.kv_type)
-        if fit.n_ctx // 2 >= MIN_STEP_DOWN_CTX:
-            return self.fit(model, n_ctx=fit.n_ctx // 2, gpu_layers=0, flash_attn=fit.flash_attn,
-                            kv_type=fit.kv_type)
-        return None
+        """The step-downs of ``model``'s last load (``StepDown.steps``)."""
+        return self._ladder.steps(model)
 
     def switch(self, model: ModelInfo) -> None:
         """``FallbackManager.switch_model`` without the saving: release, then fit again."""
