@@ -24,13 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import gguf
 from _common import ROOT, table
 
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 from hub_server import HubServer  # noqa: E402
-from shapes import tensors, write_sparse  # noqa: E402
+from shapes import model_writer, tensors, write_sparse  # noqa: E402
 
 # repo: (arch, n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab, tied output, qkv bias, merges)
 SHAPES = {
@@ -60,17 +59,7 @@ QUANTS = {"Q4_K_M": (15, "Q4_K", "Q5_0"), "Q5_K_M": (17, "Q5_K", "Q5_1"), "Q8_0"
 def write(path: Path, repo: str, quant: str) -> Path:
     arch, n_layer, e, heads, kv_heads, ff, vocab, tied, bias, merges = SHAPES[repo]
     file_type, main, fallback = QUANTS[quant]
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_name(f"{path.stem} zeros")
-    writer.add_file_type(file_type)
-    writer.add_context_length(32768)
-    writer.add_embedding_length(e)
-    writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(ff)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_dimension_count(e // heads)
-    writer.add_layer_norm_rms_eps(1e-6)
+    writer = model_writer(path, path.stem, arch, file_type, n_layer, e, heads, kv_heads, ff)
     writer.add_tokenizer_model("gpt2" if merges else "llama")
     writer.add_token_list([f"t{i:06d}" for i in range(vocab)])
     writer.add_token_types([1] * vocab)

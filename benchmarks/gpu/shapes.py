@@ -59,17 +59,8 @@ def tensors(arch: str, n_layer: int, e: int, heads: int, kv_heads: int, ff: int,
 def write(folder: Path, name: str, weight_type: str) -> Path:
     arch, n_layer, e, heads, kv_heads, ff, vocab, tied, bias = SHAPES[name]
     path = folder / f"{name}-{weight_type}.gguf"
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_name(f"{name} zeros")
-    writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{weight_type}"))
-    writer.add_context_length(32768)
-    writer.add_embedding_length(e)
-    writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(ff)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_dimension_count(e // heads)
-    writer.add_layer_norm_rms_eps(1e-6)
+    writer = model_writer(path, name, arch, getattr(gguf.LlamaFileType, f"MOSTLY_{weight_type}"),
+                          n_layer, e, heads, kv_heads, ff)
     tokens = vocabulary(vocab)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
@@ -81,6 +72,23 @@ def write(folder: Path, name: str, weight_type: str) -> Path:
     layout = tensors(arch, n_layer, e, heads, kv_heads, ff, vocab, tied, bias)
     return write_sparse(writer, path, [(t, shape, weight_type if matrix else "F32")
                                        for t, shape, matrix in layout])
+
+
+def model_writer(path: Path, name: str, arch: str, file_type: int, n_layer: int, e: int,
+                 heads: int, kv_heads: int, ff: int) -> gguf.GGUFWriter:
+    """A writer holding a model's hyperparameters; the vocabulary and tensors come next."""
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(f"{name} zeros")
+    writer.add_file_type(file_type)
+    writer.add_context_length(32768)
+    writer.add_embedding_length(e)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(e // heads)
+    writer.add_layer_norm_rms_eps(1e-6)
+    return writer
 
 
 def write_sparse(writer: gguf.GGUFWriter, path: Path,
