@@ -237,8 +237,8 @@ class _Background:
 
     server: ThreadingHTTPServer
 
-    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    def _serve(self, handler: type[BaseHTTPRequestHandler], port: int = 0) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -255,11 +255,16 @@ class ScriptedServer(_Background):
     """Streams ``pieces`` for every chat completion; records each request's body.
 
     ``interrupted``: end with ``[DONE]`` and no finish reason, as llama.cpp's server ends an
-    answer it stops for a newer request.
+    answer it stops for a newer request. ``tool_calls`` (``{"id", "name", "arguments"}``
+    each) follow the text as OpenAI streams them: the id and name first, then the arguments
+    in two halves, then ``finish_reason: "tool_calls"``; ``cut_in_tool_call`` closes the
+    connection after the first half of the first call's arguments.
     """
 
     def __init__(self, pieces: list[str], *, prompt_tokens: int = 11,
-                 refuse_stream_options: bool = False, interrupted: bool = False) -> None:
+                 refuse_stream_options: bool = False, interrupted: bool = False,
+                 tool_calls: list[dict[str, str]] | None = None,
+                 cut_in_tool_call: bool = False, port: int = 0) -> None:
         self.bodies: list[dict[str, object]] = []
         server = self
 
@@ -278,8 +283,21 @@ class ScriptedServer(_Background):
                     return
                 events = [{"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
                           for p in pieces]
+                for index, call in enumerate(tool_calls or []):
+                    half = len(call["arguments"]) // 2
+                    for delta in ({"index": index, "id": call["id"], "type": "function",
+                                   "function": {"name": call["name"], "arguments": ""}},
+                                  {"index": index, "function": {"arguments": call["arguments"][:half]}},
+                                  {"index": index, "function": {"arguments": call["arguments"][half:]}}):
+                        events.append({"choices": [{"index": 0, "delta": {"tool_calls": [delta]},
+                                                    "finish_reason": None}]})
+                if cut_in_tool_call:
+                    stream = "".join(f"data: {json.dumps(e)}\n\n" for e in events[:len(pieces) + 2])
+                    self._send(200, "text/event-stream", stream.encode())
+                    return
                 if not interrupted:
-                    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                    events.append({"choices": [{"index": 0, "delta": {},
+                                                "finish_reason": "tool_calls" if tool_calls else "stop"}]})
                 if (body.get("stream_options") or {}).get("include_usage") and not interrupted:
                     events.append({"choices": [], "usage": {
                         "prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
@@ -294,7 +312,7 @@ class ScriptedServer(_Background):
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self._serve(Handler)
+        self._serve(Handler, port)
 
 
 class SlowServer(_Background):

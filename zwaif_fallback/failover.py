@@ -14,6 +14,8 @@ primary and the remotes:
 Once a target streams, a gap longer than ``stall_s`` or an error counts as its
 failure; the next target continues the *same* answer from the text so far, so
 the reader sees no duplicate and no gap. ``ChatResult.switches`` records where.
+A server's tool calls are relayed as they stream; one that a failure cuts off ends the
+answer there, as no other target could finish its arguments.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Literal, NamedTuple
 from pydantic import Field
 
 from ._model import Model
-from .backends.base import GenerationParams, TargetFailed, Usage
+from .backends.base import GenerationParams, TargetFailed, ToolCalls, Usage
 from .breaker import CircuitBreaker
 from .errors import AllTargetsFailed, FallbackError
 
@@ -39,7 +41,7 @@ __all__ = ["Attempt", "ChatResult", "FailoverChain", "Piece", "Switch", "Target"
 log = logging.getLogger(__name__)
 
 Source = Literal["primary", "remote", "local"]
-StreamFn = Callable[..., Iterator[str]]
+StreamFn = Callable[..., Iterator[str | ToolCalls]]
 
 
 class Attempt(Model):
@@ -82,6 +84,8 @@ class ChatResult(Model):
     #: the answer's tokens as each target that gave a part of it counted them (pieces
     #: for a part whose target could not say)
     completion_tokens: int = 0
+    #: the tool calls of the answer, whole (its deltas merged by index), as OpenAI gives them
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
 
     def usage(self) -> dict[str, int] | None:
         """OpenAI's ``usage`` object, or None when the prompt's token count is unknown."""
@@ -99,7 +103,9 @@ class ChatResult(Model):
             "model": self.model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": self.text},
+                "message": {"role": "assistant", "content": self.text or None,
+                            "tool_calls": self.tool_calls} if self.tool_calls else
+                           {"role": "assistant", "content": self.text},
                 "finish_reason": self.finish_reason,
             }],
         }
@@ -127,10 +133,11 @@ class Target:
 
 
 class Piece(NamedTuple):
-    """A piece of the answer and the target that gave it."""
+    """A piece of the answer and the target that gave it: text, or tool-call deltas."""
 
     text: str
     target: Target
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 _END = object()
@@ -151,7 +158,7 @@ CANCEL_POLL_S = 0.1
 class _Pump:
     """Runs a target's stream in a thread and hands pieces over under time limits."""
 
-    def __init__(self, start: Callable[[threading.Event], Iterator[str]],
+    def __init__(self, start: Callable[[threading.Event], Iterator[str | ToolCalls]],
                  caller_cancel: threading.Event | None = None) -> None:
         self.cancel = threading.Event()
         self._caller_cancel = caller_cancel
@@ -206,6 +213,7 @@ class _Run:
     switches: list[Switch] = field(default_factory=list)
     last_target: str | None = None
     completion_tokens: int = 0  # of the parts delivered by targets before the current one
+    tool_deltas: list[dict[str, Any]] = field(default_factory=list)
 
 
 class FailoverChain:
@@ -238,7 +246,7 @@ class FailoverChain:
         Raises:
             AllTargetsFailed: no target could finish the answer (``attempts`` says why).
         """
-        return (piece.text for piece in self.pieces(messages, params, targets, done))
+        return (piece.text for piece in self.pieces(messages, params, targets, done) if piece.text)
 
     def pieces(self, messages: list[dict[str, str]], params: GenerationParams,
                targets: Iterable[Target], done: Callable[[ChatResult], None]) -> Iterator[Piece]:
@@ -259,8 +267,9 @@ class FailoverChain:
                 continue
             usage = Usage()
             try:
-                for text in self._try(target, messages, params, run, usage):
-                    yield Piece(text, target)
+                for piece in self._try(target, messages, params, run, usage):
+                    yield (Piece("", target, piece.deltas) if isinstance(piece, ToolCalls)
+                           else Piece(piece, target))
                     self._check_cancel()
                 self._check_cancel()  # a local generation that saw it ends early, not done
             except _Cancelled:
@@ -271,6 +280,8 @@ class FailoverChain:
                 return
             if run.attempts[-1].tokens:  # a part of the answer came from this target
                 run.completion_tokens += _counted(usage, run.attempts[-1].tokens)
+            if run.tool_deltas:
+                break  # a tool call cut off: its arguments cannot be continued elsewhere
         raise AllTargetsFailed(run.attempts)
 
     def _check_cancel(self) -> None:
@@ -278,7 +289,7 @@ class FailoverChain:
             raise _Cancelled
 
     def _try(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
-             run: _Run, usage: Usage) -> Iterator[str]:
+             run: _Run, usage: Usage) -> Iterator[str | ToolCalls]:
         start, produced, tries = self._clock(), 0, [0]
         prefix = run.text
         try:
@@ -290,13 +301,18 @@ class FailoverChain:
                                                to_target=target.name))
                 produced += 1
                 run.tokens += 1
-                run.text += piece
+                if isinstance(piece, ToolCalls):
+                    run.tool_deltas += piece.deltas
+                else:
+                    run.text += piece
                 if run.ttft_s is None:
                     run.ttft_s = self._clock() - run.started
                 yield piece
         except TargetFailed as exc:
+            cut = "; it had begun a tool call, which no other target can finish" \
+                if run.tool_deltas else ""
             run.attempts.append(Attempt(target=target.name, source=target.source, ok=False,
-                                        error=str(exc), latency_s=self._clock() - start,
+                                        error=f"{exc}{cut}", latency_s=self._clock() - start,
                                         tries=tries[0], tokens=produced, notes=_notes(target)))
             log.warning("target %s failed after %d pieces: %s", target.name, produced, exc)
             if target.breaker is not None and target.breaker.record_failure():
@@ -313,7 +329,7 @@ class FailoverChain:
                                     tokens=produced, notes=_notes(target)))
 
     def _direct(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
-                prefix: str, tries: list[int], usage: Usage) -> Iterator[str]:
+                prefix: str, tries: list[int], usage: Usage) -> Iterator[str | ToolCalls]:
         tries[0] = 1
         try:
             yield from target.stream(messages, params, prefix=prefix, usage=usage, cancel=self._cancel)
@@ -325,7 +341,7 @@ class FailoverChain:
             raise TargetFailed(f"{type(exc).__name__}: {exc}") from exc
 
     def _guarded(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
-                 prefix: str, tries: list[int], usage: Usage) -> Iterator[str]:
+                 prefix: str, tries: list[int], usage: Usage) -> Iterator[str | ToolCalls]:
         import stamina
 
         deadline = self._clock() + self.timeout_s
@@ -373,10 +389,29 @@ class FailoverChain:
             latency_s=round(self._clock() - run.started, 4),
             tokens=run.tokens,
             switches=run.switches,
-            finish_reason="length" if run.attempts[-1].tokens >= params.max_tokens else "stop",
+            finish_reason="tool_calls" if run.tool_deltas else
+            "length" if run.attempts[-1].tokens >= params.max_tokens else "stop",
+            tool_calls=_merge_tool_calls(run.tool_deltas),
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=run.completion_tokens + _counted(usage, run.attempts[-1].tokens),
         )
+
+
+def _merge_tool_calls(deltas: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Whole tool calls from their streamed deltas: per ``index``, the id, type and name as
+    first given, the arguments joined."""
+    calls: dict[Any, dict[str, Any]] = {}
+    for delta in deltas:
+        call = calls.setdefault(delta.get("index"), {"id": None, "type": "function",
+                                                     "function": {"name": "", "arguments": ""}})
+        for key in ("id", "type"):
+            if delta.get(key):
+                call[key] = delta[key]
+        function = delta.get("function")
+        function = function if isinstance(function, dict) else {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
+    return list(calls.values())
 
 
 def _counted(usage: Usage, pieces: int) -> int:

@@ -19,7 +19,7 @@ from . import completions
 from .backends.base import Message
 from .catalog import Catalog
 from .chats import Chats
-from .errors import InvalidSettings, StorageError
+from .errors import Busy, DownloadCancelled, InvalidSettings, StorageError
 from .failover import ChatResult
 from .fit import Compatibility
 from .hardware import HardwareProbe, SystemStatus
@@ -32,10 +32,11 @@ if TYPE_CHECKING:
     from .bench import BenchmarkResult
     from .bench_jobs import BenchmarkJob, BenchmarkJobs
     from .health import HealthReport, Optimization, PerformanceStats
+    from .jobs import Job
     from .metrics import Metrics
     from .monitor import MonitoringReport, Sample
     from .optimizer import Optimizer
-    from .pull import ProgressCallback
+    from .pull import ProgressCallback, PullProgress
     from .recommend import Recommendation
     from .telemetry import Telemetry
 
@@ -69,7 +70,7 @@ class FallbackManager:
                                   store=lambda: self._telemetry.store, clock=clock)
         self._router = Router(local_stream=self._local.stream, current=lambda: self._local.current,
                               ranked=self._local.ranked, on_primary_down=self._local.preload_async,
-                              local_steps=self._local.steps)
+                              local_steps=self._local.steps, clock=clock)
         self._chats = Chats(settings=lambda: self._settings, router=self._router,
                             recorder=lambda: self._telemetry, on_primary_answer=self._warm_up,
                             clock=clock)
@@ -78,6 +79,8 @@ class FallbackManager:
         self._benchmarks_instance: BenchmarkJobs | None = None
         self._optimizer_instance: Optimizer | None = None
         self._lazy_lock = threading.Lock()
+        self._pull_job: Job[ModelInfo] | None = None  # the latest download started by start_pull
+        self._pull_lock = threading.Lock()
         self._stop = threading.Event()
         for problem in self._settings.problems:
             log.warning("settings: %s", problem)
@@ -258,6 +261,40 @@ class FallbackManager:
         self.discover_models(refresh=True)
         return model
 
+    def start_pull(self, spec: str) -> Job[ModelInfo]:
+        """Run ``pull_model`` as a background job the UI polls; one download at a time.
+
+        The job's progress is the fraction downloaded and a line with the bytes, the rate and
+        the time left. ``cancel()`` stops it at its next chunk and keeps the partial file for
+        the next pull (the job ends "cancelled"); a failure ends it "failed" with the error's
+        one line. Its result is the downloaded model.
+
+        Raises:
+            Busy: a download started here is still running: wait for it or cancel it.
+        """
+        from .cli_text import format_pull_progress
+        from .jobs import Cancelled, Job, Progress
+
+        def work(progress: Progress) -> ModelInfo:
+            def report(p: PullProgress) -> None:
+                try:
+                    progress(p.downloaded_bytes / p.total_bytes if p.total_bytes else 0.0,
+                             format_pull_progress(p))
+                except Cancelled:
+                    pass  # the download sees the same cancel at its next chunk and stops itself
+
+            try:
+                return self.pull_model(spec, progress=report, cancel=progress.cancel_event)
+            except DownloadCancelled as exc:
+                raise Cancelled(str(exc)) from exc
+
+        with self._pull_lock:
+            running = self._pull_job
+            if running is not None and running.status().state == "running":
+                raise Busy(f"{running.name} is still running: wait for it to end or cancel it")
+            self._pull_job = Job(f"download {spec}", work)
+            return self._pull_job
+
     # -- local models ------------------------------------------------------------
 
     def switch_model(self, name: str, *, persist: bool = True) -> ModelInfo:
@@ -305,7 +342,8 @@ class FallbackManager:
 
         Bad input raises here, before the first piece.
         """
-        return (piece.text for piece in self._chats.answer(messages, primary, None, gen, None, None))
+        return (piece.text for piece in self._chats.answer(messages, primary, None, gen, None, None)
+                if piece.text)
 
     def chat_completion(self, request: dict[str, Any]) -> dict[str, Any]:
         """Answer an OpenAI chat-completions request through the failover chain.
@@ -452,6 +490,8 @@ class FallbackManager:
     def close(self) -> None:
         """Unload models, stop threads, release probes. Safe to call twice."""
         self._stop.set()
+        if self._pull_job is not None:
+            self._pull_job.cancel()  # its partial file stays for the next pull
         if self._optimizer_instance is not None:
             self._optimizer_instance.close()
         if self._telemetry_instance is not None:

@@ -8,8 +8,9 @@ collide. Two kinds of numbers:
   GPU, RAM, CPU and each circuit breaker. Nothing is sampled in between, so a
   scrape always sees the present; a callable that raises only drops its metrics
   from that scrape.
-* **Counted** by ``record_chat``: requests, failures, breaker skips, failovers, mid-stream
-  switches and generated tokens, plus the generation speed gauge.
+* **Counted** by ``record_chat`` and ``record_failed_chat``: requests, failures, breaker
+  skips, failovers, mid-stream switches, chats no target could answer and generated
+  tokens, plus the generation speed gauge.
 
 Labels hold only target names (URLs, model names), sources and GPU names and
 indices, never prompt or answer text: a scrape endpoint is often less guarded
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .breaker import BreakerState
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import Collector as _CollectorBase
 
-    from .failover import ChatResult
+    from .failover import Attempt, ChatResult
     from .hardware import SystemStatus
 else:
     _CollectorBase = object
@@ -143,6 +144,8 @@ class Metrics:
                                   "by the first target that failed", ["from_target"], registry=self.registry)
         self._switches = Counter("zwaif_switches", "Streamed answers continued by another target",
                                  registry=self.registry)
+        self._unanswered = Counter("zwaif_unanswered_chats", "Chats that no target could answer "
+                                   "(the host got an error)", registry=self.registry)
         self._cancelled = Counter("zwaif_cancelled", "Chats whose reader went away before the answer "
                                   "ended (a client disconnected): not failures", registry=self.registry)
         self._tokens = Counter("zwaif_generated_tokens", "Tokens generated, by source of the target",
@@ -157,17 +160,7 @@ class Metrics:
         Args:
             result: the chat's result, as ``FallbackManager.chat`` returns it.
         """
-        counted = 0
-        for attempt in result.attempts:
-            if attempt.tries == 0:  # skipped by an open breaker: nothing was sent, nothing failed
-                self._skips.labels(attempt.target, attempt.source).inc()
-                continue
-            self._requests.labels(attempt.target, attempt.source).inc()
-            if not attempt.ok:
-                self._failures.labels(attempt.target, attempt.source).inc()
-            if attempt.tokens:
-                self._tokens.labels(attempt.source).inc(attempt.tokens)
-                counted += attempt.tokens
+        counted = self._count_attempts(result.attempts)
         # Tokens no attempt accounts for (a result built outside the chain) go to the answering source.
         if result.tokens > counted:
             self._tokens.labels(result.source).inc(result.tokens - counted)
@@ -180,6 +173,26 @@ class Metrics:
             generating_s = result.latency_s - result.ttft_s
             if generating_s > 0:
                 self._tokens_per_s.set(result.tokens / generating_s)
+
+    def record_failed_chat(self, attempts: Sequence[Attempt]) -> None:
+        """Count one chat that no target could answer: its attempts, each a failure."""
+        self._count_attempts(attempts)
+        self._unanswered.inc()
+
+    def _count_attempts(self, attempts: Sequence[Attempt]) -> int:
+        """Count requests, failures, breaker skips and tokens; the tokens counted."""
+        counted = 0
+        for attempt in attempts:
+            if attempt.tries == 0:  # skipped by an open breaker: nothing was sent, nothing failed
+                self._skips.labels(attempt.target, attempt.source).inc()
+                continue
+            self._requests.labels(attempt.target, attempt.source).inc()
+            if not attempt.ok:
+                self._failures.labels(attempt.target, attempt.source).inc()
+            if attempt.tokens:
+                self._tokens.labels(attempt.source).inc(attempt.tokens)
+                counted += attempt.tokens
+        return counted
 
     def record_cancelled(self) -> None:
         """Count one chat given up by its reader (it counts as no failure)."""

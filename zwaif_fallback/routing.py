@@ -82,7 +82,9 @@ class Router:
                 ignored by local models. Non-empty ``tools`` (or the older ``functions``)
                 make each local attempt fail, saying the request needs a server, since a
                 local model cannot call them; with ``tool_choice: "none"`` (the caller
-                asked for no tool call) a local model answers with text as usual.
+                asked for no tool call) a local model answers with text as usual. Its
+                ``messages``, when given, are the host's own: the servers receive them in
+                place of the checked text (``OpenAIBackend.stream``).
         """
         extra = dict(extra or {})
         if primary is None and settings.primary_url:
@@ -153,8 +155,9 @@ class Router:
             return Target(name=model.name, source="local", guarded=False,
                           stream=partial(_cannot_call_tools, model.name, *tools))
         stream = partial(self._local_stream, model)
-        if extra:
-            stream = partial(_ignoring, stream, model.name, sorted(extra))
+        ignored = sorted(set(extra) - {"messages"})
+        if ignored:
+            stream = partial(_ignoring, stream, model.name, ignored)
         steps = partial(self._local_steps, model) if self._local_steps is not None else None
         return Target(name=model.name, source="local", stream=stream, guarded=False, notes=steps)
 

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .breaker import BreakerState
 from .errors import Busy, NotStarted
@@ -99,21 +99,25 @@ class Telemetry:
         self.meter.add()
 
     def record_chat(self, result: ChatResult) -> None:
-        self._record([a.model_dump() for a in result.attempts], result)
+        self._record(result.attempts, result)
 
     def record_cancelled(self) -> None:
         if self._metrics is not None:
             self._metrics.record_cancelled()
 
     def record_failure(self, attempts: list[Attempt]) -> None:
-        self._record([a.model_dump() for a in attempts], None)
+        self._record(attempts, None)
 
-    def _record(self, attempts: list[dict[str, Any]], result: ChatResult | None) -> None:
+    def _record(self, attempts: list[Attempt], result: ChatResult | None) -> None:
         try:
-            if len(attempts) > 1 or any(not a["ok"] for a in attempts):
-                self.store.add_attempts(attempts)  # only chats that did not go straight through
-            if result is not None and self._metrics is not None:
-                self._metrics.record_chat(result)
+            if len(attempts) > 1 or any(not a.ok for a in attempts):
+                # only chats that did not go straight through
+                self.store.add_attempts([a.model_dump() for a in attempts])
+            if self._metrics is not None:
+                if result is not None:
+                    self._metrics.record_chat(result)
+                else:
+                    self._metrics.record_failed_chat(attempts)
         except Exception as exc:  # history and metrics must never break an answer
             log.warning("could not record a chat: %s", exc)
 

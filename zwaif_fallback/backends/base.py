@@ -23,8 +23,8 @@ from ..errors import InvalidSettings
 if TYPE_CHECKING:
     from ..fit import Compatibility
 
-__all__ = ["Backend", "GenerationParams", "LocalBackend", "Message", "TargetFailed", "Usage",
-           "check_messages"]
+__all__ = ["Backend", "GenerationParams", "LocalBackend", "Message", "TargetFailed", "ToolCalls",
+           "Usage", "check_messages"]
 
 Message = Mapping[str, Any]
 MAX_PROMPT_CHARS = 2_000_000
@@ -37,6 +37,15 @@ class TargetFailed(Exception):
         super().__init__(message)
         self.retryable = retryable
         self.fast = fast  # the target is down for sure (connection refused): do not wait on it
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """A server's tool-call deltas (``delta.tool_calls``), yielded among the text pieces and
+    relayed as given. Unlike text, a tool call that a failure cuts off is never continued by
+    another target: its arguments would not survive the seam."""
+
+    deltas: tuple[dict[str, Any], ...]
 
 
 @dataclass
@@ -87,7 +96,10 @@ class GenerationParams(Model):
 
 
 def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
-    """OpenAI-style messages as plain dicts, or InvalidSettings saying what is wrong."""
+    """OpenAI-style messages as plain ``{"role", "content"}`` text dicts, or InvalidSettings
+    saying what is wrong. Content parts are joined into their text; an assistant message
+    that only calls tools has empty content (the servers receive the messages as given:
+    see ``completions``)."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise InvalidSettings("messages must be a non-empty list of {'role': ..., 'content': ...}")
     out, total = [], 0
@@ -96,9 +108,11 @@ def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
             raise InvalidSettings(f"message {i} is not a dict with 'role' and 'content'")
         role, content = message.get("role"), message.get("content")
         if role not in ("system", "user", "assistant", "tool"):
-            raise InvalidSettings(f"message {i} has role {role!r}; use system, user or assistant")
+            raise InvalidSettings(f"message {i} has role {role!r}; use system, user, assistant or tool")
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
             content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+        if content is None and role == "assistant" and message.get("tool_calls"):
+            content = ""
         if not isinstance(content, str):
             raise InvalidSettings(f"message {i} has no text content")
         total += len(content)
@@ -122,8 +136,10 @@ class Backend(ABC):
     @abstractmethod
     def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
                prefix: str = "", deadline_s: float | None = None,
-               cancel: threading.Event | None = None, usage: Usage | None = None) -> Iterator[str]:
-        """Yield the answer piece by piece, continuing after ``prefix``.
+               cancel: threading.Event | None = None,
+               usage: Usage | None = None) -> Iterator[str | ToolCalls]:
+        """Yield the answer piece by piece (text, or a server's tool calls), continuing after
+        ``prefix``.
 
         ``deadline_s`` is how long the caller will wait for the first piece;
         ``cancel`` is set when the caller gives up (free sockets, stop early);

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import BackendUnavailable
-from .base import Backend, GenerationParams, TargetFailed, Usage
+from .base import Backend, GenerationParams, TargetFailed, ToolCalls, Usage
 
 __all__ = ["OpenAIBackend"]
 
@@ -54,16 +54,25 @@ class OpenAIBackend(Backend):
     def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
                prefix: str = "", deadline_s: float | None = None,
                cancel: threading.Event | None = None, usage: Usage | None = None,
-               model: str | None = None, extra: Mapping[str, Any] | None = None) -> Iterator[str]:
-        """Stream one answer; ``model`` replaces the configured model name for this call, and
-        ``extra`` adds fields to the request body as given (a vendor's samplers such as
-        ``min_p``, ``logit_bias``, ``tools``), except those in ``OWN_FIELDS``."""
+               model: str | None = None,
+               extra: Mapping[str, Any] | None = None) -> Iterator[str | ToolCalls]:
+        """Stream one answer: text pieces, and ``ToolCalls`` when the server calls tools.
+
+        ``model`` replaces the configured model name for this call. ``extra`` adds fields to
+        the request body as given (a vendor's samplers such as ``min_p``, ``logit_bias``,
+        ``tools``), except those in ``OWN_FIELDS``; its ``messages``, when present, are the
+        host's own (tool calls, tool results and images kept) and are sent instead of the
+        text-only ``messages``.
+        """
         import httpx
 
-        body: dict[str, Any] = {k: v for k, v in (extra or {}).items() if k not in OWN_FIELDS}
+        extra = extra or {}
+        sent = extra.get("messages")
+        body: dict[str, Any] = {k: v for k, v in extra.items() if k not in OWN_FIELDS}
         body |= {
             "model": model or self.model or "default",
-            "messages": messages + ([{"role": "assistant", "content": prefix}] if prefix else []),
+            "messages": [*(sent if isinstance(sent, list) else messages),
+                         *([{"role": "assistant", "content": prefix}] if prefix else [])],
             "stream": True,
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
@@ -96,7 +105,7 @@ class OpenAIBackend(Backend):
                             continue
                         raise failure
                     if "text/event-stream" not in response.headers.get("content-type", ""):
-                        yield _whole_answer(response, usage)  # a server that ignores stream=true
+                        yield from _whole_answer(response, usage)  # a server that ignores stream
                         return
                     yield from _events(response, usage)
                     return
@@ -133,7 +142,7 @@ def _close_on(cancel: threading.Event, response: Any) -> None:
     threading.Thread(target=watch, daemon=True, name="zwaif-http-cancel").start()
 
 
-def _events(response: Any, usage: Usage) -> Iterator[str]:
+def _events(response: Any, usage: Usage) -> Iterator[str | ToolCalls]:
     finished = False
     for line in response.iter_lines():
         if not line.startswith("data:"):
@@ -155,6 +164,9 @@ def _events(response: Any, usage: Usage) -> Iterator[str]:
         piece = _delta(event)
         if piece:
             yield piece
+        calls = _tool_calls(event)
+        if calls:
+            yield calls
         finished = finished or _finish_reason(event) is not None
     if not finished:
         # The connection closed mid-answer: a server that finished gives a finish reason.
@@ -177,13 +189,32 @@ def _delta(event: Any) -> str:
     return delta.get("content") or choice.get("text") or ""
 
 
-def _whole_answer(response: Any, usage: Usage) -> str:
+def _tool_calls(event: Any) -> ToolCalls | None:
+    """The tool-call deltas of a chunk (or the calls of a whole message, indexed as a
+    stream would give them), None when it has none."""
+    try:
+        choice = event["choices"][0]
+        delta = choice.get("delta") or choice.get("message") or {}
+        calls = delta.get("tool_calls")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    if not isinstance(calls, list):
+        return None
+    deltas = tuple({"index": i, **call} for i, call in enumerate(calls) if isinstance(call, dict))
+    return ToolCalls(deltas) if deltas else None
+
+
+def _whole_answer(response: Any, usage: Usage) -> Iterator[str | ToolCalls]:
     try:
         answer = json.loads(response.read())
     except ValueError:
         raise TargetFailed("the server answered with something that is not JSON") from None
     _read_usage(answer, usage)
-    return _delta(answer)
+    text, calls = _delta(answer), _tool_calls(answer)
+    if text or calls is None:
+        yield text
+    if calls is not None:
+        yield calls
 
 
 def _read_usage(event: Any, usage: Usage) -> None:
