@@ -14,7 +14,11 @@ and benchmarks/bench_recommend.py.
 
 For downloads (pull.py's tests): ``add(..., sha256=True)`` gives a file its real sha256 as
 ``X-Linked-Etag`` (a text gives that one: a wrong hash), and ``cut_after`` bytes makes
-the next ``cuts`` file bodies stop there and drop the connection (a network cut).
+the next ``cuts`` file bodies stop there and drop the connection (a network cut);
+``stall_after`` bytes makes every file body stop there and send nothing more, with the
+connection open, until ``stop`` (a stalled server). ``add(..., lfs=False)`` serves a file
+as the Hub serves a small one kept in git (config.json): at its resolve URL, no redirect,
+its git object id as ``ETag`` and no sha256.
 
 It counts the requests and the body bytes it sent, and can add latency to every request
 (a far-away Hub, for benchmarks). Files are served from disk, so sparse zero-filled GGUFs
@@ -55,6 +59,7 @@ class _File:
     path: Path
     size: int
     etag: str  # what the Hub gives an LFS file: its sha256 (here a stand-in: hashing 4 GB is slow)
+    lfs: bool = True  # False: a small file in git, served at its resolve URL
 
 
 class HubServer:
@@ -74,24 +79,30 @@ class HubServer:
         self.bytes_by_file: dict[tuple[str, str], int] = {}  # (repo, file) -> its bytes sent
         self.cut_after: int | None = None  # a file body stops after this many bytes ...
         self.cuts = 0  # ... this many more times
+        self.stall_after: int | None = None  # every body sends this many bytes, then waits ...
+        self.unstalled = threading.Event()  # ... until this is set (by stop)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
     def add(self, repo: str, file: str, path: Path, *, license: str = "apache-2.0",
-            sha256: bool | str = False) -> str:
+            sha256: bool | str = False, lfs: bool = True) -> str:
         """Serve ``path`` as ``file`` of ``repo``; returns ``repo/file``.
 
         Args:
             sha256: True: announce the file's real sha256; a text: announce that instead.
+            lfs: False: serve it as a file kept in git (no redirect, no sha256).
         """
         stat = os.stat(path)
-        if sha256 is True:
+        if not lfs:
+            data = Path(path).read_bytes()
+            digest = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's object id
+        elif sha256 is True:
             digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         elif isinstance(sha256, str):
             digest = sha256
         else:
             digest = hashlib.sha256(f"{repo}/{file}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-        self.files[(repo, file)] = _File(Path(path), stat.st_size, digest)
+        self.files[(repo, file)] = _File(Path(path), stat.st_size, digest, lfs)
         self.licenses[repo] = license
         return f"{repo}/{file}"
 
@@ -108,6 +119,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self.unstalled.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -190,6 +202,9 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             entry = hub.files.get((repo, file))
             if entry is None:
                 return self._error(404, "EntryNotFound", f"{file} does not exist on {revision}")
+            if not entry.lfs:
+                return self._file((repo, file), entry, body=self.command == "GET",
+                                  headers={"ETag": f'"{entry.etag}"', "X-Repo-Commit": COMMIT})
             host, _, port = self.headers.get("Host", "").rpartition(":")
             cdn = "localhost" if host == "127.0.0.1" else "127.0.0.1"  # another host, like the Hub's CDN
             self._send(302, b"", {
@@ -202,8 +217,11 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             found, entry = next(((k, f) for k, f in hub.files.items() if f.etag == etag), (None, None))
             if found is None or entry is None:
                 return self._error(404, "EntryNotFound", "no such object")
-            headers = {"ETag": f'"{entry.etag}"', "Accept-Ranges": "bytes",
-                       "Content-Type": "application/octet-stream"}
+            self._file(found, entry, body=body, headers={"ETag": f'"{entry.etag}"'})
+
+        def _file(self, found: tuple[str, str], entry: _File, *, body: bool,
+                  headers: dict[str, str]) -> None:
+            headers = headers | {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
             start, stop, status = 0, entry.size, 200
             wanted = self.headers.get("Range")
             if wanted:
@@ -226,6 +244,10 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             if cut is not None:
                 stop = min(stop, start + cut)
                 self.close_connection = True  # fewer bytes than Content-Length, then hang up
+            stalled = hub.stall_after is not None and start + hub.stall_after < stop
+            if stalled:
+                stop = start + (hub.stall_after or 0)
+                self.close_connection = True
             try:
                 with open(entry.path, "rb") as handle:
                     handle.seek(start)
@@ -234,6 +256,8 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                         self.wfile.write(chunk)
                         hub._count(None, len(chunk), found)
                         start += len(chunk)
+                if stalled:
+                    hub.unstalled.wait()  # the stalled server: nothing more until stop
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client stopped reading
 
@@ -260,3 +284,20 @@ def clear_hub_environment(monkeypatch: Any) -> None:
     for key in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
                 "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(key, raising=False)
+
+
+def main() -> None:
+    """``python tests/hub_server.py REPO FILE PATH``: serve one file (with its real sha256)
+    from a process of its own, print the server's URL, and stop when stdin closes. A
+    benchmark's client then shares no GIL and no core with the server's Python."""
+    import sys
+
+    repo, file, path = sys.argv[1:4]
+    with HubServer() as server:
+        server.add(repo, file, Path(path), sha256=True)
+        print(server.url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,17 +1,19 @@
 """pull.py against a local stand-in for the Hugging Face Hub (hub_server.py): a verified
-download with progress, resume after a cut or a cancel, a wrong hash, a full disk,
-refused file types, offline, and discovery seeing the file at once."""
+download with progress, resume after a cut or a cancel, a cancel while the server sends
+nothing, a wrong hash, a full disk, refused file types, offline, split GGUFs, a
+transformers model's folder, and discovery seeing the model at once."""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
 import threading
+import time
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
-from builders import write_gguf
+from builders import write_gguf, write_hf_folder
 from conftest import run_cli
 from hub_server import COMMIT, HubServer, clear_hub_environment
 
@@ -117,14 +119,55 @@ def test_a_disk_too_small_is_refused_before_anything_is_fetched(hub, hub_server,
     assert not (tmp_path / "models").exists()
 
 
-def test_cancel_keeps_a_partial_file_that_the_next_pull_resumes(hub, hub_server, model_file, tmp_path):
+def pull_in_thread(**kwargs) -> tuple[threading.Thread, list[BaseException]]:
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            pull(**kwargs)
+        except BaseException as exc:  # handed to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, raised
+
+
+def wait_for(condition, what: str, deadline_s: float = 30.0) -> None:
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_cancel_stops_a_download_while_the_server_sends_nothing(hub_server, model_file, tmp_path):
+    hub_server.stall_after = 1_000_000  # then the connection stays open and silent
     cancel = threading.Event()
-    cancel.set()  # stops after the first chunk is written
-    with pytest.raises(DownloadCancelled, match="pull again to resume"):
-        pull(f"{REPO}/{FILE}", hub=hub, models_dir=tmp_path, cancel=cancel)
+    # a stall would end only after the hub's timeout, as HubUnavailable; cancel must win
+    with Hub(endpoint=hub_server.url, offline=False, token="", timeout_s=15) as slow_hub:
+        thread, raised = pull_in_thread(spec=f"{REPO}/{FILE}", hub=slow_hub, models_dir=tmp_path,
+                                        cancel=cancel)
+        wait_for(lambda: partials(tmp_path) and partials(tmp_path)[0].stat().st_size == 1_000_000,
+                 "the bytes sent before the stall")
+        cancel.set()
+        thread.join()
+    assert len(raised) == 1 and isinstance(raised[0], DownloadCancelled), raised
+    assert "pull again to resume" in str(raised[0])
+    assert partials(tmp_path)[0].stat().st_size == 1_000_000
+
+
+def test_cancel_keeps_a_partial_file_that_the_next_pull_resumes(hub, hub_server, model_file, tmp_path):
+    hub_server.stall_after = 1_000_000
+    cancel = threading.Event()
+    thread, raised = pull_in_thread(spec=f"{REPO}/{FILE}", hub=hub, models_dir=tmp_path, cancel=cancel)
+    wait_for(lambda: partials(tmp_path) and partials(tmp_path)[0].stat().st_size == 1_000_000,
+             "the bytes sent before the stall")
+    cancel.set()
+    thread.join()
+    assert isinstance(raised[0], DownloadCancelled)
     [partial] = partials(tmp_path)
     kept = partial.stat().st_size
-    assert 0 < kept < model_file.stat().st_size
+    hub_server.stall_after = None
     hub_server.reset_counts()
     seen: list[PullProgress] = []
     pull(f"{REPO}/{FILE}", hub=hub, models_dir=tmp_path, progress=seen.append)
@@ -192,3 +235,176 @@ def test_cli_failures_are_one_line(hub_server, isolated, env, spec, message):
     assert result.returncode in (1, 2)
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(message), result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- split GGUF files ------------------------------------------------------------------
+
+SPLIT_REPO = "acme/Big-Instruct-GGUF"
+SPLIT = [f"big-instruct-q4_k_m-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def split_files(tmp_path_factory) -> list[Path]:
+    """Three tiny models of one shape with different weights: discovery reads them as the
+    parts of one model, three times the size of each."""
+    folder = tmp_path_factory.mktemp("split-files")
+    return [write_gguf(folder / name, n_embd=192, n_ff=384, seed=i) for i, name in enumerate(SPLIT)]
+
+
+@pytest.fixture
+def split_server(hub_server, split_files) -> HubServer:
+    for name, path in zip(SPLIT, split_files, strict=True):
+        hub_server.add(SPLIT_REPO, name, path, sha256=True)
+    return hub_server
+
+
+def cdn_gets_by_file(server: HubServer) -> list[str]:
+    by_etag = {entry.etag: file for (_, file), entry in server.files.items()}
+    return [by_etag[r.path.removeprefix("/cdn/")] for r in server.requests
+            if r.path.startswith("/cdn/") and r.method == "GET"]
+
+
+@pytest.mark.parametrize("named", [SPLIT[0], SPLIT[1]])
+def test_pulling_any_part_of_a_split_gguf_fetches_every_part(hub, split_server, split_files, tmp_path,
+                                                             named):
+    seen: list[PullProgress] = []
+    info = pull(f"{SPLIT_REPO}/{named}", hub=hub, models_dir=tmp_path / "m", progress=seen.append)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == SPLIT
+    assert [(tmp_path / "m" / name).read_bytes() for name in SPLIT] == [p.read_bytes() for p in split_files]
+    assert (info.name, info.path, info.valid) == ("big-instruct-q4_k_m", str(tmp_path / "m" / SPLIT[0]), True)
+    assert info.size_bytes == sum(p.stat().st_size for p in split_files)
+    assert [(p.part, p.parts) for p in seen if p.done] == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_a_repo_id_with_a_split_gguf_fetches_every_part(split_files, tmp_path):
+    server = HubServer()
+    for name, path in zip(SPLIT, split_files, strict=True):
+        server.add(SPLIT_REPO, name, path, sha256=True)
+    with server, Hub(endpoint=server.url, offline=False, token="") as hub:
+        pull(SPLIT_REPO, hub=hub, models_dir=tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == SPLIT
+
+
+def test_no_part_is_visible_until_every_part_is_verified(hub, split_server, split_files, tmp_path):
+    split_server.add(SPLIT_REPO, SPLIT[1], split_files[1], sha256="0" * 64)  # part 2 arrives corrupt
+    with pytest.raises(InvalidModelFile, match="sha256"):
+        pull(f"{SPLIT_REPO}/{SPLIT[0]}", hub=hub, models_dir=tmp_path / "m")
+    assert list((tmp_path / "m").glob("*.gguf")) == []  # part 1, verified, waits hidden for the others
+    assert len(partials(tmp_path / "m")) == 1  # part 2's bad bytes are gone
+    split_server.add(SPLIT_REPO, SPLIT[1], split_files[1], sha256=True)
+    split_server.reset_counts()
+    info = pull(f"{SPLIT_REPO}/{SPLIT[0]}", hub=hub, models_dir=tmp_path / "m")
+    assert cdn_gets_by_file(split_server) == [SPLIT[1], SPLIT[2]]  # part 1 was not fetched again
+    assert info.valid and sorted(p.name for p in (tmp_path / "m").iterdir()) == SPLIT
+
+
+def test_the_disk_check_counts_every_part_before_any_is_fetched(hub, split_server, split_files, tmp_path,
+                                                                monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    two_parts = split_files[0].stat().st_size + split_files[1].stat().st_size
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 0, two_parts))
+    with pytest.raises(NotEnoughSpace, match="not enough space: acme/Big-Instruct-GGUF/big-instruct"):
+        pull(f"{SPLIT_REPO}/{SPLIT[0]}", hub=hub, models_dir=tmp_path / "models")
+    assert cdn_ranges(split_server) == []
+
+
+def test_a_missing_part_is_refused_before_anything_is_fetched(hub, hub_server, split_files, tmp_path):
+    hub_server.add(SPLIT_REPO, SPLIT[0], split_files[0], sha256=True)
+    with pytest.raises(HubFileNotFound, match=SPLIT[1]):
+        pull(f"{SPLIT_REPO}/{SPLIT[0]}", hub=hub, models_dir=tmp_path / "m")
+    assert cdn_ranges(hub_server) == []
+
+
+@pytest.mark.parametrize("download_to", ["models_dir", "hf_cache"])
+def test_discovery_lists_a_pulled_split_gguf_as_one_model(split_server, isolated, monkeypatch, download_to):
+    monkeypatch.setenv("HF_ENDPOINT", split_server.url)
+    settings = FallbackSettings(models_dir=isolated / "models", download_to=download_to)
+    with FallbackManager(settings, background=False) as manager:
+        info = manager.pull_model(f"{SPLIT_REPO}/{SPLIT[2]}")
+        found = [m for m in manager.discover_models() if m.name == "big-instruct-q4_k_m"]
+    assert len(found) == 1 and found[0].valid and found[0].path == info.path
+
+
+# -- a transformers model's folder ------------------------------------------------------
+
+HF_REPO = "acme/Tiny-Chat-HF"
+HF_FILES = ["config.json", "generation_config.json", "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json",
+            "tokenizer.model", "tokenizer_config.json"]
+NEVER = ["pytorch_model.bin", "modeling_tiny.py", "training_args.bin", "original/consolidated.pth",
+         "consolidated.safetensors", "README.md"]
+
+
+@pytest.fixture(scope="module")
+def hf_repo(tmp_path_factory) -> Path:
+    folder = write_hf_folder(tmp_path_factory.mktemp("hf-repo") / "Tiny-Chat-HF", shards=2)
+    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_text('{"stand_in": true}', encoding="utf-8")
+    (folder / "tokenizer.model").write_bytes(b"\x0a\x05stand-in sentencepiece")
+    for name in NEVER:  # what a repo also holds and pull must never fetch
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_bytes(b"not to be fetched")
+    return folder
+
+
+@pytest.fixture
+def hf_server(hub_server, hf_repo) -> HubServer:
+    for path in sorted(p for p in hf_repo.rglob("*") if p.is_file()):
+        name = path.relative_to(hf_repo).as_posix()
+        lfs = name.endswith((".safetensors", ".bin", ".pth", ".model"))
+        hub_server.add(HF_REPO, name, path, sha256=lfs, lfs=lfs)
+    return hub_server
+
+
+def fetched_files(server: HubServer) -> set[str]:
+    by_etag = {entry.etag: file for (_, file), entry in server.files.items()}
+    direct = {r.path.split("/resolve/main/")[1] for r in server.requests
+              if r.method == "GET" and "/resolve/" in r.path}
+    return {by_etag[r.path.removeprefix("/cdn/")] for r in server.requests
+            if r.method == "GET" and r.path.startswith("/cdn/")} | {
+        f for f in direct if not server.files[(HF_REPO, f)].lfs}
+
+
+@pytest.mark.parametrize("spec", [HF_REPO, f"{HF_REPO}/model-00001-of-00002.safetensors"])
+def test_a_repo_without_gguf_gives_the_files_transformers_needs(hub, hf_server, hf_repo, tmp_path, spec):
+    info = pull(spec, hub=hub, models_dir=tmp_path / "m")
+    folder = tmp_path / "m" / "Tiny-Chat-HF"
+    assert sorted(p.name for p in folder.iterdir()) == HF_FILES
+    assert all((folder / n).read_bytes() == (hf_repo / n).read_bytes() for n in HF_FILES)
+    assert fetched_files(hf_server) == set(HF_FILES)
+    assert (info.format, info.valid, info.path, info.architecture) == (
+        "transformers", True, str(folder), "llama")
+
+
+def test_pickle_weights_and_code_in_a_repo_are_never_fetched(hub, hf_server, tmp_path):
+    pull(HF_REPO, hub=hub, models_dir=tmp_path / "m")
+    assert not fetched_files(hf_server) & set(NEVER)
+    assert not [p for p in (tmp_path / "m" / "Tiny-Chat-HF").iterdir() if p.suffix in (".bin", ".py", ".pth")]
+
+
+def test_a_repo_with_only_pickle_weights_is_refused(hub, hub_server, tmp_path):
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(b"pickle")
+    hub_server.add("acme/Old-HF", "pytorch_model.bin", path, sha256=True)
+    hub_server.add("acme/Old-HF", "config.json", path, lfs=False)
+    with pytest.raises(HubFileNotFound, match="only pickle weights .*pytorch_model.bin"):
+        pull("acme/Old-HF", hub=hub, models_dir=tmp_path / "models")
+    assert not (tmp_path / "models").exists()
+
+
+def test_a_folder_is_not_a_model_until_its_config_arrives(hub, hf_server, hf_repo, tmp_path):
+    hf_server.add(HF_REPO, "tokenizer.json", hf_repo / "tokenizer.json", sha256="0" * 64)  # corrupt
+    with pytest.raises(InvalidModelFile):
+        pull(HF_REPO, hub=hub, models_dir=tmp_path / "m")
+    folder = tmp_path / "m" / "Tiny-Chat-HF"
+    assert not (folder / "config.json").exists() and list(folder.glob("*.safetensors")) == []
+
+
+@pytest.mark.parametrize("download_to", ["models_dir", "hf_cache"])
+def test_discovery_lists_a_pulled_folder_as_an_hf_model(hf_server, isolated, monkeypatch, download_to):
+    monkeypatch.setenv("HF_ENDPOINT", hf_server.url)
+    settings = FallbackSettings(models_dir=isolated / "models", download_to=download_to)
+    with FallbackManager(settings, background=False) as manager:
+        info = manager.pull_model(HF_REPO)
+        found = [m for m in manager.discover_models() if m.path == info.path]
+    assert len(found) == 1 and found[0].valid and found[0].format == "transformers"

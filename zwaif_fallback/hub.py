@@ -19,11 +19,10 @@ httpx is imported on first use, so ``import zwaif_fallback`` stays cheap.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import PurePosixPath
@@ -40,13 +39,24 @@ from .errors import (
     InvalidSettings,
 )
 from .gguf_header import GGUFHeader, read_gguf_header_from
-from .hub_http import RangedFile, check_status, connect_problem, content_range_size
-from .hub_models import HubModel, RemoteFile, curated, parse_spec
+from .hub_http import RangedFile, check_status, connect_problem, content_range_size, hub_token, is_true
+from .hub_models import (
+    HubModel,
+    RemoteFile,
+    RepoListing,
+    choose_ggufs,
+    curated,
+    license_of,
+    parse_spec,
+    split_parts,
+)
 from .locations import SPLIT_RE
 from .model_info import ModelInfo, gguf_model_info
 
 if TYPE_CHECKING:
     import httpx
+
+    from .hub_body import Body
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -61,12 +71,7 @@ __all__ = [
     "parse_spec",
 ]
 
-log = logging.getLogger(__name__)
-
 DEFAULT_ENDPOINT = "https://huggingface.co"
-#: the quantizations a bare repo id stands for, when the repo has them
-COMMON_QUANTS = ("Q4_K_M", "Q5_K_M", "Q8_0")
-MAX_REPO_FILES = 12
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -90,7 +95,7 @@ class Hub:
         if not self.endpoint.startswith(("https://", "http://")):
             raise InvalidSettings(f"HF_ENDPOINT={self.endpoint!r} is not an http(s) URL; "
                                   f"unset it to use {DEFAULT_ENDPOINT}")
-        self.offline = _is_true(os.environ.get("HF_HUB_OFFLINE")) if offline is None else offline
+        self.offline = is_true(os.environ.get("HF_HUB_OFFLINE")) if offline is None else offline
         self.timeout_s = timeout_s
         self.workers = max(workers, 1)
         self._token = token
@@ -135,8 +140,20 @@ class Hub:
         return found
 
     def repo_files(self, repo: str, *, revision: str = "main") -> list[HubModel]:
-        """``repo``'s GGUF files in the common quantizations (Q4_K_M, Q5_K_M, Q8_0), or, when it
-        has none of those, its first GGUF files; vision projectors and later split parts left out.
+        """``repo``'s GGUF files in the common quantizations (``hub_models.choose_ggufs``).
+
+        Raises:
+            HubOffline, HubUnavailable, HubAccessDenied.
+            HubFileNotFound: no such repo, or it holds no GGUF file.
+        """
+        chosen = choose_ggufs(self.list_repo(repo, revision=revision))
+        if not chosen:
+            raise HubFileNotFound(f"not found: the repo {repo} holds no GGUF files; pick a repo "
+                                  "whose name ends in -GGUF, or give REPO/FILE.gguf")
+        return chosen
+
+    def list_repo(self, repo: str, *, revision: str = "main") -> RepoListing:
+        """``repo``'s files at ``revision``, its commit and license (the Hub's model API).
 
         Raises:
             HubOffline, HubUnavailable, HubFileNotFound, HubAccessDenied.
@@ -149,17 +166,18 @@ class Hub:
         siblings = data.get("siblings") if isinstance(data, dict) else None
         names = [s["rfilename"] for s in siblings or [] if isinstance(s, dict)
                  and isinstance(s.get("rfilename"), str)]
-        ggufs = [n for n in names if n.lower().endswith(".gguf") and "mmproj" not in n.lower()
-                 and _split_part(n) in (None, 1)]
-        if not ggufs:
-            raise HubFileNotFound(f"not found: the repo {repo} holds no GGUF files; pick a repo "
-                                  "whose name ends in -GGUF, or give REPO/FILE.gguf")
-        chosen: list[tuple[str, str | None]] = [
-            (n, q) for n in ggufs for q in COMMON_QUANTS if q in n.upper()]
-        chosen = chosen or [(n, None) for n in ggufs[:MAX_REPO_FILES]]
-        license_id = _license(data)
-        return [HubModel(repo=repo, file=n, revision=revision, license=license_id, quantization=q)
-                for n, q in chosen]
+        commit = data.get("sha") if isinstance(data, dict) else None
+        return RepoListing(repo=repo, revision=revision, files=names,
+                           commit=commit if isinstance(commit, str) else None, license=license_of(data))
+
+    def read_json(self, model: HubModel) -> Any:
+        """The JSON in ``model``'s file (a small one: an index, a config).
+
+        Raises:
+            HubOffline, HubUnavailable, HubFileNotFound, HubAccessDenied.
+        """
+        self._check_online()
+        return self._json(self.url(model), what=model.label)
 
     # -- headers ----------------------------------------------------------------------
 
@@ -190,7 +208,7 @@ class Hub:
             InvalidModelFile: it is not a GGUF file.
         """
         self._check_online()
-        return [self._header(url, model) for url in _part_urls(self.url(model))]
+        return [self._header(self.url(part), part) for part in split_parts(model)]
 
     def read_all(self, models: Sequence[HubModel]) -> list[ModelInfo | FallbackError]:
         """``read`` for each model, ``workers`` at a time: its ``ModelInfo``, or the error
@@ -232,14 +250,19 @@ class Hub:
             if self._client_instance is None:
                 import httpx
 
-                from . import __version__
+                from .hub_body import ssl_context
 
                 self._client_instance = httpx.Client(
-                    timeout=httpx.Timeout(self.timeout_s), follow_redirects=True,
-                    limits=httpx.Limits(max_connections=self.workers * 2),
-                    headers={"User-Agent": f"zwaif-fallback/{__version__}",
-                             "Accept-Encoding": "identity"})  # byte ranges of the file, not of a gzip
+                    timeout=httpx.Timeout(self.timeout_s), follow_redirects=True, verify=ssl_context(),
+                    limits=httpx.Limits(max_connections=self.workers * 2), headers=self._headers())
             return self._client_instance
+
+    @staticmethod
+    def _headers() -> dict[str, str]:
+        from . import __version__
+
+        # identity: byte ranges of the file, not of a gzip of it
+        return {"User-Agent": f"zwaif-fallback/{__version__}", "Accept-Encoding": "identity"}
 
     def _auth(self, url: str) -> dict[str, str]:
         """The token, for the endpoint's host only (httpx drops it on a redirect elsewhere)."""
@@ -247,7 +270,7 @@ class Hub:
             return {}
         with self._lock:
             if not self._token_known:
-                self._token, self._token_known = _hub_token(), True
+                self._token, self._token_known = hub_token(), True
             token = self._token
         return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -302,16 +325,28 @@ class Hub:
                               etag=etag, commit=first.headers.get("x-repo-commit") or None)
 
     @contextmanager
-    def stream(self, url: str, *, start: int = 0, what: str) -> Iterator[httpx.Response]:
-        """A GET of the file at ``url`` from byte ``start`` on (a range request when ``start``
-        is not 0), its status checked; a server that ignores the range answers 200.
+    def body(self, url: str, *, start: int = 0, what: str) -> Iterator[Body]:
+        """The body of a GET of the file at ``url`` from byte ``start`` on (a range request
+        when ``start`` is not 0), its status checked; a server that ignores the range
+        answers 200. A plain answer is read by ``hub_body.RawBody``, any other by httpx.
 
         Raises:
             HubUnavailable, HubFileNotFound, HubAccessDenied: while connecting or reading.
         """
+        from .hub_body import HttpxBody, open_raw_body, ssl_context, uses_proxy
+
         headers = {"Range": f"bytes={start}-"} if start else {}
+        if not uses_proxy(url):
+            raw = open_raw_body(url, self._headers() | headers | self._auth(url),
+                                timeout_s=self.timeout_s, ssl_context=ssl_context(), what=what)
+            if raw is not None:
+                try:
+                    yield raw
+                finally:
+                    raw.close()
+                return
         with self._request(url, headers, what=what) as response:
-            yield response
+            yield HttpxBody(response)
 
     @contextmanager
     def _request(self, url: str, headers: dict[str, str], *, what: str,
@@ -337,49 +372,3 @@ class Hub:
             raise HubUnavailable(connect_problem(url, exc)) from None
         except httpx.InvalidURL as exc:
             raise InvalidSettings(f"{url!r} is not a valid URL ({exc})") from None
-
-
-def _part_urls(url: str) -> list[str]:
-    """Every part of a split GGUF (``-00001-of-00003.gguf``) from its first part's URL."""
-    head, _, name = url.rpartition("/")
-    match = SPLIT_RE.match(name)
-    if match is None or int(match.group("index")) != 1:
-        return [url]
-    count = int(match.group("count"))
-    return [f"{head}/{match.group('stem')}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
-
-
-def _split_part(name: str) -> int | None:
-    match = SPLIT_RE.match(PurePosixPath(name).name)
-    return int(match.group("index")) if match else None
-
-
-def _license(data: Any) -> str | None:
-    """The license id from the Hub's model API: its card's, or its ``license:`` tag."""
-    if not isinstance(data, dict):
-        return None
-    card = data.get("cardData")
-    if isinstance(card, dict) and isinstance(card.get("license"), str):
-        return str(card["license"])
-    tags = data.get("tags")
-    return next((t.partition(":")[2] for t in tags if isinstance(t, str) and t.startswith("license:")),
-                None) if isinstance(tags, list) else None
-
-
-def _is_true(value: str | None) -> bool:
-    """huggingface_hub's reading of a boolean environment variable."""
-    return (value or "").upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _hub_token() -> str | None:
-    """The token huggingface_hub would send (HF_TOKEN, or the file ``hf auth login`` wrote)."""
-    get_token: Callable[[], str | None]
-    try:
-        from huggingface_hub import get_token
-    except ImportError:  # not installed: the environment variable is all there is
-        return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
-    try:
-        return get_token()
-    except Exception as exc:  # a broken token file or OIDC setup: read public files without one
-        log.warning("no Hugging Face token: %s", exc)
-        return None

@@ -6,7 +6,10 @@ needs of a file). httpx is only a type here: hub.py imports it on first use.
 from __future__ import annotations
 
 import errno
+import logging
+import os
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
@@ -15,8 +18,10 @@ from .errors import HubAccessDenied, HubFileNotFound, HubUnavailable, InvalidMod
 if TYPE_CHECKING:
     import httpx
 
+log = logging.getLogger(__name__)
+
 __all__ = ["FIRST_BLOCK", "MAX_BLOCK", "GetRange", "RangedFile", "check_status", "connect_problem",
-           "content_range_size"]
+           "content_range_size", "hub_token", "is_true"]
 
 FIRST_BLOCK = 256 * 1024
 MAX_BLOCK = 2 * 1024 * 1024
@@ -117,3 +122,22 @@ def content_range_size(value: str) -> int:
     """The total size in ``Content-Range: bytes 0-99/1234``, or -1."""
     total = value.rpartition("/")[2].strip()
     return int(total) if total.isdigit() else -1
+
+
+def is_true(value: str | None) -> bool:
+    """huggingface_hub's reading of a boolean environment variable."""
+    return (value or "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_token() -> str | None:
+    """The token huggingface_hub would send (HF_TOKEN, or the file ``hf auth login`` wrote)."""
+    get_token: Callable[[], str | None]
+    try:
+        from huggingface_hub import get_token
+    except ImportError:  # not installed: the environment variable is all there is
+        return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+    try:
+        return get_token()
+    except Exception as exc:  # a broken token file or OIDC setup: read public files without one
+        log.warning("no Hugging Face token: %s", exc)
+        return None

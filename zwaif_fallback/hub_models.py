@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import urlsplit
 
 from ._model import Model
 from .errors import InvalidSettings
+from .locations import SPLIT_RE
 
-__all__ = ["HubModel", "RemoteFile", "curated", "parse_spec"]
+__all__ = ["COMMON_QUANTS", "HubModel", "RemoteFile", "RepoListing", "choose_ggufs", "curated",
+           "license_of", "parse_spec", "split_parts"]
+
+#: the quantizations a bare repo id stands for, when the repo has them
+COMMON_QUANTS = ("Q4_K_M", "Q5_K_M", "Q8_0")
+MAX_REPO_FILES = 12
 
 
 class HubModel(Model):
@@ -46,6 +54,61 @@ class RemoteFile(Model):
     sha256: str | None  # lower-case hex; None when the server gives no sha256 (not an LFS file)
     etag: str
     commit: str | None  # the Hub's X-Repo-Commit
+
+
+class RepoListing(Model):
+    """What the Hub's model API says of a repo (``Hub.list_repo``)."""
+
+    repo: str
+    revision: str
+    files: list[str]  # every file's path in the repo
+    commit: str | None  # the revision's commit (``sha``)
+    license: str | None
+
+
+def choose_ggufs(listing: RepoListing) -> list[HubModel]:
+    """The repo's GGUF files in the common quantizations (Q4_K_M, Q5_K_M, Q8_0), or, when it
+    has none of those, its first GGUF files; vision projectors and later split parts left
+    out. Empty when it has no GGUF."""
+    ggufs = [n for n in listing.files if n.lower().endswith(".gguf") and "mmproj" not in n.lower()
+             and _split_part(n) in (None, 1)]
+    chosen: list[tuple[str, str | None]] = [
+        (n, q) for n in ggufs for q in COMMON_QUANTS if q in n.upper()]
+    chosen = chosen or [(n, None) for n in ggufs[:MAX_REPO_FILES]]
+    return [HubModel(repo=listing.repo, file=n, revision=listing.revision, license=listing.license,
+                     quantization=q) for n, q in chosen]
+
+
+def split_parts(model: HubModel) -> list[HubModel]:
+    """Every part of a split GGUF (``name-00002-of-00003.gguf``) when ``model`` names any of
+    them, first part first; else ``[model]``."""
+    match = SPLIT_RE.match(PurePosixPath(model.file).name)
+    if match is None:
+        return [model]
+    count = int(match.group("count"))
+    names = [f"{match.group('stem')}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+    folder = model.file[:len(model.file) - len(PurePosixPath(model.file).name)]
+    url_head = model.url.rpartition("/")[0] + "/" if model.url is not None else None
+    return [model.model_copy(update={"file": folder + name,
+                                     "url": url_head + name if url_head is not None else None})
+            for name in names]
+
+
+def license_of(data: Any) -> str | None:
+    """The license id from the Hub's model API: its card's, or its ``license:`` tag."""
+    if not isinstance(data, dict):
+        return None
+    card = data.get("cardData")
+    if isinstance(card, dict) and isinstance(card.get("license"), str):
+        return str(card["license"])
+    tags = data.get("tags")
+    return next((t.partition(":")[2] for t in tags if isinstance(t, str) and t.startswith("license:")),
+                None) if isinstance(tags, list) else None
+
+
+def _split_part(name: str) -> int | None:
+    match = SPLIT_RE.match(PurePosixPath(name).name)
+    return int(match.group("index")) if match else None
 
 
 def curated() -> list[HubModel]:
