@@ -1,11 +1,13 @@
 """What ``zwaif-fallback serve`` costs a host, against the upstream itself and LiteLLM's proxy.
 
-Every figure comes from one run, the three paths alternating:
+Every figure comes from one run, the paths alternating:
 
 * direct: the upstream server itself;
 * serve: ``python -m zwaif_fallback serve`` in front of it;
 * LiteLLM: ``litellm --config`` (its proxy, in benchmarks/.venv-litellm, made on first use;
   ``--no-litellm`` skips it), configured with the same primary and the same fallback server.
+* serve@DIR, with ``--baseline DIR``: serve from another source tree (an earlier version), to
+  compare versions in one run rather than across runs on a machine that drifts.
 
 Overhead: a real ``llama_cpp.server`` serving SmolLM2 is the primary; the same streamed
 request goes to each path; medians of time to first token and decode tokens/s.
@@ -49,6 +51,7 @@ STREAMS, CHUNKS = 64, 200
 LITELLM_VENV = Path(__file__).resolve().parent / ".venv-litellm"
 LITELLM_KEY = "sk-zwaif-bench-0123456789abcdef"
 SERVE_FLAGS: list[str] = []  # ["--no-ui"] with --no-ui
+BASELINES: list[Path] = []  # --baseline DIR: serve from that source tree too, as "serve@DIR"
 
 
 @dataclass
@@ -63,11 +66,11 @@ class Endpoint:
 
 @contextmanager
 def process(args: Sequence[str], ready: str, env: dict[str, str] | None = None,
-            headers: dict[str, str] | None = None) -> Iterator[None]:
-    """Run ``args`` until the block ends; ready when GET ``ready`` answers."""
+            headers: dict[str, str] | None = None, cwd: Path = ROOT) -> Iterator[None]:
+    """Run ``args`` (in ``cwd``) until the block ends; ready when GET ``ready`` answers."""
     log = open(Path(tempfile.gettempdir()) / f"bench-serve-{free_port()}.log", "wb")
     proc = subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})}, cwd=ROOT)
+                            env={**os.environ, **(env or {})}, cwd=cwd)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -98,15 +101,24 @@ def llama_server(stack: ExitStack) -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
-def serve(stack: ExitStack, primary: str, fallback: str | None = None, timeout_s: int = 30) -> Endpoint:
+def serve(stack: ExitStack, primary: str, fallback: str | None = None, timeout_s: int = 30,
+          source: Path = ROOT) -> Endpoint:
+    """``python -m zwaif_fallback serve`` run in ``source``: the package of that tree answers."""
     port, work = free_port(), Path(tempfile.mkdtemp())
     env = {"FALLBACK_PRIMARY_URL": primary, "FALLBACK_REMOTE_URLS": fallback or "",
            "FALLBACK_TIMEOUT": str(timeout_s), "FALLBACK_MODELS_DIR": str(work),
            "FALLBACK_DATA_DIR": str(work / "data"), "FALLBACK_SETTINGS_FILE": str(work / "s.json"),
            "FALLBACK_SCAN_SYSTEM_STORES": "false", "FALLBACK_VRAM_MONITORING": "false"}
     stack.enter_context(process([sys.executable, "-m", "zwaif_fallback", "serve", "--port", str(port),
-                                 *SERVE_FLAGS], f"http://127.0.0.1:{port}/health", env))
-    return Endpoint("serve", f"http://127.0.0.1:{port}/v1")
+                                 *SERVE_FLAGS], f"http://127.0.0.1:{port}/health", env, cwd=source))
+    return Endpoint("serve" if source == ROOT else f"serve@{source.name}", f"http://127.0.0.1:{port}/v1")
+
+
+def serves(stack: ExitStack, primary: str, fallback: str | None = None,
+           timeout_s: int = 30) -> list[Endpoint]:
+    """This tree's serve, then one per --baseline tree."""
+    return [serve(stack, primary, fallback, timeout_s, source)
+            for source in (ROOT, *BASELINES)]
 
 
 def litellm_proxy(stack: ExitStack, primary: str, fallback: str | None = None,
@@ -175,7 +187,7 @@ def alternate(paths: list[Endpoint], runs: int, max_tokens: int) -> dict[str, li
 def overhead(runs: int, max_tokens: int, with_litellm: bool) -> list[list[str]]:
     with ExitStack() as stack:
         upstream = llama_server(stack)
-        paths = [Endpoint("direct", upstream), serve(stack, upstream)]
+        paths = [Endpoint("direct", upstream), *serves(stack, upstream)]
         if with_litellm:
             paths.append(litellm_proxy(stack, upstream))
         results = alternate(paths, runs, max_tokens)
@@ -232,7 +244,7 @@ def throughput(rounds: int, with_litellm: bool) -> list[list[str]]:
         upstream = f"http://127.0.0.1:{port}/v1"
         stack.enter_context(process([sys.executable, str(Path(__file__).with_name("fast_upstream.py")),
                                      str(port), str(CHUNKS)], f"{upstream}/models"))
-        paths = [Endpoint("direct", upstream), serve(stack, upstream)]
+        paths = [Endpoint("direct", upstream), *serves(stack, upstream)]
         if with_litellm:
             paths.append(litellm_proxy(stack, upstream))
         for path in paths:
@@ -260,7 +272,7 @@ def failover(runs: int, with_litellm: bool) -> list[list[str]]:
         for label, primary, timeout_s in (("refused", refused_url(), 30), ("hung, 5 s timeout", hung.url, 5)):
             with ExitStack() as stack:
                 fallback = llama_server(stack)
-                paths = [Endpoint("direct", fallback), serve(stack, primary, fallback, timeout_s)]
+                paths = [Endpoint("direct", fallback), *serves(stack, primary, fallback, timeout_s)]
                 if with_litellm:
                     paths.append(litellm_proxy(stack, primary, fallback, timeout_s))
                 firsts = {p.name: one_stream(p, 4)[0] for p in paths}
@@ -288,11 +300,16 @@ def main() -> None:
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM's proxy")
     parser.add_argument("--no-ui", action="store_true", help="serve without the tabs (Gradio) at /")
     parser.add_argument("--only", choices=["overhead", "throughput", "failover"], help="one part only")
+    parser.add_argument("--baseline", type=Path, action="append", default=[], metavar="DIR",
+                        help="also serve from the source tree DIR (e.g. `git archive HEAD | tar -x -C DIR`), "
+                             "interleaved with the others, as serve@DIR")
     args = parser.parse_args()
     if args.no_ui:
         SERVE_FLAGS.append("--no-ui")
+    BASELINES.extend(path.resolve() for path in args.baseline)
     with_litellm = not args.no_litellm
-    names = ["direct", "serve"] + (["LiteLLM"] if with_litellm else [])
+    names = ["direct", "serve", *(f"serve@{path.name}" for path in BASELINES)] + \
+        (["LiteLLM"] if with_litellm else [])
     rows = [["measure", *names, *(f"{n} vs direct" for n in names[1:]), "target"]]
     if args.only in (None, "overhead"):
         rows += overhead(args.runs, args.max_tokens, with_litellm)

@@ -13,7 +13,7 @@ probed (``GET /models``, 2 s) only when no local model exists: a local model ans
 whatever they do.
 
 Generation never runs on the event loop: each stream is pumped by a thread of its own
-into the loop, so a slow local model stalls neither other requests nor ``/health``. The
+into the loop (``sse``), so a slow local model stalls neither other requests nor ``/health``. The
 app is Starlette's (Gradio brings it); ``webui`` mounts the tabs at ``/`` beside it.
 """
 
@@ -25,11 +25,12 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .completions import error_object
 from .errors import InvalidSettings, PortUnavailable
+from .sse import ChunkPump, event_stream
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -46,7 +47,6 @@ API_KEY_ENV = "FALLBACK_API_KEY"
 #: The largest request body taken (413 above it): 2 M characters of messages, in JSON.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MODELS_TIMEOUT_S = 2.0
-_DONE = object()
 _R = TypeVar("_R")
 
 
@@ -148,15 +148,15 @@ class _Api:
             answer = await _on_own_thread(self.manager.chat_completion, body)
             return JSONResponse(answer, status_code=_status_of(answer), headers=_who(answer))
         cancel = threading.Event()
-        chunks = _Pump(self.manager.stream_chat_completion(body, cancel=cancel), cancel)
+        chunks = ChunkPump(self.manager.stream_chat_completion(body, cancel=cancel), cancel)
         chunks.watch(request)
-        first = await chunks.next()
-        if first is _DONE:  # stream_chat_completion always yields; a last guard
+        first = await chunks.first()
+        if first is None:  # stream_chat_completion always yields; a last guard
             first = error_object(RuntimeError("the answer ended before it began"))
         if "error" in first:  # nothing was sent yet: a plain error response, as OpenAI gives
             chunks.close()
             return JSONResponse(first, status_code=_status_of(first))
-        return StreamingResponse(_sse(first, chunks), media_type="text/event-stream",
+        return StreamingResponse(event_stream(first, chunks), media_type="text/event-stream",
                                  headers={**_who(first), "Cache-Control": "no-cache"})
 
     async def models(self, request: Request) -> Response:
@@ -240,74 +240,6 @@ class _Api:
                        f"the key this server was started with ({API_KEY_ENV})",
             "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}},
             status_code=401)
-
-
-class _Pump:
-    """Runs a blocking iterator on a thread of its own and hands its items to the loop.
-
-    ``close`` sets ``stopped``, the iterator's own cancel event: the chain then stops
-    within a tenth of a second, closing the upstream request or the local generation,
-    and the thread closes the iterator.
-    """
-
-    def __init__(self, items: Iterator[Any], stopped: threading.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.stopped = stopped
-        self._items = items
-        threading.Thread(target=self._run, daemon=True, name="zwaif-serve-stream").start()
-
-    def _run(self) -> None:
-        try:
-            for item in self._items:
-                if self.stopped.is_set():
-                    break
-                self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except Exception as exc:  # stream_chat_completion never raises; this is a last guard
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, error_object(exc))
-        finally:
-            close = getattr(self._items, "close", None)
-            if close is not None:
-                close()
-            try:
-                self._loop.call_soon_threadsafe(self._queue.put_nowait, _DONE)
-            except RuntimeError:  # the loop has closed: nobody is reading
-                pass
-
-    async def next(self) -> Any:
-        return await self._queue.get()
-
-    def watch(self, request: Request) -> None:
-        """Close when the client disconnects. The body has been read, so the next ASGI
-        message is the disconnect (Starlette's own check relies on ``send`` failing, which
-        uvicorn does not do: it drops what a gone client would have received)."""
-
-        async def wait_for_disconnect() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            self.close()
-
-        self._watcher = asyncio.get_running_loop().create_task(wait_for_disconnect())
-
-    def close(self) -> None:
-        self.stopped.set()
-        watcher = getattr(self, "_watcher", None)
-        if watcher is not None and watcher is not asyncio.current_task():
-            watcher.cancel()
-
-
-async def _sse(first: dict[str, Any], chunks: _Pump) -> AsyncIterator[bytes]:
-    """Server-sent events as OpenAI sends them: ``data: {...}`` each, then ``data: [DONE]``."""
-    try:
-        item: Any = first
-        while item is not _DONE:
-            yield b"data: " + json.dumps(item, separators=(",", ":")).encode() + b"\n\n"
-            if "error" in item:
-                return  # OpenAI ends a failed stream with the error event
-            item = await chunks.next()
-        yield b"data: [DONE]\n\n"
-    finally:
-        chunks.close()  # the client went away, or the stream ended
 
 
 async def _read_body(request: Request) -> dict[str, Any] | Response:
