@@ -162,7 +162,7 @@ class _Pump:
                  caller_cancel: threading.Event | None = None) -> None:
         self.cancel = threading.Event()
         self._caller_cancel = caller_cancel
-        self._queue: queue.Queue[tuple[bool, Any]] = queue.Queue()
+        self._queue: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
         self._start = start
         threading.Thread(target=self._run, daemon=True, name="zwaif-target").start()
 
@@ -206,7 +206,8 @@ class _Run:
     """The state of one chat while it streams."""
 
     started: float
-    text: str = ""
+    parts: list[str] = field(default_factory=list)  # the answer's text so far, joined on demand
+    chars: int = 0
     tokens: int = 0
     ttft_s: float | None = None
     attempts: list[Attempt] = field(default_factory=list)
@@ -291,20 +292,21 @@ class FailoverChain:
     def _try(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
              run: _Run, usage: Usage) -> Iterator[str | ToolCalls]:
         start, produced, tries = self._clock(), 0, [0]
-        prefix = run.text
+        prefix = "".join(run.parts)
         try:
             pieces = (self._guarded(target, messages, params, prefix, tries, usage) if target.guarded
                       else self._direct(target, messages, params, prefix, tries, usage))
             for piece in pieces:
-                if produced == 0 and run.last_target is not None and run.text:
-                    run.switches.append(Switch(at_char=len(run.text), from_target=run.last_target,
+                if produced == 0 and run.last_target is not None and run.chars:
+                    run.switches.append(Switch(at_char=run.chars, from_target=run.last_target,
                                                to_target=target.name))
                 produced += 1
                 run.tokens += 1
                 if isinstance(piece, ToolCalls):
                     run.tool_deltas += piece.deltas
                 else:
-                    run.text += piece
+                    run.parts.append(piece)
+                    run.chars += len(piece)
                 if run.ttft_s is None:
                     run.ttft_s = self._clock() - run.started
                 yield piece
@@ -380,7 +382,7 @@ class FailoverChain:
 
     def _result(self, run: _Run, target: Target, params: GenerationParams, usage: Usage) -> ChatResult:
         return ChatResult(
-            text=run.text,
+            text="".join(run.parts),
             model=target.name,
             source=target.source,
             fell_back=any(not a.ok for a in run.attempts),

@@ -39,10 +39,16 @@ class TokenMeter:
         self._lock = threading.Lock()
 
     def add(self) -> None:
+        """Count one piece. Every stream calls this per piece: the append needs no lock (a
+        deque's append is atomic), and the trim, which keeps the deque to the window, is left
+        to whoever holds the lock already."""
         now = self._clock()
-        with self._lock:
-            self._times.append(now)
-            self._trim(now)
+        self._times.append(now)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._trim(now)
+            finally:
+                self._lock.release()
 
     def rate(self) -> float:
         now = self._clock()

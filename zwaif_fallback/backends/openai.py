@@ -158,46 +158,48 @@ def _events(response: Any, usage: Usage) -> Iterator[str | ToolCalls]:
             event = json.loads(payload)
         except ValueError:
             raise TargetFailed(f"the server sent malformed JSON: {payload[:80]!r}") from None
-        if isinstance(event, dict) and event.get("error"):
+        if not isinstance(event, dict):
+            continue
+        if event.get("error"):
             raise TargetFailed(f"the server reported: {_error_text(event)}", retryable=True)
-        _read_usage(event, usage)
-        piece = _delta(event)
+        if "usage" in event:
+            _read_usage(event, usage)
+        choice = _choice(event)
+        if choice is None:
+            continue
+        piece = _text(choice)
         if piece:
             yield piece
-        calls = _tool_calls(event)
+        calls = _tool_calls(choice)
         if calls:
             yield calls
-        finished = finished or _finish_reason(event) is not None
+        finished = finished or choice.get("finish_reason") is not None
     if not finished:
         # The connection closed mid-answer: a server that finished gives a finish reason.
         raise TargetFailed("the stream ended before the answer was finished", retryable=True)
 
 
-def _finish_reason(event: Any) -> Any:
-    try:
-        return event["choices"][0].get("finish_reason")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return None
+def _choice(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The first choice of a chunk or an answer, None when it has none."""
+    choices = event.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    return choice if isinstance(choice, dict) else None
 
 
-def _delta(event: Any) -> str:
-    try:
-        choice = event["choices"][0]
-    except (KeyError, IndexError, TypeError):
-        return ""
-    delta = choice.get("delta") or choice.get("message") or {}
-    return delta.get("content") or choice.get("text") or ""
+def _delta_of(choice: dict[str, Any]) -> dict[str, Any]:
+    delta = choice.get("delta") or choice.get("message")
+    return delta if isinstance(delta, dict) else {}
 
 
-def _tool_calls(event: Any) -> ToolCalls | None:
-    """The tool-call deltas of a chunk (or the calls of a whole message, indexed as a
-    stream would give them), None when it has none."""
-    try:
-        choice = event["choices"][0]
-        delta = choice.get("delta") or choice.get("message") or {}
-        calls = delta.get("tool_calls")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return None
+def _text(choice: dict[str, Any]) -> str:
+    text = _delta_of(choice).get("content") or choice.get("text") or ""
+    return text if isinstance(text, str) else ""
+
+
+def _tool_calls(choice: dict[str, Any]) -> ToolCalls | None:
+    """The tool-call deltas of a chunk's choice (or the calls of a whole message, indexed as
+    a stream would give them), None when it has none."""
+    calls = _delta_of(choice).get("tool_calls")
     if not isinstance(calls, list):
         return None
     deltas = tuple({"index": i, **call} for i, call in enumerate(calls) if isinstance(call, dict))
@@ -209,8 +211,11 @@ def _whole_answer(response: Any, usage: Usage) -> Iterator[str | ToolCalls]:
         answer = json.loads(response.read())
     except ValueError:
         raise TargetFailed("the server answered with something that is not JSON") from None
+    if not isinstance(answer, dict):
+        raise TargetFailed("the server answered with JSON that is not an object")
     _read_usage(answer, usage)
-    text, calls = _delta(answer), _tool_calls(answer)
+    choice = _choice(answer) or {}
+    text, calls = _text(choice), _tool_calls(choice)
     if text or calls is None:
         yield text
     if calls is not None:
