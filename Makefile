@@ -40,7 +40,8 @@ setup: $(VENV)/.setup-run
 setup-test: $(VENV)/.setup-test
 
 # The tests of the web UI, and the few tools they need outside the project's own extras.
-UI_TESTS := tests/test_webui_handlers.py tests/test_webui_embedding.py tests/test_webui_browser.py
+UI_TESTS := tests/test_webui_handlers.py tests/test_webui_embedding.py tests/test_webui_browser.py \
+	tests/test_webui_get_model.py tests/test_webui_get_model_browser.py
 UI_TEST_TOOLS := pytest playwright gguf
 
 # A host's environment: Z-WAIF's requirements.txt pins, the project on top (the llama-cpp-python

@@ -1,4 +1,5 @@
-"""The "Advanced Fallback Management" tab: switch and optimize models, settings, benchmarks, a try-out.
+"""The "Advanced Fallback Management" tab: switch, get (get_model.py) and optimize models, settings,
+benchmarks, a try-out.
 
 Benchmarks run as the manager's background jobs; a poll (a gr.Timer where Gradio has one)
 reads the job's status once a second while it runs, so the page keeps answering. The job id
@@ -18,6 +19,7 @@ from zwaif_fallback import AllTargetsFailed, FallbackError, FallbackManager
 
 from . import compat
 from . import format as fmt
+from .get_model import GetModelSection, build_get_model_section
 
 __all__ = ["ManagementHandlers", "ManagementTab", "build_management_tab"]
 
@@ -37,16 +39,20 @@ class ManagementHandlers:
 
     # -- model management ---------------------------------------------------------
 
-    def refresh_models(self) -> tuple[str, pd.DataFrame, dict[str, Any], dict[str, Any]]:
-        """Current model, the models that can be switched to, and both model dropdowns."""
+    def refresh_models(self, switch_to: str | None = None
+                       ) -> tuple[str, pd.DataFrame, dict[str, Any], dict[str, Any]]:
+        """Current model, the models that can be switched to, and both model dropdowns;
+        ``switch_to`` (a model just downloaded) is put in the switch dropdown."""
         try:
             models = self.manager.discover_models(refresh=True)
         except FallbackError as exc:
             return fmt.failure(exc, "Listing models"), gr.skip(), gr.skip(), gr.skip()
         usable = [m for m in models if m.usable]
         table = fmt.models_frame(usable, {}).drop(columns=["fit"])
-        choices = gr.update(choices=fmt.model_choices(models))
-        return fmt.current_model_markdown(self.manager.current_model), table, choices, choices
+        choices = fmt.model_choices(models)
+        switch = gr.update(choices=choices, value=switch_to) if switch_to else gr.update(choices=choices)
+        return (fmt.current_model_markdown(self.manager.current_model), table, switch,
+                gr.update(choices=choices))
 
     def switch_model(self, name: str | None) -> str:
         """Load ``name`` as the fallback model (it blocks only this event while it loads)."""
@@ -237,6 +243,7 @@ class ManagementTab:
     switch_to: gr.Dropdown
     test_model: gr.Dropdown
     settings_message: gr.Markdown
+    get_model: GetModelSection
 
 
 def build_management_tab(manager: FallbackManager, prefix: str = "fallback") -> ManagementTab:
@@ -252,6 +259,8 @@ def build_management_tab(manager: FallbackManager, prefix: str = "fallback") -> 
                                     scale=3, elem_id=eid("mgmt-switch-to"))
             refresh_models = gr.Button("🔄 Refresh Model List", scale=1, elem_id=eid("mgmt-refresh"))
             switch = gr.Button("🔄 Switch Model", variant="primary", scale=1, elem_id=eid("mgmt-switch"))
+
+        get_model = build_get_model_section(eid)
 
         gr.Markdown("## VRAM Optimization")
         vram = gr.Markdown(elem_id=eid("mgmt-vram"))
@@ -311,6 +320,7 @@ def build_management_tab(manager: FallbackManager, prefix: str = "fallback") -> 
     settings_controls = [timeout, max_retries, auto_switch, vram_monitoring]
     vram_outputs = [vram, auto_optimize, ranking]
     model_outputs = [current, available, switch_to, test_model]
+    get_model.bind(manager, h.refresh_models, model_outputs)
     for fn, outputs in ((h.refresh_models, model_outputs), (h.vram_status, vram_outputs),
                         (h.benchmark_results, [results, chart])):
         tab.select(fn, outputs=outputs, **compat.PRIVATE)
@@ -337,4 +347,4 @@ def build_management_tab(manager: FallbackManager, prefix: str = "fallback") -> 
     send.click(h.send, inputs=[message, primary_url, max_tokens], outputs=[answer, answered_by, attempts],
                api_name="fallback_try_chat")
     return ManagementTab(tab=tab, current=current, switch_to=switch_to, test_model=test_model,
-                         settings_message=settings_message)
+                         settings_message=settings_message, get_model=get_model)

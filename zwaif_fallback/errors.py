@@ -130,7 +130,8 @@ class BackendUnavailable(FallbackError):
 
 
 class Busy(FallbackError):
-    """The same work is already running (a monitoring session): stop it or wait for it to end."""
+    """The same work is already running (a monitoring session, a download): stop it or wait
+    for it to end."""
 
 
 class NotStarted(FallbackError):

@@ -51,6 +51,11 @@ class Progress:
     def cancelled(self) -> bool:
         return self._job.cancel_event.is_set()
 
+    @property
+    def cancel_event(self) -> threading.Event:
+        """The job's cancel, for work that checks it itself (a download between its chunks)."""
+        return self._job.cancel_event
+
 
 class Job(Generic[T]):
     """Runs ``work(progress)`` in a daemon thread."""

@@ -261,30 +261,31 @@ class FallbackManager:
         self.discover_models(refresh=True)
         return model
 
-    def start_pull(self, spec: str) -> Job[ModelInfo]:
+    def start_pull(self, spec: str, *, progress: ProgressCallback | None = None) -> Job[ModelInfo]:
         """Run ``pull_model`` as a background job the UI polls; one download at a time.
 
-        The job's progress is the fraction downloaded and a line with the bytes, the rate and
-        the time left. ``cancel()`` stops it at its next chunk and keeps the partial file for
-        the next pull (the job ends "cancelled"); a failure ends it "failed" with the error's
-        one line. Its result is the downloaded model.
+        The job's progress is the fraction of the current file downloaded; ``progress`` gets
+        each ``PullProgress`` (bytes, rate, time left) as in ``pull_model``. ``cancel()``
+        stops it at its next chunk and keeps the partial file for the next pull (the job ends
+        "cancelled"); a failure ends it "failed" with the error's one line. Its result is the
+        downloaded model.
 
         Raises:
             Busy: a download started here is still running: wait for it or cancel it.
         """
-        from .cli_text import format_pull_progress
         from .jobs import Cancelled, Job, Progress
 
-        def work(progress: Progress) -> ModelInfo:
+        def work(advance: Progress) -> ModelInfo:
             def report(p: PullProgress) -> None:
+                if progress is not None:
+                    progress(p)
                 try:
-                    progress(p.downloaded_bytes / p.total_bytes if p.total_bytes else 0.0,
-                             format_pull_progress(p))
+                    advance(p.downloaded_bytes / p.total_bytes if p.total_bytes else 0.0, p.file)
                 except Cancelled:
                     pass  # the download sees the same cancel at its next chunk and stops itself
 
             try:
-                return self.pull_model(spec, progress=report, cancel=progress.cancel_event)
+                return self.pull_model(spec, progress=report, cancel=advance.cancel_event)
             except DownloadCancelled as exc:
                 raise Cancelled(str(exc)) from exc
 
