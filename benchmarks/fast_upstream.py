@@ -1,8 +1,9 @@
 """An OpenAI-compatible upstream that streams as fast as it can, for throughput benchmarks.
 
-``python benchmarks/fast_upstream.py PORT [CHUNKS]`` answers every POST to
+``python benchmarks/fast_upstream.py PORT [CHUNKS] [INTERVAL_MS]`` answers every POST to
 ``/v1/chat/completions`` with CHUNKS (200) content chunks and ``[DONE]``, over plain asyncio
-streams so that the upstream costs as little as possible. Each chunk's content is the
+streams so that the upstream costs as little as possible; INTERVAL_MS (0) paces the chunks
+as a model generating at 1000/INTERVAL_MS tokens/s would. Each chunk's content is the
 sender's ``time.monotonic_ns()`` followed by a space: a reader on this machine subtracts
 it from its own clock to get the chunk's delay.
 """
@@ -25,7 +26,8 @@ def event(content: str | None, finish: str | None = None) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chunks: int) -> None:
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chunks: int,
+                 interval_s: float) -> None:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
         length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
@@ -37,7 +39,10 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chu
                          + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
         else:
             writer.write(HEAD)
-            for _ in range(chunks):
+            start = time.monotonic()
+            for i in range(chunks):
+                if interval_s:  # on a fixed schedule: a late chunk does not delay the next ones
+                    await asyncio.sleep(max(start + i * interval_s - time.monotonic(), 0.0))
                 writer.write(event(f"{time.monotonic_ns()} "))
                 await writer.drain()
             writer.write(event(None, "stop") + b"data: [DONE]\n\n")
@@ -48,12 +53,13 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chu
         writer.close()
 
 
-async def main(port: int, chunks: int) -> None:
-    server = await asyncio.start_server(lambda r, w: handle(r, w, chunks), "127.0.0.1", port,
-                                        backlog=256)
+async def main(port: int, chunks: int, interval_s: float) -> None:
+    server = await asyncio.start_server(lambda r, w: handle(r, w, chunks, interval_s), "127.0.0.1",
+                                        port, backlog=256)
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 200))
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 200,
+                     float(sys.argv[3]) / 1000 if len(sys.argv) > 3 else 0.0))
