@@ -130,8 +130,7 @@ class BackendUnavailable(FallbackError):
 
 
 class Busy(FallbackError):
-    """The same work is already running (a monitoring session, a download): stop it or wait
-    for it to end."""
+    """The same work is already running (a monitoring session, a download): stop or wait for it."""
 
 
 class NotStarted(FallbackError):
