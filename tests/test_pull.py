@@ -6,6 +6,7 @@ transformers model's folder, and discovery seeing the model at once."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import threading
 import time
@@ -204,6 +205,27 @@ def test_the_hf_cache_gets_its_own_layout(hub, model_file, tmp_path):
     assert info.path == str(link) and link.is_symlink() and info.source == "hf_cache"
     assert link.resolve() == (repo_dir / "blobs" / digest).resolve()
     assert (repo_dir / "refs" / "main").read_text() == COMMIT
+
+
+@pytest.mark.parametrize("refused", [{"symlink"}, {"symlink", "hard link"}])
+def test_the_hf_cache_works_where_links_are_refused(hub, model_file, tmp_path, monkeypatch, refused):
+    # Windows without Developer Mode refuses symlinks (WinError 1314); FAT32 and exFAT have no
+    # links at all. The refusal is simulated at the OS call.
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(1314, "A required privilege is not held by the client")
+
+    monkeypatch.setattr(Path, "symlink_to", refuse)
+    if "hard link" in refused:
+        monkeypatch.setattr(os, "link", refuse)
+    info = pull(f"{REPO}/{FILE}", hub=hub, models_dir=tmp_path / "models", download_to="hf_cache",
+                hf_cache=tmp_path / "cache")
+    entry = tmp_path / "cache" / "models--acme--Tiny-Instruct-GGUF" / "snapshots" / COMMIT / FILE
+    assert info.path == str(entry) and info.valid and not entry.is_symlink()
+    assert entry.read_bytes() == model_file.read_bytes()
+    assert entry.stat().st_nlink == (1 if "hard link" in refused else 2)
+    again = pull(f"{REPO}/{FILE}", hub=hub, models_dir=tmp_path / "models", download_to="hf_cache",
+                 hf_cache=tmp_path / "cache")  # found in place: nothing fetched, nothing broken
+    assert again.path == info.path and entry.read_bytes() == model_file.read_bytes()
 
 
 @pytest.mark.parametrize("download_to", ["models_dir", "hf_cache"])

@@ -26,6 +26,7 @@ huggingface_hub and ``locations.hf_cache_models`` read.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -44,6 +45,8 @@ from .pull_plan import ALLOWED_SUFFIXES, PullPlan, check_file_type, plan_pull
 
 __all__ = ["ALLOWED_SUFFIXES", "ProgressCallback", "PullProgress", "check_file_type", "plan_pull",
            "pull"]
+
+log = logging.getLogger(__name__)
 
 Destination = Literal["models_dir", "hf_cache"]
 _GIT_OBJECT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -158,10 +161,28 @@ class _Place:
         if self.link is not None:
             self.link.parent.mkdir(parents=True, exist_ok=True)
             self.link.unlink(missing_ok=True)
-            self.link.symlink_to(os.path.relpath(self.target, self.link.parent))
+            _snapshot_entry(self.link, self.target)
         if self.ref is not None and remote.commit:
             self.ref.parent.mkdir(parents=True, exist_ok=True)
             self.ref.write_text(remote.commit, encoding="utf-8")
+
+
+def _snapshot_entry(link: Path, blob: Path) -> None:
+    """A snapshot's file for its blob in the HF cache: a relative symlink, as huggingface_hub
+    makes it. Windows refuses symlinks without Developer Mode or admin rights, but not hard
+    links on NTFS: then a hard link (the same bytes, no second copy). Where neither can be
+    made (FAT32, exFAT), the blob itself moves into the snapshot, as huggingface_hub does
+    without symlinks."""
+    try:
+        link.symlink_to(os.path.relpath(blob, link.parent))
+        return
+    except OSError as exc:
+        log.info("no symlink in the HF cache (%s); a hard link instead", exc)
+    try:
+        os.link(blob, link)
+    except OSError as exc:
+        log.info("no hard link in the HF cache (%s); the file moves into the snapshot", exc)
+        os.replace(blob, link)
 
 
 def _check_space(folder: Path, needed: int, label: str) -> None:
