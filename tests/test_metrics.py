@@ -17,8 +17,9 @@ from servers import free_port
 from zwaif_fallback import GPUInfo, InvalidSettings, SystemStatus
 from zwaif_fallback.backends.base import GenerationParams, TargetFailed
 from zwaif_fallback.breaker import BreakerState, CircuitBreaker
-from zwaif_fallback.failover import Attempt, ChatResult, FailoverChain, Switch, Target
+from zwaif_fallback.failover import FailoverChain, Target
 from zwaif_fallback.metrics import Metrics
+from zwaif_fallback.results import Attempt, ChatResult, Switch
 
 PRIMARY = "http://127.0.0.1:5000/v1"
 REMOTE = "http://10.0.0.7:8080/v1"

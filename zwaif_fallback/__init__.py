@@ -13,7 +13,8 @@ and to having no import cycle.
     porches       cli, cli_text, __main__, default, server, sse
     facade        manager
     measurement   recommend, optimizer, bench_jobs, telemetry, health, bench, quality, metrics, monitor, jobs
-    call path     chats, completions, routing, failover, breaker, local, step_down, pool, backends
+    call path     chats, completions, routing, failover, results, breaker, local, step_down, pool,
+                  backends
     fit           fit, memory, calibration, dry_run
     discovery     catalog, pull, pull_plan, download, hub, hub_body, hub_http, hub_models, model_info,
                   locations, gguf_header, safetensors_header, ggml
@@ -26,9 +27,9 @@ and to having no import cycle.
   the auto-optimizer (optimizer -> health); history, Prometheus metrics and sampling
   (telemetry -> store, metrics, monitor).
 * call path: one answer: input checks and recording (chats), the targets in order
-  (routing), deadline, retries and breakers (failover), one class per runtime
-  (backends/), the local models' fits, pool, switching and keep_alive (local -> pool),
-  a load that runs out of memory stepping down (step_down).
+  (routing), deadline, retries and breakers (failover), what a chat gives back (results),
+  one class per runtime (backends/), the local models' fits, pool, switching and keep_alive
+  (local -> pool), a load that runs out of memory stepping down (step_down).
 * fit: the memory estimate (memory), the verdict (fit), corrections measured on real
   loads (calibration), llama.cpp's own no_alloc dry run of a plan (dry_run).
 * discovery: which models exist and what they are, read from their files' headers, local or
@@ -72,7 +73,6 @@ if _typing.TYPE_CHECKING:
     from .bench import BenchmarkResult
     from .catalog import Catalog
     from .default import try_fallbacks
-    from .failover import Attempt, ChatResult, Switch
     from .fit import Compatibility, Estimate, LoadConfig, MemoryBreakdown, estimate, plan
     from .hardware import GPUInfo, HardwareProbe, SystemStatus
     from .health import HealthReport, Optimization, PerformanceStats
@@ -80,18 +80,19 @@ if _typing.TYPE_CHECKING:
     from .manager import FallbackManager
     from .model_info import ModelInfo, ModelShape
     from .monitor import MonitoringReport
+    from .results import Attempt, ChatResult, Switch
     from .settings import FallbackSettings
 
 __version__ = "0.1.0"
 
 _WHERE = {
-    "Attempt": "failover", "BenchmarkResult": "bench", "Catalog": "catalog",
-    "ChatResult": "failover", "Compatibility": "fit", "Estimate": "fit",
+    "Attempt": "results", "BenchmarkResult": "bench", "Catalog": "catalog",
+    "ChatResult": "results", "Compatibility": "fit", "Estimate": "fit",
     "FallbackManager": "manager", "FallbackSettings": "settings", "GPUInfo": "hardware",
     "HardwareProbe": "hardware", "HealthReport": "health", "Job": "jobs", "JobStatus": "jobs",
     "LoadConfig": "fit", "MemoryBreakdown": "fit", "ModelInfo": "model_info",
     "ModelShape": "model_info", "MonitoringReport": "monitor", "Optimization": "health",
-    "PerformanceStats": "health", "Switch": "failover", "SystemStatus": "hardware",
+    "PerformanceStats": "health", "Switch": "results", "SystemStatus": "hardware",
     "estimate": "fit", "plan": "fit", "try_fallbacks": "default",
 }
 

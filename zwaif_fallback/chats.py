@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 from .backends.base import GenerationParams, Message, check_messages
 from .errors import AllTargetsFailed, InvalidSettings
-from .failover import Attempt, ChatResult, FailoverChain, Piece
+from .failover import FailoverChain, Piece
+from .results import Attempt, ChatResult
 from .routing import Primary, Router
 from .settings import FallbackSettings, validate_field
 

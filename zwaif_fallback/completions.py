@@ -34,7 +34,8 @@ from typing import Any, Protocol
 
 from .backends.base import GenerationParams, check_messages
 from .errors import AllTargetsFailed, FallbackError, InvalidSettings
-from .failover import Attempt, ChatResult, Piece
+from .failover import Piece
+from .results import Attempt, ChatResult
 
 __all__ = ["Answer", "BadRequestField", "CompletionRequest", "chat_completion", "error_object",
            "fallback_info", "parse_request", "stream_chat_completion"]

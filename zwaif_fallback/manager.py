@@ -20,11 +20,11 @@ from .backends.base import Message
 from .catalog import Catalog
 from .chats import Chats
 from .errors import Busy, DownloadCancelled, InvalidSettings, StorageError
-from .failover import ChatResult
 from .fit import Compatibility
 from .hardware import HardwareProbe, SystemStatus
 from .local import LocalModels
 from .model_info import ModelInfo
+from .results import ChatResult
 from .routing import Primary, Router
 from .settings import FallbackSettings
 

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import Collector as _CollectorBase
 
-    from .failover import Attempt, ChatResult
     from .hardware import SystemStatus
+    from .results import Attempt, ChatResult
 else:
     _CollectorBase = object
 

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from .breaker import BreakerState
 from .errors import Busy, NotStarted
-from .failover import Attempt, ChatResult
 from .hardware import HardwareProbe
 from .monitor import BackgroundSampler, MonitoringReport, MonitorSession, Sample
+from .results import Attempt, ChatResult
 from .store import Store
 
 if TYPE_CHECKING:
