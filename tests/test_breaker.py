@@ -43,3 +43,12 @@ def test_a_success_resets_the_count():
     breaker.record_success()
     breaker.record_failure()
     assert breaker.snapshot().state == "closed"
+
+
+def test_a_hung_target_opens_at_once():
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=3, cooldown_s=30, clock=clock)
+    assert breaker.record_failure(hung=True)
+    assert not breaker.allow() and breaker.snapshot().state == "open"
+    clock.now = 31.0
+    assert breaker.allow()  # half-open: the probe goes through as for any open circuit

@@ -73,16 +73,21 @@ def test_a_stopped_server_process_is_refused(tmp_path, manager):
     assert result.source == "local" and "refused" in result.attempts[0].error
 
 
-def test_a_hung_primary_yields_at_the_deadline(manager):
+def test_a_hung_primary_yields_at_the_deadline_then_is_skipped(manager):
     hang = HangServer()
     try:
         result = manager.chat(ASK, primary=hang.url, **GEN)
+        # Hung, not failing: its circuit opens at once, and the next chat does not wait on it.
+        assert manager.breaker_states()[hang.url]["state"] == "open"
+        second = manager.chat(ASK, primary=hang.url, **GEN)
     finally:
         hang.close()
     first = result.attempts[0]
     assert result.source == "local" and not first.ok
     assert 5.0 <= first.latency_s < 6.5, first  # timeout=5 covers every retry
     assert "within" in first.error
+    assert second.source == "local" and second.attempts[0].tries == 0
+    assert second.attempts[0].error.startswith("circuit open: skipped")
 
 
 def test_500s_are_retried_then_fall_back(manager, proxy):

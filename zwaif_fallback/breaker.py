@@ -60,13 +60,17 @@ class CircuitBreaker:
         with self._lock:
             self._state, self._failures, self._probing = "closed", 0, False
 
-    def record_failure(self) -> bool:
-        """Count a failed request; True when this failure opened the breaker."""
+    def record_failure(self, *, hung: bool = False) -> bool:
+        """Count a failed request; True when this failure opened the breaker.
+
+        A ``hung`` target (it let a whole deadline pass without a word) opens the breaker at
+        once: every chat sent to it until the threshold would wait out the deadline too.
+        """
         with self._lock:
             self._failures += 1
             self._probing = False
-            if self._state == "half_open" or (
-                    self._state == "closed" and self._failures >= self.failure_threshold):
+            if self._state == "half_open" or (self._state == "closed" and (
+                    hung or self._failures >= self.failure_threshold)):
                 self._state, self._opened_at = "open", self._clock()
                 return True
             return False

@@ -9,7 +9,8 @@ primary and the remotes:
 * **Retries.** Retryable errors (dropped connections, 429, 5xx, read timeouts)
   are retried by stamina with exponential backoff and jitter, inside the deadline.
 * **Circuit breaker.** A target that keeps failing is skipped without a request
-  until its cooldown ends.
+  until its cooldown ends. One that let the whole deadline pass without a word is hung:
+  its circuit opens at once, so the next chats do not wait out the deadline too.
 
 Once a target streams, a gap longer than ``stall_s`` or an error counts as its
 failure; the next target continues the *same* answer from the text so far, so
@@ -115,7 +116,8 @@ class _Pump:
             except queue.Empty:
                 if left <= wait:
                     self.close()
-                    raise TargetFailed(f"no {what} within {timeout_s:.1f} s", retryable=True) from None
+                    raise TargetFailed(f"no {what} within {timeout_s:.1f} s", retryable=True,
+                                       hung=what == "answer") from None
         if ok:
             return item
         if isinstance(item, TargetFailed):
@@ -242,7 +244,7 @@ class FailoverChain:
                                         error=f"{exc}{cut}", latency_s=self._clock() - start,
                                         tries=tries[0], tokens=produced, notes=_notes(target)))
             log.warning("target %s failed after %d pieces: %s", target.name, produced, exc)
-            if target.breaker is not None and target.breaker.record_failure():
+            if target.breaker is not None and target.breaker.record_failure(hung=exc.hung):
                 log.warning("circuit for %s opened", target.name)
                 if target.on_breaker_open is not None:
                     target.on_breaker_open()
@@ -282,7 +284,7 @@ class FailoverChain:
                 tries[0] += 1
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    raise TargetFailed(f"no answer within the {self.timeout_s:g} s deadline")
+                    raise TargetFailed(f"no answer within the {self.timeout_s:g} s deadline", hung=True)
                 pump = self._open(target, messages, params, prefix, remaining, usage, self._cancel)
                 try:
                     first = pump.next(remaining, "answer")

@@ -33,10 +33,12 @@ MAX_PROMPT_CHARS = 2_000_000
 class TargetFailed(Exception):
     """A target could not answer. ``retryable`` errors may succeed when tried again."""
 
-    def __init__(self, message: str, *, retryable: bool = False, fast: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, fast: bool = False,
+                 hung: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.fast = fast  # the target is down for sure (connection refused): do not wait on it
+        self.hung = hung  # the deadline for its first piece passed without a word from it
 
 
 @dataclass(frozen=True)
