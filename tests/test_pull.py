@@ -430,3 +430,10 @@ def test_discovery_lists_a_pulled_folder_as_an_hf_model(hf_server, isolated, mon
         info = manager.pull_model(HF_REPO)
         found = [m for m in manager.discover_models() if m.path == info.path]
     assert len(found) == 1 and found[0].valid and found[0].format == "transformers"
+
+
+@pytest.mark.parametrize("name", ["..\\evil.gguf", "sub/../../evil.gguf", "C:evil.gguf"])
+def test_a_name_that_could_write_outside_the_models_folder_is_refused(hub, tmp_path, name):
+    with pytest.raises(InvalidSettings, match="could write outside the models folder"):
+        pull(f"{REPO}/{name}", hub=hub, models_dir=tmp_path / "models")
+    assert not (tmp_path / "models").exists() and not (tmp_path / "evil.gguf").exists()

@@ -78,7 +78,19 @@ def plan_pull(spec: str | HubModel, hub: Hub) -> PullPlan:
             return _transformers_plan(listing, hub)
         model = ggufs[0]
     check_file_type(model.file)
-    return PullPlan(kind="gguf", files=split_parts(model))
+    return _checked(PullPlan(kind="gguf", files=split_parts(model)))
+
+
+def _checked(plan: PullPlan) -> PullPlan:
+    """The plan, once no file name could land outside its folder: names come from the Hub's
+    listing and a repo's index, and on Windows a backslash, a drive or ``..`` would."""
+    for model in plan.files:
+        parts = PurePosixPath(model.file).parts
+        if any(part in ("..", ".") or "\\" in part or ":" in part for part in parts) or \
+                model.file.startswith("/"):
+            raise InvalidSettings(f"refusing {model.file!r} from {model.repo or 'the Hub'}: the "
+                                  "name could write outside the models folder")
+    return plan
 
 
 def _parse(spec: str) -> HubModel:
@@ -124,5 +136,5 @@ def _transformers_plan(listing: RepoListing, hub: Hub) -> PullPlan:
         weights = ["model.safetensors"]  # not a second copy in another layout beside it
     extras = sorted(name for name in top if name in TRANSFORMERS_FILES and name != "config.json")
     names = [*weights, *extras, "config.json"]
-    return PullPlan(kind="transformers", files=[file(n) for n in names],
-                    folder=PurePosixPath(listing.repo).name)
+    return _checked(PullPlan(kind="transformers", files=[file(n) for n in names],
+                             folder=PurePosixPath(listing.repo).name))
