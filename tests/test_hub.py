@@ -35,7 +35,7 @@ import shapes  # noqa: E402
 
 REPO = "acme/Tiny-Instruct-GGUF"
 FIELDS = {"repo", "file", "params", "quantization", "license", "size_bytes", "verdict", "gpu_layers",
-          "vram_mb", "ram_mb", "score", "reason", "url"}
+          "vram_mb", "ram_mb", "score", "reason", "url", "n_layers"}
 
 
 @pytest.fixture(autouse=True)

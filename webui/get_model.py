@@ -157,7 +157,11 @@ def download_spec(r: Recommendation) -> str:
 
 def verdict_label(r: Recommendation) -> str:
     label = VERDICT_LABELS.get(r.verdict, r.verdict)
-    return f"{label} ({r.gpu_layers} layers)" if r.verdict == "partial" else label
+    if r.verdict != "partial":
+        return label
+    # llama.cpp's count: the output layer and the repeating ones, as n_gpu_layers takes it
+    return f"{label} ({r.gpu_layers} of {r.n_layers + 1} layers)" if r.n_layers else \
+        f"{label} ({r.gpu_layers} layers)"
 
 
 def recommendations_frame(found: Sequence[Recommendation]) -> pd.DataFrame:

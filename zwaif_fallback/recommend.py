@@ -65,6 +65,9 @@ class Recommendation(Model):
     score: float
     reason: str
     url: str
+    #: the model's repeating layers; llama.cpp can offload these and the output layer, so
+    #: ``gpu_layers`` runs up to ``n_layers + 1`` (None when the header could not be read)
+    n_layers: int | None = None
 
 
 def effective_params(params: int, quantization: str | None, size_bytes: int = 0
@@ -122,7 +125,8 @@ def _recommendation(model: HubModel, url: str, info: ModelInfo | FallbackError,
         reason = f"{fit.verdict}: {fit.reason}"
     return Recommendation(**common, params=params or None, quantization=quant,
                           size_bytes=info.size_bytes, verdict=fit.verdict, gpu_layers=fit.gpu_layers,
-                          vram_mb=fit.vram_mb, ram_mb=fit.ram_mb, score=entry.score, reason=reason)
+                          vram_mb=fit.vram_mb, ram_mb=fit.ram_mb, score=entry.score, reason=reason,
+                          n_layers=fit.n_layers or None)
 
 
 def _billions(params: float) -> str:
