@@ -437,3 +437,15 @@ def test_a_name_that_could_write_outside_the_models_folder_is_refused(hub, tmp_p
     with pytest.raises(InvalidSettings, match="could write outside the models folder"):
         pull(f"{REPO}/{name}", hub=hub, models_dir=tmp_path / "models")
     assert not (tmp_path / "models").exists() and not (tmp_path / "evil.gguf").exists()
+
+
+def test_the_progress_line_says_which_file_of_a_pull_of_several():
+    from zwaif_fallback.cli_text import format_pull_progress
+
+    def line(part: int, parts: int) -> str:
+        return format_pull_progress(PullProgress(
+            file="m-00002-of-00003.gguf", downloaded_bytes=2**20, total_bytes=2**21,
+            resumed_from_bytes=0, rate_bytes_per_s=2**20, eta_s=1.0, part=part, parts=parts))
+
+    assert line(2, 3) == "file 2 of 3, m-00002-of-00003.gguf: 1 MiB of 2 MiB (50%), 1 MiB/s, 1 s left"
+    assert line(1, 1) == "m-00002-of-00003.gguf: 1 MiB of 2 MiB (50%), 1 MiB/s, 1 s left"

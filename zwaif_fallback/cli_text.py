@@ -114,15 +114,17 @@ def format_recommendations(items: list[Recommendation]) -> str:
 
 
 def format_pull_progress(p: PullProgress) -> str:
-    """One progress line: "12.0 MiB of 380 MiB (3%), 25 MiB/s, 14 s left"."""
+    """One progress line: "model.gguf: 12.0 MiB of 380 MiB (3%), 25 MiB/s, 14 s left", the
+    file preceded by "file 2 of 5, " when the pull fetches several."""
+    name = f"file {p.part} of {p.parts}, {p.file}" if p.parts > 1 else p.file
     done = size_text(p.downloaded_bytes / 2**20, smallest="KiB")
     if p.total_bytes:
         done += (f" of {size_text(p.total_bytes / 2**20, smallest='KiB')} "
                  f"({100 * p.downloaded_bytes / p.total_bytes:.0f}%)")
     rate = f"{size_text(p.rate_bytes_per_s / 2**20, smallest='KiB')}/s"
     if p.done:
-        return f"{p.file}: {done}, {rate}, done"
+        return f"{name}: {done}, {rate}, done"
     left = f"{p.eta_s:.0f} s left" if p.eta_s is not None else "time left unknown"
     resumed = (f", resumed at {size_text(p.resumed_from_bytes / 2**20, smallest='KiB')}"
                if p.resumed_from_bytes else "")
-    return f"{p.file}: {done}, {rate}, {left}{resumed}"
+    return f"{name}: {done}, {rate}, {left}{resumed}"
