@@ -376,6 +376,20 @@ class SlowServer(_Background):
         self._serve(Handler)
 
 
+def serve_settings(root: Path, primary_url: str, **settings: Any) -> Any:
+    """FallbackSettings for a ``serve`` test under ``root``: a short deadline, no system stores,
+    the bundled SmolLM2 preferred, ``settings`` on top."""
+    from zwaif_fallback import FallbackSettings
+
+    models = root / "models"
+    models.mkdir(exist_ok=True)
+    defaults: dict[str, Any] = dict(
+        timeout=5, max_retries=2, models_dir=models, scan_system_stores=False, keep_alive=0,
+        preferred_model="SmolLM2-135M-Instruct.Q4_1", settings_file=root / "settings.json",
+        data_dir=root / "data")
+    return FallbackSettings(**{**defaults, **settings, "primary_url": primary_url})
+
+
 class Served:
     """Our API app (``build_api`` over ``manager``) on a free loopback port, in a uvicorn thread."""
 

@@ -23,9 +23,18 @@ import httpx
 import pytest
 from builders import write_gguf
 from conftest import run_cli
-from servers import FaultProxy, HangServer, LlamaServer, Served, free_port, refused_url, wait_until
+from servers import (
+    FaultProxy,
+    HangServer,
+    LlamaServer,
+    Served,
+    free_port,
+    refused_url,
+    serve_settings,
+    wait_until,
+)
 
-from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings
+from zwaif_fallback import FallbackManager, InvalidSettings
 from zwaif_fallback.server import MAX_BODY_BYTES, check_bind
 
 openai = pytest.importorskip("openai")
@@ -51,13 +60,7 @@ def proxy(llama: LlamaServer) -> Iterator[FaultProxy]:
 
 
 def make_manager(root: Path, primary_url: str, **settings: Any) -> FallbackManager:
-    models = root / "models"
-    models.mkdir(exist_ok=True)
-    defaults: dict[str, Any] = dict(
-        timeout=5, max_retries=2, models_dir=models, scan_system_stores=False, keep_alive=0,
-        preferred_model=SMOL, settings_file=root / "settings.json", data_dir=root / "data")
-    return FallbackManager(FallbackSettings(**{**defaults, **settings, "primary_url": primary_url}),
-                           background=False)
+    return FallbackManager(serve_settings(root, primary_url, **settings), background=False)
 
 
 @contextmanager

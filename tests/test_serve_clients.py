@@ -23,9 +23,18 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ROOT
-from servers import LlamaServer, ScriptedServer, Served, SlowServer, free_port, refused_url, wait_until
+from servers import (
+    LlamaServer,
+    ScriptedServer,
+    Served,
+    SlowServer,
+    free_port,
+    refused_url,
+    serve_settings,
+    wait_until,
+)
 
-from zwaif_fallback import FallbackManager, FallbackSettings
+from zwaif_fallback import FallbackManager
 
 openai = pytest.importorskip("openai")
 psutil = pytest.importorskip("psutil")
@@ -40,19 +49,10 @@ TOOL = {"type": "function", "function": {
 STOP_WITHIN_S = 1.0
 
 
-def settings_for(root: Path, primary_url: str, **settings: Any) -> FallbackSettings:
-    models = root / "models"
-    models.mkdir(exist_ok=True)
-    defaults: dict[str, Any] = dict(
-        timeout=5, max_retries=2, models_dir=models, scan_system_stores=False, keep_alive=0,
-        preferred_model=SMOL, settings_file=root / "settings.json", data_dir=root / "data")
-    return FallbackSettings(**{**defaults, **settings, "primary_url": primary_url})
-
-
 @contextmanager
 def serve(root: Path, primary_url: str, **settings: Any) -> Iterator[tuple[Served, FallbackManager]]:
     """The API in this process, over a manager of its own."""
-    with FallbackManager(settings_for(root, primary_url, **settings), background=False) as manager:
+    with FallbackManager(serve_settings(root, primary_url, **settings), background=False) as manager:
         served = Served(manager)
         try:
             yield served, manager
@@ -294,7 +294,7 @@ def test_health_probes_a_primary_whose_circuit_cooldown_is_over(isolated: Path,
     port = free_port()
     primary = f"http://127.0.0.1:{port}/v1"
     later = [0.0]  # seconds added to the manager's clock: the breaker's cooldown passes at once
-    settings = settings_for(isolated, primary)
+    settings = serve_settings(isolated, primary)
     with FallbackManager(settings, background=False, clock=lambda: time.monotonic() + later[0]) \
             as manager:
         served = Served(manager)
