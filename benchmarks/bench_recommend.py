@@ -7,6 +7,13 @@ tests/hub_server.py, in the Hub's URL layout, with a delay before every answer. 
 reports the bytes fetched against the files' sizes and their headers' (goal: under 0.1%
 of the files), and the time for the whole list (goal: under 10 s).
 
+Files that share a vocabulary walk it once (hub_headers.py): the report counts the
+leaders (which walked theirs; which file of a group leads depends on which thread gets
+there first) and the followers (which jumped over theirs with their leader's run), and
+names the files that walked theirs after all, with why. An untimed pass then reads every
+header again the same way and compares each with a full local read of the file
+(metadata, tensors, data offset, size).
+
 The vocabularies are synthetic: tokens of 7 bytes and merges of about 11, near the real
 byte-level BPE ones, as many as the real models have (Qwen2.5: 151k tokens and merges;
 Llama 3: 128k tokens, 280k merges; gemma 2, Mistral v0.3 and Phi-3.5 have no merges).
@@ -23,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from _common import ROOT, table
 
@@ -30,6 +38,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 from hub_server import HubServer  # noqa: E402
 from shapes import model_writer, tensors, write_sparse  # noqa: E402
+
+if TYPE_CHECKING:
+    from zwaif_fallback.hub import Hub, HubModel
 
 # repo: (arch, n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab, tied output, qkv bias, merges)
 SHAPES = {
@@ -73,6 +84,26 @@ def write(path: Path, repo: str, quant: str) -> Path:
         for name, shape, matrix in layout])
 
 
+def check_exact(hub: Hub, models: list[HubModel], paths: list[Path]) -> tuple[list[str], int]:
+    """Read every header again, sharing vocabularies, and compare it with a local read:
+    the files whose headers differ, and how many files were read with a lent run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zwaif_fallback.gguf_header import read_gguf_header
+    from zwaif_fallback.hub_headers import VocabSharing
+
+    sharing = VocabSharing()
+    with hub, ThreadPoolExecutor(hub.workers) as pool:
+        remote = list(pool.map(lambda m: hub.headers(m, sharing=sharing)[0], models))
+    differ = []
+    for header, path in zip(remote, paths, strict=True):
+        local = read_gguf_header(path)
+        if (header.metadata, header.tensors, header.data_offset, header.file_size) != \
+                (local.metadata, local.tensors, local.data_offset, local.file_size):
+            differ.append(path.name)
+    return differ, len(sharing.followers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency-ms", type=float, default=50.0)
@@ -84,6 +115,7 @@ def main() -> None:
     from zwaif_fallback.cli_text import format_recommendations
     from zwaif_fallback.gguf_header import read_gguf_header
     from zwaif_fallback.hub import Hub, curated
+    from zwaif_fallback.hub_headers import VocabSharing
 
     work = args.dir or Path(tempfile.mkdtemp())
     work.mkdir(parents=True, exist_ok=True)
@@ -101,9 +133,10 @@ def main() -> None:
     with server:
         os.environ["HF_ENDPOINT"] = server.url
         os.environ.pop("HF_HUB_OFFLINE", None)
+        sharing = VocabSharing()
         with Hub(endpoint=server.url, workers=args.workers) as hub:
             start = time.perf_counter()
-            infos = hub.read_all(models)
+            infos = hub.read_all(models, sharing=sharing)
             headers_s = time.perf_counter() - start
         failed = [str(i) for i in infos if not hasattr(i, "n_layers")]
         assert not failed, failed
@@ -118,6 +151,8 @@ def main() -> None:
             start = time.perf_counter()
             ranked = manager.recommend_models()
             total_s = time.perf_counter() - start
+        differ, lent = check_exact(Hub(endpoint=server.url, workers=args.workers), models,
+                                  [paths[(m.repo, m.file)] for m in models])
 
     rows = [("file", "size GiB", "header MiB", "fetched MiB", "of the file", "of the header",
              "params / list's")]
@@ -140,6 +175,12 @@ def main() -> None:
     print(f"headers of {len(models)} files, {args.workers} at a time, {args.latency_ms:g} ms a "
           f"request: {headers_s:.2f} s; recommend_models() with fits and ranking: {total_s:.2f} s "
           "(goal: under 10 s)")
+    print(f"vocabularies walked by {len(sharing.leaders)} leaders, jumped over by "
+          f"{len(sharing.followers)} followers; walked after all: "
+          + (", ".join(f"{f} ({why})" for f, why in sharing.fallbacks.items()) or "none"))
+    print(f"untimed check, {lent} of {len(models)} read with a lent run: "
+          + (f"these differ from a full local read: {', '.join(differ)}" if differ
+             else "every header equals a full local read"))
     print()
     print(format_recommendations(ranked))
 

@@ -16,7 +16,9 @@ For downloads (pull.py's tests): ``add(..., sha256=True)`` gives a file its real
 ``X-Linked-Etag`` (a text gives that one: a wrong hash), and ``cut_after`` bytes makes
 the next ``cuts`` file bodies stop there and drop the connection (a network cut);
 ``stall_after`` bytes makes every file body stop there and send nothing more, with the
-connection open, until ``stop`` (a stalled server). ``add(..., lfs=False)`` serves a file
+connection open, until ``stop`` (a stalled server). ``gone_after[(repo, file)] = n``: after
+``n`` more bodies of that file, it answers 404 (a file deleted while it is read).
+``add(..., lfs=False)`` serves a file
 as the Hub serves a small one kept in git (config.json): at its resolve URL, no redirect,
 its git object id as ``ETag`` and no sha256.
 
@@ -81,6 +83,7 @@ class HubServer:
         self.cuts = 0  # ... this many more times
         self.stall_after: int | None = None  # every body sends this many bytes, then waits ...
         self.unstalled = threading.Event()  # ... until this is set (by stop)
+        self.gone_after: dict[tuple[str, str], int] = {}  # (repo, file) -> bodies left, then 404
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -144,6 +147,15 @@ class HubServer:
                 return None
             self.cuts -= 1
             return self.cut_after
+
+    def _gone(self, file: tuple[str, str]) -> bool:
+        """Whether a body of ``file`` asked for now finds it deleted (``gone_after``)."""
+        with self._lock:
+            left = self.gone_after.get(file)
+            if left is None:
+                return False
+            self.gone_after[file] = left - 1
+            return left <= 0
 
     def _count(self, served: Served | None, nbytes: int = 0, file: tuple[str, str] | None = None) -> None:
         with self._lock:
@@ -221,6 +233,8 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
 
         def _file(self, found: tuple[str, str], entry: _File, *, body: bool,
                   headers: dict[str, str]) -> None:
+            if body and hub._gone(found):
+                return self._error(404, "EntryNotFound", f"{found[1]} was deleted")
             headers = headers | {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
             start, stop, status = 0, entry.size, 200
             wanted = self.headers.get("Range")

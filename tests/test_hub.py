@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from builders import write_gguf, write_sparse_gguf
@@ -15,7 +19,7 @@ from servers import HangServer, free_port
 
 from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings
 from zwaif_fallback.fit import plan
-from zwaif_fallback.gguf_header import read_gguf_header
+from zwaif_fallback.gguf_header import ArrayInfo, GGUFHeader, VocabRun, VocabStart, read_gguf_header
 from zwaif_fallback.hub import (
     Hub,
     HubAccessDenied,
@@ -26,6 +30,7 @@ from zwaif_fallback.hub import (
     curated,
     parse_spec,
 )
+from zwaif_fallback.hub_headers import VocabSharing
 from zwaif_fallback.locations import Candidate
 from zwaif_fallback.model_info import ModelInfo, ModelShape, TensorSummary, inspect_candidate
 from zwaif_fallback.recommend import Recommendation, effective_params, rank
@@ -33,6 +38,7 @@ from zwaif_fallback.recommend import Recommendation, effective_params, rank
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 import shapes  # noqa: E402
 
+T = TypeVar("T")
 REPO = "acme/Tiny-Instruct-GGUF"
 FIELDS = {"repo", "file", "params", "quantization", "license", "size_bytes", "verdict", "gpu_layers",
           "vram_mb", "ram_mb", "score", "reason", "url", "n_layers"}
@@ -298,3 +304,211 @@ def test_what_does_not_fit_comes_after_and_what_was_not_read_last():
     assert [(r.file, r.verdict) for r in order] == [
         ("fits.gguf", "gpu"), ("huge.gguf", "none"), ("gone.gguf", "unknown")]
     assert order[1].score == 0 and order[2].reason == "not found: gone"
+
+
+# -- files that share a vocabulary walk it once ---------------------------------------------
+
+FAMILY = "acme/Family-GGUF"
+N_VOCAB = 100_000  # 1.5 MB of tokens, 400 KB of token types: well past the first block
+
+
+def write_family_member(path: Path, *, n_layer: int, quant: str, tokens: list[str],
+                        merges: list[str] | None = None, scores: bool = False) -> Path:
+    """A sparse GGUF with this vocabulary (token types, then merges or scores after it),
+    key-values after those, and ``n_layer`` layers of ``quant`` matrices."""
+    file_type = {"Q8_0": 7, "Q4_0": 2, "F16": 1}[quant]
+    writer = shapes.model_writer(path, path.stem, "llama", file_type, n_layer, 64, 4, 2, 128)
+    writer.add_tokenizer_model("gpt2" if merges else "llama")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * len(tokens))
+    if merges:
+        writer.add_token_merges(merges)
+    if scores:
+        writer.add_token_scores([0.0] * len(tokens))
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    layout = shapes.tensors("llama", n_layer, 64, 4, 2, 128, len(tokens), False, False)
+    return shapes.write_sparse(writer, path, [(name, shape, quant if matrix else "F32")
+                                              for name, shape, matrix in layout])
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory) -> dict[str, Path]:
+    """Files named for what they share: a, b, c one vocabulary and merges (other sizes and
+    quantizations); the variants differ from a (or from scores.gguf) only after their first
+    16 KiB of tokens, so that they join its group."""
+    folder = tmp_path_factory.mktemp("family")
+    tokens = [f"t{i:06d}" for i in range(N_VOCAB)]
+    merges = [f"{i:05x} {i + 1:05x}" for i in range(N_VOCAB)]
+    longer = tokens[:-100] + [tokens[-100] + "x"] + tokens[-99:]
+    return {
+        "a.gguf": write_family_member(folder / "a.gguf", n_layer=2, quant="Q8_0", tokens=tokens,
+                                      merges=merges),
+        "b.gguf": write_family_member(folder / "b.gguf", n_layer=3, quant="Q4_0", tokens=tokens,
+                                      merges=merges),
+        "c.gguf": write_family_member(folder / "c.gguf", n_layer=5, quant="F16", tokens=tokens,
+                                      merges=merges),
+        "longer-token.gguf": write_family_member(folder / "longer-token.gguf", n_layer=3,
+                                                 quant="Q4_0", tokens=longer, merges=merges),
+        "one-more-merge.gguf": write_family_member(folder / "one-more-merge.gguf", n_layer=3,
+                                                   quant="Q4_0", tokens=tokens,
+                                                   merges=[*merges, "fffff 00000"]),
+        "scores.gguf": write_family_member(folder / "scores.gguf", n_layer=2, quant="Q8_0",
+                                           tokens=tokens, scores=True),
+        "scores-longer-token.gguf": write_family_member(folder / "scores-longer-token.gguf",
+                                                        n_layer=3, quant="Q4_0", tokens=longer,
+                                                        scores=True),
+    }
+
+
+@pytest.fixture
+def family_server(family) -> HubServer:
+    server = HubServer()
+    for name, path in family.items():
+        server.add(FAMILY, name, path)
+    with server:
+        yield server
+
+
+def member(name: str) -> HubModel:
+    return HubModel(repo=FAMILY, file=name)
+
+
+def assert_same_header(remote: GGUFHeader, local: GGUFHeader) -> None:
+    assert remote.metadata == local.metadata
+    assert remote.tensors == local.tensors
+    assert (remote.version, remote.alignment, remote.data_offset, remote.file_size) == \
+        (local.version, local.alignment, local.data_offset, local.file_size)
+
+
+def test_files_that_share_a_vocabulary_walk_it_once(family_server, family):
+    names = ["a.gguf", "b.gguf", "c.gguf"]
+    sharing = VocabSharing()
+    with Hub(endpoint=family_server.url) as hub:
+        headers = [hub.headers(member(name), sharing=sharing)[0] for name in names]
+    assert sharing.leaders == [f"{FAMILY}/a.gguf"]
+    assert sharing.followers == [f"{FAMILY}/b.gguf", f"{FAMILY}/c.gguf"]
+    assert sharing.fallbacks == {}
+    for name, remote in zip(names, headers, strict=True):
+        assert_same_header(remote, read_gguf_header(family[name]))
+    fetched = family_server.bytes_by_file
+    for name, remote in zip(names[1:], headers[1:], strict=True):  # the followers
+        assert fetched[(FAMILY, name)] < remote.data_offset / 5, fetched
+    assert fetched[(FAMILY, "a.gguf")] > headers[0].data_offset / 2
+
+
+def test_read_all_shares_the_walk_between_its_workers(family_server, family):
+    names = ["a.gguf", "b.gguf", "c.gguf"]
+    sharing = VocabSharing()
+    with Hub(endpoint=family_server.url, workers=3) as hub:
+        infos = hub.read_all([member(name) for name in names], sharing=sharing)
+    differ = {"name", "path", "source"}
+    for name, info in zip(names, infos, strict=True):
+        assert isinstance(info, ModelInfo), info
+        assert info.model_dump(exclude=differ) == local_info(family[name]).model_dump(exclude=differ)
+    assert (len(sharing.leaders), len(sharing.followers), sharing.fallbacks) == (1, 2, {})
+
+
+@pytest.mark.parametrize("leader, variant", [
+    ("a.gguf", "longer-token.gguf"),  # the same count, one token a byte longer
+    ("a.gguf", "one-more-merge.gguf"),
+    ("scores.gguf", "scores-longer-token.gguf"),  # ends in scores: no bytes to compare
+])
+def test_a_follower_that_does_not_land_exactly_is_walked(family_server, family, leader, variant):
+    sharing = VocabSharing()
+    with Hub(endpoint=family_server.url) as hub:
+        hub.headers(member(leader), sharing=sharing)
+        (remote,) = hub.headers(member(variant), sharing=sharing)
+    assert list(sharing.fallbacks) == [f"{FAMILY}/{variant}"] and sharing.followers == []
+    assert_same_header(remote, read_gguf_header(family[variant]))
+
+
+def test_an_array_of_fixed_size_is_stepped_over_without_fetching_it(family_server, family):
+    with open(family["a.gguf"], "rb") as handle:
+        data = handle.read(4 << 20)  # the header
+    key = b"tokenizer.ggml.token_type"
+    start = data.index(key) + len(key) + 16  # past the value type, element type and count
+    stop = start + N_VOCAB * 4
+    with Hub(endpoint=family_server.url) as hub:
+        (header,) = hub.headers(member("a.gguf"))
+    assert header.metadata["tokenizer.ggml.token_type"] == ArrayInfo(5, N_VOCAB)
+    ranges = [tuple(int(n) for n in r.range.removeprefix("bytes=").split("-"))
+              for r in family_server.requests if r.path.startswith("/cdn/") and r.range]
+    inside = sum(max(0, min(last + 1, stop) - max(first, start)) for first, last in ranges)
+    assert stop - start == 400_000 and inside < 64 * 1024, ranges  # the estimate's slack at most
+    assert any(first >= stop for first, _ in ranges)  # the merges, read from their start
+
+
+def test_a_leader_that_404s_lets_the_next_file_lead(family_server, family):
+    family_server.gone_after[(FAMILY, "a.gguf")] = 1  # its first block, then deleted
+    sharing = VocabSharing()
+    with Hub(endpoint=family_server.url, workers=1) as hub:
+        gone, *infos = finished_within(30, lambda: hub.read_all(
+            [member(n) for n in ("a.gguf", "b.gguf", "c.gguf")], sharing=sharing))
+    assert isinstance(gone, HubFileNotFound) and str(gone).startswith(f"not found: {FAMILY}/a.gguf")
+    differ = {"name", "path", "source"}
+    for name, info in zip(("b.gguf", "c.gguf"), infos, strict=True):
+        assert isinstance(info, ModelInfo), info
+        assert info.model_dump(exclude=differ) == local_info(family[name]).model_dump(exclude=differ)
+    assert sharing.leaders == [f"{FAMILY}/a.gguf", f"{FAMILY}/b.gguf"]
+    assert sharing.followers == [f"{FAMILY}/c.gguf"]
+
+
+def finished_within(seconds: float, call: Callable[[], T]) -> T:
+    """``call()``, from a thread that a test does not wait for past ``seconds`` (a follower
+    left waiting would otherwise hang the run)."""
+    done: list[T] = []
+    thread = threading.Thread(target=lambda: done.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert done, f"still running after {seconds} s"
+    return done[0]
+
+
+def test_files_waiting_for_a_leader_that_fails_walk_their_own():
+    start = VocabStart("tokenizer.ggml.tokens", 1000, 500, b"t000000", {})
+    sharing = VocabSharing()
+    leader = sharing.seat("leader")
+    assert leader.lend(start) is None  # the first to come leads
+    lent: list[VocabRun | None] = []
+    follower = threading.Thread(target=lambda: lent.append(sharing.seat("follower").lend(start)),
+                                daemon=True)
+    follower.start()
+    deadline = time.monotonic() + 10
+    while not waiting(follower) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert waiting(follower)
+    leader.close()  # its read failed before the vocabulary was walked
+    follower.join(timeout=10)
+    assert lent == [None] and list(sharing.fallbacks) == ["follower"]
+
+
+def waiting(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is blocked in an Event's wait (for its leader)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == "wait" and "threading" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_real_vocabularies_shared_give_a_full_reads_headers(tmp_path):
+    """The benchmark's Qwen2.5 files (151,936 tokens, 151,387 merges): the follower's
+    header is the one a full read gives."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_recommend
+
+    repo = "Qwen/Qwen2.5-0.5B-Instruct-GGUF"
+    files = {quant: bench_recommend.write(tmp_path / f"q-{quant}.gguf", repo, quant)
+             for quant in ("Q4_K_M", "Q8_0")}
+    server = HubServer()
+    for path in files.values():
+        server.add(repo, path.name, path)
+    sharing = VocabSharing()
+    with server, Hub(endpoint=server.url) as hub:
+        headers = {q: hub.headers(HubModel(repo=repo, file=p.name), sharing=sharing)[0]
+                   for q, p in files.items()}
+    assert sharing.followers == [f"{repo}/q-Q8_0.gguf"]
+    for quant, path in files.items():
+        assert_same_header(headers[quant], read_gguf_header(path))

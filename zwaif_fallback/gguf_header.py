@@ -3,12 +3,26 @@
 ``gguf.GGUFReader`` parses every array up front: a 150k-token vocabulary costs
 it seconds. Discovery needs only the scalar metadata and the tensor table, so
 this reader steps over big arrays. String arrays are length-prefixed, so the
-only way past one is to walk it; the walk is vectorised with numpy (see
-``_skip_strings``) and falls back to plain stepping where a file is unusual.
+only way past one is to walk it; the walk is vectorised with numpy
+(``gguf_cursor.skip_strings``) and falls back to plain stepping where a file is unusual.
 
 Every count and length is checked against the file size before it is trusted:
 a truncated or hostile file raises ``InvalidModelFile`` quickly, never hangs and
 never allocates more than the file holds.
+
+Files with the same vocabulary can share the walk over it (``RunLender``, which
+hub_headers.py implements for the Hub, where the walk costs megabytes): one file walks
+its vocabulary and the big arrays right after it (token types, merges) and lends the run
+(their keys, their length in bytes, the bytes they end with); another file then jumps
+that far past its own vocabulary's start and reads the rest of its header from its own
+bytes. The jump counts only if it lands exactly: the bytes before the landing match
+the lender's, the key-values left parse to exactly the declared count (none of them a
+big string array, which a walk would fetch), and the tensor table parses and accounts
+for the file's size to the byte (``_check_sizes``). Otherwise the file is walked as any
+other, with the same result. What the jump does not check: the arrays it passes over
+get the lender's counts (a file with a merge more, and other merges shorter by as many
+bytes, would show the lender's count), and their bytes are not read (a vocabulary
+damaged inside, which a walk would reject, goes unseen).
 """
 
 from __future__ import annotations
@@ -22,9 +36,10 @@ from typing import Any, Protocol
 
 from .errors import InvalidModelFile
 from .ggml import GGML_TYPES, tensor_nbytes
+from .gguf_cursor import CHUNK, Corrupt, Cursor, Seekable, skip_strings
 
-__all__ = ["ArrayInfo", "GGUFHeader", "Seekable", "TensorInfo", "read_gguf_header",
-           "read_gguf_header_from"]
+__all__ = ["ArrayInfo", "GGUFHeader", "RunLender", "Seekable", "TensorInfo", "VocabRun", "VocabStart",
+           "read_gguf_header", "read_gguf_header_from"]
 
 GGUF_MAGIC = b"GGUF"
 MAX_TENSORS = 1_000_000
@@ -34,12 +49,16 @@ MAX_KEY_BYTES = 65_535
 MAX_KEPT_STRING = 1 << 20  # strings up to 1 MiB (chat templates) are kept; longer ones skipped
 MAX_KEPT_ARRAY = 1024  # numeric arrays up to this long (per-layer head counts) are kept
 MAX_KEPT_STRING_ARRAY = 64  # short string arrays (tags, languages) are kept
+HEAD_BYTES = 16 * 1024  # a vocabulary's first bytes, which tell vocabularies apart
+TAIL_BYTES = 4096  # a lent run's last bytes, which a borrower's must match
+
+# How far to read ahead after a key-value: about what the rest of the header takes.
+_KV_GUESS, _TENSOR_GUESS, _SLACK = 64, 72, 4096
 
 # GGUF value types: id -> struct format (None: string, array).
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
             10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
-_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -78,90 +97,39 @@ class GGUFHeader:
     extra_tensor_files: list[Path] = field(default_factory=list)
 
 
-class Seekable(Protocol):
-    """What the reader needs of a file: a local one, or a remote one read by HTTP ranges."""
+@dataclass(frozen=True)
+class VocabStart:
+    """A file's first big string array (its vocabulary), as its reader met it."""
 
-    def seek(self, offset: int, whence: int = 0, /) -> int: ...
-
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
-class _Corrupt(Exception):
-    """Raised inside the reader; turned into InvalidModelFile with the path."""
+    key: str
+    count: int
+    offset: int  # where its key starts
+    head: bytes  # up to HEAD_BYTES from its first string on
+    before: dict[str, Any]  # the metadata read before it (tokenizer.ggml.model, .pre)
 
 
-class _Cursor:
-    """Reads forward through a file, keeping a buffer from the parse position on.
+@dataclass(frozen=True)
+class VocabRun:
+    """What walking a vocabulary gave: the key-values from it to the first one that is not a
+    stepped-over array (token types, scores, merges come between), how many bytes they
+    take, and up to TAIL_BYTES of their end (none where the run ends in a skipped array)."""
 
-    Plain reads, not mmap: first-touch page faults cost more than a copy on some
-    kernels (sandboxes, VMs). The buffer slides: bytes behind the parse position
-    are dropped, so memory stays at a few hundred KiB whatever the file claims.
-    Positions are absolute; ``buf`` holds the file from ``base`` on.
-    """
+    arrays: tuple[tuple[str, ArrayInfo], ...]
+    length: int
+    tail: bytes
 
-    def __init__(self, handle: Seekable, size: int) -> None:
-        self.handle = handle
-        self.size = size
-        self.buf = b""
-        self.base = 0
-        self.pos = 0
 
-    def need(self, n: int, what: str) -> None:
-        """Make ``n`` bytes at the position readable, or fail as truncated."""
-        end = self.pos + n
-        if n < 0 or end > self.size:
-            raise _Corrupt(f"truncated: {what} at byte {self.pos} runs past the end "
-                           f"of the file ({self.size} bytes)")
-        if end > self.base + len(self.buf):
-            self.fill(end)
+class RunLender(Protocol):
+    """Lends a run walked in another file that has the same vocabulary (hub_headers.py)."""
 
-    def fill(self, end: int) -> None:
-        """Buffer the file from the position to at least ``end``."""
-        end = min(self.size, end)
-        have = self.base + len(self.buf)
-        if end <= have:
-            return
-        stop = min(self.size, max(end, self.pos + _CHUNK))
-        if self.pos >= have:  # skipped past the buffer: start afresh
-            self.handle.seek(self.pos)
-            self.buf, self.base = self.handle.read(stop - self.pos), self.pos
-        else:
-            self.handle.seek(have)
-            self.buf = self.buf[self.pos - self.base:] + self.handle.read(stop - have)
-            self.base = self.pos
-        if self.base + len(self.buf) < end:
-            raise _Corrupt("the file shrank while it was read")
+    def lend(self, start: VocabStart) -> VocabRun | None:
+        """At the vocabulary: a run to jump over it with, or None to walk it."""
 
-    def unpack(self, fmt: struct.Struct, what: str) -> Any:
-        self.need(fmt.size, what)
-        (value,) = fmt.unpack_from(self.buf, self.pos - self.base)
-        self.pos += fmt.size
-        return value
+    def walked(self, run: VocabRun) -> None:
+        """The vocabulary was walked, and gave ``run``."""
 
-    def u32(self, what: str) -> int:
-        return int(self.unpack(_U32, what))
-
-    def u64(self, what: str) -> int:
-        return int(self.unpack(_U64, what))
-
-    def read(self, n: int, what: str) -> bytes:
-        self.need(n, what)
-        start = self.pos - self.base
-        self.pos += n
-        return self.buf[start:start + n]
-
-    def string(self, what: str, limit: int) -> str | None:
-        """A GGUF string; None (and skipped, never buffered) when longer than ``limit``."""
-        n = self.u64(what)
-        if n > limit:
-            self.skip(n, what)
-            return None
-        return self.read(n, what).decode("utf-8", errors="replace")
-
-    def skip(self, n: int, what: str) -> None:
-        if n < 0 or self.pos + n > self.size:
-            raise _Corrupt(f"truncated: {what} at byte {self.pos} runs past the end of the file")
-        self.pos += n
+    def tried(self, problem: str | None) -> None:
+        """The lent run landed exactly (None), or why not; the file was then walked."""
 
 
 def read_gguf_header(path: str | Path) -> GGUFHeader:
@@ -184,14 +152,19 @@ def read_gguf_header(path: str | Path) -> GGUFHeader:
         raise InvalidModelFile(path, f"cannot read: {exc.strerror or exc}") from None
 
 
-def read_gguf_header_from(handle: Seekable, *, size: int, path: str | Path) -> GGUFHeader:
+def read_gguf_header_from(handle: Seekable, *, size: int, path: str | Path, block_bytes: int = CHUNK,
+                          lender: RunLender | None = None) -> GGUFHeader:
     """Read a GGUF header from an open file of ``size`` bytes (``read_gguf_header``'s reader,
     for files that are not local: hub.py reads remote ones by HTTP ranges).
 
     Args:
-        handle: the file; read forward in blocks of a few hundred KiB, from byte 0 on.
+        handle: the file; read forward from byte 0 on, no further ahead than the parse
+            expects to need, at most ``block_bytes`` at a time.
         size: the whole file's size, which every count and length is checked against.
         path: what errors and ``GGUFHeader.path`` call the file.
+        lender: lends the walk over the vocabulary from a file with the same one. A header
+            read with a lent run has the lender's ``ArrayInfo`` for the arrays after the
+            vocabulary (the vocabulary's own count is this file's); all else is this file's.
 
     Raises:
         InvalidModelFile: not a GGUF file, truncated, or with absurd values. Whatever
@@ -203,72 +176,191 @@ def read_gguf_header_from(handle: Seekable, *, size: int, path: str | Path) -> G
             handle.seek(0)
             start = handle.read(4)
             if not start:
-                raise _Corrupt("truncated: the file is empty")
+                raise Corrupt("truncated: the file is empty")
             if not GGUF_MAGIC.startswith(start):
-                raise _Corrupt(f"not a GGUF file (starts with {start!r}, expected b'GGUF')")
-            raise _Corrupt(f"truncated: {size} bytes is too short for a GGUF header")
-        return _parse(path, _Cursor(handle, size))
-    except _Corrupt as exc:
+                raise Corrupt(f"not a GGUF file (starts with {start!r}, expected b'GGUF')")
+            raise Corrupt(f"truncated: {size} bytes is too short for a GGUF header")
+        parser = _Parser(Cursor(handle, size, block_bytes=block_bytes))
+        if lender is not None:
+            vocab = parser.to_vocab()
+            if vocab is not None:
+                return _share(path, parser, vocab, lender)
+        while parser.left:
+            parser.kv()
+        return parser.finish(path)
+    except Corrupt as exc:
         raise InvalidModelFile(path, str(exc)) from None
 
 
-def _parse(path: Path, cur: _Cursor) -> GGUFHeader:
-    magic = cur.read(4, "magic")
-    if magic != GGUF_MAGIC:
-        raise _Corrupt(f"not a GGUF file (starts with {magic!r}, expected b'GGUF')")
-    version = cur.u32("version")
-    if version not in (2, 3):
-        raise _Corrupt(f"unsupported GGUF version {version} (2 and 3 are supported)")
-    n_tensors = cur.u64("tensor count")
-    n_kv = cur.u64("metadata count")
-    # Every tensor entry takes at least 28 bytes and every key-value at least 13.
-    if n_tensors > MAX_TENSORS:
-        raise _Corrupt(f"absurd tensor count {n_tensors}")
-    if n_kv > MAX_KV:
-        raise _Corrupt(f"absurd metadata count {n_kv}")
-    if n_tensors * 28 + n_kv * 13 > cur.size:
-        raise _Corrupt(f"truncated or corrupt: declares {n_tensors} tensors and {n_kv} metadata "
-                       f"entries, more than a file of {cur.size} bytes can hold")
+class _Parser:
+    """One header, parsed in order: the counts, the key-values one at a time, the tensors."""
 
-    metadata: dict[str, Any] = {}
-    for _ in range(n_kv):
-        key = cur.string("metadata key", MAX_KEY_BYTES)
+    def __init__(self, cur: Cursor) -> None:
+        self.cur = cur
+        magic = cur.read(4, "magic")
+        if magic != GGUF_MAGIC:
+            raise Corrupt(f"not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+        self.version = cur.u32("version")
+        if self.version not in (2, 3):
+            raise Corrupt(f"unsupported GGUF version {self.version} (2 and 3 are supported)")
+        self.n_tensors = cur.u64("tensor count")
+        self.left = cur.u64("metadata count")  # key-values not yet read
+        # Every tensor entry takes at least 28 bytes and every key-value at least 13.
+        if self.n_tensors > MAX_TENSORS:
+            raise Corrupt(f"absurd tensor count {self.n_tensors}")
+        if self.left > MAX_KV:
+            raise Corrupt(f"absurd metadata count {self.left}")
+        if self.n_tensors * 28 + self.left * 13 > cur.size:
+            raise Corrupt(f"truncated or corrupt: declares {self.n_tensors} tensors and {self.left} "
+                          f"metadata entries, more than a file of {cur.size} bytes can hold")
+        self.metadata: dict[str, Any] = {}
+
+    def expect_rest(self) -> None:
+        """Read ahead about as far as the key-values left and the tensor table take."""
+        self.cur.horizon = (self.cur.pos + self.left * _KV_GUESS + self.n_tensors * _TENSOR_GUESS
+                            + _SLACK)
+
+    def key(self) -> tuple[str, int]:
+        """The next key-value's key and value type."""
+        self.expect_rest()
+        key = self.cur.string("metadata key", MAX_KEY_BYTES)
         if key is None:
-            raise _Corrupt(f"metadata key at byte {cur.pos} is longer than {MAX_KEY_BYTES} bytes")
-        metadata[key] = _value(cur, cur.u32(f"type of {key}"), key, depth=0)
+            raise Corrupt(f"metadata key at byte {self.cur.pos} is longer than {MAX_KEY_BYTES} bytes")
+        return key, self.cur.u32(f"type of {key}")
 
-    tensors = []
-    for _ in range(n_tensors):
-        name = cur.string("tensor name", MAX_KEY_BYTES)
-        if name is None:
-            raise _Corrupt(f"tensor name at byte {cur.pos} is longer than {MAX_KEY_BYTES} bytes")
-        n_dims = cur.u32(f"dimensions of {name}")
-        if not 1 <= n_dims <= MAX_DIMS:
-            raise _Corrupt(f"tensor {name} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
-        shape = tuple(cur.u64(f"shape of {name}") for _ in range(n_dims))
-        type_id = cur.u32(f"type of {name}")
-        if type_id not in GGML_TYPES:
-            raise _Corrupt(f"tensor {name} has unknown ggml type {type_id}")
-        offset = cur.u64(f"offset of {name}")
-        info = TensorInfo(name, shape, type_id, offset)
-        if any(d == 0 for d in shape) or info.n_elements > cur.size * 256:
-            raise _Corrupt(f"tensor {name} has an absurd shape {shape}")
-        tensors.append(info)
+    def add(self, key: str, value: Any) -> None:
+        self.metadata[key] = value
+        self.left -= 1
 
-    alignment = metadata.get("general.alignment", 32)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise _Corrupt(f"general.alignment {alignment!r} is not a power of two")
-    data_offset = -(-cur.pos // alignment) * alignment
-    data_size = cur.size - data_offset
+    def kv(self) -> str:
+        """Read the next key-value into ``metadata``; returns its key."""
+        key, vtype = self.key()
+        self.add(key, _value(self.cur, vtype, key, depth=0))
+        return key
+
+    def to_vocab(self) -> VocabStart | None:
+        """Read key-values up to the first big string array (the vocabulary) and stop past
+        its count; None when there is none (all key-values are then read)."""
+        while self.left:
+            offset = self.cur.pos
+            key, vtype = self.key()
+            if vtype != _ARRAY:
+                self.add(key, _value(self.cur, vtype, key, depth=0))
+                continue
+            etype, count = self.cur.u32(f"element type of {key}"), self.cur.u64(f"length of {key}")
+            if etype == _STRING and count > MAX_KEPT_STRING_ARRAY:
+                return VocabStart(key, count, offset, self.cur.peek(HEAD_BYTES), dict(self.metadata))
+            self.add(key, _array(self.cur, key, etype, count, depth=0))
+        return None
+
+    def tensors(self) -> list[TensorInfo]:
+        cur, start = self.cur, self.cur.pos
+        tensors = []
+        for i in range(self.n_tensors):
+            mean = (cur.pos - start) / i if i else _TENSOR_GUESS
+            cur.horizon = cur.pos + int((self.n_tensors - i) * mean * 1.02) + _SLACK
+            name = cur.string("tensor name", MAX_KEY_BYTES)
+            if name is None:
+                raise Corrupt(f"tensor name at byte {cur.pos} is longer than {MAX_KEY_BYTES} bytes")
+            n_dims = cur.u32(f"dimensions of {name}")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise Corrupt(f"tensor {name} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
+            shape = tuple(cur.u64(f"shape of {name}") for _ in range(n_dims))
+            type_id = cur.u32(f"type of {name}")
+            if type_id not in GGML_TYPES:
+                raise Corrupt(f"tensor {name} has unknown ggml type {type_id}")
+            offset = cur.u64(f"offset of {name}")
+            info = TensorInfo(name, shape, type_id, offset)
+            if any(d == 0 for d in shape) or info.n_elements > cur.size * 256:
+                raise Corrupt(f"tensor {name} has an absurd shape {shape}")
+            tensors.append(info)
+        return tensors
+
+    def finish(self, path: Path, *, exact: bool = False) -> GGUFHeader:
+        """The tensor table, read and checked against the file's size: the tensors fit in
+        it; and with ``exact``, they account for it to the byte (``_check_sizes``)."""
+        tensors = self.tensors()
+        alignment = self.metadata.get("general.alignment", 32)
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise Corrupt(f"general.alignment {alignment!r} is not a power of two")
+        size = self.cur.size
+        data_offset = -(-self.cur.pos // alignment) * alignment
+        for info in tensors:
+            if info.offset + info.nbytes > size - data_offset:
+                raise Corrupt(f"truncated: tensor {info.name} ends at byte "
+                              f"{data_offset + info.offset + info.nbytes}, past the end of the "
+                              f"file ({size} bytes); the download is probably incomplete")
+        if exact:
+            _check_sizes(tensors, alignment, size - data_offset)
+        return GGUFHeader(path, self.version, self.metadata, tensors, alignment, data_offset, size)
+
+
+def _share(path: Path, parser: _Parser, vocab: VocabStart, lender: RunLender) -> GGUFHeader:
+    """The rest of the header, with the run the lender lends or by walking it (and telling
+    the lender what the walk gave)."""
+    cur = parser.cur
+    strings = cur.pos
+    run = lender.lend(vocab)
+    if run is not None:
+        metadata, left = dict(parser.metadata), parser.left
+        try:
+            header = _jump(path, parser, vocab, run)
+        except Corrupt as exc:
+            lender.tried(str(exc))
+            parser.metadata, parser.left = metadata, left
+            cur.jump(strings)
+        else:
+            lender.tried(None)
+            return header
+    parser.add(vocab.key, _array(cur, vocab.key, _STRING, vocab.count, depth=0))
+    arrays = [(vocab.key, parser.metadata[vocab.key])]
+    end, tail = cur.pos, cur.behind(TAIL_BYTES)
+    while parser.left:
+        key = parser.kv()
+        if not isinstance(parser.metadata[key], ArrayInfo):
+            break
+        arrays.append((key, parser.metadata[key]))
+        end, tail = cur.pos, cur.behind(TAIL_BYTES)
+    lender.walked(VocabRun(tuple(arrays), end - vocab.offset, tail))
+    while parser.left:
+        parser.kv()
+    return parser.finish(path)
+
+
+def _jump(path: Path, parser: _Parser, vocab: VocabStart, run: VocabRun) -> GGUFHeader:
+    """Jump over the vocabulary as far as ``run`` says, and read on from there; raises
+    Corrupt where the landing is not exact."""
+    cur = parser.cur
+    land = vocab.offset + run.length
+    if (run.arrays[0][0] != vocab.key or len(run.arrays) > parser.left
+            or not cur.pos <= land - len(run.tail) <= land <= cur.size):
+        raise Corrupt("the lent run does not fit this file's key-values")
+    cur.jump(land - len(run.tail))
+    parser.expect_rest()
+    if cur.read(len(run.tail), "the end of the vocabulary") != run.tail:
+        raise Corrupt(f"the {len(run.tail)} bytes before byte {land} differ from the lender's")
+    parser.add(vocab.key, ArrayInfo(_STRING, vocab.count))
+    for key, info in run.arrays[1:]:
+        parser.add(key, info)
+    if parser.to_vocab() is not None:  # what a walk would fetch: a missed landing's garbage?
+        raise Corrupt("a big string array follows the lent run")
+    return parser.finish(path, exact=True)
+
+
+def _check_sizes(tensors: list[TensorInfo], alignment: int, data_size: int) -> None:
+    """The tensors' data is what follows the header, to the byte: every tensor starts aligned
+    and holds whole blocks, and the file ends where the furthest tensor does (padding to
+    the alignment allowed)."""
     for info in tensors:
-        if info.offset + info.nbytes > data_size:
-            raise _Corrupt(f"truncated: tensor {info.name} ends at byte "
-                           f"{data_offset + info.offset + info.nbytes}, past the end of the "
-                           f"file ({cur.size} bytes); the download is probably incomplete")
-    return GGUFHeader(path, version, metadata, tensors, alignment, data_offset, cur.size)
+        if info.offset % alignment or info.shape[0] % GGML_TYPES[info.ggml_type].block_size:
+            raise Corrupt(f"tensor {info.name} is not aligned or not whole blocks")
+    last = max((info.offset + info.nbytes for info in tensors), default=0)
+    if not last <= data_size <= -(-last // alignment) * alignment:
+        raise Corrupt(f"the tensors' data ends at {last} bytes past the header, "
+                      f"the file {data_size} bytes past it")
 
 
-def _value(cur: _Cursor, vtype: int, key: str, *, depth: int) -> Any:
+def _value(cur: Cursor, vtype: int, key: str, *, depth: int) -> Any:
     fmt = _SCALARS.get(vtype)
     if fmt is not None:
         return cur.unpack(struct.Struct(fmt), key)
@@ -276,11 +368,16 @@ def _value(cur: _Cursor, vtype: int, key: str, *, depth: int) -> Any:
         text = cur.string(key, MAX_KEPT_STRING)
         return text if text is not None else ArrayInfo(_STRING, 0)
     if vtype != _ARRAY:
-        raise _Corrupt(f"metadata {key} has unknown value type {vtype}")
+        raise Corrupt(f"metadata {key} has unknown value type {vtype}")
     if depth > 2:
-        raise _Corrupt(f"metadata {key} nests arrays too deeply")
+        raise Corrupt(f"metadata {key} nests arrays too deeply")
     etype = cur.u32(f"element type of {key}")
     count = cur.u64(f"length of {key}")
+    return _array(cur, key, etype, count, depth=depth)
+
+
+def _array(cur: Cursor, key: str, etype: int, count: int, *, depth: int) -> Any:
+    """An array's elements, from past its element type and count: kept when short."""
     efmt = _SCALARS.get(etype)
     if efmt is not None:
         esize = struct.calcsize(efmt)
@@ -290,88 +387,15 @@ def _value(cur: _Cursor, vtype: int, key: str, *, depth: int) -> Any:
         return ArrayInfo(etype, count)
     if etype == _STRING:
         if count * 8 > cur.size - cur.pos:
-            raise _Corrupt(f"metadata {key} claims {count} strings, more than the file can hold")
+            raise Corrupt(f"metadata {key} claims {count} strings, more than the file can hold")
         if count <= MAX_KEPT_STRING_ARRAY:
             return [cur.string(key, MAX_KEPT_STRING) for _ in range(count)]
-        _skip_strings(cur, count, key)
+        skip_strings(cur, count, key)
         return ArrayInfo(etype, count)
     if etype == _ARRAY:
         if count * 12 > cur.size - cur.pos:
-            raise _Corrupt(f"metadata {key} claims {count} arrays, more than the file can hold")
+            raise Corrupt(f"metadata {key} claims {count} arrays, more than the file can hold")
         for _ in range(count):
             _value(cur, _ARRAY, key, depth=depth + 1)
         return ArrayInfo(etype, count)
-    raise _Corrupt(f"metadata {key} has arrays of unknown type {etype}")
-
-
-def _skip_strings(cur: _Cursor, count: int, key: str) -> None:
-    """Step over ``count`` length-prefixed strings.
-
-    A Python loop costs ~0.2 us a string, most of the time discovery would spend
-    on a file with a 150k vocabulary and 150k merges. Instead, ``_walk_window``
-    finds, in 64 KiB windows, every offset where a string shorter than 256 bytes
-    could start, and follows ``next = offset + 8 + length`` through them with
-    vectorised comparisons. The walk is exact: a long string or a stray
-    candidate only breaks a link, and one plain step resumes it.
-    """
-    remaining = count
-    while remaining:
-        if remaining < 64:
-            for _ in range(remaining):
-                cur.skip(cur.u64(key), key)
-            return
-        cur.need(8, key)
-        cur.fill(cur.pos + _WINDOW)
-        end = min(cur.size, cur.pos + _WINDOW) - cur.base
-        done, pos = _walk_window(cur.buf, cur.pos - cur.base, end, remaining)
-        pos += cur.base
-        if done == 0:
-            cur.skip(cur.u64(key), key)  # a string of 256 bytes or more: one plain step
-            remaining -= 1
-            continue
-        if pos > cur.size:
-            raise _Corrupt(f"truncated: the strings of {key} run past the end of the file")
-        cur.pos = pos
-        remaining -= done
-
-
-_WINDOW = 1 << 16  # small enough that numpy's temporaries are reused, not page-faulted anew
-_CHUNK = 1 << 18  # bytes read at a time
-
-
-def _walk_window(buf: bytes, start: int, end: int, count: int) -> tuple[int, int]:
-    """Walk up to ``count`` strings from ``start`` using candidates inside ``buf[start:end]``.
-
-    Returns how many strings were stepped over and the position after them.
-    """
-    import numpy as np
-
-    if end - start < 8:
-        return 0, start
-    window = np.frombuffer(buf, dtype=np.uint8, count=end - start, offset=start)
-    # A string shorter than 256 bytes starts at p when bytes p+1..p+7 are zero: AND
-    # shifted zero masks together (1+1 -> 2, 2+2 -> 4, 4+3 -> 7 bytes in a row).
-    zero = window == 0
-    two = zero[:-1] & zero[1:]
-    four = two[:-2] & two[2:]
-    seven = four[:-3] & four[3:]
-    cand = np.flatnonzero(seven) - 1  # seven[q] covers q..q+6, so the string starts at q-1
-    cand = cand[cand >= 0]
-    if cand.size == 0 or cand[0] != 0:
-        return 0, start
-    lengths = window[cand].astype(np.int64)
-    nxt = cand + 8 + lengths
-    breaks = np.flatnonzero(cand[1:] != nxt[:-1])
-    i = done = 0
-    while True:
-        k = int(np.searchsorted(breaks, i))
-        stop = int(breaks[k]) if k < breaks.size else cand.size - 1
-        steps = stop - i + 1
-        if done + steps >= count:
-            return count, start + int(nxt[i + (count - done) - 1])
-        done += steps
-        target = int(nxt[stop])
-        j = int(np.searchsorted(cand, target))
-        if j == cand.size or cand[j] != target:
-            return done, start + target
-        i = j
+    raise Corrupt(f"metadata {key} has arrays of unknown type {etype}")

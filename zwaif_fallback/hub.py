@@ -2,10 +2,12 @@
 
 A GGUF's header (metadata, vocabulary, tensor table) is its first few MiB. The reader
 for local files (``gguf_header.read_gguf_header_from``) walks it through ``hub_http.RangedFile``,
-whose reads are HTTP range requests in blocks that grow with the header: 256 KiB, then
-as much as was fetched so far, up to 2 MiB. A 150k-token vocabulary costs a handful of
-requests, and no weights are fetched. The result is the ``ModelInfo`` a local file
-gives (``model_info.gguf_model_info``), which the fit estimator plans like a local one.
+whose reads are HTTP range requests: the first 256 KiB, then what the reader expects to
+need, up to 2 MiB a request. A 150k-token vocabulary costs a handful of requests, the
+arrays it steps over (token types, scores) none, and no weights are fetched. The result
+is the ``ModelInfo`` a local file gives (``model_info.gguf_model_info``), which the fit
+estimator plans like a local one. ``read_all`` walks a vocabulary once for the files
+that share it (hub_headers.py): the others jump over theirs, checked to land exactly.
 
 Files live at ``{HF_ENDPOINT or https://huggingface.co}/{repo}/resolve/{revision}/{file}``.
 With ``HF_HUB_OFFLINE`` set, nothing is fetched. The token is huggingface_hub's
@@ -38,8 +40,9 @@ from .errors import (
     InvalidModelFile,
     InvalidSettings,
 )
-from .gguf_header import GGUFHeader, read_gguf_header_from
-from .hub_http import RangedFile, check_status, connect_problem, content_range_size, hub_token, is_true
+from .gguf_header import GGUFHeader
+from .hub_headers import VocabSharing, read_header
+from .hub_http import check_status, connect_problem, content_range_size, hub_token, is_true
 from .hub_models import (
     HubModel,
     RemoteFile,
@@ -181,15 +184,18 @@ class Hub:
 
     # -- headers ----------------------------------------------------------------------
 
-    def read(self, model: HubModel) -> ModelInfo:
+    def read(self, model: HubModel, *, sharing: VocabSharing | None = None) -> ModelInfo:
         """``model``'s ``ModelInfo`` from its header alone (every part's, for a split file).
+
+        Args:
+            sharing: as for ``headers``.
 
         Raises:
             HubOffline, HubUnavailable, HubFileNotFound, HubAccessDenied: it could not be fetched.
             InvalidModelFile: it is not a GGUF language model.
         """
         url = self.url(model)
-        headers = self.headers(model)
+        headers = self.headers(model, sharing=sharing)
         name = PurePosixPath(urlsplit(url).path).name
         split = SPLIT_RE.match(name)
         base = ModelInfo(name=split.group("stem") if split else name.removesuffix(".gguf"),
@@ -200,19 +206,31 @@ class Hub:
         except InvalidModelFile as exc:
             raise InvalidModelFile(url, exc.reason) from None
 
-    def headers(self, model: HubModel) -> list[GGUFHeader]:
+    def headers(self, model: HubModel, *, sharing: VocabSharing | None = None) -> list[GGUFHeader]:
         """The GGUF headers of ``model``'s file, one a part for a split file, read by ranges.
+
+        Args:
+            sharing: files with the same vocabulary read through the same ``VocabSharing``
+                walk it once: a file that jumps over its own with another's run reads the
+                rest from its own bytes, checked to land exactly, and gets that file's
+                ``ArrayInfo`` for the arrays after its vocabulary. None: read it alone.
 
         Raises:
             HubOffline, HubUnavailable, HubFileNotFound, HubAccessDenied: it could not be fetched.
             InvalidModelFile: it is not a GGUF file.
         """
         self._check_online()
-        return [self._header(self.url(part), part) for part in split_parts(model)]
+        return [self._header(self.url(part), part, sharing) for part in split_parts(model)]
 
-    def read_all(self, models: Sequence[HubModel]) -> list[ModelInfo | FallbackError]:
+    def read_all(self, models: Sequence[HubModel], *, sharing: VocabSharing | None = None
+                 ) -> list[ModelInfo | FallbackError]:
         """``read`` for each model, ``workers`` at a time: its ``ModelInfo``, or the error
-        that says why not, in the order given.
+        that says why not, in the order given. Files with the same vocabulary walk it once
+        (``headers``); a file that waits for another's walk holds its worker meanwhile.
+
+        Args:
+            sharing: pass one to see which files led, followed or walked after all; None:
+                a new one.
 
         Raises:
             HubOffline: before anything is fetched.
@@ -221,22 +239,20 @@ class Hub:
         if not models:
             return []
         self._client()  # one client for every thread, made before they start
+        shared = sharing if sharing is not None else VocabSharing()
         with ThreadPoolExecutor(max_workers=min(self.workers, len(models)),
                                 thread_name_prefix="zwaif-hub") as pool:
-            return list(pool.map(self._read_or_error, models))
+            return list(pool.map(lambda model: self._read_or_error(model, shared), models))
 
-    def _read_or_error(self, model: HubModel) -> ModelInfo | FallbackError:
+    def _read_or_error(self, model: HubModel, sharing: VocabSharing) -> ModelInfo | FallbackError:
         try:
-            return self.read(model)
+            return self.read(model, sharing=sharing)
         except FallbackError as exc:
             return exc
 
-    def _header(self, url: str, model: HubModel) -> GGUFHeader:
-        remote = RangedFile(self._get_range, url, model.label)
-        try:
-            return read_gguf_header_from(remote, size=remote.size, path=model.file or url)
-        except InvalidModelFile as exc:
-            raise InvalidModelFile(url, exc.reason) from None
+    def _header(self, url: str, model: HubModel, sharing: VocabSharing | None) -> GGUFHeader:
+        return read_header(self._get_range, url, what=model.label, path=model.file or url,
+                           sharing=sharing)
 
     # -- HTTP ------------------------------------------------------------------------
 

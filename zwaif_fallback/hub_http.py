@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 __all__ = ["FIRST_BLOCK", "MAX_BLOCK", "GetRange", "RangedFile", "check_status", "connect_problem",
            "content_range_size", "hub_token", "is_true"]
 
-FIRST_BLOCK = 256 * 1024
-MAX_BLOCK = 2 * 1024 * 1024
+FIRST_BLOCK = 256 * 1024  # fetched first: most headers without a vocabulary fit in it
+MAX_BLOCK = 2 * 1024 * 1024  # the most one later request asks for
 
 
 class GetRange(Protocol):
@@ -76,21 +76,23 @@ def connect_problem(url: str, exc: Exception) -> str:
 
 
 class RangedFile:
-    """A remote file read forward by HTTP range requests: what ``read_gguf_header_from``
-    needs of a file (``seek`` and ``read``).
+    """A remote file read by HTTP range requests: what ``read_gguf_header_from`` needs of a
+    file (``seek`` and ``read``).
 
-    Reads ahead in blocks: the first is ``FIRST_BLOCK``; each next one is as big as all
-    fetched so far (a header that needed that much is most likely a long vocabulary, with
-    merges after it), at most ``MAX_BLOCK``: what is fetched past the header is less than
-    the header and less than one block. Only the bytes from the last read on are kept.
-    Later requests go to the URL that answered the first (a CDN's, after the Hub's
-    redirect); a changed ETag between them means the file changed under the reader.
+    Fetches what is read, no more: how far to read ahead is the reader's call (it knows
+    where a vocabulary probably ends, and that the token types after it are stepped
+    over). The first ``FIRST_BLOCK`` bytes are fetched at once and kept, so a reader that
+    goes back to the start of the file reads them again for free; otherwise only the
+    bytes from the last read on are kept. Later requests go to the URL that answered the
+    first (a CDN's, after the Hub's redirect); a changed ETag between them means the file
+    changed under the reader. ``fetched`` counts the bytes received.
     """
 
     def __init__(self, get_range: GetRange, url: str, what: str) -> None:
         self._get_range = get_range
         self._what = what
         data, self.size, self._url, self._etag = get_range(url, 0, FIRST_BLOCK, what=what)
+        self._first = data
         self._buf, self._base, self._pos = data, 0, 0
         self.fetched = len(data)
 
@@ -102,13 +104,11 @@ class RangedFile:
         if size < 0:
             raise ValueError("a remote file is read in ranges: give a size")
         pos, stop = self._pos, min(self._pos + size, self.size)
+        if not self._base <= pos <= self._base + len(self._buf):  # a jump: start afresh there
+            self._buf, self._base = (self._first, 0) if pos <= len(self._first) else (b"", pos)
         end = self._base + len(self._buf)
-        if not self._base <= pos <= end:  # a jump past the buffer: start afresh there
-            self._buf, self._base, end = b"", pos, pos
         if stop > end:
-            block = max(min(max(self.fetched, FIRST_BLOCK), MAX_BLOCK), stop - end)
-            data, _, _, etag = self._get_range(self._url, end, min(end + block, self.size),
-                                                    what=self._what)
+            data, _, _, etag = self._get_range(self._url, end, stop, what=self._what)
             if etag != self._etag:
                 raise InvalidModelFile(self._url, "changed on the server while its header was "
                                                   "read (its ETag changed): try again")
