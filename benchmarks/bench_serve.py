@@ -16,9 +16,12 @@ Targets for serve: p50 TTFT added <= 5 ms; decode ratio >= 0.97.
 Throughput: ``fast_upstream.py`` streams 200 chunks per request as fast as it can; 64
 concurrent streams read it. Each chunk carries its send time, so the reader measures every
 chunk's delay. Targets for serve: >= 5,000 chunks/s on this 2-core machine; p99 added delay
-per chunk <= 20 ms. As fast as it can, the upstream outruns any relay in Python: chunks queue
-and the delay grows over the burst. The same 64 streams are then paced at a fast GPU model's
-66 tokens/s each (4,300 chunks/s in all), the load a host really puts on serve.
+per chunk <= 20 ms. The same 64 streams are then paced at a fast GPU model's 66 tokens/s
+each (4,300 chunks/s in all), the load a host really puts on serve. Both with the upstream's
+two framings (``--framing``): chunked and kept alive, as real servers send; and the raw
+events on a new connection a request. With chunked framing, one HTTP chunk an event, the
+reader (httpx, as in most hosts) is slower per event than serve, which writes all the events
+a network read brought as one HTTP chunk: serve can then beat "direct".
 
 Failover: the primary refuses connections, or accepts and never answers (5 s timeout); a
 second ``llama_cpp.server`` with SmolLM2 is the fallback server for both proxies. Time to
@@ -56,6 +59,7 @@ LITELLM_VENV = Path(__file__).resolve().parent / ".venv-litellm"
 LITELLM_KEY = "sk-zwaif-bench-0123456789abcdef"
 SERVE_FLAGS: list[str] = []  # ["--no-ui"] with --no-ui
 BASELINES: list[Path] = []  # --baseline DIR: serve from that source tree too, as "serve@DIR"
+FRAMINGS = ["chunked", "close"]  # the upstream's body framings measured (--framing)
 
 
 @dataclass
@@ -244,10 +248,10 @@ def percentile(values: list[float], q: float) -> float:
 
 def throughput(rounds: int, with_litellm: bool) -> list[list[str]]:
     rows = []
-    for label, interval_ms in ((f"{STREAMS} streams x {CHUNKS} chunks, as fast as it sends", 0),
-                               (f"{STREAMS} streams x {CHUNKS} chunks at {1000 // PACED_MS} tokens/s each",
-                                PACED_MS)):
-        runs = _bursts(rounds, with_litellm, interval_ms)
+    for framing, interval_ms in [(f, i) for f in FRAMINGS for i in (0, PACED_MS)]:
+        pace = f"at {1000 // PACED_MS} tokens/s each" if interval_ms else "as fast as it sends"
+        label = f"{STREAMS} streams x {CHUNKS} chunks {pace}, {framing}"
+        runs = _bursts(rounds, with_litellm, interval_ms, framing)
         rate = {n: statistics.median(r for r, _ in v) for n, v in runs.items()}
         p99 = {n: statistics.median(percentile(d, 0.99) for _, d in v) for n, v in runs.items()}
         others = [n for n in runs if n != "direct"]
@@ -259,15 +263,16 @@ def throughput(rounds: int, with_litellm: bool) -> list[list[str]]:
     return rows
 
 
-def _bursts(rounds: int, with_litellm: bool,
-            interval_ms: int) -> dict[str, list[tuple[float, list[float]]]]:
+def _bursts(rounds: int, with_litellm: bool, interval_ms: int,
+            framing: str) -> dict[str, list[tuple[float, list[float]]]]:
     """Each path's (chunks/s, delays) per round, from an upstream sending a chunk every
-    ``interval_ms`` (0: as fast as it can)."""
+    ``interval_ms`` (0: as fast as it can), framed as ``framing`` (see fast_upstream.py)."""
     with ExitStack() as stack:
         port = free_port()
         upstream = f"http://127.0.0.1:{port}/v1"
         stack.enter_context(process([sys.executable, str(Path(__file__).with_name("fast_upstream.py")),
-                                     str(port), str(CHUNKS), str(interval_ms)], f"{upstream}/models"))
+                                     str(port), str(CHUNKS), str(interval_ms), framing],
+                                    f"{upstream}/models"))
         paths = [Endpoint("direct", upstream), *serves(stack, upstream)]
         if with_litellm:
             paths.append(litellm_proxy(stack, upstream))
@@ -318,12 +323,16 @@ def main() -> None:
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM's proxy")
     parser.add_argument("--no-ui", action="store_true", help="serve without the tabs (Gradio) at /")
     parser.add_argument("--only", choices=["overhead", "throughput", "failover"], help="one part only")
+    parser.add_argument("--framing", choices=["chunked", "close"], action="append",
+                        help="the fast upstream's framing(s) for the throughput test (default: both)")
     parser.add_argument("--baseline", type=Path, action="append", default=[], metavar="DIR",
                         help="also serve from the source tree DIR (e.g. `git archive HEAD | tar -x -C DIR`), "
                              "interleaved with the others, as serve@DIR")
     args = parser.parse_args()
     if args.no_ui:
         SERVE_FLAGS.append("--no-ui")
+    if args.framing:
+        FRAMINGS[:] = args.framing
     BASELINES.extend(path.resolve() for path in args.baseline)
     with_litellm = not args.no_litellm
     names = ["direct", "serve", *(f"serve@{path.name}" for path in BASELINES)] + \

@@ -6,25 +6,27 @@ the moment; each finished result goes to telemetry and becomes this thread's las
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .backends.base import GenerationParams, Message, check_messages
 from .errors import AllTargetsFailed, InvalidSettings
-from .failover import FailoverChain, Piece
+from .failover import ChatRun, FailoverChain, Piece, Target
 from .results import Attempt, ChatResult
 from .routing import Primary, Router
 from .settings import FallbackSettings, validate_field
 
-__all__ = ["Chats", "Recorder"]
+__all__ = ["ChatPlan", "Chats", "Recorder"]
 
 
 class Recorder(Protocol):
     """Where chats are counted (``Telemetry`` is one): it must never raise into a chat."""
 
-    def record_piece(self) -> None: ...
+    def record_piece(self, count: int = 1) -> None: ...
 
     def record_chat(self, result: ChatResult) -> None: ...
 
@@ -71,6 +73,15 @@ class Chats:
         answer is complete; setting ``cancel`` stops it (the reader went away), counted as
         cancelled.
         """
+        plan = self.plan(messages, primary, model, gen, done, cancel, extra=extra)
+        return plan.pieces(None, itertools.chain(plan.servers, plan.locals))
+
+    def plan(self, messages: Sequence[Message], primary: Primary, model: str | None,
+             gen: dict[str, Any], done: Callable[[ChatResult], None] | None,
+             cancel: threading.Event | None, *,
+             extra: Mapping[str, Any] | None = None) -> ChatPlan:
+        """``answer``'s chat, not begun: serve's relay drives its servers on the event loop
+        and hands the rest to ``ChatPlan.pieces``. Bad input raises here."""
         checked = check_messages(messages)
         params = GenerationParams.from_kwargs(**gen)
         settings = self._settings()
@@ -80,7 +91,9 @@ class Chats:
             raise InvalidSettings("primary must be a base URL, a callable, or None")
         chain = FailoverChain(timeout_s=settings.timeout, max_retries=settings.max_retries,
                               auto_switch=settings.auto_switch, clock=self._clock, cancel=cancel)
-        targets = self._router.targets(settings, primary, model=model, extra=extra)
+        request_extra = dict(extra or {})
+        servers = self._router.server_targets(settings, primary, model=model, extra=request_extra)
+        locals_ = self._router.local_targets(model=model, extra=request_extra)
 
         def finished(result: ChatResult) -> None:
             self._last.result = result
@@ -90,17 +103,47 @@ class Chats:
             if done is not None:
                 done(result)
 
-        return self._metered(chain.pieces(checked, params, targets, finished), cancel)
+        return ChatPlan(chain=chain, messages=checked, params=params, servers=servers,
+                        locals=locals_, finished=finished, recorder=self._recorder(), cancel=cancel)
 
-    def _metered(self, pieces: Iterator[Piece], cancel: threading.Event | None) -> Iterator[Piece]:
-        recorder = self._recorder()
-        try:
-            for piece in pieces:
-                recorder.record_piece()
-                yield piece
-        except AllTargetsFailed as exc:
-            recorder.record_failure(exc.attempts)
-            raise
-        finally:  # the reader may also close this generator itself once it has cancelled
-            if cancel is not None and cancel.is_set():
-                recorder.record_cancelled()
+
+@dataclass
+class ChatPlan:
+    """One chat ready to run: its chain, checked input and targets (the servers listed, the
+    local models still to rank), and where its result and pieces are counted."""
+
+    chain: FailoverChain
+    messages: list[dict[str, str]]
+    params: GenerationParams
+    servers: list[Target]
+    locals: Iterator[Target]
+    finished: Callable[[ChatResult], None]
+    recorder: Recorder
+    cancel: threading.Event | None
+
+    def pieces(self, run: ChatRun | None, targets: Iterable[Target],
+               done: Callable[[ChatResult], None] | None = None) -> Iterator[Piece]:
+        """The chain's pieces over ``targets``, counted; ``run`` continues a begun chat, and
+        ``done`` is told the result too."""
+
+        def finished(result: ChatResult) -> None:
+            self.finished(result)
+            if done is not None:
+                done(result)
+
+        return _metered(self.chain.pieces(self.messages, self.params, targets, finished, run),
+                        self.recorder, self.cancel)
+
+
+def _metered(pieces: Iterator[Piece], recorder: Recorder,
+             cancel: threading.Event | None) -> Iterator[Piece]:
+    try:
+        for piece in pieces:
+            recorder.record_piece()
+            yield piece
+    except AllTargetsFailed as exc:
+        recorder.record_failure(exc.attempts)
+        raise
+    finally:  # the reader may also close this generator itself once it has cancelled
+        if cancel is not None and cancel.is_set():
+            recorder.record_cancelled()

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any, Protocol
 
 from .backends.base import GenerationParams, check_messages
@@ -37,8 +38,8 @@ from .errors import AllTargetsFailed, FallbackError, InvalidSettings
 from .failover import Piece
 from .results import Attempt, ChatResult
 
-__all__ = ["Answer", "BadRequestField", "CompletionRequest", "chat_completion", "error_object",
-           "fallback_info", "parse_request", "stream_chat_completion"]
+__all__ = ["Answer", "BadRequestField", "ChunkMaker", "CompletionRequest", "chat_completion", "error_object",
+           "event", "fallback_info", "parse_request", "stream_chat_completion"]
 
 log = logging.getLogger(__name__)
 
@@ -165,41 +166,88 @@ def stream_chat_completion(answer: Answer, request: Any,
     except InvalidSettings as exc:
         yield error_object(exc)
         return
-    chunk_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    extra = {"usage": None} if checked.include_usage else {}
-
-    def chunk(model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
-
     results: list[ChatResult] = []
-    first = True
+    chunks = ChunkMaker(checked.include_usage)
     try:
-        for piece in answer(checked.messages, None, checked.model, checked.gen, results.append, cancel,
-                            extra=checked.extra):
-            delta: dict[str, Any] = {"tool_calls": list(piece.tool_calls)} if piece.tool_calls \
-                else {"content": piece.text}
-            if first:
-                first = False
-                opening = chunk(piece.target.name, {"role": "assistant", "content": None, **delta})
-                opening["x_fallback"] = {"source": piece.target.source, "model": piece.target.name}
-                yield opening
-            else:
-                yield chunk(piece.target.name, delta)
-    except Exception as exc:  # after the first piece too: the stream ends with the error
+        pieces = answer(checked.messages, None, checked.model, checked.gen, results.append, cancel,
+                        extra=checked.extra)
+    except Exception as exc:
         yield error_object(exc)
         return
-    if not results:  # cancelled: the reader is gone, nothing more to say
-        return
-    result = results[0]
-    last = chunk(result.model, {"role": "assistant", "content": ""} if first else {},
-                 result.finish_reason)
-    last["x_fallback"] = fallback_info(result)
-    yield last
-    usage = result.usage()
-    if checked.include_usage and usage is not None:
-        yield {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-               "model": result.model, "choices": [], "usage": usage}
+    yield from chunks.relay(pieces, results)
+
+
+#: One encoder for every chunk: ``json.dumps(separators=...)`` builds a new one per call,
+#: which doubles the cost of encoding a chunk.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_TEXT = "\u0000text\u0000"  # marks where a text chunk's content goes (see ChunkMaker.text_event)
+
+
+def event(item: dict[str, Any]) -> bytes:
+    """One server-sent event, as OpenAI sends it: ``data: {...}`` and a blank line."""
+    return b"data: " + _encode(item).encode() + b"\n\n"
+
+
+class ChunkMaker:
+    """The ``chat.completion.chunk`` dicts of one stream: one id; the first chunk with the
+    role and who began the answer, the last with ``x_fallback``, then the usage chunk when
+    the request asked for it (see ``stream_chat_completion``)."""
+
+    def __init__(self, include_usage: bool) -> None:
+        self.id, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        self.include_usage = include_usage
+        self._extra = {"usage": None} if include_usage else {}
+        self.began = False  # the first piece's chunk has been made
+        self._frames: dict[str, tuple[bytes, bytes]] = {}  # model -> around a text chunk's content
+
+    def chunk(self, model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+                **self._extra}
+
+    def piece(self, piece: Piece) -> dict[str, Any]:
+        delta: dict[str, Any] = {"tool_calls": list(piece.tool_calls)} if piece.tool_calls \
+            else {"content": piece.text}
+        if self.began:
+            return self.chunk(piece.target.name, delta)
+        self.began = True
+        opening = self.chunk(piece.target.name, {"role": "assistant", "content": None, **delta})
+        opening["x_fallback"] = {"source": piece.target.source, "model": piece.target.name}
+        return opening
+
+    def text_event(self, model: str, text: str) -> bytes:
+        """``event(self.chunk(model, {"content": text}))``, byte for byte, for a chunk after
+        the first: what surrounds the text is encoded once a model, the text alone each time
+        (serve relays tens of thousands of chunks a second)."""
+        frame = self._frames.get(model)
+        if frame is None:
+            head, _, tail = event(self.chunk(model, {"content": _TEXT})).rpartition(
+                encode_basestring_ascii(_TEXT).encode())
+            frame = self._frames[model] = head, tail
+        return frame[0] + encode_basestring_ascii(text).encode() + frame[1]
+
+    def ending(self, result: ChatResult) -> list[dict[str, Any]]:
+        """The last chunk, and the usage chunk when asked for (and known)."""
+        last = self.chunk(result.model, {} if self.began else {"role": "assistant", "content": ""},
+                          result.finish_reason)
+        last["x_fallback"] = fallback_info(result)
+        usage = result.usage()
+        if not (self.include_usage and usage is not None):
+            return [last]
+        return [last, {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                       "model": result.model, "choices": [], "usage": usage}]
+
+    def relay(self, pieces: Iterator[Piece], results: list[ChatResult]) -> Iterator[dict[str, Any]]:
+        """The chunks of ``pieces``, then the ending once ``results`` holds the ChatResult;
+        a failure, even after the first piece, ends the stream with its error object."""
+        try:
+            for piece in pieces:
+                yield self.piece(piece)
+        except Exception as exc:
+            yield error_object(exc)
+            return
+        if results:  # none: cancelled, the reader is gone and nothing more is said
+            yield from self.ending(results[0])
 
 
 def fallback_info(result: ChatResult) -> dict[str, Any]:

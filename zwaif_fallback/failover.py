@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -34,7 +34,7 @@ from .breaker import CircuitBreaker
 from .errors import AllTargetsFailed, FallbackError
 from .results import Attempt, ChatResult, Source, Switch, merge_tool_calls
 
-__all__ = ["FailoverChain", "Piece", "Target"]
+__all__ = ["ChatRun", "FailoverChain", "Piece", "Target"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ class Target:
     stream: StreamFn
     breaker: CircuitBreaker | None = None
     guarded: bool = True
+    #: ``stream`` for an event loop, yielding the pieces of each network read as a list:
+    #: serve relays a server's answer with it (``relay``); None for the others.
+    astream: Callable[..., AsyncIterator[list[str | ToolCalls]]] | None = None
     on_breaker_open: Callable[[], None] | None = None
     notes: Callable[[], list[str]] | None = None  # what the attempt should say besides its verdict
 
@@ -129,8 +132,9 @@ class _Pump:
 
 
 @dataclass
-class _Run:
-    """The state of one chat while it streams."""
+class ChatRun:
+    """The state of one chat while it streams, kept by whoever drives its targets (this
+    chain's threads, or ``relay`` on serve's event loop) and handed on between them."""
 
     started: float
     parts: list[str] = field(default_factory=list)  # the answer's text so far, joined on demand
@@ -142,6 +146,83 @@ class _Run:
     last_target: str | None = None
     completion_tokens: int = 0  # of the parts delivered by targets before the current one
     tool_deltas: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        """The answer so far, which the next target continues."""
+        return "".join(self.parts)
+
+    def skipped(self, target: Target) -> bool:
+        """Whether ``target``'s circuit is open (then the attempt says so, and it is skipped)."""
+        if target.breaker is None or target.breaker.allow():
+            return False
+        state = target.breaker.snapshot()
+        self.attempts.append(Attempt(target=target.name, source=target.source, ok=False,
+                                     error=f"circuit open: skipped (retry in "
+                                           f"{state.retry_in_s:.0f} s)", latency_s=0.0, tries=0))
+        return True
+
+    def took(self, piece: str | ToolCalls, target: Target, produced: int, now: float) -> None:
+        """Count a piece; ``produced`` is how many ``target`` gave before it."""
+        if produced == 0 and self.last_target is not None and self.chars:
+            self.switches.append(Switch(at_char=self.chars, from_target=self.last_target,
+                                        to_target=target.name))
+        self.tokens += 1
+        if isinstance(piece, ToolCalls):
+            self.tool_deltas += piece.deltas
+        else:
+            self.parts.append(piece)
+            self.chars += len(piece)
+        if self.ttft_s is None:
+            self.ttft_s = now - self.started
+
+    def failed(self, target: Target, exc: TargetFailed, *, latency_s: float, tries: int,
+               produced: int) -> None:
+        """Record ``target``'s failure, on its breaker too."""
+        cut = "; it had begun a tool call, which no other target can finish" if self.tool_deltas else ""
+        self.attempts.append(Attempt(target=target.name, source=target.source, ok=False,
+                                     error=f"{exc}{cut}", latency_s=latency_s, tries=tries,
+                                     tokens=produced, notes=_notes(target)))
+        log.warning("target %s failed after %d pieces: %s", target.name, produced, exc)
+        if target.breaker is not None and target.breaker.record_failure(hung=exc.hung):
+            log.warning("circuit for %s opened", target.name)
+            if target.on_breaker_open is not None:
+                target.on_breaker_open()
+        if produced:
+            self.last_target = target.name
+
+    def succeeded(self, target: Target, *, latency_s: float, tries: int, produced: int) -> None:
+        if target.breaker is not None:
+            target.breaker.record_success()
+        self.attempts.append(Attempt(target=target.name, source=target.source, ok=True,
+                                     latency_s=latency_s, tries=tries, tokens=produced,
+                                     notes=_notes(target)))
+
+    def settled(self, usage: Usage) -> bool:
+        """After a target's attempt: count the tokens of a failed target's part, and say
+        whether the chain may go on (a cut tool call cannot be continued elsewhere)."""
+        if self.attempts[-1].tokens:
+            self.completion_tokens += _counted(usage, self.attempts[-1].tokens)
+        return not self.tool_deltas
+
+    def result(self, target: Target, params: GenerationParams, usage: Usage, now: float) -> ChatResult:
+        """The ChatResult, once ``target`` has finished the answer."""
+        return ChatResult(
+            text=self.prefix,
+            model=target.name,
+            source=target.source,
+            fell_back=any(not a.ok for a in self.attempts),
+            attempts=self.attempts,
+            ttft_s=round(self.ttft_s, 4) if self.ttft_s is not None else None,
+            latency_s=round(now - self.started, 4),
+            tokens=self.tokens,
+            switches=self.switches,
+            finish_reason="tool_calls" if self.tool_deltas else
+            "length" if self.attempts[-1].tokens >= params.max_tokens else "stop",
+            tool_calls=merge_tool_calls(self.tool_deltas),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=self.completion_tokens + _counted(usage, self.attempts[-1].tokens),
+        )
 
 
 class FailoverChain:
@@ -164,7 +245,7 @@ class FailoverChain:
         self.max_retries = max_retries
         self.stall_s = stall_s if stall_s is not None else timeout_s
         self.auto_switch = auto_switch
-        self._clock = clock
+        self.clock = clock
         self._cancel = cancel
 
     def stream(self, messages: list[dict[str, str]], params: GenerationParams,
@@ -177,21 +258,18 @@ class FailoverChain:
         return (piece.text for piece in self.pieces(messages, params, targets, done) if piece.text)
 
     def pieces(self, messages: list[dict[str, str]], params: GenerationParams,
-               targets: Iterable[Target], done: Callable[[ChatResult], None]) -> Iterator[Piece]:
-        """Like ``stream``, with the target that gave each piece."""
-        run = _Run(started=self._clock())
+               targets: Iterable[Target], done: Callable[[ChatResult], None],
+               run: ChatRun | None = None) -> Iterator[Piece]:
+        """Like ``stream``, with the target that gave each piece. ``run`` continues a chat
+        that other targets began (serve's relay hands over at the first local one)."""
+        run = run if run is not None else ChatRun(started=self.clock())
         locals_tried = 0
         for target in targets:
             if target.source == "local":
                 if locals_tried and not self.auto_switch:
                     break
                 locals_tried += 1
-            if target.breaker is not None and not target.breaker.allow():
-                state = target.breaker.snapshot()
-                run.attempts.append(Attempt(target=target.name, source=target.source, ok=False,
-                                            error=f"circuit open: skipped (retry in "
-                                                  f"{state.retry_in_s:.0f} s)", latency_s=0.0,
-                                            tries=0))
+            if run.skipped(target):
                 continue
             usage = Usage()
             try:
@@ -204,12 +282,10 @@ class FailoverChain:
                 log.info("the reader went away: %s stopped after %d pieces", target.name, run.tokens)
                 return
             if run.attempts[-1].ok:
-                done(self._result(run, target, params, usage))
+                done(run.result(target, params, usage, self.clock()))
                 return
-            if run.attempts[-1].tokens:  # a part of the answer came from this target
-                run.completion_tokens += _counted(usage, run.attempts[-1].tokens)
-            if run.tool_deltas:
-                break  # a tool call cut off: its arguments cannot be continued elsewhere
+            if not run.settled(usage):
+                break
         raise AllTargetsFailed(run.attempts)
 
     def _check_cancel(self) -> None:
@@ -217,45 +293,20 @@ class FailoverChain:
             raise _Cancelled
 
     def _try(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
-             run: _Run, usage: Usage) -> Iterator[str | ToolCalls]:
-        start, produced, tries = self._clock(), 0, [0]
-        prefix = "".join(run.parts)
+             run: ChatRun, usage: Usage) -> Iterator[str | ToolCalls]:
+        start, produced, tries = self.clock(), 0, [0]
+        prefix = run.prefix
         try:
             pieces = (self._guarded(target, messages, params, prefix, tries, usage) if target.guarded
                       else self._direct(target, messages, params, prefix, tries, usage))
             for piece in pieces:
-                if produced == 0 and run.last_target is not None and run.chars:
-                    run.switches.append(Switch(at_char=run.chars, from_target=run.last_target,
-                                               to_target=target.name))
+                run.took(piece, target, produced, self.clock())
                 produced += 1
-                run.tokens += 1
-                if isinstance(piece, ToolCalls):
-                    run.tool_deltas += piece.deltas
-                else:
-                    run.parts.append(piece)
-                    run.chars += len(piece)
-                if run.ttft_s is None:
-                    run.ttft_s = self._clock() - run.started
                 yield piece
         except TargetFailed as exc:
-            cut = "; it had begun a tool call, which no other target can finish" \
-                if run.tool_deltas else ""
-            run.attempts.append(Attempt(target=target.name, source=target.source, ok=False,
-                                        error=f"{exc}{cut}", latency_s=self._clock() - start,
-                                        tries=tries[0], tokens=produced, notes=_notes(target)))
-            log.warning("target %s failed after %d pieces: %s", target.name, produced, exc)
-            if target.breaker is not None and target.breaker.record_failure(hung=exc.hung):
-                log.warning("circuit for %s opened", target.name)
-                if target.on_breaker_open is not None:
-                    target.on_breaker_open()
-            if produced:
-                run.last_target = target.name
+            run.failed(target, exc, latency_s=self.clock() - start, tries=tries[0], produced=produced)
             return
-        if target.breaker is not None:
-            target.breaker.record_success()
-        run.attempts.append(Attempt(target=target.name, source=target.source, ok=True,
-                                    latency_s=self._clock() - start, tries=tries[0],
-                                    tokens=produced, notes=_notes(target)))
+        run.succeeded(target, latency_s=self.clock() - start, tries=tries[0], produced=produced)
 
     def _direct(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
                 prefix: str, tries: list[int], usage: Usage) -> Iterator[str | ToolCalls]:
@@ -273,7 +324,7 @@ class FailoverChain:
                  prefix: str, tries: list[int], usage: Usage) -> Iterator[str | ToolCalls]:
         import stamina
 
-        deadline = self._clock() + self.timeout_s
+        deadline = self.clock() + self.timeout_s
         pump: _Pump | None = None
         first: Any = _END
         for attempt in stamina.retry_context(
@@ -282,7 +333,7 @@ class FailoverChain:
                 wait_initial=0.05, wait_max=1.0, wait_jitter=0.1):
             with attempt:
                 tries[0] += 1
-                remaining = deadline - self._clock()
+                remaining = deadline - self.clock()
                 if remaining <= 0:
                     raise TargetFailed(f"no answer within the {self.timeout_s:g} s deadline", hung=True)
                 pump = self._open(target, messages, params, prefix, remaining, usage, self._cancel)
@@ -306,24 +357,6 @@ class FailoverChain:
         return _Pump(lambda cancel: target.stream(messages, params, prefix=prefix,
                                                   deadline_s=deadline_s, cancel=cancel, usage=usage),
                      caller_cancel)
-
-    def _result(self, run: _Run, target: Target, params: GenerationParams, usage: Usage) -> ChatResult:
-        return ChatResult(
-            text="".join(run.parts),
-            model=target.name,
-            source=target.source,
-            fell_back=any(not a.ok for a in run.attempts),
-            attempts=run.attempts,
-            ttft_s=round(run.ttft_s, 4) if run.ttft_s is not None else None,
-            latency_s=round(self._clock() - run.started, 4),
-            tokens=run.tokens,
-            switches=run.switches,
-            finish_reason="tool_calls" if run.tool_deltas else
-            "length" if run.attempts[-1].tokens >= params.max_tokens else "stop",
-            tool_calls=merge_tool_calls(run.tool_deltas),
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=run.completion_tokens + _counted(usage, run.attempts[-1].tokens),
-        )
 
 
 def _counted(usage: Usage, pieces: int) -> int:

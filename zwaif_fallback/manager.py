@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import completions
 from .backends.base import Message
 from .catalog import Catalog
-from .chats import Chats
+from .chats import ChatPlan, Chats
+from .completions import CompletionRequest
 from .errors import Busy, DownloadCancelled, InvalidSettings, StorageError
 from .fit import Compatibility
 from .hardware import HardwareProbe, SystemStatus
@@ -374,6 +375,15 @@ class FallbackManager:
         local generation in flight is closed, and it counts as cancelled, not failed.
         """
         return completions.stream_chat_completion(self._chats.answer, request, cancel)
+
+    def chat_plan(self, request: CompletionRequest, *, cancel: threading.Event) -> ChatPlan:
+        """A checked request's chat, not begun: ``serve`` relays its servers on the event loop.
+
+        Raises:
+            InvalidSettings: the chat cannot be made (a bad primary URL in the settings).
+        """
+        return self._chats.plan(request.messages, None, request.model, request.gen, None, cancel,
+                                extra=request.extra)
 
     @property
     def last_result(self) -> ChatResult | None:

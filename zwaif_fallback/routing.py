@@ -87,17 +87,29 @@ class Router:
                 place of the checked text (``OpenAIBackend.stream``).
         """
         extra = dict(extra or {})
+        yield from self.server_targets(settings, primary, model=model, extra=extra)
+        yield from self.local_targets(model=model, extra=extra)
+
+    def server_targets(self, settings: FallbackSettings, primary: Primary, *,
+                       model: str | None = None, extra: dict[str, Any]) -> list[Target]:
+        """The primary and the remotes, as ``targets`` gives them (cheap: no discovery)."""
+        servers = []
         if primary is None and settings.primary_url:
             primary = settings.primary_url
         if callable(primary):
             host = HostBackend(primary)
-            yield Target(name=f"host:{host.name}", source="primary", stream=host.stream,
-                         breaker=self.breaker(f"host:{host.name}"),
-                         on_breaker_open=self._on_primary_down)
+            servers.append(Target(name=f"host:{host.name}", source="primary", stream=host.stream,
+                                  breaker=self.breaker(f"host:{host.name}"),
+                                  on_breaker_open=self._on_primary_down))
         elif primary:
-            yield self._remote_target(settings, str(primary), "primary", model=model, extra=extra)
-        for url in settings.remote_urls:
-            yield self._remote_target(settings, url, "remote", extra=extra)
+            servers.append(self._remote_target(settings, str(primary), "primary", model=model,
+                                               extra=extra))
+        servers += [self._remote_target(settings, url, "remote", extra=extra)
+                    for url in settings.remote_urls]
+        return servers
+
+    def local_targets(self, *, model: str | None = None, extra: dict[str, Any]) -> Iterator[Target]:
+        """The local models, as ``targets`` gives them: ranked only when the chain gets here."""
         current = self._current()
         named = next((m for m in self._ranked() if m.name == model), None) if model else None
         tried: set[str] = set()
@@ -144,9 +156,11 @@ class Router:
                 backend = OpenAIBackend(url, model=configured, api_key=key, source=source,
                                         read_timeout_s=settings.timeout + 5.0)
                 self._remotes[(url, configured, key)] = backend
-        stream = partial(backend.stream, model=model if is_primary else None, extra=extra)
+        chosen = model if is_primary else None
         return Target(name=url, source="primary" if is_primary else "remote",
-                      stream=stream, breaker=self.breaker(url),
+                      stream=partial(backend.stream, model=chosen, extra=extra),
+                      astream=partial(backend.astream, model=chosen, extra=extra),
+                      breaker=self.breaker(url),
                       on_breaker_open=self._on_primary_down if is_primary else None)
 
     def _local_target(self, model: ModelInfo, extra: dict[str, Any]) -> Target:

@@ -12,14 +12,16 @@ answers HTTP at all, a server in its circuit's cooldown counting as down. The se
 probed (``GET /models``, 2 s) only when no local model exists: a local model answers
 whatever they do.
 
-Generation never runs on the event loop: each stream is pumped by a thread of its own
-into the loop (``sse``), so a slow local model stalls neither other requests nor ``/health``. The
+Streamed answers from servers are relayed on the event loop (``relay``); generation never
+runs on it: a chat that reaches a local model goes on in a thread of its own (``sse``), so
+a slow local model stalls neither other requests nor ``/health``. The
 app is Starlette's (Gradio brings it); ``webui`` mounts the tabs at ``/`` beside it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -28,9 +30,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .completions import error_object
+from .completions import ChunkMaker, error_object, parse_request
 from .errors import InvalidSettings, PortUnavailable
-from .sse import ChunkPump, event_stream
+from .relay import EventStream, Relay
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -80,13 +82,33 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
     manager.metrics  # noqa: B018 - made now, so that /metrics counts from the first request
     api = _Api(manager, key)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    app.router.routes.extend([
+    app.state.api_routes = [
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/health", api.health, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
-    ])
+    ]
+    app.router.routes.extend(app.state.api_routes)
     return app
+
+
+def _straight_to_the_api(app: Starlette) -> Callable[..., Any]:
+    """``app``, with the API's paths sent straight to their routes. FastAPI's middleware
+    (error pages, exception handlers, body limits) cost a streamed request about a tenth of
+    its CPU, and the API's handlers need none of it: they answer their errors themselves.
+    Everything else (the tabs, lifespan) goes through ``app`` as before."""
+    from starlette.routing import Router
+
+    routes = app.state.api_routes
+    router, paths = Router(routes=routes), {route.path for route in routes}
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] in paths:
+            await router(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return asgi
 
 
 def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
@@ -117,14 +139,20 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
+        listener.listen(2048)  # a client that comes before uvicorn has started waits, not refused
     except OSError as exc:
         raise PortUnavailable(f"cannot serve on {host}:{port}: {exc.strerror or exc}; "
                               "choose another port with --port") from exc
+    # What is loaded by now lives as long as the server: keep the collector from scanning it
+    # again and again (a full collection walked it all: tens of ms of a stalled loop).
+    gc.collect()
+    gc.freeze()
     shown = f"[{host}]" if ":" in host else host
     announce(f"point your host's OpenAI-compatible URL at http://{shown}:{port}/v1 "
              f"(the tabs: http://{shown}:{port}/, health: /health)" if mount is not None else
              f"point your host's OpenAI-compatible URL at http://{shown}:{port}/v1")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn.Config(_straight_to_the_api(app), log_level="warning",
+                                           timeout_graceful_shutdown=5))
     server.run(sockets=[listener])
 
 
@@ -135,8 +163,8 @@ class _Api:
         self.manager = manager
         self.api_key = api_key
 
-    async def chat_completions(self, request: Request) -> Response:
-        from starlette.responses import JSONResponse, StreamingResponse
+    async def chat_completions(self, request: Request) -> Response | EventStream:
+        from starlette.responses import JSONResponse
 
         refused = self._refuse(request)
         if refused is not None:
@@ -147,17 +175,18 @@ class _Api:
         if not body.get("stream"):
             answer = await _on_own_thread(self.manager.chat_completion, body)
             return JSONResponse(answer, status_code=_status_of(answer), headers=_who(answer))
-        cancel = threading.Event()
-        chunks = ChunkPump(self.manager.stream_chat_completion(body, cancel=cancel), cancel)
-        chunks.watch(request)
-        first = await chunks.first()
-        if first is None:  # stream_chat_completion always yields; a last guard
-            first = error_object(RuntimeError("the answer ended before it began"))
+        try:
+            checked = parse_request(body)
+            plan = self.manager.chat_plan(checked, cancel=threading.Event())
+        except InvalidSettings as exc:
+            return JSONResponse(error_object(exc), status_code=400)
+        relay = Relay(plan, ChunkMaker(checked.include_usage))
+        relay.watch(request)
+        first = await relay.first()
         if "error" in first:  # nothing was sent yet: a plain error response, as OpenAI gives
-            chunks.close()
+            relay.close()
             return JSONResponse(first, status_code=_status_of(first))
-        return StreamingResponse(event_stream(first, chunks), media_type="text/event-stream",
-                                 headers={**_who(first), "Cache-Control": "no-cache"})
+        return EventStream(relay.body(first), {**_who(first), "Cache-Control": "no-cache"})
 
     async def models(self, request: Request) -> Response:
         from starlette.responses import JSONResponse

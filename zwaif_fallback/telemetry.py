@@ -7,6 +7,7 @@ swallows and logs its errors, and the history store reports its own problems.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -38,12 +39,15 @@ class TokenMeter:
         self._times: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
 
-    def add(self) -> None:
-        """Count one piece. Every stream calls this per piece: the append needs no lock (a
-        deque's append is atomic), and the trim, which keeps the deque to the window, is left
-        to whoever holds the lock already."""
+    def add(self, count: int = 1) -> None:
+        """Count pieces that came now. Every stream calls this per piece (or per network
+        read's pieces): the append needs no lock (a deque's append is atomic), and the trim,
+        which keeps the deque to the window, is left to whoever holds the lock already."""
         now = self._clock()
-        self._times.append(now)
+        if count == 1:
+            self._times.append(now)
+        else:
+            self._times.extend(itertools.repeat(now, count))
         if self._lock.acquire(blocking=False):
             try:
                 self._trim(now)
@@ -100,9 +104,9 @@ class Telemetry:
                 self._metrics = Metrics(status=self._probe.status, breakers=self._breakers)
             return self._metrics
 
-    def record_piece(self) -> None:
-        """One piece of an answer was streamed (the live tokens/s)."""
-        self.meter.add()
+    def record_piece(self, count: int = 1) -> None:
+        """Pieces of an answer were streamed (the live tokens/s)."""
+        self.meter.add(count)
 
     def record_chat(self, result: ChatResult) -> None:
         self._record(result.attempts, result)

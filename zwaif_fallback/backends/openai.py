@@ -12,11 +12,15 @@ from __future__ import annotations
 import errno
 import json
 import threading
-from collections.abc import Iterator, Mapping
-from typing import Any
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable
 from .base import Backend, GenerationParams, TargetFailed, ToolCalls, Usage
+
+if TYPE_CHECKING:
+    from .http_stream import StreamPool
 
 __all__ = ["OpenAIBackend"]
 
@@ -44,6 +48,7 @@ class OpenAIBackend(Backend):
         self._api_key = api_key
         self._read_timeout_s = read_timeout_s
         self._client: Any = None
+        self._stream_pools: weakref.WeakKeyDictionary[Any, StreamPool] = weakref.WeakKeyDictionary()
         self._client_lock = threading.Lock()
         # Servers that predate ``stream_options`` may refuse it; once one has, it is not sent again.
         self._usage_option = True
@@ -64,6 +69,92 @@ class OpenAIBackend(Backend):
         host's own (tool calls, tool results and images kept) and are sent instead of the
         text-only ``messages``.
         """
+        import httpx
+
+        body, headers, timeout = self._request(messages, params, prefix, deadline_s, model, extra)
+        usage = usage if usage is not None else Usage()
+        try:
+            for ask_usage in self._usage_asks():
+                _ask_usage(body, ask_usage)
+                with self._http().stream("POST", f"{self.base_url}/chat/completions", json=body,
+                                         headers=headers, timeout=timeout) as response:
+                    if cancel is not None:
+                        _close_on(cancel, response)
+                    if response.status_code >= 400:
+                        failure = _status_error(response.status_code, response.read())
+                        if self._older_server(failure, ask_usage):
+                            continue
+                        raise failure
+                    if "text/event-stream" not in response.headers.get("content-type", ""):
+                        yield from _whole_answer(response.read(), usage)  # a server ignoring stream
+                        return
+                    events = _Events(usage)
+                    for data in response.iter_bytes():
+                        yield from events.feed(data)
+                        events.check()
+                        if events.done:
+                            break
+                    yield from events.end()
+                    return
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, self.base_url) from None
+
+    async def astream(self, messages: list[dict[str, str]], params: GenerationParams, *,
+                      prefix: str = "", deadline_s: float | None = None,
+                      stall_s: float | None = None, usage: Usage | None = None,
+                      model: str | None = None,
+                      extra: Mapping[str, Any] | None = None) -> AsyncIterator[list[str | ToolCalls]]:
+        """``stream`` for an event loop: the pieces of each network read, as a list.
+
+        Nothing here blocks: serve relays servers' answers on its loop, with no thread per
+        stream, through ``http_stream`` (httpx costs more than the rest of serve a chunk).
+        ``stall_s`` bounds each silence once the request is sent (the caller bounds the wait
+        for the first piece). Closing the generator closes the request.
+        """
+        body, headers, timeout = self._request(messages, params, prefix, deadline_s, model, extra)
+        usage = usage if usage is not None else Usage()
+        pool = self._stream_pool()
+        url = f"{self.base_url}/chat/completions"
+        read_s = stall_s if stall_s is not None else self._read_timeout_s
+        for ask_usage in self._usage_asks():
+            _ask_usage(body, ask_usage)
+            try:
+                response = await pool.post(url, _compact(body), headers, connect_s=timeout.connect,
+                                           read_s=read_s)
+            except Exception as exc:
+                raise _connect_failure(exc, self.base_url) from None
+            try:
+                if response.status >= 400:
+                    failure = _status_error(response.status, await response.read())
+                    if self._older_server(failure, ask_usage):
+                        continue
+                    raise failure
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    yield list(_whole_answer(await response.read(), usage))
+                    return
+                events = _Events(usage)
+                async for data in response.chunks():
+                    pieces = events.feed(data)
+                    if pieces:
+                        yield pieces
+                    events.check()
+                    if events.done:  # what follows [DONE] is the body's end, if anything
+                        break
+                pieces = events.end()
+                if pieces:
+                    yield pieces
+                return
+            except TargetFailed:
+                raise
+            except Exception as exc:
+                raise _read_failure(exc, self.base_url) from None
+            finally:
+                response.close()
+
+    def _request(self, messages: list[dict[str, str]], params: GenerationParams, prefix: str,
+                 deadline_s: float | None, model: str | None,
+                 extra: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str], Any]:
+        """The request's body, headers and httpx timeout."""
         import httpx
 
         extra = extra or {}
@@ -87,30 +178,20 @@ class OpenAIBackend(Backend):
             headers["Authorization"] = f"Bearer {self._api_key}"
         connect = min(deadline_s or 10.0, 10.0)
         timeout = httpx.Timeout(connect=connect, read=self._read_timeout_s, write=connect, pool=connect)
-        usage = usage if usage is not None else Usage()
-        try:
-            for ask_usage in ((True, False) if self._usage_option else (False,)):
-                if ask_usage:
-                    body["stream_options"] = {"include_usage": True}
-                else:
-                    body.pop("stream_options", None)
-                with self._http().stream("POST", f"{self.base_url}/chat/completions", json=body,
-                                         headers=headers, timeout=timeout) as response:
-                    if cancel is not None:
-                        _close_on(cancel, response)
-                    if response.status_code >= 400:
-                        failure = _status_error(response)
-                        if ask_usage and "stream_options" in str(failure) and not failure.retryable:
-                            self._usage_option = False  # an older server: ask again without it
-                            continue
-                        raise failure
-                    if "text/event-stream" not in response.headers.get("content-type", ""):
-                        yield from _whole_answer(response, usage)  # a server that ignores stream
-                        return
-                    yield from _events(response, usage)
-                    return
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, self.base_url) from None
+        return body, headers, timeout
+
+    def _usage_asks(self) -> tuple[bool, ...]:
+        """Whether to ask for usage, in the order to try: once more without it when a server
+        that predates ``stream_options`` refuses it."""
+        return (True, False) if self._usage_option else (False,)
+
+    def _older_server(self, failure: TargetFailed, asked_usage: bool) -> bool:
+        """Whether this error answer refused ``stream_options``: then it is not sent to this
+        server again."""
+        if asked_usage and "stream_options" in str(failure) and not failure.retryable:
+            self._usage_option = False
+            return True
+        return False
 
     def _http(self) -> Any:
         with self._client_lock:
@@ -122,11 +203,38 @@ class OpenAIBackend(Backend):
                 self._client = httpx.Client(follow_redirects=False, trust_env=False)
             return self._client
 
+    def _stream_pool(self) -> StreamPool:
+        """This event loop's connections: a connection belongs to the loop it was made on."""
+        import asyncio
+
+        from .http_stream import StreamPool
+
+        loop = asyncio.get_running_loop()
+        with self._client_lock:
+            pool = self._stream_pools.get(loop)
+            if pool is None:
+                pool = self._stream_pools[loop] = StreamPool()
+            return pool
+
     def unload(self) -> None:
         with self._client_lock:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+            pools, self._stream_pools = list(self._stream_pools.items()), weakref.WeakKeyDictionary()
+        for loop, pool in pools:  # closed on its own loop, if that still runs
+            if not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(pool.close)
+                except RuntimeError:  # the loop stopped meanwhile: its sockets went with it
+                    pass
+
+
+def _ask_usage(body: dict[str, Any], ask: bool) -> None:
+    if ask:
+        body["stream_options"] = {"include_usage": True}
+    else:
+        body.pop("stream_options", None)
 
 
 def _close_on(cancel: threading.Event, response: Any) -> None:
@@ -142,41 +250,79 @@ def _close_on(cancel: threading.Event, response: Any) -> None:
     threading.Thread(target=watch, daemon=True, name="zwaif-http-cancel").start()
 
 
-def _events(response: Any, usage: Usage) -> Iterator[str | ToolCalls]:
-    finished = False
-    for line in response.iter_lines():
-        if not line.startswith("data:"):
-            continue
+class _Events:
+    """Reads a server-sent event stream, as the network gives it, into answer pieces.
+
+    ``end`` raises when the stream stopped before a finish reason: a server that finished
+    gives one, so the connection closed mid-answer.
+    """
+
+    def __init__(self, usage: Usage) -> None:
+        self._usage = usage
+        self._finished = False
+        self._rest = b""  # a line not yet ended
+        self.done = False  # [DONE] came: nothing more to read
+        self._failure: TargetFailed | None = None
+
+    def feed(self, data: bytes) -> list[str | ToolCalls]:
+        """The pieces of the lines that ``data`` completes. A line that fails the answer
+        stops the reading there; ``check`` then raises its failure, once the pieces
+        before it have been passed on."""
+        *lines, self._rest = (self._rest + data).split(b"\n")
+        pieces: list[str | ToolCalls] = []
+        for line in lines:
+            try:
+                pieces += self._line(line)
+            except TargetFailed as exc:
+                self._failure = exc
+                break
+        return pieces
+
+    def check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def end(self) -> list[str | ToolCalls]:
+        """The pieces of an unended last line; raises if the answer did not finish."""
+        pieces = self._line(self._rest)
+        self._rest = b""
+        if not self._finished:
+            raise TargetFailed("the stream ended before the answer was finished", retryable=True)
+        return pieces
+
+    def _line(self, line: bytes) -> list[str | ToolCalls]:
+        if not line.startswith(b"data:"):
+            return []
         payload = line[5:].strip()
-        if payload == "[DONE]":
-            if not finished:  # llama.cpp's server ends an answer this way when a newer request
-                # interrupts it (unless started with --interrupt_requests false)
+        if payload == b"[DONE]":
+            if not self._finished:  # llama.cpp's server ends an answer this way when a newer
+                # request interrupts it (unless started with --interrupt_requests false)
                 raise TargetFailed("the server ended the stream before the answer was finished "
                                    "(it may stop an answer for a newer request)")
-            return
+            self.done = True
+            return []
         try:
             event = json.loads(payload)
         except ValueError:
             raise TargetFailed(f"the server sent malformed JSON: {payload[:80]!r}") from None
         if not isinstance(event, dict):
-            continue
+            return []
         if event.get("error"):
             raise TargetFailed(f"the server reported: {_error_text(event)}", retryable=True)
         if "usage" in event:
-            _read_usage(event, usage)
+            _read_usage(event, self._usage)
         choice = _choice(event)
         if choice is None:
-            continue
-        piece = _text(choice)
-        if piece:
-            yield piece
+            return []
+        pieces: list[str | ToolCalls] = []
+        text = _text(choice)
+        if text:
+            pieces.append(text)
         calls = _tool_calls(choice)
         if calls:
-            yield calls
-        finished = finished or choice.get("finish_reason") is not None
-    if not finished:
-        # The connection closed mid-answer: a server that finished gives a finish reason.
-        raise TargetFailed("the stream ended before the answer was finished", retryable=True)
+            pieces.append(calls)
+        self._finished = self._finished or choice.get("finish_reason") is not None
+        return pieces
 
 
 def _choice(event: dict[str, Any]) -> dict[str, Any] | None:
@@ -206,9 +352,9 @@ def _tool_calls(choice: dict[str, Any]) -> ToolCalls | None:
     return ToolCalls(deltas) if deltas else None
 
 
-def _whole_answer(response: Any, usage: Usage) -> Iterator[str | ToolCalls]:
+def _whole_answer(content: bytes, usage: Usage) -> Iterator[str | ToolCalls]:
     try:
-        answer = json.loads(response.read())
+        answer = json.loads(content)
     except ValueError:
         raise TargetFailed("the server answered with something that is not JSON") from None
     if not isinstance(answer, dict):
@@ -240,15 +386,40 @@ def _error_text(event: dict[str, Any]) -> str:
     return str(error)
 
 
-def _status_error(response: Any) -> TargetFailed:
-    response.read()
-    status = response.status_code
+def _status_error(status: int, content: bytes) -> TargetFailed:
+    """The failure an error status means, its body saying why."""
     try:
-        detail = _error_text(response.json())
-    except ValueError:
-        detail = response.text[:200]
+        detail = _error_text(json.loads(content))
+    except (ValueError, AttributeError):
+        detail = content[:200].decode("utf-8", errors="replace")
     hint = " (check primary_api_key)" if status in (401, 403) else ""
     return TargetFailed(f"HTTP {status}: {detail}{hint}", retryable=status in RETRYABLE_STATUS)
+
+
+def _connect_failure(exc: Exception, url: str) -> TargetFailed:
+    """``http_stream``'s failure to send a request, as the chain reads it."""
+    import asyncio
+
+    if _refused(exc):
+        return TargetFailed(f"connection refused by {url} (is the server running?)", fast=True)
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return TargetFailed(f"timed out talking to {url} (no connection or no answer)", retryable=True)
+    if isinstance(exc, ValueError):
+        return TargetFailed(f"cannot send the request to {url}: {exc}")
+    return TargetFailed(f"connection to {url} failed: {exc or type(exc).__name__}", retryable=True)
+
+
+def _read_failure(exc: Exception, url: str) -> TargetFailed:
+    """``http_stream``'s failure while the answer streams."""
+    import asyncio
+
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return TargetFailed(f"timed out talking to {url} (the answer stalled)", retryable=True)
+    return TargetFailed(f"connection to {url} failed: {exc or type(exc).__name__}", retryable=True)
+
+
+def _compact(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _transport_error(exc: Exception, url: str) -> TargetFailed:
