@@ -140,6 +140,9 @@ class Relay:
                 continue
             usage = Usage()
             if await self._answer(target, usage):
+                # The body sends the answer's last pieces first: making the end (the result,
+                # its recording, x_fallback) takes a while, and streams often end together.
+                await asyncio.sleep(0)
                 result = run.result(target, plan.params, usage, plan.chain.clock())
                 if result.fell_back:  # its attempts go to the history, in SQLite: off the loop
                     await asyncio.to_thread(plan.finished, result)
