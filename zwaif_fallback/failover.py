@@ -320,22 +320,30 @@ class FailoverChain:
         except Exception as exc:  # a local runtime failing any way at all is a failed target
             raise TargetFailed(f"{type(exc).__name__}: {exc}") from exc
 
-    def _guarded(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
-                 prefix: str, tries: list[int], usage: Usage) -> Iterator[str | ToolCalls]:
+    def retries(self) -> Any:
+        """stamina's attempts at a guarded target (``for``, or ``async for`` on an event loop):
+        retryable failures are tried again with backoff and jitter, within the deadline."""
         import stamina
 
+        return stamina.retry_context(on=_retryable, attempts=self.max_retries, timeout=self.timeout_s,
+                                     wait_initial=0.05, wait_max=1.0, wait_jitter=0.1)
+
+    def time_left(self, deadline: float) -> float:
+        """What is left until ``deadline`` for a first piece; at it, the target is hung."""
+        left = deadline - self.clock()
+        if left <= 0:
+            raise TargetFailed(f"no answer within the {self.timeout_s:g} s deadline", hung=True)
+        return left
+
+    def _guarded(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
+                 prefix: str, tries: list[int], usage: Usage) -> Iterator[str | ToolCalls]:
         deadline = self.clock() + self.timeout_s
         pump: _Pump | None = None
         first: Any = _END
-        for attempt in stamina.retry_context(
-                on=lambda exc: isinstance(exc, TargetFailed) and exc.retryable,
-                attempts=self.max_retries, timeout=self.timeout_s,
-                wait_initial=0.05, wait_max=1.0, wait_jitter=0.1):
+        for attempt in self.retries():
             with attempt:
                 tries[0] += 1
-                remaining = deadline - self.clock()
-                if remaining <= 0:
-                    raise TargetFailed(f"no answer within the {self.timeout_s:g} s deadline", hung=True)
+                remaining = self.time_left(deadline)
                 pump = self._open(target, messages, params, prefix, remaining, usage, self._cancel)
                 try:
                     first = pump.next(remaining, "answer")
@@ -357,6 +365,10 @@ class FailoverChain:
         return _Pump(lambda cancel: target.stream(messages, params, prefix=prefix,
                                                   deadline_s=deadline_s, cancel=cancel, usage=usage),
                      caller_cancel)
+
+
+def _retryable(exc: Exception) -> bool:
+    return isinstance(exc, TargetFailed) and exc.retryable
 
 
 def _counted(usage: Usage, pieces: int) -> int:

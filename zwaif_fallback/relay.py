@@ -184,22 +184,15 @@ class Relay:
                        tries: list[int]) -> AsyncIterator[list[str | ToolCalls]]:
         """``FailoverChain._guarded`` on the loop: retries within the deadline for the first
         piece, then the pieces, each network read's together."""
-        import stamina
-
         assert target.astream is not None
         chain, plan = self._plan.chain, self._plan
         deadline = chain.clock() + chain.timeout_s
         stream: AsyncIterator[list[str | ToolCalls]] | None = None
         first: list[str | ToolCalls] | None = None
-        async for attempt in stamina.retry_context(
-                on=lambda exc: isinstance(exc, TargetFailed) and exc.retryable,
-                attempts=chain.max_retries, timeout=chain.timeout_s,
-                wait_initial=0.05, wait_max=1.0, wait_jitter=0.1):
+        async for attempt in chain.retries():
             with attempt:
                 tries[0] += 1
-                remaining = deadline - chain.clock()
-                if remaining <= 0:
-                    raise TargetFailed(f"no answer within the {chain.timeout_s:g} s deadline", hung=True)
+                remaining = chain.time_left(deadline)
                 stream = target.astream(plan.messages, plan.params, prefix=self._run.prefix,
                                         deadline_s=remaining, stall_s=chain.stall_s, usage=usage)
                 first = await _first(stream, remaining)
