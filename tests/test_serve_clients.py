@@ -326,7 +326,8 @@ def hang_up_after_first_event(base: str) -> tuple[float, dict[str, str]]:
     """Stream an answer, read its first event and close the connection: when, and the headers."""
     with httpx.stream("POST", base + "/v1/chat/completions", json=LONG, timeout=60) as response:
         assert response.status_code == 200
-        assert next(response.iter_lines()).startswith("data: {")
+        lines = response.iter_lines()  # held: dropped, httpx would hang up here already
+        assert next(lines).startswith("data: {")
         headers = dict(response.headers)
     return time.monotonic(), headers
 
@@ -335,7 +336,9 @@ def hang_up_after_first_event(base: str) -> tuple[float, dict[str, str]]:
 def test_a_client_that_hangs_up_frees_the_local_model_within_a_second(isolated: Path):
     with serve(isolated, refused_url()) as (served, manager):
         with httpx.stream("POST", served.url + "/v1/chat/completions", json=LONG, timeout=60) as response:
-            assert next(response.iter_lines()).startswith("data: {")
+            # Hold the line iterator: dropped, httpx closes the connection then and there.
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: {")
             assert leases(manager) == 1  # the local model is generating
         # Closed: within STOP_WITHIN_S the generation must end and give its lease back.
         wait_until(lambda: leases(manager) == 0, timeout_s=STOP_WITHIN_S, interval_s=0.005,
