@@ -1,6 +1,8 @@
 """Any OpenAI-compatible server (Oobabooga, Ollama, llama.cpp's server, vLLM, TGI) over HTTP.
 
-Answers stream by server-sent events. Errors are classified here, at the edge:
+Answers stream by server-sent events, read by ``openai_answers`` whichever transport
+brought them: httpx for ``stream`` (a thread's blocking call), ``http_stream`` for
+``astream`` (serve's event loop). Errors are classified here, at the edge:
 a refused connection means the server is down (fail fast, no retry); 429, 5xx,
 read timeouts and dropped connections are retryable; other 4xx are not. A stream that
 ends with no finish reason (the connection closing, or ``[DONE]`` alone, as llama.cpp's
@@ -18,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable
 from .base import Backend, GenerationParams, TargetFailed, ToolCalls, Usage
+from .openai_answers import Events, status_error, whole_answer
 
 if TYPE_CHECKING:
     from .http_stream import StreamPool
 
 __all__ = ["OpenAIBackend"]
 
-RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 #: What ``stream`` sets itself; a caller's ``extra`` fields never replace these.
 OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "max_tokens",
                         "max_completion_tokens", "temperature", "top_p", "stop", "seed", "n"})
@@ -71,7 +73,8 @@ class OpenAIBackend(Backend):
         """
         import httpx
 
-        body, headers, timeout = self._request(messages, params, prefix, deadline_s, model, extra)
+        body, headers, connect = self._request(messages, params, prefix, deadline_s, model, extra)
+        timeout = httpx.Timeout(connect=connect, read=self._read_timeout_s, write=connect, pool=connect)
         usage = usage if usage is not None else Usage()
         try:
             for ask_usage in self._usage_asks():
@@ -81,14 +84,14 @@ class OpenAIBackend(Backend):
                     if cancel is not None:
                         _close_on(cancel, response)
                     if response.status_code >= 400:
-                        failure = _status_error(response.status_code, response.read())
+                        failure = status_error(response.status_code, response.read())
                         if self._older_server(failure, ask_usage):
                             continue
                         raise failure
                     if "text/event-stream" not in response.headers.get("content-type", ""):
-                        yield from _whole_answer(response.read(), usage)  # a server ignoring stream
+                        yield from whole_answer(response.read(), usage)  # a server ignoring stream
                         return
-                    events = _Events(usage)
+                    events = Events(usage)
                     for data in response.iter_bytes():
                         yield from events.feed(data)
                         events.check()
@@ -111,7 +114,7 @@ class OpenAIBackend(Backend):
         ``stall_s`` bounds each silence once the request is sent (the caller bounds the wait
         for the first piece). Closing the generator closes the request.
         """
-        body, headers, timeout = self._request(messages, params, prefix, deadline_s, model, extra)
+        body, headers, connect = self._request(messages, params, prefix, deadline_s, model, extra)
         usage = usage if usage is not None else Usage()
         pool = self._stream_pool()
         url = f"{self.base_url}/chat/completions"
@@ -119,20 +122,20 @@ class OpenAIBackend(Backend):
         for ask_usage in self._usage_asks():
             _ask_usage(body, ask_usage)
             try:
-                response = await pool.post(url, _compact(body), headers, connect_s=timeout.connect,
+                response = await pool.post(url, _compact(body), headers, connect_s=connect,
                                            read_s=read_s)
             except Exception as exc:
                 raise _connect_failure(exc, self.base_url) from None
             try:
                 if response.status >= 400:
-                    failure = _status_error(response.status, await response.read())
+                    failure = status_error(response.status, await response.read())
                     if self._older_server(failure, ask_usage):
                         continue
                     raise failure
                 if "text/event-stream" not in response.headers.get("content-type", ""):
-                    yield list(_whole_answer(await response.read(), usage))
+                    yield list(whole_answer(await response.read(), usage))
                     return
-                events = _Events(usage)
+                events = Events(usage)
                 async for data in response.chunks():
                     pieces = events.feed(data)
                     if pieces:
@@ -153,10 +156,8 @@ class OpenAIBackend(Backend):
 
     def _request(self, messages: list[dict[str, str]], params: GenerationParams, prefix: str,
                  deadline_s: float | None, model: str | None,
-                 extra: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str], Any]:
-        """The request's body, headers and httpx timeout."""
-        import httpx
-
+                 extra: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str], float]:
+        """The request's body, its headers, and how long to wait for a connection."""
         extra = extra or {}
         sent = extra.get("messages")
         body: dict[str, Any] = {k: v for k, v in extra.items() if k not in OWN_FIELDS}
@@ -176,9 +177,7 @@ class OpenAIBackend(Backend):
         headers = {"Accept": "text/event-stream"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        connect = min(deadline_s or 10.0, 10.0)
-        timeout = httpx.Timeout(connect=connect, read=self._read_timeout_s, write=connect, pool=connect)
-        return body, headers, timeout
+        return body, headers, min(deadline_s or 10.0, 10.0)
 
     def _usage_asks(self) -> tuple[bool, ...]:
         """Whether to ask for usage, in the order to try: once more without it when a server
@@ -248,152 +247,6 @@ def _close_on(cancel: threading.Event, response: Any) -> None:
             pass
 
     threading.Thread(target=watch, daemon=True, name="zwaif-http-cancel").start()
-
-
-class _Events:
-    """Reads a server-sent event stream, as the network gives it, into answer pieces.
-
-    ``end`` raises when the stream stopped before a finish reason: a server that finished
-    gives one, so the connection closed mid-answer.
-    """
-
-    def __init__(self, usage: Usage) -> None:
-        self._usage = usage
-        self._finished = False
-        self._rest = b""  # a line not yet ended
-        self.done = False  # [DONE] came: nothing more to read
-        self._failure: TargetFailed | None = None
-
-    def feed(self, data: bytes) -> list[str | ToolCalls]:
-        """The pieces of the lines that ``data`` completes. A line that fails the answer
-        stops the reading there; ``check`` then raises its failure, once the pieces
-        before it have been passed on."""
-        *lines, self._rest = (self._rest + data).split(b"\n")
-        pieces: list[str | ToolCalls] = []
-        for line in lines:
-            try:
-                pieces += self._line(line)
-            except TargetFailed as exc:
-                self._failure = exc
-                break
-        return pieces
-
-    def check(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-
-    def end(self) -> list[str | ToolCalls]:
-        """The pieces of an unended last line; raises if the answer did not finish."""
-        pieces = self._line(self._rest)
-        self._rest = b""
-        if not self._finished:
-            raise TargetFailed("the stream ended before the answer was finished", retryable=True)
-        return pieces
-
-    def _line(self, line: bytes) -> list[str | ToolCalls]:
-        if not line.startswith(b"data:"):
-            return []
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            if not self._finished:  # llama.cpp's server ends an answer this way when a newer
-                # request interrupts it (unless started with --interrupt_requests false)
-                raise TargetFailed("the server ended the stream before the answer was finished "
-                                   "(it may stop an answer for a newer request)")
-            self.done = True
-            return []
-        try:
-            event = json.loads(payload)
-        except ValueError:
-            raise TargetFailed(f"the server sent malformed JSON: {payload[:80]!r}") from None
-        if not isinstance(event, dict):
-            return []
-        if event.get("error"):
-            raise TargetFailed(f"the server reported: {_error_text(event)}", retryable=True)
-        if "usage" in event:
-            _read_usage(event, self._usage)
-        choice = _choice(event)
-        if choice is None:
-            return []
-        pieces: list[str | ToolCalls] = []
-        text = _text(choice)
-        if text:
-            pieces.append(text)
-        calls = _tool_calls(choice)
-        if calls:
-            pieces.append(calls)
-        self._finished = self._finished or choice.get("finish_reason") is not None
-        return pieces
-
-
-def _choice(event: dict[str, Any]) -> dict[str, Any] | None:
-    """The first choice of a chunk or an answer, None when it has none."""
-    choices = event.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices else None
-    return choice if isinstance(choice, dict) else None
-
-
-def _delta_of(choice: dict[str, Any]) -> dict[str, Any]:
-    delta = choice.get("delta") or choice.get("message")
-    return delta if isinstance(delta, dict) else {}
-
-
-def _text(choice: dict[str, Any]) -> str:
-    text = _delta_of(choice).get("content") or choice.get("text") or ""
-    return text if isinstance(text, str) else ""
-
-
-def _tool_calls(choice: dict[str, Any]) -> ToolCalls | None:
-    """The tool-call deltas of a chunk's choice (or the calls of a whole message, indexed as
-    a stream would give them), None when it has none."""
-    calls = _delta_of(choice).get("tool_calls")
-    if not isinstance(calls, list):
-        return None
-    deltas = tuple({"index": i, **call} for i, call in enumerate(calls) if isinstance(call, dict))
-    return ToolCalls(deltas) if deltas else None
-
-
-def _whole_answer(content: bytes, usage: Usage) -> Iterator[str | ToolCalls]:
-    try:
-        answer = json.loads(content)
-    except ValueError:
-        raise TargetFailed("the server answered with something that is not JSON") from None
-    if not isinstance(answer, dict):
-        raise TargetFailed("the server answered with JSON that is not an object")
-    _read_usage(answer, usage)
-    choice = _choice(answer) or {}
-    text, calls = _text(choice), _tool_calls(choice)
-    if text or calls is None:
-        yield text
-    if calls is not None:
-        yield calls
-
-
-def _read_usage(event: Any, usage: Usage) -> None:
-    """Copy the server's token counts (its last chunk, with ``include_usage``) into ``usage``."""
-    counts = event.get("usage") if isinstance(event, dict) else None
-    if not isinstance(counts, dict):
-        return
-    for field in ("prompt_tokens", "completion_tokens"):
-        value = counts.get(field)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            setattr(usage, field, value)
-
-
-def _error_text(event: dict[str, Any]) -> str:
-    error = event.get("error")
-    if isinstance(error, dict):
-        return str(error.get("message") or error)
-    return str(error)
-
-
-def _status_error(status: int, content: bytes) -> TargetFailed:
-    """The failure an error status means, its body saying why."""
-    try:
-        detail = _error_text(json.loads(content))
-    except (ValueError, AttributeError):
-        detail = content[:200].decode("utf-8", errors="replace")
-    hint = " (check primary_api_key)" if status in (401, 403) else ""
-    return TargetFailed(f"HTTP {status}: {detail}{hint}", retryable=status in RETRYABLE_STATUS)
 
 
 def _connect_failure(exc: Exception, url: str) -> TargetFailed:

@@ -1,0 +1,165 @@
+"""What an OpenAI-compatible server answers, read into the chain's pieces.
+
+The transports (httpx in ``OpenAIBackend.stream``, ``http_stream`` in ``astream``) hand the
+bytes over; this reads them the same way for both: server-sent events line by line
+(``Events``), a whole answer from a server that ignored ``stream`` (``whole_answer``), the
+token counts, and what an error status means (``status_error``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from .base import TargetFailed, ToolCalls, Usage
+
+__all__ = ["RETRYABLE_STATUS", "Events", "status_error", "whole_answer"]
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class Events:
+    """Reads a server-sent event stream, as the network gives it, into answer pieces.
+
+    ``end`` raises when the stream stopped before a finish reason: a server that finished
+    gives one, so the connection closed mid-answer.
+    """
+
+    def __init__(self, usage: Usage) -> None:
+        self._usage = usage
+        self._finished = False
+        self._rest = b""  # a line not yet ended
+        self.done = False  # [DONE] came: nothing more to read
+        self._failure: TargetFailed | None = None
+
+    def feed(self, data: bytes) -> list[str | ToolCalls]:
+        """The pieces of the lines that ``data`` completes. A line that fails the answer
+        stops the reading there; ``check`` then raises its failure, once the pieces
+        before it have been passed on."""
+        *lines, self._rest = (self._rest + data).split(b"\n")
+        pieces: list[str | ToolCalls] = []
+        for line in lines:
+            try:
+                pieces += self._line(line)
+            except TargetFailed as exc:
+                self._failure = exc
+                break
+        return pieces
+
+    def check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def end(self) -> list[str | ToolCalls]:
+        """The pieces of an unended last line; raises if the answer did not finish."""
+        pieces = self._line(self._rest)
+        self._rest = b""
+        if not self._finished:
+            raise TargetFailed("the stream ended before the answer was finished", retryable=True)
+        return pieces
+
+    def _line(self, line: bytes) -> list[str | ToolCalls]:
+        if not line.startswith(b"data:"):
+            return []
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            if not self._finished:  # llama.cpp's server ends an answer this way when a newer
+                # request interrupts it (unless started with --interrupt_requests false)
+                raise TargetFailed("the server ended the stream before the answer was finished "
+                                   "(it may stop an answer for a newer request)")
+            self.done = True
+            return []
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            raise TargetFailed(f"the server sent malformed JSON: {payload[:80]!r}") from None
+        if not isinstance(event, dict):
+            return []
+        if event.get("error"):
+            raise TargetFailed(f"the server reported: {_error_text(event)}", retryable=True)
+        if "usage" in event:
+            _read_usage(event, self._usage)
+        choice = _choice(event)
+        if choice is None:
+            return []
+        pieces: list[str | ToolCalls] = []
+        text = _text(choice)
+        if text:
+            pieces.append(text)
+        calls = _tool_calls(choice)
+        if calls:
+            pieces.append(calls)
+        self._finished = self._finished or choice.get("finish_reason") is not None
+        return pieces
+
+
+def _choice(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The first choice of a chunk or an answer, None when it has none."""
+    choices = event.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    return choice if isinstance(choice, dict) else None
+
+
+def _delta_of(choice: dict[str, Any]) -> dict[str, Any]:
+    delta = choice.get("delta") or choice.get("message")
+    return delta if isinstance(delta, dict) else {}
+
+
+def _text(choice: dict[str, Any]) -> str:
+    text = _delta_of(choice).get("content") or choice.get("text") or ""
+    return text if isinstance(text, str) else ""
+
+
+def _tool_calls(choice: dict[str, Any]) -> ToolCalls | None:
+    """The tool-call deltas of a chunk's choice (or the calls of a whole message, indexed as
+    a stream would give them), None when it has none."""
+    calls = _delta_of(choice).get("tool_calls")
+    if not isinstance(calls, list):
+        return None
+    deltas = tuple({"index": i, **call} for i, call in enumerate(calls) if isinstance(call, dict))
+    return ToolCalls(deltas) if deltas else None
+
+
+def whole_answer(content: bytes, usage: Usage) -> Iterator[str | ToolCalls]:
+    try:
+        answer = json.loads(content)
+    except ValueError:
+        raise TargetFailed("the server answered with something that is not JSON") from None
+    if not isinstance(answer, dict):
+        raise TargetFailed("the server answered with JSON that is not an object")
+    _read_usage(answer, usage)
+    choice = _choice(answer) or {}
+    text, calls = _text(choice), _tool_calls(choice)
+    if text or calls is None:
+        yield text
+    if calls is not None:
+        yield calls
+
+
+def _read_usage(event: Any, usage: Usage) -> None:
+    """Copy the server's token counts (its last chunk, with ``include_usage``) into ``usage``."""
+    counts = event.get("usage") if isinstance(event, dict) else None
+    if not isinstance(counts, dict):
+        return
+    for field in ("prompt_tokens", "completion_tokens"):
+        value = counts.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            setattr(usage, field, value)
+
+
+def _error_text(event: dict[str, Any]) -> str:
+    error = event.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error)
+
+
+def status_error(status: int, content: bytes) -> TargetFailed:
+    """The failure an error status means, its body saying why."""
+    try:
+        detail = _error_text(json.loads(content))
+    except (ValueError, AttributeError):
+        detail = content[:200].decode("utf-8", errors="replace")
+    hint = " (check primary_api_key)" if status in (401, 403) else ""
+    return TargetFailed(f"HTTP {status}: {detail}{hint}", retryable=status in RETRYABLE_STATUS)
