@@ -54,6 +54,7 @@ class Served:
     path: str
     range: str | None
     authorization: str | None
+    user_agent: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,8 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
         def _answer(self, *, body: bool) -> None:
             path = self.path.split("?", 1)[0]
             hub._count(Served(self.command, self.headers.get("Host", ""), path,
-                              self.headers.get("Range"), self.headers.get("Authorization")))
+                              self.headers.get("Range"), self.headers.get("Authorization"),
+                              self.headers.get("User-Agent", "")))
             if hub.latency_s:
                 time.sleep(hub.latency_s)  # the simulated network, not a wait for something
             parts = [p for p in path.split("/") if p]

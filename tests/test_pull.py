@@ -17,6 +17,7 @@ import pytest
 from builders import write_gguf, write_hf_folder
 from conftest import run_cli
 from hub_server import COMMIT, HubServer, clear_hub_environment
+from servers import HangServer
 
 from zwaif_fallback import (
     DownloadCancelled,
@@ -177,6 +178,28 @@ def test_cancel_keeps_a_partial_file_that_the_next_pull_resumes(hub, hub_server,
     assert (tmp_path / FILE).read_bytes() == model_file.read_bytes()
 
 
+def test_huggingface_hub_asks_the_hub_what_the_file_is(hub, hub_server, tmp_path):
+    pull(REPO, hub=hub, models_dir=tmp_path)  # a repo id: its listing, then its file's metadata
+    asked = [r for r in hub_server.requests if r.method == "HEAD" or r.path.startswith("/api/")]
+    assert {r.method for r in asked} == {"GET", "HEAD"}
+    assert all("hf_hub/" in r.user_agent and "zwaif-fallback/" in r.user_agent for r in asked)
+    fetched = [r for r in hub_server.requests if r.path.startswith("/cdn/") and r.method == "GET"]
+    assert fetched and all(r.authorization is None for r in fetched)  # the CDN never gets the token
+
+
+def test_a_hub_that_never_answers_the_head_times_out_in_one_line(tmp_path):
+    hang = HangServer()
+    started = time.monotonic()
+    try:
+        with Hub(endpoint=f"http://127.0.0.1:{hang.port}", offline=False, token="", timeout_s=0.5) as hub, \
+                pytest.raises(HubUnavailable, match=r"^timed out: .* within 0.5 s"):
+            pull(f"{REPO}/{FILE}", hub=hub, models_dir=tmp_path / "models")
+    finally:
+        hang.close()
+    assert time.monotonic() - started < 5  # one try at the timeout, not a backoff
+    assert not (tmp_path / "models").exists()
+
+
 @pytest.mark.parametrize("spec", [f"{REPO}/model.bin", f"{REPO}/weights.pt", f"{REPO}/modeling_x.py",
                                   "https://example.com/model.ckpt"])
 def test_pickle_files_and_code_are_refused(hub, hub_server, spec, tmp_path):
@@ -205,6 +228,13 @@ def test_the_hf_cache_gets_its_own_layout(hub, model_file, tmp_path):
     assert info.path == str(link) and link.is_symlink() and info.source == "hf_cache"
     assert link.resolve() == (repo_dir / "blobs" / digest).resolve()
     assert (repo_dir / "refs" / "main").read_text() == COMMIT
+    # huggingface_hub itself finds it there, without asking the Hub
+    from huggingface_hub import hf_hub_download, scan_cache_dir, try_to_load_from_cache
+
+    assert try_to_load_from_cache(REPO, FILE, cache_dir=tmp_path / "cache") == str(link)
+    assert hf_hub_download(REPO, FILE, cache_dir=tmp_path / "cache", local_files_only=True) == str(link)
+    (cached,) = scan_cache_dir(tmp_path / "cache").repos
+    assert (cached.repo_id, cached.size_on_disk) == (REPO, model_file.stat().st_size)
 
 
 @pytest.mark.parametrize("refused", [{"symlink"}, {"symlink", "hard link"}])

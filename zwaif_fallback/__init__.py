@@ -16,8 +16,8 @@ and to having no import cycle.
     call path     chats, completions, routing, failover, results, breaker, local, step_down, pool,
                   backends
     fit           fit, memory, calibration, dry_run
-    discovery     catalog, pull, pull_plan, download, hub, hub_headers, hub_body, hub_http, hub_models,
-                  model_info, locations, gguf_header, gguf_cursor, safetensors_header, ggml
+    discovery     catalog, pull, pull_plan, download, hub, hub_api, hub_headers, hub_body, hub_http,
+                  hub_models, model_info, locations, gguf_header, gguf_cursor, safetensors_header, ggml
     base          settings, settings_file, hardware, ggml_devices, store, errors, units, net, logs, _model
 
 * porches: the CLI (cli_text: what it prints), ``try_fallbacks`` on a default manager, the
@@ -34,7 +34,8 @@ and to having no import cycle.
 * fit: the memory estimate (memory), the verdict (fit), corrections measured on real
   loads (calibration), llama.cpp's own no_alloc dry run of a plan (dry_run).
 * discovery: which models exist and what they are, read from their files' headers, local or
-  on the Hub by range requests (hub -> hub_body, hub_http, hub_models; hub_headers: the
+  on the Hub by range requests (hub -> hub_api: a file's metadata and a repo's listing,
+  asked through huggingface_hub; hub_body, hub_http, hub_models; hub_headers: the
   headers, files that share a vocabulary walking it once); the GGUF reader (gguf_header ->
   gguf_cursor: the buffer, and the walk over string arrays); pull downloads one from the
   Hub into a place discovery reads (pull -> pull_plan: which files, download: one file's

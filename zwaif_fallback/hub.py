@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +48,6 @@ from .hub_models import (
     RepoListing,
     choose_ggufs,
     curated,
-    license_of,
     parse_spec,
     split_parts,
 )
@@ -75,7 +73,6 @@ __all__ = [
 ]
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class Hub:
@@ -162,16 +159,10 @@ class Hub:
             HubOffline, HubUnavailable, HubFileNotFound, HubAccessDenied.
         """
         self._check_online()
-        url = f"{self.endpoint}/api/models/{repo}"
-        if revision != "main":
-            url += f"/revision/{quote(revision, safe='')}"
-        data = self._json(url, what=f"the repo {repo}")
-        siblings = data.get("siblings") if isinstance(data, dict) else None
-        names = [s["rfilename"] for s in siblings or [] if isinstance(s, dict)
-                 and isinstance(s.get("rfilename"), str)]
-        commit = data.get("sha") if isinstance(data, dict) else None
-        return RepoListing(repo=repo, revision=revision, files=names,
-                           commit=commit if isinstance(commit, str) else None, license=license_of(data))
+        from .hub_api import repo_listing
+
+        return repo_listing(self.endpoint, repo, revision, token=self._token_for(self.endpoint),
+                            timeout_s=self.timeout_s)
 
     def read_json(self, model: HubModel) -> Any:
         """The JSON in ``model``'s file (a small one: an index, a config).
@@ -282,13 +273,17 @@ class Hub:
 
     def _auth(self, url: str) -> dict[str, str]:
         """The token, for the endpoint's host only (httpx drops it on a redirect elsewhere)."""
+        token = self._token_for(url)
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _token_for(self, url: str) -> str | None:
+        """The token to send to ``url``: huggingface_hub's, and only to the endpoint's host."""
         if urlsplit(url).netloc != urlsplit(self.endpoint).netloc:
-            return {}
+            return None
         with self._lock:
             if not self._token_known:
                 self._token, self._token_known = hub_token(), True
-            token = self._token
-        return {"Authorization": f"Bearer {token}"} if token else {}
+            return self._token
 
     def _json(self, url: str, *, what: str) -> Any:
         with self._request(url, {}, what=what) as response:
@@ -322,23 +317,26 @@ class Hub:
             return bytes(data[:stop - start]), size, str(response.url), response.headers.get("etag", "")
 
     def stat(self, model: HubModel) -> RemoteFile:
-        """What the Hub says about ``model``'s file before sending any of it (a HEAD request):
-        its size, its sha256 (the Hub's ``X-Linked-Etag`` for a file kept in LFS), the commit,
-        and the URL that serves it after redirects (the Hub's CDN).
+        """What the server says about ``model``'s file before sending any of it (a HEAD
+        request): its size, its sha256 (the Hub's ``X-Linked-Etag`` for a file kept in LFS),
+        the commit, and the URL that serves it after redirects (the Hub's CDN). A file on the
+        Hub is asked by huggingface_hub (``hub_api.file_metadata``); one at a plain URL, which
+        may redirect anywhere, by following its redirects.
 
         Raises:
             HubOffline, HubUnavailable, HubFileNotFound, HubAccessDenied: it could not be asked.
         """
         self._check_online()
         url = self.url(model)
+        if model.url is None:
+            from .hub_api import file_metadata
+
+            return file_metadata(url, token=self._token_for(url), timeout_s=self.timeout_s,
+                                 what=model.label)
         with self._request(url, {}, what=model.label, method="HEAD") as response:
-            first = next((r for r in response.history if "x-linked-size" in r.headers), response)
-            size = first.headers.get("x-linked-size") or response.headers.get("content-length", "")
-            linked = first.headers.get("x-linked-etag", "").strip('"').removeprefix("W/").strip('"')
-            etag = linked or response.headers.get("etag", "").strip('"')
+            size = response.headers.get("content-length", "")
             return RemoteFile(url=str(response.url), size_bytes=int(size) if size.isdigit() else None,
-                              sha256=linked.lower() if _SHA256.fullmatch(linked) else None,
-                              etag=etag, commit=first.headers.get("x-repo-commit") or None)
+                              sha256=None, etag=response.headers.get("etag", "").strip('"'), commit=None)
 
     @contextmanager
     def body(self, url: str, *, start: int = 0, what: str) -> Iterator[Body]:

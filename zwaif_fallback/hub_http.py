@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
@@ -131,11 +129,8 @@ def is_true(value: str | None) -> bool:
 
 def hub_token() -> str | None:
     """The token huggingface_hub would send (HF_TOKEN, or the file ``hf auth login`` wrote)."""
-    get_token: Callable[[], str | None]
-    try:
-        from huggingface_hub import get_token
-    except ImportError:  # not installed: the environment variable is all there is
-        return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+    from huggingface_hub import get_token
+
     try:
         return get_token()
     except Exception as exc:  # a broken token file or OIDC setup: read public files without one

@@ -17,10 +17,12 @@ process-unique ``.incomplete`` file that it deletes on any failure, so an interr
 download always starts over; it moves the file into place without comparing its sha256
 (it hashes only a file already in a ``local_dir`` that lacks its metadata); and it can be
 stopped only by raising from a tqdm, which deletes the partial file too. So the transfer
-is hub.py's own. huggingface_hub still gives the token (hub.py asks it), and the Hugging
-Face cache is written in its documented layout (``blobs/<sha256 or etag>``,
-``snapshots/<commit>/<file>`` linking to the blob, ``refs/<revision>``), which
-huggingface_hub and ``locations.hf_cache_models`` read.
+is hub.py's own: a plain GET of the address huggingface_hub resolved. huggingface_hub
+still speaks the rest of the protocol (the token, each file's metadata, the repo's listing:
+hub_api.py), and the Hugging Face cache is written in its documented layout
+(``blobs/<sha256 or etag>``, ``snapshots/<commit>/<file>`` linking to the blob,
+``refs/<revision>``), in which ``hf_hub_download(..., local_files_only=True)``,
+``scan_cache_dir`` and ``locations.hf_cache_models`` find it.
 """
 
 from __future__ import annotations
