@@ -9,7 +9,8 @@ token counts, and what an error status means (``status_error``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import json.decoder
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .base import TargetFailed, ToolCalls, Usage
@@ -18,12 +19,22 @@ __all__ = ["RETRYABLE_STATUS", "Events", "status_error", "whole_answer"]
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
+#: A JSON string's text and where it ends, from just after its opening quote (the C
+#: function json.loads uses; typeshed does not declare it).
+_scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+
 
 class Events:
     """Reads a server-sent event stream, as the network gives it, into answer pieces.
 
     ``end`` raises when the stream stopped before a finish reason: a server that finished
     gives one, so the connection closed mid-answer.
+
+    Most events of an answer differ only in their text, and parsing each as JSON was most of
+    what serve spent on a relayed chunk. So once an event has been parsed and found to hold
+    a text and nothing else, its bytes around the text are kept (``_Frame``): a later event
+    with those same bytes around one JSON string is that event with another text, read by
+    decoding the string alone. Anything else is parsed whole, as before.
     """
 
     def __init__(self, usage: Usage) -> None:
@@ -32,6 +43,7 @@ class Events:
         self._rest = b""  # a line not yet ended
         self.done = False  # [DONE] came: nothing more to read
         self._failure: TargetFailed | None = None
+        self._frame: _Frame | None = None
 
     def feed(self, data: bytes) -> list[str | ToolCalls]:
         """The pieces of the lines that ``data`` completes. A line that fails the answer
@@ -63,6 +75,10 @@ class Events:
         if not line.startswith(b"data:"):
             return []
         payload = line[5:].strip()
+        if self._frame is not None:
+            text = self._frame.text(payload)
+            if text:
+                return [text]
         if payload == b"[DONE]":
             if not self._finished:  # llama.cpp's server ends an answer this way when a newer
                 # request interrupts it (unless started with --interrupt_requests false)
@@ -91,7 +107,70 @@ class Events:
         if calls:
             pieces.append(calls)
         self._finished = self._finished or choice.get("finish_reason") is not None
+        if text and not calls and not self._finished and "usage" not in event:
+            self._frame = _Frame.of(payload, text) or self._frame
         return pieces
+
+
+class _Frame:
+    """The bytes of a text-only event around its text: ``head`` up to the JSON string,
+    ``tail`` after it."""
+
+    #: The text that ``of`` puts in the frame to prove it, which no server sends.
+    _PROBE = "\x00zwaif-fallback\x00"
+
+    def __init__(self, head: str, tail: str) -> None:
+        self._head = head
+        self._tail = tail
+        self._start = len(head)
+
+    def text(self, payload: bytes) -> str | None:
+        """The text of ``payload`` when it is this frame around one JSON string, else None."""
+        try:
+            event = payload.decode()
+        except UnicodeDecodeError:
+            return None
+        if not (event.startswith(self._head) and event.endswith(self._tail)
+                and len(event) >= self._start + len(self._tail) + 2 and event[self._start] == '"'):
+            return None
+        try:
+            text, end = _scanstring(event, self._start + 1)
+        except ValueError:  # an unended string, or one JSON refuses (a control character)
+            return None
+        return text if end == len(event) - len(self._tail) else None
+
+    @classmethod
+    def of(cls, payload: bytes, text: str) -> _Frame | None:
+        """The frame around ``text`` in ``payload``, an event parsed as holding that text and
+        nothing else (no finish, no tool call, no usage); None when it cannot be found. The
+        frame must be the text's: with another string in its place, the event parses to
+        that string as its text. Its other bytes are the parsed event's, so they still say
+        nothing else."""
+        try:
+            event = payload.decode()
+        except UnicodeDecodeError:  # JSON in UTF-16 or -32: parsed whole, every time
+            return None
+        at = event.find('"content"')
+        while at >= 0:
+            start = event.find('"', event.find(":", at + 9) + 1)
+            try:
+                found, end = _scanstring(event, start + 1)
+            except ValueError:
+                found, end = None, -1
+            if found == text:
+                frame = cls(event[:start], event[end:])
+                if frame._proves():
+                    return frame
+            at = event.find('"content"', at + 1)
+        return None
+
+    def _proves(self) -> bool:
+        try:
+            event = json.loads(self._head + json.dumps(self._PROBE) + self._tail)
+        except ValueError:
+            return False
+        choice = _choice(event) if isinstance(event, dict) else None
+        return choice is not None and _text(choice) == self._PROBE
 
 
 def _choice(event: dict[str, Any]) -> dict[str, Any] | None:

@@ -1,0 +1,99 @@
+"""Reading a server's event stream: the text-only events read by their frame (``Events``)
+give exactly what parsing each event whole gives."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from zwaif_fallback.backends.base import TargetFailed, ToolCalls, Usage
+from zwaif_fallback.backends.openai_answers import Events
+
+TEXTS = ["Hello", ' "quoted" ', "back\\slash", "line\nbreak", "caf\u00e9", "\U0001F600 emoji",
+         "\u2028", "</script>", "\\u0041 not an escape", "a", "\t"]
+
+
+def chunk(text: str | None, *, created: int = 1700000000, finish: str | None = None,
+          **extra: Any) -> dict[str, Any]:
+    delta = {} if text is None else {"content": text}
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": created,
+            "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+
+
+def sse(*events: dict[str, Any] | str, ensure_ascii: bool = True) -> bytes:
+    lines = [e if isinstance(e, str) else json.dumps(e, ensure_ascii=ensure_ascii) for e in events]
+    return b"".join(b"data: " + line.encode() + b"\n\n" for line in lines)
+
+
+def read(body: bytes) -> list[str | ToolCalls]:
+    events = Events(Usage())
+    pieces = events.feed(body)
+    events.check()
+    return pieces
+
+
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+def test_text_events_read_by_their_frame_give_every_text_as_sent(ensure_ascii):
+    assert read(sse(*(chunk(t) for t in TEXTS), ensure_ascii=ensure_ascii)) == TEXTS
+
+
+def test_a_frame_that_changes_is_learned_again():
+    # llama.cpp's server stamps each chunk with the second it was made
+    body = sse(*(chunk(t, created=1700000000 + i // 3) for i, t in enumerate(TEXTS)))
+    assert read(body) == TEXTS
+
+
+def test_what_is_more_than_a_text_in_a_known_frame_is_parsed_whole():
+    frame = json.dumps(chunk("X"))
+    head, tail = frame.split('"X"')
+    usage = Usage()
+    events = Events(usage)
+    pieces = events.feed(sse(
+        chunk("a"),
+        head + '"b", "content": "B"' + tail,  # two strings where the text was: JSON keeps the last
+        head + '""' + tail,  # an empty text
+        head + "null" + tail,  # not a string
+        chunk("c", usage={"prompt_tokens": 3, "completion_tokens": 2}),
+        chunk("d", finish="stop"),
+    ))
+    assert pieces == ["a", "B", "c", "d"]
+    assert (usage.prompt_tokens, usage.completion_tokens) == (3, 2)
+    assert events.end() == []  # finished: the "stop" was seen
+
+
+def test_a_tool_call_beside_a_text_is_not_lost():
+    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}
+    with_call = chunk("x")
+    with_call["choices"][0]["delta"]["tool_calls"] = [call]
+    pieces = read(sse(chunk("a"), with_call, chunk("b")))
+    assert pieces[:2] == ["a", "x"] and isinstance(pieces[2], ToolCalls) and pieces[3] == "b"
+
+
+def test_a_control_character_in_a_known_frame_is_malformed_json_as_before():
+    frame = json.dumps(chunk("X"))
+    head, tail = frame.split('"X"')
+    events = Events(Usage())
+    assert events.feed(sse(chunk("a"), head + '"bad\x01"' + tail, chunk("never"))) == ["a"]
+    with pytest.raises(TargetFailed, match="malformed JSON"):
+        events.check()
+
+
+def test_a_field_named_content_before_the_text_is_not_taken_for_it():
+    # another "content" first, equal to the text once, then changing while the text stays:
+    # the frame must be the text's, proven by what the event parses to
+    def event(decoy: str) -> dict[str, Any]:
+        return {"meta": {"content": decoy}, **chunk("same", model="content")}
+
+    assert read(sse(*(event(d) for d in ["same", *TEXTS]))) == ["same"] * (len(TEXTS) + 1)
+
+
+def test_an_answer_of_text_events_is_parsed_whole_once(monkeypatch):
+    import zwaif_fallback.backends.openai_answers as answers
+
+    parsed: list[object] = []
+    loads = json.loads
+    monkeypatch.setattr(answers.json, "loads", lambda s, **kw: parsed.append(s) or loads(s, **kw))
+    assert read(sse(*(chunk(t) for t in TEXTS * 20))) == TEXTS * 20
+    assert len(parsed) == 2  # the first event, and the proof of its frame
