@@ -219,6 +219,24 @@ def test_a_missing_file_is_one_line(hub, tmp_path):
         pull(f"{REPO}/gone.gguf", hub=hub, models_dir=tmp_path)
 
 
+@pytest.mark.parametrize("download_to", ["models_dir", "hf_cache"])
+def test_the_bytes_and_the_names_are_on_the_disk_before_discovery_trusts_them(
+        hub, model_file, tmp_path, monkeypatch, download_to):
+    # a power cut after a rename that was not preceded by fsync can leave a file with its
+    # name and without its bytes: recorded at the OS calls, in order
+    calls: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: calls.append(("rename", str(a))) or replace(a, b))
+    info = pull(f"{REPO}/{FILE}", hub=hub, models_dir=tmp_path / "models", download_to=download_to,
+                hf_cache=tmp_path / "cache")
+    (partial,) = {path for call, path in calls if call == "rename"}
+    assert calls.index(("fsync", partial)) < calls.index(("rename", partial))
+    synced = {path for call, path in calls[calls.index(("rename", partial)):] if call == "fsync"}
+    assert {str(Path(partial).parent), str(Path(info.path).parent)} <= synced
+
+
 def test_the_hf_cache_gets_its_own_layout(hub, model_file, tmp_path):
     info = pull(f"{REPO}/{FILE}", hub=hub, models_dir=tmp_path / "models", download_to="hf_cache",
                 hf_cache=tmp_path / "cache")

@@ -162,6 +162,8 @@ class Download:
             raise InvalidModelFile(self.model.label, f"its sha256 is {got}, not the Hub's "
                                    f"{self.remote.sha256}; the download was deleted: pull again, "
                                    "and if it happens again, the mirror (HF_ENDPOINT) serves a bad copy")
+        sync_file(self.partial)  # on the disk before it gets its name: a power cut after the
+        # rename must not leave a model file that discovery trusts with its bytes missing
         self._report(done=True)
 
     def _kept(self, what: str) -> str:
@@ -236,6 +238,27 @@ class _Receiver:
             self._made += 1
             return bytearray(BUFFER_BYTES)
         return self._free.get()
+
+
+def sync_file(path: Path) -> None:
+    """Wait until ``path``'s bytes are on the disk (Windows flushes only a handle that may write)."""
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_folder(folder: Path) -> None:
+    """Wait until the names in ``folder`` (a rename, a new link) are on the disk. POSIX only:
+    Windows cannot open a folder, and NTFS journals its names."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def format_size(nbytes: int) -> str:

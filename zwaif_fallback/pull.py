@@ -8,9 +8,9 @@ the disk is too small for all of them together, then streams each into a hidden 
 file beside its destination (``download.Download``). A partial file left by a cut
 connection, a cancel or Ctrl-C is resumed from its size by a range request; a cut
 connection is resumed at once, a few times. A file whose sha256 differs is deleted. Only
-when every file of the model is verified are they renamed into place, config.json last,
-so discovery never sees a file that was not verified, nor a split model or a folder with
-a file missing.
+when every file of the model is verified, and its bytes are on the disk (fsync), are they
+renamed into place, config.json last, so discovery never sees a file that was not
+verified, nor a split model or a folder with a file missing, not even after a power cut.
 
 Why not ``huggingface_hub.hf_hub_download`` (checked in its 2.4 source): it downloads to a
 process-unique ``.incomplete`` file that it deletes on any failure, so an interrupted
@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from .download import Download, ProgressCallback, PullProgress, format_size
+from .download import Download, ProgressCallback, PullProgress, format_size, sync_folder
 from .errors import HubUnavailable, NotEnoughSpace, StorageError
 from .hub import Hub, HubModel, RemoteFile
 from .locations import group_gguf_files, hf_cache_dir, hf_folder_candidate
@@ -111,6 +111,8 @@ def pull(spec: str | HubModel, *, hub: Hub, models_dir: Path, download_to: Desti
             download.run(hub)
         for _, model, remote, place in todo:  # config.json last: then the folder is a model
             place.publish(model, remote)
+        for folder in {path.parent for *_, place in todo for path in (place.target, place.visible)}:
+            sync_folder(folder)  # the new names on the disk too
     except OSError as exc:
         raise StorageError(f"cannot write {places[0].target.parent}: {exc.strerror or exc}; check "
                            "the folder's permissions and free space") from exc
