@@ -202,7 +202,7 @@ def overhead(runs: int, max_tokens: int, with_litellm: bool) -> list[list[str]]:
     ttft = {name: statistics.median(t for t, _ in r) for name, r in results.items()}
     tps = {name: statistics.median(x for _, x in r) for name, r in results.items()}
     rows = [["healthy primary: TTFT p50", *(f"{ttft[n] * 1000:.1f} ms" for n in results),
-             *(f"+{(ttft[n] - ttft['direct']) * 1000:.1f} ms" for n in results if n != "direct"),
+             *(f"{(ttft[n] - ttft['direct']) * 1000:+.1f} ms" for n in results if n != "direct"),
              "serve <= +5 ms"],
             ["healthy primary: decode tokens/s", *(f"{tps[n]:.1f}" for n in results),
              *(f"{tps[n] / tps['direct']:.3f}" for n in results if n != "direct"), "serve >= 0.97"]]
@@ -259,7 +259,7 @@ def throughput(rounds: int, with_litellm: bool) -> list[list[str]]:
             rows.append([f"{label}: chunks/s", *(f"{rate[n]:,.0f}" for n in runs),
                          *(f"{rate[n] / rate['direct']:.2f}" for n in others), "serve >= 5,000/s"])
         rows.append([f"{label}: per-chunk delay p99", *(f"{p99[n]:.1f} ms" for n in runs),
-                     *(f"+{p99[n] - p99['direct']:.1f} ms" for n in others), "serve <= +20 ms"])
+                     *(f"{p99[n] - p99['direct']:+.1f} ms" for n in others), "serve <= +20 ms"])
     return rows
 
 
