@@ -23,6 +23,7 @@ from zwaif_fallback import (
     DownloadCancelled,
     FallbackManager,
     FallbackSettings,
+    HubAccessDenied,
     HubFileNotFound,
     HubOffline,
     HubUnavailable,
@@ -217,6 +218,19 @@ def test_offline_fetches_nothing(hub_server, tmp_path):
 def test_a_missing_file_is_one_line(hub, tmp_path):
     with pytest.raises(HubFileNotFound, match="^not found: .*404"):
         pull(f"{REPO}/gone.gguf", hub=hub, models_dir=tmp_path)
+
+
+def test_a_gated_file_is_access_denied_in_one_line_and_fetched_with_the_token(
+        hub_server, model_file, tmp_path, monkeypatch):
+    hub_server.gated[REPO] = "hf_secret"
+    with Hub(endpoint=hub_server.url) as hub, \
+            pytest.raises(HubAccessDenied, match=r"^access denied: .*answered 401.*HF_TOKEN"):
+        pull(f"{REPO}/{FILE}", hub=hub, models_dir=tmp_path / "models")
+    assert not (tmp_path / "models").exists()
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    with Hub(endpoint=hub_server.url) as hub:
+        info = pull(f"{REPO}/{FILE}", hub=hub, models_dir=tmp_path / "models")
+    assert Path(info.path).read_bytes() == model_file.read_bytes()
 
 
 @pytest.mark.parametrize("download_to", ["models_dir", "hf_cache"])

@@ -87,8 +87,8 @@ def hub_errors(url: str, what: str, timeout_s: float) -> Iterator[None]:
     except hf.OfflineModeIsEnabled:
         raise HubOffline(f"offline: HF_HUB_OFFLINE is set, so {what} was not fetched; unset it "
                          "to reach the Hub") from None
-    except hf.GatedRepoError:
-        raise _denied(what, url, 401) from None
+    except hf.GatedRepoError as exc:
+        raise _denied(what, url, _status(exc) or 401) from None
     except hf.RepositoryNotFoundError as exc:
         if _status(exc) in (401, 403):  # the Hub says 401 for a private repo it does not show
             raise _denied(what, url, _status(exc)) from None
