@@ -16,7 +16,9 @@ Targets for serve: p50 TTFT added <= 5 ms; decode ratio >= 0.97.
 Throughput: ``fast_upstream.py`` streams 200 chunks per request as fast as it can; 64
 concurrent streams read it. Each chunk carries its send time, so the reader measures every
 chunk's delay. Targets for serve: >= 5,000 chunks/s on this 2-core machine; p99 added delay
-per chunk <= 20 ms. The same 64 streams are then paced at a fast GPU model's 66 tokens/s
+per chunk <= 20 ms. The CPU time each proxy's processes spent per request (psutil) is
+printed too: what the proxy itself costs, free of the other processes' share of the cores.
+The same 64 streams are then paced at a fast GPU model's 66 tokens/s
 each (4,300 chunks/s in all), the load a host really puts on serve. Both with the upstream's
 two framings (``--framing``): chunked and kept alive, as real servers send; and the raw
 events on a new connection a request. With chunked framing, one HTTP chunk an event, the
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -70,11 +73,12 @@ class Endpoint:
     base: str
     headers: dict[str, str] = field(default_factory=dict)
     model: str = "x"
+    pid: int | None = None  # the proxy's process, whose CPU time is counted
 
 
 @contextmanager
 def process(args: Sequence[str], ready: str, env: dict[str, str] | None = None,
-            headers: dict[str, str] | None = None, cwd: Path = ROOT) -> Iterator[None]:
+            headers: dict[str, str] | None = None, cwd: Path = ROOT) -> Iterator[int]:
     """Run ``args`` (in ``cwd``) until the block ends; ready when GET ``ready`` answers."""
     log = open(Path(tempfile.gettempdir()) / f"bench-serve-{free_port()}.log", "wb")
     proc = subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT,
@@ -92,7 +96,7 @@ def process(args: Sequence[str], ready: str, env: dict[str, str] | None = None,
             if time.monotonic() > deadline:
                 raise SystemExit(f"{' '.join(args)} did not start; see {log.name}")
             time.sleep(0.2)
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -117,9 +121,11 @@ def serve(stack: ExitStack, primary: str, fallback: str | None = None, timeout_s
            "FALLBACK_TIMEOUT": str(timeout_s), "FALLBACK_MODELS_DIR": str(work),
            "FALLBACK_DATA_DIR": str(work / "data"), "FALLBACK_SETTINGS_FILE": str(work / "s.json"),
            "FALLBACK_SCAN_SYSTEM_STORES": "false", "FALLBACK_VRAM_MONITORING": "false"}
-    stack.enter_context(process([sys.executable, "-m", "zwaif_fallback", "serve", "--port", str(port),
-                                 *SERVE_FLAGS], f"http://127.0.0.1:{port}/health", env, cwd=source))
-    return Endpoint("serve" if source == ROOT else f"serve@{source.name}", f"http://127.0.0.1:{port}/v1")
+    pid = stack.enter_context(process([sys.executable, "-m", "zwaif_fallback", "serve", "--port",
+                                       str(port), *SERVE_FLAGS], f"http://127.0.0.1:{port}/health",
+                                      env, cwd=source))
+    return Endpoint("serve" if source == ROOT else f"serve@{source.name}", f"http://127.0.0.1:{port}/v1",
+                    pid=pid)
 
 
 def serves(stack: ExitStack, primary: str, fallback: str | None = None,
@@ -149,10 +155,11 @@ def litellm_proxy(stack: ExitStack, primary: str, fallback: str | None = None,
     config.write_text("\n".join(lines) + "\n")
     port = free_port()
     headers = {"Authorization": f"Bearer {LITELLM_KEY}"}
-    stack.enter_context(process([str(binary), "--config", str(config), "--port", str(port),
-                                 "--num_workers", "1"], f"http://127.0.0.1:{port}/health/liveliness",
-                                {"LITELLM_LOG": "ERROR"}, headers))
-    return Endpoint("LiteLLM", f"http://127.0.0.1:{port}/v1", headers, model="primary")
+    pid = stack.enter_context(process([str(binary), "--config", str(config), "--port", str(port),
+                                       "--num_workers", "1"],
+                                      f"http://127.0.0.1:{port}/health/liveliness",
+                                      {"LITELLM_LOG": "ERROR"}, headers))
+    return Endpoint("LiteLLM", f"http://127.0.0.1:{port}/v1", headers, model="primary", pid=pid)
 
 
 # -- one streamed answer ----------------------------------------------------------------------
@@ -228,9 +235,11 @@ async def read_stream(client: httpx.AsyncClient, path: Endpoint, delays: list[fl
     return count
 
 
-async def burst(path: Endpoint) -> tuple[float, list[float]]:
-    """(chunks/s, per-chunk delays in ms) of STREAMS concurrent streams."""
+async def burst(path: Endpoint) -> tuple[float, list[float], float]:
+    """(chunks/s, per-chunk delays in ms, the proxy's CPU ms per request or NaN) of STREAMS
+    concurrent streams."""
     delays: list[float] = []
+    cpu_before = _cpu_s(path)
     limits = httpx.Limits(max_connections=STREAMS * 2, max_keepalive_connections=STREAMS)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         start = time.perf_counter()
@@ -238,7 +247,17 @@ async def burst(path: Endpoint) -> tuple[float, list[float]]:
         elapsed = time.perf_counter() - start
     if sum(counts) != STREAMS * CHUNKS:
         raise SystemExit(f"{path.name}: {sum(counts)} chunks arrived of {STREAMS * CHUNKS}")
-    return sum(counts) / elapsed, delays
+    return sum(counts) / elapsed, delays, (_cpu_s(path) - cpu_before) / STREAMS * 1000
+
+
+def _cpu_s(path: Endpoint) -> float:
+    """The CPU seconds the proxy's processes have used, NaN for the upstream itself."""
+    if path.pid is None:
+        return math.nan
+    import psutil
+
+    proxy = psutil.Process(path.pid)
+    return sum(sum(p.cpu_times()[:2]) for p in (proxy, *proxy.children(recursive=True)))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -252,19 +271,24 @@ def throughput(rounds: int, with_litellm: bool) -> list[list[str]]:
         pace = f"at {1000 // PACED_MS} tokens/s each" if interval_ms else "as fast as it sends"
         label = f"{STREAMS} streams x {CHUNKS} chunks {pace}, {framing}"
         runs = _bursts(rounds, with_litellm, interval_ms, framing)
-        rate = {n: statistics.median(r for r, _ in v) for n, v in runs.items()}
-        p99 = {n: statistics.median(percentile(d, 0.99) for _, d in v) for n, v in runs.items()}
+        rate = {n: statistics.median(r for r, _, _ in v) for n, v in runs.items()}
+        p99 = {n: statistics.median(percentile(d, 0.99) for _, d, _ in v) for n, v in runs.items()}
+        cpu = {n: statistics.median(c for _, _, c in v) for n, v in runs.items()}
         others = [n for n in runs if n != "direct"]
         if not interval_ms:
             rows.append([f"{label}: chunks/s", *(f"{rate[n]:,.0f}" for n in runs),
                          *(f"{rate[n] / rate['direct']:.2f}" for n in others), "serve >= 5,000/s"])
         rows.append([f"{label}: per-chunk delay p99", *(f"{p99[n]:.1f} ms" for n in runs),
                      *(f"{p99[n] - p99['direct']:+.1f} ms" for n in others), "serve <= +20 ms"])
+        if not interval_ms:
+            rows.append([f"{label}: the proxy's CPU per request", *(
+                "" if math.isnan(cpu[n]) else f"{cpu[n]:.2f} ms" for n in runs),
+                *("" for _ in others), ""])
     return rows
 
 
 def _bursts(rounds: int, with_litellm: bool, interval_ms: int,
-            framing: str) -> dict[str, list[tuple[float, list[float]]]]:
+            framing: str) -> dict[str, list[tuple[float, list[float], float]]]:
     """Each path's (chunks/s, delays) per round, from an upstream sending a chunk every
     ``interval_ms`` (0: as fast as it can), framed as ``framing`` (see fast_upstream.py)."""
     with ExitStack() as stack:
@@ -278,7 +302,7 @@ def _bursts(rounds: int, with_litellm: bool, interval_ms: int,
             paths.append(litellm_proxy(stack, upstream))
         for path in paths:
             asyncio.run(burst(path))  # warm up
-        runs: dict[str, list[tuple[float, list[float]]]] = {p.name: [] for p in paths}
+        runs: dict[str, list[tuple[float, list[float], float]]] = {p.name: [] for p in paths}
         for _ in range(rounds):
             for path in paths:
                 runs[path.name].append(asyncio.run(burst(path)))
