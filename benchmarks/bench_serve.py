@@ -7,7 +7,10 @@ Every figure comes from one run, the paths alternating:
 * LiteLLM: ``litellm --config`` (its proxy, in benchmarks/.venv-litellm, made on first use;
   ``--no-litellm`` skips it), configured with the same primary and the same fallback server.
 * serve@DIR, with ``--baseline DIR``: serve from another source tree (an earlier version), to
-  compare versions in one run rather than across runs on a machine that drifts.
+  compare versions in one run rather than across runs on a machine that drifts;
+* forwarder: ``forwarder.py``, a bare TCP forwarder in Python (asyncio protocols, no HTTP), the
+  floor that any Python proxy starts from on these cores (not in the failover rows: it cannot
+  fail over; ``--no-forwarder`` skips it).
 
 Overhead: a real ``llama_cpp.server`` serving SmolLM2 is the primary; the same streamed
 request goes to each path; medians of time to first token and decode tokens/s.
@@ -62,6 +65,7 @@ LITELLM_VENV = Path(__file__).resolve().parent / ".venv-litellm"
 LITELLM_KEY = "sk-zwaif-bench-0123456789abcdef"
 SERVE_FLAGS: list[str] = []  # ["--no-ui"] with --no-ui
 BASELINES: list[Path] = []  # --baseline DIR: serve from that source tree too, as "serve@DIR"
+WITH_FORWARDER = [True]  # [False] with --no-forwarder
 FRAMINGS = ["chunked", "close"]  # the upstream's body framings measured (--framing)
 
 
@@ -135,6 +139,25 @@ def serves(stack: ExitStack, primary: str, fallback: str | None = None,
             for source in (ROOT, *BASELINES)]
 
 
+def forwarder(stack: ExitStack, upstream: str) -> Endpoint:
+    """``forwarder.py`` in front of ``upstream`` (http://127.0.0.1:PORT/v1)."""
+    port, upstream_port = free_port(), upstream.rsplit(":", 1)[1].split("/")[0]
+    pid = stack.enter_context(process([sys.executable, str(Path(__file__).with_name("forwarder.py")),
+                                       str(port), upstream_port], f"http://127.0.0.1:{port}/v1/models"))
+    return Endpoint("forwarder", f"http://127.0.0.1:{port}/v1", pid=pid)
+
+
+def paths(stack: ExitStack, upstream: str, with_litellm: bool) -> list[Endpoint]:
+    """Every way to reach ``upstream``, in the table's order: direct, serve (and the
+    baselines), the forwarder, LiteLLM."""
+    found = [Endpoint("direct", upstream), *serves(stack, upstream)]
+    if WITH_FORWARDER[0]:
+        found.append(forwarder(stack, upstream))
+    if with_litellm:
+        found.append(litellm_proxy(stack, upstream))
+    return found
+
+
 def litellm_proxy(stack: ExitStack, primary: str, fallback: str | None = None,
                   timeout_s: int = 30) -> Endpoint:
     """LiteLLM's proxy with the primary and, when given, the fallback server; no retries."""
@@ -201,11 +224,7 @@ def alternate(paths: list[Endpoint], runs: int, max_tokens: int) -> dict[str, li
 
 def overhead(runs: int, max_tokens: int, with_litellm: bool) -> list[list[str]]:
     with ExitStack() as stack:
-        upstream = llama_server(stack)
-        paths = [Endpoint("direct", upstream), *serves(stack, upstream)]
-        if with_litellm:
-            paths.append(litellm_proxy(stack, upstream))
-        results = alternate(paths, runs, max_tokens)
+        results = alternate(paths(stack, llama_server(stack), with_litellm), runs, max_tokens)
     ttft = {name: statistics.median(t for t, _ in r) for name, r in results.items()}
     tps = {name: statistics.median(x for _, x in r) for name, r in results.items()}
     rows = [["healthy primary: TTFT p50", *(f"{ttft[n] * 1000:.1f} ms" for n in results),
@@ -297,14 +316,12 @@ def _bursts(rounds: int, with_litellm: bool, interval_ms: int,
         stack.enter_context(process([sys.executable, str(Path(__file__).with_name("fast_upstream.py")),
                                      str(port), str(CHUNKS), str(interval_ms), framing],
                                     f"{upstream}/models"))
-        paths = [Endpoint("direct", upstream), *serves(stack, upstream)]
-        if with_litellm:
-            paths.append(litellm_proxy(stack, upstream))
-        for path in paths:
+        ways = paths(stack, upstream, with_litellm)
+        for path in ways:
             asyncio.run(burst(path))  # warm up
-        runs: dict[str, list[tuple[float, list[float], float]]] = {p.name: [] for p in paths}
+        runs: dict[str, list[tuple[float, list[float], float]]] = {p.name: [] for p in ways}
         for _ in range(rounds):
-            for path in paths:
+            for path in ways:
                 runs[path.name].append(asyncio.run(burst(path)))
     return runs
 
@@ -312,26 +329,28 @@ def _bursts(rounds: int, with_litellm: bool, interval_ms: int,
 # -- failover -----------------------------------------------------------------------------------
 
 
-def failover(runs: int, with_litellm: bool) -> list[list[str]]:
+def failover(runs: int, with_litellm: bool, names: list[str]) -> list[list[str]]:
+    """Rows with a cell for each of ``names``; empty for a path that cannot fail over."""
     rows = []
     hung = HangServer()
     try:
         for label, primary, timeout_s in (("refused", refused_url(), 30), ("hung, 5 s timeout", hung.url, 5)):
             with ExitStack() as stack:
                 fallback = llama_server(stack)
-                paths = [Endpoint("direct", fallback), *serves(stack, primary, fallback, timeout_s)]
+                ways = [Endpoint("direct", fallback), *serves(stack, primary, fallback, timeout_s)]
                 if with_litellm:
-                    paths.append(litellm_proxy(stack, primary, fallback, timeout_s))
-                firsts = {p.name: one_stream(p, 4)[0] for p in paths}
-                later: dict[str, list[float]] = {p.name: [] for p in paths}
+                    ways.append(litellm_proxy(stack, primary, fallback, timeout_s))
+                firsts = {p.name: one_stream(p, 4)[0] for p in ways}
+                later: dict[str, list[float]] = {p.name: [] for p in ways}
                 for _ in range(runs):
-                    for path in paths:
+                    for path in ways:
                         later[path.name].append(one_stream(path, 4)[0])
-            names = [p.name for p in paths]
             rows.append([f"primary {label}: first request TTFT",
-                         *(f"{firsts[n] * 1000:.0f} ms" for n in names), *([""] * (len(names) - 1)), ""])
+                         *(f"{firsts[n] * 1000:.0f} ms" if n in firsts else "" for n in names),
+                         *([""] * (len(names) - 1)), ""])
             rows.append([f"primary {label}: later TTFT p50",
-                         *(f"{statistics.median(later[n]) * 1000:.0f} ms" for n in names),
+                         *(f"{statistics.median(later[n]) * 1000:.0f} ms" if n in later else ""
+                           for n in names),
                          *([""] * (len(names) - 1)), "serve <= LiteLLM"])
     finally:
         hung.close()
@@ -345,6 +364,7 @@ def main() -> None:
     parser.add_argument("--failover-runs", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM's proxy")
+    parser.add_argument("--no-forwarder", action="store_true", help="skip the bare forwarder (forwarder.py)")
     parser.add_argument("--no-ui", action="store_true", help="serve without the tabs (Gradio) at /")
     parser.add_argument("--only", choices=["overhead", "throughput", "failover"], help="one part only")
     parser.add_argument("--framing", choices=["chunked", "close"], action="append",
@@ -359,15 +379,16 @@ def main() -> None:
         FRAMINGS[:] = args.framing
     BASELINES.extend(path.resolve() for path in args.baseline)
     with_litellm = not args.no_litellm
+    WITH_FORWARDER[0] = not args.no_forwarder
     names = ["direct", "serve", *(f"serve@{path.name}" for path in BASELINES)] + \
-        (["LiteLLM"] if with_litellm else [])
+        (["forwarder"] if WITH_FORWARDER[0] else []) + (["LiteLLM"] if with_litellm else [])
     rows = [["measure", *names, *(f"{n} vs direct" for n in names[1:]), "target"]]
     if args.only in (None, "overhead"):
         rows += overhead(args.runs, args.max_tokens, with_litellm)
     if args.only in (None, "throughput"):
         rows += throughput(args.rounds, with_litellm)
     if args.only in (None, "failover"):
-        rows += failover(args.failover_runs, with_litellm)
+        rows += failover(args.failover_runs, with_litellm, names)
     print(table(rows))
 
 

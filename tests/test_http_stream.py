@@ -8,7 +8,7 @@ import json
 import pytest
 from servers import refused_url
 
-from zwaif_fallback.backends.http_stream import HTTPStreamError, StreamPool
+from zwaif_fallback.backends.http_stream import HOLD_MAX, HTTPStreamError, StreamPool
 from zwaif_fallback.completions import ChunkMaker, event
 from zwaif_fallback.failover import Piece, Target
 
@@ -124,6 +124,42 @@ def test_a_response_left_unread_gives_its_connection_up():
             assert await post(pool, upstream.url) == b"".join(EVENTS)
             assert upstream.connections == 2
             pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_reader_slower_than_its_server_holds_a_bounded_body_and_misses_nothing():
+    """The server sends 16 MiB at once; the reader takes its time. The connection stops
+    reading at HOLD_MAX (plus one network read), then goes on, and every byte arrives."""
+    size = 16 << 20
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        writer.write(bytes(range(256)) * (size // 256))
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+        pool = StreamPool()
+        response = await pool.post(url, b"{}", {}, connect_s=5, read_s=5)
+        connection = response._connection
+        received, most_held, paused = 0, 0, False
+        async for data in response.chunks():
+            received += len(data)
+            for _ in range(20):  # a slow reader: the server gets time to send more
+                await asyncio.sleep(0.002)
+                most_held = max(most_held, connection.held)
+                paused = paused or not connection.transport.is_reading()
+        response.close()
+        pool.close()
+        server.close()
+        assert received == size
+        assert paused
+        assert HOLD_MAX < most_held <= HOLD_MAX + (1 << 20)
 
     asyncio.run(main())
 

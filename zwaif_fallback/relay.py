@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .backends.base import TargetFailed, ToolCalls, Usage
@@ -41,15 +41,22 @@ log = logging.getLogger(__name__)
 #: What the producer hands the response: chunk dicts, encoded events, or the end.
 _Batch = list[Any]
 _END: _Batch = []
+#: uvicorn's ``send``, once the response has started.
+_Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Relay:
     """One streamed chat completion: ``first`` gives the first chunk (or the error object,
-    when nothing could answer), then ``body`` the whole response body.
+    when nothing could answer), then ``send_body`` the whole response body.
 
     A task of its own reads the upstream, so that a client that goes away (``watch``)
     cancels it at once, closing the upstream request, or the local generation it handed
-    the chat to.
+    the chat to. Until the response starts, that task queues what it makes; from then on it
+    writes each network read's chunks to the client itself. A chunk then crosses one task
+    switch (from the upstream's socket to this task) rather than two, and under load each
+    switch waits for everything else the loop has to do: the 64-stream burst's tail delay
+    was mostly those waits. A client that reads slowly now also slows the upstream read,
+    instead of a queue growing without bound.
     """
 
     def __init__(self, plan: ChatPlan, chunks: ChunkMaker) -> None:
@@ -62,8 +69,13 @@ class Relay:
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._produce())
         self._watcher: asyncio.Task[None] | None = None
+        self._finished = asyncio.Event()  # the producer is done: it sent the end, or was stopped
+        self._task.add_done_callback(lambda _: self._finished.set())
         self._held: _Batch = []  # what came with the first chunk
         self._handed_over = False
+        self._send: _Send | None = None  # set once the response started: write, don't queue
+        self._ended = False  # the body's end was handed on
+        self._sending = asyncio.Lock()  # the writes in order: the first flush, then the task's
 
     async def first(self) -> dict[str, Any]:
         batch = await self._queue.get()
@@ -72,24 +84,23 @@ class Relay:
         first, self._held = batch[0], batch[1:]
         return first if isinstance(first, dict) else error_object(RuntimeError("no first chunk"))
 
-    async def body(self, first: dict[str, Any]) -> AsyncIterator[tuple[bytes, bool]]:
-        """The response body, as ``(bytes, more to come)``: the first chunk's event, then
-        every batch, with all that is ready by then in the same write."""
+    async def send_body(self, send: _Send, first: dict[str, Any]) -> None:
+        """Send the response body: the first chunk's event with all that is queued, in one
+        write; then the task sends the rest as it comes, and this returns when it is done."""
         try:
-            batch = [first, *self._held]
-            while True:
-                ended = False
-                while not ended and not self._queue.empty():
-                    ready = self._queue.get_nowait()
-                    ended = not ready
-                    batch += ready
-                yield b"".join(item if isinstance(item, bytes) else event(item) for item in batch), not ended
-                if ended:
-                    return
-                batch = await self._queue.get()
-                if not batch:
-                    yield b"", False
-                    return
+            batch, ended = [first, *self._held], False
+            while not ended and not self._queue.empty():
+                ready = self._queue.get_nowait()
+                ended = not ready
+                batch += ready
+            if not ended:
+                self._send = send  # from here on the task writes; the lock keeps this first
+            async with self._sending:
+                await send(_body(batch, more=not ended))
+            if not ended:
+                await self._finished.wait()
+                if not self._ended:  # stopped before its end (the reader went away)
+                    await send(_body(_END, more=False))
         finally:
             self.close()
 
@@ -111,7 +122,7 @@ class Relay:
             # would interrupt the upstream request's close
             self._cancel.set()
             self._task.cancel()
-            self._queue.put_nowait(_END)  # for a body still waiting
+            self._queue.put_nowait(_END)  # for a ``first`` still waiting
         if self._watcher is not None and self._watcher is not asyncio.current_task():
             self._watcher.cancel()
 
@@ -126,8 +137,27 @@ class Relay:
             log.info("the reader went away after %d pieces", self._run.tokens)
             raise
         except Exception as exc:  # a last guard: the response must end, with the error
-            self._queue.put_nowait([error_object(exc)])
-        self._queue.put_nowait(_END)
+            if not self._ended:
+                await self._emit([error_object(exc)], last=True)
+            return
+        if not self._ended:
+            await self._emit(_END, last=True)
+
+    async def _emit(self, batch: _Batch, *, last: bool = False) -> None:
+        """Hand ``batch`` on: into the queue before the response starts, else to the client.
+        ``last`` ends the body (an empty batch is just the end)."""
+        self._ended = last
+        if self._send is None:
+            self._queue.put_nowait(batch)
+            if last and batch:
+                self._queue.put_nowait(_END)
+            return
+        async with self._sending:
+            try:
+                await self._send(_body(batch, more=not last))
+            except OSError as exc:  # uvicorn drops what a gone client would get; this is a guard
+                log.info("the reader could not be written to: %s", exc)
+                raise asyncio.CancelledError from exc
 
     async def _servers(self) -> None:
         plan, run = self._plan, self._run
@@ -148,7 +178,7 @@ class Relay:
                     await asyncio.to_thread(plan.finished, result)
                 else:
                     plan.finished(result)
-                self._queue.put_nowait([*self._chunks.ending(result), DONE_EVENT])
+                await self._emit([*self._chunks.ending(result), DONE_EVENT], last=True)
                 return
             if not run.settled(usage):  # a cut tool call: no target can go on with it
                 await self._hand_over(iter(()))
@@ -173,7 +203,7 @@ class Relay:
                     else:
                         chunks.append(self._chunks.piece(Piece(piece, target)))
                 record(len(batch))
-                self._queue.put_nowait(chunks)
+                await self._emit(chunks)
         except TargetFailed as exc:
             run.failed(target, exc, latency_s=clock() - start, tries=tries[0], produced=produced)
             return False
@@ -220,11 +250,17 @@ class Relay:
                 first = await pump.first()
                 if first is None:
                     return
-                self._queue.put_nowait([first])
+                await self._emit([first])
             async for batch in pump.batches():
-                self._queue.put_nowait(batch)
+                await self._emit(batch)
         finally:
             pump.close()
+
+
+def _body(batch: _Batch, *, more: bool) -> dict[str, Any]:
+    """The ASGI message that sends ``batch``'s chunks (dicts or encoded events) at once."""
+    return {"type": "http.response.body", "more_body": more,
+            "body": b"".join(item if isinstance(item, bytes) else event(item) for item in batch)}
 
 
 async def _first(stream: AsyncIterator[list[str | ToolCalls]],
@@ -269,15 +305,12 @@ class EventStream:
     as one more write, and start a task group per request to hear the client go away, which
     ``Relay.watch`` already does."""
 
-    def __init__(self, body: AsyncIterator[tuple[bytes, bool]], headers: dict[str, str]) -> None:
-        self._body = body
+    def __init__(self, relay: Relay, first: dict[str, Any], headers: dict[str, str]) -> None:
+        self._relay = relay
+        self._first = first
         self._headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
                          *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self._headers})
-        more = True
-        async for data, more in self._body:
-            await send({"type": "http.response.body", "body": data, "more_body": more})
-        if more:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self._relay.send_body(send, self._first)

@@ -186,7 +186,7 @@ class _Api:
         if "error" in first:  # nothing was sent yet: a plain error response, as OpenAI gives
             relay.close()
             return JSONResponse(first, status_code=_status_of(first))
-        return EventStream(relay.body(first), {**_who(first), "Cache-Control": "no-cache"})
+        return EventStream(relay, first, {**_who(first), "Cache-Control": "no-cache"})
 
     async def models(self, request: Request) -> Response:
         from starlette.responses import JSONResponse

@@ -23,6 +23,9 @@ __all__ = ["HTTPStreamError", "StreamPool", "StreamResponse"]
 
 #: Idle connections kept per server.
 KEEP_IDLE = 64
+#: Body bytes held unread before the connection stops reading (the server then waits, as
+#: TCP makes it): a reader that is slower than its server does not fill the memory.
+HOLD_MAX = 1 << 20
 
 
 class HTTPStreamError(Exception):
@@ -46,6 +49,7 @@ class _Connection(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self.headers_done = self.complete = self.keep_alive = False
         self.body: list[bytes] = []
+        self.held = 0  # the bytes in ``body``
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -62,6 +66,8 @@ class _Connection(asyncio.Protocol):
             self.lost = HTTPStreamError(f"the server's answer is not valid HTTP: {exc}")
             assert self.transport is not None
             self.transport.close()
+        if self.held > HOLD_MAX and self.transport is not None and self.transport.is_reading():
+            self.transport.pause_reading()
         self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -82,6 +88,7 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
+        self.held += len(body)
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -89,17 +96,35 @@ class _Connection(asyncio.Protocol):
 
     # -- for the response ----------------------------------------------------------------
 
+    def take(self) -> bytes:
+        """The body bytes held so far, reading again if they had stopped it."""
+        data = b"".join(self.body) if len(self.body) > 1 else self.body[0]
+        self.body.clear()
+        self.held = 0
+        if self.transport is not None and not self.transport.is_reading() \
+                and not self.transport.is_closing():
+            self.transport.resume_reading()
+        return data
+
     @property
     def reusable(self) -> bool:
         return (self.complete and self.keep_alive and self.lost is None
                 and self.transport is not None and not self.transport.is_closing())
 
     async def wait(self, timeout_s: float) -> None:
-        """Until more has come (or the connection ended); TimeoutError after ``timeout_s``."""
-        self._waiter = asyncio.get_running_loop().create_future()
+        """Until more has come (or the connection ended); TimeoutError after ``timeout_s``.
+
+        Not ``asyncio.wait_for``: before Python 3.12 it waits on a second future, which the
+        first one's callback completes, so a read reached the reader a loop turn later, and
+        under load each turn waits for everything else the loop has to do.
+        """
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout_s, _expire, waiter)
         try:
-            await asyncio.wait_for(self._waiter, timeout_s)
+            await waiter
         finally:
+            timer.cancel()
             self._waiter = None
 
     def close(self) -> None:
@@ -113,6 +138,11 @@ class _Connection(asyncio.Protocol):
     def _ends_at_close(self) -> bool:
         return "content-length" not in self.headers and \
             "chunked" not in self.headers.get("transfer-encoding", "").lower()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class StreamResponse:
@@ -134,9 +164,7 @@ class StreamResponse:
         connection = self._connection
         while True:
             if connection.body:
-                data = b"".join(connection.body) if len(connection.body) > 1 else connection.body[0]
-                connection.body.clear()
-                yield data
+                yield connection.take()
                 continue
             if connection.complete:
                 return
