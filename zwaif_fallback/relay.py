@@ -69,8 +69,6 @@ class Relay:
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._produce())
         self._watcher: asyncio.Task[None] | None = None
-        self._finished = asyncio.Event()  # the producer is done: it sent the end, or was stopped
-        self._task.add_done_callback(lambda _: self._finished.set())
         self._held: _Batch = []  # what came with the first chunk
         self._handed_over = False
         self._send: _Send | None = None  # set once the response started: write, don't queue
@@ -98,7 +96,7 @@ class Relay:
             async with self._sending:
                 await send(_body(batch, more=not ended))
             if not ended:
-                await self._finished.wait()
+                await asyncio.wait((self._task,))  # it sent the end, or was stopped
                 if not self._ended:  # stopped before its end (the reader went away)
                     await send(_body(_END, more=False))
         finally:
