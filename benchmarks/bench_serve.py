@@ -13,8 +13,12 @@ Every figure comes from one run, the paths alternating:
   fail over; ``--no-forwarder`` skips it).
 
 Overhead: a real ``llama_cpp.server`` serving SmolLM2 is the primary; the same streamed
-request goes to each path; medians of time to first token and decode tokens/s.
-Targets for serve: p50 TTFT added <= 5 ms; decode ratio >= 0.97.
+request goes to each path, each run starting one path later; medians of time to first token
+and decode tokens/s. Targets for serve: p50 TTFT added <= 5 ms; decode ratio >= 0.97. The
+server's own TTFT here has two modes, about 45 and 68 ms, the slow one in some 40% of
+requests even when nothing stands between it and the reader, so the p50 of 25 runs can land
+in either mode and swing by 20 ms from run to run. The row at p25, in the fast mode whenever
+fewer than 3 requests in 4 are slow, shows what a path itself adds.
 
 Throughput: ``fast_upstream.py`` streams 200 chunks per request as fast as it can; 64
 concurrent streams read it. Each chunk carries its send time, so the reader measures every
@@ -216,8 +220,8 @@ def alternate(paths: list[Endpoint], runs: int, max_tokens: int) -> dict[str, li
     for path in paths:
         one_stream(path, 8)  # warm every path
     results: dict[str, list[tuple[float, float]]] = {p.name: [] for p in paths}
-    for _ in range(runs):
-        for path in paths:
+    for run in range(runs):  # each run starts one path later: none always follows another
+        for path in paths[run % len(paths):] + paths[:run % len(paths)]:
             results[path.name].append(one_stream(path, max_tokens))
     return results
 
@@ -225,13 +229,15 @@ def alternate(paths: list[Endpoint], runs: int, max_tokens: int) -> dict[str, li
 def overhead(runs: int, max_tokens: int, with_litellm: bool) -> list[list[str]]:
     with ExitStack() as stack:
         results = alternate(paths(stack, llama_server(stack), with_litellm), runs, max_tokens)
-    ttft = {name: statistics.median(t for t, _ in r) for name, r in results.items()}
     tps = {name: statistics.median(x for _, x in r) for name, r in results.items()}
-    rows = [["healthy primary: TTFT p50", *(f"{ttft[n] * 1000:.1f} ms" for n in results),
-             *(f"{(ttft[n] - ttft['direct']) * 1000:+.1f} ms" for n in results if n != "direct"),
-             "serve <= +5 ms"],
-            ["healthy primary: decode tokens/s", *(f"{tps[n]:.1f}" for n in results),
-             *(f"{tps[n] / tps['direct']:.3f}" for n in results if n != "direct"), "serve >= 0.97"]]
+    rows = []
+    for q, target in ((0.5, "serve <= +5 ms"), (0.25, "")):
+        ttft = {name: percentile([t for t, _ in r], q) for name, r in results.items()}
+        rows.append([f"healthy primary: TTFT p{q * 100:.0f}", *(f"{ttft[n] * 1000:.1f} ms" for n in results),
+                     *(f"{(ttft[n] - ttft['direct']) * 1000:+.1f} ms" for n in results if n != "direct"),
+                     target])
+    rows.append(["healthy primary: decode tokens/s", *(f"{tps[n]:.1f}" for n in results),
+                 *(f"{tps[n] / tps['direct']:.3f}" for n in results if n != "direct"), "serve >= 0.97"])
     return rows
 
 
@@ -361,7 +367,7 @@ def failover(runs: int, with_litellm: bool, names: list[str]) -> list[list[str]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="serve against the upstream itself and LiteLLM's proxy")
-    parser.add_argument("--runs", type=int, default=9, help="alternating runs of the overhead test")
+    parser.add_argument("--runs", type=int, default=25, help="alternating runs of the overhead test")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the throughput test")
     parser.add_argument("--failover-runs", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
