@@ -7,7 +7,7 @@
 * ``ScriptedServer``: an OpenAI-compatible server that streams a fixed answer, with
   usage when asked, or refuses ``stream_options`` as servers that predate it do.
 * ``SlowServer``: streams a piece at a time, slowly, and notes when a client hangs up.
-* ``Served``: our own API (``build_api``) served by uvicorn in a thread.
+* ``Served``: our own API (``build_api``) served by uvicorn in a thread, as ``run`` serves it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from zwaif_fallback.server import build_api
+from zwaif_fallback.server import build_api, listen, serving
 
 
 def free_port() -> int:
@@ -391,18 +391,17 @@ def serve_settings(root: Path, primary_url: str, **settings: Any) -> Any:
 
 
 class Served:
-    """Our API app (``build_api`` over ``manager``) on a free loopback port, in a uvicorn thread."""
+    """Our API app (``build_api`` over ``manager``) on a free loopback port, in a uvicorn thread,
+    on the server and socket that ``run`` makes."""
 
     def __init__(self, manager: Any, api_key: str | None = None) -> None:
-        import uvicorn
-
-        config = uvicorn.Config(build_api(manager, api_key=api_key), host="127.0.0.1", port=free_port(),
-                                log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        listener = listen("127.0.0.1", 0)
+        self.server = serving(build_api(manager, api_key=api_key))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [listener]},
+                                       daemon=True)
         self.thread.start()
         wait_until(lambda: self.server.started, timeout_s=20, what="uvicorn to start")
-        self.url = f"http://127.0.0.1:{config.port}"
+        self.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
 
     def close(self) -> None:
         self.server.should_exit = True

@@ -35,7 +35,7 @@ from servers import (
 )
 
 from zwaif_fallback import FallbackManager, InvalidSettings
-from zwaif_fallback.server import MAX_BODY_BYTES, check_bind
+from zwaif_fallback.server import MAX_BODY_BYTES, check_bind, listen, serving
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -323,6 +323,31 @@ def test_serve_refuses_a_network_address_without_a_key_and_a_taken_port(isolated
         taken.listen()
         busy = run_cli("serve", "--no-ui", "--port", str(taken.getsockname()[1]), cwd=isolated)
     assert busy.returncode == 1 and "choose another port" in busy.stderr
+
+
+@pytest.mark.parametrize("made", ["by listen", "as Windows' proactor loop accepts"])
+def test_every_connection_has_nagle_off(made: str):
+    """With Nagle's algorithm on, an answer's first body write waited for the client's
+    delayed acknowledgement of the headers (40 ms more to every first token)."""
+    if made == "by listen":
+        listener = listen("127.0.0.1", 0)
+    else:  # protocol 0, for which asyncio leaves Nagle on
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+    server = serving(lambda scope, receive, send: None)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout_s=20, what="uvicorn to start")
+        with socket.create_connection(listener.getsockname()):
+            wait_until(lambda: server.server_state.connections, timeout_s=10, what="the connection")
+            (connection,) = server.server_state.connections
+            accepted = connection.transport.get_extra_info("socket")
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
 
 
 def test_health_answers_while_whole_answers_queue_for_the_local_model(orphaned: Served):
