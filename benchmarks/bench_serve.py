@@ -30,7 +30,9 @@ printed too: what the proxy itself costs, free of the other processes' share of 
 The same 64 streams are then paced at a fast GPU model's 66 tokens/s
 each (4,300 chunks/s in all), the load a host really puts on serve. Both with the upstream's
 two framings (``--framing``): chunked and kept alive, as real servers send; and the raw
-events on a new connection a request. With chunked framing, one HTTP chunk an event, the
+events on a new connection a request, the reader then opening a new connection a request to
+every path alike (see ``burst``). The upstream's events have the shape and size of
+llama.cpp's Python server's (see ``fast_upstream.event``). With chunked framing, one HTTP chunk an event, the
 reader (httpx, as in most hosts) is slower per event than serve, which writes all the events
 a network read brought as one HTTP chunk: serve can then beat "direct".
 
@@ -284,12 +286,16 @@ async def read_stream(client: httpx.AsyncClient, path: Endpoint, delays: list[fl
     return count
 
 
-async def burst(path: Endpoint) -> tuple[float, list[float], float]:
+async def burst(path: Endpoint, keep_alive: bool) -> tuple[float, list[float], float]:
     """(chunks/s, per-chunk delays in ms, the proxy's CPU seconds or NaN) of STREAMS
-    concurrent streams."""
+    concurrent streams, on connections kept from one burst to the next or new for each
+    request. httpx's pool costs its reader more the more connections it keeps (a scan of
+    them all as each request starts and ends: some 50 ms a burst with 64), so every path of
+    a row is read the same way: kept with the chunked framing, new with the raw one, whose
+    upstream closes each connection anyway."""
     delays: list[float] = []
     cpu_before = _cpu_s(path)
-    limits = httpx.Limits(max_connections=STREAMS * 2, max_keepalive_connections=STREAMS)
+    limits = httpx.Limits(max_connections=STREAMS * 2, max_keepalive_connections=STREAMS if keep_alive else 0)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         start = time.perf_counter()
         counts = await asyncio.gather(*(read_stream(client, path, delays) for _ in range(STREAMS)))
@@ -350,11 +356,11 @@ def _bursts(rounds: int, with_litellm: bool, interval_ms: int,
                                     f"{upstream}/models"))
         ways = paths(stack, upstream, with_litellm)
         for path in ways:
-            asyncio.run(burst(path))  # warm up
+            asyncio.run(burst(path, framing == "chunked"))  # warm up
         runs: dict[str, list[tuple[float, list[float], float]]] = {p.name: [] for p in ways}
         for _ in range(rounds):
             for path in ways:
-                runs[path.name].append(asyncio.run(burst(path)))
+                runs[path.name].append(asyncio.run(burst(path, framing == "chunked")))
     return runs
 
 

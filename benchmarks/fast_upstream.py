@@ -20,6 +20,7 @@ import asyncio
 import json
 import sys
 import time
+import uuid
 
 HEADS = {
     "chunked": b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
@@ -29,11 +30,16 @@ HEADS = {
 }
 
 
-def event(content: str | None, finish: str | None = None) -> bytes:
+def event(answer: str, created: int, content: str | None, finish: str | None = None) -> bytes:
+    """One event of the answer ``answer``, as llama.cpp's Python server (llama_cpp.server)
+    writes it: its fields, in its order, JSON with spaces. Real servers' events are as big
+    or bigger (OpenAI's and vLLM's carry more fields); a reader's cost grows with their size,
+    so events smaller than real ones would make any proxy that writes OpenAI's shape look
+    slower to the reader than it is."""
     delta = {"content": content} if content is not None else {}
-    payload = {"id": "chatcmpl-fast", "object": "chat.completion.chunk", "created": 0, "model": "fast",
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    payload = {"id": answer, "model": "fast", "created": created, "object": "chat.completion.chunk",
+               "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
 def chunked(data: bytes) -> bytes:
@@ -58,12 +64,13 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chu
             else:
                 writer.write(HEADS[framing])
                 start = time.monotonic()
+                answer, created = f"chatcmpl-{uuid.uuid4()}", int(time.time())
                 for i in range(chunks):
                     if interval_s:  # on a fixed schedule: a late chunk does not delay the next ones
                         await asyncio.sleep(max(start + i * interval_s - time.monotonic(), 0.0))
-                    writer.write(frame(event(f"{time.monotonic_ns()} ")))
+                    writer.write(frame(event(answer, created, f"{time.monotonic_ns()} ")))
                     await writer.drain()
-                writer.write(frame(event(None, "stop")) + frame(b"data: [DONE]\n\n"))
+                writer.write(frame(event(answer, created, None, "stop")) + frame(b"data: [DONE]\n\n"))
                 if framing == "chunked":
                     writer.write(b"0\r\n\r\n")
             await writer.drain()
