@@ -39,7 +39,8 @@ from .failover import Piece
 from .results import Attempt, ChatResult
 
 __all__ = ["Answer", "BadRequestField", "ChunkMaker", "CompletionRequest", "chat_completion", "error_object",
-           "event", "fallback_info", "parse_request", "stream_chat_completion"]
+           "event", "fallback_info", "parse_request", "status_of", "stream_chat_completion",
+           "who_answered"]
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,27 @@ def error_object(exc: BaseException) -> dict[str, Any]:
         error = {"message": f"internal error: {type(exc).__name__}: {exc}", "type": "server_error",
                  "param": None, "code": "internal_error"}
     return {"error": error, "attempts": [a.model_dump() for a in attempts]}
+
+
+def status_of(answer: dict[str, Any]) -> int:
+    """The HTTP status of an answer or first chunk: 400 for a bad request, 503 for any other
+    error object, else 200."""
+    error = answer.get("error")
+    if not isinstance(error, dict):
+        return 200
+    return 400 if error.get("type") == "invalid_request_error" else 503
+
+
+def who_answered(answer: dict[str, Any]) -> dict[str, str]:
+    """The headers that tell the host which target answered (an answer or a first chunk)."""
+    info = answer.get("x_fallback") or {}
+    model = info.get("model") or answer.get("model")
+    headers = {}
+    if info.get("source"):
+        headers["X-Fallback-Source"] = str(info["source"])
+    if model:
+        headers["X-Fallback-Model"] = str(model)
+    return headers
 
 
 def _snake(name: str) -> str:

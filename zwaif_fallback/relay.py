@@ -4,7 +4,7 @@ With a thread per stream, a piece crossed three threads (the upstream reader, th
 the loop) and 64 streams meant some 190 threads taking turns at the GIL: about 42 us of
 CPU a chunk, and each stream's setup (threads, a blocking connect) delayed the others'
 first chunks. Here a chat's servers (the primary, then the remotes) are read by one task
-on the loop, with ``httpx.AsyncClient``: the pieces of each network read become chunks
+on the loop, through ``backends.http_stream``: the pieces of each network read become chunks
 together, and nothing waits on a thread.
 
 The rules are the chain's own (``FailoverChain``), on the same ``ChatRun``: a deadline for
@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .backends.base import TargetFailed, ToolCalls, Usage
-from .completions import ChunkMaker, error_object
+from .completions import ChunkMaker, error_object, status_of, who_answered
 from .failover import ChatRun, Piece, Target
 from .results import ChatResult
 from .sse import DONE_EVENT, ChunkPump, event
@@ -34,29 +35,29 @@ if TYPE_CHECKING:
 
     from .chats import ChatPlan
 
-__all__ = ["EventStream", "Relay"]
+__all__ = ["Relay"]
 
 log = logging.getLogger(__name__)
 
-#: What the producer hands the response: chunk dicts, encoded events, or the end.
+#: What the producer writes at once: chunk dicts, encoded events, or the end (empty).
 _Batch = list[Any]
 _END: _Batch = []
-#: uvicorn's ``send``, once the response has started.
+#: uvicorn's ``send``.
 _Send = Callable[[dict[str, Any]], Awaitable[None]]
+_EVENT_STREAM = (b"content-type", b"text/event-stream; charset=utf-8")
 
 
 class Relay:
-    """One streamed chat completion: ``first`` gives the first chunk (or the error object,
-    when nothing could answer), then ``send_body`` the whole response body.
+    """One streamed chat completion, as the ASGI app that answers its request.
 
     A task of its own reads the upstream, so that a client that goes away (``watch``)
     cancels it at once, closing the upstream request, or the local generation it handed
-    the chat to. Until the response starts, that task queues what it makes; from then on it
-    writes each network read's chunks to the client itself. A chunk then crosses one task
-    switch (from the upstream's socket to this task) rather than two, and under load each
-    switch waits for everything else the loop has to do: the 64-stream burst's tail delay
-    was mostly those waits. A client that reads slowly now also slows the upstream read,
-    instead of a queue growing without bound.
+    the chat to. That task is also the only one that writes to the client: it starts the
+    response with the first chunk (or, when nothing could answer, sends the error as a plain
+    JSON response, as OpenAI does), then writes each network read's chunks as they come. So
+    a chunk crosses one task switch, from the upstream's socket to this task, and nothing
+    is queued between tasks: a client that reads slowly slows the upstream read instead of
+    growing a queue.
     """
 
     def __init__(self, plan: ChatPlan, chunks: ChunkMaker) -> None:
@@ -66,39 +67,25 @@ class Relay:
         self._chunks = chunks
         self._cancel = plan.cancel
         self._run = ChatRun(started=plan.chain.clock())
-        self._queue: asyncio.Queue[_Batch] = asyncio.Queue()
-        self._task = asyncio.get_running_loop().create_task(self._produce())
+        self._send: _Send | None = None
+        self._task: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._held: _Batch = []  # what came with the first chunk
         self._handed_over = False
-        self._send: _Send | None = None  # set once the response started: write, don't queue
-        self._ended = False  # the body's end was handed on
-        self._sending = asyncio.Lock()  # the writes in order: the first flush, then the task's
+        self._started = False  # the response has started
+        self._ended = False  # the body's end was sent
 
-    async def first(self) -> dict[str, Any]:
-        batch = await self._queue.get()
-        if not batch:
-            return error_object(RuntimeError("the answer ended before it began"))
-        first, self._held = batch[0], batch[1:]
-        return first if isinstance(first, dict) else error_object(RuntimeError("no first chunk"))
-
-    async def send_body(self, send: _Send, first: dict[str, Any]) -> None:
-        """Send the response body: the first chunk's event with all that is queued, in one
-        write; then the task sends the rest as it comes, and this returns when it is done."""
+    async def __call__(self, scope: Any, receive: Any, send: _Send) -> None:
+        """Answer: start the task that reads and writes, and end the response once it is
+        done, should it have stopped before the end (the reader went away)."""
+        self._send = send
         try:
-            batch, ended = [first, *self._held], False
-            while not ended and not self._queue.empty():
-                ready = self._queue.get_nowait()
-                ended = not ready
-                batch += ready
-            if not ended:
-                self._send = send  # from here on the task writes; the lock keeps this first
-            async with self._sending:
-                await send(_body(batch, more=not ended))
-            if not ended:
-                await asyncio.wait((self._task,))  # it sent the end, or was stopped
-                if not self._ended:  # stopped before its end (the reader went away)
-                    await send(_body(_END, more=False))
+            if not self._cancel.is_set():  # the reader may have gone already
+                self._task = asyncio.get_running_loop().create_task(self._produce())
+                await asyncio.wait((self._task,))
+            if not self._started:
+                await self._respond_with(error_object(RuntimeError("the answer ended before it began")))
+            elif not self._ended:
+                await send(_body(_END, more=False))
         finally:
             self.close()
 
@@ -115,12 +102,11 @@ class Relay:
         self._watcher = asyncio.get_running_loop().create_task(wait_for_disconnect())
 
     def close(self) -> None:
-        """Stop: the reader is gone, or the body has been sent."""
-        if not self._task.done() and not self._cancel.is_set():  # once: a second cancel
-            # would interrupt the upstream request's close
-            self._cancel.set()
-            self._task.cancel()
-            self._queue.put_nowait(_END)  # for a ``first`` still waiting
+        """Stop: the reader is gone, or the response has been sent."""
+        if not self._cancel.is_set() and (self._task is None or not self._task.done()):
+            self._cancel.set()  # once: a second cancel would interrupt the upstream request's close
+            if self._task is not None:
+                self._task.cancel()
         if self._watcher is not None and self._watcher is not asyncio.current_task():
             self._watcher.cancel()
 
@@ -142,20 +128,34 @@ class Relay:
             await self._emit(_END, last=True)
 
     async def _emit(self, batch: _Batch, *, last: bool = False) -> None:
-        """Hand ``batch`` on: into the queue before the response starts, else to the client.
-        ``last`` ends the body (an empty batch is just the end)."""
-        self._ended = last
-        if self._send is None:
-            self._queue.put_nowait(batch)
-            if last and batch:
-                self._queue.put_nowait(_END)
-            return
-        async with self._sending:
-            try:
-                await self._send(_body(batch, more=not last))
-            except OSError as exc:  # uvicorn drops what a gone client would get; this is a guard
-                log.info("the reader could not be written to: %s", exc)
-                raise asyncio.CancelledError from exc
+        """Write ``batch`` to the client, starting the response with its first chunk; ``last``
+        ends the body (an empty batch is just the end)."""
+        assert self._send is not None
+        try:
+            if not self._started:
+                first = batch[0] if batch else error_object(RuntimeError("the answer ended before it began"))
+                if "error" in first:  # nothing was sent yet: a plain error response
+                    await self._respond_with(first)
+                    return
+                self._started = True
+                await self._send({"type": "http.response.start", "status": 200, "headers": [
+                    _EVENT_STREAM, (b"cache-control", b"no-cache"),
+                    *((k.lower().encode("latin-1"), v.encode("latin-1"))
+                      for k, v in who_answered(first).items())]})
+            self._ended = last
+            await self._send(_body(batch, more=not last))
+        except OSError as exc:  # uvicorn drops what a gone client would get; this is a guard
+            log.info("the reader could not be written to: %s", exc)
+            raise asyncio.CancelledError from exc
+
+    async def _respond_with(self, error: dict[str, Any]) -> None:
+        """The whole response: ``error`` as JSON, with its status."""
+        assert self._send is not None
+        self._started = self._ended = True
+        body = json.dumps(error, separators=(",", ":")).encode()
+        await self._send({"type": "http.response.start", "status": status_of(error), "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await self._send({"type": "http.response.body", "body": body})
 
     async def _servers(self) -> None:
         plan, run = self._plan, self._run
@@ -295,20 +295,3 @@ async def _first(stream: AsyncIterator[list[str | ToolCalls]],
         raise
     finally:
         timer.cancel()
-
-
-class EventStream:
-    """The response of a relayed stream, as an ASGI app: the body's parts as they come, the
-    last one with the end of the body. Starlette's ``StreamingResponse`` would send that end
-    as one more write, and start a task group per request to hear the client go away, which
-    ``Relay.watch`` already does."""
-
-    def __init__(self, relay: Relay, first: dict[str, Any], headers: dict[str, str]) -> None:
-        self._relay = relay
-        self._first = first
-        self._headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
-                         *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())]
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
-        await self._relay.send_body(send, self._first)

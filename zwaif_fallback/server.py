@@ -31,9 +31,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .completions import ChunkMaker, error_object, parse_request
+from .completions import ChunkMaker, error_object, parse_request, status_of, who_answered
 from .errors import InvalidSettings, PortUnavailable
-from .relay import EventStream, Relay
+from .relay import Relay
 
 if TYPE_CHECKING:
     import uvicorn
@@ -196,7 +196,7 @@ class _Api:
         self.manager = manager
         self.api_key = api_key
 
-    async def chat_completions(self, request: Request) -> Response | EventStream:
+    async def chat_completions(self, request: Request) -> Response | Relay:
         from starlette.responses import JSONResponse
 
         refused = self._refuse(request)
@@ -207,7 +207,7 @@ class _Api:
             return body
         if not body.get("stream"):
             answer = await _on_own_thread(self.manager.chat_completion, body)
-            return JSONResponse(answer, status_code=_status_of(answer), headers=_who(answer))
+            return JSONResponse(answer, status_code=status_of(answer), headers=who_answered(answer))
         try:
             checked = parse_request(body)
             plan = self.manager.chat_plan(checked, cancel=threading.Event())
@@ -215,11 +215,7 @@ class _Api:
             return JSONResponse(error_object(exc), status_code=400)
         relay = Relay(plan, ChunkMaker(checked.include_usage))
         relay.watch(request)
-        first = await relay.first()
-        if "error" in first:  # nothing was sent yet: a plain error response, as OpenAI gives
-            relay.close()
-            return JSONResponse(first, status_code=_status_of(first))
-        return EventStream(relay, first, {**_who(first), "Cache-Control": "no-cache"})
+        return relay  # the response: the task that reads the first chunk starts it
 
     async def models(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
@@ -340,25 +336,6 @@ async def _on_own_thread(fn: Callable[[Any], _R], arg: Any) -> _R:
 
     threading.Thread(target=run, daemon=True, name="zwaif-serve-answer").start()
     return await done
-
-
-def _status_of(answer: dict[str, Any]) -> int:
-    error = answer.get("error")
-    if not isinstance(error, dict):
-        return 200
-    return 400 if error.get("type") == "invalid_request_error" else 503
-
-
-def _who(answer: dict[str, Any]) -> dict[str, str]:
-    """The headers that tell the host which target answered."""
-    info = answer.get("x_fallback") or {}
-    model = info.get("model") or answer.get("model")
-    headers = {}
-    if info.get("source"):
-        headers["X-Fallback-Source"] = str(info["source"])
-    if model:
-        headers["X-Fallback-Model"] = str(model)
-    return headers
 
 
 def _error_response(exc: InvalidSettings, status: int) -> Response:
