@@ -131,6 +131,8 @@ class Relay:
         """Write ``batch`` to the client, starting the response with its first chunk; ``last``
         ends the body (an empty batch is just the end)."""
         assert self._send is not None
+        if self._ended:  # the response is over (its end, or an error response): nothing follows
+            return
         try:
             if not self._started:
                 first = batch[0] if batch else error_object(RuntimeError("the answer ended before it began"))
