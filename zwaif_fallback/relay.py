@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .backends.base import TargetFailed, ToolCalls, Usage
@@ -43,7 +42,7 @@ log = logging.getLogger(__name__)
 _Batch = list[Any]
 _END: _Batch = []
 #: uvicorn's ``send``.
-_Send = Callable[[dict[str, Any]], Awaitable[None]]
+_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 _EVENT_STREAM = (b"content-type", b"text/event-stream; charset=utf-8")
 
 
@@ -67,6 +66,7 @@ class Relay:
         self._chunks = chunks
         self._cancel = plan.cancel
         self._run = ChatRun(started=plan.chain.clock())
+        self._asgi: tuple[Any, Any] = ({}, None)  # the request's scope and receive, once answered
         self._send: _Send | None = None
         self._task: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -77,6 +77,7 @@ class Relay:
     async def __call__(self, scope: Any, receive: Any, send: _Send) -> None:
         """Answer: start the task that reads and writes, and end the response once it is
         done, should it have stopped before the end (the reader went away)."""
+        self._asgi = scope, receive
         self._send = send
         try:
             if not self._cancel.is_set():  # the reader may have gone already
@@ -135,7 +136,9 @@ class Relay:
             return
         try:
             if not self._started:
-                first = batch[0] if batch else error_object(RuntimeError("the answer ended before it began"))
+                if not batch:  # it ended before it began: ``__call__`` answers that
+                    return
+                first = batch[0]
                 if "error" in first:  # nothing was sent yet: a plain error response
                     await self._respond_with(first)
                     return
@@ -152,12 +155,11 @@ class Relay:
 
     async def _respond_with(self, error: dict[str, Any]) -> None:
         """The whole response: ``error`` as JSON, with its status."""
+        from starlette.responses import JSONResponse
+
         assert self._send is not None
         self._started = self._ended = True
-        body = json.dumps(error, separators=(",", ":")).encode()
-        await self._send({"type": "http.response.start", "status": status_of(error), "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await self._send({"type": "http.response.body", "body": body})
+        await JSONResponse(error, status_code=status_of(error))(*self._asgi, self._send)
 
     async def _servers(self) -> None:
         plan, run = self._plan, self._run
