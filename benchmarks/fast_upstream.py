@@ -32,10 +32,9 @@ HEADS = {
 
 def event(answer: str, created: int, content: str | None, finish: str | None = None) -> bytes:
     """One event of the answer ``answer``, as llama.cpp's Python server (llama_cpp.server)
-    writes it: its fields, in its order, JSON with spaces. Real servers' events are as big
-    or bigger (OpenAI's and vLLM's carry more fields); a reader's cost grows with their size,
-    so events smaller than real ones would make any proxy that writes OpenAI's shape look
-    slower to the reader than it is."""
+    writes it: its fields, in its order, JSON with spaces. A reader's cost grows with the
+    events' size, so events smaller than a real server's would make any proxy that writes
+    OpenAI's shape look slower to the reader than it is."""
     delta = {"content": content} if content is not None else {}
     payload = {"id": answer, "model": "fast", "created": created, "object": "chat.completion.chunk",
                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
