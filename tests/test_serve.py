@@ -335,7 +335,11 @@ def test_every_connection_has_nagle_off(made: str):
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-    server = serving(lambda scope, receive, send: None)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # answers nothing: never asked
+        pass
+
+    server = serving(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:
