@@ -27,6 +27,7 @@ CPU_SUITE = [
     ("Memory estimate against llama.cpp (CPU)", ["bench_fit.py"]),
     ("Streaming overhead", ["bench_overhead.py"]),
     ("Failover latency", ["bench_failover.py"]),
+    ("Stopping a decode in progress", ["bench_abort.py"]),
     ("Benchmark accuracy and monitoring cost", ["bench_measure.py"]),
     ("UI responsiveness during Benchmark All", ["bench_ui.py"]),
 ]

@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .backends.base import Cancel
 from .completions import ChunkMaker, error_object, parse_request, status_of, who_answered
 from .errors import InvalidSettings, PortUnavailable
 from .relay import Relay
@@ -210,7 +211,7 @@ class _Api:
             return JSONResponse(answer, status_code=status_of(answer), headers=who_answered(answer))
         try:
             checked = parse_request(body)
-            plan = self.manager.chat_plan(checked, cancel=threading.Event())
+            plan = self.manager.chat_plan(checked, cancel=Cancel())
         except InvalidSettings as exc:
             return JSONResponse(error_object(exc), status_code=400)
         relay = Relay(plan, ChunkMaker(checked.include_usage))

@@ -23,8 +23,8 @@ from ..errors import InvalidSettings
 if TYPE_CHECKING:
     from ..fit import Compatibility
 
-__all__ = ["Backend", "GenerationParams", "LocalBackend", "Message", "TargetFailed", "ToolCalls",
-           "Usage", "check_messages"]
+__all__ = ["Backend", "Cancel", "GenerationParams", "LocalBackend", "Message", "TargetFailed",
+           "ToolCalls", "Usage", "check_messages"]
 
 Message = Mapping[str, Any]
 MAX_PROMPT_CHARS = 2_000_000
@@ -39,6 +39,44 @@ class TargetFailed(Exception):
         self.retryable = retryable
         self.fast = fast  # the target is down for sure (connection refused): do not wait on it
         self.hung = hung  # the deadline for its first piece passed without a word from it
+
+
+class Cancel(threading.Event):
+    """A cancel event that can also tell a runtime at once, not only at its next token.
+
+    Any ``threading.Event`` works as a ``cancel``: a backend looks at it between pieces.
+    This one also runs the callbacks given to ``on_set`` when it is set, so that
+    llama.cpp can be told to stop inside a decode: a long prompt takes seconds to
+    evaluate on a CPU, and the model stays locked until it ends.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks_lock = threading.Lock()
+
+    def set(self) -> None:
+        with self._callbacks_lock:  # held while they run: ``on_set``'s remover waits for them
+            super().set()
+            callbacks, self._callbacks = self._callbacks, []
+            for callback in callbacks:
+                callback()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run ``callback`` (a quick one, on the thread that sets this) when this is set;
+        at once if it is set already. Returns a function that removes it: once that has
+        returned, ``callback`` does not run any more."""
+        with self._callbacks_lock:
+            if not self.is_set():
+                self._callbacks.append(callback)
+                return lambda: self._remove(callback)
+        callback()
+        return lambda: None
+
+    def _remove(self, callback: Callable[[], None]) -> None:
+        with self._callbacks_lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ file is refused and the host lives on.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BackendUnavailable, ModelLoadError, OutOfMemory
 from ..ggml_devices import share_libstdcxx
 from ..memory import CUDA_LOAD_CONTEXT_MB
-from .base import GenerationParams, LocalBackend, TargetFailed, Usage
+from .base import Cancel, GenerationParams, LocalBackend, TargetFailed, Usage
 
 if TYPE_CHECKING:
     from ..fit import Compatibility
@@ -109,6 +110,41 @@ class _LlamaLog:
     def failure(self) -> str | None:
         """The last line that says something failed, or None."""
         return next((line for line in reversed(self._lines) if _FAILED.search(line)), None)
+
+
+class _Abort:
+    """A flag that stops the decode in progress: a long prompt takes seconds to evaluate on
+    a CPU, and the model stays locked until the decode returns.
+
+    llama.cpp calls its abort callback after each node of the compute graph (hundreds a
+    token), on the decoding thread, while its other threads wait. A Python callback would
+    take the GIL each time, so the callback is C code: libc's ``strlen`` over a two-byte
+    buffer. It returns 1 (abort) once the first byte is set, and 0 while it is not (the
+    second byte stays 0). The CPU backend checks it; layers on a GPU run to their end.
+    Where libc cannot be found, the generation still stops at its next token.
+    """
+
+    def __init__(self, llama_cpp: Any, ctx: Any) -> None:
+        self._flag = ctypes.create_string_buffer(2)
+        self._reader = _strlen(llama_cpp)  # C code in libc; kept beside the flag it reads
+        if self._reader is not None:
+            llama_cpp.llama_set_abort_callback(ctx, self._reader, ctypes.addressof(self._flag))
+
+    def set(self) -> None:
+        self._flag[0] = b"\x01"
+
+    def clear(self) -> None:
+        self._flag[0] = b"\x00"
+
+
+def _strlen(llama_cpp: Any) -> Any:
+    """libc's ``strlen`` as a ggml abort callback, or None where libc cannot be found."""
+    try:
+        libc = ctypes.cdll.msvcrt if sys.platform == "win32" else ctypes.CDLL(None)
+        return ctypes.cast(libc.strlen, llama_cpp.ggml_abort_callback)
+    except (OSError, AttributeError) as exc:
+        log.debug("no abort callback for llama.cpp (%s): a cancel waits for the next token", exc)
+        return None
 
 
 def _devices(llama_cpp: Any, n_gpu_layers: int) -> dict[str, int]:
@@ -197,6 +233,7 @@ class LlamaCppBackend(LocalBackend):
         self.safe_load = safe_load
         self._llm: Any = None
         self._formatter: Any = None
+        self._abort: _Abort | None = None
 
     @property
     def loaded(self) -> bool:
@@ -229,6 +266,7 @@ class LlamaCppBackend(LocalBackend):
                 raise ModelLoadError(f"llama.cpp could not load {self.name} ({plan}): {exc}"
                                      + (f" ({why})" if why else "")) from exc
         self._formatter = self._make_formatter(llama_cpp)
+        self._abort = _Abort(llama_cpp, self._llm.ctx)
         log.info("loaded %s (n_ctx=%d, gpu_layers=%d)", self.name, self.n_ctx, self.n_gpu_layers)
 
     def _make_formatter(self, llama_cpp: Any) -> Any:
@@ -248,11 +286,15 @@ class LlamaCppBackend(LocalBackend):
 
     def _unload_locked(self) -> None:
         self._llm.close()
-        self._llm = self._formatter = None
+        self._llm = self._formatter = self._abort = None
         log.info("unloaded %s", self.name)
 
     def _generate(self, messages: list[dict[str, str]], params: GenerationParams, prefix: str,
                   cancel: threading.Event | None, usage: Usage) -> Iterator[str]:
+        abort = self._abort
+        assert abort is not None  # loaded
+        # serve's Cancel stops a decode in progress; any other event is seen between pieces.
+        unhook = cancel.on_set(abort.set) if isinstance(cancel, Cancel) else None
         pieces: list[str] = []
         try:
             for chunk in self._completion(messages, params, prefix, usage):
@@ -263,8 +305,13 @@ class LlamaCppBackend(LocalBackend):
                     pieces.append(piece)
                     yield piece
         except (ValueError, RuntimeError) as exc:
+            if cancel is not None and cancel.is_set():
+                return  # the decode was aborted as asked (llama_decode returned 2)
             raise TargetFailed(f"llama.cpp failed while generating: {exc}") from exc
         finally:
+            if unhook is not None:
+                unhook()
+            abort.clear()
             # The stream's chunks are not tokens (a multi-byte character waits for its last
             # token), so the answer is counted with the model's own tokenizer: ~0.1 ms.
             if self._llm is not None:
