@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from zwaif_fallback.backends.base import Cancel, GenerationParams
+from zwaif_fallback.backends.base import Cancel, GenerationParams, TargetFailed, Usage
 from zwaif_fallback.backends.llama_cpp import LlamaCppBackend
 
 pytestmark = pytest.mark.slow
@@ -95,3 +95,53 @@ def test_cancel_runs_its_callbacks_once_when_set():
     cancel.on_set(lambda: calls.append("late"))  # set already: runs at once
     assert calls == ["a", "late"]
     assert cancel.is_set()
+
+
+# -- a chat longer than the context ----------------------------------------------------------
+
+SYSTEM = {"role": "system", "content": "You are Ava, a cheerful assistant."}
+
+
+def chat_of(pairs: int) -> list[dict[str, str]]:
+    turns = []
+    for i in range(pairs):
+        turns += [{"role": "user", "content": f"Message {i}: tell me about the weather in town {i}."},
+                  {"role": "assistant", "content": f"Town {i} is sunny and warm, with a light breeze."}]
+    return [SYSTEM, *turns, {"role": "user", "content": "And what is your name?"}]
+
+
+@pytest.fixture(scope="module")
+def small_context(smollm2: Path):
+    backend = LlamaCppBackend("smollm2", str(smollm2), n_ctx=512, safe_load=False)
+    backend.load()
+    yield backend
+    backend.unload()
+
+
+def test_a_chat_longer_than_the_context_loses_its_oldest_turns_not_the_answer(
+        small_context: LlamaCppBackend):
+    chat = chat_of(30)
+    whole = small_context.count_tokens(chat)
+    assert whole is not None and whole > 512
+    usage = Usage()
+    answer = "".join(small_context.stream(chat, GenerationParams(max_tokens=64, temperature=0.0),
+                                          usage=usage))
+    assert answer
+    assert usage.prompt_tokens is not None and usage.prompt_tokens <= 512 - 64
+    # what was kept: the system message, the newest turns from a user turn on, the question
+    kept = small_context.count_tokens([SYSTEM, *chat[-(2 * 8 + 1):]])
+    assert kept is not None and usage.prompt_tokens >= kept
+
+
+def test_a_chat_that_fits_is_sent_whole(small_context: LlamaCppBackend):
+    chat = chat_of(3)
+    usage = Usage()
+    list(small_context.stream(chat, GenerationParams(max_tokens=16, temperature=0.0), usage=usage))
+    assert usage.prompt_tokens == small_context.count_tokens(chat)
+
+
+def test_a_last_message_longer_than_the_context_is_refused_with_what_to_do(
+        small_context: LlamaCppBackend):
+    chat = [SYSTEM, {"role": "user", "content": "word " * 800}]
+    with pytest.raises(TargetFailed, match="shorten the history or raise n_ctx"):
+        list(small_context.stream(chat, GenerationParams(max_tokens=16)))

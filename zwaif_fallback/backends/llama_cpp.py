@@ -353,10 +353,40 @@ class LlamaCppBackend(LocalBackend):
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: " + prefix
         return llm.tokenize(text.encode("utf-8"), add_bos=True, special=True), [], None
 
+    def _fit_history(self, messages: list[dict[str, str]], prefix: str,
+                     budget: int) -> tuple[list[int], list[str], Any]:
+        """The prompt of ``messages`` without their oldest turns, at most ``budget`` tokens
+        where it can be (else the shortest there is: the caller refuses it).
+
+        Hosts written for text-generation-webui send the whole chat and let the server cut it
+        to its context (``truncation_length``); a long session would otherwise be refused by
+        the fallback just when it is needed. As there, the oldest turns go first; the system
+        messages at the start and the last message stay. A user turn goes with the answers
+        that follow it, so the chat left still begins with a user turn, as templates expect.
+        """
+        head = 0
+        while head < len(messages) - 1 and messages[head].get("role") == "system":
+            head += 1
+        turns = messages[head:]
+        built = self._prompt(messages, prefix)
+        while len(turns) > 1 and len(built[0]) > budget:
+            cut = 1
+            while cut < len(turns) - 1 and turns[cut].get("role") != "user":
+                cut += 1
+            turns = turns[cut:]
+            built = self._prompt(messages[:head] + turns, prefix)
+        dropped = len(messages) - head - len(turns)
+        log.info("%s: left out the %d oldest messages to fit n_ctx=%d (%d prompt tokens)",
+                 self.name, dropped, self.n_ctx, len(built[0]))
+        return built
+
     def _completion(self, messages: list[dict[str, str]], params: GenerationParams,
                     prefix: str, usage: Usage) -> Iterator[Any]:
         llm = self._llm
         prompt, template_stop, criteria = self._prompt(messages, prefix)
+        room = min(params.max_tokens, self.n_ctx // 2)  # the answer's, as far as it can be had
+        if len(prompt) + room > self.n_ctx:
+            prompt, template_stop, criteria = self._fit_history(messages, prefix, self.n_ctx - room)
         usage.prompt_tokens = len(prompt)
         stop = list(params.stop) + template_stop
         if len(prompt) >= self.n_ctx:
