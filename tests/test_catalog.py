@@ -173,6 +173,42 @@ def test_broken_files_are_listed_with_a_reason_and_never_hang(tiny_gguf):
     assert "no tensors" in reasons["vocab-only"]
 
 
+def _unreadable_by_mode(models: Path) -> Path:
+    """``models/locked`` with mode 000; skips the test where this process reads it anyway."""
+    locked = models / "locked"
+    locked.mkdir(parents=True)
+    locked.chmod(0)
+    if os.access(locked, os.R_OK | os.X_OK):
+        locked.chmod(0o700)
+        pytest.skip("this process reads a folder whatever its mode (root)")
+    return models
+
+
+def _unreadable_by_name_length(models: Path) -> Path:
+    """A folder that even root cannot look into: the path of its config.json is past PATH_MAX.
+
+    Returns the folder that holds it, deep enough for that: the models folder to search.
+    """
+    deep = models / "/".join(["d" * 250] * 15)
+    (deep / ("x" * (4090 - len(str(deep)) - 1))).mkdir(parents=True)
+    return deep
+
+
+@pytest.mark.parametrize("make_unreadable", [_unreadable_by_mode, _unreadable_by_name_length])
+def test_an_unreadable_folder_is_skipped_and_every_other_model_is_listed(
+        tiny_gguf, caplog, make_unreadable):
+    models = make_unreadable(Path("models").resolve())
+    shutil.copy(tiny_gguf, models / "mine.gguf")
+    try:
+        found = discover(models_dir=models)
+    finally:
+        if (models / "locked").exists():
+            (models / "locked").chmod(0o700)  # so that pytest can remove it
+    assert found["mine"].valid and found["mine"].source == "models_dir"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "fix its permissions" in warnings[0]
+
+
 def test_metadata_is_cached_until_the_file_changes(tmp_path):
     Path("models").mkdir()
     path = write_gguf(Path("models/m.gguf"), n_ctx_train=1024)

@@ -1,7 +1,13 @@
 from __future__ import annotations
 
 import json
+import os
+import selectors
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +76,11 @@ def test_check_a_file_path(isolated, tiny_gguf):
     (["settings", "--set", "nonsense"], "expects KEY=VALUE"),
     (["settings", "--set", "colour=red"], "unknown setting 'colour'"),
     (["frobnicate"], "invalid choice"),
+    (["serve", "--port", "99999"], "99999 is not a port: use 0 to 65535"),
+    (["serve", "--port", "-1"], "-1 is not a port: use 0 to 65535"),
+    (["ui", "--port", "99999"], "99999 is not a port"),
+    (["--metrics-port", "99999", "status"], "99999 is not a port"),
+    (["serve", "--port", "http"], "'http' is not a whole number"),
 ])
 def test_bad_input_exits_2_with_one_clear_line(isolated, args, message):
     result = run_cli(*args, cwd=isolated)
@@ -135,3 +146,42 @@ def test_logs_go_to_the_logs_folder(isolated):
     run_cli("check", "no-such-model", cwd=isolated)
     log = Path(isolated / "Logs" / "zwaif_fallback.log").read_text()
     assert "no model named 'no-such-model'" in log
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "192.0.2.1"])  # no such address; TEST-NET-1
+def test_serve_on_an_address_this_machine_lacks_says_so(isolated, host):
+    result = run_cli("serve", "--host", host, "--no-ui", env={"FALLBACK_API_KEY": "k"}, cwd=isolated)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{host} is not an address of this machine" in result.stderr
+    assert "--host 127.0.0.1" in result.stderr and "--port" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["settings"], ["check", SMOL, "--no-dry-run", "--json"]])
+def test_output_into_a_closed_pipe_ends_quietly_like_sigpipe(isolated, args):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head -1` once head has exited
+    try:
+        result = subprocess.run([sys.executable, "-m", "zwaif_fallback", *args], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, cwd=isolated, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")
+    assert "crashed" not in (isolated / "Logs" / "zwaif_fallback.log").read_text()
+
+
+def test_monitor_stopped_with_ctrl_c_prints_its_report_and_exits_130(isolated):
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "zwaif_fallback", "monitor", "--duration", "30", "--interval", "0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=isolated)
+    progress = b""
+    with selectors.DefaultSelector() as selector:  # the first progress line: it is sampling
+        selector.register(monitor.stderr, selectors.EVENT_READ)
+        deadline = time.monotonic() + 60
+        while b"tok/s" not in progress:
+            assert time.monotonic() < deadline and monitor.poll() is None, progress
+            if selector.select(timeout=1):
+                progress += os.read(monitor.stderr.fileno(), 4096)
+    monitor.send_signal(signal.SIGINT)
+    out, err = monitor.communicate(timeout=30)
+    assert monitor.returncode == 130, err
+    assert b"ram_used_mb" in out and b"Traceback" not in err

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+import socket
+
+import pytest
 
 import zwaif_fallback
 from zwaif_fallback import errors
+from zwaif_fallback.server import listen
 
 BAD_INPUT = {"HubFileNotFound", "InvalidSettings", "ModelNotFound", "JobNotFound", "NotStarted"}  # exit 2
 
@@ -33,3 +37,20 @@ def test_not_found_errors_are_lookup_errors():
     assert issubclass(errors.JobNotFound, LookupError)
     assert issubclass(errors.HubFileNotFound, LookupError)
     assert str(errors.JobNotFound("abc")) == "no job with id 'abc'"
+
+
+@pytest.mark.parametrize(("host", "port", "error", "advice"), [
+    ("127.0.0.1", 99999, errors.InvalidSettings, "use 0 to 65535"),  # bind: OverflowError
+    ("127.0.0.1", -1, errors.InvalidSettings, "use 0 to 65535"),
+    ("999.1.1.1", 0, errors.HostUnavailable, "--host 127.0.0.1"),  # socket.gaierror
+    ("192.0.2.1", 0, errors.HostUnavailable, "--host 127.0.0.1"),  # EADDRNOTAVAIL (TEST-NET-1)
+    ("127.0.0.1", "taken", errors.PortUnavailable, "choose another port"),  # EADDRINUSE
+])
+def test_listen_translates_every_failure_to_bind(host, port, error, advice):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        if port == "taken":
+            port = taken.getsockname()[1]
+        with pytest.raises(error, match=re.escape(advice)):
+            listen(host, port).close()

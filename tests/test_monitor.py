@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 
 import psutil
 import pytest
@@ -158,6 +161,35 @@ def test_stop_ends_the_session_early_and_promptly():
     assert [s.t_s for s in report.samples] == [0.0, 30.0, 60.0]
     assert finished == [report]
     assert session.stop() == report and len(finished) == 1  # a second stop changes nothing
+
+
+def ctrl_c_once_the_main_thread_blocks_in(function: Callable[..., object]) -> None:
+    """Send SIGINT to the main thread once it blocks inside ``threading`` under ``function``."""
+    main = threading.main_thread()
+    end = time.monotonic() + 5
+    pause = threading.Event()
+    while time.monotonic() < end:
+        frame = sys._current_frames().get(main.ident)
+        if frame is not None and frame.f_code.co_filename == threading.__file__:
+            callers = []
+            while frame is not None:
+                callers.append(frame.f_code)
+                frame = frame.f_back
+            if function.__code__ in callers:
+                signal.pthread_kill(main.ident, signal.SIGINT)
+                return
+        pause.wait(0.001)
+
+
+def test_ctrl_c_while_waiting_for_the_session_still_reports_it_stopped_early():
+    session, finished = parked_session()
+    threading.Thread(target=ctrl_c_once_the_main_thread_blocks_in, args=(MonitorSession.wait,),
+                     daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        session.wait(timeout=10)  # where `zwaif-fallback monitor` is when Ctrl-C comes
+    report = session.stop()
+    assert report.stopped_early and not report.running
+    assert finished == [report]
 
 
 def test_stop_after_the_session_ran_its_course_is_not_early():

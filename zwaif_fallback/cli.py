@@ -1,7 +1,8 @@
 """``zwaif-fallback``: the command line. Every command has ``--json``.
 
-Exit status: 0 on success, 1 when an operation failed, 2 for bad input.
-Errors are one line on stderr; the traceback goes to the log file only.
+Exit status: 0 on success, 1 when an operation failed, 2 for bad input, 130 when stopped
+with Ctrl-C, 141 when the reader of stdout went away (``| head``), as for a program that
+SIGPIPE ends. Errors are one line on stderr; the traceback goes to the log file only.
 
 Each command is one handler registered with ``@command(name, help, arguments)``, where
 ``arguments(parser)`` adds its own options and sits right above the handler; ``--json``
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local-LLM fallback for chatbot hosts: models, fit, failover.")
     parser.add_argument("--models-dir", metavar="DIR", help="where to discover models")
     parser.add_argument("--settings-file", metavar="F", help="the saved settings file")
-    parser.add_argument("--metrics-port", type=int, metavar="P",
+    parser.add_argument("--metrics-port", type=_port, metavar="P",
                         help="serve Prometheus metrics on 127.0.0.1:P while the command runs")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, cmd in COMMANDS.items():
@@ -102,13 +104,24 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
     pass
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _whole_number(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: use 0 to 65535")
     return value
 
 
@@ -129,10 +142,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         with manager:
             stop_metrics = manager.metrics.serve(args.metrics_port) if args.metrics_port else None
             try:
-                return cmd.run(manager, args)
+                status = cmd.run(manager, args)
+                sys.stdout.flush()  # here, so that a reader gone away is seen here
+                return status
             finally:
                 if stop_metrics is not None:
                     stop_metrics()
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head -1`): nothing more can be shown, and that is
+        # not a failure of the command. Python's docs: point stdout at devnull, or its flush at
+        # exit fails again. 141 is what a shell reports for a program that SIGPIPE ended.
+        log.info("%s: stdout was closed by its reader", args.command)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except FallbackError as exc:
         log.info("%s failed: %s", args.command, exc)
         print(f"error: {exc}", file=sys.stderr)
@@ -153,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _ui_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (anything but loopback needs FALLBACK_UI_AUTH)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=_port, default=7860)
 
 
 @command("ui", "serve the three settings tabs as a standalone web UI", _ui_arguments,
@@ -178,7 +200,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (anything but loopback needs FALLBACK_API_KEY, "
                              "and FALLBACK_UI_AUTH for the tabs)")
-    parser.add_argument("--port", type=int, default=5001)
+    parser.add_argument("--port", type=_port, default=5001)
     parser.add_argument("--no-ui", action="store_true", help="serve the API without the tabs at /")
 
 
@@ -379,6 +401,7 @@ def _monitor_arguments(parser: argparse.ArgumentParser) -> None:
 @command("monitor", "sample VRAM, RAM, CPU and tokens/s for a while", _monitor_arguments)
 def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
     manager.start_monitoring(args.duration, args.interval)
+    interrupted = False
     try:
         while not manager.wait_monitoring(timeout=args.interval):
             if not args.json:
@@ -386,16 +409,17 @@ def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
                 for s in latest:
                     print(f"\r{s.t_s:6.1f} s  RAM {s.ram_used_mb:8.0f} MiB  CPU {s.cpu_percent:5.1f}%  "
                           f"{s.tokens_per_s:5.1f} tok/s", end="", file=sys.stderr, flush=True)
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # Ctrl-C ends the session early; its report is still shown
+        interrupted = True
     report = manager.stop_monitoring()
     if args.json:
-        return print_json(report.model_dump())
-    print(file=sys.stderr)
-    for name, summary in report.summary.items():
-        print(f"{name:<20} min {summary.min:10.1f}  mean {summary.mean:10.1f}  max {summary.max:10.1f}"
-              f"  p95 {summary.p95:10.1f}")
-    return 0
+        print_json(report.model_dump())
+    else:
+        print(file=sys.stderr)
+        for name, summary in report.summary.items():
+            print(f"{name:<20} min {summary.min:10.1f}  mean {summary.mean:10.1f}  "
+                  f"max {summary.max:10.1f}  p95 {summary.p95:10.1f}")
+    return 130 if interrupted else 0
 
 
 def _settings_arguments(parser: argparse.ArgumentParser) -> None:

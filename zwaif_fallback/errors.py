@@ -15,6 +15,7 @@
     │   └── NotEnoughSpace        a download would not fit on its disk: free space or pick another folder
     ├── DownloadCancelled         a download was stopped; its partial file is kept: run it again to resume
     ├── PortUnavailable           an address and port cannot be listened on: pick another port
+    ├── HostUnavailable           the host to listen on is no address of this machine: pick another host
     ├── HubUnavailable            the Hub cannot be read now (no network, down, timed out): try later
     │   └── HubOffline            HF_HUB_OFFLINE is set, so nothing was fetched: unset it
     ├── HubFileNotFound           no such repo or file on the Hub (404): check the name
@@ -41,6 +42,7 @@ __all__ = [
     "Busy",
     "DownloadCancelled",
     "FallbackError",
+    "HostUnavailable",
     "HubAccessDenied",
     "HubFileNotFound",
     "HubOffline",
@@ -153,6 +155,10 @@ class DownloadCancelled(FallbackError):
 
 class PortUnavailable(FallbackError):
     """An address and port cannot be listened on (in use, or not allowed): pick another port."""
+
+
+class HostUnavailable(FallbackError):
+    """The host to listen on is not an address of this machine (or no name for one): pick another."""
 
 
 class AllTargetsFailed(FallbackError):

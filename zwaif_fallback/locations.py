@@ -88,13 +88,14 @@ def _walk(root: Path) -> Iterator[tuple[Path, bool]]:
         if (st.st_dev, st.st_ino) in seen or depth > MAX_DEPTH:
             return
         seen.add((st.st_dev, st.st_ino))
-        if (directory / "config.json").is_file() and depth > 0:
-            yield directory, True
-            return
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError as exc:
-            log.warning("cannot list %s: %s", directory, exc)
+            is_hf = depth > 0 and (directory / "config.json").is_file()
+            entries = [] if is_hf else sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:  # this folder only: its siblings are still listed
+            _skip_unreadable(directory, exc)
+            return
+        if is_hf:
+            yield directory, True
             return
         for entry in entries:
             budget[0] -= 1
@@ -114,10 +115,22 @@ def _walk(root: Path) -> Iterator[tuple[Path, bool]]:
             if is_dir:
                 yield from visit(path, depth + 1)
 
-    if root.is_dir() and (root / "config.json").is_file():
+    try:
+        is_hf = root.is_dir() and (root / "config.json").is_file()
+    except OSError as exc:
+        _skip_unreadable(root, exc)
+        return
+    if is_hf:
         yield root, True
         return
     yield from visit(root, 0)
+
+
+def _skip_unreadable(directory: Path, exc: OSError) -> None:
+    # Path.is_file raises for anything but "not there" (EACCES, ENAMETOOLONG), and one
+    # such folder must not hide every model found beside it.
+    log.warning("skipped %s: %s; the models in it are not listed until you fix its permissions",
+                directory, exc.strerror or exc)
 
 
 def group_gguf_files(paths: list[Path], source: str) -> Iterator[Candidate]:
@@ -201,7 +214,12 @@ def hf_cache_models(cache: Path | None = None) -> Iterator[Candidate]:
         snapshot = hf_snapshot(repo)
         if snapshot is None:
             continue
-        if (snapshot / "config.json").is_file():
+        try:
+            is_hf = (snapshot / "config.json").is_file()
+        except OSError as exc:
+            _skip_unreadable(snapshot, exc)
+            continue
+        if is_hf:
             yield hf_folder_candidate(snapshot, "hf_cache", repo_id)
         ggufs = sorted(snapshot.rglob("*.gguf"))
         yield from group_gguf_files(ggufs, "hf_cache")

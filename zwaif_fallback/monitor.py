@@ -103,9 +103,13 @@ class _Sampling:
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():  # on_finish may stop
-            thread.join(timeout_s)
-            if thread.is_alive():
+            if not self._join(thread, timeout_s):
                 log.warning("a monitor sample still runs after %s s; it ends when that returns", timeout_s)
+
+    def _join(self, thread: threading.Thread, timeout_s: float | None) -> bool:
+        """Wait up to ``timeout_s`` for the sampling thread to end; True once it has."""
+        thread.join(timeout_s)
+        return not thread.is_alive()
 
     def _tick(self, t_s: float) -> None:
         try:  # a failing probe costs a tick, never the sampler
@@ -180,6 +184,10 @@ class MonitorSession(_Sampling):
         self._running = False
         self._stopped_early = False
         self._started_at: float | None = None
+        # Set once _run has ended and on_finish returned. Not Thread.join: on Python 3.11, a
+        # Ctrl-C that interrupts a join marks the thread as ended while it still runs
+        # (bpo-45274), and every later join returns before its final report is made.
+        self._finished = threading.Event()
         #: samples a session that runs its course takes: one at 0 s, then one per interval
         self.ticks = math.floor(self.duration_s / self.interval_s + _EPSILON) + 1
 
@@ -206,10 +214,7 @@ class MonitorSession(_Sampling):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the session to end; True once it has ended and ``on_finish`` has returned."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        return thread is None or not thread.is_alive()
+        return self._thread is None or self._finished.wait(timeout)
 
     def report(self) -> MonitoringReport:
         """The session so far (a copy: later samples do not change it)."""
@@ -232,11 +237,16 @@ class MonitorSession(_Sampling):
             with self._lock:
                 self._running = False
                 self._stopped_early = not completed
-            if self._on_finish is not None:
-                try:
+            try:
+                if self._on_finish is not None:
                     self._on_finish(self.report())
-                except Exception:
-                    log.exception("monitoring on_finish callback failed")
+            except Exception:
+                log.exception("monitoring on_finish callback failed")
+            finally:
+                self._finished.set()
+
+    def _join(self, thread: threading.Thread, timeout_s: float | None) -> bool:
+        return self._finished.wait(timeout_s)
 
 
 class BackgroundSampler(_Sampling):

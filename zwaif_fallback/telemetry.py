@@ -189,9 +189,7 @@ class Telemetry:
             session = self._session
         if session is None:
             raise NotStarted("no monitoring session was started")
-        session.stop()
-        session.wait(10)
-        return session.report()
+        return session.stop()  # waits for the session to end: the report is its final one
 
     def monitoring_report(self) -> MonitoringReport:
         with self._lock:
