@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -312,6 +313,37 @@ def test_the_serve_command_answers_with_the_tabs_beside_the_api(isolated: Path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_local_answer_in_flight_without_a_traceback(isolated: Path):
+    """Ctrl-C while the local model streams a long answer: the generation is stopped at
+    once, so uvicorn's graceful shutdown does not run out of time and cancel it (which
+    printed a traceback), and the model is not freed under a running decode."""
+    port = free_port()
+    env = {**os.environ, "FALLBACK_PRIMARY_URL": refused_url(), "FALLBACK_SCAN_SYSTEM_STORES": "false",
+           "FALLBACK_VRAM_MONITORING": "false"}
+    process = subprocess.Popen([sys.executable, "-m", "zwaif_fallback", "serve", "--no-ui", "--port",
+                                str(port)], cwd=isolated, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert "point your host's OpenAI-compatible URL" in process.stdout.readline()
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(base + "/health", timeout=2).status_code == 200, timeout_s=30,
+                   what="serve to answer")
+        count = [{"role": "user", "content": "Count from 1 to 2000, one number per line."}]
+        body = {"messages": count, "stream": True, "max_tokens": 3000, "temperature": 0.0, "seed": 1}
+        with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=60) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: {")  # the local model is generating
+            process.send_signal(signal.SIGINT)
+            rest = list(lines)  # the stream ends: the answer was stopped, not left to run
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert "data: [DONE]" not in rest  # stopped, not finished
+    assert "Traceback" not in stderr and "graceful shutdown exceeded" not in stderr, stderr[-2000:]
 
 
 def test_serve_refuses_a_network_address_without_a_key_and_a_taken_port(isolated: Path):

@@ -21,6 +21,7 @@ app is Starlette's (Gradio brings it); ``webui`` mounts the tabs at ``/`` beside
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import json
 import logging
@@ -28,12 +29,13 @@ import os
 import secrets
 import socket
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends.base import Cancel
 from .completions import ChunkMaker, error_object, parse_request, status_of, who_answered
-from .errors import InvalidSettings, PortUnavailable
+from .errors import FallbackError, HostUnavailable, InvalidSettings, PortUnavailable
 from .relay import Relay
 
 if TYPE_CHECKING:
@@ -92,6 +94,7 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
         Route("/metrics", api.metrics, methods=["GET"]),
     ]
     app.router.routes.extend(app.state.api_routes)
+    app.state.stop_chats = api.stop_chats
     return app
 
 
@@ -125,7 +128,8 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
         announce: told the line a host needs once the server listens.
 
     Raises:
-        InvalidSettings: a non-loopback host without a key.
+        InvalidSettings: a non-loopback host without a key, or a port outside 0-65535.
+        HostUnavailable: ``host`` is not an address of this machine.
         PortUnavailable: the address cannot be listened on (the port is taken).
     """
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
@@ -142,12 +146,14 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
     announce(f"point your host's OpenAI-compatible URL at http://{shown}:{port}/v1 "
              f"(the tabs: http://{shown}:{port}/, health: /health)" if mount is not None else
              f"point your host's OpenAI-compatible URL at http://{shown}:{port}/v1")
-    serving(_straight_to_the_api(app)).run(sockets=[listener])
+    serving(_straight_to_the_api(app), on_shutdown=app.state.stop_chats).run(sockets=[listener])
 
 
-def serving(app: Callable[..., Any]) -> uvicorn.Server:
+def serving(app: Callable[..., Any], *,
+            on_shutdown: Callable[[], None] | None = None) -> uvicorn.Server:
     """The uvicorn server that ``run`` starts on ``app``: its HTTP protocol turns Nagle's
-    algorithm off on every connection.
+    algorithm off on every connection, and ``on_shutdown`` runs when it begins to shut down
+    (Ctrl-C), before uvicorn waits for the requests in flight.
 
     asyncio does that itself only on a selector loop, and only for a socket made as TCP by
     name (``IPPROTO_TCP``, which a plain ``socket(family, SOCK_STREAM)`` is not); the
@@ -166,8 +172,14 @@ def serving(app: Callable[..., Any]) -> uvicorn.Server:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             super().connection_made(transport)
 
-    return uvicorn.Server(uvicorn.Config(app, http=NoDelayProtocol, log_level="warning",
-                                         timeout_graceful_shutdown=5))
+    class Server(uvicorn.Server):
+        async def shutdown(self, *args: Any, **kwargs: Any) -> None:
+            if on_shutdown is not None:
+                on_shutdown()
+            await super().shutdown(*args, **kwargs)
+
+    return Server(uvicorn.Config(app, http=NoDelayProtocol, log_level="warning",
+                                 timeout_graceful_shutdown=5))
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -175,8 +187,12 @@ def listen(host: str, port: int) -> socket.socket:
     algorithm off on each connection it accepts).
 
     Raises:
-        PortUnavailable: the address cannot be listened on (the port is taken).
+        InvalidSettings: ``port`` is outside 0-65535 (bind would raise OverflowError).
+        HostUnavailable: ``host`` is not an address of this machine.
+        PortUnavailable: the address cannot be listened on (the port is taken, or not allowed).
     """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InvalidSettings(f"port={port!r} is not a port: use 0 to 65535")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
@@ -185,9 +201,19 @@ def listen(host: str, port: int) -> socket.socket:
         listener.listen(2048)  # a client that comes before uvicorn has started waits, not refused
     except OSError as exc:
         listener.close()
-        raise PortUnavailable(f"cannot serve on {host}:{port}: {exc.strerror or exc}; "
-                              "choose another port with --port") from exc
+        raise _cannot_listen(host, port, exc) from exc
     return listener
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> FallbackError:
+    # A name that does not resolve (gaierror) or an address no interface here has is a wrong
+    # host: another port would fail the same way.
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return HostUnavailable(
+            f"cannot serve on {host}:{port}: {host} is not an address of this machine "
+            f"({exc.strerror or exc}); listen on one it has, such as --host 127.0.0.1")
+    return PortUnavailable(f"cannot serve on {host}:{port}: {exc.strerror or exc}; "
+                           "choose another port with --port")
 
 
 class _Api:
@@ -196,6 +222,14 @@ class _Api:
     def __init__(self, manager: FallbackManager, api_key: str | None) -> None:
         self.manager = manager
         self.api_key = api_key
+        self._streams: weakref.WeakSet[Relay] = weakref.WeakSet()  # each lives as its answer
+
+    def stop_chats(self) -> None:
+        """Stop every streamed answer in flight (on the loop): the server is shutting down.
+        A local model stops inside its decode, so the process neither waits for it nor
+        exits under it."""
+        for relay in list(self._streams):
+            relay.close()
 
     async def chat_completions(self, request: Request) -> Response | Relay:
         from starlette.responses import JSONResponse
@@ -216,6 +250,7 @@ class _Api:
             return JSONResponse(error_object(exc), status_code=400)
         relay = Relay(plan, ChunkMaker(checked.include_usage))
         relay.watch(request)
+        self._streams.add(relay)
         return relay  # the response: the task that reads the first chunk starts it
 
     async def models(self, request: Request) -> Response:
