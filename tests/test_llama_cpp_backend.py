@@ -9,6 +9,7 @@ tokens it has evaluated, not a timing.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,16 @@ HELLO = [{"role": "user", "content": "Say hello."}]
 GREEDY = GenerationParams(max_tokens=12, temperature=0.0, seed=1)
 
 
-@pytest.fixture(scope="module")
-def backend(smollm2: Path):
-    backend = LlamaCppBackend("smollm2", str(smollm2), n_ctx=4096, safe_load=False)
+def loaded(path: Path, n_ctx: int) -> Iterator[LlamaCppBackend]:
+    backend = LlamaCppBackend("smollm2", str(path), n_ctx=n_ctx, safe_load=False)
     backend.load()
     yield backend
     backend.unload()
+
+
+@pytest.fixture(scope="module")
+def backend(smollm2: Path):
+    yield from loaded(smollm2, 4096)
 
 
 def evaluated(backend: LlamaCppBackend) -> int:
@@ -112,10 +117,7 @@ def chat_of(pairs: int) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def small_context(smollm2: Path):
-    backend = LlamaCppBackend("smollm2", str(smollm2), n_ctx=512, safe_load=False)
-    backend.load()
-    yield backend
-    backend.unload()
+    yield from loaded(smollm2, 512)
 
 
 def test_a_chat_longer_than_the_context_loses_its_oldest_turns_not_the_answer(
