@@ -21,6 +21,7 @@ from conftest import ROOT
 from servers import FaultProxy, LlamaServer, ScriptedServer, refused_url
 
 from zwaif_fallback import FallbackManager, FallbackSettings
+from zwaif_fallback.completions import parse_request
 
 openai_types = pytest.importorskip("openai.types.chat")
 ChatCompletion = openai_types.ChatCompletion
@@ -95,6 +96,43 @@ def test_a_server_that_reports_usage_passes_its_counts_on(isolated: Path):
     assert completion.usage is not None
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (17, 3)
     assert server.bodies[0]["stream_options"] == {"include_usage": True}
+
+
+def test_a_server_is_sent_only_the_sampler_fields_the_host_chose(isolated: Path):
+    # Z-WAIF names a text-generation-webui preset and no temperature: a default of ours
+    # sent upstream would overrule the preset (and an Ollama Modelfile's, and a length limit).
+    server = ScriptedServer(["word "] * 300)
+    try:
+        with make_manager(isolated, primary_url=server.url) as manager:
+            plain = manager.chat_completion({"messages": ASK, "preset": "Z-Waif-ADEF-Standard"})
+            chosen = manager.chat_completion({"messages": ASK, "temperature": 0.2, "max_tokens": 300})
+    finally:
+        server.close()
+    sampler = ("max_tokens", "temperature", "top_p")
+    assert [{k: body.get(k) for k in sampler} for body in server.bodies] == [
+        {"max_tokens": None, "temperature": None, "top_p": None},
+        {"max_tokens": 300, "temperature": 0.2, "top_p": None}]
+    # 300 pieces are not "length" unless 300 was the limit asked for
+    assert [c["choices"][0]["finish_reason"] for c in (plain, chosen)] == ["stop", "length"]
+
+
+@pytest.mark.slow
+def test_a_local_model_answers_as_the_character_a_host_names(isolated: Path):
+    # Z-WAIF sends no persona, only the name of a text-generation-webui character.
+    characters = isolated / "text-generation-webui" / "user_data" / "characters"
+    characters.mkdir(parents=True)
+    (characters / "Waifu.yaml").write_text(
+        "name: Aria\ncontext: '{{char}} is a fox spirit who teases {{user}}.'\n", encoding="utf-8")
+    named = {"messages": ASK, "mode": "chat", "character": "Waifu", "max_tokens": 1}
+    spelled = {"messages": [{"role": "system", "content": "Aria is a fox spirit who teases You."}, *ASK],
+               "max_tokens": 1}
+    with make_manager(isolated, primary_url=refused_url(),
+                      characters_dir=str(characters.parent.parent)) as manager:
+        answers = [manager.chat_completion(r) for r in (named, spelled, {**named, "mode": "instruct"})]
+    assert [a["x_fallback"]["source"] for a in answers] == ["local"] * 3, answers
+    # the model read the same prompt as if the host had sent the persona itself
+    tokens = [a["usage"]["prompt_tokens"] for a in answers]
+    assert tokens[0] == tokens[1] != tokens[2], tokens
 
 
 def test_a_server_that_refuses_stream_options_is_asked_again_without_them(isolated: Path):
@@ -190,6 +228,46 @@ def test_the_model_field_picks_a_local_model_first(isolated: Path):
     with make_manager(isolated) as manager:
         assert manager.chat_completion(REQUEST)["model"] == SMOL  # the preferred model
         assert manager.chat_completion({**REQUEST, "model": "tiny"})["model"] == "tiny"
+
+
+# -- a host written for Oobabooga -------------------------------------------------------------
+
+#: What Z-WAIF's "Oobabooga" API type sends besides OpenAI's fields (API/api_controller.py).
+OOBABOOGA = {"mode": "chat", "character": "Waifu", "truncation_length": 4096,
+             "preset": "Z-Waif-ADEF-Standard"}
+
+
+def test_text_generation_webuis_own_fields_mark_a_request_written_for_oobabooga():
+    assert parse_request({**REQUEST, **OOBABOOGA}).oobabooga
+    assert parse_request({**REQUEST, "instruction_template": "ChatML"}).oobabooga
+    # Samplers that other servers read too say nothing about the host.
+    assert not parse_request({**REQUEST, "min_p": 0.05, "top_k": 40, "repetition_penalty": 1.1}).oobabooga
+
+
+def test_every_chunk_for_oobabooga_has_a_text_and_the_usage_rides_on_the_last(manager: FallbackManager):
+    request = {**REQUEST, **OOBABOOGA, "stream": True, "stream_options": {"include_usage": True}}
+    chunks = list(manager.stream_chat_completion(request))
+    assert all(isinstance(c["choices"][0]["delta"]["content"], str) for c in chunks)
+    parsed = [ChatCompletionChunk.model_validate(c) for c in chunks]  # OpenAI's clients read it too
+    assert parsed[-1].choices[0].finish_reason == "length"
+    assert parsed[-1].usage is not None and parsed[-1].usage.completion_tokens == 24
+    assert all(c.usage is None for c in parsed[:-1])
+    assert text_of(chunks) == text_of(list(manager.stream_chat_completion(REQUEST)))
+
+
+def test_a_failed_stream_for_oobabooga_ends_with_an_error_with_an_empty_text(isolated: Path,
+                                                                           proxy: FaultProxy):
+    models = isolated / "models"
+    models.mkdir()
+    write_gguf(models / "broken.gguf", n_embd=64, n_head=4, n_head_kv=3)  # 64 % 3: bad K/V shape
+    proxy.mode, proxy.after = "cut", 3
+    with make_manager(isolated, auto_switch=False, preferred_model="broken",
+                      primary_url=proxy.url) as manager:
+        chunks = list(manager.stream_chat_completion({**REQUEST, **OOBABOOGA, "stream": True}))
+    *answer, failure = chunks
+    assert text_of(answer) == "".join(proxy.forwarded)
+    assert failure["error"]["code"] == "all_targets_failed"
+    assert failure["choices"][0]["delta"]["content"] == ""
 
 
 # -- bad requests ----------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
+import requests
+import sseclient
 from conftest import ROOT
 from servers import (
     LlamaServer,
@@ -245,6 +247,68 @@ def test_an_interrupted_primary_stream_is_continued_not_taken_as_the_answer(isol
     assert info["switches"] == [{"at_char": 5, "from_target": interrupted.url, "to_target": remote.url}]
     assert "ended the stream before the answer was finished" in info["attempts"][0]["error"]
     assert remote.bodies[0]["messages"][-1] == {"role": "assistant", "content": "Red, "}
+
+
+# -- a host written for Oobabooga: Z-WAIF ----------------------------------------------------
+
+#: Z-WAIF's streamed chat request (API/api_controller.py, ``run_streaming``, on its main
+#: branch), as its "Oobabooga" API type sends it with its default settings and a short history.
+ZWAIF_REQUEST: dict[str, Any] = {
+    "messages": [{"role": "user", "content": "Hello, I am back!"},
+                 {"role": "assistant", "content": "Welcome back! *smiles*"},
+                 {"role": "user", "content": "Name three colours."}],
+    "max_tokens": 300, "mode": "chat", "character": "Waifu", "truncation_length": 4096,
+    "stop": ["[System", "\nUser:", "---", "<|", "###"], "stream": True,
+    "preset": "Z-Waif-ADEF-Standard",
+}
+
+
+def zwaif_reads(base: str) -> tuple[str, list[dict[str, Any]]]:
+    """What Z-WAIF's stream loop makes of an answer: the reply, and each event it parsed. Any
+    exception here is one that ends Z-WAIF's chat loop."""
+    stream_response = requests.post(base + "/v1/chat/completions",
+                                    headers={"Content-Type": "application/json"},
+                                    json=ZWAIF_REQUEST, verify=False, stream=True)
+    client = sseclient.SSEClient(stream_response)
+    payloads = []
+    # Z-WAIF's own parsing, from API/api_controller.py (run_streaming, the "Oobabooga" branch):
+    assistant_message = ''
+    for event in client.events():
+        payload = json.loads(event.data)
+        chunk = payload['choices'][0]['delta']['content']
+        assistant_message += chunk
+        payloads.append(payload)
+    return assistant_message, payloads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["local", "primary"])
+def test_zwaifs_stream_loop_reads_a_whole_answer(isolated: Path, smollm2: Path, source: str):
+    primary = LlamaServer(smollm2).start() if source == "primary" else None
+    try:
+        # A deadline that a busy machine's llama.cpp server meets: the primary must answer.
+        with serve(isolated, primary.url if primary else refused_url(), timeout=30) as (served, _):
+            reply, payloads = zwaif_reads(served.url)
+    finally:
+        if primary is not None:
+            primary.stop()
+    last = payloads[-1]
+    assert last["x_fallback"]["source"] == source, last["x_fallback"]["attempts"]
+    assert last["choices"][0]["finish_reason"] in ("stop", "length")  # it read to the answer's end
+    assert reply.strip()
+
+
+def test_zwaifs_stream_loop_reads_every_piece_of_a_servers_answer(isolated: Path):
+    upstream = ScriptedServer(["Red, ", "green ", "and blue."])
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            reply, payloads = zwaif_reads(served.url)
+    finally:
+        upstream.close()
+    assert reply == "Red, green and blue."
+    assert payloads[-1]["choices"][0]["finish_reason"] == "stop"
+    assert {k: upstream.bodies[0][k] for k in ("mode", "character", "preset")} == \
+        {"mode": "chat", "character": "Waifu", "preset": "Z-Waif-ADEF-Standard"}
 
 
 # -- /health ---------------------------------------------------------------------------------

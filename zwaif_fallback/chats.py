@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .backends.base import GenerationParams, Message, check_messages
+from .characters import persona_messages
 from .errors import AllTargetsFailed, InvalidSettings
 from .failover import ChatRun, FailoverChain, Piece, Target
 from .results import Attempt, ChatResult
@@ -92,6 +93,8 @@ class Chats:
         chain = FailoverChain(timeout_s=settings.timeout, max_retries=settings.max_retries,
                               auto_switch=settings.auto_switch, clock=self._clock, cancel=cancel)
         request_extra = dict(extra or {})
+        if request_extra:  # a request naming a text-generation-webui character: its persona
+            checked = persona_messages(checked, request_extra, settings.characters_dir or None)
         servers = self._router.server_targets(settings, primary, model=model, extra=request_extra)
         locals_ = self._router.local_targets(model=model, extra=request_extra)
 

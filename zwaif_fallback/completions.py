@@ -15,6 +15,10 @@ servers, and is ignored by local models (a debug line names the fields, never th
 values). The servers also get the messages as the host sent them, tool calls, tool
 results and images included; local models get their text.
 
+A request with any of text-generation-webui's own fields (``OOBABOOGA_FIELDS``) comes
+from a host written for Oobabooga, and its stream is shaped as Oobabooga sent it up to
+4.0 (see ``ChunkMaker``).
+
 A request with ``tools`` cannot be answered by a local model unless its ``tool_choice``
 is ``"none"`` (see ``Router.targets``). A server's tool calls come back as OpenAI sends
 them: ``delta.tool_calls`` in a stream, ``message.tool_calls`` otherwise, with
@@ -38,8 +42,8 @@ from .errors import AllTargetsFailed, FallbackError, InvalidSettings
 from .failover import Piece
 from .results import Attempt, ChatResult
 
-__all__ = ["Answer", "BadRequestField", "ChunkMaker", "CompletionRequest", "chat_completion", "error_object",
-           "event", "fallback_info", "parse_request", "status_of", "stream_chat_completion",
+__all__ = ["DONE_EVENT", "Answer", "BadRequestField", "ChunkMaker", "CompletionRequest", "chat_completion",
+           "error_object", "event", "fallback_info", "parse_request", "status_of", "stream_chat_completion",
            "who_answered"]
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,11 @@ log = logging.getLogger(__name__)
 READ_FIELDS = frozenset({"messages", "model", "max_tokens", "max_completion_tokens", "temperature",
                          "top_p", "stop", "seed", "stream", "stream_options", "n"})
 GEN_FIELDS = ("temperature", "top_p", "stop", "seed")
+#: Fields only text-generation-webui reads (its ``ChatCompletionRequest``): a request with one
+#: was written for Oobabooga. Passed on like any other field.
+OOBABOOGA_FIELDS = frozenset({"mode", "character", "preset", "truncation_length", "instruction_template",
+                              "instruction_template_str", "chat_template_str", "chat_instruct_command",
+                              "continue_"})
 
 
 class Answer(Protocol):
@@ -71,6 +80,8 @@ class CompletionRequest:
     #: the fields the chain does not interpret, and the messages, as given: servers receive
     #: them, local models not
     extra: dict[str, Any]
+    #: the request has text-generation-webui's own fields: its stream is Oobabooga's (``ChunkMaker``)
+    oobabooga: bool = False
 
 
 class BadRequestField(InvalidSettings):
@@ -115,7 +126,7 @@ def parse_request(request: Any) -> CompletionRequest:
         raise BadRequestField("n", f"n={n!r}: one choice per request is supported; send n=1")
     return CompletionRequest(messages=messages, model=model or None, gen=gen,
                              include_usage=bool(options and options.get("include_usage")),
-                             extra=_passed_on(request))
+                             extra=_passed_on(request), oobabooga=not OOBABOOGA_FIELDS.isdisjoint(request))
 
 
 def _passed_on(request: Mapping[Any, Any]) -> dict[str, Any]:
@@ -168,12 +179,12 @@ def stream_chat_completion(answer: Answer, request: Any,
         yield error_object(exc)
         return
     results: list[ChatResult] = []
-    chunks = ChunkMaker(checked.include_usage)
+    chunks = ChunkMaker(checked.include_usage, oobabooga=checked.oobabooga)
     try:
         pieces = answer(checked.messages, None, checked.model, checked.gen, results.append, cancel,
                         extra=checked.extra)
     except Exception as exc:
-        yield error_object(exc)
+        yield chunks.failure(exc)
         return
     yield from chunks.relay(pieces, results)
 
@@ -182,6 +193,8 @@ def stream_chat_completion(answer: Answer, request: Any,
 #: which doubles the cost of encoding a chunk.
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 _TEXT = "\u0000text\u0000"  # marks where a text chunk's content goes (see ChunkMaker.text_event)
+#: What ends an OpenAI stream after its last chunk.
+DONE_EVENT = b"data: [DONE]\n\n"
 
 
 def event(item: dict[str, Any]) -> bytes:
@@ -192,16 +205,29 @@ def event(item: dict[str, Any]) -> bytes:
 class ChunkMaker:
     """The ``chat.completion.chunk`` dicts of one stream: one id; the first chunk with the
     role and who began the answer, the last with ``x_fallback``, then the usage chunk when
-    the request asked for it (see ``stream_chat_completion``)."""
+    the request asked for it (see ``stream_chat_completion``), and ``done_event``.
 
-    def __init__(self, include_usage: bool) -> None:
+    ``oobabooga``: the stream is shaped as text-generation-webui sent it up to 4.0 (its
+    ``extensions/openai``): every delta has a text (``""`` in the last chunk, and in an
+    error event, which gets an empty choice), the usage rides on the last chunk, and
+    nothing follows it, no ``data: [DONE]``. Hosts written for it read
+    ``payload['choices'][0]['delta']['content']`` of every event: Z-WAIF's stream loop
+    stops at anything else, and OpenAI's shapes have plenty.
+    """
+
+    def __init__(self, include_usage: bool, *, oobabooga: bool = False) -> None:
         self.id, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         self.include_usage = include_usage
-        self._extra = {"usage": None} if include_usage else {}
+        self.oobabooga = oobabooga
+        self._extra = {"usage": None} if include_usage and not oobabooga else {}
+        #: what the stream's bytes end with, after its last chunk
+        self.done_event = b"" if oobabooga else DONE_EVENT
         self.began = False  # the first piece's chunk has been made
         self._frames: dict[str, tuple[bytes, bytes]] = {}  # model -> around a text chunk's content
 
     def chunk(self, model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        if self.oobabooga and delta.get("content") is None:
+            delta = {**delta, "content": ""}
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                 "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
                 **self._extra}
@@ -233,7 +259,10 @@ class ChunkMaker:
                           result.finish_reason)
         last["x_fallback"] = fallback_info(result)
         usage = result.usage()
-        if not (self.include_usage and usage is not None):
+        if usage is None or not (self.include_usage or self.oobabooga):
+            return [last]
+        if self.oobabooga:  # on the last chunk, asked for or not, as text-generation-webui sent it
+            last["usage"] = usage
             return [last]
         return [last, {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                        "model": result.model, "choices": [], "usage": usage}]
@@ -245,10 +274,17 @@ class ChunkMaker:
             for piece in pieces:
                 yield self.piece(piece)
         except Exception as exc:
-            yield error_object(exc)
+            yield self.failure(exc)
             return
         if results:  # none: cancelled, the reader is gone and nothing more is said
             yield from self.ending(results[0])
+
+    def failure(self, exc: BaseException) -> dict[str, Any]:
+        """The error object that ends the stream, for ``exc``."""
+        failure = error_object(exc)
+        if self.oobabooga:
+            failure["choices"] = [{"index": 0, "delta": {"content": ""}, "finish_reason": None}]
+        return failure
 
 
 def fallback_info(result: ChatResult) -> dict[str, Any]:

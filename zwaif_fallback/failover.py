@@ -218,7 +218,7 @@ class ChatRun:
             tokens=self.tokens,
             switches=self.switches,
             finish_reason="tool_calls" if self.tool_deltas else
-            "length" if self.attempts[-1].tokens >= params.max_tokens else "stop",
+            "length" if _capped(target, params) and self.attempts[-1].tokens >= params.max_tokens else "stop",
             tool_calls=merge_tool_calls(self.tool_deltas),
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=self.completion_tokens + _counted(usage, self.attempts[-1].tokens),
@@ -374,3 +374,9 @@ def _retryable(exc: Exception) -> bool:
 def _counted(usage: Usage, pieces: int) -> int:
     """The tokens a target reported for its part, or its pieces when it reported none."""
     return usage.completion_tokens if usage.completion_tokens is not None else pieces
+
+
+def _capped(target: Target, params: GenerationParams) -> bool:
+    """Whether ``params.max_tokens`` bounded the target's answer: a server is sent it only
+    when the caller chose it (``OpenAIBackend``), a local model always."""
+    return target.source == "local" or "max_tokens" in params.model_fields_set

@@ -27,7 +27,7 @@ from .backends.base import TargetFailed, ToolCalls, Usage
 from .completions import ChunkMaker, error_object, status_of, who_answered
 from .failover import ChatRun, Piece, Target
 from .results import ChatResult
-from .sse import DONE_EVENT, ChunkPump, event
+from .sse import ChunkPump, event
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -123,7 +123,7 @@ class Relay:
             raise
         except Exception as exc:  # a last guard: the response must end, with the error
             if not self._ended:
-                await self._emit([error_object(exc)], last=True)
+                await self._emit([self._chunks.failure(exc)], last=True)
             return
         if not self._ended:
             await self._emit(_END, last=True)
@@ -180,7 +180,7 @@ class Relay:
                     await asyncio.to_thread(plan.finished, result)
                 else:
                     plan.finished(result)
-                await self._emit([*self._chunks.ending(result), DONE_EVENT], last=True)
+                await self._emit([*self._chunks.ending(result), self._chunks.done_event], last=True)
                 return
             if not run.settled(usage):  # a cut tool call: no target can go on with it
                 await self._hand_over(iter(()))
@@ -245,8 +245,7 @@ class Relay:
         plan, results = self._plan, list[ChatResult]()
         began = self._chunks.began
         pump = ChunkPump(self._chunks.relay(plan.pieces(self._run, targets, results.append), results),
-                         self._cancel,
-                         first_raw=not began)
+                         self._cancel, done=self._chunks.done_event, first_raw=not began)
         try:
             if not began:
                 first = await pump.first()

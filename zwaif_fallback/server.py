@@ -248,7 +248,7 @@ class _Api:
             plan = self.manager.chat_plan(checked, cancel=Cancel())
         except InvalidSettings as exc:
             return JSONResponse(error_object(exc), status_code=400)
-        relay = Relay(plan, ChunkMaker(checked.include_usage))
+        relay = Relay(plan, ChunkMaker(checked.include_usage, oobabooga=checked.oobabooga))
         relay.watch(request)
         self._streams.add(relay)
         return relay  # the response: the task that reads the first chunk starts it

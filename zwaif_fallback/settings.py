@@ -117,6 +117,8 @@ class FallbackSettings(BaseSettings):
     download_to: Literal["models_dir", "hf_cache"] = Field(
         "models_dir", description="where pull puts a model: models_dir, or the Hugging Face cache")
     hf_models: NameList = Field(default_factory=list, description="extra HF model folders or ids")
+    characters_dir: str = Field("", description="text-generation-webui's folder: the personas of the "
+                                                "characters its hosts name, for local models")
     primary_url: Url = Field("", description="base URL of the main OpenAI-compatible API")
     primary_model: str = Field("", description="model name sent to the main API")
     primary_api_key: SecretStr = Field(SecretStr(""), description="API key of the main API")

@@ -18,25 +18,26 @@ from typing import Any
 
 from .completions import error_object, event
 
-__all__ = ["DONE_EVENT", "ChunkPump", "event"]
+__all__ = ["ChunkPump", "event"]
 
-DONE_EVENT = b"data: [DONE]\n\n"
-#: Ends the pump's output: after ``DONE_EVENT``, after an error event, or when stopped.
+#: Ends the pump's output: after ``done``, after an error event, or when stopped.
 _END = object()
 class ChunkPump:
     """Runs a blocking iterator of chunk dicts on a thread of its own, for the event loop.
 
     The first item comes back as a dict (the response's status and headers depend on it),
     every later one as its encoded event (with ``first_raw=False``, the first too: a stream
-    that has begun already); the output ends with ``DONE_EVENT``, or right after an error
-    event (OpenAI ends a failed stream with the error). ``close`` sets ``stopped``,
-    the iterator's own cancel event: the chain then stops within a tenth of a second,
-    closing the upstream request or the local generation, and the thread closes the iterator.
+    that has begun already); the output ends with ``done`` (``ChunkMaker.done_event``: OpenAI's
+    ``data: [DONE]``, or nothing for Oobabooga's hosts), or right after an error event (OpenAI
+    ends a failed stream with the error). ``close`` sets ``stopped``, the iterator's own
+    cancel event: the chain then stops within a tenth of a second, closing the upstream
+    request or the local generation, and the thread closes the iterator.
     """
 
-    def __init__(self, items: Iterator[dict[str, Any]], stopped: threading.Event, *,
+    def __init__(self, items: Iterator[dict[str, Any]], stopped: threading.Event, *, done: bytes,
                  first_raw: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
+        self._done = done
         self._first_raw = first_raw
         self._items = items
         self.stopped = stopped
@@ -56,7 +57,8 @@ class ChunkPump:
                 if "error" in item:
                     break
             else:
-                self._put(DONE_EVENT)
+                if self._done:
+                    self._put(self._done)
         except Exception as exc:  # stream_chat_completion never raises; this is a last guard
             failure = error_object(exc)
             self._put(failure if first else event(failure))

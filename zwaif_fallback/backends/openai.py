@@ -31,6 +31,9 @@ __all__ = ["OpenAIBackend"]
 OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "max_tokens",
                         "max_completion_tokens", "temperature", "top_p", "stop", "seed", "n"})
 
+#: Sent only when the caller set them (``GenerationParams``' defaults are for local models).
+SAMPLER_FIELDS = frozenset({"max_tokens", "temperature", "top_p"})
+
 
 class OpenAIBackend(Backend):
     """Streams chat completions from ``base_url`` (e.g. ``http://127.0.0.1:5000/v1``).
@@ -166,9 +169,9 @@ class OpenAIBackend(Backend):
             "messages": [*(sent if isinstance(sent, list) else messages),
                          *([{"role": "assistant", "content": prefix}] if prefix else [])],
             "stream": True,
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
+            # only what the caller chose: a server's own defaults (a preset, a Modelfile's
+            # temperature, its length limit) stay in force for the rest
+            **params.model_dump(include=set(SAMPLER_FIELDS & params.model_fields_set)),
         }
         if params.stop:
             body["stop"] = params.stop
