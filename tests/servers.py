@@ -227,6 +227,10 @@ class HangServer:
 
     def close(self) -> None:
         self._closed = True
+        try:  # wakes the accepting thread, which would keep the port listening
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
         for conn in self._held:
             conn.close()

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import threading
+
+import pytest
 from conftest import FakeClock
+from servers import wait_until
 
 from zwaif_fallback.breaker import CircuitBreaker
 
@@ -52,3 +56,85 @@ def test_a_hung_target_opens_at_once():
     assert not breaker.allow() and breaker.snapshot().state == "open"
     clock.now = 31.0
     assert breaker.allow()  # half-open: the probe goes through as for any open circuit
+
+
+class Probe:
+    """A probe that answers what the test says, when it says, taking ``takes_s`` of the
+    breaker's clock."""
+
+    def __init__(self, clock: FakeClock | None = None, takes_s: float = 0.0) -> None:
+        self.calls = 0
+        self.started = threading.Event()
+        self.answer: bool | Exception = True
+        self.release = threading.Event()
+        self.clock, self.takes_s = clock, takes_s
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        self.started.set()
+        assert self.release.wait(10)
+        if self.clock is not None:
+            self.clock.now += self.takes_s
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def settle(breaker: CircuitBreaker) -> None:
+    wait_until(lambda: not breaker.snapshot().probing, timeout_s=5, what="the probe to end")
+
+
+def test_with_a_probe_no_caller_is_sent_to_check_a_target():
+    clock, probe = FakeClock(), Probe()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=10, clock=clock, probe=probe)
+    breaker.record_failure(hung=True)
+    clock.now = 10
+    assert not breaker.allow()  # the cooldown is over: the probe starts, the caller goes on
+    assert probe.started.wait(5)
+    assert not breaker.allow() and breaker.snapshot().probing  # one probe at a time
+    probe.release.set()
+    settle(breaker)
+    assert probe.calls == 1 and breaker.snapshot().state == "closed" and breaker.allow()
+
+
+@pytest.mark.parametrize("answer", [False, RuntimeError("boom")], ids=["no-answer", "raises"])
+@pytest.mark.parametrize("takes_s, again_in_s", [(5.0, 10.0), (0.1, 2.0)], ids=["waited", "refused"])
+def test_a_probe_that_gets_no_answer_opens_the_circuit_again(answer, takes_s, again_in_s):
+    # A probe that waited on the target opens it for a whole cooldown; one that failed at once
+    # (nothing is listening) cost nothing and is made again soon.
+    clock = FakeClock()
+    probe = Probe(clock, takes_s)
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=10, clock=clock, probe=probe,
+                             probe_again_s=2.0)
+    breaker.record_failure()
+    probe.answer = answer
+    probe.release.set()
+    clock.now = 10
+    assert not breaker.allow()
+    settle(breaker)
+    state = breaker.snapshot()
+    assert (state.state, state.retry_in_s, probe.calls) == ("open", again_in_s, 1)
+    clock.now += again_in_s - 0.01
+    assert not breaker.allow() and probe.calls == 1
+    clock.now += 0.01
+    assert not breaker.allow()
+    wait_until(lambda: probe.calls == 2, timeout_s=5, what="the next probe")
+
+
+def test_the_probe_starts_when_the_cooldown_ends_without_a_chat():
+    probe = Probe()
+    probe.release.set()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=0.2, probe=probe)
+    breaker.record_failure()
+    assert probe.started.wait(5)  # nobody called allow()
+    settle(breaker)
+    assert breaker.snapshot().state == "closed"
+
+
+def test_a_closed_breaker_starts_no_probe():
+    probe = Probe()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=0.1, probe=probe)
+    breaker.record_failure()
+    breaker.close()
+    threading.Event().wait(0.3)
+    assert probe.calls == 0 and not breaker.allow()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 from builders import write_gguf
 from conftest import local_models, run_cli
-from servers import FaultProxy, HangServer, LlamaServer, refused_url, wait_until
+from servers import FaultProxy, HangServer, LlamaServer, ScriptedServer, refused_url, wait_until
 
 from zwaif_fallback import AllTargetsFailed, FallbackManager, FallbackSettings, InvalidSettings
 from zwaif_fallback.backends.base import GenerationParams
@@ -88,6 +89,38 @@ def test_a_hung_primary_yields_at_the_deadline_then_is_skipped(manager):
     assert "within" in first.error
     assert second.source == "local" and second.attempts[0].tries == 0
     assert second.attempts[0].error.startswith("circuit open: skipped")
+
+
+def test_a_hung_primary_is_checked_by_a_probe_of_its_own_not_by_a_chat(isolated):
+    hang = HangServer()
+    url, later = hang.url, [0.0]  # seconds added to the manager's clock: cooldowns pass at once
+    settings = FallbackSettings(timeout=5, models_dir=isolated / "models", scan_system_stores=False,
+                                keep_alive=0, preferred_model=SMOL)
+    upstream = None
+    with FallbackManager(settings, background=False, clock=lambda: time.monotonic() + later[0]) as manager:
+        try:
+            manager.chat(ASK, primary=url, **GEN)  # waits out the deadline: the circuit opens
+            later[0] = 31.0
+            after_cooldown = manager.chat(ASK, primary=url, **GEN)
+            # The chat went on to the local model at once; a probe of its own asks the server.
+            wait_until(lambda: hang.accepted == 2, timeout_s=5, what="the probe's request")
+            assert manager.breaker_states()[url]["probing"]
+            hang.close()  # the server goes; one that answers comes up on its port
+            upstream = ScriptedServer(["back"], port=int(url.split(":")[2].split("/")[0]))
+            # The probe failed at once (its connection closed): the next one follows soon,
+            # with no chat and no cooldown to wait for.
+            wait_until(lambda: manager.breaker_states()[url]["state"] == "closed", timeout_s=10,
+                       what="the next probe to close the circuit")
+            back = manager.chat(ASK, primary=url, **GEN)
+        finally:
+            hang.close()
+            if upstream is not None:
+                upstream.close()
+    skipped = after_cooldown.attempts[0]
+    assert after_cooldown.source == "local" and skipped.tries == 0, after_cooldown.attempts
+    assert skipped.error == "circuit open: skipped (a probe is checking whether it answers again)"
+    assert (back.source, back.text) == ("primary", "back")
+    assert upstream.bodies[0]["max_tokens"] == 1 and len(upstream.bodies) == 2  # the probe, the chat
 
 
 def test_500s_are_retried_then_fall_back(manager, proxy):

@@ -34,7 +34,8 @@ def test_soak_chats_survive_a_flapping_primary_and_model_switches(isolated, smol
     write_gguf(models / "tiny.gguf", seed=5)
     settings = FallbackSettings(models_dir=models, scan_system_stores=False, keep_alive=0,
                                 timeout=5, max_retries=2, vram_monitoring=False)
-    server = LlamaServer(smollm2, n_ctx=512).start()
+    # It queues requests as Oobabooga does (its default would stop an answer for each newer one).
+    server = LlamaServer(smollm2, n_ctx=512, interrupt_requests=False).start()
     with FallbackManager(settings) as manager:
         expected = {}
         for name in ("tiny", SMOL):  # what each local model answers to each prompt

@@ -157,9 +157,10 @@ class ChatRun:
         if target.breaker is None or target.breaker.allow():
             return False
         state = target.breaker.snapshot()
+        why = "a probe is checking whether it answers again" if state.probing else \
+            f"retry in {state.retry_in_s:.0f} s"
         self.attempts.append(Attempt(target=target.name, source=target.source, ok=False,
-                                     error=f"circuit open: skipped (retry in "
-                                           f"{state.retry_in_s:.0f} s)", latency_s=0.0, tries=0))
+                                     error=f"circuit open: skipped ({why})", latency_s=0.0, tries=0))
         return True
 
     def took(self, piece: str | ToolCalls, target: Target, produced: int, now: float) -> None:

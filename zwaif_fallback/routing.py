@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from .backends.base import TargetFailed
+from .backends.base import GenerationParams, TargetFailed
 from .backends.host import HostBackend
 from .backends.openai import OpenAIBackend
 from .breaker import BreakerState, CircuitBreaker
@@ -136,6 +136,9 @@ class Router:
     def close(self) -> None:
         with self._lock:
             remotes, self._remotes = list(self._remotes.values()), {}
+            breakers = list(self._breakers.values())
+        for breaker in breakers:
+            breaker.close()
         for backend in remotes:
             backend.close()
 
@@ -157,10 +160,13 @@ class Router:
                                         read_timeout_s=settings.timeout + 5.0)
                 self._remotes[(url, configured, key)] = backend
         chosen = model if is_primary else None
+        breaker = self.breaker(url)
+        # the probe asks as the last chat did: a server such as Ollama refuses unknown models
+        breaker.probe = partial(_answers_a_chat, backend, chosen, settings.timeout)
         return Target(name=url, source="primary" if is_primary else "remote",
                       stream=partial(backend.stream, model=chosen, extra=extra),
                       astream=partial(backend.astream, model=chosen, extra=extra),
-                      breaker=self.breaker(url),
+                      breaker=breaker,
                       on_breaker_open=self._on_primary_down if is_primary else None)
 
     def _local_target(self, model: ModelInfo, extra: dict[str, Any]) -> Target:
@@ -194,3 +200,32 @@ def _ignoring(stream: Callable[..., Iterator[str]], name: str, fields: list[str]
               *args: Any, **kwargs: Any) -> Iterator[str]:
     log.debug("local model %s ignores the request's field(s) %s", name, ", ".join(fields))
     return stream(*args, **kwargs)
+
+
+#: What a circuit breaker's probe asks a server: one token of an answer is enough.
+PROBE_MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+def _answers_a_chat(backend: OpenAIBackend, model: str | None, deadline_s: float) -> bool:
+    """Whether ``backend`` begins an answer within ``deadline_s``: a circuit breaker's
+    probe, on a thread of its own (``CircuitBreaker``)."""
+    late = threading.Event()
+    timer = threading.Timer(deadline_s, late.set)  # setting it closes the response
+    timer.daemon = True
+    timer.start()
+    why = ""
+    try:
+        for _ in backend.stream(PROBE_MESSAGES, GenerationParams(max_tokens=1), deadline_s=deadline_s,
+                                cancel=late, model=model):
+            break
+    except Exception as exc:  # TargetFailed, or whatever the response closed at the deadline raised
+        why = str(exc)
+    finally:
+        timer.cancel()
+    if late.is_set():
+        why = f"no word in {deadline_s:.0f} s"
+    if why:
+        log.info("%s still does not answer: %s", backend.base_url, why)
+        return False
+    log.info("%s answers again: its circuit is closed", backend.base_url)
+    return True
