@@ -204,6 +204,8 @@ def test_a_cut_stream_is_continued_by_the_next_target(manager, proxy):
     assert (switch.from_target, switch.to_target, switch.at_char) == (proxy.url, SMOL, len(head))
     assert result.text.startswith(head) and len(result.text) > len(head)
     assert result.source == "local" and result.attempts[0].tokens == 4
+    # max_tokens bounds the whole answer, not each target's part of it
+    assert (result.tokens, result.finish_reason) == (GEN["max_tokens"], "length"), result
 
 
 def test_a_stalled_stream_is_continued_after_the_stall_limit(manager, proxy):

@@ -233,20 +233,29 @@ def test_a_tool_call_cut_off_ends_the_stream_with_an_error_not_a_continuation(is
     assert remote.bodies == []  # not asked to continue half a call
 
 
-def test_an_interrupted_primary_stream_is_continued_not_taken_as_the_answer(isolated: Path):
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_interrupted_primary_stream_is_continued_not_taken_as_the_answer(isolated: Path, stream: bool):
     # llama.cpp's server ends the answer it streams with a bare [DONE] when a newer request arrives.
     interrupted, remote = ScriptedServer(["Red, "], interrupted=True), ScriptedServer(["green."])
     try:
         with serve(isolated, interrupted.url, remote_urls=[remote.url]) as (served, _):
-            answer = client(served.url).chat.completions.create(model="x", messages=ASK, **GEN)
+            answer = client(served.url).chat.completions.create(model="x", messages=ASK, stream=stream,
+                                                                **GEN)
+            if stream:
+                chunks = list(answer)
+                text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                info = (chunks[-1].model_extra or {})["x_fallback"]
+            else:
+                text, info = answer.choices[0].message.content, (answer.model_extra or {})["x_fallback"]
     finally:
         interrupted.close()
         remote.close()
-    assert answer.choices[0].message.content == "Red, green."
-    info = (answer.model_extra or {})["x_fallback"]
+    assert text == "Red, green."
     assert info["switches"] == [{"at_char": 5, "from_target": interrupted.url, "to_target": remote.url}]
     assert "ended the stream before the answer was finished" in info["attempts"][0]["error"]
     assert remote.bodies[0]["messages"][-1] == {"role": "assistant", "content": "Red, "}
+    # max_tokens bounds the whole answer: the remote is left what the primary did not use
+    assert remote.bodies[0]["max_tokens"] == GEN["max_tokens"] - 1
 
 
 # -- a host written for Oobabooga: Z-WAIF ----------------------------------------------------

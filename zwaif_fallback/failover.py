@@ -152,6 +152,16 @@ class ChatRun:
         """The answer so far, which the next target continues."""
         return "".join(self.parts)
 
+    def budget(self, params: GenerationParams) -> GenerationParams:
+        """``params`` for the target that continues the answer: what is left of
+        ``max_tokens``, which bounds the whole answer, not each target's part."""
+        if not self.tokens:
+            return params
+        left = max(params.max_tokens - self.tokens, 1)
+        # model_construct keeps which fields the caller chose: a server is sent only those
+        return GenerationParams.model_construct(params.model_fields_set,
+                                                **{**params.model_dump(), "max_tokens": left})
+
     def skipped(self, target: Target) -> bool:
         """Whether ``target``'s circuit is open (then the attempt says so, and it is skipped)."""
         if target.breaker is None or target.breaker.allow():
@@ -219,7 +229,7 @@ class ChatRun:
             tokens=self.tokens,
             switches=self.switches,
             finish_reason="tool_calls" if self.tool_deltas else
-            "length" if _capped(target, params) and self.attempts[-1].tokens >= params.max_tokens else "stop",
+            "length" if _capped(target, params) and self.tokens >= params.max_tokens else "stop",
             tool_calls=merge_tool_calls(self.tool_deltas),
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=self.completion_tokens + _counted(usage, self.attempts[-1].tokens),
@@ -296,7 +306,7 @@ class FailoverChain:
     def _try(self, target: Target, messages: list[dict[str, str]], params: GenerationParams,
              run: ChatRun, usage: Usage) -> Iterator[str | ToolCalls]:
         start, produced, tries = self.clock(), 0, [0]
-        prefix = run.prefix
+        prefix, params = run.prefix, run.budget(params)
         try:
             pieces = (self._guarded(target, messages, params, prefix, tries, usage) if target.guarded
                       else self._direct(target, messages, params, prefix, tries, usage))

@@ -225,8 +225,9 @@ class Relay:
             with attempt:
                 tries[0] += 1
                 remaining = chain.time_left(deadline)
-                stream = target.astream(plan.messages, plan.params, prefix=self._run.prefix,
-                                        deadline_s=remaining, stall_s=chain.stall_s, usage=usage)
+                stream = target.astream(plan.messages, self._run.budget(plan.params),
+                                        prefix=self._run.prefix, deadline_s=remaining,
+                                        stall_s=chain.stall_s, usage=usage)
                 first = await _first(stream, remaining)
         assert stream is not None
         try:
