@@ -67,7 +67,6 @@ def test_check_a_file_path(isolated, tiny_gguf):
 
 @pytest.mark.parametrize("args, message", [
     (["check", "no-such-model"], "no model named 'no-such-model'"),
-    (["check", SMOL, "--ctx", "0"], "must be at least 1"),
     (["check", SMOL, "--ctx", "lots"], "not a whole number"),
     (["check", SMOL, "--kv-type", "q2"], "invalid choice"),
     (["check", SMOL, "--free-vram-mb", "nan"], "free_vram_mb=nan is out of range"),
@@ -87,6 +86,57 @@ def test_bad_input_exits_2_with_one_clear_line(isolated, args, message):
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (isolated / "fallback_settings.json").exists()
+
+
+def test_an_unknown_name_lists_usable_models_and_counts_broken_ones(isolated, tiny_gguf):
+    (isolated / "models").mkdir()
+    shutil.copy(tiny_gguf, isolated / "models" / "tiny.gguf")
+    (isolated / "models" / "aaa-broken.gguf").write_bytes(b"nope")
+    result = run_cli("check", "no-such-model", cwd=isolated)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: no model named 'no-such-model'; known models: tiny, {SMOL} "
+                             "(1 broken model not listed; see why with: zwaif-fallback models)\n")
+
+
+def test_check_an_existing_folder_by_its_bare_name_opens_it(isolated):
+    (isolated / "not-a-model").mkdir()
+    result = run_cli("check", "not-a-model", cwd=isolated)
+    assert result.returncode == 1 and "not a Hugging Face model folder" in result.stderr
+
+
+@pytest.mark.parametrize("path", ["/no/such/model.gguf", "missing.gguf", "sub/missing"])
+def test_check_a_missing_path_says_no_file_is_there(isolated, path):
+    result = run_cli("check", path, cwd=isolated)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: no file at {path!r}, and no model has that name: "
+                                    "check the path;")
+
+
+def test_check_ctx_takes_the_range_of_the_n_ctx_setting(isolated):
+    low, high = 512, 131072  # DESIGN.md's n_ctx range, which test_settings pins for the setting
+    for bad in (low - 1, high + 1):
+        result = run_cli("check", SMOL, "--ctx", str(bad), cwd=isolated)
+        assert result.returncode == 2
+        assert f"argument --ctx: {bad} is out of range: use {low} to {high}" in result.stderr
+    assert cli_json("check", SMOL, "--ctx", str(low), "--no-dry-run", cwd=isolated)["n_ctx"] == low
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--duration", "5"], "error: --duration must be between 10 and 300 seconds; got 5\n"),
+    (["--duration", "30", "--interval", "0.01"],
+     "error: --interval must be between 0.1 and 60 seconds; got 0.01\n"),
+    (["--duration", "20", "--interval", "30"],
+     "error: --interval (30 s) must not exceed --duration (20 s)\n"),
+])
+def test_monitor_errors_name_the_options_typed(isolated, args, message):
+    result = run_cli("monitor", *args, cwd=isolated)
+    assert (result.returncode, result.stderr) == (2, message)
+
+
+def test_settings_set_a_choice_lists_the_choices(isolated):
+    result = run_cli("settings", "--set", "download_to=somewhere", cwd=isolated)
+    assert result.returncode == 2
+    assert result.stderr.endswith("; allowed: models_dir or hf_cache\n")
 
 
 def test_an_invalid_model_file_is_a_failed_operation(isolated):

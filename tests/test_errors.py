@@ -39,6 +39,24 @@ def test_not_found_errors_are_lookup_errors():
     assert str(errors.JobNotFound("abc")) == "no job with id 'abc'"
 
 
+def test_model_not_found_lists_usable_models_and_only_counts_broken_ones():
+    message = str(errors.ModelNotFound("nosuch", ["good", "smol"], broken=["aaa-broken", "abc-bad"]))
+    assert message == ("no model named 'nosuch'; known models: good, smol "
+                       "(2 broken models not listed; see why with: zwaif-fallback models)")
+
+
+def test_model_not_found_with_only_broken_models_says_none_is_usable():
+    message = str(errors.ModelNotFound("nosuch", [], broken=["abc-bad"]))
+    assert message == ("no model named 'nosuch'; no usable model was discovered "
+                       "(1 broken model not listed; see why with: zwaif-fallback models)")
+
+
+def test_model_not_found_for_a_path_says_no_file_is_there():
+    message = str(errors.ModelNotFound("models/missing", ["good"], path=True))
+    assert message == ("no file at 'models/missing', and no model has that name: check the path; "
+                       "known models: good (list them with: zwaif-fallback models)")
+
+
 @pytest.mark.parametrize(("host", "port", "error", "advice"), [
     ("127.0.0.1", 99999, errors.InvalidSettings, "use 0 to 65535"),  # bind: OverflowError
     ("127.0.0.1", -1, errors.InvalidSettings, "use 0 to 65535"),

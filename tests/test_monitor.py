@@ -13,7 +13,14 @@ import pytest
 from conftest import FakeClock
 
 from zwaif_fallback.errors import InvalidSettings
-from zwaif_fallback.monitor import BackgroundSampler, MonitoringReport, MonitorSession, Sample, summarize
+from zwaif_fallback.monitor import (
+    BackgroundSampler,
+    MonitoringReport,
+    MonitorSession,
+    Sample,
+    session_problems,
+    summarize,
+)
 
 WALL = 1_700_000_000.0
 
@@ -106,6 +113,15 @@ def test_every_problem_is_listed():
     with pytest.raises(InvalidSettings) as info:
         MonitorSession(FakeMachine(), duration_s=1, interval_s=0)
     assert [p.split(" ")[0] for p in info.value.problems] == ["duration_s", "interval_s"]
+
+
+def test_session_problems_name_the_values_as_the_caller_does():
+    cli = ("--duration", "--interval")
+    assert session_problems(5, 0, names=cli) == [
+        "--duration must be between 10 and 300 seconds; got 5",
+        "--interval must be between 0.1 and 60 seconds; got 0"]
+    assert session_problems(20, 30, names=cli) == ["--interval (30 s) must not exceed --duration (20 s)"]
+    assert session_problems(20.0, 0.5, names=cli) == []
 
 
 @pytest.mark.parametrize(("duration_s", "interval_s", "count"), [(10, 1, 11), (10, 0.1, 101), (300, 60, 6),

@@ -36,13 +36,32 @@ def test_defaults_match_the_design_table():
 @pytest.mark.parametrize("name", sorted(RANGES))
 def test_bounds_are_enforced_and_named(name):
     _, low, high = RANGES[name]
-    assert describe_range(FallbackSettings.model_fields[name]) == f"{low:g} to {high:g}"
+    whole = "a whole number from " if FallbackSettings.model_fields[name].annotation is int else ""
+    assert describe_range(FallbackSettings.model_fields[name]) == f"{whole}{low:g} to {high:g}"
     FallbackSettings(**{name: low})
     FallbackSettings(**{name: high})
     for bad in (low - 1, high + 1):
         with pytest.raises(InvalidSettings) as err:
             FallbackSettings(**{name: bad})
         assert name in str(err.value) and f"{low:g} to {high:g}" in str(err.value)
+
+
+@pytest.mark.parametrize(("name", "value", "allowed"), [
+    ("download_to", "somewhere", "models_dir or hf_cache"),
+    ("auto_switch", "maybe", "true or false"),
+    ("max_retries", "2.5", "a whole number from 1 to 10"),
+    ("timeout", "soon", "5 to 120"),
+    ("models_dir", 5, "a folder or file path"),
+    ("primary_url", "127.0.0.1:5000", "an http:// or https:// URL, or empty"),
+    ("remote_urls", "127.0.0.1:5000", "a list of http:// or https:// URLs, comma-separated or as JSON"),
+    ("hf_models", "[org/a", "a list, comma-separated or as JSON"),
+])
+def test_a_bad_value_is_refused_with_what_is_allowed(name, value, allowed):
+    with pytest.raises(InvalidSettings) as err:
+        FallbackSettings().saved(**{name: value})
+    assert str(err.value).startswith(f"{name}={value!r} is not valid (")
+    assert str(err.value).endswith(f"); allowed: {allowed}")
+    assert "Value error" not in str(err.value)  # pydantic's wording, not ours
 
 
 def test_environment_overrides_file_and_arguments_override_environment(monkeypatch):

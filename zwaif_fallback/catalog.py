@@ -68,7 +68,8 @@ class Catalog:
         """The model a person means by ``name_or_path``.
 
         Names are matched against the catalog (exactly, then ignoring case). Only
-        text that looks like a path and names an existing file or folder is opened.
+        an existing file or folder is opened, and only when the text looks like a path or
+        names a folder (a bare folder name in the current directory).
 
         Raises:
             ModelNotFound: with the closest known names.
@@ -82,15 +83,17 @@ class Catalog:
             found = [m for m in models if match(m)]
             if len(found) == 1:
                 return found[0]
-        if wanted and looks_like_path(wanted):
+        if wanted and (looks_like_path(wanted) or Path(wanted).is_dir()):
             path = Path(wanted).expanduser()
             if path.exists() or path.is_symlink():
                 return self.inspect_path(path, settings)
-        names = [m.name for m in models]
+        usable = [m.name for m in models if m.valid]
+        broken = [m.name for m in models if not m.valid]
+        names = usable + broken  # usable first, so that the suggestions prefer them
         lowered = wanted.lower()
         close = [n for n in names if lowered and lowered in n.lower()][:3]
         close = close or difflib.get_close_matches(wanted, names, n=3, cutoff=0.5)
-        raise ModelNotFound(wanted, names, close)
+        raise ModelNotFound(wanted, usable, close, broken=broken, path=looks_like_path(wanted))
 
     def inspect_path(self, path: Path, settings: FallbackSettings) -> ModelInfo:
         """Read one file or folder the user pointed at."""

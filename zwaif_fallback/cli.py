@@ -35,6 +35,7 @@ from .errors import BackendUnavailable, FallbackError, InvalidSettings
 from .fit import KV_TYPES
 from .logs import setup_logging
 from .manager import FallbackManager
+from .monitor import DURATION_RANGE_S, INTERVAL_RANGE_S, session_problems
 from .settings import FallbackSettings
 
 if TYPE_CHECKING:
@@ -116,6 +117,23 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _context_size(text: str) -> int:
+    """--ctx: within the n_ctx setting's range, so that what `check` accepts a load can use."""
+    value = _whole_number(text)
+    low, high = _setting_bounds("n_ctx")
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(
+            f"{value} is out of range: use {low:g} to {high:g}, the range of the n_ctx setting")
+    return value
+
+
+def _setting_bounds(name: str) -> tuple[float, float]:
+    metadata = FallbackSettings.model_fields[name].metadata
+    low = next(m.ge for m in metadata if getattr(m, "ge", None) is not None)
+    high = next(m.le for m in metadata if getattr(m, "le", None) is not None)
+    return low, high
 
 
 def _port(text: str) -> int:
@@ -248,7 +266,8 @@ def cmd_models(manager: FallbackManager, args: argparse.Namespace) -> int:
 
 def _check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="a model name (see 'models') or a file path")
-    parser.add_argument("--ctx", type=_positive_int, metavar="N", help="context size")
+    parser.add_argument("--ctx", type=_context_size, metavar="N",
+                        help="context size, {:g} to {:g}".format(*_setting_bounds("n_ctx")))
     parser.add_argument("--gpu-layers", type=int, metavar="K",
                         help="llama.cpp's n_gpu_layers (-1 = all); default: the most that fit")
     parser.add_argument("--flash-attn", action="store_true", help="estimate with flash attention")
@@ -274,7 +293,8 @@ def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="*", metavar="MODEL",
                         help="REPO/FILE.gguf, a repo id, or the URL of a .gguf file; "
                              "default: the curated list")
-    parser.add_argument("--ctx", type=_positive_int, metavar="N", help="context size to plan for")
+    parser.add_argument("--ctx", type=_context_size, metavar="N",
+                        help="context size to plan for, {:g} to {:g}".format(*_setting_bounds("n_ctx")))
 
 
 @command("recommend", "which GGUF models on the Hugging Face Hub fit this machine, before downloading",
@@ -394,12 +414,18 @@ def cmd_health(manager: FallbackManager, args: argparse.Namespace) -> int:
 
 
 def _monitor_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, required=True, metavar="S", help="10-300 seconds")
-    parser.add_argument("--interval", type=float, default=1.0, metavar="I", help="seconds (0.1-60)")
+    parser.add_argument("--duration", type=float, required=True, metavar="S",
+                        help="{:g} to {:g} seconds".format(*DURATION_RANGE_S))
+    parser.add_argument("--interval", type=float, default=1.0, metavar="I",
+                        help="seconds between samples, {:g} to {:g}".format(*INTERVAL_RANGE_S))
 
 
 @command("monitor", "sample VRAM, RAM, CPU and tokens/s for a while", _monitor_arguments)
 def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
+    # Checked here as well as by the session, so that the message names the options typed.
+    problems = session_problems(args.duration, args.interval, names=("--duration", "--interval"))
+    if problems:
+        raise InvalidSettings("; ".join(problems), problems=problems)
     manager.start_monitoring(args.duration, args.interval)
     interrupted = False
     try:

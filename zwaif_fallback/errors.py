@@ -83,17 +83,41 @@ class ModelNotFound(FallbackError, LookupError):
 
     exit_code = 2
 
-    def __init__(self, name: str, known: Sequence[str] = (), suggestions: Sequence[str] = ()):
+    def __init__(self, name: str, known: Sequence[str] = (), suggestions: Sequence[str] = (),
+                 *, broken: Sequence[str] = (), path: bool = False) -> None:
+        """
+        Args:
+            name: what the person typed.
+            known: the usable models' names, listed in the message (the first 8).
+            suggestions: the closest of them, asked about instead of the list.
+            broken: the names of models found but unusable: counted, not listed, since
+                naming one invites using it; ``zwaif-fallback models`` says why each fails.
+            path: ``name`` looks like a path (``catalog.looks_like_path``), and there is no
+                file there.
+        """
         self.name = name
         self.known = list(known)
+        self.broken = list(broken)
+        if path:
+            what = f"no file at {name!r}, and no model has that name: check the path"
+        else:
+            what = f"no model named {name!r}"
         if suggestions:
             hint = "did you mean " + ", ".join(repr(s) for s in suggestions) + "?"
-        elif known:
+        elif self.known:
             shown = ", ".join(self.known[:8]) + (", ..." if len(self.known) > 8 else "")
             hint = f"known models: {shown}"
+        elif self.broken:
+            hint = "no usable model was discovered"
         else:
             hint = "no models were discovered: put a .gguf file in the models folder"
-        super().__init__(f"no model named {name!r}; {hint} (list them with: zwaif-fallback models)")
+        if self.broken:
+            count = len(self.broken)
+            how = (f"{count} broken model{'' if count == 1 else 's'} not listed; "
+                   "see why with: zwaif-fallback models")
+        else:
+            how = "list them with: zwaif-fallback models"
+        super().__init__(f"{what}; {hint} ({how})")
 
 
 class JobNotFound(FallbackError, LookupError):

@@ -22,7 +22,8 @@ from pydantic import ConfigDict, Field, field_validator
 from ._model import Model
 from .errors import InvalidSettings
 
-__all__ = ["BackgroundSampler", "MetricSummary", "MonitorSession", "MonitoringReport", "Sample", "summarize"]
+__all__ = ["DURATION_RANGE_S", "INTERVAL_RANGE_S", "BackgroundSampler", "MetricSummary", "MonitorSession",
+           "MonitoringReport", "Sample", "session_problems", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +142,36 @@ def _run_schedule(tick: Callable[[float], None], *, clock: Callable[[], float], 
     return True
 
 
+#: the range of a MonitorSession's duration_s and interval_s, seconds
+DURATION_RANGE_S = (10, 300)
+INTERVAL_RANGE_S = (0.1, 60)
+
+
 def _check(name: str, value: float, low: float, high: float) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        return f"{name} must be between {low:g} and {high:g} seconds; got {value!r}"
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        return f"{name} must be between {low:g} and {high:g} seconds; got {shown}"
     return None
+
+
+def session_problems(duration_s: float, interval_s: float, *,
+                     names: tuple[str, str] = ("duration_s", "interval_s")) -> list[str]:
+    """What is wrong with a session of ``duration_s`` sampled every ``interval_s``.
+
+    Args:
+        names: what to call the two values in the messages: the CLI passes its options'
+            names (``--duration``, ``--interval``), since a person typed those.
+
+    Returns:
+        one message per problem, each naming its value and the range; empty when both are fine.
+    """
+    duration_name, interval_name = names
+    problems = [p for p in (_check(duration_name, duration_s, *DURATION_RANGE_S),
+                            _check(interval_name, interval_s, *INTERVAL_RANGE_S)) if p]
+    if not problems and interval_s > duration_s:
+        problems.append(f"{interval_name} ({interval_s:g} s) must not exceed "
+                        f"{duration_name} ({duration_s:g} s)")
+    return problems
 
 
 class MonitorSession(_Sampling):
@@ -169,10 +196,7 @@ class MonitorSession(_Sampling):
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  wait: Wait | None = None,
                  on_finish: Callable[[MonitoringReport], None] | None = None) -> None:
-        problems = [p for p in (_check("duration_s", duration_s, 10, 300),
-                                _check("interval_s", interval_s, 0.1, 60)) if p]
-        if not problems and interval_s > duration_s:
-            problems.append(f"interval_s ({interval_s:g} s) must not exceed duration_s ({duration_s:g} s)")
+        problems = session_problems(duration_s, interval_s)
         if problems:
             raise InvalidSettings("; ".join(problems), problems=problems)
         super().__init__(sample, clock, [])

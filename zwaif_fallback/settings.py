@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -295,22 +295,35 @@ def _adapter(name: str) -> TypeAdapter[Any]:
 
 
 def describe_range(info: FieldInfo) -> str:
-    """``"5 to 120"`` for a bounded number, ``"true or false"`` for a flag, else the type."""
+    """What a field allows, in words: ``"5 to 120"`` for a bounded number (``"a whole number
+    from 1 to 10"`` for an integer), ``"models_dir or hf_cache"`` for a choice, ``"true or
+    false"`` for a flag, else the kind of value."""
     low = high = None
     for item in info.metadata:
         low = getattr(item, "ge", low)
         high = getattr(item, "le", high)
     if low is not None and high is not None:
-        return f"{low:g} to {high:g}"
+        bounds = f"{low:g} to {high:g}"
+        return f"a whole number from {bounds}" if info.annotation is int else bounds
+    if get_origin(info.annotation) is Literal:
+        return " or ".join(str(choice) for choice in get_args(info.annotation))
     if info.annotation is bool:
         return "true or false"
     if info.annotation is Path:
         return "a folder or file path"
+    validators = {getattr(item, "func", None) for item in info.metadata}
+    if _check_url in validators:
+        return "an http:// or https:// URL, or empty"
+    if _check_urls in validators:
+        return "a list of http:// or https:// URLs, comma-separated or as JSON"
+    if _split_list in validators:
+        return "a list, comma-separated or as JSON"
     return "a list of values" if "list" in str(info.annotation) else "text"
 
 
 def _field_problem(name: str, info: FieldInfo, value: Any, reason: str) -> str:
     shown = repr(value) if not isinstance(value, str) or len(value) < 80 else repr(value[:77] + "...")
+    reason = reason.removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
     return f"{name}={shown} is not valid ({reason}); allowed: {describe_range(info)}"
 
 
