@@ -76,6 +76,17 @@ def test_check_says_why_there_is_no_dry_run(isolated, tiny_hf):
     assert fit.dry_run is None and "GGUF" in (fit.dry_run_note or "")
 
 
+def test_a_what_if_gpu_plan_on_a_build_with_no_gpu_gets_no_dry_run_to_compare(isolated, smollm2):
+    # This machine's llama.cpp has no GPU device: a dry run would put every layer in RAM and
+    # report 0 MiB of VRAM beside an estimate for a GPU, a difference that means nothing.
+    with manager(isolated, FakeNvml([])) as m:
+        assert m.system_status().llama_gpus == []
+        fit = m.check_compatibility(SMOL, free_vram_mb=8192, dry_run=True)
+    assert fit.gpu_layers > 0 and fit.dry_run is None
+    assert fit.dry_run_note == ("none for a GPU plan: the installed llama.cpp has no GPU device "
+                                "to simulate it on")
+
+
 def gpu_dry_run(vram_mb: float) -> DryRun:
     """What a CUDA build's dry-run child reports for a full offload of SmolLM2."""
     return DryRun(devices={"CUDA0": DeviceMemory(weights_mb=vram_mb)}, vram_mb=vram_mb, ram_mb=60.0,

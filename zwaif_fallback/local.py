@@ -181,6 +181,9 @@ class LocalModels:
         process, ~0.6 s, cached per file and plan)."""
         if model.format != "gguf":
             return fit.model_copy(update={"dry_run_note": "llama.cpp dry runs are for GGUF files"})
+        if fit.gpu_layers > 0 and self._probe.status().llama_gpus == []:  # a what-if plan
+            return fit.model_copy(update={"dry_run_note": "none for a GPU plan: the installed "
+                                          "llama.cpp has no GPU device to simulate it on"})
         from .dry_run import DryRunCheck, dry_run
         from .memory import estimate
 
