@@ -342,7 +342,9 @@ def test_ctrl_c_stops_a_local_answer_in_flight_without_a_traceback(isolated: Pat
         _, stderr = process.communicate(timeout=30)
     finally:
         process.kill()
-    assert "data: [DONE]" not in rest  # stopped, not finished
+    assert "data: [DONE]" not in rest  # stopped, not finished, and the client is told why
+    errors = [json.loads(line[len("data: "):]) for line in rest if line.startswith('data: {"error"')]
+    assert len(errors) == 1 and "serve is shutting down" in errors[0]["error"]["message"], rest[-3:]
     assert "Traceback" not in stderr and "graceful shutdown exceeded" not in stderr, stderr[-2000:]
 
 

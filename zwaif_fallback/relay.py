@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backends.base import TargetFailed, ToolCalls, Usage
 from .completions import ChunkMaker, error_object, status_of, who_answered
+from .errors import BackendUnavailable
 from .failover import ChatRun, Piece, Target
 from .results import ChatResult
 from .sse import ChunkPump, event
@@ -73,6 +74,7 @@ class Relay:
         self._handed_over = False
         self._started = False  # the response has started
         self._ended = False  # the body's end was sent
+        self._shutting_down = False  # serve is stopping: the stream ends with an error saying so
 
     async def __call__(self, scope: Any, receive: Any, send: _Send) -> None:
         """Answer: start the task that reads and writes, and end the response once it is
@@ -86,7 +88,10 @@ class Relay:
             if not self._started:
                 await self._respond_with(error_object(RuntimeError("the answer ended before it began")))
             elif not self._ended:
-                await send(_body(_END, more=False))
+                stopped = [self._chunks.failure(BackendUnavailable(
+                    "zwaif-fallback serve is shutting down: this answer was stopped before its "
+                    "end; send the request again once serve is back"))] if self._shutting_down else _END
+                await send(_body(stopped, more=False))
         finally:
             self.close()
 
@@ -101,6 +106,12 @@ class Relay:
             self.close()
 
         self._watcher = asyncio.get_running_loop().create_task(wait_for_disconnect())
+
+    def shut_down(self) -> None:
+        """Stop because serve is shutting down: a begun stream ends with an error event that
+        says so, not as if the answer were whole."""
+        self._shutting_down = True
+        self.close()
 
     def close(self) -> None:
         """Stop: the reader is gone, or the response has been sent."""

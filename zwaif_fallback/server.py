@@ -229,7 +229,7 @@ class _Api:
         A local model stops inside its decode, so the process neither waits for it nor
         exits under it."""
         for relay in list(self._streams):
-            relay.close()
+            relay.shut_down()
 
     async def chat_completions(self, request: Request) -> Response | Relay:
         from starlette.responses import JSONResponse
