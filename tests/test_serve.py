@@ -315,26 +315,56 @@ def test_the_serve_command_answers_with_the_tabs_beside_the_api(isolated: Path):
         process.wait(timeout=30)
 
 
+COUNT = {"messages": [{"role": "user", "content": "Count from 1 to 2000, one number per line."}],
+         "max_tokens": 3000, "temperature": 0.0, "seed": 1}
+
+
+def serve_with_a_local_model(root: Path) -> tuple[subprocess.Popen[str], str]:
+    """``zwaif-fallback serve`` in a process of its own, its primary down: the process and its URL."""
+    port = free_port()
+    env = {**os.environ, "FALLBACK_PRIMARY_URL": refused_url(), "FALLBACK_SCAN_SYSTEM_STORES": "false",
+           "FALLBACK_VRAM_MONITORING": "false"}
+    process = subprocess.Popen([sys.executable, "-m", "zwaif_fallback", "serve", "--no-ui", "--port",
+                                str(port)], cwd=root, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    assert "point your host's OpenAI-compatible URL" in process.stdout.readline()
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(base + "/health", timeout=2).status_code == 200, timeout_s=30,
+               what="serve to answer")
+    return process, base
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_whole_local_answer_in_flight_saying_why(isolated: Path):
+    process, base = serve_with_a_local_model(isolated)
+    try:
+        answer: list[httpx.Response] = []
+        asking = threading.Thread(target=lambda: answer.append(
+            httpx.post(base + "/v1/chat/completions", json=COUNT, timeout=60)))
+        asking.start()
+        # Loaded, it generates a 3000-token answer: tens of seconds on this machine.
+        wait_until(lambda: httpx.get(base + "/health", timeout=5).json()["current_model"],
+                   timeout_s=30, what="the local model to load")
+        process.send_signal(signal.SIGINT)
+        asking.join(30)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert answer and answer[0].status_code == 503, answer
+    assert "serve is shutting down" in answer[0].json()["error"]["message"]
+    assert "Traceback" not in stderr and "graceful shutdown exceeded" not in stderr, stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_a_local_answer_in_flight_without_a_traceback(isolated: Path):
     """Ctrl-C while the local model streams a long answer: the generation is stopped at
     once, so uvicorn's graceful shutdown does not run out of time and cancel it (which
     printed a traceback), and the model is not freed under a running decode."""
-    port = free_port()
-    env = {**os.environ, "FALLBACK_PRIMARY_URL": refused_url(), "FALLBACK_SCAN_SYSTEM_STORES": "false",
-           "FALLBACK_VRAM_MONITORING": "false"}
-    process = subprocess.Popen([sys.executable, "-m", "zwaif_fallback", "serve", "--no-ui", "--port",
-                                str(port)], cwd=isolated, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process, base = serve_with_a_local_model(isolated)
     try:
-        assert process.stdout is not None
-        assert "point your host's OpenAI-compatible URL" in process.stdout.readline()
-        base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(base + "/health", timeout=2).status_code == 200, timeout_s=30,
-                   what="serve to answer")
-        count = [{"role": "user", "content": "Count from 1 to 2000, one number per line."}]
-        body = {"messages": count, "stream": True, "max_tokens": 3000, "temperature": 0.0, "seed": 1}
-        with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=60) as response:
+        with httpx.stream("POST", base + "/v1/chat/completions", json={**COUNT, "stream": True},
+                          timeout=60) as response:
             lines = response.iter_lines()
             assert next(lines).startswith("data: {")  # the local model is generating
             process.send_signal(signal.SIGINT)

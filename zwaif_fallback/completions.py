@@ -145,15 +145,19 @@ def _passed_on(request: Mapping[Any, Any]) -> dict[str, Any]:
     return extra
 
 
-def chat_completion(answer: Answer, request: Any) -> dict[str, Any]:
+def chat_completion(answer: Answer, request: Any,
+                    cancel: threading.Event | None = None) -> dict[str, Any]:
     """The whole answer as a ``chat.completion`` dict (with ``x_fallback``: who answered and
-    how), or an error object; never raises."""
+    how), or an error object; never raises. Setting ``cancel`` stops it (an error object
+    that says so)."""
     try:
         checked = parse_request(request)
         results: list[ChatResult] = []
-        for _ in answer(checked.messages, None, checked.model, checked.gen, results.append, None,
+        for _ in answer(checked.messages, None, checked.model, checked.gen, results.append, cancel,
                         extra=checked.extra):
             pass
+        if not results:  # cancelled: the chain stopped without an answer
+            return error_object(FallbackError("the answer was cancelled before its end"))
         return {**results[0].to_openai(), "x_fallback": fallback_info(results[0])}
     except Exception as exc:  # the host's call site must get a dict, whatever happened
         return error_object(exc)

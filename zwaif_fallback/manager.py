@@ -347,7 +347,8 @@ class FallbackManager:
         return (piece.text for piece in self._chats.answer(messages, primary, None, gen, None, None)
                 if piece.text)
 
-    def chat_completion(self, request: dict[str, Any]) -> dict[str, Any]:
+    def chat_completion(self, request: dict[str, Any], *,
+                        cancel: threading.Event | None = None) -> dict[str, Any]:
         """Answer an OpenAI chat-completions request through the failover chain.
 
         Args:
@@ -359,9 +360,10 @@ class FallbackManager:
             An OpenAI ``chat.completion`` dict (``usage`` with real token counts when the
             answering target knows them), or, when the request is bad or no target could
             answer, ``{"error": {"message", "type", "param", "code"}, "attempts": [...]}``.
-            It never raises.
+            It never raises. Setting ``cancel`` (the reader went away) stops the answer
+            within 0.1 s, as for ``stream_chat_completion``; the result is then an error.
         """
-        return completions.chat_completion(self._chats.answer, request)
+        return completions.chat_completion(self._chats.answer, request, cancel)
 
     def stream_chat_completion(self, request: dict[str, Any], *,
                                cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:

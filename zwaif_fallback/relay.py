@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from .chats import ChatPlan
 
-__all__ = ["Relay"]
+__all__ = ["Relay", "shutting_down"]
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,7 @@ class Relay:
             if not self._started:
                 await self._respond_with(error_object(RuntimeError("the answer ended before it began")))
             elif not self._ended:
-                stopped = [self._chunks.failure(BackendUnavailable(
-                    "zwaif-fallback serve is shutting down: this answer was stopped before its "
-                    "end; send the request again once serve is back"))] if self._shutting_down else _END
+                stopped = [self._chunks.failure(shutting_down())] if self._shutting_down else _END
                 await send(_body(stopped, more=False))
         finally:
             self.close()
@@ -268,6 +266,12 @@ class Relay:
                 await self._emit(batch)
         finally:
             pump.close()
+
+
+def shutting_down() -> BackendUnavailable:
+    """What an answer stopped by serve's shutdown ends with."""
+    return BackendUnavailable("zwaif-fallback serve is shutting down: this answer was stopped "
+                              "before its end; send the request again once serve is back")
 
 
 def _body(batch: _Batch, *, more: bool) -> dict[str, Any]:

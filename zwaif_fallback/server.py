@@ -31,12 +31,13 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends.base import Cancel
 from .completions import ChunkMaker, error_object, parse_request, status_of, who_answered
 from .errors import FallbackError, HostUnavailable, InvalidSettings, PortUnavailable
-from .relay import Relay
+from .relay import Relay, shutting_down
 
 if TYPE_CHECKING:
     import uvicorn
@@ -223,13 +224,18 @@ class _Api:
         self.manager = manager
         self.api_key = api_key
         self._streams: weakref.WeakSet[Relay] = weakref.WeakSet()  # each lives as its answer
+        self._whole: set[Cancel] = set()  # the non-streamed answers in flight
+        self._stopping = False
 
     def stop_chats(self) -> None:
         """Stop every streamed answer in flight (on the loop): the server is shutting down.
         A local model stops inside its decode, so the process neither waits for it nor
         exits under it."""
+        self._stopping = True
         for relay in list(self._streams):
             relay.shut_down()
+        for cancel in list(self._whole):
+            cancel.set()
 
     async def chat_completions(self, request: Request) -> Response | Relay:
         from starlette.responses import JSONResponse
@@ -241,7 +247,7 @@ class _Api:
         if not isinstance(body, dict):
             return body
         if not body.get("stream"):
-            answer = await _on_own_thread(self.manager.chat_completion, body)
+            answer = await self._whole_answer(request, body)
             return JSONResponse(answer, status_code=status_of(answer), headers=who_answered(answer))
         try:
             checked = parse_request(body)
@@ -252,6 +258,27 @@ class _Api:
         relay.watch(request)
         self._streams.add(relay)
         return relay  # the response: the task that reads the first chunk starts it
+
+    async def _whole_answer(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        """A non-streamed answer, on a thread of its own; stopped when the client hangs up or
+        serve shuts down (a local model inside its decode, as for a stream)."""
+        cancel = Cancel()
+        self._whole.add(cancel)
+
+        async def wait_for_disconnect() -> None:  # the body is read: next comes the disconnect
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            cancel.set()
+
+        watcher = asyncio.get_running_loop().create_task(wait_for_disconnect())
+        try:
+            answer = await _on_own_thread(partial(self.manager.chat_completion, cancel=cancel), body)
+        finally:
+            watcher.cancel()
+            self._whole.discard(cancel)
+        if cancel.is_set() and self._stopping:
+            return error_object(shutting_down())
+        return answer
 
     async def models(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
