@@ -13,7 +13,7 @@ and to having no import cycle.
     porches       cli, cli_text, __main__, default, server, relay, sse
     facade        manager
     measurement   recommend, optimizer, bench_jobs, telemetry, health, bench, quality, metrics, monitor, jobs
-    call path     chats, completions, routing, failover, results, breaker, local, step_down, pool,
+    call path     chats, characters, completions, routing, failover, results, breaker, local, step_down, pool,
                   backends
     fit           fit, memory, calibration, dry_run
     discovery     catalog, pull, pull_plan, download, hub, hub_api, hub_headers, hub_body, hub_http,
@@ -27,7 +27,8 @@ and to having no import cycle.
 * measurement: benchmark runs and jobs (bench_jobs -> bench, quality); ranking, health and
   the auto-optimizer (optimizer -> health); history, Prometheus metrics and sampling
   (telemetry -> store, metrics, monitor).
-* call path: one answer: input checks and recording (chats), the targets in order
+* call path: one answer: input checks and recording (chats), a text-generation-webui
+  character's persona for local models (characters), the targets in order
   (routing), deadline, retries and breakers (failover), what a chat gives back (results),
   one class per runtime (backends/), the local models' fits, pool, switching and keep_alive
   (local -> pool), a load that runs out of memory stepping down (step_down).
