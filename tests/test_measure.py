@@ -261,7 +261,7 @@ def test_cli_health_optimize_and_monitor(isolated, models_dir):
     assert data["switched"] is False and {"model", "score", "compatible", "reason"} <= set(
         data["ranking"][0])
     bad = run_cli("monitor", "--duration", "3", cwd=isolated, env=env)
-    assert bad.returncode == 2 and "duration_s" in bad.stderr
+    assert bad.returncode == 2 and "--duration must be between 10 and 300" in bad.stderr
 
 
 def test_a_broken_history_store_never_breaks_the_chat_path(isolated, models_dir):

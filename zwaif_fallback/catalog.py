@@ -44,6 +44,14 @@ def looks_like_path(text: str) -> bool:
             or text.lower().endswith(".gguf") or text.startswith("~"))
 
 
+def _is_folder(text: str) -> bool:
+    """Whether ``text`` names a folder here; False for what cannot be a path (too long, a NUL)."""
+    try:
+        return Path(text).is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 class Catalog:
     """Discovers models and resolves the names people type. Thread-safe."""
 
@@ -83,7 +91,7 @@ class Catalog:
             found = [m for m in models if match(m)]
             if len(found) == 1:
                 return found[0]
-        if wanted and (looks_like_path(wanted) or Path(wanted).is_dir()):
+        if wanted and (looks_like_path(wanted) or _is_folder(wanted)):
             path = Path(wanted).expanduser()
             if path.exists() or path.is_symlink():
                 return self.inspect_path(path, settings)
