@@ -378,6 +378,19 @@ def test_ctrl_c_stops_a_local_answer_in_flight_without_a_traceback(isolated: Pat
     assert "Traceback" not in stderr and "graceful shutdown exceeded" not in stderr, stderr[-2000:]
 
 
+def test_sigterm_stops_serve_as_ctrl_c_does(isolated: Path):
+    # A service manager (systemd, Docker) stops serve with SIGTERM: it must unwind and close
+    # its manager, not die by the signal's default action (exit -15, nothing closed).
+    process, _ = serve_with_a_local_model(isolated)
+    try:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and "stopping" in stderr, (process.returncode, stderr[-2000:])
+    assert "Traceback" not in stderr
+
+
 def test_serve_refuses_a_network_address_without_a_key_and_a_taken_port(isolated: Path):
     refused = run_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()), cwd=isolated)
     assert refused.returncode == 2 and "FALLBACK_API_KEY" in refused.stderr

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -238,12 +239,24 @@ def cmd_serve(manager: FallbackManager, args: argparse.Namespace) -> int:
         def mount(app: Any) -> None:
             mount_tabs(app, manager, host=args.host)
 
+    # uvicorn stops gracefully on SIGTERM too, then raises it again once it has restored this
+    # handler: the process then unwinds as for Ctrl-C, and the manager is closed (models
+    # unloaded, history written), instead of dying by the signal's default action.
+    main = threading.current_thread() is threading.main_thread()  # signals are the main thread's
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
     try:
         run(manager, host=args.host, port=args.port, mount=mount,
             announce=lambda line: print(line + "  (Ctrl+C stops it)", flush=True))
     except KeyboardInterrupt:
         print("stopping", file=sys.stderr)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 @command("status", "GPUs, VRAM, RAM, CPU and the probe used")
