@@ -52,6 +52,7 @@ def test_bounds_are_enforced_and_named(name):
     ("max_retries", "2.5", "a whole number from 1 to 10"),
     ("timeout", "soon", "5 to 120"),
     ("models_dir", 5, "a folder or file path"),
+    ("data_dir", "", "a folder or file path"),  # not "." (the current folder), silently
     ("primary_url", "127.0.0.1:5000", "an http:// or https:// URL, or empty"),
     ("remote_urls", "127.0.0.1:5000", "a list of http:// or https:// URLs, comma-separated or as JSON"),
     ("hf_models", "[org/a", "a list, comma-separated or as JSON"),

@@ -79,9 +79,17 @@ def _check_urls(values: list[str]) -> list[str]:
     return [_check_url(v) for v in values]
 
 
+def _some_path(value: Any) -> Any:
+    """An empty path would become "." (the current folder): refuse it instead."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty: give a folder or file path")
+    return value
+
+
 Url = Annotated[str, AfterValidator(_check_url)]
 UrlList = Annotated[list[str], NoDecode, BeforeValidator(_split_list), AfterValidator(_check_urls)]
 NameList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+SomePath = Annotated[Path, BeforeValidator(_some_path)]
 
 # Filled by the settings-file source while a FallbackSettings is being built, read
 # back by __init__: pydantic-settings gives sources no other way to report.
@@ -113,7 +121,7 @@ class FallbackSettings(BaseSettings):
     auto_switch: bool = Field(True, description="on a local model failure, go on to the next best model")
     vram_monitoring: bool = Field(True, description="sample VRAM in the background")
     auto_optimize_vram: bool = Field(False, description="pick the optimal model at start and on VRAM change")
-    models_dir: Path = Field(Path("models"), description="where models are discovered")
+    models_dir: SomePath = Field(Path("models"), description="where models are discovered")
     download_to: Literal["models_dir", "hf_cache"] = Field(
         "models_dir", description="where pull puts a model: models_dir, or the Hugging Face cache")
     hf_models: NameList = Field(default_factory=list, description="extra HF model folders or ids")
@@ -129,8 +137,8 @@ class FallbackSettings(BaseSettings):
                                 description="VRAM left free on each GPU by every load, MiB")
     keep_alive: float = Field(600.0, ge=0, le=86400, description="seconds before an idle model is unloaded")
     monitor_duration: int = Field(60, ge=10, le=300, description="default monitoring session, seconds")
-    settings_file: Path = Field(DEFAULT_SETTINGS_FILE, description="where saved settings live")
-    data_dir: Path = Field(Path(".zwaif_fallback"), description="SQLite history and caches")
+    settings_file: SomePath = Field(DEFAULT_SETTINGS_FILE, description="where saved settings live")
+    data_dir: SomePath = Field(Path(".zwaif_fallback"), description="SQLite history and caches")
     scan_system_stores: bool = Field(True, description="also discover the HF, LM Studio and Ollama stores")
     allow_pickle: bool = Field(False, description="allow HF folders whose weights are pickle files")
     trust_remote_code: bool = Field(False, description="allow HF models that ship their own code")
