@@ -143,6 +143,23 @@ def test_fields_the_chain_does_not_read_reach_the_servers_unchanged(isolated: Pa
     assert body["model"] == ("the-hosts-model" if role == "primary" else "default")
 
 
+def test_a_photo_sent_inline_reaches_the_primary(isolated: Path):
+    # A phone photo of 7.5 MB is 10 MB as base64: hosts with vision send it in the body.
+    photo = "data:image/jpeg;base64," + "A" * (10 * 2**20)
+    looking = [{"role": "user", "content": [{"type": "text", "text": "What is in this photo?"},
+                                            {"type": "image_url", "image_url": {"url": photo}}]}]
+    upstream = ScriptedServer(["A cat."])
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            response = httpx.post(served.url + "/v1/chat/completions", timeout=60,
+                                  json={"messages": looking, "max_tokens": 8})
+    finally:
+        upstream.close()
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["choices"][0]["message"]["content"] == "A cat."
+    assert upstream.bodies[0]["messages"] == looking
+
+
 # -- tools -----------------------------------------------------------------------------------
 
 

@@ -52,8 +52,9 @@ __all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "build_api", "check_bind", "listen",
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "FALLBACK_API_KEY"
-#: The largest request body taken (413 above it): 2 M characters of messages, in JSON.
-MAX_BODY_BYTES = 8 * 1024 * 1024
+#: The largest request body taken (413 above it): room for inline base64 images as OpenAI
+#: takes them (up to 20 MB an image: 27 MB as base64) beside 2 M characters of text.
+MAX_BODY_BYTES = 32 * 1024 * 1024
 MODELS_TIMEOUT_S = 2.0
 _R = TypeVar("_R")
 
@@ -371,7 +372,8 @@ async def _read_body(request: Request) -> dict[str, Any] | Response:
         size += len(part)
         if size > MAX_BODY_BYTES:
             return _error_response(InvalidSettings(
-                f"the request body is larger than {MAX_BODY_BYTES} bytes"), 413)
+                f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB; send large images "
+                "by URL, or smaller"), 413)
         parts.append(part)
     try:
         body = json.loads(b"".join(parts))
