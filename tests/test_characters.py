@@ -58,7 +58,8 @@ def test_the_persona_goes_before_the_chat_and_keeps_the_hosts_system_message(tmp
     {"mode": "chat"},                              # no character
     {"mode": "chat", "character": "None"},         # Z-WAIF's "no task character"
     {"mode": "chat", "character": "../Waifu"},     # a path, not a name
-], ids=["no-mode", "instruct", "no-character", "None", "path"])
+    {"mode": ["chat"], "character": ["Waifu"]},    # not text at all
+], ids=["no-mode", "instruct", "no-character", "None", "path", "lists"])
 def test_requests_that_name_no_usable_character_are_left_as_they_are(tmp_path: Path, request_: dict):
     install(tmp_path / "inner", name="Waifu.yaml")
     install(tmp_path / "inner" / "sub", layout="", name="Waifu.yaml")

@@ -55,7 +55,8 @@ def persona(request: Mapping[str, Any], folder: str | Path | None) -> str | None
     """The system text text-generation-webui would put before the chat of ``request``, or
     None: not a chat-mode request, no character named, or its file not found (logged once
     per character, with what to do)."""
-    if request.get("mode") not in CHAT_MODES:
+    mode = request.get("mode")
+    if not isinstance(mode, str) or mode not in CHAT_MODES:  # a list is not hashable: no ``in``
         return None
     given = request.get("context")
     name = request.get("character")
