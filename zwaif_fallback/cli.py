@@ -37,7 +37,7 @@ from .fit import KV_TYPES
 from .logs import setup_logging
 from .manager import FallbackManager
 from .monitor import DURATION_RANGE_S, INTERVAL_RANGE_S, session_problems
-from .settings import FallbackSettings
+from .settings import FallbackSettings, bounds
 
 if TYPE_CHECKING:
     from .pull import PullProgress
@@ -131,10 +131,9 @@ def _context_size(text: str) -> int:
 
 
 def _setting_bounds(name: str) -> tuple[float, float]:
-    metadata = FallbackSettings.model_fields[name].metadata
-    low = next(m.ge for m in metadata if getattr(m, "ge", None) is not None)
-    high = next(m.le for m in metadata if getattr(m, "le", None) is not None)
-    return low, high
+    limits = bounds(FallbackSettings.model_fields[name])
+    assert limits is not None, f"{name} has no range"
+    return limits
 
 
 def _port(text: str) -> int:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from .chats import ChatPlan
 
-__all__ = ["Relay", "shutting_down"]
+__all__ = ["Relay", "on_disconnect", "shutting_down"]
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +94,9 @@ class Relay:
             self.close()
 
     def watch(self, request: Request) -> None:
-        """Stop when the client disconnects. The body has been read, so the next ASGI
-        message is the disconnect (Starlette's own check relies on ``send`` failing, which
-        uvicorn does not do: it drops what a gone client would have received)."""
+        """Stop when the client disconnects (``on_disconnect``)."""
 
-        async def wait_for_disconnect() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            self.close()
-
-        self._watcher = asyncio.get_running_loop().create_task(wait_for_disconnect())
+        self._watcher = on_disconnect(request, self.close)
 
     def shut_down(self) -> None:
         """Stop because serve is shutting down: a begun stream ends with an error event that
@@ -266,6 +259,19 @@ class Relay:
                 await self._emit(batch)
         finally:
             pump.close()
+
+
+def on_disconnect(request: Request, then: Callable[[], None]) -> asyncio.Task[None]:
+    """A task that calls ``then`` when the client of ``request`` disconnects. The body has
+    been read, so the next ASGI message is the disconnect (Starlette's own check relies on
+    ``send`` failing, which uvicorn does not do: it drops what a gone client would get)."""
+
+    async def wait() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        then()
+
+    return asyncio.get_running_loop().create_task(wait())
 
 
 def shutting_down() -> BackendUnavailable:

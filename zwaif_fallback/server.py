@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .backends.base import Cancel
 from .completions import ChunkMaker, error_object, parse_request, status_of, who_answered
 from .errors import FallbackError, HostUnavailable, InvalidSettings, PortUnavailable
-from .relay import Relay, shutting_down
+from .relay import Relay, on_disconnect, shutting_down
 
 if TYPE_CHECKING:
     import uvicorn
@@ -265,13 +265,7 @@ class _Api:
         serve shuts down (a local model inside its decode, as for a stream)."""
         cancel = Cancel()
         self._whole.add(cancel)
-
-        async def wait_for_disconnect() -> None:  # the body is read: next comes the disconnect
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            cancel.set()
-
-        watcher = asyncio.get_running_loop().create_task(wait_for_disconnect())
+        watcher = on_disconnect(request, cancel.set)
         try:
             answer = await _on_own_thread(partial(self.manager.chat_completion, cancel=cancel), body)
         finally:

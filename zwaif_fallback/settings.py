@@ -302,17 +302,23 @@ def _adapter(name: str) -> TypeAdapter[Any]:
     return _adapters[name]
 
 
-def describe_range(info: FieldInfo) -> str:
-    """What a field allows, in words: ``"5 to 120"`` for a bounded number (``"a whole number
-    from 1 to 10"`` for an integer), ``"models_dir or hf_cache"`` for a choice, ``"true or
-    false"`` for a flag, else the kind of value."""
+def bounds(info: FieldInfo) -> tuple[float, float] | None:
+    """A numeric field's range (``ge`` and ``le``), or None when it has none."""
     low = high = None
     for item in info.metadata:
         low = getattr(item, "ge", low)
         high = getattr(item, "le", high)
-    if low is not None and high is not None:
-        bounds = f"{low:g} to {high:g}"
-        return f"a whole number from {bounds}" if info.annotation is int else bounds
+    return (low, high) if low is not None and high is not None else None
+
+
+def describe_range(info: FieldInfo) -> str:
+    """What a field allows, in words: ``"5 to 120"`` for a bounded number (``"a whole number
+    from 1 to 10"`` for an integer), ``"models_dir or hf_cache"`` for a choice, ``"true or
+    false"`` for a flag, else the kind of value."""
+    limits = bounds(info)
+    if limits is not None:
+        bounds_text = f"{limits[0]:g} to {limits[1]:g}"
+        return f"a whole number from {bounds_text}" if info.annotation is int else bounds_text
     if get_origin(info.annotation) is Literal:
         return " or ".join(str(choice) for choice in get_args(info.annotation))
     if info.annotation is bool:
