@@ -89,3 +89,11 @@ def test_a_character_that_cannot_be_read_is_answered_without_saying_why_once(
         assert persona_messages(ASK, CHAT, where) == ASK
     said = [r.getMessage() for r in caplog.records if says in r.getMessage()]
     assert len(said) == 1 and "without its persona" in said[0], caplog.text
+
+
+def test_an_edited_character_file_is_read_again(tmp_path: Path):
+    path = install(tmp_path, name="Waifu.yaml", text="context: Be Aria.\n")
+    assert persona(CHAT, tmp_path) == "Be Aria."
+    assert persona(CHAT, tmp_path) == "Be Aria."  # parsed once, from the cache
+    path.write_text("context: Be Aria, the fox spirit.\n", encoding="utf-8")
+    assert persona(CHAT, tmp_path) == "Be Aria, the fox spirit."

@@ -36,6 +36,8 @@ _DEFAULT_USER = "You"  # text-generation-webui's default name1
 _NAME = re.compile(r"^[^/\\:*?\"<>|\x00-\x1f]{1,200}$")  # one file name, no path
 _warned: set[tuple[str, str]] = set()
 _warned_lock = threading.Lock()
+_parsed_cache: dict[tuple[str, int, int], Any] = {}  # (path, mtime, size) -> data (see _parsed)
+_parsed_lock = threading.Lock()
 
 
 def find_character(folder: Path, name: str) -> Path | None:
@@ -101,8 +103,7 @@ def _load(folder: Path | None, name: str) -> Mapping[str, Any] | None:
                                       "local models answer without its persona")
         return None
     try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else _yaml(text)
+        data = _parsed(path)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         _warn_once(name, str(path), f"cannot read the character file {path}: {exc}; "
                                     "local models answer without its persona")
@@ -111,6 +112,23 @@ def _load(folder: Path | None, name: str) -> Mapping[str, Any] | None:
         _warn_once(name, str(path), f"the character file {path} is not a mapping of fields "
                                     "(name, context, ...); local models answer without its persona")
         return None
+    return data
+
+
+def _parsed(path: Path) -> Any:
+    """The file's data, parsed again only when the file changed: every chat of a host names
+    its character, and PyYAML takes about half a millisecond for a small one."""
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    with _parsed_lock:
+        if key in _parsed_cache:
+            return _parsed_cache[key]
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else _yaml(text)
+    with _parsed_lock:
+        if len(_parsed_cache) >= 16:  # a host names a few characters; old versions go too
+            _parsed_cache.clear()
+        _parsed_cache[key] = data
     return data
 
 
