@@ -262,13 +262,18 @@ class ScriptedServer(_Background):
     answer it stops for a newer request. ``tool_calls`` (``{"id", "name", "arguments"}``
     each) follow the text as OpenAI streams them: the id and name first, then the arguments
     in two halves, then ``finish_reason: "tool_calls"``; ``cut_in_tool_call`` closes the
-    connection after the first half of the first call's arguments.
+    connection after the first half of the first call's arguments. A request's
+    ``max_tokens`` stops the pieces there and, once reached, ends with
+    ``finish_reason: "length"``, as a server does. ``model``: the name every event gives
+    for the model (none by default); ``finish_reason`` replaces the reason the answer ends
+    with.
     """
 
     def __init__(self, pieces: list[str], *, prompt_tokens: int = 11,
                  refuse_stream_options: bool = False, interrupted: bool = False,
                  tool_calls: list[dict[str, str]] | None = None,
-                 cut_in_tool_call: bool = False, port: int = 0) -> None:
+                 cut_in_tool_call: bool = False, model: str | None = None,
+                 finish_reason: str | None = None, port: int = 0) -> None:
         self.bodies: list[dict[str, object]] = []
         server = self
 
@@ -285,8 +290,10 @@ class ScriptedServer(_Background):
                     self._send(400, "application/json", json.dumps({"error": {
                         "message": "Unrecognized request argument supplied: stream_options"}}).encode())
                     return
+                limit = body.get("max_tokens")
+                said = pieces[:limit] if isinstance(limit, int) else pieces
                 events = [{"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
-                          for p in pieces]
+                          for p in said]
                 for index, call in enumerate(tool_calls or []):
                     half = len(call["arguments"]) // 2
                     for delta in ({"index": index, "id": call["id"], "type": "function",
@@ -296,16 +303,20 @@ class ScriptedServer(_Background):
                         events.append({"choices": [{"index": 0, "delta": {"tool_calls": [delta]},
                                                     "finish_reason": None}]})
                 if cut_in_tool_call:
-                    stream = "".join(f"data: {json.dumps(e)}\n\n" for e in events[:len(pieces) + 2])
+                    stream = "".join(f"data: {json.dumps(e)}\n\n" for e in events[:len(said) + 2])
                     self._send(200, "text/event-stream", stream.encode())
                     return
                 if not interrupted:
-                    events.append({"choices": [{"index": 0, "delta": {},
-                                                "finish_reason": "tool_calls" if tool_calls else "stop"}]})
+                    reached = isinstance(limit, int) and len(said) >= limit
+                    finish = finish_reason or ("tool_calls" if tool_calls else
+                                               "length" if reached else "stop")
+                    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
                 if (body.get("stream_options") or {}).get("include_usage") and not interrupted:
                     events.append({"choices": [], "usage": {
-                        "prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
-                        "total_tokens": prompt_tokens + len(pieces)}})
+                        "prompt_tokens": prompt_tokens, "completion_tokens": len(said),
+                        "total_tokens": prompt_tokens + len(said)}})
+                if model is not None:
+                    events = [{"model": model, **e} for e in events]
                 stream = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
                 self._send(200, "text/event-stream", stream.encode())
 

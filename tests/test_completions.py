@@ -78,7 +78,10 @@ def text_of(chunks: list[dict[str, Any]]) -> str:
 def test_a_healthy_primary_answers_as_an_openai_completion(fronted: FallbackManager, proxy: FaultProxy):
     response = fronted.chat_completion({**REQUEST, "model": "the-hosts-model"})
     completion = ChatCompletion.model_validate(response)
-    assert completion.model == proxy.url
+    # the model's name as the server gave it back (llama_cpp.server echoes the one asked for);
+    # which server answered is in the attempts
+    assert completion.model == "the-hosts-model"
+    assert [a["target"] for a in response["x_fallback"]["attempts"]] == [proxy.url]
     assert completion.choices[0].message.content == "".join(proxy.forwarded)
     assert json.loads(proxy.last_body or b"{}")["model"] == "the-hosts-model"  # passed on as given
     # llama_cpp.server sends no usage in a stream: nothing is made up in its place.
@@ -96,6 +99,22 @@ def test_a_server_that_reports_usage_passes_its_counts_on(isolated: Path):
     assert completion.usage is not None
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (17, 3)
     assert server.bodies[0]["stream_options"] == {"include_usage": True}
+
+
+def test_a_server_s_own_model_name_and_finish_reason_are_passed_on(isolated: Path):
+    # A server may name the model otherwise than the request did ("llama3" asked, a tag
+    # answered), and stop at a limit of its own (llama.cpp's -n) the host never asked for.
+    server = ScriptedServer(["Red, ", "green ", "and blue."], model="llama3:latest", finish_reason="length")
+    try:
+        with make_manager(isolated, primary_url=server.url) as manager:
+            whole = manager.chat_completion({**REQUEST, "model": "llama3"})
+            chunks = list(manager.stream_chat_completion({**REQUEST, "model": "llama3", "stream": True}))
+    finally:
+        server.close()
+    assert (whole["model"], whole["choices"][0]["finish_reason"]) == ("llama3:latest", "length")
+    assert {c["model"] for c in chunks} == {"llama3:latest"}
+    assert chunks[0]["x_fallback"]["model"] == "llama3:latest"
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
 
 
 def test_a_server_is_sent_only_the_sampler_fields_the_host_chose(isolated: Path):

@@ -109,7 +109,7 @@ def test_a_healthy_primary_answers_through_serve(fronting: Served, proxy: FaultP
     completion = raw.parse()
     assert completion.choices[0].message.content == "".join(proxy.forwarded)
     assert raw.headers["x-fallback-source"] == "primary"
-    assert raw.headers["x-fallback-model"] == proxy.url
+    assert raw.headers["x-fallback-model"] == completion.model == "local-llm"  # as the server echoed it
     assert json.loads(proxy.last_body or b"{}")["model"] == "local-llm"
 
 
@@ -310,6 +310,23 @@ def test_the_serve_command_answers_with_the_tabs_beside_the_api(isolated: Path):
         host = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
         answer = host.chat.completions.create(model="x", messages=ASK, **GEN)
         assert answer.model == SMOL and answer.choices[0].message.content
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_serve_on_port_0_names_the_port_the_system_picked(isolated: Path):
+    env = {**os.environ, "FALLBACK_PRIMARY_URL": refused_url(), "FALLBACK_SCAN_SYSTEM_STORES": "false",
+           "FALLBACK_VRAM_MONITORING": "false"}
+    process = subprocess.Popen([sys.executable, "-m", "zwaif_fallback", "serve", "--no-ui", "--port", "0"],
+                               cwd=isolated, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        base = line.split(" at ", 1)[1].split("/v1", 1)[0]
+        assert not base.endswith(":0"), line
+        wait_until(lambda: httpx.get(base + "/health", timeout=2).status_code == 200, timeout_s=30,
+                   what="serve to answer at the URL it printed")
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -239,11 +239,12 @@ class ChunkMaker:
     def piece(self, piece: Piece) -> dict[str, Any]:
         delta: dict[str, Any] = {"tool_calls": list(piece.tool_calls)} if piece.tool_calls \
             else {"content": piece.text}
+        model = piece.model or piece.target.name
         if self.began:
-            return self.chunk(piece.target.name, delta)
+            return self.chunk(model, delta)
         self.began = True
-        opening = self.chunk(piece.target.name, {"role": "assistant", "content": None, **delta})
-        opening["x_fallback"] = {"source": piece.target.source, "model": piece.target.name}
+        opening = self.chunk(model, {"role": "assistant", "content": None, **delta})
+        opening["x_fallback"] = {"source": piece.target.source, "model": model}
         return opening
 
     def text_event(self, model: str, text: str) -> bytes:

@@ -34,7 +34,7 @@ from .breaker import CircuitBreaker
 from .errors import AllTargetsFailed, FallbackError
 from .results import Attempt, ChatResult, Source, Switch, merge_tool_calls
 
-__all__ = ["ChatRun", "FailoverChain", "Piece", "Target"]
+__all__ = ["ChatRun", "FailoverChain", "Piece", "Target", "answered_by"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,16 @@ class Target:
     astream: Callable[..., AsyncIterator[list[str | ToolCalls]]] | None = None
     on_breaker_open: Callable[[], None] | None = None
     notes: Callable[[], list[str]] | None = None  # what the attempt should say besides its verdict
+    #: the model's name as an answer reports it, when ``name`` is not that (a server's URL):
+    #: the name it is asked for; the server's own name for it, once it has said, wins
+    model: str = ""
+
+
+
+def answered_by(target: Target, usage: Usage) -> str:
+    """The name an answer reports for its model: the server's own once it has said it (the
+    first event of its stream has it), else the name ``target`` was asked by, else its name."""
+    return usage.model or target.model or target.name
 
 
 class Piece(NamedTuple):
@@ -67,6 +77,8 @@ class Piece(NamedTuple):
     text: str
     target: Target
     tool_calls: tuple[dict[str, Any], ...] = ()
+    #: the model's name as the answer reports it (``answered_by``)
+    model: str = ""
 
 
 _END = object()
@@ -220,7 +232,7 @@ class ChatRun:
         """The ChatResult, once ``target`` has finished the answer."""
         return ChatResult(
             text=self.prefix,
-            model=target.name,
+            model=answered_by(target, usage),
             source=target.source,
             fell_back=any(not a.ok for a in self.attempts),
             attempts=self.attempts,
@@ -228,12 +240,20 @@ class ChatRun:
             latency_s=round(now - self.started, 4),
             tokens=self.tokens,
             switches=self.switches,
-            finish_reason="tool_calls" if self.tool_deltas else
-            "length" if _capped(target, params) and self.tokens >= params.max_tokens else "stop",
+            finish_reason=self._finish_reason(target, params, usage),
             tool_calls=merge_tool_calls(self.tool_deltas),
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=self.completion_tokens + _counted(usage, self.attempts[-1].tokens),
         )
+
+    def _finish_reason(self, target: Target, params: GenerationParams, usage: Usage) -> str:
+        """Why the answer ended: as the server that finished it said, or else from what was
+        given ("length" when the limit was asked for and reached)."""
+        if self.tool_deltas:
+            return "tool_calls"
+        if usage.finish_reason is not None:
+            return usage.finish_reason
+        return "length" if _capped(target, params) and self.tokens >= params.max_tokens else "stop"
 
 
 class FailoverChain:
@@ -285,8 +305,9 @@ class FailoverChain:
             usage = Usage()
             try:
                 for piece in self._try(target, messages, params, run, usage):
-                    yield (Piece("", target, piece.deltas) if isinstance(piece, ToolCalls)
-                           else Piece(piece, target))
+                    model = answered_by(target, usage)
+                    yield (Piece("", target, piece.deltas, model) if isinstance(piece, ToolCalls)
+                           else Piece(piece, target, model=model))
                     self._check_cancel()
                 self._check_cancel()  # a local generation that saw it ends early, not done
             except _Cancelled:

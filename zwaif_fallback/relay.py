@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .backends.base import TargetFailed, ToolCalls, Usage
 from .completions import ChunkMaker, error_object, status_of, who_answered
 from .errors import BackendUnavailable
-from .failover import ChatRun, Piece, Target
+from .failover import ChatRun, Piece, Target, answered_by
 from .results import ChatResult
 from .sse import ChunkPump, event
 
@@ -197,15 +197,16 @@ class Relay:
             async for batch in self._guarded(target, usage, tries):
                 now = clock()
                 chunks: _Batch = []
+                model = answered_by(target, usage)
                 for piece in batch:
                     run.took(piece, target, produced, now)
                     produced += 1
                     if isinstance(piece, ToolCalls):
-                        chunks.append(self._chunks.piece(Piece("", target, piece.deltas)))
+                        chunks.append(self._chunks.piece(Piece("", target, piece.deltas, model)))
                     elif self._chunks.began:
-                        chunks.append(self._chunks.text_event(target.name, piece))
+                        chunks.append(self._chunks.text_event(model, piece))
                     else:
-                        chunks.append(self._chunks.piece(Piece(piece, target)))
+                        chunks.append(self._chunks.piece(Piece(piece, target, model=model)))
                 record(len(batch))
                 await self._emit(chunks)
         except TargetFailed as exc:

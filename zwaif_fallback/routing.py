@@ -163,7 +163,7 @@ class Router:
         breaker = self.breaker(url)
         # the probe asks as the last chat did: a server such as Ollama refuses unknown models
         breaker.probe = partial(_answers_a_chat, backend, chosen, settings.timeout)
-        return Target(name=url, source="primary" if is_primary else "remote",
+        return Target(name=url, source="primary" if is_primary else "remote", model=chosen or configured,
                       stream=partial(backend.stream, model=chosen, extra=extra),
                       astream=partial(backend.astream, model=chosen, extra=extra),
                       breaker=breaker,

@@ -145,6 +145,7 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
     gc.collect()
     gc.freeze()
     shown = f"[{host}]" if ":" in host else host
+    port = listener.getsockname()[1]  # the one the system picked for port 0
     announce(f"point your host's OpenAI-compatible URL at http://{shown}:{port}/v1 "
              f"(the tabs: http://{shown}:{port}/, health: /health)" if mount is not None else
              f"point your host's OpenAI-compatible URL at http://{shown}:{port}/v1")

@@ -90,7 +90,8 @@ class ToolCalls:
 
 @dataclass
 class Usage:
-    """Token counts of one answer, filled in by the backend that gives it.
+    """What the runtime says of one answer besides its pieces, filled in by the backend
+    that gives it: token counts and, from a server, its finish reason and model name.
 
     None means the runtime cannot say (the host's own callable, a server that sends no
     usage): callers report nothing rather than a guess.
@@ -98,6 +99,10 @@ class Usage:
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    #: why the server ended its answer ("stop", "length", ...), as it said
+    finish_reason: str | None = None
+    #: the server's name for the model that answered, from its first event that has one
+    model: str | None = None
 
 
 class GenerationParams(Model):

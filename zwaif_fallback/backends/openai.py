@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable
 from .base import Backend, GenerationParams, TargetFailed, ToolCalls, Usage
-from .openai_answers import Events, status_error, whole_answer
+from .openai_answers import UNNAMED_MODEL, Events, status_error, whole_answer
 
 if TYPE_CHECKING:
     from .http_stream import StreamPool
@@ -165,7 +165,7 @@ class OpenAIBackend(Backend):
         sent = extra.get("messages")
         body: dict[str, Any] = {k: v for k, v in extra.items() if k not in OWN_FIELDS}
         body |= {
-            "model": model or self.model or "default",
+            "model": model or self.model or UNNAMED_MODEL,
             "messages": [*(sent if isinstance(sent, list) else messages),
                          *([{"role": "assistant", "content": prefix}] if prefix else [])],
             "stream": True,

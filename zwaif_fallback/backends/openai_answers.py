@@ -15,7 +15,7 @@ from typing import Any
 
 from .base import TargetFailed, ToolCalls, Usage
 
-__all__ = ["RETRYABLE_STATUS", "Events", "status_error", "whole_answer"]
+__all__ = ["RETRYABLE_STATUS", "UNNAMED_MODEL", "Events", "status_error", "whole_answer"]
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -94,8 +94,7 @@ class Events:
             return []
         if event.get("error"):
             raise TargetFailed(f"the server reported: {_error_text(event)}", retryable=True)
-        if "usage" in event:
-            _read_usage(event, self._usage)
+        _read_usage(event, self._usage)
         choice = _choice(event)
         if choice is None:
             return []
@@ -107,6 +106,7 @@ class Events:
         if calls:
             pieces.append(calls)
         self._finished = self._finished or choice.get("finish_reason") is not None
+        _read_finish(choice, self._usage)
         if text and not calls and not self._finished and "usage" not in event:
             self._frame = _Frame.of(payload, text) or self._frame
         return pieces
@@ -209,6 +209,7 @@ def whole_answer(content: bytes, usage: Usage) -> Iterator[str | ToolCalls]:
         raise TargetFailed("the server answered with JSON that is not an object")
     _read_usage(answer, usage)
     choice = _choice(answer) or {}
+    _read_finish(choice, usage)
     text, calls = _text(choice), _tool_calls(choice)
     if text or calls is None:
         yield text
@@ -216,15 +217,34 @@ def whole_answer(content: bytes, usage: Usage) -> Iterator[str | ToolCalls]:
         yield calls
 
 
-def _read_usage(event: Any, usage: Usage) -> None:
-    """Copy the server's token counts (its last chunk, with ``include_usage``) into ``usage``."""
-    counts = event.get("usage") if isinstance(event, dict) else None
+#: The model name a request carries when nobody named one (OpenAI's API requires a name;
+#: a server with one model loaded takes any). A server that echoes it back says nothing.
+UNNAMED_MODEL = "default"
+
+#: The finish reasons OpenAI's API defines. Another word from a server is not passed on:
+#: the chain then says "stop" or "length" itself, as for a local model.
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+
+
+def _read_usage(event: dict[str, Any], usage: Usage) -> None:
+    """Copy what the server says of its answer into ``usage``: the model's name (from the
+    first event that has one) and the token counts (its last chunk, with ``include_usage``)."""
+    model = event.get("model")
+    if usage.model is None and isinstance(model, str) and model.strip() not in ("", UNNAMED_MODEL):
+        usage.model = model.strip()[:200]
+    counts = event.get("usage")
     if not isinstance(counts, dict):
         return
     for field in ("prompt_tokens", "completion_tokens"):
         value = counts.get(field)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             setattr(usage, field, value)
+
+
+def _read_finish(choice: dict[str, Any], usage: Usage) -> None:
+    reason = choice.get("finish_reason")
+    if reason in FINISH_REASONS:
+        usage.finish_reason = reason
 
 
 def _error_text(event: dict[str, Any]) -> str:
