@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import httpx
 import pandas as pd
 import pytest
 from builders import write_gguf
 from fake_nvml.pynvml import FakeNvml
 from servers import refused_url, wait_until
 
-from webui import compat, launch
+from webui import build_app, compat, launch
 from webui import format as fmt
 from webui.diagnostics import DiagnosticsHandlers
 from webui.health_monitor import HealthHandlers
@@ -390,3 +391,13 @@ def test_launch_on_a_busy_port_says_so(manager: FallbackManager) -> None:
         taken.listen()
         with pytest.raises(PortUnavailable, match="choose another port"):
             launch(manager, port=taken.getsockname()[1], block=False)
+
+
+def test_launch_on_port_0_serves_on_a_free_port_and_names_it(manager: FallbackManager) -> None:
+    blocks = build_app(manager)
+    url = launch(manager, port=0, block=False, blocks=blocks)
+    try:
+        assert int(url.rstrip("/").rsplit(":", 1)[1]) != 0
+        assert httpx.get(f"{url.rstrip('/')}/metrics", timeout=10).status_code == 200
+    finally:
+        blocks.close()

@@ -11,6 +11,7 @@ import base64
 import binascii
 import os
 import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -76,7 +77,7 @@ def launch(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 786
 
     Args:
         host: the address to listen on; anything but loopback needs a login.
-        port: the TCP port.
+        port: the TCP port; 0 takes a free one (the URL returned names it).
         auth: ``(user, password)`` or ``"user:password"``; None reads FALLBACK_UI_AUTH.
             With a login, ``/metrics`` asks for the same credentials (HTTP Basic).
         block: wait here until the server stops (Ctrl+C); False returns at once.
@@ -93,6 +94,7 @@ def launch(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 786
     credentials = _login_for(host, auth)
     app = blocks if blocks is not None else build_app(manager)
     metrics = Route("/metrics", _metrics_endpoint(manager, credentials), methods=["GET"])
+    port = port or _free_port(host)  # Gradio given 0 checks its start-up at port 0, and fails
     try:
         app.queue().launch(server_name=host, server_port=port, auth=credentials, prevent_thread_lock=True,
                            quiet=True, app_kwargs={"routes": [metrics]}, **compat.LAUNCH_KWARGS)
@@ -102,6 +104,17 @@ def launch(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 786
     if block:
         app.block_thread()
     return url
+
+
+def _free_port(host: str) -> int:
+    """A port free on ``host`` now, as the system picks one for port 0."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            return int(probe.getsockname()[1])
+    except OSError as exc:
+        raise PortUnavailable(f"cannot serve the UI on {host}: {exc}") from exc
 
 
 def mount_tabs(app: Any, manager: FallbackManager, *, host: str = "127.0.0.1",
