@@ -12,6 +12,7 @@ switch is not saved as the preferred model.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import shutil
@@ -199,6 +200,10 @@ def _print_line(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     global _quiet
+    # A model's answer may hold characters the console's code page lacks (Windows writes a
+    # redirected stdout in cp1252): escaped, as the CLI does, instead of UnicodeEncodeError.
+    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
+        sys.stdout.reconfigure(errors="backslashreplace")
     # Failures are reported on the lines below; the library's own warnings would repeat them.
     library_log = logging.getLogger("zwaif_fallback")
     library_log.addHandler(logging.NullHandler())

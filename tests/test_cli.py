@@ -219,6 +219,15 @@ def test_output_into_a_closed_pipe_ends_quietly_like_sigpipe(isolated, args):
     assert "crashed" not in (isolated / "Logs" / "zwaif_fallback.log").read_text()
 
 
+def test_a_name_stdouts_encoding_lacks_is_escaped_not_a_crash(isolated, tiny_gguf):
+    # Windows writes a redirected stdout in the ANSI code page (cp1252): PYTHONIOENCODING does that here.
+    (isolated / "models").mkdir()
+    shutil.copy(tiny_gguf, isolated / "models" / "モデル.gguf")
+    result = run_cli("models", env={"PYTHONIOENCODING": "cp1252"}, cwd=isolated)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "\\u30e2\\u30c7\\u30eb" in result.stdout
+
+
 def test_monitor_stopped_with_ctrl_c_prints_its_report_and_exits_130(isolated):
     monitor = subprocess.Popen(
         [sys.executable, "-m", "zwaif_fallback", "monitor", "--duration", "30", "--interval", "0.1"],

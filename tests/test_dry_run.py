@@ -143,6 +143,32 @@ def test_a_damaged_file_raises_model_load_error_and_stays_refused(damage, tmp_pa
         dry_run(path, LoadConfig(n_ctx=256))
 
 
+# A process whose locale encoding is not UTF-8, as Windows' ANSI code page (cp1252, cp1251) is
+# not, with stdio in UTF-8 as many Windows users set it; -X utf8=0 is for this process only.
+NOT_UTF8_LOCALE = {"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": "utf-8"}
+DRY_RUN_IN_THAT_LOCALE = """
+import sys
+from zwaif_fallback.dry_run import dry_run
+from zwaif_fallback.memory import LoadConfig
+try:
+    dry_run(sys.argv[1], LoadConfig(n_ctx=256))
+except Exception as exc:
+    print(type(exc).__name__, ascii(str(exc)))
+"""
+
+
+def test_a_refusal_naming_a_path_outside_the_locale_encoding_is_model_load_error(tmp_path, tiny_gguf):
+    folder = tmp_path / "Иван"  # llama.cpp's messages name the file, in UTF-8
+    folder.mkdir()
+    data = tiny_gguf.read_bytes()
+    (folder / "damaged.gguf").write_bytes(data[:64])  # cut in its header: llama.cpp names the file
+    run = subprocess.run([sys.executable, "-X", "utf8=0", "-c", DRY_RUN_IN_THAT_LOCALE,
+                          str(folder / "damaged.gguf")], capture_output=True, text=True,
+                         env=dict(os.environ, **NOT_UTF8_LOCALE), timeout=120)
+    assert run.stdout.startswith("ModelLoadError"), run.stdout + run.stderr[-2000:]
+    assert ascii("Иван")[1:-1] in run.stdout
+
+
 def test_a_plan_llama_cpp_refuses_names_the_reason(tiny_gguf):
     with pytest.raises(ModelLoadError, match="quantized V cache requires flash_attn"):
         dry_run(tiny_gguf, LoadConfig(n_ctx=256, kv_type="q8_0", flash_attn=False))

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from zwaif_fallback import FallbackSettings, InvalidSettings, StorageError
+from zwaif_fallback import FallbackSettings, InvalidSettings, StorageError, settings_file
 from zwaif_fallback.settings import describe_range
 
 # field: (default, low, high) for the bounded ones, from DESIGN.md's table.
@@ -181,6 +182,41 @@ def test_an_unwritable_location_is_a_clear_error(tmp_path):
     with pytest.raises(StorageError, match="cannot write settings") as info:
         FallbackSettings(settings_file=blocker / "s.json").saved(timeout=10)
     assert info.value.exit_code == 1  # the value was fine: the operation failed
+
+
+def _held_for(times: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make ``os.replace`` refuse ``times`` times, as Windows does while a virus scanner
+    holds the settings file; returns the count of refusals so far."""
+    real, refused = os.replace, [0]
+
+    def replace(src: str, dst: str) -> None:
+        if refused[0] < times:
+            refused[0] += 1
+            raise PermissionError(13, "The process cannot access the file because it is being "
+                                      "used by another process")
+        real(src, dst)
+
+    monkeypatch.setattr(settings_file.os, "replace", replace)
+    return refused
+
+
+def test_a_save_waits_for_a_moment_while_another_process_holds_the_file(monkeypatch):
+    refused = _held_for(3, monkeypatch)
+    FallbackSettings().saved(timeout=12)
+    assert refused == [3]
+    assert json.loads(Path("fallback_settings.json").read_text()) == {"timeout": 12.0}
+    assert [p.name for p in Path(".").iterdir()] == ["fallback_settings.json"]  # no temp left
+
+
+def test_a_file_held_for_good_is_a_clear_error_and_stays_as_it_was(monkeypatch):
+    FallbackSettings().saved(timeout=12)
+    before = Path("fallback_settings.json").read_bytes()
+    _held_for(10**6, monkeypatch)
+    monkeypatch.setattr(settings_file, "REPLACE_WAIT_S", 0.2)
+    with pytest.raises(StorageError, match="cannot write settings"):
+        FallbackSettings().saved(timeout=20)
+    assert Path("fallback_settings.json").read_bytes() == before
+    assert [p.name for p in Path(".").iterdir()] == ["fallback_settings.json"]
 
 
 def test_the_api_key_is_never_shown():

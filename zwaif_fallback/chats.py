@@ -50,7 +50,7 @@ class Chats:
     def __init__(self, *, settings: Callable[[], FallbackSettings], router: Router,
                  recorder: Callable[[], Recorder],
                  on_primary_answer: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self._settings = settings
         self._router = router
         self._recorder = recorder

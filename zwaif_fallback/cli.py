@@ -12,6 +12,7 @@ is added after them unless ``json_flag=False``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -145,6 +146,7 @@ def _port(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
+    _escape_what_stdout_cannot_encode()
     args = build_parser().parse_args(argv)
     setup_logging()
     overrides = {}
@@ -187,6 +189,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _escape_what_stdout_cannot_encode() -> None:
+    """A character stdout's encoding lacks is written as ``\\u30e2``, not raised.
+
+    On Windows, stdout redirected to a file or a pipe (a host reading it) is in the ANSI code
+    page, cp1252 and the like, unless PYTHONUTF8 or PYTHONIOENCODING says otherwise: a model
+    named in Japanese, or an emoji in an answer, then raised UnicodeEncodeError and the
+    command failed. Python writes stderr this way already; the encoding stays the reader's.
+    """
+    stream = sys.stdout
+    if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+        stream.reconfigure(errors="backslashreplace")
+
+
 # -- commands: each one's arguments, then its handler ---------------------------------------
 
 
@@ -202,7 +217,7 @@ def cmd_ui(manager: FallbackManager, args: argparse.Namespace) -> int:
     try:
         from webui.app import launch
     except ImportError as exc:
-        raise BackendUnavailable(f"the web UI needs gradio: pip install 'zwaif-fallback[ui]' ({exc})"
+        raise BackendUnavailable(f'the web UI needs gradio: pip install "zwaif-fallback[ui]" ({exc})'
                                  ) from None
     url = launch(manager, host=args.host, port=args.port, block=False)
     print(f"zwaif-fallback UI: {url}  (metrics at {url.rstrip('/')}/metrics; Ctrl+C stops it)",
@@ -232,7 +247,7 @@ def cmd_serve(manager: FallbackManager, args: argparse.Namespace) -> int:
         try:
             from webui.app import mount_tabs
         except ImportError as exc:
-            raise BackendUnavailable(f"the tabs need gradio: pip install 'zwaif-fallback[ui]' ({exc}); "
+            raise BackendUnavailable(f'the tabs need gradio: pip install "zwaif-fallback[ui]" ({exc}); '
                                      "or serve the API alone with --no-ui") from None
 
         def mount(app: Any) -> None:

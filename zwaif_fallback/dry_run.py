@@ -242,7 +242,7 @@ def dry_run(path: str | os.PathLike[str], config: LoadConfig, *, cpu_only: bool 
         return cached
     if importlib.util.find_spec("llama_cpp") is None:
         raise BackendUnavailable(
-            "llama-cpp-python is not installed: pip install 'zwaif-fallback[gguf]'")
+            'llama-cpp-python is not installed: pip install "zwaif-fallback[gguf]"')
     result = _run_child(os.fspath(path), config, cpu_only, timeout_s)
     with _cache_lock:
         _cache[key] = result
@@ -275,11 +275,14 @@ def _run_child(path: str, config: LoadConfig, cpu_only: bool, timeout_s: float) 
     """
     name = Path(path).name
     plan = json.dumps({**config.model_dump(), "cpu_only": cpu_only})
-    env = dict(os.environ, GGML_NO_BACKTRACE="1")  # ggml would attach gdb to print a backtrace
+    # ggml would attach gdb to print a backtrace. The child's output is UTF-8 both ways, not the
+    # locale's encoding (Windows' ANSI code page): llama.cpp's messages name the file, and a
+    # path under C:\Users\Иван\ raised UnicodeDecodeError here.
+    env = dict(os.environ, GGML_NO_BACKTRACE="1", PYTHONIOENCODING="utf-8")
     start = time.perf_counter()
     try:
         child = subprocess.run([sys.executable, "-c", _CHILD, path, plan], capture_output=True,
-                               text=True, timeout=timeout_s, env=env)
+                               encoding="utf-8", errors="replace", timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         raise ModelLoadError(f"llama.cpp did not finish the dry run of {name} in {timeout_s:g} s: "
                              "raise timeout_s, or check the file") from None
@@ -289,7 +292,7 @@ def _run_child(path: str, config: LoadConfig, cpu_only: bool, timeout_s: float) 
     reason = _reason(child.stderr)
     if child.returncode == 5:
         raise BackendUnavailable(f"llama-cpp-python does not import ({reason}): "
-                                 "pip install 'zwaif-fallback[gguf]'")
+                                 'pip install "zwaif-fallback[gguf]"')
     if child.returncode == 4:
         return (f"llama.cpp cannot create a context for {name} with n_ctx={config.n_ctx}, "
                 f"flash_attn={config.flash_attn}, kv_type={config.kv_type} ({reason})")

@@ -270,7 +270,7 @@ class FailoverChain:
     """
 
     def __init__(self, *, timeout_s: float, max_retries: int, stall_s: float | None = None,
-                 auto_switch: bool = True, clock: Callable[[], float] = time.monotonic,
+                 auto_switch: bool = True, clock: Callable[[], float] = time.perf_counter,
                  cancel: threading.Event | None = None) -> None:
         self.timeout_s = timeout_s
         self.max_retries = max_retries

@@ -213,7 +213,7 @@ def _library_folder() -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise _NotLoaded("llama-cpp-python is not installed: pip install 'zwaif-fallback[gguf]'")
+        raise _NotLoaded('llama-cpp-python is not installed: pip install "zwaif-fallback[gguf]"')
     return Path(next(iter(spec.submodule_search_locations))).resolve() / "lib"
 
 

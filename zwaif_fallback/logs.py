@@ -13,6 +13,38 @@ LOG_FILE = "zwaif_fallback.log"
 _configured: set[str] = set()
 
 
+class _RotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A RotatingFileHandler that writes on when the log file cannot be renamed.
+
+    Windows refuses to rename a file that another process holds open, and a ``serve`` and a
+    CLI command started in the same folder share one log file. The stdlib handler then lost
+    every record from there on, printed a traceback on stderr for each, and shifted the
+    backups once more each time (deleting the oldest). Here the file is moved aside first,
+    and the backups move only when that worked; else the records go on into the same file,
+    and the next record tries again.
+    """
+
+    def doRollover(self) -> None:
+        if self.backupCount < 1:
+            super().doRollover()
+            return
+        if self.stream:
+            self.stream.close()
+            self.stream = None  # reopened by the next record
+        aside = f"{self.baseFilename}.rotating"
+        try:
+            os.replace(self.baseFilename, aside)
+        except OSError:
+            return
+        for i in range(self.backupCount - 1, 0, -1):
+            older = f"{self.baseFilename}.{i}"
+            if os.path.exists(older):
+                os.replace(older, f"{self.baseFilename}.{i + 1}")
+        os.replace(aside, f"{self.baseFilename}.1")
+        if not self.delay:
+            self.stream = self._open()
+
+
 def setup_logging(log_dir: str | Path | None = None, *, level: int = logging.INFO,
                   max_bytes: int = 5 * 1024 * 1024, backups: int = 3) -> Path | None:
     """Send ``zwaif_fallback`` logs to a rotating file in ``log_dir`` (default ``Logs``).
@@ -28,7 +60,7 @@ def setup_logging(log_dir: str | Path | None = None, *, level: int = logging.INF
         return path
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
+        handler = _RotatingFileHandler(
             path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True)
         with open(path, "a", encoding="utf-8"):
             pass  # fail now, not at the first log line, when the folder is not writable

@@ -60,7 +60,10 @@ class FallbackManager:
 
     def __init__(self, settings: FallbackSettings | None = None, *,
                  probe: HardwareProbe | None = None, background: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        # perf_counter, not monotonic: on Windows before Python 3.13, monotonic ticks in
+        # 15.6 ms steps, coarser than a local model's time to the first token; elsewhere
+        # the two are one clock
         self._settings = settings if settings is not None else FallbackSettings()
         self._settings_lock = threading.Lock()
         self._probe = probe or HardwareProbe()

@@ -199,7 +199,11 @@ def listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # POSIX only, as asyncio does: there it lets a restart bind while old connections are
+        # in TIME_WAIT, but on Windows it lets a socket bind a port another one listens on,
+        # so a second serve on 5001 started without a PortUnavailable and shared its clients.
+        if os.name == "posix":
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
         listener.listen(2048)  # a client that comes before uvicorn has started waits, not refused
     except OSError as exc:

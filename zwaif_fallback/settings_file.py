@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,26 @@ def write_atomically(path: Path, data: Mapping[str, Any]) -> None:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise StorageError(f"cannot write settings to {path}: {exc.strerror or exc}") from exc
+
+
+#: How long a save waits for another process to let go of the settings file.
+REPLACE_WAIT_S = 1.0
+
+
+def _replace(tmp: str, path: Path) -> None:
+    """``os.replace``, tried again for ``REPLACE_WAIT_S`` while it raises PermissionError:
+    Windows refuses to replace a file another process has open, and a virus scanner or a
+    search indexer opens a file that has just been written, for a moment."""
+    deadline = time.monotonic() + REPLACE_WAIT_S
+    while True:
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)

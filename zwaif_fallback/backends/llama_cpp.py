@@ -166,7 +166,7 @@ def _import_llama() -> Any:
         import llama_cpp
     except ImportError:
         raise BackendUnavailable(
-            "llama-cpp-python is not installed: pip install 'zwaif-fallback[gguf]'") from None
+            'llama-cpp-python is not installed: pip install "zwaif-fallback[gguf]"') from None
     return llama_cpp
 
 
@@ -191,8 +191,10 @@ def preflight(path: str, *, timeout_s: float = 120.0) -> None:
                 raise ModelLoadError(problem)
             return
     try:
+        # llama.cpp logs the path in UTF-8, not in the locale's encoding (Windows' ANSI code
+        # page), which raised UnicodeDecodeError for a model under C:\Users\Иван\.
         child = subprocess.run([sys.executable, "-c", _PREFLIGHT, path], capture_output=True,
-                               text=True, timeout=timeout_s)
+                               encoding="utf-8", errors="replace", timeout=timeout_s)
         problem = None
         if child.returncode != 0:
             tail = (child.stderr.strip().splitlines() or ["no output"])[-1][:200]

@@ -33,7 +33,7 @@ def _import() -> tuple[Any, Any]:
         import transformers
     except ImportError:
         raise BackendUnavailable(
-            "transformers and torch are not installed: pip install 'zwaif-fallback[hf]'") from None
+            'transformers and torch are not installed: pip install "zwaif-fallback[hf]"') from None
     return torch, transformers
 
 

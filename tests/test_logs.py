@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from zwaif_fallback.logs import setup_logging
+
+log = logging.getLogger("zwaif_fallback.test_logs")
+
+
+@pytest.fixture
+def log_file(tmp_path: Path):
+    path = setup_logging(tmp_path, max_bytes=400, backups=2)
+    assert path is not None
+    yield path
+    root = logging.getLogger("zwaif_fallback")
+    for handler in [h for h in root.handlers if getattr(h, "baseFilename", "").startswith(str(tmp_path))]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+@pytest.fixture
+def held_open(log_file: Path, monkeypatch: pytest.MonkeyPatch):
+    """What Windows does while another process has the log file open: it cannot be renamed."""
+    def refuse(real):
+        def rename(src, dst, *args, **kwargs):
+            if os.fspath(src) == str(log_file.resolve()):
+                raise PermissionError(13, "The process cannot access the file because it is being "
+                                          "used by another process", os.fspath(src))
+            return real(src, dst, *args, **kwargs)
+        return rename
+
+    monkeypatch.setattr(os, "rename", refuse(os.rename))
+    monkeypatch.setattr(os, "replace", refuse(os.replace))
+    return monkeypatch
+
+
+def test_a_log_file_another_process_holds_keeps_every_record_and_its_backups(log_file, held_open, capsys):
+    for name in ("1", "2"):
+        Path(f"{log_file}.{name}").write_text(f"backup {name}\n", encoding="utf-8")
+    for i in range(20):  # 2 KB: past max_bytes many times over
+        log.warning("record %02d %s", i, "x" * 80)
+    text = log_file.read_text(encoding="utf-8")
+    assert all(f"record {i:02d}" in text for i in range(20))
+    assert "Logging error" not in capsys.readouterr().err
+    assert [Path(f"{log_file}.{n}").read_text(encoding="utf-8") for n in "12"] == ["backup 1\n", "backup 2\n"]
+
+
+def test_the_log_rotates_once_no_other_process_holds_it(log_file, held_open):
+    Path(f"{log_file}.1").write_text("backup 1\n", encoding="utf-8")
+    for i in range(10):
+        log.warning("record %02d %s", i, "x" * 80)
+    held_open.undo()  # the other process has closed it
+    log.warning("after")
+    assert Path(f"{log_file}.2").read_text(encoding="utf-8") == "backup 1\n"
+    assert "record 09" in Path(f"{log_file}.1").read_text(encoding="utf-8")
+    assert "after" in log_file.read_text(encoding="utf-8")
