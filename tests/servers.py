@@ -21,6 +21,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -421,6 +423,19 @@ class Served:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=20)
+
+
+@contextmanager
+def serve_in_process(root: Path, primary_url: str, **settings: Any) -> Iterator[tuple[Served, Any]]:
+    """The API in this process, over a manager of its own (``serve_settings``)."""
+    from zwaif_fallback import FallbackManager
+
+    with FallbackManager(serve_settings(root, primary_url, **settings), background=False) as manager:
+        served = Served(manager)
+        try:
+            yield served, manager
+        finally:
+            served.close()
 
 
 def refused_url() -> str:

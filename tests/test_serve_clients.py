@@ -35,6 +35,7 @@ from servers import (
     serve_settings,
     wait_until,
 )
+from servers import serve_in_process as serve
 
 from zwaif_fallback import FallbackManager
 
@@ -49,17 +50,6 @@ TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 #: How long after a client hangs up its generation or upstream request may still run.
 STOP_WITHIN_S = 1.0
-
-
-@contextmanager
-def serve(root: Path, primary_url: str, **settings: Any) -> Iterator[tuple[Served, FallbackManager]]:
-    """The API in this process, over a manager of its own."""
-    with FallbackManager(serve_settings(root, primary_url, **settings), background=False) as manager:
-        served = Served(manager)
-        try:
-            yield served, manager
-        finally:
-            served.close()
 
 
 @contextmanager

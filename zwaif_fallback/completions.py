@@ -219,6 +219,9 @@ class ChunkMaker:
     stops at anything else, and OpenAI's shapes have plenty.
     """
 
+    #: the response's content type
+    media_type = b"text/event-stream; charset=utf-8"
+
     def __init__(self, include_usage: bool, *, oobabooga: bool = False) -> None:
         self.id, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         self.include_usage = include_usage
@@ -283,6 +286,14 @@ class ChunkMaker:
             return
         if results:  # none: cancelled, the reader is gone and nothing more is said
             yield from self.ending(results[0])
+
+    def encode(self, item: dict[str, Any]) -> bytes:
+        """A chunk (or error object) as the stream's bytes."""
+        return event(item)
+
+    def render(self, error: dict[str, Any]) -> dict[str, Any]:
+        """The body of an error response sent before the stream began (OpenAI's, as it is)."""
+        return error
 
     def failure(self, exc: BaseException) -> dict[str, Any]:
         """The error object that ends the stream, for ``exc``."""

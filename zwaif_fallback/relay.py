@@ -28,7 +28,7 @@ from .completions import ChunkMaker, error_object, status_of, who_answered
 from .errors import BackendUnavailable
 from .failover import ChatRun, Piece, Target, answered_by
 from .results import ChatResult
-from .sse import ChunkPump, event
+from .sse import ChunkPump
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -44,7 +44,6 @@ _Batch = list[Any]
 _END: _Batch = []
 #: uvicorn's ``send``.
 _Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-_EVENT_STREAM = (b"content-type", b"text/event-stream; charset=utf-8")
 
 
 class Relay:
@@ -89,7 +88,7 @@ class Relay:
                 await self._respond_with(error_object(RuntimeError("the answer ended before it began")))
             elif not self._ended:
                 stopped = [self._chunks.failure(shutting_down())] if self._shutting_down else _END
-                await send(_body(stopped, more=False))
+                await send(_body(stopped, self._chunks, more=False))
         finally:
             self.close()
 
@@ -146,11 +145,11 @@ class Relay:
                     return
                 self._started = True
                 await self._send({"type": "http.response.start", "status": 200, "headers": [
-                    _EVENT_STREAM, (b"cache-control", b"no-cache"),
+                    (b"content-type", self._chunks.media_type), (b"cache-control", b"no-cache"),
                     *((k.lower().encode("latin-1"), v.encode("latin-1"))
                       for k, v in who_answered(first).items())]})
             self._ended = last
-            await self._send(_body(batch, more=not last))
+            await self._send(_body(batch, self._chunks, more=not last))
         except OSError as exc:  # uvicorn drops what a gone client would get; this is a guard
             log.info("the reader could not be written to: %s", exc)
             raise asyncio.CancelledError from exc
@@ -161,7 +160,7 @@ class Relay:
 
         assert self._send is not None
         self._started = self._ended = True
-        await JSONResponse(error, status_code=status_of(error))(*self._asgi, self._send)
+        await JSONResponse(self._chunks.render(error), status_code=status_of(error))(*self._asgi, self._send)
 
     async def _servers(self) -> None:
         plan, run = self._plan, self._run
@@ -249,7 +248,8 @@ class Relay:
         plan, results = self._plan, list[ChatResult]()
         began = self._chunks.began
         pump = ChunkPump(self._chunks.relay(plan.pieces(self._run, targets, results.append), results),
-                         self._cancel, done=self._chunks.done_event, first_raw=not began)
+                         self._cancel, done=self._chunks.done_event, first_raw=not began,
+                         encode=self._chunks.encode)
         try:
             if not began:
                 first = await pump.first()
@@ -281,10 +281,10 @@ def shutting_down() -> BackendUnavailable:
                               "before its end; send the request again once serve is back")
 
 
-def _body(batch: _Batch, *, more: bool) -> dict[str, Any]:
+def _body(batch: _Batch, chunks: ChunkMaker, *, more: bool) -> dict[str, Any]:
     """The ASGI message that sends ``batch``'s chunks (dicts or encoded events) at once."""
     return {"type": "http.response.body", "more_body": more,
-            "body": b"".join(item if isinstance(item, bytes) else event(item) for item in batch)}
+            "body": b"".join(item if isinstance(item, bytes) else chunks.encode(item) for item in batch)}
 
 
 async def _first(stream: AsyncIterator[list[str | ToolCalls]],

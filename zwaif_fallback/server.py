@@ -4,6 +4,8 @@ A host that talks HTTP points its OpenAI base URL here and changes nothing else:
 
     POST /v1/chat/completions   the chain's answer, whole or as server-sent events
     GET  /v1/models             the primary's models, then the remotes', then the local ones
+    POST /api/chat              the same answer in Ollama's shape (``ollama_api``), and
+    GET  /api/tags              the same list, for hosts that speak Ollama's API
     GET  /health                200 with the chain's state, 503 when nothing could answer
     GET  /metrics               Prometheus metrics
 
@@ -21,26 +23,25 @@ app is Starlette's (Gradio brings it); ``webui`` mounts the tabs at ``/`` beside
 from __future__ import annotations
 
 import asyncio
-import errno
 import gc
 import json
 import logging
 import os
 import secrets
-import socket
 import threading
 import weakref
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import ollama_api
 from .backends.base import Cancel
 from .completions import ChunkMaker, error_object, parse_request, status_of, who_answered
-from .errors import FallbackError, HostUnavailable, InvalidSettings, PortUnavailable
+from .errors import InvalidSettings
+from .listening import listen, serving
 from .relay import Relay, on_disconnect, shutting_down
 
 if TYPE_CHECKING:
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -92,6 +93,8 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
     app.state.api_routes = [
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
+        Route("/api/chat", api.ollama_chat, methods=["POST"]),
+        Route("/api/tags", api.ollama_models, methods=["GET"]),
         Route("/health", api.health, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
     ]
@@ -152,77 +155,6 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
     serving(_straight_to_the_api(app), on_shutdown=app.state.stop_chats).run(sockets=[listener])
 
 
-def serving(app: Callable[..., Any], *,
-            on_shutdown: Callable[[], None] | None = None) -> uvicorn.Server:
-    """The uvicorn server that ``run`` starts on ``app``: its HTTP protocol turns Nagle's
-    algorithm off on every connection, and ``on_shutdown`` runs when it begins to shut down
-    (Ctrl-C), before uvicorn waits for the requests in flight.
-
-    asyncio does that itself only on a selector loop, and only for a socket made as TCP by
-    name (``IPPROTO_TCP``, which a plain ``socket(family, SOCK_STREAM)`` is not); the
-    proactor loop, Windows' default, makes every accepted socket with protocol 0. With Nagle
-    on, a streamed answer's first body write waited for the client to acknowledge the
-    headers, which a client may delay (40 ms on Linux, 200 ms on Windows): 40 ms were added
-    to the first token of every answer here.
-    """
-    import uvicorn
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    class NoDelayProtocol(HttpToolsProtocol):
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            sock = transport.get_extra_info("socket")
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            super().connection_made(transport)
-
-    class Server(uvicorn.Server):
-        async def shutdown(self, *args: Any, **kwargs: Any) -> None:
-            if on_shutdown is not None:
-                on_shutdown()
-            await super().shutdown(*args, **kwargs)
-
-    return Server(uvicorn.Config(app, http=NoDelayProtocol, log_level="warning",
-                                 timeout_graceful_shutdown=5))
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """The socket that uvicorn serves on, bound and listening (``serving`` turns Nagle's
-    algorithm off on each connection it accepts).
-
-    Raises:
-        InvalidSettings: ``port`` is outside 0-65535 (bind would raise OverflowError).
-        HostUnavailable: ``host`` is not an address of this machine.
-        PortUnavailable: the address cannot be listened on (the port is taken, or not allowed).
-    """
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise InvalidSettings(f"port={port!r} is not a port: use 0 to 65535")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        # POSIX only, as asyncio does: there it lets a restart bind while old connections are
-        # in TIME_WAIT, but on Windows it lets a socket bind a port another one listens on,
-        # so a second serve on 5001 started without a PortUnavailable and shared its clients.
-        if os.name == "posix":
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host, port))
-        listener.listen(2048)  # a client that comes before uvicorn has started waits, not refused
-    except OSError as exc:
-        listener.close()
-        raise _cannot_listen(host, port, exc) from exc
-    return listener
-
-
-def _cannot_listen(host: str, port: int, exc: OSError) -> FallbackError:
-    # A name that does not resolve (gaierror) or an address no interface here has is a wrong
-    # host: another port would fail the same way.
-    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
-        return HostUnavailable(
-            f"cannot serve on {host}:{port}: {host} is not an address of this machine "
-            f"({exc.strerror or exc}); listen on one it has, such as --host 127.0.0.1")
-    return PortUnavailable(f"cannot serve on {host}:{port}: {exc.strerror or exc}; "
-                           "choose another port with --port")
-
-
 class _Api:
     """The route handlers, over one manager."""
 
@@ -244,23 +176,39 @@ class _Api:
             cancel.set()
 
     async def chat_completions(self, request: Request) -> Response | Relay:
+        body = await self._request_body(request)
+        return await self._chat(request, body) if isinstance(body, dict) else body
+
+    async def ollama_chat(self, request: Request) -> Response | Relay:
+        """Ollama's ``POST /api/chat``, answered as ``chat_completions`` answers (``ollama_api``)."""
         from starlette.responses import JSONResponse
 
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        body = await _read_body(request)
+        body = await self._request_body(request)
         if not isinstance(body, dict):
             return body
+        try:
+            asked = ollama_api.chat_request(body)
+        except InvalidSettings as exc:
+            return JSONResponse(ollama_api.render(error_object(exc)), status_code=400)
+        return await self._chat(request, asked, ollama=True)
+
+    async def _chat(self, request: Request, body: dict[str, Any], *,
+                    ollama: bool = False) -> Response | Relay:
+        from starlette.responses import JSONResponse
+
         if not body.get("stream"):
             answer = await self._whole_answer(request, body)
-            return JSONResponse(answer, status_code=status_of(answer), headers=who_answered(answer))
+            shown = ollama_api.whole_answer(answer) if ollama else answer
+            return JSONResponse(shown, status_code=status_of(answer), headers=who_answered(answer))
         try:
             checked = parse_request(body)
             plan = self.manager.chat_plan(checked, cancel=Cancel())
         except InvalidSettings as exc:
-            return JSONResponse(error_object(exc), status_code=400)
-        relay = Relay(plan, ChunkMaker(checked.include_usage, oobabooga=checked.oobabooga))
+            failure = error_object(exc)
+            return JSONResponse(ollama_api.render(failure) if ollama else failure, status_code=400)
+        chunks = ollama_api.OllamaChunks() if ollama else \
+            ChunkMaker(checked.include_usage, oobabooga=checked.oobabooga)
+        relay = Relay(plan, chunks)
         relay.watch(request)
         self._streams.add(relay)
         return relay  # the response: the task that reads the first chunk starts it
@@ -288,6 +236,15 @@ class _Api:
             return refused
         data = await asyncio.to_thread(self._models)
         return JSONResponse({"object": "list", "data": data})
+
+    async def ollama_models(self, request: Request) -> Response:
+        """Ollama's ``GET /api/tags``: the models ``/v1/models`` lists."""
+        from starlette.responses import JSONResponse
+
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        return JSONResponse(ollama_api.model_list(await asyncio.to_thread(self._models)))
 
     def _models(self) -> list[dict[str, Any]]:
         settings = self.manager.settings
@@ -346,6 +303,11 @@ class _Api:
             return refused
         body, content_type = self.manager.metrics.render()
         return Response(body, media_type=content_type)
+
+    async def _request_body(self, request: Request) -> dict[str, Any] | Response:
+        """The request's JSON body, or the response that refuses it (no key, not JSON)."""
+        refused = self._refuse(request)
+        return refused if refused is not None else await _read_body(request)
 
     def _refuse(self, request: Request) -> Response | None:
         if self.api_key is None:

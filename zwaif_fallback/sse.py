@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from .completions import error_object, event
@@ -35,8 +35,9 @@ class ChunkPump:
     """
 
     def __init__(self, items: Iterator[dict[str, Any]], stopped: threading.Event, *, done: bytes,
-                 first_raw: bool = True) -> None:
+                 first_raw: bool = True, encode: Callable[[dict[str, Any]], bytes] = event) -> None:
         self._loop = asyncio.get_running_loop()
+        self._encode = encode
         self._done = done
         self._first_raw = first_raw
         self._items = items
@@ -52,7 +53,7 @@ class ChunkPump:
             for item in self._items:
                 if self.stopped.is_set():
                     break
-                self._put(item if first else event(item))
+                self._put(item if first else self._encode(item))
                 first = False
                 if "error" in item:
                     break
@@ -61,7 +62,7 @@ class ChunkPump:
                     self._put(self._done)
         except Exception as exc:  # stream_chat_completion never raises; this is a last guard
             failure = error_object(exc)
-            self._put(failure if first else event(failure))
+            self._put(failure if first else self._encode(failure))
         finally:
             close = getattr(self._items, "close", None)
             if close is not None:

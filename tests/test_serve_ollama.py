@@ -1,0 +1,154 @@
+"""``serve``'s Ollama API (``ollama_api``), driven by the ``ollama`` package Z-WAIF calls.
+
+Z-WAIF's ``API_TYPE = Ollama`` calls ``ollama.chat`` (API/ollama_api.py on its main branch)
+and reads ``event['message']['content']`` of each streamed part; pointed at serve through
+``OLLAMA_HOST``, it must get the primary's answer, or a local model's when the primary is
+gone, in the shape it reads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from servers import ScriptedServer, refused_url
+from servers import serve_in_process as serve
+
+ollama = pytest.importorskip("ollama")
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1"
+#: Z-WAIF's ``get_temperature_options`` at temp level 0 (Configurables/OllamaModelConfigs.json),
+#: with its num_ctx (max_context), stop list and token limit.
+ZWAIF_OPTIONS: dict[str, Any] = {
+    "temperature": 1.05, "min_p": 0.047, "top_p": 0.89, "top_k": 72, "num_ctx": 4096,
+    "repeat_penalty": 1.079, "stop": ["[System", "\nUser:", "---", "<|", "###"], "num_predict": 300,
+    "repeat_last_n": 3096, "frequency_penalty": 0.03, "presence_penalty": 0.03}
+#: Z-WAIF's ``encode_new_api_ollama``: the character card as a system message, then the chat.
+ZWAIF_HISTORY = [{"role": "system", "content": "You are Waifu, a cheerful companion."},
+                 {"role": "user", "content": "Name three colours."}]
+ZWAIF_MODEL = "leeplenty/lumimaid-v0.2:8b"
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg=="
+
+
+def zwaif_streams(url: str, history: list[dict[str, Any]] = ZWAIF_HISTORY) -> tuple[str, list[Any]]:
+    """What Z-WAIF's stream loop makes of an answer: the reply, and each part it read. Any
+    exception here is one that ends Z-WAIF's chat loop."""
+    stream = ollama.Client(host=url).chat(model=ZWAIF_MODEL, messages=history, stream=True,
+                                          keep_alive="25h", options=ZWAIF_OPTIONS)
+    parts, assistant_message = [], ""
+    for event in stream:  # Z-WAIF's own loop (api_controller.run_streaming, the "Ollama" branch)
+        chunk = event['message']['content']
+        assistant_message += chunk
+        parts.append(event)
+    return assistant_message, parts
+
+
+def test_zwaifs_ollama_stream_gets_the_primarys_answer(isolated: Path):
+    upstream = ScriptedServer(["Red, ", "green ", "and blue."], model=ZWAIF_MODEL)
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            reply, parts = zwaif_streams(served.url)
+    finally:
+        upstream.close()
+    assert reply == "Red, green and blue."
+    assert [p.done for p in parts] == [False] * (len(parts) - 1) + [True]
+    assert (parts[-1].done_reason, parts[-1].model, parts[-1].eval_count) == ("stop", ZWAIF_MODEL, 3)
+    # Ollama's options, in OpenAI's names where there is one, the other samplers as they are;
+    # num_ctx and keep_alive are the Ollama server's own business
+    sent = upstream.bodies[0]
+    assert (sent["model"], sent["messages"], sent["max_tokens"], sent["temperature"]) == \
+        (ZWAIF_MODEL, ZWAIF_HISTORY, 300, 1.05)
+    assert {k: sent[k] for k in ("top_k", "min_p", "repeat_penalty", "repeat_last_n")} == \
+        {"top_k": 72, "min_p": 0.047, "repeat_penalty": 1.079, "repeat_last_n": 3096}
+    assert not {"num_ctx", "keep_alive", "options", "num_predict"} & set(sent)
+
+
+def test_a_whole_ollama_answer_comes_back_as_ollama_gives_it(isolated: Path):
+    upstream = ScriptedServer(["Red, ", "green ", "and blue."], model=ZWAIF_MODEL, prompt_tokens=17)
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            answer = ollama.Client(host=served.url).chat(model=ZWAIF_MODEL, messages=ZWAIF_HISTORY,
+                                                         options={"num_predict": 2})
+    finally:
+        upstream.close()
+    assert (answer.message.role, answer.message.content) == ("assistant", "Red, green ")
+    assert (answer.done, answer.done_reason, answer.model) == (True, "length", ZWAIF_MODEL)
+    assert (answer.prompt_eval_count, answer.eval_count) == (17, 2)
+
+
+@pytest.mark.slow
+def test_zwaifs_ollama_stream_gets_a_local_answer_when_the_primary_is_down(isolated: Path):
+    with serve(isolated, refused_url()) as (served, _):
+        reply, parts = zwaif_streams(served.url)
+    last = parts[-1]
+    assert reply.strip()
+    assert (last.done, last.model) == (True, SMOL)  # the local model's name: it answered
+    assert last.done_reason in ("stop", "length") and last.eval_count > 0
+
+
+def test_an_image_reaches_the_primary_as_an_openai_image_part(isolated: Path):
+    upstream = ScriptedServer(["A dot."])
+    history = [{"role": "user", "content": "What is this?", "images": [PNG]}]
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            reply, _ = zwaif_streams(served.url, history)
+    finally:
+        upstream.close()
+    assert reply == "A dot."
+    assert upstream.bodies[0]["messages"] == [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]}]
+
+
+def test_a_servers_tool_call_reaches_the_host_as_ollama_gives_it(isolated: Path):
+    upstream = ScriptedServer([], tool_calls=[{"id": "call_1", "name": "get_weather",
+                                               "arguments": json.dumps({"city": "Paris"})}])
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            client = ollama.Client(host=served.url)
+            whole = client.chat(model=ZWAIF_MODEL, messages=ZWAIF_HISTORY, tools=[TOOL])
+            streamed = list(client.chat(model=ZWAIF_MODEL, messages=ZWAIF_HISTORY, tools=[TOOL], stream=True))
+    finally:
+        upstream.close()
+    for message in (whole.message, streamed[-1].message):
+        assert [(c.function.name, dict(c.function.arguments)) for c in message.tool_calls or []] == \
+            [("get_weather", {"city": "Paris"})]
+    assert upstream.bodies[0]["tools"][0]["function"]["name"] == "get_weather"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"messages": ZWAIF_HISTORY}, "model"),
+    ({"model": "m", "messages": "hi"}, "messages"),
+    ({"model": "m", "messages": ZWAIF_HISTORY, "options": [1]}, "options"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x", "images": [1]}]}, "images"),
+    ({"model": "m", "messages": ZWAIF_HISTORY, "options": {"temperature": -1}}, "temperature"),
+])
+def test_a_bad_ollama_request_is_refused_naming_the_field(isolated: Path, body: dict[str, Any], field: str):
+    with serve(isolated, refused_url()) as (served, _):
+        for stream in (False, True):
+            response = httpx.post(served.url + "/api/chat", json={**body, "stream": stream}, timeout=30)
+            assert response.status_code == 400
+            assert field in response.json()["error"]  # Ollama's shape: the error as text
+
+
+def test_a_chat_no_target_can_answer_is_an_ollama_error_saying_why(isolated: Path):
+    # The primary is down, and a local model cannot call the tools the request needs.
+    with serve(isolated, refused_url()) as (served, _):
+        with pytest.raises(ollama.ResponseError) as failed:
+            list(ollama.Client(host=served.url).chat(model=ZWAIF_MODEL, messages=ZWAIF_HISTORY,
+                                                     tools=[TOOL], stream=True))
+    assert failed.value.status_code == 503
+    assert "cannot call tools" in failed.value.error
+
+
+def test_the_model_list_answers_as_ollamas_does(isolated: Path):
+    upstream = ScriptedServer(["x"])
+    with serve(isolated, upstream.url) as (served, _):
+        listed = ollama.Client(host=served.url).list()
+    upstream.close()
+    assert SMOL in [m.model for m in listed.models]

@@ -1,0 +1,220 @@
+"""Ollama's own chat API (``POST /api/chat``) on ``serve``, for hosts that speak it.
+
+Z-WAIF's ``API_TYPE = Ollama`` (and ``API_TYPE_VISUAL``, its default for images) calls the
+``ollama`` package's ``chat()``, which sends Ollama's request shape to ``OLLAMA_HOST`` and
+reads newline-delimited JSON back, not OpenAI's. Pointing ``OLLAMA_HOST`` at serve gives
+such a host the same failover as ``/v1/chat/completions``: the request is read into the
+OpenAI shape the chain takes (``chat_request``), and the answer is written in Ollama's
+(``OllamaChunks`` for a stream, ``whole_answer`` otherwise). The primary is asked through
+its OpenAI-compatible API (Ollama's is ``/v1`` on the same port).
+
+Ollama's options map to OpenAI's names where there is one (``num_predict`` is
+``max_tokens``); the other samplers (``top_k``, ``min_p``, ``repeat_penalty``, ...) go to
+servers as fields of their own, which llama.cpp's server reads (Ollama's ``/v1`` is built
+for OpenAI's samplers and may drop them). Runtime options (``num_ctx``, ``num_gpu``, ``keep_alive``) are
+Ollama's server's business and are dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .completions import BadRequestField, ChunkMaker, fallback_info
+from .failover import Piece
+from .results import ChatResult
+
+__all__ = ["OllamaChunks", "chat_request", "model_list", "whole_answer"]
+
+#: Ollama's options that OpenAI names otherwise.
+RENAMED_OPTIONS = {"num_predict": "max_tokens"}
+#: Ollama's options that keep their names in an OpenAI request.
+SAME_OPTIONS = frozenset({"temperature", "top_p", "stop", "seed", "frequency_penalty", "presence_penalty"})
+#: Samplers that only some servers read, sent on as fields of their own.
+SERVER_OPTIONS = frozenset({"top_k", "min_p", "typical_p", "repeat_penalty", "repeat_last_n",
+                            "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z", "penalize_newline"})
+
+#: An image's first base64 characters, and its media type (Ollama sends images bare).
+_IMAGE_KINDS = (("/9j/", "image/jpeg"), ("iVBORw0KGgo", "image/png"), ("R0lGOD", "image/gif"),
+                ("UklGR", "image/webp"))
+
+
+def chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The OpenAI chat-completions request that an Ollama ``/api/chat`` body asks for.
+
+    Raises:
+        InvalidSettings: a field is missing or of the wrong kind; the message names it.
+    """
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise BadRequestField("model", "missing: name the model, as Ollama requires")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise BadRequestField("messages", "missing: give a list of {'role': ..., 'content': ...}")
+    request: dict[str, Any] = {"model": model, "stream": body.get("stream") is not False,
+                               "messages": [_message(m, i) for i, m in enumerate(messages)]}
+    options = body.get("options")
+    if options is not None and not isinstance(options, Mapping):
+        raise BadRequestField("options", "must be an object such as {'temperature': 0.7}")
+    for name, value in (options or {}).items():
+        if name == "num_predict" and isinstance(value, int) and value < 0:
+            continue  # -1: no limit, -2: fill the context; OpenAI's way is to leave it out
+        if name in RENAMED_OPTIONS:
+            request[RENAMED_OPTIONS[name]] = value
+        elif name in SAME_OPTIONS or name in SERVER_OPTIONS:
+            request[name] = value
+    answer_format = body.get("format")
+    if answer_format == "json":
+        request["response_format"] = {"type": "json_object"}
+    elif isinstance(answer_format, Mapping):
+        request["response_format"] = {"type": "json_schema",
+                                      "json_schema": {"name": "answer", "schema": answer_format}}
+    if body.get("tools"):
+        request["tools"] = body["tools"]
+    return request
+
+
+def _message(message: Any, index: int) -> Any:
+    """An Ollama message as OpenAI's: its images as ``image_url`` parts, its tool calls'
+    arguments as JSON text. Anything not a dict is left for ``parse_request`` to refuse."""
+    if not isinstance(message, Mapping):
+        return message
+    out = {k: v for k, v in message.items() if k not in ("images", "tool_calls", "tool_name", "thinking")}
+    images = message.get("images")
+    if images:
+        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+            raise BadRequestField(f"messages[{index}].images", "must be a list of base64 texts")
+        text = message.get("content")
+        out["content"] = ([{"type": "text", "text": text}] if isinstance(text, str) and text else []) + [
+            {"type": "image_url", "image_url": {"url": f"data:{_media_type(i)};base64,{i}"}} for i in images]
+    calls = message.get("tool_calls")
+    if isinstance(calls, list) and calls:
+        out["tool_calls"] = [_openai_call(call, index, j) for j, call in enumerate(calls)]
+    if message.get("role") == "tool" and message.get("tool_name"):
+        out["name"] = message["tool_name"]
+    return out
+
+
+def _media_type(image: str) -> str:
+    return next((kind for start, kind in _IMAGE_KINDS if image.startswith(start)), "image/png")
+
+
+def _openai_call(call: Any, message: int, index: int) -> dict[str, Any]:
+    function = call.get("function") if isinstance(call, Mapping) else None
+    if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+        raise BadRequestField(f"messages[{message}].tool_calls",
+                              "each needs a function with a name and arguments")
+    arguments = function.get("arguments")
+    return {"id": f"call_{message}_{index}", "type": "function",
+            "function": {"name": function["name"],
+                         "arguments": arguments if isinstance(arguments, str) else
+                         json.dumps(arguments or {})}}
+
+
+def _ollama_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI's tool calls as Ollama gives them: each function's arguments as an object."""
+    shown = []
+    for call in calls:
+        function = call.get("function") or {}
+        try:
+            arguments = json.loads(function.get("arguments") or "{}")
+        except ValueError:
+            arguments = {}
+        shown.append({"function": {"name": function.get("name", ""),
+                                   "arguments": arguments if isinstance(arguments, dict) else {}}})
+    return shown
+
+
+def render(item: dict[str, Any]) -> dict[str, Any]:
+    """``item`` as Ollama shows it: an OpenAI error object becomes ``{"error": "..."}``."""
+    error = item.get("error")
+    if isinstance(error, Mapping):
+        return {"error": str(error.get("message") or "the answer failed")}
+    return item
+
+
+def _timestamp(at: float | None = None) -> str:
+    utc = dt.timezone.utc
+    moment = dt.datetime.fromtimestamp(at, utc) if at is not None else dt.datetime.now(utc)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def whole_answer(answer: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI ``chat.completion`` (or error object) as Ollama's answer to ``stream: false``."""
+    if "error" in answer:
+        return render(answer)
+    choice = answer["choices"][0]
+    message = {"role": "assistant", "content": choice["message"].get("content") or ""}
+    if choice["message"].get("tool_calls"):
+        message["tool_calls"] = _ollama_calls(choice["message"]["tool_calls"])
+    shown: dict[str, Any] = {"model": answer["model"], "created_at": _timestamp(answer["created"]),
+                             "message": message, "done": True,
+                             "done_reason": "length" if choice["finish_reason"] == "length" else "stop"}
+    usage = answer.get("usage")
+    if usage:
+        shown["prompt_eval_count"] = usage["prompt_tokens"]
+        shown["eval_count"] = usage["completion_tokens"]
+    if "x_fallback" in answer:
+        shown["x_fallback"] = answer["x_fallback"]
+    return shown
+
+
+def model_list(models: list[dict[str, Any]]) -> dict[str, Any]:
+    """``GET /v1/models``' list as Ollama's ``GET /api/tags`` gives it."""
+    return {"models": [{"name": m["id"], "model": m["id"], "details": {}} for m in models]}
+
+
+class OllamaChunks(ChunkMaker):
+    """A stream in Ollama's shape: one JSON object a line, each with a piece of the message
+    and ``done: false``, then the last with ``done: true``, the reason and the token counts.
+    An error after the first piece is a line ``{"error": "..."}``, as Ollama sends it.
+
+    The first and the last line carry ``x_fallback`` beside Ollama's fields (clients read
+    the fields they know): who answered, and on the last line the attempts.
+    """
+
+    media_type = b"application/x-ndjson"
+
+    def __init__(self) -> None:
+        super().__init__(include_usage=False)
+        self.done_event = b""
+        self.created_at = _timestamp()  # each line's: when the answer began
+
+    def _line(self, model: str, content: str) -> dict[str, Any]:
+        return {"model": model, "created_at": self.created_at,
+                "message": {"role": "assistant", "content": content}, "done": False}
+
+    def piece(self, piece: Piece) -> dict[str, Any]:
+        # a tool call's deltas are not a message's text: the calls come whole on the last line
+        model = piece.model or piece.target.name
+        line = self._line(model, piece.text)
+        if not self.began:
+            self.began = True
+            line["x_fallback"] = {"source": piece.target.source, "model": model}
+        return line
+
+    def text_event(self, model: str, text: str) -> bytes:
+        return self.encode(self._line(model, text))
+
+    def ending(self, result: ChatResult) -> list[dict[str, Any]]:
+        message: dict[str, Any] = {"role": "assistant", "content": ""}
+        if result.tool_calls:
+            message["tool_calls"] = _ollama_calls(result.tool_calls)
+        last: dict[str, Any] = {
+            "model": result.model, "created_at": self.created_at, "message": message, "done": True,
+            "done_reason": "length" if result.finish_reason == "length" else "stop",
+            "total_duration": round(result.latency_s * 1e9), "eval_count": result.completion_tokens}
+        if result.prompt_tokens is not None:
+            last["prompt_eval_count"] = result.prompt_tokens
+        if result.ttft_s is not None:
+            last["eval_duration"] = round((result.latency_s - result.ttft_s) * 1e9)
+        last["x_fallback"] = fallback_info(result)
+        return [last]
+
+    def encode(self, item: dict[str, Any]) -> bytes:
+        return json.dumps(render(item), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+    def render(self, error: dict[str, Any]) -> dict[str, Any]:
+        return render(error)
