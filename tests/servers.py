@@ -257,6 +257,25 @@ class _Background:
         self.server.server_close()
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """A quiet handler that sends whole bodies, and reads JSON ones."""
+
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _body(self) -> Any:
+        return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+
+    def _send(self, status: int, content_type: str, payload: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
 class ScriptedServer(_Background):
     """Streams ``pieces`` for every chat completion; records each request's body.
 
@@ -279,14 +298,9 @@ class ScriptedServer(_Background):
         self.bodies: list[dict[str, object]] = []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(_Handler):
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                body = self._body()
                 server.bodies.append(body)
                 if refuse_stream_options and "stream_options" in body:
                     self._send(400, "application/json", json.dumps({"error": {
@@ -322,14 +336,58 @@ class ScriptedServer(_Background):
                 stream = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
                 self._send(200, "text/event-stream", stream.encode())
 
-            def _send(self, status: int, content_type: str, payload: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
         self._serve(Handler, port)
+
+
+class ScriptedOllama(_Background):
+    """Ollama's own API (``/api/chat``, ``/api/tags``) answering ``pieces`` to every chat, as
+    one JSON object a line (or one object for ``"stream": false``); records each body.
+
+    ``options.num_predict`` stops the pieces there, with ``done_reason: "length"``.
+    ``tool_calls`` (``{"name", "arguments"}``, the arguments an object) come whole on the
+    last line, as Ollama gives them. ``cut_after`` closes the connection after that many
+    pieces, with no ``done`` line. ``url`` is the API's (``.../api``).
+    """
+
+    def __init__(self, pieces: list[str], *, model: str = "llama3:latest", prompt_tokens: int = 11,
+                 tool_calls: list[dict[str, Any]] | None = None, cut_after: int | None = None) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        server = self
+
+        class Handler(_Handler):
+            def do_GET(self) -> None:
+                self._send(200, "application/json", json.dumps({"models": [
+                    {"name": model, "model": model, "size": 1, "digest": "0", "details": {}}]}).encode())
+
+            def do_POST(self) -> None:
+                body = self._body()
+                server.bodies.append(body)
+                limit = (body.get("options") or {}).get("num_predict")
+                said = pieces[:limit] if isinstance(limit, int) and limit >= 0 else pieces
+                lines = [{"model": model, "created_at": "2026-12-06T00:00:00Z",
+                          "message": {"role": "assistant", "content": p}, "done": False} for p in said]
+                if cut_after is not None:
+                    lines = lines[:cut_after]
+                else:
+                    message: dict[str, Any] = {"role": "assistant", "content": ""}
+                    if tool_calls:
+                        message["tool_calls"] = [{"function": call} for call in tool_calls]
+                    reason = "length" if len(said) < len(pieces) else "stop"
+                    lines.append({"model": model, "created_at": "2026-12-06T00:00:01Z",
+                                  "message": message, "done": True, "done_reason": reason,
+                                  "prompt_eval_count": prompt_tokens, "eval_count": len(said)})
+                if body.get("stream") is False:
+                    whole = {**lines[-1], "message": {**lines[-1]["message"], "content": "".join(said)}}
+                    self._send(200, "application/json", json.dumps(whole).encode())
+                    return
+                ndjson = "".join(json.dumps(line) + "\n" for line in lines)
+                self._send(200, "application/x-ndjson", ndjson.encode())
+
+        self._serve(Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/api"
 
 
 class SlowServer(_Background):

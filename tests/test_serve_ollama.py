@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
-from servers import ScriptedServer, refused_url
+from servers import ScriptedOllama, ScriptedServer, refused_url
 from servers import serve_in_process as serve
 
 ollama = pytest.importorskip("ollama")
@@ -48,13 +49,19 @@ def zwaif_streams(url: str, history: list[dict[str, Any]] = ZWAIF_HISTORY) -> tu
     return assistant_message, parts
 
 
-def test_zwaifs_ollama_stream_gets_the_primarys_answer(isolated: Path):
-    upstream = ScriptedServer(["Red, ", "green ", "and blue."], model=ZWAIF_MODEL)
+def zwaif_through_serve(root: Path, upstream: Any,
+                        history: list[dict[str, Any]] = ZWAIF_HISTORY) -> tuple[str, list[Any]]:
+    """``zwaif_streams`` against serve in front of ``upstream``, which is closed after."""
     try:
-        with serve(isolated, upstream.url) as (served, _):
-            reply, parts = zwaif_streams(served.url)
+        with serve(root, upstream.url) as (served, _):
+            return zwaif_streams(served.url, history)
     finally:
         upstream.close()
+
+
+def test_zwaifs_ollama_stream_gets_the_primarys_answer(isolated: Path):
+    upstream = ScriptedServer(["Red, ", "green ", "and blue."], model=ZWAIF_MODEL)
+    reply, parts = zwaif_through_serve(isolated, upstream)
     assert reply == "Red, green and blue."
     assert [p.done for p in parts] == [False] * (len(parts) - 1) + [True]
     assert (parts[-1].done_reason, parts[-1].model, parts[-1].eval_count) == ("stop", ZWAIF_MODEL, 3)
@@ -94,11 +101,7 @@ def test_zwaifs_ollama_stream_gets_a_local_answer_when_the_primary_is_down(isola
 def test_an_image_reaches_the_primary_as_an_openai_image_part(isolated: Path):
     upstream = ScriptedServer(["A dot."])
     history = [{"role": "user", "content": "What is this?", "images": [PNG]}]
-    try:
-        with serve(isolated, upstream.url) as (served, _):
-            reply, _ = zwaif_streams(served.url, history)
-    finally:
-        upstream.close()
+    reply, _ = zwaif_through_serve(isolated, upstream, history)
     assert reply == "A dot."
     assert upstream.bodies[0]["messages"] == [{"role": "user", "content": [
         {"type": "text", "text": "What is this?"},
@@ -152,3 +155,80 @@ def test_the_model_list_answers_as_ollamas_does(isolated: Path):
         listed = ollama.Client(host=served.url).list()
     upstream.close()
     assert SMOL in [m.model for m in listed.models]
+
+
+# -- an Ollama primary, through its own API ---------------------------------------------------
+
+
+def test_zwaifs_options_reach_an_ollama_primary_as_they_came(isolated: Path):
+    # Through Ollama's /v1 num_ctx, min_p, top_k and keep_alive would be lost; through its
+    # own API they reach the model, as when Z-WAIF talks to Ollama directly.
+    upstream = ScriptedOllama(["Red, ", "green ", "and blue."], model=ZWAIF_MODEL)
+    reply, parts = zwaif_through_serve(isolated, upstream)
+    assert reply == "Red, green and blue."
+    assert (parts[-1].done_reason, parts[-1].model, parts[-1].eval_count) == ("stop", ZWAIF_MODEL, 3)
+    sent = upstream.bodies[0]
+    assert (sent["model"], sent["messages"], sent["keep_alive"]) == (ZWAIF_MODEL, ZWAIF_HISTORY, "25h")
+    assert sent["options"] == ZWAIF_OPTIONS
+
+
+def test_zwaifs_image_reaches_an_ollama_primary_as_it_came(isolated: Path):
+    history = [{"role": "user", "content": "What is this?", "images": [PNG]}]
+    upstream = ScriptedOllama(["A dot."])
+    reply, _ = zwaif_through_serve(isolated, upstream, history)
+    assert reply == "A dot."
+    assert upstream.bodies[0]["messages"] == history
+
+
+def test_an_openai_request_reaches_an_ollama_primary_in_ollamas_names(isolated: Path):
+    upstream = ScriptedOllama(["Red, ", "green ", "and blue."], prompt_tokens=17)
+    history = [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]}]
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+            answer = client.chat.completions.create(model="llama3", messages=history, max_tokens=2,
+                                                    temperature=0.3, extra_body={"top_k": 20})
+    finally:
+        upstream.close()
+    assert (answer.choices[0].message.content, answer.choices[0].finish_reason) == ("Red, green ", "length")
+    assert (answer.model, answer.usage.prompt_tokens, answer.usage.completion_tokens) == \
+        ("llama3:latest", 17, 2)
+    sent = upstream.bodies[0]
+    assert sent["options"] == {"num_predict": 2, "temperature": 0.3, "top_k": 20}
+    assert sent["messages"] == [{"role": "user", "content": "What is this?", "images": [PNG]}]
+
+
+def test_an_ollama_primarys_tool_call_reaches_an_openai_client(isolated: Path):
+    upstream = ScriptedOllama([], tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}])
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+            answer = client.chat.completions.create(model="llama3", messages=ZWAIF_HISTORY, tools=[TOOL])
+    finally:
+        upstream.close()
+    call = answer.choices[0].message.tool_calls[0]
+    assert (answer.choices[0].finish_reason, call.function.name, json.loads(call.function.arguments)) == \
+        ("tool_calls", "get_weather", {"city": "Paris"})
+    assert upstream.bodies[0]["tools"] == [TOOL]
+
+
+@pytest.mark.slow
+def test_an_ollama_primary_cut_mid_answer_is_continued_by_the_local_model(isolated: Path):
+    upstream = ScriptedOllama(["Red, ", "green ", "and blue."], cut_after=2)
+    reply, parts = zwaif_through_serve(isolated, upstream)
+    assert reply.startswith("Red, green ") and len(reply) > len("Red, green ")
+    assert (parts[-1].done, parts[-1].model) == (True, SMOL)
+
+
+def test_an_ollama_primary_is_listed_and_counts_as_up(isolated: Path):
+    upstream = ScriptedOllama(["x"], model="llama3:latest")
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            listed = httpx.get(served.url + "/v1/models", timeout=30).json()["data"]
+            health = httpx.get(served.url + "/health", timeout=30)
+    finally:
+        upstream.close()
+    assert {"id": "llama3:latest", "source": "primary"}.items() <= listed[0].items()
+    assert health.status_code == 200

@@ -5,14 +5,14 @@ Z-WAIF's ``API_TYPE = Ollama`` (and ``API_TYPE_VISUAL``, its default for images)
 reads newline-delimited JSON back, not OpenAI's. Pointing ``OLLAMA_HOST`` at serve gives
 such a host the same failover as ``/v1/chat/completions``: the request is read into the
 OpenAI shape the chain takes (``chat_request``), and the answer is written in Ollama's
-(``OllamaChunks`` for a stream, ``whole_answer`` otherwise). The primary is asked through
-its OpenAI-compatible API (Ollama's is ``/v1`` on the same port).
+(``OllamaChunks`` for a stream, ``whole_answer`` otherwise).
 
 Ollama's options map to OpenAI's names where there is one (``num_predict`` is
 ``max_tokens``); the other samplers (``top_k``, ``min_p``, ``repeat_penalty``, ...) go to
-servers as fields of their own, which llama.cpp's server reads (Ollama's ``/v1`` is built
-for OpenAI's samplers and may drop them). Runtime options (``num_ctx``, ``num_gpu``, ``keep_alive``) are
-Ollama's server's business and are dropped.
+an OpenAI-compatible server as fields of their own, which llama.cpp's server reads and
+Ollama's ``/v1`` drops. So with an Ollama primary, name its own API (``.../api``):
+``OllamaBackend`` sends it the request's ``options`` (``num_ctx`` included) and
+``keep_alive`` as they came, which no OpenAI-compatible server is sent.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .backends.ollama import ollama_tool_call, openai_tool_call
+from .backends.openai import OLLAMA_FIELDS
 from .completions import BadRequestField, ChunkMaker, fallback_info
 from .failover import Piece
 from .results import ChatResult
@@ -73,6 +75,8 @@ def chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
                                       "json_schema": {"name": "answer", "schema": answer_format}}
     if body.get("tools"):
         request["tools"] = body["tools"]
+    # kept as they came for an Ollama primary (``OllamaBackend``); other servers are not sent them
+    request |= {k: body[k] for k in OLLAMA_FIELDS if body.get(k) is not None}
     return request
 
 
@@ -106,25 +110,7 @@ def _openai_call(call: Any, message: int, index: int) -> dict[str, Any]:
     if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
         raise BadRequestField(f"messages[{message}].tool_calls",
                               "each needs a function with a name and arguments")
-    arguments = function.get("arguments")
-    return {"id": f"call_{message}_{index}", "type": "function",
-            "function": {"name": function["name"],
-                         "arguments": arguments if isinstance(arguments, str) else
-                         json.dumps(arguments or {})}}
-
-
-def _ollama_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """OpenAI's tool calls as Ollama gives them: each function's arguments as an object."""
-    shown = []
-    for call in calls:
-        function = call.get("function") or {}
-        try:
-            arguments = json.loads(function.get("arguments") or "{}")
-        except ValueError:
-            arguments = {}
-        shown.append({"function": {"name": function.get("name", ""),
-                                   "arguments": arguments if isinstance(arguments, dict) else {}}})
-    return shown
+    return openai_tool_call(call, f"call_{message}_{index}")
 
 
 def render(item: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +134,7 @@ def whole_answer(answer: dict[str, Any]) -> dict[str, Any]:
     choice = answer["choices"][0]
     message = {"role": "assistant", "content": choice["message"].get("content") or ""}
     if choice["message"].get("tool_calls"):
-        message["tool_calls"] = _ollama_calls(choice["message"]["tool_calls"])
+        message["tool_calls"] = [ollama_tool_call(c) for c in choice["message"]["tool_calls"]]
     shown: dict[str, Any] = {"model": answer["model"], "created_at": _timestamp(answer["created"]),
                              "message": message, "done": True,
                              "done_reason": "length" if choice["finish_reason"] == "length" else "stop"}
@@ -201,7 +187,7 @@ class OllamaChunks(ChunkMaker):
     def ending(self, result: ChatResult) -> list[dict[str, Any]]:
         message: dict[str, Any] = {"role": "assistant", "content": ""}
         if result.tool_calls:
-            message["tool_calls"] = _ollama_calls(result.tool_calls)
+            message["tool_calls"] = [ollama_tool_call(c) for c in result.tool_calls]
         last: dict[str, Any] = {
             "model": result.model, "created_at": self.created_at, "message": message, "done": True,
             "done_reason": "length" if result.finish_reason == "length" else "stop",

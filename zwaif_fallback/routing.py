@@ -20,6 +20,7 @@ from typing import Any
 
 from .backends.base import GenerationParams, TargetFailed
 from .backends.host import HostBackend
+from .backends.ollama import OllamaBackend, is_ollama_url
 from .backends.openai import OpenAIBackend
 from .breaker import BreakerState, CircuitBreaker
 from .errors import InvalidSettings
@@ -156,8 +157,9 @@ class Router:
         with self._lock:
             backend = self._remotes.get((url, configured, key))
             if backend is None:
-                backend = OpenAIBackend(url, model=configured, api_key=key, source=source,
-                                        read_timeout_s=settings.timeout + 5.0)
+                speaks = OllamaBackend if is_ollama_url(url) else OpenAIBackend
+                backend = speaks(url, model=configured, api_key=key, source=source,
+                                 read_timeout_s=settings.timeout + 5.0)
                 self._remotes[(url, configured, key)] = backend
         chosen = model if is_primary else None
         breaker = self.breaker(url)

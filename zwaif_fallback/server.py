@@ -11,7 +11,7 @@ A host that talks HTTP points its OpenAI base URL here and changes nothing else:
 
 "Nothing could answer" means no usable local model and no server (primary or remote) that
 answers HTTP at all, a server in its circuit's cooldown counting as down. The servers are
-probed (``GET /models``, 2 s) only when no local model exists: a local model answers
+probed (their model list, 2 s) only when no local model exists: a local model answers
 whatever they do.
 
 Streamed answers from servers are relayed on the event loop (``relay``); generation never
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import ollama_api
 from .backends.base import Cancel
+from .backends.ollama import is_ollama_url, listed_models
 from .completions import ChunkMaker, error_object, parse_request, status_of, who_answered
 from .errors import InvalidSettings
 from .listening import listen, serving
@@ -376,8 +377,7 @@ def _answers(url: str, api_key: str) -> bool:
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        httpx.get(f"{url.rstrip('/')}/models", headers=headers, timeout=MODELS_TIMEOUT_S,
-                  trust_env=False)
+        httpx.get(_list_url(url), headers=headers, timeout=MODELS_TIMEOUT_S, trust_env=False)
     except httpx.HTTPError as exc:
         log.info("health: %s does not answer: %s", url, exc)
         return False
@@ -385,15 +385,20 @@ def _answers(url: str, api_key: str) -> bool:
 
 
 def _server_models(url: str, source: str, api_key: str) -> list[dict[str, Any]]:
-    """A server's ``/models``, each marked with its source; nothing when it does not answer."""
+    """A server's models (``/models``, or Ollama's ``/tags``), each marked with its source;
+    nothing when it does not answer."""
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = httpx.get(f"{url.rstrip('/')}/models", headers=headers, timeout=MODELS_TIMEOUT_S,
-                             trust_env=False)
-        data = response.json().get("data") if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        response = httpx.get(_list_url(url), headers=headers, timeout=MODELS_TIMEOUT_S, trust_env=False)
+        data = listed_models(url, response.json()) if response.status_code == 200 else []
+    except (httpx.HTTPError, ValueError) as exc:
         log.info("no model list from %s: %s", url, exc)
         return []
-    return [{**m, "source": source} for m in data or [] if isinstance(m, dict) and m.get("id")]
+    return [{**m, "source": source} for m in data]
+
+
+def _list_url(url: str) -> str:
+    """Where a server lists its models: ``/models``, or ``/tags`` on Ollama's own API."""
+    return f"{url.rstrip('/')}/{'tags' if is_ollama_url(url) else 'models'}"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable
 from .base import Backend, GenerationParams, TargetFailed, ToolCalls, Usage
-from .openai_answers import UNNAMED_MODEL, Events, status_error, whole_answer
+from .openai_answers import UNNAMED_MODEL, Events, Lines, status_error, whole_answer
 
 if TYPE_CHECKING:
     from .http_stream import StreamPool
@@ -30,6 +30,9 @@ __all__ = ["OpenAIBackend"]
 #: What ``stream`` sets itself; a caller's ``extra`` fields never replace these.
 OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "max_tokens",
                         "max_completion_tokens", "temperature", "top_p", "stop", "seed", "n"})
+#: Fields of Ollama's own API that a request through ``/api/chat`` keeps for an Ollama
+#: server (``OllamaBackend``); an OpenAI-compatible server is not sent them.
+OLLAMA_FIELDS = frozenset({"options", "keep_alive", "format", "think"})
 
 #: Sent only when the caller set them (``GenerationParams``' defaults are for local models).
 SAMPLER_FIELDS = frozenset({"max_tokens", "temperature", "top_p"})
@@ -43,6 +46,11 @@ class OpenAIBackend(Backend):
         read_timeout_s: longest silence on the socket before the request is abandoned;
             the failover chain enforces tighter deadlines on top of this.
     """
+
+    #: where answers are asked for, under ``base_url``
+    chat_path = "/chat/completions"
+    #: the content type of a streamed answer (anything else is a whole one)
+    stream_type = "text/event-stream"
 
     def __init__(self, base_url: str, *, model: str = "", api_key: str = "",
                  source: str = "remote", read_timeout_s: float = 300.0) -> None:
@@ -82,7 +90,7 @@ class OpenAIBackend(Backend):
         try:
             for ask_usage in self._usage_asks():
                 _ask_usage(body, ask_usage)
-                with self._http().stream("POST", f"{self.base_url}/chat/completions", json=body,
+                with self._http().stream("POST", f"{self.base_url}{self.chat_path}", json=body,
                                          headers=headers, timeout=timeout) as response:
                     if cancel is not None:
                         _close_on(cancel, response)
@@ -91,10 +99,10 @@ class OpenAIBackend(Backend):
                         if self._older_server(failure, ask_usage):
                             continue
                         raise failure
-                    if "text/event-stream" not in response.headers.get("content-type", ""):
-                        yield from whole_answer(response.read(), usage)  # a server ignoring stream
+                    if self.stream_type not in response.headers.get("content-type", ""):
+                        yield from self._whole(response.read(), usage)  # a server ignoring stream
                         return
-                    events = Events(usage)
+                    events = self._events(usage)
                     for data in response.iter_bytes():
                         yield from events.feed(data)
                         events.check()
@@ -120,7 +128,7 @@ class OpenAIBackend(Backend):
         body, headers, connect = self._request(messages, params, prefix, deadline_s, model, extra)
         usage = usage if usage is not None else Usage()
         pool = self._stream_pool()
-        url = f"{self.base_url}/chat/completions"
+        url = f"{self.base_url}{self.chat_path}"
         read_s = stall_s if stall_s is not None else self._read_timeout_s
         for ask_usage in self._usage_asks():
             _ask_usage(body, ask_usage)
@@ -135,10 +143,10 @@ class OpenAIBackend(Backend):
                     if self._older_server(failure, ask_usage):
                         continue
                     raise failure
-                if "text/event-stream" not in response.headers.get("content-type", ""):
-                    yield list(whole_answer(await response.read(), usage))
+                if self.stream_type not in response.headers.get("content-type", ""):
+                    yield list(self._whole(await response.read(), usage))
                     return
-                events = Events(usage)
+                events = self._events(usage)
                 async for data in response.chunks():
                     pieces = events.feed(data)
                     if pieces:
@@ -163,7 +171,8 @@ class OpenAIBackend(Backend):
         """The request's body, its headers, and how long to wait for a connection."""
         extra = extra or {}
         sent = extra.get("messages")
-        body: dict[str, Any] = {k: v for k, v in extra.items() if k not in OWN_FIELDS}
+        body: dict[str, Any] = {k: v for k, v in extra.items()
+                                if k not in OWN_FIELDS and k not in OLLAMA_FIELDS}
         body |= {
             "model": model or self.model or UNNAMED_MODEL,
             "messages": [*(sent if isinstance(sent, list) else messages),
@@ -181,6 +190,14 @@ class OpenAIBackend(Backend):
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return body, headers, min(deadline_s or 10.0, 10.0)
+
+    def _events(self, usage: Usage) -> Lines:
+        """The reader of a streamed answer."""
+        return Events(usage)
+
+    def _whole(self, content: bytes, usage: Usage) -> Iterator[str | ToolCalls]:
+        """The pieces of a whole (not streamed) answer."""
+        return whole_answer(content, usage)
 
     def _usage_asks(self) -> tuple[bool, ...]:
         """Whether to ask for usage, in the order to try: once more without it when a server

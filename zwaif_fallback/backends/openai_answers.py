@@ -15,7 +15,8 @@ from typing import Any
 
 from .base import TargetFailed, ToolCalls, Usage
 
-__all__ = ["RETRYABLE_STATUS", "UNNAMED_MODEL", "Events", "status_error", "whole_answer"]
+__all__ = ["FINISH_REASONS", "RETRYABLE_STATUS", "UNNAMED_MODEL", "Events", "Lines", "read_model_name",
+           "status_error", "whole_answer"]
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -24,26 +25,21 @@ RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
-class Events:
-    """Reads a server-sent event stream, as the network gives it, into answer pieces.
+class Lines:
+    """Reads a streamed answer line by line, as the network gives it, into answer pieces
+    (each line by ``_line``, a subclass's).
 
-    ``end`` raises when the stream stopped before a finish reason: a server that finished
-    gives one, so the connection closed mid-answer.
-
-    Most events of an answer differ only in their text, and parsing each as JSON was most of
-    what serve spent on a relayed chunk. So once an event has been parsed and found to hold
-    a text and nothing else, its bytes around the text are kept (``_Frame``): a later event
-    with those same bytes around one JSON string is that event with another text, read by
-    decoding the string alone. Anything else is parsed whole, as before.
+    ``finished``: the server said the answer is whole; ``end`` raises when the stream
+    stopped before that, as the connection then closed mid-answer. ``done``: nothing more
+    is to be read.
     """
 
     def __init__(self, usage: Usage) -> None:
         self._usage = usage
-        self._finished = False
+        self.finished = False
+        self.done = False
         self._rest = b""  # a line not yet ended
-        self.done = False  # [DONE] came: nothing more to read
         self._failure: TargetFailed | None = None
-        self._frame: _Frame | None = None
 
     def feed(self, data: bytes) -> list[str | ToolCalls]:
         """The pieces of the lines that ``data`` completes. A line that fails the answer
@@ -67,9 +63,27 @@ class Events:
         """The pieces of an unended last line; raises if the answer did not finish."""
         pieces = self._line(self._rest)
         self._rest = b""
-        if not self._finished:
+        if not self.finished:
             raise TargetFailed("the stream ended before the answer was finished", retryable=True)
         return pieces
+
+    def _line(self, line: bytes) -> list[str | ToolCalls]:
+        raise NotImplementedError
+
+
+class Events(Lines):
+    """Reads a server-sent event stream into answer pieces; ``done`` once ``[DONE]`` came.
+
+    Most events of an answer differ only in their text, and parsing each as JSON was most of
+    what serve spent on a relayed chunk. So once an event has been parsed and found to hold
+    a text and nothing else, its bytes around the text are kept (``_Frame``): a later event
+    with those same bytes around one JSON string is that event with another text, read by
+    decoding the string alone. Anything else is parsed whole, as before.
+    """
+
+    def __init__(self, usage: Usage) -> None:
+        super().__init__(usage)
+        self._frame: _Frame | None = None
 
     def _line(self, line: bytes) -> list[str | ToolCalls]:
         if not line.startswith(b"data:"):
@@ -80,7 +94,7 @@ class Events:
             if text:
                 return [text]
         if payload == b"[DONE]":
-            if not self._finished:  # llama.cpp's server ends an answer this way when a newer
+            if not self.finished:  # llama.cpp's server ends an answer this way when a newer
                 # request interrupts it (unless started with --interrupt_requests false)
                 raise TargetFailed("the server ended the stream before the answer was finished "
                                    "(it may stop an answer for a newer request)")
@@ -105,9 +119,9 @@ class Events:
         calls = _tool_calls(choice)
         if calls:
             pieces.append(calls)
-        self._finished = self._finished or choice.get("finish_reason") is not None
+        self.finished = self.finished or choice.get("finish_reason") is not None
         _read_finish(choice, self._usage)
-        if text and not calls and not self._finished and "usage" not in event:
+        if text and not calls and not self.finished and "usage" not in event:
             self._frame = _Frame.of(payload, text) or self._frame
         return pieces
 
@@ -226,12 +240,17 @@ UNNAMED_MODEL = "default"
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 
 
-def _read_usage(event: dict[str, Any], usage: Usage) -> None:
-    """Copy what the server says of its answer into ``usage``: the model's name (from the
-    first event that has one) and the token counts (its last chunk, with ``include_usage``)."""
+def read_model_name(event: dict[str, Any], usage: Usage) -> None:
+    """The model's name, as the first event that has one gives it, into ``usage``."""
     model = event.get("model")
     if usage.model is None and isinstance(model, str) and model.strip() not in ("", UNNAMED_MODEL):
         usage.model = model.strip()[:200]
+
+
+def _read_usage(event: dict[str, Any], usage: Usage) -> None:
+    """Copy what the server says of its answer into ``usage``: the model's name and the
+    token counts (its last chunk, with ``include_usage``)."""
+    read_model_name(event, usage)
     counts = event.get("usage")
     if not isinstance(counts, dict):
         return
