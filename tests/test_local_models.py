@@ -10,7 +10,7 @@ from builders import write_gguf, write_hf_chat_model, write_sparse_gguf
 from conftest import local_models
 from servers import wait_until
 
-from zwaif_fallback import FallbackManager, FallbackSettings, IncompatibleModel
+from zwaif_fallback import FallbackManager, FallbackSettings, IncompatibleModel, InvalidSettings
 from zwaif_fallback.backends.base import GenerationParams
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
@@ -138,6 +138,16 @@ def test_a_model_too_big_for_this_machine_is_refused(models_dir):
         with pytest.raises(IncompatibleModel, match="does not fit"):
             manager.switch_model("giant")
         assert manager.check_compatibility("giant").verdict == "none"
+
+
+@pytest.mark.parametrize("n_ctx", [256, 262144])
+def test_a_context_outside_the_settings_range_is_refused_as_the_cli_refuses_it(models_dir, n_ctx):
+    with make(models_dir) as manager:
+        for ask in (lambda: manager.check_compatibility("tiny", n_ctx=n_ctx),
+                    lambda: manager.recommend_models(["tiny"], n_ctx=n_ctx)):
+            with pytest.raises(InvalidSettings) as refused:
+                ask()
+            assert f"n_ctx={n_ctx} is out of range; allowed: 512 to 131072" in str(refused.value)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from .memory import LoadConfig
 from .model_info import ModelInfo
 from .pool import LocalPool
 from .routing import rank_local
-from .settings import FallbackSettings
+from .settings import FallbackSettings, bounds
 from .step_down import StepDown
 
 if TYPE_CHECKING:
@@ -213,8 +213,9 @@ class LocalModels:
                    free_vram_mb: float | None) -> None:
         """InvalidSettings naming every argument of ``fit`` that is out of range."""
         problems = []
-        if n_ctx is not None and not 1 <= n_ctx <= 1 << 20:
-            problems.append(f"n_ctx={n_ctx} is out of range; allowed: 1 to {1 << 20}")
+        low, high = bounds(FallbackSettings.model_fields["n_ctx"]) or (1, 1 << 20)
+        if n_ctx is not None and not low <= n_ctx <= high:  # the setting's range, as the CLI's
+            problems.append(f"n_ctx={n_ctx} is out of range; allowed: {low:g} to {high:g}")
         if gpu_layers is not None and gpu_layers < -1:
             problems.append(f"gpu_layers={gpu_layers} is out of range; use -1 (all) or 0 and up")
         if kv_type not in KV_TYPES:
