@@ -346,20 +346,29 @@ class ScriptedOllama(_Background):
     ``options.num_predict`` stops the pieces there, with ``done_reason: "length"``.
     ``tool_calls`` (``{"name", "arguments"}``, the arguments an object) come whole on the
     last line, as Ollama gives them. ``cut_after`` closes the connection after that many
-    pieces, with no ``done`` line. ``url`` is the API's (``.../api``).
+    pieces, with no ``done`` line. ``think_s``: first stream lines of ``thinking`` alone for
+    that long, as a model that thinks before it answers. ``url`` is the server's root, as
+    Ollama's own is given (``primary_api = "ollama"``).
     """
 
     def __init__(self, pieces: list[str], *, model: str = "llama3:latest", prompt_tokens: int = 11,
-                 tool_calls: list[dict[str, Any]] | None = None, cut_after: int | None = None) -> None:
+                 tool_calls: list[dict[str, Any]] | None = None, cut_after: int | None = None,
+                 think_s: float = 0.0) -> None:
         self.bodies: list[dict[str, Any]] = []
         server = self
 
         class Handler(_Handler):
             def do_GET(self) -> None:
+                if self.path != "/api/tags":
+                    self._send(404, "text/plain", b"404 page not found")
+                    return
                 self._send(200, "application/json", json.dumps({"models": [
                     {"name": model, "model": model, "size": 1, "digest": "0", "details": {}}]}).encode())
 
             def do_POST(self) -> None:
+                if self.path != "/api/chat":
+                    self._send(404, "text/plain", b"404 page not found")
+                    return
                 body = self._body()
                 server.bodies.append(body)
                 limit = (body.get("options") or {}).get("num_predict")
@@ -381,13 +390,26 @@ class ScriptedOllama(_Background):
                     self._send(200, "application/json", json.dumps(whole).encode())
                     return
                 ndjson = "".join(json.dumps(line) + "\n" for line in lines)
-                self._send(200, "application/x-ndjson", ndjson.encode())
+                if not think_s:
+                    self._send(200, "application/x-ndjson", ndjson.encode())
+                    return
+                self.send_response(200)  # streamed as it comes; the body ends with the connection
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.end_headers()
+                thinking = {"model": model, "created_at": "2026-12-06T00:00:00Z", "done": False,
+                            "message": {"role": "assistant", "content": "", "thinking": "Hmm. "}}
+                until = time.monotonic() + think_s
+                while time.monotonic() < until:
+                    self.wfile.write(json.dumps(thinking).encode() + b"\n")
+                    self.wfile.flush()
+                    time.sleep(0.25)
+                self.wfile.write(ndjson.encode())
 
         self._serve(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/api"
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
 
 
 class SlowServer(_Background):

@@ -6,9 +6,11 @@ import json
 from typing import Any
 
 import pytest
+from servers import ScriptedOllama
 
-from zwaif_fallback.backends.base import TargetFailed, ToolCalls, Usage
-from zwaif_fallback.backends.ollama import OllamaLines, is_ollama_url, listed_models
+from zwaif_fallback.backends.base import ALIVE, TargetFailed, ToolCalls, Usage
+from zwaif_fallback.backends.ollama import OllamaBackend, OllamaLines, listed_models, models_url, ollama_root
+from zwaif_fallback.routing import _answers_a_chat, _as_loaded
 
 
 def ndjson(*parts: dict[str, Any]) -> bytes:
@@ -67,14 +69,39 @@ def test_malformed_json_fails_the_answer_saying_so():
         lines.check()
 
 
-@pytest.mark.parametrize("url, ollama", [("http://127.0.0.1:11434/api", True), ("http://h:11434/api/", True),
-                                         ("http://127.0.0.1:11434/v1", False), ("http://h/apis", False)])
-def test_a_url_ending_in_api_is_ollamas_own(url: str, ollama: bool):
-    assert is_ollama_url(url) is ollama
+@pytest.mark.parametrize("url", ["http://127.0.0.1:11434", "http://127.0.0.1:11434/", "http://127.0.0.1:11434/api",
+                                 "http://127.0.0.1:11434/v1/"])
+def test_ollamas_own_api_is_at_the_servers_root(url: str):
+    assert ollama_root(url) == "http://127.0.0.1:11434"
+    assert models_url(url, ollama=True) == "http://127.0.0.1:11434/api/tags"
 
 
 def test_model_lists_of_both_kinds_read_as_openais():
-    tags = {"models": [{"name": "llama3:latest"}, {"size": 3}, "junk"]}
-    assert [m["id"] for m in listed_models("http://h/api", tags)] == ["llama3:latest"]
-    assert [m["id"] for m in listed_models("http://h/v1", {"data": [{"id": "m"}, {}]})] == ["m"]
-    assert listed_models("http://h/v1", ["not", "an", "object"]) == []
+    tags = {"models": [{"name": "llama3:latest", "size": 5}, {"size": 3}, "junk"]}
+    assert listed_models(tags, ollama=True) == [{"id": "llama3:latest", "object": "model", "created": 0,
+                                                 "owned_by": "ollama", "x_ollama": tags["models"][0]}]
+    assert [m["id"] for m in listed_models({"data": [{"id": "m"}, {}]}, ollama=False)] == ["m"]
+    assert listed_models(["not", "an", "object"], ollama=False) == []
+    assert models_url("http://h/v1/", ollama=False) == "http://h/v1/models"
+
+
+def test_a_breaker_probe_asks_ollama_for_the_model_as_the_last_chat_loaded_it():
+    # Ollama reloads a model asked for with another context or keep_alive: a probe that
+    # did so would cost the next chat a reload, at the wrong context, after every outage.
+    upstream = ScriptedOllama(["Hi"])
+    last_chat = {"options": {"num_ctx": 8192, "top_k": 3}, "keep_alive": "25h", "think": False}
+    try:
+        answered = _answers_a_chat(OllamaBackend(upstream.url), "llama3", 5.0, _as_loaded(last_chat))
+    finally:
+        upstream.close()
+    assert answered
+    sent = upstream.bodies[0]
+    assert (sent["model"], sent["keep_alive"]) == ("llama3", "25h")
+    assert sent["options"] == {"num_ctx": 8192, "num_predict": 1}
+
+
+def test_ollamas_thinking_lines_are_a_sign_of_life_not_text():
+    thinking = {"model": "m", "done": False,
+                "message": {"role": "assistant", "content": "", "thinking": "Hmm."}}
+    lines = OllamaLines(Usage())
+    assert lines.feed(ndjson(thinking, part("Blue."))) == [ALIVE, "Blue."]

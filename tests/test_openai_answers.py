@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from zwaif_fallback.backends.base import TargetFailed, ToolCalls, Usage
+from zwaif_fallback.backends.base import ALIVE, TargetFailed, ToolCalls, Usage
 from zwaif_fallback.backends.openai_answers import Events
 
 TEXTS = ["Hello", ' "quoted" ', "back\\slash", "line\nbreak", "caf\u00e9", "\U0001F600 emoji",
@@ -97,3 +97,11 @@ def test_an_answer_of_text_events_is_parsed_whole_once(monkeypatch):
     monkeypatch.setattr(answers.json, "loads", lambda s, **kw: parsed.append(s) or loads(s, **kw))
     assert read(sse(*(chunk(t) for t in TEXTS * 20))) == TEXTS * 20
     assert len(parsed) == 2  # the first event, and the proof of its frame
+
+
+def test_a_thinking_models_reasoning_is_a_sign_of_life_not_text():
+    # llama.cpp's server sends a reasoning model's thinking as reasoning_content: hosts are
+    # not shown it, but the server is at work, not hung.
+    thinking = chunk(None)
+    thinking["choices"][0]["delta"] = {"reasoning_content": "Let me see."}
+    assert read(sse(thinking, chunk("Blue."))) == [ALIVE, "Blue."]

@@ -15,8 +15,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from servers import ScriptedOllama, ScriptedServer, refused_url
+from servers import ScriptedOllama, ScriptedServer, Served, refused_url, serve_settings
 from servers import serve_in_process as serve
+
+from zwaif_fallback import FallbackManager
 
 ollama = pytest.importorskip("ollama")
 
@@ -36,11 +38,12 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg=="
 
 
-def zwaif_streams(url: str, history: list[dict[str, Any]] = ZWAIF_HISTORY) -> tuple[str, list[Any]]:
+def zwaif_streams(url: str, history: list[dict[str, Any]] = ZWAIF_HISTORY,
+                  options: dict[str, Any] = ZWAIF_OPTIONS) -> tuple[str, list[Any]]:
     """What Z-WAIF's stream loop makes of an answer: the reply, and each part it read. Any
     exception here is one that ends Z-WAIF's chat loop."""
     stream = ollama.Client(host=url).chat(model=ZWAIF_MODEL, messages=history, stream=True,
-                                          keep_alive="25h", options=ZWAIF_OPTIONS)
+                                          keep_alive="25h", options=options)
     parts, assistant_message = [], ""
     for event in stream:  # Z-WAIF's own loop (api_controller.run_streaming, the "Ollama" branch)
         chunk = event['message']['content']
@@ -49,11 +52,13 @@ def zwaif_streams(url: str, history: list[dict[str, Any]] = ZWAIF_HISTORY) -> tu
     return assistant_message, parts
 
 
-def zwaif_through_serve(root: Path, upstream: Any,
-                        history: list[dict[str, Any]] = ZWAIF_HISTORY) -> tuple[str, list[Any]]:
+def zwaif_through_serve(root: Path, upstream: Any, history: list[dict[str, Any]] = ZWAIF_HISTORY,
+                        **settings: Any) -> tuple[str, list[Any]]:
     """``zwaif_streams`` against serve in front of ``upstream``, which is closed after."""
+    if isinstance(upstream, ScriptedOllama):
+        settings["primary_api"] = "ollama"
     try:
-        with serve(root, upstream.url) as (served, _):
+        with serve(root, upstream.url, **settings) as (served, _):
             return zwaif_streams(served.url, history)
     finally:
         upstream.close()
@@ -98,6 +103,19 @@ def test_zwaifs_ollama_stream_gets_a_local_answer_when_the_primary_is_down(isola
     assert last.done_reason in ("stop", "length") and last.eval_count > 0
 
 
+@pytest.mark.slow
+def test_a_local_model_is_told_of_an_image_it_cannot_see(isolated: Path):
+    # Z-WAIF's camera: "describe this image". A text-only model that reads only the words
+    # describes a picture it never saw; told an image is there, it can say it cannot see it.
+    ask = [{"role": "user", "content": "Describe this image."}]
+    with serve(isolated, refused_url()) as (served, _):
+        counts = [zwaif_streams(served.url, history, {"num_predict": 4})[1][-1].prompt_eval_count
+                  for history in (ask, [{**ask[0], "images": [PNG]}], [{"role": "user", "content": "",
+                                                                         "images": [PNG]}])]
+    assert counts[1] > counts[0]  # the note took its place in the prompt
+    assert counts[2] > 0  # an image alone is something to answer, not a bad request
+
+
 def test_an_image_reaches_the_primary_as_an_openai_image_part(isolated: Path):
     upstream = ScriptedServer(["A dot."])
     history = [{"role": "user", "content": "What is this?", "images": [PNG]}]
@@ -124,6 +142,30 @@ def test_a_servers_tool_call_reaches_the_host_as_ollama_gives_it(isolated: Path)
     assert upstream.bodies[0]["tools"][0]["function"]["name"] == "get_weather"
 
 
+def test_a_tool_result_from_an_ollama_client_answers_its_call_by_id(isolated: Path):
+    # Ollama's clients name the tool a result is from, or nothing; OpenAI's servers match a
+    # result to its call by id.
+    history = [{"role": "user", "content": "Weather in Paris?"},
+               {"role": "assistant", "content": "", "tool_calls": [
+                   {"function": {"name": "get_time", "arguments": {}}},
+                   {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+               {"role": "tool", "content": "sunny", "tool_name": "get_weather"},
+               {"role": "tool", "content": "noon"}]
+    upstream = ScriptedServer(["Sunny at noon."])
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            # as Ollama's API takes it (the ollama package 0.5.1 does not send tool_name)
+            answer = httpx.post(served.url + "/api/chat", timeout=30, json={
+                "model": ZWAIF_MODEL, "messages": history, "stream": False}).json()
+    finally:
+        upstream.close()
+    reply, sent = answer["message"]["content"], upstream.bodies[0]["messages"]
+    ids = [call["id"] for call in sent[1]["tool_calls"]]
+    assert reply == "Sunny at noon."
+    assert len(set(ids)) == 2 and [sent[2]["tool_call_id"], sent[3]["tool_call_id"]] == [ids[1], ids[0]]
+    assert json.loads(sent[1]["tool_calls"][1]["function"]["arguments"]) == {"city": "Paris"}
+
+
 @pytest.mark.parametrize("body, field", [
     ({"messages": ZWAIF_HISTORY}, "model"),
     ({"model": "m", "messages": "hi"}, "messages"),
@@ -137,6 +179,32 @@ def test_a_bad_ollama_request_is_refused_naming_the_field(isolated: Path, body: 
             response = httpx.post(served.url + "/api/chat", json={**body, "stream": stream}, timeout=30)
             assert response.status_code == 400
             assert field in response.json()["error"]  # Ollama's shape: the error as text
+
+
+def test_a_chat_with_no_messages_is_a_load_as_ollama_answers_it(isolated: Path):
+    with serve(isolated, refused_url()) as (served, _):
+        client = ollama.Client(host=served.url)
+        answers = [client.chat(model=ZWAIF_MODEL), client.chat(model=ZWAIF_MODEL, messages=[])]
+        shouted = client.chat(model=ZWAIF_MODEL, messages=[{"role": "USER", "content": "hi"}],
+                              options={"num_predict": 1.0})
+    assert [(a.done, a.done_reason, a.model) for a in answers] == [(True, "load", ZWAIF_MODEL)] * 2
+    assert shouted.done and shouted.model == SMOL  # roles are read as Ollama reads them
+
+
+def test_a_refused_request_is_an_error_in_ollamas_words(isolated: Path):
+    with FallbackManager(serve_settings(isolated, refused_url()), background=False) as manager:
+        served = Served(manager, api_key="secret")
+        try:
+            no_key = httpx.post(served.url + "/api/chat", json={"model": "m", "messages": ZWAIF_HISTORY})
+            not_json = httpx.post(served.url + "/api/chat", content=b"{not json",
+                                  headers={"Authorization": "Bearer secret"})
+            tags = httpx.get(served.url + "/api/tags")
+        finally:
+            served.close()
+    for response, status, words in ((no_key, 401, "API key"), (not_json, 400, "not JSON"),
+                                     (tags, 401, "API key")):
+        assert response.status_code == status
+        assert words in response.json()["error"]  # text, as Ollama's clients show it
 
 
 def test_a_chat_no_target_can_answer_is_an_ollama_error_saying_why(isolated: Path):
@@ -186,7 +254,7 @@ def test_an_openai_request_reaches_an_ollama_primary_in_ollamas_names(isolated: 
         {"type": "text", "text": "What is this?"},
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]}]
     try:
-        with serve(isolated, upstream.url) as (served, _):
+        with serve(isolated, upstream.url, primary_api="ollama") as (served, _):
             client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
             answer = client.chat.completions.create(model="llama3", messages=history, max_tokens=2,
                                                     temperature=0.3, extra_body={"top_k": 20})
@@ -203,7 +271,7 @@ def test_an_openai_request_reaches_an_ollama_primary_in_ollamas_names(isolated: 
 def test_an_ollama_primarys_tool_call_reaches_an_openai_client(isolated: Path):
     upstream = ScriptedOllama([], tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}])
     try:
-        with serve(isolated, upstream.url) as (served, _):
+        with serve(isolated, upstream.url, primary_api="ollama") as (served, _):
             client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
             answer = client.chat.completions.create(model="llama3", messages=ZWAIF_HISTORY, tools=[TOOL])
     finally:
@@ -212,6 +280,35 @@ def test_an_ollama_primarys_tool_call_reaches_an_openai_client(isolated: Path):
     assert (answer.choices[0].finish_reason, call.function.name, json.loads(call.function.arguments)) == \
         ("tool_calls", "get_weather", {"city": "Paris"})
     assert upstream.bodies[0]["tools"] == [TOOL]
+
+
+def test_an_openai_tool_result_reaches_an_ollama_primary_named_by_its_tool(isolated: Path):
+    history = [{"role": "user", "content": "Weather in Paris?"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "call_abc", "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+               {"role": "tool", "tool_call_id": "call_abc", "content": "sunny"}]
+    upstream = ScriptedOllama(["Sunny."])
+    try:
+        with serve(isolated, upstream.url, primary_api="ollama") as (served, _):
+            client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+            answer = client.chat.completions.create(model="llama3", messages=history, tools=[TOOL])
+    finally:
+        upstream.close()
+    assert answer.choices[0].message.content == "Sunny."
+    assert upstream.bodies[0]["messages"][1:] == [
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_abc", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "tool_call_id": "call_abc", "content": "sunny", "tool_name": "get_weather"}]
+
+
+def test_an_ollama_primary_that_thinks_past_the_deadline_is_not_taken_for_hung(isolated: Path):
+    # Ollama has a thinking model reason before it answers, for longer than the 5 s deadline
+    # for the first piece here; its thinking lines are the server at work, not silence.
+    upstream = ScriptedOllama(["Red, ", "green ", "and blue."], model=ZWAIF_MODEL, think_s=6.0)
+    reply, parts = zwaif_through_serve(isolated, upstream)
+    assert (reply, parts[-1].model) == ("Red, green and blue.", ZWAIF_MODEL)
+    assert parts[0].message.content == "Red, "  # the thinking is not shown, as Z-WAIF reads it
 
 
 @pytest.mark.slow
@@ -225,10 +322,16 @@ def test_an_ollama_primary_cut_mid_answer_is_continued_by_the_local_model(isolat
 def test_an_ollama_primary_is_listed_and_counts_as_up(isolated: Path):
     upstream = ScriptedOllama(["x"], model="llama3:latest")
     try:
-        with serve(isolated, upstream.url) as (served, _):
+        with serve(isolated, upstream.url, primary_api="ollama") as (served, _):
             listed = httpx.get(served.url + "/v1/models", timeout=30).json()["data"]
+            tags = ollama.Client(host=served.url).list().models
             health = httpx.get(served.url + "/health", timeout=30)
     finally:
         upstream.close()
     assert {"id": "llama3:latest", "source": "primary"}.items() <= listed[0].items()
+    assert "x_ollama" not in listed[0]
+    # the primary's own entries first, as it gave them: a host that picks a model from this
+    # list (Z-WAIF's pre-release does) picks one the primary has
+    assert (tags[0].model, tags[0].size, tags[0].digest) == ("llama3:latest", 1, "0")
+    assert SMOL in [t.model for t in tags[1:]]
     assert health.status_code == 200

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .backends.base import GenerationParams, TargetFailed, ToolCalls, Usage
+from .backends.base import ALIVE, GenerationParams, TargetFailed, ToolCalls, Usage
 from .breaker import CircuitBreaker
 from .errors import AllTargetsFailed, FallbackError
 from .results import Attempt, ChatResult, Source, Switch, merge_tool_calls
@@ -332,6 +332,8 @@ class FailoverChain:
             pieces = (self._guarded(target, messages, params, prefix, tries, usage) if target.guarded
                       else self._direct(target, messages, params, prefix, tries, usage))
             for piece in pieces:
+                if piece == ALIVE:  # the deadline has seen it: nothing to give on
+                    continue
                 run.took(piece, target, produced, self.clock())
                 produced += 1
                 yield piece

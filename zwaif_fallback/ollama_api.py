@@ -28,7 +28,7 @@ from .completions import BadRequestField, ChunkMaker, fallback_info
 from .failover import Piece
 from .results import ChatResult
 
-__all__ = ["OllamaChunks", "chat_request", "model_list", "whole_answer"]
+__all__ = ["OllamaChunks", "chat_request", "loaded", "model_list", "render", "whole_answer"]
 
 #: Ollama's options that OpenAI names otherwise.
 RENAMED_OPTIONS = {"num_predict": "max_tokens"}
@@ -56,12 +56,12 @@ def chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(messages, list):
         raise BadRequestField("messages", "missing: give a list of {'role': ..., 'content': ...}")
     request: dict[str, Any] = {"model": model, "stream": body.get("stream") is not False,
-                               "messages": [_message(m, i) for i, m in enumerate(messages)]}
+                               "messages": _answered_calls([_message(m, i) for i, m in enumerate(messages)])}
     options = body.get("options")
     if options is not None and not isinstance(options, Mapping):
         raise BadRequestField("options", "must be an object such as {'temperature': 0.7}")
     for name, value in (options or {}).items():
-        if name == "num_predict" and isinstance(value, int) and value < 0:
+        if name == "num_predict" and isinstance(value, (int, float)) and value < 0:
             continue  # -1: no limit, -2: fill the context; OpenAI's way is to leave it out
         if name in RENAMED_OPTIONS:
             request[RENAMED_OPTIONS[name]] = value
@@ -86,6 +86,8 @@ def _message(message: Any, index: int) -> Any:
     if not isinstance(message, Mapping):
         return message
     out = {k: v for k, v in message.items() if k not in ("images", "tool_calls", "tool_name", "thinking")}
+    if isinstance(out.get("role"), str):
+        out["role"] = out["role"].lower()  # as Ollama reads it
     images = message.get("images")
     if images:
         if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
@@ -101,6 +103,34 @@ def _message(message: Any, index: int) -> Any:
     return out
 
 
+def _answered_calls(messages: list[Any]) -> list[Any]:
+    """``messages``, each tool result given the id of the call it answers: OpenAI's servers
+    match a result to its call by ``tool_call_id``, which Ollama's clients may leave out (a
+    result names its tool, or nothing, and answers the calls in order)."""
+    pending: list[tuple[str, str]] = []  # (id, name) of the calls not answered yet
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        if message.get("tool_calls"):
+            pending = [(c["id"], c["function"]["name"]) for c in message["tool_calls"]]
+        elif message.get("role") == "tool" and pending:
+            answered = message.get("tool_call_id")
+            match = next((p for p in pending if p[0] == answered), None) or \
+                next((p for p in pending if p[1] == message.get("name")), pending[0])
+            pending.remove(match)
+            message["tool_call_id"] = match[0]
+    return messages
+
+
+def loaded(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Ollama's answer to a chat with no messages, which its clients send to load a model
+    (``ollama.chat(model)``): that it is loaded. None for any other chat."""
+    if body.get("messages") not in ([], None) or not isinstance(body.get("model"), str):
+        return None
+    return {"model": body["model"], "created_at": _timestamp(),
+            "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"}
+
+
 def _media_type(image: str) -> str:
     return next((kind for start, kind in _IMAGE_KINDS if image.startswith(start)), "image/png")
 
@@ -110,7 +140,7 @@ def _openai_call(call: Any, message: int, index: int) -> dict[str, Any]:
     if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
         raise BadRequestField(f"messages[{message}].tool_calls",
                               "each needs a function with a name and arguments")
-    return openai_tool_call(call, f"call_{message}_{index}")
+    return openai_tool_call(call, call.get("id") or f"call_{message}_{index}")
 
 
 def render(item: dict[str, Any]) -> dict[str, Any]:
@@ -148,8 +178,10 @@ def whole_answer(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_list(models: list[dict[str, Any]]) -> dict[str, Any]:
-    """``GET /v1/models``' list as Ollama's ``GET /api/tags`` gives it."""
-    return {"models": [{"name": m["id"], "model": m["id"], "details": {}} for m in models]}
+    """``GET /v1/models``' list as Ollama's ``GET /api/tags`` gives it: an Ollama primary's
+    entries as it gave them (size, digest, details), first, as ``/v1/models`` lists them."""
+    return {"models": [m.get("x_ollama") or {"name": m["id"], "model": m["id"], "details": {}}
+                       for m in models]}
 
 
 class OllamaChunks(ChunkMaker):

@@ -23,7 +23,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from .backends.base import TargetFailed, ToolCalls, Usage
+from .backends.base import ALIVE, TargetFailed, ToolCalls, Usage
 from .completions import ChunkMaker, error_object, status_of, who_answered
 from .errors import BackendUnavailable
 from .failover import ChatRun, Piece, Target, answered_by
@@ -196,8 +196,10 @@ class Relay:
             async for batch in self._guarded(target, usage, tries):
                 now = clock()
                 chunks: _Batch = []
-                model = answered_by(target, usage)
+                model, before = answered_by(target, usage), produced
                 for piece in batch:
+                    if piece == ALIVE:  # the deadline has seen it: nothing to send
+                        continue
                     run.took(piece, target, produced, now)
                     produced += 1
                     if isinstance(piece, ToolCalls):
@@ -206,7 +208,7 @@ class Relay:
                         chunks.append(self._chunks.text_event(model, piece))
                     else:
                         chunks.append(self._chunks.piece(Piece(piece, target, model=model)))
-                record(len(batch))
+                record(produced - before)
                 await self._emit(chunks)
         except TargetFailed as exc:
             run.failed(target, exc, latency_s=clock() - start, tries=tries[0], produced=produced)

@@ -20,7 +20,7 @@ from typing import Any
 
 from .backends.base import GenerationParams, TargetFailed
 from .backends.host import HostBackend
-from .backends.ollama import OllamaBackend, is_ollama_url
+from .backends.ollama import OllamaBackend
 from .backends.openai import OpenAIBackend
 from .breaker import BreakerState, CircuitBreaker
 from .errors import InvalidSettings
@@ -68,7 +68,7 @@ class Router:
         self._clock = clock
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
-        self._remotes: dict[tuple[str, str, str], OpenAIBackend] = {}
+        self._remotes: dict[tuple[str, str, str, type[OpenAIBackend]], OpenAIBackend] = {}
 
     def targets(self, settings: FallbackSettings, primary: Primary, *,
                 model: str | None = None,
@@ -154,17 +154,18 @@ class Router:
         is_primary = source == "primary"
         configured = settings.primary_model if is_primary else ""
         key = settings.primary_api_key.get_secret_value() if is_primary else ""
+        speaks = OllamaBackend if is_primary and settings.primary_api == "ollama" else OpenAIBackend
         with self._lock:
-            backend = self._remotes.get((url, configured, key))
+            backend = self._remotes.get((url, configured, key, speaks))
             if backend is None:
-                speaks = OllamaBackend if is_ollama_url(url) else OpenAIBackend
                 backend = speaks(url, model=configured, api_key=key, source=source,
                                  read_timeout_s=settings.timeout + 5.0)
-                self._remotes[(url, configured, key)] = backend
+                self._remotes[(url, configured, key, speaks)] = backend
         chosen = model if is_primary else None
         breaker = self.breaker(url)
-        # the probe asks as the last chat did: a server such as Ollama refuses unknown models
-        breaker.probe = partial(_answers_a_chat, backend, chosen, settings.timeout)
+        # the probe asks as the last chat did: a server such as Ollama refuses unknown models,
+        # and reloads a model asked for with another context or keep_alive
+        breaker.probe = partial(_answers_a_chat, backend, chosen, settings.timeout, _as_loaded(extra))
         return Target(name=url, source="primary" if is_primary else "remote", model=chosen or configured,
                       stream=partial(backend.stream, model=chosen, extra=extra),
                       astream=partial(backend.astream, model=chosen, extra=extra),
@@ -208,7 +209,18 @@ def _ignoring(stream: Callable[..., Iterator[str]], name: str, fields: list[str]
 PROBE_MESSAGES = [{"role": "user", "content": "Hi"}]
 
 
-def _answers_a_chat(backend: OpenAIBackend, model: str | None, deadline_s: float) -> bool:
+def _as_loaded(extra: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a request's Ollama fields decides how Ollama loads the model (``num_ctx``,
+    ``keep_alive``): a probe that asked otherwise would reload it."""
+    options = extra.get("options")
+    kept: dict[str, Any] = {"keep_alive": extra["keep_alive"]} if "keep_alive" in extra else {}
+    if isinstance(options, Mapping) and "num_ctx" in options:
+        kept["options"] = {"num_ctx": options["num_ctx"]}
+    return kept
+
+
+def _answers_a_chat(backend: OpenAIBackend, model: str | None, deadline_s: float,
+                    extra: Mapping[str, Any] | None = None) -> bool:
     """Whether ``backend`` begins an answer within ``deadline_s``: a circuit breaker's
     probe, on a thread of its own (``CircuitBreaker``)."""
     late = threading.Event()
@@ -218,7 +230,7 @@ def _answers_a_chat(backend: OpenAIBackend, model: str | None, deadline_s: float
     why = ""
     try:
         for _ in backend.stream(PROBE_MESSAGES, GenerationParams(max_tokens=1), deadline_s=deadline_s,
-                                cancel=late, model=model):
+                                cancel=late, model=model, extra=extra):
             break
     except Exception as exc:  # TargetFailed, or whatever the response closed at the deadline raised
         why = str(exc)

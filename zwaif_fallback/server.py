@@ -32,11 +32,11 @@ import threading
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from . import ollama_api
 from .backends.base import Cancel
-from .backends.ollama import is_ollama_url, listed_models
+from .backends.ollama import listed_models, models_url
 from .completions import ChunkMaker, error_object, parse_request, status_of, who_answered
 from .errors import InvalidSettings
 from .listening import listen, serving
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from .manager import FallbackManager
+    from .settings import FallbackSettings
 
 __all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "build_api", "check_bind", "listen", "run", "serving"]
 
@@ -186,7 +187,10 @@ class _Api:
 
         body = await self._request_body(request)
         if not isinstance(body, dict):
-            return body
+            return _in_ollamas_words(body)
+        preloaded = ollama_api.loaded(body)
+        if preloaded is not None:  # the local models load when a chat needs them
+            return JSONResponse(preloaded)
         try:
             asked = ollama_api.chat_request(body)
         except InvalidSettings as exc:
@@ -236,7 +240,8 @@ class _Api:
         if refused is not None:
             return refused
         data = await asyncio.to_thread(self._models)
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": [
+            {k: v for k, v in m.items() if k != "x_ollama"} for m in data]})
 
     async def ollama_models(self, request: Request) -> Response:
         """Ollama's ``GET /api/tags``: the models ``/v1/models`` lists."""
@@ -244,17 +249,13 @@ class _Api:
 
         refused = self._refuse(request)
         if refused is not None:
-            return refused
+            return _in_ollamas_words(refused)
         return JSONResponse(ollama_api.model_list(await asyncio.to_thread(self._models)))
 
     def _models(self) -> list[dict[str, Any]]:
-        settings = self.manager.settings
-        servers = ([(settings.primary_url, "primary")] if settings.primary_url else []) + \
-            [(url, "remote") for url in settings.remote_urls]
         listed: list[dict[str, Any]] = []
-        for url, source in servers:
-            listed += _server_models(url, source, settings.primary_api_key.get_secret_value()
-                                     if source == "primary" else "")
+        for server in _servers(self.manager.settings):
+            listed += _server_models(server)
         for model in self.manager.discover_models():
             if model.usable:
                 listed.append({"id": model.name, "object": "model", "created": 0,
@@ -271,12 +272,10 @@ class _Api:
         """The chain's state, probing the servers only when no local model can answer."""
         breakers = self.manager.breaker_states()
         settings = self.manager.settings
-        keys = {settings.primary_url: settings.primary_api_key.get_secret_value()} \
-            if settings.primary_url else {}
-        servers = [*keys, *(url for url in settings.remote_urls if url not in keys)]
         local = [m.name for m in self.manager.discover_models() if m.usable]
         reach: dict[str, str] = {}
-        for url in servers:
+        for server in _servers(settings):
+            url = server.url
             breaker = breakers.get(url, {})
             # Past its cooldown an open circuit lets the next chat through: probe it then, or a
             # load balancer that heeds the 503 would keep that chat from ever coming.
@@ -285,7 +284,7 @@ class _Api:
             elif local:
                 reach[url] = "not probed"
             else:
-                reach[url] = "reachable" if _answers(url, keys.get(url, "")) else "unreachable"
+                reach[url] = "reachable" if _answers(server) else "unreachable"
         can_answer = bool(local) or "reachable" in reach.values()
         current = self.manager.current_model
         return {"status": "ok" if can_answer else "unavailable",
@@ -365,40 +364,61 @@ async def _on_own_thread(fn: Callable[[Any], _R], arg: Any) -> _R:
     return await done
 
 
+def _in_ollamas_words(refusal: Response) -> Response:
+    """A refusal (401, 400, 413) as Ollama words an error, ``{"error": "..."}``: its clients
+    show that text."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(ollama_api.render(json.loads(bytes(refusal.body))), status_code=refusal.status_code)
+
+
 def _error_response(exc: InvalidSettings, status: int) -> Response:
     from starlette.responses import JSONResponse
 
     return JSONResponse(error_object(exc), status_code=status)
 
 
-def _answers(url: str, api_key: str) -> bool:
+class _Server(NamedTuple):
+    url: str
+    source: str
+    api_key: str
+    ollama: bool  # Ollama's own API, not an OpenAI-compatible one
+
+
+def _servers(settings: FallbackSettings) -> list[_Server]:
+    """The primary, then the remote servers not the primary."""
+    servers = [_Server(settings.primary_url, "primary", settings.primary_api_key.get_secret_value(),
+                       settings.primary_api == "ollama")] if settings.primary_url else []
+    return servers + [_Server(url, "remote", "", False) for url in settings.remote_urls
+                      if url != settings.primary_url]
+
+
+def _answers(server: _Server) -> bool:
     """Whether a server answers HTTP at all: any status means it is up, if perhaps unwilling."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        httpx.get(_list_url(url), headers=headers, timeout=MODELS_TIMEOUT_S, trust_env=False)
+        httpx.get(models_url(server.url, ollama=server.ollama), headers=_auth(server),
+                  timeout=MODELS_TIMEOUT_S, trust_env=False)
     except httpx.HTTPError as exc:
-        log.info("health: %s does not answer: %s", url, exc)
+        log.info("health: %s does not answer: %s", server.url, exc)
         return False
     return True
 
 
-def _server_models(url: str, source: str, api_key: str) -> list[dict[str, Any]]:
-    """A server's models (``/models``, or Ollama's ``/tags``), each marked with its source;
-    nothing when it does not answer."""
+def _server_models(server: _Server) -> list[dict[str, Any]]:
+    """A server's models, each marked with its source; nothing when it does not answer."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = httpx.get(_list_url(url), headers=headers, timeout=MODELS_TIMEOUT_S, trust_env=False)
-        data = listed_models(url, response.json()) if response.status_code == 200 else []
+        response = httpx.get(models_url(server.url, ollama=server.ollama), headers=_auth(server),
+                             timeout=MODELS_TIMEOUT_S, trust_env=False)
+        data = listed_models(response.json(), ollama=server.ollama) if response.status_code == 200 else []
     except (httpx.HTTPError, ValueError) as exc:
-        log.info("no model list from %s: %s", url, exc)
+        log.info("no model list from %s: %s", server.url, exc)
         return []
-    return [{**m, "source": source} for m in data]
+    return [{**m, "source": server.source} for m in data]
 
 
-def _list_url(url: str) -> str:
-    """Where a server lists its models: ``/models``, or ``/tags`` on Ollama's own API."""
-    return f"{url.rstrip('/')}/{'tags' if is_ollama_url(url) else 'models'}"
+def _auth(server: _Server) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}

@@ -128,6 +128,8 @@ class FallbackSettings(BaseSettings):
     characters_dir: str = Field("", description="text-generation-webui's folder: the personas of the "
                                                 "characters its hosts name, for local models")
     primary_url: Url = Field("", description="base URL of the main OpenAI-compatible API")
+    primary_api: Literal["openai", "ollama"] = Field(
+        "openai", description="what the main API speaks: openai (a /v1 URL), or ollama (Ollama's own API)")
     primary_model: str = Field("", description="model name sent to the main API")
     primary_api_key: SecretStr = Field(SecretStr(""), description="API key of the main API")
     remote_urls: UrlList = Field(default_factory=list, description="more servers tried before local models")

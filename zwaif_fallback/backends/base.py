@@ -140,11 +140,22 @@ class GenerationParams(Model):
             raise InvalidSettings("; ".join(problems), problems=problems) from None
 
 
+#: A piece with no text: the server works on the answer (a model that thinks first sends
+#: its reasoning, which hosts are not shown) but has given none of it yet. It keeps the
+#: deadline for the first piece and the stall limit from taking the server for hung; it is
+#: not a token, and it is not text the host sees.
+ALIVE = ""
+
+#: What a text-only model reads where a message had an image. Told, it says it cannot see
+#: it; not told, it describes a picture it never saw (a host's camera view, spoken aloud).
+IMAGE_PLACEHOLDER = "\n[An image is attached here, which you cannot see.]\n"
+
+
 def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
     """OpenAI-style messages as plain ``{"role", "content"}`` text dicts, or InvalidSettings
-    saying what is wrong. Content parts are joined into their text; an assistant message
-    that only calls tools has empty content (the servers receive the messages as given:
-    see ``completions``)."""
+    saying what is wrong. Content parts are joined into their text, an image part as
+    ``IMAGE_PLACEHOLDER``; an assistant message that only calls tools has empty content
+    (the servers receive the messages as given: see ``completions``)."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise InvalidSettings("messages must be a non-empty list of {'role': ..., 'content': ...}")
     out, total = [], 0
@@ -154,8 +165,8 @@ def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
         role, content = message.get("role"), message.get("content")
         if role not in ("system", "user", "assistant", "tool"):
             raise InvalidSettings(f"message {i} has role {role!r}; use system, user, assistant or tool")
-        if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+        if isinstance(content, list):  # OpenAI content parts
+            content = "".join(_part_text(p) for p in content if isinstance(p, Mapping))
         if content is None and role == "assistant" and message.get("tool_calls"):
             content = ""
         if not isinstance(content, str):
@@ -167,6 +178,13 @@ def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
     if total > MAX_PROMPT_CHARS:
         raise InvalidSettings(f"the messages hold {total} characters; the limit is {MAX_PROMPT_CHARS}")
     return out
+
+
+def _part_text(part: Mapping[str, Any]) -> str:
+    if part.get("type") in ("image_url", "input_image", "image"):
+        return IMAGE_PLACEHOLDER
+    text = part.get("text", "")
+    return text if isinstance(text, str) else ""
 
 
 class Backend(ABC):

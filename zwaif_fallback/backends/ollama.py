@@ -1,4 +1,4 @@
-"""An Ollama server over its own API (``/api/chat``), for a primary URL that ends in ``/api``.
+"""An Ollama server over its own API (``/api/chat``): the primary, with ``primary_api = "ollama"``.
 
 Ollama's OpenAI-compatible ``/v1`` reads OpenAI's samplers only: ``num_ctx``, ``top_k``,
 ``min_p``, ``repeat_penalty`` and ``keep_alive`` never reach the model through it, and a
@@ -18,11 +18,11 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .base import GenerationParams, TargetFailed, ToolCalls, Usage
+from .base import ALIVE, GenerationParams, TargetFailed, ToolCalls, Usage
 from .openai import OpenAIBackend
 from .openai_answers import FINISH_REASONS, UNNAMED_MODEL, Lines, read_model_name
 
-__all__ = ["OllamaBackend", "OllamaLines", "is_ollama_url", "listed_models", "ollama_tool_call",
+__all__ = ["OllamaBackend", "OllamaLines", "listed_models", "models_url", "ollama_root", "ollama_tool_call",
            "openai_tool_call"]
 
 #: OpenAI's names of Ollama's options.
@@ -34,34 +34,48 @@ SAMPLER_OPTIONS = frozenset({"top_k", "min_p", "typical_p", "repeat_penalty", "r
                              "mirostat_eta", "tfs_z", "penalize_newline"})
 
 
-def is_ollama_url(url: str) -> bool:
-    """Whether ``url`` names Ollama's own API (``http://127.0.0.1:11434/api``)."""
-    return url.rstrip("/").endswith("/api")
+def ollama_root(url: str) -> str:
+    """Ollama's own API is at the server's root: ``http://127.0.0.1:11434``, also when the
+    URL names its ``/api`` or its OpenAI-compatible ``/v1``."""
+    root = url.rstrip("/")
+    for suffix in ("/api", "/v1"):
+        if root.endswith(suffix):
+            return root[: -len(suffix)]
+    return root
 
 
-def listed_models(url: str, payload: Any) -> list[dict[str, Any]]:
-    """The models a server's list names, as OpenAI's ``/models`` gives them (``id`` each):
-    from ``/api/tags`` for Ollama's API, else from ``/models``."""
+def models_url(url: str, *, ollama: bool) -> str:
+    """Where a server lists its models: OpenAI's ``/models``, or Ollama's ``/api/tags``."""
+    return f"{ollama_root(url)}/api/tags" if ollama else f"{url.rstrip('/')}/models"
+
+
+def listed_models(payload: Any, *, ollama: bool) -> list[dict[str, Any]]:
+    """The models of a server's list (``models_url``), as OpenAI's ``/models`` gives them
+    (``id`` each); Ollama's own entries are kept whole under ``x_ollama``."""
     if not isinstance(payload, dict):
         return []
-    if is_ollama_url(url):
-        return [{"id": m["name"], "object": "model", "created": 0, "owned_by": "ollama"}
+    if ollama:
+        return [{"id": m["name"], "object": "model", "created": 0, "owned_by": "ollama", "x_ollama": m}
                 for m in payload.get("models") or [] if isinstance(m, dict) and m.get("name")]
     return [m for m in payload.get("data") or [] if isinstance(m, dict) and m.get("id")]
 
 
 class OllamaBackend(OpenAIBackend):
-    """Streams chats from an Ollama server's own API at ``base_url`` (ending in ``/api``)."""
+    """Streams chats from an Ollama server's own API (``primary_api = "ollama"``), at the
+    server's root URL (``ollama_root``)."""
 
-    chat_path = "/chat"
+    chat_path = "/api/chat"
     stream_type = "application/x-ndjson"
+
+    def __init__(self, base_url: str, **kwargs: Any) -> None:
+        super().__init__(ollama_root(base_url), **kwargs)
 
     def _request(self, messages: list[dict[str, str]], params: GenerationParams, prefix: str,
                  deadline_s: float | None, model: str | None,
                  extra: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str], float]:
         extra = extra or {}
         sent = extra.get("messages")
-        chat = [_ollama_message(m) for m in (sent if isinstance(sent, list) else messages)]
+        chat = _named_results([_ollama_message(m) for m in (sent if isinstance(sent, list) else messages)])
         if prefix:  # Ollama goes on with a last assistant message rather than answer it
             chat.append({"role": "assistant", "content": prefix})
         options = dict(extra["options"]) if isinstance(extra.get("options"), Mapping) else {}
@@ -127,6 +141,8 @@ class OllamaLines(Lines):
         calls = message.get("tool_calls")
         if isinstance(calls, list) and calls:
             pieces.append(ToolCalls(tuple(self._delta(call) for call in calls if isinstance(call, dict))))
+        if not pieces and message.get("thinking"):  # Ollama thinks first for models that can
+            pieces.append(ALIVE)
         if part.get("done"):
             self.finished = self.done = True
             reason = part.get("done_reason")
@@ -161,8 +177,11 @@ def ollama_tool_call(call: Mapping[str, Any]) -> dict[str, Any]:
             arguments = json.loads(arguments or "{}")
         except ValueError:
             arguments = {}
-    return {"function": {"name": function.get("name", ""),
-                         "arguments": arguments if isinstance(arguments, dict) else {}}}
+    shown: dict[str, Any] = {"function": {"name": function.get("name", ""),
+                                          "arguments": arguments if isinstance(arguments, dict) else {}}}
+    if call.get("id"):
+        shown["id"] = call["id"]
+    return shown
 
 
 def _ollama_message(message: Any) -> Any:
@@ -170,7 +189,7 @@ def _ollama_message(message: Any) -> Any:
     URLs; Ollama cannot fetch a URL), tool calls' arguments as objects."""
     if not isinstance(message, Mapping):
         return message
-    out = {k: v for k, v in message.items() if k not in ("content", "tool_calls", "tool_call_id")}
+    out = {k: v for k, v in message.items() if k not in ("content", "tool_calls")}
     content = message.get("content")
     if isinstance(content, list):
         texts = [p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text"]
@@ -186,6 +205,22 @@ def _ollama_message(message: Any) -> Any:
     if message.get("role") == "tool" and "name" in message:
         out["tool_name"] = out.pop("name")
     return out
+
+
+def _named_results(messages: list[Any]) -> list[Any]:
+    """``messages``, each tool result named by its tool (``tool_name``), which Ollama's
+    templates show the model; OpenAI's name only the call it answers (``tool_call_id``)."""
+    names: dict[Any, Any] = {}
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        for call in message.get("tool_calls") or ():
+            names[call.get("id")] = call["function"]["name"]
+        if message.get("role") == "tool" and "tool_name" not in message:
+            name = names.get(message.get("tool_call_id"))
+            if name:
+                message["tool_name"] = name
+    return messages
 
 
 def _base64_of(part: Mapping[str, Any]) -> str:

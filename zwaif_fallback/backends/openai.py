@@ -67,7 +67,7 @@ class OpenAIBackend(Backend):
         self._usage_option = True
 
     def __repr__(self) -> str:  # never show the key
-        return f"OpenAIBackend({self.base_url!r}, model={self.model!r})"
+        return f"{type(self).__name__}({self.base_url!r}, model={self.model!r})"
 
     def stream(self, messages: list[dict[str, str]], params: GenerationParams, *,
                prefix: str = "", deadline_s: float | None = None,

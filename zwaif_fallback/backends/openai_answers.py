@@ -13,7 +13,7 @@ import json.decoder
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .base import TargetFailed, ToolCalls, Usage
+from .base import ALIVE, TargetFailed, ToolCalls, Usage
 
 __all__ = ["FINISH_REASONS", "RETRYABLE_STATUS", "UNNAMED_MODEL", "Events", "Lines", "read_model_name",
            "status_error", "whole_answer"]
@@ -119,6 +119,8 @@ class Events(Lines):
         calls = _tool_calls(choice)
         if calls:
             pieces.append(calls)
+        if not pieces and _reasons(choice):
+            pieces.append(ALIVE)
         self.finished = self.finished or choice.get("finish_reason") is not None
         _read_finish(choice, self._usage)
         if text and not calls and not self.finished and "usage" not in event:
@@ -202,6 +204,13 @@ def _delta_of(choice: dict[str, Any]) -> dict[str, Any]:
 def _text(choice: dict[str, Any]) -> str:
     text = _delta_of(choice).get("content") or choice.get("text") or ""
     return text if isinstance(text, str) else ""
+
+
+def _reasons(choice: dict[str, Any]) -> bool:
+    """Whether the chunk carries a thinking model's reasoning (llama.cpp's server and vLLM
+    name it ``reasoning_content``, others ``reasoning``)."""
+    delta = _delta_of(choice)
+    return bool(delta.get("reasoning_content") or delta.get("reasoning"))
 
 
 def _tool_calls(choice: dict[str, Any]) -> ToolCalls | None:
