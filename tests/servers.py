@@ -366,6 +366,12 @@ class ScriptedOllama(_Background):
                     {"name": model, "model": model, "size": 1, "digest": "0", "details": {}}]}).encode())
 
             def do_POST(self) -> None:
+                if self.path == "/api/show":
+                    asked = self._body().get("model")
+                    card = {"parameters": "num_ctx 8192", "details": {"family": "llama"}, "model_info": {}}
+                    self._send(*((200, "application/json", json.dumps(card).encode()) if asked == model else
+                                 (404, "application/json", b'{"error": "model not found"}')))
+                    return
                 if self.path != "/api/chat":
                     self._send(404, "text/plain", b"404 page not found")
                     return

@@ -191,6 +191,44 @@ def test_a_chat_with_no_messages_is_a_load_as_ollama_answers_it(isolated: Path):
     assert shouted.done and shouted.model == SMOL  # roles are read as Ollama reads them
 
 
+def test_generate_is_answered_as_a_chat_of_one_turn(isolated: Path):
+    upstream = ScriptedServer(["Red, ", "green ", "and blue."], model=ZWAIF_MODEL)
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            client = ollama.Client(host=served.url)
+            streamed = list(client.generate(model=ZWAIF_MODEL, prompt="Name three colours.", stream=True,
+                                            system="You are Waifu.", options={"num_predict": 9}))
+            whole = client.generate(model=ZWAIF_MODEL, prompt="Name three colours.")
+            loaded = client.generate(model=ZWAIF_MODEL)
+    finally:
+        upstream.close()
+    assert "".join(part.response for part in streamed) == whole.response == "Red, green and blue."
+    assert (streamed[-1].done, whole.done_reason, whole.model) == (True, "stop", ZWAIF_MODEL)
+    assert (loaded.done_reason, loaded.response) == ("load", "")
+    assert upstream.bodies[0]["messages"] == [{"role": "system", "content": "You are Waifu."},
+                                              {"role": "user", "content": "Name three colours."}]
+    assert upstream.bodies[0]["max_tokens"] == 9 and len(upstream.bodies) == 2  # the load asked nothing
+
+
+def test_show_describes_an_ollama_primarys_model_and_a_local_one(isolated: Path):
+    # Z-WAIF's pre-release takes a model as ready when /api/show gives its parameters.
+    upstream = ScriptedOllama(["x"], model="llama3:latest")
+    try:
+        with serve(isolated, upstream.url, primary_api="ollama") as (served, _):
+            client = ollama.Client(host=served.url)
+            primary, local = client.show("llama3:latest"), client.show(SMOL)
+            asked_by_get = httpx.request("GET", served.url + "/api/show", json={"name": SMOL}, timeout=30)
+            with pytest.raises(ollama.ResponseError) as unknown:
+                client.show("no-such-model")
+    finally:
+        upstream.close()
+    assert (primary.parameters, primary.details.family) == ("num_ctx 8192", "llama")
+    assert local.parameters and (local.details.format, local.details.family) == ("gguf", "llama")
+    assert local.details.quantization_level == "Q4_1" and local.details.parameter_size.endswith("M")
+    assert asked_by_get.status_code == 200 and asked_by_get.json()["parameters"] == local.parameters
+    assert unknown.value.status_code == 404 and "no-such-model" in unknown.value.error
+
+
 def test_a_refused_request_is_an_error_in_ollamas_words(isolated: Path):
     with FallbackManager(serve_settings(isolated, refused_url()), background=False) as manager:
         served = Served(manager, api_key="secret")

@@ -10,7 +10,7 @@ Module map, top to bottom. Each part imports only the parts below it (lazy and
 type-only imports included); tests/test_import_graph.py holds the code to this map
 and to having no import cycle.
 
-    porches       cli, cli_text, __main__, default, server, listening, ollama_api, relay, sse
+    porches       cli, cli_text, __main__, default, server, listening, upstreams, ollama_api, relay, sse
     facade        manager
     measurement   recommend, optimizer, bench_jobs, telemetry, health, bench, quality, metrics, monitor, jobs
     call path     chats, characters, completions, routing, failover, results, breaker, local, step_down, pool,
@@ -21,9 +21,9 @@ and to having no import cycle.
     base          settings, settings_file, hardware, ggml_devices, store, errors, units, net, logs, _model
 
 * porches: the CLI (cli_text: what it prints), ``try_fallbacks`` on a default manager, the
-  OpenAI-compatible server (listening: its socket and uvicorn; ollama_api: Ollama's chat API
-  beside it; relay: its streams, servers' read on the event loop; sse: those that reach a
-  local model, relayed from their threads).
+  OpenAI-compatible server (listening: its socket and uvicorn; upstreams: the servers it
+  stands in front of; ollama_api: Ollama's API beside it; relay: its streams, servers' read
+  on the event loop; sse: those that reach a local model, relayed from their threads).
 * facade: ``FallbackManager`` owns the state and delegates each call to one part.
 * measurement: benchmark runs and jobs (bench_jobs -> bench, quality); ranking, health and
   the auto-optimizer (optimizer -> health); history, Prometheus metrics and sampling

@@ -1,4 +1,4 @@
-"""Ollama's own chat API (``POST /api/chat``) on ``serve``, for hosts that speak it.
+"""Ollama's own API (``POST /api/chat``, ``/api/generate``) on ``serve``, for hosts that speak it.
 
 Z-WAIF's ``API_TYPE = Ollama`` (and ``API_TYPE_VISUAL``, its default for images) calls the
 ``ollama`` package's ``chat()``, which sends Ollama's request shape to ``OLLAMA_HOST`` and
@@ -20,15 +20,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .backends.ollama import ollama_tool_call, openai_tool_call
 from .backends.openai import OLLAMA_FIELDS
 from .completions import BadRequestField, ChunkMaker, fallback_info
 from .failover import Piece
+from .model_info import ModelInfo
 from .results import ChatResult
 
-__all__ = ["OllamaChunks", "chat_request", "loaded", "model_list", "render", "whole_answer"]
+__all__ = ["CHAT", "GENERATE", "Endpoint", "OllamaChunks", "chat_request", "generate_request", "model_card",
+           "model_list", "render", "whole_answer"]
 
 #: Ollama's options that OpenAI names otherwise.
 RENAMED_OPTIONS = {"num_predict": "max_tokens"}
@@ -80,6 +83,31 @@ def chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
     return request
 
 
+#: What ``/api/generate`` takes that ``/api/chat`` does not.
+GENERATE_FIELDS = ("prompt", "system", "images", "raw", "template", "context", "suffix")
+
+
+def generate_request(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The OpenAI chat-completions request that an Ollama ``/api/generate`` body asks for:
+    its ``system`` and ``prompt`` (with its ``images``) as a chat of one turn, which is what
+    Ollama makes of them with the model's template. A ``raw`` prompt, written for a template
+    already, goes through the chat template all the same.
+
+    Raises:
+        InvalidSettings: a field is missing or of the wrong kind; the message names it.
+    """
+    prompt, system = body.get("prompt"), body.get("system")
+    if not isinstance(prompt, str):
+        raise BadRequestField("prompt", "missing: give the text to answer")
+    if system is not None and not isinstance(system, str):
+        raise BadRequestField("system", "must be text")
+    turn: dict[str, Any] = {"role": "user", "content": prompt}
+    if body.get("images") is not None:
+        turn["images"] = body["images"]
+    messages = ([{"role": "system", "content": system}] if system else []) + [turn]
+    return chat_request({**{k: v for k, v in body.items() if k not in GENERATE_FIELDS}, "messages": messages})
+
+
 def _message(message: Any, index: int) -> Any:
     """An Ollama message as OpenAI's: its images as ``image_url`` parts, its tool calls'
     arguments as JSON text. Anything not a dict is left for ``parse_request`` to refuse."""
@@ -122,13 +150,6 @@ def _answered_calls(messages: list[Any]) -> list[Any]:
     return messages
 
 
-def loaded(body: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Ollama's answer to a chat with no messages, which its clients send to load a model
-    (``ollama.chat(model)``): that it is loaded. None for any other chat."""
-    if body.get("messages") not in ([], None) or not isinstance(body.get("model"), str):
-        return None
-    return {"model": body["model"], "created_at": _timestamp(),
-            "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"}
 
 
 def _media_type(image: str) -> str:
@@ -157,17 +178,30 @@ def _timestamp(at: float | None = None) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def whole_answer(answer: dict[str, Any]) -> dict[str, Any]:
+def _said(text: str, calls: list[dict[str, Any]], *, generate: bool) -> dict[str, Any]:
+    """What an answer (or a piece of it) says: ``/api/generate``'s ``response``, or
+    ``/api/chat``'s ``message`` with the tool calls."""
+    if generate:
+        return {"response": text}
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = [ollama_tool_call(c) for c in calls]
+    return {"message": message}
+
+
+def _done_reason(finish_reason: str) -> str:
+    return "length" if finish_reason == "length" else "stop"
+
+
+def whole_answer(answer: dict[str, Any], *, generate: bool = False) -> dict[str, Any]:
     """An OpenAI ``chat.completion`` (or error object) as Ollama's answer to ``stream: false``."""
     if "error" in answer:
         return render(answer)
     choice = answer["choices"][0]
-    message = {"role": "assistant", "content": choice["message"].get("content") or ""}
-    if choice["message"].get("tool_calls"):
-        message["tool_calls"] = [ollama_tool_call(c) for c in choice["message"]["tool_calls"]]
+    said = _said(choice["message"].get("content") or "", choice["message"].get("tool_calls") or [],
+                 generate=generate)
     shown: dict[str, Any] = {"model": answer["model"], "created_at": _timestamp(answer["created"]),
-                             "message": message, "done": True,
-                             "done_reason": "length" if choice["finish_reason"] == "length" else "stop"}
+                             **said, "done": True, "done_reason": _done_reason(choice["finish_reason"])}
     usage = answer.get("usage")
     if usage:
         shown["prompt_eval_count"] = usage["prompt_tokens"]
@@ -195,14 +229,15 @@ class OllamaChunks(ChunkMaker):
 
     media_type = b"application/x-ndjson"
 
-    def __init__(self) -> None:
+    def __init__(self, *, generate: bool = False) -> None:
         super().__init__(include_usage=False)
         self.done_event = b""
+        self.generate = generate  # /api/generate's lines: ``response``, not ``message``
         self.created_at = _timestamp()  # each line's: when the answer began
 
     def _line(self, model: str, content: str) -> dict[str, Any]:
         return {"model": model, "created_at": self.created_at,
-                "message": {"role": "assistant", "content": content}, "done": False}
+                **_said(content, [], generate=self.generate), "done": False}
 
     def piece(self, piece: Piece) -> dict[str, Any]:
         # a tool call's deltas are not a message's text: the calls come whole on the last line
@@ -217,12 +252,10 @@ class OllamaChunks(ChunkMaker):
         return self.encode(self._line(model, text))
 
     def ending(self, result: ChatResult) -> list[dict[str, Any]]:
-        message: dict[str, Any] = {"role": "assistant", "content": ""}
-        if result.tool_calls:
-            message["tool_calls"] = [ollama_tool_call(c) for c in result.tool_calls]
         last: dict[str, Any] = {
-            "model": result.model, "created_at": self.created_at, "message": message, "done": True,
-            "done_reason": "length" if result.finish_reason == "length" else "stop",
+            "model": result.model, "created_at": self.created_at,
+            **_said("", result.tool_calls, generate=self.generate), "done": True,
+            "done_reason": _done_reason(result.finish_reason),
             "total_duration": round(result.latency_s * 1e9), "eval_count": result.completion_tokens}
         if result.prompt_tokens is not None:
             last["prompt_eval_count"] = result.prompt_tokens
@@ -236,3 +269,55 @@ class OllamaChunks(ChunkMaker):
 
     def render(self, error: dict[str, Any]) -> dict[str, Any]:
         return render(error)
+
+
+def model_card(model: ModelInfo, n_ctx: int) -> dict[str, Any]:
+    """A local model as Ollama's ``/api/show`` describes one, from what its header says."""
+    family = model.architecture or "unknown"
+    details = {"format": model.format, "family": family, "families": [family],
+               "parameter_size": _count(model.parameters), "quantization_level": model.quantization or ""}
+    info: dict[str, Any] = {"general.architecture": family}
+    if model.parameters:
+        info["general.parameter_count"] = model.parameters
+    if model.context_length:
+        info[f"{family}.context_length"] = model.context_length
+    return {"modelfile": "", "parameters": f"num_ctx {min(n_ctx, model.context_length or n_ctx)}",
+            "template": "", "details": details, "model_info": info, "capabilities": ["completion"]}
+
+
+def _count(parameters: int | None) -> str:
+    """A parameter count as Ollama writes it: "135M", "8.0B"."""
+    if not parameters:
+        return ""
+    return f"{parameters / 1e9:.1f}B" if parameters >= 1e9 else f"{parameters / 1e6:.0f}M"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One of Ollama's answering routes, ``/api/chat`` or ``/api/generate``: how its
+    request reads, and how its answer is written."""
+
+    generate: bool
+
+    def request(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The chat-completions request ``body`` asks for (``chat_request``, ``generate_request``)."""
+        return generate_request(body) if self.generate else chat_request(body)
+
+    def loaded(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Ollama's answer to a request with nothing to answer, which its clients send to
+        load a model (``ollama.chat(model)``, ``ollama.generate(model)``): that it is
+        loaded. None for any other request."""
+        said = body.get("prompt") if self.generate else body.get("messages")
+        if said not in ("", [], None) or not isinstance(body.get("model"), str):
+            return None
+        return {"model": body["model"], "created_at": _timestamp(), **_said("", [], generate=self.generate),
+                "done": True, "done_reason": "load"}
+
+    def chunks(self) -> OllamaChunks:
+        return OllamaChunks(generate=self.generate)
+
+    def whole(self, answer: dict[str, Any]) -> dict[str, Any]:
+        return whole_answer(answer, generate=self.generate)
+
+
+CHAT, GENERATE = Endpoint(generate=False), Endpoint(generate=True)

@@ -4,7 +4,8 @@ A host that talks HTTP points its OpenAI base URL here and changes nothing else:
 
     POST /v1/chat/completions   the chain's answer, whole or as server-sent events
     GET  /v1/models             the primary's models, then the remotes', then the local ones
-    POST /api/chat              the same answer in Ollama's shape (``ollama_api``), and
+    POST /api/chat              the same answer in Ollama's shape (``ollama_api``),
+    POST /api/generate          one turn of it, and
     GET  /api/tags              the same list, for hosts that speak Ollama's API
     GET  /health                200 with the chain's state, 503 when nothing could answer
     GET  /metrics               Prometheus metrics
@@ -32,15 +33,15 @@ import threading
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import ollama_api
 from .backends.base import Cancel
-from .backends.ollama import listed_models, models_url
 from .completions import ChunkMaker, error_object, parse_request, status_of, who_answered
-from .errors import InvalidSettings
+from .errors import FallbackError, InvalidSettings
 from .listening import listen, serving
 from .relay import Relay, on_disconnect, shutting_down
+from .upstreams import answers, model_card_of, models_of, upstreams
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from .manager import FallbackManager
-    from .settings import FallbackSettings
 
 __all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "build_api", "check_bind", "listen", "run", "serving"]
 
@@ -58,7 +58,6 @@ API_KEY_ENV = "FALLBACK_API_KEY"
 #: The largest request body taken (413 above it): room for inline base64 images as OpenAI
 #: takes them (up to 20 MB an image: 27 MB as base64) beside 2 M characters of text.
 MAX_BODY_BYTES = 32 * 1024 * 1024
-MODELS_TIMEOUT_S = 2.0
 _R = TypeVar("_R")
 
 
@@ -96,7 +95,9 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/api/chat", api.ollama_chat, methods=["POST"]),
+        Route("/api/generate", api.ollama_generate, methods=["POST"]),
         Route("/api/tags", api.ollama_models, methods=["GET"]),
+        Route("/api/show", api.ollama_show, methods=["GET", "POST"]),
         Route("/health", api.health, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
     ]
@@ -183,27 +184,34 @@ class _Api:
 
     async def ollama_chat(self, request: Request) -> Response | Relay:
         """Ollama's ``POST /api/chat``, answered as ``chat_completions`` answers (``ollama_api``)."""
+        return await self._ollama(request, ollama_api.CHAT)
+
+    async def ollama_generate(self, request: Request) -> Response | Relay:
+        """Ollama's ``POST /api/generate``: a chat of one turn (``ollama_api``)."""
+        return await self._ollama(request, ollama_api.GENERATE)
+
+    async def _ollama(self, request: Request, endpoint: ollama_api.Endpoint) -> Response | Relay:
         from starlette.responses import JSONResponse
 
         body = await self._request_body(request)
         if not isinstance(body, dict):
             return _in_ollamas_words(body)
-        preloaded = ollama_api.loaded(body)
+        preloaded = endpoint.loaded(body)
         if preloaded is not None:  # the local models load when a chat needs them
             return JSONResponse(preloaded)
         try:
-            asked = ollama_api.chat_request(body)
+            asked = endpoint.request(body)
         except InvalidSettings as exc:
             return JSONResponse(ollama_api.render(error_object(exc)), status_code=400)
-        return await self._chat(request, asked, ollama=True)
+        return await self._chat(request, asked, ollama=endpoint)
 
     async def _chat(self, request: Request, body: dict[str, Any], *,
-                    ollama: bool = False) -> Response | Relay:
+                    ollama: ollama_api.Endpoint | None = None) -> Response | Relay:
         from starlette.responses import JSONResponse
 
         if not body.get("stream"):
             answer = await self._whole_answer(request, body)
-            shown = ollama_api.whole_answer(answer) if ollama else answer
+            shown = ollama.whole(answer) if ollama else answer
             return JSONResponse(shown, status_code=status_of(answer), headers=who_answered(answer))
         try:
             checked = parse_request(body)
@@ -211,8 +219,7 @@ class _Api:
         except InvalidSettings as exc:
             failure = error_object(exc)
             return JSONResponse(ollama_api.render(failure) if ollama else failure, status_code=400)
-        chunks = ollama_api.OllamaChunks() if ollama else \
-            ChunkMaker(checked.include_usage, oobabooga=checked.oobabooga)
+        chunks = ollama.chunks() if ollama else ChunkMaker(checked.include_usage, oobabooga=checked.oobabooga)
         relay = Relay(plan, chunks)
         relay.watch(request)
         self._streams.add(relay)
@@ -254,8 +261,8 @@ class _Api:
 
     def _models(self) -> list[dict[str, Any]]:
         listed: list[dict[str, Any]] = []
-        for server in _servers(self.manager.settings):
-            listed += _server_models(server)
+        for server in upstreams(self.manager.settings):
+            listed += models_of(server)
         for model in self.manager.discover_models():
             if model.usable:
                 listed.append({"id": model.name, "object": "model", "created": 0,
@@ -274,7 +281,7 @@ class _Api:
         settings = self.manager.settings
         local = [m.name for m in self.manager.discover_models() if m.usable]
         reach: dict[str, str] = {}
-        for server in _servers(settings):
+        for server in upstreams(settings):
             url = server.url
             breaker = breakers.get(url, {})
             # Past its cooldown an open circuit lets the next chat through: probe it then, or a
@@ -284,7 +291,7 @@ class _Api:
             elif local:
                 reach[url] = "not probed"
             else:
-                reach[url] = "reachable" if _answers(server) else "unreachable"
+                reach[url] = "reachable" if answers(server) else "unreachable"
         can_answer = bool(local) or "reachable" in reach.values()
         current = self.manager.current_model
         return {"status": "ok" if can_answer else "unavailable",
@@ -294,6 +301,35 @@ class _Api:
                 "breakers": breakers,
                 "current_model": current.name if current is not None else None,
                 "local_models": len(local)}
+
+    async def ollama_show(self, request: Request) -> Response:
+        """Ollama's ``/api/show``: an Ollama primary's own card for its models, or a local
+        model's from its header (hosts ask it to see whether a model is there)."""
+        from starlette.responses import JSONResponse
+
+        body = await self._request_body(request)
+        if not isinstance(body, dict):
+            return _in_ollamas_words(body)
+        name = body.get("model") or body.get("name")
+        if not isinstance(name, str) or not name:
+            return JSONResponse({"error": "model is required"}, status_code=400)
+        card = await asyncio.to_thread(self._model_card, name)
+        if card is None:
+            return JSONResponse({"error": f"model '{name}' not found"}, status_code=404)
+        return JSONResponse(card)
+
+    def _model_card(self, name: str) -> dict[str, Any] | None:
+        settings = self.manager.settings
+        primary = upstreams(settings)[:1]
+        if primary and primary[0].ollama:
+            card = model_card_of(primary[0], name)
+            if card is not None:
+                return card
+        try:
+            model = self.manager.find_model(name)
+        except FallbackError:
+            return None
+        return ollama_api.model_card(model, settings.n_ctx) if model.usable else None
 
     async def metrics(self, request: Request) -> Response:
         from starlette.responses import Response
@@ -376,49 +412,3 @@ def _error_response(exc: InvalidSettings, status: int) -> Response:
     from starlette.responses import JSONResponse
 
     return JSONResponse(error_object(exc), status_code=status)
-
-
-class _Server(NamedTuple):
-    url: str
-    source: str
-    api_key: str
-    ollama: bool  # Ollama's own API, not an OpenAI-compatible one
-
-
-def _servers(settings: FallbackSettings) -> list[_Server]:
-    """The primary, then the remote servers not the primary."""
-    servers = [_Server(settings.primary_url, "primary", settings.primary_api_key.get_secret_value(),
-                       settings.primary_api == "ollama")] if settings.primary_url else []
-    return servers + [_Server(url, "remote", "", False) for url in settings.remote_urls
-                      if url != settings.primary_url]
-
-
-def _answers(server: _Server) -> bool:
-    """Whether a server answers HTTP at all: any status means it is up, if perhaps unwilling."""
-    import httpx
-
-    try:
-        httpx.get(models_url(server.url, ollama=server.ollama), headers=_auth(server),
-                  timeout=MODELS_TIMEOUT_S, trust_env=False)
-    except httpx.HTTPError as exc:
-        log.info("health: %s does not answer: %s", server.url, exc)
-        return False
-    return True
-
-
-def _server_models(server: _Server) -> list[dict[str, Any]]:
-    """A server's models, each marked with its source; nothing when it does not answer."""
-    import httpx
-
-    try:
-        response = httpx.get(models_url(server.url, ollama=server.ollama), headers=_auth(server),
-                             timeout=MODELS_TIMEOUT_S, trust_env=False)
-        data = listed_models(response.json(), ollama=server.ollama) if response.status_code == 200 else []
-    except (httpx.HTTPError, ValueError) as exc:
-        log.info("no model list from %s: %s", server.url, exc)
-        return []
-    return [{**m, "source": server.source} for m in data]
-
-
-def _auth(server: _Server) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}
