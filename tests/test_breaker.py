@@ -131,6 +131,21 @@ def test_the_probe_starts_when_the_cooldown_ends_without_a_chat():
     assert breaker.snapshot().state == "closed"
 
 
+def test_the_probe_starts_even_when_the_timer_fires_early_by_the_breakers_clock():
+    # On Windows before Python 3.13 the timer's clock (monotonic) ticks in 15.6 ms steps,
+    # and the breaker's (perf_counter) does not: by the breaker's, the timer can be early.
+    import time
+
+    probe = Probe()
+    probe.release.set()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=0.2, probe=probe,
+                             clock=lambda: time.monotonic() * 0.8)  # slower than the timer's
+    breaker.record_failure()
+    assert probe.started.wait(5)  # nobody called allow()
+    settle(breaker)
+    assert breaker.snapshot().state == "closed"
+
+
 def test_a_closed_breaker_starts_no_probe():
     probe = Probe()
     breaker = CircuitBreaker(failure_threshold=1, cooldown_s=0.1, probe=probe)

@@ -58,3 +58,21 @@ def test_the_log_rotates_once_no_other_process_holds_it(log_file, held_open):
     assert Path(f"{log_file}.2").read_text(encoding="utf-8") == "backup 1\n"
     assert "record 09" in Path(f"{log_file}.1").read_text(encoding="utf-8")
     assert "after" in log_file.read_text(encoding="utf-8")
+
+
+def test_a_backup_another_process_holds_keeps_the_records_in_the_live_file(log_file, monkeypatch, capsys):
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if os.fspath(dst) == f"{log_file}.1" or os.fspath(src) == f"{log_file}.1":
+            raise PermissionError(13, "The process cannot access the file", os.fspath(dst))
+        return real(src, dst, *args, **kwargs)
+
+    Path(f"{log_file}.1").write_text("backup 1\n", encoding="utf-8")
+    monkeypatch.setattr(os, "replace", replace)
+    for i in range(10):
+        log.warning("record %02d %s", i, "x" * 80)
+    assert all(f"record {i:02d}" in log_file.read_text(encoding="utf-8") for i in range(10))
+    assert "Logging error" not in capsys.readouterr().err
+    assert not Path(f"{log_file}.rotating").exists()
+    assert Path(f"{log_file}.1").read_text(encoding="utf-8") == "backup 1\n"

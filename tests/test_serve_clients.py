@@ -327,6 +327,23 @@ def test_zwaifs_stream_loop_reads_every_piece_of_a_servers_answer(isolated: Path
         {"mode": "chat", "character": "Waifu", "preset": "Z-Waif-ADEF-Standard"}
 
 
+def test_a_model_named_outside_latin_1_is_answered_with_its_name_kept(isolated: Path):
+    # HTTP headers are Latin-1: the name is %-encoded there, and kept whole in the body.
+    upstream = ScriptedServer(["Hel", "lo"], model="モデル\nv2")
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            whole = httpx.post(served.url + "/v1/chat/completions", json={"messages": ASK}, timeout=30)
+            with httpx.stream("POST", served.url + "/v1/chat/completions", timeout=30,
+                              json={"messages": ASK, "stream": True}) as streamed:
+                events = [line for line in streamed.iter_lines() if line.startswith("data: {")]
+    finally:
+        upstream.close()
+    for response in (whole, streamed):
+        assert response.status_code == 200
+        assert response.headers["x-fallback-model"] == "%E3%83%A2%E3%83%87%E3%83%AB%0Av2"
+    assert whole.json()["model"] == json.loads(events[-1][6:])["model"] == "モデル\nv2"
+
+
 # -- /health ---------------------------------------------------------------------------------
 
 

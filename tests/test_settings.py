@@ -201,6 +201,7 @@ def _held_for(times: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_a_save_waits_for_a_moment_while_another_process_holds_the_file(monkeypatch):
+    monkeypatch.setattr(settings_file, "REPLACE_WAIT_S", 1.0)  # Windows' wait
     refused = _held_for(3, monkeypatch)
     FallbackSettings().saved(timeout=12)
     assert refused == [3]

@@ -138,19 +138,23 @@ class CircuitBreaker:
                 return True
             return False
 
-    def _schedule(self) -> None:
+    def _schedule(self, wait_s: float | None = None) -> None:
         """Under the lock: probe when the spell ends, whether or not a chat comes then."""
         if self.probe is None or self._closed:
             return
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = threading.Timer(self._wait_s, self._when_due)
+        self._timer = threading.Timer(self._wait_s if wait_s is None else wait_s, self._when_due)
         self._timer.daemon = True
         self._timer.start()
 
     def _when_due(self) -> None:
         with self._lock:
             probe = self._due() if self._state == "open" else None
+            if probe is None and self._state == "open":
+                # The timer waits on the monotonic clock, which ticks in 15.6 ms steps on
+                # Windows before Python 3.13: by ``self._clock`` it may fire a little early.
+                self._schedule(max(self._wait_s - (self._clock() - self._opened_at), 0.001))
         if callable(probe):
             self._start(probe)
 

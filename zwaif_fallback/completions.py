@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from .backends.base import GenerationParams, check_messages
 from .errors import AllTargetsFailed, FallbackError, InvalidSettings
@@ -168,8 +169,8 @@ def stream_chat_completion(answer: Answer, request: Any,
     """``chat.completion.chunk`` dicts as the answer comes; never raises.
 
     The first chunk carries the role and ``x_fallback`` with the source and model of the
-    target that began the answer; each chunk's ``model`` is the target that gave its
-    piece. The last chunk has ``finish_reason`` and ``x_fallback`` (who answered, the
+    target that began the answer; each chunk's ``model`` names the model that gave its
+    piece (``answered_by``). The last chunk has ``finish_reason`` and ``x_fallback`` (who answered, the
     attempts, where a switch happened), which OpenAI clients ignore. With
     ``stream_options.include_usage``, every chunk has ``usage: None`` and one more chunk
     with no choices carries the counts, as OpenAI sends them (when the answering target
@@ -346,7 +347,9 @@ def who_answered(answer: dict[str, Any]) -> dict[str, str]:
     if info.get("source"):
         headers["X-Fallback-Source"] = str(info["source"])
     if model:
-        headers["X-Fallback-Model"] = str(model)
+        # a header is Latin-1 without control characters; a model's name may be anything
+        # (a server's word for it, a host's Japanese name): what else it holds is %-encoded
+        headers["X-Fallback-Model"] = quote(str(model), safe=" !#$&'()*+,/:;=?@[]~")
     return headers
 
 

@@ -64,7 +64,6 @@ class Target:
     model: str = ""
 
 
-
 def answered_by(target: Target, usage: Usage) -> str:
     """The name an answer reports for its model: the server's own once it has said it (the
     first event of its stream has it), else the name ``target`` was asked by, else its name."""
@@ -251,7 +250,7 @@ class ChatRun:
         given ("length" when the limit was asked for and reached)."""
         if self.tool_deltas:
             return "tool_calls"
-        if usage.finish_reason is not None:
+        if usage.finish_reason not in (None, "tool_calls"):  # tool calls: only with the calls
             return usage.finish_reason
         return "length" if _capped(target, params) and self.tokens >= params.max_tokens else "stop"
 

@@ -20,8 +20,8 @@ class _RotatingFileHandler(logging.handlers.RotatingFileHandler):
     CLI command started in the same folder share one log file. The stdlib handler then lost
     every record from there on, printed a traceback on stderr for each, and shifted the
     backups once more each time (deleting the oldest). Here the file is moved aside first,
-    and the backups move only when that worked; else the records go on into the same file,
-    and the next record tries again.
+    and the backups move only when that worked; else, or when a backup is held open, the
+    records go on into the same file, and the next record tries again.
     """
 
     def doRollover(self) -> None:
@@ -36,11 +36,17 @@ class _RotatingFileHandler(logging.handlers.RotatingFileHandler):
             os.replace(self.baseFilename, aside)
         except OSError:
             return
-        for i in range(self.backupCount - 1, 0, -1):
-            older = f"{self.baseFilename}.{i}"
-            if os.path.exists(older):
-                os.replace(older, f"{self.baseFilename}.{i + 1}")
-        os.replace(aside, f"{self.baseFilename}.1")
+        try:
+            for i in range(self.backupCount - 1, 0, -1):
+                older = f"{self.baseFilename}.{i}"
+                if os.path.exists(older):
+                    os.replace(older, f"{self.baseFilename}.{i + 1}")
+            os.replace(aside, f"{self.baseFilename}.1")
+        except OSError:  # a backup is held open (a viewer): the records go on where they were
+            try:
+                os.replace(aside, self.baseFilename)
+            except OSError:
+                pass
         if not self.delay:
             self.stream = self._open()
 

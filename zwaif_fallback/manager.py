@@ -372,7 +372,7 @@ class FallbackManager:
                                cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
         """Answer as OpenAI ``chat.completion.chunk`` dicts; never raises.
 
-        Each chunk's ``model`` is the target that gave its piece; the last has
+        Each chunk's ``model`` names the model that gave its piece; the last has
         ``finish_reason`` and ``x_fallback`` (who answered, the attempts, any switch);
         ``stream_options.include_usage`` adds a usage chunk. A bad request, or no target
         able to answer, ends the stream with one error object (as ``chat_completion``).

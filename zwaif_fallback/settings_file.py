@@ -101,8 +101,10 @@ def write_atomically(path: Path, data: Mapping[str, Any]) -> None:
         raise StorageError(f"cannot write settings to {path}: {exc.strerror or exc}") from exc
 
 
-#: How long a save waits for another process to let go of the settings file.
-REPLACE_WAIT_S = 1.0
+#: How long a save waits for another process to let go of the settings file: on Windows,
+#: where a file held open cannot be replaced. Elsewhere a PermissionError is the folder's or
+#: the file's own, and waiting would not clear it.
+REPLACE_WAIT_S = 1.0 if os.name == "nt" else 0.0
 
 
 def _replace(tmp: str, path: Path) -> None:

@@ -194,7 +194,8 @@ def preflight(path: str, *, timeout_s: float = 120.0) -> None:
         # llama.cpp logs the path in UTF-8, not in the locale's encoding (Windows' ANSI code
         # page), which raised UnicodeDecodeError for a model under C:\Users\Иван\.
         child = subprocess.run([sys.executable, "-c", _PREFLIGHT, path], capture_output=True,
-                               encoding="utf-8", errors="replace", timeout=timeout_s)
+                               encoding="utf-8", errors="replace", timeout=timeout_s,
+                               env=dict(os.environ, PYTHONIOENCODING="utf-8"))
         problem = None
         if child.returncode != 0:
             tail = (child.stderr.strip().splitlines() or ["no output"])[-1][:200]

@@ -244,9 +244,10 @@ def whole_answer(content: bytes, usage: Usage) -> Iterator[str | ToolCalls]:
 #: a server with one model loaded takes any). A server that echoes it back says nothing.
 UNNAMED_MODEL = "default"
 
-#: The finish reasons OpenAI's API defines. Another word from a server is not passed on:
+#: The finish reasons OpenAI's API defines (but the old "function_call", whose calls are not
+#: read). Another word from a server is not passed on:
 #: the chain then says "stop" or "length" itself, as for a local model.
-FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter"})
 
 
 def read_model_name(event: dict[str, Any], usage: Usage) -> None:
