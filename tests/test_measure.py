@@ -197,6 +197,17 @@ def test_health_sees_a_failing_primary(models_dir):
     assert any("main API" in r for r in report.recommendations)
 
 
+@pytest.mark.parametrize("url, api, advised", [
+    ("http://127.0.0.1:11434/v1", "openai", True),  # Ollama's /v1: Z-WAIF's options are lost
+    ("http://127.0.0.1:11434", "ollama", False),
+    ("http://127.0.0.1:5000/v1", "openai", False),  # text-generation-webui
+])
+def test_health_advises_ollamas_own_api_for_an_ollama_primary_asked_through_v1(models_dir, url, api, advised):
+    with make(models_dir, primary_url=url, primary_api=api) as manager:
+        report = manager.health()
+    assert any("FALLBACK_PRIMARY_API=ollama" in r for r in report.recommendations) is advised
+
+
 def test_monitoring_starts_reports_live_and_stops_early(models_dir):
     with make(models_dir) as manager:
         manager.start_monitoring(10, interval_s=0.2)

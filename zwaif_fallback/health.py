@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
+from urllib.parse import urlsplit
 
 from pydantic import Field
 
@@ -46,6 +47,7 @@ __all__ = [
     "PerformanceStats",
     "RankEntry",
     "health_report",
+    "is_ollamas_v1",
     "model_score",
     "performance_stats",
     "rank_models",
@@ -154,6 +156,7 @@ class HealthInputs:
     current_fit: Compatibility | None
     primary_configured: bool
     primary_breaker: str | None  # "closed" | "half_open" | "open" | None
+    primary_is_ollamas_v1: bool = False  # Ollama, through its OpenAI-compatible API (``is_ollamas_v1``)
     recent_attempts: list[dict[str, Any]] = field(default_factory=list)  # the last hour
     speed_history: list[float] = field(default_factory=list)  # current model's gen_tps, newest first
     lower_ctx_fits: int | None = None  # an n_ctx at which the current model would fit the GPU
@@ -289,7 +292,30 @@ def _system(inputs: HealthInputs) -> _Finding:
                     f"CPU {status.cpu_percent:.0f}% busy on {status.cpu_count} cores", *advice)
 
 
+#: Ollama's own port: a primary there is Ollama.
+OLLAMA_PORT = 11434
+
+
+def is_ollamas_v1(url: str) -> bool:
+    """Whether ``url`` is Ollama's OpenAI-compatible API (its port, not its own API's root)."""
+    try:
+        parts = urlsplit(url)
+        return parts.port == OLLAMA_PORT and parts.path.rstrip("/").endswith("/v1")
+    except ValueError:
+        return False
+
+
 def _primary(inputs: HealthInputs) -> _Finding:
+    finding = _primary_state(inputs)
+    if inputs.primary_is_ollamas_v1:
+        return finding._replace(advice=[*finding.advice, (
+            "The main API is Ollama through its OpenAI-compatible /v1, which drops num_ctx, "
+            "top_k, min_p, repeat_penalty and keep_alive: set FALLBACK_PRIMARY_URL to its root "
+            "(http://127.0.0.1:11434) and FALLBACK_PRIMARY_API=ollama so that they reach it.")])
+    return finding
+
+
+def _primary_state(inputs: HealthInputs) -> _Finding:
     if not inputs.primary_configured:
         return _finding("primary", 60, "no primary API configured: every answer is local")
     if inputs.primary_breaker == "open":

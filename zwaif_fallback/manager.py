@@ -555,4 +555,5 @@ class FallbackManager:
             local=self._local, switch=self.switch_model, history=lambda: self._telemetry.store,
             status=self._probe.status, breakers=self._router.breaker_states,
             primary_url=lambda: self._settings.primary_url,
+            primary_api=lambda: self._settings.primary_api,
             samples=lambda: self._telemetry.background_samples()))

@@ -21,6 +21,7 @@ from .health import (
     Optimization,
     PerformanceStats,
     health_report,
+    is_ollamas_v1,
     performance_stats,
     rank_models,
 )
@@ -48,20 +49,22 @@ class Optimizer:
         switch: makes a model current by name (and saves it as preferred).
         history: the store of benchmarks and failover attempts.
         status: the machine now. breakers: each target's circuit breaker.
-        primary_url: the configured primary, "" for none.
+        primary_url: the configured primary, "" for none; primary_api: what it speaks.
         samples: the background sampler's samples.
     """
 
     def __init__(self, *, local: LocalModels, switch: Callable[[str], ModelInfo],
                  history: Callable[[], Store], status: Callable[[], SystemStatus],
                  breakers: Callable[[], dict[str, BreakerState]], primary_url: Callable[[], str],
-                 samples: Callable[[], list[Sample]]) -> None:
+                 samples: Callable[[], list[Sample]],
+                 primary_api: Callable[[], str] = lambda: "openai") -> None:
         self._local = local
         self._switch = switch
         self._history = history
         self._status = status
         self._breakers = breakers
         self._primary_url = primary_url
+        self._primary_api = primary_api
         self._samples = samples
         self._lock = threading.Lock()
         self._watcher_stop: threading.Event | None = None
@@ -103,6 +106,7 @@ class Optimizer:
         inputs = HealthInputs(
             status=status, ranking=rank_models(self.candidates()), current=current,
             current_fit=current_fit, primary_configured=bool(primary),
+            primary_is_ollamas_v1=self._primary_api() == "openai" and is_ollamas_v1(primary),
             primary_breaker=breaker.state if breaker is not None else None,
             recent_attempts=store.failovers(since_s=RECENT_S), speed_history=speeds,
             vram_margin_mb=self._local.vram_margin_mb())
