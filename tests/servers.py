@@ -296,12 +296,14 @@ class ScriptedServer(_Background):
                  cut_in_tool_call: bool = False, model: str | None = None,
                  finish_reason: str | None = None, port: int = 0) -> None:
         self.bodies: list[dict[str, object]] = []
+        self.paths: list[str] = []
         server = self
 
         class Handler(_Handler):
             def do_POST(self) -> None:
                 body = self._body()
                 server.bodies.append(body)
+                server.paths.append(self.path)
                 if refuse_stream_options and "stream_options" in body:
                     self._send(400, "application/json", json.dumps({"error": {
                         "message": "Unrecognized request argument supplied: stream_options"}}).encode())
@@ -333,6 +335,10 @@ class ScriptedServer(_Background):
                         "total_tokens": prompt_tokens + len(said)}})
                 if model is not None:
                     events = [{"model": model, **e} for e in events]
+                if self.path.endswith("/v1/completions"):  # a text completion's choices have text
+                    for e in events:
+                        for choice in e["choices"]:
+                            choice["text"] = choice.pop("delta").get("content", "")
                 stream = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
                 self._send(200, "text/event-stream", stream.encode())
 
@@ -372,7 +378,7 @@ class ScriptedOllama(_Background):
                     self._send(*((200, "application/json", json.dumps(card).encode()) if asked == model else
                                  (404, "application/json", b'{"error": "model not found"}')))
                     return
-                if self.path != "/api/chat":
+                if self.path not in ("/api/chat", "/api/generate"):
                     self._send(404, "text/plain", b"404 page not found")
                     return
                 body = self._body()
@@ -391,6 +397,9 @@ class ScriptedOllama(_Background):
                     lines.append({"model": model, "created_at": "2026-12-06T00:00:01Z",
                                   "message": message, "done": True, "done_reason": reason,
                                   "prompt_eval_count": prompt_tokens, "eval_count": len(said)})
+                if self.path == "/api/generate":  # a generation's lines say ``response``
+                    lines = [{**{k: v for k, v in line.items() if k != "message"},
+                              "response": line["message"]["content"]} for line in lines]
                 if body.get("stream") is False:
                     whole = {**lines[-1], "message": {**lines[-1]["message"], "content": "".join(said)}}
                     self._send(200, "application/json", json.dumps(whole).encode())

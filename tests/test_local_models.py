@@ -168,6 +168,20 @@ def test_an_hf_folder_answers_through_transformers(isolated, hf_chat_model):
     assert "<|im_start|>" not in result.text and "hello world" not in result.text  # no echo
 
 
+@pytest.mark.parametrize("local", ["tiny-chat-hf", SMOL])
+def test_a_text_completion_is_the_prompt_continued_without_the_chat_template(isolated, hf_chat_model, local):
+    settings = FallbackSettings(hf_models=[str(hf_chat_model)], preferred_model=local,
+                                models_dir=isolated / "models", scan_system_stores=False, keep_alive=0)
+    with FallbackManager(settings) as manager:
+        manager.switch_model(local, persist=False)
+        text = manager.text_completion({"prompt": "hello world", **GEN})
+        chat = manager.chat_completion({"messages": ask("hello world"), **GEN})
+    assert (text["object"], text["model"]) == ("text_completion", local)
+    assert text["choices"][0]["text"] and text["choices"][0]["finish_reason"] in ("stop", "length")
+    # "hello world" and a BOS, where the chat template wraps it in its turn markers
+    assert 1 < text["usage"]["prompt_tokens"] < chat["usage"]["prompt_tokens"]
+
+
 @pytest.mark.slow
 def test_transformers_loads_a_gguf_file(smollm2):
     from zwaif_fallback.backends.transformers import TransformersBackend

@@ -344,6 +344,52 @@ def test_a_model_named_outside_latin_1_is_answered_with_its_name_kept(isolated: 
     assert whole.json()["model"] == json.loads(events[-1][6:])["model"] == "モデル\nv2"
 
 
+# -- text completions (/v1/completions) ------------------------------------------------------
+
+
+def test_a_text_completion_reaches_the_primarys_completions_endpoint(isolated: Path):
+    upstream = ScriptedServer(["Red, ", "green ", "and blue."], model="m")
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            api = client(served.url)
+            whole = api.completions.create(model="m", prompt="Three colours:", max_tokens=50,
+                                           extra_body={"top_k": 5})
+            chunks = list(api.completions.create(model="m", prompt=["Three colours:"], stream=True))
+    finally:
+        upstream.close()
+    assert whole.object == "text_completion" and whole.choices[0].text == "Red, green and blue."
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "Red, green and blue."
+    assert {c.object for c in chunks} == {"text_completion"} and chunks[-1].choices[0].finish_reason == "stop"
+    assert upstream.paths == ["/v1/completions"] * 2
+    sent = upstream.bodies[0]
+    assert (sent["prompt"], sent["max_tokens"], sent["top_k"], "messages" in sent) == \
+        ("Three colours:", 50, 5, False)
+
+
+@pytest.mark.slow
+def test_a_local_model_continues_a_prompt_as_it_is(isolated: Path):
+    # No chat template: the prompt is the text to continue, as OpenAI's, text-generation-
+    # webui's and llama.cpp's /v1/completions take it.
+    prompt = "The capital of France is"
+    with serve(isolated, refused_url()) as (served, _):
+        api = client(served.url)
+        text = api.completions.create(model="x", prompt=prompt, max_tokens=4, temperature=0.0, seed=1)
+        chat = api.chat.completions.create(model="x", messages=[{"role": "user", "content": prompt}],
+                                           max_tokens=4, temperature=0.0, seed=1)
+        streamed = list(api.completions.create(model="x", prompt=prompt, max_tokens=4, temperature=0.0,
+                                               seed=1, stream=True))
+    assert text.model == SMOL and text.choices[0].text.strip()
+    assert text.usage.prompt_tokens < chat.usage.prompt_tokens  # no template around it
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == text.choices[0].text
+
+
+def test_a_text_completion_with_no_prompt_is_refused_naming_it(isolated: Path):
+    with serve(isolated, refused_url()) as (served, _):
+        for body in ({"model": "x"}, {"model": "x", "prompt": ["a", "b"]}, {"model": "x", "prompt": " "}):
+            response = httpx.post(served.url + "/v1/completions", json=body, timeout=30)
+            assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
+
+
 # -- /health ---------------------------------------------------------------------------------
 
 

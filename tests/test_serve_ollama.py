@@ -349,6 +349,20 @@ def test_an_ollama_primary_that_thinks_past_the_deadline_is_not_taken_for_hung(i
     assert parts[0].message.content == "Red, "  # the thinking is not shown, as Z-WAIF reads it
 
 
+def test_a_text_completion_reaches_an_ollama_primary_as_a_raw_generation(isolated: Path):
+    upstream = ScriptedOllama(["Red, ", "green ", "and blue."])
+    try:
+        with serve(isolated, upstream.url, primary_api="ollama") as (served, _):
+            api = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+            answer = api.completions.create(model="llama3", prompt="Three colours:", max_tokens=9)
+    finally:
+        upstream.close()
+    assert answer.choices[0].text == "Red, green and blue."
+    sent = upstream.bodies[0]
+    assert (sent["prompt"], sent["raw"], sent["options"], "messages" in sent) == \
+        ("Three colours:", True, {"num_predict": 9}, False)
+
+
 @pytest.mark.slow
 def test_an_ollama_primary_cut_mid_answer_is_continued_by_the_local_model(isolated: Path):
     upstream = ScriptedOllama(["Red, ", "green ", "and blue."], cut_after=2)

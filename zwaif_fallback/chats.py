@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .backends.base import GenerationParams, Message, check_messages
+from .backends.base import RAW_ROLE, GenerationParams, Message, check_messages
 from .characters import persona_messages
 from .errors import AllTargetsFailed, InvalidSettings
 from .failover import ChatRun, FailoverChain, Piece, Target
@@ -66,24 +66,29 @@ class Chats:
     def answer(self, messages: Sequence[Message], primary: Primary, model: str | None,
                gen: dict[str, Any], done: Callable[[ChatResult], None] | None,
                cancel: threading.Event | None, *,
-               extra: Mapping[str, Any] | None = None) -> Iterator[Piece]:
+               extra: Mapping[str, Any] | None = None, raw: bool = False) -> Iterator[Piece]:
         """The answer's pieces; bad input raises here, before the first piece.
 
         ``model`` is a request's model name and ``extra`` the request fields the chain does
         not read (both: see ``Router.targets``); ``done`` receives the ChatResult when the
         answer is complete; setting ``cancel`` stops it (the reader went away), counted as
-        cancelled.
+        cancelled. ``raw``: a text completion, which continues the one user message as it is
+        (``RAW_ROLE``), with no chat template.
         """
-        plan = self.plan(messages, primary, model, gen, done, cancel, extra=extra)
+        plan = self.plan(messages, primary, model, gen, done, cancel, extra=extra, raw=raw)
         return plan.pieces(None, itertools.chain(plan.servers, plan.locals))
 
     def plan(self, messages: Sequence[Message], primary: Primary, model: str | None,
              gen: dict[str, Any], done: Callable[[ChatResult], None] | None,
              cancel: threading.Event | None, *,
-             extra: Mapping[str, Any] | None = None) -> ChatPlan:
+             extra: Mapping[str, Any] | None = None, raw: bool = False) -> ChatPlan:
         """``answer``'s chat, not begun: serve's relay drives its servers on the event loop
         and hands the rest to ``ChatPlan.pieces``. Bad input raises here."""
         checked = check_messages(messages)
+        if raw:
+            if len(checked) != 1 or checked[0]["role"] != "user":
+                raise InvalidSettings("a text completion is one prompt: give one user message")
+            checked = [{"role": RAW_ROLE, "content": checked[0]["content"]}]
         params = GenerationParams.from_kwargs(**gen)
         settings = self._settings()
         if isinstance(primary, str):
@@ -93,7 +98,7 @@ class Chats:
         chain = FailoverChain(timeout_s=settings.timeout, max_retries=settings.max_retries,
                               auto_switch=settings.auto_switch, clock=self._clock, cancel=cancel)
         request_extra = dict(extra or {})
-        if request_extra:  # a request naming a text-generation-webui character: its persona
+        if request_extra and not raw:  # a request naming a text-generation-webui character: its persona
             checked = persona_messages(checked, request_extra, settings.characters_dir or None)
         servers = self._router.server_targets(settings, primary, model=model, extra=request_extra)
         locals_ = self._router.local_targets(model=model, extra=request_extra)

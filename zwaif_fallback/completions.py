@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from json.encoder import encode_basestring_ascii
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -43,9 +43,9 @@ from .errors import AllTargetsFailed, FallbackError, InvalidSettings
 from .failover import Piece
 from .results import Attempt, ChatResult
 
-__all__ = ["DONE_EVENT", "Answer", "BadRequestField", "ChunkMaker", "CompletionRequest", "chat_completion",
-           "error_object", "event", "fallback_info", "parse_request", "status_of", "stream_chat_completion",
-           "who_answered"]
+__all__ = ["DONE_EVENT", "Answer", "BadRequestField", "ChunkMaker", "CompletionRequest", "TextChunks",
+           "chat_completion", "error_object", "event", "fallback_info", "parse_request", "parse_text_request",
+           "status_of", "stream_chat_completion", "text_completion", "who_answered"]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Answer(Protocol):
     def __call__(self, messages: list[dict[str, str]], primary: None, model: str | None,
                  gen: dict[str, Any], done: Callable[[ChatResult], None],
                  cancel: threading.Event | None, *,
-                 extra: Mapping[str, Any] | None = None) -> Iterator[Piece]: ...
+                 extra: Mapping[str, Any] | None = None, raw: bool = False) -> Iterator[Piece]: ...
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,8 @@ class CompletionRequest:
     extra: dict[str, Any]
     #: the request has text-generation-webui's own fields: its stream is Oobabooga's (``ChunkMaker``)
     oobabooga: bool = False
+    #: a text completion (``parse_text_request``): the one message is a prompt to continue
+    raw: bool = False
 
 
 class BadRequestField(InvalidSettings):
@@ -130,6 +132,27 @@ def parse_request(request: Any) -> CompletionRequest:
                              extra=_passed_on(request), oobabooga=not OOBABOOGA_FIELDS.isdisjoint(request))
 
 
+def parse_text_request(request: Any) -> CompletionRequest:
+    """Check an OpenAI text-completions request (``/v1/completions``, which Z-WAIF's
+    pre-release sends for instruction formats it writes itself): its ``prompt`` becomes the
+    one message of a ``raw`` request, continued as it is. The other fields are read as a
+    chat's.
+
+    Raises:
+        InvalidSettings: a field is missing or wrong; the message names it.
+    """
+    if not isinstance(request, Mapping):
+        raise BadRequestField("request", f"must be a dict with 'prompt', not {type(request).__name__}")
+    prompt = request.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadRequestField("prompt", "give the text to continue, as one string")
+    checked = parse_request({**request, "messages": [{"role": "user", "content": prompt}]})
+    extra = {k: v for k, v in checked.extra.items() if k not in ("messages", "prompt")}
+    return replace(checked, extra=extra, raw=True, oobabooga=False)
+
+
 def _passed_on(request: Mapping[Any, Any]) -> dict[str, Any]:
     """The fields the chain does not read, and the host's own messages, checked to be JSON a
     server can be sent: a value that is not would otherwise fail the primary's request and
@@ -152,16 +175,36 @@ def chat_completion(answer: Answer, request: Any,
     how), or an error object; never raises. Setting ``cancel`` stops it (an error object
     that says so)."""
     try:
-        checked = parse_request(request)
-        results: list[ChatResult] = []
-        for _ in answer(checked.messages, None, checked.model, checked.gen, results.append, cancel,
-                        extra=checked.extra):
-            pass
-        if not results:  # cancelled: the chain stopped without an answer
-            return error_object(FallbackError("the answer was cancelled before its end"))
-        return {**results[0].to_openai(), "x_fallback": fallback_info(results[0])}
+        result = _whole(answer, parse_request(request), cancel)
+        return {**result.to_openai(), "x_fallback": fallback_info(result)}
     except Exception as exc:  # the host's call site must get a dict, whatever happened
         return error_object(exc)
+
+
+def text_completion(answer: Answer, request: Any,
+                    cancel: threading.Event | None = None) -> dict[str, Any]:
+    """``chat_completion`` for a text completion (``parse_text_request``): a
+    ``text_completion`` dict, or an error object; never raises."""
+    try:
+        result = _whole(answer, parse_text_request(request), cancel)
+        completion = result.to_openai()
+        choice = completion["choices"][0]
+        return {**completion, "id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
+                "choices": [{"index": 0, "text": choice["message"].get("content") or "", "logprobs": None,
+                             "finish_reason": choice["finish_reason"]}],
+                "x_fallback": fallback_info(result)}
+    except Exception as exc:  # the host's call site must get a dict, whatever happened
+        return error_object(exc)
+
+
+def _whole(answer: Answer, checked: CompletionRequest, cancel: threading.Event | None) -> ChatResult:
+    results: list[ChatResult] = []
+    for _ in answer(checked.messages, None, checked.model, checked.gen, results.append, cancel,
+                    extra=checked.extra, raw=checked.raw):
+        pass
+    if not results:  # cancelled: the chain stopped without an answer
+        raise FallbackError("the answer was cancelled before its end")
+    return results[0]
 
 
 def stream_chat_completion(answer: Answer, request: Any,
@@ -302,6 +345,23 @@ class ChunkMaker:
         if self.oobabooga:
             failure["choices"] = [{"index": 0, "delta": {"content": ""}, "finish_reason": None}]
         return failure
+
+
+class TextChunks(ChunkMaker):
+    """The chunks of a text completion's stream, as OpenAI streams ``/v1/completions``:
+    ``object: "text_completion"``, each choice's ``text``."""
+
+    def __init__(self, include_usage: bool) -> None:
+        super().__init__(include_usage)
+        self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
+
+    def chunk(self, model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": model,
+                "choices": [{"index": 0, "text": delta.get("content") or "", "logprobs": None,
+                             "finish_reason": finish_reason}], **self._extra}
+
+    def ending(self, result: ChatResult) -> list[dict[str, Any]]:
+        return [{**chunk, "object": "text_completion"} for chunk in super().ending(result)]
 
 
 def fallback_info(result: ChatResult) -> dict[str, Any]:

@@ -368,6 +368,13 @@ class FallbackManager:
         """
         return completions.chat_completion(self._chats.answer, request, cancel)
 
+    def text_completion(self, request: dict[str, Any], *,
+                        cancel: threading.Event | None = None) -> dict[str, Any]:
+        """``chat_completion`` for an OpenAI text-completions request (``{"prompt": "...",
+        ...}``, as ``/v1/completions`` takes it): the prompt is continued as it is, with no
+        chat template. Returns a ``text_completion`` dict, or an error object; never raises."""
+        return completions.text_completion(self._chats.answer, request, cancel)
+
     def stream_chat_completion(self, request: dict[str, Any], *,
                                cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
         """Answer as OpenAI ``chat.completion.chunk`` dicts; never raises.
@@ -388,7 +395,7 @@ class FallbackManager:
             InvalidSettings: the chat cannot be made (a bad primary URL in the settings).
         """
         return self._chats.plan(request.messages, None, request.model, request.gen, None, cancel,
-                                extra=request.extra)
+                                extra=request.extra, raw=request.raw)
 
     @property
     def last_result(self) -> ChatResult | None:

@@ -3,6 +3,7 @@
 A host that talks HTTP points its OpenAI base URL here and changes nothing else:
 
     POST /v1/chat/completions   the chain's answer, whole or as server-sent events
+    POST /v1/completions        a prompt continued as it is (no chat template), the same way
     GET  /v1/models             the primary's models, then the remotes', then the local ones
     POST /api/chat              the same answer in Ollama's shape (``ollama_api``),
     POST /api/generate          one turn of it, and
@@ -37,7 +38,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import ollama_api
 from .backends.base import Cancel
-from .completions import ChunkMaker, error_object, parse_request, status_of, who_answered
+from .completions import (
+    ChunkMaker,
+    TextChunks,
+    error_object,
+    parse_request,
+    parse_text_request,
+    status_of,
+    who_answered,
+)
 from .errors import FallbackError, InvalidSettings
 from .listening import listen, serving
 from .relay import Relay, on_disconnect, shutting_down
@@ -93,6 +102,7 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api_routes = [
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+        Route("/v1/completions", api.text_completions, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/api/chat", api.ollama_chat, methods=["POST"]),
         Route("/api/generate", api.ollama_generate, methods=["POST"]),
@@ -182,6 +192,11 @@ class _Api:
         body = await self._request_body(request)
         return await self._chat(request, body) if isinstance(body, dict) else body
 
+    async def text_completions(self, request: Request) -> Response | Relay:
+        """``POST /v1/completions``: a prompt continued as it is (``parse_text_request``)."""
+        body = await self._request_body(request)
+        return await self._chat(request, body, text=True) if isinstance(body, dict) else body
+
     async def ollama_chat(self, request: Request) -> Response | Relay:
         """Ollama's ``POST /api/chat``, answered as ``chat_completions`` answers (``ollama_api``)."""
         return await self._ollama(request, ollama_api.CHAT)
@@ -205,34 +220,37 @@ class _Api:
             return JSONResponse(ollama_api.render(error_object(exc)), status_code=400)
         return await self._chat(request, asked, ollama=endpoint)
 
-    async def _chat(self, request: Request, body: dict[str, Any], *,
+    async def _chat(self, request: Request, body: dict[str, Any], *, text: bool = False,
                     ollama: ollama_api.Endpoint | None = None) -> Response | Relay:
         from starlette.responses import JSONResponse
 
         if not body.get("stream"):
-            answer = await self._whole_answer(request, body)
+            answer = await self._whole_answer(request, body, text=text)
             shown = ollama.whole(answer) if ollama else answer
             return JSONResponse(shown, status_code=status_of(answer), headers=who_answered(answer))
         try:
-            checked = parse_request(body)
+            checked = parse_text_request(body) if text else parse_request(body)
             plan = self.manager.chat_plan(checked, cancel=Cancel())
         except InvalidSettings as exc:
             failure = error_object(exc)
             return JSONResponse(ollama_api.render(failure) if ollama else failure, status_code=400)
-        chunks = ollama.chunks() if ollama else ChunkMaker(checked.include_usage, oobabooga=checked.oobabooga)
+        chunks = ollama.chunks() if ollama else TextChunks(checked.include_usage) if text else \
+            ChunkMaker(checked.include_usage, oobabooga=checked.oobabooga)
         relay = Relay(plan, chunks)
         relay.watch(request)
         self._streams.add(relay)
         return relay  # the response: the task that reads the first chunk starts it
 
-    async def _whole_answer(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    async def _whole_answer(self, request: Request, body: dict[str, Any], *,
+                            text: bool = False) -> dict[str, Any]:
         """A non-streamed answer, on a thread of its own; stopped when the client hangs up or
         serve shuts down (a local model inside its decode, as for a stream)."""
         cancel = Cancel()
         self._whole.add(cancel)
         watcher = on_disconnect(request, cancel.set)
         try:
-            answer = await _on_own_thread(partial(self.manager.chat_completion, cancel=cancel), body)
+            complete = self.manager.text_completion if text else self.manager.chat_completion
+            answer = await _on_own_thread(partial(complete, cancel=cancel), body)
         finally:
             watcher.cancel()
             self._whole.discard(cancel)

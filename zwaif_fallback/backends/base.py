@@ -146,6 +146,18 @@ class GenerationParams(Model):
 #: not a token, and it is not text the host sees.
 ALIVE = ""
 
+#: The role of the one message of a text completion (``/v1/completions``): its content is a
+#: prompt to continue as it is, not a chat turn to put in the model's chat template.
+RAW_ROLE = "raw"
+
+
+def raw_prompt(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """The prompt of a text completion's messages (``RAW_ROLE``), None for a chat."""
+    if len(messages) == 1 and messages[0].get("role") == RAW_ROLE:
+        return str(messages[0].get("content") or "")
+    return None
+
+
 #: What a text-only model reads where a message had an image. Told, it says it cannot see
 #: it; not told, it describes a picture it never saw (a host's camera view, spoken aloud).
 IMAGE_PLACEHOLDER = "\n[An image is attached here, which you cannot see.]\n"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BackendUnavailable, ModelLoadError, OutOfMemory
 from ..ggml_devices import share_libstdcxx
 from ..memory import CUDA_LOAD_CONTEXT_MB
-from .base import Cancel, GenerationParams, LocalBackend, TargetFailed, Usage
+from .base import Cancel, GenerationParams, LocalBackend, TargetFailed, Usage, raw_prompt
 
 if TYPE_CHECKING:
     from ..fit import Compatibility
@@ -346,6 +346,9 @@ class LlamaCppBackend(LocalBackend):
     def _prompt(self, messages: list[dict[str, str]], prefix: str) -> tuple[list[int], list[str], Any]:
         """(prompt tokens, stop strings, stopping criteria) from the GGUF's chat template."""
         llm = self._llm
+        raw = raw_prompt(messages)
+        if raw is not None:  # a text completion: the prompt as it is
+            return llm.tokenize((raw + prefix).encode("utf-8"), add_bos=True, special=True), [], None
         if self._formatter is not None:
             formatted = self._formatter(messages=messages)
             tokens = llm.tokenize((formatted.prompt + prefix).encode("utf-8"),

@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .base import ALIVE, GenerationParams, TargetFailed, ToolCalls, Usage
+from .base import ALIVE, GenerationParams, TargetFailed, ToolCalls, Usage, raw_prompt
 from .openai import OpenAIBackend
 from .openai_answers import FINISH_REASONS, UNNAMED_MODEL, Lines, read_model_name
 
@@ -65,6 +65,7 @@ class OllamaBackend(OpenAIBackend):
     server's root URL (``ollama_root``)."""
 
     chat_path = "/api/chat"
+    text_path = "/api/generate"
     stream_type = "application/x-ndjson"
 
     def __init__(self, base_url: str, **kwargs: Any) -> None:
@@ -86,8 +87,10 @@ class OllamaBackend(OpenAIBackend):
             options["stop"] = params.stop
         if params.seed is not None:
             options["seed"] = params.seed
-        body: dict[str, Any] = {"model": model or self.model or UNNAMED_MODEL, "messages": chat,
-                                "stream": True}
+        raw = raw_prompt(messages)  # a text completion: the prompt continued as it is
+        asked: dict[str, Any] = {"prompt": raw + prefix, "raw": True} if raw is not None else \
+            {"messages": chat}
+        body: dict[str, Any] = {"model": model or self.model or UNNAMED_MODEL, **asked, "stream": True}
         if options:
             body["options"] = options
         for field in ("keep_alive", "think", "tools"):
@@ -135,7 +138,7 @@ class OllamaLines(Lines):
         read_model_name(part, self._usage)
         message = _mapping(part.get("message"))
         pieces: list[str | ToolCalls] = []
-        text = message.get("content")
+        text = message.get("content") or part.get("response")  # /api/chat's, /api/generate's
         if isinstance(text, str) and text:
             pieces.append(text)
         calls = message.get("tool_calls")

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable
-from .base import Backend, GenerationParams, TargetFailed, ToolCalls, Usage
+from .base import Backend, GenerationParams, TargetFailed, ToolCalls, Usage, raw_prompt
 from .openai_answers import UNNAMED_MODEL, Events, Lines, status_error, whole_answer
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["OpenAIBackend"]
 
 #: What ``stream`` sets itself; a caller's ``extra`` fields never replace these.
-OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "max_tokens",
+OWN_FIELDS = frozenset({"model", "messages", "prompt", "stream", "stream_options", "max_tokens",
                         "max_completion_tokens", "temperature", "top_p", "stop", "seed", "n"})
 #: Fields of Ollama's own API that a request through ``/api/chat`` keeps for an Ollama
 #: server (``OllamaBackend``); an OpenAI-compatible server is not sent them.
@@ -47,8 +47,9 @@ class OpenAIBackend(Backend):
             the failover chain enforces tighter deadlines on top of this.
     """
 
-    #: where answers are asked for, under ``base_url``
+    #: where answers are asked for, under ``base_url``: a chat's, and a text completion's
     chat_path = "/chat/completions"
+    text_path = "/completions"
     #: the content type of a streamed answer (anything else is a whole one)
     stream_type = "text/event-stream"
 
@@ -90,7 +91,7 @@ class OpenAIBackend(Backend):
         try:
             for ask_usage in self._usage_asks():
                 _ask_usage(body, ask_usage)
-                with self._http().stream("POST", f"{self.base_url}{self.chat_path}", json=body,
+                with self._http().stream("POST", self._url(body), json=body,
                                          headers=headers, timeout=timeout) as response:
                     if cancel is not None:
                         _close_on(cancel, response)
@@ -128,7 +129,7 @@ class OpenAIBackend(Backend):
         body, headers, connect = self._request(messages, params, prefix, deadline_s, model, extra)
         usage = usage if usage is not None else Usage()
         pool = self._stream_pool()
-        url = f"{self.base_url}{self.chat_path}"
+        url = self._url(body)
         read_s = stall_s if stall_s is not None else self._read_timeout_s
         for ask_usage in self._usage_asks():
             _ask_usage(body, ask_usage)
@@ -173,10 +174,13 @@ class OpenAIBackend(Backend):
         sent = extra.get("messages")
         body: dict[str, Any] = {k: v for k, v in extra.items()
                                 if k not in OWN_FIELDS and k not in OLLAMA_FIELDS}
+        raw = raw_prompt(messages)
+        asked: dict[str, Any] = {"prompt": raw + prefix} if raw is not None else {  # a text completion
+            "messages": [*(sent if isinstance(sent, list) else messages),
+                         *([{"role": "assistant", "content": prefix}] if prefix else [])]}
         body |= {
             "model": model or self.model or UNNAMED_MODEL,
-            "messages": [*(sent if isinstance(sent, list) else messages),
-                         *([{"role": "assistant", "content": prefix}] if prefix else [])],
+            **asked,
             "stream": True,
             # only what the caller chose: a server's own defaults (a preset, a Modelfile's
             # temperature, its length limit) stay in force for the rest
@@ -190,6 +194,9 @@ class OpenAIBackend(Backend):
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return body, headers, min(deadline_s or 10.0, 10.0)
+
+    def _url(self, body: Mapping[str, Any]) -> str:
+        return f"{self.base_url}{self.text_path if 'prompt' in body else self.chat_path}"
 
     def _events(self, usage: Usage) -> Lines:
         """The reader of a streamed answer."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable, ModelLoadError, OutOfMemory
 from ..memory import TORCH_CUDA_CONTEXT_MB
-from .base import GenerationParams, LocalBackend, TargetFailed, Usage
+from .base import GenerationParams, LocalBackend, TargetFailed, Usage, raw_prompt
 
 if TYPE_CHECKING:
     from ..fit import Compatibility
@@ -120,9 +120,10 @@ class TransformersBackend(LocalBackend):
     def count_tokens(self, messages: list[dict[str, str]]) -> int | None:
         with self._lock:
             self._load_locked()
+            raw = raw_prompt(messages)
             try:
-                ids = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                          tokenize=True)
+                ids = self._tokenizer(raw)["input_ids"] if raw is not None else \
+                    self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             except (ValueError, TypeError):
                 return None
             return len(ids["input_ids"] if isinstance(ids, dict) else ids)
@@ -131,11 +132,14 @@ class TransformersBackend(LocalBackend):
                   cancel: threading.Event | None, usage: Usage) -> Iterator[str]:
         torch, transformers = _import()
         tok, model = self._tokenizer, self._model
+        raw = raw_prompt(messages)  # a text completion: the prompt as it is, its BOS added
         try:
-            prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            prompt = raw if raw is not None else \
+                tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except (ValueError, TypeError) as exc:  # no chat template in the tokenizer
             raise TargetFailed(f"{self.name} has no usable chat template: {exc}") from exc
-        inputs = tok(prompt + prefix, return_tensors="pt", add_special_tokens=False).to(model.device)
+        inputs = tok(prompt + prefix, return_tensors="pt",
+                     add_special_tokens=raw is not None).to(model.device)
         prompt_len = usage.prompt_tokens = int(inputs["input_ids"].shape[-1])
         usage.completion_tokens = 0
         streamer = transformers.TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
