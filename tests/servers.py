@@ -287,14 +287,14 @@ class ScriptedServer(_Background):
     ``max_tokens`` stops the pieces there and, once reached, ends with
     ``finish_reason: "length"``, as a server does. ``model``: the name every event gives
     for the model (none by default); ``finish_reason`` replaces the reason the answer ends
-    with.
+    with. ``chats_only``: ``/v1/completions`` answers 404, as OpenAI's chat models do.
     """
 
     def __init__(self, pieces: list[str], *, prompt_tokens: int = 11,
                  refuse_stream_options: bool = False, interrupted: bool = False,
                  tool_calls: list[dict[str, str]] | None = None,
                  cut_in_tool_call: bool = False, model: str | None = None,
-                 finish_reason: str | None = None, port: int = 0) -> None:
+                 finish_reason: str | None = None, chats_only: bool = False, port: int = 0) -> None:
         self.bodies: list[dict[str, object]] = []
         self.paths: list[str] = []
         server = self
@@ -304,6 +304,9 @@ class ScriptedServer(_Background):
                 body = self._body()
                 server.bodies.append(body)
                 server.paths.append(self.path)
+                if chats_only and self.path.endswith("/v1/completions"):  # as OpenAI's chat models
+                    self._send(404, "application/json", b'{"error": {"message": "not a chat model"}}')
+                    return
                 if refuse_stream_options and "stream_options" in body:
                     self._send(400, "application/json", json.dumps({"error": {
                         "message": "Unrecognized request argument supplied: stream_options"}}).encode())
@@ -359,7 +362,7 @@ class ScriptedOllama(_Background):
 
     def __init__(self, pieces: list[str], *, model: str = "llama3:latest", prompt_tokens: int = 11,
                  tool_calls: list[dict[str, Any]] | None = None, cut_after: int | None = None,
-                 think_s: float = 0.0) -> None:
+                 think_s: float = 0.0, port: int = 0) -> None:
         self.bodies: list[dict[str, Any]] = []
         server = self
 
@@ -420,7 +423,7 @@ class ScriptedOllama(_Background):
                     time.sleep(0.25)
                 self.wfile.write(ndjson.encode())
 
-        self._serve(Handler)
+        self._serve(Handler, port)
 
     @property
     def url(self) -> str:

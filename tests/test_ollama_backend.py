@@ -105,3 +105,11 @@ def test_ollamas_thinking_lines_are_a_sign_of_life_not_text():
                 "message": {"role": "assistant", "content": "", "thinking": "Hmm."}}
     lines = OllamaLines(Usage())
     assert lines.feed(ndjson(thinking, part("Blue."))) == [ALIVE, "Blue."]
+
+
+def test_a_raw_generations_thinking_is_a_sign_of_life_too():
+    # /api/generate gives a thinking model's reasoning at the top level, not in a message
+    lines = OllamaLines(Usage())
+    thinking = {"model": "m", "response": "", "thinking": "Hmm.", "done": False}
+    answer = {"model": "m", "response": "Blue.", "done": False}
+    assert lines.feed(ndjson(thinking, answer)) == [ALIVE, "Blue."]

@@ -27,6 +27,7 @@ import sseclient
 from conftest import ROOT
 from servers import (
     LlamaServer,
+    ScriptedOllama,
     ScriptedServer,
     Served,
     SlowServer,
@@ -383,11 +384,51 @@ def test_a_local_model_continues_a_prompt_as_it_is(isolated: Path):
     assert "".join(c.choices[0].text for c in streamed if c.choices) == text.choices[0].text
 
 
-def test_a_text_completion_with_no_prompt_is_refused_naming_it(isolated: Path):
+@pytest.mark.parametrize("body, field", [
+    ({"model": "x"}, "prompt"), ({"prompt": ["a", "b"]}, "prompt"), ({"prompt": " "}, "prompt"),
+    ({"prompt": "x" * 2_000_001}, "prompt"),
+    # what would make the answer other than the prompt's continuation
+    ({"prompt": "a", "echo": True}, "echo"), ({"prompt": "a", "suffix": "b"}, "suffix"),
+    ({"prompt": "a", "best_of": 3}, "best_of"), ({"prompt": "a", "tools": [TOOL]}, "tools"),
+])
+def test_a_bad_text_completion_is_refused_naming_the_field(isolated: Path, body: dict[str, Any], field: str):
     with serve(isolated, refused_url()) as (served, _):
-        for body in ({"model": "x"}, {"model": "x", "prompt": ["a", "b"]}, {"model": "x", "prompt": " "}):
-            response = httpx.post(served.url + "/v1/completions", json=body, timeout=30)
-            assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
+        response = httpx.post(served.url + "/v1/completions", json=body, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["param"] == field
+
+
+@pytest.mark.slow
+def test_a_primary_that_only_chats_keeps_answering_chats_after_text_completions_fail(isolated: Path):
+    # OpenAI's chat models answer 404 at /completions: that must not take the primary's chats away.
+    upstream = ScriptedServer(["Red."], chats_only=True)
+    try:
+        with serve(isolated, upstream.url) as (served, manager):
+            api = client(served.url)
+            for _ in range(3):
+                assert api.completions.create(model="x", prompt="Hi", max_tokens=2).model == SMOL
+            chat = api.chat.completions.create(model="x", messages=ASK, **GEN)
+            states = manager.breaker_states()
+    finally:
+        upstream.close()
+    assert chat.choices[0].message.content == "Red." and chat.model != SMOL
+    assert states[upstream.url]["state"] == "closed"
+    assert states[f"{upstream.url} (text completions)"]["state"] == "open"
+
+
+def test_a_text_completion_for_ollamas_v1_is_sent_to_its_own_api_as_a_raw_prompt(isolated: Path):
+    # Ollama's /v1/completions puts the prompt in the chat template as a user's turn.
+    try:
+        upstream = ScriptedOllama(["Red, green and blue."], port=11434)
+    except OSError:
+        pytest.skip("Ollama's port 11434 is taken on this machine")
+    try:
+        with serve(isolated, upstream.url + "/v1") as (served, _):
+            answer = client(served.url).completions.create(model="llama3", prompt="Three colours:",
+                                                           max_tokens=9)
+    finally:
+        upstream.close()
+    assert answer.choices[0].text == "Red, green and blue."
+    assert (upstream.bodies[0]["prompt"], upstream.bodies[0]["raw"]) == ("Three colours:", True)
 
 
 # -- /health ---------------------------------------------------------------------------------

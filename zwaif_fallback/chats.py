@@ -100,7 +100,7 @@ class Chats:
         request_extra = dict(extra or {})
         if request_extra and not raw:  # a request naming a text-generation-webui character: its persona
             checked = persona_messages(checked, request_extra, settings.characters_dir or None)
-        servers = self._router.server_targets(settings, primary, model=model, extra=request_extra)
+        servers = self._router.server_targets(settings, primary, model=model, extra=request_extra, raw=raw)
         locals_ = self._router.local_targets(model=model, extra=request_extra)
 
         def finished(result: ChatResult) -> None:

@@ -148,8 +148,27 @@ def parse_text_request(request: Any) -> CompletionRequest:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRequestField("prompt", "give the text to continue, as one string")
-    checked = parse_request({**request, "messages": [{"role": "user", "content": prompt}]})
-    extra = {k: v for k, v in checked.extra.items() if k not in ("messages", "prompt")}
+    # what would make the answer other than the prompt's continuation, which is what a
+    # target that takes over a cut answer goes on with
+    if request.get("echo"):
+        raise BadRequestField("echo", "the prompt is not sent back: leave echo out, or false")
+    if request.get("suffix"):
+        raise BadRequestField("suffix", "text after the completion (insertion) is not supported")
+    if request.get("best_of") not in (None, 1):
+        raise BadRequestField("best_of", "one completion per request is made: leave best_of out, or 1")
+    for field in ("tools", "functions"):
+        if request.get(field):
+            raise BadRequestField(field, "a text completion cannot call tools: use /v1/chat/completions")
+    try:
+        checked = parse_request({**request, "messages": [{"role": "user", "content": prompt}]})
+    except BadRequestField as exc:
+        if exc.param != "messages":
+            raise
+        said = str(exc).removeprefix("messages: ").replace("messages hold", "prompt holds")
+        raise BadRequestField("prompt", said) from None
+    # logprobs are not read from any target: every answer says null
+    extra = {k: v for k, v in checked.extra.items() if k not in ("messages", "prompt", "logprobs", "echo",
+                                                                 "suffix", "best_of")}
     return replace(checked, extra=extra, raw=True, oobabooga=False)
 
 
@@ -200,7 +219,7 @@ def text_completion(answer: Answer, request: Any,
 def _whole(answer: Answer, checked: CompletionRequest, cancel: threading.Event | None) -> ChatResult:
     results: list[ChatResult] = []
     for _ in answer(checked.messages, None, checked.model, checked.gen, results.append, cancel,
-                    extra=checked.extra, raw=checked.raw):
+                    extra=checked.extra, **({"raw": True} if checked.raw else {})):
         pass
     if not results:  # cancelled: the chain stopped without an answer
         raise FallbackError("the answer was cancelled before its end")

@@ -27,11 +27,11 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
-from urllib.parse import urlsplit
 
 from pydantic import Field
 
 from ._model import Model
+from .backends.ollama import ollama_root
 from .bench import BenchmarkResult
 from .fit import Compatibility
 from .hardware import SystemStatus
@@ -47,7 +47,6 @@ __all__ = [
     "PerformanceStats",
     "RankEntry",
     "health_report",
-    "is_ollamas_v1",
     "model_score",
     "performance_stats",
     "rank_models",
@@ -156,7 +155,7 @@ class HealthInputs:
     current_fit: Compatibility | None
     primary_configured: bool
     primary_breaker: str | None  # "closed" | "half_open" | "open" | None
-    primary_is_ollamas_v1: bool = False  # Ollama, through its OpenAI-compatible API (``is_ollamas_v1``)
+    ollamas_v1_primary: str = ""  # the primary's URL when it is Ollama's /v1 (``is_ollamas_v1``)
     recent_attempts: list[dict[str, Any]] = field(default_factory=list)  # the last hour
     speed_history: list[float] = field(default_factory=list)  # current model's gen_tps, newest first
     lower_ctx_fits: int | None = None  # an n_ctx at which the current model would fit the GPU
@@ -292,26 +291,14 @@ def _system(inputs: HealthInputs) -> _Finding:
                     f"CPU {status.cpu_percent:.0f}% busy on {status.cpu_count} cores", *advice)
 
 
-#: Ollama's own port: a primary there is Ollama.
-OLLAMA_PORT = 11434
-
-
-def is_ollamas_v1(url: str) -> bool:
-    """Whether ``url`` is Ollama's OpenAI-compatible API (its port, not its own API's root)."""
-    try:
-        parts = urlsplit(url)
-        return parts.port == OLLAMA_PORT and parts.path.rstrip("/").endswith("/v1")
-    except ValueError:
-        return False
-
-
 def _primary(inputs: HealthInputs) -> _Finding:
     finding = _primary_state(inputs)
-    if inputs.primary_is_ollamas_v1:
+    if inputs.ollamas_v1_primary:
         return finding._replace(advice=[*finding.advice, (
-            "The main API is Ollama through its OpenAI-compatible /v1, which drops num_ctx, "
-            "top_k, min_p, repeat_penalty and keep_alive: set FALLBACK_PRIMARY_URL to its root "
-            "(http://127.0.0.1:11434) and FALLBACK_PRIMARY_API=ollama so that they reach it.")])
+            f"The main API is Ollama through its OpenAI-compatible /v1 ({inputs.ollamas_v1_primary}), "
+            "which drops num_ctx, top_k, min_p, repeat_penalty and keep_alive: set "
+            f"FALLBACK_PRIMARY_API=ollama, and its own API at {ollama_root(inputs.ollamas_v1_primary)} "
+            "is used, which takes them.")])
     return finding
 
 

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
+from .backends.ollama import is_ollamas_v1
 from .bench import BenchmarkResult
 from .fit import Compatibility
 from .health import (
@@ -21,7 +22,6 @@ from .health import (
     Optimization,
     PerformanceStats,
     health_report,
-    is_ollamas_v1,
     performance_stats,
     rank_models,
 )
@@ -56,8 +56,7 @@ class Optimizer:
     def __init__(self, *, local: LocalModels, switch: Callable[[str], ModelInfo],
                  history: Callable[[], Store], status: Callable[[], SystemStatus],
                  breakers: Callable[[], dict[str, BreakerState]], primary_url: Callable[[], str],
-                 samples: Callable[[], list[Sample]],
-                 primary_api: Callable[[], str] = lambda: "openai") -> None:
+                 samples: Callable[[], list[Sample]], primary_api: Callable[[], str]) -> None:
         self._local = local
         self._switch = switch
         self._history = history
@@ -106,7 +105,7 @@ class Optimizer:
         inputs = HealthInputs(
             status=status, ranking=rank_models(self.candidates()), current=current,
             current_fit=current_fit, primary_configured=bool(primary),
-            primary_is_ollamas_v1=self._primary_api() == "openai" and is_ollamas_v1(primary),
+            ollamas_v1_primary=primary if self._primary_api() == "openai" and is_ollamas_v1(primary) else "",
             primary_breaker=breaker.state if breaker is not None else None,
             recent_attempts=store.failovers(since_s=RECENT_S), speed_history=speeds,
             vram_margin_mb=self._local.vram_margin_mb())

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from .backends.base import GenerationParams, TargetFailed
+from .backends.base import RAW_ROLE, GenerationParams, TargetFailed
 from .backends.host import HostBackend
-from .backends.ollama import OllamaBackend
+from .backends.ollama import OllamaBackend, is_ollamas_v1
 from .backends.openai import OpenAIBackend
 from .breaker import BreakerState, CircuitBreaker
 from .errors import InvalidSettings
@@ -92,8 +92,9 @@ class Router:
         yield from self.local_targets(model=model, extra=extra)
 
     def server_targets(self, settings: FallbackSettings, primary: Primary, *,
-                       model: str | None = None, extra: dict[str, Any]) -> list[Target]:
-        """The primary and the remotes, as ``targets`` gives them (cheap: no discovery)."""
+                       model: str | None = None, extra: dict[str, Any], raw: bool = False) -> list[Target]:
+        """The primary and the remotes, as ``targets`` gives them (cheap: no discovery);
+        ``raw``: for a text completion."""
         servers = []
         if primary is None and settings.primary_url:
             primary = settings.primary_url
@@ -104,8 +105,8 @@ class Router:
                                   on_breaker_open=self._on_primary_down))
         elif primary:
             servers.append(self._remote_target(settings, str(primary), "primary", model=model,
-                                               extra=extra))
-        servers += [self._remote_target(settings, url, "remote", extra=extra)
+                                               extra=extra, raw=raw))
+        servers += [self._remote_target(settings, url, "remote", extra=extra, raw=raw)
                     for url in settings.remote_urls]
         return servers
 
@@ -144,9 +145,14 @@ class Router:
             backend.close()
 
     def _remote_target(self, settings: FallbackSettings, url: str, source: str, *,
-                       model: str | None = None, extra: dict[str, Any]) -> Target:
+                       model: str | None = None, extra: dict[str, Any], raw: bool = False) -> Target:
         """A server target; ``model`` (the request's model name) and ``extra`` are for this
-        call only."""
+        call only.
+
+        A text completion (``raw``) has a breaker of its own: a server may answer chats and
+        not ``/completions`` (OpenAI's chat models do not), and its chats must go on. Sent to
+        Ollama's ``/v1``, a prompt would be put in the chat template as a user's turn, so it
+        goes to Ollama's own ``/api/generate`` with ``raw`` instead."""
         try:
             url = validate_field("primary_url", url)
         except InvalidSettings as exc:
@@ -154,7 +160,8 @@ class Router:
         is_primary = source == "primary"
         configured = settings.primary_model if is_primary else ""
         key = settings.primary_api_key.get_secret_value() if is_primary else ""
-        speaks = OllamaBackend if is_primary and settings.primary_api == "ollama" else OpenAIBackend
+        ollama = (is_primary and settings.primary_api == "ollama") or (raw and is_ollamas_v1(url))
+        speaks = OllamaBackend if ollama else OpenAIBackend
         with self._lock:
             backend = self._remotes.get((url, configured, key, speaks))
             if backend is None:
@@ -162,10 +169,11 @@ class Router:
                                  read_timeout_s=settings.timeout + 5.0)
                 self._remotes[(url, configured, key, speaks)] = backend
         chosen = model if is_primary else None
-        breaker = self.breaker(url)
+        breaker = self.breaker(f"{url} (text completions)" if raw else url)
         # the probe asks as the last chat did: a server such as Ollama refuses unknown models,
         # and reloads a model asked for with another context or keep_alive
-        breaker.probe = partial(_answers_a_chat, backend, chosen, settings.timeout, _as_loaded(extra))
+        breaker.probe = partial(_answers_a_chat, backend, chosen, settings.timeout, _as_loaded(extra),
+                                raw=raw)
         return Target(name=url, source="primary" if is_primary else "remote", model=chosen or configured,
                       stream=partial(backend.stream, model=chosen, extra=extra),
                       astream=partial(backend.astream, model=chosen, extra=extra),
@@ -220,7 +228,7 @@ def _as_loaded(extra: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _answers_a_chat(backend: OpenAIBackend, model: str | None, deadline_s: float,
-                    extra: Mapping[str, Any] | None = None) -> bool:
+                    extra: Mapping[str, Any] | None = None, *, raw: bool = False) -> bool:
     """Whether ``backend`` begins an answer within ``deadline_s``: a circuit breaker's
     probe, on a thread of its own (``CircuitBreaker``)."""
     late = threading.Event()
@@ -229,7 +237,8 @@ def _answers_a_chat(backend: OpenAIBackend, model: str | None, deadline_s: float
     timer.start()
     why = ""
     try:
-        for _ in backend.stream(PROBE_MESSAGES, GenerationParams(max_tokens=1), deadline_s=deadline_s,
+        asked = [{"role": RAW_ROLE, "content": "Hi"}] if raw else PROBE_MESSAGES
+        for _ in backend.stream(asked, GenerationParams(max_tokens=1), deadline_s=deadline_s,
                                 cancel=late, model=model, extra=extra):
             break
     except Exception as exc:  # TargetFailed, or whatever the response closed at the deadline raised

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from .base import ALIVE, GenerationParams, TargetFailed, ToolCalls, Usage, raw_prompt
 from .openai import OpenAIBackend
 from .openai_answers import FINISH_REASONS, UNNAMED_MODEL, Lines, read_model_name
 
-__all__ = ["OllamaBackend", "OllamaLines", "listed_models", "models_url", "ollama_root", "ollama_tool_call",
-           "openai_tool_call"]
+__all__ = ["OllamaBackend", "OllamaLines", "is_ollamas_v1", "listed_models", "models_url", "ollama_root",
+           "ollama_tool_call", "openai_tool_call"]
 
 #: OpenAI's names of Ollama's options.
 OPTION_NAMES = {"max_tokens": "num_predict"}
@@ -42,6 +43,19 @@ def ollama_root(url: str) -> str:
         if root.endswith(suffix):
             return root[: -len(suffix)]
     return root
+
+
+#: Ollama's own port: a server there is Ollama.
+OLLAMA_PORT = 11434
+
+
+def is_ollamas_v1(url: str) -> bool:
+    """Whether ``url`` is Ollama's OpenAI-compatible API (``/v1`` on Ollama's port)."""
+    try:
+        parts = urlsplit(url)
+        return parts.port == OLLAMA_PORT and parts.path.rstrip("/").endswith("/v1")
+    except ValueError:
+        return False
 
 
 def models_url(url: str, *, ollama: bool) -> str:
@@ -88,8 +102,9 @@ class OllamaBackend(OpenAIBackend):
         if params.seed is not None:
             options["seed"] = params.seed
         raw = raw_prompt(messages)  # a text completion: the prompt continued as it is
-        asked: dict[str, Any] = {"prompt": raw + prefix, "raw": True} if raw is not None else \
-            {"messages": chat}
+        # a raw prompt's continuation is the model's text as it comes: no thinking split off
+        asked: dict[str, Any] = {"prompt": raw + prefix, "raw": True, "think": False} \
+            if raw is not None else {"messages": chat}
         body: dict[str, Any] = {"model": model or self.model or UNNAMED_MODEL, **asked, "stream": True}
         if options:
             body["options"] = options
@@ -144,8 +159,8 @@ class OllamaLines(Lines):
         calls = message.get("tool_calls")
         if isinstance(calls, list) and calls:
             pieces.append(ToolCalls(tuple(self._delta(call) for call in calls if isinstance(call, dict))))
-        if not pieces and message.get("thinking"):  # Ollama thinks first for models that can
-            pieces.append(ALIVE)
+        if not pieces and (message.get("thinking") or part.get("thinking")):  # /api/chat's, /api/generate's
+            pieces.append(ALIVE)  # Ollama has a model that can think do so first
         if part.get("done"):
             self.finished = self.done = True
             reason = part.get("done_reason")
