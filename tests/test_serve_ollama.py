@@ -229,6 +229,21 @@ def test_show_describes_an_ollama_primarys_model_and_a_local_one(isolated: Path)
     assert unknown.value.status_code == 404 and "no-such-model" in unknown.value.error
 
 
+def test_a_raw_generation_is_a_text_completion_of_the_prompt_as_it_is(isolated: Path):
+    prompt = "### Instruction:\nName three colours.\n\n### Response:\n"  # a template already
+    upstream = ScriptedServer(["Red, ", "green ", "and blue."], model=ZWAIF_MODEL)
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            client = ollama.Client(host=served.url)
+            whole = client.generate(model=ZWAIF_MODEL, prompt=prompt, raw=True, system="ignored")
+            streamed = list(client.generate(model=ZWAIF_MODEL, prompt=prompt, raw=True, stream=True))
+    finally:
+        upstream.close()
+    assert whole.response == "".join(part.response for part in streamed) == "Red, green and blue."
+    assert upstream.paths == ["/v1/completions"] * 2
+    assert upstream.bodies[0]["prompt"] == prompt and "messages" not in upstream.bodies[0]
+
+
 def test_a_refused_request_is_an_error_in_ollamas_words(isolated: Path):
     with FallbackManager(serve_settings(isolated, refused_url()), background=False) as manager:
         served = Served(manager, api_key="secret")

@@ -88,10 +88,10 @@ GENERATE_FIELDS = ("prompt", "system", "images", "raw", "template", "context", "
 
 
 def generate_request(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The OpenAI chat-completions request that an Ollama ``/api/generate`` body asks for:
-    its ``system`` and ``prompt`` (with its ``images``) as a chat of one turn, which is what
-    Ollama makes of them with the model's template. A ``raw`` prompt, written for a template
-    already, goes through the chat template all the same.
+    """The OpenAI request that an Ollama ``/api/generate`` body asks for: its ``system`` and
+    ``prompt`` (with its ``images``) as a chat of one turn, which is what Ollama makes of
+    them with the model's template; or, for a ``raw`` prompt (written for a template
+    already), a text completion of the prompt as it is (its ``"prompt"`` field).
 
     Raises:
         InvalidSettings: a field is missing or of the wrong kind; the message names it.
@@ -105,7 +105,12 @@ def generate_request(body: Mapping[str, Any]) -> dict[str, Any]:
     if body.get("images") is not None:
         turn["images"] = body["images"]
     messages = ([{"role": "system", "content": system}] if system else []) + [turn]
-    return chat_request({**{k: v for k, v in body.items() if k not in GENERATE_FIELDS}, "messages": messages})
+    request = chat_request({**{k: v for k, v in body.items() if k not in GENERATE_FIELDS},
+                            "messages": messages})
+    if body.get("raw") is True:  # as Ollama: no template, no system message, no images
+        del request["messages"]
+        request["prompt"] = prompt
+    return request
 
 
 def _message(message: Any, index: int) -> Any:
@@ -198,8 +203,8 @@ def whole_answer(answer: dict[str, Any], *, generate: bool = False) -> dict[str,
     if "error" in answer:
         return render(answer)
     choice = answer["choices"][0]
-    said = _said(choice["message"].get("content") or "", choice["message"].get("tool_calls") or [],
-                 generate=generate)
+    message = choice.get("message") or {"content": choice.get("text")}  # a chat's, or a text's
+    said = _said(message.get("content") or "", message.get("tool_calls") or [], generate=generate)
     shown: dict[str, Any] = {"model": answer["model"], "created_at": _timestamp(answer["created"]),
                              **said, "done": True, "done_reason": _done_reason(choice["finish_reason"])}
     usage = answer.get("usage")

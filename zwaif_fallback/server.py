@@ -218,7 +218,7 @@ class _Api:
             asked = endpoint.request(body)
         except InvalidSettings as exc:
             return JSONResponse(ollama_api.render(error_object(exc)), status_code=400)
-        return await self._chat(request, asked, ollama=endpoint)
+        return await self._chat(request, asked, ollama=endpoint, text="prompt" in asked)
 
     async def _chat(self, request: Request, body: dict[str, Any], *, text: bool = False,
                     ollama: ollama_api.Endpoint | None = None) -> Response | Relay:
