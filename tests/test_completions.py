@@ -117,6 +117,15 @@ def test_a_server_s_own_model_name_and_finish_reason_are_passed_on(isolated: Pat
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
 
 
+@pytest.mark.parametrize("limits, expected", [
+    ({"n_predict": 3}, 3),  # llama.cpp's name, which Z-WAIF's pre-release sends
+    ({"n_predict": 3, "max_tokens": 5}, 5), ({"max_completion_tokens": 2, "max_tokens": 5}, 2),
+    ({"n_predict": -1}, None),  # llama.cpp's "no limit": the chain's own
+])
+def test_the_length_limit_is_read_by_any_of_its_names(limits: dict[str, int], expected: int | None):
+    assert parse_request({"messages": REQUEST["messages"], **limits}).gen.get("max_tokens") == expected
+
+
 def test_a_server_is_sent_only_the_sampler_fields_the_host_chose(isolated: Path):
     # Z-WAIF names a text-generation-webui preset and no temperature: a default of ours
     # sent upstream would overrule the preset (and an Ollama Modelfile's, and a length limit).

@@ -7,8 +7,8 @@ answer through the failover chain, and give back what OpenAI would: a
 raise: a host's call site tests for ``"choices"``, so a bad request or a chain with
 no target left comes back as an OpenAI error object that lists the attempts.
 
-Fields read: messages, model, max_tokens (or max_completion_tokens), temperature,
-top_p, stop, seed, stream, stream_options, n (only 1). Every other field (a vendor's
+Fields read: messages, model, max_tokens (or max_completion_tokens, or llama.cpp's
+n_predict), temperature, top_p, stop, seed, stream, stream_options, n (only 1). Every other field (a vendor's
 samplers such as ``repetition_penalty``, ``min_p`` or ``top_k``, ``logit_bias``,
 ``response_format``, ``user``, ``tools``) goes unchanged to the primary and the remote
 servers, and is ignored by local models (a debug line names the fields, never their
@@ -50,8 +50,8 @@ __all__ = ["DONE_EVENT", "Answer", "BadRequestField", "ChunkMaker", "CompletionR
 log = logging.getLogger(__name__)
 
 #: The fields the chain interprets itself; every other one is passed on (``CompletionRequest.extra``).
-READ_FIELDS = frozenset({"messages", "model", "max_tokens", "max_completion_tokens", "temperature",
-                         "top_p", "stop", "seed", "stream", "stream_options", "n"})
+READ_FIELDS = frozenset({"messages", "model", "max_tokens", "max_completion_tokens", "n_predict",
+                         "temperature", "top_p", "stop", "seed", "stream", "stream_options", "n"})
 GEN_FIELDS = ("temperature", "top_p", "stop", "seed")
 #: Fields only text-generation-webui reads (its ``ChatCompletionRequest``): a request with one
 #: was written for Oobabooga. Passed on like any other field.
@@ -113,8 +113,11 @@ def parse_request(request: Any) -> CompletionRequest:
     if model is not None and not isinstance(model, str):
         raise BadRequestField("model", f"must be text, not {type(model).__name__}")
     gen = {k: request[k] for k in GEN_FIELDS if request.get(k) is not None}
-    limit = "max_completion_tokens" if request.get("max_completion_tokens") is not None else "max_tokens"
-    if request.get(limit) is not None:
+    # the length limit by OpenAI's names, or llama.cpp's (``n_predict``, which Z-WAIF's
+    # pre-release sends), the first one given
+    limit = next((f for f in ("max_completion_tokens", "max_tokens", "n_predict")
+                  if request.get(f) is not None), "max_tokens")
+    if request.get(limit) is not None and not (limit == "n_predict" and request[limit] == -1):  # -1: none
         gen["max_tokens"] = request[limit]
     try:
         GenerationParams.from_kwargs(**gen)  # refuse bad values here, naming the request's field
