@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .backends.ollama import ollama_tool_call, openai_tool_call
+from .backends.ollama import OPTION_NAMES, SAMPLER_OPTIONS, ollama_tool_call, openai_tool_call
 from .backends.openai import OLLAMA_FIELDS
 from .completions import BadRequestField, ChunkMaker, fallback_info
 from .failover import Piece
@@ -33,13 +33,11 @@ from .results import ChatResult
 __all__ = ["CHAT", "GENERATE", "Endpoint", "OllamaChunks", "chat_request", "generate_request", "model_card",
            "model_list", "render", "whole_answer"]
 
-#: Ollama's options that OpenAI names otherwise.
-RENAMED_OPTIONS = {"num_predict": "max_tokens"}
-#: Ollama's options that keep their names in an OpenAI request.
-SAME_OPTIONS = frozenset({"temperature", "top_p", "stop", "seed", "frequency_penalty", "presence_penalty"})
-#: Samplers that only some servers read, sent on as fields of their own.
-SERVER_OPTIONS = frozenset({"top_k", "min_p", "typical_p", "repeat_penalty", "repeat_last_n",
-                            "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z", "penalize_newline"})
+#: Ollama's options that OpenAI names otherwise: the backend's names, the other way round.
+RENAMED_OPTIONS = {ollama: openai for openai, ollama in OPTION_NAMES.items()}
+#: Ollama's options that keep their names in an OpenAI request: OpenAI's own, and the
+#: samplers that only some servers read, sent on as fields of their own.
+SAME_OPTIONS = frozenset({"temperature", "top_p", "stop", "seed"}) | SAMPLER_OPTIONS
 
 #: An image's first base64 characters, and its media type (Ollama sends images bare).
 _IMAGE_KINDS = (("/9j/", "image/jpeg"), ("iVBORw0KGgo", "image/png"), ("R0lGOD", "image/gif"),
@@ -68,7 +66,7 @@ def chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
             continue  # -1: no limit, -2: fill the context; OpenAI's way is to leave it out
         if name in RENAMED_OPTIONS:
             request[RENAMED_OPTIONS[name]] = value
-        elif name in SAME_OPTIONS or name in SERVER_OPTIONS:
+        elif name in SAME_OPTIONS:
             request[name] = value
     answer_format = body.get("format")
     if answer_format == "json":
