@@ -163,6 +163,30 @@ def test_a_local_model_answers_as_the_character_a_host_names(isolated: Path):
     assert tokens[0] == tokens[1] != tokens[2], tokens
 
 
+def test_a_remote_answers_as_the_character_and_the_primary_reads_it_itself(isolated: Path):
+    # The primary is the text-generation-webui the host names the character to; a remote
+    # (LM Studio, Ollama) knows no characters and would answer as a generic assistant.
+    (isolated / "Waifu.yaml").write_text("name: Aria\ncontext: '{{char}} teases {{user}}.'\n",
+                                         encoding="utf-8")
+    primary, remote = ScriptedServer(["Hi."]), ScriptedServer(["Hi."])
+    request = {"messages": [{"role": "system", "content": "Be brief."}, *ASK], "mode": "chat",
+               "character": "Waifu"}
+    try:
+        answers = []
+        for primary_url in (primary.url, refused_url()):
+            with make_manager(isolated, primary_url=primary_url, remote_urls=[remote.url],
+                              characters_dir=str(isolated)) as manager:
+                answers.append(manager.chat_completion(request))
+    finally:
+        primary.close()
+        remote.close()
+    assert [a["x_fallback"]["source"] for a in answers] == ["primary", "remote"]
+    assert primary.bodies[0]["messages"] == request["messages"]
+    assert remote.bodies[0]["messages"] == [
+        {"role": "system", "content": "Aria teases You.\n\nBe brief."}, *ASK]
+    assert remote.bodies[0]["character"] == "Waifu"  # a text-generation-webui remote reads it itself
+
+
 def test_a_server_that_refuses_stream_options_is_asked_again_without_them(isolated: Path):
     server = ScriptedServer(["Red."], refuse_stream_options=True)
     try:

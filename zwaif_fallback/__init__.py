@@ -29,7 +29,7 @@ and to having no import cycle.
   the auto-optimizer (optimizer -> health); history, Prometheus metrics and sampling
   (telemetry -> store, metrics, monitor).
 * call path: one answer: input checks and recording (chats), a text-generation-webui
-  character's persona for local models (characters), the targets in order
+  character's persona for local models and remotes (characters), the targets in order
   (routing), deadline, retries and breakers (failover), what a chat gives back (results),
   one class per runtime (backends/), the local models' fits, pool, switching and keep_alive
   (local -> pool), a load that runs out of memory stepping down (step_down).

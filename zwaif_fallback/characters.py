@@ -8,8 +8,10 @@ persona in the middle of a conversation. ``persona_messages`` gives the local mo
 chat as text-generation-webui would have built it, from the same character file, found in
 ``characters_dir`` (the folder of text-generation-webui, or its characters folder).
 
-Servers are sent the host's request as it came: a text-generation-webui among them reads
-the character itself.
+The primary is sent the host's request as it came: it is the text-generation-webui the
+host names the character to, and reads it itself. A remote may be any server (LM Studio,
+Ollama), so it gets the persona too (``with_persona``); a text-generation-webui among the
+remotes ignores a system message in chat mode and reads the character as the primary does.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHAT_MODES", "find_character", "persona", "persona_messages"]
+__all__ = ["CHAT_MODES", "find_character", "persona", "persona_messages", "with_persona"]
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +85,12 @@ def persona_messages(messages: list[dict[str, Any]], request: Mapping[str, Any],
     """``messages`` with the request's character before them, as a system message (joined
     to a leading system message the host sent, which stays), or unchanged."""
     text = persona(request, folder)
-    if text is None:
-        return messages
+    return messages if text is None else with_persona(messages, text)
+
+
+def with_persona(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """``messages`` with the persona ``text`` before them, as a system message (joined to a
+    leading system message with text content, which stays)."""
     if messages and messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
         return [{**messages[0], "content": f"{text}\n\n{messages[0]['content']}"}, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]
@@ -93,24 +99,24 @@ def persona_messages(messages: list[dict[str, Any]], request: Mapping[str, Any],
 def _load(folder: Path | None, name: str) -> Mapping[str, Any] | None:
     if folder is None:
         _warn_once(name, "", f"the request names the character {name!r}, but characters_dir is not set: "
-                             "local models answer without its persona. Set characters_dir "
+                             "the fallback answers without its persona. Set characters_dir "
                              "(FALLBACK_CHARACTERS_DIR) to text-generation-webui's folder")
         return None
     path = find_character(folder, name)
     if path is None:
         _warn_once(name, str(folder), f"no character {name!r} in {folder} (looked for {name}.yaml, "
                                       ".yml and .json, also under user_data/characters and characters): "
-                                      "local models answer without its persona")
+                                      "the fallback answers without its persona")
         return None
     try:
         data = _parsed(path)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         _warn_once(name, str(path), f"cannot read the character file {path}: {exc}; "
-                                    "local models answer without its persona")
+                                    "the fallback answers without its persona")
         return None
     if not isinstance(data, Mapping):
         _warn_once(name, str(path), f"the character file {path} is not a mapping of fields "
-                                    "(name, context, ...); local models answer without its persona")
+                                    "(name, context, ...); the fallback answers without its persona")
         return None
     return data
 

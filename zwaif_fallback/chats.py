@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .backends.base import RAW_ROLE, GenerationParams, Message, check_messages
-from .characters import persona_messages
+from .characters import persona, with_persona
 from .errors import AllTargetsFailed, InvalidSettings
 from .failover import ChatRun, FailoverChain, Piece, Target
 from .results import Attempt, ChatResult
@@ -98,9 +98,13 @@ class Chats:
         chain = FailoverChain(timeout_s=settings.timeout, max_retries=settings.max_retries,
                               auto_switch=settings.auto_switch, clock=self._clock, cancel=cancel)
         request_extra = dict(extra or {})
-        if request_extra and not raw:  # a request naming a text-generation-webui character: its persona
-            checked = persona_messages(checked, request_extra, settings.characters_dir or None)
-        servers = self._router.server_targets(settings, primary, model=model, extra=request_extra, raw=raw)
+        # a request naming a text-generation-webui character: its persona, for all but the primary
+        character = persona(request_extra, settings.characters_dir or None) if request_extra and not raw \
+            else None
+        if character is not None:
+            checked = with_persona(checked, character)
+        servers = self._router.server_targets(settings, primary, model=model, extra=request_extra, raw=raw,
+                                              persona=character)
         locals_ = self._router.local_targets(model=model, extra=request_extra)
 
         def finished(result: ChatResult) -> None:

@@ -23,6 +23,7 @@ from .backends.host import HostBackend
 from .backends.ollama import OllamaBackend, is_ollamas_v1
 from .backends.openai import OpenAIBackend
 from .breaker import BreakerState, CircuitBreaker
+from .characters import with_persona
 from .errors import InvalidSettings
 from .failover import Target
 from .fit import Compatibility
@@ -92,9 +93,11 @@ class Router:
         yield from self.local_targets(model=model, extra=extra)
 
     def server_targets(self, settings: FallbackSettings, primary: Primary, *,
-                       model: str | None = None, extra: dict[str, Any], raw: bool = False) -> list[Target]:
+                       model: str | None = None, extra: dict[str, Any], raw: bool = False,
+                       persona: str | None = None) -> list[Target]:
         """The primary and the remotes, as ``targets`` gives them (cheap: no discovery);
-        ``raw``: for a text completion."""
+        ``raw``: for a text completion; ``persona``: the character the request names, whose
+        system text the remotes get before the host's messages (``characters``)."""
         servers = []
         if primary is None and settings.primary_url:
             primary = settings.primary_url
@@ -106,6 +109,8 @@ class Router:
         elif primary:
             servers.append(self._remote_target(settings, str(primary), "primary", model=model,
                                                extra=extra, raw=raw))
+        if persona is not None and isinstance(extra.get("messages"), list):
+            extra = {**extra, "messages": with_persona(extra["messages"], persona)}
         servers += [self._remote_target(settings, url, "remote", extra=extra, raw=raw)
                     for url in settings.remote_urls]
         return servers

@@ -126,7 +126,7 @@ class FallbackSettings(BaseSettings):
         "models_dir", description="where pull puts a model: models_dir, or the Hugging Face cache")
     hf_models: NameList = Field(default_factory=list, description="extra HF model folders or ids")
     characters_dir: str = Field("", description="text-generation-webui's folder: the personas of the "
-                                                "characters its hosts name, for local models")
+                                                "characters its hosts name, for local models and remotes")
     primary_url: Url = Field("", description="base URL of the main OpenAI-compatible API")
     primary_api: Literal["openai", "ollama"] = Field(
         "openai", description="what the main API speaks: openai (a /v1 URL), or ollama (Ollama's own API)")
