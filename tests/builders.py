@@ -92,7 +92,9 @@ def write_gguf(
     writer.add_eos_token_id(eos)
     writer.add_chat_template(CHATML)
     for key, value in (extra_kv or {}).items():
-        if isinstance(value, int):
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
             writer.add_uint32(key, value)
         else:
             writer.add_string(key, str(value))
@@ -233,10 +235,11 @@ def kv_string(key: str, value: str) -> bytes:
     return struct.pack("<Q", len(k)) + k + struct.pack("<I", 8) + struct.pack("<Q", len(v)) + v
 
 
-def write_hf_chat_model(folder: Path, *, seed: int = 0) -> Path:
+def write_hf_chat_model(folder: Path, *, seed: int = 0, adds_bos: bool = False) -> Path:
     """An HF Llama folder transformers can load and chat with: weights, a byte-level BPE
-    tokenizer trained here, and a ChatML template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tokenizer trained here, and a ChatML template; ``adds_bos``: its tokenizer puts the BOS
+    before a text, as Llama's does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -246,6 +249,9 @@ def write_hf_chat_model(folder: Path, *, seed: int = 0) -> Path:
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(["hello world, the cat sat on the mat; red green blue"] * 20, trainer)
+    if adds_bos:
+        bos = ("<|endoftext|>", tok.token_to_id("<|endoftext|>"))
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos[0]} $A", special_tokens=[bos])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
                                    eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.chat_template = CHATML

@@ -182,6 +182,26 @@ def test_a_text_completion_is_the_prompt_continued_without_the_chat_template(iso
     assert 1 < text["usage"]["prompt_tokens"] < chat["usage"]["prompt_tokens"]
 
 
+@pytest.mark.parametrize("runtime", ["llama.cpp", "transformers"])
+def test_a_prompt_that_begins_with_the_bos_is_given_no_second_one(isolated, tmp_path, runtime):
+    # A prompt written for the model may carry its BOS text; a second BOS before it, added
+    # by the tokenizer, confuses a model (text-generation-webui drops it too).
+    if runtime == "llama.cpp":
+        models = isolated / "models"
+        models.mkdir()
+        write_gguf(models / "bos.gguf", extra_kv={"tokenizer.ggml.add_bos_token": True})
+        settings = FallbackSettings(models_dir=models, scan_system_stores=False, keep_alive=0)
+    else:
+        folder = write_hf_chat_model(tmp_path / "bos", adds_bos=True)
+        settings = FallbackSettings(hf_models=[str(folder)], models_dir=isolated / "models",
+                                    scan_system_stores=False, keep_alive=0)
+    with FallbackManager(settings) as manager:
+        manager.switch_model("bos", persist=False)
+        counts = [manager.text_completion({"prompt": prompt, **GEN})["usage"]["prompt_tokens"]
+                  for prompt in ("hello world", "<|endoftext|>hello world", "hello world<|endoftext|>")]
+    assert counts[0] == counts[1] < counts[2], counts  # the BOS added once, and kept elsewhere
+
+
 @pytest.mark.slow
 def test_transformers_loads_a_gguf_file(smollm2):
     from zwaif_fallback.backends.transformers import TransformersBackend

@@ -348,7 +348,8 @@ class LlamaCppBackend(LocalBackend):
         llm = self._llm
         raw = raw_prompt(messages)
         if raw is not None:  # a text completion: the prompt as it is
-            return llm.tokenize((raw + prefix).encode("utf-8"), add_bos=True, special=True), [], None
+            tokens = llm.tokenize((raw + prefix).encode("utf-8"), add_bos=True, special=True)
+            return _one_bos(tokens, llm.token_bos()), [], None
         if self._formatter is not None:
             formatted = self._formatter(messages=messages)
             tokens = llm.tokenize((formatted.prompt + prefix).encode("utf-8"),
@@ -415,3 +416,11 @@ class LlamaCppBackend(LocalBackend):
             prompt=prompt, max_tokens=max_tokens, temperature=params.temperature,
             top_p=params.top_p, stop=stop or None, seed=params.seed, stream=True,
             stopping_criteria=limits)
+
+
+def _one_bos(tokens: list[int], bos: int) -> list[int]:
+    """``tokens`` with one BOS where a prompt that begins with the BOS's own text was given
+    a second one: two confuse a model, and text-generation-webui drops the extra one too."""
+    if bos != -1 and len(tokens) > 1 and tokens[0] == tokens[1] == bos:
+        return tokens[1:]
+    return tokens

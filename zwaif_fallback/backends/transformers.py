@@ -120,10 +120,12 @@ class TransformersBackend(LocalBackend):
     def count_tokens(self, messages: list[dict[str, str]]) -> int | None:
         with self._lock:
             self._load_locked()
-            raw = raw_prompt(messages)
+            tok, raw = self._tokenizer, raw_prompt(messages)
             try:
-                ids = self._tokenizer(raw)["input_ids"] if raw is not None else \
-                    self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                if raw is not None:
+                    ids = tok(raw, add_special_tokens=_adds_bos(tok, raw))["input_ids"]
+                else:
+                    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             except (ValueError, TypeError):
                 return None
             return len(ids["input_ids"] if isinstance(ids, dict) else ids)
@@ -139,7 +141,7 @@ class TransformersBackend(LocalBackend):
         except (ValueError, TypeError) as exc:  # no chat template in the tokenizer
             raise TargetFailed(f"{self.name} has no usable chat template: {exc}") from exc
         inputs = tok(prompt + prefix, return_tensors="pt",
-                     add_special_tokens=raw is not None).to(model.device)
+                     add_special_tokens=_adds_bos(tok, raw)).to(model.device)
         prompt_len = usage.prompt_tokens = int(inputs["input_ids"].shape[-1])
         usage.completion_tokens = 0
         streamer = transformers.TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
@@ -187,3 +189,11 @@ class TransformersBackend(LocalBackend):
             worker.join()
         if failure:
             raise TargetFailed(f"transformers failed while generating: {failure[0]}") from failure[0]
+
+
+def _adds_bos(tokenizer: Any, raw: str | None) -> bool:
+    """Whether to add the tokenizer's special tokens: for a text completion's prompt
+    (``raw``) only, and not to one that begins with the BOS's own text, which would then
+    begin with two (text-generation-webui drops the extra one too)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return raw is not None and not (isinstance(bos, str) and bos and raw.startswith(bos))
