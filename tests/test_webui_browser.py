@@ -279,6 +279,28 @@ def test_a_pinned_setting_is_refused_and_the_file_is_unchanged(page: Page, serve
     expect(timeout.locator("input[type=number]")).to_have_value(PINNED_TIMEOUT)
 
 
+def test_the_main_api_is_set_in_the_tab_and_a_pinned_url_says_so(page: Page, served: Served) -> None:
+    open_tab(page, "Advanced Fallback Management")
+    url = page.locator("#fallback-api-url")
+    expect(url).to_contain_text("pinned by the environment variable FALLBACK_PRIMARY_URL")
+    expect(url.locator("textarea")).to_have_value(served.env["FALLBACK_PRIMARY_URL"])
+    expect(page.locator("#fallback-api-status")).to_contain_text(
+        f"Chats go to {served.env['FALLBACK_PRIMARY_URL']} (OpenAI-compatible) first, then the local models")
+    remote = refused_url()
+    page.locator("#fallback-api-model textarea").fill("qwen2.5")
+    page.locator("#fallback-api-remotes textarea").fill(remote)
+    click(page, "💾 Save Main API")
+    message = page.locator("#fallback-api-message")
+    expect(message).to_contain_text(f"Saved primary_model = qwen2.5, remote_urls = {remote}")
+    expect(message).to_contain_text("then 1 more server, then the local models")
+    settings = served.manager.settings
+    assert (settings.primary_model, settings.remote_urls) == ("qwen2.5", [remote])
+
+    click(page, "🔄 Reset to Defaults")
+    expect(page.locator("#fallback-api-remotes textarea")).to_have_value("")
+    expect(page.locator("#fallback-api-model textarea")).to_have_value("")
+
+
 def test_performance_testing_fills_the_table_and_cancels(page: Page) -> None:
     open_tab(page, "Advanced Fallback Management")
     choose(page, "fallback-bench-model", "tiny")

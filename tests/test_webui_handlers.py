@@ -15,12 +15,13 @@ import pandas as pd
 import pytest
 from builders import write_gguf
 from fake_nvml.pynvml import FakeNvml
-from servers import refused_url, wait_until
+from servers import ScriptedServer, refused_url, wait_until
 
 from webui import build_app, compat, launch
 from webui import format as fmt
 from webui.diagnostics import DiagnosticsHandlers
 from webui.health_monitor import HealthHandlers
+from webui.main_api import MainApiHandlers, main_api_markdown
 from webui.management import ManagementHandlers
 from zwaif_fallback import FallbackManager, FallbackSettings, HardwareProbe, InvalidSettings, PortUnavailable
 
@@ -229,6 +230,64 @@ def test_reset_to_defaults_forgets_saved_values(manager: FallbackManager) -> Non
     assert message.startswith("✅ Reset")
     assert timeout["value"] == 30.0 and retries["value"] == 3 and auto_switch["value"] is True
     assert saved(manager) == {}
+
+
+# -- management: the main API ----------------------------------------------------------------
+
+
+def test_the_main_api_set_in_the_ui_answers_the_next_chat(manager: FallbackManager) -> None:
+    # serve's users set the address here, not in the environment; no restart between
+    server, down = ScriptedServer(["Hi from the main API."], model="qwen2.5"), refused_url()
+    try:
+        handlers = MainApiHandlers(manager)
+        status, *controls = handlers.load()
+        assert "No main API is set" in status and is_update(controls[0], value="", info="default value")
+        message, url, speaks, model, remotes, characters = handlers.save(
+            server.url + "/", "openai", "", f"{down}, \n", "")
+        answer = manager.chat_completion({"messages": [{"role": "user", "content": "Hello"}]})
+    finally:
+        server.close()
+    assert message.startswith(f"✅ Saved primary_url = {server.url}, remote_urls = {down}; the next chat")
+    assert f"Chats go to **{server.url}** (OpenAI-compatible) first, then 1 more server" in message
+    assert saved(manager) == {"primary_url": server.url, "remote_urls": [down]}
+    assert is_update(url, value=server.url, info="saved in the settings file")
+    assert is_update(remotes, value=down) and is_update(speaks, value="openai", info="default value")
+    assert (answer["x_fallback"]["source"], answer["choices"][0]["message"]["content"]) == (
+        "primary", "Hi from the main API.")
+
+
+@pytest.mark.parametrize("values, expected", [
+    (("127.0.0.1:5000/v1", "openai", "", "", ""), "must start with http:// or https://"),
+    (("", "openai", "", "http://ok:1/v1, ftp://x", ""), "must start with http:// or https://"),
+    (("", "lmstudio", "", "", ""), "primary_api"),
+])
+def test_a_bad_main_api_value_is_refused_and_nothing_is_written(
+        manager: FallbackManager, values: tuple[str, ...], expected: str) -> None:
+    with pytest.warns(UserWarning, match="Saving the main API failed"):
+        message, *controls = MainApiHandlers(manager).save(*values)
+    assert expected in message and "Nothing was saved" in message, message
+    assert saved(manager) == {} and manager.settings.primary_url == "" and manager.settings.remote_urls == []
+    assert all("value" not in c for c in controls)  # what the person typed stays to be corrected
+
+
+def test_a_characters_folder_that_does_not_exist_is_refused(manager: FallbackManager, tmp_path: Path) -> None:
+    missing = tmp_path / "text-generation-webui"
+    with pytest.warns(UserWarning, match="does not exist"):
+        message, *_ = MainApiHandlers(manager).save("", "openai", "", "", str(missing))
+    assert "Nothing" not in message and str(missing) in message and saved(manager) == {}
+    missing.mkdir()
+    message, *_ = MainApiHandlers(manager).save("", "openai", "", "", str(missing))
+    assert saved(manager) == {"characters_dir": str(missing)}
+
+
+def test_the_main_api_status_says_when_chats_skip_it(tmp_path: Path, models_dir: Path) -> None:
+    settings = FallbackSettings(primary_url="http://127.0.0.1:5000/v1", primary_api="ollama")
+    open_ = {"state": "open", "failures": 3, "retry_in_s": 41.6, "probing": False}
+    assert main_api_markdown(settings, None) == (
+        "Chats go to **http://127.0.0.1:5000/v1** (Ollama's own API) first, then the local models.")
+    assert "failed 3 times in a row" in main_api_markdown(settings, open_)
+    assert "tried again in 42 s" in main_api_markdown(settings, open_)
+    assert "checked now" in main_api_markdown(settings, {**open_, "probing": True})
 
 
 # -- management: benchmarks and the try-out ---------------------------------------------------

@@ -17,6 +17,7 @@ from zwaif_fallback import (
     Attempt,
     ChatResult,
     Compatibility,
+    FallbackSettings,
     GPUInfo,
     HealthReport,
     JobStatus,
@@ -61,6 +62,24 @@ def failure(exc: Exception, doing: str) -> str:
     """Show ``exc`` as a warning toast and return the same message for an output."""
     gr.Warning(f"{doing} failed: {exc}")
     return f"❌ **{doing} failed:** {exc}"
+
+
+def setting_updates(settings: FallbackSettings, fields: Sequence[str]) -> list[dict[str, Any]]:
+    """Each settings control's value (a list as comma-separated text), with a note saying
+    where it came from, and what to do when something outside the UI pins it."""
+    updates = []
+    for field in fields:
+        origin = settings.origin(field)
+        if origin == "environment":
+            note = (f"🔒 pinned by the environment variable {settings.env_name(field)}: "
+                    "unset it to change this here")
+        elif origin == "argument":
+            note = "🔒 set by the host program (an explicit argument): it cannot be saved here"
+        else:
+            note = {"file": "saved in the settings file", "default": "default value"}[origin]
+        value = getattr(settings, field)
+        updates.append(gr.update(value=", ".join(value) if isinstance(value, list) else value, info=note))
+    return updates
 
 
 def size(mb: float | None) -> str:

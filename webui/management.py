@@ -1,5 +1,5 @@
-"""The "Advanced Fallback Management" tab: switch, get (get_model.py) and optimize models, settings,
-benchmarks, a try-out.
+"""The "Advanced Fallback Management" tab: switch, get (get_model.py) and optimize models, the
+main API (main_api.py) and the other settings, benchmarks, a try-out.
 
 Benchmarks run as the manager's background jobs; a poll (a gr.Timer where Gradio has one)
 reads the job's status once a second while it runs, so the page keeps answering. The job id
@@ -20,6 +20,7 @@ from zwaif_fallback import AllTargetsFailed, FallbackError, FallbackManager
 from . import compat
 from . import format as fmt
 from .get_model import GetModelSection, build_get_model_section
+from .main_api import MainApiSection, build_main_api_section
 
 __all__ = ["ManagementHandlers", "ManagementTab", "build_management_tab"]
 
@@ -102,20 +103,7 @@ class ManagementHandlers:
     # -- advanced settings -------------------------------------------------------------
 
     def _controls(self) -> list[dict[str, Any]]:
-        """Each settings control's value, with a note when something outside the UI pins it."""
-        settings = self.manager.settings
-        updates = []
-        for field in SETTING_FIELDS:
-            origin = settings.origin(field)
-            if origin == "environment":
-                note = (f"🔒 pinned by the environment variable {settings.env_name(field)}: "
-                        "unset it to change this here")
-            elif origin == "argument":
-                note = "🔒 set by the host program (an explicit argument): it cannot be saved here"
-            else:
-                note = {"file": "saved in the settings file", "default": "default value"}[origin]
-            updates.append(gr.update(value=getattr(settings, field), info=note))
-        return updates
+        return fmt.setting_updates(self.manager.settings, SETTING_FIELDS)
 
     def load_settings(self) -> tuple[Any, ...]:
         """The controls as the settings stand now (on page load; save and reset return them too)."""
@@ -244,6 +232,7 @@ class ManagementTab:
     test_model: gr.Dropdown
     settings_message: gr.Markdown
     get_model: GetModelSection
+    main_api: MainApiSection
 
 
 def build_management_tab(manager: FallbackManager, prefix: str = "fallback") -> ManagementTab:
@@ -271,6 +260,8 @@ def build_management_tab(manager: FallbackManager, prefix: str = "fallback") -> 
         optimize_result = gr.Markdown(elem_id=eid("mgmt-optimize-result"))
         ranking = gr.Dataframe(headers=fmt.RANK_COLUMNS, label="Model ranking", interactive=False,
                                wrap=True, elem_id=eid("mgmt-ranking"))
+
+        main_api = build_main_api_section(eid)
 
         gr.Markdown("## Advanced Settings")
         with gr.Row():
@@ -336,8 +327,10 @@ def build_management_tab(manager: FallbackManager, prefix: str = "fallback") -> 
                         **compat.PRIVATE).then(h.vram_status, outputs=vram_outputs, **compat.PRIVATE)
     save.click(h.save_settings, inputs=settings_controls, outputs=[settings_message, *settings_controls],
                api_name="fallback_save_settings")
+    reload_main_api = main_api.bind(manager)
     reset.click(h.reset_settings, outputs=[settings_message, *settings_controls, auto_optimize],
-                api_name="fallback_reset_settings")
+                api_name="fallback_reset_settings"
+                ).then(reload_main_api, outputs=[main_api.status, *main_api.controls], **compat.PRIVATE)
     run_one.click(h.start_benchmark, inputs=[test_model, prompt, job_id],
                   outputs=[job_id, progress, poll.component], api_name="fallback_benchmark")
     run_all.click(h.start_benchmark_all, inputs=[prompt, job_id], outputs=[job_id, progress, poll.component],
@@ -347,4 +340,4 @@ def build_management_tab(manager: FallbackManager, prefix: str = "fallback") -> 
     send.click(h.send, inputs=[message, primary_url, max_tokens], outputs=[answer, answered_by, attempts],
                api_name="fallback_try_chat")
     return ManagementTab(tab=tab, current=current, switch_to=switch_to, test_model=test_model,
-                         settings_message=settings_message, get_model=get_model)
+                         settings_message=settings_message, get_model=get_model, main_api=main_api)

@@ -1,0 +1,150 @@
+"""The "Main API" section of the Management tab: the server the fallback stands in front of.
+
+A host pointed at ``zwaif-fallback serve`` (``make run``) sends its chats there, and serve
+forwards them to the main API; until now that address could be set only in the environment
+or with ``zwaif-fallback settings --set``. Here a person sets it, with what the server
+speaks, the model it is asked for, more servers to try before a local model, and
+text-generation-webui's folder (the characters a host names). A save is checked and written
+like the Advanced Settings', and the next chat uses it. A host that passes its own API call
+as the primary (``manager.chat(messages, primary=call)``) calls that first instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from zwaif_fallback import FallbackError, FallbackManager, FallbackSettings
+
+from . import compat
+from . import format as fmt
+
+__all__ = ["MAIN_API_FIELDS", "MainApiHandlers", "MainApiSection", "build_main_api_section",
+           "main_api_markdown"]
+
+#: The section's controls, in the order of ``MainApiHandlers.save``'s arguments.
+MAIN_API_FIELDS = ("primary_url", "primary_api", "primary_model", "remote_urls", "characters_dir")
+API_CHOICES = [("OpenAI-compatible (a /v1 URL: Oobabooga, LM Studio, llama.cpp)", "openai"),
+               ("Ollama's own API (its root URL: Z-WAIF's API_TYPE = Ollama)", "ollama")]
+_URL_SEPARATORS = re.compile(r"[,\s]+")
+
+
+class MainApiHandlers:
+    """The section's event handlers: each calls the manager and formats what it returns."""
+
+    def __init__(self, manager: FallbackManager) -> None:
+        self.manager = manager
+
+    def load(self) -> tuple[Any, ...]:
+        """Where the main API stands now, and each control as the settings say (on page load,
+        and after a reset of the settings)."""
+        return (self._status(), *fmt.setting_updates(self.manager.settings, MAIN_API_FIELDS))
+
+    def save(self, primary_url: str, primary_api: str, primary_model: str, remote_urls: str,
+             characters_dir: str) -> tuple[Any, ...]:
+        """Save the values that changed; a refused value is explained and nothing is written."""
+        settings = self.manager.settings
+        values: dict[str, Any] = {
+            "primary_url": fmt.text(primary_url), "primary_api": fmt.text(primary_api) or "openai",
+            "primary_model": fmt.text(primary_model), "characters_dir": fmt.text(characters_dir),
+            "remote_urls": [u for u in _URL_SEPARATORS.split(fmt.text(remote_urls)) if u],
+        }
+        # Only what changed: an unchanged value pinned by the environment must not refuse the rest.
+        changes = {f: v for f, v in values.items() if getattr(settings, f) != v}
+        folder = changes.get("characters_dir")
+        if folder and not Path(folder).expanduser().is_dir():
+            message = (f"Not saved: the characters folder {folder} does not exist. Give "
+                       "text-generation-webui's folder (or its characters folder), or leave it empty.")
+            gr.Warning(message)
+            return (f"❌ {message}", *self._infos())
+        if not changes:
+            return ("Nothing to save: the values are the saved ones.", *self._infos())
+        try:
+            self.manager.update_settings(**changes)
+        except FallbackError as exc:
+            return (fmt.failure(exc, "Saving the main API") + "  \nNothing was saved.", *self._infos())
+        saved = ", ".join(f"{f} = {_shown(getattr(self.manager.settings, f))}" for f in changes)
+        return (f"✅ Saved {saved}; the next chat uses it.  \n{self._status()}",
+                *fmt.setting_updates(self.manager.settings, MAIN_API_FIELDS))
+
+    def _status(self) -> str:
+        breakers = self.manager.breaker_states()
+        return main_api_markdown(self.manager.settings, breakers.get(self.manager.settings.primary_url))
+
+    def _infos(self) -> list[dict[str, Any]]:
+        """The controls' notes only: a refused save leaves what the person typed in place."""
+        updates = fmt.setting_updates(self.manager.settings, MAIN_API_FIELDS)
+        return [gr.update(info=u["info"]) for u in updates]
+
+
+def main_api_markdown(settings: FallbackSettings, breaker: dict[str, Any] | None) -> str:
+    """The main API's address and what speaks there, and whether chats skip it now."""
+    remotes = len(settings.remote_urls)
+    then = (f"then {remotes} more server{'s' if remotes != 1 else ''}, then the local models"
+            if remotes else "then the local models")
+    if not settings.primary_url:
+        return (f"No main API is set: chats go to {then.removeprefix('then ')}. Give the URL your host "
+                "used before (Oobabooga: `http://127.0.0.1:5000/v1`; Ollama: `http://127.0.0.1:11434` "
+                "with Ollama's own API), then point the host at serve.")
+    speaks = "Ollama's own API" if settings.primary_api == "ollama" else "OpenAI-compatible"
+    line = f"Chats go to **{settings.primary_url}** ({speaks}) first, {then}."
+    if breaker and breaker.get("state") == "open":
+        wait = float(breaker.get("retry_in_s") or 0.0)
+        checking = "it is being checked now" if breaker.get("probing") else \
+            f"it is tried again in {wait:.0f} s"
+        line += (f"  \n🔴 It failed {breaker.get('failures', 0)} times in a row: chats skip it and the "
+                 f"fallback answers; {checking}.")
+    elif breaker and breaker.get("state") == "half_open":
+        line += "  \n🟡 It failed before: the next chat tries it again."
+    return line
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(value) if value else "(none)"
+    return str(value) if value != "" else "(empty)"
+
+
+@dataclass
+class MainApiSection:
+    """The section's components, and how to bind them once the tab exists."""
+
+    status: gr.Markdown
+    controls: list[gr.components.Component]
+    save: gr.Button
+    message: gr.Markdown
+
+    def bind(self, manager: FallbackManager) -> Callable[[], tuple[Any, ...]]:
+        """Bind the events; returns the handler that reloads the section (for a settings reset)."""
+        h = MainApiHandlers(manager)
+        compat.on_page_load(h.load, [self.status, *self.controls])
+        self.save.click(h.save, inputs=self.controls, outputs=[self.message, *self.controls],
+                        api_name="fallback_save_main_api")
+        return h.load
+
+
+def build_main_api_section(eid: Callable[[str], str]) -> MainApiSection:
+    """Build the section inside the caller's tab; ``eid`` names its elements."""
+    gr.Markdown("## Main API")
+    status = gr.Markdown(elem_id=eid("api-status"))
+    with gr.Row():
+        url = gr.Textbox(label="Main API URL", placeholder="http://127.0.0.1:5000/v1", scale=2,
+                         elem_id=eid("api-url"))
+        speaks = gr.Dropdown(API_CHOICES, value="openai", label="It speaks", scale=2,
+                             elem_id=eid("api-speaks"))
+        model = gr.Textbox(label="Model to ask it for (blank: its own)", scale=1, elem_id=eid("api-model"))
+    with gr.Row():
+        remotes = gr.Textbox(label="More servers to try before a local model (comma-separated URLs)",
+                             placeholder="http://192.168.1.20:1234/v1", scale=1, elem_id=eid("api-remotes"))
+        characters = gr.Textbox(label="text-generation-webui's folder (the characters a host names)",
+                                placeholder="C:/text-generation-webui", scale=1,
+                                elem_id=eid("api-characters"))
+    save = gr.Button("💾 Save Main API", variant="primary", elem_id=eid("api-save"))
+    message = gr.Markdown(elem_id=eid("api-message"))
+    return MainApiSection(status=status, controls=[url, speaks, model, remotes, characters], save=save,
+                          message=message)
