@@ -10,25 +10,32 @@ Module map, top to bottom. Each part imports only the parts below it (lazy and
 type-only imports included); tests/test_import_graph.py holds the code to this map
 and to having no import cycle.
 
-    porches       cli, cli_text, __main__, default, server, listening, upstreams, ollama_api, relay, sse
+    porches       cli, cli_parser, cli_text, __main__, default, server, admission, listening, upstreams,
+                  ollama_api, relay, sse
     facade        manager
-    measurement   recommend, optimizer, bench_jobs, telemetry, health, bench, quality, metrics, monitor, jobs
-    call path     chats, characters, completions, routing, failover, results, breaker, local, step_down, pool,
-                  backends
+    measurement   measuring, pull_jobs, recommend, optimizer, bench_jobs, telemetry, health, bench, quality,
+                  metrics, monitor, jobs
+    call path     chats, characters, completions, completion_request, routing, failover, results, breaker,
+                  local, step_down, pool, backends
     fit           fit, memory, calibration, dry_run
     discovery     catalog, pull, pull_plan, download, hub, hub_api, hub_headers, hub_body, hub_http,
                   hub_models, model_info, locations, gguf_header, gguf_cursor, safetensors_header, ggml
     base          settings, settings_file, hardware, ggml_devices, store, errors, units, net, logs, _model
 
-* porches: the CLI (cli_text: what it prints), ``try_fallbacks`` on a default manager, the
-  OpenAI-compatible server (listening: its socket and uvicorn; upstreams: the servers it
-  stands in front of; ollama_api: Ollama's API beside it; relay: its streams, servers' read
-  on the event loop; sse: those that reach a local model, relayed from their threads).
+* porches: the CLI (cli_parser: its subcommands and their arguments; cli_text: what it
+  prints), ``try_fallbacks`` on a default manager, the OpenAI-compatible server (admission:
+  the API key and the request body it takes; listening: its socket and uvicorn; upstreams:
+  the servers it stands in front of; ollama_api: Ollama's API beside it; relay: its streams,
+  servers' read on the event loop; sse: those that reach a local model, relayed from their
+  threads).
 * facade: ``FallbackManager`` owns the state and delegates each call to one part.
-* measurement: benchmark runs and jobs (bench_jobs -> bench, quality); ranking, health and
-  the auto-optimizer (optimizer -> health); history, Prometheus metrics and sampling
-  (telemetry -> store, metrics, monitor).
-* call path: one answer: input checks and recording (chats), a text-generation-webui
+* measurement: the manager's measuring parts, made on first use (measuring -> telemetry,
+  bench_jobs, optimizer); benchmark runs and jobs (bench_jobs -> bench, quality); ranking,
+  health and the auto-optimizer (optimizer -> health); history, Prometheus metrics and
+  sampling (telemetry -> store, metrics, monitor); downloads from the Hub as the manager
+  runs them, one at a time as a job (pull_jobs -> pull, jobs).
+* call path: one answer: OpenAI request dicts checked (completion_request) and answered
+  (completions), input checks and recording (chats), a text-generation-webui
   character's persona for local models and remotes (characters), the targets in order
   (routing), deadline, retries and breakers (failover), what a chat gives back (results),
   one class per runtime (backends/), the local models' fits, pool, switching and keep_alive

@@ -4,9 +4,10 @@ Exit status: 0 on success, 1 when an operation failed, 2 for bad input, 130 when
 with Ctrl-C, 141 when the reader of stdout went away (``| head``), as for a program that
 SIGPIPE ends. Errors are one line on stderr; the traceback goes to the log file only.
 
-Each command is one handler registered with ``@command(name, help, arguments)``, where
-``arguments(parser)`` adds its own options and sits right above the handler; ``--json``
-is added after them unless ``json_flag=False``.
+Each command is one handler registered with ``@command(name, help, arguments)`` (the
+registry and the parser made from it are ``cli_parser``'s), where ``arguments(parser)``
+adds its own options and sits right above the handler; ``--json`` is added after them
+unless ``json_flag=False``.
 """
 
 from __future__ import annotations
@@ -19,26 +20,36 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+from .cli_parser import (
+    COMMANDS,
+    build_parser,
+    command,
+    context_size,
+    parse_assignment,
+    port_number,
+    positive_int,
+    setting_bounds,
+)
 from .cli_text import (
+    format_benchmarks,
     format_check,
+    format_health,
     format_models,
+    format_optimization,
     format_pull_progress,
     format_recommendations,
     format_status,
-    num,
     print_json,
-    table,
 )
 from .errors import BackendUnavailable, FallbackError, InvalidSettings
 from .fit import KV_TYPES
 from .logs import setup_logging
 from .manager import FallbackManager
 from .monitor import DURATION_RANGE_S, INTERVAL_RANGE_S, session_problems
-from .settings import FallbackSettings, bounds
+from .settings import FallbackSettings
 
 if TYPE_CHECKING:
     from .pull import PullProgress
@@ -46,102 +57,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 log = logging.getLogger("zwaif_fallback.cli")
-
-
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments are one line on stderr, like every other error, and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
-
-
-Handler = Callable[[FallbackManager, argparse.Namespace], int]
-
-
-@dataclass(frozen=True)
-class Command:
-    """One subcommand: its help line, the arguments it takes, and its handler."""
-
-    help: str
-    arguments: Callable[[argparse.ArgumentParser], None]
-    run: Handler
-    json_flag: bool = True  # takes --json, after its own arguments
-    long_running: bool = False  # keeps the manager's background work running
-
-
-#: every subcommand, in the order ``--help`` lists them
-COMMANDS: dict[str, Command] = {}
-
-
-def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-            *, json_flag: bool = True, long_running: bool = False) -> Callable[[Handler], Handler]:
-    """Register the decorated handler as the subcommand ``name``; ``arguments(parser)`` adds
-    its own arguments (define it right above the handler)."""
-
-    def register(run: Handler) -> Handler:
-        COMMANDS[name] = Command(help=help, arguments=arguments or _no_arguments, run=run,
-                                 json_flag=json_flag, long_running=long_running)
-        return run
-
-    return register
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="zwaif-fallback",
-        description="Local-LLM fallback for chatbot hosts: models, fit, failover.")
-    parser.add_argument("--models-dir", metavar="DIR", help="where to discover models")
-    parser.add_argument("--settings-file", metavar="F", help="the saved settings file")
-    parser.add_argument("--metrics-port", type=_port, metavar="P",
-                        help="serve Prometheus metrics on 127.0.0.1:P while the command runs")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, cmd in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=cmd.help)
-        cmd.arguments(sub)
-        if cmd.json_flag:
-            sub.add_argument("--json", action="store_true", help="print JSON")
-    return parser
-
-
-def _no_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
-
-
-def _whole_number(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _whole_number(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _context_size(text: str) -> int:
-    """--ctx: within the n_ctx setting's range, so that what `check` accepts a load can use."""
-    value = _whole_number(text)
-    low, high = _setting_bounds("n_ctx")
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(
-            f"{value} is out of range: use {low:g} to {high:g}, the range of the n_ctx setting")
-    return value
-
-
-def _setting_bounds(name: str) -> tuple[float, float]:
-    limits = bounds(FallbackSettings.model_fields[name])
-    assert limits is not None, f"{name} has no range"
-    return limits
-
-
-def _port(text: str) -> int:
-    value = _whole_number(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port: use 0 to 65535")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,7 +123,7 @@ def _escape_what_stdout_cannot_encode() -> None:
 def _ui_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (anything but loopback needs FALLBACK_UI_AUTH)")
-    parser.add_argument("--port", type=_port, default=7860)
+    parser.add_argument("--port", type=port_number, default=7860)
 
 
 @command("ui", "serve the three settings tabs as a standalone web UI", _ui_arguments,
@@ -233,7 +148,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (anything but loopback needs FALLBACK_API_KEY, "
                              "and FALLBACK_UI_AUTH for the tabs)")
-    parser.add_argument("--port", type=_port, default=5001)
+    parser.add_argument("--port", type=port_number, default=5001)
     parser.add_argument("--no-ui", action="store_true", help="serve the API without the tabs at /")
 
 
@@ -293,8 +208,8 @@ def cmd_models(manager: FallbackManager, args: argparse.Namespace) -> int:
 
 def _check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="a model name (see 'models') or a file path")
-    parser.add_argument("--ctx", type=_context_size, metavar="N",
-                        help="context size, {:g} to {:g}".format(*_setting_bounds("n_ctx")))
+    parser.add_argument("--ctx", type=context_size, metavar="N",
+                        help="context size, {:g} to {:g}".format(*setting_bounds("n_ctx")))
     parser.add_argument("--gpu-layers", type=int, metavar="K",
                         help="llama.cpp's n_gpu_layers (-1 = all); default: the most that fit")
     parser.add_argument("--flash-attn", action="store_true", help="estimate with flash attention")
@@ -320,8 +235,8 @@ def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="*", metavar="MODEL",
                         help="REPO/FILE.gguf, a repo id, or the URL of a .gguf file; "
                              "default: the curated list")
-    parser.add_argument("--ctx", type=_context_size, metavar="N",
-                        help="context size to plan for, {:g} to {:g}".format(*_setting_bounds("n_ctx")))
+    parser.add_argument("--ctx", type=context_size, metavar="N",
+                        help="context size to plan for, {:g} to {:g}".format(*setting_bounds("n_ctx")))
 
 
 @command("recommend", "which GGUF models on the Hugging Face Hub fit this machine, before downloading",
@@ -357,7 +272,7 @@ def _print_progress(progress: PullProgress) -> None:
 def _chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", metavar="PROMPT")
     parser.add_argument("--model", metavar="NAME", help="the local model to fall back to first")
-    parser.add_argument("--max-tokens", type=_positive_int, default=256, metavar="N")
+    parser.add_argument("--max-tokens", type=positive_int, default=256, metavar="N")
 
 
 @command("chat", "one answer through the failover chain", _chat_arguments)
@@ -400,13 +315,7 @@ def cmd_bench(manager: FallbackManager, args: argparse.Namespace) -> int:
     if args.json:
         return print_json([r.model_dump(exclude={"checks"}) for r in results])
     print(file=sys.stderr)
-    rows = [("MODEL", "LOAD s", "TTFT s", "PP tok/s", "GEN tok/s", "RAM MiB", "PPL", "QUALITY",
-             "STATUS")]
-    for r in results:
-        rows.append((r.model, num(r.load_s, 2), num(r.ttft_s, 3), num(r.prompt_tps, 0),
-                     num(r.gen_tps, 1), num(r.peak_ram_mb, 0), num(r.perplexity, 1),
-                     num(r.quality_score, 2), "ok" if r.ok else f"failed: {r.error}"))
-    print(table(rows))
+    print(format_benchmarks(results))
     return 0 if all(r.ok or (r.error or "").startswith("skipped") for r in results) else 1
 
 
@@ -419,10 +328,7 @@ def cmd_optimize(manager: FallbackManager, args: argparse.Namespace) -> int:
     result = manager.optimize(apply=not args.dry_run)
     if args.json:
         return print_json(result.model_dump())
-    print(result.reason + (" (switched)" if result.switched else ""))
-    rows = [("MODEL", "SCORE", "FITS", "WHY")]
-    rows += [(e.model, f"{e.score:.1f}", e.verdict, e.reason) for e in result.ranking]
-    print(table(rows))
+    print(format_optimization(result))
     return 0
 
 
@@ -431,12 +337,7 @@ def cmd_health(manager: FallbackManager, args: argparse.Namespace) -> int:
     report = manager.health()
     if args.json:
         return print_json(report.model_dump())
-    print(f"Health {report.score}/100: {report.status}")
-    print(f"Current model: {report.current_model or '-'}; optimal: {report.optimal_model or '-'}")
-    for name, factor in report.factors.items():
-        print(f"  {name:<12} {factor.score:>3}  {factor.detail}")
-    for line in report.recommendations:
-        print(f"- {line}")
+    print(format_health(report))
     return 0
 
 
@@ -486,7 +387,7 @@ def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
     if args.reset:
         manager.reset_settings()
     if args.set:
-        manager.update_settings(**dict(_parse_assignment(item) for item in args.set))
+        manager.update_settings(**dict(parse_assignment(item) for item in args.set))
     settings = manager.settings
     if args.json:
         return print_json({
@@ -500,10 +401,3 @@ def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
     for problem in settings.problems:
         print(f"problem: {problem}")
     return 0
-
-
-def _parse_assignment(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise InvalidSettings(f"--set expects KEY=VALUE, got {item!r}")
-    return key.strip(), value.strip()

@@ -15,11 +15,14 @@ from .model_info import ModelInfo
 from .units import size_text
 
 if TYPE_CHECKING:
+    from .bench import BenchmarkResult
+    from .health import HealthReport, Optimization
     from .pull import PullProgress
     from .recommend import Recommendation
 
-__all__ = ["format_check", "format_models", "format_pull_progress", "format_recommendations",
-           "format_status", "num", "print_json", "table"]
+__all__ = ["format_benchmarks", "format_check", "format_health", "format_models", "format_optimization",
+           "format_pull_progress", "format_recommendations", "format_status", "num", "print_json",
+           "table"]
 
 
 def print_json(data: Any) -> int:
@@ -128,3 +131,27 @@ def format_pull_progress(p: PullProgress) -> str:
     resumed = (f", resumed at {size_text(p.resumed_from_bytes / 2**20, smallest='KiB')}"
                if p.resumed_from_bytes else "")
     return f"{name}: {done}, {rate}, {left}{resumed}"
+
+
+def format_benchmarks(results: list[BenchmarkResult]) -> str:
+    rows = [("MODEL", "LOAD s", "TTFT s", "PP tok/s", "GEN tok/s", "RAM MiB", "PPL", "QUALITY",
+             "STATUS")]
+    for r in results:
+        rows.append((r.model, num(r.load_s, 2), num(r.ttft_s, 3), num(r.prompt_tps, 0),
+                     num(r.gen_tps, 1), num(r.peak_ram_mb, 0), num(r.perplexity, 1),
+                     num(r.quality_score, 2), "ok" if r.ok else f"failed: {r.error}"))
+    return table(rows)
+
+
+def format_optimization(result: Optimization) -> str:
+    rows = [("MODEL", "SCORE", "FITS", "WHY")]
+    rows += [(e.model, f"{e.score:.1f}", e.verdict, e.reason) for e in result.ranking]
+    return result.reason + (" (switched)" if result.switched else "") + "\n" + table(rows)
+
+
+def format_health(report: HealthReport) -> str:
+    lines = [f"Health {report.score}/100: {report.status}",
+             f"Current model: {report.current_model or '-'}; optimal: {report.optimal_model or '-'}"]
+    lines += [f"  {name:<12} {factor.score:>3}  {factor.detail}" for name, factor in report.factors.items()]
+    lines += [f"- {line}" for line in report.recommendations]
+    return "\n".join(lines)

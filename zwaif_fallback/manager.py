@@ -2,9 +2,10 @@
 
 It owns state (the settings, the hardware probe, the catalog, the local models,
 the router and its breakers) and delegates the work: chats to ``chats``, local
-models to ``local``, benchmarks to ``bench_jobs``, ranking and health to
-``optimizer``, history, metrics and sampling to ``telemetry``. Each public method's
-docstring lives here, once.
+models to ``local``, downloads to ``pull_jobs``, and through ``measuring`` (which makes
+them on first use) benchmarks to ``bench_jobs``, ranking and health to ``optimizer``,
+history, metrics and sampling to ``telemetry``. Each public method's docstring lives
+here, once.
 """
 
 from __future__ import annotations
@@ -13,37 +14,35 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from . import completions
 from .backends.base import Message
 from .catalog import Catalog
 from .chats import ChatPlan, Chats
-from .completions import CompletionRequest
-from .errors import Busy, DownloadCancelled, InvalidSettings, StorageError
+from .completion_request import CompletionRequest
+from .errors import InvalidSettings, StorageError
 from .fit import Compatibility
 from .hardware import HardwareProbe, SystemStatus
 from .local import LocalModels
+from .measuring import Measuring
 from .model_info import ModelInfo
+from .pull_jobs import Pulls
 from .results import ChatResult
 from .routing import Primary, Router
 from .settings import FallbackSettings
 
 if TYPE_CHECKING:
     from .bench import BenchmarkResult
-    from .bench_jobs import BenchmarkJob, BenchmarkJobs
+    from .bench_jobs import BenchmarkJob
     from .health import HealthReport, Optimization, PerformanceStats
     from .jobs import Job
     from .metrics import Metrics
     from .monitor import MonitoringReport, Sample
-    from .optimizer import Optimizer
-    from .pull import ProgressCallback, PullProgress
+    from .pull import ProgressCallback
     from .recommend import Recommendation
-    from .telemetry import Telemetry
 
 __all__ = ["FallbackManager"]
-
-_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +67,21 @@ class FallbackManager:
         self._settings_lock = threading.Lock()
         self._probe = probe or HardwareProbe()
         self._catalog = Catalog()
-        self._clock = clock
         self._local = LocalModels(settings=lambda: self._settings, probe=self._probe,
                                   discover=self.discover_models, find=self.find_model,
-                                  store=lambda: self._telemetry.store, clock=clock)
+                                  store=lambda: self._measuring.telemetry.store, clock=clock)
         self._router = Router(local_stream=self._local.stream, current=lambda: self._local.current,
                               ranked=self._local.ranked, on_primary_down=self._local.preload_async,
                               local_steps=self._local.steps, clock=clock)
         self._chats = Chats(settings=lambda: self._settings, router=self._router,
-                            recorder=lambda: self._telemetry, on_primary_answer=self._warm_up,
+                            recorder=lambda: self._measuring.telemetry, on_primary_answer=self._warm_up,
                             clock=clock)
-        # Built on first use: they import sqlite3, prometheus_client, psutil and more.
-        self._telemetry_instance: Telemetry | None = None
-        self._benchmarks_instance: BenchmarkJobs | None = None
-        self._optimizer_instance: Optimizer | None = None
-        self._lazy_lock = threading.Lock()
-        self._pull_job: Job[ModelInfo] | None = None  # the latest download started by start_pull
-        self._pull_lock = threading.Lock()
+        self._measuring = Measuring(local=self._local, probe=self._probe, settings=lambda: self._settings,
+                                    breakers=self._router.breaker_states, switch=self.switch_model,
+                                    clock=clock)
+        self._pulls = Pulls(settings=lambda: self._settings,
+                            on_pulled=lambda: self.discover_models(refresh=True))
+        self._warming_lock = threading.Lock()
         self._stop = threading.Event()
         for problem in self._settings.problems:
             log.warning("settings: %s", problem)
@@ -125,20 +122,13 @@ class FallbackManager:
 
     def _apply_background(self) -> None:
         """Start or stop the VRAM sampler and the auto-optimizer as the settings now say."""
-        if not self._background or self._stop.is_set():
-            return
-        if self._settings.vram_monitoring:
-            self._telemetry.start_background()
-        elif self._telemetry_instance is not None:
-            self._telemetry_instance.stop_background()
-        automatic = self._settings.auto_optimize_vram
-        if automatic or self._optimizer_instance is not None:
-            self._optimizer.run_automatically(automatic)
+        if self._background and not self._stop.is_set():
+            self._measuring.run_background()
 
     def _warm_up(self) -> None:
         """The first time the primary answers, make the first fallback fast in the background
         (``LocalModels.warm_up``): a host that runs has time now, one that fails later won't."""
-        with self._lazy_lock:
+        with self._warming_lock:
             if not self._background or self._warming is not None or self._stop.is_set():
                 return
             self._warming = threading.Thread(target=self._warm_up_now, daemon=True,
@@ -255,15 +245,7 @@ class FallbackManager:
             InvalidModelFile: the sha256 differs from the Hub's; the file was deleted.
             DownloadCancelled: cancelled or interrupted; pull again to resume.
         """
-        from .hub import Hub
-        from .pull import pull
-
-        settings = self._settings
-        with Hub() as hub:
-            model = pull(spec, hub=hub, models_dir=settings.models_dir,
-                         download_to=settings.download_to, progress=progress, cancel=cancel)
-        self.discover_models(refresh=True)
-        return model
+        return self._pulls.pull(spec, progress=progress, cancel=cancel)
 
     def start_pull(self, spec: str, *, progress: ProgressCallback | None = None) -> Job[ModelInfo]:
         """Run ``pull_model`` as a background job the UI polls; one download at a time.
@@ -277,28 +259,7 @@ class FallbackManager:
         Raises:
             Busy: a download started here is still running: wait for it or cancel it.
         """
-        from .jobs import Cancelled, Job, Progress
-
-        def work(advance: Progress) -> ModelInfo:
-            def report(p: PullProgress) -> None:
-                if progress is not None:
-                    progress(p)
-                try:
-                    advance(p.downloaded_bytes / p.total_bytes if p.total_bytes else 0.0, p.file)
-                except Cancelled:
-                    pass  # the download sees the same cancel at its next chunk and stops itself
-
-            try:
-                return self.pull_model(spec, progress=report, cancel=advance.cancel_event)
-            except DownloadCancelled as exc:
-                raise Cancelled(str(exc)) from exc
-
-        with self._pull_lock:
-            running = self._pull_job
-            if running is not None and running.status().state == "running":
-                raise Busy(f"{running.name} is still running: wait for it to end or cancel it")
-            self._pull_job = Job(f"download {spec}", work)
-            return self._pull_job
+        return self._pulls.start(spec, progress=progress)
 
     # -- local models ------------------------------------------------------------
 
@@ -415,47 +376,47 @@ class FallbackManager:
         Raises:
             ModelNotFound, InvalidModelFile, IncompatibleModel: before anything is loaded.
         """
-        return self._benchmarks.benchmark(name, prompt, progress)
+        return self._measuring.benchmarks.benchmark(name, prompt, progress)
 
     def benchmark_all(self, prompt: str | None = None,
                       progress: Callable[[float, str], None] | None = None) -> list[BenchmarkResult]:
         """Benchmark every compatible model; incompatible and invalid ones come back as skipped."""
-        return self._benchmarks.benchmark_all(prompt, progress)
+        return self._measuring.benchmarks.benchmark_all(prompt, progress)
 
     def start_benchmark(self, name: str | None = None, prompt: str | None = None) -> BenchmarkJob:
         """Run ``benchmark`` (or ``benchmark_all`` when name is None) as a background job
         with progress and cancel. Raises ModelNotFound at once for an unknown name."""
-        return self._benchmarks.start(name, prompt)
+        return self._measuring.benchmarks.start(name, prompt)
 
     def job(self, job_id: str) -> BenchmarkJob:
         """A background job by id. Raises JobNotFound for an unknown id."""
-        return self._benchmarks.job(job_id)
+        return self._measuring.benchmarks.job(job_id)
 
     def jobs(self) -> list[BenchmarkJob]:
         """The background jobs still kept (running ones, and the last finished), oldest first."""
-        return self._benchmarks.jobs()
+        return self._measuring.benchmarks.jobs()
 
     def benchmark_history(self, model: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
         """Saved benchmark results, newest first."""
-        return self._telemetry.store.benchmarks(model, limit=limit)
+        return self._measuring.telemetry.store.benchmarks(model, limit=limit)
 
     def failover_history(self, *, since_s: float | None = None) -> list[dict[str, Any]]:
         """Saved attempts of chats that did not go straight through, newest first."""
-        return self._telemetry.store.failovers(since_s=since_s)
+        return self._measuring.telemetry.store.failovers(since_s=since_s)
 
     def optimize(self, apply: bool = True) -> Optimization:
         """Rank the local models (quality first, then speed and headroom) and, with ``apply``,
         switch to the best one."""
-        return self._optimizer.optimize(apply)
+        return self._measuring.optimizer.optimize(apply)
 
     def health(self) -> HealthReport:
         """The system's health, 0-100, with its factors and recommendations. Changes nothing."""
-        return self._optimizer.health()
+        return self._measuring.optimizer.health()
 
     def performance_stats(self) -> PerformanceStats:
         """The current model's newest benchmark, how many runs are saved, the last hour's
         failover attempts, the background samples' summary, and the health report's advice."""
-        return self._optimizer.performance_stats()
+        return self._measuring.optimizer.performance_stats()
 
     def start_monitoring(self, duration_s: float, interval_s: float = 1.0) -> None:
         """Sample VRAM, RAM, CPU, GPU use and tokens/s for ``duration_s`` (10-300 s), in the
@@ -465,60 +426,51 @@ class FallbackManager:
             InvalidSettings: a duration or interval out of range.
             Busy: a session is already running.
         """
-        self._telemetry.start_monitoring(duration_s, interval_s)
+        self._measuring.telemetry.start_monitoring(duration_s, interval_s)
 
     def stop_monitoring(self) -> MonitoringReport:
         """End the running session early (or read the finished one): its report.
         Raises NotStarted when no session was started."""
-        return self._telemetry.stop_monitoring()
+        return self._measuring.telemetry.stop_monitoring()
 
     def monitoring_report(self) -> MonitoringReport:
         """The live view of the running (or last) session. Raises NotStarted when no
         session was started."""
-        return self._telemetry.monitoring_report()
+        return self._measuring.telemetry.monitoring_report()
 
     def wait_monitoring(self, timeout: float | None = None) -> bool:
         """Block until the monitoring session ends; True when it has."""
-        return self._telemetry.wait_monitoring(timeout)
+        return self._measuring.telemetry.wait_monitoring(timeout)
 
     def monitor_history(self, *, limit: int = 20) -> list[dict[str, Any]]:
         """Saved monitoring sessions (without their samples), newest first."""
-        return self._telemetry.store.monitor_sessions(limit=limit)
+        return self._measuring.telemetry.store.monitor_sessions(limit=limit)
 
     @property
     def metrics(self) -> Metrics:
         """Prometheus metrics (``metrics.wsgi_app()``, ``metrics.serve(port)``); no prompt text."""
-        return self._telemetry.metrics
+        return self._measuring.telemetry.metrics
 
     @property
     def background_samples(self) -> list[Sample]:
         """The VRAM sampler's recent samples, oldest first (empty while it is off)."""
-        return self._telemetry.background_samples()
+        return self._measuring.telemetry.background_samples()
 
     def background_work(self) -> list[str]:
         """What runs in the background now: "vram_sampler", "auto_optimizer"."""
-        work = []
-        if self._telemetry_instance is not None and self._telemetry_instance.sampling:
-            work.append("vram_sampler")
-        if self._optimizer_instance is not None and self._optimizer_instance.automatic:
-            work.append("auto_optimizer")
-        return work
+        return self._measuring.background_work()
 
     def store_problem(self) -> str | None:
         """Why the history database cannot be used right now, or None."""
-        return self._telemetry.store.problem
+        return self._measuring.telemetry.store.problem
 
     # -- lifecycle ------------------------------------------------------------------
 
     def close(self) -> None:
         """Unload models, stop threads, release probes. Safe to call twice."""
         self._stop.set()
-        if self._pull_job is not None:
-            self._pull_job.cancel()  # its partial file stays for the next pull
-        if self._optimizer_instance is not None:
-            self._optimizer_instance.close()
-        if self._telemetry_instance is not None:
-            self._telemetry_instance.close()
+        self._pulls.close()  # a running download's partial file stays for the next pull
+        self._measuring.close()
         self._local.close()
         self._router.close()
         self._probe.close()
@@ -528,39 +480,3 @@ class FallbackManager:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- the collaborators built on first use ----------------------------------------
-
-    def _built(self, attribute: str, make: Callable[[], _T]) -> _T:
-        """The collaborator held in ``attribute``, made by ``make`` the first time."""
-        with self._lazy_lock:
-            if getattr(self, attribute) is None:
-                setattr(self, attribute, make())
-            built: _T = getattr(self, attribute)
-            return built
-
-    @property
-    def _telemetry(self) -> Telemetry:
-        from .telemetry import Telemetry
-
-        return self._built("_telemetry_instance", lambda: Telemetry(
-            self._probe, data_dir=lambda: self._settings.data_dir,
-            breakers=self._router.breaker_states, clock=self._clock))
-
-    @property
-    def _benchmarks(self) -> BenchmarkJobs:
-        from .bench_jobs import BenchmarkJobs
-
-        return self._built("_benchmarks_instance", lambda: BenchmarkJobs(
-            local=self._local, vram=self._probe.process_vram_mb, history=lambda: self._telemetry.store))
-
-    @property
-    def _optimizer(self) -> Optimizer:
-        from .optimizer import Optimizer
-
-        return self._built("_optimizer_instance", lambda: Optimizer(
-            local=self._local, switch=self.switch_model, history=lambda: self._telemetry.store,
-            status=self._probe.status, breakers=self._router.breaker_states,
-            primary_url=lambda: self._settings.primary_url,
-            primary_api=lambda: self._settings.primary_api,
-            samples=lambda: self._telemetry.background_samples()))

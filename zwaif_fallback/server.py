@@ -18,7 +18,8 @@ whatever they do.
 
 Streamed answers from servers are relayed on the event loop (``relay``); generation never
 runs on it: a chat that reaches a local model goes on in a thread of its own (``sse``), so
-a slow local model stalls neither other requests nor ``/health``. The
+a slow local model stalls neither other requests nor ``/health``. What a request must
+carry and what its body may be is ``admission``'s to check. The
 app is Starlette's (Gradio brings it); ``webui`` mounts the tabs at ``/`` beside it.
 """
 
@@ -29,7 +30,6 @@ import gc
 import json
 import logging
 import os
-import secrets
 import threading
 import weakref
 from collections.abc import Callable
@@ -37,16 +37,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import ollama_api
+from .admission import API_KEY_ENV, MAX_BODY_BYTES, check_bind, read_body, refusal
 from .backends.base import Cancel
-from .completions import (
-    ChunkMaker,
-    TextChunks,
-    error_object,
-    parse_request,
-    parse_text_request,
-    status_of,
-    who_answered,
-)
+from .completion_request import parse_request, parse_text_request
+from .completions import ChunkMaker, TextChunks, error_object, status_of, who_answered
 from .errors import FallbackError, InvalidSettings
 from .listening import listen, serving
 from .relay import Relay, on_disconnect, shutting_down
@@ -63,26 +57,7 @@ __all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "build_api", "check_bind", "listen",
 
 log = logging.getLogger(__name__)
 
-API_KEY_ENV = "FALLBACK_API_KEY"
-#: The largest request body taken (413 above it): room for inline base64 images as OpenAI
-#: takes them (up to 20 MB an image: 27 MB as base64) beside 2 M characters of text.
-MAX_BODY_BYTES = 32 * 1024 * 1024
 _R = TypeVar("_R")
-
-
-def check_bind(host: str, api_key: str | None) -> None:
-    """Refuse a non-loopback address without an API key.
-
-    Raises:
-        InvalidSettings: anyone on the network could use the models and read the answers.
-    """
-    from .net import is_loopback
-
-    if not api_key and not is_loopback(host):
-        raise InvalidSettings(
-            f"refusing to serve the API on {host!r} without a key: anyone on the network could "
-            f"use it. Set {API_KEY_ENV} (clients then send it as a Bearer token), or listen on "
-            "127.0.0.1")
 
 
 def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starlette:
@@ -261,7 +236,7 @@ class _Api:
     async def models(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
 
-        refused = self._refuse(request)
+        refused = refusal(request, self.api_key)
         if refused is not None:
             return refused
         data = await asyncio.to_thread(self._models)
@@ -272,7 +247,7 @@ class _Api:
         """Ollama's ``GET /api/tags``: the models ``/v1/models`` lists."""
         from starlette.responses import JSONResponse
 
-        refused = self._refuse(request)
+        refused = refusal(request, self.api_key)
         if refused is not None:
             return _in_ollamas_words(refused)
         return JSONResponse(ollama_api.model_list(await asyncio.to_thread(self._models)))
@@ -352,7 +327,7 @@ class _Api:
     async def metrics(self, request: Request) -> Response:
         from starlette.responses import Response
 
-        refused = self._refuse(request)
+        refused = refusal(request, self.api_key)
         if refused is not None:
             return refused
         body, content_type = self.manager.metrics.render()
@@ -360,44 +335,8 @@ class _Api:
 
     async def _request_body(self, request: Request) -> dict[str, Any] | Response:
         """The request's JSON body, or the response that refuses it (no key, not JSON)."""
-        refused = self._refuse(request)
-        return refused if refused is not None else await _read_body(request)
-
-    def _refuse(self, request: Request) -> Response | None:
-        if self.api_key is None:
-            return None
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(),
-                                                                 self.api_key.encode()):
-            return None
-        from starlette.responses import JSONResponse
-
-        return JSONResponse({"error": {
-            "message": "a valid API key is required: send 'Authorization: Bearer <key>' with "
-                       f"the key this server was started with ({API_KEY_ENV})",
-            "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}},
-            status_code=401)
-
-
-async def _read_body(request: Request) -> dict[str, Any] | Response:
-    """The JSON body, at most MAX_BODY_BYTES; otherwise the error response (413 or 400)."""
-    size = 0
-    parts = []
-    async for part in request.stream():
-        size += len(part)
-        if size > MAX_BODY_BYTES:
-            return _error_response(InvalidSettings(
-                f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB; send large images "
-                "by URL, or smaller"), 413)
-        parts.append(part)
-    try:
-        body = json.loads(b"".join(parts))
-    except (ValueError, UnicodeDecodeError) as exc:
-        return _error_response(InvalidSettings(f"the request body is not JSON: {exc}"), 400)
-    if not isinstance(body, dict):
-        return _error_response(InvalidSettings(
-            f"the request body must be a JSON object, not {type(body).__name__}"), 400)
-    return body
+        refused = refusal(request, self.api_key)
+        return refused if refused is not None else await read_body(request)
 
 
 async def _on_own_thread(fn: Callable[[Any], _R], arg: Any) -> _R:
@@ -418,15 +357,9 @@ async def _on_own_thread(fn: Callable[[Any], _R], arg: Any) -> _R:
     return await done
 
 
-def _in_ollamas_words(refusal: Response) -> Response:
+def _in_ollamas_words(refused: Response) -> Response:
     """A refusal (401, 400, 413) as Ollama words an error, ``{"error": "..."}``: its clients
     show that text."""
     from starlette.responses import JSONResponse
 
-    return JSONResponse(ollama_api.render(json.loads(bytes(refusal.body))), status_code=refusal.status_code)
-
-
-def _error_response(exc: InvalidSettings, status: int) -> Response:
-    from starlette.responses import JSONResponse
-
-    return JSONResponse(error_object(exc), status_code=status)
+    return JSONResponse(ollama_api.render(json.loads(bytes(refused.body))), status_code=refused.status_code)
