@@ -293,8 +293,8 @@ def test_a_client_that_disconnects_stops_the_local_generation(orphaned: Served):
 
 
 def test_the_serve_command_answers_with_the_tabs_beside_the_api(isolated: Path):
-    port = free_port()
-    env = {**os.environ, "FALLBACK_PRIMARY_URL": refused_url(), "FALLBACK_SCAN_SYSTEM_STORES": "false",
+    port, primary = free_port(), refused_url()
+    env = {**os.environ, "FALLBACK_PRIMARY_URL": primary, "FALLBACK_SCAN_SYSTEM_STORES": "false",
            "FALLBACK_VRAM_MONITORING": "false"}
     process = subprocess.Popen([sys.executable, "-m", "zwaif_fallback", "serve", "--port", str(port)],
                                cwd=isolated, env=env, stdout=subprocess.PIPE, text=True)
@@ -302,6 +302,8 @@ def test_the_serve_command_answers_with_the_tabs_beside_the_api(isolated: Path):
         assert process.stdout is not None
         line = process.stdout.readline()
         assert f"point your host's OpenAI-compatible URL at http://127.0.0.1:{port}/v1" in line
+        assert process.stdout.readline() == (
+            f"chats go to {primary} (OpenAI-compatible) first, then the local models\n")
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: httpx.get(base + "/health", timeout=2).status_code == 200, timeout_s=30,
                    what="serve to answer")
@@ -316,8 +318,7 @@ def test_the_serve_command_answers_with_the_tabs_beside_the_api(isolated: Path):
 
 
 def test_serve_on_port_0_names_the_port_the_system_picked(isolated: Path):
-    env = {**os.environ, "FALLBACK_PRIMARY_URL": refused_url(), "FALLBACK_SCAN_SYSTEM_STORES": "false",
-           "FALLBACK_VRAM_MONITORING": "false"}
+    env = {**os.environ, "FALLBACK_SCAN_SYSTEM_STORES": "false", "FALLBACK_VRAM_MONITORING": "false"}
     process = subprocess.Popen([sys.executable, "-m", "zwaif_fallback", "serve", "--no-ui", "--port", "0"],
                                cwd=isolated, env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -325,6 +326,8 @@ def test_serve_on_port_0_names_the_port_the_system_picked(isolated: Path):
         line = process.stdout.readline()
         base = line.split(" at ", 1)[1].split("/v1", 1)[0]
         assert not base.endswith(":0"), line
+        assert process.stdout.readline() == ("no main API is set: chats go to the local models; "
+                                             "set the main API with FALLBACK_PRIMARY_URL\n")
         wait_until(lambda: httpx.get(base + "/health", timeout=2).status_code == 200, timeout_s=30,
                    what="serve to answer at the URL it printed")
     finally:

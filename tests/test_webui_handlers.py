@@ -241,14 +241,15 @@ def test_the_main_api_set_in_the_ui_answers_the_next_chat(manager: FallbackManag
     try:
         handlers = MainApiHandlers(manager)
         status, *controls = handlers.load()
-        assert "No main API is set" in status and is_update(controls[0], value="", info="default value")
+        assert status.startswith("No main API is set: chats go to the local models.")
+        assert is_update(controls[0], value="", info="default value")
         message, url, speaks, model, remotes, characters = handlers.save(
             server.url + "/", "openai", "", f"{down}, \n", "")
         answer = manager.chat_completion({"messages": [{"role": "user", "content": "Hello"}]})
     finally:
         server.close()
     assert message.startswith(f"✅ Saved primary_url = {server.url}, remote_urls = {down}; the next chat")
-    assert f"Chats go to **{server.url}** (OpenAI-compatible) first, then 1 more server" in message
+    assert f"Chats go to {server.url} (OpenAI-compatible) first, then 1 more server" in message
     assert saved(manager) == {"primary_url": server.url, "remote_urls": [down]}
     assert is_update(url, value=server.url, info="saved in the settings file")
     assert is_update(remotes, value=down) and is_update(speaks, value="openai", info="default value")
@@ -284,7 +285,7 @@ def test_the_main_api_status_says_when_chats_skip_it(tmp_path: Path, models_dir:
     settings = FallbackSettings(primary_url="http://127.0.0.1:5000/v1", primary_api="ollama")
     open_ = {"state": "open", "failures": 3, "retry_in_s": 41.6, "probing": False}
     assert main_api_markdown(settings, None) == (
-        "Chats go to **http://127.0.0.1:5000/v1** (Ollama's own API) first, then the local models.")
+        "Chats go to http://127.0.0.1:5000/v1 (Ollama's own API) first, then the local models.")
     assert "failed 3 times in a row" in main_api_markdown(settings, open_)
     assert "tried again in 42 s" in main_api_markdown(settings, open_)
     assert "checked now" in main_api_markdown(settings, {**open_, "probing": True})

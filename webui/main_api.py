@@ -20,6 +20,7 @@ from typing import Any
 import gradio as gr
 
 from zwaif_fallback import FallbackError, FallbackManager, FallbackSettings
+from zwaif_fallback.routing import chain_text
 
 from . import compat
 from . import format as fmt
@@ -83,16 +84,12 @@ class MainApiHandlers:
 
 
 def main_api_markdown(settings: FallbackSettings, breaker: dict[str, Any] | None) -> str:
-    """The main API's address and what speaks there, and whether chats skip it now."""
-    remotes = len(settings.remote_urls)
-    then = (f"then {remotes} more server{'s' if remotes != 1 else ''}, then the local models"
-            if remotes else "then the local models")
+    """Where chats go (``chain_text``), and whether they skip the main API now."""
+    line = chain_text(settings)
+    line = line[0].upper() + line[1:] + "."
     if not settings.primary_url:
-        return (f"No main API is set: chats go to {then.removeprefix('then ')}. Give the URL your host "
-                "used before (Oobabooga: `http://127.0.0.1:5000/v1`; Ollama: `http://127.0.0.1:11434` "
-                "with Ollama's own API), then point the host at serve.")
-    speaks = "Ollama's own API" if settings.primary_api == "ollama" else "OpenAI-compatible"
-    line = f"Chats go to **{settings.primary_url}** ({speaks}) first, {then}."
+        return (f"{line} Give the URL your host used before (Oobabooga: `http://127.0.0.1:5000/v1`; "
+                "Ollama: `http://127.0.0.1:11434` with Ollama's own API), then point the host at serve.")
     if breaker and breaker.get("state") == "open":
         wait = float(breaker.get("retry_in_s") or 0.0)
         checking = "it is being checked now" if breaker.get("probing") else \

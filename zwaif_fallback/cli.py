@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .cli_parser import (
@@ -175,7 +176,7 @@ def cmd_serve(manager: FallbackManager, args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
     try:
         run(manager, host=args.host, port=args.port, mount=mount,
-            announce=lambda line: print(line + "  (Ctrl+C stops it)", flush=True))
+            announce=partial(print, flush=True))
     except KeyboardInterrupt:
         print("stopping", file=sys.stderr)
     finally:

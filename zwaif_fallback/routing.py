@@ -30,7 +30,7 @@ from .fit import Compatibility
 from .model_info import ModelInfo
 from .settings import FallbackSettings, validate_field
 
-__all__ = ["Router", "rank_local"]
+__all__ = ["Router", "chain_text", "rank_local"]
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,18 @@ class Router:
             stream = partial(_ignoring, stream, model.name, ignored)
         steps = partial(self._local_steps, model) if self._local_steps is not None else None
         return Target(name=model.name, source="local", stream=stream, guarded=False, notes=steps)
+
+
+def chain_text(settings: FallbackSettings) -> str:
+    """Where a chat goes, in words: the main API and what it speaks, the remotes, then the
+    local models (a host's own API call, passed as the primary, comes before them all)."""
+    remotes = len(settings.remote_urls)
+    rest = f"{remotes} more server{'s' if remotes != 1 else ''}, then the local models" if remotes \
+        else "the local models"
+    if not settings.primary_url:
+        return f"no main API is set: chats go to {rest}"
+    speaks = "Ollama's own API" if settings.primary_api == "ollama" else "OpenAI-compatible"
+    return f"chats go to {settings.primary_url} ({speaks}) first, then {rest}"
 
 
 def _tools_asked(extra: Mapping[str, Any]) -> tuple[str, str] | None:

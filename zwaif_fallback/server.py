@@ -44,6 +44,7 @@ from .completions import ChunkMaker, TextChunks, error_object, status_of, who_an
 from .errors import FallbackError, InvalidSettings
 from .listening import listen, serving
 from .relay import Relay, on_disconnect, shutting_down
+from .routing import chain_text
 from .upstreams import answers, model_card_of, models_of, upstreams
 
 if TYPE_CHECKING:
@@ -118,7 +119,8 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
     Args:
         api_key: as in ``build_api``; without one only loopback addresses are allowed.
         mount: adds more routes to the app before it starts (the CLI mounts the web UI).
-        announce: told the line a host needs once the server listens.
+        announce: told each line a person needs once the server listens: the URL for the
+            host, then where chats go.
 
     Raises:
         InvalidSettings: a non-loopback host without a key, or a port outside 0-65535.
@@ -137,9 +139,15 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
     gc.freeze()
     shown = f"[{host}]" if ":" in host else host
     port = listener.getsockname()[1]  # the one the system picked for port 0
+    tabs = f"http://{shown}:{port}/"
     announce(f"point your host's OpenAI-compatible URL at http://{shown}:{port}/v1 "
-             f"(the tabs: http://{shown}:{port}/, health: /health)" if mount is not None else
-             f"point your host's OpenAI-compatible URL at http://{shown}:{port}/v1")
+             + (f"(the tabs: {tabs}, health: /health; " if mount is not None else "(")
+             + "Ctrl+C stops it)")
+    where = chain_text(manager.settings)
+    if not manager.settings.primary_url:
+        where += (f"; set the main API under Main API at {tabs} (Management tab) or with FALLBACK_PRIMARY_URL"
+                  if mount is not None else "; set the main API with FALLBACK_PRIMARY_URL")
+    announce(where)
     serving(_straight_to_the_api(app), on_shutdown=app.state.stop_chats).run(sockets=[listener])
 
 
