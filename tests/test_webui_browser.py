@@ -285,7 +285,7 @@ def test_the_main_api_is_set_in_the_tab_and_a_pinned_url_says_so(page: Page, ser
     expect(url).to_contain_text("pinned by the environment variable FALLBACK_PRIMARY_URL")
     expect(url.locator("textarea")).to_have_value(served.env["FALLBACK_PRIMARY_URL"])
     expect(page.locator("#fallback-api-status")).to_contain_text(
-        f"Chats go to {served.env['FALLBACK_PRIMARY_URL']} (OpenAI-compatible) first, then the local models")
+        f"go to {served.env['FALLBACK_PRIMARY_URL']} (OpenAI-compatible) first, then the local models")
     remote = refused_url()
     page.locator("#fallback-api-model textarea").fill("qwen2.5")
     page.locator("#fallback-api-remotes textarea").fill(remote)

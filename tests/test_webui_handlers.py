@@ -281,14 +281,25 @@ def test_a_characters_folder_that_does_not_exist_is_refused(manager: FallbackMan
     assert saved(manager) == {"characters_dir": str(missing)}
 
 
-def test_the_main_api_status_says_when_chats_skip_it(tmp_path: Path, models_dir: Path) -> None:
+def test_the_main_api_status_says_when_chats_skip_it() -> None:
     settings = FallbackSettings(primary_url="http://127.0.0.1:5000/v1", primary_api="ollama")
     open_ = {"state": "open", "failures": 3, "retry_in_s": 41.6, "probing": False}
-    assert main_api_markdown(settings, None) == (
+    assert main_api_markdown(settings, {}) == (
         "Chats go to http://127.0.0.1:5000/v1 (Ollama's own API) first, then the local models.")
-    assert "failed 3 times in a row" in main_api_markdown(settings, open_)
-    assert "tried again in 42 s" in main_api_markdown(settings, open_)
-    assert "checked now" in main_api_markdown(settings, {**open_, "probing": True})
+    said = main_api_markdown(settings, {settings.primary_url: open_})
+    assert "failed 3 times in a row" in said and "tried again in 42 s" in said
+    assert "checked now" in main_api_markdown(settings, {settings.primary_url: {**open_, "probing": True}})
+
+
+def test_a_host_s_own_api_call_is_named_as_what_answers_first(manager: FallbackManager) -> None:
+    # Z-WAIF embeds the tabs and passes its own API call: "no main API" alone would mislead
+    def zwaif_api(messages: list[dict[str, str]], **gen: object) -> str:
+        return "Hi from the host."
+
+    assert manager.chat([{"role": "user", "content": "Hello"}], primary=zwaif_api).source == "primary"
+    status, *_ = MainApiHandlers(manager).load()
+    assert status.startswith("This host's own API call (`host:test_a_host_s_own_api_call"), status
+    assert "Chats without it (serve, Try the fallback): no main API is set" in status
 
 
 # -- management: benchmarks and the try-out ---------------------------------------------------

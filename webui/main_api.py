@@ -74,8 +74,7 @@ class MainApiHandlers:
                 *fmt.setting_updates(self.manager.settings, MAIN_API_FIELDS))
 
     def _status(self) -> str:
-        breakers = self.manager.breaker_states()
-        return main_api_markdown(self.manager.settings, breakers.get(self.manager.settings.primary_url))
+        return main_api_markdown(self.manager.settings, self.manager.breaker_states())
 
     def _infos(self) -> list[dict[str, Any]]:
         """The controls' notes only: a refused save leaves what the person typed in place."""
@@ -83,13 +82,20 @@ class MainApiHandlers:
         return [gr.update(info=u["info"]) for u in updates]
 
 
-def main_api_markdown(settings: FallbackSettings, breaker: dict[str, Any] | None) -> str:
-    """Where chats go (``chain_text``), and whether they skip the main API now."""
+def main_api_markdown(settings: FallbackSettings, breakers: dict[str, dict[str, Any]]) -> str:
+    """Where chats go (``chain_text``), and whether they skip the main API now; ``breakers``:
+    each target's, by name (a host's own API call shows there as ``host:<name>``)."""
     line = chain_text(settings)
     line = line[0].upper() + line[1:] + "."
+    calls = sorted(name for name in breakers if name.startswith("host:"))
+    if calls:  # a host that embeds the tabs: its own call is the primary of its chats
+        line = (f"This host's own API call ({', '.join(f'`{c}`' for c in calls)}) answers its chats "
+                f"first. Chats without it (serve, Try the fallback): {line[0].lower()}{line[1:]}")
     if not settings.primary_url:
-        return (f"{line} Give the URL your host used before (Oobabooga: `http://127.0.0.1:5000/v1`; "
-                "Ollama: `http://127.0.0.1:11434` with Ollama's own API), then point the host at serve.")
+        return (f"{line} To run serve in front of your main API, give the URL the host used before "
+                "(Oobabooga: `http://127.0.0.1:5000/v1`; Ollama: `http://127.0.0.1:11434` with Ollama's "
+                "own API) and point the host at serve.")
+    breaker = breakers.get(settings.primary_url)
     if breaker and breaker.get("state") == "open":
         wait = float(breaker.get("retry_in_s") or 0.0)
         checking = "it is being checked now" if breaker.get("probing") else \
