@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from zwaif_fallback import characters
-from zwaif_fallback.characters import find_character, persona, persona_messages
+from zwaif_fallback.characters import find_character, persona, persona_messages, with_persona
 
 CHAT = {"mode": "chat", "character": "Waifu"}
 ASK = [{"role": "user", "content": "Hello!"}]
@@ -50,6 +50,18 @@ def test_the_persona_goes_before_the_chat_and_keeps_the_hosts_system_message(tmp
     own = [{"role": "system", "content": "It is night."}, *ASK]
     assert persona_messages(own, CHAT, str(tmp_path)) == [
         {"role": "system", "content": "Be Aria.\n\nIt is night."}, *ASK]
+
+
+@pytest.mark.parametrize("content, joined", [
+    ([{"type": "text", "text": "It is night."}],
+     [{"type": "text", "text": "Be Aria.\n\n"}, {"type": "text", "text": "It is night."}]),
+    (None, "Be Aria."),
+])
+def test_a_host_s_system_message_in_any_form_stays_the_one_system_message(content: object, joined: object):
+    # a remote is sent the host's own messages: a second system message, or one not first,
+    # is refused by many chat templates (Mistral's, Gemma's)
+    own = [{"role": "system", "content": content}, *ASK]
+    assert with_persona(own, "Be Aria.") == [{"role": "system", "content": joined}, *ASK]
 
 
 @pytest.mark.parametrize("request_", [

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from builders import write_gguf
 from conftest import ROOT
-from servers import FaultProxy, LlamaServer, ScriptedServer, refused_url
+from servers import FaultProxy, LlamaServer, ScriptedOllama, ScriptedServer, refused_url
 
 from zwaif_fallback import FallbackManager, FallbackSettings
 from zwaif_fallback.completions import parse_request
@@ -185,6 +185,20 @@ def test_a_remote_answers_as_the_character_and_the_primary_reads_it_itself(isola
     assert remote.bodies[0]["messages"] == [
         {"role": "system", "content": "Aria teases You.\n\nBe brief."}, *ASK]
     assert remote.bodies[0]["character"] == "Waifu"  # a text-generation-webui remote reads it itself
+
+
+def test_an_ollama_primary_answers_as_the_character_too(isolated: Path):
+    # only text-generation-webui reads the character a request names; Ollama knows none
+    (isolated / "Waifu.yaml").write_text("context: Be Aria.\n", encoding="utf-8")
+    primary = ScriptedOllama(["Hi."])
+    try:
+        with make_manager(isolated, primary_url=primary.url, primary_api="ollama",
+                          characters_dir=str(isolated)) as manager:
+            answer = manager.chat_completion({"messages": ASK, "mode": "chat", "character": "Waifu"})
+    finally:
+        primary.close()
+    assert answer["x_fallback"]["source"] == "primary"
+    assert primary.bodies[0]["messages"] == [{"role": "system", "content": "Be Aria."}, *ASK]
 
 
 def test_a_server_that_refuses_stream_options_is_asked_again_without_them(isolated: Path):

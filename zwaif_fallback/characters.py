@@ -10,8 +10,9 @@ chat as text-generation-webui would have built it, from the same character file,
 
 The primary is sent the host's request as it came: it is the text-generation-webui the
 host names the character to, and reads it itself. A remote may be any server (LM Studio,
-Ollama), so it gets the persona too (``with_persona``); a text-generation-webui among the
-remotes ignores a system message in chat mode and reads the character as the primary does.
+Ollama), so it gets the persona too (``with_persona``), and so does a primary that speaks
+Ollama's API; a text-generation-webui among the remotes ignores a system message in chat
+mode and reads the character as the primary does (in chat-instruct mode it reads both).
 """
 
 from __future__ import annotations
@@ -89,10 +90,18 @@ def persona_messages(messages: list[dict[str, Any]], request: Mapping[str, Any],
 
 
 def with_persona(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
-    """``messages`` with the persona ``text`` before them, as a system message (joined to a
-    leading system message with text content, which stays)."""
-    if messages and messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
-        return [{**messages[0], "content": f"{text}\n\n{messages[0]['content']}"}, *messages[1:]]
+    """``messages`` with the persona ``text`` before them, as a system message: joined to a
+    leading system message the host sent, which stays (many chat templates refuse a second
+    system message, or one that is not first)."""
+    first = messages[0] if messages else {}
+    if first.get("role") == "system":
+        content = first.get("content")
+        if isinstance(content, str):
+            return [{**first, "content": f"{text}\n\n{content}"}, *messages[1:]]
+        if isinstance(content, list):  # OpenAI's content parts
+            return [{**first, "content": [{"type": "text", "text": f"{text}\n\n"}, *content]}, *messages[1:]]
+        if content is None:
+            return [{**first, "content": text}, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]
 
 

@@ -97,21 +97,25 @@ class Router:
                        persona: str | None = None) -> list[Target]:
         """The primary and the remotes, as ``targets`` gives them (cheap: no discovery);
         ``raw``: for a text completion; ``persona``: the character the request names, whose
-        system text the remotes get before the host's messages (``characters``)."""
+        system text the remotes and an Ollama primary get before the host's messages
+        (``characters``)."""
         servers = []
         if primary is None and settings.primary_url:
             primary = settings.primary_url
+        # text-generation-webui reads the character the request names; the others know none
+        personified = extra
+        if persona is not None and isinstance(extra.get("messages"), list):
+            personified = {**extra, "messages": with_persona(extra["messages"], persona)}
         if callable(primary):
             host = HostBackend(primary)
             servers.append(Target(name=f"host:{host.name}", source="primary", stream=host.stream,
                                   breaker=self.breaker(f"host:{host.name}"),
                                   on_breaker_open=self._on_primary_down))
         elif primary:
-            servers.append(self._remote_target(settings, str(primary), "primary", model=model,
-                                               extra=extra, raw=raw))
-        if persona is not None and isinstance(extra.get("messages"), list):
-            extra = {**extra, "messages": with_persona(extra["messages"], persona)}
-        servers += [self._remote_target(settings, url, "remote", extra=extra, raw=raw)
+            servers.append(self._remote_target(
+                settings, str(primary), "primary", model=model, raw=raw,
+                extra=personified if settings.primary_api == "ollama" else extra))
+        servers += [self._remote_target(settings, url, "remote", extra=personified, raw=raw)
                     for url in settings.remote_urls]
         return servers
 
