@@ -168,6 +168,16 @@ def test_reset_forgets_saved_values_but_keeps_unknown_keys():
     assert json.loads(Path("fallback_settings.json").read_text()) == {"host_theme": "dark"}
 
 
+def test_reset_of_some_fields_keeps_the_others():
+    Path("fallback_settings.json").write_text(json.dumps({"timeout": 12, "primary_url": "http://h:1/v1"}))
+    s = FallbackSettings().reset(["timeout", "max_retries"])
+    assert (s.timeout, s.primary_url) == (30, "http://h:1/v1")
+    assert json.loads(Path("fallback_settings.json").read_text()) == {"primary_url": "http://h:1/v1"}
+    with pytest.raises(InvalidSettings, match="unknown setting 'timout'"):
+        FallbackSettings().reset(["timout"])
+    assert json.loads(Path("fallback_settings.json").read_text()) == {"primary_url": "http://h:1/v1"}
+
+
 def test_settings_file_location_comes_from_argument_or_environment(monkeypatch, tmp_path):
     target = tmp_path / "elsewhere" / "s.json"
     FallbackSettings(settings_file=target).saved(n_ctx=2048)

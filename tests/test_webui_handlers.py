@@ -223,13 +223,14 @@ def test_a_value_pinned_by_the_environment_says_so_and_is_refused(
         assert saved(manager) == {"max_retries": 7}
 
 
-def test_reset_to_defaults_forgets_saved_values(manager: FallbackManager) -> None:
+def test_reset_to_defaults_forgets_the_sections_saved_values_only(manager: FallbackManager) -> None:
     handlers = ManagementHandlers(manager)
     handlers.save_settings(60, 9, False, False)
+    MainApiHandlers(manager).save("http://127.0.0.1:5000/v1", "openai", "", "", "")
     message, timeout, retries, auto_switch, monitoring, auto_optimize = handlers.reset_settings()
-    assert message.startswith("✅ Reset")
+    assert message.startswith("✅ Reset") and "the main API and the models are kept" in message
     assert timeout["value"] == 30.0 and retries["value"] == 3 and auto_switch["value"] is True
-    assert saved(manager) == {}
+    assert saved(manager) == {"primary_url": "http://127.0.0.1:5000/v1"}
 
 
 # -- management: the main API ----------------------------------------------------------------
@@ -243,13 +244,14 @@ def test_the_main_api_set_in_the_ui_answers_the_next_chat(manager: FallbackManag
         status, *controls = handlers.load()
         assert status.startswith("No main API is set: chats go to the local models.")
         assert is_update(controls[0], value="", info="default value")
-        message, url, speaks, model, remotes, characters = handlers.save(
+        status, message, url, speaks, model, remotes, characters = handlers.save(
             server.url + "/", "openai", "", f"{down}, \n", "")
         answer = manager.chat_completion({"messages": [{"role": "user", "content": "Hello"}]})
     finally:
         server.close()
-    assert message.startswith(f"✅ Saved primary_url = {server.url}, remote_urls = {down}; the next chat")
-    assert f"Chats go to {server.url} (OpenAI-compatible) first, then 1 more server" in message
+    assert message == f"✅ Saved primary_url = {server.url}, remote_urls = {down}; the next chat uses it."
+    assert status == (f"Chats go to {server.url} (OpenAI-compatible) first, then 1 more server, "
+                      "then the local models.")
     assert saved(manager) == {"primary_url": server.url, "remote_urls": [down]}
     assert is_update(url, value=server.url, info="saved in the settings file")
     assert is_update(remotes, value=down) and is_update(speaks, value="openai", info="default value")
@@ -265,7 +267,7 @@ def test_the_main_api_set_in_the_ui_answers_the_next_chat(manager: FallbackManag
 def test_a_bad_main_api_value_is_refused_and_nothing_is_written(
         manager: FallbackManager, values: tuple[str, ...], expected: str) -> None:
     with pytest.warns(UserWarning, match="Saving the main API failed"):
-        message, *controls = MainApiHandlers(manager).save(*values)
+        _, message, *controls = MainApiHandlers(manager).save(*values)
     assert expected in message and "Nothing was saved" in message, message
     assert saved(manager) == {} and manager.settings.primary_url == "" and manager.settings.remote_urls == []
     assert all("value" not in c for c in controls)  # what the person typed stays to be corrected
@@ -274,11 +276,19 @@ def test_a_bad_main_api_value_is_refused_and_nothing_is_written(
 def test_a_characters_folder_that_does_not_exist_is_refused(manager: FallbackManager, tmp_path: Path) -> None:
     missing = tmp_path / "text-generation-webui"
     with pytest.warns(UserWarning, match="does not exist"):
-        message, *_ = MainApiHandlers(manager).save("", "openai", "", "", str(missing))
-    assert "Nothing" not in message and str(missing) in message and saved(manager) == {}
+        _, message, *_ = MainApiHandlers(manager).save("", "openai", "", "", str(missing))
+    assert str(missing) in message and saved(manager) == {}
     missing.mkdir()
-    message, *_ = MainApiHandlers(manager).save("", "openai", "", "", str(missing))
+    MainApiHandlers(manager).save("", "openai", "", "", f'"{missing}"')  # Windows' "Copy as path"
     assert saved(manager) == {"characters_dir": str(missing)}
+
+
+def test_an_ollama_main_api_without_a_model_is_saved_with_a_warning(manager: FallbackManager) -> None:
+    _, message, *_ = MainApiHandlers(manager).save("http://127.0.0.1:11434", "ollama", "", "", "")
+    assert saved(manager) == {"primary_url": "http://127.0.0.1:11434", "primary_api": "ollama"}
+    assert "Ollama answers only a request that names one of its models" in message
+    _, message, *_ = MainApiHandlers(manager).save("http://127.0.0.1:11434", "ollama", "llama3", "", "")
+    assert message == "✅ Saved primary_model = llama3; the next chat uses it."
 
 
 def test_the_main_api_status_says_when_chats_skip_it() -> None:

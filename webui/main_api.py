@@ -20,7 +20,7 @@ from typing import Any
 import gradio as gr
 
 from zwaif_fallback import FallbackError, FallbackManager, FallbackSettings
-from zwaif_fallback.routing import chain_text
+from zwaif_fallback.routing import chain_text, text_breaker_name
 
 from . import compat
 from . import format as fmt
@@ -42,18 +42,21 @@ class MainApiHandlers:
         self.manager = manager
 
     def load(self) -> tuple[Any, ...]:
-        """Where the main API stands now, and each control as the settings say (on page load,
-        and after a reset of the settings)."""
-        return (self._status(), *fmt.setting_updates(self.manager.settings, MAIN_API_FIELDS))
+        """Where the main API stands now, and each control as the settings say (on page load)."""
+        return (self.status(), *fmt.setting_updates(self.manager.settings, MAIN_API_FIELDS))
+
+    def status(self) -> str:
+        """Where chats go, and whether they skip the main API now (also when the tab is shown)."""
+        return main_api_markdown(self.manager.settings, self.manager.breaker_states())
 
     def save(self, primary_url: str, primary_api: str, primary_model: str, remote_urls: str,
              characters_dir: str) -> tuple[Any, ...]:
         """Save the values that changed; a refused value is explained and nothing is written."""
         settings = self.manager.settings
         values: dict[str, Any] = {
-            "primary_url": fmt.text(primary_url), "primary_api": fmt.text(primary_api) or "openai",
-            "primary_model": fmt.text(primary_model), "characters_dir": fmt.text(characters_dir),
-            "remote_urls": [u for u in _URL_SEPARATORS.split(fmt.text(remote_urls)) if u],
+            "primary_url": _typed(primary_url), "primary_api": _typed(primary_api) or "openai",
+            "primary_model": _typed(primary_model), "characters_dir": _typed(characters_dir),
+            "remote_urls": [u for u in _URL_SEPARATORS.split(_typed(remote_urls)) if u],
         }
         # Only what changed: an unchanged value pinned by the environment must not refuse the rest.
         changes = {f: v for f, v in values.items() if getattr(settings, f) != v}
@@ -62,19 +65,22 @@ class MainApiHandlers:
             message = (f"Not saved: the characters folder {folder} does not exist. Give "
                        "text-generation-webui's folder (or its characters folder), or leave it empty.")
             gr.Warning(message)
-            return (f"❌ {message}", *self._infos())
+            return (self.status(), f"❌ {message}", *self._infos())
         if not changes:
-            return ("Nothing to save: the values are the saved ones.", *self._infos())
+            return (self.status(), "Nothing to save: the values are the saved ones.", *self._infos())
         try:
             self.manager.update_settings(**changes)
         except FallbackError as exc:
-            return (fmt.failure(exc, "Saving the main API") + "  \nNothing was saved.", *self._infos())
-        saved = ", ".join(f"{f} = {_shown(getattr(self.manager.settings, f))}" for f in changes)
-        return (f"✅ Saved {saved}; the next chat uses it.  \n{self._status()}",
-                *fmt.setting_updates(self.manager.settings, MAIN_API_FIELDS))
-
-    def _status(self) -> str:
-        return main_api_markdown(self.manager.settings, self.manager.breaker_states())
+            return (self.status(), fmt.failure(exc, "Saving the main API") + "  \nNothing was saved.",
+                    *self._infos())
+        settings = self.manager.settings
+        message = "✅ Saved " + ", ".join(f"{f} = {_shown(getattr(settings, f))}" for f in changes) + \
+            "; the next chat uses it."
+        if settings.primary_url and settings.primary_api == "ollama" and not settings.primary_model:
+            message += ("  \n⚠️ Ollama answers only a request that names one of its models: a chat "
+                        "that names none (Try the fallback, Z-WAIF's Oobabooga mode) is sent as "
+                        "\"default\" and refused. Give the model to ask for (`ollama list` names them).")
+        return (self.status(), message, *fmt.setting_updates(settings, MAIN_API_FIELDS))
 
     def _infos(self) -> list[dict[str, Any]]:
         """The controls' notes only: a refused save leaves what the person typed in place."""
@@ -95,7 +101,9 @@ def main_api_markdown(settings: FallbackSettings, breakers: dict[str, dict[str, 
         return (f"{line} To run serve in front of your main API, give the URL the host used before "
                 "(Oobabooga: `http://127.0.0.1:5000/v1`; Ollama: `http://127.0.0.1:11434` with Ollama's "
                 "own API) and point the host at serve.")
-    breaker = breakers.get(settings.primary_url)
+    # a host may only chat, or only complete text (Z-WAIF's pre-release, alpaca): either breaker
+    chats, texts = breakers.get(settings.primary_url), breakers.get(text_breaker_name(settings.primary_url))
+    breaker = chats if chats and chats.get("state") != "closed" else texts
     if breaker and breaker.get("state") == "open":
         wait = float(breaker.get("retry_in_s") or 0.0)
         checking = "it is being checked now" if breaker.get("probing") else \
@@ -105,6 +113,11 @@ def main_api_markdown(settings: FallbackSettings, breakers: dict[str, dict[str, 
     elif breaker and breaker.get("state") == "half_open":
         line += "  \n🟡 It failed before: the next chat tries it again."
     return line
+
+
+def _typed(value: Any) -> str:
+    """A text field's value, without the quotes Windows' "Copy as path" puts around it."""
+    return fmt.text(value).strip("\"'").strip()
 
 
 def _shown(value: Any) -> str:
@@ -122,13 +135,13 @@ class MainApiSection:
     save: gr.Button
     message: gr.Markdown
 
-    def bind(self, manager: FallbackManager) -> Callable[[], tuple[Any, ...]]:
-        """Bind the events; returns the handler that reloads the section (for a settings reset)."""
+    def bind(self, manager: FallbackManager, tab: gr.Tab) -> None:
+        """Bind the events; the status is read again whenever ``tab`` (the section's) is shown."""
         h = MainApiHandlers(manager)
         compat.on_page_load(h.load, [self.status, *self.controls])
-        self.save.click(h.save, inputs=self.controls, outputs=[self.message, *self.controls],
+        tab.select(h.status, outputs=self.status, **compat.PRIVATE)
+        self.save.click(h.save, inputs=self.controls, outputs=[self.status, self.message, *self.controls],
                         api_name="fallback_save_main_api")
-        return h.load
 
 
 def build_main_api_section(eid: Callable[[str], str]) -> MainApiSection:
@@ -140,7 +153,8 @@ def build_main_api_section(eid: Callable[[str], str]) -> MainApiSection:
                          elem_id=eid("api-url"))
         speaks = gr.Dropdown(API_CHOICES, value="openai", label="It speaks", scale=2,
                              elem_id=eid("api-speaks"))
-        model = gr.Textbox(label="Model to ask it for (blank: its own)", scale=1, elem_id=eid("api-model"))
+        model = gr.Textbox(label="Model to ask it for (blank: the one the host names)", scale=1,
+                           elem_id=eid("api-model"))
     with gr.Row():
         remotes = gr.Textbox(label="More servers to try before a local model (comma-separated URLs)",
                              placeholder="http://192.168.1.20:1234/v1", scale=1, elem_id=eid("api-remotes"))

@@ -134,11 +134,14 @@ class ManagementHandlers:
         return (f"✅ Saved {saved} to {self.manager.settings.settings_file}.", *self._controls())
 
     def reset_settings(self) -> tuple[Any, ...]:
+        """Forget this section's saved values (and auto-optimize's); the main API, the models
+        and the rest stay as saved."""
         try:
-            self.manager.reset_settings()
+            self.manager.reset_settings(fields=[*SETTING_FIELDS, "auto_optimize_vram"])
         except FallbackError as exc:
             return (fmt.failure(exc, "Resetting settings"), *self._controls(), gr.skip())
-        return ("✅ Reset: the saved settings are forgotten (values pinned by the environment stay).",
+        return ("✅ Reset: these settings and auto-optimize are back to their defaults (values pinned by "
+                "the environment stay; the main API and the models are kept).",
                 *self._controls(), self.manager.settings.auto_optimize_vram)
 
     # -- performance testing ------------------------------------------------------------
@@ -327,10 +330,9 @@ def build_management_tab(manager: FallbackManager, prefix: str = "fallback") -> 
                         **compat.PRIVATE).then(h.vram_status, outputs=vram_outputs, **compat.PRIVATE)
     save.click(h.save_settings, inputs=settings_controls, outputs=[settings_message, *settings_controls],
                api_name="fallback_save_settings")
-    reload_main_api = main_api.bind(manager)
+    main_api.bind(manager, tab)
     reset.click(h.reset_settings, outputs=[settings_message, *settings_controls, auto_optimize],
-                api_name="fallback_reset_settings"
-                ).then(reload_main_api, outputs=[main_api.status, *main_api.controls], **compat.PRIVATE)
+                api_name="fallback_reset_settings")
     run_one.click(h.start_benchmark, inputs=[test_model, prompt, job_id],
                   outputs=[job_id, progress, poll.component], api_name="fallback_benchmark")
     run_all.click(h.start_benchmark_all, inputs=[prompt, job_id], outputs=[job_id, progress, poll.component],

@@ -108,14 +108,16 @@ class FallbackManager:
         self._apply_background()
         return self._settings
 
-    def reset_settings(self) -> FallbackSettings:
-        """Forget every saved setting; arguments and the environment still apply.
+    def reset_settings(self, *, fields: Sequence[str] | None = None) -> FallbackSettings:
+        """Forget every saved setting, or those in ``fields``; arguments and the environment
+        still apply.
 
         Raises:
+            InvalidSettings: a field is unknown; nothing changes then.
             StorageError: the settings file cannot be written; nothing changes then.
         """
         with self._settings_lock:
-            self._settings = self._settings.reset()
+            self._settings = self._settings.reset(fields)
         self._local.forget_ranking()
         self._apply_background()
         return self._settings

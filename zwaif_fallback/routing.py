@@ -30,7 +30,7 @@ from .fit import Compatibility
 from .model_info import ModelInfo
 from .settings import FallbackSettings, validate_field
 
-__all__ = ["Router", "chain_text", "rank_local"]
+__all__ = ["Router", "chain_text", "rank_local", "text_breaker_name"]
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class Router:
                                  read_timeout_s=settings.timeout + 5.0)
                 self._remotes[(url, configured, key, speaks)] = backend
         chosen = model if is_primary else None
-        breaker = self.breaker(f"{url} (text completions)" if raw else url)
+        breaker = self.breaker(text_breaker_name(url) if raw else url)
         # the probe asks as the last chat did: a server such as Ollama refuses unknown models,
         # and reloads a model asked for with another context or keep_alive
         breaker.probe = partial(_answers_a_chat, backend, chosen, settings.timeout, _as_loaded(extra),
@@ -200,6 +200,11 @@ class Router:
             stream = partial(_ignoring, stream, model.name, ignored)
         steps = partial(self._local_steps, model) if self._local_steps is not None else None
         return Target(name=model.name, source="local", stream=stream, guarded=False, notes=steps)
+
+
+def text_breaker_name(url: str) -> str:
+    """The name of the breaker of a server's text completions (its chats' is its URL)."""
+    return f"{url} (text completions)"
 
 
 def chain_text(settings: FallbackSettings) -> str:

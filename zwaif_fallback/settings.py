@@ -12,7 +12,7 @@ import contextvars
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -224,16 +224,23 @@ class FallbackSettings(BaseSettings):
         log.info("saved settings %s to %s", sorted(changes), self.settings_file)
         return type(self)(**self._argument_values())
 
-    def reset(self) -> FallbackSettings:
-        """Forget every saved value (the file keeps keys this version does not know).
+    def reset(self, fields: Sequence[str] | None = None) -> FallbackSettings:
+        """Forget the saved values of ``fields``, or of every field (the file keeps keys this
+        version does not know).
 
         Raises:
+            InvalidSettings: a field is unknown; nothing is written then.
             StorageError: the settings file cannot be written.
         """
+        known = type(self).model_fields
+        unknown = sorted(set(fields or ()) - set(known))
+        if unknown:
+            raise InvalidSettings(_unknown_message(unknown))
+        forgotten = set(known if fields is None else fields)
         stored = read_file_quietly(self.settings_file)
-        kept = {k: v for k, v in stored.items() if k not in type(self).model_fields}
+        kept = {k: v for k, v in stored.items() if k not in forgotten}
         write_atomically(self.settings_file, kept)
-        log.info("reset settings in %s", self.settings_file)
+        log.info("reset %s in %s", "settings" if fields is None else sorted(forgotten), self.settings_file)
         return type(self)(**self._argument_values())
 
     def public_dict(self) -> dict[str, Any]:
