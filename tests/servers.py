@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from zwaif_fallback.server import build_api, listen, serving
+from zwaif_fallback.server import build_api, front, listen, serving
 
 
 def free_port() -> int:
@@ -506,12 +506,12 @@ def serve_settings(root: Path, primary_url: str, **settings: Any) -> Any:
 
 
 class Served:
-    """Our API app (``build_api`` over ``manager``) on a free loopback port, in a uvicorn thread,
-    on the server and socket that ``run`` makes."""
+    """Our API app (``build_api`` over ``manager``, ``front``) on a free loopback port, in a
+    uvicorn thread, on the server and socket that ``run`` makes."""
 
     def __init__(self, manager: Any, api_key: str | None = None) -> None:
         listener = listen("127.0.0.1", 0)
-        self.server = serving(build_api(manager, api_key=api_key))
+        self.server = serving(front(build_api(manager, api_key=api_key)))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [listener]},
                                        daemon=True)
         self.thread.start()

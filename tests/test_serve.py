@@ -35,7 +35,7 @@ from servers import (
     wait_until,
 )
 
-from zwaif_fallback import FallbackManager, InvalidSettings
+from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings
 from zwaif_fallback.server import MAX_BODY_BYTES, check_bind, listen, serving
 
 openai = pytest.importorskip("openai")
@@ -267,6 +267,30 @@ def test_a_key_is_required_when_set(isolated: Path):
         keyed = openai.OpenAI(base_url=served.url + "/v1", api_key="s3cret", max_retries=0)
         assert keyed.chat.completions.create(model="x", messages=ASK, **GEN).choices[0].message.content
         assert httpx.get(served.url + "/health", timeout=10).status_code == 200  # for load balancers
+
+
+@pytest.mark.parametrize("speaks", ["openai", "ollama"])
+def test_a_main_api_url_that_points_at_serve_itself_is_refused_not_looped(isolated: Path, speaks: str):
+    # The UI is on serve's port: its own address is an easy slip for the main API's. Each
+    # chat then went to serve again, thousands of connections, and never came back.
+    defaults = serve_settings(isolated, "").model_dump(include={
+        "timeout", "max_retries", "models_dir", "scan_system_stores", "keep_alive", "preferred_model",
+        "settings_file", "data_dir"})
+    with FallbackManager(FallbackSettings(**defaults), background=False) as manager:
+        served = Served(manager)
+        try:
+            root = served.url if speaks == "ollama" else served.url + "/v1"
+            manager.update_settings(primary_url=root, primary_api=speaks, remote_urls=[served.url + "/v1"])
+            answer = client(served, timeout=60).chat.completions.create(model="x", messages=ASK, **GEN)
+            models = httpx.get(served.url + "/v1/models", timeout=30).json()["data"]
+        finally:
+            served.close()
+    attempts = answer.model_extra["x_fallback"]["attempts"]
+    assert [(a["source"], a["ok"]) for a in attempts] == [
+        ("primary", False), ("remote", False), ("local", True)]
+    assert all("came from this serve itself" in a["error"] for a in attempts[:2]), attempts
+    assert all(a["tries"] == 1 for a in attempts[:2])  # refused at once, not retried
+    assert [m["source"] for m in models] == ["local"]
 
 
 def test_a_network_address_needs_a_key():

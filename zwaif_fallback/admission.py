@@ -2,24 +2,27 @@
 
 A server on an address other than loopback needs an API key (``check_bind``), and each
 request to the API then carries it as a Bearer token (``refusal``). A body is JSON, an
-object, and at most ``MAX_BODY_BYTES`` (``read_body``). What is refused gets OpenAI's
-error object with its status: 401, 413 or 400.
+object, and at most ``MAX_BODY_BYTES`` (``read_body``). A request this process sent itself
+(``looped``: a main API URL pointing back at serve) is refused. What is refused gets
+OpenAI's error object with its status: 401, 413, 400 or 508.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .completions import error_object
 from .errors import InvalidSettings
+from .net import INSTANCE_HEADER, instance_id
 
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "check_bind", "read_body", "refusal"]
+__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "check_bind", "loop_refusal", "looped", "read_body", "refusal"]
 
 API_KEY_ENV = "FALLBACK_API_KEY"
 #: The largest request body taken (413 above it): room for inline base64 images as OpenAI
@@ -57,6 +60,22 @@ def refusal(request: Request, api_key: str | None) -> Response | None:
                    f"the key this server was started with ({API_KEY_ENV})",
         "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}},
         status_code=401)
+
+
+def looped(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request (its ASGI headers) came from this process itself: a main API URL
+    or a remote that points back at serve (``net.own_headers``)."""
+    name, own = INSTANCE_HEADER.lower().encode(), instance_id().encode()
+    return any(key == name and value == own for key, value in headers)
+
+
+def loop_refusal() -> Response:
+    """The 508 response for a request ``looped`` finds."""
+    return _error_response(InvalidSettings(
+        "this request came from this serve itself: the main API URL (primary_url) or a remote "
+        "(remote_urls) points at serve, so each chat would be sent to itself again and again. Set "
+        "it to the server your host used before (Oobabooga: http://127.0.0.1:5000/v1; Ollama: "
+        "http://127.0.0.1:11434)"), 508)
 
 
 async def read_body(request: Request) -> dict[str, Any] | Response:

@@ -1,15 +1,37 @@
-"""Network addresses: which hosts only this machine can reach.
+"""Network addresses: which hosts only this machine can reach, and which requests came
+from this process itself.
 
 The metrics endpoint, the web UI and the OpenAI-compatible server listen on loopback
 unless a person asks otherwise (and, for the UI, sets a login): they all decide with
 ``is_loopback``.
+
+Every request this process sends to a server carries ``INSTANCE_HEADER`` with this
+process's own id (``own_headers``). A main API URL that points back at serve (an easy slip:
+the UI is on serve's port) would otherwise send each chat to itself, and that one again, a
+connection more each time until the sockets run out; serve refuses a request with its own id.
+The id, not the header alone, decides: one serve may still stand in front of another.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import uuid
 
-__all__ = ["is_loopback"]
+__all__ = ["INSTANCE_HEADER", "instance_id", "is_loopback", "own_headers"]
+
+INSTANCE_HEADER = "X-Zwaif-Fallback-Instance"
+
+
+@functools.cache
+def instance_id() -> str:
+    """This process's id, made on first use."""
+    return uuid.uuid4().hex
+
+
+def own_headers() -> dict[str, str]:
+    """The headers every request to a server carries (see the module docstring)."""
+    return {INSTANCE_HEADER: instance_id()}
 
 
 def is_loopback(host: str) -> bool:

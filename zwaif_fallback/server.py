@@ -37,7 +37,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import ollama_api
-from .admission import API_KEY_ENV, MAX_BODY_BYTES, check_bind, read_body, refusal
+from .admission import API_KEY_ENV, MAX_BODY_BYTES, check_bind, loop_refusal, looped, read_body, refusal
 from .backends.base import Cancel
 from .completion_request import parse_request, parse_text_request
 from .completions import ChunkMaker, TextChunks, error_object, status_of, who_answered
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
     from .manager import FallbackManager
 
-__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "build_api", "check_bind", "listen", "run", "serving"]
+__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "build_api", "check_bind", "front", "listen", "run", "serving"]
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,12 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
     return app
 
 
-def _straight_to_the_api(app: Starlette) -> Callable[..., Any]:
-    """``app``, with the API's paths sent straight to their routes. FastAPI's middleware
-    (error pages, exception handlers, body limits) cost a streamed request about a tenth of
-    its CPU, and the API's handlers need none of it: they answer their errors themselves.
-    Everything else (the tabs, lifespan) goes through ``app`` as before."""
+def front(app: Starlette) -> Callable[..., Any]:
+    """``app`` as ``run`` serves it: the API's paths sent straight to their routes, a request
+    from this process itself refused (``admission.looped``). FastAPI's middleware (error
+    pages, exception handlers, body limits) cost a streamed request about a tenth of its CPU,
+    and the API's handlers need none of it: they answer their errors themselves. Everything
+    else (the tabs, lifespan) goes through ``app`` as before."""
     from starlette.routing import Router
 
     routes = app.state.api_routes
@@ -104,7 +105,13 @@ def _straight_to_the_api(app: Starlette) -> Callable[..., Any]:
 
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] in paths:
-            await router(scope, receive, send)
+            if looped(scope["headers"]):
+                refused = loop_refusal()
+                if scope["path"].startswith("/api/"):
+                    refused = _in_ollamas_words(refused)
+                await refused(scope, receive, send)
+            else:
+                await router(scope, receive, send)
         else:
             await app(scope, receive, send)
 
@@ -148,7 +155,7 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
         where += (f"; set the main API under Main API at {tabs} (Management tab) or with FALLBACK_PRIMARY_URL"
                   if mount is not None else "; set the main API with FALLBACK_PRIMARY_URL")
     announce(where)
-    serving(_straight_to_the_api(app), on_shutdown=app.state.stop_chats).run(sockets=[listener])
+    serving(front(app), on_shutdown=app.state.stop_chats).run(sockets=[listener])
 
 
 class _Api:

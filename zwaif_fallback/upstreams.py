@@ -8,6 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .backends.ollama import listed_models, models_url, ollama_root
+from .net import own_headers
 
 if TYPE_CHECKING:
     from .settings import FallbackSettings
@@ -80,4 +81,5 @@ def model_card_of(server: Upstream, name: str) -> dict[str, Any] | None:
 
 
 def _auth(server: Upstream) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}
+    key = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}
+    return {**key, **own_headers()}

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..net import own_headers
 from .base import ALIVE, GenerationParams, TargetFailed, ToolCalls, Usage, raw_prompt
 from .openai import OpenAIBackend
 from .openai_answers import FINISH_REASONS, UNNAMED_MODEL, Lines, read_model_name
@@ -114,7 +115,7 @@ class OllamaBackend(OpenAIBackend):
         answer_format = extra.get("format", _format_of(extra.get("response_format")))
         if answer_format is not None:
             body["format"] = answer_format
-        headers = {"Accept": self.stream_type}
+        headers = {"Accept": self.stream_type, **own_headers()}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return body, headers, min(deadline_s or 10.0, 10.0)
