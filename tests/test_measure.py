@@ -197,6 +197,21 @@ def test_health_sees_a_failing_primary(models_dir):
     assert any("main API" in r for r in report.recommendations)
 
 
+def test_health_weighs_a_host_s_own_api_call_as_the_primary(models_dir):
+    # Z-WAIF embeds the tabs and passes its own API call: it is the primary, not "none"
+    def zwaif_api(messages, **gen):
+        raise ConnectionError("Oobabooga is not running")
+
+    with make(models_dir) as manager:
+        healthy = manager.health().factors["primary"]
+        for _ in range(3):
+            manager.chat([{"role": "user", "content": "hi"}], primary=zwaif_api, max_tokens=2)
+        failing = manager.health().factors["primary"]
+    assert (healthy.score, healthy.detail) == (60, "no primary API configured: every answer is local")
+    assert (failing.score, failing.detail) == (
+        10, "the primary API's circuit breaker is open: it failed repeatedly")
+
+
 @pytest.mark.parametrize("url, api, advised", [
     ("http://127.0.0.1:11434/v1", "openai", True),  # Ollama's /v1: Z-WAIF's options are lost
     ("http://127.0.0.1:11434", "ollama", False),

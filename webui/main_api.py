@@ -20,7 +20,8 @@ from typing import Any
 import gradio as gr
 
 from zwaif_fallback import FallbackError, FallbackManager, FallbackSettings
-from zwaif_fallback.routing import chain_text, text_breaker_name
+from zwaif_fallback.breaker import SEVERITY
+from zwaif_fallback.routing import HOST_PREFIX, chain_text, primary_breakers
 
 from . import compat
 from . import format as fmt
@@ -93,7 +94,7 @@ def main_api_markdown(settings: FallbackSettings, breakers: dict[str, dict[str, 
     each target's, by name (a host's own API call shows there as ``host:<name>``)."""
     line = chain_text(settings)
     line = line[0].upper() + line[1:] + "."
-    calls = sorted(name for name in breakers if name.startswith("host:"))
+    calls = sorted(name for name in breakers if name.startswith(HOST_PREFIX))
     if calls:  # a host that embeds the tabs: its own call is the primary of its chats
         line = (f"This host's own API call ({', '.join(f'`{c}`' for c in calls)}) answers its chats "
                 f"first. Chats without it (serve, Try the fallback): {line[0].lower()}{line[1:]}")
@@ -102,8 +103,8 @@ def main_api_markdown(settings: FallbackSettings, breakers: dict[str, dict[str, 
                 "(Oobabooga: `http://127.0.0.1:5000/v1`; Ollama: `http://127.0.0.1:11434` with Ollama's "
                 "own API) and point the host at serve.")
     # a host may only chat, or only complete text (Z-WAIF's pre-release, alpaca): either breaker
-    chats, texts = breakers.get(settings.primary_url), breakers.get(text_breaker_name(settings.primary_url))
-    breaker = chats if chats and chats.get("state") != "closed" else texts
+    theirs = [breakers[name] for name in primary_breakers(breakers, settings.primary_url)]
+    breaker = max(theirs, key=lambda b: SEVERITY.index(b["state"]), default=None)
     if breaker and breaker.get("state") == "open":
         wait = float(breaker.get("retry_in_s") or 0.0)
         checking = "it is being checked now" if breaker.get("probing") else \

@@ -30,6 +30,8 @@ __all__ = ["BreakerState", "CircuitBreaker"]
 log = logging.getLogger(__name__)
 
 State = Literal["closed", "open", "half_open"]
+#: The states from the best to the worst (where a health report looks at several breakers).
+SEVERITY: tuple[State, ...] = ("closed", "half_open", "open")
 
 
 class BreakerState(Model):

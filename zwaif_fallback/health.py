@@ -308,7 +308,8 @@ def _primary_state(inputs: HealthInputs) -> _Finding:
     if inputs.primary_breaker == "open":
         return _finding("primary", 10, "the primary API's circuit breaker is open: it failed repeatedly",
                         "The main API is failing and skipped for now; check that its server is "
-                        "running and reachable (zwaif-fallback settings shows primary_url).")
+                        "running and reachable (the Management tab's Main API, or zwaif-fallback "
+                        "settings, shows primary_url).")
     if inputs.primary_breaker == "half_open":
         return _finding("primary", 40, "the primary API is being probed after failures")
     primary = [a for a in inputs.recent_attempts if a.get("source") == "primary"]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from .backends.ollama import is_ollamas_v1
 from .bench import BenchmarkResult
+from .breaker import SEVERITY
 from .fit import Compatibility
 from .health import (
     STATS_RUNS,
@@ -26,6 +27,7 @@ from .health import (
     rank_models,
 )
 from .model_info import ModelInfo
+from .routing import primary_breakers
 
 if TYPE_CHECKING:
     from .breaker import BreakerState
@@ -98,15 +100,18 @@ class Optimizer:
         current = self._local.current
         current_fit = self._local.fit(current) if current is not None else None
         primary = self._primary_url()
-        breaker = self._breakers().get(primary) if primary else None
+        breakers = self._breakers()
+        # the worst of the primary's breakers: its chats', its text completions', a host's calls
+        theirs = [breakers[name].state for name in primary_breakers(breakers, primary)]
+        worst = max(theirs, key=SEVERITY.index, default=None)
         store = self._history()
         speeds = [r.gen_tps for r in store.benchmarks_as(BenchmarkResult, current.name, limit=5)
                   if r.ok and r.gen_tps] if current is not None else []
         inputs = HealthInputs(
             status=status, ranking=rank_models(self.candidates()), current=current,
-            current_fit=current_fit, primary_configured=bool(primary),
+            current_fit=current_fit, primary_configured=bool(primary or theirs),
             ollamas_v1_primary=primary if self._primary_api() == "openai" and is_ollamas_v1(primary) else "",
-            primary_breaker=breaker.state if breaker is not None else None,
+            primary_breaker=worst,
             recent_attempts=store.failovers(since_s=RECENT_S), speed_history=speeds,
             vram_margin_mb=self._local.vram_margin_mb())
         if current is not None and current_fit is not None and status.gpus:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -30,7 +30,7 @@ from .fit import Compatibility
 from .model_info import ModelInfo
 from .settings import FallbackSettings, validate_field
 
-__all__ = ["Router", "chain_text", "rank_local", "text_breaker_name"]
+__all__ = ["HOST_PREFIX", "Router", "chain_text", "primary_breakers", "rank_local", "text_breaker_name"]
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ class Router:
             personified = {**extra, "messages": with_persona(extra["messages"], persona)}
         if callable(primary):
             host = HostBackend(primary)
-            servers.append(Target(name=f"host:{host.name}", source="primary", stream=host.stream,
-                                  breaker=self.breaker(f"host:{host.name}"),
+            servers.append(Target(name=HOST_PREFIX + host.name, source="primary", stream=host.stream,
+                                  breaker=self.breaker(HOST_PREFIX + host.name),
                                   on_breaker_open=self._on_primary_down))
         elif primary:
             servers.append(self._remote_target(
@@ -200,6 +200,18 @@ class Router:
             stream = partial(_ignoring, stream, model.name, ignored)
         steps = partial(self._local_steps, model) if self._local_steps is not None else None
         return Target(name=model.name, source="local", stream=stream, guarded=False, notes=steps)
+
+
+#: A host's own API call, passed as the primary, has a breaker named this, then its name.
+HOST_PREFIX = "host:"
+
+
+def primary_breakers(names: Iterable[str], primary_url: str) -> list[str]:
+    """Which of the breakers ``names`` are the primary's: its chats' and text completions'
+    when a URL is set, else those of the host's own API calls (a host that embeds us)."""
+    if primary_url:
+        return [n for n in names if n in (primary_url, text_breaker_name(primary_url))]
+    return [n for n in names if n.startswith(HOST_PREFIX)]
 
 
 def text_breaker_name(url: str) -> str:
