@@ -36,7 +36,9 @@ from servers import (
 )
 
 from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings
+from zwaif_fallback.net import INSTANCE_HEADER
 from zwaif_fallback.server import MAX_BODY_BYTES, check_bind, listen, serving
+from zwaif_fallback.upstreams import Upstream, answers
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -282,7 +284,13 @@ def test_a_main_api_url_that_points_at_serve_itself_is_refused_not_looped(isolat
             root = served.url if speaks == "ollama" else served.url + "/v1"
             manager.update_settings(primary_url=root, primary_api=speaks, remote_urls=[served.url + "/v1"])
             answer = client(served, timeout=60).chat.completions.create(model="x", messages=ASK, **GEN)
+            streamed = [c.choices[0].delta.content or "" for c in client(served, timeout=60).chat.completions
+                        .create(model="x", messages=ASK, stream=True, **GEN) if c.choices]
             models = httpx.get(served.url + "/v1/models", timeout=30).json()["data"]
+            foreign = httpx.get(served.url + "/v1/models", headers={INSTANCE_HEADER: "another-serve"},
+                                timeout=30)
+            # /health asks a server only when no local model could answer: ask as it does
+            reachable = answers(Upstream(url=root, source="primary", api_key="", ollama=speaks == "ollama"))
         finally:
             served.close()
     attempts = answer.model_extra["x_fallback"]["attempts"]
@@ -291,6 +299,8 @@ def test_a_main_api_url_that_points_at_serve_itself_is_refused_not_looped(isolat
     assert all("came from this serve itself" in a["error"] for a in attempts[:2]), attempts
     assert all(a["tries"] == 1 for a in attempts[:2])  # refused at once, not retried
     assert [m["source"] for m in models] == ["local"]
+    assert reachable is False  # the 508 is not a server that answers
+    assert "".join(streamed) and foreign.status_code == 200  # another serve process's id is let in
 
 
 def test_a_network_address_needs_a_key():

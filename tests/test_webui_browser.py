@@ -287,16 +287,18 @@ def test_the_main_api_is_set_in_the_tab_and_a_pinned_url_says_so(page: Page, ser
     expect(page.locator("#fallback-api-status")).to_contain_text(
         f"go to {served.env['FALLBACK_PRIMARY_URL']} (OpenAI-compatible) first, then the local models")
     remote = refused_url()
-    page.locator("#fallback-api-model textarea").fill("qwen2.5")
-    page.locator("#fallback-api-remotes textarea").fill(remote)
-    click(page, "💾 Save Main API")
-    message = page.locator("#fallback-api-message")
-    expect(message).to_contain_text(f"Saved primary_model = qwen2.5, remote_urls = {remote}")
-    settings = served.manager.settings
-    assert (settings.primary_model, settings.remote_urls) == ("qwen2.5", [remote])
-
-    expect(page.locator("#fallback-api-status")).to_contain_text("then 1 more server, then the local models")
-    served.manager.reset_settings(fields=["primary_model", "remote_urls"])  # for the tests after this one
+    try:
+        page.locator("#fallback-api-model textarea").fill("qwen2.5")
+        page.locator("#fallback-api-remotes textarea").fill(remote)
+        click(page, "💾 Save Main API")
+        message = page.locator("#fallback-api-message")
+        expect(message).to_contain_text(f"Saved primary_model = qwen2.5, remote_urls = {remote}")
+        settings = served.manager.settings
+        assert (settings.primary_model, settings.remote_urls) == ("qwen2.5", [remote])
+        status = page.locator("#fallback-api-status")
+        expect(status).to_contain_text("then 1 more server, then the local models")
+    finally:  # for the tests after this one
+        served.manager.reset_settings(fields=["primary_model", "remote_urls"])
 
 
 def test_performance_testing_fills_the_table_and_cancels(page: Page) -> None:

@@ -57,7 +57,7 @@ class MainApiHandlers:
         values: dict[str, Any] = {
             "primary_url": _typed(primary_url), "primary_api": _typed(primary_api) or "openai",
             "primary_model": _typed(primary_model), "characters_dir": _typed(characters_dir),
-            "remote_urls": [u for u in _URL_SEPARATORS.split(_typed(remote_urls)) if u],
+            "remote_urls": [u for u in map(_typed, _URL_SEPARATORS.split(fmt.text(remote_urls))) if u],
         }
         # Only what changed: an unchanged value pinned by the environment must not refuse the rest.
         changes = {f: v for f, v in values.items() if getattr(settings, f) != v}

@@ -98,7 +98,8 @@ class Chats:
         chain = FailoverChain(timeout_s=settings.timeout, max_retries=settings.max_retries,
                               auto_switch=settings.auto_switch, clock=self._clock, cancel=cancel)
         request_extra = dict(extra or {})
-        # a request naming a text-generation-webui character: its persona, for all but the primary
+        # a request naming a text-generation-webui character: its persona, for the local models
+        # here, and for the servers that know no characters (``Router.server_targets``)
         character = persona(request_extra, settings.characters_dir or None) if request_extra and not raw \
             else None
         if character is not None:

@@ -9,24 +9,26 @@ Every request this process sends to a server carries ``INSTANCE_HEADER`` with th
 process's own id (``own_headers``). A main API URL that points back at serve (an easy slip:
 the UI is on serve's port) would otherwise send each chat to itself, and that one again, a
 connection more each time until the sockets run out; serve refuses a request with its own id.
-The id, not the header alone, decides: one serve may still stand in front of another.
+The id, not the header alone, decides: one serve may still stand in front of another
+serve process. A loop through two processes (each the other's main API) is not caught.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import uuid
 
-__all__ = ["INSTANCE_HEADER", "instance_id", "is_loopback", "own_headers"]
+__all__ = ["INSTANCE_HEADER", "LOOP_STATUS", "instance_id", "is_loopback", "own_headers"]
 
 INSTANCE_HEADER = "X-Zwaif-Fallback-Instance"
+#: HTTP's "Loop Detected": what serve answers a request that came from itself
+LOOP_STATUS = 508
+_INSTANCE_ID = uuid.uuid4().hex  # random bits, nothing read: one id for all threads at once
 
 
-@functools.cache
 def instance_id() -> str:
-    """This process's id, made on first use."""
-    return uuid.uuid4().hex
+    """This process's id."""
+    return _INSTANCE_ID
 
 
 def own_headers() -> dict[str, str]:

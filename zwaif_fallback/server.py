@@ -62,7 +62,8 @@ _R = TypeVar("_R")
 
 
 def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starlette:
-    """The OpenAI-compatible routes, ``/health`` and ``/metrics`` as one ASGI app.
+    """The OpenAI-compatible routes, ``/health`` and ``/metrics`` as one ASGI app; serve it
+    through ``front``, as ``run`` does, which also refuses a request from this process itself.
 
     Args:
         manager: answers every request; its settings say where the primary is.

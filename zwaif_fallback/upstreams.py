@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .backends.ollama import listed_models, models_url, ollama_root
-from .net import own_headers
+from .net import LOOP_STATUS, own_headers
 
 if TYPE_CHECKING:
     from .settings import FallbackSettings
@@ -39,14 +39,19 @@ def upstreams(settings: FallbackSettings) -> list[Upstream]:
 
 
 def answers(server: Upstream) -> bool:
-    """Whether a server answers HTTP at all: any status means it is up, if perhaps unwilling."""
+    """Whether a server answers HTTP at all: any status means it is up, if perhaps unwilling,
+    except serve's own refusal of a request that came from itself (``admission.looped``)."""
     import httpx
 
     try:
-        httpx.get(models_url(server.url, ollama=server.ollama), headers=_auth(server),
-                  timeout=MODELS_TIMEOUT_S, trust_env=False)
+        response = httpx.get(models_url(server.url, ollama=server.ollama), headers=_auth(server),
+                             timeout=MODELS_TIMEOUT_S, trust_env=False)
     except httpx.HTTPError as exc:
         log.info("health: %s does not answer: %s", server.url, exc)
+        return False
+    if response.status_code == LOOP_STATUS:
+        log.warning("health: %s is this serve itself: set the main API to the server the host used "
+                    "before", server.url)
         return False
     return True
 
