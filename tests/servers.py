@@ -277,7 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ScriptedServer(_Background):
-    """Streams ``pieces`` for every chat completion; records each request's body.
+    """Streams ``pieces`` for every chat completion; records each request's body and headers.
 
     ``interrupted``: end with ``[DONE]`` and no finish reason, as llama.cpp's server ends an
     answer it stops for a newer request. ``tool_calls`` (``{"id", "name", "arguments"}``
@@ -297,6 +297,7 @@ class ScriptedServer(_Background):
                  finish_reason: str | None = None, chats_only: bool = False, port: int = 0) -> None:
         self.bodies: list[dict[str, object]] = []
         self.paths: list[str] = []
+        self.headers: list[dict[str, str]] = []  # each request's, names lower-cased
         server = self
 
         class Handler(_Handler):
@@ -304,6 +305,7 @@ class ScriptedServer(_Background):
                 body = self._body()
                 server.bodies.append(body)
                 server.paths.append(self.path)
+                server.headers.append({k.lower(): v for k, v in self.headers.items()})
                 if chats_only and self.path.endswith("/v1/completions"):  # as OpenAI's chat models
                     self._send(404, "application/json", b'{"error": {"message": "not a chat model"}}')
                     return

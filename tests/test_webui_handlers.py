@@ -21,7 +21,7 @@ from webui import build_app, compat, launch
 from webui import format as fmt
 from webui.diagnostics import DiagnosticsHandlers
 from webui.health_monitor import HealthHandlers
-from webui.main_api import MainApiHandlers, main_api_markdown
+from webui.main_api import KEY_AT, MainApiHandlers, main_api_markdown
 from webui.management import ManagementHandlers
 from zwaif_fallback import FallbackManager, FallbackSettings, HardwareProbe, InvalidSettings, PortUnavailable
 
@@ -226,7 +226,7 @@ def test_a_value_pinned_by_the_environment_says_so_and_is_refused(
 def test_reset_to_defaults_forgets_the_sections_saved_values_only(manager: FallbackManager) -> None:
     handlers = ManagementHandlers(manager)
     handlers.save_settings(60, 9, False, False)
-    MainApiHandlers(manager).save("http://127.0.0.1:5000/v1", "openai", "", "", "")
+    MainApiHandlers(manager).save("http://127.0.0.1:5000/v1", "openai", "", "", "", "")
     message, timeout, retries, auto_switch, monitoring, auto_optimize = handlers.reset_settings()
     assert message.startswith("✅ Reset") and "the main API and the models are kept" in message
     assert timeout["value"] == 30.0 and retries["value"] == 3 and auto_switch["value"] is True
@@ -244,8 +244,8 @@ def test_the_main_api_set_in_the_ui_answers_the_next_chat(manager: FallbackManag
         status, *controls = handlers.load()
         assert status.startswith("No main API is set: chats go to the local models.")
         assert is_update(controls[0], value="", info="default value")
-        status, message, url, speaks, model, remotes, characters = handlers.save(
-            server.url + "/", "openai", "", f"{down}, \n", "")
+        status, message, url, speaks, model, key, remotes, characters = handlers.save(
+            server.url + "/", "openai", "", "", f"{down}, \n", "")
         answer = manager.chat_completion({"messages": [{"role": "user", "content": "Hello"}]})
     finally:
         server.close()
@@ -260,9 +260,9 @@ def test_the_main_api_set_in_the_ui_answers_the_next_chat(manager: FallbackManag
 
 
 @pytest.mark.parametrize("values, expected", [
-    (("127.0.0.1:5000/v1", "openai", "", "", ""), "must start with http:// or https://"),
-    (("", "openai", "", "http://ok:1/v1, ftp://x", ""), "must start with http:// or https://"),
-    (("", "lmstudio", "", "", ""), "primary_api"),
+    (("127.0.0.1:5000/v1", "openai", "", "k", "", ""), "must start with http:// or https://"),
+    (("", "openai", "", "", "http://ok:1/v1, ftp://x", ""), "must start with http:// or https://"),
+    (("", "lmstudio", "", "", "", ""), "primary_api"),
 ])
 def test_a_bad_main_api_value_is_refused_and_nothing_is_written(
         manager: FallbackManager, values: tuple[str, ...], expected: str) -> None:
@@ -276,18 +276,37 @@ def test_a_bad_main_api_value_is_refused_and_nothing_is_written(
 def test_a_characters_folder_that_does_not_exist_is_refused(manager: FallbackManager, tmp_path: Path) -> None:
     missing = tmp_path / "text-generation-webui"
     with pytest.warns(UserWarning, match="does not exist"):
-        _, message, *_ = MainApiHandlers(manager).save("", "openai", "", "", str(missing))
+        _, message, *_ = MainApiHandlers(manager).save("", "openai", "", "", "", str(missing))
     assert str(missing) in message and saved(manager) == {}
     missing.mkdir()
-    MainApiHandlers(manager).save("", "openai", "", "", f'"{missing}"')  # Windows' "Copy as path"
+    MainApiHandlers(manager).save("", "openai", "", "", "", f'"{missing}"')  # Windows' "Copy as path"
     assert saved(manager) == {"characters_dir": str(missing)}
 
 
+def test_the_api_key_is_saved_kept_and_forgotten_but_never_shown(manager: FallbackManager) -> None:
+    # TabbyAPI, or text-generation-webui started with --api-key, refuse a request without it
+    server, handlers = ScriptedServer(["Hi."]), MainApiHandlers(manager)
+    try:
+        *_, key, _, _ = handlers.save(server.url, "openai", "", "s3cret", "", "")
+        answer = manager.chat_completion({"messages": [{"role": "user", "content": "Hello"}]})
+        _, kept, *_ = handlers.save(server.url, "openai", "", "", "", "")  # blank: keep it
+    finally:
+        server.close()
+    assert answer["x_fallback"]["source"] == "primary"
+    assert server.headers[0]["authorization"] == "Bearer s3cret"
+    assert is_update(key, value="", info="a key is saved: type another to replace it, or forget it")
+    assert kept == "Nothing to save: the values are the saved ones."
+    assert "s3cret" not in repr(handlers.load())
+    _, message, *controls = handlers.forget_key()
+    assert message == "✅ The saved API key is forgotten." and "primary_api_key" not in saved(manager)
+    assert controls[KEY_AT]["info"].startswith("none saved")
+
+
 def test_an_ollama_main_api_without_a_model_is_saved_with_a_warning(manager: FallbackManager) -> None:
-    _, message, *_ = MainApiHandlers(manager).save("http://127.0.0.1:11434", "ollama", "", "", "")
+    _, message, *_ = MainApiHandlers(manager).save("http://127.0.0.1:11434", "ollama", "", "", "", "")
     assert saved(manager) == {"primary_url": "http://127.0.0.1:11434", "primary_api": "ollama"}
     assert "Ollama answers only a request that names one of its models" in message
-    _, message, *_ = MainApiHandlers(manager).save("http://127.0.0.1:11434", "ollama", "llama3", "", "")
+    _, message, *_ = MainApiHandlers(manager).save("http://127.0.0.1:11434", "ollama", "llama3", "", "", "")
     assert message == "✅ Saved primary_model = llama3; the next chat uses it."
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from pydantic import SecretStr
 
 from zwaif_fallback import FallbackError, FallbackManager, FallbackSettings
 from zwaif_fallback.breaker import SEVERITY
@@ -29,8 +30,10 @@ from . import format as fmt
 __all__ = ["MAIN_API_FIELDS", "MainApiHandlers", "MainApiSection", "build_main_api_section",
            "main_api_markdown"]
 
-#: The section's controls, in the order of ``MainApiHandlers.save``'s arguments.
+#: The settings shown as they are, in the order of the section's controls; the API key's
+#: control comes at ``KEY_AT`` among them (``MainApiHandlers.save`` takes them all in order).
 MAIN_API_FIELDS = ("primary_url", "primary_api", "primary_model", "remote_urls", "characters_dir")
+KEY_AT = 3
 API_CHOICES = [("OpenAI-compatible (a /v1 URL: Oobabooga, LM Studio, llama.cpp)", "openai"),
                ("Ollama's own API (its root URL: Z-WAIF's API_TYPE = Ollama)", "ollama")]
 _URL_SEPARATORS = re.compile(r"[,\s]+")
@@ -44,15 +47,16 @@ class MainApiHandlers:
 
     def load(self) -> tuple[Any, ...]:
         """Where the main API stands now, and each control as the settings say (on page load)."""
-        return (self.status(), *fmt.setting_updates(self.manager.settings, MAIN_API_FIELDS))
+        return (self.status(), *self._updates())
 
     def status(self) -> str:
         """Where chats go, and whether they skip the main API now (also when the tab is shown)."""
         return main_api_markdown(self.manager.settings, self.manager.breaker_states())
 
-    def save(self, primary_url: str, primary_api: str, primary_model: str, remote_urls: str,
-             characters_dir: str) -> tuple[Any, ...]:
-        """Save the values that changed; a refused value is explained and nothing is written."""
+    def save(self, primary_url: str, primary_api: str, primary_model: str, api_key: str,
+             remote_urls: str, characters_dir: str) -> tuple[Any, ...]:
+        """Save the values that changed (an empty API key keeps the saved one); a refused value
+        is explained and nothing is written."""
         settings = self.manager.settings
         values: dict[str, Any] = {
             "primary_url": _typed(primary_url), "primary_api": _typed(primary_api) or "openai",
@@ -61,6 +65,9 @@ class MainApiHandlers:
         }
         # Only what changed: an unchanged value pinned by the environment must not refuse the rest.
         changes = {f: v for f, v in values.items() if getattr(settings, f) != v}
+        key = fmt.text(api_key)
+        if key and key != settings.primary_api_key.get_secret_value():
+            changes["primary_api_key"] = key
         folder = changes.get("characters_dir")
         if folder and not Path(folder).expanduser().is_dir():
             message = (f"Not saved: the characters folder {folder} does not exist. Give "
@@ -81,12 +88,27 @@ class MainApiHandlers:
             message += ("  \n⚠️ Ollama answers only a request that names one of its models: a chat "
                         "that names none (Try the fallback, Z-WAIF's Oobabooga mode) is sent as "
                         "\"default\" and refused. Give the model to ask for (`ollama list` names them).")
-        return (self.status(), message, *fmt.setting_updates(settings, MAIN_API_FIELDS))
+        return (self.status(), message, *self._updates())
+
+    def forget_key(self) -> tuple[Any, ...]:
+        """Forget the saved API key (one pinned by the environment stays)."""
+        try:
+            self.manager.reset_settings(fields=["primary_api_key"])
+        except FallbackError as exc:
+            return (self.status(), fmt.failure(exc, "Forgetting the API key"), *self._infos())
+        return (self.status(), "✅ The saved API key is forgotten.", *self._updates())
+
+    def _updates(self) -> list[dict[str, Any]]:
+        """Each control's value and note, in the controls' order; the API key's value is never
+        sent to the page, only whether one is saved."""
+        settings = self.manager.settings
+        updates = fmt.setting_updates(settings, MAIN_API_FIELDS)
+        updates.insert(KEY_AT, gr.update(value="", info=_key_note(settings)))
+        return updates
 
     def _infos(self) -> list[dict[str, Any]]:
         """The controls' notes only: a refused save leaves what the person typed in place."""
-        updates = fmt.setting_updates(self.manager.settings, MAIN_API_FIELDS)
-        return [gr.update(info=u["info"]) for u in updates]
+        return [gr.update(info=u["info"]) for u in self._updates()]
 
 
 def main_api_markdown(settings: FallbackSettings, breakers: dict[str, dict[str, Any]]) -> str:
@@ -116,6 +138,14 @@ def main_api_markdown(settings: FallbackSettings, breakers: dict[str, dict[str, 
     return line
 
 
+def _key_note(settings: FallbackSettings) -> str:
+    if settings.origin("primary_api_key") in ("environment", "argument"):
+        return fmt.setting_updates(settings, ["primary_api_key"])[0]["info"]
+    if settings.primary_api_key.get_secret_value():
+        return "a key is saved: type another to replace it, or forget it"
+    return "none saved (most servers on this PC need none; TabbyAPI and --api-key servers do)"
+
+
 def _typed(value: Any) -> str:
     """A text field's value, without the quotes Windows' "Copy as path" puts around it."""
     return fmt.text(value).strip("\"'").strip()
@@ -124,6 +154,8 @@ def _typed(value: Any) -> str:
 def _shown(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(value) if value else "(none)"
+    if isinstance(value, SecretStr):
+        return "********"
     return str(value) if value != "" else "(empty)"
 
 
@@ -134,6 +166,7 @@ class MainApiSection:
     status: gr.Markdown
     controls: list[gr.components.Component]
     save: gr.Button
+    forget_key: gr.Button
     message: gr.Markdown
 
     def bind(self, manager: FallbackManager, tab: gr.Tab) -> None:
@@ -141,8 +174,9 @@ class MainApiSection:
         h = MainApiHandlers(manager)
         compat.on_page_load(h.load, [self.status, *self.controls])
         tab.select(h.status, outputs=self.status, **compat.PRIVATE)
-        self.save.click(h.save, inputs=self.controls, outputs=[self.status, self.message, *self.controls],
-                        api_name="fallback_save_main_api")
+        outputs = [self.status, self.message, *self.controls]
+        self.save.click(h.save, inputs=self.controls, outputs=outputs, api_name="fallback_save_main_api")
+        self.forget_key.click(h.forget_key, outputs=outputs, **compat.PRIVATE)
 
 
 def build_main_api_section(eid: Callable[[str], str]) -> MainApiSection:
@@ -157,12 +191,16 @@ def build_main_api_section(eid: Callable[[str], str]) -> MainApiSection:
         model = gr.Textbox(label="Model to ask it for (blank: the one the host names)", scale=1,
                            elem_id=eid("api-model"))
     with gr.Row():
+        key = gr.Textbox(label="Its API key (blank: keep the saved one)", type="password", scale=1,
+                         elem_id=eid("api-key"))
         remotes = gr.Textbox(label="More servers to try before a local model (comma-separated URLs)",
                              placeholder="http://192.168.1.20:1234/v1", scale=1, elem_id=eid("api-remotes"))
         characters = gr.Textbox(label="text-generation-webui's folder (the characters a host names)",
                                 placeholder="C:/text-generation-webui", scale=1,
                                 elem_id=eid("api-characters"))
-    save = gr.Button("💾 Save Main API", variant="primary", elem_id=eid("api-save"))
+    with gr.Row():
+        save = gr.Button("💾 Save Main API", variant="primary", scale=3, elem_id=eid("api-save"))
+        forget_key = gr.Button("Forget the API key", scale=1, elem_id=eid("api-forget-key"))
     message = gr.Markdown(elem_id=eid("api-message"))
-    return MainApiSection(status=status, controls=[url, speaks, model, remotes, characters], save=save,
-                          message=message)
+    return MainApiSection(status=status, controls=[url, speaks, model, key, remotes, characters], save=save,
+                          forget_key=forget_key, message=message)
