@@ -206,10 +206,28 @@ def test_health_weighs_a_host_s_own_api_call_as_the_primary(models_dir):
         healthy = manager.health().factors["primary"]
         for _ in range(3):
             manager.chat([{"role": "user", "content": "hi"}], primary=zwaif_api, max_tokens=2)
-        failing = manager.health().factors["primary"]
+        report = manager.health()
+    failing = report.factors["primary"]
     assert (healthy.score, healthy.detail) == (60, "no primary API configured: every answer is local")
     assert (failing.score, failing.detail) == (
         10, "the primary API's circuit breaker is open: it failed repeatedly")
+    assert any(r.startswith("The host's own API call (host:test_health") for r in report.recommendations)
+
+
+def test_health_weighs_the_host_call_the_latest_chat_used(models_dir):
+    # a host that moved from a failing call to another one is healthy again
+    def failing(messages, **gen):
+        raise ConnectionError("down")
+
+    def working(messages, **gen):
+        return "Hi."
+
+    with make(models_dir, primary_url="http://127.0.0.1:9/v1") as manager:
+        for _ in range(3):
+            manager.chat([{"role": "user", "content": "hi"}], primary=failing, max_tokens=2)
+        assert manager.health().factors["primary"].score == 10
+        assert manager.chat([{"role": "user", "content": "hi"}], primary=working).source == "primary"
+        assert "circuit breaker is open" not in manager.health().factors["primary"].detail
 
 
 @pytest.mark.parametrize("url, api, advised", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
@@ -21,7 +22,7 @@ from webui import build_app, compat, launch
 from webui import format as fmt
 from webui.diagnostics import DiagnosticsHandlers
 from webui.health_monitor import HealthHandlers
-from webui.main_api import KEY_AT, MainApiHandlers, main_api_markdown
+from webui.main_api import KEY_AT, MainApiHandlers, build_main_api_section, main_api_markdown
 from webui.management import ManagementHandlers
 from zwaif_fallback import FallbackManager, FallbackSettings, HardwareProbe, InvalidSettings, PortUnavailable
 
@@ -302,6 +303,44 @@ def test_the_api_key_is_saved_kept_and_forgotten_but_never_shown(manager: Fallba
     assert controls[KEY_AT]["info"].startswith("none saved")
 
 
+def test_a_saved_key_is_not_sent_to_another_server(manager: FallbackManager) -> None:
+    handlers = MainApiHandlers(manager)
+    handlers.save("http://127.0.0.1:5000/v1", "openai", "", ' "s3cret" ', "", "")  # quotes, spaces
+    assert manager.settings.primary_api_key.get_secret_value() == "s3cret"
+    handlers.save("http://127.0.0.1:5000/v1/", "openai", "m", "", "", "")  # the same server
+    assert manager.settings.primary_api_key.get_secret_value() == "s3cret"
+    _, message, *_ = handlers.save("http://192.168.1.20:5000/v1", "openai", "m", "", "", "")
+    assert "primary_api_key = (none)" in message and "it is forgotten" in message
+    assert manager.settings.primary_api_key.get_secret_value() == ""
+
+
+def test_a_key_pinned_by_the_environment_is_neither_replaced_nor_forgotten(
+        tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FALLBACK_PRIMARY_API_KEY", "envkey")
+    with make_manager(tmp_path, models_dir) as manager:
+        handlers = MainApiHandlers(manager)
+        _, *controls = handlers.load()
+        key = controls[KEY_AT]
+        assert key["interactive"] is False and "FALLBACK_PRIMARY_API_KEY" in key["info"]
+        _, message, *_ = handlers.save("http://127.0.0.1:5000/v1", "openai", "", "typed", "", "")
+        assert saved(manager) == {"primary_url": "http://127.0.0.1:5000/v1"}  # the URL is saved anyway
+        assert "The API key typed is not saved: FALLBACK_PRIMARY_API_KEY sets the one in use" in message
+        _, message, *_ = handlers.forget_key()
+        assert "set by FALLBACK_PRIMARY_API_KEY" in message
+        assert manager.settings.primary_api_key.get_secret_value() == "envkey"
+
+
+def test_the_controls_are_in_the_order_save_takes_them() -> None:
+    # a drift would validate the typed key as a URL list, and echo it in the error
+    with gr.Blocks():
+        section = build_main_api_section(lambda name: name)
+    assert [c.elem_id for c in section.controls] == [
+        "api-url", "api-speaks", "api-model", "api-key", "api-remotes", "api-characters"]
+    assert section.controls[KEY_AT].type == "password"
+    assert list(inspect.signature(MainApiHandlers.save).parameters)[1:] == [
+        "primary_url", "primary_api", "primary_model", "api_key", "remote_urls", "characters_dir"]
+
+
 def test_an_ollama_main_api_without_a_model_is_saved_with_a_warning(manager: FallbackManager) -> None:
     _, message, *_ = MainApiHandlers(manager).save("http://127.0.0.1:11434", "ollama", "", "", "", "")
     assert saved(manager) == {"primary_url": "http://127.0.0.1:11434", "primary_api": "ollama"}
@@ -316,8 +355,15 @@ def test_the_main_api_status_says_when_chats_skip_it() -> None:
     assert main_api_markdown(settings, {}) == (
         "Chats go to http://127.0.0.1:5000/v1 (Ollama's own API) first, then the local models.")
     said = main_api_markdown(settings, {settings.primary_url: open_})
-    assert "failed 3 times in a row" in said and "tried again in 42 s" in said
+    assert said.endswith("  \nThe main API 🔴 failed 3 times in a row: chats skip it and the fallback "
+                         "answers; it is tried again in 42 s.")
     assert "checked now" in main_api_markdown(settings, {settings.primary_url: {**open_, "probing": True}})
+    # Z-WAIF's pre-release may only complete text: that circuit counts too
+    texts = main_api_markdown(settings, {settings.primary_url: {**open_, "state": "closed"},
+                                         f"{settings.primary_url} (text completions)": open_})
+    assert "failed 3 times in a row" in texts
+    host = main_api_markdown(settings, {"host:api_call": open_})
+    assert host.startswith("This host's own API call (`host:api_call`: 🔴 failed 3 times in a row")
 
 
 def test_a_host_s_own_api_call_is_named_as_what_answers_first(manager: FallbackManager) -> None:

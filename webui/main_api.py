@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import gradio as gr
 from pydantic import SecretStr
@@ -34,6 +35,8 @@ __all__ = ["MAIN_API_FIELDS", "MainApiHandlers", "MainApiSection", "build_main_a
 #: control comes at ``KEY_AT`` among them (``MainApiHandlers.save`` takes them all in order).
 MAIN_API_FIELDS = ("primary_url", "primary_api", "primary_model", "remote_urls", "characters_dir")
 KEY_AT = 3
+#: where a setting comes from when the page cannot change it
+PINNED = ("environment", "argument")
 API_CHOICES = [("OpenAI-compatible (a /v1 URL: Oobabooga, LM Studio, llama.cpp)", "openai"),
                ("Ollama's own API (its root URL: Z-WAIF's API_TYPE = Ollama)", "ollama")]
 _URL_SEPARATORS = re.compile(r"[,\s]+")
@@ -65,9 +68,15 @@ class MainApiHandlers:
         }
         # Only what changed: an unchanged value pinned by the environment must not refuse the rest.
         changes = {f: v for f, v in values.items() if getattr(settings, f) != v}
-        key = fmt.text(api_key)
-        if key and key != settings.primary_api_key.get_secret_value():
+        key, saved_key = _typed(api_key), settings.primary_api_key.get_secret_value()
+        key_pinned = settings.origin("primary_api_key") in PINNED
+        if key and key != saved_key and not key_pinned:
             changes["primary_api_key"] = key
+        # a saved key goes with its server: never to another one the key was not given for
+        drop_key = bool(not key and saved_key and not key_pinned and "primary_url" in changes
+                        and _server(changes["primary_url"]) != _server(settings.primary_url))
+        if drop_key:
+            changes["primary_api_key"] = ""
         folder = changes.get("characters_dir")
         if folder and not Path(folder).expanduser().is_dir():
             message = (f"Not saved: the characters folder {folder} does not exist. Give "
@@ -84,6 +93,12 @@ class MainApiHandlers:
         settings = self.manager.settings
         message = "✅ Saved " + ", ".join(f"{f} = {_shown(getattr(settings, f))}" for f in changes) + \
             "; the next chat uses it."
+        if drop_key:
+            message += ("  \nThe saved API key was for the server before: it is forgotten, so that it "
+                        "is not sent to this one. Type this server's key if it needs one.")
+        if key and key_pinned:
+            message += (f"  \nThe API key typed is not saved: {settings.env_name('primary_api_key')} sets "
+                        "the one in use.")
         if settings.primary_url and settings.primary_api == "ollama" and not settings.primary_model:
             message += ("  \n⚠️ Ollama answers only a request that names one of its models: a chat "
                         "that names none (Try the fallback, Z-WAIF's Oobabooga mode) is sent as "
@@ -92,6 +107,10 @@ class MainApiHandlers:
 
     def forget_key(self) -> tuple[Any, ...]:
         """Forget the saved API key (one pinned by the environment stays)."""
+        settings = self.manager.settings
+        if settings.origin("primary_api_key") in PINNED:
+            return (self.status(), f"The API key in use is set by {settings.env_name('primary_api_key')} "
+                    "(or the host program), not saved here: unset it to change it.", *self._updates())
         try:
             self.manager.reset_settings(fields=["primary_api_key"])
         except FallbackError as exc:
@@ -103,7 +122,8 @@ class MainApiHandlers:
         sent to the page, only whether one is saved."""
         settings = self.manager.settings
         updates = fmt.setting_updates(settings, MAIN_API_FIELDS)
-        updates.insert(KEY_AT, gr.update(value="", info=_key_note(settings)))
+        pinned = settings.origin("primary_api_key") in PINNED
+        updates.insert(KEY_AT, gr.update(value="", info=_key_note(settings), interactive=not pinned))
         return updates
 
     def _infos(self) -> list[dict[str, Any]]:
@@ -118,32 +138,45 @@ def main_api_markdown(settings: FallbackSettings, breakers: dict[str, dict[str, 
     line = line[0].upper() + line[1:] + "."
     calls = sorted(name for name in breakers if name.startswith(HOST_PREFIX))
     if calls:  # a host that embeds the tabs: its own call is the primary of its chats
-        line = (f"This host's own API call ({', '.join(f'`{c}`' for c in calls)}) answers its chats "
-                f"first. Chats without it (serve, Try the fallback): {line[0].lower()}{line[1:]}")
+        named = ", ".join(f"`{c}`" + (f": {_trouble(breakers[c])}" if _trouble(breakers[c]) else "")
+                          for c in calls)
+        line = (f"This host's own API call ({named}) answers its chats first. Chats without it "
+                f"(serve, Try the fallback): {line[0].lower()}{line[1:]}")
     if not settings.primary_url:
         return (f"{line} To run serve in front of your main API, give the URL the host used before "
                 "(Oobabooga: `http://127.0.0.1:5000/v1`; Ollama: `http://127.0.0.1:11434` with Ollama's "
                 "own API) and point the host at serve.")
     # a host may only chat, or only complete text (Z-WAIF's pre-release, alpaca): either breaker
     theirs = [breakers[name] for name in primary_breakers(breakers, settings.primary_url)]
-    breaker = max(theirs, key=lambda b: SEVERITY.index(b["state"]), default=None)
-    if breaker and breaker.get("state") == "open":
-        wait = float(breaker.get("retry_in_s") or 0.0)
+    worst = max(theirs, key=lambda b: SEVERITY.index(b["state"]), default=None)
+    trouble = _trouble(worst) if worst else ""
+    return f"{line}  \nThe main API {trouble}" if trouble else line
+
+
+def _trouble(breaker: dict[str, Any]) -> str:
+    """What a breaker's state means for the chats, or "" when its target answers."""
+    if breaker.get("state") == "open":
         checking = "it is being checked now" if breaker.get("probing") else \
-            f"it is tried again in {wait:.0f} s"
-        line += (f"  \n🔴 It failed {breaker.get('failures', 0)} times in a row: chats skip it and the "
-                 f"fallback answers; {checking}.")
-    elif breaker and breaker.get("state") == "half_open":
-        line += "  \n🟡 It failed before: the next chat tries it again."
-    return line
+            f"it is tried again in {float(breaker.get('retry_in_s') or 0.0):.0f} s"
+        return (f"🔴 failed {breaker.get('failures', 0)} times in a row: chats skip it and the fallback "
+                f"answers; {checking}.")
+    if breaker.get("state") == "half_open":
+        return "🟡 failed before: the next chat tries it again."
+    return ""
 
 
 def _key_note(settings: FallbackSettings) -> str:
-    if settings.origin("primary_api_key") in ("environment", "argument"):
+    if settings.origin("primary_api_key") in PINNED:
         return fmt.setting_updates(settings, ["primary_api_key"])[0]["info"]
     if settings.primary_api_key.get_secret_value():
         return "a key is saved: type another to replace it, or forget it"
     return "none saved (most servers on this PC need none; TabbyAPI and --api-key servers do)"
+
+
+def _server(url: str) -> tuple[str, str]:
+    """A URL's scheme and host:port: whom a key would be sent to."""
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def _typed(value: Any) -> str:
@@ -155,7 +188,7 @@ def _shown(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(value) if value else "(none)"
     if isinstance(value, SecretStr):
-        return "********"
+        return "********" if value.get_secret_value() else "(none)"
     return str(value) if value != "" else "(empty)"
 
 

@@ -37,6 +37,7 @@ from .fit import Compatibility
 from .hardware import SystemStatus
 from .model_info import ModelInfo
 from .monitor import MetricSummary, Sample, summarize
+from .routing import HOST_PREFIX
 from .units import gib, size_text
 
 __all__ = [
@@ -155,6 +156,7 @@ class HealthInputs:
     current_fit: Compatibility | None
     primary_configured: bool
     primary_breaker: str | None  # "closed" | "half_open" | "open" | None
+    primary_name: str = ""  # its URL, or ``host:<name>`` for a host's own API call
     ollamas_v1_primary: str = ""  # the primary's URL when it is Ollama's /v1 (``is_ollamas_v1``)
     recent_attempts: list[dict[str, Any]] = field(default_factory=list)  # the last hour
     speed_history: list[float] = field(default_factory=list)  # current model's gen_tps, newest first
@@ -306,10 +308,13 @@ def _primary_state(inputs: HealthInputs) -> _Finding:
     if not inputs.primary_configured:
         return _finding("primary", 60, "no primary API configured: every answer is local")
     if inputs.primary_breaker == "open":
+        where = (f"the host's own API call ({inputs.primary_name}) is failing and skipped for now; check "
+                 "the LLM server the host talks to (Oobabooga, Ollama): is it running and reachable?"
+                 if inputs.primary_name.startswith(HOST_PREFIX) else
+                 "The main API is failing and skipped for now; check that its server is running and "
+                 "reachable (the Management tab's Main API, or zwaif-fallback settings, shows primary_url).")
         return _finding("primary", 10, "the primary API's circuit breaker is open: it failed repeatedly",
-                        "The main API is failing and skipped for now; check that its server is "
-                        "running and reachable (the Management tab's Main API, or zwaif-fallback "
-                        "settings, shows primary_url).")
+                        where[0].upper() + where[1:])
     if inputs.primary_breaker == "half_open":
         return _finding("primary", 40, "the primary API is being probed after failures")
     primary = [a for a in inputs.recent_attempts if a.get("source") == "primary"]

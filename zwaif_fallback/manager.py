@@ -78,6 +78,7 @@ class FallbackManager:
                             clock=clock)
         self._measuring = Measuring(local=self._local, probe=self._probe, settings=lambda: self._settings,
                                     breakers=self._router.breaker_states, switch=self.switch_model,
+                                    host_call=lambda: self._router.host_call,
                                     clock=clock)
         self._pulls = Pulls(settings=lambda: self._settings,
                             on_pulled=lambda: self.discover_models(refresh=True))

@@ -37,6 +37,7 @@ class Measuring:
         probe: the hardware probe (samples, the machine now, each process's VRAM).
         settings: the settings now (data_dir, the primary, what runs in the background).
         breakers: each target's circuit breaker.
+        host_call: the host's own API call, when it was the latest chat's primary.
         switch: makes a model current by name, and saves it as preferred (the optimizer's).
         clock: seconds, for telemetry.
     """
@@ -44,11 +45,13 @@ class Measuring:
     def __init__(self, *, local: LocalModels, probe: HardwareProbe,
                  settings: Callable[[], FallbackSettings],
                  breakers: Callable[[], dict[str, BreakerState]], switch: Callable[[str], ModelInfo],
+                 host_call: Callable[[], str | None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._local = local
         self._probe = probe
         self._settings = settings
         self._breakers = breakers
+        self._host_call = host_call
         self._switch = switch
         self._clock = clock
         self._telemetry: Telemetry | None = None
@@ -79,7 +82,7 @@ class Measuring:
             local=self._local, switch=self._switch, history=lambda: self.telemetry.store,
             status=self._probe.status, breakers=self._breakers,
             primary_url=lambda: self._settings().primary_url,
-            primary_api=lambda: self._settings().primary_api,
+            primary_api=lambda: self._settings().primary_api, host_call=self._host_call,
             samples=lambda: self.telemetry.background_samples()))
 
     def run_background(self) -> None:

@@ -52,13 +52,16 @@ class Optimizer:
         history: the store of benchmarks and failover attempts.
         status: the machine now. breakers: each target's circuit breaker.
         primary_url: the configured primary, "" for none; primary_api: what it speaks.
+        host_call: the breaker name of the host's own API call, when it was the latest chat's
+            primary (``Router.host_call``).
         samples: the background sampler's samples.
     """
 
     def __init__(self, *, local: LocalModels, switch: Callable[[str], ModelInfo],
                  history: Callable[[], Store], status: Callable[[], SystemStatus],
                  breakers: Callable[[], dict[str, BreakerState]], primary_url: Callable[[], str],
-                 samples: Callable[[], list[Sample]], primary_api: Callable[[], str]) -> None:
+                 samples: Callable[[], list[Sample]], primary_api: Callable[[], str],
+                 host_call: Callable[[], str | None] = lambda: None) -> None:
         self._local = local
         self._switch = switch
         self._history = history
@@ -66,6 +69,7 @@ class Optimizer:
         self._breakers = breakers
         self._primary_url = primary_url
         self._primary_api = primary_api
+        self._host_call = host_call
         self._samples = samples
         self._lock = threading.Lock()
         self._watcher_stop: threading.Event | None = None
@@ -99,17 +103,18 @@ class Optimizer:
         status = self._status()
         current = self._local.current
         current_fit = self._local.fit(current) if current is not None else None
-        primary = self._primary_url()
+        primary, host_call = self._primary_url(), self._host_call()
         breakers = self._breakers()
-        # the worst of the primary's breakers: its chats', its text completions', a host's calls
-        theirs = [breakers[name].state for name in primary_breakers(breakers, primary)]
+        # the worst of the primary's breakers: a host's own call, or the URL's chats and texts
+        theirs = [breakers[name].state for name in primary_breakers(breakers, primary, host_call)]
         worst = max(theirs, key=SEVERITY.index, default=None)
         store = self._history()
         speeds = [r.gen_tps for r in store.benchmarks_as(BenchmarkResult, current.name, limit=5)
                   if r.ok and r.gen_tps] if current is not None else []
         inputs = HealthInputs(
             status=status, ranking=rank_models(self.candidates()), current=current,
-            current_fit=current_fit, primary_configured=bool(primary or theirs),
+            current_fit=current_fit, primary_configured=bool(primary or host_call),
+            primary_name=host_call or primary,
             ollamas_v1_primary=primary if self._primary_api() == "openai" and is_ollamas_v1(primary) else "",
             primary_breaker=worst,
             recent_attempts=store.failovers(since_s=RECENT_S), speed_history=speeds,

@@ -70,6 +70,13 @@ class Router:
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._remotes: dict[tuple[str, str, str, type[OpenAIBackend]], OpenAIBackend] = {}
+        self._host_call: str | None = None  # the latest chat's primary, when a host's own call
+
+    @property
+    def host_call(self) -> str | None:
+        """The breaker name of the host's own API call that was the latest chat's primary, or
+        None when that chat's primary was a URL, or none."""
+        return self._host_call
 
     def targets(self, settings: FallbackSettings, primary: Primary, *,
                 model: str | None = None,
@@ -106,8 +113,10 @@ class Router:
         personified = extra
         if persona is not None and isinstance(extra.get("messages"), list):
             personified = {**extra, "messages": with_persona(extra["messages"], persona)}
+        self._host_call = None
         if callable(primary):
             host = HostBackend(primary)
+            self._host_call = HOST_PREFIX + host.name
             servers.append(Target(name=HOST_PREFIX + host.name, source="primary", stream=host.stream,
                                   breaker=self.breaker(HOST_PREFIX + host.name),
                                   on_breaker_open=self._on_primary_down))
@@ -206,12 +215,13 @@ class Router:
 HOST_PREFIX = "host:"
 
 
-def primary_breakers(names: Iterable[str], primary_url: str) -> list[str]:
-    """Which of the breakers ``names`` are the primary's: its chats' and text completions'
-    when a URL is set, else those of the host's own API calls (a host that embeds us)."""
-    if primary_url:
-        return [n for n in names if n in (primary_url, text_breaker_name(primary_url))]
-    return [n for n in names if n.startswith(HOST_PREFIX)]
+def primary_breakers(names: Iterable[str], primary_url: str, host_call: str | None = None) -> list[str]:
+    """Which of the breakers ``names`` are the primary's: the host's own API call when that
+    was the latest chat's primary (``Router.host_call``: a host that embeds us), else the
+    URL's, its chats' and its text completions'."""
+    if host_call:
+        return [n for n in names if n == host_call]
+    return [n for n in names if primary_url and n in (primary_url, text_breaker_name(primary_url))]
 
 
 def text_breaker_name(url: str) -> str:
