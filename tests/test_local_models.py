@@ -175,8 +175,15 @@ def test_a_text_completion_is_the_prompt_continued_without_the_chat_template(iso
     with FallbackManager(settings) as manager:
         manager.switch_model(local, persist=False)
         text = manager.text_completion({"prompt": "hello world", **GEN})
+        streamed = list(manager.stream_text_completion({"prompt": "hello world", **GEN}))
+        refused = list(manager.stream_text_completion({"prompt": ["two", "prompts"]}))
         chat = manager.chat_completion({"messages": ask("hello world"), **GEN})
     assert (text["object"], text["model"]) == ("text_completion", local)
+    # streamed, the same continuation, in text_completion chunks
+    assert {c["object"] for c in streamed} == {"text_completion"}
+    assert "".join(c["choices"][0]["text"] for c in streamed) == text["choices"][0]["text"]
+    assert streamed[-1]["choices"][0]["finish_reason"] == text["choices"][0]["finish_reason"]
+    assert [r["error"]["param"] for r in refused] == ["prompt"]  # one error object, never a raise
     assert text["choices"][0]["text"] and text["choices"][0]["finish_reason"] in ("stop", "length")
     # "hello world" and a BOS, where the chat template wraps it in its turn markers
     assert 1 < text["usage"]["prompt_tokens"] < chat["usage"]["prompt_tokens"]

@@ -39,7 +39,7 @@ from .results import Attempt, ChatResult
 # tests import them from here too
 __all__ = ["DONE_EVENT", "Answer", "BadRequestField", "ChunkMaker", "CompletionRequest", "TextChunks",
            "chat_completion", "error_object", "event", "fallback_info", "parse_request", "parse_text_request",
-           "status_of", "stream_chat_completion", "text_completion", "who_answered"]
+           "status_of", "stream_chat_completion", "stream_text_completion", "text_completion", "who_answered"]
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,28 @@ def stream_chat_completion(answer: Answer, request: Any,
     except InvalidSettings as exc:
         yield error_object(exc)
         return
+    yield from _stream(answer, checked, ChunkMaker(checked.include_usage, oobabooga=checked.oobabooga),
+                       cancel)
+
+
+def stream_text_completion(answer: Answer, request: Any,
+                           cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+    """``stream_chat_completion`` for a text completion (``parse_text_request``): its chunks
+    as OpenAI streams ``/v1/completions`` (``TextChunks``); never raises."""
+    try:
+        checked = parse_text_request(request)
+    except InvalidSettings as exc:
+        yield error_object(exc)
+        return
+    yield from _stream(answer, checked, TextChunks(checked.include_usage), cancel)
+
+
+def _stream(answer: Answer, checked: CompletionRequest, chunks: ChunkMaker,
+            cancel: threading.Event | None) -> Iterator[dict[str, Any]]:
     results: list[ChatResult] = []
-    chunks = ChunkMaker(checked.include_usage, oobabooga=checked.oobabooga)
     try:
         pieces = answer(checked.messages, None, checked.model, checked.gen, results.append, cancel,
-                        extra=checked.extra)
+                        extra=checked.extra, **({"raw": True} if checked.raw else {}))
     except Exception as exc:
         yield chunks.failure(exc)
         return

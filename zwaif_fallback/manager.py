@@ -339,6 +339,12 @@ class FallbackManager:
         chat template. Returns a ``text_completion`` dict, or an error object; never raises."""
         return completions.text_completion(self._chats.answer, request, cancel)
 
+    def stream_text_completion(self, request: dict[str, Any], *,
+                               cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+        """``stream_chat_completion`` for a text completion (as ``text_completion`` takes it):
+        ``text_completion`` chunks, each choice's ``text``, as OpenAI streams them; never raises."""
+        return completions.stream_text_completion(self._chats.answer, request, cancel)
+
     def stream_chat_completion(self, request: dict[str, Any], *,
                                cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
         """Answer as OpenAI ``chat.completion.chunk`` dicts; never raises.
