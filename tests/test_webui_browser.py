@@ -297,6 +297,11 @@ def test_the_main_api_is_set_in_the_tab_and_a_pinned_url_says_so(page: Page, ser
         assert (settings.primary_model, settings.remote_urls) == ("qwen2.5", [remote])
         status = page.locator("#fallback-api-status")
         expect(status).to_contain_text("then 1 more server, then the local models")
+        # the page's own address is serve (or the tabs): a chat sent there would come back
+        page.locator("#fallback-api-remotes textarea").fill(served.url + "/v1")
+        click(page, "💾 Save Main API")
+        expect(message).to_contain_text("is this page's own address")
+        assert served.manager.settings.remote_urls == [remote]
     finally:  # for the tests after this one
         served.manager.reset_settings(fields=["primary_model", "remote_urls"])
 

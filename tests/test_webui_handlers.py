@@ -330,6 +330,21 @@ def test_a_key_pinned_by_the_environment_is_neither_replaced_nor_forgotten(
         assert manager.settings.primary_api_key.get_secret_value() == "envkey"
 
 
+@pytest.mark.parametrize("url, remotes", [
+    ("http://localhost:5001/v1", ""), ("http://127.0.0.1:5001", ""),  # the tabs are on serve's port
+    ("http://127.0.0.1:5000/v1", "http://[::1]:5001/v1"),
+])
+def test_the_page_s_own_address_is_refused_as_a_server(manager: FallbackManager, url: str,
+                                                       remotes: str) -> None:
+    with pytest.warns(UserWarning, match="is this page's own address"):
+        _, message, *_ = MainApiHandlers(manager).save(url, "openai", "", "", remotes, "",
+                                                       page_host="127.0.0.1:5001")
+    assert "Not saved" in message and saved(manager) == {}
+    MainApiHandlers(manager).save("http://127.0.0.1:5000/v1", "openai", "", "", "", "",
+                                  page_host="127.0.0.1:5001")
+    assert saved(manager) == {"primary_url": "http://127.0.0.1:5000/v1"}
+
+
 def test_the_controls_are_in_the_order_save_takes_them() -> None:
     # a drift would validate the typed key as a URL list, and echo it in the error
     with gr.Blocks():
@@ -337,7 +352,9 @@ def test_the_controls_are_in_the_order_save_takes_them() -> None:
     assert [c.elem_id for c in section.controls] == [
         "api-url", "api-speaks", "api-model", "api-key", "api-remotes", "api-characters"]
     assert section.controls[KEY_AT].type == "password"
-    assert list(inspect.signature(MainApiHandlers.save).parameters)[1:] == [
+    positional = [p.name for p in inspect.signature(MainApiHandlers.save).parameters.values()
+                  if p.kind == p.POSITIONAL_OR_KEYWORD]
+    assert positional[1:] == [
         "primary_url", "primary_api", "primary_model", "api_key", "remote_urls", "characters_dir"]
 
 

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from zwaif_fallback import FallbackError, FallbackManager, FallbackSettings
 from zwaif_fallback.breaker import SEVERITY
+from zwaif_fallback.net import is_loopback
 from zwaif_fallback.routing import HOST_PREFIX, chain_text, primary_breakers
 
 from . import compat
@@ -57,9 +58,10 @@ class MainApiHandlers:
         return main_api_markdown(self.manager.settings, self.manager.breaker_states())
 
     def save(self, primary_url: str, primary_api: str, primary_model: str, api_key: str,
-             remote_urls: str, characters_dir: str) -> tuple[Any, ...]:
+             remote_urls: str, characters_dir: str, *, page_host: str | None = None) -> tuple[Any, ...]:
         """Save the values that changed (an empty API key keeps the saved one); a refused value
-        is explained and nothing is written."""
+        is explained and nothing is written. ``page_host``: the host:port the page was loaded
+        from, which no server may be (it is serve itself, or the tabs alone)."""
         settings = self.manager.settings
         values: dict[str, Any] = {
             "primary_url": _typed(primary_url), "primary_api": _typed(primary_api) or "openai",
@@ -77,6 +79,14 @@ class MainApiHandlers:
                         and _server(changes["primary_url"]) != _server(settings.primary_url))
         if drop_key:
             changes["primary_api_key"] = ""
+        own = [u for u in [changes.get("primary_url", ""), *changes.get("remote_urls", [])]
+               if page_host and u and _same_server(u, page_host)]
+        if own:
+            message = (f"Not saved: {own[0]} is this page's own address, so each chat would be sent back "
+                       "here. Give the server your host used before (Oobabooga: http://127.0.0.1:5000/v1; "
+                       "Ollama: http://127.0.0.1:11434), and point the host at this address instead.")
+            gr.Warning(message)
+            return (self.status(), f"❌ {message}", *self._infos())
         folder = changes.get("characters_dir")
         if folder and not Path(folder).expanduser().is_dir():
             message = (f"Not saved: the characters folder {folder} does not exist. Give "
@@ -179,6 +189,20 @@ def _server(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc.lower()
 
 
+def _same_server(url: str, page_host: str) -> bool:
+    """Whether ``url`` is the server at ``page_host`` (a Host header): the same port, and the
+    same host or loopback both ("localhost" and "127.0.0.1" are one machine)."""
+    parts, page = urlsplit(url), urlsplit(f"//{page_host}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        page_port = page.port or 80
+    except ValueError:  # a port that is not a number: the URL's own check refuses it
+        return False
+    same_host = (parts.hostname or "") == (page.hostname or "") or (
+        is_loopback(parts.hostname or "") and is_loopback(page.hostname or ""))
+    return port == page_port and same_host
+
+
 def _typed(value: Any) -> str:
     """A text field's value, without the quotes Windows' "Copy as path" puts around it."""
     return fmt.text(value).strip("\"'").strip()
@@ -208,7 +232,13 @@ class MainApiSection:
         compat.on_page_load(h.load, [self.status, *self.controls])
         tab.select(h.status, outputs=self.status, **compat.PRIVATE)
         outputs = [self.status, self.message, *self.controls]
-        self.save.click(h.save, inputs=self.controls, outputs=outputs, api_name="fallback_save_main_api")
+
+        def save(primary_url: str, primary_api: str, primary_model: str, api_key: str, remote_urls: str,
+                 characters_dir: str, request: gr.Request) -> tuple[Any, ...]:
+            return h.save(primary_url, primary_api, primary_model, api_key, remote_urls, characters_dir,
+                          page_host=request.headers.get("host") if request is not None else None)
+
+        self.save.click(save, inputs=self.controls, outputs=outputs, api_name="fallback_save_main_api")
         self.forget_key.click(h.forget_key, outputs=outputs, **compat.PRIVATE)
 
 
