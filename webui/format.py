@@ -65,21 +65,29 @@ def failure(exc: Exception, doing: str) -> str:
 
 
 def setting_updates(settings: FallbackSettings, fields: Sequence[str]) -> list[dict[str, Any]]:
-    """Each settings control's value (a list as comma-separated text), with a note saying
-    where it came from, and what to do when something outside the UI pins it."""
+    """Each settings control's value (a list as comma-separated text), with ``setting_note``."""
     updates = []
     for field in fields:
-        origin = settings.origin(field)
-        if origin == "environment":
-            note = (f"🔒 pinned by the environment variable {settings.env_name(field)}: "
-                    "unset it to change this here")
-        elif origin == "argument":
-            note = "🔒 set by the host program (an explicit argument): it cannot be saved here"
-        else:
-            note = {"file": "saved in the settings file", "default": "default value"}[origin]
         value = getattr(settings, field)
-        updates.append(gr.update(value=", ".join(value) if isinstance(value, list) else value, info=note))
+        updates.append(gr.update(value=", ".join(value) if isinstance(value, list) else value,
+                                 info=setting_note(settings, field)))
     return updates
+
+
+def setting_note(settings: FallbackSettings, field: str) -> str:
+    """Where ``field``'s value came from, and what to do when something outside the UI pins it."""
+    origin = settings.origin(field)
+    if origin == "environment":
+        return (f"🔒 pinned by the environment variable {settings.env_name(field)}: "
+                "unset it to change this here")
+    if origin == "argument":
+        return "🔒 set by the host program (an explicit argument): it cannot be saved here"
+    return {"file": "saved in the settings file", "default": "default value"}[origin]
+
+
+def pinned(settings: FallbackSettings, field: str) -> bool:
+    """Whether the page cannot change ``field``: the environment or the host program sets it."""
+    return settings.origin(field) in ("environment", "argument")
 
 
 def size(mb: float | None) -> str:

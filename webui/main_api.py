@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from zwaif_fallback import FallbackError, FallbackManager, FallbackSettings
 from zwaif_fallback.breaker import SEVERITY
 from zwaif_fallback.net import is_loopback
-from zwaif_fallback.routing import HOST_PREFIX, chain_text, primary_breakers
+from zwaif_fallback.routing import HOST_PREFIX, USUAL_MAIN_APIS, chain_text, primary_breakers
 
 from . import compat
 from . import format as fmt
@@ -36,8 +36,6 @@ __all__ = ["MAIN_API_FIELDS", "MainApiHandlers", "MainApiSection", "build_main_a
 #: control comes at ``KEY_AT`` among them (``MainApiHandlers.save`` takes them all in order).
 MAIN_API_FIELDS = ("primary_url", "primary_api", "primary_model", "remote_urls", "characters_dir")
 KEY_AT = 3
-#: where a setting comes from when the page cannot change it
-PINNED = ("environment", "argument")
 API_CHOICES = [("OpenAI-compatible (a /v1 URL: Oobabooga, LM Studio, llama.cpp)", "openai"),
                ("Ollama's own API (its root URL: Z-WAIF's API_TYPE = Ollama)", "ollama")]
 _URL_SEPARATORS = re.compile(r"[,\s]+")
@@ -71,28 +69,18 @@ class MainApiHandlers:
         # Only what changed: an unchanged value pinned by the environment must not refuse the rest.
         changes = {f: v for f, v in values.items() if getattr(settings, f) != v}
         key, saved_key = _typed(api_key), settings.primary_api_key.get_secret_value()
-        key_pinned = settings.origin("primary_api_key") in PINNED
+        key_pinned = fmt.pinned(settings, "primary_api_key")
         if key and key != saved_key and not key_pinned:
             changes["primary_api_key"] = key
         # a saved key goes with its server: never to another one the key was not given for
         drop_key = bool(not key and saved_key and not key_pinned and "primary_url" in changes
-                        and _server(changes["primary_url"]) != _server(settings.primary_url))
+                        and _endpoint(changes["primary_url"]) != _endpoint(settings.primary_url))
         if drop_key:
             changes["primary_api_key"] = ""
-        own = [u for u in [changes.get("primary_url", ""), *changes.get("remote_urls", [])]
-               if page_host and u and _same_server(u, page_host)]
-        if own:
-            message = (f"Not saved: {own[0]} is this page's own address, so each chat would be sent back "
-                       "here. Give the server your host used before (Oobabooga: http://127.0.0.1:5000/v1; "
-                       "Ollama: http://127.0.0.1:11434), and point the host at this address instead.")
-            gr.Warning(message)
-            return (self.status(), f"❌ {message}", *self._infos())
-        folder = changes.get("characters_dir")
-        if folder and not Path(folder).expanduser().is_dir():
-            message = (f"Not saved: the characters folder {folder} does not exist. Give "
-                       "text-generation-webui's folder (or its characters folder), or leave it empty.")
-            gr.Warning(message)
-            return (self.status(), f"❌ {message}", *self._infos())
+        refused = _refusal(changes, page_host)
+        if refused:
+            gr.Warning(refused)
+            return (self.status(), f"❌ Not saved: {refused}", *self._infos())
         if not changes:
             return (self.status(), "Nothing to save: the values are the saved ones.", *self._infos())
         try:
@@ -118,7 +106,7 @@ class MainApiHandlers:
     def forget_key(self) -> tuple[Any, ...]:
         """Forget the saved API key (one pinned by the environment stays)."""
         settings = self.manager.settings
-        if settings.origin("primary_api_key") in PINNED:
+        if fmt.pinned(settings, "primary_api_key"):
             return (self.status(), f"The API key in use is set by {settings.env_name('primary_api_key')} "
                     "(or the host program), not saved here: unset it to change it.", *self._updates())
         try:
@@ -132,8 +120,8 @@ class MainApiHandlers:
         sent to the page, only whether one is saved."""
         settings = self.manager.settings
         updates = fmt.setting_updates(settings, MAIN_API_FIELDS)
-        pinned = settings.origin("primary_api_key") in PINNED
-        updates.insert(KEY_AT, gr.update(value="", info=_key_note(settings), interactive=not pinned))
+        updates.insert(KEY_AT, gr.update(value="", info=_key_note(settings),
+                                         interactive=not fmt.pinned(settings, "primary_api_key")))
         return updates
 
     def _infos(self) -> list[dict[str, Any]]:
@@ -154,8 +142,7 @@ def main_api_markdown(settings: FallbackSettings, breakers: dict[str, dict[str, 
                 f"(serve, Try the fallback): {line[0].lower()}{line[1:]}")
     if not settings.primary_url:
         return (f"{line} To run serve in front of your main API, give the URL the host used before "
-                "(Oobabooga: `http://127.0.0.1:5000/v1`; Ollama: `http://127.0.0.1:11434` with Ollama's "
-                "own API) and point the host at serve.")
+                f"({USUAL_MAIN_APIS}) and point the host at serve.")
     # a host may only chat, or only complete text (Z-WAIF's pre-release, alpaca): either breaker
     theirs = [breakers[name] for name in primary_breakers(breakers, settings.primary_url)]
     worst = max(theirs, key=lambda b: SEVERITY.index(b["state"]), default=None)
@@ -175,32 +162,39 @@ def _trouble(breaker: dict[str, Any]) -> str:
     return ""
 
 
+def _refusal(changes: dict[str, Any], page_host: str | None) -> str | None:
+    """Why ``changes`` cannot be saved, or None."""
+    here = _endpoint(f"//{page_host}") if page_host else None
+    own = [u for u in [changes.get("primary_url", ""), *changes.get("remote_urls", [])]
+           if u and here and _endpoint(u) == here]
+    if own:
+        return (f"{own[0]} is this page's own address, so each chat would be sent back here. Give the "
+                f"server your host used before ({USUAL_MAIN_APIS}), and point the host at this address.")
+    folder = changes.get("characters_dir")
+    if folder and not Path(folder).expanduser().is_dir():
+        return (f"the characters folder {folder} does not exist. Give text-generation-webui's folder "
+                "(or its characters folder), or leave it empty.")
+    return None
+
+
 def _key_note(settings: FallbackSettings) -> str:
-    if settings.origin("primary_api_key") in PINNED:
-        return fmt.setting_updates(settings, ["primary_api_key"])[0]["info"]
+    if fmt.pinned(settings, "primary_api_key"):
+        return fmt.setting_note(settings, "primary_api_key")
     if settings.primary_api_key.get_secret_value():
         return "a key is saved: type another to replace it, or forget it"
     return "none saved (most servers on this PC need none; TabbyAPI and --api-key servers do)"
 
 
-def _server(url: str) -> tuple[str, str]:
-    """A URL's scheme and host:port: whom a key would be sent to."""
+def _endpoint(url: str) -> tuple[str, int | None]:
+    """Whom a URL (or ``//host:port``) reaches: its host, "loopback" for any name of this
+    machine ("localhost" and "127.0.0.1" are one), and its port."""
     parts = urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower()
-
-
-def _same_server(url: str, page_host: str) -> bool:
-    """Whether ``url`` is the server at ``page_host`` (a Host header): the same port, and the
-    same host or loopback both ("localhost" and "127.0.0.1" are one machine)."""
-    parts, page = urlsplit(url), urlsplit(f"//{page_host}")
+    host = parts.hostname or ""
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        page_port = page.port or 80
-    except ValueError:  # a port that is not a number: the URL's own check refuses it
-        return False
-    same_host = (parts.hostname or "") == (page.hostname or "") or (
-        is_loopback(parts.hostname or "") and is_loopback(page.hostname or ""))
-    return port == page_port and same_host
+    except ValueError:  # not a number: the URL's own check refuses it
+        port = None
+    return ("loopback" if is_loopback(host) else host, port)
 
 
 def _typed(value: Any) -> str:

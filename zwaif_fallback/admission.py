@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .completions import error_object
 from .errors import InvalidSettings
 from .net import INSTANCE_HEADER, LOOP_STATUS, instance_id
+from .routing import USUAL_MAIN_APIS
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -74,8 +75,7 @@ def loop_refusal() -> Response:
     return _error_response(InvalidSettings(
         "this request came from this serve itself: the main API URL (primary_url) or a remote "
         "(remote_urls) points at serve, so each chat would be sent to itself again and again. Set "
-        "it to the server your host used before (Oobabooga: http://127.0.0.1:5000/v1; Ollama: "
-        "http://127.0.0.1:11434)"), LOOP_STATUS)
+        f"it to the server your host used before ({USUAL_MAIN_APIS})"), LOOP_STATUS)
 
 
 async def read_body(request: Request) -> dict[str, Any] | Response:

@@ -45,7 +45,7 @@ class Measuring:
     def __init__(self, *, local: LocalModels, probe: HardwareProbe,
                  settings: Callable[[], FallbackSettings],
                  breakers: Callable[[], dict[str, BreakerState]], switch: Callable[[str], ModelInfo],
-                 host_call: Callable[[], str | None] = lambda: None,
+                 host_call: Callable[[], str | None],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._local = local
         self._probe = probe

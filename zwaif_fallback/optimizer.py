@@ -61,7 +61,7 @@ class Optimizer:
                  history: Callable[[], Store], status: Callable[[], SystemStatus],
                  breakers: Callable[[], dict[str, BreakerState]], primary_url: Callable[[], str],
                  samples: Callable[[], list[Sample]], primary_api: Callable[[], str],
-                 host_call: Callable[[], str | None] = lambda: None) -> None:
+                 host_call: Callable[[], str | None]) -> None:
         self._local = local
         self._switch = switch
         self._history = history

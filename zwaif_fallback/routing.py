@@ -30,7 +30,8 @@ from .fit import Compatibility
 from .model_info import ModelInfo
 from .settings import FallbackSettings, validate_field
 
-__all__ = ["HOST_PREFIX", "Router", "chain_text", "primary_breakers", "rank_local", "text_breaker_name"]
+__all__ = ["HOST_PREFIX", "USUAL_MAIN_APIS", "Router", "chain_text", "primary_breakers", "rank_local",
+           "text_breaker_name"]
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,10 @@ def primary_breakers(names: Iterable[str], primary_url: str, host_call: str | No
 def text_breaker_name(url: str) -> str:
     """The name of the breaker of a server's text completions (its chats' is its URL)."""
     return f"{url} (text completions)"
+
+
+#: Where the main APIs hosts use most listen, for messages that ask for one.
+USUAL_MAIN_APIS = "Oobabooga: http://127.0.0.1:5000/v1; Ollama: http://127.0.0.1:11434, with Ollama's own API"
 
 
 def chain_text(settings: FallbackSettings) -> str:
