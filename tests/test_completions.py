@@ -121,6 +121,7 @@ def test_a_server_s_own_model_name_and_finish_reason_are_passed_on(isolated: Pat
     ({"n_predict": 3}, 3),  # llama.cpp's name, which Z-WAIF's pre-release sends
     ({"n_predict": 3, "max_tokens": 5}, 5), ({"max_completion_tokens": 2, "max_tokens": 5}, 2),
     ({"n_predict": -1}, None),  # llama.cpp's "no limit": the chain's own
+    ({"n_predict": -2}, None),  # "fill the context", as Ollama's num_predict also says it
 ])
 def test_the_length_limit_is_read_by_any_of_its_names(limits: dict[str, int], expected: int | None):
     assert parse_request({"messages": REQUEST["messages"], **limits}).gen.get("max_tokens") == expected

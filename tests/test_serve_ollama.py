@@ -9,6 +9,7 @@ gone, in the shape it reads.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from servers import ScriptedOllama, ScriptedServer, Served, refused_url, serve_s
 from servers import serve_in_process as serve
 
 from zwaif_fallback import FallbackManager
+from zwaif_fallback.completion_request import parse_request
+from zwaif_fallback.ollama_api import chat_request
 
 ollama = pytest.importorskip("ollama")
 
@@ -60,6 +63,16 @@ def zwaif_through_serve(root: Path, upstream: Any, history: list[dict[str, Any]]
     try:
         with serve(root, upstream.url, **settings) as (served, _):
             return zwaif_streams(served.url, history)
+    finally:
+        upstream.close()
+
+
+def openai_through_serve(root: Path, upstream: ScriptedOllama, ask: Callable[[openai.OpenAI], Any]) -> Any:
+    """What ``ask`` gets from the ``openai`` client against serve in front of ``upstream``, an
+    Ollama primary, which is closed after."""
+    try:
+        with serve(root, upstream.url, primary_api="ollama") as (served, _):
+            return ask(openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0))
     finally:
         upstream.close()
 
@@ -164,6 +177,13 @@ def test_a_tool_result_from_an_ollama_client_answers_its_call_by_id(isolated: Pa
     assert reply == "Sunny at noon."
     assert len(set(ids)) == 2 and [sent[2]["tool_call_id"], sent[3]["tool_call_id"]] == [ids[1], ids[0]]
     assert json.loads(sent[1]["tool_calls"][1]["function"]["arguments"]) == {"city": "Paris"}
+
+
+@pytest.mark.parametrize("num_predict, limit", [(300, 300), (-1, None), (-2, None)])
+def test_ollamas_num_predict_is_the_length_limit_and_negative_is_none(num_predict: int, limit: int | None):
+    # -1: no limit, -2: fill the context; the chain's own limit then, as for llama.cpp's n_predict
+    asked = chat_request({"model": "m", "messages": ZWAIF_HISTORY, "options": {"num_predict": num_predict}})
+    assert parse_request(asked).gen.get("max_tokens") == limit
 
 
 @pytest.mark.parametrize("body, field", [
@@ -306,13 +326,8 @@ def test_an_openai_request_reaches_an_ollama_primary_in_ollamas_names(isolated: 
     history = [{"role": "user", "content": [
         {"type": "text", "text": "What is this?"},
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]}]
-    try:
-        with serve(isolated, upstream.url, primary_api="ollama") as (served, _):
-            client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
-            answer = client.chat.completions.create(model="llama3", messages=history, max_tokens=2,
-                                                    temperature=0.3, extra_body={"top_k": 20})
-    finally:
-        upstream.close()
+    answer = openai_through_serve(isolated, upstream, lambda client: client.chat.completions.create(
+        model="llama3", messages=history, max_tokens=2, temperature=0.3, extra_body={"top_k": 20}))
     assert (answer.choices[0].message.content, answer.choices[0].finish_reason) == ("Red, green ", "length")
     assert (answer.model, answer.usage.prompt_tokens, answer.usage.completion_tokens) == \
         ("llama3:latest", 17, 2)
@@ -323,12 +338,8 @@ def test_an_openai_request_reaches_an_ollama_primary_in_ollamas_names(isolated: 
 
 def test_an_ollama_primarys_tool_call_reaches_an_openai_client(isolated: Path):
     upstream = ScriptedOllama([], tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}])
-    try:
-        with serve(isolated, upstream.url, primary_api="ollama") as (served, _):
-            client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
-            answer = client.chat.completions.create(model="llama3", messages=ZWAIF_HISTORY, tools=[TOOL])
-    finally:
-        upstream.close()
+    answer = openai_through_serve(isolated, upstream, lambda client: client.chat.completions.create(
+        model="llama3", messages=ZWAIF_HISTORY, tools=[TOOL]))
     call = answer.choices[0].message.tool_calls[0]
     assert (answer.choices[0].finish_reason, call.function.name, json.loads(call.function.arguments)) == \
         ("tool_calls", "get_weather", {"city": "Paris"})
@@ -342,12 +353,8 @@ def test_an_openai_tool_result_reaches_an_ollama_primary_named_by_its_tool(isola
                     "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
                {"role": "tool", "tool_call_id": "call_abc", "content": "sunny"}]
     upstream = ScriptedOllama(["Sunny."])
-    try:
-        with serve(isolated, upstream.url, primary_api="ollama") as (served, _):
-            client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
-            answer = client.chat.completions.create(model="llama3", messages=history, tools=[TOOL])
-    finally:
-        upstream.close()
+    answer = openai_through_serve(isolated, upstream, lambda client: client.chat.completions.create(
+        model="llama3", messages=history, tools=[TOOL]))
     assert answer.choices[0].message.content == "Sunny."
     assert upstream.bodies[0]["messages"][1:] == [
         {"role": "assistant", "content": "", "tool_calls": [
@@ -366,12 +373,8 @@ def test_an_ollama_primary_that_thinks_past_the_deadline_is_not_taken_for_hung(i
 
 def test_a_text_completion_reaches_an_ollama_primary_as_a_raw_generation(isolated: Path):
     upstream = ScriptedOllama(["Red, ", "green ", "and blue."])
-    try:
-        with serve(isolated, upstream.url, primary_api="ollama") as (served, _):
-            api = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
-            answer = api.completions.create(model="llama3", prompt="Three colours:", max_tokens=9)
-    finally:
-        upstream.close()
+    answer = openai_through_serve(isolated, upstream, lambda client: client.completions.create(
+        model="llama3", prompt="Three colours:", max_tokens=9))
     assert answer.choices[0].text == "Red, green and blue."
     sent = upstream.bodies[0]
     assert (sent["prompt"], sent["raw"], sent["options"], "messages" in sent) == \

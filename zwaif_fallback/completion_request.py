@@ -84,11 +84,14 @@ def parse_request(request: Any) -> CompletionRequest:
         raise BadRequestField("model", f"must be text, not {type(model).__name__}")
     gen = {k: request[k] for k in GEN_FIELDS if request.get(k) is not None}
     # the length limit by OpenAI's names, or llama.cpp's (``n_predict``, which Z-WAIF's
-    # pre-release sends), the first one given
+    # pre-release sends, and Ollama's ``num_predict`` becomes), the first one given
     limit = next((f for f in ("max_completion_tokens", "max_tokens", "n_predict")
                   if request.get(f) is not None), "max_tokens")
-    if request.get(limit) is not None and not (limit == "n_predict" and request[limit] == -1):  # -1: none
-        gen["max_tokens"] = request[limit]
+    value = request.get(limit)
+    # llama.cpp's and Ollama's -1 (no limit) and -2 (fill the context): the chain's own limit
+    unlimited = limit == "n_predict" and isinstance(value, (int, float)) and value < 0
+    if value is not None and not unlimited:
+        gen["max_tokens"] = value
     try:
         GenerationParams.from_kwargs(**gen)  # refuse bad values here, naming the request's field
     except InvalidSettings as exc:

@@ -74,18 +74,23 @@ def text_completion(answer: Answer, request: Any,
         result = _whole(answer, parse_text_request(request), cancel)
         completion = result.to_openai()
         choice = completion["choices"][0]
-        return {**completion, "id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
-                "choices": [{"index": 0, "text": choice["message"].get("content") or "", "logprobs": None,
-                             "finish_reason": choice["finish_reason"]}],
+        return {**completion, "id": _text_id(), "object": "text_completion",
+                "choices": [_text_choice(choice["message"].get("content"), choice["finish_reason"])],
                 "x_fallback": fallback_info(result)}
     except Exception as exc:  # the host's call site must get a dict, whatever happened
         return error_object(exc)
 
 
+def _ask(answer: Answer, checked: CompletionRequest, results: list[ChatResult],
+         cancel: threading.Event | None) -> Iterator[Piece]:
+    """The chain's pieces for ``checked``; its ChatResult goes to ``results`` at the end."""
+    return answer(checked.messages, None, checked.model, checked.gen, results.append, cancel,
+                  extra=checked.extra, raw=checked.raw)
+
+
 def _whole(answer: Answer, checked: CompletionRequest, cancel: threading.Event | None) -> ChatResult:
     results: list[ChatResult] = []
-    for _ in answer(checked.messages, None, checked.model, checked.gen, results.append, cancel,
-                    extra=checked.extra, **({"raw": True} if checked.raw else {})):
+    for _ in _ask(answer, checked, results, cancel):
         pass
     if not results:  # cancelled: the chain stopped without an answer
         raise FallbackError("the answer was cancelled before its end")
@@ -131,8 +136,7 @@ def _stream(answer: Answer, checked: CompletionRequest, chunks: ChunkMaker,
             cancel: threading.Event | None) -> Iterator[dict[str, Any]]:
     results: list[ChatResult] = []
     try:
-        pieces = answer(checked.messages, None, checked.model, checked.gen, results.append, cancel,
-                        extra=checked.extra, **({"raw": True} if checked.raw else {}))
+        pieces = _ask(answer, checked, results, cancel)
     except Exception as exc:
         yield chunks.failure(exc)
         return
@@ -255,15 +259,23 @@ class TextChunks(ChunkMaker):
 
     def __init__(self, include_usage: bool) -> None:
         super().__init__(include_usage)
-        self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
+        self.id = _text_id()
 
     def chunk(self, model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": model,
-                "choices": [{"index": 0, "text": delta.get("content") or "", "logprobs": None,
-                             "finish_reason": finish_reason}], **self._extra}
+                "choices": [_text_choice(delta.get("content"), finish_reason)], **self._extra}
 
     def ending(self, result: ChatResult) -> list[dict[str, Any]]:
         return [{**chunk, "object": "text_completion"} for chunk in super().ending(result)]
+
+
+def _text_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex[:24]}"
+
+
+def _text_choice(text: str | None, finish_reason: str | None) -> dict[str, Any]:
+    """A text completion's one choice, as OpenAI gives it (no log probabilities)."""
+    return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
 
 
 def fallback_info(result: ChatResult) -> dict[str, Any]:

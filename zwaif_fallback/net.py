@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import uuid
 
-__all__ = ["INSTANCE_HEADER", "LOOP_STATUS", "instance_id", "is_loopback", "own_headers"]
+__all__ = ["INSTANCE_HEADER", "LOOP_STATUS", "instance_id", "is_loopback", "own_headers", "server_headers"]
 
 INSTANCE_HEADER = "X-Zwaif-Fallback-Instance"
 #: HTTP's "Loop Detected": what serve answers a request that came from itself
@@ -34,6 +34,12 @@ def instance_id() -> str:
 def own_headers() -> dict[str, str]:
     """The headers every request to a server carries (see the module docstring)."""
     return {INSTANCE_HEADER: instance_id()}
+
+
+def server_headers(api_key: str, **more: str) -> dict[str, str]:
+    """The headers of a request to a server: ``own_headers``, its key as a Bearer token when
+    it has one, and ``more``."""
+    return {**more, **own_headers(), **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
 
 
 def is_loopback(host: str) -> bool:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .backends.ollama import OPTION_NAMES, SAMPLER_OPTIONS, ollama_tool_call, openai_tool_call
+from .backends.ollama import SAMPLER_OPTIONS, ollama_tool_call, openai_tool_call
 from .backends.openai import OLLAMA_FIELDS
 from .completions import BadRequestField, ChunkMaker, fallback_info
 from .failover import Piece
@@ -33,8 +33,9 @@ from .results import ChatResult
 __all__ = ["CHAT", "GENERATE", "Endpoint", "OllamaChunks", "chat_request", "generate_request", "model_card",
            "model_list", "render", "whole_answer"]
 
-#: Ollama's options that OpenAI names otherwise: the backend's names, the other way round.
-RENAMED_OPTIONS = {ollama: openai for openai, ollama in OPTION_NAMES.items()}
+#: Ollama's options that a request names otherwise: its length limit is llama.cpp's
+#: ``n_predict``, negative for none, as ``parse_request`` reads it.
+RENAMED_OPTIONS = {"num_predict": "n_predict"}
 #: Ollama's options that keep their names in an OpenAI request: OpenAI's own, and the
 #: samplers that only some servers read, sent on as fields of their own.
 SAME_OPTIONS = frozenset({"temperature", "top_p", "stop", "seed"}) | SAMPLER_OPTIONS
@@ -62,8 +63,6 @@ def chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
     if options is not None and not isinstance(options, Mapping):
         raise BadRequestField("options", "must be an object such as {'temperature': 0.7}")
     for name, value in (options or {}).items():
-        if name == "num_predict" and isinstance(value, (int, float)) and value < 0:
-            continue  # -1: no limit, -2: fill the context; OpenAI's way is to leave it out
         if name in RENAMED_OPTIONS:
             request[RENAMED_OPTIONS[name]] = value
         elif name in SAME_OPTIONS:

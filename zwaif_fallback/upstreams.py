@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .backends.ollama import listed_models, models_url, ollama_root
-from .net import LOOP_STATUS, own_headers
+from .net import LOOP_STATUS, server_headers
 
 if TYPE_CHECKING:
     from .settings import FallbackSettings
@@ -44,8 +44,7 @@ def answers(server: Upstream) -> bool:
     import httpx
 
     try:
-        response = httpx.get(models_url(server.url, ollama=server.ollama), headers=_auth(server),
-                             timeout=MODELS_TIMEOUT_S, trust_env=False)
+        response = _models_response(server)
     except httpx.HTTPError as exc:
         log.info("health: %s does not answer: %s", server.url, exc)
         return False
@@ -61,8 +60,7 @@ def models_of(server: Upstream) -> list[dict[str, Any]]:
     import httpx
 
     try:
-        response = httpx.get(models_url(server.url, ollama=server.ollama), headers=_auth(server),
-                             timeout=MODELS_TIMEOUT_S, trust_env=False)
+        response = _models_response(server)
         data = listed_models(response.json(), ollama=server.ollama) if response.status_code == 200 else []
     except (httpx.HTTPError, ValueError) as exc:
         log.info("no model list from %s: %s", server.url, exc)
@@ -77,7 +75,8 @@ def model_card_of(server: Upstream, name: str) -> dict[str, Any] | None:
 
     try:
         response = httpx.post(f"{ollama_root(server.url)}/api/show", json={"model": name},
-                              headers=_auth(server), timeout=MODELS_TIMEOUT_S, trust_env=False)
+                              headers=server_headers(server.api_key), timeout=MODELS_TIMEOUT_S,
+                              trust_env=False)
         card = response.json() if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError) as exc:
         log.info("no model card from %s: %s", server.url, exc)
@@ -85,6 +84,9 @@ def model_card_of(server: Upstream, name: str) -> dict[str, Any] | None:
     return card if isinstance(card, dict) else None
 
 
-def _auth(server: Upstream) -> dict[str, str]:
-    key = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}
-    return {**key, **own_headers()}
+def _models_response(server: Upstream) -> Any:
+    """The server's answer to a GET of its model list (raises httpx.HTTPError)."""
+    import httpx
+
+    return httpx.get(models_url(server.url, ollama=server.ollama), headers=server_headers(server.api_key),
+                     timeout=MODELS_TIMEOUT_S, trust_env=False)

@@ -19,9 +19,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..net import own_headers
+from ..net import server_headers
 from .base import ALIVE, GenerationParams, TargetFailed, ToolCalls, Usage, raw_prompt
-from .openai import OpenAIBackend
+from .openai import SAMPLER_FIELDS, OpenAIBackend
 from .openai_answers import FINISH_REASONS, UNNAMED_MODEL, Lines, read_model_name
 
 __all__ = ["OllamaBackend", "OllamaLines", "is_ollamas_v1", "listed_models", "models_url", "ollama_root",
@@ -97,7 +97,7 @@ class OllamaBackend(OpenAIBackend):
         options = dict(extra["options"]) if isinstance(extra.get("options"), Mapping) else {}
         options |= {k: extra[k] for k in SAMPLER_OPTIONS if k in extra}
         options |= {OPTION_NAMES.get(k, k): v for k, v in params.model_dump(
-            include={"max_tokens", "temperature", "top_p"} & params.model_fields_set).items()}
+            include=set(SAMPLER_FIELDS & params.model_fields_set)).items()}
         if params.stop:
             options["stop"] = params.stop
         if params.seed is not None:
@@ -115,10 +115,7 @@ class OllamaBackend(OpenAIBackend):
         answer_format = extra.get("format", _format_of(extra.get("response_format")))
         if answer_format is not None:
             body["format"] = answer_format
-        headers = {"Accept": self.stream_type, **own_headers()}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        return body, headers, min(deadline_s or 10.0, 10.0)
+        return body, server_headers(self._api_key, Accept=self.stream_type), min(deadline_s or 10.0, 10.0)
 
     def _usage_asks(self) -> tuple[bool, ...]:
         return (False,)  # the counts come on the last line, unasked

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable
-from ..net import own_headers
+from ..net import server_headers
 from .base import Backend, GenerationParams, TargetFailed, ToolCalls, Usage, raw_prompt
 from .openai_answers import UNNAMED_MODEL, Events, Lines, status_error, whole_answer
 
@@ -191,10 +191,7 @@ class OpenAIBackend(Backend):
             body["stop"] = params.stop
         if params.seed is not None:
             body["seed"] = params.seed
-        headers = {"Accept": "text/event-stream", **own_headers()}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        return body, headers, min(deadline_s or 10.0, 10.0)
+        return body, server_headers(self._api_key, Accept=self.stream_type), min(deadline_s or 10.0, 10.0)
 
     def _url(self, body: Mapping[str, Any]) -> str:
         return f"{self.base_url}{self.text_path if 'prompt' in body else self.chat_path}"
