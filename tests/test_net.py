@@ -1,10 +1,22 @@
-"""Which hosts are loopback: the one rule for the metrics endpoint, the UI and the server."""
+"""Which hosts are loopback (the one rule for the metrics endpoint, the UI and the server), and
+which serve processes a request says it came through."""
 
 from __future__ import annotations
 
+import contextvars
+import threading
+
 import pytest
 
-from zwaif_fallback.net import is_loopback
+from zwaif_fallback.net import (
+    INSTANCE_HEADER,
+    MAX_HOPS,
+    instance_id,
+    instance_ids,
+    is_loopback,
+    own_headers,
+    passing_through,
+)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost",
@@ -17,3 +29,30 @@ def test_loopback_hosts(host):
                                   ""])
 def test_other_hosts_are_not_loopback(host):
     assert not is_loopback(host)
+
+
+def test_a_request_says_which_serves_it_came_through_and_this_one_last():
+    assert own_headers() == {INSTANCE_HEADER: instance_id()}
+    with passing_through(("first", "second")):
+        assert own_headers() == {INSTANCE_HEADER: f"first, second, {instance_id()}"}
+    assert own_headers() == {INSTANCE_HEADER: instance_id()}
+
+
+def test_a_thread_started_in_a_copy_of_the_context_sends_the_same_ids():
+    seen: list[dict[str, str]] = []
+    with passing_through(("first",)):
+        worker = threading.Thread(target=contextvars.copy_context().run,
+                                  args=(lambda: seen.append(own_headers()),))
+        worker.start()
+        worker.join()
+    assert seen == [{INSTANCE_HEADER: f"first, {instance_id()}"}]
+
+
+def test_the_ids_are_read_from_every_instance_header_and_kept_to_the_last_few():
+    name = INSTANCE_HEADER.lower().encode()
+    headers = [(name, b"a, b"), (b"accept", b"*/*"), (name, b" c ,,")]
+    assert instance_ids(headers) == ("a", "b", "c")
+    many = tuple(str(i) for i in range(MAX_HOPS + 5))
+    with passing_through(many):
+        sent = own_headers()[INSTANCE_HEADER].split(", ")
+    assert sent == [*many[-MAX_HOPS:], instance_id()]

@@ -66,6 +66,15 @@ def make_manager(root: Path, primary_url: str, **settings: Any) -> FallbackManag
     return FallbackManager(serve_settings(root, primary_url, **settings), background=False)
 
 
+def unpinned_manager(root: Path) -> FallbackManager:
+    """A manager as ``make_manager`` makes it, with no main API yet and none pinned: the test
+    sets one with ``update_settings`` once it knows the URL."""
+    defaults = serve_settings(root, "").model_dump(include={
+        "timeout", "max_retries", "models_dir", "scan_system_stores", "keep_alive", "preferred_model",
+        "settings_file", "data_dir"})
+    return FallbackManager(FallbackSettings(**defaults), background=False)
+
+
 @contextmanager
 def nothing_local(root: Path, primary_url: str) -> Iterator[Served]:
     """``serve`` whose only local model cannot load, and that may not try another."""
@@ -275,10 +284,7 @@ def test_a_key_is_required_when_set(isolated: Path):
 def test_a_main_api_url_that_points_at_serve_itself_is_refused_not_looped(isolated: Path, speaks: str):
     # The UI is on serve's port: its own address is an easy slip for the main API's. Each
     # chat then went to serve again, thousands of connections, and never came back.
-    defaults = serve_settings(isolated, "").model_dump(include={
-        "timeout", "max_retries", "models_dir", "scan_system_stores", "keep_alive", "preferred_model",
-        "settings_file", "data_dir"})
-    with FallbackManager(FallbackSettings(**defaults), background=False) as manager:
+    with unpinned_manager(isolated) as manager:
         served = Served(manager)
         try:
             root = served.url if speaks == "ollama" else served.url + "/v1"
@@ -301,6 +307,32 @@ def test_a_main_api_url_that_points_at_serve_itself_is_refused_not_looped(isolat
     assert [m["source"] for m in models] == ["local"]
     assert reachable is False  # the 508 is not a server that answers
     assert "".join(streamed) and foreign.status_code == 200  # another serve process's id is let in
+
+
+def test_two_serves_that_name_each_other_as_main_api_answer_instead_of_looping(isolated: Path):
+    # Each serve lets another serve's requests in. Before, a chat sent round between two
+    # went on until the deadline, a connection more each time; now it comes back to where it
+    # began and is refused there, and the other serve answers with its local model.
+    (isolated / "a").mkdir()
+    with unpinned_manager(isolated / "a") as manager:
+        a = Served(manager)
+        try:
+            process, b = serve_with_a_local_model(isolated, primary_url=a.url + "/v1")
+            try:
+                manager.update_settings(primary_url=b + "/v1")
+                answer = client(a, timeout=60).chat.completions.create(model="x", messages=ASK, **GEN)
+                raw = client(a, timeout=60).chat.completions.with_raw_response.create(
+                    model="x", messages=ASK, stream=True, **GEN)
+                streamed = [c.choices[0].delta.content or "" for c in raw.parse() if c.choices]
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+        finally:
+            a.close()
+    attempts = answer.model_extra["x_fallback"]["attempts"]
+    assert [(x["source"], x["ok"]) for x in attempts] == [("primary", True)], attempts
+    assert answer.model == SMOL and answer.choices[0].message.content  # b's local model
+    assert raw.headers["x-fallback-source"] == "primary" and "".join(streamed)
 
 
 def test_a_network_address_needs_a_key():
@@ -373,11 +405,12 @@ COUNT = {"messages": [{"role": "user", "content": "Count from 1 to 2000, one num
          "max_tokens": 3000, "temperature": 0.0, "seed": 1}
 
 
-def serve_with_a_local_model(root: Path) -> tuple[subprocess.Popen[str], str]:
-    """``zwaif-fallback serve`` in a process of its own, its primary down: the process and its URL."""
+def serve_with_a_local_model(root: Path, primary_url: str | None = None) -> tuple[subprocess.Popen[str], str]:
+    """``zwaif-fallback serve`` in a process of its own, its primary ``primary_url`` (by default
+    one that is down): the process and its URL."""
     port = free_port()
-    env = {**os.environ, "FALLBACK_PRIMARY_URL": refused_url(), "FALLBACK_SCAN_SYSTEM_STORES": "false",
-           "FALLBACK_VRAM_MONITORING": "false"}
+    env = {**os.environ, "FALLBACK_PRIMARY_URL": primary_url or refused_url(),
+           "FALLBACK_SCAN_SYSTEM_STORES": "false", "FALLBACK_VRAM_MONITORING": "false"}
     process = subprocess.Popen([sys.executable, "-m", "zwaif_fallback", "serve", "--no-ui", "--port",
                                 str(port)], cwd=root, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)

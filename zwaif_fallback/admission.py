@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .completions import error_object
 from .errors import InvalidSettings
-from .net import INSTANCE_HEADER, LOOP_STATUS, instance_id
+from .net import LOOP_STATUS, instance_id
 from .routing import USUAL_MAIN_APIS
 
 if TYPE_CHECKING:
@@ -63,19 +63,20 @@ def refusal(request: Request, api_key: str | None) -> Response | None:
         status_code=401)
 
 
-def looped(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    """Whether a request (its ASGI headers) came from this process itself: a main API URL
-    or a remote that points back at serve (``net.own_headers``)."""
-    name, own = INSTANCE_HEADER.lower().encode(), instance_id().encode()
-    return any(key == name and value == own for key, value in headers)
+def looped(came_through: Sequence[str]) -> bool:
+    """Whether a request that came through these serve processes (``net.instance_ids``) came
+    from this process itself: a main API URL or a remote that points back at serve, here or
+    through other serves (``net.own_headers``)."""
+    return instance_id() in came_through
 
 
 def loop_refusal() -> Response:
     """The 508 response for a request ``looped`` finds."""
     return _error_response(InvalidSettings(
         "this request came from this serve itself: the main API URL (primary_url) or a remote "
-        "(remote_urls) points at serve, so each chat would be sent to itself again and again. Set "
-        f"it to the server your host used before ({USUAL_MAIN_APIS})"), LOOP_STATUS)
+        "(remote_urls) points back at serve, directly or through another serve, so each chat "
+        f"would go round again and again. Set it to the server your host used before "
+        f"({USUAL_MAIN_APIS})"), LOOP_STATUS)
 
 
 async def read_body(request: Request) -> dict[str, Any] | Response:

@@ -21,6 +21,7 @@ answer there, as no other target could finish its arguments.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
@@ -104,7 +105,9 @@ class _Pump:
         self._caller_cancel = caller_cancel
         self._queue: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
         self._start = start
-        threading.Thread(target=self._run, daemon=True, name="zwaif-target").start()
+        # in the caller's context: a server's request says which serves it came through
+        threading.Thread(target=contextvars.copy_context().run, args=(self._run,), daemon=True,
+                         name="zwaif-target").start()
 
     def _run(self) -> None:
         try:

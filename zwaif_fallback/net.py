@@ -10,20 +10,32 @@ process's own id (``own_headers``). A main API URL that points back at serve (an
 the UI is on serve's port) would otherwise send each chat to itself, and that one again, a
 connection more each time until the sockets run out; serve refuses a request with its own id.
 The id, not the header alone, decides: one serve may still stand in front of another
-serve process. A loop through two processes (each the other's main API) is not caught.
+serve process. A chat that serve answers for a request from other serve processes carries
+their ids on before its own (``passing_through``), so a loop through several processes
+(two serves, each the other's main API) is refused where it began.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ipaddress
 import uuid
+from collections.abc import Iterable, Iterator
 
-__all__ = ["INSTANCE_HEADER", "LOOP_STATUS", "instance_id", "is_loopback", "own_headers", "server_headers"]
+__all__ = ["INSTANCE_HEADER", "LOOP_STATUS", "MAX_HOPS", "instance_id", "instance_ids", "is_loopback",
+           "own_headers", "passing_through", "server_headers"]
 
 INSTANCE_HEADER = "X-Zwaif-Fallback-Instance"
 #: HTTP's "Loop Detected": what serve answers a request that came from itself
 LOOP_STATUS = 508
 _INSTANCE_ID = uuid.uuid4().hex  # random bits, nothing read: one id for all threads at once
+#: The most ids of earlier serves sent on: a longer chain is no real setup, and the header
+#: stays small whatever a client sends.
+MAX_HOPS = 16
+#: The serve processes the request being answered has come through, set by serve for the
+#: request's task; threads that work for the request run in a copy of its context.
+_came_through: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("came_through", default=())
 
 
 def instance_id() -> str:
@@ -31,9 +43,27 @@ def instance_id() -> str:
     return _INSTANCE_ID
 
 
+def instance_ids(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, ...]:
+    """The serve processes a request (its ASGI headers) has come through, in order: every
+    ``INSTANCE_HEADER``, each a comma-separated list."""
+    name = INSTANCE_HEADER.lower().encode()
+    return tuple(part.strip() for key, value in headers if key == name
+                 for part in value.decode("latin-1").split(",") if part.strip())
+
+
+@contextlib.contextmanager
+def passing_through(ids: tuple[str, ...]) -> Iterator[None]:
+    """Within it, the requests this process sends say that they came through ``ids`` first."""
+    token = _came_through.set(ids[-MAX_HOPS:])
+    try:
+        yield
+    finally:
+        _came_through.reset(token)
+
+
 def own_headers() -> dict[str, str]:
     """The headers every request to a server carries (see the module docstring)."""
-    return {INSTANCE_HEADER: instance_id()}
+    return {INSTANCE_HEADER: ", ".join((*_came_through.get(), instance_id()))}
 
 
 def server_headers(api_key: str, **more: str) -> dict[str, str]:

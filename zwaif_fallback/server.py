@@ -26,6 +26,7 @@ app is Starlette's (Gradio brings it); ``webui`` mounts the tabs at ``/`` beside
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import json
 import logging
@@ -43,6 +44,7 @@ from .completion_request import parse_request, parse_text_request
 from .completions import ChunkMaker, TextChunks, error_object, status_of, who_answered
 from .errors import FallbackError, InvalidSettings
 from .listening import listen, serving
+from .net import instance_ids, passing_through
 from .relay import Relay, on_disconnect, shutting_down
 from .routing import chain_text
 from .upstreams import answers, model_card_of, models_of, upstreams
@@ -95,7 +97,8 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
 
 def front(app: Starlette) -> Callable[..., Any]:
     """``app`` as ``run`` serves it: the API's paths sent straight to their routes, a request
-    from this process itself refused (``admission.looped``). FastAPI's middleware (error
+    from this process itself refused (``admission.looped``), one from other serves answered
+    with their ids sent on (``net.passing_through``). FastAPI's middleware (error
     pages, exception handlers, body limits) cost a streamed request about a tenth of its CPU,
     and the API's handlers need none of it: they answer their errors themselves. Everything
     else (the tabs, lifespan) goes through ``app`` as before."""
@@ -106,13 +109,15 @@ def front(app: Starlette) -> Callable[..., Any]:
 
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] in paths:
-            if looped(scope["headers"]):
+            came_through = instance_ids(scope["headers"])
+            if looped(came_through):
                 refused = loop_refusal()
                 if scope["path"].startswith("/api/"):
                     refused = _in_ollamas_words(refused)
                 await refused(scope, receive, send)
             else:
-                await router(scope, receive, send)
+                with passing_through(came_through):
+                    await router(scope, receive, send)
         else:
             await app(scope, receive, send)
 
@@ -369,7 +374,9 @@ async def _on_own_thread(fn: Callable[[Any], _R], arg: Any) -> _R:
         else:
             loop.call_soon_threadsafe(done.set_result, result)
 
-    threading.Thread(target=run, daemon=True, name="zwaif-serve-answer").start()
+    # in the request's context: the chat sends on the serves it came through (net.passing_through)
+    threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True,
+                     name="zwaif-serve-answer").start()
     return await done
 
 
