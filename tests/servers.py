@@ -509,11 +509,23 @@ def serve_settings(root: Path, primary_url: str, **settings: Any) -> Any:
 
 class Served:
     """Our API app (``build_api`` over ``manager``, ``front``) on a free loopback port, in a
-    uvicorn thread, on the server and socket that ``run`` makes."""
+    uvicorn thread, on the server and socket that ``run`` makes. ``writes``: each part of a
+    response body the app handed to uvicorn, in order, as one write each."""
 
     def __init__(self, manager: Any, api_key: str | None = None) -> None:
         listener = listen("127.0.0.1", 0)
-        self.server = serving(front(build_api(manager, api_key=api_key)))
+        self.writes: list[bytes] = []
+        app = front(build_api(manager, api_key=api_key))
+
+        async def recorded(scope: Any, receive: Any, send: Any) -> None:
+            async def write(message: Any) -> None:
+                if message["type"] == "http.response.body" and message.get("body"):
+                    self.writes.append(message["body"])
+                await send(message)
+
+            await app(scope, receive, write)
+
+        self.server = serving(recorded)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [listener]},
                                        daemon=True)
         self.thread.start()

@@ -21,7 +21,7 @@ from servers import serve_in_process as serve
 
 from zwaif_fallback import FallbackManager
 from zwaif_fallback.completion_request import parse_request
-from zwaif_fallback.ollama_api import chat_request
+from zwaif_fallback.ollama_api import OllamaChunks, chat_request
 
 ollama = pytest.importorskip("ollama")
 
@@ -104,6 +104,38 @@ def test_a_whole_ollama_answer_comes_back_as_ollama_gives_it(isolated: Path):
     assert (answer.message.role, answer.message.content) == ("assistant", "Red, green ")
     assert (answer.done, answer.done_reason, answer.model) == (True, "length", ZWAIF_MODEL)
     assert (answer.prompt_eval_count, answer.eval_count) == (17, 2)
+
+
+def test_an_ollama_stream_writes_one_line_at_a_time(isolated: Path):
+    # SillyTavern's Ollama reader parses all it has read as one JSON object: two lines in one
+    # network read never parse, and the rest of the answer is lost. The primary here sends
+    # its whole answer in one write, so serve reads it in one: its pieces make one line.
+    upstream = ScriptedServer(["Red, ", "green ", "and blue."])
+    sillytavern = {"model": ZWAIF_MODEL, "prompt": "Colours:", "stream": True, "keep_alive": -1,
+                   "raw": True, "options": {"num_predict": 300, "temperature": 0.7}}
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            with httpx.stream("POST", served.url + "/api/generate", json=sillytavern, timeout=30) as response:
+                lines = list(response.iter_lines())
+    finally:
+        upstream.close()
+    assert len(served.writes) == len(lines) and all(write.count(b"\n") == 1 for write in served.writes)
+    said = [json.loads(write) for write in served.writes]
+    assert "".join(line["response"] for line in said) == "Red, green and blue."
+    assert [line["done"] for line in said] == [False] * (len(said) - 1) + [True]
+    assert said[0]["x_fallback"]["source"] == "primary" and "attempts" in said[-1]["x_fallback"]
+
+
+def test_the_lines_that_come_together_are_one_and_an_error_stays_a_line_of_its_own():
+    chunks = OllamaChunks()
+    first = {**chunks._line("m", "Red"), "x_fallback": {"source": "primary", "model": "m"}}
+    error = {"error": {"message": "cut", "type": "server_error"}}
+    assert chunks.joined([first, chunks.text_event("m", ", green"), error, chunks._line("m", " and")]) == [
+        {**chunks._line("m", "Red, green"), "x_fallback": {"source": "primary", "model": "m"}},
+        error, chunks._line("m", " and")]
+    last = {**chunks._line("m", ""), "done": True, "x_fallback": {"attempts": []}}
+    assert chunks.joined([chunks.text_event("m", "blue"), last, b""]) == [
+        {**chunks._line("m", "blue"), "done": True, "x_fallback": {"attempts": []}}]
 
 
 @pytest.mark.slow
@@ -368,7 +400,7 @@ def test_an_ollama_primary_that_thinks_past_the_deadline_is_not_taken_for_hung(i
     upstream = ScriptedOllama(["Red, ", "green ", "and blue."], model=ZWAIF_MODEL, think_s=6.0)
     reply, parts = zwaif_through_serve(isolated, upstream)
     assert (reply, parts[-1].model) == ("Red, green and blue.", ZWAIF_MODEL)
-    assert parts[0].message.content == "Red, "  # the thinking is not shown, as Z-WAIF reads it
+    assert parts[0].message.content.startswith("Red, ")  # the thinking is not shown, as Z-WAIF reads it
 
 
 def test_a_text_completion_reaches_an_ollama_primary_as_a_raw_generation(isolated: Path):

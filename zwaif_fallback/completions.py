@@ -171,6 +171,9 @@ class ChunkMaker:
 
     #: the response's content type
     media_type = b"text/event-stream; charset=utf-8"
+    #: the least time between two writes of the stream; what comes meanwhile is ``joined``
+    #: into one chunk where it can be (see ``OllamaChunks``). 0: as it comes
+    write_gap_s = 0.0
 
     def __init__(self, include_usage: bool, *, oobabooga: bool = False) -> None:
         self.id, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -236,6 +239,10 @@ class ChunkMaker:
             return
         if results:  # none: cancelled, the reader is gone and nothing more is said
             yield from self.ending(results[0])
+
+    def joined(self, batch: list[Any]) -> list[Any]:
+        """A batch of chunks (dicts or encoded) as the fewest that say the same; here, as it is."""
+        return batch
 
     def encode(self, item: dict[str, Any]) -> bytes:
         """A chunk (or error object) as the stream's bytes."""

@@ -227,9 +227,15 @@ class OllamaChunks(ChunkMaker):
 
     The first and the last line carry ``x_fallback`` beside Ollama's fields (clients read
     the fields they know): who answered, and on the last line the attempts.
+
+    Lines are written at least ``write_gap_s`` apart, and the pieces that come meanwhile make
+    one line (``joined``): SillyTavern's Ollama reader parses all it has received as one JSON
+    object, so two lines that arrive in one network read never parse, and the rest of the
+    answer is lost. Ollama itself writes a line a token.
     """
 
     media_type = b"application/x-ndjson"
+    write_gap_s = 0.01
 
     def __init__(self, *, generate: bool = False) -> None:
         super().__init__(include_usage=False)
@@ -265,6 +271,31 @@ class OllamaChunks(ChunkMaker):
             last["eval_duration"] = round((result.latency_s - result.ttft_s) * 1e9)
         last["x_fallback"] = fallback_info(result)
         return [last]
+
+    def joined(self, batch: list[Any]) -> list[Any]:
+        """The lines of ``batch`` as few as they can be: a line with more to come gives its
+        text to the next, which keeps its own fields (the last line's ``x_fallback`` names
+        every attempt), and the first line's ``x_fallback`` when it has none. An error line
+        takes no text: Ollama's clients raise at it."""
+        if len(batch) < 2:
+            return batch
+        lines: list[dict[str, Any]] = []
+        for item in batch:
+            if item == b"":  # the done event: nothing, in Ollama's streams
+                continue
+            line = json.loads(item) if isinstance(item, bytes) else item
+            if lines and lines[-1].get("done") is False and "error" not in line:
+                before = lines.pop()
+                line = dict(line)
+                if "x_fallback" in before:
+                    line.setdefault("x_fallback", before["x_fallback"])
+                if self.generate:
+                    line["response"] = before["response"] + line["response"]
+                else:
+                    line["message"] = {**line["message"], "content": before["message"]["content"]
+                                       + line["message"]["content"]}
+            lines.append(line)
+        return lines
 
     def encode(self, item: dict[str, Any]) -> bytes:
         return json.dumps(render(item), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"

@@ -73,6 +73,7 @@ class Relay:
         self._handed_over = False
         self._started = False  # the response has started
         self._ended = False  # the body's end was sent
+        self._last_write = 0.0  # when, on the loop's clock (see ``_spaced``)
         self._shutting_down = False  # serve is stopping: the stream ends with an error saying so
 
     async def __call__(self, scope: Any, receive: Any, send: _Send) -> None:
@@ -149,10 +150,27 @@ class Relay:
                     *((k.lower().encode("latin-1"), v.encode("latin-1"))
                       for k, v in who_answered(first).items())]})
             self._ended = last
-            await self._send(_body(batch, self._chunks, more=not last))
+            if not self._chunks.write_gap_s:
+                await self._send(_body(batch, self._chunks, more=not last))
+                return
+            lines = self._chunks.joined(batch)
+            for i, line in enumerate(lines):
+                await self._spaced()
+                await self._send(_body([line], self._chunks, more=not last or i < len(lines) - 1))
+            if last and not lines:
+                await self._send(_body(_END, self._chunks, more=False))
         except OSError as exc:  # uvicorn drops what a gone client would get; this is a guard
             log.info("the reader could not be written to: %s", exc)
             raise asyncio.CancelledError from exc
+
+    async def _spaced(self) -> None:
+        """Wait until the stream's ``write_gap_s`` has passed since its last write. The reads
+        wait too, so what comes meanwhile is ``joined`` into the next write."""
+        loop = asyncio.get_running_loop()
+        wait = self._last_write + self._chunks.write_gap_s - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._last_write = loop.time()
 
     async def _respond_with(self, error: dict[str, Any]) -> None:
         """The whole response: ``error`` as JSON, with its status."""
