@@ -91,10 +91,10 @@ def test_libstdcxx_is_made_global_before_llama_cpp_loads():
     if sys.platform != "linux":
         pytest.skip("a Linux dynamic-linking matter")
     code = ("import ctypes\n"
-            "from zwaif_fallback.backends.llama_cpp import _import_llama\n"
+            "from zwaif_fallback.backends.llama_preflight import import_llama\n"
             "symbol = '_ZNSt6locale7classicEv'  # std::locale::classic()\n"
             "before = hasattr(ctypes.CDLL(None), symbol)\n"
-            "_import_llama()\n"
+            "import_llama()\n"
             "print(before, hasattr(ctypes.CDLL(None), symbol))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == "True", out.stdout

@@ -8,9 +8,6 @@ tokens it has evaluated, not a timing.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,24 +148,3 @@ def test_a_last_message_longer_than_the_context_is_refused_with_what_to_do(
     with pytest.raises(TargetFailed, match="shorten the history or raise n_ctx"):
         list(small_context.stream(chat, GenerationParams(max_tokens=16)))
 
-
-# A process whose locale encoding is not UTF-8, as Windows' ANSI code page (cp1252, cp1251) is
-# not; -X utf8=0 is for this process only, not for the child it starts.
-PREFLIGHT_IN_A_NOT_UTF8_LOCALE = """
-import sys
-from zwaif_fallback.backends.llama_cpp import preflight
-try:
-    preflight(sys.argv[1])
-except Exception as exc:
-    print(type(exc).__name__)
-"""
-
-
-def test_the_preflight_of_a_file_under_a_non_ascii_folder_reads_llama_cpps_utf8_log(tmp_path, tiny_gguf):
-    folder = tmp_path / "Иван"  # llama.cpp logs the path it loads, in UTF-8
-    folder.mkdir()
-    (folder / "damaged.gguf").write_bytes(tiny_gguf.read_bytes()[:64])
-    run = subprocess.run([sys.executable, "-X", "utf8=0", "-c", PREFLIGHT_IN_A_NOT_UTF8_LOCALE,
-                          str(folder / "damaged.gguf")], capture_output=True, text=True,
-                         env=dict(os.environ, LC_ALL="C", PYTHONCOERCECLOCALE="0"), timeout=120)
-    assert run.stdout.strip() == "ModelLoadError", run.stdout + run.stderr[-2000:]

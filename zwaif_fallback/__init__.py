@@ -38,8 +38,10 @@ and to having no import cycle.
   (completions), input checks and recording (chats), a text-generation-webui
   character's persona for local models and remotes (characters), the targets in order
   (routing), deadline, retries and breakers (failover), what a chat gives back (results),
-  one class per runtime (backends/), the local models' fits, pool, switching and keep_alive
-  (local -> pool), a load that runs out of memory stepping down (step_down).
+  one class per runtime (backends/; backends.llama_preflight: llama.cpp imported, and a GGUF
+  loaded in a child process before its first load here), the local models' fits, pool,
+  switching and keep_alive (local -> pool), a load that runs out of memory stepping down
+  (step_down).
 * fit: the memory estimate (memory), the verdict (fit), corrections measured on real
   loads (calibration), llama.cpp's own no_alloc dry run of a plan (dry_run).
 * discovery: which models exist and what they are, read from their files' headers, local or

@@ -328,7 +328,7 @@ class LocalModels:
         if not ranked or ranked[0].format != "gguf":
             return
         best = ranked[0]
-        from .backends.llama_cpp import warm_up
+        from .backends.llama_preflight import warm_up
 
         warm_up(best.path)
         fit = self.fit(best)

@@ -85,10 +85,10 @@ def llama_cpp_perplexity(path: str, text: str, *, n_ctx: int = 1024, n_threads: 
         InvalidSettings: the text is shorter than two tokens.
         BackendUnavailable: llama-cpp-python is not installed.
     """
-    from .backends.llama_cpp import _import_llama, preflight
+    from .backends.llama_preflight import import_llama, preflight
 
     _require(path)
-    llama_cpp = _import_llama()
+    llama_cpp = import_llama()
     if safe_load:
         preflight(path)
     try:

@@ -4,10 +4,8 @@ The prompt is built with the chat template stored in the GGUF (as llama-cpp-pyth
 own chat handler does), so an answer cut off elsewhere can be continued exactly:
 the partial text is appended after the assistant turn's opening.
 
-Some llama.cpp failures abort the process instead of raising (a vocabulary with
-duplicate tokens, a tensor of the wrong shape). Before a file is loaded in this
-process for the first time, a child process loads it; if the child dies, the
-file is refused and the host lives on.
+Some llama.cpp failures abort the process instead of raising: before a file is loaded
+in this process for the first time, a child process loads it (``llama_preflight``).
 """
 
 from __future__ import annotations
@@ -16,18 +14,16 @@ import ctypes
 import logging
 import os
 import re
-import subprocess
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendUnavailable, ModelLoadError, OutOfMemory
-from ..ggml_devices import share_libstdcxx
+from ..errors import ModelLoadError, OutOfMemory
 from ..memory import CUDA_LOAD_CONTEXT_MB
 from .base import Cancel, GenerationParams, LocalBackend, TargetFailed, Usage, raw_prompt
+from .llama_preflight import import_llama, preflight
 
 if TYPE_CHECKING:
     from ..fit import Compatibility
@@ -37,29 +33,6 @@ __all__ = ["LlamaCppBackend"]
 log = logging.getLogger(__name__)
 
 _KV_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
-_checked: dict[tuple[str, int, int], str | None] = {}  # file identity -> why it is unsafe
-_checked_lock = threading.Lock()
-
-# Loads the weights' layout (mmap, no repacking) and builds a small context: enough for
-# llama.cpp to check every tensor's shape and reserve its compute graph, which is where
-# a malformed file makes it abort.
-_PREFLIGHT = (
-    "import ctypes, sys\n"
-    "if sys.platform == 'linux':\n"  # as share_libstdcxx() does, without importing this package
-    "    try: ctypes.CDLL('libstdc++.so.6', mode=ctypes.RTLD_GLOBAL)\n"
-    "    except OSError: pass\n"
-    "import llama_cpp\n"
-    "llama_cpp.llama_backend_init()\n"
-    "params = llama_cpp.llama_model_default_params()\n"
-    "params.n_gpu_layers = 0\n"
-    "params.use_extra_bufts = False\n"
-    "model = llama_cpp.llama_model_load_from_file(sys.argv[1].encode(), params)\n"
-    "if not model: sys.exit(3)\n"
-    "cparams = llama_cpp.llama_context_default_params()\n"
-    "cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = 256\n"
-    "sys.exit(0 if llama_cpp.llama_init_from_model(model, cparams) else 4)\n"
-)
-
 
 def _physical_cores() -> int:
     import psutil
@@ -160,56 +133,6 @@ def _devices(llama_cpp: Any, n_gpu_layers: int) -> dict[str, int]:
     return {"split_mode": llama_cpp.LLAMA_SPLIT_MODE_NONE, "main_gpu": -1}
 
 
-def _import_llama() -> Any:
-    share_libstdcxx()
-    try:
-        import llama_cpp
-    except ImportError:
-        raise BackendUnavailable(
-            'llama-cpp-python is not installed: pip install "zwaif-fallback[gguf]"') from None
-    return llama_cpp
-
-
-def warm_up(path: str) -> None:
-    """Import llama-cpp-python and check ``path`` in a child, so that a first load costs
-    only the load itself. Failures are left for the load to report."""
-    try:
-        _import_llama()
-        preflight(path)
-    except Exception as exc:
-        log.debug("warming up for %s: %s", path, exc)
-
-
-def preflight(path: str, *, timeout_s: float = 120.0) -> None:
-    """Load the file in a child process once; raise ModelLoadError if that fails or kills it."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    with _checked_lock:
-        if key in _checked:
-            problem = _checked[key]
-            if problem:
-                raise ModelLoadError(problem)
-            return
-    try:
-        # llama.cpp logs the path in UTF-8, not in the locale's encoding (Windows' ANSI code
-        # page), which raised UnicodeDecodeError for a model under C:\Users\Иван\.
-        child = subprocess.run([sys.executable, "-c", _PREFLIGHT, path], capture_output=True,
-                               encoding="utf-8", errors="replace", timeout=timeout_s,
-                               env=dict(os.environ, PYTHONIOENCODING="utf-8"))
-        problem = None
-        if child.returncode != 0:
-            tail = (child.stderr.strip().splitlines() or ["no output"])[-1][:200]
-            how = (f"was killed by signal {-child.returncode}" if child.returncode < 0
-                   else f"failed ({tail})")
-            problem = f"llama.cpp {how} while reading {Path(path).name}; the file is damaged or unsupported"
-    except subprocess.TimeoutExpired:
-        problem = f"llama.cpp did not finish reading {Path(path).name} in {timeout_s:.0f} s"
-    with _checked_lock:
-        _checked[key] = problem
-    if problem:
-        raise ModelLoadError(problem)
-
-
 class LlamaCppBackend(LocalBackend):
     """One GGUF model in this process; generations on it are queued (contexts are not thread-safe).
 
@@ -249,7 +172,7 @@ class LlamaCppBackend(LocalBackend):
     def _load_locked(self) -> None:
         if self._llm is not None:
             return
-        llama_cpp = _import_llama()
+        llama_cpp = import_llama()
         if self.safe_load:
             preflight(self.path)
         kv = getattr(llama_cpp, _KV_TYPES[self.kv_type])
