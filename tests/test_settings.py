@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from zwaif_fallback import FallbackSettings, InvalidSettings, StorageError, settings_file
-from zwaif_fallback.settings import describe_range
+from zwaif_fallback.settings_fields import describe_range
 
 # field: (default, low, high) for the bounded ones, from DESIGN.md's table.
 RANGES = {

@@ -20,7 +20,8 @@ and to having no import cycle.
     fit           fit, memory, calibration, dry_run
     discovery     catalog, pull, pull_plan, download, hub, hub_api, hub_headers, hub_body, hub_http,
                   hub_models, model_info, locations, gguf_header, gguf_cursor, safetensors_header, ggml
-    base          settings, settings_file, hardware, ggml_devices, store, errors, units, net, logs, _model
+    base          settings, settings_fields, settings_file, hardware, ggml_devices, store, errors, units, net,
+                  logs, _model
 
 * porches: the CLI (cli_parser: its subcommands and their arguments; cli_text: what it
   prints), ``try_fallbacks`` on a default manager, the OpenAI-compatible server (admission:
@@ -51,9 +52,10 @@ and to having no import cycle.
   gguf_cursor: the buffer, and the walk over string arrays); pull downloads one from the
   Hub into a place discovery reads (pull -> pull_plan: which files, download: one file's
   bytes, verified).
-* base: settings, hardware probes (hardware; ggml_devices: llama.cpp's own device list),
-  the SQLite store, the errors, and small helpers (units: sizes for people; net: which
-  hosts are loopback).
+* base: settings (settings_fields: the kinds of value a field takes, and its range in words;
+  settings_file: the file on disk), hardware probes (hardware; ggml_devices: llama.cpp's own
+  device list), the SQLite store, the errors, and small helpers (units: sizes for people;
+  net: which hosts are loopback).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
 from .errors import InvalidSettings
-from .settings import FallbackSettings, bounds
+from .settings import FallbackSettings
+from .settings_fields import bounds
 
 if TYPE_CHECKING:
     from .manager import FallbackManager

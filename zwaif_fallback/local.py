@@ -27,7 +27,8 @@ from .memory import LoadConfig
 from .model_info import ModelInfo
 from .pool import LocalPool
 from .routing import rank_local
-from .settings import FallbackSettings, bounds
+from .settings import FallbackSettings
+from .settings_fields import bounds
 from .step_down import StepDown
 
 if TYPE_CHECKING:

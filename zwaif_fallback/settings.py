@@ -9,32 +9,23 @@ written into it.
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BeforeValidator,
-    Field,
-    PrivateAttr,
-    SecretStr,
-    TypeAdapter,
-    ValidationError,
-)
+from pydantic import Field, PrivateAttr, SecretStr, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
-    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
 from .errors import InvalidSettings
+from .settings_fields import NameList, SomePath, Url, UrlList, field_problem
 from .settings_file import load_file, read_file_quietly, to_json, write_atomically
 
 __all__ = ["FallbackSettings", "SettingsOrigin"]
@@ -54,42 +45,6 @@ _NOT_SAVED = frozenset({"settings_file"})
 
 SettingsOrigin = str  # "argument" | "environment" | "file" | "default"
 
-
-def _split_list(value: Any) -> Any:
-    """Accept a JSON list or a comma-separated string (how lists come from the environment)."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not a valid JSON list: {exc.msg}") from None
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return value
-
-
-def _check_url(value: str) -> str:
-    value = value.strip()
-    if value and not value.startswith(("http://", "https://")):
-        raise ValueError("must start with http:// or https:// (e.g. http://127.0.0.1:5000/v1)")
-    return value.rstrip("/")
-
-
-def _check_urls(values: list[str]) -> list[str]:
-    return [_check_url(v) for v in values]
-
-
-def _some_path(value: Any) -> Any:
-    """An empty path would become "." (the current folder): refuse it instead."""
-    if isinstance(value, str) and not value.strip():
-        raise ValueError("must not be empty: give a folder or file path")
-    return value
-
-
-Url = Annotated[str, AfterValidator(_check_url)]
-UrlList = Annotated[list[str], NoDecode, BeforeValidator(_split_list), AfterValidator(_check_urls)]
-NameList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
-SomePath = Annotated[Path, BeforeValidator(_some_path)]
 
 # Filled by the settings-file source while a FallbackSettings is being built, read
 # back by __init__: pydantic-settings gives sources no other way to report.
@@ -294,7 +249,7 @@ def validate_field(name: str, value: Any) -> Any:
         return adapter.validate_python(value)
     except ValidationError as exc:
         reason = exc.errors()[0].get("msg", "invalid value")
-        raise InvalidSettings(_field_problem(name, info, value, reason)) from None
+        raise InvalidSettings(field_problem(name, info, value, reason)) from None
 
 
 _adapters: dict[str, TypeAdapter[Any]] = {}
@@ -311,45 +266,6 @@ def _adapter(name: str) -> TypeAdapter[Any]:
     return _adapters[name]
 
 
-def bounds(info: FieldInfo) -> tuple[float, float] | None:
-    """A numeric field's range (``ge`` and ``le``), or None when it has none."""
-    low = high = None
-    for item in info.metadata:
-        low = getattr(item, "ge", low)
-        high = getattr(item, "le", high)
-    return (low, high) if low is not None and high is not None else None
-
-
-def describe_range(info: FieldInfo) -> str:
-    """What a field allows, in words: ``"5 to 120"`` for a bounded number (``"a whole number
-    from 1 to 10"`` for an integer), ``"models_dir or hf_cache"`` for a choice, ``"true or
-    false"`` for a flag, else the kind of value."""
-    limits = bounds(info)
-    if limits is not None:
-        bounds_text = f"{limits[0]:g} to {limits[1]:g}"
-        return f"a whole number from {bounds_text}" if info.annotation is int else bounds_text
-    if get_origin(info.annotation) is Literal:
-        return " or ".join(str(choice) for choice in get_args(info.annotation))
-    if info.annotation is bool:
-        return "true or false"
-    if info.annotation is Path:
-        return "a folder or file path"
-    validators = {getattr(item, "func", None) for item in info.metadata}
-    if _check_url in validators:
-        return "an http:// or https:// URL, or empty"
-    if _check_urls in validators:
-        return "a list of http:// or https:// URLs, comma-separated or as JSON"
-    if _split_list in validators:
-        return "a list, comma-separated or as JSON"
-    return "a list of values" if "list" in str(info.annotation) else "text"
-
-
-def _field_problem(name: str, info: FieldInfo, value: Any, reason: str) -> str:
-    shown = repr(value) if not isinstance(value, str) or len(value) < 80 else repr(value[:77] + "...")
-    reason = reason.removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
-    return f"{name}={shown} is not valid ({reason}); allowed: {describe_range(info)}"
-
-
 def _unknown_message(names: list[str]) -> str:
     known = ", ".join(sorted(FallbackSettings.model_fields))
     return f"unknown setting {', '.join(repr(n) for n in names)}; settings are: {known}"
@@ -364,7 +280,7 @@ def _translate(exc: ValidationError, *, arguments: set[str]) -> InvalidSettings:
         if info is None:
             problems.append(f"{name}: {error.get('msg')}")
         else:
-            problems.append(_field_problem(name, info, error.get("input"), error["msg"]) + where)
+            problems.append(field_problem(name, info, error.get("input"), error["msg"]) + where)
     return InvalidSettings("; ".join(problems), problems=problems)
 
 

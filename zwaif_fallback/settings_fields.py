@@ -1,0 +1,96 @@
+"""The kinds of value ``FallbackSettings``' fields take, and what a field allows in words.
+
+Lists come from the environment as comma-separated text or as JSON; a URL must be
+http:// or https:// and loses its trailing slash; an empty path is refused rather than
+read as the current folder. ``describe_range`` and ``field_problem`` say what a field
+allows, for the messages ``InvalidSettings`` carries and for the CLI's help.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import AfterValidator, BeforeValidator
+from pydantic.fields import FieldInfo
+from pydantic_settings import NoDecode
+
+__all__ = ["NameList", "SomePath", "Url", "UrlList", "bounds", "describe_range", "field_problem"]
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a JSON list or a comma-separated string (how lists come from the environment)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a valid JSON list: {exc.msg}") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _check_url(value: str) -> str:
+    value = value.strip()
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https:// (e.g. http://127.0.0.1:5000/v1)")
+    return value.rstrip("/")
+
+
+def _check_urls(values: list[str]) -> list[str]:
+    return [_check_url(v) for v in values]
+
+
+def _some_path(value: Any) -> Any:
+    """An empty path would become "." (the current folder): refuse it instead."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty: give a folder or file path")
+    return value
+
+
+Url = Annotated[str, AfterValidator(_check_url)]
+UrlList = Annotated[list[str], NoDecode, BeforeValidator(_split_list), AfterValidator(_check_urls)]
+NameList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+SomePath = Annotated[Path, BeforeValidator(_some_path)]
+
+
+def bounds(info: FieldInfo) -> tuple[float, float] | None:
+    """A numeric field's range (``ge`` and ``le``), or None when it has none."""
+    low = high = None
+    for item in info.metadata:
+        low = getattr(item, "ge", low)
+        high = getattr(item, "le", high)
+    return (low, high) if low is not None and high is not None else None
+
+
+def describe_range(info: FieldInfo) -> str:
+    """What a field allows, in words: ``"5 to 120"`` for a bounded number (``"a whole number
+    from 1 to 10"`` for an integer), ``"models_dir or hf_cache"`` for a choice, ``"true or
+    false"`` for a flag, else the kind of value."""
+    limits = bounds(info)
+    if limits is not None:
+        bounds_text = f"{limits[0]:g} to {limits[1]:g}"
+        return f"a whole number from {bounds_text}" if info.annotation is int else bounds_text
+    if get_origin(info.annotation) is Literal:
+        return " or ".join(str(choice) for choice in get_args(info.annotation))
+    if info.annotation is bool:
+        return "true or false"
+    if info.annotation is Path:
+        return "a folder or file path"
+    validators = {getattr(item, "func", None) for item in info.metadata}
+    if _check_url in validators:
+        return "an http:// or https:// URL, or empty"
+    if _check_urls in validators:
+        return "a list of http:// or https:// URLs, comma-separated or as JSON"
+    if _split_list in validators:
+        return "a list, comma-separated or as JSON"
+    return "a list of values" if "list" in str(info.annotation) else "text"
+
+
+def field_problem(name: str, info: FieldInfo, value: Any, reason: str) -> str:
+    """The message for a refused ``value`` of the field ``name``: why, and what it allows."""
+    shown = repr(value) if not isinstance(value, str) or len(value) < 80 else repr(value[:77] + "...")
+    reason = reason.removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+    return f"{name}={shown} is not valid ({reason}); allowed: {describe_range(info)}"
