@@ -9,8 +9,8 @@ import pytest
 from servers import refused_url
 
 from zwaif_fallback.backends.http_stream import HOLD_MAX, HTTPStreamError, StreamPool
+from zwaif_fallback.chat_run import Piece, Target
 from zwaif_fallback.completions import ChunkMaker, event
-from zwaif_fallback.failover import Piece, Target
 
 EVENTS = [b'data: {"n":%d}\n\n' % i for i in range(50)]
 

@@ -17,7 +17,8 @@ from servers import free_port
 from zwaif_fallback import GPUInfo, InvalidSettings, SystemStatus
 from zwaif_fallback.backends.base import GenerationParams, TargetFailed
 from zwaif_fallback.breaker import BreakerState, CircuitBreaker
-from zwaif_fallback.failover import FailoverChain, Target
+from zwaif_fallback.chat_run import Target
+from zwaif_fallback.failover import FailoverChain
 from zwaif_fallback.metrics import Metrics
 from zwaif_fallback.results import Attempt, ChatResult, Switch
 

@@ -15,8 +15,8 @@ and to having no import cycle.
     facade        manager
     measurement   measuring, pull_jobs, recommend, optimizer, bench_jobs, telemetry, health, bench, quality,
                   metrics, monitor, jobs
-    call path     chats, characters, completions, completion_request, routing, failover, results, breaker,
-                  local, step_down, pool, backends
+    call path     chats, characters, completions, completion_request, routing, failover, chat_run, results,
+                  breaker, local, step_down, pool, backends
     fit           fit, memory, calibration, dry_run
     discovery     catalog, pull, pull_plan, download, hub, hub_api, hub_headers, hub_body, hub_http,
                   hub_models, model_info, locations, gguf_header, gguf_cursor, safetensors_header, ggml
@@ -38,7 +38,8 @@ and to having no import cycle.
 * call path: one answer: OpenAI request dicts checked (completion_request) and answered
   (completions), input checks and recording (chats), a text-generation-webui
   character's persona for local models and remotes (characters), the targets in order
-  (routing), deadline, retries and breakers (failover), what a chat gives back (results),
+  (routing), deadline, retries and breakers (failover), the targets and one chat's run
+  through them, shared with serve's relay (chat_run), what a chat gives back (results),
   one class per runtime (backends/; backends.llama_preflight: llama.cpp imported, and a GGUF
   loaded in a child process before its first load here), the local models' fits, pool,
   switching and keep_alive (local -> pool), a load that runs out of memory stepping down

@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 from .backends.base import RAW_ROLE, GenerationParams, Message, check_messages
 from .characters import persona, with_persona
+from .chat_run import ChatRun, Piece, Target
 from .errors import AllTargetsFailed, InvalidSettings
-from .failover import ChatRun, FailoverChain, Piece, Target
+from .failover import FailoverChain
 from .results import Attempt, ChatResult
 from .routing import Primary, Router
 from .settings import FallbackSettings, validate_field

@@ -30,9 +30,9 @@ from json.encoder import encode_basestring_ascii
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from .chat_run import Piece
 from .completion_request import BadRequestField, CompletionRequest, parse_request, parse_text_request
 from .errors import AllTargetsFailed, FallbackError, InvalidSettings
-from .failover import Piece
 from .results import Attempt, ChatResult
 
 # BadRequestField, CompletionRequest and the parsers live in completion_request; hosts and

@@ -25,8 +25,8 @@ from typing import Any
 
 from .backends.ollama import SAMPLER_OPTIONS, ollama_tool_call, openai_tool_call
 from .backends.openai import OLLAMA_FIELDS
+from .chat_run import Piece
 from .completions import BadRequestField, ChunkMaker, fallback_info
-from .failover import Piece
 from .model_info import ModelInfo
 from .results import ChatResult
 

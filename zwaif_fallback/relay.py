@@ -24,9 +24,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mutabl
 from typing import TYPE_CHECKING, Any
 
 from .backends.base import ALIVE, TargetFailed, ToolCalls, Usage
+from .chat_run import ChatRun, Piece, Target, answered_by
 from .completions import ChunkMaker, error_object, status_of, who_answered
 from .errors import BackendUnavailable
-from .failover import ChatRun, Piece, Target, answered_by
 from .results import ChatResult
 from .sse import ChunkPump
 

@@ -24,8 +24,8 @@ from .backends.ollama import OllamaBackend, is_ollamas_v1
 from .backends.openai import OpenAIBackend
 from .breaker import BreakerState, CircuitBreaker
 from .characters import with_persona
+from .chat_run import Target
 from .errors import InvalidSettings
-from .failover import Target
 from .fit import Compatibility
 from .model_info import ModelInfo
 from .settings import FallbackSettings, validate_field
