@@ -33,7 +33,8 @@ from _common import ROOT, table
 import zwaif_fallback.dry_run as dry_run_module
 from zwaif_fallback import FallbackSettings
 from zwaif_fallback.catalog import Catalog
-from zwaif_fallback.dry_run import DryRun, dry_run
+from zwaif_fallback.dry_run import dry_run
+from zwaif_fallback.dry_run_log import DryRun
 from zwaif_fallback.memory import Estimate, LoadConfig, estimate
 from zwaif_fallback.model_info import ModelInfo
 

@@ -1,7 +1,7 @@
 """llama.cpp's no_alloc dry run against real loads of the same plan, on this machine's library.
 
 A real load runs in a child with llama-cpp-python's ``Llama(verbose=True)``; its log's
-buffer lines are parsed here, independently of ``dry_run``'s own parser.
+buffer lines are parsed here, independently of ``dry_run_log``'s parser.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from builders import write_gguf
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from bench_dry_run import REAL_LOAD  # noqa: E402
 
-from zwaif_fallback.dry_run import DryRun, dry_run, parse_log
+from zwaif_fallback.dry_run import dry_run
+from zwaif_fallback.dry_run_log import DryRun
 from zwaif_fallback.errors import BackendUnavailable, ModelLoadError
-from zwaif_fallback.memory import MIB, LoadConfig
+from zwaif_fallback.memory import LoadConfig
 
 BUFFER = re.compile(r"(\S+)\s+(model|KV|output|compute) buffer size =\s*([\d.]+) MiB")
 FIELD = {"model": "weights_mb", "KV": "kv_mb", "output": "output_mb", "compute": "compute_mb"}
@@ -93,36 +94,6 @@ def test_cpu_only_reports_no_vram_whatever_the_gpu_layers(smollm2):
     dry = dry_run(smollm2, LoadConfig(n_ctx=512, gpu_layers=-1), cpu_only=True)
     assert dry.vram_mb == 0.0 and dry.gpu_layers == 0
     assert dry.ram_mb == pytest.approx(sum(d.total_mb for d in dry.devices.values()), abs=0.01)
-
-
-def test_a_gpu_log_splits_vram_from_ram_layer_by_layer():
-    """The texts llama.cpp logs on a CUDA build with 2 of 3 layers offloaded (no GPU here)."""
-    log = [
-        "load_tensors: layer   0 assigned to device CPU, is_swa = 0",
-        "load_tensors: layer   1 assigned to device CUDA0, is_swa = 0",
-        "load_tensors: layer   2 assigned to device CUDA0, is_swa = 0",
-        "load_tensors: offloaded 2/3 layers to GPU",
-        "load_tensors:    CUDA_Host model buffer size =     0.00 MiB",
-        "load_tensors:        CUDA0 model buffer size =     0.00 MiB",
-        "llama_context: n_ctx                 = 1024",
-        "llama_context:  CUDA_Host  output buffer size =     0.50 MiB",
-        "llama_kv_cache: layer   0: dev = CPU",
-        "llama_kv_cache: layer   1: dev = CUDA0",
-        "llama_kv_cache:      CUDA0 KV buffer size =     0.00 MiB",
-        "llama_kv_cache: size =    8.00 MiB (  1024 cells,   2 layers,  1/1 seqs), "
-        "K (f16):    4.00 MiB, V (f16):    4.00 MiB",
-        "sched_reserve:      CUDA0 compute buffer size =   100.00 MiB",
-        "sched_reserve:  CUDA_Host compute buffer size =    10.00 MiB",
-    ]
-    tensors = {"token_embd.weight": 64 * MIB, "blk.0.attn_q.weight": 16 * MIB,
-               "blk.1.attn_q.weight": 16 * MIB, "output_norm.weight": MIB}  # tied output
-    dry = parse_log(log, tensors, model_bytes=97 * MIB, seconds=0.5, version="test")
-    assert dry.weights_by == "layer"
-    assert dry.devices["CPU"].weights_mb == 80 and dry.devices["CPU"].kv_mb == 4
-    assert dry.devices["CUDA0"].weights_mb == 16 + 1 + 64  # a tied output's copy on the GPU
-    assert dry.vram_mb == 81 + 4 + 100
-    assert dry.ram_mb == 80 + 4 + 10 + 0.5
-    assert (dry.gpu_layers, dry.n_layers, dry.n_ctx) == (2, 2, 1024)
 
 
 @pytest.mark.parametrize("damage", ["bad K/V shape", "truncated", "not a model"])

@@ -15,7 +15,7 @@ from fake_nvml.pynvml import FakeNvml
 
 from zwaif_fallback import FallbackManager, FallbackSettings, HardwareProbe
 from zwaif_fallback import dry_run as dry_run_module
-from zwaif_fallback.dry_run import DeviceMemory, DryRun
+from zwaif_fallback.dry_run_log import DeviceMemory, DryRun
 from zwaif_fallback.fit import HEADROOM_MB
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"

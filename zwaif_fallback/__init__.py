@@ -17,7 +17,7 @@ and to having no import cycle.
                   metrics, monitor, jobs
     call path     chats, characters, completions, completion_request, routing, failover, chat_run, results,
                   breaker, local, step_down, pool, backends
-    fit           fit, memory, calibration, dry_run
+    fit           fit, memory, calibration, dry_run, dry_run_log
     discovery     catalog, pull, pull_plan, download, hub, hub_api, hub_headers, hub_body, hub_http,
                   hub_models, model_info, locations, gguf_header, gguf_cursor, safetensors_header, ggml
     base          settings, settings_fields, settings_file, hardware, ggml_devices, store, errors, units, net,
@@ -45,7 +45,8 @@ and to having no import cycle.
   switching and keep_alive (local -> pool), a load that runs out of memory stepping down
   (step_down).
 * fit: the memory estimate (memory), the verdict (fit), corrections measured on real
-  loads (calibration), llama.cpp's own no_alloc dry run of a plan (dry_run).
+  loads (calibration), llama.cpp's own no_alloc dry run of a plan (dry_run -> dry_run_log:
+  where its log says the memory would go).
 * discovery: which models exist and what they are, read from their files' headers, local or
   on the Hub by range requests (hub -> hub_api: a file's metadata and a repo's listing,
   asked through huggingface_hub; hub_body, hub_http, hub_models; hub_headers: the
