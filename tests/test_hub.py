@@ -19,7 +19,8 @@ from servers import HangServer, free_port
 
 from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings
 from zwaif_fallback.fit import plan
-from zwaif_fallback.gguf_header import ArrayInfo, GGUFHeader, VocabRun, VocabStart, read_gguf_header
+from zwaif_fallback.gguf_header import ArrayInfo, GGUFHeader, VocabStart, read_gguf_header
+from zwaif_fallback.gguf_lending import VocabRun
 from zwaif_fallback.hub import (
     Hub,
     HubAccessDenied,

@@ -19,7 +19,8 @@ and to having no import cycle.
                   breaker, local, step_down, pool, backends
     fit           fit, memory, calibration, dry_run, dry_run_log
     discovery     catalog, pull, pull_plan, download, hub, hub_api, hub_headers, hub_body, hub_http,
-                  hub_models, model_info, locations, gguf_header, gguf_cursor, safetensors_header, ggml
+                  hub_models, model_info, locations, gguf_lending, gguf_header, gguf_cursor,
+                  safetensors_header, ggml
     base          settings, settings_fields, settings_file, hardware, ggml_devices, store, errors, units, net,
                   logs, _model
 
@@ -51,9 +52,10 @@ and to having no import cycle.
   on the Hub by range requests (hub -> hub_api: a file's metadata and a repo's listing,
   asked through huggingface_hub; hub_body, hub_http, hub_models; hub_headers: the
   headers, files that share a vocabulary walking it once); the GGUF reader (gguf_header ->
-  gguf_cursor: the buffer, and the walk over string arrays); pull downloads one from the
-  Hub into a place discovery reads (pull -> pull_plan: which files, download: one file's
-  bytes, verified).
+  gguf_cursor: the buffer, and the walk over string arrays), and a header read with the walk
+  over its vocabulary lent by a file with the same one (gguf_lending -> gguf_header); pull
+  downloads one from the Hub into a place discovery reads (pull -> pull_plan: which files,
+  download: one file's bytes, verified).
 * base: settings (settings_fields: the kinds of value a field takes, and its range in words;
   settings_file: the file on disk), hardware probes (hardware; ggml_devices: llama.cpp's own
   device list), the SQLite store, the errors, and small helpers (units: sizes for people;

@@ -10,19 +10,9 @@ Every count and length is checked against the file size before it is trusted:
 a truncated or hostile file raises ``InvalidModelFile`` quickly, never hangs and
 never allocates more than the file holds.
 
-Files with the same vocabulary can share the walk over it (``RunLender``, which
-hub_headers.py implements for the Hub, where the walk costs megabytes): one file walks
-its vocabulary and the big arrays right after it (token types, merges) and lends the run
-(their keys, their length in bytes, the bytes they end with); another file then jumps
-that far past its own vocabulary's start and reads the rest of its header from its own
-bytes. The jump counts only if it lands exactly: the bytes before the landing match
-the lender's, the key-values left parse to exactly the declared count (none of them a
-big string array, which a walk would fetch), and the tensor table parses and accounts
-for the file's size to the byte (``_check_sizes``). Otherwise the file is walked as any
-other, with the same result. What the jump does not check: the arrays it passes over
-get the lender's counts (a file with a merge more, and other merges shorter by as many
-bytes, would show the lender's count), and their bytes are not read (a vocabulary
-damaged inside, which a walk would reject, goes unseen).
+Files with the same vocabulary can share the walk over it (``gguf_lending``): for that,
+the parser stops at the vocabulary (``HeaderParser.to_vocab``) and can check that a jump
+past it landed exactly (``HeaderParser.finish(exact=True)``).
 """
 
 from __future__ import annotations
@@ -32,13 +22,13 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .errors import InvalidModelFile
 from .ggml import GGML_TYPES, tensor_nbytes
 from .gguf_cursor import CHUNK, Corrupt, Cursor, Seekable, skip_strings
 
-__all__ = ["ArrayInfo", "GGUFHeader", "RunLender", "Seekable", "TensorInfo", "VocabRun", "VocabStart",
+__all__ = ["ArrayInfo", "GGUFHeader", "HeaderParser", "Seekable", "TensorInfo", "VocabStart", "open_parser",
            "read_gguf_header", "read_gguf_header_from"]
 
 GGUF_MAGIC = b"GGUF"
@@ -50,7 +40,6 @@ MAX_KEPT_STRING = 1 << 20  # strings up to 1 MiB (chat templates) are kept; long
 MAX_KEPT_ARRAY = 1024  # numeric arrays up to this long (per-layer head counts) are kept
 MAX_KEPT_STRING_ARRAY = 64  # short string arrays (tags, languages) are kept
 HEAD_BYTES = 16 * 1024  # a vocabulary's first bytes, which tell vocabularies apart
-TAIL_BYTES = 4096  # a lent run's last bytes, which a borrower's must match
 
 # How far to read ahead after a key-value: about what the rest of the header takes.
 _KV_GUESS, _TENSOR_GUESS, _SLACK = 64, 72, 4096
@@ -108,30 +97,6 @@ class VocabStart:
     before: dict[str, Any]  # the metadata read before it (tokenizer.ggml.model, .pre)
 
 
-@dataclass(frozen=True)
-class VocabRun:
-    """What walking a vocabulary gave: the key-values from it to the first one that is not a
-    stepped-over array (token types, scores, merges come between), how many bytes they
-    take, and up to TAIL_BYTES of their end (none where the run ends in a skipped array)."""
-
-    arrays: tuple[tuple[str, ArrayInfo], ...]
-    length: int
-    tail: bytes
-
-
-class RunLender(Protocol):
-    """Lends a run walked in another file that has the same vocabulary (hub_headers.py)."""
-
-    def lend(self, start: VocabStart) -> VocabRun | None:
-        """At the vocabulary: a run to jump over it with, or None to walk it."""
-
-    def walked(self, run: VocabRun) -> None:
-        """The vocabulary was walked, and gave ``run``."""
-
-    def tried(self, problem: str | None) -> None:
-        """The lent run landed exactly (None), or why not; the file was then walked."""
-
-
 def read_gguf_header(path: str | Path) -> GGUFHeader:
     """Read a GGUF file's metadata and tensor table.
 
@@ -152,8 +117,8 @@ def read_gguf_header(path: str | Path) -> GGUFHeader:
         raise InvalidModelFile(path, f"cannot read: {exc.strerror or exc}") from None
 
 
-def read_gguf_header_from(handle: Seekable, *, size: int, path: str | Path, block_bytes: int = CHUNK,
-                          lender: RunLender | None = None) -> GGUFHeader:
+def read_gguf_header_from(handle: Seekable, *, size: int, path: str | Path,
+                          block_bytes: int = CHUNK) -> GGUFHeader:
     """Read a GGUF header from an open file of ``size`` bytes (``read_gguf_header``'s reader,
     for files that are not local: hub.py reads remote ones by HTTP ranges).
 
@@ -162,9 +127,6 @@ def read_gguf_header_from(handle: Seekable, *, size: int, path: str | Path, bloc
             expects to need, at most ``block_bytes`` at a time.
         size: the whole file's size, which every count and length is checked against.
         path: what errors and ``GGUFHeader.path`` call the file.
-        lender: lends the walk over the vocabulary from a file with the same one. A header
-            read with a lent run has the lender's ``ArrayInfo`` for the arrays after the
-            vocabulary (the vocabulary's own count is this file's); all else is this file's.
 
     Raises:
         InvalidModelFile: not a GGUF file, truncated, or with absurd values. Whatever
@@ -172,19 +134,7 @@ def read_gguf_header_from(handle: Seekable, *, size: int, path: str | Path, bloc
     """
     path = Path(path)
     try:
-        if size < 24:
-            handle.seek(0)
-            start = handle.read(4)
-            if not start:
-                raise Corrupt("truncated: the file is empty")
-            if not GGUF_MAGIC.startswith(start):
-                raise Corrupt(f"not a GGUF file (starts with {start!r}, expected b'GGUF')")
-            raise Corrupt(f"truncated: {size} bytes is too short for a GGUF header")
-        parser = _Parser(Cursor(handle, size, block_bytes=block_bytes))
-        if lender is not None:
-            vocab = parser.to_vocab()
-            if vocab is not None:
-                return _share(path, parser, vocab, lender)
+        parser = open_parser(handle, size=size, block_bytes=block_bytes)
         while parser.left:
             parser.kv()
         return parser.finish(path)
@@ -192,7 +142,24 @@ def read_gguf_header_from(handle: Seekable, *, size: int, path: str | Path, bloc
         raise InvalidModelFile(path, str(exc)) from None
 
 
-class _Parser:
+def open_parser(handle: Seekable, *, size: int, block_bytes: int = CHUNK) -> HeaderParser:
+    """A parser at the first key-value of the header in ``handle``, its counts read and checked.
+
+    Raises:
+        Corrupt: not a GGUF file, truncated, or with absurd counts.
+    """
+    if size < 24:
+        handle.seek(0)
+        start = handle.read(4)
+        if not start:
+            raise Corrupt("truncated: the file is empty")
+        if not GGUF_MAGIC.startswith(start):
+            raise Corrupt(f"not a GGUF file (starts with {start!r}, expected b'GGUF')")
+        raise Corrupt(f"truncated: {size} bytes is too short for a GGUF header")
+    return HeaderParser(Cursor(handle, size, block_bytes=block_bytes))
+
+
+class HeaderParser:
     """One header, parsed in order: the counts, the key-values one at a time, the tensors."""
 
     def __init__(self, cur: Cursor) -> None:
@@ -253,6 +220,15 @@ class _Parser:
             self.add(key, _array(self.cur, key, etype, count, depth=0))
         return None
 
+    def walk(self, vocab: VocabStart) -> None:
+        """Walk the vocabulary ``to_vocab`` stopped at, into ``metadata``."""
+        self.add(vocab.key, _array(self.cur, vocab.key, _STRING, vocab.count, depth=0))
+
+    def passed(self, vocab: VocabStart) -> None:
+        """Count the vocabulary ``to_vocab`` stopped at as stepped over, unwalked (a jump
+        went past it)."""
+        self.add(vocab.key, ArrayInfo(_STRING, vocab.count))
+
     def tensors(self) -> list[TensorInfo]:
         cur, start = self.cur, self.cur.pos
         tensors = []
@@ -293,58 +269,6 @@ class _Parser:
         if exact:
             _check_sizes(tensors, alignment, size - data_offset)
         return GGUFHeader(path, self.version, self.metadata, tensors, alignment, data_offset, size)
-
-
-def _share(path: Path, parser: _Parser, vocab: VocabStart, lender: RunLender) -> GGUFHeader:
-    """The rest of the header, with the run the lender lends or by walking it (and telling
-    the lender what the walk gave)."""
-    cur = parser.cur
-    strings = cur.pos
-    run = lender.lend(vocab)
-    if run is not None:
-        metadata, left = dict(parser.metadata), parser.left
-        try:
-            header = _jump(path, parser, vocab, run)
-        except Corrupt as exc:
-            lender.tried(str(exc))
-            parser.metadata, parser.left = metadata, left
-            cur.jump(strings)
-        else:
-            lender.tried(None)
-            return header
-    parser.add(vocab.key, _array(cur, vocab.key, _STRING, vocab.count, depth=0))
-    arrays = [(vocab.key, parser.metadata[vocab.key])]
-    end, tail = cur.pos, cur.behind(TAIL_BYTES)
-    while parser.left:
-        key = parser.kv()
-        if not isinstance(parser.metadata[key], ArrayInfo):
-            break
-        arrays.append((key, parser.metadata[key]))
-        end, tail = cur.pos, cur.behind(TAIL_BYTES)
-    lender.walked(VocabRun(tuple(arrays), end - vocab.offset, tail))
-    while parser.left:
-        parser.kv()
-    return parser.finish(path)
-
-
-def _jump(path: Path, parser: _Parser, vocab: VocabStart, run: VocabRun) -> GGUFHeader:
-    """Jump over the vocabulary as far as ``run`` says, and read on from there; raises
-    Corrupt where the landing is not exact."""
-    cur = parser.cur
-    land = vocab.offset + run.length
-    if (run.arrays[0][0] != vocab.key or len(run.arrays) > parser.left
-            or not cur.pos <= land - len(run.tail) <= land <= cur.size):
-        raise Corrupt("the lent run does not fit this file's key-values")
-    cur.jump(land - len(run.tail))
-    parser.expect_rest()
-    if cur.read(len(run.tail), "the end of the vocabulary") != run.tail:
-        raise Corrupt(f"the {len(run.tail)} bytes before byte {land} differ from the lender's")
-    parser.add(vocab.key, ArrayInfo(_STRING, vocab.count))
-    for key, info in run.arrays[1:]:
-        parser.add(key, info)
-    if parser.to_vocab() is not None:  # what a walk would fetch: a missed landing's garbage?
-        raise Corrupt("a big string array follows the lent run")
-    return parser.finish(path, exact=True)
 
 
 def _check_sizes(tensors: list[TensorInfo], alignment: int, data_size: int) -> None:

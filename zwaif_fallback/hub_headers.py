@@ -5,9 +5,9 @@ A GGUF's vocabulary and merges are most of its header (5-8 MiB for Qwen2.5 and L
 and the files of one family share them: its sizes, its quantizations. Files are grouped
 by what their reader meets first of the vocabulary (``fingerprint``). The first file of a
 group to get there leads: it walks its vocabulary and lends the run
-(``gguf_header.VocabRun``: the arrays' keys, their length in bytes, the bytes they end
+(``gguf_lending.VocabRun``: the arrays' keys, their length in bytes, the bytes they end
 with). The others wait for their own leader only, then jump that far past their own
-vocabulary's start and read the rest of their header from their own bytes; gguf_header
+vocabulary's start and read the rest of their header from their own bytes; gguf_lending
 checks the landing, and walks the file where it is not exact. A leader that fails before
 its run is known leaves its group: those waiting walk their own, the next to come leads.
 A leader slower than ``wait_s`` (a Hub sending a trickle) is waited for no longer: those
@@ -20,7 +20,8 @@ import hashlib
 import threading
 
 from .errors import InvalidModelFile
-from .gguf_header import GGUFHeader, VocabRun, VocabStart, read_gguf_header_from
+from .gguf_header import GGUFHeader, VocabStart
+from .gguf_lending import VocabRun, read_borrowing
 from .hub_http import MAX_BLOCK, GetRange, RangedFile
 
 __all__ = ["Seat", "VocabSharing", "fingerprint", "read_header"]
@@ -43,8 +44,7 @@ def read_header(get_range: GetRange, url: str, *, what: str, path: str,
     remote = RangedFile(get_range, url, what)
     seat = sharing.seat(what) if sharing is not None else None
     try:
-        return read_gguf_header_from(remote, size=remote.size, path=path, block_bytes=MAX_BLOCK,
-                                     lender=seat)
+        return read_borrowing(remote, size=remote.size, path=path, block_bytes=MAX_BLOCK, lender=seat)
     except InvalidModelFile as exc:
         raise InvalidModelFile(url, exc.reason) from None
     finally:
@@ -121,7 +121,7 @@ class VocabSharing:
 
 
 class Seat:
-    """One file's place in a ``VocabSharing``: the ``gguf_header.RunLender`` its reader asks."""
+    """One file's place in a ``VocabSharing``: the ``gguf_lending.RunLender`` its reader asks."""
 
     def __init__(self, sharing: VocabSharing, what: str) -> None:
         self._sharing = sharing
