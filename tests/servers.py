@@ -288,19 +288,28 @@ class ScriptedServer(_Background):
     ``finish_reason: "length"``, as a server does. ``model``: the name every event gives
     for the model (none by default); ``finish_reason`` replaces the reason the answer ends
     with. ``chats_only``: ``/v1/completions`` answers 404, as OpenAI's chat models do.
+    ``listed``: the model ids ``GET /v1/models`` answers (none: it answers 501).
     """
 
     def __init__(self, pieces: list[str], *, prompt_tokens: int = 11,
                  refuse_stream_options: bool = False, interrupted: bool = False,
                  tool_calls: list[dict[str, str]] | None = None,
                  cut_in_tool_call: bool = False, model: str | None = None,
-                 finish_reason: str | None = None, chats_only: bool = False, port: int = 0) -> None:
+                 finish_reason: str | None = None, chats_only: bool = False, port: int = 0,
+                 listed: list[str] | None = None) -> None:
         self.bodies: list[dict[str, object]] = []
         self.paths: list[str] = []
         self.headers: list[dict[str, str]] = []  # each request's, names lower-cased
         server = self
 
         class Handler(_Handler):
+            def do_GET(self) -> None:
+                if listed is None or self.path != "/v1/models":
+                    self._send(501, "text/plain", b"not here")
+                    return
+                self._send(200, "application/json", json.dumps({"object": "list", "data": [
+                    {"id": name, "object": "model"} for name in listed]}).encode())
+
             def do_POST(self) -> None:
                 body = self._body()
                 server.bodies.append(body)

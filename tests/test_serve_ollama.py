@@ -21,7 +21,9 @@ from servers import serve_in_process as serve
 
 from zwaif_fallback import FallbackManager
 from zwaif_fallback.completion_request import parse_request
+from zwaif_fallback.model_info import ModelInfo
 from zwaif_fallback.ollama_api import OllamaChunks, chat_request
+from zwaif_fallback.ollama_info import running, timestamp
 
 ollama = pytest.importorskip("ollama")
 
@@ -322,12 +324,51 @@ def test_a_chat_no_target_can_answer_is_an_ollama_error_saying_why(isolated: Pat
     assert "cannot call tools" in failed.value.error
 
 
-def test_the_model_list_answers_as_ollamas_does(isolated: Path):
-    upstream = ScriptedServer(["x"])
-    with serve(isolated, upstream.url) as (served, _):
-        listed = ollama.Client(host=served.url).list()
-    upstream.close()
-    assert SMOL in [m.model for m in listed.models]
+def test_every_model_is_listed_shown_and_asked_for_by_ollamas_name(isolated: Path):
+    # Open WebUI adds ":latest" to a name without a tag, then looks it up in /api/tags: a
+    # model listed bare could not be chosen. AnythingLLM asks /api/show of every listed model,
+    # and drops them all when one is missing; Open WebUI's "verify" asks /api/version.
+    upstream = ScriptedServer(["Red."], listed=["gpt-4o-mini"])
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            client = ollama.Client(host=served.url)
+            names = [m.model for m in client.list().models]
+            cards = [client.show(name) for name in names]
+            answer = client.chat(model="gpt-4o-mini:latest", messages=ZWAIF_HISTORY)
+            version = httpx.get(served.url + "/api/version", timeout=10).json()["version"]
+    finally:
+        upstream.close()
+    assert names == ["gpt-4o-mini:latest", f"{SMOL}:latest"]
+    assert cards[0].capabilities == ["completion"] and cards[1].details.format == "gguf"
+    assert answer.message.content == "Red." and upstream.bodies[0]["model"] == "gpt-4o-mini"
+    assert all(part.isdigit() for part in version.split("."))  # Open WebUI reads it as integers
+
+
+def test_ps_lists_the_local_model_in_memory(isolated: Path):
+    with serve(isolated, refused_url()) as (served, _):
+        client = ollama.Client(host=served.url)
+        before = client.ps()
+        client.chat(model="x", messages=ZWAIF_HISTORY, options={"num_predict": 2})
+        after = client.ps()
+    assert before.models == []
+    (held,) = after.models
+    assert held.model == f"{SMOL}:latest" and held.size and held.details.quantization_level == "Q4_1"
+    assert held.expires_at.year > 2300  # keep_alive 0: kept for good, as Ollama says it
+
+
+def test_a_model_idle_for_a_while_expires_keep_alive_after_its_last_use():
+    model = ModelInfo(name="m", path="m.gguf", format="gguf", source="models_dir", context_length=2048)
+    shown = running(model, n_ctx=4096, idle_s=10.0, keep_alive_s=300.0, now=1_000_000.0)
+    assert shown["expires_at"] == timestamp(1_000_290.0) and shown["context_length"] == 2048
+
+
+def test_ollamas_routes_serve_does_not_answer_say_so_in_ollamas_words(isolated: Path):
+    with serve(isolated, refused_url()) as (served, _):
+        with pytest.raises(ollama.ResponseError) as pulled:
+            ollama.Client(host=served.url).pull("llama3")
+        embedded = httpx.post(served.url + "/api/embed", json={"model": "x", "input": "hi"}, timeout=10)
+    assert pulled.value.status_code == 404 and "does not answer POST /api/pull" in pulled.value.error
+    assert embedded.status_code == 404 and "/api/chat" in embedded.json()["error"]
 
 
 # -- an Ollama primary, through its own API ---------------------------------------------------
@@ -435,5 +476,5 @@ def test_an_ollama_primary_is_listed_and_counts_as_up(isolated: Path):
     # the primary's own entries first, as it gave them: a host that picks a model from this
     # list (Z-WAIF's pre-release does) picks one the primary has
     assert (tags[0].model, tags[0].size, tags[0].digest) == ("llama3:latest", 1, "0")
-    assert SMOL in [t.model for t in tags[1:]]
+    assert f"{SMOL}:latest" in [t.model for t in tags[1:]]
     assert health.status_code == 200

@@ -170,6 +170,11 @@ class FallbackManager:
         """The local model this process holds (loaded, or unloaded while idle)."""
         return self._local.current
 
+    def loaded_model(self) -> tuple[ModelInfo, float] | None:
+        """The local model in memory now and for how many seconds it has been idle (0 while
+        it answers; keep_alive unloads it after that long); None when none is."""
+        return self._local.pool.held()
+
     def check_compatibility(
         self,
         name_or_path: str,

@@ -17,7 +17,6 @@ Ollama's ``/v1`` drops. So with an Ollama primary, name its own API (``.../api``
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,11 +26,10 @@ from .backends.ollama import SAMPLER_OPTIONS, ollama_tool_call, openai_tool_call
 from .backends.openai import OLLAMA_FIELDS
 from .chat_run import Piece
 from .completions import BadRequestField, ChunkMaker, fallback_info
-from .model_info import ModelInfo
+from .ollama_info import render, timestamp, untagged
 from .results import ChatResult
 
-__all__ = ["CHAT", "GENERATE", "Endpoint", "OllamaChunks", "chat_request", "generate_request", "model_card",
-           "model_list", "render", "whole_answer"]
+__all__ = ["CHAT", "GENERATE", "Endpoint", "OllamaChunks", "chat_request", "generate_request", "whole_answer"]
 
 #: Ollama's options that a request names otherwise: its length limit is llama.cpp's
 #: ``n_predict``, negative for none, as ``parse_request`` reads it.
@@ -57,7 +55,7 @@ def chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise BadRequestField("messages", "missing: give a list of {'role': ..., 'content': ...}")
-    request: dict[str, Any] = {"model": model, "stream": body.get("stream") is not False,
+    request: dict[str, Any] = {"model": untagged(model), "stream": body.get("stream") is not False,
                                "messages": _answered_calls([_message(m, i) for i, m in enumerate(messages)])}
     options = body.get("options")
     if options is not None and not isinstance(options, Mapping):
@@ -166,20 +164,6 @@ def _openai_call(call: Any, message: int, index: int) -> dict[str, Any]:
     return openai_tool_call(call, call.get("id") or f"call_{message}_{index}")
 
 
-def render(item: dict[str, Any]) -> dict[str, Any]:
-    """``item`` as Ollama shows it: an OpenAI error object becomes ``{"error": "..."}``."""
-    error = item.get("error")
-    if isinstance(error, Mapping):
-        return {"error": str(error.get("message") or "the answer failed")}
-    return item
-
-
-def _timestamp(at: float | None = None) -> str:
-    utc = dt.timezone.utc
-    moment = dt.datetime.fromtimestamp(at, utc) if at is not None else dt.datetime.now(utc)
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 def _said(text: str, calls: list[dict[str, Any]], *, generate: bool) -> dict[str, Any]:
     """What an answer (or a piece of it) says: ``/api/generate``'s ``response``, or
     ``/api/chat``'s ``message`` with the tool calls."""
@@ -202,7 +186,7 @@ def whole_answer(answer: dict[str, Any], *, generate: bool = False) -> dict[str,
     choice = answer["choices"][0]
     message = choice.get("message") or {"content": choice.get("text")}  # a chat's, or a text's
     said = _said(message.get("content") or "", message.get("tool_calls") or [], generate=generate)
-    shown: dict[str, Any] = {"model": answer["model"], "created_at": _timestamp(answer["created"]),
+    shown: dict[str, Any] = {"model": answer["model"], "created_at": timestamp(answer["created"]),
                              **said, "done": True, "done_reason": _done_reason(choice["finish_reason"])}
     usage = answer.get("usage")
     if usage:
@@ -211,13 +195,6 @@ def whole_answer(answer: dict[str, Any], *, generate: bool = False) -> dict[str,
     if "x_fallback" in answer:
         shown["x_fallback"] = answer["x_fallback"]
     return shown
-
-
-def model_list(models: list[dict[str, Any]]) -> dict[str, Any]:
-    """``GET /v1/models``' list as Ollama's ``GET /api/tags`` gives it: an Ollama primary's
-    entries as it gave them (size, digest, details), first, as ``/v1/models`` lists them."""
-    return {"models": [m.get("x_ollama") or {"name": m["id"], "model": m["id"], "details": {}}
-                       for m in models]}
 
 
 class OllamaChunks(ChunkMaker):
@@ -241,7 +218,7 @@ class OllamaChunks(ChunkMaker):
         super().__init__(include_usage=False)
         self.done_event = b""
         self.generate = generate  # /api/generate's lines: ``response``, not ``message``
-        self.created_at = _timestamp()  # each line's: when the answer began
+        self.created_at = timestamp()  # each line's: when the answer began
 
     def _line(self, model: str, content: str) -> dict[str, Any]:
         return {"model": model, "created_at": self.created_at,
@@ -304,27 +281,6 @@ class OllamaChunks(ChunkMaker):
         return render(error)
 
 
-def model_card(model: ModelInfo, n_ctx: int) -> dict[str, Any]:
-    """A local model as Ollama's ``/api/show`` describes one, from what its header says."""
-    family = model.architecture or "unknown"
-    details = {"format": model.format, "family": family, "families": [family],
-               "parameter_size": _count(model.parameters), "quantization_level": model.quantization or ""}
-    info: dict[str, Any] = {"general.architecture": family}
-    if model.parameters:
-        info["general.parameter_count"] = model.parameters
-    if model.context_length:
-        info[f"{family}.context_length"] = model.context_length
-    return {"modelfile": "", "parameters": f"num_ctx {min(n_ctx, model.context_length or n_ctx)}",
-            "template": "", "details": details, "model_info": info, "capabilities": ["completion"]}
-
-
-def _count(parameters: int | None) -> str:
-    """A parameter count as Ollama writes it: "135M", "8.0B"."""
-    if not parameters:
-        return ""
-    return f"{parameters / 1e9:.1f}B" if parameters >= 1e9 else f"{parameters / 1e6:.0f}M"
-
-
 @dataclass(frozen=True)
 class Endpoint:
     """One of Ollama's answering routes, ``/api/chat`` or ``/api/generate``: how its
@@ -343,7 +299,7 @@ class Endpoint:
         said = body.get("prompt") if self.generate else body.get("messages")
         if said not in ("", [], None) or not isinstance(body.get("model"), str):
             return None
-        return {"model": body["model"], "created_at": _timestamp(), **_said("", [], generate=self.generate),
+        return {"model": body["model"], "created_at": timestamp(), **_said("", [], generate=self.generate),
                 "done": True, "done_reason": "load"}
 
     def chunks(self) -> OllamaChunks:

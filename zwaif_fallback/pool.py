@@ -62,6 +62,15 @@ class LocalPool(Generic[B]):
         with self._cond:
             return self._backend is not None and self._backend.loaded
 
+    def held(self) -> tuple[ModelInfo, float] | None:
+        """The model in memory now and how long it has been idle (0 while a generation
+        holds it), on this pool's clock; None when none is."""
+        with self._cond:
+            backend = self._backend
+            if self._model is None or backend is None or not backend.loaded:
+                return None
+            return self._model, 0.0 if self._leases.get(backend) else self._clock() - self._last_used
+
     @property
     def leases(self) -> int:
         """How many leases are out now, on any backend: a generation holds one from its

@@ -7,7 +7,8 @@ A host that talks HTTP points its OpenAI base URL here and changes nothing else:
     GET  /v1/models             the primary's models, then the remotes', then the local ones
     POST /api/chat              the same answer in Ollama's shape (``ollama_api``),
     POST /api/generate          one turn of it, and
-    GET  /api/tags              the same list, for hosts that speak Ollama's API
+    GET  /api/tags              the same list, for hosts that speak Ollama's API, beside
+    /api/show, /api/ps, /api/version  what Ollama's clients ask of its models (``ollama_info``)
     GET  /health                200 with the chain's state, 503 when nothing could answer
     GET  /metrics               Prometheus metrics
 
@@ -28,10 +29,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
-import json
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from functools import partial
@@ -42,12 +43,13 @@ from .admission import API_KEY_ENV, MAX_BODY_BYTES, check_bind, loop_refusal, lo
 from .backends.base import Cancel
 from .completion_request import parse_request, parse_text_request
 from .completions import ChunkMaker, TextChunks, error_object, status_of, who_answered
-from .errors import FallbackError, InvalidSettings
+from .errors import InvalidSettings
 from .listening import listen, serving
 from .net import instance_ids, passing_through
+from .ollama_info import UNANSWERED, OllamaInfo, in_ollamas_words, render
 from .relay import Relay, on_disconnect, shutting_down
 from .routing import chain_text
-from .upstreams import answers, model_card_of, models_of, upstreams
+from .upstreams import answers, models_of, upstreams
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -78,6 +80,9 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     manager.metrics  # noqa: B018 - made now, so that /metrics counts from the first request
     api = _Api(manager, key)
+    info = OllamaInfo(settings=lambda: manager.settings, models=api.models_listed,
+                      find_model=manager.find_model, loaded=manager.loaded_model, api_key=key,
+                      clock=time.time)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api_routes = [
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
@@ -85,10 +90,13 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/api/chat", api.ollama_chat, methods=["POST"]),
         Route("/api/generate", api.ollama_generate, methods=["POST"]),
-        Route("/api/tags", api.ollama_models, methods=["GET"]),
-        Route("/api/show", api.ollama_show, methods=["GET", "POST"]),
+        Route("/api/tags", info.tags, methods=["GET"]),
+        Route("/api/show", info.show, methods=["GET", "POST"]),
+        Route("/api/ps", info.ps, methods=["GET"]),
+        Route("/api/version", info.version, methods=["GET"]),
         Route("/health", api.health, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
+        *(Route(path, info.unknown, methods=["GET", "POST", "DELETE", "HEAD"]) for path in UNANSWERED),
     ]
     app.router.routes.extend(app.state.api_routes)
     app.state.stop_chats = api.stop_chats
@@ -113,7 +121,7 @@ def front(app: Starlette) -> Callable[..., Any]:
             if looped(came_through):
                 refused = loop_refusal()
                 if scope["path"].startswith("/api/"):
-                    refused = _in_ollamas_words(refused)
+                    refused = in_ollamas_words(refused)
                 await refused(scope, receive, send)
             else:
                 with passing_through(came_through):
@@ -206,14 +214,14 @@ class _Api:
 
         body = await self._request_body(request)
         if not isinstance(body, dict):
-            return _in_ollamas_words(body)
+            return in_ollamas_words(body)
         preloaded = endpoint.loaded(body)
         if preloaded is not None:  # the local models load when a chat needs them
             return JSONResponse(preloaded)
         try:
             asked = endpoint.request(body)
         except InvalidSettings as exc:
-            return JSONResponse(ollama_api.render(error_object(exc)), status_code=400)
+            return JSONResponse(render(error_object(exc)), status_code=400)
         return await self._chat(request, asked, ollama=endpoint, text="prompt" in asked)
 
     async def _chat(self, request: Request, body: dict[str, Any], *, text: bool = False,
@@ -229,7 +237,7 @@ class _Api:
             plan = self.manager.chat_plan(checked, cancel=Cancel())
         except InvalidSettings as exc:
             failure = error_object(exc)
-            return JSONResponse(ollama_api.render(failure) if ollama else failure, status_code=400)
+            return JSONResponse(render(failure) if ollama else failure, status_code=400)
         chunks = ollama.chunks() if ollama else TextChunks(checked.include_usage) if text else \
             ChunkMaker(checked.include_usage, oobabooga=checked.oobabooga)
         relay = Relay(plan, chunks)
@@ -260,20 +268,12 @@ class _Api:
         refused = refusal(request, self.api_key)
         if refused is not None:
             return refused
-        data = await asyncio.to_thread(self._models)
+        data = await asyncio.to_thread(self.models_listed)
         return JSONResponse({"object": "list", "data": [
             {k: v for k, v in m.items() if k != "x_ollama"} for m in data]})
 
-    async def ollama_models(self, request: Request) -> Response:
-        """Ollama's ``GET /api/tags``: the models ``/v1/models`` lists."""
-        from starlette.responses import JSONResponse
-
-        refused = refusal(request, self.api_key)
-        if refused is not None:
-            return _in_ollamas_words(refused)
-        return JSONResponse(ollama_api.model_list(await asyncio.to_thread(self._models)))
-
-    def _models(self) -> list[dict[str, Any]]:
+    def models_listed(self) -> list[dict[str, Any]]:
+        """What ``/v1/models`` lists: the servers' models, then the local ones (blocking)."""
         listed: list[dict[str, Any]] = []
         for server in upstreams(self.manager.settings):
             listed += models_of(server)
@@ -316,35 +316,6 @@ class _Api:
                 "current_model": current.name if current is not None else None,
                 "local_models": len(local)}
 
-    async def ollama_show(self, request: Request) -> Response:
-        """Ollama's ``/api/show``: an Ollama primary's own card for its models, or a local
-        model's from its header (hosts ask it to see whether a model is there)."""
-        from starlette.responses import JSONResponse
-
-        body = await self._request_body(request)
-        if not isinstance(body, dict):
-            return _in_ollamas_words(body)
-        name = body.get("model") or body.get("name")
-        if not isinstance(name, str) or not name:
-            return JSONResponse({"error": "model is required"}, status_code=400)
-        card = await asyncio.to_thread(self._model_card, name)
-        if card is None:
-            return JSONResponse({"error": f"model '{name}' not found"}, status_code=404)
-        return JSONResponse(card)
-
-    def _model_card(self, name: str) -> dict[str, Any] | None:
-        settings = self.manager.settings
-        primary = upstreams(settings)[:1]
-        if primary and primary[0].ollama:
-            card = model_card_of(primary[0], name)
-            if card is not None:
-                return card
-        try:
-            model = self.manager.find_model(name)
-        except FallbackError:
-            return None
-        return ollama_api.model_card(model, settings.n_ctx) if model.usable else None
-
     async def metrics(self, request: Request) -> Response:
         from starlette.responses import Response
 
@@ -378,11 +349,3 @@ async def _on_own_thread(fn: Callable[[Any], _R], arg: Any) -> _R:
     threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True,
                      name="zwaif-serve-answer").start()
     return await done
-
-
-def _in_ollamas_words(refused: Response) -> Response:
-    """A refusal (401, 400, 413) as Ollama words an error, ``{"error": "..."}``: its clients
-    show that text."""
-    from starlette.responses import JSONResponse
-
-    return JSONResponse(ollama_api.render(json.loads(bytes(refused.body))), status_code=refused.status_code)

@@ -1,0 +1,229 @@
+"""Ollama's routes that describe models, on ``serve``: ``/api/tags``, ``/api/show``,
+``/api/ps`` and ``/api/version``, and Ollama's way of naming a model.
+
+Ollama names every model ``name:tag``, ``latest`` when no tag is given, and its clients rely
+on it: Open WebUI adds ``:latest`` to a model named without a tag, then looks that name up
+in the ``/api/tags`` it read, so a model listed bare could never be chosen. So a model listed
+here without a tag is listed ``:latest`` (``tagged``), and a request for ``name:latest`` asks
+for ``name`` (``untagged``), as Ollama reads it.
+
+Open WebUI's "verify connection" asks ``/api/version``; it and ``ollama.ps()`` list what is
+in memory with ``/api/ps``; AnythingLLM asks ``/api/show`` for every model ``/api/tags``
+lists, and drops them all when one is missing. Ollama's other routes (``UNANSWERED``: pull,
+embeddings, ...) are answered 404 in Ollama's words, naming what serve answers (``unknown``);
+other ``/api/`` paths are left to the tabs (Gradio 4 has routes there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .admission import read_body, refusal
+from .errors import FallbackError
+from .upstreams import model_card_of, upstreams
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from .model_info import ModelInfo
+    from .settings import FallbackSettings
+
+__all__ = ["ANSWERED", "OLLAMA_VERSION", "UNANSWERED", "OllamaInfo", "in_ollamas_words", "model_card",
+           "model_list", "render", "running", "tagged", "timestamp", "untagged"]
+
+#: The Ollama release whose API serve answers as: Open WebUI reads it as dotted integers.
+OLLAMA_VERSION = "0.9.0"
+#: What serve answers of Ollama's API, for a client that asks for anything else.
+ANSWERED = ("/api/chat", "/api/generate", "/api/tags", "/api/show", "/api/ps", "/api/version")
+#: Ollama's routes that serve does not answer: models are pulled and managed, and
+#: embeddings made, by Ollama itself.
+UNANSWERED = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/embed",
+              "/api/embeddings", "/api/status", "/api/blobs/{digest}")
+#: How long Ollama says a model kept in memory for good stays: its longest duration, 2^63 - 1
+#: ns (some 292 years), as it sets a negative keep_alive.
+_FOREVER_S = (2**63 - 1) / 1e9
+
+
+def render(item: dict[str, Any]) -> dict[str, Any]:
+    """``item`` as Ollama shows it: an OpenAI error object becomes ``{"error": "..."}``."""
+    error = item.get("error")
+    if isinstance(error, Mapping):
+        return {"error": str(error.get("message") or "the answer failed")}
+    return item
+
+
+def timestamp(at: float | None = None) -> str:
+    """A moment (now, by default) as Ollama writes one: ISO 8601 in UTC, with a Z."""
+    utc = dt.timezone.utc
+    moment = dt.datetime.fromtimestamp(at, utc) if at is not None else dt.datetime.now(utc)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def tagged(name: str) -> str:
+    """``name`` as Ollama lists it: with its tag, ``latest`` when it has none."""
+    return name if ":" in name else f"{name}:latest"
+
+
+def untagged(name: str) -> str:
+    """The model a request for ``name`` asks for: ``x:latest`` is ``x``, as listed here."""
+    base, tag = name[:-len(":latest")], name[-len(":latest"):]
+    return base if tag == ":latest" and base and ":" not in base else name
+
+
+def model_list(models: list[dict[str, Any]]) -> dict[str, Any]:
+    """``GET /v1/models``' list as Ollama's ``GET /api/tags`` gives it: an Ollama primary's
+    entries as it gave them (size, digest, details), first, as ``/v1/models`` lists them;
+    the others by ``tagged`` names."""
+    return {"models": [m.get("x_ollama") or {"name": tagged(m["id"]), "model": tagged(m["id"]), "details": {}}
+                       for m in models]}
+
+
+def model_card(model: ModelInfo, n_ctx: int) -> dict[str, Any]:
+    """A local model as Ollama's ``/api/show`` describes one, from what its header says."""
+    family = model.architecture or "unknown"
+    info: dict[str, Any] = {"general.architecture": family}
+    if model.parameters:
+        info["general.parameter_count"] = model.parameters
+    if model.context_length:
+        info[f"{family}.context_length"] = model.context_length
+    return {"modelfile": "", "parameters": f"num_ctx {min(n_ctx, model.context_length or n_ctx)}",
+            "template": "", "details": _details(model), "model_info": info, "capabilities": ["completion"]}
+
+
+#: ``/api/show`` of a model another server lists: serve knows no more of it than its name.
+SERVERS_CARD: dict[str, Any] = {"modelfile": "", "parameters": "", "template": "", "details": {},
+                                "model_info": {}, "capabilities": ["completion"]}
+
+
+def _details(model: ModelInfo) -> dict[str, Any]:
+    family = model.architecture or "unknown"
+    return {"format": model.format, "family": family, "families": [family],
+            "parameter_size": _count(model.parameters), "quantization_level": model.quantization or ""}
+
+
+def _count(parameters: int | None) -> str:
+    """A parameter count as Ollama writes it: "135M", "8.0B"."""
+    if not parameters:
+        return ""
+    return f"{parameters / 1e9:.1f}B" if parameters >= 1e9 else f"{parameters / 1e6:.0f}M"
+
+
+def running(model: ModelInfo, *, n_ctx: int, idle_s: float, keep_alive_s: float,
+            now: float) -> dict[str, Any]:
+    """The local model in memory as ``/api/ps`` lists one: when it will be unloaded if
+    nothing uses it (``keep_alive_s`` after its last use; never, for 0 or less)."""
+    expires = timestamp(now - idle_s + keep_alive_s if keep_alive_s > 0 else now + _FOREVER_S)
+    name = tagged(model.name)
+    return {"name": name, "model": name, "size": model.size_bytes, "digest": "", "details": _details(model),
+            "expires_at": expires, "context_length": min(n_ctx, model.context_length or n_ctx)}
+
+
+class OllamaInfo:
+    """The handlers of Ollama's describing routes.
+
+    Args:
+        settings: the settings now (where the primary is, n_ctx, keep_alive).
+        models: the list ``/v1/models`` shows (blocking: it asks the servers).
+        find_model: a local model by name (``FallbackManager.find_model``).
+        loaded: the local model in memory and its idle seconds (``FallbackManager.loaded_model``).
+        api_key: the Bearer token every route requires; None for none.
+        clock: the wall clock, for ``expires_at``.
+    """
+
+    def __init__(self, *, settings: Callable[[], FallbackSettings],
+                 models: Callable[[], list[dict[str, Any]]], find_model: Callable[[str], ModelInfo],
+                 loaded: Callable[[], tuple[ModelInfo, float] | None], api_key: str | None,
+                 clock: Callable[[], float]) -> None:
+        self._settings = settings
+        self._models = models
+        self._find_model = find_model
+        self._loaded = loaded
+        self._api_key = api_key
+        self._clock = clock
+
+    async def tags(self, request: Request) -> Response:
+        """``GET /api/tags``: the models ``/v1/models`` lists."""
+        from starlette.responses import JSONResponse
+
+        refused = refusal(request, self._api_key)
+        if refused is not None:
+            return in_ollamas_words(refused)
+        return JSONResponse(model_list(await asyncio.to_thread(self._models)))
+
+    async def show(self, request: Request) -> Response:
+        """``/api/show``: an Ollama primary's own card for its models, a local model's from
+        its header, or what serve knows of a model another server lists (hosts ask it to see
+        whether a model is there)."""
+        from starlette.responses import JSONResponse
+
+        refused = refusal(request, self._api_key)
+        body = refused if refused is not None else await read_body(request)
+        if not isinstance(body, dict):
+            return in_ollamas_words(body)
+        name = body.get("model") or body.get("name")
+        if not isinstance(name, str) or not name:
+            return JSONResponse({"error": "model is required"}, status_code=400)
+        card = await asyncio.to_thread(self._card, name)
+        if card is None:
+            return JSONResponse({"error": f"model '{name}' not found"}, status_code=404)
+        return JSONResponse(card)
+
+    def _card(self, name: str) -> dict[str, Any] | None:
+        settings = self._settings()
+        primary = upstreams(settings)[:1]
+        if primary and primary[0].ollama:
+            card = model_card_of(primary[0], name)
+            if card is not None:
+                return card
+        try:
+            model = self._find_model(untagged(name))
+        except FallbackError:
+            model = None
+        if model is not None and model.usable:
+            return model_card(model, settings.n_ctx)
+        listed = {m["id"] for m in self._models() if m.get("source") != "local"}
+        return dict(SERVERS_CARD) if untagged(name) in listed or name in listed else None
+
+    async def ps(self, request: Request) -> Response:
+        """``GET /api/ps``: the local model in memory now, if one is."""
+        from starlette.responses import JSONResponse
+
+        refused = refusal(request, self._api_key)
+        if refused is not None:
+            return in_ollamas_words(refused)
+        held = self._loaded()
+        if held is None:
+            return JSONResponse({"models": []})
+        settings = self._settings()
+        model, idle_s = held
+        return JSONResponse({"models": [running(model, n_ctx=settings.n_ctx, idle_s=idle_s,
+                                                keep_alive_s=settings.keep_alive, now=self._clock())]})
+
+    async def version(self, request: Request) -> Response:
+        """``GET /api/version``: the Ollama release whose API serve answers as."""
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"version": OLLAMA_VERSION})
+
+    async def unknown(self, request: Request) -> Response:
+        """Any other ``/api/`` path: 404, in Ollama's words, naming what serve answers."""
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"error": (
+            f"zwaif-fallback serve does not answer {request.method} {request.url.path}: of Ollama's API "
+            f"it answers {', '.join(ANSWERED)}. Pull, embed and manage models with Ollama itself; "
+            "a GGUF for the fallback comes with `zwaif-fallback pull`")}, status_code=404)
+
+
+def in_ollamas_words(refused: Response) -> Response:
+    """A refusal (401, 400, 413, 508) as Ollama words an error, ``{"error": "..."}``: its
+    clients show that text."""
+    import json
+
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(render(json.loads(bytes(refused.body))), status_code=refused.status_code)
