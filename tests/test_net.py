@@ -31,28 +31,38 @@ def test_other_hosts_are_not_loopback(host):
     assert not is_loopback(host)
 
 
+A, B, C = (f"{i:032x}" for i in (10, 11, 12))  # ids as serve makes them
+
+
 def test_a_request_says_which_serves_it_came_through_and_this_one_last():
     assert own_headers() == {INSTANCE_HEADER: instance_id()}
-    with passing_through(("first", "second")):
-        assert own_headers() == {INSTANCE_HEADER: f"first, second, {instance_id()}"}
+    with passing_through((A, B)):
+        assert own_headers() == {INSTANCE_HEADER: f"{A}, {B}, {instance_id()}"}
     assert own_headers() == {INSTANCE_HEADER: instance_id()}
 
 
 def test_a_thread_started_in_a_copy_of_the_context_sends_the_same_ids():
     seen: list[dict[str, str]] = []
-    with passing_through(("first",)):
+    with passing_through((A,)):
         worker = threading.Thread(target=contextvars.copy_context().run,
                                   args=(lambda: seen.append(own_headers()),))
         worker.start()
         worker.join()
-    assert seen == [{INSTANCE_HEADER: f"first, {instance_id()}"}]
+    assert seen == [{INSTANCE_HEADER: f"{A}, {instance_id()}"}]
 
 
 def test_the_ids_are_read_from_every_instance_header_and_kept_to_the_last_few():
     name = INSTANCE_HEADER.lower().encode()
-    headers = [(name, b"a, b"), (b"accept", b"*/*"), (name, b" c ,,")]
-    assert instance_ids(headers) == ("a", "b", "c")
-    many = tuple(str(i) for i in range(MAX_HOPS + 5))
+    headers = [(name, f"{A}, {B}".encode()), (b"accept", b"*/*"), (name, f" {C} ,,".encode())]
+    assert instance_ids(headers) == (A, B, C)
+    many = tuple(f"{i:032x}" for i in range(MAX_HOPS + 5))
     with passing_through(many):
         sent = own_headers()[INSTANCE_HEADER].split(", ")
     assert sent == [*many[-MAX_HOPS:], instance_id()]
+
+
+def test_what_is_not_an_id_is_not_sent_on():
+    # a byte httpx cannot encode would fail every request to the servers
+    name = INSTANCE_HEADER.lower().encode()
+    sent = "caf\u00e9, x, ".encode("latin-1") + A.upper().encode() + f", {A}".encode()
+    assert instance_ids([(name, sent)]) == (A,)

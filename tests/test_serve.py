@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from servers import (
     FaultProxy,
     HangServer,
     LlamaServer,
+    ScriptedServer,
     Served,
     free_port,
     refused_url,
@@ -36,7 +38,7 @@ from servers import (
 )
 
 from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings
-from zwaif_fallback.net import INSTANCE_HEADER
+from zwaif_fallback.net import INSTANCE_HEADER, instance_id
 from zwaif_fallback.server import MAX_BODY_BYTES, check_bind, listen, serving
 from zwaif_fallback.upstreams import Upstream, answers
 
@@ -293,7 +295,7 @@ def test_a_main_api_url_that_points_at_serve_itself_is_refused_not_looped(isolat
             streamed = [c.choices[0].delta.content or "" for c in client(served, timeout=60).chat.completions
                         .create(model="x", messages=ASK, stream=True, **GEN) if c.choices]
             models = httpx.get(served.url + "/v1/models", timeout=30).json()["data"]
-            foreign = httpx.get(served.url + "/v1/models", headers={INSTANCE_HEADER: "another-serve"},
+            foreign = httpx.get(served.url + "/v1/models", headers={INSTANCE_HEADER: uuid.uuid4().hex},
                                 timeout=30)
             # /health asks a server only when no local model could answer: ask as it does
             reachable = answers(Upstream(url=root, source="primary", api_key="", ollama=speaks == "ollama"))
@@ -307,6 +309,20 @@ def test_a_main_api_url_that_points_at_serve_itself_is_refused_not_looped(isolat
     assert [m["source"] for m in models] == ["local"]
     assert reachable is False  # the 508 is not a server that answers
     assert "".join(streamed) and foreign.status_code == 200  # another serve process's id is let in
+
+
+@pytest.mark.parametrize("through", ["primary", "remote"])
+def test_a_chat_sent_on_for_another_serve_says_it_came_through_it(isolated: Path, through: str):
+    upstream, other = ScriptedServer(["Red."]), uuid.uuid4().hex
+    urls = (upstream.url, []) if through == "primary" else (refused_url(), [upstream.url])
+    try:
+        with serve(isolated, urls[0], remote_urls=urls[1]) as served:
+            for stream in (False, True):
+                httpx.post(served.url + "/v1/chat/completions", json={"messages": ASK, "stream": stream},
+                           headers={INSTANCE_HEADER: other}, timeout=30).raise_for_status()
+    finally:
+        upstream.close()
+    assert [h[INSTANCE_HEADER.lower()] for h in upstream.headers] == [f"{other}, {instance_id()}"] * 2
 
 
 def test_two_serves_that_name_each_other_as_main_api_answer_instead_of_looping(isolated: Path):

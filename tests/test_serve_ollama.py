@@ -128,16 +128,17 @@ def test_an_ollama_stream_writes_one_line_at_a_time(isolated: Path):
     assert said[0]["x_fallback"]["source"] == "primary" and "attempts" in said[-1]["x_fallback"]
 
 
-def test_the_lines_that_come_together_are_one_and_an_error_stays_a_line_of_its_own():
+def test_the_lines_that_come_together_are_one_but_the_last_and_an_error_take_no_text():
     chunks = OllamaChunks()
     first = {**chunks._line("m", "Red"), "x_fallback": {"source": "primary", "model": "m"}}
     error = {"error": {"message": "cut", "type": "server_error"}}
     assert chunks.joined([first, chunks.text_event("m", ", green"), error, chunks._line("m", " and")]) == [
         {**chunks._line("m", "Red, green"), "x_fallback": {"source": "primary", "model": "m"}},
         error, chunks._line("m", " and")]
+    # AnythingLLM and Open WebUI read no content on the last line
     last = {**chunks._line("m", ""), "done": True, "x_fallback": {"attempts": []}}
-    assert chunks.joined([chunks.text_event("m", "blue"), last, b""]) == [
-        {**chunks._line("m", "blue"), "done": True, "x_fallback": {"attempts": []}}]
+    assert chunks.joined([chunks.text_event("m", "bl"), chunks.text_event("m", "ue"), last, b""]) == [
+        chunks._line("m", "blue"), last]
 
 
 @pytest.mark.slow
@@ -305,11 +306,12 @@ def test_a_refused_request_is_an_error_in_ollamas_words(isolated: Path):
             no_key = httpx.post(served.url + "/api/chat", json={"model": "m", "messages": ZWAIF_HISTORY})
             not_json = httpx.post(served.url + "/api/chat", content=b"{not json",
                                   headers={"Authorization": "Bearer secret"})
-            tags = httpx.get(served.url + "/api/tags")
+            described = [httpx.request(method, served.url + path) for method, path in (
+                ("GET", "/api/tags"), ("GET", "/api/ps"), ("GET", "/api/version"), ("POST", "/api/pull"))]
         finally:
             served.close()
     for response, status, words in ((no_key, 401, "API key"), (not_json, 400, "not JSON"),
-                                     (tags, 401, "API key")):
+                                     *((answer, 401, "API key") for answer in described)):
         assert response.status_code == status
         assert words in response.json()["error"]  # text, as Ollama's clients show it
 

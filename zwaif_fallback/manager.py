@@ -27,6 +27,7 @@ from .hardware import HardwareProbe, SystemStatus
 from .local import LocalModels
 from .measuring import Measuring
 from .model_info import ModelInfo
+from .pool import HeldModel
 from .pull_jobs import Pulls
 from .results import ChatResult
 from .routing import Primary, Router
@@ -170,9 +171,8 @@ class FallbackManager:
         """The local model this process holds (loaded, or unloaded while idle)."""
         return self._local.current
 
-    def loaded_model(self) -> tuple[ModelInfo, float] | None:
-        """The local model in memory now and for how many seconds it has been idle (0 while
-        it answers; keep_alive unloads it after that long); None when none is."""
+    def loaded_model(self) -> HeldModel | None:
+        """The local model in memory now, and how long it has been idle; None when none is."""
         return self._local.pool.held()
 
     def check_compatibility(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ipaddress
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 
@@ -30,6 +31,7 @@ INSTANCE_HEADER = "X-Zwaif-Fallback-Instance"
 #: HTTP's "Loop Detected": what serve answers a request that came from itself
 LOOP_STATUS = 508
 _INSTANCE_ID = uuid.uuid4().hex  # random bits, nothing read: one id for all threads at once
+_ID = re.compile("[0-9a-f]{32}")  # what an id looks like (uuid4().hex)
 #: The most ids of earlier serves sent on: a longer chain is no real setup, and the header
 #: stays small whatever a client sends.
 MAX_HOPS = 16
@@ -45,10 +47,11 @@ def instance_id() -> str:
 
 def instance_ids(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, ...]:
     """The serve processes a request (its ASGI headers) has come through, in order: every
-    ``INSTANCE_HEADER``, each a comma-separated list."""
+    ``INSTANCE_HEADER``, each a comma-separated list. Only ids as serve makes them are kept:
+    anything else a client sends is not sent on."""
     name = INSTANCE_HEADER.lower().encode()
-    return tuple(part.strip() for key, value in headers if key == name
-                 for part in value.decode("latin-1").split(",") if part.strip())
+    return tuple(part for key, value in headers if key == name
+                 for part in (p.strip() for p in value.decode("latin-1").split(",")) if _ID.fullmatch(part))
 
 
 @contextlib.contextmanager

@@ -251,9 +251,9 @@ class OllamaChunks(ChunkMaker):
 
     def joined(self, batch: list[Any]) -> list[Any]:
         """The lines of ``batch`` as few as they can be: a line with more to come gives its
-        text to the next, which keeps its own fields (the last line's ``x_fallback`` names
-        every attempt), and the first line's ``x_fallback`` when it has none. An error line
-        takes no text: Ollama's clients raise at it."""
+        text to the next such line, which keeps the first one's ``x_fallback`` (who began).
+        The last line and an error line take no text: AnythingLLM and Open WebUI read no
+        content on the last line, and Ollama's clients raise at an error."""
         if len(batch) < 2:
             return batch
         lines: list[dict[str, Any]] = []
@@ -261,7 +261,7 @@ class OllamaChunks(ChunkMaker):
             if item == b"":  # the done event: nothing, in Ollama's streams
                 continue
             line = json.loads(item) if isinstance(item, bytes) else item
-            if lines and lines[-1].get("done") is False and "error" not in line:
+            if lines and lines[-1].get("done") is False and line.get("done") is False:
                 before = lines.pop()
                 line = dict(line)
                 if "x_fallback" in before:

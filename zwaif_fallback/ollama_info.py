@@ -1,5 +1,6 @@
 """Ollama's routes that describe models, on ``serve``: ``/api/tags``, ``/api/show``,
-``/api/ps`` and ``/api/version``, and Ollama's way of naming a model.
+``/api/ps`` and ``/api/version``; and Ollama's ways of saying things, which its answers
+(``ollama_api``) share: a model's name, a moment (``timestamp``), an error (``render``).
 
 Ollama names every model ``name:tag``, ``latest`` when no tag is given, and its clients rely
 on it: Open WebUI adds ``:latest`` to a model named without a tag, then looks that name up
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from .model_info import ModelInfo
+    from .pool import HeldModel
     from .settings import FallbackSettings
 
 __all__ = ["ANSWERED", "OLLAMA_VERSION", "UNANSWERED", "OllamaInfo", "in_ollamas_words", "model_card",
@@ -136,7 +138,7 @@ class OllamaInfo:
 
     def __init__(self, *, settings: Callable[[], FallbackSettings],
                  models: Callable[[], list[dict[str, Any]]], find_model: Callable[[str], ModelInfo],
-                 loaded: Callable[[], tuple[ModelInfo, float] | None], api_key: str | None,
+                 loaded: Callable[[], HeldModel | None], api_key: str | None,
                  clock: Callable[[], float]) -> None:
         self._settings = settings
         self._models = models
@@ -186,7 +188,7 @@ class OllamaInfo:
         if model is not None and model.usable:
             return model_card(model, settings.n_ctx)
         listed = {m["id"] for m in self._models() if m.get("source") != "local"}
-        return dict(SERVERS_CARD) if untagged(name) in listed or name in listed else None
+        return dict(SERVERS_CARD) if listed & {name, untagged(name), tagged(name)} else None
 
     async def ps(self, request: Request) -> Response:
         """``GET /api/ps``: the local model in memory now, if one is."""
@@ -199,20 +201,23 @@ class OllamaInfo:
         if held is None:
             return JSONResponse({"models": []})
         settings = self._settings()
-        model, idle_s = held
-        return JSONResponse({"models": [running(model, n_ctx=settings.n_ctx, idle_s=idle_s,
+        return JSONResponse({"models": [running(held.model, n_ctx=settings.n_ctx, idle_s=held.idle_s,
                                                 keep_alive_s=settings.keep_alive, now=self._clock())]})
 
     async def version(self, request: Request) -> Response:
         """``GET /api/version``: the Ollama release whose API serve answers as."""
         from starlette.responses import JSONResponse
 
-        return JSONResponse({"version": OLLAMA_VERSION})
+        refused = refusal(request, self._api_key)
+        return in_ollamas_words(refused) if refused is not None else JSONResponse({"version": OLLAMA_VERSION})
 
     async def unknown(self, request: Request) -> Response:
-        """Any other ``/api/`` path: 404, in Ollama's words, naming what serve answers."""
+        """Ollama's routes serve does not answer: 404, in Ollama's words, naming what it does."""
         from starlette.responses import JSONResponse
 
+        refused = refusal(request, self._api_key)
+        if refused is not None:
+            return in_ollamas_words(refused)
         return JSONResponse({"error": (
             f"zwaif-fallback serve does not answer {request.method} {request.url.path}: of Ollama's API "
             f"it answers {', '.join(ANSWERED)}. Pull, embed and manage models with Ollama itself; "

@@ -14,16 +14,26 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from .backends.base import Backend
 from .model_info import ModelInfo
 
-__all__ = ["LocalPool"]
+__all__ = ["HeldModel", "LocalPool"]
 
 log = logging.getLogger(__name__)
 
 B = TypeVar("B", bound=Backend)
+
+
+@dataclass(frozen=True)
+class HeldModel:
+    """A local model in memory: ``idle_s`` since a generation last used it (0 while one
+    does); keep_alive unloads it after that long."""
+
+    model: ModelInfo
+    idle_s: float
 
 
 class LocalPool(Generic[B]):
@@ -62,14 +72,15 @@ class LocalPool(Generic[B]):
         with self._cond:
             return self._backend is not None and self._backend.loaded
 
-    def held(self) -> tuple[ModelInfo, float] | None:
-        """The model in memory now and how long it has been idle (0 while a generation
-        holds it), on this pool's clock; None when none is."""
+    def held(self) -> HeldModel | None:
+        """The model in memory now and how long it has been idle, on this pool's clock;
+        None when none is."""
         with self._cond:
             backend = self._backend
             if self._model is None or backend is None or not backend.loaded:
                 return None
-            return self._model, 0.0 if self._leases.get(backend) else self._clock() - self._last_used
+            idle_s = 0.0 if self._leases.get(backend) else self._clock() - self._last_used
+            return HeldModel(model=self._model, idle_s=idle_s)
 
     @property
     def leases(self) -> int:

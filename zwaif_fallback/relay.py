@@ -149,15 +149,17 @@ class Relay:
                     (b"content-type", self._chunks.media_type), (b"cache-control", b"no-cache"),
                     *((k.lower().encode("latin-1"), v.encode("latin-1"))
                       for k, v in who_answered(first).items())]})
-            self._ended = last
             if not self._chunks.write_gap_s:
+                self._ended = last
                 await self._send(_body(batch, self._chunks, more=not last))
                 return
             lines = self._chunks.joined(batch)
             for i, line in enumerate(lines):
                 await self._spaced()
-                await self._send(_body([line], self._chunks, more=not last or i < len(lines) - 1))
+                self._ended = last and i == len(lines) - 1
+                await self._send(_body([line], self._chunks, more=not self._ended))
             if last and not lines:
+                self._ended = True
                 await self._send(_body(_END, self._chunks, more=False))
         except OSError as exc:  # uvicorn drops what a gone client would get; this is a guard
             log.info("the reader could not be written to: %s", exc)
