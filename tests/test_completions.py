@@ -357,7 +357,7 @@ MESSAGE = [{"role": "user", "content": "Hi"}]
     ({"messages": MESSAGE, "max_tokens": "many"}, "max_tokens"),
     ({"messages": MESSAGE, "temperature": float("nan")}, "temperature"),
     ({"messages": MESSAGE, "temperature": "hot"}, "temperature"),
-    ({"messages": MESSAGE, "top_p": 0}, "top_p"),
+    ({"messages": MESSAGE, "top_p": -0.1}, "top_p"),
     ({"messages": MESSAGE, "stop": 5}, "stop"),
     ({"messages": MESSAGE, "seed": "lucky"}, "seed"),
     ({"messages": MESSAGE, "stream_options": "yes"}, "stream_options"),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from zwaif_fallback.backends.base import Cancel, GenerationParams, TargetFailed, Usage
+from zwaif_fallback.backends.base import RAW_ROLE, Cancel, GenerationParams, TargetFailed, Usage
 from zwaif_fallback.backends.llama_cpp import LlamaCppBackend
 
 pytestmark = pytest.mark.slow
@@ -140,6 +140,17 @@ def test_a_chat_that_fits_is_sent_whole(small_context: LlamaCppBackend):
     usage = Usage()
     list(small_context.stream(chat, GenerationParams(max_tokens=16, temperature=0.0), usage=usage))
     assert usage.prompt_tokens == small_context.count_tokens(chat)
+
+
+def test_a_text_completion_longer_than_the_context_loses_its_first_tokens_not_the_answer(
+        small_context: LlamaCppBackend):
+    # as text-generation-webui cuts a prompt to its truncation_length: SillyTavern's text
+    # completions send the whole story and rely on it
+    story = "".join(f"Day {i}: the town of Ilo was sunny and warm.\n" for i in range(80)) + "Day 80:"
+    usage = Usage()
+    answer = "".join(small_context.stream([{"role": RAW_ROLE, "content": story}],
+                                          GenerationParams(max_tokens=8, temperature=0.0), usage=usage))
+    assert answer and usage.prompt_tokens is not None and 400 < usage.prompt_tokens <= 512 - 8
 
 
 def test_a_last_message_longer_than_the_context_is_refused_with_what_to_do(

@@ -367,6 +367,24 @@ def test_a_text_completion_reaches_the_primarys_completions_endpoint(isolated: P
         ("Three colours:", 50, 5, False)
 
 
+def test_sillytaverns_samplers_are_taken_as_text_generation_webui_takes_them(isolated: Path):
+    # its "Deterministic" preset has top_p 0, its text completions send seed -1 ("random"),
+    # and its Chat Completion length goes up to 65536: a main API takes all three
+    upstream = ScriptedServer(["Red."])
+    try:
+        with serve(isolated, upstream.url) as (served, _):
+            api = client(served.url)
+            text = api.completions.create(model="m", prompt="Colours:", top_p=0, seed=-1, max_tokens=300)
+            chat = api.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}],
+                                               top_p=0, max_tokens=65536)
+    finally:
+        upstream.close()
+    assert text.choices[0].text == chat.choices[0].message.content == "Red."
+    sent_text, sent_chat = upstream.bodies
+    assert (sent_text["top_p"], sent_chat["top_p"], sent_chat["max_tokens"]) == (0, 0, 65536)
+    assert "seed" not in sent_text  # no seed is random: a local model keeps its cached prompt
+
+
 @pytest.mark.slow
 def test_a_local_model_continues_a_prompt_as_it_is(isolated: Path):
     # No chat template: the prompt is the text to continue, as OpenAI's, text-generation-

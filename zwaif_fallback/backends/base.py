@@ -108,9 +108,10 @@ class Usage:
 class GenerationParams(Model):
     """OpenAI's generation names, validated."""
 
-    max_tokens: int = Field(256, ge=1, le=32768)
+    #: a local model answers at most what its context leaves; a server, as it is asked
+    max_tokens: int = Field(256, ge=1, le=1 << 20)
     temperature: float = Field(0.7, ge=0.0, le=5.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_p: float = Field(0.95, ge=0.0, le=1.0)  # 0: the likeliest token only
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
 
@@ -120,6 +121,13 @@ class GenerationParams(Model):
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
+
+    @field_validator("seed")
+    @classmethod
+    def _random_when_negative(cls, value: int | None) -> int | None:
+        # -1 is text-generation-webui's and llama.cpp's "random" (SillyTavern sends it each
+        # time): no seed, so that a local model keeps its cached prompt
+        return None if value is not None and value < 0 else value
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -310,13 +310,27 @@ class LlamaCppBackend(LocalBackend):
                  self.name, dropped, self.n_ctx, len(built[0]))
         return built
 
+    def _cut_text(self, tokens: list[int], budget: int) -> list[int]:
+        """A text completion's prompt without its first tokens, ``budget`` left (a BOS stays
+        first): text-generation-webui cuts a prompt longer than its context so
+        (``truncation_length``), and hosts written for it (SillyTavern's text completions)
+        send the whole story and rely on it."""
+        bos = tokens[:1] if tokens[:1] == [self._llm.token_bos()] else []
+        kept = bos + tokens[len(tokens) - (budget - len(bos)):]
+        log.info("%s: left out the prompt's first %d tokens to fit n_ctx=%d", self.name,
+                 len(tokens) - len(kept), self.n_ctx)
+        return kept
+
     def _completion(self, messages: list[dict[str, str]], params: GenerationParams,
                     prefix: str, usage: Usage) -> Iterator[Any]:
         llm = self._llm
         prompt, template_stop, criteria = self._prompt(messages, prefix)
         room = min(params.max_tokens, self.n_ctx // 2)  # the answer's, as far as it can be had
         if len(prompt) + room > self.n_ctx:
-            prompt, template_stop, criteria = self._fit_history(messages, prefix, self.n_ctx - room)
+            if raw_prompt(messages) is not None:
+                prompt = self._cut_text(prompt, self.n_ctx - room)
+            else:
+                prompt, template_stop, criteria = self._fit_history(messages, prefix, self.n_ctx - room)
         usage.prompt_tokens = len(prompt)
         stop = list(params.stop) + template_stop
         if len(prompt) >= self.n_ctx:

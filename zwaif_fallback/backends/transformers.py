@@ -146,8 +146,11 @@ class TransformersBackend(LocalBackend):
         usage.completion_tokens = 0
         streamer = transformers.TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         sample = params.temperature > 0
+        # as far as the model's positions reach: a server's limits may be asked of it
+        positions = getattr(model.config, "max_position_embeddings", None)
+        room = max(positions - prompt_len, 1) if isinstance(positions, int) else params.max_tokens
         options: dict[str, Any] = dict(
-            **inputs, streamer=streamer, max_new_tokens=params.max_tokens, do_sample=sample,
+            **inputs, streamer=streamer, max_new_tokens=min(params.max_tokens, room), do_sample=sample,
             pad_token_id=tok.pad_token_id)
         if sample:
             options.update(temperature=params.temperature, top_p=params.top_p)
