@@ -26,7 +26,7 @@ from .backends.ollama import SAMPLER_OPTIONS, ollama_tool_call, openai_tool_call
 from .backends.openai import OLLAMA_FIELDS
 from .chat_run import Piece
 from .completions import BadRequestField, ChunkMaker, fallback_info
-from .ollama_info import render, timestamp, untagged
+from .ollama_info import render, timestamp
 from .results import ChatResult
 
 __all__ = ["CHAT", "GENERATE", "Endpoint", "OllamaChunks", "chat_request", "generate_request", "whole_answer"]
@@ -55,7 +55,7 @@ def chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise BadRequestField("messages", "missing: give a list of {'role': ..., 'content': ...}")
-    request: dict[str, Any] = {"model": untagged(model), "stream": body.get("stream") is not False,
+    request: dict[str, Any] = {"model": model, "stream": body.get("stream") is not False,
                                "messages": _answered_calls([_message(m, i) for i, m in enumerate(messages)])}
     options = body.get("options")
     if options is not None and not isinstance(options, Mapping):

@@ -5,8 +5,9 @@
 Ollama names every model ``name:tag``, ``latest`` when no tag is given, and its clients rely
 on it: Open WebUI adds ``:latest`` to a model named without a tag, then looks that name up
 in the ``/api/tags`` it read, so a model listed bare could never be chosen. So a model listed
-here without a tag is listed ``:latest`` (``tagged``), and a request for ``name:latest`` asks
-for ``name`` (``untagged``), as Ollama reads it.
+here without a tag is listed ``:latest`` (``tagged``), and a request by that name asks for
+the model by its own (``OllamaInfo.own_name``). Any other name goes on as it was given: a
+server may have a model whose own name ends in ``:latest``.
 
 Open WebUI's "verify connection" asks ``/api/version``; it and ``ollama.ps()`` list what is
 in memory with ``/api/ps``; AnythingLLM asks ``/api/show`` for every model ``/api/tags``
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from .settings import FallbackSettings
 
 __all__ = ["ANSWERED", "OLLAMA_VERSION", "UNANSWERED", "OllamaInfo", "in_ollamas_words", "model_card",
-           "model_list", "render", "running", "tagged", "timestamp", "untagged"]
+           "model_list", "render", "running", "tagged", "timestamp"]
 
 #: The Ollama release whose API serve answers as: Open WebUI reads it as dotted integers.
 OLLAMA_VERSION = "0.9.0"
@@ -68,12 +69,6 @@ def timestamp(at: float | None = None) -> str:
 def tagged(name: str) -> str:
     """``name`` as Ollama lists it: with its tag, ``latest`` when it has none."""
     return name if ":" in name else f"{name}:latest"
-
-
-def untagged(name: str) -> str:
-    """The model a request for ``name`` asks for: ``x:latest`` is ``x``, as listed here."""
-    base, tag = name[:-len(":latest")], name[-len(":latest"):]
-    return base if tag == ":latest" and base and ":" not in base else name
 
 
 def model_list(models: list[dict[str, Any]]) -> dict[str, Any]:
@@ -146,6 +141,18 @@ class OllamaInfo:
         self._loaded = loaded
         self._api_key = api_key
         self._clock = clock
+        self._own_names: dict[str, str] = {}  # a name /api/tags gave -> the model's own
+
+    def own_name(self, name: str) -> str:
+        """The model a request for ``name`` asks for: one ``tags`` listed with a tag it has
+        not is asked for by its own name; any other name as it is."""
+        return self._own_names.get(name, name)
+
+    def _listed(self) -> list[dict[str, Any]]:
+        """``models``, remembering the names it is listed by (blocking)."""
+        listed = self._models()
+        self._own_names.update({tagged(m["id"]): m["id"] for m in listed if tagged(m["id"]) != m["id"]})
+        return listed
 
     async def tags(self, request: Request) -> Response:
         """``GET /api/tags``: the models ``/v1/models`` lists."""
@@ -154,7 +161,7 @@ class OllamaInfo:
         refused = refusal(request, self._api_key)
         if refused is not None:
             return in_ollamas_words(refused)
-        return JSONResponse(model_list(await asyncio.to_thread(self._models)))
+        return JSONResponse(model_list(await asyncio.to_thread(self._listed)))
 
     async def show(self, request: Request) -> Response:
         """``/api/show``: an Ollama primary's own card for its models, a local model's from
@@ -181,14 +188,20 @@ class OllamaInfo:
             card = model_card_of(primary[0], name)
             if card is not None:
                 return card
+        local = self._local_card(name, settings.n_ctx)
+        if local is not None:
+            return local
+        servers = {m["id"] for m in self._listed() if m.get("source") != "local"}  # names learnt
+        if servers & {name, self.own_name(name), tagged(name)}:
+            return dict(SERVERS_CARD)
+        return self._local_card(name, settings.n_ctx)
+
+    def _local_card(self, name: str, n_ctx: int) -> dict[str, Any] | None:
         try:
-            model = self._find_model(untagged(name))
+            model = self._find_model(self.own_name(name))
         except FallbackError:
-            model = None
-        if model is not None and model.usable:
-            return model_card(model, settings.n_ctx)
-        listed = {m["id"] for m in self._models() if m.get("source") != "local"}
-        return dict(SERVERS_CARD) if listed & {name, untagged(name), tagged(name)} else None
+            return None
+        return model_card(model, n_ctx) if model.usable else None
 
     async def ps(self, request: Request) -> Response:
         """``GET /api/ps``: the local model in memory now, if one is."""

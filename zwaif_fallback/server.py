@@ -79,10 +79,10 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
 
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     manager.metrics  # noqa: B018 - made now, so that /metrics counts from the first request
-    api = _Api(manager, key)
-    info = OllamaInfo(settings=lambda: manager.settings, models=api.models_listed,
+    info = OllamaInfo(settings=lambda: manager.settings, models=partial(listed_models, manager),
                       find_model=manager.find_model, loaded=manager.loaded_model, api_key=key,
                       clock=time.time)
+    api = _Api(manager, key, own_name=info.own_name)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api_routes = [
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
@@ -172,12 +172,27 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
     serving(front(app), on_shutdown=app.state.stop_chats).run(sockets=[listener])
 
 
-class _Api:
-    """The route handlers, over one manager."""
+def listed_models(manager: FallbackManager) -> list[dict[str, Any]]:
+    """What ``/v1/models`` lists: the servers' models, then the local ones (blocking)."""
+    listed: list[dict[str, Any]] = []
+    for server in upstreams(manager.settings):
+        listed += models_of(server)
+    for model in manager.discover_models():
+        if model.usable:
+            listed.append({"id": model.name, "object": "model", "created": 0,
+                           "owned_by": "zwaif-fallback", "source": "local"})
+    return listed
 
-    def __init__(self, manager: FallbackManager, api_key: str | None) -> None:
+
+class _Api:
+    """The route handlers, over one manager. ``own_name``: the model an Ollama request's
+    name asks for (``OllamaInfo.own_name``)."""
+
+    def __init__(self, manager: FallbackManager, api_key: str | None, *,
+                 own_name: Callable[[str], str]) -> None:
         self.manager = manager
         self.api_key = api_key
+        self._own_name = own_name
         self._streams: weakref.WeakSet[Relay] = weakref.WeakSet()  # each lives as its answer
         self._whole: set[Cancel] = set()  # the non-streamed answers in flight
         self._stopping = False
@@ -222,6 +237,7 @@ class _Api:
             asked = endpoint.request(body)
         except InvalidSettings as exc:
             return JSONResponse(render(error_object(exc)), status_code=400)
+        asked["model"] = self._own_name(asked["model"])
         return await self._chat(request, asked, ollama=endpoint, text="prompt" in asked)
 
     async def _chat(self, request: Request, body: dict[str, Any], *, text: bool = False,
@@ -268,20 +284,9 @@ class _Api:
         refused = refusal(request, self.api_key)
         if refused is not None:
             return refused
-        data = await asyncio.to_thread(self.models_listed)
+        data = await asyncio.to_thread(listed_models, self.manager)
         return JSONResponse({"object": "list", "data": [
             {k: v for k, v in m.items() if k != "x_ollama"} for m in data]})
-
-    def models_listed(self) -> list[dict[str, Any]]:
-        """What ``/v1/models`` lists: the servers' models, then the local ones (blocking)."""
-        listed: list[dict[str, Any]] = []
-        for server in upstreams(self.manager.settings):
-            listed += models_of(server)
-        for model in self.manager.discover_models():
-            if model.usable:
-                listed.append({"id": model.name, "object": "model", "created": 0,
-                               "owned_by": "zwaif-fallback", "source": "local"})
-        return listed
 
     async def health(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
