@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .admission import read_body, refusal
@@ -119,6 +120,7 @@ def running(model: ModelInfo, *, n_ctx: int, idle_s: float, keep_alive_s: float,
             "expires_at": expires, "context_length": min(n_ctx, model.context_length or n_ctx)}
 
 
+@dataclass(kw_only=True)
 class OllamaInfo:
     """The handlers of Ollama's describing routes.
 
@@ -131,17 +133,14 @@ class OllamaInfo:
         clock: the wall clock, for ``expires_at``.
     """
 
-    def __init__(self, *, settings: Callable[[], FallbackSettings],
-                 models: Callable[[], list[dict[str, Any]]], find_model: Callable[[str], ModelInfo],
-                 loaded: Callable[[], HeldModel | None], api_key: str | None,
-                 clock: Callable[[], float]) -> None:
-        self._settings = settings
-        self._models = models
-        self._find_model = find_model
-        self._loaded = loaded
-        self._api_key = api_key
-        self._clock = clock
-        self._own_names: dict[str, str] = {}  # a name /api/tags gave -> the model's own
+    settings: Callable[[], FallbackSettings]
+    models: Callable[[], list[dict[str, Any]]]
+    find_model: Callable[[str], ModelInfo]
+    loaded: Callable[[], HeldModel | None]
+    api_key: str | None
+    clock: Callable[[], float]
+    #: a name /api/tags gave -> the model's own
+    _own_names: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def own_name(self, name: str) -> str:
         """The model a request for ``name`` asks for: one ``tags`` listed with a tag it has
@@ -150,7 +149,7 @@ class OllamaInfo:
 
     def _listed(self) -> list[dict[str, Any]]:
         """``models``, remembering the names it is listed by (blocking)."""
-        listed = self._models()
+        listed = self.models()
         self._own_names.update({tagged(m["id"]): m["id"] for m in listed if tagged(m["id"]) != m["id"]})
         return listed
 
@@ -158,7 +157,7 @@ class OllamaInfo:
         """``GET /api/tags``: the models ``/v1/models`` lists."""
         from starlette.responses import JSONResponse
 
-        refused = refusal(request, self._api_key)
+        refused = refusal(request, self.api_key)
         if refused is not None:
             return in_ollamas_words(refused)
         return JSONResponse(model_list(await asyncio.to_thread(self._listed)))
@@ -169,7 +168,7 @@ class OllamaInfo:
         whether a model is there)."""
         from starlette.responses import JSONResponse
 
-        refused = refusal(request, self._api_key)
+        refused = refusal(request, self.api_key)
         body = refused if refused is not None else await read_body(request)
         if not isinstance(body, dict):
             return in_ollamas_words(body)
@@ -182,7 +181,7 @@ class OllamaInfo:
         return JSONResponse(card)
 
     def _card(self, name: str) -> dict[str, Any] | None:
-        settings = self._settings()
+        settings = self.settings()
         primary = upstreams(settings)[:1]
         if primary and primary[0].ollama:
             card = model_card_of(primary[0], name)
@@ -198,7 +197,7 @@ class OllamaInfo:
 
     def _local_card(self, name: str, n_ctx: int) -> dict[str, Any] | None:
         try:
-            model = self._find_model(self.own_name(name))
+            model = self.find_model(self.own_name(name))
         except FallbackError:
             return None
         return model_card(model, n_ctx) if model.usable else None
@@ -207,28 +206,28 @@ class OllamaInfo:
         """``GET /api/ps``: the local model in memory now, if one is."""
         from starlette.responses import JSONResponse
 
-        refused = refusal(request, self._api_key)
+        refused = refusal(request, self.api_key)
         if refused is not None:
             return in_ollamas_words(refused)
-        held = self._loaded()
+        held = self.loaded()
         if held is None:
             return JSONResponse({"models": []})
-        settings = self._settings()
+        settings = self.settings()
         return JSONResponse({"models": [running(held.model, n_ctx=settings.n_ctx, idle_s=held.idle_s,
-                                                keep_alive_s=settings.keep_alive, now=self._clock())]})
+                                                keep_alive_s=settings.keep_alive, now=self.clock())]})
 
     async def version(self, request: Request) -> Response:
         """``GET /api/version``: the Ollama release whose API serve answers as."""
         from starlette.responses import JSONResponse
 
-        refused = refusal(request, self._api_key)
+        refused = refusal(request, self.api_key)
         return in_ollamas_words(refused) if refused is not None else JSONResponse({"version": OLLAMA_VERSION})
 
     async def unknown(self, request: Request) -> Response:
         """Ollama's routes serve does not answer: 404, in Ollama's words, naming what it does."""
         from starlette.responses import JSONResponse
 
-        refused = refusal(request, self._api_key)
+        refused = refusal(request, self.api_key)
         if refused is not None:
             return in_ollamas_words(refused)
         return JSONResponse({"error": (
