@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import os
 import signal
@@ -36,12 +35,16 @@ from .cli_parser import (
 )
 from .cli_text import (
     format_benchmarks,
+    format_chat_footer,
     format_check,
     format_health,
     format_models,
+    format_monitor_summary,
     format_optimization,
     format_pull_progress,
     format_recommendations,
+    format_sample,
+    format_settings,
     format_status,
     print_json,
 )
@@ -289,10 +292,7 @@ def cmd_chat(manager: FallbackManager, args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     done = manager.last_result
     if done is not None:
-        failed = [f"{a.target}: {a.error}" for a in done.attempts if not a.ok]
-        note = f"; fell back after {'; '.join(failed)}" if failed else ""
-        print(f"[{done.model} ({done.source}), {done.tokens} tokens in "
-              f"{done.latency_s:.1f} s{note}]", file=sys.stderr)
+        print(format_chat_footer(done), file=sys.stderr)
     return 0
 
 
@@ -362,8 +362,7 @@ def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
             if not args.json:
                 latest = manager.monitoring_report().samples[-1:]
                 for s in latest:
-                    print(f"\r{s.t_s:6.1f} s  RAM {s.ram_used_mb:8.0f} MiB  CPU {s.cpu_percent:5.1f}%  "
-                          f"{s.tokens_per_s:5.1f} tok/s", end="", file=sys.stderr, flush=True)
+                    print("\r" + format_sample(s), end="", file=sys.stderr, flush=True)
     except KeyboardInterrupt:  # Ctrl-C ends the session early; its report is still shown
         interrupted = True
     report = manager.stop_monitoring()
@@ -371,9 +370,7 @@ def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
         print_json(report.model_dump())
     else:
         print(file=sys.stderr)
-        for name, summary in report.summary.items():
-            print(f"{name:<20} min {summary.min:10.1f}  mean {summary.mean:10.1f}  "
-                  f"max {summary.max:10.1f}  p95 {summary.p95:10.1f}")
+        print(format_monitor_summary(report))
     return 130 if interrupted else 0
 
 
@@ -397,8 +394,5 @@ def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
             "settings_file": str(settings.settings_file),
             "problems": settings.problems,
         })
-    for name, value in settings.public_dict().items():
-        print(f"{name:<20} {json.dumps(value):<32} ({settings.origin(name)})")
-    for problem in settings.problems:
-        print(f"problem: {problem}")
+    print(format_settings(settings))
     return 0

@@ -17,12 +17,15 @@ from .units import size_text
 if TYPE_CHECKING:
     from .bench import BenchmarkResult
     from .health import HealthReport, Optimization
+    from .monitor import MonitoringReport, Sample
     from .pull import PullProgress
     from .recommend import Recommendation
+    from .results import ChatResult
+    from .settings import FallbackSettings
 
-__all__ = ["format_benchmarks", "format_check", "format_health", "format_models", "format_optimization",
-           "format_pull_progress", "format_recommendations", "format_status", "num", "print_json",
-           "table"]
+__all__ = ["format_benchmarks", "format_chat_footer", "format_check", "format_health", "format_models",
+           "format_monitor_summary", "format_optimization", "format_pull_progress", "format_recommendations",
+           "format_sample", "format_settings", "format_status", "num", "print_json", "table"]
 
 
 def print_json(data: Any) -> int:
@@ -155,3 +158,28 @@ def format_health(report: HealthReport) -> str:
     lines += [f"  {name:<12} {factor.score:>3}  {factor.detail}" for name, factor in report.factors.items()]
     lines += [f"- {line}" for line in report.recommendations]
     return "\n".join(lines)
+
+
+def format_chat_footer(done: ChatResult) -> str:
+    """The line after a chat's answer: who answered, how much, how fast, and what failed first."""
+    failed = [f"{a.target}: {a.error}" for a in done.attempts if not a.ok]
+    note = f"; fell back after {'; '.join(failed)}" if failed else ""
+    return f"[{done.model} ({done.source}), {done.tokens} tokens in {done.latency_s:.1f} s{note}]"
+
+
+def format_sample(s: Sample) -> str:
+    """One monitoring sample, as the live line shows it."""
+    return (f"{s.t_s:6.1f} s  RAM {s.ram_used_mb:8.0f} MiB  CPU {s.cpu_percent:5.1f}%  "
+            f"{s.tokens_per_s:5.1f} tok/s")
+
+
+def format_monitor_summary(report: MonitoringReport) -> str:
+    return "\n".join(f"{name:<20} min {m.min:10.1f}  mean {m.mean:10.1f}  max {m.max:10.1f}  "
+                     f"p95 {m.p95:10.1f}" for name, m in report.summary.items())
+
+
+def format_settings(settings: FallbackSettings) -> str:
+    """Each setting, its value and where the value comes from; then the file's problems."""
+    lines = [f"{name:<20} {json.dumps(value):<32} ({settings.origin(name)})"
+             for name, value in settings.public_dict().items()]
+    return "\n".join(lines + [f"problem: {problem}" for problem in settings.problems])
