@@ -3,7 +3,6 @@ which serve processes a request says it came through."""
 
 from __future__ import annotations
 
-import contextvars
 import threading
 
 import pytest
@@ -16,6 +15,7 @@ from zwaif_fallback.net import (
     is_loopback,
     own_headers,
     passing_through,
+    start_for_request,
 )
 
 
@@ -41,13 +41,12 @@ def test_a_request_says_which_serves_it_came_through_and_this_one_last():
     assert own_headers() == {INSTANCE_HEADER: instance_id()}
 
 
-def test_a_thread_started_in_a_copy_of_the_context_sends_the_same_ids():
+def test_a_thread_started_for_the_request_sends_the_same_ids():
     seen: list[dict[str, str]] = []
+    done = threading.Event()
     with passing_through((A,)):
-        worker = threading.Thread(target=contextvars.copy_context().run,
-                                  args=(lambda: seen.append(own_headers()),))
-        worker.start()
-        worker.join()
+        start_for_request(lambda: (seen.append(own_headers()), done.set()), "test")
+    assert done.wait(10)
     assert seen == [{INSTANCE_HEADER: f"{A}, {instance_id()}"}]
 
 

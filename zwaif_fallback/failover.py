@@ -22,7 +22,6 @@ targets (the answer so far, the attempts, the switches) is ``chat_run.ChatRun``.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import queue
 import threading
@@ -33,6 +32,7 @@ from typing import Any
 from .backends.base import ALIVE, GenerationParams, TargetFailed, ToolCalls, Usage
 from .chat_run import ChatRun, Piece, Target, answered_by
 from .errors import AllTargetsFailed, FallbackError
+from .net import start_for_request
 from .results import ChatResult
 
 __all__ = ["FailoverChain"]
@@ -59,9 +59,7 @@ class _Pump:
         self._caller_cancel = caller_cancel
         self._queue: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
         self._start = start
-        # in the caller's context: a server's request says which serves it came through
-        threading.Thread(target=contextvars.copy_context().run, args=(self._run,), daemon=True,
-                         name="zwaif-target").start()
+        start_for_request(self._run, "zwaif-target")
 
     def _run(self) -> None:
         try:

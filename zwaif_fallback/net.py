@@ -21,11 +21,12 @@ import contextlib
 import contextvars
 import ipaddress
 import re
+import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 __all__ = ["INSTANCE_HEADER", "LOOP_STATUS", "MAX_HOPS", "instance_id", "instance_ids", "is_loopback",
-           "own_headers", "passing_through", "server_headers"]
+           "own_headers", "passing_through", "server_headers", "start_for_request"]
 
 INSTANCE_HEADER = "X-Zwaif-Fallback-Instance"
 #: HTTP's "Loop Detected": what serve answers a request that came from itself
@@ -62,6 +63,12 @@ def passing_through(ids: tuple[str, ...]) -> Iterator[None]:
         yield
     finally:
         _came_through.reset(token)
+
+
+def start_for_request(work: Callable[[], None], name: str) -> None:
+    """Run ``work`` on a daemon thread in a copy of this context: what it sends to a server
+    for the request says which serves the request came through (``passing_through``)."""
+    threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True, name=name).start()
 
 
 def own_headers() -> dict[str, str]:

@@ -27,11 +27,9 @@ app is Starlette's (Gradio brings it); ``webui`` mounts the tabs at ``/`` beside
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import gc
 import logging
 import os
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -45,7 +43,7 @@ from .completion_request import parse_request, parse_text_request
 from .completions import ChunkMaker, TextChunks, error_object, status_of, who_answered
 from .errors import InvalidSettings
 from .listening import listen, serving
-from .net import instance_ids, passing_through
+from .net import instance_ids, passing_through, start_for_request
 from .ollama_info import UNANSWERED, OllamaInfo, in_ollamas_words, render
 from .relay import Relay, on_disconnect, shutting_down
 from .routing import chain_text
@@ -350,7 +348,5 @@ async def _on_own_thread(fn: Callable[[Any], _R], arg: Any) -> _R:
         else:
             loop.call_soon_threadsafe(done.set_result, result)
 
-    # in the request's context: the chat sends on the serves it came through (net.passing_through)
-    threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True,
-                     name="zwaif-serve-answer").start()
+    start_for_request(run, "zwaif-serve-answer")
     return await done

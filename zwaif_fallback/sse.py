@@ -11,13 +11,13 @@ once; a burst costs one wakeup and one write, not one per chunk.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from .completions import error_object, event
+from .net import start_for_request
 
 __all__ = ["ChunkPump", "event"]
 
@@ -46,9 +46,7 @@ class ChunkPump:
         self._ready: deque[Any] = deque()
         self._lock = threading.Lock()  # the deque and the waiter change together
         self._waiter: asyncio.Future[None] | None = None
-        # in the caller's context, as the chain's requests need it (net.passing_through)
-        threading.Thread(target=contextvars.copy_context().run, args=(self._run,), daemon=True,
-                         name="zwaif-serve-stream").start()
+        start_for_request(self._run, "zwaif-serve-stream")
 
     def _run(self) -> None:
         first = self._first_raw
