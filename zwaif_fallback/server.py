@@ -20,8 +20,9 @@ whatever they do.
 Streamed answers from servers are relayed on the event loop (``relay``); generation never
 runs on it: a chat that reaches a local model goes on in a thread of its own (``sse``), so
 a slow local model stalls neither other requests nor ``/health``. What a request must
-carry and what its body may be is ``admission``'s to check. The
-app is Starlette's (Gradio brings it); ``webui`` mounts the tabs at ``/`` beside it.
+carry and what its body may be is ``admission``'s to check; which web pages may call it
+from a browser, ``cors``'s. The app is Starlette's (Gradio brings it); ``webui`` mounts the
+tabs at ``/`` beside it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import ollama_api
+from . import cors, ollama_api
 from .admission import API_KEY_ENV, MAX_BODY_BYTES, check_bind, loop_refusal, looped, read_body, refusal
 from .backends.base import Cancel
 from .completion_request import parse_request, parse_text_request
@@ -98,13 +99,15 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
     ]
     app.router.routes.extend(app.state.api_routes)
     app.state.stop_chats = api.stop_chats
+    app.state.cors_origins = lambda: manager.settings.cors_origins  # read for each page's request
     return app
 
 
 def front(app: Starlette) -> Callable[..., Any]:
     """``app`` as ``run`` serves it: the API's paths sent straight to their routes, a request
     from this process itself refused (``admission.looped``), one from other serves answered
-    with their ids sent on (``net.passing_through``). FastAPI's middleware (error
+    with their ids sent on (``net.passing_through``), one from a web page answered or refused
+    as ``cors`` says. FastAPI's middleware (error
     pages, exception handlers, body limits) cost a streamed request about a tenth of its CPU,
     and the API's handlers need none of it: they answer their errors themselves. Everything
     else (the tabs, lifespan) goes through ``app`` as before."""
@@ -115,12 +118,18 @@ def front(app: Starlette) -> Callable[..., Any]:
 
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] in paths:
+            origin = cors.origin_of(scope["headers"])
+            if origin is not None:  # a browser's request
+                if not cors.allowed(origin, app.state.cors_origins()):
+                    await _worded(scope, cors.refusal(origin))(scope, receive, send)
+                    return
+                if scope["method"] == "OPTIONS":
+                    await cors.preflight(origin, scope["headers"], send)
+                    return
+                send = cors.showing_to(origin, send)
             came_through = instance_ids(scope["headers"])
             if looped(came_through):
-                refused = loop_refusal()
-                if scope["path"].startswith("/api/"):
-                    refused = in_ollamas_words(refused)
-                await refused(scope, receive, send)
+                await _worded(scope, loop_refusal())(scope, receive, send)
             else:
                 with passing_through(came_through):
                     await router(scope, receive, send)
@@ -128,6 +137,11 @@ def front(app: Starlette) -> Callable[..., Any]:
             await app(scope, receive, send)
 
     return asgi
+
+
+def _worded(scope: Any, refused: Response) -> Response:
+    """A refusal as the path's API words it: Ollama's ``/api/`` routes have their own shape."""
+    return in_ollamas_words(refused) if scope["path"].startswith("/api/") else refused
 
 
 def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,

@@ -25,7 +25,7 @@ from pydantic_settings import (
 )
 
 from .errors import InvalidSettings
-from .settings_fields import NameList, SomePath, Url, UrlList, field_problem
+from .settings_fields import NameList, OriginList, SomePath, Url, UrlList, field_problem
 from .settings_file import load_file, read_file_quietly, to_json, write_atomically
 
 __all__ = ["FallbackSettings", "SettingsOrigin"]
@@ -89,6 +89,8 @@ class FallbackSettings(BaseSettings):
     primary_api_key: SecretStr = Field(SecretStr(""), description="API key of the main API")
     remote_urls: UrlList = Field(default_factory=list, description="more servers tried before local models")
     preferred_model: str = Field("", description="the local model to load first")
+    cors_origins: OriginList = Field(default_factory=list, description="web pages, beyond this "
+                                     "machine's own, that may call serve from a browser (* for any)")
     n_ctx: int = Field(4096, ge=512, le=131072, description="context size for loads and estimates")
     vram_margin_mb: int = Field(VRAM_MARGIN_MB, ge=0, le=16384,
                                 description="VRAM left free on each GPU by every load, MiB")

@@ -1,9 +1,10 @@
 """The kinds of value ``FallbackSettings``' fields take, and what a field allows in words.
 
 Lists come from the environment as comma-separated text or as JSON; a URL must be
-http:// or https:// and loses its trailing slash; an empty path is refused rather than
-read as the current folder. ``describe_range`` and ``field_problem`` say what a field
-allows, for the messages ``InvalidSettings`` carries and for the CLI's help.
+http:// or https:// and loses its trailing slash; a web page's origin is a scheme, a host
+and a port, nothing more; an empty path is refused rather than read as the current folder.
+``describe_range`` and ``field_problem`` say what a field allows, for the messages
+``InvalidSettings`` carries and for the CLI's help.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from pydantic import AfterValidator, BeforeValidator
 from pydantic.fields import FieldInfo
 from pydantic_settings import NoDecode
 
-__all__ = ["NameList", "SomePath", "Url", "UrlList", "bounds", "describe_range", "field_problem"]
+__all__ = ["NameList", "OriginList", "SomePath", "Url", "UrlList", "bounds", "describe_range",
+           "field_problem"]
+
+#: The port a browser leaves out of an origin, by scheme.
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _split_list(value: Any) -> Any:
@@ -43,6 +48,34 @@ def _check_urls(values: list[str]) -> list[str]:
     return [_check_url(v) for v in values]
 
 
+def _check_origins(values: list[str]) -> list[str]:
+    return [_check_origin(v) for v in values]
+
+
+def _check_origin(value: str) -> str:
+    """An origin as a browser sends it (``Origin``): ``scheme://host[:port]`` in lower case
+    without a default port; ``*`` (any) and ``null`` (a page opened from a file) as they are."""
+    from urllib.parse import urlsplit
+
+    value = value.strip()
+    if value in ("*", "null"):
+        return value
+    example = "e.g. http://localhost:3000 or https://amica.arbius.ai"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an origin ({exc}): {example}") from None
+    if not parts.scheme or not parts.hostname or parts.username or parts.password:
+        raise ValueError(f"{value!r} is not an origin: give a scheme and a host, {example}")
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ValueError(f"{value!r} is not an origin: give only the scheme, host and port, without "
+                         f"a path ({parts.scheme}://{parts.netloc})")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    shown_port = "" if port is None or port == _DEFAULT_PORTS.get(parts.scheme.lower()) else f":{port}"
+    return f"{parts.scheme.lower()}://{host}{shown_port}"
+
+
 def _some_path(value: Any) -> Any:
     """An empty path would become "." (the current folder): refuse it instead."""
     if isinstance(value, str) and not value.strip():
@@ -53,6 +86,7 @@ def _some_path(value: Any) -> Any:
 Url = Annotated[str, AfterValidator(_check_url)]
 UrlList = Annotated[list[str], NoDecode, BeforeValidator(_split_list), AfterValidator(_check_urls)]
 NameList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+OriginList = Annotated[list[str], NoDecode, BeforeValidator(_split_list), AfterValidator(_check_origins)]
 SomePath = Annotated[Path, BeforeValidator(_some_path)]
 
 
@@ -84,6 +118,8 @@ def describe_range(info: FieldInfo) -> str:
         return "an http:// or https:// URL, or empty"
     if _check_urls in validators:
         return "a list of http:// or https:// URLs, comma-separated or as JSON"
+    if _check_origins in validators:
+        return "a list of origins (scheme://host:port), * or null, comma-separated or as JSON"
     if _split_list in validators:
         return "a list, comma-separated or as JSON"
     return "a list of values" if "list" in str(info.annotation) else "text"

@@ -1,0 +1,218 @@
+"""Web pages that call serve from a browser (``cors``): this machine's pages and the listed
+origins are answered, with the headers a browser needs; any other page is refused before
+its request runs. The browser's own checks are Chromium's, against a real serve."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from servers import ScriptedServer, Served, refused_url, serve_in_process
+
+from zwaif_fallback import FallbackSettings, InvalidSettings
+from zwaif_fallback.cors import allowed
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+FOREIGN = "https://companion.example"
+ASK = {"model": "x", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8,
+       "temperature": 0.0, "seed": 1}
+#: What a browser host such as Amica sends beside its chat (each needs the preflight's leave).
+ASKED_HEADERS = "authorization, content-type, http-referer, x-title"
+
+
+@pytest.mark.parametrize("origin", [
+    "http://localhost:3000", "https://localhost", "http://127.0.0.1:8080", "http://127.0.0.2:5173",
+    "http://[::1]:3000", "http://0.0.0.0:3000", "tauri://localhost", "http://tauri.localhost",
+    "HTTP://LOCALHOST:3000"])
+def test_this_machines_own_pages_are_allowed(origin: str):
+    assert allowed(origin, [])
+
+
+@pytest.mark.parametrize("origin", [
+    FOREIGN, "http://192.168.1.20:3000", "http://localhost.example.com", "null", "file://", "garbage",
+    "http://[::1"])
+def test_other_pages_are_not_allowed_unless_listed(origin: str):
+    assert not allowed(origin, [])
+    assert allowed(origin, ["*"])
+
+
+def test_a_listed_origin_is_allowed_as_the_browser_sends_it():
+    listed = FallbackSettings(cors_origins="https://Amica.Arbius.ai:443/, null").cors_origins
+    assert listed == ["https://amica.arbius.ai", "null"]
+    assert allowed("https://amica.arbius.ai", listed) and allowed("null", listed)
+    assert not allowed("https://amica.arbius.ai:8443", listed)
+
+
+@pytest.mark.parametrize(("given", "says"), [
+    ("https://amica.arbius.ai/chat", "without a path (https://amica.arbius.ai)"),
+    ("amica.arbius.ai", "give a scheme and a host"),
+    ("http://localhost:99999", "is not an origin"),
+])
+def test_a_value_that_is_no_origin_is_refused_with_what_to_give(given: str, says: str):
+    with pytest.raises(InvalidSettings) as refused:
+        FallbackSettings(cors_origins=given)
+    assert "cors_origins" in str(refused.value) and says in str(refused.value)
+
+
+@pytest.fixture
+def scripted(isolated: Path) -> Iterator[tuple[Served, Any, ScriptedServer]]:
+    primary = ScriptedServer(["Blue", "."])
+    try:
+        with serve_in_process(isolated, primary.url) as (served, manager):
+            yield served, manager, primary
+    finally:
+        primary.close()
+
+
+def preflight(served: Served, origin: str, path: str = "/v1/chat/completions",
+              **more: str) -> httpx.Response:
+    return httpx.options(served.url + path, timeout=30, headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": ASKED_HEADERS, **more})
+
+
+def test_a_preflight_from_this_machine_lets_the_page_send_its_headers(scripted: Any):
+    served, _, primary = scripted
+    answer = preflight(served, "http://localhost:3000", **{"Access-Control-Request-Private-Network": "true"})
+    assert answer.status_code == 204, answer.text
+    assert answer.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert answer.headers["access-control-allow-headers"] == ASKED_HEADERS
+    assert "POST" in answer.headers["access-control-allow-methods"]
+    assert answer.headers["access-control-allow-private-network"] == "true"
+    assert primary.bodies == []  # a preflight asks nothing of the main API
+
+
+def test_a_pages_answer_carries_its_origin_and_who_answered(scripted: Any):
+    served, _, _ = scripted
+    answer = httpx.post(served.url + "/v1/chat/completions", json=ASK, timeout=60,
+                        headers={"Origin": "http://127.0.0.1:5173"})
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == "Blue."
+    assert answer.headers["access-control-allow-origin"] == "http://127.0.0.1:5173"
+    assert "X-Fallback-Source" in answer.headers["access-control-expose-headers"]
+    assert answer.headers["x-fallback-source"] == "primary"
+
+
+def test_a_foreign_page_is_refused_before_its_chat_runs_and_the_log_says_how_to_allow_it(
+        scripted: Any, caplog: pytest.LogCaptureFixture):
+    served, _, primary = scripted
+    with caplog.at_level(logging.WARNING, logger="zwaif_fallback.cors"):
+        asked = preflight(served, FOREIGN)
+        chat, ollama = (httpx.post(served.url + path, json=ASK, timeout=60, headers={"Origin": FOREIGN})
+                        for path in ("/v1/chat/completions", "/api/chat"))
+    assert (asked.status_code, chat.status_code, ollama.status_code) == (403, 403, 403)
+    assert "access-control-allow-origin" not in asked.headers
+    assert primary.bodies == []  # nothing ran: a page a person merely visits cannot chat
+    assert f"FALLBACK_CORS_ORIGINS={FOREIGN}" in chat.json()["error"]["message"]
+    assert f"cors_origins={FOREIGN}" in ollama.json()["error"]  # in Ollama's shape on its routes
+    warned = [r.getMessage() for r in caplog.records if FOREIGN in r.getMessage()]
+    assert len(warned) == 1  # once an origin, however often the page asks
+
+
+def test_an_origin_listed_while_serve_runs_is_let_in_at_once(scripted: Any):
+    served, manager, _ = scripted
+    assert preflight(served, FOREIGN).status_code == 403
+    manager.update_settings(cors_origins=[FOREIGN])
+    answer = preflight(served, FOREIGN)
+    assert answer.status_code == 204 and answer.headers["access-control-allow-origin"] == FOREIGN
+
+
+def test_a_client_without_an_origin_gets_no_cross_origin_headers(scripted: Any):
+    served, _, _ = scripted
+    answer = httpx.post(served.url + "/v1/chat/completions", json=ASK, timeout=60)
+    assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+
+
+# --- in Chromium: the browser decides whether the page may read the answer ---------------
+
+#: The page's script: a streamed chat through serve, read as a browser host reads it.
+STREAM_CHAT = """async ([url, body]) => {
+    try {
+        const response = await fetch(url + '/v1/chat/completions', {method: 'POST', body,
+            headers: {'Content-Type': 'application/json', 'Authorization': 'Bearer none',
+                      'X-Title': 'a browser host'}});
+        const reader = response.body.getReader(), decoder = new TextDecoder();
+        let text = '';
+        for (;;) {
+            const {done, value} = await reader.read();
+            if (done) break;
+            text += decoder.decode(value);
+        }
+        const words = text.split('\\n').filter(l => l.startsWith('data: {'))
+            .map(l => JSON.parse(l.slice(6)).choices[0]?.delta?.content || '').join('');
+        return {status: response.status, source: response.headers.get('X-Fallback-Source'), words};
+    } catch (error) {
+        return {error: String(error)};
+    }
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    from test_webui_browser import CHROMIUM, CHROMIUM_ARGS
+
+    with playwright_api.sync_playwright() as p:
+        # page.test: a name other than loopback for a page that is still on this machine
+        chromium = p.chromium.launch(executable_path=CHROMIUM,
+                                     args=[*CHROMIUM_ARGS, "--host-resolver-rules=MAP page.test 127.0.0.1"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def pages(tmp_path: Path) -> Iterator[int]:
+    """A plain web server for the host's page, on a port of its own: its port."""
+    (tmp_path / "pages").mkdir()
+    (tmp_path / "pages" / "index.html").write_text("<!doctype html><title>a browser host</title>")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(tmp_path / "pages"), **kwargs)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def chat_from(browser: Browser, page_url: str, served: Served) -> dict[str, Any]:
+    page = browser.new_page()
+    try:
+        page.goto(page_url)
+        return page.evaluate(STREAM_CHAT, [served.url, json.dumps({**ASK, "stream": True})])
+    finally:
+        page.close()
+
+
+def test_a_page_on_this_machine_streams_the_local_answer_while_the_main_api_is_down(
+        isolated: Path, browser: Browser, pages: int):
+    # Amica or ChatVRM, run on this PC, with the main API gone: the local model answers it.
+    with serve_in_process(isolated, refused_url()) as (served, _):
+        got = chat_from(browser, f"http://localhost:{pages}/", served)
+    assert got.get("status") == 200, got
+    assert got["source"] == "local" and got["words"].strip()
+
+
+def test_chromium_keeps_the_answer_from_a_foreign_page_until_its_origin_is_listed(
+        scripted: Any, browser: Browser, pages: int):
+    served, manager, primary = scripted
+    origin = f"http://page.test:{pages}"
+    refused = chat_from(browser, origin + "/", served)
+    manager.update_settings(cors_origins=[origin])
+    answered = chat_from(browser, origin + "/", served)
+    assert "Failed to fetch" in refused.get("error", ""), refused
+    assert len(primary.bodies) == 1  # the refused page's chat never reached the main API
+    assert answered == {"status": 200, "source": "primary", "words": "Blue."}
