@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -14,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from servers import ScriptedServer, Served, refused_url, serve_in_process
+from servers import ScriptedServer, Served, refused_url, serve_in_process, serve_settings
 
-from zwaif_fallback import FallbackSettings, InvalidSettings
-from zwaif_fallback.cors import allowed
+from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings
+from zwaif_fallback.cors import addressed_here, allowed
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -32,7 +33,7 @@ ASKED_HEADERS = "authorization, content-type, http-referer, x-title"
 @pytest.mark.parametrize("origin", [
     "http://localhost:3000", "https://localhost", "http://127.0.0.1:8080", "http://127.0.0.2:5173",
     "http://[::1]:3000", "http://0.0.0.0:3000", "tauri://localhost", "http://tauri.localhost",
-    "HTTP://LOCALHOST:3000"])
+    "HTTP://LOCALHOST:3000", "http://localhost.:3000"])
 def test_this_machines_own_pages_are_allowed(origin: str):
     assert allowed(origin, [])
 
@@ -46,9 +47,10 @@ def test_other_pages_are_not_allowed_unless_listed(origin: str):
 
 
 def test_a_listed_origin_is_allowed_as_the_browser_sends_it():
-    listed = FallbackSettings(cors_origins="https://Amica.Arbius.ai:443/, null").cors_origins
-    assert listed == ["https://amica.arbius.ai", "null"]
-    assert allowed("https://amica.arbius.ai", listed) and allowed("null", listed)
+    listed = FallbackSettings(cors_origins="https://Amica.Arbius.ai:443/, http://[FE80:0:0:0:0:0:0:1]:3000, "
+                                           "https://bücher.example").cors_origins
+    assert listed == ["https://amica.arbius.ai", "http://[fe80::1]:3000", "https://xn--bcher-kva.example"]
+    assert all(allowed(origin, listed) for origin in listed)
     assert not allowed("https://amica.arbius.ai:8443", listed)
 
 
@@ -56,6 +58,7 @@ def test_a_listed_origin_is_allowed_as_the_browser_sends_it():
     ("https://amica.arbius.ai/chat", "without a path (https://amica.arbius.ai)"),
     ("amica.arbius.ai", "give a scheme and a host"),
     ("http://localhost:99999", "is not an origin"),
+    ("null", "would let in any website"),  # a sandboxed frame on any site sends it too
 ])
 def test_a_value_that_is_no_origin_is_refused_with_what_to_give(given: str, says: str):
     with pytest.raises(InvalidSettings) as refused:
@@ -117,12 +120,51 @@ def test_a_foreign_page_is_refused_before_its_chat_runs_and_the_log_says_how_to_
     assert len(warned) == 1  # once an origin, however often the page asks
 
 
-def test_an_origin_listed_while_serve_runs_is_let_in_at_once(scripted: Any):
+@pytest.mark.parametrize("listed", [FOREIGN, "*"])
+def test_an_origin_listed_while_serve_runs_is_let_in_at_once(scripted: Any, listed: str):
     served, manager, _ = scripted
     assert preflight(served, FOREIGN).status_code == 403
-    manager.update_settings(cors_origins=[FOREIGN])
+    manager.update_settings(cors_origins=[listed])
     answer = preflight(served, FOREIGN)
     assert answer.status_code == 204 and answer.headers["access-control-allow-origin"] == FOREIGN
+
+
+def test_a_page_may_read_why_serve_refused_its_request(isolated: Path):
+    # A wrong key or a bad body: the page can show serve's reason instead of "Failed to fetch".
+    with FallbackManager(serve_settings(isolated, refused_url()), background=False) as manager:
+        served = Served(manager, api_key="right")
+        try:
+            answers = [httpx.post(served.url + path, content=b"{", timeout=30, headers={
+                "Origin": "http://localhost:3000", "Authorization": f"Bearer {key}"})
+                for path, key in (("/v1/chat/completions", "wrong"), ("/api/chat", "right"))]
+        finally:
+            served.close()
+    assert [a.status_code for a in answers] == [401, 400]
+    assert all(a.headers["access-control-allow-origin"] == "http://localhost:3000" for a in answers)
+
+
+@pytest.mark.parametrize("host", [
+    None, "localhost:5001", "127.0.0.1:5001", "[::1]:5001", "192.168.1.5:5001", "host.docker.internal:5001",
+    "mypc.local", "app.localhost:5001", "LOCALHOST.", socket.gethostname()])
+def test_a_request_for_this_machine_is_addressed_here(host: str | None):
+    assert addressed_here(host)
+
+
+@pytest.mark.parametrize("host", ["evil.example:5001", "8.8.8.8", "localhost.evil.example", "[::1"])
+def test_a_request_for_another_name_is_not(host: str):
+    assert not addressed_here(host)
+
+
+def test_serve_on_loopback_refuses_a_request_for_a_name_not_this_machines(scripted: Any):
+    # DNS rebinding: a page at http://evil.example:PORT whose name now points at 127.0.0.1
+    # reads "its own" site, without an Origin, and would see the models, metrics and tabs.
+    served, _, _ = scripted
+    port = served.url.rsplit(":", 1)[1]
+    refused = [httpx.get(served.url + path, headers={"Host": f"evil.example:{port}"}, timeout=30)
+               for path in ("/v1/models", "/metrics", "/")]
+    here = httpx.get(served.url + "/v1/models", headers={"Host": f"localhost:{port}"}, timeout=30)
+    assert [r.status_code for r in refused] == [403, 403, 403] and here.status_code == 200
+    assert "not for 'evil.example:" in refused[0].json()["error"]["message"]
 
 
 def test_a_client_without_an_origin_gets_no_cross_origin_headers(scripted: Any):
@@ -216,3 +258,15 @@ def test_chromium_keeps_the_answer_from_a_foreign_page_until_its_origin_is_liste
     assert "Failed to fetch" in refused.get("error", ""), refused
     assert len(primary.bodies) == 1  # the refused page's chat never reached the main API
     assert answered == {"status": 200, "source": "primary", "words": "Blue."}
+
+
+def test_chromium_cannot_read_serve_through_a_name_pointed_at_this_machine(scripted: Any, browser: Browser):
+    served, _, _ = scripted
+    page = browser.new_page()
+    try:  # page.test is 127.0.0.1 to this browser, as a rebinding attacker's name would be
+        response = page.goto(served.url.replace("127.0.0.1", "page.test") + "/v1/models")
+        assert response is not None
+        shown = response.status, page.content()
+    finally:
+        page.close()
+    assert shown[0] == 403 and "answers requests for this machine only" in shown[1]

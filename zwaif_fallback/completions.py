@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 from .chat_run import Piece
 from .completion_request import BadRequestField, CompletionRequest, parse_request, parse_text_request
-from .errors import AllTargetsFailed, FallbackError, InvalidSettings
+from .errors import AllTargetsFailed, FallbackError, InvalidSettings, NotAllowed
 from .results import Attempt, ChatResult
 
 # BadRequestField, CompletionRequest and the parsers live in completion_request; hosts and
@@ -298,6 +298,8 @@ def error_object(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, InvalidSettings):
         error = {"message": str(exc), "type": "invalid_request_error",
                  "param": getattr(exc, "param", None), "code": "invalid_value"}
+    elif isinstance(exc, NotAllowed):  # a 403: the request is refused, not the server broken
+        error = {"message": str(exc), "type": "invalid_request_error", "param": None, "code": "not_allowed"}
     elif isinstance(exc, AllTargetsFailed):
         error = {"message": str(exc), "type": "server_error", "param": None,
                  "code": "all_targets_failed"}

@@ -12,21 +12,28 @@ origins a person lists in ``cors_origins`` (``*``: any page). A request from any
 is refused with a 403 before it runs, preflight or not: a web page that a person merely
 visits must not chat through their models or read their main API's answers. A request
 without an ``Origin`` (Python, Node and curl clients) is not concerned.
+
+A browser sends no ``Origin`` when a page reads its own site, which a foreign page can fake
+by pointing its name at 127.0.0.1 (DNS rebinding): on a loopback address serve therefore
+also refuses a request addressed to any name but this machine's (``addressed_here``), as
+Ollama does.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from .completions import error_object
-from .errors import InvalidSettings
+from .errors import NotAllowed
 from .net import is_loopback
 
-__all__ = ["ALLOWED_METHODS", "EXPOSED_HEADERS", "MAX_AGE_S", "allowed", "origin_of", "preflight",
-           "refusal", "showing_to"]
+__all__ = ["ALLOWED_METHODS", "EXPOSED_HEADERS", "MAX_AGE_S", "Gate", "addressed_here", "allowed",
+           "origin_of", "preflight", "showing_to"]
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +42,16 @@ ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
 EXPOSED_HEADERS = "X-Fallback-Source, X-Fallback-Model"
 #: How long a browser may keep a preflight's answer (Chromium caps it at 2 hours).
 MAX_AGE_S = 600
-_warned: set[str] = set()  # the origins refused so far, each logged once
-_WARN_AT_MOST = 64  # a page that sends ever new origins fills no memory
+#: Names that only ever mean a machine of one's own or of the local network.
+_LOCAL_SUFFIXES = (".localhost", ".local", ".internal")  # .internal: host.docker.internal
+_WARN_AT_MOST = 64  # of each kind: a page that sends ever new names fills no memory
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def origin_of(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The ``Origin`` of a request (its ASGI headers), None when it sent none."""
-    for key, value in headers:
-        if key == b"origin":
-            return value.decode("latin-1")
-    return None
+    return _header(headers, b"origin")
 
 
 def allowed(origin: str, listed: Sequence[str]) -> bool:
@@ -60,7 +65,25 @@ def allowed(origin: str, listed: Sequence[str]) -> bool:
         return False
     if not host:
         return False
+    host = host.rstrip(".")
     return is_loopback(host) or host.endswith(".localhost") or host == "0.0.0.0"
+
+
+def addressed_here(host_header: str | None) -> bool:
+    """Whether a request's ``Host`` names this machine: an address of this or the local
+    network, localhost, this machine's own name, or a name under .localhost, .local or
+    .internal. Any other name, on a loopback connection, is a web page's DNS rebinding."""
+    if not host_header:
+        return True  # HTTP/1.0 clients may send none; a browser always does
+    try:
+        host = (urlsplit(f"//{host_header}").hostname or "").rstrip(".")
+    except ValueError:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host in ("localhost", socket.gethostname().lower()) or host.endswith(_LOCAL_SUFFIXES)
+    return address.is_loopback or address.is_private or address.is_unspecified or address.is_link_local
 
 
 async def preflight(origin: str, headers: Iterable[tuple[bytes, bytes]], send: Send) -> None:
@@ -93,16 +116,51 @@ def showing_to(origin: str, send: Send) -> Send:
     return sending
 
 
-def refusal(origin: str) -> Any:
-    """The 403 response for a page that may not call serve, in OpenAI's error shape; the
-    reason is logged too (once an origin), since a browser shows the page no response body."""
-    from starlette.responses import JSONResponse
+class Gate:
+    """The refusals of one serve: a page whose origin is not let in, a request on loopback
+    addressed to a name not this machine's. Each is logged once a name, since a browser
+    shows the page no response body, and the log is where a person learns what to change.
 
-    problem = InvalidSettings(
-        f"a web page at {origin} may not call this server: only this machine's own pages and the "
-        f"origins in cors_origins may. To allow it, restart serve with FALLBACK_CORS_ORIGINS={origin} "
-        f"set, or after zwaif-fallback settings --set cors_origins={origin}; '*' allows any page")
-    if origin not in _warned and len(_warned) < _WARN_AT_MOST:
-        _warned.add(origin)
-        log.warning("refused a request from a browser: %s", problem)
-    return JSONResponse(error_object(problem), status_code=403)
+    Args:
+        listed: the origins let in now (``cors_origins``), read at each browser request, so
+            that a change in the UI holds at once.
+    """
+
+    def __init__(self, listed: Callable[[], Sequence[str]]) -> None:
+        self._listed = listed
+        self._warned: set[str] = set()
+
+    def refusal(self, scope: dict[str, Any], *, api: bool) -> Any:
+        """The 403 response for a request (its ASGI scope) that may not go on, or None.
+        ``api``: one of serve's own routes, where an origin must be let in (the web UI's
+        routes have Gradio's own checks)."""
+        server, host = scope.get("server"), _header(scope["headers"], b"host")
+        if server and is_loopback(server[0]) and not addressed_here(host):
+            return self._refused(host or "", NotAllowed(
+                f"this server listens on loopback and answers requests for this machine only "
+                f"(localhost, 127.0.0.1, {socket.gethostname()}), not for {host!r}: a web page may "
+                "have pointed that name at this machine. To reach serve under another name, start it "
+                "on an address of that name with --host, and FALLBACK_API_KEY set"))
+        origin = origin_of(scope["headers"]) if api else None
+        if origin is not None and not allowed(origin, self._listed()):
+            return self._refused(origin, NotAllowed(
+                f"a web page at {origin} may not call this server: only this machine's own pages and "
+                f"the origins in cors_origins may. To allow it, restart serve with FALLBACK_CORS_ORIGINS="
+                f"{origin} set, or after zwaif-fallback settings --set cors_origins={origin}; '*' allows "
+                "any page"))
+        return None
+
+    def _refused(self, name: str, problem: NotAllowed) -> Any:
+        from starlette.responses import JSONResponse
+
+        if name not in self._warned and len(self._warned) < _WARN_AT_MOST:
+            self._warned.add(name)
+            log.warning("refused a request: %s", problem)
+        return JSONResponse(error_object(problem), status_code=403)
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None

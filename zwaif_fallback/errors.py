@@ -16,6 +16,7 @@
     ├── DownloadCancelled         a download was stopped; its partial file is kept: run it again to resume
     ├── PortUnavailable           an address and port cannot be listened on: pick another port
     ├── HostUnavailable           the host to listen on is no address of this machine: pick another host
+    ├── NotAllowed                serve does not let this request in (a web page, a name): see the message
     ├── HubUnavailable            the Hub cannot be read now (no network, down, timed out): try later
     │   └── HubOffline            HF_HUB_OFFLINE is set, so nothing was fetched: unset it
     ├── HubFileNotFound           no such repo or file on the Hub (404): check the name
@@ -53,6 +54,7 @@ __all__ = [
     "JobNotFound",
     "ModelLoadError",
     "ModelNotFound",
+    "NotAllowed",
     "NotEnoughSpace",
     "NotStarted",
     "OutOfMemory",
@@ -183,6 +185,10 @@ class PortUnavailable(FallbackError):
 
 class HostUnavailable(FallbackError):
     """The host to listen on is not an address of this machine (or no name for one): pick another."""
+
+
+class NotAllowed(FallbackError):
+    """serve does not let a request in (a web page's origin, a name not this machine's): see the message."""
 
 
 class AllTargetsFailed(FallbackError):

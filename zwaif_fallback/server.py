@@ -107,22 +107,24 @@ def front(app: Starlette) -> Callable[..., Any]:
     """``app`` as ``run`` serves it: the API's paths sent straight to their routes, a request
     from this process itself refused (``admission.looped``), one from other serves answered
     with their ids sent on (``net.passing_through``), one from a web page answered or refused
-    as ``cors`` says. FastAPI's middleware (error
-    pages, exception handlers, body limits) cost a streamed request about a tenth of its CPU,
-    and the API's handlers need none of it: they answer their errors themselves. Everything
-    else (the tabs, lifespan) goes through ``app`` as before."""
+    as ``cors`` says. FastAPI's middleware (error pages, exception handlers, body limits) cost
+    a streamed request about a tenth of its CPU, and the API's handlers need none of it: they
+    answer their errors themselves. Everything else (the tabs, lifespan) goes through ``app``
+    as before, once ``cors.Gate`` has let it in."""
     from starlette.routing import Router
 
     routes = app.state.api_routes
     router, paths = Router(routes=routes), {route.path for route in routes}
+    gate = cors.Gate(listed=app.state.cors_origins)
 
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] in paths:
+        api = scope["type"] == "http" and scope["path"] in paths
+        refused = gate.refusal(scope, api=api) if scope["type"] == "http" else None
+        if refused is not None:
+            await _worded(scope, refused)(scope, receive, send)
+        elif api:
             origin = cors.origin_of(scope["headers"])
-            if origin is not None:  # a browser's request
-                if not cors.allowed(origin, app.state.cors_origins()):
-                    await _worded(scope, cors.refusal(origin))(scope, receive, send)
-                    return
+            if origin is not None:  # a browser's request, from a page let in
                 if scope["method"] == "OPTIONS":
                     await cors.preflight(origin, scope["headers"], send)
                     return

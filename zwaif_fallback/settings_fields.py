@@ -53,13 +53,19 @@ def _check_origins(values: list[str]) -> list[str]:
 
 
 def _check_origin(value: str) -> str:
-    """An origin as a browser sends it (``Origin``): ``scheme://host[:port]`` in lower case
-    without a default port; ``*`` (any) and ``null`` (a page opened from a file) as they are."""
+    """An origin as a browser sends it (``Origin``): ``scheme://host[:port]`` in lower case,
+    an IPv6 address in its short form, a name in its ASCII (punycode) form, without a default
+    port; ``*`` (any page) as it is."""
+    import ipaddress
     from urllib.parse import urlsplit
 
     value = value.strip()
-    if value in ("*", "null"):
+    if value == "*":
         return value
+    if value.lower() == "null":  # what a page opened from a file sends, and a sandboxed frame
+        raise ValueError("'null' would let in any website: it sends null from a sandboxed frame. Serve "
+                         "the page from this machine instead (e.g. python -m http.server in its folder, "
+                         "then open http://localhost:8000/)")
     example = "e.g. http://localhost:3000 or https://amica.arbius.ai"
     try:
         parts = urlsplit(value)
@@ -71,7 +77,13 @@ def _check_origin(value: str) -> str:
     if parts.path.strip("/") or parts.query or parts.fragment:
         raise ValueError(f"{value!r} is not an origin: give only the scheme, host and port, without "
                          f"a path ({parts.scheme}://{parts.netloc})")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    try:
+        host = f"[{ipaddress.IPv6Address(parts.hostname).compressed}]"
+    except ValueError:
+        try:
+            host = parts.hostname.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{value!r} is not an origin: {parts.hostname!r} is no host name") from None
     shown_port = "" if port is None or port == _DEFAULT_PORTS.get(parts.scheme.lower()) else f":{port}"
     return f"{parts.scheme.lower()}://{host}{shown_port}"
 
@@ -119,7 +131,7 @@ def describe_range(info: FieldInfo) -> str:
     if _check_urls in validators:
         return "a list of http:// or https:// URLs, comma-separated or as JSON"
     if _check_origins in validators:
-        return "a list of origins (scheme://host:port), * or null, comma-separated or as JSON"
+        return "a list of origins (scheme://host:port) or *, comma-separated or as JSON"
     if _split_list in validators:
         return "a list, comma-separated or as JSON"
     return "a list of values" if "list" in str(info.annotation) else "text"
