@@ -4,6 +4,7 @@
 * ``FaultProxy``: a real HTTP proxy in front of it that can pass, answer 500,
   cut the stream after N events, or stall after N events.
 * ``HangServer``: a socket that accepts connections and never answers.
+* ``DripServer``: begins an HTTP answer and sends it a byte at a time, never ending it.
 * ``ScriptedServer``: an OpenAI-compatible server that streams a fixed answer, with
   usage when asked, or refuses ``stream_options`` as servers that predate it do.
 * ``SlowServer``: streams a piece at a time, slowly, and notes when a client hangs up.
@@ -226,6 +227,10 @@ class HangServer:
                 return
             self.accepted += 1
             self._held.append(conn)
+            self._took(conn)
+
+    def _took(self, conn: socket.socket) -> None:
+        """What is done with a connection taken: nothing."""
 
     def close(self) -> None:
         self._closed = True
@@ -236,6 +241,31 @@ class HangServer:
         self.sock.close()
         for conn in self._held:
             conn.close()
+
+
+class DripServer(HangServer):
+    """Answers every connection with the start of an HTTP answer, then a byte of a header
+    every ``interval_s``, never ending it: each read comes in time, so a client's read
+    timeout never fires. After ``lasts_s`` it hangs up, so that a client with no deadline
+    of its own fails a test rather than hanging it."""
+
+    def __init__(self, *, interval_s: float = 0.1, lasts_s: float = 10.0) -> None:
+        self.interval_s, self.lasts_s = interval_s, lasts_s
+        super().__init__()
+
+    def _took(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        until = time.monotonic() + self.lasts_s
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+            while not self._closed and time.monotonic() < until:
+                conn.sendall(b"a")
+                threading.Event().wait(self.interval_s)
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:  # the client hung up, or close() closed it
+            return
 
 
 class _Background:
@@ -288,7 +318,9 @@ class ScriptedServer(_Background):
     ``finish_reason: "length"``, as a server does. ``model``: the name every event gives
     for the model (none by default); ``finish_reason`` replaces the reason the answer ends
     with. ``chats_only``: ``/v1/completions`` answers 404, as OpenAI's chat models do.
-    ``listed``: the model ids ``GET /v1/models`` answers (none: it answers 501).
+    ``listed``: the model ids ``GET /v1/models`` answers (none: it answers 501); any other
+    GET answers 404. ``key``: a request without ``Authorization: Bearer <key>`` is refused
+    with 401, as text-generation-webui started with ``--api-key`` refuses it.
     """
 
     def __init__(self, pieces: list[str], *, prompt_tokens: int = 11,
@@ -296,7 +328,7 @@ class ScriptedServer(_Background):
                  tool_calls: list[dict[str, str]] | None = None,
                  cut_in_tool_call: bool = False, model: str | None = None,
                  finish_reason: str | None = None, chats_only: bool = False, port: int = 0,
-                 listed: list[str] | None = None) -> None:
+                 listed: list[str] | None = None, key: str | None = None) -> None:
         self.bodies: list[dict[str, object]] = []
         self.paths: list[str] = []
         self.headers: list[dict[str, str]] = []  # each request's, names lower-cased
@@ -304,13 +336,27 @@ class ScriptedServer(_Background):
 
         class Handler(_Handler):
             def do_GET(self) -> None:
-                if listed is None or self.path != "/v1/models":
+                if self._refused():
+                    return
+                if self.path != "/v1/models":
+                    self._send(404, "application/json", b'{"detail": "Not Found"}')
+                    return
+                if listed is None:
                     self._send(501, "text/plain", b"not here")
                     return
                 self._send(200, "application/json", json.dumps({"object": "list", "data": [
                     {"id": name, "object": "model"} for name in listed]}).encode())
 
+            def _refused(self) -> bool:
+                if key is None or self.headers.get("Authorization") == f"Bearer {key}":
+                    return False
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self._send(401, "application/json", b'{"error": {"message": "Invalid API key"}}')
+                return True
+
             def do_POST(self) -> None:
+                if self._refused():
+                    return
                 body = self._body()
                 server.bodies.append(body)
                 server.paths.append(self.path)

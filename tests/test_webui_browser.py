@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 import pytest
 from builders import write_gguf
-from servers import free_port, refused_url, wait_until
+from servers import ScriptedServer, free_port, refused_url, wait_until
 
 from webui import build_app, launch
 from webui.host_example import build_host
@@ -304,6 +304,24 @@ def test_the_main_api_is_set_in_the_tab_and_a_pinned_url_says_so(page: Page, ser
         assert served.manager.settings.remote_urls == [remote]
     finally:  # for the tests after this one
         served.manager.reset_settings(fields=["primary_model", "remote_urls"])
+
+
+def test_the_main_api_section_says_whether_each_server_answers(page: Page, served: Served) -> None:
+    open_tab(page, "Advanced Fallback Management")
+    status, primary = page.locator("#fallback-api-status"), served.env["FALLBACK_PRIMARY_URL"]
+    expect(status).to_contain_text(f"The main API 🔴 does not answer: connection refused at {primary}")
+    expect(status).to_contain_text("Oobabooga listens on 5000 when started with --api")
+    remote = ScriptedServer(["Hi."], listed=["qwen2.5"])
+    try:
+        page.locator("#fallback-api-remotes textarea").fill(remote.url)
+        click(page, "💾 Save Main API")
+        expect(status).to_contain_text(f"{remote.url} ✅ answers (models: qwen2.5).")
+        remote.close()
+        click(page, "🔄 Check again")
+        expect(status).to_contain_text(f"{remote.url} 🔴 does not answer: connection refused")
+    finally:  # for the tests after this one
+        remote.close()
+        served.manager.reset_settings(fields=["remote_urls"])
 
 
 def test_performance_testing_fills_the_table_and_cancels(page: Page) -> None:

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from builders import write_gguf
 from fake_nvml.pynvml import FakeNvml
-from servers import ScriptedServer, refused_url, wait_until
+from servers import ScriptedOllama, ScriptedServer, refused_url, serve_in_process, wait_until
 
 from webui import build_app, compat, launch
 from webui import format as fmt
@@ -25,6 +25,7 @@ from webui.health_monitor import HealthHandlers
 from webui.main_api import KEY_AT, MainApiHandlers, build_main_api_section, main_api_markdown
 from webui.management import ManagementHandlers
 from zwaif_fallback import FallbackManager, FallbackSettings, HardwareProbe, InvalidSettings, PortUnavailable
+from zwaif_fallback.upstreams import probe_all
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 
@@ -392,6 +393,63 @@ def test_a_host_s_own_api_call_is_named_as_what_answers_first(manager: FallbackM
     status, *_ = MainApiHandlers(manager).load()
     assert status.startswith("This host's own API call (`host:test_a_host_s_own_api_call"), status
     assert "Chats without it (serve, Try the fallback): no main API is set" in status
+
+
+def test_the_main_api_status_says_whether_each_server_answers(manager: FallbackManager) -> None:
+    # a wrong URL showed only when a chat failed on it; now the section asks each server
+    server, down = ScriptedServer(["Hi."], listed=["qwen2.5", "llama3"]), refused_url()
+    try:
+        handlers = MainApiHandlers(manager)
+        handlers.save(server.url, "openai", "", "", down, "")
+        status = handlers.check()
+    finally:
+        server.close()
+    chain, main_api, remote = status.split("  \n")
+    assert chain == (f"Chats go to {server.url} (OpenAI-compatible) first, then 1 more server, "
+                     "then the local models.")
+    assert main_api == "The main API ✅ answers (models: `qwen2.5`, `llama3`)."
+    assert remote.startswith(f"{down} 🔴 does not answer: connection refused at {down} — is it running, on "
+                             "this port? Oobabooga listens on 5000 when started with --api"), remote
+
+
+def test_a_main_api_that_lacks_its_model_or_needs_a_key_says_what_to_do(manager: FallbackManager) -> None:
+    ollama, keyed = ScriptedOllama(["Hi."], model="llama3:latest"), ScriptedServer(["Hi."], key="k")
+    handlers = MainApiHandlers(manager)
+    try:
+        handlers.save(ollama.url, "ollama", "qwen2.5", "", "", "")
+        lacking = handlers.check()
+        handlers.save(keyed.url, "openai", "", "", "", "")
+        unkeyed = handlers.check()
+    finally:
+        ollama.close()
+        keyed.close()
+    assert lacking.endswith("The main API ✅ answers (models: `llama3:latest`).  \n⚠️ It does not list the "
+                            "model `qwen2.5` it is asked for: give one it lists as the model to ask for, or "
+                            "`ollama pull qwen2.5`: Ollama refuses a model it does not have."), lacking
+    assert unkeyed.endswith("The main API 🔴 answers HTTP 401 (Unauthorized): Invalid API key — the API key "
+                            "is wrong or missing: type the key the server was started with "
+                            "(text-generation-webui's --api-key, TabbyAPI's api_tokens.yml)."), unkeyed
+
+
+def test_a_main_api_that_is_serve_itself_is_named_so(manager: FallbackManager, tmp_path: Path) -> None:
+    # saved before the page's own address was refused, or set in the environment
+    serve_root = tmp_path / "serve"
+    serve_root.mkdir()
+    with serve_in_process(serve_root, refused_url()) as (served, _):
+        manager.update_settings(primary_url=served.url + "/v1")
+        status = MainApiHandlers(manager).check()
+    assert f"The main API 🔴 is this zwaif-fallback serve itself ({served.url}/v1) — each chat would come " \
+           "back here" in status, status
+
+
+def test_many_model_names_are_cut_short() -> None:
+    server = ScriptedServer(["Hi."], listed=[f"m{i}" for i in range(11)])
+    try:
+        settings = FallbackSettings(primary_url=server.url)
+        status = main_api_markdown(settings, {}, probe_all(settings))
+    finally:
+        server.close()
+    assert status.endswith("(models: `m0`, `m1`, `m2`, `m3`, `m4`, `m5`, `m6`, `m7` and 3 more).")
 
 
 # -- management: benchmarks and the try-out ---------------------------------------------------

@@ -59,8 +59,9 @@ def plot(cls: type[Any], **kwargs: Any) -> Any:
     return cls(**kwargs)
 
 
-def on_page_load(fn: Callable[..., Any], outputs: Sequence[gr.components.Component]) -> None:
-    """Call ``fn`` when the page loads, from inside any Blocks context (a host's too).
+def on_page_load(fn: Callable[..., Any], outputs: Sequence[gr.components.Component]) -> Any:
+    """Call ``fn`` when the page loads, from inside any Blocks context (a host's too); the
+    event is returned, to chain more to it (``.then``).
 
     ``gr.on(None, ...)`` is a page-load event only from 5.0 (4.x makes it listen to input
     changes); the load event of the page's root Blocks, the host's, fires in every version.
@@ -68,7 +69,7 @@ def on_page_load(fn: Callable[..., Any], outputs: Sequence[gr.components.Compone
     root = Context.root_block
     if root is None:
         raise RuntimeError("the tabs must be built inside a gr.Blocks context")
-    root.load(fn, outputs=list(outputs), **PRIVATE)
+    return root.load(fn, outputs=list(outputs), **PRIVATE)
 
 
 _HAS_TIMER = hasattr(gr, "Timer")  # 4.40+

@@ -7,12 +7,16 @@ speaks, the model it is asked for, more servers to try before a local model, and
 text-generation-webui's folder (the characters a host names). A save is checked and written
 like the Advanced Settings', and the next chat uses it. A host that passes its own API call
 as the primary (``manager.chat(messages, primary=call)``) calls that first instead.
+
+The status says whether each server answers: it is asked for its model list (``probe_all``,
+a few seconds at most) when the page loads, the tab is shown, after a save and on "Check
+again", so that a wrong URL, port or key shows before a chat fails on it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from zwaif_fallback import FallbackError, FallbackManager, FallbackSettings
 from zwaif_fallback.breaker import SEVERITY
 from zwaif_fallback.net import is_loopback
 from zwaif_fallback.routing import HOST_PREFIX, USUAL_MAIN_APIS, chain_text, primary_breakers
+from zwaif_fallback.upstreams import UpstreamProbe, probe_all
 
 from . import compat
 from . import format as fmt
@@ -39,6 +44,8 @@ KEY_AT = 3
 API_CHOICES = [("OpenAI-compatible (a /v1 URL: Oobabooga, LM Studio, llama.cpp)", "openai"),
                ("Ollama's own API (its root URL: Z-WAIF's API_TYPE = Ollama)", "ollama")]
 _URL_SEPARATORS = re.compile(r"[,\s]+")
+#: The most model names a server's line shows.
+SHOWN_MODELS = 8
 
 
 class MainApiHandlers:
@@ -52,8 +59,14 @@ class MainApiHandlers:
         return (self.status(), *self._updates())
 
     def status(self) -> str:
-        """Where chats go, and whether they skip the main API now (also when the tab is shown)."""
+        """Where chats go, and whether they skip the main API now."""
         return main_api_markdown(self.manager.settings, self.manager.breaker_states())
+
+    def check(self) -> str:
+        """``status``, and whether each server answers now: a short request each, all at once
+        (after the page loads, when the tab is shown, after a save, on "Check again")."""
+        settings = self.manager.settings
+        return main_api_markdown(settings, self.manager.breaker_states(), probe_all(settings))
 
     def save(self, primary_url: str, primary_api: str, primary_model: str, api_key: str,
              remote_urls: str, characters_dir: str, *, page_host: str | None = None) -> tuple[Any, ...]:
@@ -129,9 +142,16 @@ class MainApiHandlers:
         return [gr.update(info=u["info"]) for u in self._updates()]
 
 
-def main_api_markdown(settings: FallbackSettings, breakers: dict[str, dict[str, Any]]) -> str:
-    """Where chats go (``chain_text``), and whether they skip the main API now; ``breakers``:
-    each target's, by name (a host's own API call shows there as ``host:<name>``)."""
+def main_api_markdown(settings: FallbackSettings, breakers: dict[str, dict[str, Any]],
+                      probes: Sequence[UpstreamProbe] = ()) -> str:
+    """Where chats go (``chain_text``), whether they skip the main API now, and what each
+    server's probe found; ``breakers``: each target's, by name (a host's own API call shows
+    there as ``host:<name>``)."""
+    found = "".join(f"  \n{_probe_line(p)}" for p in probes)
+    return _chain_markdown(settings, breakers) + found
+
+
+def _chain_markdown(settings: FallbackSettings, breakers: dict[str, dict[str, Any]]) -> str:
     line = chain_text(settings)
     line = line[0].upper() + line[1:] + "."
     calls = sorted(name for name in breakers if name.startswith(HOST_PREFIX))
@@ -148,6 +168,19 @@ def main_api_markdown(settings: FallbackSettings, breakers: dict[str, dict[str, 
     worst = max(theirs, key=lambda b: SEVERITY.index(b["state"]), default=None)
     trouble = _trouble(worst) if worst else ""
     return f"{line}  \nThe main API {trouble}" if trouble else line
+
+
+def _probe_line(found: UpstreamProbe) -> str:
+    """One server's probe: whether it answers, its models, and what to do about a problem."""
+    who = "The main API" if found.server.source == "primary" else found.server.url
+    if not found.answered:
+        return f"{who} 🔴 {found.problem} — {found.advice}."
+    more = len(found.models) - SHOWN_MODELS
+    names = ", ".join(f"`{m}`" for m in found.models[:SHOWN_MODELS])
+    names += f" and {more} more" if more > 0 else ""
+    listed = f"models: {names}" if found.models else "no models listed"
+    warning = f"  \n⚠️ It {found.problem}: {found.advice}." if found.problem else ""
+    return f"{who} ✅ answers ({listed}).{warning}"
 
 
 def _trouble(breaker: dict[str, Any]) -> str:
@@ -218,13 +251,17 @@ class MainApiSection:
     controls: list[gr.components.Component]
     save: gr.Button
     forget_key: gr.Button
+    check: gr.Button
     message: gr.Markdown
 
     def bind(self, manager: FallbackManager, tab: gr.Tab) -> None:
-        """Bind the events; the status is read again whenever ``tab`` (the section's) is shown."""
+        """Bind the events; the servers are checked again whenever ``tab`` (the section's) is
+        shown. The page's controls come first, and the status with the probes a moment later."""
         h = MainApiHandlers(manager)
-        compat.on_page_load(h.load, [self.status, *self.controls])
-        tab.select(h.status, outputs=self.status, **compat.PRIVATE)
+        compat.on_page_load(h.load, [self.status, *self.controls]).then(h.check, outputs=self.status,
+                                                                         **compat.PRIVATE)
+        tab.select(h.check, outputs=self.status, **compat.PRIVATE)
+        self.check.click(h.check, outputs=self.status, api_name="fallback_check_main_api")
         outputs = [self.status, self.message, *self.controls]
 
         def save(primary_url: str, primary_api: str, primary_model: str, api_key: str, remote_urls: str,
@@ -232,8 +269,10 @@ class MainApiSection:
             return h.save(primary_url, primary_api, primary_model, api_key, remote_urls, characters_dir,
                           page_host=request.headers.get("host") if request is not None else None)
 
-        self.save.click(save, inputs=self.controls, outputs=outputs, api_name="fallback_save_main_api")
-        self.forget_key.click(h.forget_key, outputs=outputs, **compat.PRIVATE)
+        self.save.click(save, inputs=self.controls, outputs=outputs, api_name="fallback_save_main_api"
+                        ).then(h.check, outputs=self.status, **compat.PRIVATE)
+        self.forget_key.click(h.forget_key, outputs=outputs, **compat.PRIVATE
+                              ).then(h.check, outputs=self.status, **compat.PRIVATE)
 
 
 def build_main_api_section(eid: Callable[[str], str]) -> MainApiSection:
@@ -258,6 +297,7 @@ def build_main_api_section(eid: Callable[[str], str]) -> MainApiSection:
     with gr.Row():
         save = gr.Button("💾 Save Main API", variant="primary", scale=3, elem_id=eid("api-save"))
         forget_key = gr.Button("Forget the API key", scale=1, elem_id=eid("api-forget-key"))
+        check = gr.Button("🔄 Check again", scale=1, elem_id=eid("api-check"))
     message = gr.Markdown(elem_id=eid("api-message"))
     return MainApiSection(status=status, controls=[url, speaks, model, key, remotes, characters], save=save,
-                          forget_key=forget_key, message=message)
+                          forget_key=forget_key, check=check, message=message)
