@@ -26,6 +26,8 @@ import requests
 import sseclient
 from conftest import ROOT
 from servers import (
+    DripServer,
+    HangServer,
     LlamaServer,
     ScriptedOllama,
     ScriptedServer,
@@ -39,6 +41,7 @@ from servers import (
 from servers import serve_in_process as serve
 
 from zwaif_fallback import FallbackManager
+from zwaif_fallback.upstreams import PROBE_DEADLINE_S
 
 openai = pytest.importorskip("openai")
 psutil = pytest.importorskip("psutil")
@@ -475,6 +478,39 @@ def test_health_is_503_when_no_server_answers_and_no_local_model_exists(isolated
         assert [(a["target"], a["ok"]) for a in body["attempts"]] == [(primary, False)]
         assert "connection refused" in body["attempts"][0]["error"]
         assert httpx.get(base + "/health", timeout=30).status_code == 503
+
+
+def test_the_model_list_comes_within_its_deadline_whatever_the_servers_do(isolated: Path):
+    # SillyTavern and Open WebUI ask for it to connect. Each server was asked in turn, and
+    # httpx's timeouts bound a read, not a server that sends a byte now and then: a
+    # trickling main API held the list for as long as it trickled (30 s measured).
+    drip, hung, listing = DripServer(), HangServer(), ScriptedServer(["x"], listed=["remote-model"])
+    try:
+        with serve(isolated, drip.url, remote_urls=[hung.url, listing.url]) as (served, _):
+            started = time.monotonic()
+            models = httpx.get(served.url + "/v1/models", timeout=30).json()["data"]
+            took_s = time.monotonic() - started
+    finally:
+        for server in (drip, hung, listing):
+            server.close()
+    assert [(m["id"], m["source"]) for m in models] == [("remote-model", "remote"), (SMOL, "local")]
+    assert took_s < PROBE_DEADLINE_S + 2, took_s  # not the drip's 10 s, nor a hang after it
+
+
+def test_health_probes_every_server_at_once(isolated: Path):
+    drip, primary = DripServer(), SlowServer()
+    try:
+        with serve_process(isolated, drip.url, first_on_path=without_the_bundled_model(isolated),
+                           FALLBACK_REMOTE_URLS=primary.url) as (base, _):
+            started = time.monotonic()
+            health = httpx.get(base + "/health", timeout=30)
+            took_s = time.monotonic() - started
+    finally:
+        drip.close()
+        primary.close()
+    assert health.status_code == 200, health.text
+    assert health.json()["servers"] == {drip.url: "unreachable", primary.url: "reachable"}
+    assert took_s < PROBE_DEADLINE_S + 2, took_s
 
 
 def test_health_is_200_while_a_primary_answers_and_no_local_model_exists(isolated: Path):

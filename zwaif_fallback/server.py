@@ -48,7 +48,7 @@ from .net import instance_ids, passing_through, start_for_request
 from .ollama_info import UNANSWERED, OllamaInfo, in_ollamas_words, render
 from .relay import Relay, on_disconnect, shutting_down
 from .routing import chain_text
-from .upstreams import answers, models_of, upstreams
+from .upstreams import PROBE_DEADLINE_S, Upstream, answers, at_once, models_of, upstreams
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -188,14 +188,18 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
 
 def listed_models(manager: FallbackManager) -> list[dict[str, Any]]:
     """What ``/v1/models`` lists: the servers' models, then the local ones (blocking)."""
-    listed: list[dict[str, Any]] = []
-    for server in upstreams(manager.settings):
-        listed += models_of(server)
+    listed = [m for models in at_once(models_of, upstreams(manager.settings), deadline_s=PROBE_DEADLINE_S,
+                                      late=_no_list_in_time) for m in models]
     for model in manager.discover_models():
         if model.usable:
             listed.append({"id": model.name, "object": "model", "created": 0,
                            "owned_by": "zwaif-fallback", "source": "local"})
     return listed
+
+
+def _no_list_in_time(server: Upstream) -> list[dict[str, Any]]:
+    log.info("no model list from %s within %g s", server.url, PROBE_DEADLINE_S)
+    return []
 
 
 class _Api:
@@ -314,17 +318,20 @@ class _Api:
         settings = self.manager.settings
         local = [m.name for m in self.manager.discover_models() if m.usable]
         reach: dict[str, str] = {}
+        asked: list[Upstream] = []
         for server in upstreams(settings):
-            url = server.url
-            breaker = breakers.get(url, {})
+            breaker = breakers.get(server.url, {})
             # Past its cooldown an open circuit lets the next chat through: probe it then, or a
             # load balancer that heeds the 503 would keep that chat from ever coming.
             if breaker.get("state") == "open" and breaker.get("retry_in_s", 0) > 0:
-                reach[url] = "circuit open"
+                reach[server.url] = "circuit open"
             elif local:
-                reach[url] = "not probed"
+                reach[server.url] = "not probed"
             else:
-                reach[url] = "reachable" if answers(server) else "unreachable"
+                reach[server.url] = "unreachable"
+                asked.append(server)
+        up = at_once(answers, asked, deadline_s=PROBE_DEADLINE_S, late=lambda _: False)
+        reach.update({s.url: "reachable" if ok else "unreachable" for s, ok in zip(asked, up, strict=True)})
         can_answer = bool(local) or "reachable" in reach.values()
         current = self.manager.current_model
         return {"status": "ok" if can_answer else "unavailable",

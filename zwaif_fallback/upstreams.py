@@ -12,9 +12,10 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from .backends.ollama import OLLAMA_PORT, listed_models, models_url, ollama_root
@@ -24,10 +25,12 @@ from .routing import USUAL_MAIN_APIS
 if TYPE_CHECKING:
     from .settings import FallbackSettings
 
-__all__ = ["MODELS_TIMEOUT_S", "PROBE_DEADLINE_S", "Upstream", "UpstreamProbe", "answers", "model_card_of",
-           "models_of", "probe", "probe_all", "upstreams"]
+__all__ = ["MODELS_TIMEOUT_S", "PROBE_DEADLINE_S", "Upstream", "UpstreamProbe", "answers", "at_once",
+           "model_card_of", "models_of", "probe", "probe_all", "upstreams"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: How long serve waits for a server's model list (or card) before taking it as silent.
 MODELS_TIMEOUT_S = 2.0
@@ -188,24 +191,41 @@ def probe_all(settings: FallbackSettings, *, deadline_s: float = PROBE_DEADLINE_
     Returns:
         One probe a server, the primary first.
     """
-    servers = upstreams(settings)
-    futures: list[concurrent.futures.Future[UpstreamProbe]] = []
-    for server in servers:
+    def ask(server: Upstream) -> UpstreamProbe:
         model = settings.primary_model if server.source == "primary" else ""
+        return probe(server, model=model, timeout_s=min(MODELS_TIMEOUT_S, deadline_s))
+
+    return at_once(ask, upstreams(settings), deadline_s=deadline_s, late=lambda server: _silent(
+        server, f"no answer within {deadline_s:g} s", _TIMEOUT_ADVICE["answer"]))
+
+
+def at_once(ask: Callable[[Upstream], _T], servers: Sequence[Upstream], *, deadline_s: float,
+            late: Callable[[Upstream], _T]) -> list[_T]:
+    """``ask`` each of ``servers``, all at once, for at most ``deadline_s`` in all: httpx's
+    timeouts bound each read, not a server that sends a byte now and then, nor several
+    servers one after the other.
+
+    Args:
+        ask: a blocking request to one server; it runs on a daemon thread in a copy of this
+            context (``net.start_for_request``), so one still waiting past the deadline never
+            holds up the process's exit, and what it sends says where the request came through.
+        late: what a server that has not answered by the deadline counts as.
+
+    Returns:
+        One result a server, in the order of ``servers``.
+    """
+    futures: list[concurrent.futures.Future[_T]] = []
+    for server in servers:
         futures.append(concurrent.futures.Future())
-        # daemon threads: one still waiting on a server past the deadline never holds up exit
-        start_for_request(partial(_settle, futures[-1], server, model, min(MODELS_TIMEOUT_S, deadline_s)),
-                          name="upstream-probe")
+        start_for_request(partial(_settle, futures[-1], ask, server), name="upstream-ask")
     concurrent.futures.wait(futures, timeout=deadline_s)
-    return [future.result() if future.done() else
-            _silent(server, f"no answer within {deadline_s:g} s", _TIMEOUT_ADVICE["answer"])
+    return [future.result() if future.done() else late(server)
             for server, future in zip(servers, futures, strict=True)]
 
 
-def _settle(future: concurrent.futures.Future[UpstreamProbe], server: Upstream, model: str,
-            timeout_s: float) -> None:
+def _settle(future: concurrent.futures.Future[_T], ask: Callable[[Upstream], _T], server: Upstream) -> None:
     try:
-        future.set_result(probe(server, model=model, timeout_s=timeout_s))
+        future.set_result(ask(server))
     except Exception as exc:  # a bug, not the server's doing: raised where the results are read
         future.set_exception(exc)
 
