@@ -9,6 +9,7 @@ gone, in the shape it reads.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from servers import ScriptedOllama, ScriptedServer, Served, refused_url, serve_settings
+from servers import DripServer, ScriptedOllama, ScriptedServer, Served, refused_url, serve_settings
 from servers import serve_in_process as serve
 
 from zwaif_fallback import FallbackManager
@@ -24,6 +25,7 @@ from zwaif_fallback.completion_request import parse_request
 from zwaif_fallback.model_info import ModelInfo
 from zwaif_fallback.ollama_api import OllamaChunks, chat_request
 from zwaif_fallback.ollama_info import running, timestamp
+from zwaif_fallback.upstreams import PROBE_DEADLINE_S
 
 ollama = pytest.importorskip("ollama")
 
@@ -282,6 +284,20 @@ def test_show_describes_an_ollama_primarys_model_and_a_local_one(isolated: Path)
     assert local.details.quantization_level == "Q4_1" and local.details.parameter_size.endswith("M")
     assert asked_by_get.status_code == 200 and asked_by_get.json()["parameters"] == local.parameters
     assert unknown.value.status_code == 404 and "no-such-model" in unknown.value.error
+
+
+def test_show_answers_within_its_deadline_while_the_ollama_primary_trickles(isolated: Path):
+    # AnythingLLM shows every listed model; a trickling primary held each card for 10 s.
+    drip = DripServer()
+    try:
+        with serve(isolated, drip.url.removesuffix("/v1"), primary_api="ollama") as (served, _):
+            started = time.monotonic()
+            card = ollama.Client(host=served.url).show(SMOL)
+            took_s = time.monotonic() - started
+    finally:
+        drip.close()
+    assert card.details.format == "gguf"  # the local model's own card
+    assert took_s < PROBE_DEADLINE_S + 3, took_s  # not the drip's 10 s
 
 
 def test_a_raw_generation_is_a_text_completion_of_the_prompt_as_it_is(isolated: Path):

@@ -85,7 +85,12 @@ def models_of(server: Upstream) -> list[dict[str, Any]]:
 
 def model_card_of(server: Upstream, name: str) -> dict[str, Any] | None:
     """An Ollama primary's ``/api/show`` for ``name``; None when it has no such model or
-    does not answer."""
+    does not answer within ``PROBE_DEADLINE_S``."""
+    card = partial(_card_of, name=name)
+    return at_once(card, [server], deadline_s=PROBE_DEADLINE_S, late=lambda _: None)[0]
+
+
+def _card_of(server: Upstream, name: str) -> dict[str, Any] | None:
     import httpx
 
     try:
