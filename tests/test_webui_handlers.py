@@ -25,7 +25,7 @@ from webui.health_monitor import HealthHandlers
 from webui.main_api import KEY_AT, MainApiHandlers, build_main_api_section, main_api_markdown
 from webui.management import ManagementHandlers
 from zwaif_fallback import FallbackManager, FallbackSettings, HardwareProbe, InvalidSettings, PortUnavailable
-from zwaif_fallback.upstreams import probe_all
+from zwaif_fallback.upstream_probe import probe_all
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 

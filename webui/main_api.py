@@ -29,7 +29,7 @@ from zwaif_fallback import FallbackError, FallbackManager, FallbackSettings
 from zwaif_fallback.breaker import SEVERITY
 from zwaif_fallback.net import is_loopback
 from zwaif_fallback.routing import HOST_PREFIX, USUAL_MAIN_APIS, chain_text, primary_breakers
-from zwaif_fallback.upstreams import UpstreamProbe, probe_all
+from zwaif_fallback.upstream_probe import UpstreamProbe, probe_all
 
 from . import compat
 from . import format as fmt

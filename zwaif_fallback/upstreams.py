@@ -1,32 +1,27 @@
 """The servers ``serve`` stands in front of, the primary and the remotes: who they are, and
 what ``/health``, ``/v1/models`` and ``/api/show`` ask of them (a short GET each: whether
-they answer, their models, an Ollama primary's card for one).
-
-``probe_all`` asks each for its model list at once, for a person setting them up (the web
-UI's Main API section): what it found, and in words what is wrong and what to do, within
-``PROBE_DEADLINE_S`` whatever the servers do.
+they answer, their models, an Ollama primary's card for one), all servers at once and
+within a deadline (``at_once``): httpx's timeouts bound one read, not a server that sends a
+byte now and then, nor several servers asked one after the other.
+``upstream_probe`` asks the same for a person setting them up, and says what is wrong.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
-import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
-from urllib.parse import urlsplit
 
-from .backends.ollama import OLLAMA_PORT, listed_models, models_url, ollama_root
+from .backends.ollama import listed_models, models_url, ollama_root
 from .net import LOOP_STATUS, server_headers, start_for_request
-from .routing import USUAL_MAIN_APIS
 
 if TYPE_CHECKING:
     from .settings import FallbackSettings
 
-__all__ = ["MODELS_TIMEOUT_S", "PROBE_DEADLINE_S", "Upstream", "UpstreamProbe", "answers", "at_once",
-           "model_card_of", "models_of", "probe", "probe_all", "upstreams"]
+__all__ = ["MODELS_TIMEOUT_S", "PROBE_DEADLINE_S", "Upstream", "answers", "at_once", "model_card_of",
+           "models_of", "models_response", "upstreams"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +54,7 @@ def answers(server: Upstream) -> bool:
     import httpx
 
     try:
-        response = _models_response(server)
+        response = models_response(server)
     except httpx.HTTPError as exc:
         log.info("health: %s does not answer: %s", server.url, exc)
         return False
@@ -75,7 +70,7 @@ def models_of(server: Upstream) -> list[dict[str, Any]]:
     import httpx
 
     try:
-        response = _models_response(server)
+        response = models_response(server)
         data = listed_models(response.json(), ollama=server.ollama) if response.status_code == 200 else []
     except (httpx.HTTPError, ValueError) as exc:
         log.info("no model list from %s: %s", server.url, exc)
@@ -104,104 +99,10 @@ def _card_of(server: Upstream, name: str) -> dict[str, Any] | None:
     return card if isinstance(card, dict) else None
 
 
-#: The longest ``probe_all`` takes, however many servers and whatever they do: each asked with
-#: ``MODELS_TIMEOUT_S``, all at once, and a margin for the one thing httpx's timeouts leave
-#: out, a host name that takes long to resolve.
+#: The longest a question to all the servers takes (``at_once``), however many and whatever
+#: they do: each asked with ``MODELS_TIMEOUT_S``, and a margin for the one thing httpx's
+#: timeouts leave out, a host name that takes long to resolve.
 PROBE_DEADLINE_S = MODELS_TIMEOUT_S + 1.0
-#: The servers' usual ports, for a person told that nothing listens on the one given.
-_USUAL_PORTS = ("Oobabooga listens on 5000 when started with --api, LM Studio on 1234 once its server "
-                "is started, llama.cpp's llama-server on 8080, Ollama on 11434 (`ollama serve`)")
-#: What to do when a server took too long, by what it took too long for.
-_TIMEOUT_ADVICE = {
-    "connection": "nothing took the connection: check the address and port, and that no firewall "
-                  "drops it (a server on another PC must listen on its network address, not only "
-                  "127.0.0.1)",
-    "answer": "it took the connection but did not answer: it may be busy (loading a model, or "
-              "answering another chat) or stuck; check again in a moment, or restart it",
-}
-
-
-@dataclass(frozen=True, kw_only=True)
-class UpstreamProbe:
-    """What one short request for a server's model list found (``probe``).
-
-    ``answered``: it gave its model list, ``models`` (their names, in its order), though
-    ``problem`` may still say something is off (it lacks the model it is asked for).
-    Otherwise ``problem`` says what went wrong; ``advice`` says what to do about it.
-    ``status_code``: the HTTP status it answered with, None when it gave none.
-    """
-
-    server: Upstream
-    answered: bool
-    status_code: int | None = None
-    models: tuple[str, ...] = ()
-    problem: str = ""
-    advice: str = ""
-
-
-def probe(server: Upstream, *, model: str = "", timeout_s: float = MODELS_TIMEOUT_S) -> UpstreamProbe:
-    """Ask ``server`` for its model list once, and say what the answer means.
-
-    Args:
-        server: the server to ask.
-        model: the model it will be asked for (``primary_model``), if any: a list without it
-            is a problem.
-        timeout_s: how long to wait for each step of the request (connecting, the answer).
-
-    Returns:
-        What it found; never raises for what the server does.
-    """
-    import httpx
-
-    try:
-        response = _models_response(server, timeout_s)
-    except httpx.TimeoutException as exc:
-        waited = "connection" if isinstance(exc, httpx.ConnectTimeout) else "answer"
-        return _silent(server, f"no {waited} within {timeout_s:g} s", _TIMEOUT_ADVICE[waited])
-    except httpx.HTTPError as exc:
-        return _unreachable(server, exc)
-    if response.status_code != 200:
-        return _refused(server, response)
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict) or not isinstance(body.get("models" if server.ollama else "data"), list):
-        return UpstreamProbe(server=server, answered=False, status_code=200,
-                             problem=f"answers, but not with a model list, at {server.url}",
-                             advice=("" if server.ollama else "this may be a web page, not the API: ")
-                             + _path_advice(server))
-    names = tuple(m["id"] for m in listed_models(body, ollama=server.ollama))
-    found = UpstreamProbe(server=server, answered=True, status_code=200, models=names)
-    if not names and server.ollama:
-        return replace(found, problem="has no models",
-                       advice="`ollama pull <name>` one (`ollama list` names those it has)")
-    if model and names and not _lists(names, model):
-        refuses = server.ollama or _port(server.url) == OLLAMA_PORT
-        return replace(found, problem=f"does not list the model `{model}` it is asked for",
-                       advice="give one it lists as the model to ask for" + (
-                           f", or `ollama pull {model}`: Ollama refuses a model it does not have" if refuses
-                           else " (a server with one model loaded, such as llama.cpp's, may answer anyway)"))
-    return found
-
-
-def probe_all(settings: FallbackSettings, *, deadline_s: float = PROBE_DEADLINE_S) -> list[UpstreamProbe]:
-    """``probe`` the primary and each remote (``upstreams``) at once.
-
-    Args:
-        settings: where the servers are, and the model the primary is asked for.
-        deadline_s: the longest this takes; a server that has not answered by then is
-            reported as silent (its request ends later, in the background).
-
-    Returns:
-        One probe a server, the primary first.
-    """
-    def ask(server: Upstream) -> UpstreamProbe:
-        model = settings.primary_model if server.source == "primary" else ""
-        return probe(server, model=model, timeout_s=min(MODELS_TIMEOUT_S, deadline_s))
-
-    return at_once(ask, upstreams(settings), deadline_s=deadline_s, late=lambda server: _silent(
-        server, f"no answer within {deadline_s:g} s", _TIMEOUT_ADVICE["answer"]))
 
 
 def at_once(ask: Callable[[Upstream], _T], servers: Sequence[Upstream], *, deadline_s: float,
@@ -235,98 +136,7 @@ def _settle(future: concurrent.futures.Future[_T], ask: Callable[[Upstream], _T]
         future.set_exception(exc)
 
 
-def _silent(server: Upstream, what: str, advice: str) -> UpstreamProbe:
-    """A probe that got no HTTP answer."""
-    return UpstreamProbe(server=server, answered=False, problem=f"does not answer: {what} at {server.url}",
-                         advice=advice)
-
-
-def _unreachable(server: Upstream, exc: Exception) -> UpstreamProbe:
-    """Why a request got no HTTP answer at all, from the socket error under httpx's."""
-    cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, (ConnectionRefusedError, socket.gaierror)):
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(cause, ConnectionRefusedError):
-        return _silent(server, "connection refused", f"is it running, on this port? {_USUAL_PORTS}")
-    host = urlsplit(server.url).hostname
-    if isinstance(cause, socket.gaierror):
-        return _silent(server, f"no host named {host!r} is known",
-                       "check the host name, or give the server's IP address")
-    log.info("probe: %s does not answer: %r", server.url, exc)
-    return _silent(server, str(exc) or type(exc).__name__,
-                   "check the address: http:// or https:// as the server speaks, its host and its port")
-
-
-def _refused(server: Upstream, response: Any) -> UpstreamProbe:
-    """What an answer other than 200 to the model list means."""
-    import httpx
-
-    code = response.status_code
-    reason, said = httpx.codes.get_reason_phrase(code) or "error", _error_text(response)
-    problem = f"answers HTTP {code} ({reason})"
-    if said and said.lower() != reason.lower():  # FastAPI's 404 says "Not Found" again
-        problem += f": {said}"
-    if code == LOOP_STATUS:
-        problem = f"is this zwaif-fallback serve itself ({server.url})"
-        advice = f"each chat would come back here: set the server the host used before ({USUAL_MAIN_APIS})"
-    elif code in (401, 403) and server.source == "primary":
-        advice = ("the API key is wrong or missing: type the key the server was started with "
-                  "(text-generation-webui's --api-key, TabbyAPI's api_tokens.yml)")
-    elif code in (401, 403):
-        advice = ("it needs an API key, and serve sends one only to the main API: make it the main API, "
-                  "or start it without a key")
-    elif code in (404, 405):
-        advice = _path_advice(server)
-    elif code >= 500:
-        advice = "the server itself failed: its own window or log says why (often no model is loaded)"
-    else:
-        advice = "check the URL; the server's own log may say more"
-    return UpstreamProbe(server=server, answered=False, status_code=code, problem=problem, advice=advice)
-
-
-def _path_advice(server: Upstream) -> str:
-    """Where the model list should have been, for a URL that has none."""
-    path = urlsplit(server.url).path.rstrip("/")
-    if server.ollama:
-        return ("it has no /api/tags, so it is not Ollama's own API: for an OpenAI-compatible server, "
-                "choose OpenAI-compatible and give its /v1 URL")
-    if _port(server.url) == OLLAMA_PORT and not path.endswith("/v1"):
-        return "this is Ollama's port: choose Ollama's own API, or add /v1 for its OpenAI-compatible one"
-    if not path.endswith("/v1"):
-        return (f"the URL's path is likely wrong: OpenAI-compatible servers answer under /v1 "
-                f"({server.url.rstrip('/')}/v1?)")
-    return (f"the port may be another program's: {_USUAL_PORTS}; text-generation-webui's page (7860) "
-            "is not its API")
-
-
-def _error_text(response: Any) -> str:
-    """The message of an error answer, as OpenAI (``error.message``), Ollama (``error``) or
-    FastAPI (``detail``) give it, shortened."""
-    try:
-        body = response.json()
-    except ValueError:
-        return ""
-    if not isinstance(body, dict):
-        return ""
-    error = body.get("error")
-    message = error.get("message") if isinstance(error, dict) else error or body.get("detail")
-    return message[:200] if isinstance(message, str) else ""
-
-
-def _port(url: str) -> int | None:
-    try:
-        return urlsplit(url).port
-    except ValueError:  # not a number: the request itself fails first
-        return None
-
-
-def _lists(names: tuple[str, ...], model: str) -> bool:
-    """Whether ``model`` is among ``names``, where Ollama takes ``x`` for ``x:latest``."""
-    bare = model.removesuffix(":latest")
-    return any(name.removesuffix(":latest") == bare for name in names)
-
-
-def _models_response(server: Upstream, timeout_s: float = MODELS_TIMEOUT_S) -> Any:
+def models_response(server: Upstream, timeout_s: float = MODELS_TIMEOUT_S) -> Any:
     """The server's answer to a GET of its model list (raises httpx.HTTPError)."""
     import httpx
 

@@ -18,7 +18,8 @@ from servers import (
 )
 
 from zwaif_fallback import FallbackSettings
-from zwaif_fallback.upstreams import Upstream, probe, probe_all
+from zwaif_fallback.upstream_probe import probe, probe_all
+from zwaif_fallback.upstreams import Upstream
 
 
 def primary(url: str, *, ollama: bool = False, api_key: str = "") -> Upstream:
