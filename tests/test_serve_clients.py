@@ -589,7 +589,7 @@ def test_a_client_that_hangs_up_on_a_whole_answer_frees_the_local_model_within_a
     with serve(isolated, refused_url()) as (served, manager):
         with socket.create_connection(("127.0.0.1", int(served.url.rsplit(":", 1)[1]))) as conn:
             body = json.dumps(whole).encode()
-            conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                          b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             wait_until(lambda: leases(manager) == 1, timeout_s=60, what="the local model to generate")
         # Closed: within STOP_WITHIN_S the generation must end and give its lease back.
