@@ -53,13 +53,16 @@ class LlamaServer:
     """``python -m llama_cpp.server`` serving one GGUF on a free loopback port.
 
     ``interrupt_requests``: its default stops the answer it streams when a newer request
-    arrives; False queues requests instead, as Oobabooga does.
+    arrives; False queues requests instead, as Oobabooga does. ``embedding``: it makes
+    embeddings (``/v1/embeddings``); without it, it answers them with a 500.
     """
 
-    def __init__(self, model: Path, *, n_ctx: int = 1024, interrupt_requests: bool = True) -> None:
+    def __init__(self, model: Path, *, n_ctx: int = 1024, interrupt_requests: bool = True,
+                 embedding: bool = False) -> None:
         self.model = model
         self.n_ctx = n_ctx
         self.interrupt_requests = interrupt_requests
+        self.embedding = embedding
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -73,7 +76,7 @@ class LlamaServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--host",
              "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
-             "--interrupt_requests", str(self.interrupt_requests)],
+             "--interrupt_requests", str(self.interrupt_requests), "--embedding", str(self.embedding)],
             stdout=log, stderr=subprocess.STDOUT)
         log.close()  # the child has its own copy
         wait_until(self._ready, timeout_s=60, what="the llama.cpp server to start")
@@ -321,6 +324,8 @@ class ScriptedServer(_Background):
     ``listed``: the model ids ``GET /v1/models`` answers (none: it answers 501); any other
     GET answers 404. ``key``: a request without ``Authorization: Bearer <key>`` is refused
     with 401, as text-generation-webui started with ``--api-key`` refuses it.
+    ``/v1/embeddings`` gives each input the vector [its length, 0.5], and refuses an input
+    that is not text with a 422, as FastAPI's servers do.
     """
 
     def __init__(self, pieces: list[str], *, prompt_tokens: int = 11,
@@ -354,6 +359,16 @@ class ScriptedServer(_Background):
                 self._send(401, "application/json", b'{"error": {"message": "Invalid API key"}}')
                 return True
 
+            def _embeddings(self, body: dict[str, Any]) -> None:
+                texts = [body.get("input")] if isinstance(body.get("input"), str) else body.get("input")
+                if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                    self._send(422, "application/json", json.dumps({"detail": [{
+                        "loc": ["body", "input"], "msg": "Input should be a valid string"}]}).encode())
+                    return
+                self._send(200, "application/json", json.dumps({"object": "list", "model": body.get("model"),
+                    "data": [{"object": "embedding", "index": i, "embedding": [float(len(t)), 0.5]}
+                             for i, t in enumerate(texts)]}).encode())
+
             def do_POST(self) -> None:
                 if self._refused():
                     return
@@ -363,6 +378,9 @@ class ScriptedServer(_Background):
                 server.headers.append({k.lower(): v for k, v in self.headers.items()})
                 if chats_only and self.path.endswith("/v1/completions"):  # as OpenAI's chat models
                     self._send(404, "application/json", b'{"error": {"message": "not a chat model"}}')
+                    return
+                if self.path.endswith("/v1/embeddings"):
+                    self._embeddings(body)
                     return
                 if refuse_stream_options and "stream_options" in body:
                     self._send(400, "application/json", json.dumps({"error": {
@@ -413,8 +431,9 @@ class ScriptedOllama(_Background):
     ``tool_calls`` (``{"name", "arguments"}``, the arguments an object) come whole on the
     last line, as Ollama gives them. ``cut_after`` closes the connection after that many
     pieces, with no ``done`` line. ``think_s``: first stream lines of ``thinking`` alone for
-    that long, as a model that thinks before it answers. ``url`` is the server's root, as
-    Ollama's own is given (``primary_api = "ollama"``).
+    that long, as a model that thinks before it answers. ``/api/embed`` gives each input the
+    vector [its length, 0.5]. ``url`` is the server's root, as Ollama's own is given
+    (``primary_api = "ollama"``).
     """
 
     def __init__(self, pieces: list[str], *, model: str = "llama3:latest", prompt_tokens: int = 11,
@@ -437,6 +456,12 @@ class ScriptedOllama(_Background):
                     card = {"parameters": "num_ctx 8192", "details": {"family": "llama"}, "model_info": {}}
                     self._send(*((200, "application/json", json.dumps(card).encode()) if asked == model else
                                  (404, "application/json", b'{"error": "model not found"}')))
+                    return
+                if self.path == "/api/embed":
+                    server.bodies.append(body := self._body())
+                    inputs = [body["input"]] if isinstance(body["input"], str) else body["input"]
+                    self._send(200, "application/json", json.dumps({"model": model, "embeddings": [
+                        [float(len(text)), 0.5] for text in inputs]}).encode())
                     return
                 if self.path not in ("/api/chat", "/api/generate"):
                     self._send(404, "text/plain", b"404 page not found")

@@ -387,9 +387,9 @@ def test_ollamas_routes_serve_does_not_answer_say_so_in_ollamas_words(isolated: 
     with serve(isolated, refused_url()) as (served, _):
         with pytest.raises(ollama.ResponseError) as pulled:
             ollama.Client(host=served.url).pull("llama3")
-        embedded = httpx.post(served.url + "/api/embed", json={"model": "x", "input": "hi"}, timeout=10)
+        created = httpx.post(served.url + "/api/create", json={"model": "x", "from": "y"}, timeout=10)
     assert pulled.value.status_code == 404 and "does not answer POST /api/pull" in pulled.value.error
-    assert embedded.status_code == 404 and "/api/chat" in embedded.json()["error"]
+    assert created.status_code == 404 and "/api/chat" in created.json()["error"]
 
 
 # -- an Ollama primary, through its own API ---------------------------------------------------

@@ -12,7 +12,7 @@ server may have a model whose own name ends in ``:latest``.
 Open WebUI's "verify connection" asks ``/api/version``; it and ``ollama.ps()`` list what is
 in memory with ``/api/ps``; AnythingLLM asks ``/api/show`` for every model ``/api/tags``
 lists, and drops them all when one is missing. Ollama's other routes (``UNANSWERED``: pull,
-embeddings, ...) are answered 404 in Ollama's words, naming what serve answers (``unknown``);
+push, ...) are answered 404 in Ollama's words, naming what serve answers (``unknown``);
 other ``/api/`` paths are left to the tabs (Gradio 4 has routes there).
 """
 
@@ -42,11 +42,11 @@ __all__ = ["ANSWERED", "OLLAMA_VERSION", "UNANSWERED", "OllamaInfo", "in_ollamas
 #: The Ollama release whose API serve answers as: Open WebUI reads it as dotted integers.
 OLLAMA_VERSION = "0.9.0"
 #: What serve answers of Ollama's API, for a client that asks for anything else.
-ANSWERED = ("/api/chat", "/api/generate", "/api/tags", "/api/show", "/api/ps", "/api/version")
-#: Ollama's routes that serve does not answer: models are pulled and managed, and
-#: embeddings made, by Ollama itself.
-UNANSWERED = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/embed",
-              "/api/embeddings", "/api/status", "/api/blobs/{digest}")
+ANSWERED = ("/api/chat", "/api/generate", "/api/tags", "/api/show", "/api/ps", "/api/version", "/api/embed",
+            "/api/embeddings")
+#: Ollama's routes that serve does not answer: models are pulled and managed by Ollama itself.
+UNANSWERED = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/status",
+              "/api/blobs/{digest}")
 #: How long Ollama says a model kept in memory for good stays: its longest duration, 2^63 - 1
 #: ns (some 292 years), as it sets a negative keep_alive.
 _FOREVER_S = (2**63 - 1) / 1e9
@@ -232,7 +232,7 @@ class OllamaInfo:
             return in_ollamas_words(refused)
         return JSONResponse({"error": (
             f"zwaif-fallback serve does not answer {request.method} {request.url.path}: of Ollama's API "
-            f"it answers {', '.join(ANSWERED)}. Pull, embed and manage models with Ollama itself; "
+            f"it answers {', '.join(ANSWERED)}. Pull and manage models with Ollama itself; "
             "a GGUF for the fallback comes with `zwaif-fallback pull`")}, status_code=404)
 
 

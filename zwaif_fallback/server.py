@@ -5,6 +5,7 @@ A host that talks HTTP points its OpenAI base URL here and changes nothing else:
     POST /v1/chat/completions   the chain's answer, whole or as server-sent events
     POST /v1/completions        a prompt continued as it is (no chat template), the same way
     GET  /v1/models             the primary's models, then the remotes', then the local ones
+    POST /v1/embeddings         passed on to the primary, then the remotes (``embeddings``)
     POST /api/chat              the same answer in Ollama's shape (``ollama_api``),
     POST /api/generate          one turn of it, and
     GET  /api/tags              the same list, for hosts that speak Ollama's API, beside
@@ -42,6 +43,7 @@ from .admission import API_KEY_ENV, MAX_BODY_BYTES, check_bind, loop_refusal, lo
 from .backends.base import Cancel
 from .completion_request import parse_request, parse_text_request
 from .completions import ChunkMaker, TextChunks, error_object, status_of, who_answered
+from .embeddings import OLLAMA_ROUTES, embed
 from .errors import InvalidSettings
 from .listening import listen, serving
 from .net import instance_ids, passing_through, start_for_request
@@ -93,6 +95,7 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
         Route("/api/show", info.show, methods=["GET", "POST"]),
         Route("/api/ps", info.ps, methods=["GET"]),
         Route("/api/version", info.version, methods=["GET"]),
+        *(Route(path, api.embeddings, methods=["POST"]) for path in ("/v1/embeddings", *OLLAMA_ROUTES)),
         Route("/health", api.health, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
         *(Route(path, info.unknown, methods=["GET", "POST", "DELETE", "HEAD"]) for path in UNANSWERED),
@@ -195,6 +198,13 @@ def listed_models(manager: FallbackManager) -> list[dict[str, Any]]:
             listed.append({"id": model.name, "object": "model", "created": 0,
                            "owned_by": "zwaif-fallback", "source": "local"})
     return listed
+
+
+def _circuit_open(breaker: dict[str, Any]) -> bool:
+    """Whether the chats skip a server now. Past its cooldown an open circuit lets the next
+    chat through: ask it then, or a load balancer that heeds /health's 503 would keep that
+    chat from ever coming."""
+    return breaker.get("state") == "open" and breaker.get("retry_in_s", 0) > 0
 
 
 def _no_list_in_time(server: Upstream) -> list[dict[str, Any]]:
@@ -306,6 +316,26 @@ class _Api:
         return JSONResponse({"object": "list", "data": [
             {k: v for k, v in m.items() if k != "x_ollama"} for m in data]})
 
+    async def embeddings(self, request: Request) -> Response:
+        """``/v1/embeddings`` (and Ollama's): passed on to the servers (``embeddings``)."""
+        import json
+
+        from starlette.responses import Response
+
+        ollama = request.url.path in OLLAMA_ROUTES
+        body = refusal(request, self.api_key) or await read_body(request)
+        if not isinstance(body, dict):
+            return in_ollamas_words(body) if ollama else body
+        settings, breakers = self.manager.settings, self.manager.breaker_states()
+        answer = await asyncio.to_thread(
+            embed, json.dumps(body).encode(), upstreams(settings), route=request.url.path,
+            timeout_s=settings.timeout, skipped=lambda server: _circuit_open(breakers.get(server.url, {})))
+        if answer.ours and ollama:
+            return in_ollamas_words(Response(answer.body, status_code=answer.status))
+        took = [a for a in answer.attempts if a.ok]
+        return Response(answer.body, status_code=answer.status, media_type=answer.content_type,
+                        headers={"X-Fallback-Source": took[0].source} if took else None)
+
     async def health(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
 
@@ -320,10 +350,7 @@ class _Api:
         reach: dict[str, str] = {}
         asked: list[Upstream] = []
         for server in upstreams(settings):
-            breaker = breakers.get(server.url, {})
-            # Past its cooldown an open circuit lets the next chat through: probe it then, or a
-            # load balancer that heeds the 503 would keep that chat from ever coming.
-            if breaker.get("state") == "open" and breaker.get("retry_in_s", 0) > 0:
+            if _circuit_open(breakers.get(server.url, {})):
                 reach[server.url] = "circuit open"
             elif local:
                 reach[server.url] = "not probed"
