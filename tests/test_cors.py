@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from servers import ScriptedServer, Served, refused_url, serve_in_process, serve_settings
+from servers import ScriptedServer, Served, refused_url, serve_in_process, serve_settings, wait_until
 
 from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings
 from zwaif_fallback.cors import addressed_here, allowed
@@ -76,16 +76,18 @@ def scripted(isolated: Path) -> Iterator[tuple[Served, Any, ScriptedServer]]:
         primary.close()
 
 
-def preflight(served: Served, origin: str, path: str = "/v1/chat/completions",
+def preflight(base: str, origin: str, path: str = "/v1/chat/completions",
               **more: str) -> httpx.Response:
-    return httpx.options(served.url + path, timeout=30, headers={
+    """A browser's preflight for a POST from ``origin`` to serve at ``base``."""
+    return httpx.options(base + path, timeout=30, headers={
         "Origin": origin, "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": ASKED_HEADERS, **more})
 
 
 def test_a_preflight_from_this_machine_lets_the_page_send_its_headers(scripted: Any):
     served, _, primary = scripted
-    answer = preflight(served, "http://localhost:3000", **{"Access-Control-Request-Private-Network": "true"})
+    answer = preflight(served.url, "http://localhost:3000",
+                       **{"Access-Control-Request-Private-Network": "true"})
     assert answer.status_code == 204, answer.text
     assert answer.headers["access-control-allow-origin"] == "http://localhost:3000"
     assert answer.headers["access-control-allow-headers"] == ASKED_HEADERS
@@ -108,7 +110,7 @@ def test_a_foreign_page_is_refused_before_its_chat_runs_and_the_log_says_how_to_
         scripted: Any, caplog: pytest.LogCaptureFixture):
     served, _, primary = scripted
     with caplog.at_level(logging.WARNING, logger="zwaif_fallback.cors"):
-        asked = preflight(served, FOREIGN)
+        asked = preflight(served.url, FOREIGN)
         chat, ollama = (httpx.post(served.url + path, json=ASK, timeout=60, headers={"Origin": FOREIGN})
                         for path in ("/v1/chat/completions", "/api/chat"))
     assert (asked.status_code, chat.status_code, ollama.status_code) == (403, 403, 403)
@@ -120,12 +122,25 @@ def test_a_foreign_page_is_refused_before_its_chat_runs_and_the_log_says_how_to_
     assert len(warned) == 1  # once an origin, however often the page asks
 
 
+def test_serves_console_says_why_a_page_was_refused(isolated: Path):
+    # The browser shows the page no reason, and the person watches serve's console.
+    from test_serve_clients import serve_process
+
+    with serve_process(isolated, refused_url()) as (base, process):
+        lines: list[str] = []
+        threading.Thread(target=lines.extend, args=(process.stdout,), daemon=True).start()
+        assert preflight(base, FOREIGN).status_code == 403
+        said = wait_until(lambda: [line for line in lines if "refused" in line], timeout_s=10,
+                          what="serve to say why it refused the page")
+    assert said[0].startswith(f"refused a request: a web page at {FOREIGN} may not call this server")
+
+
 @pytest.mark.parametrize("listed", [FOREIGN, "*"])
 def test_an_origin_listed_while_serve_runs_is_let_in_at_once(scripted: Any, listed: str):
     served, manager, _ = scripted
-    assert preflight(served, FOREIGN).status_code == 403
+    assert preflight(served.url, FOREIGN).status_code == 403
     manager.update_settings(cors_origins=[listed])
-    answer = preflight(served, FOREIGN)
+    answer = preflight(served.url, FOREIGN)
     assert answer.status_code == 204 and answer.headers["access-control-allow-origin"] == FOREIGN
 
 

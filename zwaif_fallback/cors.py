@@ -123,11 +123,15 @@ class Gate:
 
     Args:
         listed: the origins let in now (``cors_origins``), read at each browser request, so
-            that a change in the UI holds at once.
+            that a change of the setting holds at once.
+        tell: also told each refusal's reason, once a name: serve's console (the log file is
+            where a person looks last).
     """
 
-    def __init__(self, listed: Callable[[], Sequence[str]]) -> None:
+    def __init__(self, listed: Callable[[], Sequence[str]], *,
+                 tell: Callable[[str], None] | None = None) -> None:
         self._listed = listed
+        self._tell = tell
         self._warned: set[str] = set()
 
     def refusal(self, scope: dict[str, Any], *, api: bool) -> Any:
@@ -157,6 +161,8 @@ class Gate:
         if name not in self._warned and len(self._warned) < _WARN_AT_MOST:
             self._warned.add(name)
             log.warning("refused a request: %s", problem)
+            if self._tell is not None:
+                self._tell(f"refused a request: {problem}")
         return JSONResponse(error_object(problem), status_code=403)
 
 

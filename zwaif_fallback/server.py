@@ -106,19 +106,20 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
     return app
 
 
-def front(app: Starlette) -> Callable[..., Any]:
+def front(app: Starlette, *, announce: Callable[[str], None] | None = None) -> Callable[..., Any]:
     """``app`` as ``run`` serves it: the API's paths sent straight to their routes, a request
     from this process itself refused (``admission.looped``), one from other serves answered
     with their ids sent on (``net.passing_through``), one from a web page answered or refused
     as ``cors`` says. FastAPI's middleware (error pages, exception handlers, body limits) cost
     a streamed request about a tenth of its CPU, and the API's handlers need none of it: they
     answer their errors themselves. Everything else (the tabs, lifespan) goes through ``app``
-    as before, once ``cors.Gate`` has let it in."""
+    as before, once ``cors.Gate`` has let it in. ``announce``: told why a web page's request
+    was refused (a browser shows the page no reason)."""
     from starlette.routing import Router
 
     routes = app.state.api_routes
     router, paths = Router(routes=routes), {route.path for route in routes}
-    gate = cors.Gate(listed=app.state.cors_origins)
+    gate = cors.Gate(listed=app.state.cors_origins, tell=announce)
 
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
         api = scope["type"] == "http" and scope["path"] in paths
@@ -158,7 +159,7 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
         api_key: as in ``build_api``; without one only loopback addresses are allowed.
         mount: adds more routes to the app before it starts (the CLI mounts the web UI).
         announce: told each line a person needs once the server listens: the URL for the
-            host, then where chats go.
+            host, then where chats go; later, why a web page's request was refused.
 
     Raises:
         InvalidSettings: a non-loopback host without a key, or a port outside 0-65535.
@@ -186,7 +187,7 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
         where += (f"; set the main API under Main API at {tabs} (Management tab) or with FALLBACK_PRIMARY_URL"
                   if mount is not None else "; set the main API with FALLBACK_PRIMARY_URL")
     announce(where)
-    serving(front(app), on_shutdown=app.state.stop_chats).run(sockets=[listener])
+    serving(front(app, announce=announce), on_shutdown=app.state.stop_chats).run(sockets=[listener])
 
 
 def listed_models(manager: FallbackManager) -> list[dict[str, Any]]:
