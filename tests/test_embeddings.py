@@ -1,5 +1,6 @@
-"""Embeddings through serve (``embeddings``): passed on to the main API, then the remotes,
-against real llama.cpp servers, one that makes embeddings and one that cannot."""
+"""Embeddings through serve (``embeddings``): passed on, as sent, to the one server that makes
+them, and its answer given back as it came; against real llama.cpp servers (one started
+with --embedding, one without, which answers them with a 500) and scripted ones."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ openai = pytest.importorskip("openai")
 ollama = pytest.importorskip("ollama")
 
 TEXTS = ["a red apple", "the sea at night"]
+ASK = {"model": "nomic-embed-text", "input": TEXTS}
 
 
 @pytest.fixture(scope="module")
 def embedder(smollm2: Path) -> Iterator[LlamaServer]:
     server = LlamaServer(smollm2, n_ctx=512, embedding=True).start()
+    httpx.post(server.url + "/embeddings", json=ASK, timeout=120).raise_for_status()  # warm
     yield server
     server.stop()
 
@@ -33,11 +36,18 @@ def chat_only(smollm2: Path) -> Iterator[LlamaServer]:
     server.stop()
 
 
+@pytest.fixture
+def scripted() -> Iterator[ScriptedServer]:
+    server = ScriptedServer(["x"])
+    yield server
+    server.close()
+
+
 def embedded(base_url: str) -> tuple[list[Any], str | None]:
-    """The embeddings of TEXTS, as the openai package asks for them, and who made them (SmolLM2
-    has no pooling: llama.cpp gives a vector a token)."""
-    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
-    raw = client.embeddings.with_raw_response.create(model="x", input=TEXTS, encoding_format="float")
+    """The embeddings of TEXTS as the openai package asks for them (base64, its default), and
+    who made them. SmolLM2 has no pooling: llama.cpp gives it a vector a token."""
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+    raw = client.embeddings.with_raw_response.create(model="x", input=TEXTS)
     made = [e.embedding for e in raw.parse().data]
     assert len(made) == len(TEXTS) and all(made)
     return made, raw.headers.get("x-fallback-source")
@@ -49,53 +59,63 @@ def test_the_main_api_makes_the_embeddings(isolated: Path, embedder: LlamaServer
     assert through == embedded(embedder.url)[0] and source == "primary"
 
 
-def test_a_main_api_that_makes_none_passes_them_to_a_remote(isolated: Path, embedder: LlamaServer,
-                                                             chat_only: LlamaServer):
-    with serve(isolated, chat_only.url, remote_urls=[embedder.url]) as (served, _):
+def test_with_no_main_api_the_first_remote_makes_them(isolated: Path, embedder: LlamaServer):
+    with serve(isolated, "", remote_urls=[embedder.url, refused_url()]) as (served, _):
         through, source = embedded(served.url + "/v1")
     assert through == embedded(embedder.url)[0] and source == "remote"
 
 
-def test_with_no_server_that_makes_them_serve_says_it_makes_none(isolated: Path, chat_only: LlamaServer):
+def test_a_main_api_that_fails_them_is_not_replaced_by_another_server(
+        isolated: Path, chat_only: LlamaServer, scripted: ScriptedServer):
+    # Another server's vectors would not compare with those the host stored: no fallback.
+    direct = httpx.post(chat_only.url + "/embeddings", json=ASK, timeout=60)
+    with serve(isolated, chat_only.url, remote_urls=[scripted.url]) as (served, _):
+        through = httpx.post(served.url + "/v1/embeddings", json=ASK, timeout=60)
+    assert direct.status_code == 500 and "embedding=True" in direct.text
+    assert (through.status_code, through.json()) == (500, direct.json())  # as it came
+    assert scripted.bodies == []
+
+
+def test_a_main_api_that_gives_no_answer_is_a_503_that_says_so(isolated: Path, scripted: ScriptedServer):
     primary = refused_url()
-    with serve(isolated, primary, remote_urls=[chat_only.url]) as (served, _):
-        answer = httpx.post(served.url + "/v1/embeddings", json={"model": "x", "input": TEXTS}, timeout=60)
-    assert answer.status_code == 503
-    assert "makes no embeddings itself" in answer.json()["error"]["message"]
-    assert [(a["target"], a["ok"]) for a in answer.json()["attempts"]] == [
-        (primary, False), (chat_only.url, False)]
-    assert "embedding=True" in answer.json()["attempts"][1]["error"]  # the server's own reason
+    with serve(isolated, primary, remote_urls=[scripted.url]) as (served, _):
+        answer = httpx.post(served.url + "/v1/embeddings", json=ASK, timeout=60)
+    assert answer.status_code == 503 and answer.headers["x-fallback-source"] == "primary"
+    message = answer.json()["error"]["message"]
+    assert f"the primary server {primary} gave no answer (ConnectError" in message
+    assert "nor asks another server" in message and scripted.bodies == []
 
 
-def test_a_request_every_server_refuses_comes_back_as_they_said(isolated: Path):
-    # The request's fault (input that is not text), not the servers': theirs to say, not a 503.
+def test_a_request_the_main_api_refuses_comes_back_as_it_said(isolated: Path, scripted: ScriptedServer):
     bad = {"model": "x", "input": {"not": "text"}}
-    primary, remote = ScriptedServer(["x"]), ScriptedServer(["x"])
+    direct = httpx.post(scripted.url + "/embeddings", json=bad, timeout=60)
+    with serve(isolated, scripted.url) as (served, _):
+        through = httpx.post(served.url + "/v1/embeddings", json=bad, timeout=60)
+        good = httpx.post(served.url + "/v1/embeddings", content='{"input": "grün", "model": "x"}',
+                          timeout=60)
+    assert direct.status_code == 422 and (through.status_code, through.json()) == (422, direct.json())
+    assert good.json()["data"][0]["embedding"] == [4.0, 0.5]
+    assert scripted.bodies[-1] == {"input": "grün", "model": "x"}  # as it was sent
+
+
+def test_a_key_the_main_api_refuses_is_a_502_that_names_the_setting(isolated: Path):
+    primary = ScriptedServer(["x"], key="right")
     try:
-        direct = httpx.post(remote.url + "/embeddings", json=bad, timeout=60)
-        with serve(isolated, primary.url, remote_urls=[remote.url]) as (served, _):
-            through = httpx.post(served.url + "/v1/embeddings", json=bad, timeout=60)
-            good = httpx.post(served.url + "/v1/embeddings", json={"model": "x", "input": "hi"}, timeout=60)
+        with serve(isolated, primary.url) as (served, manager):  # no key yet
+            refused = httpx.post(served.url + "/v1/embeddings", json=ASK, timeout=60)
+            manager.update_settings(primary_api_key="right")
+            taken = httpx.post(served.url + "/v1/embeddings", json=ASK, timeout=60)
     finally:
         primary.close()
-        remote.close()
-    assert direct.status_code == 422 and (through.status_code, through.json()) == (422, direct.json())
-    # the remote: asked directly, then the refused request; the good one stopped at the primary
-    assert [len(primary.bodies), len(remote.bodies)] == [2, 2]
-    assert good.json()["data"][0]["embedding"] == [2.0, 0.5]
+    assert refused.status_code == 502 and "primary_api_key" in refused.json()["error"]["message"]
+    assert taken.status_code == 200 and primary.headers[-1]["authorization"] == "Bearer right"
 
 
-def test_a_server_that_fails_makes_it_a_503_naming_each_attempt(isolated: Path, chat_only: LlamaServer):
-    # llama.cpp's server without --embedding answers 500: that server fails, not the request.
-    bad = {"model": "x", "input": {"not": "text"}}
-    remote = ScriptedServer(["x"])
-    try:
-        with serve(isolated, chat_only.url, remote_urls=[remote.url]) as (served, _):
-            answer = httpx.post(served.url + "/v1/embeddings", json=bad, timeout=60)
-    finally:
-        remote.close()
+def test_with_no_server_set_serve_says_it_makes_none(isolated: Path):
+    with serve(isolated, "") as (served, _):
+        answer = httpx.post(served.url + "/v1/embeddings", json=ASK, timeout=60)
     assert answer.status_code == 503
-    assert [a["error"][:3] for a in answer.json()["attempts"]] == ["500", "422"]
+    assert "serve makes no embeddings itself" in answer.json()["error"]["message"]
 
 
 def test_ollamas_embed_goes_to_an_ollama_main_api(isolated: Path):
@@ -109,8 +129,8 @@ def test_ollamas_embed_goes_to_an_ollama_main_api(isolated: Path):
     assert upstream.bodies == [{"model": "nomic-embed-text", "input": TEXTS}]
 
 
-def test_ollamas_embed_with_an_openai_main_api_says_to_ask_v1(isolated: Path, embedder: LlamaServer):
-    with serve(isolated, embedder.url) as (served, _):
+def test_ollamas_embed_with_an_openai_main_api_says_to_ask_v1(isolated: Path, scripted: ScriptedServer):
+    with serve(isolated, scripted.url) as (served, _):
         with pytest.raises(ollama.ResponseError) as refused:
             ollama.Client(host=served.url).embed(model="x", input=TEXTS)
     assert refused.value.status_code == 404 and "/v1/embeddings" in refused.value.error

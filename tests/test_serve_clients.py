@@ -484,7 +484,7 @@ def test_the_model_list_comes_within_its_deadline_whatever_the_servers_do(isolat
     # SillyTavern and Open WebUI ask for it to connect. Each server was asked in turn, and
     # httpx's timeouts bound a read, not a server that sends a byte now and then: a
     # trickling main API held the list for as long as it trickled (30 s measured).
-    drip, hung, listing = DripServer(), HangServer(), ScriptedServer(["x"], listed=["remote-model"])
+    drip, hung, listing = DripServer(lasts_s=60), HangServer(), ScriptedServer(["x"], listed=["remote-model"])
     try:
         with serve(isolated, drip.url, remote_urls=[hung.url, listing.url]) as (served, _):
             started = time.monotonic()
@@ -494,11 +494,11 @@ def test_the_model_list_comes_within_its_deadline_whatever_the_servers_do(isolat
         for server in (drip, hung, listing):
             server.close()
     assert [(m["id"], m["source"]) for m in models] == [("remote-model", "remote"), (SMOL, "local")]
-    assert took_s < PROBE_DEADLINE_S + 2, took_s  # not the drip's 10 s, nor a hang after it
+    assert took_s < PROBE_DEADLINE_S + 12, took_s  # far from the drip's 60 s, on a loaded machine too
 
 
 def test_health_probes_every_server_at_once(isolated: Path):
-    drip, primary = DripServer(), SlowServer()
+    drip, primary = DripServer(lasts_s=60), SlowServer()
     try:
         with serve_process(isolated, drip.url, first_on_path=without_the_bundled_model(isolated),
                            FALLBACK_REMOTE_URLS=primary.url) as (base, _):
@@ -510,7 +510,14 @@ def test_health_probes_every_server_at_once(isolated: Path):
         primary.close()
     assert health.status_code == 200, health.text
     assert health.json()["servers"] == {drip.url: "unreachable", primary.url: "reachable"}
-    assert took_s < PROBE_DEADLINE_S + 2, took_s
+    assert took_s < PROBE_DEADLINE_S + 12, took_s
+
+
+def test_serve_without_the_tabs_answers_its_root_as_ollama_does(isolated: Path):
+    # AnythingLLM's Ollama embedder checks that the root answers before it asks anything.
+    with serve_process(isolated, refused_url()) as (base, _):
+        root = httpx.get(base + "/", timeout=30)
+    assert root.status_code == 200 and "running" in root.text
 
 
 def test_health_is_200_while_a_primary_answers_and_no_local_model_exists(isolated: Path):

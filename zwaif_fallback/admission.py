@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "check_bind", "loop_refusal", "looped", "read_body", "refusal"]
+__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "check_bind", "loop_refusal", "looped", "read_body",
+           "read_raw_body", "refusal"]
 
 API_KEY_ENV = "FALLBACK_API_KEY"
 #: The largest request body taken (413 above it): room for inline base64 images as OpenAI
@@ -81,6 +82,18 @@ def loop_refusal() -> Response:
 
 async def read_body(request: Request) -> dict[str, Any] | Response:
     """The JSON body, at most MAX_BODY_BYTES; otherwise the error response (413 or 400)."""
+    read = await _read(request)
+    return read if not isinstance(read, tuple) else read[1]
+
+
+async def read_raw_body(request: Request) -> bytes | Response:
+    """The body's bytes as they came, once checked as ``read_body`` checks it: for a request
+    passed on as it was sent."""
+    read = await _read(request)
+    return read if not isinstance(read, tuple) else read[0]
+
+
+async def _read(request: Request) -> tuple[bytes, dict[str, Any]] | Response:
     size = 0
     parts = []
     async for part in request.stream():
@@ -90,14 +103,15 @@ async def read_body(request: Request) -> dict[str, Any] | Response:
                 f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB; send large images "
                 "by URL, or smaller"), 413)
         parts.append(part)
+    raw = b"".join(parts)
     try:
-        body = json.loads(b"".join(parts))
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         return _error_response(InvalidSettings(f"the request body is not JSON: {exc}"), 400)
     if not isinstance(body, dict):
         return _error_response(InvalidSettings(
             f"the request body must be a JSON object, not {type(body).__name__}"), 400)
-    return body
+    return raw, body
 
 
 def _error_response(exc: InvalidSettings, status: int) -> Response:

@@ -39,11 +39,20 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import cors, ollama_api
-from .admission import API_KEY_ENV, MAX_BODY_BYTES, check_bind, loop_refusal, looped, read_body, refusal
+from .admission import (
+    API_KEY_ENV,
+    MAX_BODY_BYTES,
+    check_bind,
+    loop_refusal,
+    looped,
+    read_body,
+    read_raw_body,
+    refusal,
+)
 from .backends.base import Cancel
 from .completion_request import parse_request, parse_text_request
 from .completions import ChunkMaker, TextChunks, error_object, status_of, who_answered
-from .embeddings import OLLAMA_ROUTES, embed
+from .embeddings import OLLAMA_ROUTES, Embeddings
 from .errors import InvalidSettings
 from .listening import listen, serving
 from .net import instance_ids, passing_through, start_for_request
@@ -171,6 +180,12 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
     app = build_api(manager, api_key=key)
     if mount is not None:
         mount(app)
+    else:  # Ollama answers its root, and some of its clients check that first (AnythingLLM)
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+
+        app.router.routes.append(Route("/", lambda _: PlainTextResponse("zwaif-fallback serve is running"),
+                                       methods=["GET", "HEAD"]))
     listener = listen(host, port)  # first, so that a port in use is one clear line
     # What is loaded by now lives as long as the server: keep the collector from scanning it
     # again and again (a full collection walked it all: tens of ms of a stalled loop).
@@ -225,12 +240,14 @@ class _Api:
         self._streams: weakref.WeakSet[Relay] = weakref.WeakSet()  # each lives as its answer
         self._whole: set[Cancel] = set()  # the non-streamed answers in flight
         self._stopping = False
+        self._embeddings = Embeddings()
 
     def stop_chats(self) -> None:
         """Stop every streamed answer in flight (on the loop): the server is shutting down.
         A local model stops inside its decode, so the process neither waits for it nor
-        exits under it."""
+        exits under it. The embedding server's connection closes too."""
         self._stopping = True
+        self._embeddings.close()
         for relay in list(self._streams):
             relay.shut_down()
         for cancel in list(self._whole):
@@ -318,24 +335,20 @@ class _Api:
             {k: v for k, v in m.items() if k != "x_ollama"} for m in data]})
 
     async def embeddings(self, request: Request) -> Response:
-        """``/v1/embeddings`` (and Ollama's): passed on to the servers (``embeddings``)."""
-        import json
-
+        """``/v1/embeddings`` (and Ollama's): passed on to the server that makes them
+        (``embeddings``), on a thread of its own: a batch may take minutes."""
         from starlette.responses import Response
 
         ollama = request.url.path in OLLAMA_ROUTES
-        body = refusal(request, self.api_key) or await read_body(request)
-        if not isinstance(body, dict):
+        body = refusal(request, self.api_key) or await read_raw_body(request)
+        if not isinstance(body, bytes):
             return in_ollamas_words(body) if ollama else body
-        settings, breakers = self.manager.settings, self.manager.breaker_states()
-        answer = await asyncio.to_thread(
-            embed, json.dumps(body).encode(), upstreams(settings), route=request.url.path,
-            timeout_s=settings.timeout, skipped=lambda server: _circuit_open(breakers.get(server.url, {})))
+        answer = await _on_own_thread(partial(self._embeddings.embed, settings=self.manager.settings,
+                                              route=request.url.path), body)
         if answer.ours and ollama:
             return in_ollamas_words(Response(answer.body, status_code=answer.status))
-        took = [a for a in answer.attempts if a.ok]
         return Response(answer.body, status_code=answer.status, media_type=answer.content_type,
-                        headers={"X-Fallback-Source": took[0].source} if took else None)
+                        headers={"X-Fallback-Source": answer.source} if answer.source else None)
 
     async def health(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
