@@ -18,6 +18,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +82,38 @@ def check_failover_chat(manager: FallbackManager) -> str:
     return (f"primary failed in {first.latency_s * 1000:.0f} ms ({first.error}); {result.model} "
             f"answered {result.tokens} tokens, first after {result.ttft_s:.2f} s: "
             f"{result.text.strip()[:60]!r}")
+
+
+def check_serve(manager: FallbackManager) -> str:
+    """The OpenAI-compatible endpoint a host points at, on a free loopback port: a streamed
+    chat through it (the main API if one is set and up, else a local model) and /health."""
+    import httpx
+
+    from zwaif_fallback.server import build_api, front, listen, serving
+
+    listener = listen("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    server = serving(front(build_api(manager)))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        ask = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16, "stream": True}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=ask, timeout=120) as response:
+            response.raise_for_status()
+            source = response.headers.get("x-fallback-source")
+            events = [line for line in response.iter_lines() if line.startswith("data: {")]
+        health = httpx.get(url + "/health", timeout=30).json()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    if not events or not source:
+        raise AssertionError(f"serve streamed {len(events)} events, source {source!r}")
+    return (f"a chat streamed {len(events)} events through serve on 127.0.0.1:{port} from the "
+            f"{source} target; /health says {health['status']}")
 
 
 def check_benchmark(manager: FallbackManager) -> str:
@@ -154,6 +187,7 @@ CHECKS: list[tuple[str, Check]] = [
     ("compatibility", check_compatibility),
     ("switching", check_switching),
     ("failover chat", check_failover_chat),
+    ("serve", check_serve),
     ("benchmark", check_benchmark),
     ("optimization", check_optimization),
     ("health", check_health),

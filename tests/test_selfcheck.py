@@ -17,7 +17,7 @@ def test_the_self_check_passes_and_changes_nothing(isolated):
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] and [r["feature"] for r in report["results"]] == [
-        "probes", "discovery", "compatibility", "switching", "failover chat", "benchmark",
+        "probes", "discovery", "compatibility", "switching", "failover chat", "serve", "benchmark",
         "optimization", "health", "monitoring", "settings"]
     assert sorted(os.listdir(isolated)) == before  # no settings, history or logs left behind
 
