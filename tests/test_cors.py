@@ -18,7 +18,7 @@ import pytest
 from servers import ScriptedServer, Served, refused_url, serve_in_process, serve_settings, wait_until
 
 from zwaif_fallback import FallbackManager, FallbackSettings, InvalidSettings
-from zwaif_fallback.cors import addressed_here, allowed
+from zwaif_fallback.cors import Gate, addressed_here, allowed
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -168,6 +168,13 @@ def test_a_request_for_this_machine_is_addressed_here(host: str | None):
 @pytest.mark.parametrize("host", ["evil.example:5001", "8.8.8.8", "localhost.evil.example", "[::1"])
 def test_a_request_for_another_name_is_not(host: str):
     assert not addressed_here(host)
+
+
+def test_serve_on_a_network_address_does_not_check_names():
+    # With an API key on 0.0.0.0, a reverse proxy in front keeps the public name: let it in.
+    scope = {"type": "http", "path": "/v1/models", "headers": [(b"host", b"llm.example.com")]}
+    assert Gate(listed=tuple, on_loopback=False).refusal(scope, api=True) is None
+    assert Gate(listed=tuple).refusal(scope, api=True).status_code == 403
 
 
 def test_serve_on_loopback_refuses_a_request_for_a_name_not_this_machines(scripted: Any):

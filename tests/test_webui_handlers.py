@@ -622,3 +622,19 @@ def test_launch_on_port_0_serves_on_a_free_port_and_names_it(manager: FallbackMa
         assert httpx.get(f"{url.rstrip('/')}/metrics", timeout=10).status_code == 200
     finally:
         blocks.close()
+
+
+def test_the_tabs_on_loopback_refuse_a_name_that_is_not_this_machines(manager: FallbackManager) -> None:
+    # DNS rebinding: a page at http://evil.example:PORT pointed at 127.0.0.1 would otherwise
+    # use the tabs' API (save a main API of its own, and read every chat).
+    blocks = build_app(manager)
+    url = launch(manager, port=0, block=False, blocks=blocks).rstrip("/")
+    try:
+        port = url.rsplit(":", 1)[1]
+        foreign = [httpx.get(url + path, headers={"Host": f"evil.example:{port}"}, timeout=30)
+                   for path in ("/", "/config", "/metrics")]
+        here = httpx.get(url + "/", headers={"Host": f"localhost:{port}"}, timeout=30)
+    finally:
+        blocks.close()
+    assert [r.status_code for r in foreign] == [403, 403, 403] and here.status_code == 200
+    assert "answers requests for this machine only" in foreign[0].json()["error"]["message"]

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from zwaif_fallback import FallbackManager, InvalidSettings, PortUnavailable
+from zwaif_fallback.cors import HostCheck
 from zwaif_fallback.net import is_loopback
 
 from . import compat
@@ -73,7 +75,8 @@ def build_app(manager: FallbackManager) -> gr.Blocks:
 def launch(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 7860,
            auth: tuple[str, str] | str | None = None, block: bool = True,
            blocks: gr.Blocks | None = None) -> str:
-    """Serve the UI, and the manager's Prometheus metrics at ``/metrics``, on one server.
+    """Serve the UI, and the manager's Prometheus metrics at ``/metrics``, on one server. On
+    loopback it answers only requests for this machine's names (``cors.HostCheck``).
 
     Args:
         host: the address to listen on; anything but loopback needs a login.
@@ -96,8 +99,9 @@ def launch(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 786
     metrics = Route("/metrics", _metrics_endpoint(manager, credentials), methods=["GET"])
     port = port or _free_port(host)  # Gradio given 0 checks its start-up at port 0, and fails
     try:
+        served = {"routes": [metrics], "middleware": [Middleware(HostCheck)] if is_loopback(host) else []}
         app.queue().launch(server_name=host, server_port=port, auth=credentials, prevent_thread_lock=True,
-                           quiet=True, app_kwargs={"routes": [metrics]}, **compat.LAUNCH_KWARGS)
+                           quiet=True, app_kwargs=served, **compat.LAUNCH_KWARGS)
     except OSError as exc:
         raise PortUnavailable(f"cannot serve the UI on {host}:{port}: {exc}; choose another port") from exc
     url = str(app.local_url)

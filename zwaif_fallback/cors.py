@@ -32,8 +32,8 @@ from .completions import error_object
 from .errors import NotAllowed
 from .net import is_loopback
 
-__all__ = ["ALLOWED_METHODS", "EXPOSED_HEADERS", "MAX_AGE_S", "Gate", "addressed_here", "allowed",
-           "origin_of", "preflight", "showing_to"]
+__all__ = ["ALLOWED_METHODS", "EXPOSED_HEADERS", "MAX_AGE_S", "Gate", "HostCheck", "addressed_here",
+           "allowed", "origin_of", "preflight", "showing_to"]
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +124,17 @@ class Gate:
     Args:
         listed: the origins let in now (``cors_origins``), read at each browser request, so
             that a change of the setting holds at once.
+        on_loopback: the server listens on a loopback address, so that only this machine's
+            names are answered; on any other address (with an API key) a name is not checked,
+            as a reverse proxy in front of it keeps the public one.
         tell: also told each refusal's reason, once a name: serve's console (the log file is
             where a person looks last).
     """
 
-    def __init__(self, listed: Callable[[], Sequence[str]], *,
+    def __init__(self, listed: Callable[[], Sequence[str]], *, on_loopback: bool = True,
                  tell: Callable[[str], None] | None = None) -> None:
         self._listed = listed
+        self._on_loopback = on_loopback
         self._tell = tell
         self._warned: set[str] = set()
 
@@ -138,8 +142,8 @@ class Gate:
         """The 403 response for a request (its ASGI scope) that may not go on, or None.
         ``api``: one of serve's own routes, where an origin must be let in (the web UI's
         routes have Gradio's own checks)."""
-        server, host = scope.get("server"), _header(scope["headers"], b"host")
-        if server and is_loopback(server[0]) and not addressed_here(host):
+        host = _header(scope["headers"], b"host") if self._on_loopback else None
+        if self._on_loopback and not addressed_here(host):
             return self._refused(host or "", NotAllowed(
                 f"this server listens on loopback and answers requests for this machine only "
                 f"(localhost, 127.0.0.1, {socket.gethostname()}), not for {host!r}: a web page may "
@@ -164,6 +168,20 @@ class Gate:
             if self._tell is not None:
                 self._tell(f"refused a request: {problem}")
         return JSONResponse(error_object(problem), status_code=403)
+
+
+class HostCheck:
+    """ASGI middleware with ``Gate``'s rule for names, for an app that is not served through
+    serve's front: the standalone tabs (``zwaif-fallback ui``), served by Gradio's launch. A
+    rebinding page could otherwise use their API to point the main API at its own server."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+        self._gate = Gate(listed=tuple)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        refused = self._gate.refusal(scope, api=False) if scope["type"] == "http" else None
+        await (refused or self.app)(scope, receive, send)
 
 
 def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:

@@ -55,7 +55,7 @@ from .completions import ChunkMaker, TextChunks, error_object, status_of, who_an
 from .embeddings import OLLAMA_ROUTES, Embeddings
 from .errors import InvalidSettings
 from .listening import listen, serving
-from .net import instance_ids, passing_through, start_for_request
+from .net import instance_ids, is_loopback, passing_through, start_for_request
 from .ollama_info import UNANSWERED, OllamaInfo, in_ollamas_words, render
 from .relay import Relay, on_disconnect, shutting_down
 from .routing import chain_text
@@ -115,20 +115,22 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
     return app
 
 
-def front(app: Starlette, *, announce: Callable[[str], None] | None = None) -> Callable[..., Any]:
+def front(app: Starlette, *, host: str = "127.0.0.1",
+          announce: Callable[[str], None] | None = None) -> Callable[..., Any]:
     """``app`` as ``run`` serves it: the API's paths sent straight to their routes, a request
     from this process itself refused (``admission.looped``), one from other serves answered
     with their ids sent on (``net.passing_through``), one from a web page answered or refused
     as ``cors`` says. FastAPI's middleware (error pages, exception handlers, body limits) cost
     a streamed request about a tenth of its CPU, and the API's handlers need none of it: they
     answer their errors themselves. Everything else (the tabs, lifespan) goes through ``app``
-    as before, once ``cors.Gate`` has let it in. ``announce``: told why a web page's request
-    was refused (a browser shows the page no reason)."""
+    as before, once ``cors.Gate`` has let it in. ``host``: the address it listens on (on
+    loopback only this machine's names are answered); ``announce``: told why a web page's
+    request was refused (a browser shows the page no reason)."""
     from starlette.routing import Router
 
     routes = app.state.api_routes
     router, paths = Router(routes=routes), {route.path for route in routes}
-    gate = cors.Gate(listed=app.state.cors_origins, tell=announce)
+    gate = cors.Gate(listed=app.state.cors_origins, on_loopback=is_loopback(host), tell=announce)
 
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
         api = scope["type"] == "http" and scope["path"] in paths
@@ -202,7 +204,8 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
         where += (f"; set the main API under Main API at {tabs} (Management tab) or with FALLBACK_PRIMARY_URL"
                   if mount is not None else "; set the main API with FALLBACK_PRIMARY_URL")
     announce(where)
-    serving(front(app, announce=announce), on_shutdown=app.state.stop_chats).run(sockets=[listener])
+    served = front(app, host=host, announce=announce)
+    serving(served, on_shutdown=app.state.stop_chats).run(sockets=[listener])
 
 
 def listed_models(manager: FallbackManager) -> list[dict[str, Any]]:
