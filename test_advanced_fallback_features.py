@@ -86,7 +86,8 @@ def check_failover_chat(manager: FallbackManager) -> str:
 
 def check_serve(manager: FallbackManager) -> str:
     """The OpenAI-compatible endpoint a host points at, on a free loopback port: a streamed
-    chat through it (the main API if one is set and up, else a local model) and /health."""
+    chat of 16 tokens through it (to the main API when one is set and answers, else a local
+    model) and /health."""
     import httpx
 
     from zwaif_fallback.server import build_api, front, listen, serving
@@ -98,18 +99,23 @@ def check_serve(manager: FallbackManager) -> str:
     thread.start()
     try:
         deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
+        if not server.started:
+            raise AssertionError("serve did not start within 30 s" if thread.is_alive() else
+                                 "serve stopped as it started (see Logs/zwaif_fallback.log)")
         url = f"http://127.0.0.1:{port}"
         ask = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16, "stream": True}
-        with httpx.stream("POST", url + "/v1/chat/completions", json=ask, timeout=120) as response:
-            response.raise_for_status()
-            source = response.headers.get("x-fallback-source")
-            events = [line for line in response.iter_lines() if line.startswith("data: {")]
-        health = httpx.get(url + "/health", timeout=30).json()
+        with httpx.Client(trust_env=False, timeout=120) as client:  # no system proxy for loopback
+            with client.stream("POST", url + "/v1/chat/completions", json=ask) as response:
+                response.raise_for_status()
+                source = response.headers.get("x-fallback-source")
+                events = [line for line in response.iter_lines() if line.startswith("data: {")]
+            health = client.get(url + "/health").json()
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        listener.close()
     if not events or not source:
         raise AssertionError(f"serve streamed {len(events)} events, source {source!r}")
     return (f"a chat streamed {len(events)} events through serve on 127.0.0.1:{port} from the "

@@ -147,10 +147,10 @@ class Gate:
             return self._refused(host or "", NotAllowed(
                 f"this server listens on loopback and answers requests for this machine only "
                 f"(localhost, 127.0.0.1, {socket.gethostname()}), not for {host!r}: a web page may "
-                "have pointed that name at this machine. Behind a reverse proxy on this machine, have "
-                "the proxy send Host: 127.0.0.1; to be reached under another name, start on an "
-                "address of that name with --host (serve then needs FALLBACK_API_KEY, the tabs "
-                "FALLBACK_UI_AUTH)"))
+                "have pointed that name at this machine. Use localhost or 127.0.0.1 (a name of your "
+                "own for this machine is refused too, as Ollama refuses it); a reverse proxy or a "
+                "tunnel must send Host: 127.0.0.1 (ngrok: --host-header=localhost:PORT, cloudflared: "
+                "--http-host-header=localhost:PORT)"))
         origin = origin_of(scope["headers"]) if api else None
         if origin is not None and not allowed(origin, self._listed()):
             return self._refused(origin, NotAllowed(

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Ollama's own embedding routes, passed to an Ollama primary as they are.
 OLLAMA_ROUTES = ("/api/embed", "/api/embeddings")
-#: How long the server may take between reads: a few hundred chunks on a CPU embedder.
+#: How long the server may take between reads: a few hundred chunks on a CPU embedder. A
+#: request waits for a free connection (100 at most) no longer than for a connect.
 READ_TIMEOUT_S = 300.0
 _MAKES_NONE = ("serve makes no embeddings itself, nor asks another server for them: a host's stored "
                "vectors compare only with the same model's")
@@ -67,7 +68,8 @@ def embeddings_url(server: Upstream, route: str) -> str | None:
 
 class Embeddings:
     """One serve's way to its embedding server, over a connection kept alive between
-    requests: a host that sends a document a chunk at a time sends thousands."""
+    requests: a host that sends a document a chunk at a time sends thousands. The client
+    lives as long as serve: closed at shutdown, it would fail the requests still draining."""
 
     def __init__(self) -> None:
         self._client: Any = None  # an httpx.Client, made on first use
@@ -87,7 +89,7 @@ class Embeddings:
         if url is None:
             return _ours(404, f"{route} is Ollama's, and goes to an Ollama main API only; the main API "
                               "here speaks OpenAI's API: ask for /v1/embeddings instead")
-        timeout = httpx.Timeout(READ_TIMEOUT_S, connect=settings.timeout)
+        timeout = httpx.Timeout(READ_TIMEOUT_S, connect=settings.timeout, pool=settings.timeout)
         try:
             response = self._http().post(url, content=body, timeout=timeout, headers=server_headers(
                 server.api_key, **{"Content-Type": "application/json"}))
@@ -96,17 +98,16 @@ class Embeddings:
             return _ours(503, f"the {server.source} server {server.url} gave no answer "
                               f"({type(exc).__name__}: {exc}). {_MAKES_NONE}", source=server.source)
         if response.status_code in (401, 403):
-            key = "primary_api_key" if server.source == "primary" else "a key (serve sends none to a remote)"
+            if server.source != "primary":
+                need = "a key, and serve sends none to a remote"
+            elif server.api_key:
+                need = "another key than the one saved as primary_api_key: check it"
+            else:
+                need = "a key: set primary_api_key"
             return _ours(502, f"the {server.source} server {server.url} refused serve's request "
-                              f"({response.status_code}): it needs {key}", source=server.source)
+                              f"({response.status_code}): it may need {need}", source=server.source)
         return Embedded(response.status_code, response.content,
                         response.headers.get("content-type", "application/json"), source=server.source)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
 
     def _http(self) -> Any:
         import httpx

@@ -5,7 +5,7 @@ A host that talks HTTP points its OpenAI base URL here and changes nothing else:
     POST /v1/chat/completions   the chain's answer, whole or as server-sent events
     POST /v1/completions        a prompt continued as it is (no chat template), the same way
     GET  /v1/models             the primary's models, then the remotes', then the local ones
-    POST /v1/embeddings         passed on to the primary, then the remotes (``embeddings``)
+    POST /v1/embeddings         passed on to the server that makes them, the primary (``embeddings``)
     POST /api/chat              the same answer in Ollama's shape (``ollama_api``),
     POST /api/generate          one turn of it, and
     GET  /api/tags              the same list, for hosts that speak Ollama's API, beside
@@ -248,9 +248,8 @@ class _Api:
     def stop_chats(self) -> None:
         """Stop every streamed answer in flight (on the loop): the server is shutting down.
         A local model stops inside its decode, so the process neither waits for it nor
-        exits under it. The embedding server's connection closes too."""
+        exits under it."""
         self._stopping = True
-        self._embeddings.close()
         for relay in list(self._streams):
             relay.shut_down()
         for cancel in list(self._whole):
