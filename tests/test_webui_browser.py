@@ -231,6 +231,25 @@ def test_diagnostics_tab_refreshes_and_tests_compatibility(page: Page, served: S
     screenshot(page, served, "diagnostics.png")
 
 
+def test_a_table_filled_while_its_tab_was_hidden_has_its_rows_when_the_tab_opens(page: Page) -> None:
+    """The page load fills the tables of every tab, most of them hidden. 4.x drew no row in such
+    a table, and opening the tab sent the same rows again, which changed nothing: the ranking
+    stayed blank (``compat.on_show``). Its rows are checked as drawn, with no empty row left."""
+    open_tab(page, "Advanced Fallback Management")
+    seen: list[list[str]] = []
+
+    def drawn() -> bool:
+        header, rows = page.evaluate(TABLE, "fallback-mgmt-ranking")
+        seen[:] = rows
+        models = [dict(zip(header, row, strict=True)).get("model") for row in rows]
+        return sorted(models) == sorted([SMOL, "tiny"])
+
+    try:
+        wait_until(drawn, timeout_s=WAIT_MS / 1000, what="the ranking's two rows", interval_s=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; it shows {seen}") from None
+
+
 def test_switch_and_optimize_show_in_every_tab(page: Page) -> None:
     open_tab(page, "Advanced Fallback Management")
     current = page.locator("#fallback-mgmt-current")

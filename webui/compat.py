@@ -20,7 +20,7 @@ import gradio as gr
 import pandas as pd
 from gradio.context import Context
 
-__all__ = ["LAUNCH_KWARGS", "PRIVATE", "Poll", "chat_value", "chatbot", "on_page_load", "plot",
+__all__ = ["LAUNCH_KWARGS", "PRIVATE", "Poll", "chat_value", "chatbot", "on_page_load", "on_show", "plot",
            "timer_update"]
 
 
@@ -70,6 +70,50 @@ def on_page_load(fn: Callable[..., Any], outputs: Sequence[gr.components.Compone
     if root is None:
         raise RuntimeError("the tabs must be built inside a gr.Blocks context")
     return root.load(fn, outputs=list(outputs), **PRIVATE)
+
+
+# 4.x draws a gr.Dataframe's rows only when its value changes while the table is on show. One
+# filled while its tab is hidden (the page load fills every tab) gets no row drawn, and the same
+# value sent again when the tab opens changes nothing: the table stays blank. Seen on 4.36.1, the
+# Gradio Z-WAIF pins; 6 draws it. 5 is not tested here, so it gets the redraw too.
+_REDRAW_ON_SHOW = not _takes(gr.on, "api_visibility")
+
+
+def on_show(tab: gr.Tab, fn: Callable[[], Any], outputs: Sequence[gr.components.Component]) -> None:
+    """Call ``fn`` whenever ``tab`` is selected, to refresh ``outputs``.
+
+    Before 6, the tables among them are sent with one empty row more, and then, in an event of
+    their own, as they are: two changes while the tab is on show, so 4.x draws the rows. The
+    client sends a ``.then`` only once the updates before it are applied, so the two cannot merge
+    into one (updates that come within one animation frame do). The extra row is seen for a
+    round trip.
+    """
+    outputs = list(outputs)
+    is_table = [isinstance(o, gr.Dataframe) for o in outputs]
+    if not (_REDRAW_ON_SHOW and any(is_table)):
+        tab.select(fn, outputs=outputs, **PRIVATE)
+        return
+    single = len(outputs) == 1
+    tables = [o for o, table in zip(outputs, is_table, strict=True) if table]
+    held = gr.State()  # the tables' values, between the two events
+
+    def padded() -> tuple[Any, ...]:
+        values = [fn()] if single else list(fn())
+        shown = [_with_empty_row(v) if table else v for v, table in zip(values, is_table, strict=True)]
+        return (*shown, [v for v, table in zip(values, is_table, strict=True) if table])
+
+    def settled(values: list[Any]) -> Any:
+        return values[0] if len(values) == 1 else tuple(values)
+
+    tab.select(padded, outputs=[*outputs, held], **PRIVATE).then(settled, inputs=held, outputs=tables,
+                                                                 **PRIVATE)
+
+
+def _with_empty_row(value: Any) -> Any:
+    if not isinstance(value, pd.DataFrame):  # gr.skip(): the table keeps what it shows
+        return value
+    return pd.concat([value, pd.DataFrame([[""] * len(value.columns)], columns=value.columns)],
+                     ignore_index=True)
 
 
 _HAS_TIMER = hasattr(gr, "Timer")  # 4.40+

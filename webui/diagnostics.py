@@ -105,7 +105,7 @@ def build_diagnostics_tab(manager: FallbackManager, prefix: str = "fallback") ->
 
     outputs = [status, gpus, models, model_name]
     refresh.click(handlers.refresh, outputs=outputs, api_name="fallback_refresh_diagnostics")
-    tab.select(handlers.refresh, outputs=outputs, **compat.PRIVATE)
+    compat.on_show(tab, handlers.refresh, outputs)
     compat.on_page_load(handlers.refresh, outputs)
     test.click(handlers.test_compatibility, inputs=[model_name, n_ctx, kv_type, flash_attn, free_vram],
                outputs=[result, memory], api_name="fallback_test_compatibility")

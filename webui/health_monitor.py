@@ -183,7 +183,7 @@ def build_health_tab(manager: FallbackManager, prefix: str = "fallback") -> Heal
     health_outputs = [health, factors, recommendations]
     monitor_outputs = [monitor_status, memory_plot, load_plot, summary, poll.component]
     for fn, outputs in ((h.refresh_health, health_outputs), (h.history, [bench_history, failover_history])):
-        tab.select(fn, outputs=outputs, **compat.PRIVATE)
+        compat.on_show(tab, fn, outputs)
         compat.on_page_load(fn, outputs)
     refresh.click(h.refresh_health, outputs=health_outputs, api_name="fallback_health")
     optimize.click(h.auto_optimize, outputs=[action, *health_outputs], api_name="fallback_auto_optimize")

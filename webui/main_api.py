@@ -260,7 +260,7 @@ class MainApiSection:
         h = MainApiHandlers(manager)
         compat.on_page_load(h.load, [self.status, *self.controls]).then(h.check, outputs=self.status,
                                                                          **compat.PRIVATE)
-        tab.select(h.check, outputs=self.status, **compat.PRIVATE)
+        compat.on_show(tab, h.check, [self.status])
         self.check.click(h.check, outputs=self.status, api_name="fallback_check_main_api")
         outputs = [self.status, self.message, *self.controls]
 

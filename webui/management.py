@@ -317,7 +317,7 @@ def build_management_tab(manager: FallbackManager, prefix: str = "fallback") -> 
     get_model.bind(manager, h.refresh_models, model_outputs)
     for fn, outputs in ((h.refresh_models, model_outputs), (h.vram_status, vram_outputs),
                         (h.benchmark_results, [results, chart])):
-        tab.select(fn, outputs=outputs, **compat.PRIVATE)
+        compat.on_show(tab, fn, outputs)
         compat.on_page_load(fn, outputs)
     # Settings load with the page only: coming back to the tab must not undo unsaved edits.
     compat.on_page_load(h.load_settings, [*settings_controls, auto_optimize])
