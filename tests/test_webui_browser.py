@@ -11,6 +11,7 @@ timeout is pinned by the environment. Screenshots go to tests/artifacts/screensh
 from __future__ import annotations
 
 import base64
+import io
 import os
 import re
 import shutil
@@ -187,6 +188,23 @@ def expect_plotted(page: Page, elem_id: str, mark: str, text: str | None = None)
     chart = page.locator(f"#{elem_id}")
     if text is not None and chart.locator(f".mark-{mark} path").count():
         expect(chart).to_contain_text(text)
+
+
+def colour_columns(page: Page, elem_id: str) -> tuple[float, float]:
+    """The mean x of the chart's red pixels and of its green ones, from a screenshot (a canvas on
+    4.x, SVG later): strongly coloured only, so grey axes and anti-aliased text do not count."""
+    from PIL import Image
+
+    picture = Image.open(io.BytesIO(page.locator(f"#{elem_id}").screenshot())).convert("RGB")
+    red: list[int] = []
+    green: list[int] = []
+    for i, (r, g, b) in enumerate(picture.getdata()):
+        if r > 180 and g < 110 and b < 110:
+            red.append(i % picture.width)
+        elif g > 150 and r < 110 and b < 150:
+            green.append(i % picture.width)
+    assert len(red) > 500 and len(green) > 500, f"{len(red)} red and {len(green)} green pixels"
+    return sum(red) / len(red), sum(green) / len(green)
 
 
 def table(page: Page, elem_id: str) -> list[dict[str, str]]:
@@ -403,6 +421,11 @@ def test_health_tab_buttons_and_monitoring(page: Page, served: Served) -> None:
     expect_plotted(page, "fallback-monitor-memory", "line")
     expect_plotted(page, "fallback-monitor-load", "line")
     expect_plotted(page, "fallback-history-benchmarks", "rect", "tiny")
+    expect_plotted(page, "fallback-history-failovers", "rect")
+    # the main API's failed attempt is red and the local model's answer green; "http://..." sorts
+    # after "SmolLM2...", so the red bar is the right one (4.36.1 coloured it green)
+    red, green = colour_columns(page, "fallback-history-failovers")
+    assert red > green, f"the red bar is at x={red:.0f}, the green one at x={green:.0f}"
     screenshot(page, served, "health.png")
 
 

@@ -42,7 +42,8 @@ _OPEN_Y_LIM = "None]" in str(inspect.signature(gr.BarPlot.__init__).parameters["
 
 
 def plot(cls: type[Any], **kwargs: Any) -> Any:
-    """A gr.LinePlot or gr.BarPlot for this Gradio; its bars start at zero.
+    """A gr.LinePlot or gr.BarPlot for this Gradio; its bars start at zero. A ``color_map`` is
+    dropped where the plot takes none (4.36-4.3x).
 
     Native plots (4.4x on) mount with an empty frame of their columns: on 4.44.1 one that mounts
     with no value stops every load event of the page. A chart with a ``color`` that is on show
@@ -51,6 +52,8 @@ def plot(cls: type[Any], **kwargs: Any) -> Any:
     themselves up to 4.x, where a None in y_lim breaks the axis; from 5.0 they need
     ``y_lim=[0, None]``.
     """
+    if "color_map" in kwargs and not _takes(cls.__init__, "color_map"):
+        del kwargs["color_map"]  # before native plots: the order of the categories picks colours
     if _NATIVE_PLOTS:
         kwargs.setdefault("value", pd.DataFrame(columns=[kwargs[k] for k in ("x", "y", "color")
                                                          if kwargs.get(k)]))

@@ -7,6 +7,7 @@ Pure functions over the result types (no manager, no clock), shared by the three
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -362,13 +363,18 @@ def benchmark_history_frame(history: Iterable[Mapping[str, Any]], *, last: int =
     return pd.DataFrame(rows[:last][::-1], columns=["run", "model", "gen_tps"])
 
 
+#: A failover attempt's outcomes, in the order 4.x colours a chart's categories: the first
+#: seen red, the second green (4.36.1's palette, which a gr.BarPlot there cannot be given).
+OUTCOMES = ("failed", "ok")
+OUTCOME_COLORS = {"failed": "#ef4444", "ok": "#22c55e"}  # for Gradios whose plots take a color_map
+
+
 def failover_history_frame(attempts: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Attempts counted by target and outcome."""
-    counts: dict[tuple[str, str], int] = {}
-    for a in attempts:
-        key = (str(a.get("target")), "ok" if a.get("ok") else "failed")
-        counts[key] = counts.get(key, 0) + 1
-    rows = [[target, outcome, n] for (target, outcome), n in sorted(counts.items())]
+    """Attempts counted by target and outcome: a row for each outcome of each target (0 where
+    there were none) and the failed ones first, so that failed is red on 4.x too."""
+    counts = Counter((str(a.get("target")), "ok" if a.get("ok") else "failed") for a in attempts)
+    targets = sorted({target for target, _ in counts})
+    rows = [[target, outcome, counts[target, outcome]] for outcome in OUTCOMES for target in targets]
     return pd.DataFrame(rows, columns=["target", "outcome", "attempts"])
 
 

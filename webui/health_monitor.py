@@ -177,7 +177,7 @@ def build_health_tab(manager: FallbackManager, prefix: str = "fallback") -> Heal
                                         title="Past benchmarks: tokens/s per run", x_title="run",
                                         y_title="tokens/s", elem_id=eid("history-benchmarks"))
             failover_history = compat.plot(gr.BarPlot, x="target", y="attempts", color="outcome",
-                                           title="Failover attempts by target",
+                                           color_map=fmt.OUTCOME_COLORS, title="Failover attempts by target",
                                            elem_id=eid("history-failovers"))
 
     health_outputs = [health, factors, recommendations]
