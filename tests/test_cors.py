@@ -4,6 +4,7 @@ its request runs. The browser's own checks are Chromium's, against a real serve.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -193,6 +194,38 @@ def test_a_client_without_an_origin_gets_no_cross_origin_headers(scripted: Any):
     served, _, _ = scripted
     answer = httpx.post(served.url + "/v1/chat/completions", json=ASK, timeout=60)
     assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+
+
+@pytest.mark.parametrize(("path", "shape"), [("/v1/models", "openai"), ("/api/tags", "ollama")])
+def test_an_error_that_escapes_a_handler_is_a_500_in_the_apis_shape_that_a_page_can_read(
+        path: str, shape: str, caplog: pytest.LogCaptureFixture):
+    """serve's handlers answer their own errors; for a bug that gets past one, ``front`` sends
+    the 500 itself, through the CORS headers, where uvicorn's bare one would be a network error
+    to the page."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from zwaif_fallback.server import front
+
+    async def broken(request: Any) -> Any:
+        raise RuntimeError("a bug in a handler")
+
+    app = Starlette()
+    app.state.api_routes = [Route(path, broken)]
+    app.state.cors_origins = list
+    async def ask() -> httpx.Response:
+        transport = httpx.ASGITransport(app=front(app), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return await client.get(path, headers={"Origin": "http://localhost:3000"})
+
+    with caplog.at_level(logging.ERROR, logger="zwaif_fallback.server"):
+        answer = asyncio.run(ask())
+    assert answer.status_code == 500
+    assert answer.headers["access-control-allow-origin"] == "http://localhost:3000"
+    error = answer.json()["error"]
+    message = error if shape == "ollama" else error["message"]
+    assert "RuntimeError: a bug in a handler" in message and "serve's log" in message
+    assert "a bug in a handler" in caplog.text  # with its traceback
 
 
 # --- in Chromium: the browser decides whether the page may read the answer ---------------

@@ -149,11 +149,38 @@ def front(app: Starlette, *, host: str = "127.0.0.1",
                 await _worded(scope, loop_refusal())(scope, receive, send)
             else:
                 with passing_through(came_through):
-                    await router(scope, receive, send)
+                    await _answering_escapes(router, scope, receive, send)
         else:
             await app(scope, receive, send)
 
     return asgi
+
+
+async def _answering_escapes(app: Any, scope: Any, receive: Any, send: Any) -> None:
+    """``app``'s answer; an exception it lets out before answering gets a 500 in the API's
+    shape, sent through ``send``, so a web page let in reads it too. uvicorn's own 500 is
+    plain text and has no CORS header: the page would see a network error. Once the answer
+    has begun, the exception goes on to uvicorn, which closes the connection."""
+    started = False
+
+    async def sending(message: Any) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, receive, sending)
+    except Exception as exc:
+        if started:
+            raise
+        log.exception("%s %s failed", scope["method"], scope["path"])
+        from starlette.responses import JSONResponse
+
+        failed = JSONResponse({"error": {
+            "message": f"internal error in serve: {type(exc).__name__}: {exc} (serve's log has the "
+                       "traceback)", "type": "server_error", "param": None, "code": "internal_error"}},
+            status_code=500)
+        await _worded(scope, failed)(scope, receive, send)
 
 
 def _worded(scope: Any, refused: Response) -> Response:
