@@ -117,8 +117,10 @@ def test_a_foreign_page_is_refused_before_its_chat_runs_and_the_log_says_how_to_
     assert (asked.status_code, chat.status_code, ollama.status_code) == (403, 403, 403)
     assert "access-control-allow-origin" not in asked.headers
     assert primary.bodies == []  # nothing ran: a page a person merely visits cannot chat
-    assert f"FALLBACK_CORS_ORIGINS={FOREIGN}" in chat.json()["error"]["message"]
-    assert f"cors_origins={FOREIGN}" in ollama.json()["error"]  # in Ollama's shape on its routes
+    message = chat.json()["error"]["message"]
+    assert f"add {FOREIGN} to \"Web pages that may call serve\"" in message  # the tabs' field
+    assert f"FALLBACK_CORS_ORIGINS={FOREIGN}" in message
+    assert f"FALLBACK_CORS_ORIGINS={FOREIGN}" in ollama.json()["error"]  # in Ollama's shape on its routes
     warned = [r.getMessage() for r in caplog.records if FOREIGN in r.getMessage()]
     assert len(warned) == 1  # once an origin, however often the page asks
 

@@ -25,6 +25,7 @@ from webui.health_monitor import HealthHandlers
 from webui.main_api import KEY_AT, MainApiHandlers, build_main_api_section, main_api_markdown
 from webui.management import ManagementHandlers
 from zwaif_fallback import FallbackManager, FallbackSettings, HardwareProbe, InvalidSettings, PortUnavailable
+from zwaif_fallback.cors import Gate, allowed
 from zwaif_fallback.upstream_probe import probe_all
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
@@ -246,7 +247,7 @@ def test_the_main_api_set_in_the_ui_answers_the_next_chat(manager: FallbackManag
         status, *controls = handlers.load()
         assert status.startswith("No main API is set: chats go to the local models.")
         assert is_update(controls[0], value="", info="default value")
-        status, message, url, speaks, model, key, remotes, characters = handlers.save(
+        status, message, url, speaks, model, key, remotes, characters, origins = handlers.save(
             server.url + "/", "openai", "", "", f"{down}, \n", "")
         answer = manager.chat_completion({"messages": [{"role": "user", "content": "Hello"}]})
     finally:
@@ -289,7 +290,7 @@ def test_the_api_key_is_saved_kept_and_forgotten_but_never_shown(manager: Fallba
     # TabbyAPI, or text-generation-webui started with --api-key, refuse a request without it
     server, handlers = ScriptedServer(["Hi."]), MainApiHandlers(manager)
     try:
-        *_, key, _, _ = handlers.save(server.url, "openai", "", "s3cret", "", "")
+        *_, key, _, _, _ = handlers.save(server.url, "openai", "", "s3cret", "", "")
         answer = manager.chat_completion({"messages": [{"role": "user", "content": "Hello"}]})
         _, kept, *_ = handlers.save(server.url, "openai", "", "", "", "")  # blank: keep it
     finally:
@@ -351,12 +352,34 @@ def test_the_controls_are_in_the_order_save_takes_them() -> None:
     with gr.Blocks():
         section = build_main_api_section(lambda name: name)
     assert [c.elem_id for c in section.controls] == [
-        "api-url", "api-speaks", "api-model", "api-key", "api-remotes", "api-characters"]
+        "api-url", "api-speaks", "api-model", "api-key", "api-remotes", "api-characters", "api-origins"]
     assert section.controls[KEY_AT].type == "password"
     positional = [p.name for p in inspect.signature(MainApiHandlers.save).parameters.values()
                   if p.kind == p.POSITIONAL_OR_KEYWORD]
-    assert positional[1:] == [
-        "primary_url", "primary_api", "primary_model", "api_key", "remote_urls", "characters_dir"]
+    assert positional[1:] == ["primary_url", "primary_api", "primary_model", "api_key", "remote_urls",
+                              "characters_dir", "cors_origins"]
+
+
+def test_the_web_pages_that_may_call_serve_are_saved_and_let_in_at_once(manager: FallbackManager) -> None:
+    # a browser host on a website (Amica's) is refused by serve until its origin is listed
+    gate = Gate(lambda: manager.settings.cors_origins)
+    amica = "https://amica.arbius.ai"
+    assert not allowed(amica, manager.settings.cors_origins)
+    handlers = MainApiHandlers(manager)
+    *_, origins = handlers.load()
+    assert is_update(origins, value="", info="default value")
+    _, message, *_, origins = handlers.save("", "openai", "", "", "", "", "https://Amica.Arbius.ai:443/, ")
+    assert "cors_origins = https://amica.arbius.ai" in message and "lets those pages in at once" in message
+    assert saved(manager) == {"cors_origins": [amica]}
+    assert is_update(origins, value=amica, info="saved in the settings file")
+    scope = {"type": "http", "headers": [(b"host", b"127.0.0.1:5001"), (b"origin", amica.encode())]}
+    assert gate.refusal(scope, api=True) is None  # the running serve's gate reads it at each request
+
+
+def test_a_file_page_origin_is_refused_in_the_tab_with_what_to_do(manager: FallbackManager) -> None:
+    with pytest.warns(UserWarning, match="Saving the main API failed"):
+        _, message, *_ = MainApiHandlers(manager).save("", "openai", "", "", "", "", "null")
+    assert "null" in message and "Nothing was saved" in message and saved(manager) == {}
 
 
 def test_an_ollama_main_api_without_a_model_is_saved_with_a_warning(manager: FallbackManager) -> None:

@@ -3,9 +3,10 @@
 A host pointed at ``zwaif-fallback serve`` (``make run``) sends its chats there, and serve
 forwards them to the main API; until now that address could be set only in the environment
 or with ``zwaif-fallback settings --set``. Here a person sets it, with what the server
-speaks, the model it is asked for, more servers to try before a local model, and
-text-generation-webui's folder (the characters a host names). A save is checked and written
-like the Advanced Settings', and the next chat uses it. A host that passes its own API call
+speaks, the model it is asked for, more servers to try before a local model,
+text-generation-webui's folder (the characters a host names), and the web pages that may call
+serve from a browser (``cors_origins``). A save is checked and written like the Advanced
+Settings', and the next chat uses it. A host that passes its own API call
 as the primary (``manager.chat(messages, primary=call)``) calls that first instead.
 
 The status says whether each server answers: it is asked for its model list (``probe_all``,
@@ -39,7 +40,8 @@ __all__ = ["MAIN_API_FIELDS", "MainApiHandlers", "MainApiSection", "build_main_a
 
 #: The settings shown as they are, in the order of the section's controls; the API key's
 #: control comes at ``KEY_AT`` among them (``MainApiHandlers.save`` takes them all in order).
-MAIN_API_FIELDS = ("primary_url", "primary_api", "primary_model", "remote_urls", "characters_dir")
+MAIN_API_FIELDS = ("primary_url", "primary_api", "primary_model", "remote_urls", "characters_dir",
+                   "cors_origins")
 KEY_AT = 3
 API_CHOICES = [("OpenAI-compatible (a /v1 URL: Oobabooga, LM Studio, llama.cpp)", "openai"),
                ("Ollama's own API (its root URL: Z-WAIF's API_TYPE = Ollama)", "ollama")]
@@ -69,16 +71,20 @@ class MainApiHandlers:
         return main_api_markdown(settings, self.manager.breaker_states(), probe_all(settings))
 
     def save(self, primary_url: str, primary_api: str, primary_model: str, api_key: str,
-             remote_urls: str, characters_dir: str, *, page_host: str | None = None) -> tuple[Any, ...]:
+             remote_urls: str, characters_dir: str, cors_origins: str | None = None, *,
+             page_host: str | None = None) -> tuple[Any, ...]:
         """Save the values that changed (an empty API key keeps the saved one); a refused value
-        is explained and nothing is written. ``page_host``: the host:port the page was loaded
-        from, which no server may be (it is serve itself, or the tabs alone)."""
+        is explained and nothing is written. ``cors_origins``: None leaves them as they are.
+        ``page_host``: the host:port the page was loaded from, which no server may be (it is
+        serve itself, or the tabs alone)."""
         settings = self.manager.settings
         values: dict[str, Any] = {
             "primary_url": _typed(primary_url), "primary_api": _typed(primary_api) or "openai",
             "primary_model": _typed(primary_model), "characters_dir": _typed(characters_dir),
-            "remote_urls": [u for u in map(_typed, _URL_SEPARATORS.split(fmt.text(remote_urls))) if u],
+            "remote_urls": _listed(remote_urls),
         }
+        if cors_origins is not None:
+            values["cors_origins"] = _listed(cors_origins)
         # Only what changed: an unchanged value pinned by the environment must not refuse the rest.
         changes = {f: v for f, v in values.items() if getattr(settings, f) != v}
         key, saved_key = _typed(api_key), settings.primary_api_key.get_secret_value()
@@ -104,6 +110,9 @@ class MainApiHandlers:
         settings = self.manager.settings
         message = "✅ Saved " + ", ".join(f"{f} = {_shown(getattr(settings, f))}" for f in changes) + \
             "; the next chat uses it."
+        if "cors_origins" in changes:
+            message += ("  \nA serve started with these tabs lets those pages in at once; a serve "
+                        "started apart reads them when it starts again.")
         if drop_key:
             message += ("  \nThe saved API key was for the server before: it is forgotten, so that it "
                         "is not sent to this one. Type this server's key if it needs one.")
@@ -230,6 +239,11 @@ def _endpoint(url: str) -> tuple[str, int | None]:
     return ("loopback" if is_loopback(host) else host, port)
 
 
+def _listed(value: Any) -> list[str]:
+    """A text field's comma- or space-separated values."""
+    return [v for v in map(_typed, _URL_SEPARATORS.split(fmt.text(value))) if v]
+
+
 def _typed(value: Any) -> str:
     """A text field's value, without the quotes Windows' "Copy as path" puts around it."""
     return fmt.text(value).strip("\"'").strip()
@@ -265,9 +279,10 @@ class MainApiSection:
         outputs = [self.status, self.message, *self.controls]
 
         def save(primary_url: str, primary_api: str, primary_model: str, api_key: str, remote_urls: str,
-                 characters_dir: str, request: gr.Request) -> tuple[Any, ...]:
+                 characters_dir: str, cors_origins: str, request: gr.Request) -> tuple[Any, ...]:
+            page_host = request.headers.get("host") if request is not None else None
             return h.save(primary_url, primary_api, primary_model, api_key, remote_urls, characters_dir,
-                          page_host=request.headers.get("host") if request is not None else None)
+                          cors_origins, page_host=page_host)
 
         self.save.click(save, inputs=self.controls, outputs=outputs, api_name="fallback_save_main_api"
                         ).then(h.check, outputs=self.status, **compat.PRIVATE)
@@ -294,10 +309,13 @@ def build_main_api_section(eid: Callable[[str], str]) -> MainApiSection:
         characters = gr.Textbox(label="text-generation-webui's folder (the characters a host names)",
                                 placeholder="C:/text-generation-webui", scale=1,
                                 elem_id=eid("api-characters"))
+    origins = gr.Textbox(label="Web pages that may call serve from a browser (origins, comma-separated; this "
+                               "PC's own pages always may)", placeholder="https://amica.arbius.ai",
+                         elem_id=eid("api-origins"))
     with gr.Row():
         save = gr.Button("💾 Save Main API", variant="primary", scale=3, elem_id=eid("api-save"))
         forget_key = gr.Button("Forget the API key", scale=1, elem_id=eid("api-forget-key"))
         check = gr.Button("🔄 Check again", scale=1, elem_id=eid("api-check"))
     message = gr.Markdown(elem_id=eid("api-message"))
-    return MainApiSection(status=status, controls=[url, speaks, model, key, remotes, characters], save=save,
-                          forget_key=forget_key, check=check, message=message)
+    return MainApiSection(status=status, controls=[url, speaks, model, key, remotes, characters, origins],
+                          save=save, forget_key=forget_key, check=check, message=message)

@@ -155,9 +155,9 @@ class Gate:
         if origin is not None and not allowed(origin, self._listed()):
             return self._refused(origin, NotAllowed(
                 f"a web page at {origin} may not call this server: only this machine's own pages and "
-                f"the origins in cors_origins may. To allow it, restart serve with FALLBACK_CORS_ORIGINS="
-                f"{origin} set, or after zwaif-fallback settings --set cors_origins={origin}; '*' allows "
-                "any page"))
+                f"the origins in cors_origins may. To allow it, add {origin} to \"Web pages that may call "
+                f"serve\" in the web UI's Main API section (at once), or restart serve with "
+                f"FALLBACK_CORS_ORIGINS={origin} set; '*' allows any page"))
         return None
 
     def _refused(self, name: str, problem: NotAllowed) -> Any:
