@@ -429,6 +429,20 @@ def test_health_tab_buttons_and_monitoring(page: Page, served: Served) -> None:
     screenshot(page, served, "health.png")
 
 
+def test_a_summary_that_came_while_its_tab_was_hidden_has_all_its_rows_when_the_tab_opens(page: Page) -> None:
+    """Monitoring that ends while the person is in another tab: 4.x drew the summary with the
+    rows it had before, one of three, until redrawn (``compat.redraw_on_show``)."""
+    open_tab(page, "System Health Monitor")
+    status = page.locator("#fallback-monitor-status")
+    set_number(page, "fallback-monitor-duration", "10")
+    click(page, "📈 Start Monitoring")
+    expect(status).to_contain_text("samples so far")
+    open_tab(page, "Advanced Fallback Diagnostics")
+    expect(status).to_contain_text("Monitoring finished")  # the last update, in the hidden tab
+    open_tab(page, "System Health Monitor")
+    expect_column(page, "fallback-monitor-summary", "metric", ["RAM used (MiB)", "CPU (%)", "tokens/s"])
+
+
 def test_the_host_chat_streams_and_names_the_target_of_each_answer(page: Page, served: Served) -> None:
     if served.kind != "host":
         pytest.skip("only the host has a chat")

@@ -61,6 +61,25 @@ def is_update(update: Any, **expected: Any) -> bool:
         update.get(k) == v for k, v in expected.items())
 
 
+# -- Gradio 4.x's tables ------------------------------------------------------------------
+
+
+def test_a_table_sent_as_an_update_is_padded_then_settled_and_an_empty_one_is_left_alone() -> None:
+    # the GPUs' table comes as gr.update(value=..., visible=...): its frame is padded, not skipped
+    frame = pd.DataFrame([["0", "RTX 3060"]], columns=["GPU", "name"])
+    shown, settled = compat._padded_and_settled(gr.update(value=frame, visible=True))
+    assert is_update(shown, visible=True) and len(shown["value"]) == 2
+    assert list(shown["value"].iloc[1]) == ["", ""]
+    assert is_update(settled) and settled["value"].equals(frame)
+    shown, settled = compat._padded_and_settled(frame)
+    assert len(shown) == 2 and settled["value"].equals(frame)
+    # 4.x sends an untouched table back as one row of blank cells: not sent again, nor a skip
+    blank = pd.DataFrame([["", ""]], columns=["GPU", "name"])
+    for value in (blank, frame.iloc[0:0], gr.skip()):
+        shown, settled = compat._padded_and_settled(value)
+        assert shown is value and settled == gr.skip()
+
+
 # -- diagnostics ---------------------------------------------------------------------
 
 

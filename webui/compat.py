@@ -21,7 +21,7 @@ import pandas as pd
 from gradio.context import Context
 
 __all__ = ["LAUNCH_KWARGS", "PRIVATE", "Poll", "chat_value", "chatbot", "on_page_load", "on_show", "plot",
-           "timer_update"]
+           "redraw_on_show", "timer_update"]
 
 
 def _takes(func: Callable[..., Any], name: str) -> bool:
@@ -75,48 +75,75 @@ def on_page_load(fn: Callable[..., Any], outputs: Sequence[gr.components.Compone
     return root.load(fn, outputs=list(outputs), **PRIVATE)
 
 
-# 4.x draws a gr.Dataframe's rows only when its value changes while the table is on show. One
-# filled while its tab is hidden (the page load fills every tab) gets no row drawn, and the same
-# value sent again when the tab opens changes nothing: the table stays blank. Seen on 4.36.1, the
-# Gradio Z-WAIF pins; 6 draws it. 5 is not tested here, so it gets the redraw too.
+# 4.x draws a gr.Dataframe's rows only when its value changes while the table is on show. A
+# value that comes while its tab is hidden (the page load fills every tab; a search or a chat
+# may end after the person left) gets no row drawn, or only as many as it had before, and the
+# same value sent again when the tab opens changes nothing. Seen on 4.36.1, the Gradio Z-WAIF
+# pins; 6 draws them. 5 is not tested here, so it gets the redraw too.
 _REDRAW_ON_SHOW = not _takes(gr.on, "api_visibility")
 
 
 def on_show(tab: gr.Tab, fn: Callable[[], Any], outputs: Sequence[gr.components.Component]) -> None:
-    """Call ``fn`` whenever ``tab`` is selected, to refresh ``outputs``.
-
-    Before 6, the tables among them are sent with one empty row more, and then, in an event of
-    their own, as they are: two changes while the tab is on show, so 4.x draws the rows. The
-    client sends a ``.then`` only once the updates before it are applied, so the two cannot merge
-    into one (updates that come within one animation frame do). The extra row is seen for a
-    round trip.
-    """
+    """Call ``fn`` whenever ``tab`` is selected, to refresh ``outputs``. Before 6, the tables
+    among them are drawn anew (``_twice``)."""
     outputs = list(outputs)
-    is_table = [isinstance(o, gr.Dataframe) for o in outputs]
-    if not (_REDRAW_ON_SHOW and any(is_table)):
+    if _REDRAW_ON_SHOW and any(isinstance(o, gr.Dataframe) for o in outputs):
+        _twice(tab, fn, [], outputs)
+    else:
         tab.select(fn, outputs=outputs, **PRIVATE)
-        return
+
+
+def redraw_on_show(tab: gr.Tab, tables: Sequence[gr.Dataframe]) -> None:
+    """Before 6, draw ``tables`` anew, with the rows the page has, whenever ``tab`` is selected:
+    for the tables no refresh on show covers (filled by a person's search, chat or monitoring)."""
+    if _REDRAW_ON_SHOW:
+        tables = list(tables)
+        _twice(tab, lambda *shown: shown[0] if len(shown) == 1 else shown, tables, tables)
+
+
+def _twice(tab: gr.Tab, fn: Callable[..., Any], inputs: Sequence[gr.components.Component],
+           outputs: Sequence[gr.components.Component]) -> None:
+    """On select, ``fn``'s tables go out with one empty row more, then, in an event of their own,
+    as they are: two changes while the tab is on show, so 4.x draws the rows. The client sends
+    the second event only once the first one's updates are applied, so the two cannot merge
+    into one (updates that come within one animation frame do). The extra row is seen for a
+    round trip. A table with no rows, or left as it is (gr.skip()), is not sent again."""
+    is_table = [isinstance(o, gr.Dataframe) for o in outputs]
     single = len(outputs) == 1
-    tables = [o for o, table in zip(outputs, is_table, strict=True) if table]
     held = gr.State()  # the tables' values, between the two events
 
-    def padded() -> tuple[Any, ...]:
-        values = [fn()] if single else list(fn())
-        shown = [_with_empty_row(v) if table else v for v, table in zip(values, is_table, strict=True)]
-        return (*shown, [v for v, table in zip(values, is_table, strict=True) if table])
+    def padded(*args: Any) -> tuple[Any, ...]:
+        values = [fn(*args)] if single else list(fn(*args))
+        shown, then = [], []
+        for value, table in zip(values, is_table, strict=True):
+            if table:
+                value, settle_on = _padded_and_settled(value)
+                then.append(settle_on)
+            shown.append(value)
+        return (*shown, then)
 
     def settled(values: list[Any]) -> Any:
         return values[0] if len(values) == 1 else tuple(values)
 
-    tab.select(padded, outputs=[*outputs, held], **PRIVATE).then(settled, inputs=held, outputs=tables,
-                                                                 **PRIVATE)
+    tables = [o for o, table in zip(outputs, is_table, strict=True) if table]
+    tab.select(padded, inputs=list(inputs), outputs=[*outputs, held], **PRIVATE).success(
+        settled, inputs=held, outputs=tables, show_progress="hidden", **PRIVATE)
 
 
-def _with_empty_row(value: Any) -> Any:
-    if not isinstance(value, pd.DataFrame):  # gr.skip(): the table keeps what it shows
-        return value
-    return pd.concat([value, pd.DataFrame([[""] * len(value.columns)], columns=value.columns)],
-                     ignore_index=True)
+def _padded_and_settled(value: Any) -> tuple[Any, Any]:
+    """A table's value with one empty row more, and the value to settle on after it."""
+    update = value if isinstance(value, dict) else {"value": value}  # gr.update(value=..., visible=...)
+    frame = update.get("value")
+    if not isinstance(frame, pd.DataFrame) or not _has_rows(frame):
+        return value, gr.skip()
+    empty = pd.DataFrame([[""] * len(frame.columns)], columns=frame.columns)
+    shown = pd.concat([frame, empty], ignore_index=True)
+    return ({**update, "value": shown} if isinstance(value, dict) else shown), gr.update(value=frame)
+
+
+def _has_rows(frame: pd.DataFrame) -> bool:
+    """Whether a table shows anything: 4.x sends an empty one as a row of blank cells."""
+    return any(cell not in ("", None) for row in frame.itertuples(index=False) for cell in row)
 
 
 _HAS_TIMER = hasattr(gr, "Timer")  # 4.40+

@@ -185,6 +185,7 @@ def build_health_tab(manager: FallbackManager, prefix: str = "fallback") -> Heal
     for fn, outputs in ((h.refresh_health, health_outputs), (h.history, [bench_history, failover_history])):
         compat.on_show(tab, fn, outputs)
         compat.on_page_load(fn, outputs)
+    compat.redraw_on_show(tab, [summary])  # filled when monitoring ends, maybe in another tab
     refresh.click(h.refresh_health, outputs=health_outputs, api_name="fallback_health")
     optimize.click(h.auto_optimize, outputs=[action, *health_outputs], api_name="fallback_auto_optimize")
     check.click(h.health_check, outputs=action, api_name="fallback_health_check")

@@ -319,6 +319,7 @@ def build_management_tab(manager: FallbackManager, prefix: str = "fallback") -> 
                         (h.benchmark_results, [results, chart])):
         compat.on_show(tab, fn, outputs)
         compat.on_page_load(fn, outputs)
+    compat.redraw_on_show(tab, [get_model.found, attempts])  # filled by a search, a try
     # Settings load with the page only: coming back to the tab must not undo unsaved edits.
     compat.on_page_load(h.load_settings, [*settings_controls, auto_optimize])
     refresh_models.click(h.refresh_models, outputs=model_outputs, api_name="fallback_refresh_models")
