@@ -3,6 +3,7 @@ loopback: what a person setting up the main API is told (``probe``, ``probe_all`
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -15,11 +16,12 @@ from servers import (
     SlowServer,
     refused_url,
     serve_in_process,
+    wait_until,
 )
 
 from zwaif_fallback import FallbackSettings
 from zwaif_fallback.upstream_probe import probe, probe_all
-from zwaif_fallback.upstreams import Upstream
+from zwaif_fallback.upstreams import MAX_IN_FLIGHT, Upstream, at_once, models_of
 
 
 def primary(url: str, *, ollama: bool = False, api_key: str = "") -> Upstream:
@@ -141,6 +143,29 @@ def test_all_servers_are_asked_at_once_within_the_deadline() -> None:
     assert found[0].problem == f"does not answer: no answer within 1 s at {drip.url}"
     assert not found[1].answered and found[2].models == ("qwen2.5",)
     assert took_s < 1.9, took_s  # not one after the other, and not the drip's forever
+
+
+def test_a_trickling_server_asked_again_and_again_holds_a_few_threads_not_one_an_ask() -> None:
+    # A host that polls the model list while the main API trickles: each ask goes on past its
+    # deadline for as long as the server trickles, and 12 polls held 12 threads and sockets.
+    drip = DripServer(lasts_s=60)
+    server = Upstream(drip.url, "primary", "", False)
+    try:
+        for _ in range(12):
+            assert at_once(models_of, [server], deadline_s=0.1, late=lambda _: None) == [None]
+        asking = [t for t in threading.enumerate() if t.name == "upstream-ask"]
+        assert len(asking) == MAX_IN_FLIGHT
+    finally:
+        drip.close()
+    # once the server hangs up, its asks end and it is asked again
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "upstream-ask"], timeout_s=10,
+               what="the asks to end")
+    lister = ScriptedServer(["Hi."], listed=["qwen2.5"])
+    try:
+        listed = at_once(models_of, [Upstream(lister.url, "remote", "", False)], deadline_s=5, late=list)
+    finally:
+        lister.close()
+    assert [m["id"] for m in listed[0]] == ["qwen2.5"]
 
 
 def test_no_servers_are_no_probes() -> None:

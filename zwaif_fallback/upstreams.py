@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -20,8 +21,8 @@ from .net import LOOP_STATUS, server_headers, start_for_request
 if TYPE_CHECKING:
     from .settings import FallbackSettings
 
-__all__ = ["MODELS_TIMEOUT_S", "PROBE_DEADLINE_S", "Upstream", "answers", "at_once", "model_card_of",
-           "models_of", "models_response", "upstreams"]
+__all__ = ["MAX_IN_FLIGHT", "MODELS_TIMEOUT_S", "PROBE_DEADLINE_S", "Upstream", "answers", "at_once",
+           "model_card_of", "models_of", "models_response", "upstreams"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,14 @@ def _card_of(server: Upstream, name: str) -> dict[str, Any] | None:
 PROBE_DEADLINE_S = MODELS_TIMEOUT_S + 1.0
 
 
+#: Asks to one server still running (past their deadline: a server that trickles bytes holds
+#: them as long as it trickles); with this many, the server counts as late at once, with no
+#: new thread, so a host that polls the model list cannot pile threads up on it.
+MAX_IN_FLIGHT = 4
+_in_flight: dict[str, int] = {}
+_in_flight_lock = threading.Lock()
+
+
 def at_once(ask: Callable[[Upstream], _T], servers: Sequence[Upstream], *, deadline_s: float,
             late: Callable[[Upstream], _T]) -> list[_T]:
     """``ask`` each of ``servers``, all at once, for at most ``deadline_s`` in all: httpx's
@@ -115,18 +124,31 @@ def at_once(ask: Callable[[Upstream], _T], servers: Sequence[Upstream], *, deadl
         ask: a blocking request to one server; it runs on a daemon thread in a copy of this
             context (``net.start_for_request``), so one still waiting past the deadline never
             holds up the process's exit, and what it sends says where the request came through.
+            A server with ``MAX_IN_FLIGHT`` asks still running is not asked again.
         late: what a server that has not answered by the deadline counts as.
 
     Returns:
         One result a server, in the order of ``servers``.
     """
-    futures: list[concurrent.futures.Future[_T]] = []
+    futures: list[concurrent.futures.Future[_T] | None] = []
     for server in servers:
-        futures.append(concurrent.futures.Future())
-        start_for_request(partial(_settle, futures[-1], ask, server), name="upstream-ask")
-    concurrent.futures.wait(futures, timeout=deadline_s)
-    return [future.result() if future.done() else late(server)
+        if not _admitted(server.url):
+            futures.append(None)
+            continue
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        futures.append(future)
+        start_for_request(partial(_settle, future, ask, server), name="upstream-ask")
+    concurrent.futures.wait([f for f in futures if f is not None], timeout=deadline_s)
+    return [future.result() if future is not None and future.done() else late(server)
             for server, future in zip(servers, futures, strict=True)]
+
+
+def _admitted(url: str) -> bool:
+    with _in_flight_lock:
+        if _in_flight.get(url, 0) >= MAX_IN_FLIGHT:
+            return False
+        _in_flight[url] = _in_flight.get(url, 0) + 1
+        return True
 
 
 def _settle(future: concurrent.futures.Future[_T], ask: Callable[[Upstream], _T], server: Upstream) -> None:
@@ -134,6 +156,11 @@ def _settle(future: concurrent.futures.Future[_T], ask: Callable[[Upstream], _T]
         future.set_result(ask(server))
     except Exception as exc:  # a bug, not the server's doing: raised where the results are read
         future.set_exception(exc)
+    finally:
+        with _in_flight_lock:
+            _in_flight[server.url] -= 1
+            if not _in_flight[server.url]:
+                del _in_flight[server.url]
 
 
 def models_response(server: Upstream, timeout_s: float = MODELS_TIMEOUT_S) -> Any:
