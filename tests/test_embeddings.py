@@ -80,7 +80,9 @@ def test_a_main_api_that_gives_no_answer_is_a_503_that_says_so(isolated: Path, s
     primary = refused_url()
     with serve(isolated, primary, remote_urls=[scripted.url]) as (served, _):
         answer = httpx.post(served.url + "/v1/embeddings", json=ASK, timeout=60)
+        metrics = httpx.get(served.url + "/metrics", timeout=60).text
     assert answer.status_code == 503 and answer.headers["x-fallback-source"] == "primary"
+    assert f'zwaif_embeddings_total{{code="503",target="{primary}"}} 1.0' in metrics
     message = answer.json()["error"]["message"]
     assert f"the primary server {primary} gave no answer (ConnectError" in message
     assert "nor asks another server" in message and scripted.bodies == []
@@ -93,7 +95,10 @@ def test_a_request_the_main_api_refuses_comes_back_as_it_said(isolated: Path, sc
         through = httpx.post(served.url + "/v1/embeddings", json=bad, timeout=60)
         good = httpx.post(served.url + "/v1/embeddings", content='{"input": "grün", "model": "x"}',
                           timeout=60)
+        metrics = httpx.get(served.url + "/metrics", timeout=60).text
     assert direct.status_code == 422 and (through.status_code, through.json()) == (422, direct.json())
+    for code in (422, 200):  # counted by the server asked and the status the host got
+        assert f'zwaif_embeddings_total{{code="{code}",target="{scripted.url}"}} 1.0' in metrics
     assert good.json()["data"][0]["embedding"] == [4.0, 0.5]
     assert scripted.bodies[-1] == {"input": "grün", "model": "x"}  # as it was sent
 

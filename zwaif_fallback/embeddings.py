@@ -50,13 +50,15 @@ _MAKES_NONE = ("serve makes no embeddings itself, nor asks another server for th
 @dataclass(frozen=True)
 class Embedded:
     """What a host gets back: the server's answer as it came, or serve's own error object
-    (``ours``) when it gave none. ``source``: the server's place (primary, remote)."""
+    (``ours``) when it gave none. ``source``: the server's place (primary, remote);
+    ``target``: its URL ("" when none was set)."""
 
     status: int
     body: bytes
     content_type: str = "application/json"
     source: str = ""
     ours: bool = False
+    target: str = ""
 
 
 def embeddings_url(server: Upstream, route: str) -> str | None:
@@ -88,7 +90,7 @@ class Embeddings:
         url = embeddings_url(server, route)
         if url is None:
             return _ours(404, f"{route} is Ollama's, and goes to an Ollama main API only; the main API "
-                              "here speaks OpenAI's API: ask for /v1/embeddings instead")
+                              "here speaks OpenAI's API: ask for /v1/embeddings instead", server=server)
         timeout = httpx.Timeout(READ_TIMEOUT_S, connect=settings.timeout, pool=settings.timeout)
         try:
             response = self._http().post(url, content=body, timeout=timeout, headers=server_headers(
@@ -96,7 +98,7 @@ class Embeddings:
         except httpx.HTTPError as exc:
             log.info("embeddings: %s gave no answer: %r", server.url, exc)
             return _ours(503, f"the {server.source} server {server.url} gave no answer "
-                              f"({type(exc).__name__}: {exc}). {_MAKES_NONE}", source=server.source)
+                              f"({type(exc).__name__}: {exc}). {_MAKES_NONE}", server=server)
         if response.status_code in (401, 403):
             if server.source != "primary":
                 need = "a key, and serve sends none to a remote"
@@ -105,9 +107,10 @@ class Embeddings:
             else:
                 need = "a key: set primary_api_key"
             return _ours(502, f"the {server.source} server {server.url} refused serve's request "
-                              f"({response.status_code}): it may need {need}", source=server.source)
+                              f"({response.status_code}): it may need {need}", server=server)
         return Embedded(response.status_code, response.content,
-                        response.headers.get("content-type", "application/json"), source=server.source)
+                        response.headers.get("content-type", "application/json"), source=server.source,
+                        target=server.url)
 
     def _http(self) -> Any:
         import httpx
@@ -118,9 +121,10 @@ class Embeddings:
             return self._client
 
 
-def _ours(status: int, message: str, *, source: str = "") -> Embedded:
-    """serve's own answer, in OpenAI's error shape."""
+def _ours(status: int, message: str, *, server: Upstream | None = None) -> Embedded:
+    """serve's own answer, in OpenAI's error shape; ``server``: the one it was for."""
     kind = "invalid_request_error" if status < 500 else "server_error"
     body = json.dumps({"error": {"message": message, "type": kind, "param": None,
                                  "code": "embeddings_unavailable"}}).encode()
-    return Embedded(status, body, "application/json", source=source, ours=True)
+    return Embedded(status, body, "application/json", source=server.source if server else "", ours=True,
+                    target=server.url if server else "")

@@ -10,7 +10,8 @@ collide. Two kinds of numbers:
   from that scrape.
 * **Counted** by ``record_chat`` and ``record_failed_chat``: requests, failures, breaker
   skips, failovers, mid-stream switches, chats no target could answer and generated
-  tokens, plus the generation speed gauge.
+  tokens, plus the generation speed gauge; by ``record_embeddings``, the embedding
+  requests serve passed on.
 
 Labels hold only target names (URLs, model names), sources and GPU names and
 indices, never prompt or answer text: a scrape endpoint is often less guarded
@@ -150,6 +151,9 @@ class Metrics:
                                   "ended (a client disconnected): not failures", registry=self.registry)
         self._tokens = Counter("zwaif_generated_tokens", "Tokens generated, by source of the target",
                                ["source"], registry=self.registry)
+        self._embeddings = Counter("zwaif_embeddings", "Embedding requests passed on, by the server "
+                                   "asked and the status the host got (serve's own 503 when it gave no "
+                                   "answer)", ["target", "code"], registry=self.registry)
         self._tokens_per_s = Gauge("zwaif_generation_tokens_per_second",
                                    "Generation speed: the live rate, or that of the last chat",
                                    registry=self.registry)
@@ -193,6 +197,11 @@ class Metrics:
                 self._tokens.labels(attempt.source).inc(attempt.tokens)
                 counted += attempt.tokens
         return counted
+
+    def record_embeddings(self, target: str, code: int) -> None:
+        """Count one embedding request: the server it went to ("" when none was set) and the
+        HTTP status of the answer the host got."""
+        self._embeddings.labels(target or "none", str(code)).inc()
 
     def record_cancelled(self) -> None:
         """Count one chat given up by its reader (it counts as no failure)."""

@@ -374,6 +374,7 @@ class _Api:
             return in_ollamas_words(body) if ollama else body
         answer = await _on_own_thread(partial(self._embeddings.embed, settings=self.manager.settings,
                                               route=request.url.path), body)
+        self.manager.metrics.record_embeddings(answer.target, answer.status)
         if answer.ours and ollama:
             return in_ollamas_words(Response(answer.body, status_code=answer.status))
         return Response(answer.body, status_code=answer.status, media_type=answer.content_type,
