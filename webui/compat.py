@@ -3,9 +3,9 @@
 A process holds one Gradio, the host's, so the tabs adapt to it. Each shim detects a
 feature (an attribute, a parameter), never a version string, and says which versions need it.
 ``gr.skip()``, ``gr.Dataframe(wrap=...)`` and ``launch(app_kwargs={"routes": ...})`` need none:
-4.36.1 has them already. One difference has no shim: 4.x draws a gr.Dataframe given a frame
-with no rows without its first column, so a table that is empty on most machines (the GPUs)
-is hidden while it is.
+4.36.1 has them already. 4.x draws a gr.Dataframe given a frame with no rows without its
+first column's header: ``on_show`` settles such a table as one blank row, and a table that is
+empty on most machines (the GPUs) is hidden while it is.
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def _twice(tab: gr.Tab, fn: Callable[..., Any], inputs: Sequence[gr.components.C
     as they are: two changes while the tab is on show, so 4.x draws the rows. The client sends
     the second event only once the first one's updates are applied, so the two cannot merge
     into one (updates that come within one animation frame do). The extra row is seen for a
-    round trip. A table with no rows, or left as it is (gr.skip()), is not sent again."""
+    round trip. A table with no rows is drawn anew too, as one blank row: unmeasured, 4.x keeps
+    it at its full height (500 px of blank). One left as it is (gr.skip()) is not sent again."""
     is_table = [isinstance(o, gr.Dataframe) for o in outputs]
     single = len(outputs) == 1
     held = gr.State()  # the tables' values, between the two events
@@ -134,16 +135,13 @@ def _padded_and_settled(value: Any) -> tuple[Any, Any]:
     """A table's value with one empty row more, and the value to settle on after it."""
     update = value if isinstance(value, dict) else {"value": value}  # gr.update(value=..., visible=...)
     frame = update.get("value")
-    if not isinstance(frame, pd.DataFrame) or not _has_rows(frame):
+    if not isinstance(frame, pd.DataFrame):
         return value, gr.skip()
     empty = pd.DataFrame([[""] * len(frame.columns)], columns=frame.columns)
+    if not len(frame):  # 4.x draws a frame with no rows without its first column's header
+        frame = empty
     shown = pd.concat([frame, empty], ignore_index=True)
     return ({**update, "value": shown} if isinstance(value, dict) else shown), gr.update(value=frame)
-
-
-def _has_rows(frame: pd.DataFrame) -> bool:
-    """Whether a table shows anything: 4.x sends an empty one as a row of blank cells."""
-    return any(cell not in ("", None) for row in frame.itertuples(index=False) for cell in row)
 
 
 _HAS_TIMER = hasattr(gr, "Timer")  # 4.40+
