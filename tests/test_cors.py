@@ -207,7 +207,7 @@ def test_an_error_that_escapes_a_handler_is_a_500_in_the_apis_shape_that_a_page_
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    from zwaif_fallback.server import front
+    from zwaif_fallback.front import front
 
     async def broken(request: Any) -> Any:
         raise RuntimeError("a bug in a handler")
@@ -220,13 +220,13 @@ def test_an_error_that_escapes_a_handler_is_a_500_in_the_apis_shape_that_a_page_
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             return await client.get(path, headers={"Origin": "http://localhost:3000"})
 
-    with caplog.at_level(logging.ERROR, logger="zwaif_fallback.server"):
+    with caplog.at_level(logging.ERROR, logger="zwaif_fallback.front"):
         answer = asyncio.run(ask())
     assert answer.status_code == 500
     assert answer.headers["access-control-allow-origin"] == "http://localhost:3000"
     error = answer.json()["error"]
     message = error if shape == "ollama" else error["message"]
-    assert "RuntimeError: a bug in a handler" in message and "serve's log" in message
+    assert "RuntimeError: a bug in a handler" in message and "the log has its traceback" in message
     assert "a bug in a handler" in caplog.text  # with its traceback
 
 

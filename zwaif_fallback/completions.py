@@ -38,8 +38,9 @@ from .results import Attempt, ChatResult
 # BadRequestField, CompletionRequest and the parsers live in completion_request; hosts and
 # tests import them from here too
 __all__ = ["DONE_EVENT", "Answer", "BadRequestField", "ChunkMaker", "CompletionRequest", "TextChunks",
-           "chat_completion", "error_object", "event", "fallback_info", "parse_request", "parse_text_request",
-           "status_of", "stream_chat_completion", "stream_text_completion", "text_completion", "who_answered"]
+           "chat_completion", "error_object", "event", "fallback_info", "internal_error", "parse_request",
+           "parse_text_request", "status_of", "stream_chat_completion", "stream_text_completion",
+           "text_completion", "who_answered"]
 
 log = logging.getLogger(__name__)
 
@@ -308,9 +309,15 @@ def error_object(exc: BaseException) -> dict[str, Any]:
                  "code": _snake(type(exc).__name__)}
     else:
         log.exception("chat completion failed unexpectedly")
-        error = {"message": f"internal error: {type(exc).__name__}: {exc}", "type": "server_error",
-                 "param": None, "code": "internal_error"}
+        error = internal_error(exc)
     return {"error": error, "attempts": [a.model_dump() for a in attempts]}
+
+
+def internal_error(exc: BaseException) -> dict[str, Any]:
+    """The OpenAI error object for an exception that is a bug of ours, not the request's or a
+    target's doing (the caller logs its traceback)."""
+    return {"message": f"internal error: {type(exc).__name__}: {exc} (the log has its traceback)",
+            "type": "server_error", "param": None, "code": "internal_error"}
 
 
 def status_of(answer: dict[str, Any]) -> int:

@@ -38,13 +38,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import cors, ollama_api
+from . import ollama_api
 from .admission import (
     API_KEY_ENV,
     MAX_BODY_BYTES,
     check_bind,
-    loop_refusal,
-    looped,
     read_body,
     read_raw_body,
     refusal,
@@ -54,8 +52,9 @@ from .completion_request import parse_request, parse_text_request
 from .completions import ChunkMaker, TextChunks, error_object, status_of, who_answered
 from .embeddings import OLLAMA_ROUTES, Embeddings
 from .errors import InvalidSettings
+from .front import front
 from .listening import listen, serving
-from .net import instance_ids, is_loopback, passing_through, start_for_request
+from .net import start_for_request
 from .ollama_info import UNANSWERED, OllamaInfo, in_ollamas_words, render
 from .relay import Relay, on_disconnect, shutting_down
 from .routing import chain_text
@@ -113,79 +112,6 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
     app.state.stop_chats = api.stop_chats
     app.state.cors_origins = lambda: manager.settings.cors_origins  # read for each page's request
     return app
-
-
-def front(app: Starlette, *, host: str = "127.0.0.1",
-          announce: Callable[[str], None] | None = None) -> Callable[..., Any]:
-    """``app`` as ``run`` serves it: the API's paths sent straight to their routes, a request
-    from this process itself refused (``admission.looped``), one from other serves answered
-    with their ids sent on (``net.passing_through``), one from a web page answered or refused
-    as ``cors`` says. FastAPI's middleware (error pages, exception handlers, body limits) cost
-    a streamed request about a tenth of its CPU, and the API's handlers need none of it: they
-    answer their errors themselves. Everything else (the tabs, lifespan) goes through ``app``
-    as before, once ``cors.Gate`` has let it in. ``host``: the address it listens on (on
-    loopback only this machine's names are answered); ``announce``: told why a web page's
-    request was refused (a browser shows the page no reason)."""
-    from starlette.routing import Router
-
-    routes = app.state.api_routes
-    router, paths = Router(routes=routes), {route.path for route in routes}
-    gate = cors.Gate(listed=app.state.cors_origins, on_loopback=is_loopback(host), tell=announce)
-
-    async def asgi(scope: Any, receive: Any, send: Any) -> None:
-        api = scope["type"] == "http" and scope["path"] in paths
-        refused = gate.refusal(scope, api=api) if scope["type"] == "http" else None
-        if refused is not None:
-            await _worded(scope, refused)(scope, receive, send)
-        elif api:
-            origin = cors.origin_of(scope["headers"])
-            if origin is not None:  # a browser's request, from a page let in
-                if scope["method"] == "OPTIONS":
-                    await cors.preflight(origin, scope["headers"], send)
-                    return
-                send = cors.showing_to(origin, send)
-            came_through = instance_ids(scope["headers"])
-            if looped(came_through):
-                await _worded(scope, loop_refusal())(scope, receive, send)
-            else:
-                with passing_through(came_through):
-                    await _answering_escapes(router, scope, receive, send)
-        else:
-            await app(scope, receive, send)
-
-    return asgi
-
-
-async def _answering_escapes(app: Any, scope: Any, receive: Any, send: Any) -> None:
-    """``app``'s answer; an exception it lets out before answering gets a 500 in the API's
-    shape, sent through ``send``, so a web page let in reads it too. uvicorn's own 500 is
-    plain text and has no CORS header: the page would see a network error. Once the answer
-    has begun, the exception goes on to uvicorn, which closes the connection."""
-    started = False
-
-    async def sending(message: Any) -> None:
-        nonlocal started
-        started = started or message["type"] == "http.response.start"
-        await send(message)
-
-    try:
-        await app(scope, receive, sending)
-    except Exception as exc:
-        if started:
-            raise
-        log.exception("%s %s failed", scope["method"], scope["path"])
-        from starlette.responses import JSONResponse
-
-        failed = JSONResponse({"error": {
-            "message": f"internal error in serve: {type(exc).__name__}: {exc} (serve's log has the "
-                       "traceback)", "type": "server_error", "param": None, "code": "internal_error"}},
-            status_code=500)
-        await _worded(scope, failed)(scope, receive, send)
-
-
-def _worded(scope: Any, refused: Response) -> Response:
-    """A refusal as the path's API words it: Ollama's ``/api/`` routes have their own shape."""
-    return in_ollamas_words(refused) if scope["path"].startswith("/api/") else refused
 
 
 def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
