@@ -110,8 +110,7 @@ PROBE_DEADLINE_S = MODELS_TIMEOUT_S + 1.0
 #: them as long as it trickles); with this many, the server counts as late at once, with no
 #: new thread, so a host that polls the model list cannot pile threads up on it.
 MAX_IN_FLIGHT = 4
-_in_flight: dict[str, int] = {}
-_in_flight_lock = threading.Lock()
+_slots: dict[str, threading.Semaphore] = {}  # a server's URL -> its asks that may run now
 
 
 def at_once(ask: Callable[[Upstream], _T], servers: Sequence[Upstream], *, deadline_s: float,
@@ -132,7 +131,7 @@ def at_once(ask: Callable[[Upstream], _T], servers: Sequence[Upstream], *, deadl
     """
     futures: list[concurrent.futures.Future[_T] | None] = []
     for server in servers:
-        if not _admitted(server.url):
+        if not _slot(server).acquire(blocking=False):
             futures.append(None)
             continue
         future: concurrent.futures.Future[_T] = concurrent.futures.Future()
@@ -143,12 +142,8 @@ def at_once(ask: Callable[[Upstream], _T], servers: Sequence[Upstream], *, deadl
             for server, future in zip(servers, futures, strict=True)]
 
 
-def _admitted(url: str) -> bool:
-    with _in_flight_lock:
-        if _in_flight.get(url, 0) >= MAX_IN_FLIGHT:
-            return False
-        _in_flight[url] = _in_flight.get(url, 0) + 1
-        return True
+def _slot(server: Upstream) -> threading.Semaphore:
+    return _slots.setdefault(server.url, threading.Semaphore(MAX_IN_FLIGHT))  # setdefault: atomic
 
 
 def _settle(future: concurrent.futures.Future[_T], ask: Callable[[Upstream], _T], server: Upstream) -> None:
@@ -157,10 +152,7 @@ def _settle(future: concurrent.futures.Future[_T], ask: Callable[[Upstream], _T]
     except Exception as exc:  # a bug, not the server's doing: raised where the results are read
         future.set_exception(exc)
     finally:
-        with _in_flight_lock:
-            _in_flight[server.url] -= 1
-            if not _in_flight[server.url]:
-                del _in_flight[server.url]
+        _slot(server).release()
 
 
 def models_response(server: Upstream, timeout_s: float = MODELS_TIMEOUT_S) -> Any:
