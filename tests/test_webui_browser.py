@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import pytest
@@ -149,7 +149,7 @@ def page(browser: Browser, served: Served) -> Iterator[Page]:
         page.get_by_label("username").fill(LOGIN[0])
         page.get_by_label("password").fill(LOGIN[1])
         page.get_by_role("button", name="Login").click()
-        page.get_by_role("tab", name="Settings").click()
+        page.get_by_role("tab", name="Settings").filter(visible=True).click()
     expect(page.locator("#fallback-diag-status")).to_contain_text("VRAM probe that answered")
     page.wait_for_function(IDLE)
     yield page
@@ -158,7 +158,8 @@ def page(browser: Browser, served: Served) -> Iterator[Page]:
 
 def open_tab(page: Page, label: str) -> None:
     """Select a tab and wait for the refresh its selection starts (else it could undo our input)."""
-    page.get_by_role("tab", name=label).click()
+    # visible: 5.x also keeps a hidden copy of each tab's button, to measure what overflows
+    page.get_by_role("tab", name=label).filter(visible=True).click()
     page.wait_for_function(IDLE)
 
 
@@ -205,6 +206,20 @@ def colour_columns(page: Page, elem_id: str) -> tuple[float, float]:
             green.append(i % picture.width)
     assert len(red) > 500 and len(green) > 500, f"{len(red)} red and {len(green)} green pixels"
     return sum(red) / len(red), sum(green) / len(green)
+
+
+def outcome_centres(attempts: list[dict[str, Any]]) -> tuple[float, float]:
+    """Where the failed attempts and the answers sit on average, in bars from the left of a chart
+    with a bar per target in name order: a stacked segment's area grows with its count, so its
+    colour's mean x follows the same average."""
+    targets = sorted({str(a["target"]) for a in attempts})
+
+    def centre(ok: bool) -> float:
+        bars = [targets.index(str(a["target"])) for a in attempts if bool(a["ok"]) is ok]
+        assert bars, f"no {'answered' if ok else 'failed'} attempt in the history: {attempts}"
+        return sum(bars) / len(bars)
+
+    return centre(False), centre(True)
 
 
 def table(page: Page, elem_id: str) -> list[dict[str, str]]:
@@ -397,6 +412,10 @@ def test_try_the_fallback_shows_each_attempt(page: Page, served: Served) -> None
 
 
 def test_health_tab_buttons_and_monitoring(page: Page, served: Served) -> None:
+    # the history charts' own data, so the test stands alone: a benchmark, and a chat whose refused
+    # main API fails over to the local model (the tab reads both when it opens)
+    served.manager.benchmark("tiny")
+    assert served.manager.chat([{"role": "user", "content": "Hi"}], max_tokens=4).fell_back
     open_tab(page, "System Health Monitor")
     score = page.locator("#fallback-health-score")
     action = page.locator("#fallback-health-action")
@@ -426,10 +445,14 @@ def test_health_tab_buttons_and_monitoring(page: Page, served: Served) -> None:
     expect_plotted(page, "fallback-monitor-load", "line")
     expect_plotted(page, "fallback-history-benchmarks", "rect", "tiny")
     expect_plotted(page, "fallback-history-failovers", "rect")
-    # the main API's failed attempt is red and the local model's answer green; "http://..." sorts
-    # after "SmolLM2...", so the red bar is the right one (4.36.1 coloured it green)
+    # the main API's failed attempts are red and the local models' answers green (4.36.1 coloured
+    # them the other way round): the red pixels lie on the side where the failed attempts are
     red, green = colour_columns(page, "fallback-history-failovers")
-    assert red > green, f"the red bar is at x={red:.0f}, the green one at x={green:.0f}"
+    failed_at, ok_at = outcome_centres(served.manager.failover_history())
+    assert abs(failed_at - ok_at) >= 0.25, f"failed and ok attempts are both centred near bar {ok_at:.2f}"
+    assert (red > green) == (failed_at > ok_at), (
+        f"the red pixels are centred at x={red:.0f} and the green ones at x={green:.0f}, but the failed "
+        f"attempts at bar {failed_at:.2f} and the answers at bar {ok_at:.2f}")
     screenshot(page, served, "health.png")
 
 

@@ -625,11 +625,28 @@ def test_history_charts_show_benchmarks_and_failovers(manager: FallbackManager) 
     manager.switch_model("tiny")
     manager.benchmark("tiny")
     manager.chat([{"role": "user", "content": "Hi"}], primary=refused_url(), max_tokens=4)
-    benchmarks, failovers = HealthHandlers(manager).history()
+    charts = HealthHandlers(manager).history()
+    benchmarks, failovers = (chart["value"] if isinstance(chart, dict) else chart for chart in charts)
     assert list(benchmarks["model"]) == ["tiny"] and benchmarks["gen_tps"].iloc[0] > 0
     # each target has a row for each outcome, failed ones first: 4.x colours the first category red
     assert list(failovers["outcome"]) == ["failed", "failed", "ok", "ok"]
     assert failovers.groupby("outcome")["attempts"].sum().to_dict() == {"failed": 1, "ok": 1}
+    if compat._COLOR_MAPS:  # exactly the colours each frame has (``compat.colored``)
+        assert charts[0]["color_map"] == {"tiny": fmt.MODEL_COLORS[0]}
+        assert charts[1]["color_map"] == {"failed": "#ef4444", "ok": "#22c55e"}
+
+
+def test_a_charts_colours_are_those_its_frame_has_so_a_new_one_changes_them() -> None:
+    frame = pd.DataFrame([["1", "b", 1.0], ["2", "a", 2.0], ["3", "b", 3.0]], columns=["run", "model", "tps"])
+    chart = compat.colored(frame, "model", ("#111111", "#222222"))
+    if not compat._COLOR_MAPS:  # 4.36-4.3x: the frame alone, its order picks the colours
+        assert chart is frame
+        return
+    assert is_update(chart, color_map={"a": "#111111", "b": "#222222"}) and chart["value"] is frame
+    more = compat.colored(pd.concat([frame, pd.DataFrame([["4", "0", 1.0]], columns=frame.columns)]), "model",
+                          ("#111111", "#222222"))
+    assert more["color_map"] == {"0": "#111111", "a": "#222222", "b": "#111111"}  # round the palette
+    assert compat.colored(frame.iloc[0:0], "model", {"a": "#111111"})["color_map"] == {}
 
 
 # -- serving ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio.to_thread
@@ -20,8 +20,8 @@ import gradio as gr
 import pandas as pd
 from gradio.context import Context
 
-__all__ = ["LAUNCH_KWARGS", "PRIVATE", "Poll", "chat_value", "chatbot", "on_page_load", "on_show", "plot",
-           "redraw_on_show", "timer_update"]
+__all__ = ["LAUNCH_KWARGS", "PRIVATE", "Poll", "chat_value", "chatbot", "colored", "on_page_load", "on_show",
+           "plot", "redraw_on_show", "timer_update"]
 
 
 def _takes(func: Callable[..., Any], name: str) -> bool:
@@ -42,8 +42,7 @@ _OPEN_Y_LIM = "None]" in str(inspect.signature(gr.BarPlot.__init__).parameters["
 
 
 def plot(cls: type[Any], **kwargs: Any) -> Any:
-    """A gr.LinePlot or gr.BarPlot for this Gradio; its bars start at zero. A ``color_map`` is
-    dropped where the plot takes none (4.36-4.3x).
+    """A gr.LinePlot or gr.BarPlot for this Gradio; its bars start at zero.
 
     Native plots (4.4x on) mount with an empty frame of their columns: on 4.44.1 one that mounts
     with no value stops every load event of the page. A chart with a ``color`` that is on show
@@ -52,14 +51,37 @@ def plot(cls: type[Any], **kwargs: Any) -> Any:
     themselves up to 4.x, where a None in y_lim breaks the axis; from 5.0 they need
     ``y_lim=[0, None]``.
     """
-    if "color_map" in kwargs and not _takes(cls.__init__, "color_map"):
-        del kwargs["color_map"]  # before native plots: the order of the categories picks colours
     if _NATIVE_PLOTS:
         kwargs.setdefault("value", pd.DataFrame(columns=[kwargs[k] for k in ("x", "y", "color")
                                                          if kwargs.get(k)]))
     if cls is gr.BarPlot and _OPEN_Y_LIM:
         kwargs.setdefault("y_lim", [0, None])
     return cls(**kwargs)
+
+
+_COLOR_MAPS = _takes(gr.BarPlot.__init__, "color_map")  # native plots; before them, none
+
+
+def colored(frame: pd.DataFrame, column: str, colors: Mapping[str, str] | Sequence[str]) -> Any:
+    """A chart's new ``frame`` with a colour for each value of ``column`` in it: named in
+    ``colors``, or a palette's, in turn, for the values in name order.
+
+    A chart whose colours are not known when it mounts needs this on 4.4x and 5.x. They build
+    a chart's colour scale from the values of the frame they draw it with, and build it anew
+    only when a setting such as ``color_map`` changes: new data in new colours is drawn in none.
+    A history chart that mounted empty (before any benchmark) stayed blank on 5.50 after its
+    first runs came, until the page was loaded again. A color_map that names exactly the
+    frame's colours changes whenever they do. Where plots take no color_map (4.36-4.3x), the
+    frame alone: there the order in which the values first come picks the colours.
+    """
+    if not _COLOR_MAPS:
+        return frame
+    values = sorted({str(v) for v in frame[column]})
+    if isinstance(colors, Mapping):
+        color_map = {v: colors[v] for v in values}
+    else:
+        color_map = {v: colors[i % len(colors)] for i, v in enumerate(values)}
+    return gr.update(value=frame, color_map=color_map)
 
 
 def on_page_load(fn: Callable[..., Any], outputs: Sequence[gr.components.Component]) -> Any:
@@ -111,7 +133,8 @@ def _twice(tab: gr.Tab, fn: Callable[..., Any], inputs: Sequence[gr.components.C
     it at its full height (500 px of blank). One left as it is (gr.skip()) is not sent again."""
     is_table = [isinstance(o, gr.Dataframe) for o in outputs]
     single = len(outputs) == 1
-    held = gr.State()  # the tables' values, between the two events
+    with tab:  # in the tabs' gr.Tabs, between two tabs, 5.x drew a second button for the one before
+        held = gr.State()  # the tables' values, between the two events
 
     def padded(*args: Any) -> tuple[Any, ...]:
         values = [fn(*args)] if single else list(fn(*args))

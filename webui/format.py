@@ -367,6 +367,9 @@ def benchmark_history_frame(history: Iterable[Mapping[str, Any]], *, last: int =
 #: seen red, the second green (4.36.1's palette, which a gr.BarPlot there cannot be given).
 OUTCOMES = ("failed", "ok")
 OUTCOME_COLORS = {"failed": "#ef4444", "ok": "#22c55e"}  # for Gradios whose plots take a color_map
+#: The models' colours in the benchmark history, in turn: vega's own ten (what 6 draws without one).
+MODEL_COLORS = ("#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6",
+                "#9d755d", "#bab0ac")
 
 
 def failover_history_frame(attempts: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

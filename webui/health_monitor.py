@@ -126,7 +126,8 @@ class HealthHandlers:
         except FallbackError as exc:
             fmt.failure(exc, "Reading history")
             return gr.skip(), gr.skip()
-        return fmt.benchmark_history_frame(benchmarks), fmt.failover_history_frame(failovers)
+        return (compat.colored(fmt.benchmark_history_frame(benchmarks), "model", fmt.MODEL_COLORS),
+                compat.colored(fmt.failover_history_frame(failovers), "outcome", fmt.OUTCOME_COLORS))
 
 
 @dataclass
@@ -177,7 +178,7 @@ def build_health_tab(manager: FallbackManager, prefix: str = "fallback") -> Heal
                                         title="Past benchmarks: tokens/s per run", x_title="run",
                                         y_title="tokens/s", elem_id=eid("history-benchmarks"))
             failover_history = compat.plot(gr.BarPlot, x="target", y="attempts", color="outcome",
-                                           color_map=fmt.OUTCOME_COLORS, title="Failover attempts by target",
+                                           title="Failover attempts by target",
                                            elem_id=eid("history-failovers"))
 
     health_outputs = [health, factors, recommendations]
