@@ -101,7 +101,7 @@ def on_page_load(fn: Callable[..., Any], outputs: Sequence[gr.components.Compone
 # value that comes while its tab is hidden (the page load fills every tab; a search or a chat
 # may end after the person left) gets no row drawn, or only as many as it had before, and the
 # same value sent again when the tab opens changes nothing. Seen on 4.36.1, the Gradio Z-WAIF
-# pins, and 4.37.2; 6 and 5.50 draw them (the browser tests pass there without the redraw). The
+# pins; 6 and 5.50 draw them (the browser tests pass there without the redraw). The
 # earlier 5.x releases are not tested here, so 5 keeps the redraw, which costs a round trip.
 _REDRAW_ON_SHOW = not _takes(gr.on, "api_visibility")
 
