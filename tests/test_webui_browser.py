@@ -47,26 +47,11 @@ LOGIN = ("host", "secret")
 IDLE = """() => [...document.querySelectorAll('[data-testid=status-tracker]')]
                 .every(e => e.classList.contains('hide') || e.offsetParent === null)"""
 WAIT_MS = 60_000  # a deadline, not a pause: expect() returns as soon as the text is there
-# Data drawn: a line or bar with a size (native plots, 4.40+, draw SVG), or colour on the canvas
-# the altair plots of earlier versions draw on (axes, grid and labels are grey; marks are not).
-PLOTTED = """([id, mark]) => {
-    const chart = document.getElementById(id);
-    for (const path of chart.querySelectorAll(`.mark-${mark} path`)) {
-        const box = path.getBBox();
-        if (box.width > 0 && (mark === 'line' || box.height > 0)) return true;
-    }
-    for (const canvas of chart.querySelectorAll('canvas')) {
-        if (!canvas.width || !canvas.height) continue;
-        const rgba = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-        let coloured = 0;  // opaque ones: the anti-aliased edges of grey text are faintly coloured
-        for (let i = 0; i < rgba.length; i += 4)
-            if (rgba[i + 3] > 200 && Math.max(rgba[i], rgba[i + 1], rgba[i + 2])
-                                     - Math.min(rgba[i], rgba[i + 1], rgba[i + 2]) > 60) coloured++;
-        // more than the legend's symbols (four of them come to 200): bars are areas, lines are thin
-        if (coloured > (mark === 'rect' ? 1000 : 200)) return true;
-    }
-    return false;
-}"""
+# Data drawn: more strongly coloured pixels on the chart than its legend's symbols have (four
+# of them come to about 200): axes, grid and labels are grey, marks are not. Counted on a
+# screenshot, the same for the canvas of 4.3x's altair plots and the SVG of native ones, where
+# a line's path can be there and yet draw nothing (6.31, before its charts mounted typed).
+DRAWN_PIXELS = {"rect": 1000, "line": 300}
 # The header and rows of a gr.Dataframe as text: a grid of divs with ARIA roles from 5.0 (rows
 # drawn as they scroll into view), before it a table (the last one: the first only sizes columns).
 TABLE = """(id) => {
@@ -183,9 +168,33 @@ def set_number(page: Page, elem_id: str, value: str) -> None:
     expect(page.locator(f"#{elem_id} input[type=range]")).to_have_value(value)
 
 
+def pixels(page: Page, elem_id: str) -> Iterator[tuple[int, tuple[int, int, int]]]:
+    """The x and RGB colour of each pixel of a screenshot of an element."""
+    from PIL import Image
+
+    picture = Image.open(io.BytesIO(page.locator(f"#{elem_id}").screenshot())).convert("RGB")
+    return ((i % picture.width, rgb) for i, rgb in enumerate(picture.getdata()))
+
+
+def coloured_pixels(page: Page, elem_id: str) -> list[int]:
+    """The x of each strongly coloured pixel of an element (anti-aliased grey text is faintly
+    coloured at most)."""
+    return [x for x, (r, g, b) in pixels(page, elem_id) if max(r, g, b) - min(r, g, b) > 60]
+
+
 def expect_plotted(page: Page, elem_id: str, mark: str, text: str | None = None) -> None:
-    """The chart shows data, and ``text`` where its labels are text (SVG, not canvas pixels)."""
-    page.wait_for_function(PLOTTED, arg=[elem_id, mark])
+    """The chart shows data (its ``mark``: "line" or "rect"), and ``text`` where its labels are
+    text (SVG, not canvas pixels)."""
+    seen: list[int] = [0]
+
+    def drawn() -> bool:
+        seen[0] = len(coloured_pixels(page, elem_id))
+        return seen[0] > DRAWN_PIXELS[mark]
+
+    try:
+        wait_until(drawn, timeout_s=WAIT_MS / 1000, what=f"a {mark} drawn in #{elem_id}", interval_s=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; it has {seen[0]} coloured pixels") from None
     chart = page.locator(f"#{elem_id}")
     if text is not None and chart.locator(f".mark-{mark} path").count():
         expect(chart).to_contain_text(text)
@@ -194,16 +203,13 @@ def expect_plotted(page: Page, elem_id: str, mark: str, text: str | None = None)
 def colour_columns(page: Page, elem_id: str) -> tuple[float, float]:
     """The mean x of the chart's red pixels and of its green ones, from a screenshot (a canvas on
     4.x, SVG later): strongly coloured only, so grey axes and anti-aliased text do not count."""
-    from PIL import Image
-
-    picture = Image.open(io.BytesIO(page.locator(f"#{elem_id}").screenshot())).convert("RGB")
     red: list[int] = []
     green: list[int] = []
-    for i, (r, g, b) in enumerate(picture.getdata()):
+    for x, (r, g, b) in pixels(page, elem_id):
         if r > 180 and g < 110 and b < 110:
-            red.append(i % picture.width)
+            red.append(x)
         elif g > 150 and r < 110 and b < 150:
-            green.append(i % picture.width)
+            green.append(x)
     assert len(red) > 500 and len(green) > 500, f"{len(red)} red and {len(green)} green pixels"
     return sum(red) / len(red), sum(green) / len(green)
 

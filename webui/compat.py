@@ -44,12 +44,16 @@ _OPEN_Y_LIM = "None]" in str(inspect.signature(gr.BarPlot.__init__).parameters["
 def plot(cls: type[Any], **kwargs: Any) -> Any:
     """A gr.LinePlot or gr.BarPlot for this Gradio; its bars start at zero.
 
-    Native plots (4.4x on) mount with an empty frame of their columns: on 4.44.1 one that mounts
-    with no value stops every load event of the page. A chart with a ``color`` that is on show
-    when the page opens needs a ``value`` with every colour in it (a frame of zeros): 5.x keeps
-    the colours of the first frame it draws, and draws no others. Bars start at zero by
-    themselves up to 4.x, where a None in y_lim breaks the axis; from 5.0 they need
-    ``y_lim=[0, None]``.
+    Native plots (4.4x on) mount with an empty frame of their columns, unless given a
+    ``value``: on 4.44.1 one that mounts with no value stops every load event of the page. They
+    build a chart's axes and colours from a frame's column types and colour values, and build
+    them anew only when a setting changes (``x_lim``, ``color_map``, a title...): new data
+    alone is drawn on what they built. An empty frame's columns are untyped, and have no
+    colour. A chart whose colours are known in advance therefore mounts with a ``value`` that
+    has every one of them, at zero, in columns of the right types: 6.31 drew the monitoring
+    charts, mounted empty, as categories with no line. One whose colours come with its data
+    gets them with each frame (``colored``). Bars start at zero by themselves up to 4.x, where
+    a None in y_lim breaks the axis; from 5.0 they need ``y_lim=[0, None]``.
     """
     if _NATIVE_PLOTS:
         kwargs.setdefault("value", pd.DataFrame(columns=[kwargs[k] for k in ("x", "y", "color")
@@ -66,9 +70,10 @@ def colored(frame: pd.DataFrame, column: str, colors: Mapping[str, str] | Sequen
     """A chart's new ``frame`` with a colour for each value of ``column`` in it: named in
     ``colors``, or a palette's, in turn, for the values in name order.
 
-    A chart whose colours are not known when it mounts needs this on 4.4x and 5.x. They build
-    a chart's colour scale from the values of the frame they draw it with, and build it anew
-    only when a setting such as ``color_map`` changes: new data in new colours is drawn in none.
+    A chart whose colours are not known when it mounts needs this where plots are native (4.4x
+    to 6). They build a chart's colour scale from the values of the frame they draw it with, and
+    build it anew only when a setting such as ``color_map`` changes: new data in new colours is
+    drawn in none.
     A history chart that mounted empty (before any benchmark) stayed blank on 5.50 after its
     first runs came, until the page was loaded again. A color_map that names exactly the
     frame's colours changes whenever they do. Where plots take no color_map (4.36-4.3x), the

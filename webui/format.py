@@ -344,9 +344,12 @@ def performance_markdown(stats: PerformanceStats) -> str:
 
 
 def samples_frame(samples: Iterable[Sample], metrics: Sequence[str]) -> pd.DataFrame:
-    """Samples in long form (t_s, value, metric) for a LinePlot coloured by metric."""
+    """Samples in long form (t_s, value, metric) for a LinePlot coloured by metric. Without
+    samples, each metric at zero at t_s 0: the chart mounts with that (see ``compat.plot``)."""
     rows = [[s.t_s, float(v), SAMPLE_LABELS[m]] for s in samples for m in metrics
             if (v := getattr(s, m)) is not None]
+    if not rows:
+        rows = [[0.0, 0.0, SAMPLE_LABELS[m]] for m in metrics]
     return pd.DataFrame(rows, columns=["t_s", "value", "metric"])
 
 

@@ -106,12 +106,8 @@ class HealthHandlers:
 
     @staticmethod
     def _plots(samples: Sequence[Sample], duration_s: float) -> tuple[Any, Any]:
-        """The live charts over the whole session, left as they are until its first sample.
-
-        The session's x range also makes Gradio 5 redraw a chart from its first real frame: it
-        keeps the column types of the frame a chart first drew (the empty one it mounts with),
-        and draws nothing once it has had an empty frame between two timer ticks.
-        """
+        """The live charts over the whole session (its x range), left as they are until its
+        first sample: 5.x drew nothing once it had had an empty frame between two timer ticks."""
         if not samples:
             return gr.skip(), gr.skip()
         x_lim = [0, duration_s]
@@ -163,9 +159,11 @@ def build_health_tab(manager: FallbackManager, prefix: str = "fallback") -> Heal
             stop = gr.Button("⏹️ Stop Monitoring", variant="stop", scale=1, elem_id=eid("monitor-stop"))
         monitor_status = gr.Markdown("Not monitoring.", elem_id=eid("monitor-status"))
         with gr.Row():
-            memory_plot = compat.plot(gr.LinePlot, x="t_s", y="value", color="metric", title="Memory (MiB)",
+            memory_plot = compat.plot(gr.LinePlot, value=fmt.samples_frame([], fmt.MEMORY_METRICS),
+                                      x="t_s", y="value", color="metric", title="Memory (MiB)",
                                       x_title="seconds", y_title="MiB", elem_id=eid("monitor-memory"))
-            load_plot = compat.plot(gr.LinePlot, x="t_s", y="value", color="metric",
+            load_plot = compat.plot(gr.LinePlot, value=fmt.samples_frame([], fmt.LOAD_METRICS),
+                                    x="t_s", y="value", color="metric",
                                     title="CPU, GPU and tokens/s", x_title="seconds", y_title="% or tokens/s",
                                     elem_id=eid("monitor-load"))
         summary = gr.Dataframe(headers=fmt.SUMMARY_COLUMNS, label="Monitoring summary",
