@@ -2,7 +2,8 @@
 #   make run    the main job: serve, the OpenAI-compatible endpoint with the web UI beside it,
 #               and the bundled SmolLM2 as the fallback
 #   make test   the test suite (installs test dependencies and Chromium first), then the UI tests
-#               again in .venv-host, on the Gradio stack Z-WAIF pins (built once, then reused)
+#               again in .venv-host, on the Gradio stack Z-WAIF pins (built once, then reused),
+#               and on Gradio 5 in a throwaway venv (test-gradio)
 #   make test-gradio GRADIO=5.50.0   the UI tests on another Gradio, in a throwaway venv
 # They are conveniences over `python -m` commands that work on every platform.
 
@@ -79,6 +80,7 @@ run: setup
 test: setup-test
 	$(PY) -m pytest
 	$(MAKE) test-host
+	$(MAKE) test-gradio
 
 # The UI tests inside webui.host_example on Gradio 4.36.1 (the standalone page runs in .venv).
 test-host: $(HOST_VENV)/.setup-host
