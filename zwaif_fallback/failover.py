@@ -242,5 +242,5 @@ class FailoverChain:
                      caller_cancel)
 
 
-def _retryable(exc: Exception) -> bool:
+def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TargetFailed) and exc.retryable
