@@ -98,14 +98,16 @@ def test_the_chat_streams_the_answer_then_names_its_target(tmp_path: Path, tiny_
     assert lines[0] == "*waiting for the first words…*"
     assert any(line.startswith("*answering: `") for line in lines[1:-1])
     assert lines[-1].startswith("*answered by `") and lines[-1].endswith("(local) after a failover*")
-    _, turns, message = updates[-1]
-    assert [t["role"] for t in turns] == ["user", "assistant"] and turns[1]["content"] and message == ""
+    _, turns, _ = updates[-1]
+    assert [t["role"] for t in turns] == ["user", "assistant"] and turns[1]["content"]
+    # the box is emptied when the message is taken, then left alone: the next one may be typed
+    assert updates[0][2] == "" and all(box == gr.skip() for _, _, box in updates[1:])
 
 
 def test_the_chat_keeps_the_answer_lines_out_of_the_conversation() -> None:
     turns = [{"role": "user", "content": "Hi", "by": ""},
              {"role": "assistant", "content": "Hello!", "by": "*answered by `x` (local) directly*"}]
-    shown, kept, _ = ChatHandlers.outputs(turns)
+    shown, kept = ChatHandlers.outputs(turns)
     assert kept == turns
     assert shown == compat.chat_value([{"role": "user", "content": "Hi"},
                                        {"role": "assistant", "content": "Hello!\n\n" + turns[1]["by"]}])

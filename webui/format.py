@@ -344,13 +344,16 @@ def performance_markdown(stats: PerformanceStats) -> str:
 
 
 def samples_frame(samples: Iterable[Sample], metrics: Sequence[str]) -> pd.DataFrame:
-    """Samples in long form (t_s, value, metric) for a LinePlot coloured by metric. Without
-    samples, each metric at zero at t_s 0: the chart mounts with that (see ``compat.plot``)."""
+    """Samples in long form (t_s, value, metric) for a LinePlot coloured by metric."""
     rows = [[s.t_s, float(v), SAMPLE_LABELS[m]] for s in samples for m in metrics
             if (v := getattr(s, m)) is not None]
-    if not rows:
-        rows = [[0.0, 0.0, SAMPLE_LABELS[m]] for m in metrics]
     return pd.DataFrame(rows, columns=["t_s", "value", "metric"])
+
+
+def zero_samples_frame(metrics: Sequence[str]) -> pd.DataFrame:
+    """Each metric at zero at t_s 0, in the columns ``samples_frame`` gives: what a live chart
+    mounts with, typed and with all its colours (see ``compat.plot``)."""
+    return pd.DataFrame([[0.0, 0.0, SAMPLE_LABELS[m]] for m in metrics], columns=["t_s", "value", "metric"])
 
 
 def summary_frame(summary: Mapping[str, MetricSummary]) -> pd.DataFrame:

@@ -114,7 +114,7 @@ class HealthHandlers:
         return (gr.update(value=fmt.samples_frame(samples, fmt.MEMORY_METRICS), x_lim=x_lim),
                 gr.update(value=fmt.samples_frame(samples, fmt.LOAD_METRICS), x_lim=x_lim))
 
-    def history(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def history(self) -> tuple[Any, Any]:
         """Past benchmarks (speed over time) and failover attempts (by target and outcome)."""
         try:
             benchmarks = self.manager.benchmark_history(limit=500)
@@ -159,10 +159,10 @@ def build_health_tab(manager: FallbackManager, prefix: str = "fallback") -> Heal
             stop = gr.Button("⏹️ Stop Monitoring", variant="stop", scale=1, elem_id=eid("monitor-stop"))
         monitor_status = gr.Markdown("Not monitoring.", elem_id=eid("monitor-status"))
         with gr.Row():
-            memory_plot = compat.plot(gr.LinePlot, value=fmt.samples_frame([], fmt.MEMORY_METRICS),
+            memory_plot = compat.plot(gr.LinePlot, value=fmt.zero_samples_frame(fmt.MEMORY_METRICS),
                                       x="t_s", y="value", color="metric", title="Memory (MiB)",
                                       x_title="seconds", y_title="MiB", elem_id=eid("monitor-memory"))
-            load_plot = compat.plot(gr.LinePlot, value=fmt.samples_frame([], fmt.LOAD_METRICS),
+            load_plot = compat.plot(gr.LinePlot, value=fmt.zero_samples_frame(fmt.LOAD_METRICS),
                                     x="t_s", y="value", color="metric",
                                     title="CPU, GPU and tokens/s", x_title="seconds", y_title="% or tokens/s",
                                     elem_id=eid("monitor-load"))

@@ -38,7 +38,8 @@ class ChatHandlers:
         self.manager = manager
 
     def respond(self, message: str, turns: list[dict[str, str]] | None) -> Iterator[tuple[Any, ...]]:
-        """Stream the answer into the chat: (chat, turns, message box) after each piece."""
+        """Stream the answer into the chat: (chat, turns, message box) after each piece; the box
+        is emptied once, when the message is taken."""
         text = fmt.text(message)
         if not text:
             gr.Warning("Type a message to send.")
@@ -48,7 +49,7 @@ class ChatHandlers:
         request = {"messages": [{"role": t["role"], "content": t["content"]} for t in turns],
                    "max_tokens": MAX_TOKENS, "stream": True}
         content, by = "", "*waiting for the first words…*"
-        yield self.outputs([*turns, {"role": "assistant", "content": content, "by": by}])
+        yield (*self.outputs([*turns, {"role": "assistant", "content": content, "by": by}]), "")
         for chunk in self.manager.stream_chat_completion(request):
             if "error" in chunk:
                 by = f"❌ no answer: {chunk['error']['message']}"
@@ -57,14 +58,15 @@ class ChatHandlers:
                 by = f"*answering: `{chunk['model']}`…*"
             if "x_fallback" in chunk:
                 by = answered_by(chunk["x_fallback"])
-            yield self.outputs([*turns, {"role": "assistant", "content": content, "by": by}])
+            # the message box is left alone: the person may be typing the next message
+            yield (*self.outputs([*turns, {"role": "assistant", "content": content, "by": by}]), gr.skip())
 
     @staticmethod
-    def outputs(turns: list[dict[str, str]]) -> tuple[list[Any], list[dict[str, str]], str]:
-        """The Chatbot's value (each answer followed by its line), the turns, an empty message box."""
+    def outputs(turns: list[dict[str, str]]) -> tuple[list[Any], list[dict[str, str]]]:
+        """The Chatbot's value (each answer followed by its line) and the turns."""
         shown = [{"role": t["role"], "content": "\n\n".join(filter(None, (t["content"], t["by"])))}
                  for t in turns]
-        return compat.chat_value(shown), turns, ""
+        return compat.chat_value(shown), turns
 
 
 def answered_by(fallback: Mapping[str, Any]) -> str:
