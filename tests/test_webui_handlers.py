@@ -18,7 +18,7 @@ from builders import write_gguf
 from fake_nvml.pynvml import FakeNvml
 from servers import ScriptedOllama, ScriptedServer, refused_url, serve_in_process, wait_until
 
-from webui import build_app, compat, launch
+from webui import build_app, charts, compat, launch
 from webui import format as fmt
 from webui.diagnostics import DiagnosticsHandlers
 from webui.health_monitor import HealthHandlers
@@ -625,15 +625,15 @@ def test_history_charts_show_benchmarks_and_failovers(manager: FallbackManager) 
     manager.switch_model("tiny")
     manager.benchmark("tiny")
     manager.chat([{"role": "user", "content": "Hi"}], primary=refused_url(), max_tokens=4)
-    charts = HealthHandlers(manager).history()
-    benchmarks, failovers = (chart["value"] if isinstance(chart, dict) else chart for chart in charts)
+    drawn = HealthHandlers(manager).history()
+    benchmarks, failovers = (chart["value"] if isinstance(chart, dict) else chart for chart in drawn)
     assert list(benchmarks["model"]) == ["tiny"] and benchmarks["gen_tps"].iloc[0] > 0
     # each target has a row for each outcome, failed ones first: 4.x colours the first category red
     assert list(failovers["outcome"]) == ["failed", "failed", "ok", "ok"]
     assert failovers.groupby("outcome")["attempts"].sum().to_dict() == {"failed": 1, "ok": 1}
     if compat._COLOR_MAPS:  # exactly the colours each frame has (``compat.colored``)
-        assert charts[0]["color_map"] == {"tiny": fmt.MODEL_COLORS[0]}
-        assert charts[1]["color_map"] == {"failed": "#ef4444", "ok": "#22c55e"}
+        assert drawn[0]["color_map"] == {"tiny": charts.MODEL_COLORS[0]}
+        assert drawn[1]["color_map"] == {"failed": "#ef4444", "ok": "#22c55e"}
 
 
 def test_a_charts_colours_are_those_its_frame_has_so_a_new_one_changes_them() -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from zwaif_fallback import Compatibility, FallbackError, FallbackManager
 
-from . import compat
+from . import charts, compat
 from . import format as fmt
 
 __all__ = ["DiagnosticsHandlers", "DiagnosticsTab", "build_diagnostics_tab"]
@@ -60,7 +60,7 @@ class DiagnosticsHandlers:
                 free_vram_mb=fmt.whole_number(free_vram_mb, "Free VRAM"))
         except FallbackError as exc:
             return fmt.failure(exc, f"Testing {name!r}"), gr.skip()
-        return fmt.compatibility_markdown(fit), fmt.memory_frame(fit)
+        return fmt.compatibility_markdown(fit), charts.memory_frame(fit)
 
 
 @dataclass
@@ -99,7 +99,7 @@ def build_diagnostics_tab(manager: FallbackManager, prefix: str = "fallback") ->
                 flash_attn = gr.Checkbox(label="Flash attention")
                 free_vram = gr.Number(label="Pretend free VRAM (MiB, blank: measured)", minimum=0)
         result = gr.Markdown(elem_id=eid("diag-result"))
-        memory = compat.plot(gr.BarPlot, value=fmt.memory_frame(None), x="memory", y="size_mb",
+        memory = compat.plot(gr.BarPlot, value=charts.memory_frame(None), x="memory", y="size_mb",
                              color="part", title="Memory breakdown (estimate)", x_title="where",
                              y_title="MiB", elem_id=eid("diag-memory"))
 

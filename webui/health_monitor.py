@@ -17,7 +17,7 @@ import pandas as pd
 from zwaif_fallback import FallbackError, FallbackManager, MonitoringReport
 from zwaif_fallback.monitor import Sample
 
-from . import compat
+from . import charts, compat
 from . import format as fmt
 
 __all__ = ["HealthHandlers", "HealthTab", "build_health_tab"]
@@ -111,8 +111,8 @@ class HealthHandlers:
         if not samples:
             return gr.skip(), gr.skip()
         x_lim = [0, duration_s]
-        return (gr.update(value=fmt.samples_frame(samples, fmt.MEMORY_METRICS), x_lim=x_lim),
-                gr.update(value=fmt.samples_frame(samples, fmt.LOAD_METRICS), x_lim=x_lim))
+        return (gr.update(value=charts.samples_frame(samples, charts.MEMORY_METRICS), x_lim=x_lim),
+                gr.update(value=charts.samples_frame(samples, charts.LOAD_METRICS), x_lim=x_lim))
 
     def history(self) -> tuple[Any, Any]:
         """Past benchmarks (speed over time) and failover attempts (by target and outcome)."""
@@ -122,8 +122,8 @@ class HealthHandlers:
         except FallbackError as exc:
             fmt.failure(exc, "Reading history")
             return gr.skip(), gr.skip()
-        return (compat.colored(fmt.benchmark_history_frame(benchmarks), "model", fmt.MODEL_COLORS),
-                compat.colored(fmt.failover_history_frame(failovers), "outcome", fmt.OUTCOME_COLORS))
+        return (compat.colored(charts.benchmark_history_frame(benchmarks), "model", charts.MODEL_COLORS),
+                compat.colored(charts.failover_history_frame(failovers), "outcome", charts.OUTCOME_COLORS))
 
 
 @dataclass
@@ -159,10 +159,10 @@ def build_health_tab(manager: FallbackManager, prefix: str = "fallback") -> Heal
             stop = gr.Button("⏹️ Stop Monitoring", variant="stop", scale=1, elem_id=eid("monitor-stop"))
         monitor_status = gr.Markdown("Not monitoring.", elem_id=eid("monitor-status"))
         with gr.Row():
-            memory_plot = compat.plot(gr.LinePlot, value=fmt.zero_samples_frame(fmt.MEMORY_METRICS),
+            memory_plot = compat.plot(gr.LinePlot, value=charts.zero_samples_frame(charts.MEMORY_METRICS),
                                       x="t_s", y="value", color="metric", title="Memory (MiB)",
                                       x_title="seconds", y_title="MiB", elem_id=eid("monitor-memory"))
-            load_plot = compat.plot(gr.LinePlot, value=fmt.zero_samples_frame(fmt.LOAD_METRICS),
+            load_plot = compat.plot(gr.LinePlot, value=charts.zero_samples_frame(charts.LOAD_METRICS),
                                     x="t_s", y="value", color="metric",
                                     title="CPU, GPU and tokens/s", x_title="seconds", y_title="% or tokens/s",
                                     elem_id=eid("monitor-load"))

@@ -17,7 +17,7 @@ import pandas as pd
 
 from zwaif_fallback import AllTargetsFailed, FallbackError, FallbackManager
 
-from . import compat
+from . import charts, compat
 from . import format as fmt
 from .get_model import GetModelSection, build_get_model_section
 from .main_api import MainApiSection, build_main_api_section
@@ -201,12 +201,12 @@ class ManagementHandlers:
 
     def speed_chart(self) -> pd.DataFrame:
         """Generation tokens/s of the latest benchmark of each model."""
-        return fmt.speed_chart_frame(fmt.latest_per_model(self.manager.benchmark_history()))
+        return charts.speed_chart_frame(fmt.latest_per_model(self.manager.benchmark_history()))
 
     def benchmark_results(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The latest saved benchmark of each model and the chart (shown before any run)."""
         latest = fmt.latest_per_model(self.manager.benchmark_history())
-        return fmt.benchmark_frame(latest), fmt.speed_chart_frame(latest)
+        return fmt.benchmark_frame(latest), charts.speed_chart_frame(latest)
 
     # -- try the fallback ----------------------------------------------------------------
 
