@@ -5,11 +5,12 @@ import os
 import shutil
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from builders import write_gguf, write_hf_folder
 
-from zwaif_fallback import FallbackSettings, ModelNotFound
+from zwaif_fallback import FallbackSettings, ModelNotFound, locations
 from zwaif_fallback.catalog import Catalog
 
 
@@ -25,6 +26,23 @@ def test_models_dir_is_searched_recursively(tiny_gguf, tiny_hf):
     found = discover()
     assert found["a"].format == "gguf" and found["a"].source == "models_dir"
     assert found["hf-model"].format == "transformers" and found["hf-model"].valid
+
+
+def test_a_drive_that_gives_every_folder_the_id_0_still_has_every_model_found(tiny_gguf, monkeypatch):
+    # Some Windows drives (network shares, virtual ones) report st_ino 0 for every file: each
+    # folder after the first was taken for one already walked, and its models were missed
+    Path("models/publisher/repo").mkdir(parents=True)
+    shutil.copy(tiny_gguf, "models/top.gguf")
+    shutil.copy(tiny_gguf, "models/publisher/repo/deep.gguf")
+    os.symlink("..", "models/publisher/up")  # a link back up the tree still ends the walk
+    real = os.stat
+
+    def no_file_ids(path, *args, **kwargs):
+        st = real(path, *args, **kwargs)
+        return SimpleNamespace(st_mode=st.st_mode, st_dev=st.st_dev, st_ino=0)
+
+    monkeypatch.setattr(locations, "os", SimpleNamespace(**{**vars(os), "stat": no_file_ids}))
+    assert {"top", "deep"} <= set(discover())
 
 
 def test_gguf_metadata_is_read(tiny_gguf):
@@ -125,6 +143,24 @@ def test_lmstudio_models_are_found(tiny_gguf):
     folder.mkdir(parents=True)
     shutil.copy(tiny_gguf, folder / "lm.gguf")
     assert discover()["lm"].source == "lmstudio"
+
+
+def test_lmstudio_models_are_found_where_its_settings_moved_them(tiny_gguf, tmp_path):
+    # Windows users move LM Studio's models off C: ("Models Directory", downloadsFolder in its
+    # settings.json), and may move its data folder too (~/.lmstudio-home-pointer)
+    data, chosen = tmp_path / "D" / "lmstudio-data", tmp_path / "E" / "My Models"
+    (chosen / "publisher" / "repo").mkdir(parents=True)
+    shutil.copy(tiny_gguf, chosen / "publisher" / "repo" / "moved.gguf")
+    data.mkdir(parents=True)
+    (data / "settings.json").write_text(json.dumps({"downloadsFolder": str(chosen), "theme": "dark"}))
+    (Path.home() / ".lmstudio-home-pointer").write_text(f"\ufeff{data}\n", encoding="utf-8")  # Notepad's
+    (data / "models" / "p" / "r").mkdir(parents=True)  # the default folder there is still read
+    shutil.copy(tiny_gguf, data / "models" / "p" / "r" / "default.gguf")
+    found = discover()
+    assert found["moved"].source == found["default"].source == "lmstudio"
+    assert Path(found["moved"].path) == chosen / "publisher" / "repo" / "moved.gguf"
+    (data / "settings.json").write_text("{not json")  # LM Studio mid-write: the defaults, no error
+    assert "default" in discover() and "moved" not in discover()
 
 
 def test_system_stores_can_be_left_out(tiny_gguf):

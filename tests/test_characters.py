@@ -44,6 +44,13 @@ def test_the_requests_names_and_context_win_over_the_files(tmp_path: Path):
     assert persona({"mode": "chat", "character": "Nameless"}, tmp_path) == "Nameless and You"
 
 
+def test_a_json_card_saved_with_a_bom_is_read(tmp_path: Path):
+    # Windows editors and PowerShell 5.1 save UTF-8 with a BOM, which json.loads refuses
+    card = json.dumps({"name": "Aria", "context": "{{char}} hums."})
+    install(tmp_path, name="Waifu.json", text="\ufeff" + card)
+    assert persona(CHAT, tmp_path) == "Aria hums."
+
+
 def test_the_persona_goes_before_the_chat_and_keeps_the_hosts_system_message(tmp_path: Path):
     install(tmp_path, name="Waifu.yaml", text="context: Be Aria.\n")
     assert persona_messages(ASK, CHAT, tmp_path) == [{"role": "system", "content": "Be Aria."}, *ASK]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import json
 import os
 import selectors
@@ -219,6 +220,17 @@ def test_output_into_a_closed_pipe_ends_quietly_like_sigpipe(isolated, args):
     assert "crashed" not in (isolated / "Logs" / "zwaif_fallback.log").read_text()
 
 
+def test_on_windows_a_closed_pipe_is_einval_and_read_as_the_reader_gone(monkeypatch):
+    # Windows raises OSError(EINVAL), not BrokenPipeError, for a write to a pipe its reader
+    # closed (`zwaif-fallback models | more`, then q); no Windows here, so the reading alone
+    from zwaif_fallback import cli
+
+    einval = OSError(errno.EINVAL, "Invalid argument")
+    assert cli._reader_went_away(BrokenPipeError()) and not cli._reader_went_away(einval)
+    monkeypatch.setattr(cli.os, "name", "nt")
+    assert cli._reader_went_away(einval) and not cli._reader_went_away(OSError(errno.EIO, "I/O error"))
+
+
 def test_a_name_stdouts_encoding_lacks_is_escaped_not_a_crash(isolated, tiny_gguf):
     # Windows writes a redirected stdout in the ANSI code page (cp1252): PYTHONIOENCODING does that here.
     (isolated / "models").mkdir()
@@ -244,3 +256,20 @@ def test_monitor_stopped_with_ctrl_c_prints_its_report_and_exits_130(isolated):
     out, err = monitor.communicate(timeout=30)
     assert monitor.returncode == 130, err
     assert b"ram_used_mb" in out and b"Traceback" not in err
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ui_stops_on_ctrl_c_and_on_sigterm_as_serve_does(isolated, stop):
+    """A service manager stops ``ui`` with SIGTERM as it stops serve: the process unwinds and
+    closes its manager, instead of dying by the signal's default action (exit -15)."""
+    from servers import free_port
+
+    ui = subprocess.Popen([sys.executable, "-m", "zwaif_fallback", "ui", "--port", str(free_port())],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=isolated)
+    try:
+        assert ui.stdout is not None and "zwaif-fallback UI: http" in ui.stdout.readline()
+        ui.send_signal(stop)
+        _, err = ui.communicate(timeout=30)
+    finally:
+        ui.kill()
+    assert ui.returncode == 0 and "stopping" in err and "Traceback" not in err, (ui.returncode, err[-2000:])

@@ -19,7 +19,7 @@ from builders import write_gguf
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from bench_dry_run import REAL_LOAD  # noqa: E402
 
-from zwaif_fallback.dry_run import dry_run
+from zwaif_fallback.dry_run import _reason, dry_run
 from zwaif_fallback.dry_run_log import DryRun
 from zwaif_fallback.errors import BackendUnavailable, ModelLoadError
 from zwaif_fallback.memory import LoadConfig
@@ -119,7 +119,7 @@ def test_a_damaged_file_raises_model_load_error_and_stays_refused(damage, tmp_pa
 NOT_UTF8_LOCALE = {"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": "utf-8"}
 DRY_RUN_IN_THAT_LOCALE = """
 import sys
-from zwaif_fallback.dry_run import dry_run
+from zwaif_fallback.dry_run import _reason, dry_run
 from zwaif_fallback.memory import LoadConfig
 try:
     dry_run(sys.argv[1], LoadConfig(n_ctx=256))
@@ -143,6 +143,13 @@ def test_a_refusal_naming_a_path_outside_the_locale_encoding_is_model_load_error
 def test_a_plan_llama_cpp_refuses_names_the_reason(tiny_gguf):
     with pytest.raises(ModelLoadError, match="quantized V cache requires flash_attn"):
         dry_run(tiny_gguf, LoadConfig(n_ctx=256, kv_type="q8_0", flash_attn=False))
+
+
+@pytest.mark.parametrize("built_in", ["/home/runner/work/llama.cpp/ggml/src/",
+                                      "D:\\a\\llama-cpp-python\\vendor\\"])
+def test_an_assert_is_named_without_the_build_machines_folders(built_in):
+    stderr = f"load: done\n{built_in}ggml.c:3354: GGML_ASSERT(a/b <= c) failed\n"
+    assert _reason(stderr) == "ggml.c:3354: GGML_ASSERT(a/b <= c) failed"
 
 
 def test_the_cache_answers_the_same_file_and_plan_without_a_child(tmp_path, monkeypatch):

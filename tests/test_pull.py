@@ -31,6 +31,7 @@ from zwaif_fallback import (
     InvalidSettings,
     NotEnoughSpace,
 )
+from zwaif_fallback import pull as pull_module
 from zwaif_fallback.hub import Hub
 from zwaif_fallback.pull import PullProgress, pull
 
@@ -85,6 +86,26 @@ def test_a_download_reports_progress_and_lands_verified(hub, hub_server, model_f
     assert seen[0].downloaded_bytes < seen[-1].downloaded_bytes
     assert all(p.rate_bytes_per_s >= 0 for p in seen)
     assert cdn_ranges(hub_server) == [None]  # one whole-file GET, no resume needed
+
+
+def test_a_verified_file_a_virus_scanner_holds_for_a_moment_still_lands(hub, model_file, tmp_path,
+                                                                        monkeypatch):
+    # Windows refuses to rename a file another process has open, and a scanner opens a file
+    # that has just been written: the rename into place waits for it (PUBLISH_WAIT_S there)
+    monkeypatch.setattr(pull_module, "PUBLISH_WAIT_S", 5.0)
+    real, refused = os.replace, []
+
+    def replace(source, target) -> None:
+        if Path(target) == tmp_path / FILE and len(refused) < 3:
+            refused.append(target)
+            raise PermissionError(13, "The process cannot access the file because it is being used "
+                                      "by another process")
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    info = pull(f"{REPO}/{FILE}", hub=hub, models_dir=tmp_path)
+    assert len(refused) == 3 and info.valid
+    assert (tmp_path / FILE).read_bytes() == model_file.read_bytes() and partials(tmp_path) == []
 
 
 def test_a_cut_connection_resumes_from_the_partial_size(hub, hub_server, model_file, tmp_path):

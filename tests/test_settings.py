@@ -154,6 +154,29 @@ def test_a_corrupt_file_is_moved_aside_and_defaults_are_used():
     assert Path("fallback_settings.json.bak2").read_text() == "[1, 2]"
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"], ids=["utf-8 with a BOM", "utf-16"])
+def test_a_file_saved_by_windows_powershell_is_read_not_moved_aside(encoding):
+    # PowerShell 5.1's Set-Content -Encoding UTF8 writes a BOM, its `>` UTF-16: JSON parsers
+    # refuse both, and the file was moved aside as corrupt, every saved setting lost
+    Path("fallback_settings.json").write_text('{"timeout": 12, "primary_url": "http://127.0.0.1:5000/v1"}',
+                                              encoding=encoding)
+    s = FallbackSettings()
+    assert (s.timeout, s.primary_url, s.problems) == (12, "http://127.0.0.1:5000/v1", [])
+    s.saved(max_retries=5)  # a save keeps them, in UTF-8
+    assert json.loads(Path("fallback_settings.json").read_text(encoding="utf-8")) == {
+        "max_retries": 5, "primary_url": "http://127.0.0.1:5000/v1", "timeout": 12}
+    assert not list(Path().glob("*.bak*"))
+
+
+def test_a_pasted_path_loses_explorers_quotes_and_its_tilde_is_expanded():
+    # Explorer's "Copy as path" quotes; cmd.exe and PowerShell leave ~ to the program
+    s = FallbackSettings(models_dir=' "~/My Models" ', data_dir="~/.zf", characters_dir='"C:\\tgw"')
+    assert (s.models_dir, s.data_dir) == (Path.home() / "My Models", Path.home() / ".zf")
+    assert s.characters_dir == "C:\\tgw"
+    with pytest.raises(InvalidSettings, match="models_dir"):
+        FallbackSettings(models_dir='""')
+
+
 def test_an_invalid_value_in_the_file_is_ignored_and_reported():
     Path("fallback_settings.json").write_text(json.dumps({"timeout": 999, "max_retries": 5}))
     s = FallbackSettings()

@@ -12,6 +12,7 @@ import binascii
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from .diagnostics import DiagnosticsTab, build_diagnostics_tab
 from .health_monitor import HealthTab, build_health_tab
 from .management import ManagementTab, build_management_tab
 
-__all__ = ["AUTH_ENV", "FallbackTabs", "build_app", "build_tabs", "launch", "mount_tabs"]
+__all__ = ["AUTH_ENV", "FallbackTabs", "build_app", "build_tabs", "launch", "mount_tabs", "wait_for_ctrl_c"]
 
 AUTH_ENV = "FALLBACK_UI_AUTH"
 TITLE = "zwaif-fallback"
@@ -108,6 +109,17 @@ def launch(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 786
     if block:
         app.block_thread()
     return url
+
+
+def wait_for_ctrl_c() -> None:
+    """Block until Ctrl+C, which raises KeyboardInterrupt here.
+
+    A sleep, not ``threading.Event().wait()``: on Windows, Ctrl+C cannot interrupt a wait on a
+    lock before Python 3.14 (CPython issue #80116), and the process could only be killed, its
+    models never unloaded; a sleep there waits on the console's interrupt event too.
+    """
+    while True:
+        time.sleep(3600)
 
 
 def _free_port(host: str) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -22,7 +21,7 @@ from zwaif_fallback import FallbackError, FallbackManager
 
 from . import compat
 from . import format as fmt
-from .app import build_tabs, launch
+from .app import build_tabs, launch, wait_for_ctrl_c
 
 __all__ = ["ChatHandlers", "build_host", "main"]
 
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{TITLE}: {url}  (Ctrl+C stops it)", flush=True)
     try:
-        threading.Event().wait()
+        wait_for_ctrl_c()
     except KeyboardInterrupt:
         print("stopping", file=sys.stderr)
     finally:

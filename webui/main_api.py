@@ -30,6 +30,7 @@ from zwaif_fallback import FallbackError, FallbackManager, FallbackSettings
 from zwaif_fallback.breaker import SEVERITY
 from zwaif_fallback.net import is_loopback
 from zwaif_fallback.routing import HOST_PREFIX, USUAL_MAIN_APIS, chain_text, primary_breakers
+from zwaif_fallback.settings_fields import unquoted
 from zwaif_fallback.upstream_probe import UpstreamProbe, probe_all
 
 from . import compat
@@ -212,7 +213,7 @@ def _refusal(changes: dict[str, Any], page_host: str | None) -> str | None:
     if own:
         return (f"{own[0]} is this page's own address, so each chat would be sent back here. Give the "
                 f"server your host used before ({USUAL_MAIN_APIS}), and point the host at this address.")
-    folder = changes.get("characters_dir")
+    folder = unquoted(changes.get("characters_dir"))
     if folder and not Path(folder).expanduser().is_dir():
         return (f"the characters folder {folder} does not exist. Give text-generation-webui's folder "
                 "(or its characters folder), or leave it empty.")

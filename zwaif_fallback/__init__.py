@@ -60,9 +60,9 @@ and to having no import cycle.
   downloads one from the Hub into a place discovery reads (pull -> pull_plan: which files,
   download: one file's bytes, verified).
 * base: settings (settings_fields: the kinds of value a field takes, and its range in words;
-  settings_file: the file on disk), hardware probes (hardware; ggml_devices: llama.cpp's own
-  device list), the SQLite store, the errors, and small helpers (units: sizes for people;
-  net: which hosts are loopback).
+  settings_file: the file on disk, and any text file as Windows tools save it), hardware
+  probes (hardware; ggml_devices: llama.cpp's own device list), the SQLite store, the errors,
+  and small helpers (units: sizes for people; net: which hosts are loopback).
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .settings_file import read_text
+
 __all__ = ["CHAT_MODES", "find_character", "persona", "persona_messages", "with_persona"]
 
 log = logging.getLogger(__name__)
@@ -138,7 +140,7 @@ def _parsed(path: Path) -> Any:
     with _parsed_lock:
         if key in _parsed_cache:
             return _parsed_cache[key]
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)  # a card saved by a Windows editor may begin with a BOM
     data = json.loads(text) if path.suffix == ".json" else _yaml(text)
     with _parsed_lock:
         if len(_parsed_cache) >= 16:  # a host names a few characters; old versions go too

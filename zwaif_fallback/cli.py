@@ -13,13 +13,14 @@ unless ``json_flag=False``.
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 if stop_metrics is not None:
                     stop_metrics()
-    except BrokenPipeError:
+    except OSError as exc:
+        if not _reader_went_away(exc):
+            return _crashed(args.command, exc)
         # The reader of stdout went away (`| head -1`): nothing more can be shown, and that is
         # not a failure of the command. Python's docs: point stdout at devnull, or its flush at
         # exit fails again. 141 is what a shell reports for a program that SIGPIPE ended.
@@ -101,11 +104,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a person must never see a traceback: it goes to the log
-        log.exception("%s crashed", args.command)
-        print(f"error: unexpected failure ({type(exc).__name__}: {exc}); "
-              "details in Logs/zwaif_fallback.log", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        return _crashed(args.command, exc)
+
+
+def _crashed(command: str, exc: Exception) -> int:
+    """A failure nothing foresaw: one line for the person, the traceback in the log."""
+    log.exception("%s crashed", command)
+    print(f"error: unexpected failure ({type(exc).__name__}: {exc}); "
+          "details in Logs/zwaif_fallback.log", file=sys.stderr)
+    return 1
+
+
+def _reader_went_away(exc: OSError) -> bool:
+    """Whether ``exc`` is a write to a pipe whose reader has closed it: BrokenPipeError, or on
+    Windows OSError EINVAL (CPython's subprocess reads it so too, bpo-19612), which made
+    ``zwaif-fallback models | more`` an "unexpected failure" once ``more`` was quit."""
+    return isinstance(exc, BrokenPipeError) or (os.name == "nt" and exc.errno == errno.EINVAL)
 
 
 def _escape_what_stdout_cannot_encode() -> None:
@@ -134,17 +149,14 @@ def _ui_arguments(parser: argparse.ArgumentParser) -> None:
          json_flag=False, long_running=True)
 def cmd_ui(manager: FallbackManager, args: argparse.Namespace) -> int:
     try:
-        from webui.app import launch
+        from webui.app import launch, wait_for_ctrl_c
     except ImportError as exc:
         raise BackendUnavailable(f'the web UI needs gradio: pip install "zwaif-fallback[ui]" ({exc})'
                                  ) from None
     url = launch(manager, host=args.host, port=args.port, block=False)
     print(f"zwaif-fallback UI: {url}  (metrics at {url.rstrip('/')}/metrics; Ctrl+C stops it)",
           flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        print("stopping", file=sys.stderr)
+    _until_stopped(wait_for_ctrl_c)
     return 0
 
 
@@ -172,20 +184,28 @@ def cmd_serve(manager: FallbackManager, args: argparse.Namespace) -> int:
         def mount(app: Any) -> None:
             mount_tabs(app, manager, host=args.host)
 
-    # uvicorn stops gracefully on SIGTERM too, then raises it again once it has restored this
-    # handler: the process then unwinds as for Ctrl-C, and the manager is closed (models
-    # unloaded, history written), instead of dying by the signal's default action.
+    _until_stopped(partial(run, manager, host=args.host, port=args.port, mount=mount,
+                           announce=partial(print, flush=True)))
+    return 0
+
+
+def _until_stopped(serve: Callable[[], None]) -> None:
+    """Run ``serve`` until Ctrl+C or SIGTERM.
+
+    SIGTERM is made a KeyboardInterrupt, so that the process unwinds as for Ctrl+C and the
+    manager is closed (models unloaded, history written) instead of dying by the signal's
+    default action. uvicorn stops gracefully on SIGTERM too, then raises it again once it has
+    restored this handler.
+    """
     main = threading.current_thread() is threading.main_thread()  # signals are the main thread's
     previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
     try:
-        run(manager, host=args.host, port=args.port, mount=mount,
-            announce=partial(print, flush=True))
+        serve()
     except KeyboardInterrupt:
         print("stopping", file=sys.stderr)
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
-    return 0
 
 
 def _interrupt(signum: int, frame: Any) -> None:

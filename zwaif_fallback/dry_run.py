@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -244,14 +245,17 @@ def _run_child(path: str, config: LoadConfig, cpu_only: bool, timeout_s: float) 
                      seconds=seconds, version=report["version"])
 
 
+#: The build machine's folders before a source file's name, at the start of a line.
+_BUILD_PATH = re.compile(r"^(?:[A-Za-z]:)?[\\/][^:]*[\\/]")
+
+
 def _reason(stderr: str) -> str:
     """The line of the child's stderr that says what went wrong."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower() or "GGML_ASSERT" in line]
     line = (errors or lines or ["no message"])[0]
-    if line.startswith("/"):  # "/long/build/path/ggml.c:3354: GGML_ASSERT(...) failed"
-        line = line.rsplit("/", 1)[-1]
-    return line[:240]
+    # "/long/build/path/ggml.c:3354: GGML_ASSERT(...) failed", or on Windows "D:\a\...\ggml.c:..."
+    return _BUILD_PATH.sub("", line)[:240]
 
 
 def _tensor_bytes(path: Path) -> dict[str, int]:

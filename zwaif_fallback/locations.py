@@ -8,6 +8,7 @@ block a reader forever).
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import logging
@@ -18,6 +19,8 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .settings_file import read_text
 
 __all__ = [
     "Candidate",
@@ -55,7 +58,8 @@ def _stat_problem(path: Path) -> str | None:
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
-        if exc.errno == 40 or "loop" in str(exc).lower():
+        # ELOOP; Windows says ERROR_CANT_RESOLVE_FILENAME (1921), which Python maps to no errno
+        if exc.errno == errno.ELOOP or getattr(exc, "winerror", None) == 1921 or "loop" in str(exc).lower():
             return "symlink loop"
         if os.path.islink(path):
             return "broken symlink (its target does not exist)"
@@ -77,7 +81,7 @@ def walk_models_dir(root: Path, source: str) -> Iterator[Candidate]:
 
 
 def _walk(root: Path) -> Iterator[tuple[Path, bool]]:
-    seen: set[tuple[int, int]] = set()
+    seen: set[tuple[int, int] | str] = set()
     budget = [MAX_ENTRIES]
 
     def visit(directory: Path, depth: int) -> Iterator[tuple[Path, bool]]:
@@ -85,9 +89,13 @@ def _walk(root: Path) -> Iterator[tuple[Path, bool]]:
             st = os.stat(directory)
         except OSError:
             return
-        if (st.st_dev, st.st_ino) in seen or depth > MAX_DEPTH:
+        # A folder is known by its file id, which a link or a junction back up the tree shares.
+        # Some Windows drives (network shares, virtual ones) give every file the id 0: there,
+        # by its real path, or every folder after the first was taken for one already seen.
+        key: tuple[int, int] | str = (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(directory)
+        if key in seen or depth > MAX_DEPTH:
             return
-        seen.add((st.st_dev, st.st_ino))
+        seen.add(key)
         try:
             is_hf = depth > 0 and (directory / "config.json").is_file()
             entries = [] if is_hf else sorted(os.scandir(directory), key=lambda e: e.name)
@@ -226,8 +234,30 @@ def hf_cache_models(cache: Path | None = None) -> Iterator[Candidate]:
 
 
 def lmstudio_dirs() -> list[Path]:
+    """LM Studio's models folders: the one chosen in its settings ("Models Directory", kept
+    as ``downloadsFolder`` in its settings.json), else the default one in its data folder, and
+    the one versions before 0.3 used. A data folder moved elsewhere is named in
+    ``~/.lmstudio-home-pointer``."""
     home = Path.home()
-    return [home / ".lmstudio" / "models", home / ".cache" / "lm-studio" / "models"]
+    data = home / ".lmstudio"
+    try:  # edited by hand in Notepad, as LM Studio's instructions say: a BOM is likely
+        pointed = read_text(home / ".lmstudio-home-pointer").strip()
+        if pointed:
+            data = Path(pointed).expanduser()
+    except (OSError, UnicodeDecodeError):
+        pass  # none: the data folder is where LM Studio puts it by default
+    dirs = [data / "models", home / ".cache" / "lm-studio" / "models"]
+    chosen = _lmstudio_downloads_folder(data / "settings.json")
+    return ([chosen] if chosen is not None else []) + [d for d in dirs if d != chosen]
+
+
+def _lmstudio_downloads_folder(settings: Path) -> Path | None:
+    """The models folder chosen in LM Studio's settings, or None."""
+    try:
+        folder = json.loads(read_text(settings)).get("downloadsFolder")
+    except (OSError, ValueError, AttributeError):  # no file, not JSON, not an object
+        return None
+    return Path(folder).expanduser() if isinstance(folder, str) and folder.strip() else None
 
 
 def lmstudio_models() -> Iterator[Candidate]:

@@ -44,6 +44,7 @@ from .hub import Hub, HubModel, RemoteFile
 from .locations import group_gguf_files, hf_cache_dir, hf_folder_candidate
 from .model_info import ModelInfo, inspect_candidate
 from .pull_plan import ALLOWED_SUFFIXES, PullPlan, check_file_type, plan_pull
+from .settings_file import replace_when_free
 
 __all__ = ["ALLOWED_SUFFIXES", "ProgressCallback", "PullProgress", "check_file_type", "plan_pull",
            "pull"]
@@ -52,6 +53,10 @@ log = logging.getLogger(__name__)
 
 Destination = Literal["models_dir", "hf_cache"]
 _GIT_OBJECT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+#: How long a verified file's rename into place waits while another process holds it: on
+#: Windows a virus scanner reads a file that has just been written, and a model's gigabytes
+#: take it seconds. A bound chosen, not measured (no Windows here); elsewhere no wait.
+PUBLISH_WAIT_S = 10.0 if os.name == "nt" else 0.0
 
 
 def pull(spec: str | HubModel, *, hub: Hub, models_dir: Path, download_to: Destination = "models_dir",
@@ -161,7 +166,7 @@ class _Place:
 
     def publish(self, model: HubModel, remote: RemoteFile) -> None:
         if self.partial.exists() or not self.target.is_file():  # else: a shared blob, moved already
-            os.replace(self.partial, self.target)
+            replace_when_free(self.partial, self.target, PUBLISH_WAIT_S)
         if self.link is not None:
             self.link.parent.mkdir(parents=True, exist_ok=True)
             self.link.unlink(missing_ok=True)
@@ -186,7 +191,7 @@ def _snapshot_entry(link: Path, blob: Path) -> None:
         os.link(blob, link)
     except OSError as exc:
         log.info("no hard link in the HF cache (%s); the file moves into the snapshot", exc)
-        os.replace(blob, link)
+        replace_when_free(blob, link, PUBLISH_WAIT_S)
 
 
 def _check_space(folder: Path, needed: int, label: str) -> None:

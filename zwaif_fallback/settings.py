@@ -25,7 +25,7 @@ from pydantic_settings import (
 )
 
 from .errors import InvalidSettings
-from .settings_fields import NameList, OriginList, SomePath, Url, UrlList, field_problem
+from .settings_fields import Folder, NameList, OriginList, SomePath, Url, UrlList, field_problem
 from .settings_file import load_file, read_file_quietly, to_json, write_atomically
 
 __all__ = ["FallbackSettings", "SettingsOrigin"]
@@ -80,7 +80,7 @@ class FallbackSettings(BaseSettings):
     download_to: Literal["models_dir", "hf_cache"] = Field(
         "models_dir", description="where pull puts a model: models_dir, or the Hugging Face cache")
     hf_models: NameList = Field(default_factory=list, description="extra HF model folders or ids")
-    characters_dir: str = Field("", description="text-generation-webui's folder: the personas of the "
+    characters_dir: Folder = Field("", description="text-generation-webui's folder: the personas of the "
                                                 "characters its hosts name, for local models and remotes")
     primary_url: Url = Field("", description="base URL of the main OpenAI-compatible API")
     primary_api: Literal["openai", "ollama"] = Field(

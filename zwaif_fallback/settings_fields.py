@@ -17,8 +17,8 @@ from pydantic import AfterValidator, BeforeValidator
 from pydantic.fields import FieldInfo
 from pydantic_settings import NoDecode
 
-__all__ = ["NameList", "OriginList", "SomePath", "Url", "UrlList", "bounds", "describe_range",
-           "field_problem"]
+__all__ = ["Folder", "NameList", "OriginList", "SomePath", "Url", "UrlList", "bounds", "describe_range",
+           "field_problem", "unquoted"]
 
 #: The port a browser leaves out of an origin, by scheme.
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -88,9 +88,21 @@ def _check_origin(value: str) -> str:
     return f"{parts.scheme.lower()}://{host}{shown_port}"
 
 
+def unquoted(value: Any) -> Any:
+    """A path as a person pastes it: without the spaces around it, and without the double
+    quotes Windows Explorer's "Copy as path" puts around it (a path cannot hold them there)."""
+    if isinstance(value, str):
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1].strip()
+    return value
+
+
 def _some_path(value: Any) -> Any:
-    """An empty path would become "." (the current folder): refuse it instead."""
-    if isinstance(value, str) and not value.strip():
+    """A path pasted as it comes (``unquoted``); an empty one would become "." (the current
+    folder): refuse it instead."""
+    value = unquoted(value)
+    if isinstance(value, str) and not value:
         raise ValueError("must not be empty: give a folder or file path")
     return value
 
@@ -99,7 +111,9 @@ Url = Annotated[str, AfterValidator(_check_url)]
 UrlList = Annotated[list[str], NoDecode, BeforeValidator(_split_list), AfterValidator(_check_urls)]
 NameList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 OriginList = Annotated[list[str], NoDecode, BeforeValidator(_split_list), AfterValidator(_check_origins)]
-SomePath = Annotated[Path, BeforeValidator(_some_path)]
+#: ``~`` is expanded here: Windows' shells leave it to the program, and a folder named "~" was made.
+SomePath = Annotated[Path, BeforeValidator(_some_path), AfterValidator(Path.expanduser)]
+Folder = Annotated[str, BeforeValidator(unquoted)]
 
 
 def bounds(info: FieldInfo) -> tuple[float, float] | None:

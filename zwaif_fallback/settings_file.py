@@ -7,6 +7,7 @@ disk, then renamed over the old one, so a crash leaves either file whole.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -20,14 +21,29 @@ from pydantic import SecretStr
 
 from .errors import StorageError
 
-__all__ = ["load_file", "read_file_quietly", "to_json", "write_atomically"]
+__all__ = ["load_file", "read_file_quietly", "read_text", "replace_when_free", "to_json", "write_atomically"]
 
 log = logging.getLogger("zwaif_fallback.settings")
 
 
+def read_text(path: Path) -> str:
+    """A text file as a person may have saved it on Windows: UTF-8 with or without a BOM
+    (PowerShell 5.1's ``Set-Content -Encoding UTF8`` writes one, as Notepad did before 2019),
+    or UTF-16 with its BOM (PowerShell 5.1's ``>``). JSON parsers refuse a BOM.
+
+    Raises:
+        OSError: the file cannot be read.
+        UnicodeDecodeError: it is in none of these.
+    """
+    raw = path.read_bytes()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    return raw.decode("utf-8-sig")
+
+
 def load_file(path: Path, problems: list[str]) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
@@ -66,7 +82,7 @@ def _move_aside(path: Path) -> Path:
 def read_file_quietly(path: Path) -> dict[str, Any]:
     """The file's object for a merge; a corrupt file counts as empty (it was moved aside on load)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -108,13 +124,21 @@ REPLACE_WAIT_S = 1.0 if os.name == "nt" else 0.0
 
 
 def _replace(tmp: str, path: Path) -> None:
-    """``os.replace``, tried again for ``REPLACE_WAIT_S`` while it raises PermissionError:
-    Windows refuses to replace a file another process has open, and a virus scanner or a
-    search indexer opens a file that has just been written, for a moment."""
-    deadline = time.monotonic() + REPLACE_WAIT_S
+    replace_when_free(tmp, path, REPLACE_WAIT_S)
+
+
+def replace_when_free(source: str | os.PathLike[str], target: str | os.PathLike[str], wait_s: float) -> None:
+    """``os.replace``, tried again for ``wait_s`` while it raises PermissionError: Windows
+    refuses to rename a file another process has open, and a virus scanner or a search
+    indexer opens a file that has just been written, for a moment.
+
+    Raises:
+        OSError: the rename failed, and went on failing for ``wait_s``.
+    """
+    deadline = time.monotonic() + wait_s
     while True:
         try:
-            os.replace(tmp, path)
+            os.replace(source, target)
             return
         except PermissionError:
             if time.monotonic() >= deadline:
