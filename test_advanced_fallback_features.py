@@ -90,7 +90,9 @@ def check_serve(manager: FallbackManager) -> str:
     model) and /health."""
     import httpx
 
-    from zwaif_fallback.server import build_api, front, listen, serving
+    from zwaif_fallback.server import build_api, front, listen, need_web_stack, serving
+
+    need_web_stack()
 
     listener = listen("127.0.0.1", 0)
     port = listener.getsockname()[1]

@@ -156,6 +156,18 @@ def test_settings_set_json_and_reset(isolated):
     assert data["settings"]["timeout"] == 30
 
 
+def test_a_reset_with_a_refused_value_forgets_nothing(isolated):
+    # --reset --set: the reset was written before the value was checked, and a refused value
+    # (exit 2, "nothing written") cost every saved setting
+    cli_json("settings", "--set", "timeout=12", "--set", "max_retries=5", cwd=isolated)
+    before = (isolated / "fallback_settings.json").read_text()
+    refused = run_cli("settings", "--reset", "--set", "timeout=1", cwd=isolated)
+    assert refused.returncode == 2 and "timeout" in refused.stderr
+    assert (isolated / "fallback_settings.json").read_text() == before
+    data = cli_json("settings", "--reset", "--set", "timeout=20", cwd=isolated)
+    assert (data["settings"]["timeout"], data["settings"]["max_retries"]) == (20, 3)
+
+
 def test_a_settings_file_that_cannot_be_written_is_a_failed_operation(isolated):
     (isolated / "blocker").write_text("a file where the settings folder should be")
     result = run_cli("--settings-file", str(isolated / "blocker" / "s.json"), "settings", "--set",

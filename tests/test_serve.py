@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+import requests
 from builders import write_gguf
 from conftest import run_cli
 from servers import (
@@ -241,6 +242,13 @@ def test_health_reports_the_chain(orphaned: Served):
     assert response.status_code == 200 and state["can_answer"]
     assert state["current_model"] == SMOL and state["local_models"] >= 1
     assert "/v1" in next(iter(state["breakers"]))
+
+
+def test_startup_events_answers_as_text_generation_webui_so_zwaif_keeps_its_port(orphaned: Served):
+    # Z-WAIF's pre-release, at every start (utils/settings.py, auto_detect_oobabooga): any
+    # answer but 200 here, and it writes text-generation-webui's own port into its .env
+    response = requests.get(orphaned.url + "/startup-events", timeout=2)
+    assert response.status_code == 200 and response.json() is True
 
 
 def test_metrics_are_served(orphaned: Served):
@@ -492,6 +500,18 @@ def test_sigterm_stops_serve_as_ctrl_c_does(isolated: Path):
         process.kill()
     assert process.returncode == 0 and "stopping" in stderr, (process.returncode, stderr[-2000:])
     assert "Traceback" not in stderr
+
+
+def test_serve_without_fastapi_says_what_to_install(isolated: Path):
+    # The README's install by hand without the ui extra has no FastAPI: that was "unexpected
+    # failure (ModuleNotFoundError: No module named 'fastapi')"
+    blocked = ("import sys; sys.modules['fastapi'] = None; from zwaif_fallback.cli import main; "
+               "sys.exit(main(['serve', '--no-ui', '--port', '0']))")
+    result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, cwd=isolated,
+                            timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert 'pip install "zwaif-fallback[serve]"' in result.stderr
+    assert "unexpected" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_serve_refuses_a_network_address_without_a_key_and_a_taken_port(isolated: Path):

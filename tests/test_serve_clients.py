@@ -154,6 +154,25 @@ def test_a_photo_sent_inline_reaches_the_primary(isolated: Path):
     assert upstream.bodies[0]["messages"] == looking
 
 
+def test_zwaifs_camera_view_inline_in_the_text_reaches_a_local_model_as_a_note(isolated: Path):
+    # Z-WAIF's Oobabooga mode appends its webcam frame to the text as text-generation-webui
+    # takes it; read as text, a frame is some 100,000 tokens of base64, over any local n_ctx,
+    # and every target failed. The local model now reads that an image it cannot see is there.
+    frame = "A" * 120_000  # a 320x240 JPEG's base64, about
+    camera = {"max_tokens": 8, "prompt": "This image", "mode": "chat-instruct", "character": "Waifu",
+              "your_name": "You", "regenerate": False, "_continue": False, "truncation_length": 2048,
+              "stop": ["\nUser:"], "preset": "Z-Waif-Visual",
+              "messages": [{"role": "user",
+                            "content": f'What do you see?<img src="data:image/jpeg;base64,{frame}">'}]}
+    with serve(isolated, refused_url()) as (served, _):
+        response = requests.post(served.url + "/v1/chat/completions", json=camera, timeout=120)
+    assert response.status_code == 200, response.text[:300]
+    answer = response.json()  # what Z-WAIF reads: response.json()['choices'][0]['message']['content']
+    assert answer["x_fallback"]["source"] == "local"
+    assert isinstance(answer["choices"][0]["message"]["content"], str)
+    assert answer["usage"]["prompt_tokens"] < 200  # the note, not the base64
+
+
 # -- tools -----------------------------------------------------------------------------------
 
 

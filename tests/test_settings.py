@@ -104,6 +104,25 @@ def test_a_url_without_scheme_is_refused():
         FallbackSettings(primary_url="127.0.0.1:5000")
 
 
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://", "names no server"),  # was saved as "http:", then refused at every start
+    ("http://exa mple.com/v1", "spaces"),
+    ("http://127.0.0.1:port/v1", "port"),
+    ("http://127.0.0.1:5000/v1/chat/completions", "leave out what follows /v1"),
+])
+def test_a_url_that_could_never_answer_is_refused_saying_why(url, why):
+    with pytest.raises(InvalidSettings, match=why):
+        FallbackSettings().saved(primary_url=url)
+    assert not Path("fallback_settings.json").exists()
+
+
+def test_two_urls_run_together_are_refused_not_taken_as_one():
+    with pytest.raises(InvalidSettings, match="separate them with commas"):
+        FallbackSettings(remote_urls="http://a:1/v1;http://b:2/v1")
+    assert FallbackSettings(remote_urls="http://a:1/v1, http://b:2/v1").remote_urls == ["http://a:1/v1",
+                                                                                     "http://b:2/v1"]
+
+
 def test_save_writes_only_the_changes_and_applies_them():
     s = FallbackSettings().saved(timeout=12, auto_switch=False)
     assert (s.timeout, s.auto_switch) == (12, False)
@@ -166,6 +185,16 @@ def test_a_file_saved_by_windows_powershell_is_read_not_moved_aside(encoding):
     assert json.loads(Path("fallback_settings.json").read_text(encoding="utf-8")) == {
         "max_retries": 5, "primary_url": "http://127.0.0.1:5000/v1", "timeout": 12}
     assert not list(Path().glob("*.bak*"))
+
+
+def test_a_file_in_another_encoding_is_kept_aside_not_written_over():
+    # cp1252 text: not UTF-8. It was "cannot read, using defaults", and the next save wrote
+    # over it with only the new value
+    Path("fallback_settings.json").write_bytes('{"primary_model": "café"}'.encode("cp1252"))
+    s = FallbackSettings()
+    assert s.primary_model == "" and "moved it to" in s.problems[0]
+    s.saved(max_retries=5)
+    assert Path("fallback_settings.json.bak").read_bytes().decode("cp1252") == '{"primary_model": "café"}'
 
 
 def test_a_pasted_path_loses_explorers_quotes_and_its_tilde_is_expanded():

@@ -28,7 +28,7 @@ from .locations import (
     ollama_models,
     walk_models_dir,
 )
-from .model_info import ModelInfo, inspect_candidate
+from .model_info import ModelInfo, displayable, inspect_candidate
 from .settings import FallbackSettings
 
 __all__ = ["Catalog", "looks_like_path"]
@@ -148,7 +148,7 @@ class Catalog:
             cached = inspect_candidate(candidate, allow_pickle=settings.allow_pickle)
             if key:
                 self._headers[key] = cached
-        return cached.model_copy(update={"name": candidate.name, "source": candidate.source,
+        return cached.model_copy(update={"name": displayable(candidate.name), "source": candidate.source,
                                          "path": str(candidate.path)})
 
 

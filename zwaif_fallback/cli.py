@@ -171,7 +171,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 @command("serve", "OpenAI-compatible /v1 in front of the main API, with /health, /metrics and the tabs",
          _serve_arguments, json_flag=False, long_running=True)
 def cmd_serve(manager: FallbackManager, args: argparse.Namespace) -> int:
-    from .server import run
+    from .server import need_web_stack, run
+
+    need_web_stack()
 
     mount = None
     if not args.no_ui:
@@ -402,10 +404,12 @@ def _settings_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("settings", "show or change the saved settings", _settings_arguments)
 def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
+    changes = dict(parse_assignment(item) for item in args.set or ())
     if args.reset:
+        manager.settings.check(**changes)  # first: a refused value must not cost the saved ones
         manager.reset_settings()
-    if args.set:
-        manager.update_settings(**dict(parse_assignment(item) for item in args.set))
+    if changes:
+        manager.update_settings(**changes)
     settings = manager.settings
     if args.json:
         return print_json({

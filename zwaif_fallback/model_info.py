@@ -24,7 +24,8 @@ from .gguf_header import ArrayInfo, GGUFHeader, read_gguf_header
 from .locations import Candidate, weight_files
 from .safetensors_header import DTYPE_BYTES, read_safetensors_header
 
-__all__ = ["ModelInfo", "ModelShape", "TensorSummary", "gguf_model_info", "inspect_candidate"]
+__all__ = ["ModelInfo", "ModelShape", "TensorSummary", "displayable", "gguf_model_info",
+           "inspect_candidate"]
 
 ModelFormat = Literal["gguf", "transformers"]
 _LAYER_RE = re.compile(r"(?:^|\.)(?:blk|layers|h|block|blocks)\.(\d+)\.")
@@ -88,12 +89,30 @@ class ModelInfo(Model):
         return self.valid
 
 
+def displayable(text: str) -> str:
+    """``text`` with each byte that is not UTF-8 written as a ``\\xNN`` escape.
+
+    A Linux file name that is not UTF-8 (one from a cp1252 zip) reaches Python with such
+    bytes as lone surrogates, which SQLite, JSON, the log file and the UI cannot encode.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (a Windows name)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def inspect_candidate(candidate: Candidate, *, allow_pickle: bool = False) -> ModelInfo:
     """Read a candidate's headers into a ``ModelInfo`` (never raises for a bad file)."""
-    base = ModelInfo(name=candidate.name, path=str(candidate.path), format=_format(candidate),
-                     source=candidate.source, size_bytes=_size(candidate.files))
+    base = ModelInfo(name=displayable(candidate.name), path=str(candidate.path),
+                     format=_format(candidate), source=candidate.source,
+                     size_bytes=_size(candidate.files))
     if candidate.error:
         return base.model_copy(update={"valid": False, "error": candidate.error})
+    shown = displayable(base.path)
+    if shown != base.path:  # llama-cpp-python and tokenizers encode the path they open as UTF-8
+        return base.model_copy(update={"valid": False, "error": (
+            f"its path {shown} is not UTF-8, which llama.cpp and tokenizers cannot open: "
+            "rename it without the bytes shown as \\xNN")})
     try:
         if candidate.kind == "gguf":
             return _from_gguf(base, candidate.files)

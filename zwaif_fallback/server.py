@@ -12,6 +12,7 @@ A host that talks HTTP points its OpenAI base URL here and changes nothing else:
     /api/show, /api/ps, /api/version  what Ollama's clients ask of its models (``ollama_info``)
     GET  /health                200 with the chain's state, 503 when nothing could answer
     GET  /metrics               Prometheus metrics
+    GET  /startup-events        true, as text-generation-webui's Gradio 4 answers it (``_started``)
 
 "Nothing could answer" means no usable local model and no server (primary or remote) that
 answers HTTP at all, a server in its circuit's cooldown counting as down. The servers are
@@ -51,7 +52,7 @@ from .backends.base import Cancel
 from .completion_request import parse_request, parse_text_request
 from .completions import ChunkMaker, TextChunks, error_object, status_of, who_answered
 from .embeddings import OLLAMA_ROUTES, Embeddings
-from .errors import InvalidSettings
+from .errors import BackendUnavailable, InvalidSettings
 from .front import front
 from .listening import listen, serving
 from .net import start_for_request
@@ -67,11 +68,28 @@ if TYPE_CHECKING:
 
     from .manager import FallbackManager
 
-__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "build_api", "check_bind", "front", "listen", "run", "serving"]
+__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "build_api", "check_bind", "front", "listen", "need_web_stack",
+           "run", "serving"]
 
 log = logging.getLogger(__name__)
 
 _R = TypeVar("_R")
+
+
+def need_web_stack() -> None:
+    """Check that FastAPI and uvicorn, which serve runs on, are installed: Gradio brings them
+    (the ``ui`` extra), and an install without it gets them with the ``serve`` extra.
+
+    Raises:
+        BackendUnavailable: one of them does not import; the message says what to install.
+    """
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailable(f'serve needs FastAPI and uvicorn ({exc}): pip install '
+                                 '"zwaif-fallback[serve]", or "zwaif-fallback[ui]" for the tabs too'
+                                 ) from None
 
 
 def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starlette:
@@ -106,12 +124,25 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
         *(Route(path, api.embeddings, methods=["POST"]) for path in ("/v1/embeddings", *OLLAMA_ROUTES)),
         Route("/health", api.health, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/startup-events", _started, methods=["GET"]),
         *(Route(path, info.unknown, methods=["GET", "POST", "DELETE", "HEAD"]) for path in UNANSWERED),
     ]
     app.router.routes.extend(app.state.api_routes)
     app.state.stop_chats = api.stop_chats
     app.state.cors_origins = lambda: manager.settings.cors_origins  # read for each page's request
     return app
+
+
+async def _started(request: Request) -> Response:
+    """``true``, as Gradio 4 (text-generation-webui's UI) answers ``/startup-events``.
+
+    Z-WAIF's pre-release checks its ``HOST_PORT`` so at every start: on anything but 200 it
+    looks for text-generation-webui on the usual ports, writes the first it finds into its
+    ``.env``, and from then on every chat went around serve, with no failover.
+    """
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(True)
 
 
 def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,

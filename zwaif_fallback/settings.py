@@ -171,15 +171,25 @@ class FallbackSettings(BaseSettings):
                 pinned by an argument or the environment. Nothing is written then.
             StorageError: the settings file cannot be written.
         """
-        problems = self._check_changes(changes)
-        if problems:
-            raise InvalidSettings("; ".join(problems), problems=problems)
+        self.check(**changes)
         stored = read_file_quietly(self.settings_file)
         for name, value in changes.items():
             stored[name] = to_json(validate_field(name, value))
         write_atomically(self.settings_file, stored)
         log.info("saved settings %s to %s", sorted(changes), self.settings_file)
         return type(self)(**self._argument_values())
+
+    def check(self, **changes: Any) -> None:
+        """Refuse ``changes`` as ``saved`` would, writing nothing: before a reset that they
+        follow, so that a bad value does not leave the saved settings forgotten.
+
+        Raises:
+            InvalidSettings: a value is out of range, the field is unknown, or it is
+                pinned by an argument or the environment.
+        """
+        problems = self._check_changes(changes)
+        if problems:
+            raise InvalidSettings("; ".join(problems), problems=problems)
 
     def reset(self, fields: Sequence[str] | None = None) -> FallbackSettings:
         """Forget the saved values of ``fields``, or of every field (the file keeps keys this

@@ -37,10 +37,35 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+#: What a server's base URL looks like, for the messages that refuse one.
+_URL_EXAMPLE = "e.g. http://127.0.0.1:5000/v1"
+
+
 def _check_url(value: str) -> str:
+    """A server's base URL, without the slash at its end. What would only fail at the first
+    chat, or be refused when the file is read again, is refused now: no host, a space, two
+    URLs run together, an endpoint instead of the base."""
+    from urllib.parse import urlsplit
+
     value = value.strip()
-    if value and not value.startswith(("http://", "https://")):
-        raise ValueError("must start with http:// or https:// (e.g. http://127.0.0.1:5000/v1)")
+    if not value:
+        return value
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must start with http:// or https:// ({_URL_EXAMPLE})")
+    if value.count("://") > 1:
+        raise ValueError("holds more than one URL: give one, or for a list separate them with commas")
+    if any(c.isspace() for c in value):
+        raise ValueError(f"must not hold spaces ({_URL_EXAMPLE})")
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+    except ValueError:
+        raise ValueError(f"has a port that is not a number from 0 to 65535 ({_URL_EXAMPLE})") from None
+    if not parts.hostname:
+        raise ValueError(f"names no server ({_URL_EXAMPLE})")
+    if parts.path.rstrip("/").endswith(("/chat/completions", "/v1/completions")):
+        raise ValueError("is an endpoint, not the server's base URL: leave out what follows /v1 "
+                         f"({_URL_EXAMPLE})")
     return value.rstrip("/")
 
 

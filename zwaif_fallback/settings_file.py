@@ -43,29 +43,56 @@ def read_text(path: Path) -> str:
 
 def load_file(path: Path, problems: list[str]) -> dict[str, Any]:
     try:
-        text = read_text(path)
-    except FileNotFoundError:
+        return _object(path)
+    except (FileNotFoundError, NotADirectoryError):  # none there (the write says why it cannot be)
         return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        message = f"cannot read settings file {path} ({exc}); using defaults"
+    except OSError as exc:
+        message = f"cannot read settings file {path} ({exc.strerror or exc}); using defaults"
         problems.append(message)
         log.warning("%s", message)
-        return {}
-    try:
-        data = json.loads(text) if text.strip() else {}
-        if not isinstance(data, dict):
-            raise ValueError(f"expected a JSON object, found {type(data).__name__}")
-    except ValueError as exc:
-        backup = _move_aside(path)
-        message = (f"settings file {path} is corrupt ({exc}); "
-                   f"moved it to {backup} and used defaults")
+    except ValueError as exc:  # not text, not JSON, or not an object
+        message = f"settings file {path} is corrupt ({exc}); {_set_aside(path)} and used defaults"
         problems.append(message)
         log.error("%s", message)
+    return {}
+
+
+def read_file_quietly(path: Path) -> dict[str, Any]:
+    """The file's object for a merge before a write, which keeps what it holds. A corrupt
+    file is moved aside first (the load did so too, unless it went bad since), so that the
+    write loses nothing.
+
+    Raises:
+        StorageError: the file is there but cannot be read: writing over it would lose it.
+    """
+    try:
+        return _object(path)
+    except (FileNotFoundError, NotADirectoryError):  # none there (the write says why it cannot be)
         return {}
+    except OSError as exc:
+        raise StorageError(f"cannot read settings file {path} ({exc.strerror or exc}), so nothing "
+                           "was written; check its permissions") from exc
+    except ValueError as exc:
+        log.error("settings file %s is corrupt (%s); %s", path, exc, _set_aside(path))
+        return {}
+
+
+def _object(path: Path) -> dict[str, Any]:
+    """The JSON object in the file (an empty file is an empty one).
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not text, not JSON, or not an object.
+    """
+    text = read_text(path)
+    data = json.loads(text) if text.strip() else {}
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, found {type(data).__name__}")
     return data
 
 
-def _move_aside(path: Path) -> Path:
+def _set_aside(path: Path) -> str:
+    """Move a corrupt file aside (``.bak``, ``.bak2`` ...), and say what became of it."""
     backup = path.with_name(path.name + ".bak")
     n = 1
     while backup.exists():
@@ -75,17 +102,8 @@ def _move_aside(path: Path) -> Path:
         os.replace(path, backup)
     except OSError as exc:
         log.error("could not move corrupt %s aside: %s", path, exc)
-        return path
-    return backup
-
-
-def read_file_quietly(path: Path) -> dict[str, Any]:
-    """The file's object for a merge; a corrupt file counts as empty (it was moved aside on load)."""
-    try:
-        data = json.loads(read_text(path))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return f"it could not be moved aside ({exc.strerror or exc})"
+    return f"moved it to {backup}"
 
 
 def to_json(value: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -169,13 +170,18 @@ def raw_prompt(messages: Sequence[Mapping[str, Any]]) -> str | None:
 #: What a text-only model reads where a message had an image. Told, it says it cannot see
 #: it; not told, it describes a picture it never saw (a host's camera view, spoken aloud).
 IMAGE_PLACEHOLDER = "\n[An image is attached here, which you cannot see.]\n"
+#: An image inline in a message's text, as text-generation-webui's multimodal chats take it
+#: and Z-WAIF sends its camera view: ``<img src="data:image/jpeg;base64,...">``. Read as text,
+#: a webcam frame is some 100,000 tokens of base64.
+INLINE_IMAGE = re.compile(r"""<img\s[^>]*?src\s*=\s*["']data:image/[^"']*["'][^>]*>""", re.IGNORECASE)
 
 
 def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
     """OpenAI-style messages as plain ``{"role", "content"}`` text dicts, or InvalidSettings
-    saying what is wrong. Content parts are joined into their text, an image part as
-    ``IMAGE_PLACEHOLDER``; an assistant message that only calls tools has empty content
-    (the servers receive the messages as given: see ``completions``)."""
+    saying what is wrong. Content parts are joined into their text, an image part (or an
+    image inline in the text, ``INLINE_IMAGE``) as ``IMAGE_PLACEHOLDER``; an assistant
+    message that only calls tools has empty content (the servers receive the messages as
+    given: see ``completions``)."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise InvalidSettings("messages must be a non-empty list of {'role': ..., 'content': ...}")
     out, total = [], 0
@@ -187,6 +193,8 @@ def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
             raise InvalidSettings(f"message {i} has role {role!r}; use system, user, assistant or tool")
         if isinstance(content, list):  # OpenAI content parts
             content = "".join(_part_text(p) for p in content if isinstance(p, Mapping))
+        if isinstance(content, str) and "<img" in content:
+            content = INLINE_IMAGE.sub(IMAGE_PLACEHOLDER, content)
         if content is None and role == "assistant" and message.get("tool_calls"):
             content = ""
         if not isinstance(content, str):
