@@ -365,6 +365,24 @@ def test_every_model_is_listed_shown_and_asked_for_by_ollamas_name(isolated: Pat
     assert all(part.isdigit() for part in version.split("."))  # Open WebUI reads it as integers
 
 
+def test_the_primarys_models_stay_listed_while_it_is_down(isolated: Path):
+    # Z-WAIF's pre-release picks its model from /api/tags at every start and writes it into
+    # its .env: started while Ollama was down, it picked the local model and kept asking for
+    # it once Ollama was back
+    upstream = ScriptedOllama(["x"], model="llama3:latest")
+    try:
+        with serve(isolated, upstream.url, primary_api="ollama") as (served, _):
+            client = ollama.Client(host=served.url)
+            up = [m.model for m in client.list().models]
+            upstream.close()
+            down = [m.model for m in client.list().models]
+            answer = client.chat(model="llama3:latest", messages=ZWAIF_HISTORY, options={"num_predict": 2})
+    finally:
+        upstream.close()
+    assert up == down == ["llama3:latest", f"{SMOL}:latest"]
+    assert answer.model == SMOL  # asked for by the primary's name, answered by the fallback
+
+
 def test_ps_lists_the_local_model_in_memory(isolated: Path):
     with serve(isolated, refused_url()) as (served, _):
         client = ollama.Client(host=served.url)

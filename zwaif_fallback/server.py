@@ -59,7 +59,7 @@ from .net import start_for_request
 from .ollama_info import UNANSWERED, OllamaInfo, in_ollamas_words, render
 from .relay import Relay, on_disconnect, shutting_down
 from .routing import chain_text
-from .upstreams import PROBE_DEADLINE_S, Upstream, answers, at_once, models_of, upstreams
+from .upstreams import PROBE_DEADLINE_S, Upstream, answers, at_once, models_of, remembered_models, upstreams
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -212,7 +212,7 @@ def _circuit_open(breaker: dict[str, Any]) -> bool:
 
 def _no_list_in_time(server: Upstream) -> list[dict[str, Any]]:
     log.info("no model list from %s within %g s", server.url, PROBE_DEADLINE_S)
-    return []
+    return remembered_models(server)
 
 
 class _Api:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .settings import FallbackSettings
 
 __all__ = ["MAX_IN_FLIGHT", "MODELS_TIMEOUT_S", "PROBE_DEADLINE_S", "Upstream", "answers", "at_once",
-           "model_card_of", "models_of", "models_response", "upstreams"]
+           "model_card_of", "models_of", "models_response", "remembered_models", "upstreams"]
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +66,38 @@ def answers(server: Upstream) -> bool:
     return True
 
 
+#: Each server's last model list, by its URL and API: what it lists while it is down.
+_last_lists: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+
+
 def models_of(server: Upstream) -> list[dict[str, Any]]:
-    """A server's models, each marked with its source; nothing when it does not answer."""
+    """A server's models, each marked with its source; while it does not answer, those it
+    listed last (``remembered_models``)."""
     import httpx
 
     try:
         response = models_response(server)
-        data = listed_models(response.json(), ollama=server.ollama) if response.status_code == 200 else []
+        if response.status_code != 200:
+            log.info("no model list from %s: HTTP %d", server.url, response.status_code)
+            return remembered_models(server)
+        data = listed_models(response.json(), ollama=server.ollama)
     except (httpx.HTTPError, ValueError) as exc:
         log.info("no model list from %s: %s", server.url, exc)
-        return []
-    return [{**m, "source": server.source} for m in data]
+        return remembered_models(server)
+    listed = [{**m, "source": server.source} for m in data]
+    _last_lists[server.url, server.ollama] = listed
+    return listed
+
+
+def remembered_models(server: Upstream) -> list[dict[str, Any]]:
+    """The models ``server`` listed when it last answered (none before it has).
+
+    A host that picks its model from the list when it starts (Z-WAIF's pre-release picks
+    among Ollama's, and writes the one it picked into its .env) would pick a local one while
+    the main API is down, and keep asking for it once the main API is back. A chat that
+    names one of these while the server is down is answered by the fallback as any other.
+    """
+    return _last_lists.get((server.url, server.ollama), [])
 
 
 def model_card_of(server: Upstream, name: str) -> dict[str, Any] | None:
