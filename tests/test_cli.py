@@ -147,6 +147,25 @@ def test_an_invalid_model_file_is_a_failed_operation(isolated):
     assert result.returncode == 1 and "not a GGUF file" in result.stderr
 
 
+def test_a_model_that_cannot_load_is_passed_by_in_chat_and_fails_bench_with_or_without_json(isolated):
+    # --model is the local model to fall back to first: one llama.cpp cannot load (an
+    # architecture it does not know) is passed by, as the chain passes it in a host
+    from builders import write_gguf
+
+    (isolated / "models").mkdir()
+    write_gguf(isolated / "models" / "weird.gguf", arch="zzzzz")
+    result = run_cli("chat", "Say hi.", "--model", "weird", "--max-tokens", "4", "--json", cwd=isolated,
+                     timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("warning: ") and "weird" in result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["source"] == "local" and answer["model"] == SMOL
+    unknown = run_cli("chat", "Say hi.", "--model", "no-such-model", cwd=isolated)
+    assert unknown.returncode == 2  # a name that is no model is still bad input
+    bench = run_cli("bench", "weird", "--json", cwd=isolated, timeout=120)  # was 0 with --json, 1 without
+    assert bench.returncode == 1 and json.loads(bench.stdout)[0]["ok"] is False
+
+
 def test_settings_set_json_and_reset(isolated):
     data = cli_json("settings", "--set", "timeout=12", "--set", "hf_models=a,b", cwd=isolated)
     assert data["settings"]["timeout"] == 12 and data["settings"]["hf_models"] == ["a", "b"]

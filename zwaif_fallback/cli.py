@@ -49,7 +49,14 @@ from .cli_text import (
     format_status,
     print_json,
 )
-from .errors import BackendUnavailable, FallbackError, InvalidSettings
+from .errors import (
+    BackendUnavailable,
+    FallbackError,
+    IncompatibleModel,
+    InvalidModelFile,
+    InvalidSettings,
+    ModelLoadError,
+)
 from .fit import KV_TYPES
 from .logs import setup_logging
 from .manager import FallbackManager
@@ -304,7 +311,11 @@ def _chat_arguments(parser: argparse.ArgumentParser) -> None:
 @command("chat", "one answer through the failover chain", _chat_arguments)
 def cmd_chat(manager: FallbackManager, args: argparse.Namespace) -> int:
     if args.model:
-        manager.switch_model(args.model, persist=False)
+        try:
+            manager.switch_model(args.model, persist=False)
+        except (InvalidModelFile, IncompatibleModel, ModelLoadError) as exc:  # an unknown name stays an error
+            # the model to fall back to first: the chain falls back past it, as in a host
+            print(f"warning: {exc}; the chat goes on without it", file=sys.stderr)
     messages = [{"role": "user", "content": args.prompt}]
     if args.json:
         return print_json(manager.chat(messages, max_tokens=args.max_tokens).model_dump())
@@ -335,11 +346,13 @@ def cmd_bench(manager: FallbackManager, args: argparse.Namespace) -> int:
         results = manager.benchmark_all(args.prompt, progress)
     else:
         results = [manager.benchmark(args.model, args.prompt, progress)]
-    if args.json:
-        return print_json([r.model_dump(exclude={"checks"}) for r in results])
+    failed = not all(r.ok or (r.error or "").startswith("skipped") for r in results)
+    if args.json:  # the same status either way: a script reads it, not the text
+        print_json([r.model_dump(exclude={"checks"}) for r in results])
+        return int(failed)
     print(file=sys.stderr)
     print(format_benchmarks(results))
-    return 0 if all(r.ok or (r.error or "").startswith("skipped") for r in results) else 1
+    return int(failed)
 
 
 def _optimize_arguments(parser: argparse.ArgumentParser) -> None:
