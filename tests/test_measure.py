@@ -197,6 +197,19 @@ def test_health_sees_a_failing_primary(models_dir):
     assert any("main API" in r for r in report.recommendations)
 
 
+def test_health_says_a_main_api_that_is_not_there_wants_starting_and_forgets_one_set_before(models_dir):
+    with make(models_dir) as manager:
+        manager.update_settings(primary_url=refused_url())
+        manager.chat([{"role": "user", "content": "hi"}], max_tokens=2)
+        refused = manager.health()
+        manager.update_settings(primary_url=refused_url())  # another server: no news of it yet
+        moved = manager.health().factors["primary"]
+    assert refused.factors["primary"].score == 0
+    assert any("nothing answered at its address: start it" in r for r in refused.recommendations)
+    assert not any("raise the timeout" in r for r in refused.recommendations)  # it was not slow
+    assert (moved.score, moved.detail) == (100, "no primary requests in the last hour")
+
+
 def test_health_weighs_a_host_s_own_api_call_as_the_primary(models_dir):
     # Z-WAIF embeds the tabs and passes its own API call: it is the primary, not "none"
     def zwaif_api(messages, **gen):

@@ -317,14 +317,27 @@ def _primary_state(inputs: HealthInputs) -> _Finding:
                         where[0].upper() + where[1:])
     if inputs.primary_breaker == "half_open":
         return _finding("primary", 40, "the primary API is being probed after failures")
-    primary = [a for a in inputs.recent_attempts if a.get("source") == "primary"]
+    # this main API's attempts: those of one set before are no news of it
+    primary = [a for a in inputs.recent_attempts
+               if a.get("source") == "primary" and a.get("target") == inputs.primary_name]
     failed = [a for a in primary if not a.get("ok")]
     rate = len(failed) / len(primary) if primary else 0.0
     detail = (f"{len(failed)} of {len(primary)} primary requests failed in the last hour" if primary
               else "no primary requests in the last hour")
-    advice = [f"{rate:.0%} of requests to the main API failed in the last hour; raise "
-              "the timeout or check the server's load."] if rate > 0.2 else []
+    advice = _primary_advice(failed, rate) if rate > 0.2 else []
     return _finding("primary", 100 * (1 - rate), detail, *advice)
+
+
+def _primary_advice(failed: list[dict[str, Any]], rate: float) -> list[str]:
+    """What to do about the main API's failures, by what most of them were: a server that is
+    not there wants starting, one that is slow a longer timeout."""
+    errors = [str(a.get("error") or "") for a in failed]
+    gone = sum("connection refused" in e or "does not resolve" in e for e in errors)
+    if gone * 2 > len(errors):
+        return [f"{rate:.0%} of requests to the main API failed in the last hour, most of them because "
+                "nothing answered at its address: start it, or check primary_url."]
+    return [f"{rate:.0%} of requests to the main API failed in the last hour; raise the timeout or "
+            "check the server's load."]
 
 
 def _errors(inputs: HealthInputs) -> _Finding:
