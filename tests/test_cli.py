@@ -164,6 +164,9 @@ def test_a_model_that_cannot_load_is_passed_by_in_chat_and_fails_bench_with_or_w
     assert unknown.returncode == 2  # a name that is no model is still bad input
     bench = run_cli("bench", "weird", "--json", cwd=isolated, timeout=120)  # was 0 with --json, 1 without
     assert bench.returncode == 1 and json.loads(bench.stdout)[0]["ok"] is False
+    check = cli_json("check", "weird", cwd=isolated)  # llama.cpp's dry run refuses it: was "cpu"
+    assert (check["verdict"], check["compatible"]) == ("none", False)
+    assert "unknown model architecture" in check["reason"]
 
 
 def test_settings_set_json_and_reset(isolated):

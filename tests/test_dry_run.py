@@ -124,7 +124,8 @@ from zwaif_fallback.memory import LoadConfig
 try:
     dry_run(sys.argv[1], LoadConfig(n_ctx=256))
 except Exception as exc:
-    print(type(exc).__name__, ascii(str(exc)))
+    from zwaif_fallback.errors import ModelLoadError
+    print("ModelLoadError" if isinstance(exc, ModelLoadError) else type(exc).__name__, ascii(str(exc)))
 """
 
 

@@ -137,6 +137,14 @@ class TestVerdicts:
         assert (c.verdict, c.compatible, c.vram_mb) == ("cpu", True, 0)
         assert "no GPU found" in c.reason
 
+    def test_a_context_over_the_trained_one_is_said_to_be(self, smol):
+        assert smol.context_length == 8192
+        within = plan(smol, n_ctx=8192, free_vram_mb=[], free_ram_mb=16000)
+        over = plan(smol, n_ctx=131072, free_vram_mb=[], free_ram_mb=16000)
+        assert "trained on" not in within.reason
+        assert over.reason.endswith("n_ctx 131072 is over the 8192 tokens the model was trained on, "
+                                    "past which its answers fall apart")
+
     def test_cpu_when_not_one_layer_fits(self, smol):
         c = plan(smol, n_ctx=4096, free_vram_mb=[300], free_ram_mb=16000)
         assert c.verdict == "cpu" and "not even one layer" in c.reason

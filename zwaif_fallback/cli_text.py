@@ -87,7 +87,7 @@ def format_models(models: list[ModelInfo]) -> str:
 def format_check(c: Compatibility) -> str:
     b = c.breakdown
     return "\n".join([
-        f"{c.model}: {c.verdict.upper()}" + ("" if c.compatible else " (does not fit)"),
+        f"{c.model}: {c.verdict.upper()}" + ("" if c.compatible else " (cannot run here)"),
         f"  {c.reason}",
         *([f"  runtime: {c.runtime}"] if c.runtime else []),
         f"  n_ctx {c.n_ctx}, {layers_text(c)}, KV {c.kv_type}, "

@@ -35,7 +35,7 @@ from .gguf_header import read_gguf_header
 from .locations import SPLIT_RE
 from .memory import LoadConfig, MemoryBreakdown
 
-__all__ = ["DryRunCheck", "cached", "dry_run"]
+__all__ = ["DryRunCheck", "Refused", "cached", "dry_run"]
 
 CACHE_SIZE = 128
 
@@ -143,6 +143,10 @@ class DryRunCheck(Model):
                    seconds=dry.seconds, llama_cpp_version=dry.llama_cpp_version)
 
 
+class Refused(ModelLoadError):
+    """llama.cpp's dry run refused the file or the plan: a load of it would fail the same way."""
+
+
 def dry_run(path: str | os.PathLike[str], config: LoadConfig, *, cpu_only: bool = False,
             timeout_s: float = 60.0) -> DryRun:
     """Dry-run loading the GGUF at ``path`` with ``config`` through llama.cpp's accounting.
@@ -163,8 +167,8 @@ def dry_run(path: str | os.PathLike[str], config: LoadConfig, *, cpu_only: bool 
     Raises:
         BackendUnavailable: llama-cpp-python is not installed, or no child could start.
         InvalidModelFile: the file cannot be read, or its tensor table not parsed.
-        ModelLoadError: llama.cpp refused the file or the configuration, died on it, or
-            ran past ``timeout_s``.
+        Refused: llama.cpp refused the file or the configuration, or died on it.
+        ModelLoadError: the child ran past ``timeout_s``, or printed no report.
     """
     try:
         key = _key(path, config, cpu_only)
@@ -173,7 +177,7 @@ def dry_run(path: str | os.PathLike[str], config: LoadConfig, *, cpu_only: bool 
     with _cache_lock:
         cached = _cache.get(key)
     if isinstance(cached, str):
-        raise ModelLoadError(cached)
+        raise Refused(cached)
     if cached is not None:
         return cached
     if importlib.util.find_spec("llama_cpp") is None:
@@ -185,7 +189,7 @@ def dry_run(path: str | os.PathLike[str], config: LoadConfig, *, cpu_only: bool 
         while len(_cache) > CACHE_SIZE:
             del _cache[next(iter(_cache))]
     if isinstance(result, str):
-        raise ModelLoadError(result)
+        raise Refused(result)
     return result
 
 
@@ -240,7 +244,8 @@ def _run_child(path: str, config: LoadConfig, cpu_only: bool, timeout_s: float) 
     try:
         report = json.loads(child.stdout.strip().splitlines()[-1])
     except ValueError:
-        return f"the dry run of {name} printed no report: {child.stdout.strip()[-200:]!r}"
+        raise ModelLoadError(f"the dry run of {name} printed no report: {child.stdout.strip()[-200:]!r}"
+                             ) from None
     return parse_log(report["log"], _tensor_bytes(Path(path)), model_bytes=report["model_bytes"],
                      seconds=seconds, version=report["version"])
 

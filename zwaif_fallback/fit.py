@@ -228,6 +228,9 @@ def _result(model: ModelInfo, verdict: Verdict, est: Estimate, budget: _Budget, 
         reason += " (calibrated against a measured load of this model)"
     elif budget.dry_run_checked and est.gpu_layers > 0:
         reason += " (GPU buffers as llama.cpp's dry run sized them)"
+    if model.context_length and est.n_ctx > model.context_length:  # a what-if: loads cap n_ctx there
+        reason += (f"; n_ctx {est.n_ctx} is over the {model.context_length} tokens the model was "
+                   "trained on, past which its answers fall apart")
     return Compatibility(
         model=model.name,
         verdict=verdict,

@@ -185,7 +185,7 @@ class LocalModels:
         if fit.gpu_layers > 0 and self._probe.status().llama_gpus == []:  # a what-if plan
             return fit.model_copy(update={"dry_run_note": "none for a GPU plan: the installed "
                                           "llama.cpp has no GPU device to simulate it on"})
-        from .dry_run import DryRunCheck, dry_run
+        from .dry_run import DryRunCheck, Refused, dry_run
         from .memory import estimate
 
         full = fit.gpu_layers > fit.n_layers  # one dry run per plan: all layers is -1
@@ -193,6 +193,9 @@ class LocalModels:
                             flash_attn=fit.flash_attn, kv_type=fit.kv_type)
         try:
             dry = dry_run(model.path, config, cpu_only=fit.gpu_layers == 0)
+        except Refused as exc:  # what memory allows, llama.cpp cannot do: the load would fail
+            return fit.model_copy(update={"verdict": "none", "compatible": False, "reason": str(exc),
+                                          "dry_run_note": "it refused this plan (the reason above)"})
         except FallbackError as exc:
             return fit.model_copy(update={"dry_run_note": f"no dry run: {exc}"})
         ours = estimate(model, config)  # unscaled: the estimate itself beside llama.cpp's figure
