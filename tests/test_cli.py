@@ -169,6 +169,15 @@ def test_a_model_that_cannot_load_is_passed_by_in_chat_and_fails_bench_with_or_w
     assert "unknown model architecture" in check["reason"]
 
 
+def test_a_models_dir_that_is_not_there_is_warned_of(isolated):
+    # a typo in --models-dir (or FALLBACK_MODELS_DIR) read as a folder with no models, silently
+    result = run_cli("--models-dir", str(isolated / "modles"), "models", cwd=isolated)
+    assert result.returncode == 0
+    assert result.stderr == f"warning: models_dir {isolated / 'modles'} does not exist: no models are read " \
+                            "from there; check the path\n"
+    assert run_cli("models", cwd=isolated).stderr == ""  # the default folder, not made yet: no news
+
+
 def test_settings_set_json_and_reset(isolated):
     data = cli_json("settings", "--set", "timeout=12", "--set", "hf_models=a,b", cwd=isolated)
     assert data["settings"]["timeout"] == 12 and data["settings"]["hf_models"] == ["a", "b"]
