@@ -30,6 +30,14 @@ def test_status_json_has_the_design_fields(isolated):
                          "cpu_percent", "platform"}
 
 
+def test_status_says_why_each_gpu_probe_found_none(isolated):
+    # only the last probe's word was shown ("torch is not installed"), and an NVIDIA user
+    # without nvidia-ml-py installed torch
+    lines = run_cli("status", cwd=isolated).stdout.splitlines()
+    at = lines.index("GPUs      : none")
+    assert lines[at + 1].startswith("  NVML") and lines[at + 2].startswith("  llama.cpp")
+
+
 def test_models_json_lists_valid_and_invalid_models(isolated, tiny_gguf):
     (isolated / "models").mkdir()
     shutil.copy(tiny_gguf, isolated / "models" / "tiny.gguf")

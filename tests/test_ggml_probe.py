@@ -82,7 +82,7 @@ def test_an_unasked_cuda_gpu_points_to_nvml(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # nvidia-ml-py is not installed
     status = HardwareProbe(ggml=FakeGgml([CPU, CUDA0])).status()
     assert not status.vram_source.startswith("ggml")
-    assert status.notes[0] == "nvidia-ml-py is not installed"
+    assert status.notes[0].startswith("nvidia-ml-py is not installed (for an NVIDIA card: pip install")
     assert "CUDA0" in status.notes[1] and "pip install nvidia-ml-py" in status.notes[1]
 
 

@@ -48,8 +48,7 @@ def format_status(status: SystemStatus) -> str:
             if g.processes:
                 lines.append("  held by : " + ", ".join(_holder(p) for p in g.processes))
     else:
-        reason = status.notes[-1] if status.notes else "no GPU"
-        lines.append(f"GPUs      : none ({reason})")
+        lines.append("GPUs      : none" + "".join(f"\n  {note}" for note in status.notes))  # each probe's
     lines.append(f"RAM       : {size_text(status.ram_available_mb, smallest='GiB')} available of "
                  f"{size_text(status.ram_total_mb, smallest='GiB')}")
     lines.append(f"CPU       : {status.cpu_count} logical cores, {status.cpu_percent:.0f}% busy")

@@ -124,7 +124,8 @@ class _Nvml:
             try:
                 import pynvml
             except ImportError:
-                raise _NoAnswer("nvidia-ml-py is not installed") from None
+                raise _NoAnswer('nvidia-ml-py is not installed (for an NVIDIA card: pip install '
+                                '"zwaif-fallback[nvidia]")') from None
             self._module = pynvml
         if not self._ready:
             try:
