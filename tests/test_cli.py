@@ -70,6 +70,11 @@ def test_check_text_output_names_the_verdict(isolated):
     assert result.stdout.startswith(f"{SMOL}: CPU") and "weights" in result.stdout
 
 
+def test_check_takes_a_kv_type_in_capitals_as_llama_cpp_writes_it(isolated):
+    assert cli_json("check", SMOL, "--kv-type", "Q8_0", "--flash-attn", "--no-dry-run",
+                    cwd=isolated)["verdict"] == "cpu"
+
+
 def test_check_a_file_path(isolated, tiny_gguf):
     assert cli_json("check", str(tiny_gguf), cwd=isolated)["model"] == "tiny"
 

@@ -225,7 +225,7 @@ def test_reset_of_some_fields_keeps_the_others():
     s = FallbackSettings().reset(["timeout", "max_retries"])
     assert (s.timeout, s.primary_url) == (30, "http://h:1/v1")
     assert json.loads(Path("fallback_settings.json").read_text()) == {"primary_url": "http://h:1/v1"}
-    with pytest.raises(InvalidSettings, match="unknown setting 'timout'"):
+    with pytest.raises(InvalidSettings, match=r"unknown setting 'timout' \(did you mean timeout\?\)"):
         FallbackSettings().reset(["timout"])
     assert json.loads(Path("fallback_settings.json").read_text()) == {"primary_url": "http://h:1/v1"}
 

@@ -75,7 +75,8 @@ class Catalog:
     def resolve(self, name_or_path: str, settings: FallbackSettings) -> ModelInfo:
         """The model a person means by ``name_or_path``.
 
-        Names are matched against the catalog (exactly, then ignoring case). Only
+        Names are matched against the catalog (exactly, then ignoring case, then as the
+        file's name: ``model.Q4_K_M.gguf``). Only
         an existing file or folder is opened, and only when the text looks like a path or
         names a folder (a bare folder name in the current directory).
 
@@ -87,7 +88,9 @@ class Catalog:
             raise InvalidSettings(f"a model name must be text, not {type(name_or_path).__name__}")
         wanted = name_or_path.strip()
         models = self.discover(settings)
-        for match in (lambda m: m.name == wanted, lambda m: m.name.lower() == wanted.lower()):
+        # by name, then ignoring case, then by its file's name as a file manager shows it
+        for match in (lambda m: m.name == wanted, lambda m: m.name.lower() == wanted.lower(),
+                      lambda m: Path(m.path).name.lower() == wanted.lower()):
             found = [m for m in models if match(m)]
             if len(found) == 1:
                 return found[0]

@@ -256,7 +256,7 @@ def _check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-layers", type=int, metavar="K",
                         help="llama.cpp's n_gpu_layers (-1 = all); default: the most that fit")
     parser.add_argument("--flash-attn", action="store_true", help="estimate with flash attention")
-    parser.add_argument("--kv-type", choices=KV_TYPES, default="f16", help="KV cache type")
+    parser.add_argument("--kv-type", type=str.lower, choices=KV_TYPES, default="f16", help="KV cache type")
     parser.add_argument("--free-vram-mb", type=float, metavar="X",
                         help="what if the GPU had X MiB free")
     parser.add_argument("--no-dry-run", action="store_true",
@@ -329,10 +329,12 @@ def cmd_chat(manager: FallbackManager, args: argparse.Namespace) -> int:
     messages = [{"role": "user", "content": args.prompt}]
     if args.json:
         return print_json(manager.chat(messages, max_tokens=args.max_tokens).model_dump())
-    for piece in manager.stream_chat(messages, max_tokens=args.max_tokens):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    try:
+        for piece in manager.stream_chat(messages, max_tokens=args.max_tokens):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finally:  # Ctrl+C too: its "interrupted" goes on a line of its own
+        sys.stdout.write("\n")
     done = manager.last_result
     if done is not None:
         print(format_chat_footer(done), file=sys.stderr)

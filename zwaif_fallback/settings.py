@@ -9,6 +9,7 @@ written into it.
 from __future__ import annotations
 
 import contextvars
+import difflib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -279,8 +280,10 @@ def _adapter(name: str) -> TypeAdapter[Any]:
 
 
 def _unknown_message(names: list[str]) -> str:
-    known = ", ".join(sorted(FallbackSettings.model_fields))
-    return f"unknown setting {', '.join(repr(n) for n in names)}; settings are: {known}"
+    fields = sorted(FallbackSettings.model_fields)
+    close = [match for n in names for match in difflib.get_close_matches(n.lower(), fields, n=1)]
+    meant = f" (did you mean {', '.join(close)}?)" if close else ""
+    return f"unknown setting {', '.join(repr(n) for n in names)}{meant}; settings are: {', '.join(fields)}"
 
 
 def _translate(exc: ValidationError, *, arguments: set[str]) -> InvalidSettings:
