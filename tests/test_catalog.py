@@ -290,6 +290,10 @@ class TestResolve:
         assert self.resolve("Tiny-Chat").name == "Tiny-Chat"
         assert self.resolve("tiny-chat").name == "Tiny-Chat"
 
+    def test_by_the_files_name_as_a_file_manager_shows_it(self):
+        assert self.resolve("Tiny-Chat.gguf").name == "Tiny-Chat"
+        assert self.resolve("tiny-chat.GGUF").name == "Tiny-Chat"
+
     def test_an_existing_path_given_as_such(self, tiny_gguf):
         m = self.resolve(str(tiny_gguf))
         assert m.source == "path" and m.valid
@@ -307,3 +311,17 @@ class TestResolve:
         for hostile in ("../../etc/shadow.gguf", "/nonexistent/x.gguf", "", "\x00"):
             with pytest.raises(ModelNotFound):
                 self.resolve(hostile)
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_escaped_with_a_reason_to_rename_it(tiny_gguf):
+    # A Linux name from a cp1252 zip: its byte 0xE9 reached SQLite, JSON and llama.cpp as the
+    # surrogate \udce9, which none of them can encode, and the chat crashed
+    Path("models").mkdir()
+    try:
+        shutil.copy(tiny_gguf, os.fsdecode(b"models/mod\xe9le.gguf"))
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    model = discover()["mod\\xe9le"]
+    assert not model.valid and "mod\\xe9le.gguf is not UTF-8" in model.error
+    assert "rename it" in model.error
+    assert Path(model.path).is_file()  # the real path, for whoever renames it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -12,13 +13,15 @@ from conftest import local_models, run_cli
 from servers import FaultProxy, HangServer, LlamaServer, ScriptedServer, refused_url, wait_until
 
 from zwaif_fallback import AllTargetsFailed, FallbackManager, FallbackSettings, InvalidSettings
-from zwaif_fallback.backends.base import GenerationParams
+from zwaif_fallback.backends.base import GenerationParams, TargetFailed
+from zwaif_fallback.backends.openai import OpenAIBackend
 from zwaif_fallback.failover import FailoverChain
 from zwaif_fallback.routing import Router
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 ASK = [{"role": "user", "content": "Name three colours."}]
 GEN = {"max_tokens": 24, "temperature": 0.0, "seed": 1}
+UNRESOLVABLE = "http://no-such-host.invalid:5000/v1"  # .invalid never resolves (RFC 6761)
 
 
 @pytest.fixture(scope="module")
@@ -187,10 +190,30 @@ def test_a_refused_connection_is_known_by_its_type_not_its_text():
     try:
         httpx.get(refused_url() + "/models", timeout=5)
     except httpx.ConnectError as exc:
-        refused = _transport_error(exc, "u")
+        refused = _transport_error(exc, "u", "primary_url")
     assert refused.fast and not refused.retryable  # down for sure: no retries, no waiting
     worded = httpx.ConnectError("the proxy said: connection refused")  # text only, no OS error
-    assert not _transport_error(worded, "u").fast
+    assert not _transport_error(worded, "u", "primary_url").fast
+
+
+def test_a_primary_whose_host_name_does_not_resolve_falls_back_at_once_without_retries(manager):
+    result = manager.chat(ASK, primary=UNRESOLVABLE, **GEN)
+    first = result.attempts[0]
+    assert result.source == "local" and first.tries == 1  # a wrong name stays wrong: no retries
+    assert "does not resolve" in first.error and first.error.endswith("check primary_url")
+
+
+def test_a_host_name_that_does_not_resolve_is_not_retried_on_an_event_loop_either():
+    backend = OpenAIBackend(UNRESOLVABLE, source="remote")
+
+    async def ask() -> None:
+        async for _ in backend.astream(ASK, GenerationParams()):
+            pass
+
+    with pytest.raises(TargetFailed) as err:
+        asyncio.run(ask())
+    assert err.value.fast and not err.value.retryable
+    assert "does not resolve" in str(err.value) and str(err.value).endswith("check remote_urls")
 
 
 def test_a_cut_stream_is_continued_by_the_next_target(manager, proxy):

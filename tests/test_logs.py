@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
+from servers import FaultProxy
 
 from zwaif_fallback.logs import setup_logging
 
@@ -76,3 +78,26 @@ def test_a_backup_another_process_holds_keeps_the_records_in_the_live_file(log_f
     assert "Logging error" not in capsys.readouterr().err
     assert not Path(f"{log_file}.rotating").exists()
     assert Path(f"{log_file}.1").read_text(encoding="utf-8") == "backup 1\n"
+
+
+def test_a_path_that_is_not_utf8_is_logged_with_escapes(log_file, capsys):
+    # A model file from a cp1252 zip reaches Python with the surrogate \udce9 for its byte 0xE9:
+    # the record was dropped, with a "Logging error" traceback on stderr
+    log.warning("cannot load %s", os.fsdecode(b"/models/mod\xe9le.gguf"))
+    assert "cannot load /models/mod\\udce9le.gguf" in log_file.read_text(encoding="utf-8")
+    assert capsys.readouterr().err == ""
+
+
+def test_a_retry_is_a_line_in_the_log_file_and_nothing_on_stderr(isolated):
+    # stamina's own hook printed a bare "stamina.retry_scheduled" on stderr for each retry
+    proxy = FaultProxy(upstream_port=0)  # never reached: every request is answered 500
+    proxy.mode = "500"
+    try:
+        result = run_cli("chat", "Say hi.", "--json", "--max-tokens", "4", cwd=isolated,
+                         env={"FALLBACK_PRIMARY_URL": proxy.url, "FALLBACK_KEEP_ALIVE": "0"})
+    finally:
+        proxy.close()
+    assert result.returncode == 0 and result.stderr == ""
+    logged = (isolated / "Logs" / "zwaif_fallback.log").read_text(encoding="utf-8")
+    assert "retry 1 in" in logged and "retry 2 in" in logged and "injected 500" in logged
+    assert "stamina.retry_scheduled" not in logged

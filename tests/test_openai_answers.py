@@ -1,5 +1,5 @@
 """Reading a server's event stream: the text-only events read by their frame (``Events``)
-give exactly what parsing each event whole gives."""
+give exactly what parsing each event whole gives. What an error status says (``status_error``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from zwaif_fallback.backends.base import ALIVE, TargetFailed, ToolCalls, Usage
-from zwaif_fallback.backends.openai_answers import Events
+from zwaif_fallback.backends.openai_answers import SAID_CHARS, Events, status_error
 
 TEXTS = ["Hello", ' "quoted" ', "back\\slash", "line\nbreak", "caf\u00e9", "\U0001F600 emoji",
          "\u2028", "</script>", "\\u0041 not an escape", "a", "\t"]
@@ -105,3 +105,55 @@ def test_a_thinking_models_reasoning_is_a_sign_of_life_not_text():
     thinking = chunk(None)
     thinking["choices"][0]["delta"] = {"reasoning_content": "Let me see."}
     assert read(sse(thinking, chunk("Blue."))) == [ALIVE, "Blue."]
+
+
+#: Python's http.server answers an unsupported method with this page, a 501
+ERROR_PAGE = b"""<!DOCTYPE HTML>
+<html lang="en">
+    <head>
+        <meta charset="utf-8">
+        <title>Error response</title>
+    </head>
+    <body>
+        <h1>Error response</h1>
+        <p>Error code: 501</p>
+        <p>Message: Unsupported method (&#x27;POST&#x27;).</p>
+    </body>
+</html>
+"""
+
+
+@pytest.mark.parametrize(("status", "body", "says"), [
+    (400, b'{"error": {"message": "bad temperature", "type": "invalid_request_error"}}',
+     "HTTP 400 Bad Request: bad temperature"),
+    (500, b'{"error": "out of memory"}', "HTTP 500 Internal Server Error: out of memory"),
+    (500, b'{"detail": "CUDA error"}', "HTTP 500 Internal Server Error: CUDA error"),
+    (422, b'{"detail": [{"loc": ["body", "top_p"], "msg": "Input should be a number"}]}',
+     ": body.top_p: Input should be a number"),
+    (503, b'{"object": "error", "message": "loading"}', "HTTP 503 Service Unavailable: loading"),
+    (502, b"upstream\n  timed out\n", "HTTP 502 Bad Gateway: upstream timed out"),
+    (502, b"<html><head><title>502 Bad Gateway</title></head><body></body></html>",
+     "HTTP 502 Bad Gateway"),
+    (501, ERROR_PAGE, "HTTP 501 Not Implemented: Error response Error code: 501 "
+                      "Message: Unsupported method ('POST')."),
+])
+def test_an_error_status_says_the_message_of_its_body_in_any_usual_shape(status, body, says):
+    assert str(status_error(status, body)).endswith(says)
+
+
+def test_a_404_says_the_url_should_end_in_v1():
+    # FastAPI's 404 (a URL without /v1 on text-generation-webui) read as "HTTP 404: None"
+    assert str(status_error(404, b'{"detail": "Not Found"}')) == (
+        "HTTP 404 Not Found (check primary_url: it should end in /v1, e.g. http://127.0.0.1:5000/v1)")
+
+
+def test_a_404_for_an_unknown_model_says_so_not_to_check_the_url():
+    said = str(status_error(404, b'{"error": "model \\"llama3\\" not found, try pulling it first"}'))
+    assert said == ('HTTP 404 Not Found: model "llama3" not found, try pulling it first '
+                    "(the server knows no model by that name: check primary_model)")
+
+
+def test_a_long_error_page_is_one_bounded_line():
+    said = str(status_error(500, b"<html><body>" + b"<p>Traceback line</p>\n" * 2000 + b"</body></html>"))
+    assert "\n" not in said and "<" not in said
+    assert len(said) <= len("HTTP 500 Internal Server Error: ") + SAID_CHARS

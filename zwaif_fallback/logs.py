@@ -53,7 +53,8 @@ class _RotatingFileHandler(logging.handlers.RotatingFileHandler):
 
 def setup_logging(log_dir: str | Path | None = None, *, level: int = logging.INFO,
                   max_bytes: int = 5 * 1024 * 1024, backups: int = 3) -> Path | None:
-    """Send ``zwaif_fallback`` logs to a rotating file in ``log_dir`` (default ``Logs``).
+    """Send ``zwaif_fallback`` logs, and the retries stamina schedules, to a rotating file in
+    ``log_dir`` (default ``Logs``).
 
     Returns the log file, or None when the folder cannot be written (the host
     goes on without a log file; a warning goes to stderr).
@@ -66,8 +67,10 @@ def setup_logging(log_dir: str | Path | None = None, *, level: int = logging.INF
         return path
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        handler = _RotatingFileHandler(
-            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True)
+        # A path that is not UTF-8 (a model file from a cp1252 zip) is logged with \x escapes,
+        # not dropped with a "Logging error" traceback on stderr.
+        handler = _RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
+                                       encoding="utf-8", errors="backslashreplace", delay=True)
         with open(path, "a", encoding="utf-8"):
             pass  # fail now, not at the first log line, when the folder is not writable
     except OSError as exc:
@@ -76,5 +79,25 @@ def setup_logging(log_dir: str | Path | None = None, *, level: int = logging.INF
     handler.setFormatter(logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
     logger.addHandler(handler)
+    handler.addFilter(_RetryDetails())
+    logging.getLogger("stamina").addHandler(handler)  # the retries of the calls to servers
     _configured.add(str(path.resolve()))
     return path
+
+
+class _RetryDetails(logging.Filter):
+    """Puts the details of stamina's retry records in their line.
+
+    stamina logs each retry it schedules as the bare message "stamina.retry_scheduled", its
+    details in fields a formatter leaves out, to its own logger. With no handler there,
+    Python's last resort printed it on stderr, a line per retry beside the CLI's one-line
+    errors and its --json. Its hooks are left as they are: a host may have set its own.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "stamina.retry_scheduled":
+            fields = vars(record)
+            record.msg = "retry %s in %s s after %s"
+            record.args = tuple(fields.get(f"stamina.{name}")
+                                for name in ("retry_num", "wait_for", "caused_by"))
+        return True

@@ -3,7 +3,8 @@
 Answers stream by server-sent events, read by ``openai_answers`` whichever transport
 brought them: httpx for ``stream`` (a thread's blocking call), ``http_stream`` for
 ``astream`` (serve's event loop). Errors are classified here, at the edge:
-a refused connection means the server is down (fail fast, no retry); 429, 5xx,
+a refused connection means the server is down, and a host name that does not resolve
+means the URL is wrong (fail fast, no retry); 429, 5xx,
 read timeouts and dropped connections are retryable; other 4xx are not. A stream that
 ends with no finish reason (the connection closing, or ``[DONE]`` alone, as llama.cpp's
 server ends an answer it interrupts for a newer request) is an unfinished answer.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import json
+import socket
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -113,7 +115,7 @@ class OpenAIBackend(Backend):
                     yield from events.end()
                     return
         except httpx.HTTPError as exc:
-            raise _transport_error(exc, self.base_url) from None
+            raise _transport_error(exc, self.base_url, self._setting) from None
 
     async def astream(self, messages: list[dict[str, str]], params: GenerationParams, *,
                       prefix: str = "", deadline_s: float | None = None,
@@ -138,7 +140,7 @@ class OpenAIBackend(Backend):
                 response = await pool.post(url, _compact(body), headers, connect_s=connect,
                                            read_s=read_s)
             except Exception as exc:
-                raise _connect_failure(exc, self.base_url) from None
+                raise _connect_failure(exc, self.base_url, self._setting) from None
             try:
                 if response.status >= 400:
                     failure = status_error(response.status, await response.read())
@@ -192,6 +194,11 @@ class OpenAIBackend(Backend):
         if params.seed is not None:
             body["seed"] = params.seed
         return body, server_headers(self._api_key, Accept=self.stream_type), min(deadline_s or 10.0, 10.0)
+
+    @property
+    def _setting(self) -> str:
+        """The setting that names this server, for a message that says to check it."""
+        return "primary_url" if self.source == "primary" else "remote_urls"
 
     def _url(self, body: Mapping[str, Any]) -> str:
         return f"{self.base_url}{self.text_path if 'prompt' in body else self.chat_path}"
@@ -274,12 +281,14 @@ def _close_on(cancel: threading.Event, response: Any) -> None:
     threading.Thread(target=watch, daemon=True, name="zwaif-http-cancel").start()
 
 
-def _connect_failure(exc: Exception, url: str) -> TargetFailed:
+def _connect_failure(exc: Exception, url: str, setting: str) -> TargetFailed:
     """``http_stream``'s failure to send a request, as the chain reads it."""
     import asyncio
 
     if _refused(exc):
         return TargetFailed(f"connection refused by {url} (is the server running?)", fast=True)
+    if (unresolved := _unresolved(exc)) is not None:
+        return _no_such_host(unresolved, url, setting)
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return TargetFailed(f"timed out talking to {url} (no connection or no answer)", retryable=True)
     if isinstance(exc, ValueError):
@@ -300,11 +309,13 @@ def _compact(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _transport_error(exc: Exception, url: str) -> TargetFailed:
+def _transport_error(exc: Exception, url: str, setting: str) -> TargetFailed:
     import httpx
 
     if isinstance(exc, httpx.ConnectError) and _refused(exc):
         return TargetFailed(f"connection refused by {url} (is the server running?)", fast=True)
+    if isinstance(exc, httpx.ConnectError) and (unresolved := _unresolved(exc)) is not None:
+        return _no_such_host(unresolved, url, setting)
     if isinstance(exc, httpx.TimeoutException):
         return TargetFailed(f"timed out talking to {url} ({type(exc).__name__})", retryable=True)
     if isinstance(exc, (httpx.TransportError, httpx.StreamError)):
@@ -312,15 +323,29 @@ def _transport_error(exc: Exception, url: str) -> TargetFailed:
     return TargetFailed(f"request to {url} failed: {exc}")
 
 
+def _no_such_host(exc: socket.gaierror, url: str, setting: str) -> TargetFailed:
+    """A name that does not resolve now will not within the deadline either: no retries."""
+    return TargetFailed(f"the host name in {url} does not resolve ({exc.strerror or exc}): "
+                        f"check {setting}", fast=True)
+
+
 def _refused(exc: BaseException) -> bool:
-    """Whether the OS refused the connection: httpx keeps the socket's error in the chain
+    """Whether the OS refused the connection."""
+    return any(isinstance(cause, ConnectionRefusedError) or (
+        isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED) for cause in _causes(exc))
+
+
+def _unresolved(exc: BaseException) -> socket.gaierror | None:
+    """The resolver's error when the host name did not resolve."""
+    return next((cause for cause in _causes(exc) if isinstance(cause, socket.gaierror)), None)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it: httpx keeps the socket's error in the chain
     (httpx.ConnectError from httpcore.ConnectError from ConnectionRefusedError)."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        if isinstance(cause, ConnectionRefusedError) or (
-                isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED):
-            return True
+        yield cause
         cause = cause.__cause__ or cause.__context__
-    return False

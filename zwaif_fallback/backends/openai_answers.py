@@ -8,9 +8,12 @@ token counts, and what an error status means (``status_error``).
 
 from __future__ import annotations
 
+import html
 import json
 import json.decoder
+import re
 from collections.abc import Callable, Iterator
+from http import HTTPStatus
 from typing import Any
 
 from .base import ALIVE, TargetFailed, ToolCalls, Usage
@@ -107,7 +110,7 @@ class Events(Lines):
         if not isinstance(event, dict):
             return []
         if event.get("error"):
-            raise TargetFailed(f"the server reported: {_error_text(event)}", retryable=True)
+            raise TargetFailed(f"the server reported: {_message(event)}", retryable=True)
         _read_usage(event, self._usage)
         choice = _choice(event)
         if choice is None:
@@ -276,18 +279,67 @@ def _read_finish(choice: dict[str, Any], usage: Usage) -> None:
         usage.finish_reason = reason
 
 
-def _error_text(event: dict[str, Any]) -> str:
-    error = event.get("error")
-    if isinstance(error, dict):
-        return str(error.get("message") or error)
-    return str(error)
+#: The longest a server's own words are quoted in an error: it ends up in a chat's footer.
+SAID_CHARS = 200
+_HIDDEN = re.compile(r"<(head|script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+_UNKNOWN_MODEL = re.compile(r"model.*(not found|not exist|unknown|no such)", re.IGNORECASE)
 
 
 def status_error(status: int, content: bytes) -> TargetFailed:
-    """The failure an error status means, its body saying why."""
+    """The failure an error status means: the status, what the body says, what to check."""
+    phrase = _phrase(status)
+    said = _said(content)
+    text = f"HTTP {status} {phrase}".rstrip()
+    # FastAPI's 404 says "Not Found", a proxy's page "502 Bad Gateway": nothing more
+    if said.lower() not in ("", phrase.lower(), f"{status} {phrase}".lower()):
+        text += f": {said}"
+    if status in (401, 403):
+        text += " (check primary_api_key)"
+    elif status == 404 and _UNKNOWN_MODEL.search(said):
+        text += " (the server knows no model by that name: check primary_model)"
+    elif status == 404:
+        text += " (check primary_url: it should end in /v1, e.g. http://127.0.0.1:5000/v1)"
+    return TargetFailed(text, retryable=status in RETRYABLE_STATUS)
+
+
+def _phrase(status: int) -> str:
     try:
-        detail = _error_text(json.loads(content))
-    except (ValueError, AttributeError):
-        detail = content[:200].decode("utf-8", errors="replace")
-    hint = " (check primary_api_key)" if status in (401, 403) else ""
-    return TargetFailed(f"HTTP {status}: {detail}{hint}", retryable=status in RETRYABLE_STATUS)
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _said(content: bytes) -> str:
+    """What an error answer's body says, on one line: its message in any usual shape, an
+    HTML page's text, or plain text."""
+    text = content[:65536].decode("utf-8", errors="replace")
+    try:
+        said = _message(json.loads(text))
+    except (ValueError, RecursionError):  # not JSON, or JSON nested past what Python reads
+        said = _page_text(text) if text.lstrip().startswith("<") else text
+    said = " ".join(said.split())
+    return said if len(said) <= SAID_CHARS else said[:SAID_CHARS - 1] + "…"
+
+
+def _message(body: Any) -> str:
+    """The message of a JSON error: OpenAI's ``error.message``, Ollama's ``error``, FastAPI's
+    ``detail`` (a text, or a list of ``{loc, msg}``), or ``message``."""
+    if isinstance(body, list):
+        return "; ".join(filter(None, map(_message, body)))
+    if not isinstance(body, dict):
+        return "" if body is None else str(body)
+    for key in ("error", "detail", "message", "msg"):
+        if body.get(key):
+            said = _message(body[key])
+            loc = body.get("loc") if key == "msg" else None
+            return f"{'.'.join(map(str, loc))}: {said}" if isinstance(loc, list) else said
+    return json.dumps(body)
+
+
+def _page_text(page: str) -> str:
+    """An HTML error page's words: its body's text, else its title."""
+    text = html.unescape(_TAG.sub(" ", _HIDDEN.sub(" ", page)))
+    title = _TITLE.search(page)
+    return text if text.strip() or title is None else html.unescape(title.group(1))
