@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .backends.ollama import OLLAMA_PORT, listed_models
+from .backends.openai_answers import server_said
 from .net import LOOP_STATUS
 from .routing import USUAL_MAIN_APIS
 from .upstreams import MODELS_TIMEOUT_S, PROBE_DEADLINE_S, Upstream, at_once, models_response, upstreams
@@ -147,7 +148,7 @@ def _refused(server: Upstream, response: Any) -> UpstreamProbe:
     import httpx
 
     code = response.status_code
-    reason, said = httpx.codes.get_reason_phrase(code) or "error", _error_text(response)
+    reason, said = httpx.codes.get_reason_phrase(code) or "error", server_said(response.content)
     problem = f"answers HTTP {code} ({reason})"
     if said and said.lower() != reason.lower():  # FastAPI's 404 says "Not Found" again
         problem += f": {said}"
@@ -182,20 +183,6 @@ def _path_advice(server: Upstream) -> str:
                 f"({server.url.rstrip('/')}/v1?)")
     return (f"the port may be another program's: {_USUAL_PORTS}; text-generation-webui's page (7860) "
             "is not its API")
-
-
-def _error_text(response: Any) -> str:
-    """The message of an error answer, as OpenAI (``error.message``), Ollama (``error``) or
-    FastAPI (``detail``) give it, shortened."""
-    try:
-        body = response.json()
-    except ValueError:
-        return ""
-    if not isinstance(body, dict):
-        return ""
-    error = body.get("error")
-    message = error.get("message") if isinstance(error, dict) else error or body.get("detail")
-    return message[:200] if isinstance(message, str) else ""
 
 
 def _port(url: str) -> int | None:

@@ -19,7 +19,7 @@ from typing import Any
 from .base import ALIVE, TargetFailed, ToolCalls, Usage
 
 __all__ = ["FINISH_REASONS", "RETRYABLE_STATUS", "UNNAMED_MODEL", "Events", "Lines", "read_model_name",
-           "status_error", "whole_answer"]
+           "server_said", "status_error", "whole_answer"]
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -290,7 +290,7 @@ _UNKNOWN_MODEL = re.compile(r"model.*(not found|not exist|unknown|no such)", re.
 def status_error(status: int, content: bytes) -> TargetFailed:
     """The failure an error status means: the status, what the body says, what to check."""
     phrase = _phrase(status)
-    said = _said(content)
+    said = server_said(content)
     text = f"HTTP {status} {phrase}".rstrip()
     # FastAPI's 404 says "Not Found", a proxy's page "502 Bad Gateway": nothing more
     if said.lower() not in ("", phrase.lower(), f"{status} {phrase}".lower()):
@@ -311,7 +311,7 @@ def _phrase(status: int) -> str:
         return ""
 
 
-def _said(content: bytes) -> str:
+def server_said(content: bytes) -> str:
     """What an error answer's body says, on one line: its message in any usual shape, an
     HTML page's text, or plain text."""
     text = content[:65536].decode("utf-8", errors="replace")
