@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import selectors
@@ -33,7 +34,9 @@ def test_status_json_has_the_design_fields(isolated):
 def test_status_says_why_each_gpu_probe_found_none(isolated):
     # only the last probe's word was shown ("torch is not installed"), and an NVIDIA user
     # without nvidia-ml-py installed torch
-    lines = run_cli("status", cwd=isolated).stdout.splitlines()
+    cpu_only = json.dumps([{"name": "CPU", "type": 0, "total_mb": 65536}])  # whatever this machine has
+    lines = run_cli("status", cwd=isolated, fake_gpus="nodriver", env={"ZWAIF_FAKE_GGML": cpu_only}
+                    ).stdout.splitlines()
     at = lines.index("GPUs      : none")
     assert lines[at + 1].startswith("  NVML") and lines[at + 2].startswith("  llama.cpp")
 
@@ -284,7 +287,10 @@ def test_on_windows_a_closed_pipe_is_einval_and_read_as_the_reader_gone(monkeypa
     einval = OSError(errno.EINVAL, "Invalid argument")
     assert cli._reader_went_away(BrokenPipeError()) and not cli._reader_went_away(einval)
     monkeypatch.setattr(cli.os, "name", "nt")
+    monkeypatch.setattr(cli.sys, "stdout", io.StringIO())  # a pipe, not a console
     assert cli._reader_went_away(einval) and not cli._reader_went_away(OSError(errno.EIO, "I/O error"))
+    # another call's EINVAL (a bad path) stays an unexpected failure, with its traceback logged
+    assert not cli._reader_went_away(OSError(errno.EINVAL, "Invalid argument", "C:\\bad|name"))
 
 
 def test_a_name_stdouts_encoding_lacks_is_escaped_not_a_crash(isolated, tiny_gguf):

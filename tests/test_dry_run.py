@@ -119,7 +119,7 @@ def test_a_damaged_file_raises_model_load_error_and_stays_refused(damage, tmp_pa
 NOT_UTF8_LOCALE = {"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": "utf-8"}
 DRY_RUN_IN_THAT_LOCALE = """
 import sys
-from zwaif_fallback.dry_run import _reason, dry_run
+from zwaif_fallback.dry_run import dry_run
 from zwaif_fallback.memory import LoadConfig
 try:
     dry_run(sys.argv[1], LoadConfig(n_ctx=256))

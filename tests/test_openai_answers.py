@@ -153,6 +153,18 @@ def test_a_404_for_an_unknown_model_says_so_not_to_check_the_url():
                     "(the server knows no model by that name: check primary_model)")
 
 
+def test_a_remote_or_an_ollama_primary_is_told_what_fits_it():
+    from zwaif_fallback.backends.ollama import OllamaBackend
+
+    ollama = OllamaBackend("http://127.0.0.1:11434", source="primary")._status_error(
+        404, b"404 page not found")
+    assert str(ollama).endswith("(check primary_url: Ollama's own API is at its root, with no /v1, "
+                                "e.g. http://127.0.0.1:11434)")  # not "it should end in /v1"
+    assert str(status_error(404, b"", primary=False)).startswith("HTTP 404 Not Found (check remote_urls: ")
+    assert str(status_error(401, b"", primary=False)).endswith("(it wants an API key, and only the main "
+                                                              "API is sent one)")
+
+
 def test_a_long_error_page_is_one_bounded_line():
     said = str(status_error(500, b"<html><body>" + b"<p>Traceback line</p>\n" * 2000 + b"</body></html>"))
     assert "\n" not in said and "<" not in said

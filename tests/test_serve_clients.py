@@ -173,6 +173,14 @@ def test_zwaifs_camera_view_inline_in_the_text_reaches_a_local_model_as_a_note(i
     assert answer["usage"]["prompt_tokens"] < 200  # the note, not the base64
 
 
+def test_only_an_image_inline_as_data_is_taken_for_one_in_any_case():
+    from zwaif_fallback.backends.base import IMAGE_PLACEHOLDER, check_messages
+
+    text = 'A <IMG alt="x" SRC=\'data:image/png;base64,AAAA\'> b <img src="http://x/y.png"> c <img src="data:'
+    assert check_messages([{"role": "user", "content": text}])[0]["content"] == (
+        f'A {IMAGE_PLACEHOLDER} b <img src="http://x/y.png"> c <img src="data:')
+
+
 # -- tools -----------------------------------------------------------------------------------
 
 

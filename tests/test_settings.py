@@ -116,6 +116,12 @@ def test_a_url_that_could_never_answer_is_refused_saying_why(url, why):
     assert not Path("fallback_settings.json").exists()
 
 
+@pytest.mark.parametrize("url", ["http://[::1]:5000/v1", "https://api.example.com/openai/v1",
+                                 "http://127.0.0.1:11434", "http://localhost:1234/v1/"])
+def test_the_urls_people_use_are_taken(url):
+    assert FallbackSettings(primary_url=url).primary_url == url.rstrip("/")
+
+
 def test_two_urls_run_together_are_refused_not_taken_as_one():
     with pytest.raises(InvalidSettings, match="separate them with commas"):
         FallbackSettings(remote_urls="http://a:1/v1;http://b:2/v1")
@@ -197,6 +203,16 @@ def test_a_file_in_another_encoding_is_kept_aside_not_written_over():
     assert Path("fallback_settings.json.bak").read_bytes().decode("cp1252") == '{"primary_model": "café"}'
 
 
+def test_a_settings_file_that_is_a_model_is_neither_read_nor_moved_nor_written_over():
+    model = Path("model.gguf")
+    model.write_bytes(b"GGUF" + bytes(2 << 20))
+    s = FallbackSettings(settings_file=model)
+    assert "is not a settings file" in s.problems[0]
+    with pytest.raises(StorageError, match="nothing was written"):
+        s.saved(timeout=12)
+    assert model.stat().st_size == 4 + (2 << 20) and not Path("model.gguf.bak").exists()
+
+
 def test_a_pasted_path_loses_explorers_quotes_and_its_tilde_is_expanded():
     # Explorer's "Copy as path" quotes; cmd.exe and PowerShell leave ~ to the program
     s = FallbackSettings(models_dir=' "~/My Models" ', data_dir="~/.zf", characters_dir='"C:\\tgw"')
@@ -236,6 +252,20 @@ def test_settings_file_location_comes_from_argument_or_environment(monkeypatch, 
     assert json.loads(target.read_text()) == {"n_ctx": 2048}
     monkeypatch.setenv("FALLBACK_SETTINGS_FILE", str(target))
     assert FallbackSettings().n_ctx == 2048
+
+
+@pytest.mark.parametrize("given", ['"{tmp}/s.json"', "~/s.json"], ids=["quoted by cmd's set", "tilde"])
+def test_a_settings_file_named_as_pasted_is_the_one_saved_and_read(monkeypatch, tmp_path, given):
+    # the field stripped the quotes and expanded ~ while the file source read the raw text:
+    # a save went to one file and the next start read another
+    monkeypatch.setenv("FALLBACK_SETTINGS_FILE", given.format(tmp=tmp_path))
+    assert FallbackSettings().saved(n_ctx=2048).n_ctx == 2048
+    assert FallbackSettings().n_ctx == 2048
+
+
+def test_a_path_with_the_home_of_no_user_is_refused_not_a_crash():
+    with pytest.raises(InvalidSettings, match="models_dir"):
+        FallbackSettings(models_dir="~no-such-user-here/models")
 
 
 def test_an_unwritable_location_is_a_clear_error(tmp_path):

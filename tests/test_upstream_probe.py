@@ -21,7 +21,7 @@ from servers import (
 
 from zwaif_fallback import FallbackSettings
 from zwaif_fallback.upstream_probe import probe, probe_all
-from zwaif_fallback.upstreams import MAX_IN_FLIGHT, Upstream, at_once, models_of
+from zwaif_fallback.upstreams import MAX_IN_FLIGHT, ModelLists, Upstream, at_once
 
 
 def primary(url: str, *, ollama: bool = False, api_key: str = "") -> Upstream:
@@ -152,7 +152,7 @@ def test_a_trickling_server_asked_again_and_again_holds_a_few_threads_not_one_an
     server = Upstream(drip.url, "primary", "", False)
     try:
         for _ in range(12):
-            assert at_once(models_of, [server], deadline_s=0.1, late=lambda _: None) == [None]
+            assert at_once(ModelLists().of, [server], deadline_s=0.1, late=lambda _: None) == [None]
         asking = [t for t in threading.enumerate() if t.name == "upstream-ask"]
         assert len(asking) == MAX_IN_FLIGHT
     finally:
@@ -162,7 +162,8 @@ def test_a_trickling_server_asked_again_and_again_holds_a_few_threads_not_one_an
                what="the asks to end")
     lister = ScriptedServer(["Hi."], listed=["qwen2.5"])
     try:
-        listed = at_once(models_of, [Upstream(lister.url, "remote", "", False)], deadline_s=5, late=list)
+        listed = at_once(ModelLists().of, [Upstream(lister.url, "remote", "", False)], deadline_s=5,
+                         late=list)
     finally:
         lister.close()
     assert [m["id"] for m in listed[0]] == ["qwen2.5"]

@@ -22,7 +22,7 @@ and to having no import cycle.
                   hub_models, model_info, locations, gguf_lending, gguf_header, gguf_cursor,
                   safetensors_header, ggml
     base          settings, settings_fields, settings_file, hardware, ggml_devices, store, errors, units, net,
-                  logs, _model
+                  files, logs, _model
 
 * porches: the CLI (cli_parser: its subcommands and their arguments; cli_text: what it
   prints), ``try_fallbacks`` on a default manager, the OpenAI-compatible server (front: what
@@ -60,9 +60,10 @@ and to having no import cycle.
   downloads one from the Hub into a place discovery reads (pull -> pull_plan: which files,
   download: one file's bytes, verified).
 * base: settings (settings_fields: the kinds of value a field takes, and its range in words;
-  settings_file: the file on disk, and any text file as Windows tools save it), hardware
-  probes (hardware; ggml_devices: llama.cpp's own device list), the SQLite store, the errors,
-  and small helpers (units: sizes for people; net: which hosts are loopback).
+  settings_file: the file on disk), hardware probes (hardware; ggml_devices: llama.cpp's own
+  device list), the SQLite store, the errors, and small helpers (units: sizes for people;
+  net: which hosts are loopback; files: text as Windows tools save it, and a rename that
+  waits for a scanner).
 """
 
 from __future__ import annotations

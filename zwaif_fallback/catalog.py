@@ -88,9 +88,7 @@ class Catalog:
             raise InvalidSettings(f"a model name must be text, not {type(name_or_path).__name__}")
         wanted = name_or_path.strip()
         models = self.discover(settings)
-        # by name, then ignoring case, then by its file's name as a file manager shows it
-        for match in (lambda m: m.name == wanted, lambda m: m.name.lower() == wanted.lower(),
-                      lambda m: Path(m.path).name.lower() == wanted.lower()):
+        for match in (lambda m: m.name == wanted, lambda m: m.name.lower() == wanted.lower()):
             found = [m for m in models if match(m)]
             if len(found) == 1:
                 return found[0]
@@ -98,6 +96,10 @@ class Catalog:
             path = Path(wanted).expanduser()
             if path.exists() or path.is_symlink():
                 return self.inspect_path(path, settings)
+        # a file's name as a file manager shows it, where no file here has it
+        found = [m for m in models if Path(m.path).name.lower() == wanted.lower()]
+        if len(found) == 1:
+            return found[0]
         usable = [m.name for m in models if m.valid]
         broken = [m.name for m in models if not m.valid]
         names = usable + broken  # usable first, so that the suggestions prefer them

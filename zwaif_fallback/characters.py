@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .settings_file import read_text
+from .files import read_text
 
 __all__ = ["CHAT_MODES", "find_character", "persona", "persona_messages", "with_persona"]
 

@@ -136,8 +136,12 @@ def _crashed(command: str, exc: Exception) -> int:
 def _reader_went_away(exc: OSError) -> bool:
     """Whether ``exc`` is a write to a pipe whose reader has closed it: BrokenPipeError, or on
     Windows OSError EINVAL (CPython's subprocess reads it so too, bpo-19612), which made
-    ``zwaif-fallback models | more`` an "unexpected failure" once ``more`` was quit."""
-    return isinstance(exc, BrokenPipeError) or (os.name == "nt" and exc.errno == errno.EINVAL)
+    ``zwaif-fallback models | more`` an "unexpected failure" once ``more`` was quit. An EINVAL
+    that names a file, or with stdout a console, is some other call's."""
+    if isinstance(exc, BrokenPipeError):
+        return True
+    return (os.name == "nt" and exc.errno == errno.EINVAL and exc.filename is None
+            and not sys.stdout.isatty())
 
 
 def _escape_what_stdout_cannot_encode() -> None:

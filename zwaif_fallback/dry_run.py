@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -167,8 +168,9 @@ def dry_run(path: str | os.PathLike[str], config: LoadConfig, *, cpu_only: bool 
     Raises:
         BackendUnavailable: llama-cpp-python is not installed, or no child could start.
         InvalidModelFile: the file cannot be read, or its tensor table not parsed.
-        Refused: llama.cpp refused the file or the configuration, or died on it.
-        ModelLoadError: the child ran past ``timeout_s``, or printed no report.
+        Refused: llama.cpp refused the file or the configuration.
+        ModelLoadError: the child died another way (a signal, an error of its own), ran
+            past ``timeout_s``, or printed no report; none of these is kept.
     """
     try:
         key = _key(path, config, cpu_only)
@@ -236,11 +238,14 @@ def _run_child(path: str, config: LoadConfig, cpu_only: bool, timeout_s: float) 
     if child.returncode == 4:
         return (f"llama.cpp cannot create a context for {name} with n_ctx={config.n_ctx}, "
                 f"flash_attn={config.flash_attn}, kv_type={config.kv_type} ({reason})")
-    if child.returncode != 0 or not child.stdout.strip():
-        how = (f"was killed by signal {-child.returncode} while reading" if child.returncode < 0
-               else "cannot load" if child.returncode == 3
-               else f"failed (exit status {child.returncode}) while reading")
-        return f"llama.cpp {how} {name} ({reason}): the file is damaged or unsupported"
+    # no model from llama.cpp (3), or llama.cpp aborted on the file (a GGML_ASSERT: SIGABRT;
+    # abort() exits 3 on Windows): its answer, kept. Another death is not llama.cpp's word.
+    if child.returncode in (3, -signal.SIGABRT):
+        return f"llama.cpp cannot load {name} ({reason}): the file is damaged or unsupported"
+    if child.returncode != 0 or not child.stdout.strip():  # not llama.cpp's answer: not cached
+        how = (f"was killed by signal {-child.returncode}" if child.returncode < 0
+               else f"failed (exit status {child.returncode})")
+        raise ModelLoadError(f"the dry run of {name} {how} ({reason})")
     try:
         report = json.loads(child.stdout.strip().splitlines()[-1])
     except ValueError:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .settings_file import read_text
+from .files import read_text
 
 __all__ = [
     "Candidate",

@@ -40,11 +40,11 @@ from typing import Literal
 
 from .download import Download, ProgressCallback, PullProgress, format_size, sync_folder
 from .errors import HubUnavailable, NotEnoughSpace, StorageError
+from .files import replace_when_free
 from .hub import Hub, HubModel, RemoteFile
 from .locations import group_gguf_files, hf_cache_dir, hf_folder_candidate
 from .model_info import ModelInfo, inspect_candidate
 from .pull_plan import ALLOWED_SUFFIXES, PullPlan, check_file_type, plan_pull
-from .settings_file import replace_when_free
 
 __all__ = ["ALLOWED_SUFFIXES", "ProgressCallback", "PullProgress", "check_file_type", "plan_pull",
            "pull"]
@@ -119,8 +119,11 @@ def pull(spec: str | HubModel, *, hub: Hub, models_dir: Path, download_to: Desti
         for folder in {path.parent for *_, place in todo for path in (place.target, place.visible)}:
             sync_folder(folder)  # the new names on the disk too
     except OSError as exc:
+        # on Windows a file another process holds (a model loaded from it) refuses its rename
+        held = (" or close what holds its files open" if isinstance(exc, PermissionError) and os.name == "nt"
+                else "")
         raise StorageError(f"cannot write {places[0].target.parent}: {exc.strerror or exc}; check "
-                           "the folder's permissions and free space") from exc
+                           f"the folder's permissions and free space{held}") from exc
     return _info(plan, places)
 
 

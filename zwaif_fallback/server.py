@@ -59,7 +59,7 @@ from .net import start_for_request
 from .ollama_info import UNANSWERED, OllamaInfo, in_ollamas_words, render
 from .relay import Relay, on_disconnect, shutting_down
 from .routing import chain_text
-from .upstreams import PROBE_DEADLINE_S, Upstream, answers, at_once, models_of, remembered_models, upstreams
+from .upstreams import PROBE_DEADLINE_S, ModelLists, Upstream, answers, at_once, upstreams
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -106,10 +106,11 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
 
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     manager.metrics  # noqa: B018 - made now, so that /metrics counts from the first request
-    info = OllamaInfo(settings=lambda: manager.settings, models=partial(listed_models, manager),
+    listing = partial(listed_models, manager, ModelLists())
+    info = OllamaInfo(settings=lambda: manager.settings, models=listing,
                       find_model=manager.find_model, loaded=manager.loaded_model, api_key=key,
                       clock=time.time)
-    api = _Api(manager, key, own_name=info.own_name)
+    api = _Api(manager, key, own_name=info.own_name, listing=listing)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api_routes = [
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
@@ -192,10 +193,11 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
     serving(served, on_shutdown=app.state.stop_chats).run(sockets=[listener])
 
 
-def listed_models(manager: FallbackManager) -> list[dict[str, Any]]:
+def listed_models(manager: FallbackManager, lists: ModelLists) -> list[dict[str, Any]]:
     """What ``/v1/models`` lists: the servers' models, then the local ones (blocking)."""
-    listed = [m for models in at_once(models_of, upstreams(manager.settings), deadline_s=PROBE_DEADLINE_S,
-                                      late=_no_list_in_time) for m in models]
+    late = partial(_no_list_in_time, lists)
+    listed = [m for models in at_once(lists.of, upstreams(manager.settings), deadline_s=PROBE_DEADLINE_S,
+                                      late=late) for m in models]
     for model in manager.discover_models():
         if model.usable:
             listed.append({"id": model.name, "object": "model", "created": 0,
@@ -210,18 +212,19 @@ def _circuit_open(breaker: dict[str, Any]) -> bool:
     return breaker.get("state") == "open" and breaker.get("retry_in_s", 0) > 0
 
 
-def _no_list_in_time(server: Upstream) -> list[dict[str, Any]]:
+def _no_list_in_time(lists: ModelLists, server: Upstream) -> list[dict[str, Any]]:
     log.info("no model list from %s within %g s", server.url, PROBE_DEADLINE_S)
-    return remembered_models(server)
+    return lists.remembered(server)
 
 
 class _Api:
     """The route handlers, over one manager. ``own_name``: the model an Ollama request's
-    name asks for (``OllamaInfo.own_name``)."""
+    name asks for (``OllamaInfo.own_name``); ``listing``: the models ``/v1/models`` lists."""
 
     def __init__(self, manager: FallbackManager, api_key: str | None, *,
-                 own_name: Callable[[str], str]) -> None:
+                 own_name: Callable[[str], str], listing: Callable[[], list[dict[str, Any]]]) -> None:
         self.manager = manager
+        self._listing = listing  # the models, as ``listed_models`` gives them
         self.api_key = api_key
         self._own_name = own_name
         self._streams: weakref.WeakSet[Relay] = weakref.WeakSet()  # each lives as its answer
@@ -316,7 +319,7 @@ class _Api:
         refused = refusal(request, self.api_key)
         if refused is not None:
             return refused
-        data = await asyncio.to_thread(listed_models, self.manager)
+        data = await asyncio.to_thread(self._listing)
         return JSONResponse({"object": "list", "data": [
             {k: v for k, v in m.items() if k != "x_ollama"} for m in data]})
 

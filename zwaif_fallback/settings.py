@@ -318,6 +318,17 @@ class _EnvWithAlias(EnvSettingsSource):
         return values
 
 
+def _settings_path(given: Any) -> Path:
+    """The settings file an argument or the environment names, read as the field reads it
+    (quotes from cmd.exe's ``set``, ``~``), so that a save and the next load use one file."""
+    if not given:
+        return DEFAULT_SETTINGS_FILE
+    try:
+        return Path(validate_field("settings_file", given))
+    except InvalidSettings:
+        return Path(given)  # the field's own validation says what is wrong with it
+
+
 class _JsonFileSource(PydanticBaseSettingsSource):
     """The saved settings file. A broken file never stops the host: it is reported."""
 
@@ -329,7 +340,7 @@ class _JsonFileSource(PydanticBaseSettingsSource):
         if report is None:
             report = {}
         report.setdefault("problems", [])
-        path = Path(self.current_state.get("settings_file") or DEFAULT_SETTINGS_FILE)
+        path = _settings_path(self.current_state.get("settings_file"))
         stored = load_file(path, report["problems"])
         values = {}
         for name, value in stored.items():

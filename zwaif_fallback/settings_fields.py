@@ -136,8 +136,15 @@ Url = Annotated[str, AfterValidator(_check_url)]
 UrlList = Annotated[list[str], NoDecode, BeforeValidator(_split_list), AfterValidator(_check_urls)]
 NameList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 OriginList = Annotated[list[str], NoDecode, BeforeValidator(_split_list), AfterValidator(_check_origins)]
-#: ``~`` is expanded here: Windows' shells leave it to the program, and a folder named "~" was made.
-SomePath = Annotated[Path, BeforeValidator(_some_path), AfterValidator(Path.expanduser)]
+def _expanded(path: Path) -> Path:
+    """``~`` expanded: Windows' shells leave it to the program, and a folder named "~" was made."""
+    try:
+        return path.expanduser()
+    except RuntimeError as exc:  # ~name of no user, or no home at all (a service account)
+        raise ValueError(f"{path}: {exc}; give the whole path") from None
+
+
+SomePath = Annotated[Path, BeforeValidator(_some_path), AfterValidator(_expanded)]
 Folder = Annotated[str, BeforeValidator(unquoted)]
 
 

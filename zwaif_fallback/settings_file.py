@@ -7,12 +7,10 @@ disk, then renamed over the old one, so a crash leaves either file whole.
 
 from __future__ import annotations
 
-import codecs
 import json
 import logging
 import os
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,25 +18,19 @@ from typing import Any
 from pydantic import SecretStr
 
 from .errors import StorageError
+from .files import read_text, replace_when_free
 
-__all__ = ["load_file", "read_file_quietly", "read_text", "replace_when_free", "to_json", "write_atomically"]
+__all__ = ["load_file", "read_file_quietly", "to_json", "write_atomically"]
 
 log = logging.getLogger("zwaif_fallback.settings")
 
 
-def read_text(path: Path) -> str:
-    """A text file as a person may have saved it on Windows: UTF-8 with or without a BOM
-    (PowerShell 5.1's ``Set-Content -Encoding UTF8`` writes one, as Notepad did before 2019),
-    or UTF-16 with its BOM (PowerShell 5.1's ``>``). JSON parsers refuse a BOM.
+#: Larger than any settings file: a path that points at a model, say, is not read or moved.
+MAX_SETTINGS_BYTES = 1 << 20
 
-    Raises:
-        OSError: the file cannot be read.
-        UnicodeDecodeError: it is in none of these.
-    """
-    raw = path.read_bytes()
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return raw.decode("utf-16")
-    return raw.decode("utf-8-sig")
+
+class _NotSettings(ValueError):
+    """The file is far too large to be a settings file."""
 
 
 def load_file(path: Path, problems: list[str]) -> dict[str, Any]:
@@ -46,6 +38,10 @@ def load_file(path: Path, problems: list[str]) -> dict[str, Any]:
         return _object(path)
     except (FileNotFoundError, NotADirectoryError):  # none there (the write says why it cannot be)
         return {}
+    except _NotSettings as exc:
+        message = f"{exc}; using defaults"
+        problems.append(message)
+        log.warning("%s", message)
     except OSError as exc:
         message = f"cannot read settings file {path} ({exc.strerror or exc}); using defaults"
         problems.append(message)
@@ -72,6 +68,8 @@ def read_file_quietly(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise StorageError(f"cannot read settings file {path} ({exc.strerror or exc}), so nothing "
                            "was written; check its permissions") from exc
+    except _NotSettings as exc:
+        raise StorageError(f"{exc}, so nothing was written: set settings_file to a JSON file") from exc
     except ValueError as exc:
         log.error("settings file %s is corrupt (%s); %s", path, exc, _set_aside(path))
         return {}
@@ -82,8 +80,12 @@ def _object(path: Path) -> dict[str, Any]:
 
     Raises:
         OSError: the file cannot be read.
+        _NotSettings: it is far too large to be one.
         ValueError: it is not text, not JSON, or not an object.
     """
+    size = path.stat().st_size
+    if size > MAX_SETTINGS_BYTES:
+        raise _NotSettings(f"{path} is not a settings file: it holds {size} bytes")
     text = read_text(path)
     data = json.loads(text) if text.strip() else {}
     if not isinstance(data, dict):
@@ -143,22 +145,3 @@ REPLACE_WAIT_S = 1.0 if os.name == "nt" else 0.0
 
 def _replace(tmp: str, path: Path) -> None:
     replace_when_free(tmp, path, REPLACE_WAIT_S)
-
-
-def replace_when_free(source: str | os.PathLike[str], target: str | os.PathLike[str], wait_s: float) -> None:
-    """``os.replace``, tried again for ``wait_s`` while it raises PermissionError: Windows
-    refuses to rename a file another process has open, and a virus scanner or a search
-    indexer opens a file that has just been written, for a moment.
-
-    Raises:
-        OSError: the rename failed, and went on failing for ``wait_s``.
-    """
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            os.replace(source, target)
-            return
-        except PermissionError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)

@@ -21,8 +21,8 @@ from .net import LOOP_STATUS, server_headers, start_for_request
 if TYPE_CHECKING:
     from .settings import FallbackSettings
 
-__all__ = ["MAX_IN_FLIGHT", "MODELS_TIMEOUT_S", "PROBE_DEADLINE_S", "Upstream", "answers", "at_once",
-           "model_card_of", "models_of", "models_response", "remembered_models", "upstreams"]
+__all__ = ["MAX_IN_FLIGHT", "MODELS_TIMEOUT_S", "PROBE_DEADLINE_S", "ModelLists", "Upstream", "answers",
+           "at_once", "model_card_of", "models_response", "upstreams"]
 
 log = logging.getLogger(__name__)
 
@@ -66,38 +66,43 @@ def answers(server: Upstream) -> bool:
     return True
 
 
-#: Each server's last model list, by its URL and API: what it lists while it is down.
-_last_lists: dict[tuple[str, bool], list[dict[str, Any]]] = {}
-
-
-def models_of(server: Upstream) -> list[dict[str, Any]]:
-    """A server's models, each marked with its source; while it does not answer, those it
-    listed last (``remembered_models``)."""
-    import httpx
-
-    try:
-        response = models_response(server)
-        if response.status_code != 200:
-            log.info("no model list from %s: HTTP %d", server.url, response.status_code)
-            return remembered_models(server)
-        data = listed_models(response.json(), ollama=server.ollama)
-    except (httpx.HTTPError, ValueError) as exc:
-        log.info("no model list from %s: %s", server.url, exc)
-        return remembered_models(server)
-    listed = [{**m, "source": server.source} for m in data]
-    _last_lists[server.url, server.ollama] = listed
-    return listed
-
-
-def remembered_models(server: Upstream) -> list[dict[str, Any]]:
-    """The models ``server`` listed when it last answered (none before it has).
+class ModelLists:
+    """The servers' model lists, as ``/v1/models`` and ``/api/tags`` give them: each server's
+    own while it answers, and while it does not (down, silent, failing with a 5xx) the one it
+    gave last.
 
     A host that picks its model from the list when it starts (Z-WAIF's pre-release picks
     among Ollama's, and writes the one it picked into its .env) would pick a local one while
     the main API is down, and keep asking for it once the main API is back. A chat that
     names one of these while the server is down is answered by the fallback as any other.
+    Only what this process has seen is remembered: started while the server is down, serve
+    lists none of its models.
     """
-    return _last_lists.get((server.url, server.ollama), [])
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+
+    def of(self, server: Upstream) -> list[dict[str, Any]]:
+        """A server's models, each marked with its source."""
+        import httpx
+
+        try:
+            response = models_response(server)
+            if response.status_code != 200:
+                log.info("no model list from %s: HTTP %d", server.url, response.status_code)
+                # up but refusing (a key, a path): its models are not to be had there
+                return self.remembered(server) if response.status_code >= 500 else []
+            data = listed_models(response.json(), ollama=server.ollama)
+        except (httpx.HTTPError, ValueError) as exc:
+            log.info("no model list from %s: %s", server.url, exc)
+            return self.remembered(server)
+        listed = [{**m, "source": server.source} for m in data]
+        self._last[server.url, server.ollama] = listed
+        return listed
+
+    def remembered(self, server: Upstream) -> list[dict[str, Any]]:
+        """The models ``server`` listed when it last answered (none before it has)."""
+        return self._last.get((server.url, server.ollama), [])
 
 
 def model_card_of(server: Upstream, name: str) -> dict[str, Any] | None:

@@ -173,7 +173,8 @@ IMAGE_PLACEHOLDER = "\n[An image is attached here, which you cannot see.]\n"
 #: An image inline in a message's text, as text-generation-webui's multimodal chats take it
 #: and Z-WAIF sends its camera view: ``<img src="data:image/jpeg;base64,...">``. Read as text,
 #: a webcam frame is some 100,000 tokens of base64.
-INLINE_IMAGE = re.compile(r"""<img\s[^>]*?src\s*=\s*["']data:image/[^"']*["'][^>]*>""", re.IGNORECASE)
+INLINE_IMAGE = re.compile(r"""<img\s[^<>]{0,512}?src\s*=\s*(["'])data:image/[^"'<>]*\1[^<>]{0,512}>""",
+                          re.IGNORECASE)  # each scan bounded: a crafted text cannot make it quadratic
 
 
 def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
@@ -193,7 +194,7 @@ def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
             raise InvalidSettings(f"message {i} has role {role!r}; use system, user, assistant or tool")
         if isinstance(content, list):  # OpenAI content parts
             content = "".join(_part_text(p) for p in content if isinstance(p, Mapping))
-        if isinstance(content, str) and "<img" in content:
+        if isinstance(content, str) and "<" in content:
             content = INLINE_IMAGE.sub(IMAGE_PLACEHOLDER, content)
         if content is None and role == "assistant" and message.get("tool_calls"):
             content = ""

@@ -82,6 +82,7 @@ class OllamaBackend(OpenAIBackend):
     chat_path = "/api/chat"
     text_path = "/api/generate"
     stream_type = "application/x-ndjson"
+    url_hint = "Ollama's own API is at its root, with no /v1, e.g. http://127.0.0.1:11434"
 
     def __init__(self, base_url: str, **kwargs: Any) -> None:
         super().__init__(ollama_root(base_url), **kwargs)

@@ -55,6 +55,8 @@ class OpenAIBackend(Backend):
     text_path = "/completions"
     #: the content type of a streamed answer (anything else is a whole one)
     stream_type = "text/event-stream"
+    #: What the server's URL should look like, for a 404's advice.
+    url_hint = "it should end in /v1, e.g. http://127.0.0.1:5000/v1"
 
     def __init__(self, base_url: str, *, model: str = "", api_key: str = "",
                  source: str = "remote", read_timeout_s: float = 300.0) -> None:
@@ -99,7 +101,7 @@ class OpenAIBackend(Backend):
                     if cancel is not None:
                         _close_on(cancel, response)
                     if response.status_code >= 400:
-                        failure = status_error(response.status_code, response.read())
+                        failure = self._status_error(response.status_code, response.read())
                         if self._older_server(failure, ask_usage):
                             continue
                         raise failure
@@ -143,7 +145,7 @@ class OpenAIBackend(Backend):
                 raise _connect_failure(exc, self.base_url, self._setting) from None
             try:
                 if response.status >= 400:
-                    failure = status_error(response.status, await response.read())
+                    failure = self._status_error(response.status, await response.read())
                     if self._older_server(failure, ask_usage):
                         continue
                     raise failure
@@ -194,6 +196,9 @@ class OpenAIBackend(Backend):
         if params.seed is not None:
             body["seed"] = params.seed
         return body, server_headers(self._api_key, Accept=self.stream_type), min(deadline_s or 10.0, 10.0)
+
+    def _status_error(self, status: int, content: bytes) -> TargetFailed:
+        return status_error(status, content, primary=self.source == "primary", url_hint=self.url_hint)
 
     @property
     def _setting(self) -> str:

@@ -287,8 +287,13 @@ _TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 _UNKNOWN_MODEL = re.compile(r"model.*(not found|not exist|unknown|no such)", re.IGNORECASE)
 
 
-def status_error(status: int, content: bytes) -> TargetFailed:
-    """The failure an error status means: the status, what the body says, what to check."""
+def status_error(status: int, content: bytes, *, primary: bool = True,
+                 url_hint: str = "it should end in /v1, e.g. http://127.0.0.1:5000/v1") -> TargetFailed:
+    """The failure an error status means: the status, what the body says, what to check.
+
+    ``primary``: the server is the main API (whose URL, key and model are settings of their
+    own), not one of ``remote_urls``; ``url_hint``: what its URL should look like.
+    """
     phrase = _phrase(status)
     said = server_said(content)
     text = f"HTTP {status} {phrase}".rstrip()
@@ -296,11 +301,13 @@ def status_error(status: int, content: bytes) -> TargetFailed:
     if said.lower() not in ("", phrase.lower(), f"{status} {phrase}".lower()):
         text += f": {said}"
     if status in (401, 403):
-        text += " (check primary_api_key)"
+        text += (" (check primary_api_key)" if primary else
+                 " (it wants an API key, and only the main API is sent one)")
     elif status == 404 and _UNKNOWN_MODEL.search(said):
-        text += " (the server knows no model by that name: check primary_model)"
+        text += (" (the server knows no model by that name: check primary_model)" if primary else
+                 " (the server knows no model by that name)")
     elif status == 404:
-        text += " (check primary_url: it should end in /v1, e.g. http://127.0.0.1:5000/v1)"
+        text += f" (check {'primary_url' if primary else 'remote_urls'}: {url_hint})"
     return TargetFailed(text, retryable=status in RETRYABLE_STATUS)
 
 

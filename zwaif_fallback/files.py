@@ -1,0 +1,45 @@
+"""Files as people's machines hold them: text that Windows tools saved with a BOM or in
+UTF-16, and a rename that Windows refuses for a moment while a scanner reads the file."""
+
+from __future__ import annotations
+
+import codecs
+import os
+import time
+from pathlib import Path
+
+__all__ = ["read_text", "replace_when_free"]
+
+
+def read_text(path: Path) -> str:
+    """A text file as a person may have saved it on Windows: UTF-8 with or without a BOM
+    (PowerShell 5.1's ``Set-Content -Encoding UTF8`` writes one, as Notepad did before 2019),
+    or UTF-16 with its BOM (PowerShell 5.1's ``>``). JSON parsers refuse a BOM.
+
+    Raises:
+        OSError: the file cannot be read.
+        UnicodeDecodeError: it is in none of these.
+    """
+    raw = path.read_bytes()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    return raw.decode("utf-8-sig")
+
+
+def replace_when_free(source: str | os.PathLike[str], target: str | os.PathLike[str], wait_s: float) -> None:
+    """``os.replace``, tried again for ``wait_s`` while it raises PermissionError: Windows
+    refuses to rename a file another process has open, and a virus scanner or a search
+    indexer opens a file that has just been written, for a moment.
+
+    Raises:
+        OSError: the rename failed, and went on failing for ``wait_s``.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
