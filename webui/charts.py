@@ -24,10 +24,6 @@ MEMORY_PARTS = {"weights": "weights_mb", "KV cache": "kv_mb", "compute buffers":
 
 MEMORY_METRICS = ("ram_used_mb", "vram_used_mb")
 LOAD_METRICS = ("cpu_percent", "gpu_utilization_pct", "tokens_per_s")
-#: A live chart's colour for each metric: vega's first three, as vega gives them to the zero frame
-#: the chart mounts with (its metrics in name order), so that a line keeps its colour.
-METRIC_COLORS = {SAMPLE_LABELS[metric]: color for metrics in (MEMORY_METRICS, LOAD_METRICS)
-                 for metric, color in zip(metrics, ("#4c78a8", "#f58518", "#e45756"), strict=False)}
 
 def memory_frame(fit: Compatibility | None) -> pd.DataFrame:
     """Where the estimated memory goes, in MiB: each part (weights, KV cache, compute buffers,

@@ -66,11 +66,9 @@ def plot(cls: type[Any], **kwargs: Any) -> Any:
 _COLOR_MAPS = _takes(gr.BarPlot.__init__, "color_map")  # native plots; before them, none
 
 
-def colored(frame: pd.DataFrame, column: str, colors: Mapping[str, str] | Sequence[str],
-            **settings: Any) -> Any:
+def colored(frame: pd.DataFrame, column: str, colors: Mapping[str, str] | Sequence[str]) -> Any:
     """A chart's new ``frame`` with a colour for each value of ``column`` in it: named in
-    ``colors``, or a palette's, in turn, for the values in name order; ``settings`` (such as
-    ``x_lim``) go with it.
+    ``colors``, or a palette's, in turn, for the values in name order.
 
     A chart whose colours are not known when it mounts needs this where plots are native (4.4x
     to 6). They build a chart's colour scale from the values of the frame they draw it with, and
@@ -80,17 +78,15 @@ def colored(frame: pd.DataFrame, column: str, colors: Mapping[str, str] | Sequen
     first runs came, until the page was loaded again. A color_map that names exactly the
     frame's colours changes whenever they do. Where plots take no color_map (4.36-4.3x), the
     frame alone: there the order in which the values first come picks the colours.
-    The legend, too, lists exactly the values the frame has: a live chart that mounted with
-    every metric at zero drops the ones this machine does not measure (VRAM without a GPU).
     """
     if not _COLOR_MAPS:
-        return gr.update(value=frame, **settings) if settings else frame
+        return frame
     values = sorted({str(v) for v in frame[column]})
     if isinstance(colors, Mapping):
         color_map = {v: colors[v] for v in values}
     else:
         color_map = {v: colors[i % len(colors)] for i, v in enumerate(values)}
-    return gr.update(value=frame, color_map=color_map, **settings)
+    return gr.update(value=frame, color_map=color_map)
 
 
 def on_page_load(fn: Callable[..., Any], outputs: Sequence[gr.components.Component]) -> Any:

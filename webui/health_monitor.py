@@ -106,17 +106,13 @@ class HealthHandlers:
 
     @staticmethod
     def _plots(samples: Sequence[Sample], duration_s: float) -> tuple[Any, Any]:
-        """The live charts over the whole session (its x range), in the colours of the metrics
-        measured here (``compat.colored``: no VRAM line in the legend without a GPU), left as
-        they are until the first sample: 5.x drew nothing once it had had an empty frame
-        between two timer ticks."""
+        """The live charts over the whole session (its x range), left as they are until its
+        first sample: 5.x drew nothing once it had had an empty frame between two timer ticks."""
         if not samples:
             return gr.skip(), gr.skip()
         x_lim = [0, duration_s]
-        memory, load = (compat.colored(charts.samples_frame(samples, metrics), "metric",
-                                       charts.METRIC_COLORS, x_lim=x_lim)
-                        for metrics in (charts.MEMORY_METRICS, charts.LOAD_METRICS))
-        return memory, load
+        return (gr.update(value=charts.samples_frame(samples, charts.MEMORY_METRICS), x_lim=x_lim),
+                gr.update(value=charts.samples_frame(samples, charts.LOAD_METRICS), x_lim=x_lim))
 
     def history(self) -> tuple[Any, Any]:
         """Past benchmarks (speed over time) and failover attempts (by target and outcome)."""
