@@ -174,10 +174,13 @@ def cmd_ui(manager: FallbackManager, args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise BackendUnavailable(f'the web UI needs gradio: pip install "zwaif-fallback[ui]" ({exc})'
                                  ) from None
-    url = launch(manager, host=args.host, port=args.port, block=False)
-    print(f"zwaif-fallback UI: {url}  (metrics at {url.rstrip('/')}/metrics; Ctrl+C stops it)",
-          flush=True)
-    _until_stopped(wait_for_ctrl_c)
+    def serve_ui() -> None:
+        url = launch(manager, host=args.host, port=args.port, block=False)
+        print(f"zwaif-fallback UI: {url}  (metrics at {url.rstrip('/')}/metrics; Ctrl+C stops it)",
+              flush=True)
+        wait_for_ctrl_c()
+
+    _until_stopped(serve_ui)  # SIGTERM is handled from before the URL is printed: a caller may stop it then
     return 0
 
 
