@@ -282,15 +282,16 @@ def test_output_into_a_closed_pipe_ends_quietly_like_sigpipe(isolated, args):
 def test_on_windows_a_closed_pipe_is_einval_and_read_as_the_reader_gone(monkeypatch):
     # Windows raises OSError(EINVAL), not BrokenPipeError, for a write to a pipe its reader
     # closed (`zwaif-fallback models | more`, then q); no Windows here, so the reading alone
-    from zwaif_fallback import cli
+    from zwaif_fallback import cli_process
+    from zwaif_fallback.cli_process import reader_went_away
 
     einval = OSError(errno.EINVAL, "Invalid argument")
-    assert cli._reader_went_away(BrokenPipeError()) and not cli._reader_went_away(einval)
-    monkeypatch.setattr(cli.os, "name", "nt")
-    monkeypatch.setattr(cli.sys, "stdout", io.StringIO())  # a pipe, not a console
-    assert cli._reader_went_away(einval) and not cli._reader_went_away(OSError(errno.EIO, "I/O error"))
+    assert reader_went_away(BrokenPipeError()) and not reader_went_away(einval)
+    monkeypatch.setattr(cli_process.os, "name", "nt")
+    monkeypatch.setattr(cli_process.sys, "stdout", io.StringIO())  # a pipe, not a console
+    assert reader_went_away(einval) and not reader_went_away(OSError(errno.EIO, "I/O error"))
     # another call's EINVAL (a bad path) stays an unexpected failure, with its traceback logged
-    assert not cli._reader_went_away(OSError(errno.EINVAL, "Invalid argument", "C:\\bad|name"))
+    assert not reader_went_away(OSError(errno.EINVAL, "Invalid argument", "C:\\bad|name"))
 
 
 def test_a_name_stdouts_encoding_lacks_is_escaped_not_a_crash(isolated, tiny_gguf):

@@ -13,14 +13,10 @@ unless ``json_flag=False``.
 from __future__ import annotations
 
 import argparse
-import errno
-import io
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +30,7 @@ from .cli_parser import (
     positive_int,
     setting_bounds,
 )
+from .cli_process import crashed, escape_what_stdout_cannot_encode, reader_went_away, until_stopped
 from .cli_text import (
     format_benchmarks,
     format_chat_footer,
@@ -73,7 +70,7 @@ log = logging.getLogger("zwaif_fallback.cli")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    _escape_what_stdout_cannot_encode()
+    escape_what_stdout_cannot_encode()
     args = build_parser().parse_args(argv)
     setup_logging()
     overrides = {}
@@ -96,8 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if stop_metrics is not None:
                     stop_metrics()
     except OSError as exc:
-        if not _reader_went_away(exc):
-            return _crashed(args.command, exc)
+        if not reader_went_away(exc):
+            return crashed(args.command, exc)
         # The reader of stdout went away (`| head -1`): nothing more can be shown, and that is
         # not a failure of the command. Python's docs: point stdout at devnull, or its flush at
         # exit fails again. 141 is what a shell reports for a program that SIGPIPE ended.
@@ -112,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        return _crashed(args.command, exc)
+        return crashed(args.command, exc)
 
 
 def _folder_problems(settings: FallbackSettings) -> list[str]:
@@ -123,38 +120,6 @@ def _folder_problems(settings: FallbackSettings) -> list[str]:
         return []
     what = "is a file" if folder.exists() else "does not exist"
     return [f"models_dir {folder} {what}: no models are read from there; check the path"]
-
-
-def _crashed(command: str, exc: Exception) -> int:
-    """A failure nothing foresaw: one line for the person, the traceback in the log."""
-    log.exception("%s crashed", command)
-    print(f"error: unexpected failure ({type(exc).__name__}: {exc}); "
-          "details in Logs/zwaif_fallback.log", file=sys.stderr)
-    return 1
-
-
-def _reader_went_away(exc: OSError) -> bool:
-    """Whether ``exc`` is a write to a pipe whose reader has closed it: BrokenPipeError, or on
-    Windows OSError EINVAL (CPython's subprocess reads it so too, bpo-19612), which made
-    ``zwaif-fallback models | more`` an "unexpected failure" once ``more`` was quit. An EINVAL
-    that names a file, or with stdout a console, is some other call's."""
-    if isinstance(exc, BrokenPipeError):
-        return True
-    return (os.name == "nt" and exc.errno == errno.EINVAL and exc.filename is None
-            and not sys.stdout.isatty())
-
-
-def _escape_what_stdout_cannot_encode() -> None:
-    """A character stdout's encoding lacks is written as ``\\u30e2``, not raised.
-
-    On Windows, stdout redirected to a file or a pipe (a host reading it) is in the ANSI code
-    page, cp1252 and the like, unless PYTHONUTF8 or PYTHONIOENCODING says otherwise: a model
-    named in Japanese, or an emoji in an answer, then raised UnicodeEncodeError and the
-    command failed. Python writes stderr this way already; the encoding stays the reader's.
-    """
-    stream = sys.stdout
-    if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
-        stream.reconfigure(errors="backslashreplace")
 
 
 # -- commands: each one's arguments, then its handler ---------------------------------------
@@ -180,7 +145,7 @@ def cmd_ui(manager: FallbackManager, args: argparse.Namespace) -> int:
               flush=True)
         wait_for_ctrl_c()
 
-    _until_stopped(serve_ui)  # SIGTERM is handled from before the URL is printed: a caller may stop it then
+    until_stopped(serve_ui)  # SIGTERM is handled from before the URL is printed: a caller may stop it then
     return 0
 
 
@@ -195,7 +160,8 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 @command("serve", "OpenAI-compatible /v1 in front of the main API, with /health, /metrics and the tabs",
          _serve_arguments, json_flag=False, long_running=True)
 def cmd_serve(manager: FallbackManager, args: argparse.Namespace) -> int:
-    from .server import need_web_stack, run
+    from .listening import need_web_stack
+    from .server import run
 
     need_web_stack()
 
@@ -210,32 +176,9 @@ def cmd_serve(manager: FallbackManager, args: argparse.Namespace) -> int:
         def mount(app: Any) -> None:
             mount_tabs(app, manager, host=args.host)
 
-    _until_stopped(partial(run, manager, host=args.host, port=args.port, mount=mount,
+    until_stopped(partial(run, manager, host=args.host, port=args.port, mount=mount,
                            announce=partial(print, flush=True)))
     return 0
-
-
-def _until_stopped(serve: Callable[[], None]) -> None:
-    """Run ``serve`` until Ctrl+C or SIGTERM.
-
-    SIGTERM is made a KeyboardInterrupt, so that the process unwinds as for Ctrl+C and the
-    manager is closed (models unloaded, history written) instead of dying by the signal's
-    default action. uvicorn stops gracefully on SIGTERM too, then raises it again once it has
-    restored this handler.
-    """
-    main = threading.current_thread() is threading.main_thread()  # signals are the main thread's
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
-    try:
-        serve()
-    except KeyboardInterrupt:
-        print("stopping", file=sys.stderr)
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 @command("status", "GPUs, VRAM, RAM, CPU and the probe used")

@@ -1,6 +1,6 @@
-"""How ``serve`` listens: the socket, bound before anything else so that a port in use is
-one clear error, and the uvicorn server on it, with Nagle's algorithm off and a hook for
-shutting the answers in flight down."""
+"""How ``serve`` listens: whether FastAPI and uvicorn are installed at all, the socket,
+bound before anything else so that a port in use is one clear error, and the uvicorn server
+on it, with Nagle's algorithm off and a hook for shutting the answers in flight down."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import FallbackError, HostUnavailable, InvalidSettings, PortUnavailable
+from .errors import BackendUnavailable, FallbackError, HostUnavailable, InvalidSettings, PortUnavailable
 
 if TYPE_CHECKING:
     import uvicorn
 
-__all__ = ["listen", "serving"]
+__all__ = ["listen", "need_web_stack", "serving"]
 
 
 def serving(app: Callable[..., Any], *,
@@ -88,3 +88,19 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> FallbackError:
             f"({exc.strerror or exc}); listen on one it has, such as --host 127.0.0.1")
     return PortUnavailable(f"cannot serve on {host}:{port}: {exc.strerror or exc}; "
                            "choose another port with --port")
+
+
+def need_web_stack() -> None:
+    """Check that FastAPI and uvicorn, which serve runs on, are installed: Gradio brings them
+    (the ``ui`` extra), and an install without it gets them with the ``serve`` extra.
+
+    Raises:
+        BackendUnavailable: one of them does not import; the message says what to install.
+    """
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailable(f'serve needs FastAPI and uvicorn ({exc}): pip install '
+                                 '"zwaif-fallback[serve]", or "zwaif-fallback[ui]" for the tabs too'
+                                 ) from None

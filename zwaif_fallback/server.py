@@ -52,14 +52,14 @@ from .backends.base import Cancel
 from .completion_request import parse_request, parse_text_request
 from .completions import ChunkMaker, TextChunks, error_object, status_of, who_answered
 from .embeddings import OLLAMA_ROUTES, Embeddings
-from .errors import BackendUnavailable, InvalidSettings
+from .errors import InvalidSettings
 from .front import front
-from .listening import listen, serving
+from .listening import listen, need_web_stack, serving
 from .net import start_for_request
 from .ollama_info import UNANSWERED, OllamaInfo, in_ollamas_words, render
 from .relay import Relay, on_disconnect, shutting_down
 from .routing import chain_text
-from .upstreams import PROBE_DEADLINE_S, ModelLists, Upstream, answers, at_once, upstreams
+from .upstreams import PROBE_DEADLINE_S, ModelLists, Upstream, all_models, answers, at_once, upstreams
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -76,22 +76,6 @@ log = logging.getLogger(__name__)
 _R = TypeVar("_R")
 
 
-def need_web_stack() -> None:
-    """Check that FastAPI and uvicorn, which serve runs on, are installed: Gradio brings them
-    (the ``ui`` extra), and an install without it gets them with the ``serve`` extra.
-
-    Raises:
-        BackendUnavailable: one of them does not import; the message says what to install.
-    """
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as exc:
-        raise BackendUnavailable(f'serve needs FastAPI and uvicorn ({exc}): pip install '
-                                 '"zwaif-fallback[serve]", or "zwaif-fallback[ui]" for the tabs too'
-                                 ) from None
-
-
 def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starlette:
     """The OpenAI-compatible routes, ``/health`` and ``/metrics`` as one ASGI app; serve it
     through ``front``, as ``run`` does, which also refuses a request from this process itself.
@@ -106,7 +90,7 @@ def build_api(manager: FallbackManager, *, api_key: str | None = None) -> Starle
 
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     manager.metrics  # noqa: B018 - made now, so that /metrics counts from the first request
-    listing = partial(listed_models, manager, ModelLists())
+    listing = partial(all_models, ModelLists(), lambda: manager.settings, manager.discover_models)
     info = OllamaInfo(settings=lambda: manager.settings, models=listing,
                       find_model=manager.find_model, loaded=manager.loaded_model, api_key=key,
                       clock=time.time)
@@ -193,18 +177,6 @@ def run(manager: FallbackManager, *, host: str = "127.0.0.1", port: int = 5001,
     serving(served, on_shutdown=app.state.stop_chats).run(sockets=[listener])
 
 
-def listed_models(manager: FallbackManager, lists: ModelLists) -> list[dict[str, Any]]:
-    """What ``/v1/models`` lists: the servers' models, then the local ones (blocking)."""
-    late = partial(_no_list_in_time, lists)
-    listed = [m for models in at_once(lists.of, upstreams(manager.settings), deadline_s=PROBE_DEADLINE_S,
-                                      late=late) for m in models]
-    for model in manager.discover_models():
-        if model.usable:
-            listed.append({"id": model.name, "object": "model", "created": 0,
-                           "owned_by": "zwaif-fallback", "source": "local"})
-    return listed
-
-
 def _circuit_open(breaker: dict[str, Any]) -> bool:
     """Whether the chats skip a server now. Past its cooldown an open circuit lets the next
     chat through: ask it then, or a load balancer that heeds /health's 503 would keep that
@@ -212,19 +184,15 @@ def _circuit_open(breaker: dict[str, Any]) -> bool:
     return breaker.get("state") == "open" and breaker.get("retry_in_s", 0) > 0
 
 
-def _no_list_in_time(lists: ModelLists, server: Upstream) -> list[dict[str, Any]]:
-    log.info("no model list from %s within %g s", server.url, PROBE_DEADLINE_S)
-    return lists.remembered(server)
-
-
 class _Api:
     """The route handlers, over one manager. ``own_name``: the model an Ollama request's
-    name asks for (``OllamaInfo.own_name``); ``listing``: the models ``/v1/models`` lists."""
+    name asks for (``OllamaInfo.own_name``); ``listing``: the models ``/v1/models`` lists
+    (``all_models``)."""
 
     def __init__(self, manager: FallbackManager, api_key: str | None, *,
                  own_name: Callable[[str], str], listing: Callable[[], list[dict[str, Any]]]) -> None:
         self.manager = manager
-        self._listing = listing  # the models, as ``listed_models`` gives them
+        self._listing = listing
         self.api_key = api_key
         self._own_name = own_name
         self._streams: weakref.WeakSet[Relay] = weakref.WeakSet()  # each lives as its answer

@@ -19,10 +19,11 @@ from .backends.ollama import listed_models, models_url, ollama_root
 from .net import LOOP_STATUS, server_headers, start_for_request
 
 if TYPE_CHECKING:
+    from .model_info import ModelInfo
     from .settings import FallbackSettings
 
-__all__ = ["MAX_IN_FLIGHT", "MODELS_TIMEOUT_S", "PROBE_DEADLINE_S", "ModelLists", "Upstream", "answers",
-           "at_once", "model_card_of", "models_response", "upstreams"]
+__all__ = ["MAX_IN_FLIGHT", "MODELS_TIMEOUT_S", "PROBE_DEADLINE_S", "ModelLists", "Upstream", "all_models",
+           "answers", "at_once", "model_card_of", "models_response", "upstreams"]
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +188,22 @@ def models_response(server: Upstream, timeout_s: float = MODELS_TIMEOUT_S) -> An
 
     return httpx.get(models_url(server.url, ollama=server.ollama), headers=server_headers(server.api_key),
                      timeout=timeout_s, trust_env=False)
+
+
+def all_models(lists: ModelLists, settings: Callable[[], FallbackSettings],
+               local: Callable[[], list[ModelInfo]]) -> list[dict[str, Any]]:
+    """What serve's ``/v1/models`` and ``/api/tags`` list: the servers' models, then the
+    usable ``local`` ones (blocking)."""
+    late = partial(_no_list_in_time, lists)
+    listed = [m for models in at_once(lists.of, upstreams(settings()), deadline_s=PROBE_DEADLINE_S,
+                                      late=late) for m in models]
+    for model in local():
+        if model.usable:
+            listed.append({"id": model.name, "object": "model", "created": 0,
+                           "owned_by": "zwaif-fallback", "source": "local"})
+    return listed
+
+
+def _no_list_in_time(lists: ModelLists, server: Upstream) -> list[dict[str, Any]]:
+    log.info("no model list from %s within %g s", server.url, PROBE_DEADLINE_S)
+    return lists.remembered(server)
