@@ -163,6 +163,21 @@ def test_lmstudio_models_are_found_where_its_settings_moved_them(tiny_gguf, tmp_
     assert "default" in discover() and "moved" not in discover()
 
 
+def test_a_home_of_no_such_user_in_lmstudios_files_or_a_name_finds_nothing_and_breaks_nothing(tiny_gguf):
+    # Path.expanduser raises RuntimeError for "~name" of no such user: from LM Studio's files it
+    # stopped discovery, and as a model's name it was an unexpected failure
+    Path("models").mkdir()
+    shutil.copy(tiny_gguf, "models/kept.gguf")
+    data = Path.home() / ".lmstudio"
+    data.mkdir()
+    (data / "settings.json").write_text(json.dumps({"downloadsFolder": "~no-such-user-zw/models"}))
+    assert discover()["kept"].valid
+    (Path.home() / ".lmstudio-home-pointer").write_text("~no-such-user-zw/lmstudio\n")
+    assert discover()["kept"].valid
+    with pytest.raises(ModelNotFound):
+        Catalog().resolve("~no-such-user-zw/model.gguf", FallbackSettings())
+
+
 def test_system_stores_can_be_left_out(tiny_gguf):
     folder = Path.home() / ".lmstudio" / "models" / "p" / "r"
     folder.mkdir(parents=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +27,7 @@ from pydantic import SecretStr
 
 from zwaif_fallback import FallbackError, FallbackManager, FallbackSettings
 from zwaif_fallback.breaker import SEVERITY
+from zwaif_fallback.files import expanded
 from zwaif_fallback.net import is_loopback
 from zwaif_fallback.routing import HOST_PREFIX, USUAL_MAIN_APIS, chain_text, primary_breakers
 from zwaif_fallback.settings_fields import unquoted
@@ -214,7 +214,7 @@ def _refusal(changes: dict[str, Any], page_host: str | None) -> str | None:
         return (f"{own[0]} is this page's own address, so each chat would be sent back here. Give the "
                 f"server your host used before ({USUAL_MAIN_APIS}), and point the host at this address.")
     folder = unquoted(changes.get("characters_dir"))
-    if folder and not Path(folder).expanduser().is_dir():
+    if folder and not expanded(folder).is_dir():
         return (f"the characters folder {folder} does not exist. Give text-generation-webui's folder "
                 "(or its characters folder), or leave it empty.")
     return None

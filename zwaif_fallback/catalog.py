@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import InvalidSettings, ModelNotFound
+from .files import expanded
 from .locations import (
     Candidate,
     bundled_models,
@@ -93,7 +94,7 @@ class Catalog:
             if len(found) == 1:
                 return found[0]
         if wanted and (looks_like_path(wanted) or _is_folder(wanted)):
-            path = Path(wanted).expanduser()
+            path = expanded(wanted)
             if path.exists() or path.is_symlink():
                 return self.inspect_path(path, settings)
         # a file's name as a file manager shows it, where no file here has it
@@ -161,12 +162,12 @@ def _guard(source: str, candidates: Iterable[Candidate]) -> Iterator[Candidate]:
     """A store that cannot be listed is logged and skipped; it never stops discovery."""
     try:
         yield from candidates
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # RuntimeError: Path.home() found no home folder
         log.warning("could not list %s models: %s", source, exc)
 
 
 def _hf_entry(entry: str) -> Iterator[Candidate]:
-    path = Path(entry).expanduser()
+    path = expanded(entry)
     if path.is_dir():
         yield from walk_models_dir(path, "hf_models")
         return

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .files import read_text
+from .files import expanded, read_text
 
 __all__ = ["CHAT_MODES", "find_character", "persona", "persona_messages", "with_persona"]
 
@@ -69,7 +69,7 @@ def persona(request: Mapping[str, Any], folder: str | Path | None) -> str | None
     name = request.get("character")
     data: Mapping[str, Any] = {}
     if isinstance(name, str) and name not in ("", "None"):  # read even for a given context: the names
-        data = _load(Path(folder).expanduser() if folder else None, name) or {}
+        data = _load(expanded(folder) if folder else None, name) or {}
     context = given if isinstance(given, str) and given else data.get("context")
     if not isinstance(context, str) or not context.strip():
         return None

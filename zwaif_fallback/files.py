@@ -8,7 +8,17 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["read_text", "replace_when_free"]
+__all__ = ["expanded", "read_text", "replace_when_free"]
+
+
+def expanded(path: str | os.PathLike[str]) -> Path:
+    """``path`` with a leading ``~`` expanded where it can be; as written where it cannot
+    (``~name`` of no such user, or no home folder at all, as for a service account), so that
+    looking there finds nothing instead of raising RuntimeError."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
 
 
 def read_text(path: Path) -> str:

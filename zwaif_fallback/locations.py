@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import read_text
+from .files import expanded, read_text
 
 __all__ = [
     "Candidate",
@@ -187,12 +187,12 @@ def bundled_models() -> Iterator[Candidate]:
 def hf_cache_dir() -> Path:
     """The Hugging Face hub cache, as huggingface_hub resolves it."""
     if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+        return expanded(os.environ["HF_HUB_CACHE"])
     if os.environ.get("HUGGINGFACE_HUB_CACHE"):
-        return Path(os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
+        return expanded(os.environ["HUGGINGFACE_HUB_CACHE"])
     home = os.environ.get("HF_HOME") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
+    return expanded(home) / "hub"
 
 
 def hf_snapshot(repo_dir: Path) -> Path | None:
@@ -243,7 +243,7 @@ def lmstudio_dirs() -> list[Path]:
     try:  # edited by hand in Notepad, as LM Studio's instructions say: a BOM is likely
         pointed = read_text(home / ".lmstudio-home-pointer").strip()
         if pointed:
-            data = Path(pointed).expanduser()
+            data = expanded(pointed)
     except (OSError, UnicodeDecodeError):
         pass  # none: the data folder is where LM Studio puts it by default
     dirs = [data / "models", home / ".cache" / "lm-studio" / "models"]
@@ -257,7 +257,7 @@ def _lmstudio_downloads_folder(settings: Path) -> Path | None:
         folder = json.loads(read_text(settings)).get("downloadsFolder")
     except (OSError, ValueError, AttributeError):  # no file, not JSON, not an object
         return None
-    return Path(folder).expanduser() if isinstance(folder, str) and folder.strip() else None
+    return expanded(folder) if isinstance(folder, str) and folder.strip() else None
 
 
 def lmstudio_models() -> Iterator[Candidate]:
@@ -270,7 +270,7 @@ def lmstudio_models() -> Iterator[Candidate]:
 
 def ollama_dirs() -> list[Path]:
     if os.environ.get("OLLAMA_MODELS"):
-        return [Path(os.environ["OLLAMA_MODELS"]).expanduser()]
+        return [expanded(os.environ["OLLAMA_MODELS"])]
     dirs = [Path.home() / ".ollama" / "models"]
     if sys.platform.startswith("linux"):
         dirs.append(Path("/usr/share/ollama/.ollama/models"))
