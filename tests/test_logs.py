@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
@@ -88,16 +90,25 @@ def test_a_path_that_is_not_utf8_is_logged_with_escapes(log_file, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_a_retry_is_a_line_in_the_log_file_and_nothing_on_stderr(isolated):
-    # stamina's own hook printed a bare "stamina.retry_scheduled" on stderr for each retry
+@pytest.mark.parametrize("structlog", ["installed", "not installed"])
+def test_a_retry_is_a_line_in_the_log_file_and_nothing_on_stderr(isolated, structlog):
+    # stamina's own hook printed a bare "stamina.retry_scheduled" on stderr for each retry; where
+    # structlog is installed, stamina logs through it instead, and it printed on stdout
+    assert importlib.util.find_spec("structlog") is not None  # a test dependency
+    env = {"FALLBACK_KEEP_ALIVE": "0"}
+    if structlog == "not installed":  # a module of that name that cannot be imported
+        (isolated / "shadow").mkdir()
+        (isolated / "shadow" / "structlog.py").write_text("raise ImportError('not installed')\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(isolated / "shadow"), os.environ.get("PYTHONPATH", "")])
     proxy = FaultProxy(upstream_port=0)  # never reached: every request is answered 500
     proxy.mode = "500"
     try:
         result = run_cli("chat", "Say hi.", "--json", "--max-tokens", "4", cwd=isolated,
-                         env={"FALLBACK_PRIMARY_URL": proxy.url, "FALLBACK_KEEP_ALIVE": "0"})
+                         env={**env, "FALLBACK_PRIMARY_URL": proxy.url})
     finally:
         proxy.close()
     assert result.returncode == 0 and result.stderr == ""
+    assert json.loads(result.stdout)["source"] != "primary"
     logged = (isolated / "Logs" / "zwaif_fallback.log").read_text(encoding="utf-8")
     assert "retry 1 in" in logged and "retry 2 in" in logged and "injected 500" in logged
     assert "stamina.retry_scheduled" not in logged

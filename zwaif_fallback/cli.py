@@ -30,7 +30,13 @@ from .cli_parser import (
     positive_int,
     setting_bounds,
 )
-from .cli_process import crashed, escape_what_stdout_cannot_encode, reader_went_away, until_stopped
+from .cli_process import (
+    crashed,
+    escape_what_stdout_cannot_encode,
+    reader_went_away,
+    retries_to_the_log,
+    until_stopped,
+)
 from .cli_text import (
     format_benchmarks,
     format_chat_footer,
@@ -73,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     escape_what_stdout_cannot_encode()
     args = build_parser().parse_args(argv)
     setup_logging()
+    retries_to_the_log()
     overrides = {}
     if args.models_dir:
         overrides["models_dir"] = args.models_dir

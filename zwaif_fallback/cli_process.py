@@ -5,6 +5,7 @@ stopping a command that serves until then."""
 from __future__ import annotations
 
 import errno
+import importlib.util
 import io
 import logging
 import os
@@ -14,7 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["crashed", "escape_what_stdout_cannot_encode", "reader_went_away", "until_stopped"]
+__all__ = ["crashed", "escape_what_stdout_cannot_encode", "reader_went_away", "retries_to_the_log",
+           "until_stopped"]
 
 log = logging.getLogger("zwaif_fallback.cli")
 
@@ -25,6 +27,20 @@ def crashed(command: str, exc: Exception) -> int:
     print(f"error: unexpected failure ({type(exc).__name__}: {exc}); "
           "details in Logs/zwaif_fallback.log", file=sys.stderr)
     return 1
+
+
+def retries_to_the_log() -> None:
+    """Where structlog is installed, stamina logs each retry through it rather than through
+    ``logging``, and structlog left unconfigured prints on stdout: a line per retry in the
+    middle of ``chat --json``. The CLI is a host of its own, so it sends them to ``logging``
+    (the log file, ``setup_logging``) whatever is installed; a host that embeds the library
+    keeps the hooks it chose."""
+    if importlib.util.find_spec("structlog") is None:
+        return  # stamina's default is logging already; nothing to import
+    from stamina.instrumentation import LoggingOnRetryHook, PrometheusOnRetryHook, set_on_retry_hooks
+
+    counted = [PrometheusOnRetryHook] if importlib.util.find_spec("prometheus_client") else []
+    set_on_retry_hooks([*counted, LoggingOnRetryHook])
 
 
 def reader_went_away(exc: OSError) -> bool:
