@@ -109,6 +109,7 @@ def test_a_url_without_scheme_is_refused():
     ("http://exa mple.com/v1", "spaces"),
     ("http://127.0.0.1:port/v1", "port"),
     ("http://127.0.0.1:5000/v1/chat/completions", "leave out what follows /v1"),
+    ("http://::1:5000/v1", r"IPv6 address without brackets.*\[::1\]"),  # was "a port that is not a number"
 ])
 def test_a_url_that_could_never_answer_is_refused_saying_why(url, why):
     with pytest.raises(InvalidSettings, match=why):
