@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from zwaif_fallback import AllTargetsFailed, FallbackManager, FallbackSettings, 
 from zwaif_fallback.backends.base import GenerationParams, TargetFailed
 from zwaif_fallback.backends.openai import OpenAIBackend
 from zwaif_fallback.failover import FailoverChain
-from zwaif_fallback.routing import Router
+from zwaif_fallback.routing import Router, _answers_a_chat
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 ASK = [{"role": "user", "content": "Name three colours."}]
@@ -124,6 +125,20 @@ def test_a_hung_primary_is_checked_by_a_probe_of_its_own_not_by_a_chat(isolated)
     assert skipped.error == "circuit open: skipped (a probe is checking whether it answers again)"
     assert (back.source, back.text) == ("primary", "back")
     assert upstream.bodies[0]["max_tokens"] == 1 and len(upstream.bodies) == 2  # the probe, the chat
+
+
+def test_a_breakers_probe_tells_a_hung_server_from_one_that_is_not_there_or_went_away():
+    # A hung server earns a whole cooldown; one that is not running, or was killed while the
+    # probe waited on it, is probed again within seconds: it is being restarted
+    assert _answers_a_chat(OpenAIBackend(refused_url()), None, 5.0) == "fails"
+    hang = HangServer()
+    try:
+        assert _answers_a_chat(OpenAIBackend(hang.url), None, 0.5) == "hangs"
+        probing = ThreadPoolExecutor(1).submit(_answers_a_chat, OpenAIBackend(hang.url), None, 30.0)
+        wait_until(lambda: hang.accepted == 2, timeout_s=5, what="the probe's request")
+    finally:
+        hang.close()  # killed while the probe waits on it
+    assert probing.result(timeout=10) == "fails"
 
 
 def test_500s_are_retried_then_fall_back(manager, proxy):

@@ -94,7 +94,7 @@ def test_a_breaker_probe_asks_ollama_for_the_model_as_the_last_chat_loaded_it():
         answered = _answers_a_chat(OllamaBackend(upstream.url), "llama3", 5.0, _as_loaded(last_chat))
     finally:
         upstream.close()
-    assert answered
+    assert answered == "answers"
     sent = upstream.bodies[0]
     assert (sent["model"], sent["keep_alive"]) == ("llama3", "25h")
     assert sent["options"] == {"num_ctx": 8192, "num_predict": 1}

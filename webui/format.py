@@ -149,7 +149,8 @@ def offload_text(status: SystemStatus) -> str:
     if status.llama_gpus is None:
         return "unknown (llama-cpp-python could not be read)"
     if not status.llama_gpus:
-        return "nothing: this llama-cpp-python is a CPU-only build (reinstall it with CUDA, Vulkan or Metal)"
+        return ("nothing: this llama-cpp-python is a CPU-only build" + (
+            f" (to use the GPU, {status.gpu_build_command})" if status.gpus else ""))
     return ", ".join(status.llama_gpus)
 
 

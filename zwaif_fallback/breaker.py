@@ -9,10 +9,11 @@ the probe. The probe runs on a thread of its own as soon as the cooldown ends, a
 callers keep skipping the target until it has answered. A server that hangs would
 otherwise hold one chat for the whole deadline after each cooldown (30 s by default, as
 long as some hosts wait for an answer at all); one that came back is in use again
-without a chat being spent on finding out. A probe that fails at once (a refused
-connection: the server is not running) costs nothing, so the next one follows after
-``probe_again_s``, not a whole cooldown: a main LLM that a person restarts is back in
-use within seconds of answering.
+without a chat being spent on finding out. A probe that fails without being kept
+waiting to its deadline (a refused connection: the server is not running; one closed
+when a hung server was killed; an error status) costs nothing, so the next one follows
+after ``probe_again_s``, not a whole cooldown: a main LLM that a person restarts, hung
+or not, is back in use within seconds of answering.
 """
 
 from __future__ import annotations
@@ -25,9 +26,14 @@ from typing import Literal
 
 from ._model import Model
 
-__all__ = ["BreakerState", "CircuitBreaker"]
+__all__ = ["BreakerState", "CircuitBreaker", "ProbeOutcome"]
 
 log = logging.getLogger(__name__)
+
+#: What a probe found: the target answers; it fails without keeping the probe waiting
+#: (``probe_again_s`` until the next); it hangs, with no word by the probe's deadline (a
+#: whole cooldown).
+ProbeOutcome = Literal["answers", "fails", "hangs"]
 
 State = Literal["closed", "open", "half_open"]
 #: The states from the best to the worst (where a health report looks at several breakers).
@@ -47,17 +53,14 @@ class BreakerState(Model):
 class CircuitBreaker:
     """Thread-safe; ``clock`` is injectable so tests need no sleeps.
 
-    ``probe``: returns whether the target answers (it may take as long as a request
+    ``probe``: finds out whether the target answers (it may take as long as a request
     would); set it to have the half-open check made off the callers' path. One that
-    fails within ``QUICK_S`` is made again after ``probe_again_s``.
+    ``fails`` is made again after ``probe_again_s``, one that ``hangs`` after a cooldown.
     """
-
-    #: A failed probe this quick did not wait on the target: it is not running.
-    QUICK_S = 1.0
 
     def __init__(self, *, failure_threshold: int = 3, cooldown_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic,
-                 probe: Callable[[], bool] | None = None, probe_again_s: float = 2.0) -> None:
+                 probe: Callable[[], ProbeOutcome] | None = None, probe_again_s: float = 2.0) -> None:
         self.failure_threshold = failure_threshold
         self.cooldown_s = cooldown_s
         self.probe = probe
@@ -116,7 +119,7 @@ class CircuitBreaker:
 
     # -- the half-open check -----------------------------------------------------------
 
-    def _due(self) -> Callable[[], bool] | Literal[True] | None:
+    def _due(self) -> Callable[[], ProbeOutcome] | Literal[True] | None:
         """Under the lock: move to half-open when the cooldown is over, and claim the one
         check; what makes it (``self.probe``, or True for the caller), or None."""
         if self._state == "open":
@@ -160,18 +163,16 @@ class CircuitBreaker:
         if callable(probe):
             self._start(probe)
 
-    def _start(self, probe: Callable[[], bool]) -> None:
+    def _start(self, probe: Callable[[], ProbeOutcome]) -> None:
         threading.Thread(target=self._run, args=(probe,), name="zwaif-breaker-probe", daemon=True).start()
 
-    def _run(self, probe: Callable[[], bool]) -> None:
-        started = self._clock()
+    def _run(self, probe: Callable[[], ProbeOutcome]) -> None:
         try:
-            answered = probe()
-        except Exception:  # a probe that breaks says the target does not answer
+            outcome = probe()
+        except Exception:  # a probe that breaks: wait a whole cooldown, not a tight loop of them
             log.exception("a circuit breaker's probe failed")
-            answered = False
-        if answered:
+            outcome = "hangs"
+        if outcome == "answers":
             self.record_success()
             return
-        quick = self._clock() - started < self.QUICK_S
-        self._failed(hung=False, wait_s=self.probe_again_s if quick else self.cooldown_s)
+        self._failed(hung=False, wait_s=self.probe_again_s if outcome == "fails" else self.cooldown_s)

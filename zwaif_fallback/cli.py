@@ -217,7 +217,7 @@ def _check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--free-vram-mb", type=float, metavar="X",
                         help="what if the GPU had X MiB free")
     parser.add_argument("--no-dry-run", action="store_true",
-                        help="skip llama.cpp's own dry run of the plan (GGUF; ~0.6 s)")
+                        help="skip llama.cpp's own dry run of the plan (GGUF; ~0.4 s)")
 
 
 @command("check", "memory estimate and fit verdict for a model", _check_arguments)

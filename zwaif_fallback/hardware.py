@@ -84,6 +84,15 @@ class SystemStatus(Model):
     def vram_total_mb(self) -> int:
         return sum(g.vram_total_mb for g in self.gpus)
 
+    @property
+    def gpu_build_command(self) -> str:
+        """How to rebuild llama-cpp-python for the GPU found: CUDA where an NVIDIA probe
+        answered, Metal on a Mac, Vulkan (any brand) elsewhere."""
+        flag = {"nvml": "CUDA", "gputil": "CUDA", "torch": "CUDA", "mps": "METAL"}.get(
+            self.vram_source, "VULKAN")
+        return (f"set CMAKE_ARGS=-DGGML_{flag}=on, then pip install --force-reinstall "
+                "--no-cache-dir llama-cpp-python")
+
 
 class _NoAnswer(Exception):
     """A probe cannot answer; ``final`` means later CUDA probes cannot either."""

@@ -53,7 +53,7 @@ def _runtime(model: ModelInfo, status: SystemStatus, *, what_if: bool) -> tuple[
     if not gpus:
         why = ("no GPU found" if not status.gpus else
                "this llama-cpp-python cannot offload to a GPU (a CPU-only build, or its GPU "
-               "backend finds no device): reinstall it with CUDA, Vulkan or Metal to use the GPU")
+               f"backend finds no device); to use the GPU, {status.gpu_build_command}")
         return "llama.cpp, CPU-only build", why
     measured = all(name.startswith("CUDA") for name in gpus)
     return (f"llama.cpp on {', '.join(gpus)}" + ("" if measured else
@@ -179,7 +179,7 @@ class LocalModels:
 
     def with_dry_run(self, model: ModelInfo, fit: Compatibility) -> Compatibility:
         """``fit`` with llama.cpp's own dry run of the same plan beside it (GGUF only; a child
-        process, ~0.6 s, cached per file and plan)."""
+        process, ~0.4 s, cached per file and plan)."""
         if model.format != "gguf":
             return fit.model_copy(update={"dry_run_note": "llama.cpp dry runs are for GGUF files"})
         if fit.gpu_layers > 0 and self._probe.status().llama_gpus == []:  # a what-if plan

@@ -193,7 +193,7 @@ class FallbackManager:
             gpu_layers: llama.cpp's n_gpu_layers; None picks the most that fit.
             free_vram_mb: pretend the GPU has this much free ("what if").
             dry_run: also have llama.cpp dry-run the same plan (``no_alloc``, in a child
-                process, ~0.6 s) and put its buffers beside the estimate (``dry_run``).
+                process, ~0.4 s) and put its buffers beside the estimate (``dry_run``).
 
         Raises:
             ModelNotFound: unknown name. InvalidModelFile: the file is unusable.

@@ -22,7 +22,7 @@ from .backends.base import RAW_ROLE, GenerationParams, TargetFailed
 from .backends.host import HostBackend
 from .backends.ollama import OllamaBackend, is_ollamas_v1
 from .backends.openai import OpenAIBackend
-from .breaker import BreakerState, CircuitBreaker
+from .breaker import BreakerState, CircuitBreaker, ProbeOutcome
 from .characters import with_persona
 from .chat_run import Target
 from .errors import InvalidSettings
@@ -281,27 +281,29 @@ def _as_loaded(extra: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _answers_a_chat(backend: OpenAIBackend, model: str | None, deadline_s: float,
-                    extra: Mapping[str, Any] | None = None, *, raw: bool = False) -> bool:
+                    extra: Mapping[str, Any] | None = None, *, raw: bool = False) -> ProbeOutcome:
     """Whether ``backend`` begins an answer within ``deadline_s``: a circuit breaker's
-    probe, on a thread of its own (``CircuitBreaker``)."""
+    probe, on a thread of its own (``CircuitBreaker``). It ``hangs`` when the deadline
+    passed without a word, and ``fails`` when the server said no or went away before it:
+    a hung server that is killed ends the probe at once, and the next one follows soon."""
     late = threading.Event()
     timer = threading.Timer(deadline_s, late.set)  # setting it closes the response
     timer.daemon = True
     timer.start()
-    why = ""
+    why, hung = "", False
     try:
         asked = [{"role": RAW_ROLE, "content": "Hi"}] if raw else PROBE_MESSAGES
         for _ in backend.stream(asked, GenerationParams(max_tokens=1), deadline_s=deadline_s,
                                 cancel=late, model=model, extra=extra):
             break
     except Exception as exc:  # TargetFailed, or whatever the response closed at the deadline raised
-        why = str(exc)
+        why, hung = str(exc), getattr(exc, "hung", False)
     finally:
         timer.cancel()
     if late.is_set():
-        why = f"no word in {deadline_s:.0f} s"
+        why, hung = f"no word in {deadline_s:.0f} s", True
     if why:
         log.info("%s still does not answer: %s", backend.base_url, why)
-        return False
+        return "hangs" if hung else "fails"
     log.info("%s answers again: its circuit is closed", backend.base_url)
-    return True
+    return "answers"
