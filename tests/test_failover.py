@@ -231,6 +231,15 @@ def test_a_host_name_that_does_not_resolve_is_not_retried_on_an_event_loop_eithe
     assert "does not resolve" in str(err.value) and str(err.value).endswith("check remote_urls")
 
 
+def test_a_local_answer_in_japanese_cut_by_max_tokens_says_length_and_counts_tokens(manager):
+    # A piece is a whole character, 2-3 tokens of Japanese: counted as tokens, 12 pieces were
+    # never reached, and the answer said "stop" with a third of its tokens
+    ask = [{"role": "user", "content": "日本の首都について日本語で説明してください。"}]
+    result = manager.chat(ask, primary=refused_url(), max_tokens=12, temperature=0.0)
+    assert (result.source, result.finish_reason) == ("local", "length")
+    assert result.tokens == result.completion_tokens > result.attempts[-1].tokens  # tokens, not pieces
+
+
 def test_a_cut_stream_is_continued_by_the_next_target(manager, proxy):
     proxy.mode, proxy.after = "cut", 4
     pieces = list(manager.stream_chat(ASK, primary=proxy.url, **GEN))

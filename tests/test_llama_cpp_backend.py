@@ -159,3 +159,22 @@ def test_a_last_message_longer_than_the_context_is_refused_with_what_to_do(
     with pytest.raises(TargetFailed, match="shorten the history or raise n_ctx"):
         list(small_context.stream(chat, GenerationParams(max_tokens=16)))
 
+
+
+#: an answer in Japanese: llama-cpp-python gives a piece per whole character, 2-3 tokens each
+JAPANESE = [{"role": "user", "content": "日本の首都について日本語で説明してください。"}]
+
+
+def test_an_answer_in_japanese_cut_by_max_tokens_ends_for_length(backend: LlamaCppBackend):
+    usage = Usage()
+    pieces = list(backend.stream(JAPANESE, GenerationParams(max_tokens=12, temperature=0.0), usage=usage))
+    assert len(pieces) < 12  # so pieces counted against max_tokens would have said "stop"
+    assert usage.finish_reason == "length"
+    assert usage.completion_tokens is not None and usage.completion_tokens > len(pieces)
+
+
+def test_an_answer_that_ends_of_itself_ends_for_stop(backend: LlamaCppBackend):
+    usage = Usage()
+    pieces = list(backend.stream(HELLO, GenerationParams(max_tokens=200, temperature=0.0), usage=usage))
+    assert pieces and usage.finish_reason == "stop"
+    assert usage.completion_tokens is not None and usage.completion_tokens < 200

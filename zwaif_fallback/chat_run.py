@@ -164,13 +164,18 @@ class ChatRun:
             attempts=self.attempts,
             ttft_s=round(self.ttft_s, 4) if self.ttft_s is not None else None,
             latency_s=round(now - self.started, 4),
-            tokens=self.tokens,
+            tokens=self._counted(usage),
             switches=self.switches,
             finish_reason=self._finish_reason(target, params, usage),
             tool_calls=merge_tool_calls(self.tool_deltas),
             prompt_tokens=usage.prompt_tokens,
-            completion_tokens=self.completion_tokens + _counted(usage, self.attempts[-1].tokens),
+            completion_tokens=self._counted(usage),
         )
+
+    def _counted(self, usage: Usage) -> int:
+        """The answer's tokens: as each target that gave a part counted them, or its pieces
+        where it could not say (a piece is a token or more: a whole character of Japanese)."""
+        return self.completion_tokens + _counted(usage, self.attempts[-1].tokens)
 
     def _finish_reason(self, target: Target, params: GenerationParams, usage: Usage) -> str:
         """Why the answer ended: as the server that finished it said, or else from what was
@@ -179,7 +184,7 @@ class ChatRun:
             return "tool_calls"
         if usage.finish_reason not in (None, "tool_calls"):  # tool calls: only with the calls
             return usage.finish_reason
-        return "length" if _capped(target, params) and self.tokens >= params.max_tokens else "stop"
+        return "length" if _capped(target, params) and self._counted(usage) >= params.max_tokens else "stop"
 
 
 def _counted(usage: Usage, pieces: int) -> int:

@@ -222,14 +222,19 @@ class LlamaCppBackend(LocalBackend):
         # serve's Cancel stops a decode in progress; any other event is seen between pieces.
         unhook = cancel.on_set(abort.set) if isinstance(cancel, Cancel) else None
         pieces: list[str] = []
+        finish: str | None = None
         try:
             for chunk in self._completion(messages, params, prefix, usage):
                 if cancel is not None and cancel.is_set():
                     return
                 piece = chunk["choices"][0].get("text") or ""
+                finish = chunk["choices"][0].get("finish_reason") or finish
                 if piece:
                     pieces.append(piece)
                     yield piece
+            # llama.cpp's own word: a piece holds a whole character, several tokens of a
+            # Japanese answer, so counting pieces against max_tokens would miss "length"
+            usage.finish_reason = usage.finish_reason or finish
         except (ValueError, RuntimeError) as exc:
             if cancel is not None and cancel.is_set():
                 return  # the decode was aborted as asked (llama_decode returned 2)
@@ -346,7 +351,14 @@ class LlamaCppBackend(LocalBackend):
         from llama_cpp import StoppingCriteriaList
 
         cap = len(prompt) + max_tokens
-        limits = StoppingCriteriaList([lambda tokens, logits: len(tokens) >= cap])
+
+        def at_cap(tokens: Any, logits: Any) -> bool:
+            if len(tokens) < cap:
+                return False
+            usage.finish_reason = "length"  # llama-cpp-python says "stop" for any criterion
+            return True
+
+        limits = StoppingCriteriaList([at_cap])
         if criteria is not None:
             limits.extend(criteria)
         return llm.create_completion(
