@@ -39,6 +39,19 @@ def test_text_events_read_by_their_frame_give_every_text_as_sent(ensure_ascii):
     assert read(sse(*(chunk(t) for t in TEXTS), ensure_ascii=ensure_ascii)) == TEXTS
 
 
+def test_an_emoji_whose_halves_come_in_two_events_is_one_character_and_a_lone_half_a_replacement():
+    # A server writing JSON's \\u escapes may split a surrogate pair between events: the
+    # halves reached the host as text UTF-8 cannot hold, and a whole answer ended in a 500
+    body = sse(chunk("smile "), '{"choices": [{"delta": {"content": "\\ud83d"}}]}',
+               '{"choices": [{"delta": {"content": "\\ude00 ok"}}]}',
+               '{"choices": [{"delta": {"content": "lone \\ude00"}}]}',
+               '{"choices": [{"delta": {"content": "\\ud83d"}, "finish_reason": "stop"}]}')
+    events = Events(Usage())
+    pieces = events.feed(body) + events.end()
+    assert pieces == ["smile ", "\U0001f600 ok", "lone \ufffd", "\ufffd"]
+    assert "".join(p for p in pieces if isinstance(p, str)).encode("utf-8")
+
+
 def test_a_frame_that_changes_is_learned_again():
     # llama.cpp's server stamps each chunk with the second it was made
     body = sse(*(chunk(t, created=1700000000 + i // 3) for i, t in enumerate(TEXTS)))

@@ -279,6 +279,24 @@ def test_a_bad_request_gets_an_openai_error(orphaned: Served, body: bytes, statu
         assert error["param"] == param
 
 
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/api/chat"])
+def test_a_lone_surrogate_from_a_host_reaches_the_main_api_as_a_replacement_character(isolated: Path,
+                                                                                      route: str):
+    # A JavaScript host that cuts a string in the middle of an emoji sends "\ud83d": every
+    # target failed as it encoded the request, and three such chats opened the main API's circuit
+    upstream = ScriptedServer(["Hi"])
+    body = ('{"model": "m", "stream": false, "messages": [{"role": "user", "content": '
+            '"smile \\ud83d and \\ud83d\\ude00"}]}').encode()
+    try:
+        with serve(isolated, upstream.url) as served:
+            answers = [httpx.post(served.url + route, content=body, timeout=60) for _ in range(3)]
+    finally:
+        upstream.close()
+    assert [a.status_code for a in answers] == [200] * 3
+    assert {a.headers["X-Fallback-Source"] for a in answers} == {"primary"}
+    assert upstream.bodies[-1]["messages"] == [{"role": "user", "content": "smile \ufffd and \U0001f600"}]
+
+
 def test_a_key_is_required_when_set(isolated: Path):
     with serve(isolated, refused_url(), api_key="s3cret") as served:
         with pytest.raises(openai.AuthenticationError):

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .backends.base import GenerationParams, check_messages
+from .backends.base import GenerationParams, check_messages, well_formed
 from .errors import InvalidSettings
 
 __all__ = ["BadRequestField", "CompletionRequest", "parse_request", "parse_text_request"]
@@ -75,6 +75,7 @@ def parse_request(request: Any) -> CompletionRequest:
         raise BadRequestField("request", f"must be a dict with 'messages', not {type(request).__name__}")
     if "messages" not in request:
         raise BadRequestField("messages", "missing: give a list of {'role': ..., 'content': ...}")
+    request = well_formed(request)  # what servers are sent as given, too
     try:
         messages = check_messages(request["messages"])
     except InvalidSettings as exc:

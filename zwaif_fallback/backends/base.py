@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..fit import Compatibility
 
 __all__ = ["Backend", "Cancel", "GenerationParams", "LocalBackend", "Message", "TargetFailed",
-           "ToolCalls", "Usage", "check_messages"]
+           "ToolCalls", "Usage", "check_messages", "well_formed"]
 
 Message = Mapping[str, Any]
 MAX_PROMPT_CHARS = 2_000_000
@@ -177,6 +177,28 @@ INLINE_IMAGE = re.compile(r"""<img\s[^<>]{0,512}?src\s*=\s*(["'])data:image/[^"'
                           re.IGNORECASE)  # each scan bounded: a crafted text cannot make it quadratic
 
 
+def well_formed(value: Any) -> Any:
+    """``value`` (text, or the lists and dicts of a request) as UTF-8 can hold it: a lone
+    surrogate becomes U+FFFD, and a pair given as two code points becomes its character.
+
+    A JavaScript host that cuts a string in the middle of an emoji sends JSON's
+    ``"\\ud83d"``, and a command line in another encoding reaches Python with surrogates for
+    its bytes: such text failed at every target as it was encoded, and counted against the
+    main API's circuit. Well-formed text is returned as it is, not copied.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, Mapping):
+        return {key: well_formed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [well_formed(item) for item in value]
+    return value
+
+
 def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
     """OpenAI-style messages as plain ``{"role", "content"}`` text dicts, or InvalidSettings
     saying what is wrong. Content parts are joined into their text, an image part (or an
@@ -200,6 +222,7 @@ def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
             content = ""
         if not isinstance(content, str):
             raise InvalidSettings(f"message {i} has no text content")
+        content = well_formed(content)
         total += len(content)
         out.append({"role": role, "content": content})
     if not any(m["content"].strip() for m in out):

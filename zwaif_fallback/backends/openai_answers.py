@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from typing import Any
 
-from .base import ALIVE, TargetFailed, ToolCalls, Usage
+from .base import ALIVE, TargetFailed, ToolCalls, Usage, well_formed
 
 __all__ = ["FINISH_REASONS", "RETRYABLE_STATUS", "UNNAMED_MODEL", "Events", "Lines", "read_model_name",
            "server_said", "status_error", "whole_answer"]
@@ -43,6 +43,7 @@ class Lines:
         self.done = False
         self._rest = b""  # a line not yet ended
         self._failure: TargetFailed | None = None
+        self._high = ""  # the first half of a surrogate pair whose second is in the next piece
 
     def feed(self, data: bytes) -> list[str | ToolCalls]:
         """The pieces of the lines that ``data`` completes. A line that fails the answer
@@ -56,7 +57,7 @@ class Lines:
             except TargetFailed as exc:
                 self._failure = exc
                 break
-        return pieces
+        return self._characters(pieces)
 
     def check(self) -> None:
         if self._failure is not None:
@@ -64,11 +65,29 @@ class Lines:
 
     def end(self) -> list[str | ToolCalls]:
         """The pieces of an unended last line; raises if the answer did not finish."""
-        pieces = self._line(self._rest)
-        self._rest = b""
+        pieces = self._characters(self._line(self._rest))
+        if self._high:  # a half whose other half never came
+            pieces.append(well_formed(self._high))
+        self._rest, self._high = b"", ""
         if not self.finished:
             raise TargetFailed("the stream ended before the answer was finished", retryable=True)
         return pieces
+
+    def _characters(self, pieces: list[str | ToolCalls]) -> list[str | ToolCalls]:
+        """``pieces`` as UTF-8 can carry them. A server that writes JSON's ``\\u`` escapes may
+        put an emoji's two halves (``\\ud83d``, ``\\ude00``) in two events: the first half
+        waits for the second, and a half on its own becomes U+FFFD (``well_formed``)."""
+        out: list[str | ToolCalls] = []
+        for piece in pieces:
+            if isinstance(piece, str) and piece is not ALIVE:
+                piece, self._high = self._high + piece, ""
+                if "\ud800" <= piece[-1:] <= "\udbff":
+                    piece, self._high = piece[:-1], piece[-1]
+                piece = well_formed(piece)
+                if not piece:
+                    continue
+            out.append(piece)
+        return out
 
     def _line(self, line: bytes) -> list[str | ToolCalls]:
         raise NotImplementedError
