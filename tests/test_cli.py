@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from zwaif_fallback.cli_text import cells, table
+
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 RTX_3060 = json.dumps([{"name": "NVIDIA GeForce RTX 3060", "total_mb": 12288, "used_mb": 400}])
 
@@ -336,3 +338,11 @@ def test_ui_stops_on_ctrl_c_and_on_sigterm_as_serve_does(isolated, stop):
     finally:
         ui.kill()
     assert ui.returncode == 0 and "stopping" in err and "Traceback" not in err, (ui.returncode, err[-2000:])
+
+
+def test_a_table_lines_up_as_a_terminal_shows_japanese_and_emoji():
+    # a wide character takes two cells: padded by characters, the next column moved right
+    rows = [("NAME", "FORMAT"), ("スモール😀", "gguf"), ("tiny", "gguf"), ("cafe\u0301", "gguf")]
+    lines = table(rows).splitlines()
+    starts = [cells(line[:line.index(format_)]) for line, (_, format_) in zip(lines, rows, strict=True)]
+    assert starts == [12] * 4

@@ -285,8 +285,8 @@ def test_a_lone_surrogate_from_a_host_reaches_the_main_api_as_a_replacement_char
     # A JavaScript host that cuts a string in the middle of an emoji sends "\ud83d": every
     # target failed as it encoded the request, and three such chats opened the main API's circuit
     upstream = ScriptedServer(["Hi"])
-    body = ('{"model": "m", "stream": false, "messages": [{"role": "user", "content": '
-            '"smile \\ud83d and \\ud83d\\ude00"}]}').encode()
+    body = (b'{"model": "m", "stream": false, "messages": [{"role": "user", "content": '
+            b'"smile \\ud83d and \\ud83d\\ude00"}]}')
     try:
         with serve(isolated, upstream.url) as served:
             answers = [httpx.post(served.url + route, content=body, timeout=60) for _ in range(3)]

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+import locale
 import os
 from pathlib import Path
 
 import pytest
 
 from zwaif_fallback import FallbackSettings, InvalidSettings, StorageError, settings_file
+from zwaif_fallback.cli_text import format_settings
 from zwaif_fallback.settings_fields import describe_range
 
 # field: (default, low, high) for the bounded ones, from DESIGN.md's table.
@@ -199,9 +201,21 @@ def test_a_file_in_another_encoding_is_kept_aside_not_written_over():
     # over it with only the new value
     Path("fallback_settings.json").write_bytes('{"primary_model": "café"}'.encode("cp1252"))
     s = FallbackSettings()
-    assert s.primary_model == "" and "moved it to" in s.problems[0]
+    assert s.primary_model == "" and "moved it to" in s.problems[0] and "save it as UTF-8" in s.problems[0]
     s.saved(max_retries=5)
     assert Path("fallback_settings.json.bak").read_bytes().decode("cp1252") == '{"primary_model": "café"}'
+
+
+def test_a_file_notepad_saved_in_the_systems_own_encoding_is_read(monkeypatch):
+    # Notepad's "ANSI" before 2019 is the system's code page: cp932 on a Japanese Windows.
+    # Python reads the code page from the system's locale, as here.
+    monkeypatch.setattr(locale, "getpreferredencoding", lambda do_setlocale=True: "cp932")
+    Path("fallback_settings.json").write_bytes('{"models_dir": "D:/モデル", "timeout": 15}'.encode("cp932"))
+    s = FallbackSettings()
+    assert (s.models_dir, s.timeout, s.problems) == (Path("D:/モデル"), 15, [])
+    s.saved(max_retries=5)  # written back in UTF-8, and readable: not \u escapes
+    assert '"models_dir": "D:/モデル"' in Path("fallback_settings.json").read_text(encoding="utf-8")
+    assert '"D:/モデル"' in format_settings(FallbackSettings())  # `zwaif-fallback settings` shows it so
 
 
 def test_a_settings_file_that_is_a_model_is_neither_read_nor_moved_nor_written_over():

@@ -6,6 +6,7 @@ Pure functions over those results; ``print_json`` is the ``--json`` side of ever
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -66,9 +67,18 @@ def num(value: float | None, digits: int) -> str:
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
+    """Columns aligned as a terminal shows them: a Japanese or Chinese character or an emoji
+    takes two cells, a combining mark none."""
+    widths = [max(cells(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ("  ".join(c + " " * (w - cells(c)) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
+             for r in rows)
     return "\n".join(lines)
+
+
+def cells(text: str) -> int:
+    """How many terminal cells ``text`` takes (East Asian wide and full-width: two)."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
 
 
 def format_models(models: list[ModelInfo]) -> str:
@@ -179,6 +189,6 @@ def format_monitor_summary(report: MonitoringReport) -> str:
 
 def format_settings(settings: FallbackSettings) -> str:
     """Each setting, its value and where the value comes from; then the file's problems."""
-    lines = [f"{name:<20} {json.dumps(value):<32} ({settings.origin(name)})"
+    lines = [f"{name:<20} {json.dumps(value, ensure_ascii=False):<32} ({settings.origin(name)})"
              for name, value in settings.public_dict().items()]
     return "\n".join(lines + [f"problem: {problem}" for problem in settings.problems])

@@ -4,6 +4,7 @@ UTF-16, and a rename that Windows refuses for a moment while a scanner reads the
 from __future__ import annotations
 
 import codecs
+import locale
 import os
 import time
 from pathlib import Path
@@ -24,7 +25,9 @@ def expanded(path: str | os.PathLike[str]) -> Path:
 def read_text(path: Path) -> str:
     """A text file as a person may have saved it on Windows: UTF-8 with or without a BOM
     (PowerShell 5.1's ``Set-Content -Encoding UTF8`` writes one, as Notepad did before 2019),
-    or UTF-16 with its BOM (PowerShell 5.1's ``>``). JSON parsers refuse a BOM.
+    or UTF-16 with its BOM (PowerShell 5.1's ``>``), or else in the system's own encoding
+    where that is not UTF-8 (Notepad's "ANSI" before 2019: cp932 on a Japanese Windows,
+    cp1252 on an English one). JSON parsers refuse a BOM.
 
     Raises:
         OSError: the file cannot be read.
@@ -33,7 +36,13 @@ def read_text(path: Path) -> str:
     raw = path.read_bytes()
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return raw.decode("utf-16")
-    return raw.decode("utf-8-sig")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        system = codecs.lookup(locale.getpreferredencoding(False)).name
+        if system == "utf-8":
+            raise
+        return raw.decode(system)  # its own error, if it is not that either
 
 
 def replace_when_free(source: str | os.PathLike[str], target: str | os.PathLike[str], wait_s: float) -> None:

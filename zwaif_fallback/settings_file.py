@@ -86,7 +86,10 @@ def _object(path: Path) -> dict[str, Any]:
     size = path.stat().st_size
     if size > MAX_SETTINGS_BYTES:
         raise _NotSettings(f"{path} is not a settings file: it holds {size} bytes")
-    text = read_text(path)
+    try:
+        text = read_text(path)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not text in UTF-8 ({exc.reason} at byte {exc.start}): save it as UTF-8") from None
     data = json.loads(text) if text.strip() else {}
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, found {type(data).__name__}")
@@ -127,7 +130,7 @@ def write_atomically(path: Path, data: Mapping[str, Any]) -> None:
         raise StorageError(f"cannot write settings to {path}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(dict(data), handle, indent=2, sort_keys=True)
+            json.dump(dict(data), handle, indent=2, sort_keys=True, ensure_ascii=False)  # readable paths
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
