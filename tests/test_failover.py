@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -139,6 +140,28 @@ def test_a_breakers_probe_tells_a_hung_server_from_one_that_is_not_there_or_went
     finally:
         hang.close()  # killed while the probe waits on it
     assert probing.result(timeout=10) == "fails"
+
+
+def test_a_probe_or_a_read_that_ends_leaves_no_thread_behind():
+    # Each probe that got an answer (an error status, or the answer that closes the circuit)
+    # left a watchdog thread waiting for good: 1,800 an hour while a main API answered 500
+    def watchers() -> int:
+        return sum(t.name == "zwaif-http-cancel" and t.is_alive() for t in threading.enumerate())
+
+    before = watchers()
+    failing, answering = FaultProxy(upstream_port=0), ScriptedServer(["Hi"])
+    failing.mode = "500"
+    try:
+        for _ in range(5):
+            assert _answers_a_chat(OpenAIBackend(failing.url), None, 5.0) == "fails"
+            assert _answers_a_chat(OpenAIBackend(answering.url), None, 5.0) == "answers"
+        # a plain event from a host, never set: watched only while the answer is read
+        pieces = list(OpenAIBackend(answering.url).stream(ASK, GenerationParams(), cancel=threading.Event()))
+    finally:
+        failing.close()
+        answering.close()
+    assert pieces == ["Hi"]
+    wait_until(lambda: watchers() == before, timeout_s=5, what="the watchdog threads to end")
 
 
 def test_500s_are_retried_then_fall_back(manager, proxy):

@@ -8,6 +8,7 @@ tokens it has evaluated, not a timing.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,3 +179,19 @@ def test_an_answer_that_ends_of_itself_ends_for_stop(backend: LlamaCppBackend):
     pieces = list(backend.stream(HELLO, GenerationParams(max_tokens=200, temperature=0.0), usage=usage))
     assert pieces and usage.finish_reason == "stop"
     assert usage.completion_tokens is not None and usage.completion_tokens < 200
+
+
+def test_llama_cpps_own_lines_after_a_load_go_to_the_log_not_to_stderr(backend: LlamaCppBackend,
+                                                                        capsys, caplog):
+    # llama-cpp-python reads the levels of the ggml it ships by their old numbers: with
+    # verbose=False it printed a warning on stderr whenever a new prompt reused part of the
+    # cache, one more line on serve's console for every answer a host stopped
+    caplog.set_level(logging.DEBUG, logger="zwaif_fallback.backends.llama_cpp")
+    cancel = Cancel()
+    for i, _ in enumerate(backend.stream(HELLO, GenerationParams(max_tokens=40, temperature=0.0),
+                                         cancel=cancel)):
+        if i == 3:
+            cancel.set()
+    list(backend.stream([{"role": "user", "content": "Say goodbye."}], GREEDY))
+    assert capsys.readouterr().err == ""
+    assert any(r.getMessage().startswith("llama.cpp: ") for r in caplog.records)

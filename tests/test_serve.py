@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -395,6 +396,23 @@ def test_a_client_that_disconnects_stops_the_local_generation(orphaned: Served):
                timeout_s=10, what="the stream to be cancelled")
     answer = client(orphaned).chat.completions.create(model="x", messages=ASK, **GEN)
     assert answer.choices[0].finish_reason == "length"  # the model was free again
+
+
+def test_a_client_that_gives_up_before_the_first_piece_is_no_error_in_the_log(isolated: Path, caplog):
+    # A host whose own timeout is shorter than serve's left an ERROR "failed unexpectedly"
+    # (with "NoneType: None") in the log for every chat while the main API hung
+    hang = HangServer()
+    body = {"messages": ASK, "stream": True, "max_tokens": 4}
+    try:
+        with serve(isolated, hang.url) as served:
+            with pytest.raises(httpx.ReadTimeout), httpx.stream(
+                    "POST", served.url + "/v1/chat/completions", json=body, timeout=0.5) as response:
+                response.read()
+            wait_until(lambda: "zwaif_cancelled_total 1.0" in httpx.get(served.url + "/metrics").text,
+                       timeout_s=20, what="the chat to count as cancelled")
+    finally:
+        hang.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 # -- the command --------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .backends.base import ALIVE, GenerationParams, TargetFailed, ToolCalls, Usage
+from .backends.base import ALIVE, Cancel, GenerationParams, TargetFailed, ToolCalls, Usage
 from .chat_run import ChatRun, Piece, Target, answered_by
 from .errors import AllTargetsFailed, FallbackError
 from .net import start_for_request
@@ -55,7 +55,7 @@ class _Pump:
 
     def __init__(self, start: Callable[[threading.Event], Iterator[str | ToolCalls]],
                  caller_cancel: threading.Event | None = None) -> None:
-        self.cancel = threading.Event()
+        self.cancel = Cancel()  # closes the server's response at once, with no thread to watch it
         self._caller_cancel = caller_cancel
         self._queue: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
         self._start = start

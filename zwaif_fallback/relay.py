@@ -85,7 +85,11 @@ class Relay:
             if not self._cancel.is_set():  # the reader may have gone already
                 self._task = asyncio.get_running_loop().create_task(self._produce())
                 await asyncio.wait((self._task,))
-            if not self._started:
+            if not self._started and self._cancel.is_set():  # the reader left first: no one to tell
+                await self._respond_with({"error": {"message": "the reader went away before the answer "
+                                                    "began", "type": "server_error", "param": None,
+                                                    "code": "cancelled"}, "attempts": []})
+            elif not self._started:
                 await self._respond_with(error_object(RuntimeError("the answer ended before it began")))
             elif not self._ended:
                 stopped = [self._chunks.failure(shutting_down())] if self._shutting_down else _END

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from .backends.base import RAW_ROLE, GenerationParams, TargetFailed
+from .backends.base import RAW_ROLE, Cancel, GenerationParams, TargetFailed
 from .backends.host import HostBackend
 from .backends.ollama import OllamaBackend, is_ollamas_v1
 from .backends.openai import OpenAIBackend
@@ -286,7 +286,7 @@ def _answers_a_chat(backend: OpenAIBackend, model: str | None, deadline_s: float
     probe, on a thread of its own (``CircuitBreaker``). It ``hangs`` when the deadline
     passed without a word, and ``fails`` when the server said no or went away before it:
     a hung server that is killed ends the probe at once, and the next one follows soon."""
-    late = threading.Event()
+    late = Cancel()
     timer = threading.Timer(deadline_s, late.set)  # setting it closes the response
     timer.daemon = True
     timer.start()

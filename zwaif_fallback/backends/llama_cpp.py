@@ -72,9 +72,7 @@ class _LlamaLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from llama_cpp import _logger
-
-        self._llama_cpp.llama_log_set(_logger.llama_log_callback, None)
+        self._llama_cpp.llama_log_set(_resting_log(self._llama_cpp), None)
 
     def out_of_memory(self) -> str | None:
         """The first line that says an allocation failed, or None."""
@@ -83,6 +81,34 @@ class _LlamaLog:
     def failure(self) -> str | None:
         """The last line that says something failed, or None."""
         return next((line for line in reversed(self._lines) if _FAILED.search(line)), None)
+
+
+_resting: list[Any] = []  # the one callback made, kept alive for as long as llama.cpp may call it
+
+
+def _resting_log(llama_cpp: Any) -> Any:
+    """llama.cpp's log between loads: to ``logging``, as debug lines. A failure in a decode
+    is raised by llama-cpp-python, and reported with its message (``TargetFailed``); the log
+    lines of one that a cancel aborted would only be noise.
+
+    llama-cpp-python's own callback reads ggml's log levels by their old numbers, so with
+    ``verbose=False`` it printed the warnings of the ggml it ships as errors, on stderr: a
+    "decode: removing memory module entries" line on serve's console for every answer a
+    host stopped. Where llama-cpp-python's logger is set to show everything (a ``verbose``
+    Llama elsewhere in the process), its own callback stays.
+    """
+    from llama_cpp import _logger
+
+    if _logger.logger.level <= logging.DEBUG:
+        return _logger.llama_log_callback
+    if not _resting:
+        def to_logging(_level: int, text: bytes, _user: Any) -> None:
+            line = text.decode("utf-8", errors="replace").strip()
+            if line:
+                log.debug("llama.cpp: %s", line)
+
+        _resting.append(llama_cpp.llama_log_callback(to_logging))
+    return _resting[0]
 
 
 class _Abort:

@@ -18,11 +18,12 @@ import socket
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable
 from ..net import server_headers
-from .base import Backend, GenerationParams, TargetFailed, ToolCalls, Usage, raw_prompt
+from .base import Backend, Cancel, GenerationParams, TargetFailed, ToolCalls, Usage, raw_prompt
 from .openai_answers import UNNAMED_MODEL, Events, Lines, status_error, whole_answer
 
 if TYPE_CHECKING:
@@ -96,10 +97,8 @@ class OpenAIBackend(Backend):
         try:
             for ask_usage in self._usage_asks():
                 _ask_usage(body, ask_usage)
-                with self._http().stream("POST", self._url(body), json=body,
-                                         headers=headers, timeout=timeout) as response:
-                    if cancel is not None:
-                        _close_on(cancel, response)
+                with self._http().stream("POST", self._url(body), json=body, headers=headers,
+                                         timeout=timeout) as response, _closed_on(cancel, response):
                     if response.status_code >= 400:
                         failure = self._status_error(response.status_code, response.read())
                         if self._older_server(failure, ask_usage):
@@ -273,17 +272,49 @@ def _ask_usage(body: dict[str, Any], ask: bool) -> None:
         body.pop("stream_options", None)
 
 
-def _close_on(cancel: threading.Event, response: Any) -> None:
-    """Close the response from a watchdog when the chain gives up on it."""
+#: How often a plain ``threading.Event`` given as ``cancel`` is looked at while a response is read.
+CANCEL_POLL_S = 0.25
 
-    def watch() -> None:
-        cancel.wait()
+
+@contextmanager
+def _closed_on(cancel: threading.Event | None, response: Any) -> Iterator[None]:
+    """While the block reads ``response``, close it as soon as ``cancel`` is set (the chain
+    gave up on it, or a probe's deadline passed), from the thread that sets it.
+
+    A ``Cancel`` runs the close itself. A plain event is watched by a thread of its own that
+    ends with the block: it waited for the event alone once, and an event never set (a
+    breaker's probe that got an answer) kept one thread a request, for good.
+    """
+    if cancel is None:
+        yield
+        return
+
+    def close() -> None:
         try:
             response.close()
         except Exception:  # closing a dead socket may fail; nothing is left to free
             pass
 
+    if isinstance(cancel, Cancel):
+        unhook = cancel.on_set(close)
+        try:
+            yield
+        finally:
+            unhook()
+        return
+    read = threading.Event()
+
+    def watch() -> None:
+        while not read.is_set():
+            if cancel.wait(CANCEL_POLL_S):
+                close()
+                return
+
     threading.Thread(target=watch, daemon=True, name="zwaif-http-cancel").start()
+    try:
+        yield
+    finally:
+        read.set()
 
 
 def _connect_failure(exc: Exception, url: str, setting: str) -> TargetFailed:
