@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, FakeClock
 
 from zwaif_fallback.bench import BenchmarkResult
-from zwaif_fallback.store import MIGRATIONS, Store
+from zwaif_fallback.store import KEEP_FAILOVERS_S, MIGRATIONS, PRUNE_EVERY_S, Store
 
 
 def test_the_schema_migrates_itself_once(tmp_path):
@@ -55,6 +55,19 @@ def test_failover_events_can_be_read_by_age(tmp_path):
     recent = store.failovers(since_s=60)
     assert recent == [{"at": 2000.0, "target": "smol", "source": "local", "ok": True,
                        "error": None, "duration_s": 1.5}]
+
+
+def test_failover_events_older_than_thirty_days_are_deleted_as_new_ones_come(tmp_path):
+    # serve runs for weeks: with the main API down, every chat wrote two rows, and none went
+    clock = FakeClock(0.0)
+    store = Store(tmp_path, clock=clock)
+    event = {"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}
+    store.add_attempts([event])
+    clock.now = KEEP_FAILOVERS_S - 1.0
+    store.add_attempts([event])  # the first is not thirty days old yet: kept
+    clock.now = KEEP_FAILOVERS_S + PRUNE_EVERY_S
+    store.add_attempts([event])
+    assert [e["at"] for e in store.failovers()] == [KEEP_FAILOVERS_S + PRUNE_EVERY_S, KEEP_FAILOVERS_S - 1.0]
 
 
 def test_monitor_sessions_keep_their_samples(tmp_path):

@@ -31,6 +31,12 @@ FILE_NAME = "history.sqlite3"
 # How long a write waits for another process (a second host, the CLI) to finish its own:
 # under load (a benchmark, the test suite on 2 cores) 2 s was seen to run out and lose a row.
 BUSY_TIMEOUT_S = 10.0
+#: How long failover attempts are kept. A bot that chats every 10 s while its main API is
+#: down writes two rows a chat (the skipped main API, the answer): about 1.8 MB a day, for as
+#: long as serve runs. Health reads the last hour; the UI, the last day.
+KEEP_FAILOVERS_S = 30 * 86400
+#: How often a long-running process deletes the attempts older than that, at most.
+PRUNE_EVERY_S = 3600.0
 R = TypeVar("R", bound=BaseModel)
 
 MIGRATIONS: list[str] = [
@@ -90,6 +96,7 @@ class Store:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self.problem: str | None = None  # what keeps the store from working now
+        self._pruned_at: float | None = None  # when old failover attempts were last deleted
         self.notices: list[str] = []  # what happened to it (a corrupt file moved aside)
 
     # -- connection -------------------------------------------------------------
@@ -239,6 +246,9 @@ class Store:
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     [(now, a["target"], a["source"], int(bool(a["ok"])), a.get("error"),
                       float(a.get("latency_s") or 0.0)) for a in attempts])
+                if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_S:
+                    db.execute("DELETE FROM failovers WHERE at < ?", (now - KEEP_FAILOVERS_S,))
+                    self._pruned_at = now
 
     def failovers(self, *, since_s: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Attempts newest first, optionally only those of the last ``since_s`` seconds."""
