@@ -107,6 +107,7 @@ class LocalModels:
         self._ranking_lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        self._reaper_lock = threading.Lock()  # two chats at once start one reaper, not two
 
     def close(self) -> None:
         self._stop.set()
@@ -367,12 +368,13 @@ class LocalModels:
         """Unload an idle local model after keep_alive seconds (a background thread)."""
         if self._settings().keep_alive <= 0 or self._stop.is_set():
             return
-        if self._reaper is not None and self._reaper.is_alive():
-            return
 
         def reap() -> None:
             while not self._stop.wait(min(max(self._settings().keep_alive / 4, 0.05), 5.0)):
                 self.pool.reap_idle(self._settings().keep_alive)
 
-        self._reaper = threading.Thread(target=reap, daemon=True, name="zwaif-keep-alive")
-        self._reaper.start()
+        with self._reaper_lock:
+            if self._reaper is not None and self._reaper.is_alive():
+                return
+            self._reaper = threading.Thread(target=reap, daemon=True, name="zwaif-keep-alive")
+            self._reaper.start()
