@@ -28,6 +28,7 @@ CPU_SUITE = [
     ("Streaming overhead", ["bench_overhead.py"]),
     ("Failover latency", ["bench_failover.py"]),
     ("Stopping a decode in progress", ["bench_abort.py"]),
+    ("Memory held after an unload", ["bench_unload.py"]),
     ("Benchmark accuracy and monitoring cost", ["bench_measure.py"]),
     ("UI responsiveness during Benchmark All", ["bench_ui.py"]),
 ]

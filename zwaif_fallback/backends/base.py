@@ -7,9 +7,11 @@ continues it instead of starting over, so the reader sees no duplicate.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import re
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -276,6 +278,20 @@ class Backend(ABC):
         self.unload()
 
 
+def _give_back_freed_memory() -> None:
+    """Have glibc hand the memory a model freed back to the system. Freed in small pieces,
+    across the arenas of the threads that generated, it stays the process's: the RSS grew
+    with each keep_alive unload and reload (``benchmarks/bench_unload.py``). Elsewhere
+    (Windows, macOS, musl) there is no such call, and nothing is done."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
+
+
 class LocalBackend(Backend):
     """A model held in this process. One generation, load or unload runs at a time
     (llama.cpp contexts are not thread-safe); others queue on the lock. A model that
@@ -347,6 +363,7 @@ class LocalBackend(Backend):
         with self._lock:
             if self.loaded:
                 self._unload_locked()
+                _give_back_freed_memory()
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int | None:
         """Tokens of the prompt these messages make (None when the runtime cannot say)."""
