@@ -134,7 +134,8 @@ def test_a_breakers_probe_tells_a_hung_server_from_one_that_is_not_there_or_went
     assert _answers_a_chat(OpenAIBackend(refused_url()), None, 5.0) == "fails"
     hang = HangServer()
     try:
-        assert _answers_a_chat(OpenAIBackend(hang.url), None, 0.5) == "hangs"
+        # as the chain makes it: a silence longer than the deadline ends the request
+        assert _answers_a_chat(OpenAIBackend(hang.url, read_timeout_s=1.0), None, 0.5) == "hangs"
         probing = ThreadPoolExecutor(1).submit(_answers_a_chat, OpenAIBackend(hang.url), None, 30.0)
         wait_until(lambda: hang.accepted == 2, timeout_s=5, what="the probe's request")
     finally:
@@ -232,6 +233,18 @@ def test_a_refused_connection_is_known_by_its_type_not_its_text():
     assert refused.fast and not refused.retryable  # down for sure: no retries, no waiting
     worded = httpx.ConnectError("the proxy said: connection refused")  # text only, no OS error
     assert not _transport_error(worded, "u", "primary_url").fast
+
+
+def test_a_server_that_lets_a_timeout_pass_without_a_word_is_hung_not_down():
+    # A host that drops the connection attempt (a PC switched off, a firewall's DROP) times out
+    # at connect: taken as down, its breaker's probe was made again every 12 s, for good
+    import httpx
+
+    from zwaif_fallback.backends.openai import _transport_error
+
+    for timeout in (httpx.ConnectTimeout("timed out"), httpx.ReadTimeout("timed out")):
+        failure = _transport_error(timeout, "u", "primary_url")
+        assert failure.hung and failure.retryable and not failure.fast
 
 
 def test_a_primary_whose_host_name_does_not_resolve_falls_back_at_once_without_retries(manager):

@@ -36,7 +36,7 @@ def test_a_cpu_only_llama_cpp_plans_the_cpu_even_beside_a_gpu(isolated, smollm2)
         what_if = m.check_compatibility(SMOL, free_vram_mb=8000)
     assert (fit.verdict, fit.gpu_layers, fit.runtime) == ("cpu", 0, "llama.cpp, CPU-only build")
     assert "cannot offload to a GPU" in fit.reason  # and the command that rebuilds it for the card:
-    assert "CMAKE_ARGS=-DGGML_CUDA=on, then pip install --force-reinstall" in fit.reason
+    assert 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall' in fit.reason  # Linux's form
     assert what_if.verdict == "gpu" and "what-if" in what_if.runtime  # what-ifs answer anywhere
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from zwaif_fallback.backends.base import ALIVE, TargetFailed, ToolCalls, Usage
+from zwaif_fallback.backends.base import ALIVE, TargetFailed, ToolCalls, Usage, well_formed
 from zwaif_fallback.backends.openai_answers import SAID_CHARS, Events, status_error
 
 TEXTS = ["Hello", ' "quoted" ', "back\\slash", "line\nbreak", "caf\u00e9", "\U0001F600 emoji",
@@ -50,6 +50,10 @@ def test_an_emoji_whose_halves_come_in_two_events_is_one_character_and_a_lone_ha
     pieces = events.feed(body) + events.end()
     assert pieces == ["smile ", "\U0001f600 ok", "lone \ufffd", "\ufffd"]
     assert "".join(p for p in pieces if isinstance(p, str)).encode("utf-8")
+
+
+def test_a_request_is_made_well_formed_in_its_keys_and_tuples_too():
+    assert well_formed({"k\ud83d": ("\ud83d", "ok"), "n": 1}) == {"k\ufffd": ["\ufffd", "ok"], "n": 1}
 
 
 def test_a_frame_that_changes_is_learned_again():

@@ -120,7 +120,8 @@ def test_a_url_that_could_never_answer_is_refused_saying_why(url, why):
 
 
 @pytest.mark.parametrize("url", ["http://[::1]:5000/v1", "https://api.example.com/openai/v1",
-                                 "http://127.0.0.1:11434", "http://localhost:1234/v1/"])
+                                 "http://127.0.0.1:11434", "http://localhost:1234/v1/",
+                                 "http://user:pw@proxy.example:8080/v1"])  # a proxy's login
 def test_the_urls_people_use_are_taken(url):
     assert FallbackSettings(primary_url=url).primary_url == url.rstrip("/")
 
@@ -204,6 +205,14 @@ def test_a_file_in_another_encoding_is_kept_aside_not_written_over():
     assert s.primary_model == "" and "moved it to" in s.problems[0] and "save it as UTF-8" in s.problems[0]
     s.saved(max_retries=5)
     assert Path("fallback_settings.json.bak").read_bytes().decode("cp1252") == '{"primary_model": "café"}'
+
+
+def test_a_path_that_is_not_utf8_is_saved_as_escapes_and_leaves_no_temporary_file():
+    # a folder from a Latin-1 zip reaches Python with surrogates for its bytes: UTF-8 cannot
+    # hold them, so the file keeps them as \u escapes, as JSON can
+    s = FallbackSettings().saved(models_dir="/mnt/caf\udce9")
+    assert FallbackSettings().models_dir == s.models_dir == Path("/mnt/caf\udce9")
+    assert [p.name for p in Path().iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_a_file_notepad_saved_in_the_systems_own_encoding_is_read(monkeypatch):

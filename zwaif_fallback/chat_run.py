@@ -92,10 +92,11 @@ class ChatRun:
 
     def budget(self, params: GenerationParams) -> GenerationParams:
         """``params`` for the target that continues the answer: what is left of
-        ``max_tokens``, which bounds the whole answer, not each target's part."""
+        ``max_tokens``, which bounds the whole answer, not each target's part. The parts
+        before are counted in tokens where their targets said (``settled``), else in pieces."""
         if not self.tokens:
             return params
-        left = max(params.max_tokens - self.tokens, 1)
+        left = max(params.max_tokens - max(self.completion_tokens, 1), 1)
         # model_construct keeps which fields the caller chose: a server is sent only those
         return GenerationParams.model_construct(params.model_fields_set,
                                                 **{**params.model_dump(), "max_tokens": left})

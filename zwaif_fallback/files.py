@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import locale
 import os
+import re
 import time
 from pathlib import Path
 
@@ -40,9 +41,18 @@ def read_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         system = codecs.lookup(locale.getpreferredencoding(False)).name
-        if system == "utf-8":
+        # UTF-8 with a stray byte would decode in cp1252 too, garbled for good by the next save
+        if system == "utf-8" or _UTF8_SEQUENCE.search(raw):
             raise
-        return raw.decode(system)  # its own error, if it is not that either
+        try:
+            return raw.decode(system)
+        except UnicodeDecodeError:
+            pass
+        raise
+
+
+#: A character of more than one byte in UTF-8: a file that holds one was written in UTF-8.
+_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
 
 
 def replace_when_free(source: str | os.PathLike[str], target: str | os.PathLike[str], wait_s: float) -> None:

@@ -90,8 +90,10 @@ class SystemStatus(Model):
         answered, Metal on a Mac, Vulkan (any brand) elsewhere."""
         flag = {"nvml": "CUDA", "gputil": "CUDA", "torch": "CUDA", "mps": "METAL"}.get(
             self.vram_source, "VULKAN")
-        return (f"set CMAKE_ARGS=-DGGML_{flag}=on, then pip install --force-reinstall "
-                "--no-cache-dir llama-cpp-python")
+        pip = "pip install --force-reinstall --no-cache-dir llama-cpp-python"
+        if self.platform.startswith("Windows"):  # cmd.exe's form; PowerShell's is $env:CMAKE_ARGS="..."
+            return f"set CMAKE_ARGS=-DGGML_{flag}=on, then {pip}"
+        return f'CMAKE_ARGS="-DGGML_{flag}=on" {pip}'
 
 
 class _NoAnswer(Exception):

@@ -85,7 +85,9 @@ class Relay:
             if not self._cancel.is_set():  # the reader may have gone already
                 self._task = asyncio.get_running_loop().create_task(self._produce())
                 await asyncio.wait((self._task,))
-            if not self._started and self._cancel.is_set():  # the reader left first: no one to tell
+            if not self._started and self._shutting_down:
+                await self._respond_with(error_object(shutting_down()))
+            elif not self._started and self._cancel.is_set():  # the reader left first: no one to tell
                 await self._respond_with({"error": {"message": "the reader went away before the answer "
                                                     "began", "type": "server_error", "param": None,
                                                     "code": "cancelled"}, "attempts": []})

@@ -57,9 +57,10 @@ def _check_url(value: str) -> str:
     if any(c.isspace() for c in value):
         raise ValueError(f"must not hold spaces ({_URL_EXAMPLE})")
     parts = urlsplit(value)
-    if parts.netloc.count(":") > 1 and "[" not in parts.netloc:
-        raise ValueError("has an IPv6 address without brackets: write it in [ ], "
-                         "e.g. http://[::1]:5000/v1")
+    host_port = parts.netloc.rpartition("@")[2]  # not the user:password of a proxy's login
+    if host_port.count(":") > 1 and not host_port.startswith("["):
+        raise ValueError("has an IPv6 address without brackets (write it in [ ], e.g. "
+                         "http://[::1]:5000/v1), or more than one port")
     try:
         parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
     except ValueError:

@@ -128,16 +128,22 @@ def write_atomically(path: Path, data: Mapping[str, Any]) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise StorageError(f"cannot write settings to {path}: {exc.strerror or exc}") from exc
+    text = json.dumps(dict(data), indent=2, sort_keys=True, ensure_ascii=False) + "\n"  # readable paths
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(dict(data), handle, indent=2, sort_keys=True, ensure_ascii=False)  # readable paths
-            handle.write("\n")
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:  # a path that is not UTF-8 (surrogates for its bytes): as \u escapes
+        encoded = (json.dumps(dict(data), indent=2, sort_keys=True) + "\n").encode("ascii")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(encoded)
             handle.flush()
             os.fsync(handle.fileno())
         _replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise StorageError(f"cannot write settings to {path}: {exc.strerror or exc}") from exc
+        if isinstance(exc, OSError):
+            raise StorageError(f"cannot write settings to {path}: {exc.strerror or exc}") from exc
+        raise
 
 
 #: How long a save waits for another process to let go of the settings file: on Windows,

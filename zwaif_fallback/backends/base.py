@@ -195,8 +195,8 @@ def well_formed(value: Any) -> Any:
         except UnicodeEncodeError:
             return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     if isinstance(value, Mapping):
-        return {key: well_formed(item) for key, item in value.items()}
-    if isinstance(value, list):
+        return {well_formed(key): well_formed(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
         return [well_formed(item) for item in value]
     return value
 

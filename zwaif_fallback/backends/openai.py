@@ -326,7 +326,8 @@ def _connect_failure(exc: Exception, url: str, setting: str) -> TargetFailed:
     if (unresolved := _unresolved(exc)) is not None:
         return _no_such_host(unresolved, url, setting)
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return TargetFailed(f"timed out talking to {url} (no connection or no answer)", retryable=True)
+        return TargetFailed(f"timed out talking to {url} (no connection or no answer)", retryable=True,
+                            hung=True)
     if isinstance(exc, ValueError):
         return TargetFailed(f"cannot send the request to {url}: {exc}")
     return TargetFailed(f"connection to {url} failed: {exc or type(exc).__name__}", retryable=True)
@@ -352,8 +353,8 @@ def _transport_error(exc: Exception, url: str, setting: str) -> TargetFailed:
         return TargetFailed(f"connection refused by {url} (is the server running?)", fast=True)
     if isinstance(exc, httpx.ConnectError) and (unresolved := _unresolved(exc)) is not None:
         return _no_such_host(unresolved, url, setting)
-    if isinstance(exc, httpx.TimeoutException):
-        return TargetFailed(f"timed out talking to {url} ({type(exc).__name__})", retryable=True)
+    if isinstance(exc, httpx.TimeoutException):  # no word in the time allowed: hung, as at a deadline
+        return TargetFailed(f"timed out talking to {url} ({type(exc).__name__})", retryable=True, hung=True)
     if isinstance(exc, (httpx.TransportError, httpx.StreamError)):
         return TargetFailed(f"connection to {url} failed: {exc or type(exc).__name__}", retryable=True)
     return TargetFailed(f"request to {url} failed: {exc}")
