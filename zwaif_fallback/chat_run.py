@@ -165,15 +165,15 @@ class ChatRun:
             attempts=self.attempts,
             ttft_s=round(self.ttft_s, 4) if self.ttft_s is not None else None,
             latency_s=round(now - self.started, 4),
-            tokens=self._counted(usage),
+            tokens=self._answer_tokens(usage),
             switches=self.switches,
             finish_reason=self._finish_reason(target, params, usage),
             tool_calls=merge_tool_calls(self.tool_deltas),
             prompt_tokens=usage.prompt_tokens,
-            completion_tokens=self._counted(usage),
+            completion_tokens=self._answer_tokens(usage),
         )
 
-    def _counted(self, usage: Usage) -> int:
+    def _answer_tokens(self, usage: Usage) -> int:
         """The answer's tokens: as each target that gave a part counted them, or its pieces
         where it could not say (a piece is a token or more: a whole character of Japanese)."""
         return self.completion_tokens + _counted(usage, self.attempts[-1].tokens)
@@ -185,7 +185,8 @@ class ChatRun:
             return "tool_calls"
         if usage.finish_reason not in (None, "tool_calls"):  # tool calls: only with the calls
             return usage.finish_reason
-        return "length" if _capped(target, params) and self._counted(usage) >= params.max_tokens else "stop"
+        reached = self._answer_tokens(usage) >= params.max_tokens
+        return "length" if _capped(target, params) and reached else "stop"
 
 
 def _counted(usage: Usage, pieces: int) -> int:
