@@ -186,7 +186,7 @@ def test_llama_cpps_own_lines_after_a_load_go_to_the_log_not_to_stderr(backend: 
     # llama-cpp-python reads the levels of the ggml it ships by their old numbers: with
     # verbose=False it printed a warning on stderr whenever a new prompt reused part of the
     # cache, one more line on serve's console for every answer a host stopped
-    caplog.set_level(logging.DEBUG, logger="zwaif_fallback.backends.llama_cpp")
+    caplog.set_level(logging.DEBUG, logger="zwaif_fallback.backends.llama_log")
     cancel = Cancel()
     for i, _ in enumerate(backend.stream(HELLO, GenerationParams(max_tokens=40, temperature=0.0),
                                          cancel=cancel)):

@@ -47,7 +47,8 @@ and to having no import cycle.
   (routing), deadline, retries and breakers (failover), the targets and one chat's run
   through them, shared with serve's relay (chat_run), what a chat gives back (results),
   one class per runtime (backends/; backends.llama_preflight: llama.cpp imported, and a GGUF
-  loaded in a child process before its first load here), the local models' fits, pool,
+  loaded in a child process before its first load here; backends.llama_log: llama.cpp's own
+  log, kept during a load and sent to logging between loads), the local models' fits, pool,
   switching and keep_alive (local -> pool), a load that runs out of memory stepping down
   (step_down).
 * fit: the memory estimate (memory), the verdict (fit), corrections measured on real

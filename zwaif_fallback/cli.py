@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = COMMANDS[args.command]
     try:
         manager = FallbackManager(FallbackSettings(**overrides), background=cmd.long_running)
-        for problem in [*manager.settings.problems, *_folder_problems(manager.settings)]:
+        for problem in [*manager.settings.problems, *manager.settings.folder_problems()]:
             print(f"warning: {problem}", file=sys.stderr)
         with manager:
             stop_metrics = manager.metrics.serve(args.metrics_port) if args.metrics_port else None
@@ -117,16 +117,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         return crashed(args.command, exc)
-
-
-def _folder_problems(settings: FallbackSettings) -> list[str]:
-    """A models folder that someone set and that is not there: each command would go on as if
-    it held no models, and say nothing."""
-    folder = settings.models_dir
-    if settings.origin("models_dir") == "default" or folder.is_dir():
-        return []
-    what = "is a file" if folder.exists() else "does not exist"
-    return [f"models_dir {folder} {what}: no models are read from there; check the path"]
 
 
 # -- commands: each one's arguments, then its handler ---------------------------------------

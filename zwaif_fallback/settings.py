@@ -141,6 +141,15 @@ class FallbackSettings(BaseSettings):
         """What went wrong while reading the settings file (empty when nothing did)."""
         return list(self._problems)
 
+    def folder_problems(self) -> list[str]:
+        """A models folder that someone set and that is not there: each command would go on as
+        if it held no models, and say nothing (the file system now, not cached)."""
+        folder = self.models_dir
+        if self.origin("models_dir") == "default" or folder.is_dir():
+            return []
+        what = "is a file" if folder.exists() else "does not exist"
+        return [f"models_dir {folder} {what}: no models are read from there; check the path"]
+
     def origin(self, field: str) -> SettingsOrigin:
         """Where ``field``'s value came from: argument, environment, file or default."""
         if field in self._arguments:
