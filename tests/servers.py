@@ -228,8 +228,11 @@ class HangServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self._held.append(conn)  # before it is counted: a test that saw the count may close it
             self.accepted += 1
-            self._held.append(conn)
+            if self._closed:
+                conn.close()
+                return
             self._took(conn)
 
     def _took(self, conn: socket.socket) -> None:

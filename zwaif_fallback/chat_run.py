@@ -151,12 +151,16 @@ class ChatRun:
     def settled(self, usage: Usage) -> bool:
         """After a target's attempt: count the tokens of a failed target's part, and say
         whether the chain may go on (a cut tool call cannot be continued elsewhere)."""
-        if self.attempts[-1].tokens:
-            self.completion_tokens += _counted(usage, self.attempts[-1].tokens)
+        last = self.attempts[-1]
+        if last.tokens:
+            last.tokens = _counted(usage, last.tokens)
+            self.completion_tokens += last.tokens
         return not self.tool_deltas
 
     def result(self, target: Target, params: GenerationParams, usage: Usage, now: float) -> ChatResult:
         """The ChatResult, once ``target`` has finished the answer."""
+        last = self.attempts[-1]
+        last.tokens = _counted(usage, last.tokens)
         return ChatResult(
             text=self.prefix,
             model=answered_by(target, usage),

@@ -30,7 +30,7 @@ class Attempt(Model):
     error: str | None = None
     latency_s: float
     tries: int = 1  # requests sent; 0 when an open circuit breaker skipped the target
-    tokens: int = 0
+    tokens: int = 0  # as the target counted them, or its pieces where it could not say
     notes: list[str] = Field(default_factory=list, description="how a local load stepped down")
 
 
