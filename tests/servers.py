@@ -312,6 +312,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
+class BodyServer(_Background):
+    """Answers every POST with one ``status``, ``content_type`` and ``body``, whatever was asked."""
+
+    def __init__(self, body: bytes, *, status: int = 200, content_type: str = "application/json") -> None:
+        self.requests = 0
+        server = self
+
+        class Handler(_Handler):
+            def do_POST(self) -> None:  # noqa: N802
+                self._body()
+                server.requests += 1
+                self._send(status, content_type, body)
+
+        self._serve(Handler)
+
+
 class ScriptedServer(_Background):
     """Streams ``pieces`` for every chat completion; records each request's body and headers.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from builders import write_gguf
 from conftest import local_models, run_cli
-from servers import FaultProxy, HangServer, LlamaServer, ScriptedServer, refused_url, wait_until
+from servers import BodyServer, FaultProxy, HangServer, LlamaServer, ScriptedServer, refused_url, wait_until
 
 from zwaif_fallback import AllTargetsFailed, FallbackManager, FallbackSettings, InvalidSettings
 from zwaif_fallback.backends.base import GenerationParams, TargetFailed
@@ -77,6 +77,36 @@ def test_a_stopped_server_process_is_refused(tmp_path, manager):
         srv.stop()
     result = manager.chat(ASK, primary=srv.url, **GEN)
     assert result.source == "local" and "refused" in result.attempts[0].error
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    ({"error": {"message": "model not loaded", "type": "invalid_request_error"}},
+     "the server reported: model not loaded"),
+    ({"id": "x", "object": "chat.completion", "choices": []}, "the server's answer holds no choice"),
+    ({"choices": [{"index": 0}]}, "the server's answer holds a choice with no message"),
+])
+def test_a_primary_that_answers_200_with_no_answer_in_it_is_failed_over(manager, body, says):
+    # Some servers and gateways report an error with status 200: it was taken for an empty
+    # answer, and the host got "" from the primary while a local model stood ready
+    srv = BodyServer(json.dumps(body).encode())
+    try:
+        result = manager.chat(ASK, primary=srv.url, **GEN)
+    finally:
+        srv.close()
+    first = result.attempts[0]
+    assert (result.source, first.ok) == ("local", False) and first.error.startswith(says), first
+    assert result.text == local_answer(manager)
+
+
+def test_an_empty_answer_is_still_an_answer(manager):
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": ""},
+                         "finish_reason": "stop"}]}
+    srv = BodyServer(json.dumps(body).encode())
+    try:
+        result = manager.chat(ASK, primary=srv.url, **GEN)
+    finally:
+        srv.close()
+    assert (result.source, result.text, result.fell_back) == ("primary", "", False)
 
 
 def test_a_hung_primary_yields_at_the_deadline_then_is_skipped(manager):

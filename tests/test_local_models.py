@@ -11,7 +11,7 @@ from conftest import local_models
 from servers import wait_until
 
 from zwaif_fallback import FallbackManager, FallbackSettings, IncompatibleModel, InvalidSettings
-from zwaif_fallback.backends.base import GenerationParams
+from zwaif_fallback.backends.base import GenerationParams, Usage
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 PROMPTS = ["Name a fruit.", "Name a colour.", "Name an animal.", "Name a city."]
@@ -167,6 +167,20 @@ def test_an_hf_folder_answers_through_transformers(isolated, hf_chat_model):
     assert "".join(pieces) == result.text and len(pieces) > 0
     assert result.tokens == result.completion_tokens >= len(pieces)  # as transformers counted them
     assert "<|im_start|>" not in result.text and "hello world" not in result.text  # no echo
+
+
+def test_an_hf_models_prompt_is_counted_as_many_tokens_as_it_is_given(hf_chat_model):
+    # bench divides by this count: transformers 5 gives a BatchEncoding, whose len() is its
+    # two keys, and a prompt of 88 tokens read as 2 (prompt tokens/s ~40 times too low)
+    from zwaif_fallback.backends.transformers import TransformersBackend
+
+    backend, usage = TransformersBackend("tiny-chat-hf", str(hf_chat_model)), Usage()
+    try:
+        counted = backend.count_tokens(ask("hello world"))
+        list(backend.stream(ask("hello world"), GenerationParams(max_tokens=2), usage=usage))
+    finally:
+        backend.unload()
+    assert counted == usage.prompt_tokens > 2
 
 
 @pytest.mark.parametrize("local", ["tiny-chat-hf", SMOL])

@@ -252,8 +252,14 @@ def whole_answer(content: bytes, usage: Usage) -> Iterator[str | ToolCalls]:
         raise TargetFailed("the server answered with something that is not JSON") from None
     if not isinstance(answer, dict):
         raise TargetFailed("the server answered with JSON that is not an object")
+    if answer.get("error"):  # some servers and gateways say an error with status 200
+        raise TargetFailed(f"the server reported: {_message(answer)}", retryable=True)
+    choice = _choice(answer)
+    if choice is None or not choice.keys() & {"message", "delta", "text"}:
+        said = "no choice" if choice is None else "a choice with no message"
+        raise TargetFailed(f"the server's answer holds {said}: it is not an OpenAI-compatible "
+                           f"answer (is the URL that of the server's API?)")
     _read_usage(answer, usage)
-    choice = _choice(answer) or {}
     _read_finish(choice, usage)
     text, calls = _text(choice), _tool_calls(choice)
     if text or calls is None:

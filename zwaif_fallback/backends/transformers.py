@@ -125,10 +125,11 @@ class TransformersBackend(LocalBackend):
                 if raw is not None:
                     ids = tok(raw, add_special_tokens=_adds_bos(tok, raw))["input_ids"]
                 else:
-                    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True)["input_ids"]
             except (ValueError, TypeError):
                 return None
-            return len(ids["input_ids"] if isinstance(ids, dict) else ids)
+            return len(ids)
 
     def _generate(self, messages: list[dict[str, str]], params: GenerationParams, prefix: str,
                   cancel: threading.Event | None, usage: Usage) -> Iterator[str]:
