@@ -125,6 +125,7 @@ def benchmark_model(model: ModelInfo, backend: LocalBackend, *, prompt: str | No
     report = progress or (lambda fraction, message: None)
     messages = [{"role": "user", "content": prompt or DEFAULT_PROMPT}]
     try:
+        backend.import_runtime()  # what the runtime's import holds is not the model's memory
         with _PeakMemory(vram) as memory:
             report(0.05, f"loading {model.name}")
             start = time.perf_counter()

@@ -341,12 +341,18 @@ class LocalBackend(Backend):
     # and a later one measure the same thing: the model's own buffers.
     gpu_context_mb = 0.0
 
+    def import_runtime(self) -> None:
+        """Import the runtime (llama-cpp-python, torch and transformers), so that what the
+        import holds is not counted as the model's. Raises BackendUnavailable."""
+
     def load(self) -> None:
         """Load the model and record the memory the load added (``measured_mb``)."""
         with self._lock:
             if self.loaded:
                 return
             import psutil
+
+            self.import_runtime()  # torch alone holds ~230 MiB: the model's first load is not charged it
 
             pid = os.getpid()
             rss = psutil.Process(pid).memory_info().rss

@@ -125,6 +125,9 @@ class LlamaCppBackend(LocalBackend):
         with self._lock:
             self.n_gpu_layers, self.n_ctx, self.fit = fit.gpu_layers, fit.n_ctx, fit
 
+    def import_runtime(self) -> None:
+        import_llama()
+
     def _load_locked(self) -> None:
         if self._llm is not None:
             return

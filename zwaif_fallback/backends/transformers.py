@@ -70,6 +70,12 @@ class TransformersBackend(LocalBackend):
         with self._lock:
             self.gpu_layers, self.fit = fit.gpu_layers, fit
 
+    def import_runtime(self) -> None:
+        _import()
+        # transformers imports lazily: what every model's load brings in holds ~95 MiB more
+        import transformers.generation.utils
+        import transformers.modeling_utils  # noqa: F401
+
     def _load_locked(self) -> None:
         if self._model is not None:
             return
