@@ -391,6 +391,8 @@ def test_a_model_that_fails_to_load_is_skipped_with_auto_switch(isolated, tmp_pa
         result = manager.chat(ASK, **GEN)
         assert result.model == SMOL and result.attempts[0].target == "broken"
         assert not result.attempts[0].ok and "damaged or unsupported" in result.attempts[0].error
+        # the file is remembered: the next chat does not load it again
+        assert [a.target for a in manager.chat(ASK, **GEN).attempts] == [SMOL]
     with FallbackManager(settings.model_copy(update={"auto_switch": False})) as manager:
         with pytest.raises(AllTargetsFailed) as err:
             manager.chat(ASK, **GEN)

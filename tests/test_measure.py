@@ -7,7 +7,7 @@ import json
 import urllib.request
 
 import pytest
-from builders import write_gguf, write_hf_chat_model
+from builders import write_gguf, write_hf_chat_model, write_sparse_gguf
 from conftest import run_cli
 from fake_nvml.fake_ggml import cuda_build
 from fake_nvml.pynvml import FakeNvml
@@ -146,6 +146,23 @@ def test_optimize_picks_the_best_and_switches(smol_benchmark, models_dir):
         assert result.switched and manager.current_model.name == SMOL
         scores = {e.model: e.score for e in result.ranking}
         assert scores[SMOL] > scores["random-tiny"]
+
+
+def test_optimize_passes_by_a_model_that_fits_but_fails_to_load(models_dir):
+    # A header that promises 245M parameters (ranked above SmolLM2 by its size) and a file
+    # llama.cpp refuses: optimize failed on it every time, and health kept advising it
+    write_sparse_gguf(models_dir / "broken-big.gguf", n_vocab=60000, n_embd=4096)
+    (models_dir / "random-tiny.gguf").unlink()
+    with make(models_dir) as manager:
+        assert manager.optimize(apply=False).selected == "broken-big"
+        result = manager.optimize(apply=True)
+        assert (result.selected, result.switched) == (SMOL, True)
+        assert manager.current_model.name == SMOL and "broken-big failed to load" in result.reason
+        # remembered: ranked, checked and chatted as a model that cannot load here
+        assert [(e.model, e.compatible) for e in result.ranking] == [(SMOL, True), ("broken-big", False)]
+        check = manager.check_compatibility("broken-big")
+        assert check.verdict == "none" and check.reason.startswith("it failed to load here: ")
+        assert manager.health().optimal_model == SMOL
 
 
 RTX = [{"name": "NVIDIA GeForce RTX 3060", "total_mb": 12288, "used_mb": 11800, "utilization": 20}]

@@ -99,7 +99,7 @@ class LocalModels:
         self._find = find
         self._clock = clock
         self._calibration = Calibration(store)
-        self._ladder = StepDown(self.fit)
+        self._ladder = StepDown(self.fit, on_failed=self.forget_ranking)
         self.pool: LocalPool[LocalBackend] = LocalPool(self.make_backend, clock=clock,
                                                        load=self._ladder.load,
                                                        on_load=self.calibrate)
@@ -172,11 +172,16 @@ class LocalModels:
             scale = _dry_run_scale(model, n_ctx, flash_attn, kv_type)
             if scale is not None:
                 vram_scale, dry_checked = scale, True
-        return plan(model, n_ctx=n_ctx, free_vram_mb=free, free_ram_mb=free_ram,
-                    gpu_layers=gpu_layers, flash_attn=flash_attn, kv_type=kv_type,
-                    headroom_mb=float(self._settings().vram_margin_mb),
-                    vram_scale=vram_scale, ram_scale=ram_scale, calibrated=calibrated,
-                    runtime=runtime, no_gpu_why=no_gpu_why, dry_run_checked=dry_checked)
+        fit = plan(model, n_ctx=n_ctx, free_vram_mb=free, free_ram_mb=free_ram,
+                   gpu_layers=gpu_layers, flash_attn=flash_attn, kv_type=kv_type,
+                   headroom_mb=float(self._settings().vram_margin_mb),
+                   vram_scale=vram_scale, ram_scale=ram_scale, calibrated=calibrated,
+                   runtime=runtime, no_gpu_why=no_gpu_why, dry_run_checked=dry_checked)
+        failed = self._ladder.failed(model) if on_disk else None
+        if failed is not None:  # memory allows it, the runtime did not: it would fail again
+            return fit.model_copy(update={"verdict": "none", "compatible": False, "reason":
+                                          f"it failed to load here: {failed}"})
+        return fit
 
     def with_dry_run(self, model: ModelInfo, fit: Compatibility) -> Compatibility:
         """``fit`` with llama.cpp's own dry run of the same plan beside it (GGUF only; a child

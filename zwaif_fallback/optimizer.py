@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .backends.ollama import is_ollamas_v1
 from .bench import BenchmarkResult
 from .breaker import SEVERITY
+from .errors import ModelLoadError
 from .fit import Compatibility
 from .health import (
     STATS_RUNS,
@@ -81,17 +82,30 @@ class Optimizer:
             return Optimization(selected=None, switched=False, ranking=ranking,
                                 reason="no local model fits this machine")
         current = self._local.current
-        switched = False
-        why = f"{best.model} scores {best.score:.0f}: {best.reason}"
+        switched, passed_by, reloaded = False, [], None
         if apply and (current is None or current.name != best.model):
-            self._switch(best.model)
-            switched = True
+            # One that fits but fails to load (a damaged file) is passed by for the next;
+            # it is remembered, and ranked as what it is from now on.
+            for entry in [e for e in ranking if e.compatible]:
+                try:
+                    self._switch(entry.model)
+                except ModelLoadError as exc:
+                    passed_by.append(f"{entry.model} failed to load ({exc})")
+                    continue
+                best, switched = entry, True
+                break
+            else:
+                raise ModelLoadError(f"no model that fits could be loaded: {'; '.join(passed_by)}")
+            if passed_by:
+                ranking = rank_models(self.candidates())
         elif apply:  # the best is loaded already; with more VRAM free now, it may fit better
             reloaded = self._local.use_freed_vram()
-            if reloaded is not None:
-                switched = True
-                why = (f"{best.model} reloaded with {reloaded.gpu_layers} GPU layers, since VRAM "
-                       f"came back; " + why)
+            switched = reloaded is not None
+        why = f"{best.model} scores {best.score:.0f}: {best.reason}"
+        if reloaded is not None:
+            why = f"{best.model} reloaded with {reloaded.gpu_layers} GPU layers, since VRAM came back; {why}"
+        if passed_by:
+            why += f" ({'; '.join(passed_by)})"
         return Optimization(selected=best.model, switched=switched, ranking=ranking, reason=why)
 
     def health(self) -> HealthReport:

@@ -5,16 +5,21 @@ half as many; at most ``MAX_GPU_RUNGS`` times), then the CPU, then half the cont
 to ``MIN_STEP_DOWN_CTX``. Only ``OutOfMemory`` steps down: any other load failure, or
 running out at the last rung, is raised. Each step is logged and kept for the chat's
 attempt list.
+
+A load that fails for another reason (a damaged file, an architecture the runtime does not
+know) would fail again: the file is remembered as such until it changes (``failed``), so
+that a ranking, the optimizer and every later chat pass it by instead of loading it again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 from .backends.base import LocalBackend
-from .errors import OutOfMemory
+from .errors import ModelLoadError, OutOfMemory
 from .fit import Compatibility
 from .model_info import ModelInfo
 
@@ -38,9 +43,18 @@ def _plan_text(fit: Compatibility) -> str:
 class StepDown:
     """Loads backends down the ladder. ``fit(model, **options)`` is ``LocalModels.fit``."""
 
-    def __init__(self, fit: Callable[..., Compatibility]) -> None:
+    def __init__(self, fit: Callable[..., Compatibility], *,
+                 on_failed: Callable[[], None] = lambda: None) -> None:
         self._fit = fit
+        self._on_failed = on_failed
         self._steps: dict[str, list[str]] = {}  # model path -> the step-downs of its last load
+        self._failed: dict[tuple[str, int, int], str] = {}  # the file as it was -> why
+
+    def failed(self, model: ModelInfo) -> str | None:
+        """Why ``model`` failed to load in this process for a reason other than memory, while
+        its file is unchanged since; None when it did not."""
+        key = _identity(model)
+        return self._failed.get(key) if key is not None else None
 
     def load(self, model: ModelInfo, backend: LocalBackend) -> None:
         """Load ``backend``, stepping down a rung each time it runs out of memory."""
@@ -63,6 +77,12 @@ class StepDown:
                 steps.append(step)
                 gpu_rungs += smaller.gpu_layers > 0
                 backend.replan(smaller)
+            except ModelLoadError as exc:
+                key = _identity(model)
+                if key is not None:
+                    self._failed[key] = str(exc)
+                    self._on_failed()
+                raise
 
     def steps(self, model: ModelInfo) -> list[str]:
         """The step-downs of ``model``'s last load, told once: the chat whose attempt caused
@@ -83,3 +103,12 @@ class StepDown:
         if fit.n_ctx // 2 >= MIN_STEP_DOWN_CTX:
             return again(n_ctx=fit.n_ctx // 2, gpu_layers=0)
         return None
+
+
+def _identity(model: ModelInfo) -> tuple[str, int, int] | None:
+    """The file (or folder) as it is now: a replaced or repaired one is tried again."""
+    try:
+        st = os.stat(model.path)
+    except OSError:
+        return None
+    return os.path.realpath(model.path), st.st_size, st.st_mtime_ns
