@@ -240,7 +240,7 @@ def test_settings_json_reports_a_corrupt_file(isolated):
     result = run_cli("settings", "--json", cwd=isolated)
     assert result.returncode == 0
     assert "corrupt" in json.loads(result.stdout)["problems"][0]
-    assert (isolated / "fallback_settings.json.bak").exists()
+    assert (isolated / "fallback_settings.json").read_text() == "{oops"  # a read moves nothing
 
 
 def test_global_options_come_before_the_command(isolated, tiny_gguf, tmp_path):
@@ -248,6 +248,7 @@ def test_global_options_come_before_the_command(isolated, tiny_gguf, tmp_path):
     models.mkdir()
     shutil.copy(tiny_gguf, models / "far.gguf")
     settings = tmp_path / "conf" / "s.json"
+    settings.parent.mkdir()
     names = [m["name"] for m in cli_json("--models-dir", str(models), "models", cwd=isolated)]
     assert "far" in names
     cli_json("--settings-file", str(settings), "settings", "--set", "n_ctx=2048", cwd=isolated)

@@ -118,7 +118,7 @@ def test_a_settings_path_that_is_a_folder_is_reported_and_chat_answers(isolated)
     folder = isolated / "fallback_settings.json"
     folder.mkdir()
     settings = FallbackSettings(keep_alive=0, scan_system_stores=False)
-    assert any("cannot read" in p for p in settings.problems)
+    assert any("is a folder" in p for p in settings.problems)
     with FallbackManager(settings) as manager:
         assert manager.chat([{"role": "user", "content": "hi"}], max_tokens=4).text
 

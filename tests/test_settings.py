@@ -171,15 +171,40 @@ def test_a_value_pinned_by_the_environment_cannot_be_saved(monkeypatch):
     assert not Path("fallback_settings.json").exists()
 
 
-def test_a_corrupt_file_is_moved_aside_and_defaults_are_used():
+def test_a_corrupt_file_is_reported_and_left_where_it_is():
+    # a read (status, health, any start) moved it to .bak: an editor half-way through saving
+    # it lost its second half there, and the next start used defaults without a word
     Path("fallback_settings.json").write_text('{"timeout": 12,')
     s = FallbackSettings()
     assert s.timeout == 30
+    assert Path("fallback_settings.json").read_text() == '{"timeout": 12,'
+    assert not list(Path().glob("*.bak*"))
+    assert "corrupt" in s.problems[0] and "line 1 column 16" in s.problems[0]
+    assert "settings --reset" in s.problems[0]
+
+
+def test_a_save_over_a_corrupt_file_is_refused_and_the_file_kept():
+    # a trailing comma, then a save in the tabs: the file held only the new value, the main API
+    # and the rest went to defaults, and the tab said "Saved"
+    text = '{"primary_url": "http://127.0.0.1:5000/v1",\n "n_ctx": 8192,}'
+    Path("fallback_settings.json").write_text(text)
+    for save in (lambda: FallbackSettings().saved(timeout=40),
+                 lambda: FallbackSettings().reset(["timeout"])):
+        with pytest.raises(StorageError, match=r"line 2 column 16.*nothing was saved") as info:
+            save()
+        assert "fallback_settings.json" in str(info.value) and "settings --reset" in str(info.value)
+        assert Path("fallback_settings.json").read_text() == text
+    assert not list(Path().glob("*.bak*"))
+
+
+def test_a_reset_of_every_setting_moves_a_corrupt_file_aside_and_says_where():
+    Path("fallback_settings.json").write_text('{"timeout": 12,')
+    s = FallbackSettings().reset()
     assert Path("fallback_settings.json.bak").read_text() == '{"timeout": 12,'
-    assert not Path("fallback_settings.json").exists()
-    assert "corrupt" in s.problems[0] and "fallback_settings.json.bak" in s.problems[0]
+    assert json.loads(Path("fallback_settings.json").read_text()) == {}
+    assert any("fallback_settings.json.bak" in p for p in s.problems)
     Path("fallback_settings.json").write_text("[1, 2]")
-    FallbackSettings()
+    FallbackSettings().reset()
     assert Path("fallback_settings.json.bak2").read_text() == "[1, 2]"
 
 
@@ -197,14 +222,15 @@ def test_a_file_saved_by_windows_powershell_is_read_not_moved_aside(encoding):
     assert not list(Path().glob("*.bak*"))
 
 
-def test_a_file_in_another_encoding_is_kept_aside_not_written_over():
+def test_a_file_in_another_encoding_is_kept_not_written_over():
     # cp1252 text: not UTF-8. It was "cannot read, using defaults", and the next save wrote
     # over it with only the new value
     Path("fallback_settings.json").write_bytes('{"primary_model": "café"}'.encode("cp1252"))
     s = FallbackSettings()
-    assert s.primary_model == "" and "moved it to" in s.problems[0] and "save it as UTF-8" in s.problems[0]
-    s.saved(max_retries=5)
-    assert Path("fallback_settings.json.bak").read_bytes().decode("cp1252") == '{"primary_model": "café"}'
+    assert s.primary_model == "" and "save it as UTF-8" in s.problems[0]
+    with pytest.raises(StorageError, match="save it as UTF-8"):
+        s.saved(max_retries=5)
+    assert Path("fallback_settings.json").read_bytes().decode("cp1252") == '{"primary_model": "café"}'
 
 
 def test_a_path_that_is_not_utf8_is_saved_as_escapes_and_leaves_no_temporary_file():
@@ -272,6 +298,7 @@ def test_reset_of_some_fields_keeps_the_others():
 
 def test_settings_file_location_comes_from_argument_or_environment(monkeypatch, tmp_path):
     target = tmp_path / "elsewhere" / "s.json"
+    target.parent.mkdir()
     FallbackSettings(settings_file=target).saved(n_ctx=2048)
     assert json.loads(target.read_text()) == {"n_ctx": 2048}
     monkeypatch.setenv("FALLBACK_SETTINGS_FILE", str(target))
@@ -340,3 +367,94 @@ def test_the_api_key_is_never_shown():
     s = FallbackSettings(primary_api_key="sk-secret")
     assert "sk-secret" not in repr(s) and "sk-secret" not in str(s.public_dict())
     assert s.public_dict()["primary_api_key"] == "********"
+
+
+_SAVE_ON_GO = """
+import sys, time
+from pathlib import Path
+from zwaif_fallback import FallbackSettings
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.005)
+FallbackSettings(settings_file=sys.argv[2]).saved(**{sys.argv[3]: sys.argv[4]})
+"""
+
+
+def test_processes_saving_at_once_each_keep_the_others_values(tmp_path):
+    # read-merge-write without a lock between processes: a `settings --set` beside the tabs'
+    # save lost one of the two, both saying "saved"
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}  # this tree's code
+    values = {"n_ctx": "2048", "timeout": "44", "max_retries": "7", "keep_alive": "90"}
+    for round_ in range(3):
+        target, go = tmp_path / f"s{round_}.json", tmp_path / f"go{round_}"
+        savers = [subprocess.Popen([sys.executable, "-c", _SAVE_ON_GO, str(go), str(target), k, v],
+                                   env=env)
+                  for k, v in values.items()]
+        go.touch()  # all at once, imports done
+        assert [p.wait(timeout=60) for p in savers] == [0] * len(values)
+        assert sorted(json.loads(target.read_text())) == sorted(values)
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".s{round_}")) == []
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permission bits and symbolic links")
+def test_a_save_keeps_the_files_permissions_and_a_new_file_is_the_owners_only():
+    # mkstemp's 0600 replaced a group-readable file: a service reading it as another user
+    # started with defaults
+    path = Path("fallback_settings.json")
+    FallbackSettings().saved(timeout=12)
+    assert path.stat().st_mode & 0o777 == 0o600  # it may hold the API key
+    path.chmod(0o644)
+    FallbackSettings().saved(n_ctx=2048)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permission bits and symbolic links")
+def test_a_save_through_a_symbolic_link_writes_the_linked_file(tmp_path):
+    # the link became a plain file, and the linked one (dotfiles, another host's) never changed
+    target = tmp_path / "dotfiles" / "fallback_settings.json"
+    target.parent.mkdir()
+    target.write_text('{"timeout": 12}')
+    Path("fallback_settings.json").symlink_to(target)
+    FallbackSettings().saved(n_ctx=8192)
+    assert Path("fallback_settings.json").is_symlink()
+    assert json.loads(target.read_text()) == {"timeout": 12, "n_ctx": 8192}
+    assert FallbackSettings().n_ctx == 8192
+
+
+def test_a_folder_given_as_the_settings_file_is_called_a_folder(tmp_path):
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    s = FallbackSettings(settings_file=folder)
+    assert "is a folder" in s.problems[0] and str(folder / "fallback_settings.json") in s.problems[0]
+    with pytest.raises(StorageError, match="is a folder") as info:
+        s.saved(timeout=12)
+    assert "permissions" not in str(info.value)
+
+
+def test_a_settings_file_in_a_folder_that_does_not_exist_is_refused_and_makes_no_folders(tmp_path):
+    # a typo in the path made the whole folder tree, and the next start, without it, never
+    # saw the setting
+    missing = tmp_path / "does" / "not" / "exist" / "s.json"
+    with pytest.raises(StorageError, match=r"does not exist, so nothing was written; create the folder"):
+        FallbackSettings(settings_file=missing).saved(n_ctx=2048)
+    assert not (tmp_path / "does").exists()
+
+
+def test_settings_are_read_again_once_another_process_saves_the_file():
+    mine = FallbackSettings()
+    assert mine.reloaded() is None  # nothing changed
+    FallbackSettings().saved(timeout=44)  # as another process's save
+    fresh = mine.reloaded()
+    assert fresh is not None and fresh.timeout == 44 and fresh.reloaded() is None
+
+
+def test_a_file_half_saved_by_an_editor_keeps_the_settings_read_before():
+    Path("fallback_settings.json").write_text('{"primary_url": "http://127.0.0.1:5000/v1"}')
+    mine = FallbackSettings()
+    for moment in ('{"primary_url": "http://127.0.0.1:5000', ""):  # half-written, truncated
+        Path("fallback_settings.json").write_text(moment)
+        assert mine.reloaded() is None
+    assert Path("fallback_settings.json").exists()

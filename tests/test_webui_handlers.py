@@ -255,6 +255,50 @@ def test_reset_to_defaults_forgets_the_sections_saved_values_only(manager: Fallb
     assert saved(manager) == {"primary_url": "http://127.0.0.1:5000/v1"}
 
 
+def test_a_fractional_count_or_the_text_false_is_read_as_the_cli_reads_it(manager: FallbackManager) -> None:
+    # int(2.7) saved 2 retries and bool("false") kept auto_switch on, both without a word
+    handlers = ManagementHandlers(manager)
+    with pytest.warns(UserWarning, match="fractional part"):
+        message, *_ = handlers.save_settings(30, 2.7, True, True)
+    assert "Nothing was saved" in message and saved(manager) == {}
+    message, *_ = handlers.save_settings(30, 3, "false", "false")
+    assert saved(manager) == {"auto_switch": False, "vram_monitoring": False}, message
+
+
+def test_a_save_while_the_settings_file_is_corrupt_is_refused_and_the_tab_says_why(
+        manager: FallbackManager) -> None:
+    # the tab said "Saved", the file then held only the new value, and the running manager
+    # dropped its main API to the default
+    MainApiHandlers(manager).save("http://127.0.0.1:5000/v1", "openai", "", "", "", "")
+    path = Path(manager.settings.settings_file)
+    text = path.read_text().replace("}", ",}")  # a trailing comma, typed by hand
+    path.write_text(text)
+    handlers = ManagementHandlers(manager)
+    with pytest.warns(UserWarning, match="corrupt"):
+        message, *_ = handlers.save_settings(40, 3, True, True)
+    assert "Nothing was saved" in message and "line" in message and "settings --reset" in message
+    assert path.read_text() == text and not list(path.parent.glob("*.bak*"))
+    assert manager.settings.primary_url == "http://127.0.0.1:5000/v1"
+    with make_manager(path.parent, manager.settings.models_dir) as started_now:
+        assert "corrupt" in ManagementHandlers(started_now).settings_problems()
+
+
+def test_a_main_api_saved_by_another_process_answers_a_running_managers_next_chat(
+        tmp_path: Path, models_dir: Path) -> None:
+    # serve kept chatting to the old main API (or the local models) until restarted, while the
+    # `ui` command's tab said "the next chat uses it"
+    server = ScriptedServer(["Hi from the new main API."])
+    try:
+        with make_manager(tmp_path, models_dir) as serving, make_manager(tmp_path, models_dir) as ui:
+            _, message, *_ = MainApiHandlers(ui).save(server.url, "openai", "", "", "", "")
+            answer = serving.chat_completion({"messages": [{"role": "user", "content": "Hello"}]})
+    finally:
+        server.close()
+    assert message.endswith("the next chat uses it.")
+    assert (answer["x_fallback"]["source"], answer["choices"][0]["message"]["content"]) == (
+        "primary", "Hi from the new main API.")
+
+
 # -- management: the main API ----------------------------------------------------------------
 
 

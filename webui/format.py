@@ -56,6 +56,14 @@ def failure(exc: Exception, doing: str) -> str:
     return f"❌ **{doing} failed:** {exc}"
 
 
+def settings_problems_markdown(settings: FallbackSettings) -> str:
+    """The settings file's problems (``settings.problems``) as a warning; empty when none."""
+    if not settings.problems:
+        return ""
+    return "⚠️ **The settings file has problems:**  \n" + "  \n".join(
+        f"- {problem}" for problem in settings.problems)
+
+
 def setting_updates(settings: FallbackSettings, fields: Sequence[str]) -> list[dict[str, Any]]:
     """Each settings control's value (a list as comma-separated text), with ``setting_note``."""
     updates = []

@@ -15,7 +15,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from zwaif_fallback import AllTargetsFailed, FallbackError, FallbackManager
+from zwaif_fallback import AllTargetsFailed, FallbackError, FallbackManager, InvalidSettings
+from zwaif_fallback.settings import validate_field
 
 from . import charts, compat
 from . import format as fmt
@@ -28,7 +29,6 @@ TAB_LABEL = "Advanced Fallback Management"
 POLL_S = 1.0
 #: The Advanced Settings controls, in the order of the handlers' arguments.
 SETTING_FIELDS = ("timeout", "max_retries", "auto_switch", "vram_monitoring")
-SETTING_TYPES = {"timeout": float, "max_retries": int, "auto_switch": bool, "vram_monitoring": bool}
 DEFAULT_PROMPT = "Tell me, in a few friendly sentences, how you would spend a rainy afternoon."
 
 
@@ -109,17 +109,20 @@ class ManagementHandlers:
         """The controls as the settings stand now (on page load; save and reset return them too)."""
         return (*self._controls(), self.manager.settings.auto_optimize_vram)
 
+    def settings_problems(self) -> str:
+        """What went wrong reading the settings file (a value ignored, a corrupt file), as the
+        CLI warns of it; empty when nothing did."""
+        return fmt.settings_problems_markdown(self.manager.settings)
+
     def save_settings(self, timeout: float, max_retries: float, auto_switch: bool,
                       vram_monitoring: bool) -> tuple[Any, ...]:
         """Save the values that changed; a refused value is explained and nothing is written."""
         settings = self.manager.settings
         values = (timeout, max_retries, auto_switch, vram_monitoring)
-        try:
-            typed = {f: SETTING_TYPES[f](v) for f, v in zip(SETTING_FIELDS, values, strict=True)}
-        except (TypeError, ValueError, OverflowError):
-            message = (f"Not saved: {', '.join(map(repr, values))} are not all valid values. "
-                       "Nothing was saved.")
-            gr.Warning(message)
+        try:  # as the CLI reads them: 2.7 is no count of retries, "false" is false
+            typed = {f: validate_field(f, v) for f, v in zip(SETTING_FIELDS, values, strict=True)}
+        except InvalidSettings as exc:
+            message = fmt.failure(exc, "Saving settings") + "  \nNothing was saved."
             return (message, *[gr.update(info=c["info"]) for c in self._controls()])
         # Only what changed: an unchanged value pinned by the environment must not refuse the rest.
         changes = {f: v for f, v in typed.items() if getattr(settings, f) != v}
@@ -131,7 +134,9 @@ class ManagementHandlers:
             message = fmt.failure(exc, "Saving settings") + "  \nNothing was saved."
             return (message, *[gr.update(info=c["info"]) for c in self._controls()])
         saved = ", ".join(f"{f} = {v}" for f, v in changes.items())
-        return (f"✅ Saved {saved} to {self.manager.settings.settings_file}.", *self._controls())
+        message = f"✅ Saved {saved} to {self.manager.settings.settings_file}."
+        problems = fmt.settings_problems_markdown(self.manager.settings)
+        return (message + (problems and "  \n" + problems), *self._controls())
 
     def reset_settings(self) -> tuple[Any, ...]:
         """Forget this section's saved values (and auto-optimize's); the main API, the models
@@ -322,6 +327,7 @@ def build_management_tab(manager: FallbackManager, prefix: str = "fallback") -> 
     compat.redraw_on_show(tab, [get_model.found, attempts])  # filled by a search, a try
     # Settings load with the page only: coming back to the tab must not undo unsaved edits.
     compat.on_page_load(h.load_settings, [*settings_controls, auto_optimize])
+    compat.on_page_load(h.settings_problems, [settings_message])
     refresh_models.click(h.refresh_models, outputs=model_outputs, api_name="fallback_refresh_models")
     switch.click(h.switch_model, inputs=switch_to, outputs=current, api_name="fallback_switch_model"
                  ).then(h.vram_status, outputs=vram_outputs, **compat.PRIVATE)

@@ -74,7 +74,7 @@ class FallbackManager:
         self._router = Router(local_stream=self._local.stream, current=lambda: self._local.current,
                               ranked=self._local.ranked, on_primary_down=self._local.preload_async,
                               local_steps=self._local.steps, clock=clock)
-        self._chats = Chats(settings=lambda: self._settings, router=self._router,
+        self._chats = Chats(settings=self._current_settings, router=self._router,
                             recorder=lambda: self._measuring.telemetry, on_primary_answer=self._warm_up,
                             clock=clock)
         self._measuring = Measuring(local=self._local, probe=self._probe, settings=lambda: self._settings,
@@ -123,6 +123,18 @@ class FallbackManager:
         self._local.forget_ranking()
         self._apply_background()
         return self._settings
+
+    def _current_settings(self) -> FallbackSettings:
+        """The settings for a chat: read again first when another process saved the file since
+        (a serve beside the `ui` command or `settings --set`), a stat's cost otherwise."""
+        fresh = self._settings.reloaded()
+        if fresh is None:
+            return self._settings
+        with self._settings_lock:
+            self._settings = fresh
+        self._local.forget_ranking()
+        self._apply_background()
+        return fresh
 
     def _apply_background(self) -> None:
         """Start or stop the VRAM sampler and the auto-optimizer as the settings now say."""

@@ -27,7 +27,15 @@ from pydantic_settings import (
 
 from .errors import InvalidSettings
 from .settings_fields import Folder, NameList, OriginList, SomePath, Url, UrlList, field_problem
-from .settings_file import load_file, read_file_quietly, to_json, write_atomically
+from .settings_file import (
+    file_signature,
+    load_file,
+    locked,
+    read_file_quietly,
+    set_aside_if_corrupt,
+    to_json,
+    write_atomically,
+)
 
 __all__ = ["FallbackSettings", "SettingsOrigin"]
 
@@ -106,6 +114,8 @@ class FallbackSettings(BaseSettings):
     _arguments: frozenset[str] = PrivateAttr(default=frozenset())
     _file_fields: frozenset[str] = PrivateAttr(default=frozenset())
     _problems: list[str] = PrivateAttr(default_factory=list)
+    _signature: Any = PrivateAttr(default=None)
+    _file_read: bool = PrivateAttr(default=True)
 
     def __init__(self, **values: Any) -> None:
         unknown = sorted(set(values) - set(type(self).model_fields))
@@ -122,6 +132,8 @@ class FallbackSettings(BaseSettings):
         self._arguments = frozenset(values)
         self._file_fields = frozenset(report.get("fields", ()))
         self._problems = list(report.get("problems", ()))
+        self._signature = report.get("signature")
+        self._file_read = report.get("file_read", True)
 
     @classmethod
     def settings_customise_sources(
@@ -182,10 +194,11 @@ class FallbackSettings(BaseSettings):
             StorageError: the settings file cannot be written.
         """
         self.check(**changes)
-        stored = read_file_quietly(self.settings_file)
-        for name, value in changes.items():
-            stored[name] = to_json(validate_field(name, value))
-        write_atomically(self.settings_file, stored)
+        with locked(self.settings_file):  # another process's save in between would be lost
+            stored = read_file_quietly(self.settings_file)
+            for name, value in changes.items():
+                stored[name] = to_json(validate_field(name, value))
+            write_atomically(self.settings_file, stored)
         log.info("saved settings %s to %s", sorted(changes), self.settings_file)
         return type(self)(**self._argument_values())
 
@@ -203,7 +216,8 @@ class FallbackSettings(BaseSettings):
 
     def reset(self, fields: Sequence[str] | None = None) -> FallbackSettings:
         """Forget the saved values of ``fields``, or of every field (the file keeps keys this
-        version does not know).
+        version does not know). Forgetting every field moves a corrupt file aside (``.bak``),
+        and the new settings' ``problems`` say where.
 
         Raises:
             InvalidSettings: a field is unknown; nothing is written then.
@@ -214,11 +228,33 @@ class FallbackSettings(BaseSettings):
         if unknown:
             raise InvalidSettings(_unknown_message(unknown))
         forgotten = set(known if fields is None else fields)
-        stored = read_file_quietly(self.settings_file)
-        kept = {k: v for k, v in stored.items() if k not in forgotten}
-        write_atomically(self.settings_file, kept)
+        with locked(self.settings_file):
+            moved = set_aside_if_corrupt(self.settings_file) if fields is None else None
+            stored = read_file_quietly(self.settings_file)
+            kept = {k: v for k, v in stored.items() if k not in forgotten}
+            write_atomically(self.settings_file, kept)
         log.info("reset %s in %s", "settings" if fields is None else sorted(forgotten), self.settings_file)
-        return type(self)(**self._argument_values())
+        fresh = type(self)(**self._argument_values())
+        if moved:
+            fresh._problems.append(moved)
+        return fresh
+
+    def reloaded(self) -> FallbackSettings | None:
+        """The settings read again, when the settings file changed since these were read (another
+        process saved it); None when it did not. A file that cannot be read now (an editor
+        half-way through saving it, an empty one) keeps these: a chat must not lose the main
+        API to a moment's typo; the problem is logged, once."""
+        signature = file_signature(self.settings_file)
+        if signature == self._signature or (signature is not None and signature[1] == 0):
+            return None
+        fresh = type(self)(**self._argument_values())
+        if fresh._file_read:
+            log.info("settings file %s changed: read it again", self.settings_file)
+            return fresh
+        self._signature = signature  # not read again until it changes once more
+        log.warning("settings file %s changed but cannot be read (%s); keeping the settings read "
+                    "before", self.settings_file, "; ".join(fresh.problems))
+        return None
 
     def public_dict(self) -> dict[str, Any]:
         """Every field as JSON-ready values, with the API key masked."""
@@ -350,7 +386,10 @@ class _JsonFileSource(PydanticBaseSettingsSource):
             report = {}
         report.setdefault("problems", [])
         path = _settings_path(self.current_state.get("settings_file"))
+        report["signature"] = file_signature(path)  # before the read: a change after it is seen
+        before = len(report["problems"])
         stored = load_file(path, report["problems"])
+        report["file_read"] = len(report["problems"]) == before
         values = {}
         for name, value in stored.items():
             if name in _NOT_SAVED or name not in self.settings_cls.model_fields:
