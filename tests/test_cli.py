@@ -11,10 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import run_cli
 
+from zwaif_fallback import FallbackManager, FallbackSettings
 from zwaif_fallback.cli_text import cells, table
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
@@ -297,6 +299,26 @@ def test_on_windows_a_closed_pipe_is_einval_and_read_as_the_reader_gone(monkeypa
     assert not reader_went_away(OSError(errno.EINVAL, "Invalid argument", "C:\\bad|name"))
 
 
+def test_an_unexpected_failure_names_the_log_file_it_went_to(tmp_path, capsys):
+    # it named Logs/zwaif_fallback.log, whatever FALLBACK_LOG_DIR said
+    import logging
+
+    from zwaif_fallback import logs
+    from zwaif_fallback.cli_process import crashed
+
+    path = logs.setup_logging(tmp_path / "elsewhere")
+    ours = logging.getLogger("zwaif_fallback")
+    try:
+        assert crashed("status", RuntimeError("boom")) == 1
+        assert f"details in {path.resolve()}" in capsys.readouterr().err
+    finally:
+        for handler in [h for h in ours.handlers if getattr(h, "baseFilename", "") == str(path.resolve())]:
+            ours.removeHandler(handler)
+            logging.getLogger("stamina").removeHandler(handler)
+            handler.close()
+        logs._configured.discard(str(path.resolve()))
+
+
 def test_a_name_stdouts_encoding_lacks_is_escaped_not_a_crash(isolated, tiny_gguf):
     # Windows writes a redirected stdout in the ANSI code page (cp1252): PYTHONIOENCODING does that here.
     (isolated / "models").mkdir()
@@ -306,10 +328,11 @@ def test_a_name_stdouts_encoding_lacks_is_escaped_not_a_crash(isolated, tiny_ggu
     assert "\\u30e2\\u30c7\\u30eb" in result.stdout
 
 
-def test_monitor_stopped_with_ctrl_c_prints_its_report_and_exits_130(isolated):
+def _sampling_monitor(cwd: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """``monitor`` for 30 s, once its first progress line says it is sampling."""
     monitor = subprocess.Popen(
         [sys.executable, "-m", "zwaif_fallback", "monitor", "--duration", "30", "--interval", "0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=isolated)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, **popen)
     progress = b""
     with selectors.DefaultSelector() as selector:  # the first progress line: it is sampling
         selector.register(monitor.stderr, selectors.EVENT_READ)
@@ -318,10 +341,30 @@ def test_monitor_stopped_with_ctrl_c_prints_its_report_and_exits_130(isolated):
             assert time.monotonic() < deadline and monitor.poll() is None, progress
             if selector.select(timeout=1):
                 progress += os.read(monitor.stderr.fileno(), 4096)
-    monitor.send_signal(signal.SIGINT)
+    return monitor
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["ctrl-c", "sigterm", "sighup"])
+def test_monitor_stopped_by_ctrl_c_a_supervisor_or_a_closed_terminal_keeps_its_report(isolated, stop):
+    # SIGTERM (systemd, `timeout`) and SIGHUP (a closed terminal) lost the whole session
+    monitor = _sampling_monitor(isolated)
+    monitor.send_signal(stop)
     out, err = monitor.communicate(timeout=30)
     assert monitor.returncode == 130, err
     assert b"ram_used_mb" in out and b"Traceback" not in err
+    with FallbackManager(FallbackSettings(scan_system_stores=False)) as manager:  # saved, too
+        assert len(manager.monitor_history()) == 1
+
+
+def test_a_hangup_that_nohup_ignores_stays_ignored(isolated):
+    monitor = _sampling_monitor(isolated, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    monitor.send_signal(signal.SIGHUP)
+    time.sleep(1.0)  # not a timing claim: time for a handler to have run, were there one
+    assert monitor.poll() is None
+    monitor.send_signal(signal.SIGINT)
+    out, _ = monitor.communicate(timeout=30)
+    assert monitor.returncode == 130 and b"ram_used_mb" in out
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

@@ -183,6 +183,13 @@ def test_a_corrupt_file_is_reported_and_left_where_it_is():
     assert "settings --reset" in s.problems[0]
 
 
+def test_a_file_nested_too_deeply_is_corrupt_not_a_crash():
+    # json.loads raised RecursionError: every command, and FallbackManager() in a host, crashed
+    Path("fallback_settings.json").write_text("[" * 100_000 + "]" * 100_000)
+    s = FallbackSettings()
+    assert s.timeout == 30 and "nested too deeply" in s.problems[0]
+
+
 def test_a_save_over_a_corrupt_file_is_refused_and_the_file_kept():
     # a trailing comma, then a save in the tabs: the file held only the new value, the main API
     # and the rest went to defaults, and the tab said "Saved"

@@ -35,6 +35,7 @@ from .cli_process import (
     escape_what_stdout_cannot_encode,
     reader_went_away,
     retries_to_the_log,
+    stopped_as_by_ctrl_c,
     until_stopped,
 )
 from .cli_text import (
@@ -93,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with manager:
             stop_metrics = manager.metrics.serve(args.metrics_port) if args.metrics_port else None
             try:
-                status = cmd.run(manager, args)
+                with stopped_as_by_ctrl_c():
+                    status = cmd.run(manager, args)
                 sys.stdout.flush()  # here, so that a reader gone away is seen here
                 return status
             finally:

@@ -1,9 +1,10 @@
 """The CLI's process as its terminal and the system see it: stdout that cannot take every
-character, a reader that went away, a failure nothing foresaw, and Ctrl+C or SIGTERM
-stopping a command that serves until then."""
+character, a reader that went away, a failure nothing foresaw, and Ctrl+C, SIGTERM or SIGHUP
+stopping a command."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib.util
 import io
@@ -12,11 +13,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["crashed", "escape_what_stdout_cannot_encode", "reader_went_away", "retries_to_the_log",
-           "until_stopped"]
+__all__ = ["STOP_SIGNALS", "crashed", "escape_what_stdout_cannot_encode", "reader_went_away",
+           "retries_to_the_log", "stopped_as_by_ctrl_c", "until_stopped"]
 
 log = logging.getLogger("zwaif_fallback.cli")
 
@@ -24,8 +25,10 @@ log = logging.getLogger("zwaif_fallback.cli")
 def crashed(command: str, exc: Exception) -> int:
     """A failure nothing foresaw: one line for the person, the traceback in the log."""
     log.exception("%s crashed", command)
-    print(f"error: unexpected failure ({type(exc).__name__}: {exc}); "
-          "details in Logs/zwaif_fallback.log", file=sys.stderr)
+    files = [h.baseFilename for h in logging.getLogger("zwaif_fallback").handlers
+             if isinstance(h, logging.FileHandler)]
+    where = f"details in {files[0]}" if files else "no log file was written (is FALLBACK_LOG_DIR writable?)"
+    print(f"error: unexpected failure ({type(exc).__name__}: {exc}); {where}", file=sys.stderr)
     return 1
 
 
@@ -68,22 +71,36 @@ def escape_what_stdout_cannot_encode() -> None:
 
 
 def until_stopped(serve: Callable[[], None]) -> None:
-    """Run ``serve`` until Ctrl+C or SIGTERM.
-
-    SIGTERM is made a KeyboardInterrupt, so that the process unwinds as for Ctrl+C and the
-    manager is closed (models unloaded, history written) instead of dying by the signal's
-    default action. uvicorn stops gracefully on SIGTERM too, then raises it again once it has
-    restored this handler.
-    """
-    main = threading.current_thread() is threading.main_thread()  # signals are the main thread's
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    """Run ``serve`` until Ctrl+C, SIGTERM or SIGHUP (``stopped_as_by_ctrl_c``). uvicorn stops
+    gracefully on SIGTERM too, then raises it again once it has restored this handler."""
     try:
-        serve()
+        with stopped_as_by_ctrl_c():
+            serve()
     except KeyboardInterrupt:
         print("stopping", file=sys.stderr)
+
+
+#: What stops a command as Ctrl+C does: a supervisor (systemd, ``timeout``, a host that started
+#: it) sends SIGTERM, a terminal closed under it SIGHUP (POSIX only).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def stopped_as_by_ctrl_c() -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP raise KeyboardInterrupt, so that the process unwinds as
+    for Ctrl+C: the manager is closed (models unloaded, history written) and a monitoring
+    session's report is shown and saved, instead of dying by the signal's default action."""
+    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's
+        yield
+        return
+    # One ignored stays ignored: `nohup zwaif-fallback serve &` outlives its terminal
+    previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS
+                if signal.getsignal(sig) != signal.SIG_IGN}
+    try:
+        yield
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

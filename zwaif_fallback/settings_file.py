@@ -134,6 +134,8 @@ def _object(path: Path) -> dict[str, Any]:
         data = json.loads(text) if text.strip() else {}
     except json.JSONDecodeError as exc:
         raise ValueError(f"JSON error at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:  # thousands of brackets: no settings file is written so
+        raise ValueError("its JSON is nested too deeply to be settings") from None
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, found {type(data).__name__}")
     return data
