@@ -189,6 +189,17 @@ def test_a_model_that_cannot_load_is_passed_by_in_chat_and_fails_bench_with_or_w
     assert "unknown model architecture" in check["reason"]
 
 
+def test_a_failure_with_json_is_a_json_object_on_stdout_too(isolated):
+    # a script that parses stdout got nothing at all; the line on stderr is kept for a person
+    unknown = run_cli("check", "no-such-model", "--json", cwd=isolated)
+    said = json.loads(unknown.stdout)["error"]
+    assert (unknown.returncode, said["type"], said["exit_code"]) == (2, "ModelNotFound", 2)
+    assert said["message"] in unknown.stderr
+    refused = run_cli("settings", "--set", "n_ctx=1", "--json", cwd=isolated)
+    said = json.loads(refused.stdout)["error"]
+    assert (refused.returncode, said["type"]) == (2, "InvalidSettings") and "n_ctx" in said["problems"][0]
+
+
 def test_a_models_dir_that_is_not_there_is_warned_of(isolated):
     # a typo in --models-dir (or FALLBACK_MODELS_DIR) read as a folder with no models, silently
     result = run_cli("--models-dir", str(isolated / "modles"), "models", cwd=isolated)

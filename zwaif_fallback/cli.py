@@ -39,6 +39,7 @@ from .cli_process import (
     until_stopped,
 )
 from .cli_text import (
+    error_json,
     format_benchmarks,
     format_chat_footer,
     format_check,
@@ -113,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FallbackError as exc:
         log.info("%s failed: %s", args.command, exc)
         print(f"error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):  # a script reading stdout gets JSON, failure or not
+            print_json({"error": error_json(exc)})
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

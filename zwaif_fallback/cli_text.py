@@ -10,6 +10,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .errors import AllTargetsFailed, FallbackError, InvalidSettings
 from .fit import Compatibility, layers_text
 from .hardware import GPUProcess, SystemStatus
 from .model_info import ModelInfo
@@ -24,14 +25,26 @@ if TYPE_CHECKING:
     from .results import ChatResult
     from .settings import FallbackSettings
 
-__all__ = ["format_benchmarks", "format_chat_footer", "format_check", "format_health", "format_models",
-           "format_monitor_summary", "format_optimization", "format_pull_progress", "format_recommendations",
-           "format_sample", "format_settings", "format_status", "num", "print_json", "table"]
+__all__ = ["error_json", "format_benchmarks", "format_chat_footer", "format_check", "format_health",
+           "format_models", "format_monitor_summary", "format_optimization", "format_pull_progress",
+           "format_recommendations", "format_sample", "format_settings", "format_status", "num",
+           "print_json", "table"]
 
 
 def print_json(data: Any) -> int:
     print(json.dumps(data, indent=2, default=str))
     return 0
+
+
+def error_json(exc: FallbackError) -> dict[str, Any]:
+    """A failure as ``--json`` prints it: its type, message and exit status, and what it
+    carries (the settings refused, every target's attempt)."""
+    said: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
+    if isinstance(exc, InvalidSettings):
+        said["problems"] = exc.problems
+    if isinstance(exc, AllTargetsFailed):
+        said["attempts"] = [a.model_dump() if hasattr(a, "model_dump") else str(a) for a in exc.attempts]
+    return said
 
 
 def format_status(status: SystemStatus) -> str:
