@@ -97,6 +97,22 @@ def test_a_missing_hf_shard_is_reported(tmp_path):
     assert not m.valid and "missing weight shard" in m.error
 
 
+def test_every_shard_missing_or_a_cache_link_gone_says_what_to_download(tmp_path):
+    # both read "has no weight files", with the shards' names or the link right there
+    folder = write_hf_folder(tmp_path / "sharded", shards=2)
+    for shard in folder.glob("model-*.safetensors"):
+        shard.unlink()
+    m = discover(hf_models=[str(folder)])["sharded"]
+    assert not m.valid and "missing weight shard(s) model-00001-of-00002.safetensors" in m.error
+    cached = write_hf_folder(tmp_path / "cached")
+    blob = tmp_path / "blob"
+    (cached / "model.safetensors").rename(blob)
+    (cached / "model.safetensors").symlink_to(blob)
+    blob.unlink()  # the cache was cleaned under the snapshot's link
+    m = discover(hf_models=[str(cached)])["cached"]
+    assert not m.valid and m.error.startswith("model.safetensors links to a file that is not there")
+
+
 def test_pickle_weights_are_not_loadable_by_default(tmp_path):
     folder = write_hf_folder(tmp_path / "old", pickle_only=True)
     m = discover(hf_models=[str(folder)])["old"]
@@ -136,6 +152,9 @@ def test_ollama_models_are_named_by_their_manifest(tiny_gguf):
     found = discover()
     assert found["tiny:latest"].source == "ollama" and found["tiny:latest"].valid
     assert found["someone/other:q8"].architecture == "llama"
+    (root / "blobs" / digest.replace(":", "-")).unlink()  # `ollama rm` of the other, say
+    gone = discover()["tiny:latest"]
+    assert not gone.valid and "run `ollama pull tiny:latest`" in gone.error
 
 
 def test_lmstudio_models_are_found(tiny_gguf):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -170,6 +171,17 @@ def test_an_hf_folder_answers_through_transformers(isolated, hf_chat_model):
     assert "".join(pieces) == result.text and len(pieces) > 0
     assert result.tokens == result.completion_tokens >= len(pieces)  # as transformers counted them
     assert "<|im_start|>" not in result.text and "hello world" not in result.text  # no echo
+
+
+def test_a_broken_tokenizer_is_named_with_what_to_do(tmp_path, hf_chat_model):
+    from zwaif_fallback.backends.transformers import TransformersBackend
+    from zwaif_fallback.errors import ModelLoadError
+
+    folder = tmp_path / "badtok"
+    shutil.copytree(hf_chat_model, folder)
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "truncation": ')  # a download cut short
+    with pytest.raises(ModelLoadError, match=r"badtok's tokenizer \(tokenizer.json .*download them again"):
+        TransformersBackend("badtok", str(folder)).load()
 
 
 def test_an_hf_models_prompt_is_counted_as_many_tokens_as_it_is_given(hf_chat_model):

@@ -304,8 +304,11 @@ def _ollama_candidate(root: Path, manifest: Path) -> Candidate | None:
     except (OSError, ValueError, KeyError, TypeError, StopIteration):
         return Candidate("gguf", manifest, "ollama", name, [], "unreadable Ollama manifest")
     blob = root / "blobs" / digest.replace(":", "-")
-    if not blob.exists():
+    if not blob.exists() and (root / "blobs" / digest).exists():  # the layout before Ollama 0.1.30
         blob = root / "blobs" / digest
+    if not blob.exists() and not blob.is_symlink():
+        return Candidate("gguf", blob, "ollama", name, [blob],
+                         f"its weights are missing from Ollama's blobs: run `ollama pull {name}`")
     return Candidate("gguf", blob, "ollama", name, [blob], _stat_problem(blob))
 
 

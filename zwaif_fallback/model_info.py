@@ -254,7 +254,14 @@ def _from_hf_folder(base: ModelInfo, folder: Path, *, allow_pickle: bool) -> Mod
     text: dict[str, Any] = nested if isinstance(nested, dict) else config
     safe, pickles = weight_files(folder)
     size = _size(safe or pickles)
+    index = folder / "model.safetensors.index.json"
     if not safe and not pickles:
+        if index.is_file():
+            _check_shards(folder, index, safe)  # it names the shards the index expects
+        gone = sorted(p.name for p in folder.glob("*.safetensors") if not p.is_file())
+        if gone:  # the Hugging Face cache links every file to a blob: one cleaned, or never finished
+            raise InvalidModelFile(folder, f"{', '.join(gone[:3])} links to a file that is not there "
+                                           "(a cleaned cache, or a download that stopped): download it again")
         raise InvalidModelFile(folder, "has no weight files (*.safetensors)")
     dtype = str(config.get("dtype") or config.get("torch_dtype") or text.get("torch_dtype") or "")
     tensors: list[TensorSummary] = []
@@ -262,7 +269,6 @@ def _from_hf_folder(base: ModelInfo, folder: Path, *, allow_pickle: bool) -> Mod
         for t in read_safetensors_header(path):
             tensors.append(TensorSummary(name=t.name, dtype=t.dtype, n_elements=t.n_elements,
                                          nbytes=t.nbytes, layer=_layer(t.name)))
-    index = folder / "model.safetensors.index.json"
     if safe and index.is_file():
         _check_shards(folder, index, safe)
     if tensors:

@@ -84,8 +84,10 @@ class TransformersBackend(LocalBackend):
         device_map = self._device_map(torch)
         options: dict[str, Any] = dict(local_files_only=True, trust_remote_code=self.trust_remote_code,
                                        **extra)
+        what = "'s tokenizer (tokenizer.json or tokenizer_config.json: download them again)"
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **options)
+            what = ""
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 folder, dtype=torch.float32 if device_map == "cpu" else "auto",
                 device_map=device_map, use_safetensors=None if self.allow_pickle or extra else True,
@@ -95,7 +97,7 @@ class TransformersBackend(LocalBackend):
                 # torch.cuda.OutOfMemoryError is a RuntimeError; the host says MemoryError
                 raise OutOfMemory(f"{self.name} ran out of memory loading with transformers on "
                                   f"{device_map}: {exc}") from exc
-            raise ModelLoadError(f"transformers could not load {self.name}: {exc}") from exc
+            raise ModelLoadError(f"transformers could not load {self.name}{what}: {exc}") from exc
         model.eval()
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
