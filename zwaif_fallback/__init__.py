@@ -102,7 +102,7 @@ from .errors import (
 if _typing.TYPE_CHECKING:
     from .bench import BenchmarkResult
     from .catalog import Catalog
-    from .default import try_fallbacks
+    from .default import default_manager, try_fallbacks
     from .fit import Compatibility, Estimate, LoadConfig, MemoryBreakdown, estimate, plan
     from .hardware import GPUInfo, HardwareProbe, SystemStatus
     from .health import HealthReport, Optimization, PerformanceStats
@@ -123,7 +123,7 @@ _WHERE = {
     "LoadConfig": "fit", "MemoryBreakdown": "fit", "ModelInfo": "model_info",
     "ModelShape": "model_info", "MonitoringReport": "monitor", "Optimization": "health",
     "PerformanceStats": "health", "Switch": "results", "SystemStatus": "hardware",
-    "estimate": "fit", "plan": "fit", "try_fallbacks": "default",
+    "default_manager": "default", "estimate": "fit", "plan": "fit", "try_fallbacks": "default",
 }
 
 
@@ -184,6 +184,7 @@ __all__ = [
     "StorageError",
     "Switch",
     "SystemStatus",
+    "default_manager",
     "estimate",
     "plan",
     "try_fallbacks",
