@@ -328,6 +328,33 @@ class TestHostCallable:
         assert result.text == "Red, green" and result.tokens == 3
         assert seen["max_tokens"] == 24 and seen["messages"] == ASK
 
+    def test_it_gets_only_the_options_the_caller_gave_so_its_own_presets_stay(self, manager):
+        seen: list[dict] = []
+
+        def call(messages, **gen):
+            seen.append(gen)
+            return "Red."
+
+        manager.chat(ASK, primary=call)
+        manager.chat(ASK, primary=call, temperature=0.2)
+        assert seen == [{}, {"temperature": 0.2}]
+
+    def test_distinct_callables_of_one_name_have_breakers_of_their_own(self, manager):
+        def for_user(user: str):
+            def call(messages, **gen):
+                if user == "down":
+                    raise ConnectionError("this bot's API is down")
+                return f"Hi from {user}."
+            return call
+
+        for _ in range(3):  # a failing bot's breaker opens...
+            assert manager.chat(ASK, primary=for_user("down"), **GEN).source == "local"
+        result = manager.chat(ASK, primary=for_user("up"), **GEN)  # ...and another bot's call still answers
+        assert (result.source, result.text) == ("primary", "Hi from up.")
+        assert result.attempts[0].target.endswith("call#2")
+        again = manager.chat(ASK, primary=for_user("down"), **GEN)  # a new closure for the same bot
+        assert "circuit open" in again.attempts[0].error
+
     def test_connection_errors_are_retried(self, manager):
         calls = []
 
