@@ -150,6 +150,20 @@ def test_a_context_outside_the_settings_range_is_refused_as_the_cli_refuses_it(m
             assert f"n_ctx={n_ctx} is out of range; allowed: 512 to 131072" in str(refused.value)
 
 
+@pytest.mark.parametrize("given, named", [
+    ({"n_ctx": "big"}, "n_ctx='big' is not a whole number"),
+    ({"n_ctx": 4096.5}, "n_ctx=4096.5 is not a whole number"),
+    ({"gpu_layers": "x"}, "gpu_layers='x' is not a whole number"),
+    ({"free_vram_mb": "x"}, "free_vram_mb='x' is out of range"),
+    ({"kv_type": 8}, "kv_type=8 is not valid"),
+])
+def test_an_argument_of_the_wrong_type_is_refused_by_name(models_dir, given, named):
+    with make(models_dir) as manager:
+        with pytest.raises(InvalidSettings, match=named):
+            manager.check_compatibility("tiny", **given)
+        assert manager.check_compatibility("tiny", n_ctx=4096.0).n_ctx == 4096  # a UI's number box
+
+
 @pytest.fixture(scope="module")
 def hf_chat_model(tmp_path_factory):
     return write_hf_chat_model(tmp_path_factory.mktemp("hf") / "tiny-chat-hf")

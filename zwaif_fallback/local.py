@@ -216,17 +216,24 @@ class LocalModels:
 
     def check_args(self, n_ctx: int | None, gpu_layers: int | None, kv_type: str,
                    free_vram_mb: float | None) -> None:
-        """InvalidSettings naming every argument of ``fit`` that is out of range."""
+        """InvalidSettings naming every argument of ``fit`` that is out of range or not a
+        number (a host's config or UI may hand over text)."""
         problems = []
         low, high = bounds(FallbackSettings.model_fields["n_ctx"]) or (1, 1 << 20)
-        if n_ctx is not None and not low <= n_ctx <= high:  # the setting's range, as the CLI's
+        if n_ctx is not None and not _whole(n_ctx):
+            problems.append(f"n_ctx={n_ctx!r} is not a whole number; allowed: {low:g} to {high:g}")
+        elif n_ctx is not None and not low <= n_ctx <= high:  # the setting's range, as the CLI's
             problems.append(f"n_ctx={n_ctx} is out of range; allowed: {low:g} to {high:g}")
-        if gpu_layers is not None and gpu_layers < -1:
+        if gpu_layers is not None and not _whole(gpu_layers):
+            problems.append(f"gpu_layers={gpu_layers!r} is not a whole number; use -1 (all) or 0 and up")
+        elif gpu_layers is not None and gpu_layers < -1:
             problems.append(f"gpu_layers={gpu_layers} is out of range; use -1 (all) or 0 and up")
-        if kv_type not in KV_TYPES:
+        if not isinstance(kv_type, str) or kv_type not in KV_TYPES:
             problems.append(f"kv_type={kv_type!r} is not valid; allowed: {', '.join(KV_TYPES)}")
-        if free_vram_mb is not None and not 0 <= free_vram_mb <= 1 << 24:
-            problems.append(f"free_vram_mb={free_vram_mb} is out of range; allowed: 0 to {1 << 24}")
+        if free_vram_mb is not None and (isinstance(free_vram_mb, bool)
+                                         or not isinstance(free_vram_mb, int | float)
+                                         or not 0 <= free_vram_mb <= 1 << 24):
+            problems.append(f"free_vram_mb={free_vram_mb!r} is out of range; allowed: 0 to {1 << 24} (MiB)")
         if problems:
             raise InvalidSettings("; ".join(problems), problems=problems)
 
@@ -378,3 +385,10 @@ class LocalModels:
                 return
             self._reaper = threading.Thread(target=reap, daemon=True, name="zwaif-keep-alive")
             self._reaper.start()
+
+
+def _whole(value: object) -> bool:
+    """An int, or a float with nothing after the point (a UI's number box gives 4096.0)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
