@@ -297,6 +297,32 @@ def test_a_cut_stream_is_continued_by_the_next_target(manager, proxy):
     assert (result.tokens, result.finish_reason) == (GEN["max_tokens"], "length"), result
 
 
+def test_a_stream_read_from_an_asyncio_hosts_threads_keeps_its_own_result(manager, proxy):
+    async def host():
+        local = manager.chat(ASK, primary=refused_url(), **GEN)  # the loop thread's last chat
+        stream = manager.stream_chat(ASK, primary=proxy.url, **GEN)
+        pieces = []
+        while (piece := await asyncio.to_thread(next, stream, None)) is not None:
+            pieces.append(piece)  # each next() on whichever executor thread is free
+        return local, stream, pieces
+
+    local, stream, pieces = asyncio.run(host())
+    assert stream.result is not None and stream.result.source == "primary"
+    assert stream.result.text == "".join(pieces) and pieces
+    assert manager.last_result is local  # this thread's own last chat is left as it was
+
+
+def test_a_stream_is_stopped_from_another_thread_by_its_cancel(manager, proxy):
+    cancel = threading.Event()
+    stream = manager.stream_chat(ASK, primary=proxy.url, cancel=cancel, max_tokens=200)
+    assert next(stream)
+    setter = threading.Thread(target=cancel.set)  # an asyncio host's task, say
+    setter.start()
+    setter.join()
+    rest = list(stream)
+    assert len(rest) <= 1 and stream.result is None  # cancelled: no answer is reported
+
+
 def test_a_stalled_stream_is_continued_after_the_stall_limit(manager, proxy):
     proxy.mode, proxy.after = "stall", 3
     result = manager.chat(ASK, primary=proxy.url, **GEN)

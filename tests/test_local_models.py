@@ -10,7 +10,14 @@ from builders import write_gguf, write_hf_chat_model, write_sparse_gguf
 from conftest import local_models
 from servers import wait_until
 
-from zwaif_fallback import FallbackManager, FallbackSettings, IncompatibleModel, InvalidSettings
+from zwaif_fallback import (
+    AllTargetsFailed,
+    FallbackError,
+    FallbackManager,
+    FallbackSettings,
+    IncompatibleModel,
+    InvalidSettings,
+)
 from zwaif_fallback.backends.base import GenerationParams
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
@@ -162,6 +169,24 @@ def test_an_argument_of_the_wrong_type_is_refused_by_name(models_dir, given, nam
         with pytest.raises(InvalidSettings, match=named):
             manager.check_compatibility("tiny", **given)
         assert manager.check_compatibility("tiny", n_ctx=4096.0).n_ctx == 4096  # a UI's number box
+
+
+def test_close_stops_the_answer_being_given_and_a_closed_manager_refuses_more(models_dir):
+    manager = make(models_dir, preferred_model="tiny")
+    stream = manager.stream_chat(ask("Tell a long story."), max_tokens=400, temperature=1.0, seed=1)
+    assert next(stream)
+    manager.close()
+    rest: list[str] = []
+    with pytest.raises(AllTargetsFailed, match="this manager is closed"):
+        rest.extend(stream)
+    assert len(rest) <= 1  # the answer stopped at its next token, not at max_tokens
+    assert manager.loaded_model() is None
+    with pytest.raises(FallbackError, match="this manager is closed; make a new FallbackManager"):
+        manager.chat(ask("Hi"), **GEN)
+    with pytest.raises(FallbackError, match="this manager is closed"):
+        manager.switch_model("tiny")
+    assert "this manager is closed" in manager.chat_completion({"messages": ask("Hi")})["error"]["message"]
+    assert manager.loaded_model() is None  # nothing was loaded again
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from .backends.base import GenerationParams, LocalBackend, Usage
+from .backends.base import Cancel, GenerationParams, LocalBackend, TargetFailed, Usage
 from .calibration import Calibration
 from .errors import (
     FallbackError,
@@ -108,9 +108,15 @@ class LocalModels:
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         self._reaper_lock = threading.Lock()  # two chats at once start one reaper, not two
+        self._running: set[_Stoppable] = set()  # the generations close() stops
 
     def close(self) -> None:
+        """Stop the generations running now (inside a decode), the reaper, and unload."""
         self._stop.set()
+        with self._reaper_lock:
+            running = list(self._running)
+        for stop in running:
+            stop.set()
         if self._reaper is not None:
             self._reaper.join(timeout=5)
         self.pool.close()
@@ -266,6 +272,8 @@ class LocalModels:
 
     def switch(self, model: ModelInfo) -> None:
         """``FallbackManager.switch_model`` without the saving: release, then fit again."""
+        if self._stop.is_set():
+            raise FallbackError(CLOSED)
         fit = self.fit(model)
         both_fit = fit.compatible and self.pool.current is not None
         if not fit.compatible and self.pool.current is not None:
@@ -311,10 +319,24 @@ class LocalModels:
                params: GenerationParams, *, prefix: str = "", deadline_s: float | None = None,
                cancel: threading.Event | None = None, usage: Usage | None = None) -> Iterator[str]:
         """``model``'s answer, loading it first if needed (``deadline_s`` does not apply:
-        a local model is not waited on, it is run)."""
-        with self.pool.use(model) as backend:
-            self.ensure_reaper()
-            yield from backend.stream(messages, params, prefix=prefix, cancel=cancel, usage=usage)
+        a local model is not waited on, it is run). ``close`` stops it, inside a decode too."""
+        if self._stop.is_set():  # nothing is loaded again after close()
+            raise TargetFailed(CLOSED)
+        stop = _Stoppable(cancel)
+        unhook = cancel.on_set(stop.set) if isinstance(cancel, Cancel) else None
+        with self._reaper_lock:
+            self._running.add(stop)
+        try:
+            with self.pool.use(model) as backend:
+                self.ensure_reaper()
+                yield from backend.stream(messages, params, prefix=prefix, cancel=stop, usage=usage)
+            if self._stop.is_set():
+                raise TargetFailed(CLOSED)
+        finally:
+            with self._reaper_lock:
+                self._running.discard(stop)
+            if unhook is not None:
+                unhook()
 
     # -- ranking, preloading, keep_alive ---------------------------------------------------
 
@@ -392,3 +414,18 @@ def _whole(value: object) -> bool:
     if isinstance(value, bool):
         return False
     return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+#: What a call on a closed manager is told.
+CLOSED = "this manager is closed; make a new FallbackManager"
+
+
+class _Stoppable(Cancel):
+    """A local generation's cancel: set by ``close``, and set whenever the caller's is."""
+
+    def __init__(self, outer: threading.Event | None) -> None:
+        super().__init__()
+        self._outer = outer
+
+    def is_set(self) -> bool:
+        return super().is_set() or (self._outer is not None and self._outer.is_set())

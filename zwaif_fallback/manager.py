@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from . import completions
 from .backends.base import Message
 from .catalog import Catalog
-from .chats import ChatPlan, Chats
+from .chats import ChatPlan, Chats, ChatStream
 from .completion_request import CompletionRequest
 from .errors import InvalidSettings, StorageError
 from .fit import Compatibility
@@ -76,7 +76,7 @@ class FallbackManager:
                               local_steps=self._local.steps, clock=clock)
         self._chats = Chats(settings=lambda: self._settings, router=self._router,
                             recorder=lambda: self._measuring.telemetry, on_primary_answer=self._warm_up,
-                            clock=clock)
+                            clock=clock, closed=lambda: self._stop.is_set())
         self._measuring = Measuring(local=self._local, probe=self._probe, settings=lambda: self._settings,
                                     breakers=self._router.breaker_states, switch=self.switch_model,
                                     host_call=lambda: self._router.host_call,
@@ -310,14 +310,15 @@ class FallbackManager:
             pass
         return results[0]
 
-    def stream_chat(self, messages: Sequence[Message], primary: Primary = None,
-                    **gen: Any) -> Iterator[str]:
-        """Like ``chat`` but yields the answer as it comes; ``last_result`` holds its ChatResult.
+    def stream_chat(self, messages: Sequence[Message], primary: Primary = None, *,
+                    cancel: threading.Event | None = None, **gen: Any) -> ChatStream:
+        """Like ``chat`` but yields the answer as it comes; once it ends, the stream's
+        ``result`` (and this thread's ``last_result``) holds its ChatResult. Setting ``cancel``
+        stops it from any thread, as for ``stream_chat_completion``.
 
         Bad input raises here, before the first piece.
         """
-        return (piece.text for piece in self._chats.answer(messages, primary, None, gen, None, None)
-                if piece.text)
+        return ChatStream.of(lambda done: self._chats.answer(messages, primary, None, gen, done, cancel))
 
     def chat_completion(self, request: dict[str, Any], *,
                         cancel: threading.Event | None = None) -> dict[str, Any]:
@@ -374,7 +375,8 @@ class FallbackManager:
 
     @property
     def last_result(self) -> ChatResult | None:
-        """This thread's last finished ChatResult (per thread: concurrent chats never mix)."""
+        """This thread's last finished ChatResult (per thread: concurrent chats never mix; a
+        stream read from several threads has its own: ``stream_chat(...).result``)."""
         return self._chats.last_result
 
     def breaker_states(self) -> dict[str, dict[str, Any]]:
@@ -481,7 +483,8 @@ class FallbackManager:
     # -- lifecycle ------------------------------------------------------------------
 
     def close(self) -> None:
-        """Unload models, stop threads, release probes. Safe to call twice."""
+        """Unload models, stop threads (a local answer running now ends within a token),
+        release probes. Safe to call twice; a chat or switch afterwards raises FallbackError."""
         self._stop.set()
         self._pulls.close()  # a running download's partial file stays for the next pull
         self._measuring.close()
