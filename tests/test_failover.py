@@ -282,6 +282,14 @@ def test_a_local_answer_in_japanese_cut_by_max_tokens_says_length_and_counts_tok
     assert result.tokens == result.completion_tokens == result.attempts[-1].tokens > 12 // 3
 
 
+def test_an_answer_cut_inside_a_character_counts_every_token_generated(manager):
+    # the last tokens of an unfinished emoji are never delivered, but were generated
+    ask = [{"role": "user", "content": "Reply with only emoji: 😊🌍🎉🐱"}]
+    result = manager.chat(ask, primary=refused_url(), max_tokens=8, seed=7)
+    assert result.finish_reason == "length"
+    assert result.tokens == result.completion_tokens == 8
+
+
 def test_a_cut_stream_is_continued_by_the_next_target(manager, proxy):
     proxy.mode, proxy.after = "cut", 4
     pieces = list(manager.stream_chat(ASK, primary=proxy.url, **GEN))
