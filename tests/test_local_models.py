@@ -171,6 +171,20 @@ def test_an_argument_of_the_wrong_type_is_refused_by_name(models_dir, given, nam
         assert manager.check_compatibility("tiny", n_ctx=4096.0).n_ctx == 4096  # a UI's number box
 
 
+def test_a_preferred_model_set_at_runtime_answers_the_next_fallback(models_dir, caplog):
+    with FallbackManager(FallbackSettings(models_dir=models_dir, scan_system_stores=False,
+                                          keep_alive=0)) as manager:
+        manager.switch_model(SMOL)  # saved as preferred_model
+        assert manager.chat(ask("Hi"), **GEN).model == SMOL
+        manager.update_settings(preferred_model="tiny")
+        assert manager.chat(ask("Hi"), **GEN).model == "tiny"
+        manager.update_settings(preferred_model="tinny")  # a typo: said, and nothing changes
+        assert "preferred_model 'tinny' cannot be used" in caplog.text
+        assert "did you mean 'tiny'" in caplog.text
+        assert manager.preferred_problem() is not None
+        assert manager.chat(ask("Hi"), **GEN).model == "tiny"
+
+
 def test_close_stops_the_answer_being_given_and_a_closed_manager_refuses_more(models_dir):
     manager = make(models_dir, preferred_model="tiny")
     stream = manager.stream_chat(ask("Tell a long story."), max_tokens=400, temperature=1.0, seed=1)

@@ -138,6 +138,18 @@ class LocalModels:
     def usable(self) -> list[ModelInfo]:
         return [m for m in self._discover() if m.usable]
 
+    def preferred_problem(self) -> str | None:
+        """Why ``preferred_model`` cannot be the fallback (no model of that name, with the
+        closest names; or a model that is unusable), or None when it can or none is set."""
+        name = self._settings().preferred_model
+        if not name:
+            return None
+        try:
+            self.valid(name)
+        except FallbackError as exc:  # ModelNotFound says "did you mean ...?"
+            return f"preferred_model {name!r} cannot be used, so another model answers: {exc}"
+        return None
+
     def valid(self, name_or_path: str) -> ModelInfo:
         """The model by that name or path; InvalidModelFile when it cannot be used."""
         model = self._find(name_or_path)

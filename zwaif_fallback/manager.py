@@ -105,10 +105,27 @@ class FallbackManager:
             StorageError: the settings file cannot be written; nothing changes then.
         """
         with self._settings_lock:
-            self._settings = self._settings.saved(**changes)
+            before, self._settings = self._settings, self._settings.saved(**changes)
         self._local.forget_ranking()
+        if self._settings.preferred_model != before.preferred_model:
+            self._prefer(self._settings.preferred_model)
         self._apply_background()
         return self._settings
+
+    def preferred_problem(self) -> str | None:
+        """Why ``settings.preferred_model`` cannot be the fallback ("did you mean ...?" for a
+        name no model has; the reason for an unusable model), or None when it can."""
+        return self._local.preferred_problem()
+
+    def _prefer(self, name: str) -> None:
+        """A new preferred_model answers the next fallback: the model held now is freed (after
+        its answers end) so that the next one is chosen by ranking; a name that cannot be
+        used is logged, and changes nothing."""
+        problem = self._local.preferred_problem()
+        if problem is not None:
+            log.warning("%s", problem)
+        elif name and self._local.current is not None and self._local.current.name != name:
+            self._local.pool.release()
 
     def reset_settings(self, *, fields: Sequence[str] | None = None) -> FallbackSettings:
         """Forget every saved setting, or those in ``fields``; arguments and the environment
@@ -119,8 +136,10 @@ class FallbackManager:
             StorageError: the settings file cannot be written; nothing changes then.
         """
         with self._settings_lock:
-            self._settings = self._settings.reset(fields)
+            before, self._settings = self._settings, self._settings.reset(fields)
         self._local.forget_ranking()
+        if self._settings.preferred_model != before.preferred_model:
+            self._prefer(self._settings.preferred_model)
         self._apply_background()
         return self._settings
 
