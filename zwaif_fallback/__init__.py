@@ -72,6 +72,7 @@ and to having no import cycle.
 from __future__ import annotations
 
 import importlib as _importlib
+import logging as _logging
 import typing as _typing
 
 from .errors import (
@@ -114,6 +115,10 @@ if _typing.TYPE_CHECKING:
     from .settings import FallbackSettings
 
 __version__ = "0.1.0"
+
+# A host that configures no logging gets no warnings on its stderr from Python's last
+# resort; one that does gets every record through its own handlers (the CLI's log file too).
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 _WHERE = {
     "Attempt": "results", "BenchmarkResult": "bench", "Catalog": "catalog",
