@@ -389,6 +389,14 @@ class TestHostCallable:
         again = manager.chat(ASK, primary=for_user("down"), **GEN)  # a new closure for the same bot
         assert "circuit open" in again.attempts[0].error
 
+    def test_a_lambda_made_anew_for_each_chat_is_one_target_with_one_breaker(self, manager):
+        def down(messages, **gen):
+            raise ConnectionError("the host's API is down")
+
+        results = [manager.chat(ASK, primary=lambda messages, **gen: down(messages, **gen), **GEN)
+                   for _ in range(4)]
+        assert "circuit open" in results[-1].attempts[0].error  # opened by the three before
+
     def test_connection_errors_are_retried(self, manager):
         calls = []
 

@@ -370,11 +370,12 @@ def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
-def _warn_preferred(manager: FallbackManager) -> None:
+def _warn_preferred(manager: FallbackManager, *, logged: bool = False) -> None:
     """A preferred_model no model has (a typo) or one that is unusable, on stderr and in the log."""
     problem = manager.preferred_problem()
     if problem is not None:
-        log.warning("%s", problem)
+        if not logged:
+            log.warning("%s", problem)
         print(f"warning: {problem}", file=sys.stderr)
 
 
@@ -393,7 +394,7 @@ def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
     if changes:
         manager.update_settings(**changes)
         if "preferred_model" in changes:
-            _warn_preferred(manager)
+            _warn_preferred(manager, logged=True)  # update_settings logged it
     settings = manager.settings
     if args.json:
         return print_json({

@@ -21,13 +21,13 @@ def identity(call: Callable[..., Any]) -> Hashable:
     closures over another user or bot (or another method's object) are not."""
     func = getattr(call, "__func__", None)
     if func is not None:  # a bound method: a new object at each attribute access
-        return ("method", identity(func), id(getattr(call, "__self__", None)))
+        return ("method", identity(func), _value(getattr(call, "__self__", None)))
     if isinstance(call, functools.partial):
         return ("partial", identity(call.func), tuple(_value(a) for a in call.args),
                 tuple(sorted((k, _value(v)) for k, v in call.keywords.items())))
     code = getattr(call, "__code__", None)
     if code is None:  # a callable object
-        return ("object", id(call))
+        return ("object", _value(call))
     cells = tuple(_value(_contents(cell)) for cell in (getattr(call, "__closure__", None) or ()))
     return ("function", code, cells)
 
@@ -43,7 +43,7 @@ def _value(value: Any) -> Hashable:
     """Equal values alike (the same user id made twice); anything else by its identity."""
     try:
         hash(value)
-    except TypeError:
+    except Exception:  # TypeError, or a __hash__ of the host's own that fails
         return ("id", id(value))
     return ("value", type(value).__qualname__, value)
 
