@@ -282,6 +282,21 @@ def test_serve_on_an_address_this_machine_lacks_says_so(isolated, host):
     assert "--host 127.0.0.1" in result.stderr and "--port" not in result.stderr
 
 
+def test_a_preferred_model_that_is_no_model_is_warned_of_when_set_and_when_serve_starts(isolated):
+    typo = "SmolLM2-135M-Instuct.Q4_1"
+    result = run_cli("settings", "--set", f"preferred_model={typo}", cwd=isolated)
+    assert result.returncode == 0  # saved: the model may be downloaded later
+    assert result.stderr.startswith(f"warning: preferred_model {typo!r} cannot be used, so another model "
+                                    "answers: ")
+    assert f"did you mean '{SMOL}'?" in result.stderr
+    # serve (here on an address it cannot have, so it stops at once) says it before it starts
+    serve = run_cli("serve", "--host", "192.0.2.1", "--no-ui", env={"FALLBACK_API_KEY": "k"}, cwd=isolated)
+    assert serve.stderr.startswith(f"warning: preferred_model {typo!r} cannot be used")
+    logged = (isolated / "Logs" / "zwaif_fallback.log").read_text()
+    assert f"preferred_model {typo!r} cannot be used" in logged
+    assert run_cli("settings", "--set", f"preferred_model={SMOL}", cwd=isolated).stderr == ""
+
+
 @pytest.mark.parametrize("args", [["settings"], ["check", SMOL, "--no-dry-run", "--json"]])
 def test_output_into_a_closed_pipe_ends_quietly_like_sigpipe(isolated, args):
     read_end, write_end = os.pipe()

@@ -312,6 +312,14 @@ def test_a_local_answer_in_japanese_cut_by_max_tokens_says_length_and_counts_tok
     assert result.tokens == result.completion_tokens == result.attempts[-1].tokens > 12 // 3
 
 
+def test_an_answer_cut_inside_a_character_counts_every_token_generated(manager):
+    # the last tokens of an unfinished emoji are never delivered, but were generated
+    ask = [{"role": "user", "content": "Reply with only emoji: 😊🌍🎉🐱"}]
+    result = manager.chat(ask, primary=refused_url(), max_tokens=8, seed=7)
+    assert result.finish_reason == "length"
+    assert result.tokens == result.completion_tokens == 8
+
+
 def test_a_cut_stream_is_continued_by_the_next_target(manager, proxy):
     proxy.mode, proxy.after = "cut", 4
     pieces = list(manager.stream_chat(ASK, primary=proxy.url, **GEN))
@@ -325,6 +333,32 @@ def test_a_cut_stream_is_continued_by_the_next_target(manager, proxy):
     assert result.source == "local" and result.attempts[0].tokens == 4
     # max_tokens bounds the whole answer, not each target's part of it
     assert (result.tokens, result.finish_reason) == (GEN["max_tokens"], "length"), result
+
+
+def test_a_stream_read_from_an_asyncio_hosts_threads_keeps_its_own_result(manager, proxy):
+    async def host():
+        local = manager.chat(ASK, primary=refused_url(), **GEN)  # the loop thread's last chat
+        stream = manager.stream_chat(ASK, primary=proxy.url, **GEN)
+        pieces = []
+        while (piece := await asyncio.to_thread(next, stream, None)) is not None:
+            pieces.append(piece)  # each next() on whichever executor thread is free
+        return local, stream, pieces
+
+    local, stream, pieces = asyncio.run(host())
+    assert stream.result is not None and stream.result.source == "primary"
+    assert stream.result.text == "".join(pieces) and pieces
+    assert manager.last_result is local  # this thread's own last chat is left as it was
+
+
+def test_a_stream_is_stopped_from_another_thread_by_its_cancel(manager, proxy):
+    cancel = threading.Event()
+    stream = manager.stream_chat(ASK, primary=proxy.url, cancel=cancel, max_tokens=200)
+    assert next(stream)
+    setter = threading.Thread(target=cancel.set)  # an asyncio host's task, say
+    setter.start()
+    setter.join()
+    rest = list(stream)
+    assert len(rest) <= 1 and stream.result is None  # cancelled: no answer is reported
 
 
 def test_a_stalled_stream_is_continued_after_the_stall_limit(manager, proxy):
@@ -357,6 +391,41 @@ class TestHostCallable:
         result = manager.chat(ASK, primary=call, **GEN)
         assert result.text == "Red, green" and result.tokens == 3
         assert seen["max_tokens"] == 24 and seen["messages"] == ASK
+
+    def test_it_gets_only_the_options_the_caller_gave_so_its_own_presets_stay(self, manager):
+        seen: list[dict] = []
+
+        def call(messages, **gen):
+            seen.append(gen)
+            return "Red."
+
+        manager.chat(ASK, primary=call)
+        manager.chat(ASK, primary=call, temperature=0.2)
+        assert seen == [{}, {"temperature": 0.2}]
+
+    def test_distinct_callables_of_one_name_have_breakers_of_their_own(self, manager):
+        def for_user(user: str):
+            def call(messages, **gen):
+                if user == "down":
+                    raise ConnectionError("this bot's API is down")
+                return f"Hi from {user}."
+            return call
+
+        for _ in range(3):  # a failing bot's breaker opens...
+            assert manager.chat(ASK, primary=for_user("down"), **GEN).source == "local"
+        result = manager.chat(ASK, primary=for_user("up"), **GEN)  # ...and another bot's call still answers
+        assert (result.source, result.text) == ("primary", "Hi from up.")
+        assert result.attempts[0].target.endswith("call#2")
+        again = manager.chat(ASK, primary=for_user("down"), **GEN)  # a new closure for the same bot
+        assert "circuit open" in again.attempts[0].error
+
+    def test_a_lambda_made_anew_for_each_chat_is_one_target_with_one_breaker(self, manager):
+        def down(messages, **gen):
+            raise ConnectionError("the host's API is down")
+
+        results = [manager.chat(ASK, primary=lambda messages, **gen: down(messages, **gen), **GEN)
+                   for _ in range(4)]
+        assert "circuit open" in results[-1].attempts[0].error  # opened by the three before
 
     def test_connection_errors_are_retried(self, manager):
         calls = []

@@ -14,7 +14,14 @@ from builders import write_gguf, write_hf_chat_model, write_sparse_gguf
 from conftest import local_models
 from servers import wait_until
 
-from zwaif_fallback import FallbackManager, FallbackSettings, IncompatibleModel, InvalidSettings
+from zwaif_fallback import (
+    AllTargetsFailed,
+    FallbackError,
+    FallbackManager,
+    FallbackSettings,
+    IncompatibleModel,
+    InvalidSettings,
+)
 from zwaif_fallback.backends.base import GenerationParams, Usage
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
@@ -152,6 +159,52 @@ def test_a_context_outside_the_settings_range_is_refused_as_the_cli_refuses_it(m
             with pytest.raises(InvalidSettings) as refused:
                 ask()
             assert f"n_ctx={n_ctx} is out of range; allowed: 512 to 131072" in str(refused.value)
+
+
+@pytest.mark.parametrize("given, named", [
+    ({"n_ctx": "big"}, "n_ctx='big' is not a whole number"),
+    ({"n_ctx": 4096.5}, "n_ctx=4096.5 is not a whole number"),
+    ({"gpu_layers": "x"}, "gpu_layers='x' is not a whole number"),
+    ({"free_vram_mb": "x"}, "free_vram_mb='x' is out of range"),
+    ({"kv_type": 8}, "kv_type=8 is not valid"),
+])
+def test_an_argument_of_the_wrong_type_is_refused_by_name(models_dir, given, named):
+    with make(models_dir) as manager:
+        with pytest.raises(InvalidSettings, match=named):
+            manager.check_compatibility("tiny", **given)
+        assert manager.check_compatibility("tiny", n_ctx=4096.0).n_ctx == 4096  # a UI's number box
+
+
+def test_a_preferred_model_set_at_runtime_answers_the_next_fallback(models_dir, caplog):
+    with FallbackManager(FallbackSettings(models_dir=models_dir, scan_system_stores=False,
+                                          keep_alive=0)) as manager:
+        manager.switch_model(SMOL)  # saved as preferred_model
+        assert manager.chat(ask("Hi"), **GEN).model == SMOL
+        manager.update_settings(preferred_model="tiny")
+        assert manager.chat(ask("Hi"), **GEN).model == "tiny"
+        manager.update_settings(preferred_model="tinny")  # a typo: said, and nothing changes
+        assert "preferred_model 'tinny' cannot be used" in caplog.text
+        assert "did you mean 'tiny'" in caplog.text
+        assert manager.preferred_problem() is not None
+        assert manager.chat(ask("Hi"), **GEN).model == "tiny"
+
+
+def test_close_stops_the_answer_being_given_and_a_closed_manager_refuses_more(models_dir):
+    manager = make(models_dir, preferred_model="tiny")
+    stream = manager.stream_chat(ask("Tell a long story."), max_tokens=400, temperature=1.0, seed=1)
+    assert next(stream)
+    manager.close()
+    rest: list[str] = []
+    with pytest.raises(AllTargetsFailed, match="this manager is closed"):
+        rest.extend(stream)
+    assert len(rest) <= 1  # the answer stopped at its next token, not at max_tokens
+    assert manager.loaded_model() is None
+    with pytest.raises(FallbackError, match="this manager is closed; make a new FallbackManager"):
+        manager.chat(ask("Hi"), **GEN)
+    with pytest.raises(FallbackError, match="this manager is closed"):
+        manager.switch_model("tiny")
+    assert "this manager is closed" in manager.chat_completion({"messages": ask("Hi")})["error"]["message"]
+    assert manager.loaded_model() is None  # nothing was loaded again
 
 
 @pytest.fixture(scope="module")

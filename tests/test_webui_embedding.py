@@ -153,3 +153,23 @@ def test_host_example_serves_its_page_on_loopback() -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_tabs_built_with_no_manager_use_the_one_try_fallbacks_answers_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from zwaif_fallback import default, default_manager
+
+    monkeypatch.setenv("FALLBACK_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("FALLBACK_SETTINGS_FILE", str(tmp_path / "fallback_settings.json"))
+    monkeypatch.setenv("FALLBACK_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(default, "_manager", None)
+    try:
+        with gr.Blocks(analytics_enabled=False), gr.Tab("Settings"):
+            build_tabs()
+            made = default._manager
+            build_tabs()  # the same prefix twice: said, not silently repeated ids
+        assert made is not None and made is default_manager()
+        assert "already has tabs with the prefix 'fallback'" in caplog.text
+    finally:
+        if default._manager is not None:
+            default._manager.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import secrets
 import socket
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from gradio.context import Context
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,6 +36,8 @@ from .management import ManagementTab, build_management_tab
 
 __all__ = ["AUTH_ENV", "FallbackTabs", "build_app", "build_tabs", "launch", "mount_tabs", "wait_for_ctrl_c"]
 
+log = logging.getLogger(__name__)
+
 AUTH_ENV = "FALLBACK_UI_AUTH"
 TITLE = "zwaif-fallback"
 #: How often the mounted tabs' queue looks for work when it has none (see ``_poll_gently``).
@@ -48,17 +52,27 @@ class FallbackTabs:
     health: HealthTab
 
 
-def build_tabs(manager: FallbackManager, *, prefix: str = "fallback") -> FallbackTabs:
+def build_tabs(manager: FallbackManager | None = None, *, prefix: str = "fallback") -> FallbackTabs:
     """Add the three tabs inside the caller's open gr.Blocks (or gr.Tab) context.
 
     Args:
-        manager: the manager every handler calls; the tabs hold no other state.
+        manager: the manager every handler calls; the tabs hold no other state. None: the
+            process's default manager, the one ``try_fallbacks`` answers on, so that a main
+            API or model chosen in the tabs is the one the host's chats use.
         prefix: starts every element id of the tabs (``fallback-diag-status``...): give a
-            second copy on the same page another one.
+            second copy on the same page another one (a prefix used twice is logged).
 
     Returns:
         The tabs and their main components, for a host that wants to wire more events.
     """
+    if manager is None:
+        from zwaif_fallback import default_manager
+
+        manager = default_manager()
+    root = Context.root_block
+    if root is not None and any(b.elem_id == f"{prefix}-tabs" for b in root.blocks.values()):
+        log.warning("build_tabs: this page already has tabs with the prefix %r, so their element ids "
+                    "repeat; give this copy another one: build_tabs(manager, prefix=...)", prefix)
     with gr.Tabs(elem_id=f"{prefix}-tabs"):
         return FallbackTabs(diagnostics=build_diagnostics_tab(manager, prefix),
                             management=build_management_tab(manager, prefix),

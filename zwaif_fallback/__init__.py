@@ -72,6 +72,7 @@ and to having no import cycle.
 from __future__ import annotations
 
 import importlib as _importlib
+import logging as _logging
 import typing as _typing
 
 from .errors import (
@@ -102,7 +103,7 @@ from .errors import (
 if _typing.TYPE_CHECKING:
     from .bench import BenchmarkResult
     from .catalog import Catalog
-    from .default import try_fallbacks
+    from .default import default_manager, try_fallbacks
     from .fit import Compatibility, Estimate, LoadConfig, MemoryBreakdown, estimate, plan
     from .hardware import GPUInfo, HardwareProbe, SystemStatus
     from .health import HealthReport, Optimization, PerformanceStats
@@ -115,6 +116,10 @@ if _typing.TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+# A host that configures no logging gets no warnings on its stderr from Python's last
+# resort; one that does gets every record through its own handlers (the CLI's log file too).
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
+
 _WHERE = {
     "Attempt": "results", "BenchmarkResult": "bench", "Catalog": "catalog",
     "ChatResult": "results", "Compatibility": "fit", "Estimate": "fit",
@@ -123,7 +128,7 @@ _WHERE = {
     "LoadConfig": "fit", "MemoryBreakdown": "fit", "ModelInfo": "model_info",
     "ModelShape": "model_info", "MonitoringReport": "monitor", "Optimization": "health",
     "PerformanceStats": "health", "Switch": "results", "SystemStatus": "hardware",
-    "estimate": "fit", "plan": "fit", "try_fallbacks": "default",
+    "default_manager": "default", "estimate": "fit", "plan": "fit", "try_fallbacks": "default",
 }
 
 
@@ -184,6 +189,7 @@ __all__ = [
     "StorageError",
     "Switch",
     "SystemStatus",
+    "default_manager",
     "estimate",
     "plan",
     "try_fallbacks",

@@ -16,13 +16,13 @@ from typing import Any, Protocol
 from .backends.base import RAW_ROLE, GenerationParams, Message, check_messages
 from .characters import persona, with_persona
 from .chat_run import ChatRun, Piece, Target
-from .errors import AllTargetsFailed, InvalidSettings
+from .errors import AllTargetsFailed, FallbackError, InvalidSettings
 from .failover import FailoverChain
 from .results import Attempt, ChatResult
 from .routing import Primary, Router
 from .settings import FallbackSettings, validate_field
 
-__all__ = ["ChatPlan", "Chats", "Recorder"]
+__all__ = ["ChatPlan", "ChatStream", "Chats", "Recorder"]
 
 
 class Recorder(Protocol):
@@ -46,17 +46,20 @@ class Chats:
         recorder: where results, failures and streamed pieces are counted.
         on_primary_answer: told each time the primary gave a whole answer (the manager
             warms up its fallback then, while nothing is urgent).
+        closed: whether the manager is closed: then every chat is refused.
     """
 
     def __init__(self, *, settings: Callable[[], FallbackSettings], router: Router,
                  recorder: Callable[[], Recorder],
                  on_primary_answer: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 closed: Callable[[], bool] = lambda: False) -> None:
         self._settings = settings
         self._router = router
         self._recorder = recorder
         self._on_primary_answer = on_primary_answer
         self._clock = clock
+        self._closed = closed
         self._last = threading.local()
 
     @property
@@ -84,7 +87,10 @@ class Chats:
              cancel: threading.Event | None, *,
              extra: Mapping[str, Any] | None = None, raw: bool = False) -> ChatPlan:
         """``answer``'s chat, not begun: serve's relay drives its servers on the event loop
-        and hands the rest to ``ChatPlan.pieces``. Bad input raises here."""
+        and hands the rest to ``ChatPlan.pieces``. Bad input raises here, and so does a
+        closed manager (FallbackError)."""
+        if self._closed():
+            raise FallbackError("this manager is closed; make a new FallbackManager")
         checked = check_messages(messages)
         if raw:
             if len(checked) != 1 or checked[0]["role"] != "user":
@@ -119,6 +125,38 @@ class Chats:
 
         return ChatPlan(chain=chain, messages=checked, params=params, servers=servers,
                         locals=locals_, finished=finished, recorder=self._recorder(), cancel=cancel)
+
+
+class ChatStream(Iterator[str]):
+    """The text of one streamed answer, as it comes; ``result`` is its ChatResult once it
+    has ended. Unlike ``last_result`` it does not depend on the thread that read the last
+    piece: an asyncio host reads it with ``asyncio.to_thread(next, stream, None)``."""
+
+    def __init__(self) -> None:
+        self.result: ChatResult | None = None
+        self._pieces: Iterator[Piece] = iter(())
+
+    def __next__(self) -> str:
+        while True:
+            piece = next(self._pieces)
+            if piece.text:
+                return piece.text
+
+    def close(self) -> None:
+        """Stop reading: the request or local generation in flight is closed."""
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
+    def _finished(self, result: ChatResult) -> None:
+        self.result = result
+
+    @classmethod
+    def of(cls, start: Callable[[Callable[[ChatResult], None]], Iterator[Piece]]) -> ChatStream:
+        """The stream of the pieces ``start(done)`` gives, ``done`` keeping their result."""
+        stream = cls()
+        stream._pieces = start(stream._finished)
+        return stream
 
 
 @dataclass

@@ -92,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         manager = FallbackManager(FallbackSettings(**overrides), background=cmd.long_running)
         for problem in [*manager.settings.problems, *manager.settings.folder_problems()]:
             print(f"warning: {problem}", file=sys.stderr)
+        if cmd.long_running:  # serve and ui: said at start, not found out at the first fallback
+            _warn_preferred(manager)
         with manager:
             stop_metrics = manager.metrics.serve(args.metrics_port) if args.metrics_port else None
             try:
@@ -373,6 +375,15 @@ def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
+def _warn_preferred(manager: FallbackManager, *, logged: bool = False) -> None:
+    """A preferred_model no model has (a typo) or one that is unusable, on stderr and in the log."""
+    problem = manager.preferred_problem()
+    if problem is not None:
+        if not logged:
+            log.warning("%s", problem)
+        print(f"warning: {problem}", file=sys.stderr)
+
+
 def _settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="save a setting (repeatable)")
@@ -387,6 +398,8 @@ def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
         manager.reset_settings()
     if changes:
         manager.update_settings(**changes)
+        if "preferred_model" in changes:
+            _warn_preferred(manager, logged=True)  # update_settings logged it
     settings = manager.settings
     if args.json:
         return print_json({

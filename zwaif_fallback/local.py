@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from .backends.base import GenerationParams, LocalBackend, Usage
+from .backends.base import Cancel, GenerationParams, LocalBackend, TargetFailed, Usage
 from .calibration import Calibration
 from .errors import (
     FallbackError,
@@ -108,9 +108,15 @@ class LocalModels:
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         self._reaper_lock = threading.Lock()  # two chats at once start one reaper, not two
+        self._running: set[_Stoppable] = set()  # the generations close() stops
 
     def close(self) -> None:
+        """Stop the generations running now (inside a decode), the reaper, and unload."""
         self._stop.set()
+        with self._reaper_lock:
+            running = list(self._running)
+        for stop in running:
+            stop.set()
         if self._reaper is not None:
             self._reaper.join(timeout=5)
         self.pool.close()
@@ -131,6 +137,18 @@ class LocalModels:
 
     def usable(self) -> list[ModelInfo]:
         return [m for m in self._discover() if m.usable]
+
+    def preferred_problem(self) -> str | None:
+        """Why ``preferred_model`` cannot be the fallback (no model of that name, with the
+        closest names; or a model that is unusable), or None when it can or none is set."""
+        name = self._settings().preferred_model
+        if not name:
+            return None
+        try:
+            self.valid(name)
+        except FallbackError as exc:  # ModelNotFound says "did you mean ...?"
+            return f"preferred_model {name!r} cannot be used, so another model answers: {exc}"
+        return None
 
     def valid(self, name_or_path: str) -> ModelInfo:
         """The model by that name or path; InvalidModelFile when it cannot be used."""
@@ -221,17 +239,24 @@ class LocalModels:
 
     def check_args(self, n_ctx: int | None, gpu_layers: int | None, kv_type: str,
                    free_vram_mb: float | None) -> None:
-        """InvalidSettings naming every argument of ``fit`` that is out of range."""
+        """InvalidSettings naming every argument of ``fit`` that is out of range or not a
+        number (a host's config or UI may hand over text)."""
         problems = []
         low, high = bounds(FallbackSettings.model_fields["n_ctx"]) or (1, 1 << 20)
-        if n_ctx is not None and not low <= n_ctx <= high:  # the setting's range, as the CLI's
+        if n_ctx is not None and not _whole(n_ctx):
+            problems.append(f"n_ctx={n_ctx!r} is not a whole number; allowed: {low:g} to {high:g}")
+        elif n_ctx is not None and not low <= n_ctx <= high:  # the setting's range, as the CLI's
             problems.append(f"n_ctx={n_ctx} is out of range; allowed: {low:g} to {high:g}")
-        if gpu_layers is not None and gpu_layers < -1:
+        if gpu_layers is not None and not _whole(gpu_layers):
+            problems.append(f"gpu_layers={gpu_layers!r} is not a whole number; use -1 (all) or 0 and up")
+        elif gpu_layers is not None and gpu_layers < -1:
             problems.append(f"gpu_layers={gpu_layers} is out of range; use -1 (all) or 0 and up")
-        if kv_type not in KV_TYPES:
+        if not isinstance(kv_type, str) or kv_type not in KV_TYPES:
             problems.append(f"kv_type={kv_type!r} is not valid; allowed: {', '.join(KV_TYPES)}")
-        if free_vram_mb is not None and not 0 <= free_vram_mb <= 1 << 24:
-            problems.append(f"free_vram_mb={free_vram_mb} is out of range; allowed: 0 to {1 << 24}")
+        if free_vram_mb is not None and (isinstance(free_vram_mb, bool)
+                                         or not isinstance(free_vram_mb, int | float)
+                                         or not 0 <= free_vram_mb <= 1 << 24):
+            problems.append(f"free_vram_mb={free_vram_mb!r} is out of range; allowed: 0 to {1 << 24} (MiB)")
         if problems:
             raise InvalidSettings("; ".join(problems), problems=problems)
 
@@ -264,6 +289,8 @@ class LocalModels:
 
     def switch(self, model: ModelInfo) -> None:
         """``FallbackManager.switch_model`` without the saving: release, then fit again."""
+        if self._stop.is_set():
+            raise FallbackError(CLOSED)
         fit = self.fit(model)
         both_fit = fit.compatible and self.pool.current is not None
         if not fit.compatible and self.pool.current is not None:
@@ -309,10 +336,24 @@ class LocalModels:
                params: GenerationParams, *, prefix: str = "", deadline_s: float | None = None,
                cancel: threading.Event | None = None, usage: Usage | None = None) -> Iterator[str]:
         """``model``'s answer, loading it first if needed (``deadline_s`` does not apply:
-        a local model is not waited on, it is run)."""
-        with self.pool.use(model) as backend:
-            self.ensure_reaper()
-            yield from backend.stream(messages, params, prefix=prefix, cancel=cancel, usage=usage)
+        a local model is not waited on, it is run). ``close`` stops it, inside a decode too."""
+        if self._stop.is_set():  # nothing is loaded again after close()
+            raise TargetFailed(CLOSED)
+        stop = _Stoppable(cancel)
+        unhook = cancel.on_set(stop.set) if isinstance(cancel, Cancel) else None
+        with self._reaper_lock:
+            self._running.add(stop)
+        try:
+            with self.pool.use(model) as backend:
+                self.ensure_reaper()
+                yield from backend.stream(messages, params, prefix=prefix, cancel=stop, usage=usage)
+            if self._stop.is_set():
+                raise TargetFailed(CLOSED)
+        finally:
+            with self._reaper_lock:
+                self._running.discard(stop)
+            if unhook is not None:
+                unhook()
 
     # -- ranking, preloading, keep_alive ---------------------------------------------------
 
@@ -383,3 +424,25 @@ class LocalModels:
                 return
             self._reaper = threading.Thread(target=reap, daemon=True, name="zwaif-keep-alive")
             self._reaper.start()
+
+
+def _whole(value: object) -> bool:
+    """An int, or a float with nothing after the point (a UI's number box gives 4096.0)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+#: What a call on a closed manager is told.
+CLOSED = "this manager is closed; make a new FallbackManager"
+
+
+class _Stoppable(Cancel):
+    """A local generation's cancel: set by ``close``, and set whenever the caller's is."""
+
+    def __init__(self, outer: threading.Event | None) -> None:
+        super().__init__()
+        self._outer = outer
+
+    def is_set(self) -> bool:
+        return super().is_set() or (self._outer is not None and self._outer.is_set())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import sys
 from pathlib import Path
 
 __all__ = ["setup_logging"]
@@ -74,7 +75,8 @@ def setup_logging(log_dir: str | Path | None = None, *, level: int = logging.INF
         with open(path, "a", encoding="utf-8"):
             pass  # fail now, not at the first log line, when the folder is not writable
     except OSError as exc:
-        logging.getLogger(__name__).warning("logging to %s is off: %s", directory, exc)
+        # on stderr itself: the package's NullHandler keeps records from Python's last resort
+        print(f"logging to {directory} is off: {exc}", file=sys.stderr)
         return None
     handler.setFormatter(logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))

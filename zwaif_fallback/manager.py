@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from . import completions
 from .backends.base import Message
 from .catalog import Catalog
-from .chats import ChatPlan, Chats
+from .chats import ChatPlan, Chats, ChatStream
 from .completion_request import CompletionRequest
 from .errors import InvalidSettings, StorageError
 from .fit import Compatibility
@@ -76,7 +76,7 @@ class FallbackManager:
                               local_steps=self._local.steps, clock=clock)
         self._chats = Chats(settings=self._current_settings, router=self._router,
                             recorder=lambda: self._measuring.telemetry, on_primary_answer=self._warm_up,
-                            clock=clock)
+                            clock=clock, closed=lambda: self._stop.is_set())
         self._measuring = Measuring(local=self._local, probe=self._probe, settings=lambda: self._settings,
                                     breakers=self._router.breaker_states, switch=self.switch_model,
                                     host_call=lambda: self._router.host_call,
@@ -105,10 +105,27 @@ class FallbackManager:
             StorageError: the settings file cannot be written; nothing changes then.
         """
         with self._settings_lock:
-            self._settings = self._settings.saved(**changes)
+            before, self._settings = self._settings, self._settings.saved(**changes)
         self._local.forget_ranking()
+        if self._settings.preferred_model != before.preferred_model:
+            self._prefer(self._settings.preferred_model)
         self._apply_background()
         return self._settings
+
+    def preferred_problem(self) -> str | None:
+        """Why ``settings.preferred_model`` cannot be the fallback ("did you mean ...?" for a
+        name no model has; the reason for an unusable model), or None when it can."""
+        return self._local.preferred_problem()
+
+    def _prefer(self, name: str) -> None:
+        """A new preferred_model answers the next fallback: the model held now is freed (after
+        its answers end) so that the next one is chosen by ranking; a name that cannot be
+        used is logged, and changes nothing."""
+        problem = self._local.preferred_problem()
+        if problem is not None:
+            log.warning("%s", problem)
+        elif name and self._local.current is not None and self._local.current.name != name:
+            self._local.pool.release()
 
     def reset_settings(self, *, fields: Sequence[str] | None = None) -> FallbackSettings:
         """Forget every saved setting, or those in ``fields``; arguments and the environment
@@ -119,8 +136,10 @@ class FallbackManager:
             StorageError: the settings file cannot be written; nothing changes then.
         """
         with self._settings_lock:
-            self._settings = self._settings.reset(fields)
+            before, self._settings = self._settings, self._settings.reset(fields)
         self._local.forget_ranking()
+        if self._settings.preferred_model != before.preferred_model:
+            self._prefer(self._settings.preferred_model)
         self._apply_background()
         return self._settings
 
@@ -322,14 +341,15 @@ class FallbackManager:
             pass
         return results[0]
 
-    def stream_chat(self, messages: Sequence[Message], primary: Primary = None,
-                    **gen: Any) -> Iterator[str]:
-        """Like ``chat`` but yields the answer as it comes; ``last_result`` holds its ChatResult.
+    def stream_chat(self, messages: Sequence[Message], primary: Primary = None, *,
+                    cancel: threading.Event | None = None, **gen: Any) -> ChatStream:
+        """Like ``chat`` but yields the answer as it comes; once it ends, the stream's
+        ``result`` (and this thread's ``last_result``) holds its ChatResult. Setting ``cancel``
+        stops it from any thread, as for ``stream_chat_completion``.
 
         Bad input raises here, before the first piece.
         """
-        return (piece.text for piece in self._chats.answer(messages, primary, None, gen, None, None)
-                if piece.text)
+        return ChatStream.of(lambda done: self._chats.answer(messages, primary, None, gen, done, cancel))
 
     def chat_completion(self, request: dict[str, Any], *,
                         cancel: threading.Event | None = None) -> dict[str, Any]:
@@ -386,7 +406,8 @@ class FallbackManager:
 
     @property
     def last_result(self) -> ChatResult | None:
-        """This thread's last finished ChatResult (per thread: concurrent chats never mix)."""
+        """This thread's last finished ChatResult (per thread: concurrent chats never mix; a
+        stream read from several threads has its own: ``stream_chat(...).result``)."""
         return self._chats.last_result
 
     def breaker_states(self) -> dict[str, dict[str, Any]]:
@@ -493,7 +514,8 @@ class FallbackManager:
     # -- lifecycle ------------------------------------------------------------------
 
     def close(self) -> None:
-        """Unload models, stop threads, release probes. Safe to call twice."""
+        """Unload models, stop threads (a local answer running now ends within a token),
+        release probes. Safe to call twice; a chat or switch afterwards raises FallbackError."""
         self._stop.set()
         self._pulls.close()  # a running download's partial file stays for the next pull
         self._measuring.close()

@@ -12,14 +12,15 @@ local models ignore them, except a request for tools, which they refuse.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
 from .backends.base import RAW_ROLE, Cancel, GenerationParams, TargetFailed
-from .backends.host import HostBackend
+from .backends.host import HostBackend, identity
 from .backends.ollama import OllamaBackend, is_ollamas_v1
 from .backends.openai import OpenAIBackend
 from .breaker import BreakerState, CircuitBreaker, ProbeOutcome
@@ -36,7 +37,8 @@ __all__ = ["HOST_PREFIX", "USUAL_MAIN_APIS", "Router", "chain_text", "primary_br
 log = logging.getLogger(__name__)
 
 _VERDICT_RANK = {"gpu": 0, "partial": 1, "cpu": 2}
-Primary = str | Callable[..., Any] | None
+#: None, a base URL, or the host's own call ``(messages, **gen) -> str | Iterator[str]``
+Primary = str | Callable[..., str | Iterable[str]] | None
 
 
 def rank_local(fits: list[tuple[ModelInfo, Compatibility]], preferred: str) -> list[ModelInfo]:
@@ -72,6 +74,7 @@ class Router:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._remotes: dict[tuple[str, str, str, type[OpenAIBackend]], OpenAIBackend] = {}
         self._host_call: str | None = None  # the latest chat's primary, when a host's own call
+        self._host_names: dict[Hashable, str] = {}  # host callables' names, oldest first
 
     @property
     def host_call(self) -> str | None:
@@ -116,7 +119,7 @@ class Router:
             personified = {**extra, "messages": with_persona(extra["messages"], persona)}
         self._host_call = None
         if callable(primary):
-            host = HostBackend(primary)
+            host = HostBackend(primary, self._host_name(primary))
             self._host_call = HOST_PREFIX + host.name
             servers.append(Target(name=HOST_PREFIX + host.name, source="primary", stream=host.stream,
                                   breaker=self.breaker(HOST_PREFIX + host.name),
@@ -142,6 +145,25 @@ class Router:
     def _local_order(self, *first: ModelInfo | None) -> Iterator[ModelInfo | None]:
         yield from first
         yield from self._ranked()  # only now: a chain that never gets here never ranks
+
+    def _host_name(self, call: Callable[..., Any]) -> str:
+        """The host callable's name, which names its breaker: its ``__qualname__``, with
+        ``#2``, ``#3``... for another callable of the same name (``host.identity``: another
+        closure, another object's method). The last ``HOST_CALLS_KEPT`` are remembered."""
+        key = identity(call)
+        base = getattr(call, "__qualname__", None) or getattr(getattr(call, "__func__", None),
+                                                             "__qualname__", None) or "host"
+        with self._lock:
+            name = self._host_names.pop(key, None)
+            if name is None:
+                taken = set(self._host_names.values())
+                names = itertools.chain([base], (f"{base}#{i}" for i in itertools.count(2)))
+                name = next(n for n in names if n not in taken)
+            self._host_names[key] = name  # now the newest
+            while len(self._host_names) > HOST_CALLS_KEPT:
+                forgotten = self._host_names.pop(next(iter(self._host_names)))
+                self._breakers.pop(HOST_PREFIX + forgotten, None)
+            return name
 
     def breaker(self, name: str) -> CircuitBreaker:
         with self._lock:
@@ -214,6 +236,8 @@ class Router:
 
 #: A host's own API call, passed as the primary, has a breaker named this, then its name.
 HOST_PREFIX = "host:"
+#: How many host callables (and their breakers) a router tells apart at most.
+HOST_CALLS_KEPT = 64
 
 
 def primary_breakers(names: Iterable[str], primary_url: str, host_call: str | None = None) -> list[str]:

@@ -2,16 +2,50 @@
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 from .base import Backend, GenerationParams, TargetFailed, Usage
 
-__all__ = ["HostBackend"]
+__all__ = ["HostBackend", "identity"]
 
 # Errors of the host's call that are worth a retry: network trouble, timeouts.
 RETRYABLE = (TimeoutError, ConnectionError, OSError)
+
+
+def identity(call: Callable[..., Any]) -> Hashable:
+    """What tells one host callable from another, for its breaker: its code and what it
+    closes over, so that a lambda made anew for each chat is still one target, while
+    closures over another user or bot (or another method's object) are not."""
+    func = getattr(call, "__func__", None)
+    if func is not None:  # a bound method: a new object at each attribute access
+        return ("method", identity(func), _value(getattr(call, "__self__", None)))
+    if isinstance(call, functools.partial):
+        return ("partial", identity(call.func), tuple(_value(a) for a in call.args),
+                tuple(sorted((k, _value(v)) for k, v in call.keywords.items())))
+    code = getattr(call, "__code__", None)
+    if code is None:  # a callable object
+        return ("object", _value(call))
+    cells = tuple(_value(_contents(cell)) for cell in (getattr(call, "__closure__", None) or ()))
+    return ("function", code, cells)
+
+
+def _contents(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell: a name assigned after the function was made
+        return None
+
+
+def _value(value: Any) -> Hashable:
+    """Equal values alike (the same user id made twice); anything else by its identity."""
+    try:
+        hash(value)
+    except Exception:  # TypeError, or a __hash__ of the host's own that fails
+        return ("id", id(value))
+    return ("value", type(value).__qualname__, value)
 
 
 class HostBackend(Backend):
@@ -28,7 +62,9 @@ class HostBackend(Backend):
                cancel: threading.Event | None = None, usage: Usage | None = None) -> Iterator[str]:
         # The host's callable returns text only: ``usage`` stays unknown rather than guessed.
         sent = messages + ([{"role": "assistant", "content": prefix}] if prefix else [])
-        gen = params.model_dump(exclude_none=True)
+        # only what the caller chose, as a server is sent: the host's API keeps its own
+        # presets (max_tokens, temperature, top_p) for the rest
+        gen = params.model_dump(include=set(params.model_fields_set), exclude_none=True)
         if not gen.get("stop"):
             gen.pop("stop", None)
         try:

@@ -203,8 +203,11 @@ class LlamaCppBackend(LocalBackend):
                 unhook()
             abort.clear()
             # The stream's chunks are not tokens (a multi-byte character waits for its last
-            # token), so the answer is counted with the model's own tokenizer: ~0.1 ms.
-            if self._llm is not None:
+            # token), so the answer is counted with the model's own tokenizer: ~0.1 ms. An
+            # answer cut by its length generated its whole budget, whose last tokens may be
+            # a character never finished, so never delivered: that budget is the count.
+            cut = usage.finish_reason == "length" and usage.completion_tokens
+            if not cut and self._llm is not None:
                 text = "".join(pieces).encode("utf-8")
                 usage.completion_tokens = len(self._llm.tokenize(text, add_bos=False, special=True)) \
                     if text else 0
@@ -301,6 +304,7 @@ class LlamaCppBackend(LocalBackend):
             raise TargetFailed(f"the prompt is {len(prompt)} tokens; {self.name} is loaded with "
                                f"n_ctx={self.n_ctx}: shorten the history or raise n_ctx")
         max_tokens = min(params.max_tokens, self.n_ctx - len(prompt))
+        usage.completion_tokens = max_tokens  # the count when it ends by length (``_generate``)
         if params.seed is not None:
             # Reusing the cached prompt prefix evaluates it in other batch shapes, which
             # changes the floats a little; with a seed the caller wants the same answer twice.
