@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from servers import refused_url
 
 from zwaif_fallback.cli_text import cells, table
 
@@ -185,6 +186,17 @@ def test_a_model_that_cannot_load_is_passed_by_in_chat_and_fails_bench_with_or_w
     check = cli_json("check", "weird", cwd=isolated)  # llama.cpp's dry run refuses it: was "cpu"
     assert (check["verdict"], check["compatible"]) == ("none", False)
     assert "unknown model architecture" in check["reason"]
+
+
+def test_a_chat_whose_history_cannot_be_saved_says_so_on_stderr_and_in_json(isolated):
+    # a data_dir that names a file: the failover attempts were dropped, and nothing said so
+    (isolated / "datafile").write_text("not a folder")
+    env = {"FALLBACK_DATA_DIR": str(isolated / "datafile"), "FALLBACK_PRIMARY_URL": refused_url()}
+    result = run_cli("chat", "Say hi.", "--max-tokens", "2", "--json", cwd=isolated, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    problem = json.loads(result.stdout)["history_problem"]
+    assert "is a file, not a folder" in problem
+    assert f"warning: history not saved: {problem}" in result.stderr
 
 
 def test_a_models_dir_that_is_not_there_is_warned_of(isolated):
