@@ -163,12 +163,14 @@ def test_a_write_waits_for_no_lock_and_is_saved_once_the_lock_goes(tmp_path):
     assert store.calibration("m", "ctx=4096", "cpu") == 1.1 and store.problem is None
 
 
-def test_queued_writes_are_saved_when_the_store_closes(tmp_path):
+def test_queued_writes_are_saved_when_the_store_closes_and_it_still_works_after(tmp_path):
     store = Store(tmp_path)
     for _ in range(20):
         store.add_attempts([{"target": "smol", "source": "local", "ok": False, "error": "x"}])
     store.close()
     assert len(Store(tmp_path).failovers()) == 20
+    store.add_attempts([{"target": "smol", "source": "local", "ok": True}])  # as before: reopens
+    assert len(store.failovers()) == 21 and store.problem is None
 
 
 QUEUE_AT_EXIT = """

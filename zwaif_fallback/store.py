@@ -97,7 +97,6 @@ class Store:
         self._pruned_at: float | None = None  # when old failover attempts were last deleted
         self.notices: list[str] = []  # what happened to it (a corrupt file moved aside)
         self._writer = BackgroundWriter(self._write_batch)
-        _open_stores.add(self)
 
     # -- connection -------------------------------------------------------------
 
@@ -216,6 +215,7 @@ class Store:
         return self._writer.flush(timeout)
 
     def _queue(self, what: str, run: Callable[[sqlite3.Connection], None]) -> None:
+        _open_stores.add(self)  # flushed at exit (again, after a close)
         if not self._writer.put(Write(what, run)):
             self._write_failed = True
             self.problem = (f"history is not being saved fast enough: {self._writer.dropped} "

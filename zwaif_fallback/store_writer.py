@@ -46,16 +46,17 @@ class BackgroundWriter:
         self.dropped = 0  # writes dropped because the queue was full
 
     def put(self, write: Write) -> bool:
-        """Queue a write; False when it was dropped (the queue is full, or the writer closed)."""
+        """Queue a write; False when it was dropped (the queue is full)."""
         with self._cond:
-            if self._closed or len(self._queue) >= self._capacity:
+            if len(self._queue) >= self._capacity:
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 100 == 0:
                     log.warning("history writes are falling behind: %d dropped so far (%s)",
                                 self.dropped, write.what)
                 return False
             self._queue.append(write)
-            if self._thread is None:
+            if self._thread is None:  # the first write, or the first since close()
+                self._closed = False
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
                 self._thread.start()
             self._cond.notify_all()
@@ -67,22 +68,23 @@ class BackgroundWriter:
             return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
 
     def close(self, timeout: float | None = None) -> bool:
-        """Run what is queued, then stop the thread; later writes are dropped."""
+        """Run what is queued, then stop the thread (a later write starts another)."""
         done = self.flush(timeout)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            thread = self._thread
+            thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         return done
 
     def _loop(self) -> None:
+        me = threading.current_thread()
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._closed)
+                self._cond.wait_for(lambda: self._queue or self._closed or self._thread is not me)
                 if not self._queue:
-                    return  # closed and drained
+                    return  # closed (or replaced after a close) and drained
                 batch = list(self._queue)
                 self._queue.clear()
                 self._busy = len(batch)
