@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import run_cli
+from servers import refused_url
 
 from zwaif_fallback import FallbackManager, FallbackSettings
 from zwaif_fallback.cli_text import cells, table
@@ -198,6 +199,17 @@ def test_a_failure_with_json_is_a_json_object_on_stdout_too(isolated):
     refused = run_cli("settings", "--set", "n_ctx=1", "--json", cwd=isolated)
     said = json.loads(refused.stdout)["error"]
     assert (refused.returncode, said["type"]) == (2, "InvalidSettings") and "n_ctx" in said["problems"][0]
+
+
+def test_a_chat_whose_history_cannot_be_saved_says_so_on_stderr_and_in_json(isolated):
+    # a data_dir that names a file: the failover attempts were dropped, and nothing said so
+    (isolated / "datafile").write_text("not a folder")
+    env = {"FALLBACK_DATA_DIR": str(isolated / "datafile"), "FALLBACK_PRIMARY_URL": refused_url()}
+    result = run_cli("chat", "Say hi.", "--max-tokens", "2", "--json", cwd=isolated, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    problem = json.loads(result.stdout)["history_problem"]
+    assert "is a file, not a folder" in problem
+    assert f"warning: history not saved: {problem}" in result.stderr
 
 
 def test_a_models_dir_that_is_not_there_is_warned_of(isolated):

@@ -134,3 +134,26 @@ def test_status_cli_names_who_holds_the_vram():
     result = run_cli("status", fake_gpus=json.dumps(gpu_held_by([{"pid": me, "used_mb": 1536}])))
     assert result.returncode == 0, result.stderr
     assert f"  held by : {psutil.Process(me).name()} (pid {me}, 1.5 GiB)" in result.stdout
+
+
+def test_the_cpu_reading_is_current_in_a_thread_that_never_read_it():
+    # psutil >= 6 keeps cpu_percent's window per thread: a sampler's or a web worker's
+    # first reading was 0.0 on a busy machine
+    probe = HardwareProbe(nvml=FakeNvml([]))
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    seen: list[float] = []
+    try:
+        reader = threading.Thread(target=lambda: seen.append(probe.status(refresh=True).cpu_percent))
+        reader.start()
+        reader.join(30)
+    finally:
+        stop.set()
+        spinner.join(30)
+    assert seen and 0.0 < seen[0] <= 100.0

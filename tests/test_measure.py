@@ -14,6 +14,7 @@ from fake_nvml.pynvml import FakeNvml
 from servers import free_port, refused_url, wait_until
 
 from zwaif_fallback import (
+    AllTargetsFailed,
     Busy,
     FallbackManager,
     FallbackSettings,
@@ -280,7 +281,7 @@ def test_monitoring_starts_reports_live_and_stops_early(models_dir):
         assert live.running and live.samples[0].ram_used_mb > 0
         report = manager.stop_monitoring()
         assert report.stopped_early and not report.running
-        assert set(report.summary) >= {"ram_used_mb", "cpu_percent", "tokens_per_s"}
+        assert set(report.summary) >= {"ram_used_mb", "cpu_percent"}
         assert manager.monitor_history()[0]["stopped_early"] is True
 
 
@@ -370,6 +371,9 @@ def test_cli_monitor_runs_a_whole_session(isolated):
     assert (data["duration_s"], data["interval_s"], data["stopped_early"]) == (10, 2, False)
     assert len(data["samples"]) == 6 and data["samples"][-1]["t_s"] >= 9.9
     assert set(data["summary"]["ram_used_mb"]) == {"min", "mean", "max", "p95"}
+    # this process generates nothing: its tokens/s is not a measured 0 (serve's is on /metrics)
+    assert {s["tokens_per_s"] for s in data["samples"]} == {None}
+    assert "tokens_per_s" not in data["summary"] and data["history_problem"] is None
 
 
 def test_auto_optimize_follows_a_change_of_free_vram(models_dir):
@@ -423,3 +427,52 @@ def test_background_work_follows_settings_changes(models_dir):
                    what="the optimizer started by the new setting")
         manager.update_settings(auto_optimize_vram=False)
         assert manager.background_work() == []
+
+
+def test_health_counts_the_primary_requests_that_went_straight_through(models_dir):
+    # 11 of 12 requests answered: only the one that failed was a "failover event", and the
+    # rate read "1 of 1 failed", score 0, "start it"
+    answers = iter(["Hi."] * 10 + [ConnectionError("down")] + ["Hi."])
+
+    def zwaif_api(messages, **gen):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with make(models_dir) as manager:
+        sources = [manager.chat([{"role": "user", "content": "hi"}], primary=zwaif_api,
+                                max_tokens=2).source for _ in range(12)]
+        primary = manager.health().factors["primary"]
+    assert sources.count("primary") == 11
+    assert (primary.score, primary.detail) == (92, "1 of 12 primary requests failed in the last hour")
+
+
+def test_health_says_history_is_not_being_saved_rather_than_no_failures(isolated, models_dir):
+    blocker = isolated / "not-a-folder"
+    blocker.write_text("")
+    with make(models_dir, data_dir=blocker / "data") as manager:
+        manager.chat([{"role": "user", "content": "hi"}], primary=refused_url(), max_tokens=2)
+        report = manager.health()
+    errors = report.factors["errors"]
+    assert errors.detail.startswith("unknown: history is not being saved") and errors.score < 100
+    assert any(r.startswith("History is not being saved") and "data_dir" in r
+               for r in report.recommendations)
+
+
+def test_health_says_nothing_can_answer_when_no_model_fits_and_no_main_api_is_set(isolated, monkeypatch):
+    import psutil
+
+    # a machine with 50 MiB of RAM free: the bundled SmolLM2 needs 300 (psutil's reading, faked)
+    low = psutil.virtual_memory()._replace(available=50 * 2**20)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: low)
+    (isolated / "empty").mkdir()
+    with make(isolated / "empty") as manager:
+        report = manager.health()
+        with pytest.raises(AllTargetsFailed) as failed:
+            manager.chat([{"role": "user", "content": "hi"}], max_tokens=2)
+    assert f"no local model fits: {SMOL} " in str(failed.value)  # not "no targets configured"
+    assert report.status == "Poor" and report.optimal_model is None
+    assert report.factors["primary"].score == 0 and "no local model fits" in report.factors["model"].detail
+    assert any(r.startswith("Nothing can answer a chat") for r in report.recommendations)
+    assert "every answer is local" not in report.factors["primary"].detail

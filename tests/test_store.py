@@ -3,6 +3,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,7 @@ def test_the_latest_calibration_gives_the_correction(tmp_path):
 
 WRITER = """
 import sys
+import threading
 from zwaif_fallback.store import Store
 store = Store(sys.argv[1])
 for i in range(50):
@@ -139,3 +141,102 @@ def test_an_unusable_folder_is_reported_not_raised(tmp_path):
     store = Store(Path(blocker) / "data")
     store.add_benchmark({"model": "m", "ok": True})
     assert store.benchmarks() == [] and store.problem
+
+
+def test_a_write_waits_for_no_lock_and_is_saved_once_the_lock_goes(tmp_path):
+    # another program (DB Browser with unsaved edits) holds the database in a write
+    # transaction: a chat's attempts used to wait out the 10 s busy timeout on the chat
+    # path, and were lost after it
+    store = Store(tmp_path)
+    store.add_benchmark({"model": "m", "ok": True})
+    holder = sqlite3.connect(tmp_path / "history.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
+        store.add_calibration("m", "ctx=4096", "cpu", estimated_mb=100.0, measured_mb=110.0)
+        assert store.problem is None  # returned before any wait on the database
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.flush(60)
+    assert [e["target"] for e in store.failovers()] == ["smol"]
+    assert store.calibration("m", "ctx=4096", "cpu") == 1.1 and store.problem is None
+
+
+def test_queued_writes_are_saved_when_the_store_closes_and_it_still_works_after(tmp_path):
+    store = Store(tmp_path)
+    for _ in range(20):
+        store.add_attempts([{"target": "smol", "source": "local", "ok": False, "error": "x"}])
+    store.close()
+    assert len(Store(tmp_path).failovers()) == 20
+    store.add_attempts([{"target": "smol", "source": "local", "ok": True}])  # as before: reopens
+    assert len(store.failovers()) == 21 and store.problem is None
+
+
+QUEUE_AT_EXIT = """
+import sys
+import threading
+from zwaif_fallback.store import Store
+store = Store(sys.argv[1])
+for _ in range(30):
+    store.add_attempts([{"target": "smol", "source": "local", "ok": False, "error": "x"}])
+"""
+
+
+def test_queued_writes_are_saved_when_the_process_exits_without_closing(tmp_path):
+    writer = subprocess.run([sys.executable, "-c", QUEUE_AT_EXIT, str(tmp_path)], cwd=ROOT, timeout=60)
+    assert writer.returncode == 0
+    assert len(Store(tmp_path).failovers()) == 30
+
+
+def test_every_request_is_counted_straight_through_ones_too(tmp_path):
+    store = Store(tmp_path)
+    ok = {"target": "http://x/v1", "source": "primary", "ok": True, "latency_s": 0.1}
+    for _ in range(11):
+        store.add_attempts([ok], events=False)  # answered straight away: no failover event
+    store.add_attempts([ok | {"ok": False, "error": "refused"},
+                        {"target": "smol", "source": "local", "ok": True}])
+    assert store.request_counts(since_s=3600) == {("http://x/v1", "primary"): (11, 1),
+                                                  ("smol", "local"): (1, 0)}
+    assert len(store.failovers()) == 2
+
+
+def test_a_full_queue_drops_writes_and_says_how_many(tmp_path):
+    from zwaif_fallback.store_writer import BackgroundWriter, Write
+
+    release = threading.Event()
+    ran: list[str] = []
+    writer = BackgroundWriter(lambda batch: (release.wait(60), ran.extend(w.what for w in batch)),
+                              capacity=2)
+    assert writer.put(Write("first", print))  # taken by the thread, which then waits
+    while not writer.put(Write("queued", print)):
+        pass
+    results = [writer.put(Write(f"more {i}", print)) for i in range(5)]
+    release.set()
+    assert writer.flush(60) and writer.dropped == results.count(False) >= 4
+    assert ran[0] == "first" and "queued" in ran
+
+
+def test_another_programs_database_is_moved_aside_and_replaced(tmp_path):
+    conn = sqlite3.connect(tmp_path / "history.sqlite3")
+    conn.execute("CREATE TABLE benchmarks (name TEXT, score REAL)")
+    conn.execute("INSERT INTO benchmarks VALUES ('theirs', 1.0)")
+    conn.commit()
+    conn.close()
+    store = Store(tmp_path)
+    store.add_benchmark({"model": "m", "ok": True})
+    assert [b["model"] for b in store.benchmarks()] == ["m"] and store.problem is None
+    assert "not zwaif-fallback's" in store.notices[0]
+    (aside,) = tmp_path.glob("history.sqlite3.foreign-*")
+    assert sqlite3.connect(aside).execute("SELECT name FROM benchmarks").fetchall() == [("theirs",)]
+
+
+def test_a_database_from_a_newer_version_is_refused_and_left_alone(tmp_path):
+    conn = sqlite3.connect(tmp_path / "history.sqlite3")
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    store = Store(tmp_path)
+    session = store.add_monitor_session({"duration_s": 1, "interval_s": 1, "samples": []})
+    assert session is None and "newer zwaif-fallback" in (store.problem or "")
+    assert "move the file aside" in (store.problem or "")
+    assert list(tmp_path.glob("history.sqlite3.*")) == []

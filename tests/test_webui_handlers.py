@@ -656,7 +656,10 @@ def test_monitoring_start_poll_stop_gives_samples_and_a_summary(manager: Fallbac
     status, memory, load, summary, timer = handlers.stop_monitoring()
     assert "stopped early" in status and timer == compat.timer_update(active=False)
     assert {"RAM used (MiB)", "CPU (%)", "tokens/s"} <= set(summary["metric"])
-    assert (summary["min"] <= summary["max"]).all()
+    measured = summary[summary["metric"] != "tokens/s"]
+    assert (measured["min"] <= measured["max"]).all()
+    # nothing was generated in this process: its tokens/s is blank, not a measured 0
+    assert summary[summary["metric"] == "tokens/s"][["min", "max"]].isna().all(axis=None)
 
 
 def test_stopping_monitoring_that_never_started_warns(manager: FallbackManager) -> None:
@@ -742,3 +745,14 @@ def test_the_tabs_on_loopback_refuse_a_name_that_is_not_this_machines(manager: F
         blocks.close()
     assert [r.status_code for r in foreign] == [403, 403, 403] and here.status_code == 200
     assert "answers requests for this machine only" in foreign[0].json()["error"]["message"]
+
+
+def test_the_health_tab_says_when_history_is_not_being_saved(tmp_path: Path, models_dir: Path) -> None:
+    (tmp_path / "datafile").write_text("not a folder")
+    with FallbackManager(FallbackSettings(
+            models_dir=models_dir, scan_system_stores=False, keep_alive=0,
+            settings_file=tmp_path / "fallback_settings.json", data_dir=tmp_path / "datafile")) as m:
+        _, factors, recommendations = HealthHandlers(m).refresh_health()
+    (errors,) = factors[factors["factor"] == "errors"]["detail"]
+    assert errors.startswith("unknown: history is not being saved")  # not "0 failed attempts"
+    assert "History is not being saved" in recommendations and "is a file, not a folder" in recommendations

@@ -327,8 +327,10 @@ def performance_markdown(stats: PerformanceStats) -> str:
 
 
 def summary_frame(summary: Mapping[str, MetricSummary]) -> pd.DataFrame:
-    rows = [[SAMPLE_LABELS.get(name, name), round(s.min, 1), round(s.mean, 1), round(s.max, 1),
-             round(s.p95, 1)] for name, s in summary.items()]
+    rows: list[list[Any]] = [[SAMPLE_LABELS.get(name, name), round(s.min, 1), round(s.mean, 1),
+                              round(s.max, 1), round(s.p95, 1)] for name, s in summary.items()]
+    if summary and "tokens_per_s" not in summary:  # this process generated nothing: not a 0
+        rows.append([SAMPLE_LABELS["tokens_per_s"], None, None, None, None])
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 

@@ -122,6 +122,9 @@ class HealthHandlers:
         except FallbackError as exc:
             fmt.failure(exc, "Reading history")
             return gr.skip(), gr.skip()
+        problem = self.manager.store_problem()
+        if problem:  # the charts would look complete; what is not being saved is missing
+            gr.Warning(f"History is not being saved: {problem}")
         return (compat.colored(charts.benchmark_history_frame(benchmarks), "model", charts.MODEL_COLORS),
                 compat.colored(charts.failover_history_frame(failovers), "outcome", charts.OUTCOME_COLORS))
 

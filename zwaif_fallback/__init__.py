@@ -22,8 +22,8 @@ and to having no import cycle.
     discovery     catalog, pull, pull_plan, download, hub, hub_api, hub_headers, hub_body, hub_http,
                   hub_models, model_info, locations, gguf_lending, gguf_header, gguf_cursor,
                   safetensors_header, ggml
-    base          settings, settings_fields, settings_file, hardware, ggml_devices, store, errors, units, net,
-                  files, logs, _model
+    base          settings, settings_fields, settings_file, hardware, ggml_devices, store, store_schema,
+                  store_writer, errors, units, net, files, logs, _model
 
 * porches: the CLI (cli_parser: its subcommands and their arguments; cli_text: what it
   prints; cli_process: its stdout, its failures and its signals), ``try_fallbacks`` on a
@@ -64,8 +64,9 @@ and to having no import cycle.
   download: one file's bytes, verified).
 * base: settings (settings_fields: the kinds of value a field takes, and its range in words;
   settings_file: the file on disk), hardware probes (hardware; ggml_devices: llama.cpp's own
-  device list), the SQLite store, the errors, and small helpers (units: sizes for people;
-  net: which hosts are loopback; files: text as Windows tools save it, and a rename that
+  device list), the SQLite store (store_schema: its migrations, and whether a file is ours;
+  store_writer: its writer thread, off the chat path), the errors, and small helpers (units:
+  sizes for people; net: which hosts are loopback; files: text as Windows tools save it, and a rename that
   waits for a scanner).
 """
 

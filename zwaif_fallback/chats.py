@@ -103,7 +103,8 @@ class Chats:
         elif primary is not None and not callable(primary):
             raise InvalidSettings("primary must be a base URL, a callable, or None")
         chain = FailoverChain(timeout_s=settings.timeout, max_retries=settings.max_retries,
-                              auto_switch=settings.auto_switch, clock=self._clock, cancel=cancel)
+                              auto_switch=settings.auto_switch, clock=self._clock, cancel=cancel,
+                              why_no_local=self._router.why_no_local)
         request_extra = dict(extra or {})
         # a request naming a text-generation-webui character: its persona, for the local models
         # here, and for the servers that know no characters (``Router.server_targets``)

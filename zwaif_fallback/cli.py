@@ -282,7 +282,8 @@ def cmd_chat(manager: FallbackManager, args: argparse.Namespace) -> int:
             print(f"warning: {exc}; the chat goes on without it", file=sys.stderr)
     messages = [{"role": "user", "content": args.prompt}]
     if args.json:
-        return print_json(manager.chat(messages, max_tokens=args.max_tokens).model_dump())
+        answer = manager.chat(messages, max_tokens=args.max_tokens).model_dump()
+        return print_json(answer | _history_said(manager))
     try:
         for piece in manager.stream_chat(messages, max_tokens=args.max_tokens):
             sys.stdout.write(piece)
@@ -292,7 +293,18 @@ def cmd_chat(manager: FallbackManager, args: argparse.Namespace) -> int:
     done = manager.last_result
     if done is not None:
         print(format_chat_footer(done), file=sys.stderr)
+    _history_said(manager)
     return 0
+
+
+def _history_said(manager: FallbackManager) -> dict[str, str | None]:
+    """For a command that saves history: a line on stderr when it was not saved (or the file
+    was moved aside), and ``history_problem`` for its --json (None when all was saved)."""
+    lines = [*manager.store_notices(), *filter(None, [manager.store_problem()])]
+    for line in lines:
+        print(f"warning: history not saved: {line}" if line.startswith("history database unavailable")
+              or line.startswith("history is not") else f"warning: {line}", file=sys.stderr)
+    return {"history_problem": "; ".join(lines) or None}
 
 
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -314,10 +326,12 @@ def cmd_bench(manager: FallbackManager, args: argparse.Namespace) -> int:
         results = [manager.benchmark(args.model, args.prompt, progress)]
     failed = not all(r.ok or (r.error or "").startswith("skipped") for r in results)
     if args.json:  # the same status either way: a script reads it, not the text
-        print_json([r.model_dump(exclude={"checks"}) for r in results])
+        said = _history_said(manager)
+        print_json([r.model_dump(exclude={"checks"}) | said for r in results])
         return int(failed)
     print(file=sys.stderr)
     print(format_benchmarks(results))
+    _history_said(manager)
     return int(failed)
 
 
@@ -368,10 +382,11 @@ def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
         interrupted = True
     report = manager.stop_monitoring()
     if args.json:
-        print_json(report.model_dump())
+        print_json(report.model_dump() | _history_said(manager))
     else:
         print(file=sys.stderr)
         print(format_monitor_summary(report))
+        _history_said(manager)
     return 130 if interrupted else 0
 
 

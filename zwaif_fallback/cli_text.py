@@ -192,12 +192,16 @@ def format_chat_footer(done: ChatResult) -> str:
 def format_sample(s: Sample) -> str:
     """One monitoring sample, as the live line shows it."""
     return (f"{s.t_s:6.1f} s  RAM {s.ram_used_mb:8.0f} MiB  CPU {s.cpu_percent:5.1f}%  "
-            f"{s.tokens_per_s:5.1f} tok/s")
+            + (f"{s.tokens_per_s:5.1f} tok/s" if s.tokens_per_s is not None else "  n/a tok/s"))
 
 
 def format_monitor_summary(report: MonitoringReport) -> str:
-    return "\n".join(f"{name:<20} min {m.min:10.1f}  mean {m.mean:10.1f}  max {m.max:10.1f}  "
-                     f"p95 {m.p95:10.1f}" for name, m in report.summary.items())
+    lines = [f"{name:<20} min {m.min:10.1f}  mean {m.mean:10.1f}  max {m.max:10.1f}  p95 {m.p95:10.1f}"
+             for name, m in report.summary.items()]
+    if "tokens_per_s" not in report.summary:
+        lines.append(f"{'tokens_per_s':<20} n/a: nothing was generated in this process (a serve "
+                     "running beside it shows its rate on /metrics)")
+    return "\n".join(lines)
 
 
 def format_settings(settings: FallbackSettings) -> str:

@@ -192,12 +192,14 @@ class NotAllowed(FallbackError):
 
 
 class AllTargetsFailed(FallbackError):
-    """Every target of the failover chain failed; ``attempts`` says how."""
+    """Every target of the failover chain failed: ``attempts`` says how, ``note`` why no local one ran."""
 
-    def __init__(self, attempts: Sequence[Any]) -> None:
+    def __init__(self, attempts: Sequence[Any], *, note: str = "") -> None:
         self.attempts = list(attempts)
+        self.note = note
         lines = "; ".join(
-            f"{getattr(a, 'target', '?')}: {getattr(a, 'error', '?')}" for a in self.attempts
+            [f"{getattr(a, 'target', '?')}: {getattr(a, 'error', '?')}" for a in self.attempts]
+            + ([note] if note else [])
         )
         super().__init__(f"no target could answer ({lines or 'no targets configured'})")
 

@@ -112,8 +112,10 @@ class FailoverChain:
 
     def __init__(self, *, timeout_s: float, max_retries: int, stall_s: float | None = None,
                  auto_switch: bool = True, clock: Callable[[], float] = time.perf_counter,
-                 cancel: threading.Event | None = None) -> None:
+                 cancel: threading.Event | None = None,
+                 why_no_local: Callable[[], str] | None = None) -> None:
         self.timeout_s = timeout_s
+        self._why_no_local = why_no_local  # named in the failure when no local model was tried
         self.max_retries = max_retries
         self.stall_s = stall_s if stall_s is not None else timeout_s
         self.auto_switch = auto_switch
@@ -159,7 +161,9 @@ class FailoverChain:
                 return
             if not run.settled(usage):
                 break
-        raise AllTargetsFailed(run.attempts)
+        tried_local = any(a.source == "local" for a in run.attempts)
+        why = self._why_no_local() if self._why_no_local is not None and not tried_local else ""
+        raise AllTargetsFailed(run.attempts, note=why)
 
     def _check_cancel(self) -> None:
         if self._cancel is not None and self._cancel.is_set():

@@ -312,7 +312,11 @@ class HardwareProbe:
         self._llama_gpu_names: list[str] | None = None
         self._llama_read = False
         self._created = time.monotonic()
-        psutil.cpu_percent(interval=None)  # opens psutil's first measuring window
+        # the CPU's busy share is measured between two readings of its times, kept here:
+        # psutil.cpu_percent(interval=None) keeps its own per thread (psutil >= 6), so the
+        # first read in each thread (a sampler's, a web worker's) was a meaningless 0.0
+        self._cpu_times = psutil.cpu_times()
+        self._cpu_busy = 0.0
 
     def status(self, *, refresh: bool = False) -> SystemStatus:
         """The machine now, or as seen less than ``ttl_s`` ago."""
@@ -395,4 +399,24 @@ class HardwareProbe:
         if not self._cpu_primed:
             self._cpu_primed = True
             time.sleep(max(0.0, 0.1 - (time.monotonic() - self._created)))
-        return float(psutil.cpu_percent(interval=None))
+        now = psutil.cpu_times()
+        busy = _busy_percent(self._cpu_times, now)
+        if busy is not None:  # no tick since the last reading: the last figure stands
+            self._cpu_times, self._cpu_busy = now, busy
+        return self._cpu_busy
+
+
+def _busy_percent(before: Any, after: Any) -> float | None:
+    """The CPU's busy share between two ``psutil.cpu_times()`` readings, as psutil computes
+    it (guest time is inside user time already; idle and iowait are not busy); None when no
+    time passed between them."""
+    def total(t: Any) -> float:
+        return float(sum(t)) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+    def busy(t: Any) -> float:
+        return total(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    elapsed = total(after) - total(before)
+    if elapsed <= 0:
+        return None
+    return min(max(100.0 * (busy(after) - busy(before)) / elapsed, 0.0), 100.0)

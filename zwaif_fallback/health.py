@@ -159,6 +159,13 @@ class HealthInputs:
     primary_name: str = ""  # its URL, or ``host:<name>`` for a host's own API call
     ollamas_v1_primary: str = ""  # the primary's URL when it is Ollama's /v1 (``is_ollamas_v1``)
     recent_attempts: list[dict[str, Any]] = field(default_factory=list)  # the last hour
+    #: the primary's (ok, failed) requests of the last hour, straight-through ones included;
+    #: None: unknown, and the rate is read from ``recent_attempts``
+    primary_counts: tuple[int, int] | None = None
+    remotes: int = 0  # servers in remote_urls: they answer when the main API does not
+    models_dir: str = ""  # where a local model is looked for (named when none is found)
+    history_problem: str | None = None  # why history is not being saved now (Store.problem)
+    history_notices: list[str] = field(default_factory=list)  # what happened to it (moved aside)
     speed_history: list[float] = field(default_factory=list)  # current model's gen_tps, newest first
     lower_ctx_fits: int | None = None  # an n_ctx at which the current model would fit the GPU
     full_gpu_mb: float | None = None  # VRAM the current model needs fully offloaded
@@ -168,6 +175,18 @@ class HealthInputs:
     @property
     def optimal(self) -> RankEntry | None:
         return next((e for e in self.ranking if e.compatible), None)
+
+    @property
+    def nothing_answers(self) -> bool:
+        """No main API, no remote server, and no local model that fits: every chat fails."""
+        return (not self.primary_configured and not self.remotes and self.current is None
+                and self.optimal is None)
+
+    def no_local_model(self) -> str:
+        """Why no local model can answer, in words: none found, or the best one's reason."""
+        if not self.ranking:
+            return f"no local model was found (put a .gguf in {self.models_dir or 'the models folder'})"
+        return f"no local model fits this machine ({self.ranking[0].model}: {self.ranking[0].reason})"
 
 
 class _Finding(NamedTuple):
@@ -189,6 +208,8 @@ def health_report(inputs: HealthInputs) -> HealthReport:
     factors = {f.name: f.factor for f in findings}
     total = sum(f.score * f.weight for f in factors.values()) / sum(f.weight for f in factors.values())
     score = int(round(total))
+    if inputs.nothing_answers:  # the other factors may look fine; no chat can be answered
+        score = min(score, 20)
     optimal = inputs.optimal
     return HealthReport(score=score, status=status_band(score), factors=factors,
                         current_model=inputs.current.name if inputs.current else None,
@@ -241,6 +262,8 @@ def _model(inputs: HealthInputs) -> _Finding:
     """The current model against the best one here, and what to do when it does not fit the GPU."""
     optimal, current = inputs.optimal, inputs.current
     offload = _offload_advice(inputs)
+    if current is None and optimal is None:
+        return _finding("model", 0, inputs.no_local_model(), *offload)
     if current is None:
         load = [f"Load a local fallback model now so the first failover is quick: "
                 f"{optimal.model} scores best here ({optimal.score:.0f})."] if optimal else []
@@ -305,8 +328,15 @@ def _primary(inputs: HealthInputs) -> _Finding:
 
 
 def _primary_state(inputs: HealthInputs) -> _Finding:
+    if not inputs.primary_configured and inputs.nothing_answers:
+        return _finding("primary", 0, "no primary API configured, and " + inputs.no_local_model(),
+                        "Nothing can answer a chat: no main API is set, no remote server, and "
+                        + inputs.no_local_model() + ". Set primary_url, or add a model that fits "
+                        "(zwaif-fallback recommend lists some).")
     if not inputs.primary_configured:
-        return _finding("primary", 60, "no primary API configured: every answer is local")
+        return _finding("primary", 60, "no primary API configured: every answer is local"
+                        if not inputs.remotes else "no primary API configured: remote servers "
+                        "and local models answer")
     if inputs.primary_breaker == "open":
         where = (f"the host's own API call ({inputs.primary_name}) is failing and skipped for now; check "
                  "the LLM server the host talks to (Oobabooga, Ollama): is it running and reachable?"
@@ -321,8 +351,11 @@ def _primary_state(inputs: HealthInputs) -> _Finding:
     primary = [a for a in inputs.recent_attempts
                if a.get("source") == "primary" and a.get("target") == inputs.primary_name]
     failed = [a for a in primary if not a.get("ok")]
-    rate = len(failed) / len(primary) if primary else 0.0
-    detail = (f"{len(failed)} of {len(primary)} primary requests failed in the last hour" if primary
+    # the counts hold every request; the attempts only those of chats that fell back
+    ok, failures = inputs.primary_counts or (len(primary) - len(failed), len(failed))
+    total = ok + failures
+    rate = failures / total if total else 0.0
+    detail = (f"{failures} of {total} primary requests failed in the last hour" if total
               else "no primary requests in the last hour")
     advice = _primary_advice(failed, rate) if rate > 0.2 else []
     return _finding("primary", 100 * (1 - rate), detail, *advice)
@@ -341,9 +374,17 @@ def _primary_advice(failed: list[dict[str, Any]], rate: float) -> list[str]:
 
 
 def _errors(inputs: HealthInputs) -> _Finding:
+    notices = [f"History: {n}." for n in inputs.history_notices]
+    if inputs.history_problem:  # failures are not being recorded: "0 failed" would be a guess
+        return _finding("errors", 50, f"unknown: history is not being saved ({inputs.history_problem})",
+                        f"History is not being saved, so failovers, benchmarks and monitoring "
+                        f"are lost: {inputs.history_problem}. Free disk space, make data_dir "
+                        "writable, close the program that holds history.sqlite3, or set data_dir "
+                        "(FALLBACK_DATA_DIR) to another folder.", *notices)
     errors = [a for a in inputs.recent_attempts if not a.get("ok")]
     return _finding("errors", 100 - 10 * len(errors),
-                    f"{len(errors)} failed attempt{'' if len(errors) == 1 else 's'} in the last hour")
+                    f"{len(errors)} failed attempt{'' if len(errors) == 1 else 's'} in the last hour",
+                    *notices)
 
 
 def _speed_trend(inputs: HealthInputs) -> _Finding:

@@ -367,6 +367,17 @@ class LocalModels:
             self._ranking = (now, ranked)
             return ranked
 
+    def why_none(self) -> str:
+        """Why no local model can answer now ("" when one can): none was found, or none fits
+        (the first one's reason, with its need and what is free)."""
+        usable = self.usable()
+        if not usable:
+            return f"no local model found: put a .gguf in {self._settings().models_dir}"
+        if self.ranked():
+            return ""
+        fit = self.fit(usable[0])
+        return f"no local model fits: {usable[0].name} {fit.reason}"
+
     def forget_ranking(self) -> None:
         with self._ranking_lock:
             self._ranking = None

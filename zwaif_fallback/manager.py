@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 __all__ = ["FallbackManager"]
 
 log = logging.getLogger(__name__)
+#: how long store_problem waits for the history writes queued before it (a locked database:
+#: the busy timeout, once)
+STORE_WAIT_S = 15.0
 
 
 class FallbackManager:
@@ -73,7 +76,8 @@ class FallbackManager:
                                   store=lambda: self._measuring.telemetry.store, clock=clock)
         self._router = Router(local_stream=self._local.stream, current=lambda: self._local.current,
                               ranked=self._local.ranked, on_primary_down=self._local.preload_async,
-                              local_steps=self._local.steps, clock=clock)
+                              local_steps=self._local.steps, clock=clock,
+                              why_no_local=self._local.why_none)
         self._chats = Chats(settings=self._current_settings, router=self._router,
                             recorder=lambda: self._measuring.telemetry, on_primary_answer=self._warm_up,
                             clock=clock, closed=lambda: self._stop.is_set())
@@ -508,8 +512,15 @@ class FallbackManager:
         return self._measuring.background_work()
 
     def store_problem(self) -> str | None:
-        """Why the history database cannot be used right now, or None."""
-        return self._measuring.telemetry.store.problem
+        """Why the history database cannot be used right now (after the queued writes
+        have run, or failed), or None."""
+        store = self._measuring.telemetry.store
+        store.flush(STORE_WAIT_S)
+        return store.problem
+
+    def store_notices(self) -> list[str]:
+        """What happened to the history database in this process (a file moved aside)."""
+        return list(self._measuring.telemetry.store.notices)
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -83,6 +83,8 @@ class Measuring:
             status=self._probe.status, breakers=self._breakers,
             primary_url=lambda: self._settings().primary_url,
             primary_api=lambda: self._settings().primary_api, host_call=self._host_call,
+            remote_urls=lambda: list(self._settings().remote_urls),
+            models_dir=lambda: self._settings().models_dir,
             samples=lambda: self.telemetry.background_samples()))
 
     def run_background(self) -> None:

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field
 
 from ._model import Model
 from .errors import InvalidSettings
@@ -44,12 +44,9 @@ class Sample(Model):
     ram_used_mb: float
     cpu_percent: float
     gpu_utilization_pct: float | None = Field(None, description="None where the GPU does not report it")
-    tokens_per_s: float = Field(0.0, description="the rate of the generations in flight; 0 when idle")
-
-    @field_validator("tokens_per_s", mode="before")
-    @classmethod
-    def _idle_is_zero(cls, value: object) -> object:
-        return 0.0 if value is None else value
+    tokens_per_s: float | None = Field(
+        None, description="the rate of this process's generations in flight; 0 when idle, None in a "
+        "process that has generated nothing (a CLI monitor beside serve: serve's rate is on its /metrics)")
 
 
 class MetricSummary(Model):

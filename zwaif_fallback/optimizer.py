@@ -55,6 +55,7 @@ class Optimizer:
         primary_url: the configured primary, "" for none; primary_api: what it speaks.
         host_call: the breaker name of the host's own API call, when it was the latest chat's
             primary (``Router.host_call``).
+        remote_urls: the servers tried after the primary; models_dir: where models are looked for.
         samples: the background sampler's samples.
     """
 
@@ -62,7 +63,9 @@ class Optimizer:
                  history: Callable[[], Store], status: Callable[[], SystemStatus],
                  breakers: Callable[[], dict[str, BreakerState]], primary_url: Callable[[], str],
                  samples: Callable[[], list[Sample]], primary_api: Callable[[], str],
-                 host_call: Callable[[], str | None]) -> None:
+                 host_call: Callable[[], str | None],
+                 remote_urls: Callable[[], list[str]] = list,
+                 models_dir: Callable[[], object] = str) -> None:
         self._local = local
         self._switch = switch
         self._history = history
@@ -71,6 +74,8 @@ class Optimizer:
         self._primary_url = primary_url
         self._primary_api = primary_api
         self._host_call = host_call
+        self._remote_urls = remote_urls
+        self._models_dir = models_dir
         self._samples = samples
         self._lock = threading.Lock()
         self._watcher_stop: threading.Event | None = None
@@ -132,7 +137,13 @@ class Optimizer:
             ollamas_v1_primary=primary if self._primary_api() == "openai" and is_ollamas_v1(primary) else "",
             primary_breaker=worst,
             recent_attempts=store.failovers(since_s=RECENT_S), speed_history=speeds,
-            vram_margin_mb=self._local.vram_margin_mb())
+            vram_margin_mb=self._local.vram_margin_mb(), remotes=len(self._remote_urls()),
+            models_dir=str(self._models_dir()))
+        name = inputs.primary_name
+        if name:
+            counts = store.request_counts(since_s=RECENT_S)
+            inputs.primary_counts = counts.get((name, "primary"))  # None: read from the attempts
+        inputs.history_problem, inputs.history_notices = store.problem, list(store.notices)
         if current is not None and current_fit is not None and status.gpus:
             inputs.full_gpu_mb = self._local.fit(current, gpu_layers=-1).vram_mb
             inputs.lower_ctx_fits = self.ctx_that_fits(current, current_fit.n_ctx)

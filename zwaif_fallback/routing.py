@@ -63,13 +63,15 @@ class Router:
                  ranked: Callable[[], list[ModelInfo]],
                  on_primary_down: Callable[[], None],
                  local_steps: Callable[[ModelInfo], list[str]] | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 why_no_local: Callable[[], str] | None = None) -> None:
         self._local_stream = local_stream
         self._local_steps = local_steps
         self._current = current
         self._ranked = ranked
         self._on_primary_down = on_primary_down
         self._clock = clock
+        self._why_no_local = why_no_local
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._remotes: dict[tuple[str, str, str, type[OpenAIBackend]], OpenAIBackend] = {}
@@ -141,6 +143,10 @@ class Router:
             if candidate is not None and candidate.path not in tried:
                 tried.add(candidate.path)
                 yield self._local_target(candidate, extra)
+
+    def why_no_local(self) -> str:
+        """Why no local model can answer now, "" when one can (for a chat that failed)."""
+        return self._why_no_local() if self._why_no_local is not None else ""
 
     def _local_order(self, *first: ModelInfo | None) -> Iterator[ModelInfo | None]:
         yield from first

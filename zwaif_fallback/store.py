@@ -4,18 +4,26 @@ SQLite (stdlib, WAL) in ``data_dir/history.sqlite3``. The schema migrates itself
 (``PRAGMA user_version`` counts the migrations applied). The store sits beside
 the host's chat path, so it never raises into it: a locked, read-only, full or
 corrupt database is logged and reported by ``problem``, writes are dropped, reads
-return nothing. A corrupt file is moved aside, a fresh one started, and that is
-noted in ``notices``.
+return nothing. A corrupt file, or one that is not ours (other tables), is moved
+aside, a fresh one started, and that is noted in ``notices``; one written by a newer
+version (a schema beyond ours) is left alone and refused, in ``problem``.
+
+Nor does it hold the chat path up: what a chat writes (its attempts, a load's
+calibration) is queued for a writer thread (store_writer), so a database another
+process holds locked delays no answer. Reads wait for the queued writes first, so a
+process reads what it wrote; ``close`` (and the interpreter's exit) runs what is queued.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +31,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["Store"]
+from .store_schema import MIGRATIONS, ForeignDatabase, check_after, check_before
+from .store_writer import BackgroundWriter, Write
+
+__all__ = ["MIGRATIONS", "Store"]
 
 log = logging.getLogger(__name__)
 
@@ -39,32 +50,18 @@ KEEP_FAILOVERS_S = 30 * 86400
 PRUNE_EVERY_S = 3600.0
 R = TypeVar("R", bound=BaseModel)
 
-MIGRATIONS: list[str] = [
-    # 1: the first schema
-    """
-    CREATE TABLE benchmarks (
-        id INTEGER PRIMARY KEY, at REAL NOT NULL, model TEXT NOT NULL, ok INTEGER NOT NULL,
-        gen_tps REAL, quality_score REAL, data TEXT NOT NULL);
-    CREATE INDEX benchmarks_model ON benchmarks (model, at);
-    CREATE TABLE failovers (
-        id INTEGER PRIMARY KEY, at REAL NOT NULL, target TEXT NOT NULL, source TEXT NOT NULL,
-        ok INTEGER NOT NULL, error TEXT, duration_s REAL NOT NULL);
-    CREATE INDEX failovers_at ON failovers (at);
-    CREATE TABLE monitor_sessions (
-        id INTEGER PRIMARY KEY, started REAL NOT NULL, duration_s REAL NOT NULL,
-        interval_s REAL NOT NULL, stopped_early INTEGER, summary TEXT);
-    CREATE TABLE monitor_samples (
-        session INTEGER NOT NULL REFERENCES monitor_sessions (id) ON DELETE CASCADE,
-        t_s REAL NOT NULL, vram_used_mb REAL, ram_used_mb REAL, cpu_percent REAL,
-        gpu_utilization_pct REAL, tokens_per_s REAL);
-    CREATE INDEX monitor_samples_session ON monitor_samples (session, t_s);
-    CREATE TABLE calibrations (
-        id INTEGER PRIMARY KEY, at REAL NOT NULL, model_key TEXT NOT NULL,
-        config_key TEXT NOT NULL, device TEXT NOT NULL, estimated_mb REAL NOT NULL,
-        measured_mb REAL NOT NULL);
-    CREATE INDEX calibrations_key ON calibrations (model_key, config_key, device, at);
-    """,
-]
+#: how long a read waits for this process's queued writes (a locked database: once)
+READ_WAIT_S = BUSY_TIMEOUT_S
+
+
+_open_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """Queued writes of every store still open run before the interpreter goes."""
+    for store in list(_open_stores):
+        store.flush(BUSY_TIMEOUT_S)
 
 
 def _use_wal(conn: sqlite3.Connection) -> None:
@@ -96,22 +93,28 @@ class Store:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self.problem: str | None = None  # what keeps the store from working now
+        self._write_failed = False  # the problem is a failed write: only a saved one clears it
         self._pruned_at: float | None = None  # when old failover attempts were last deleted
         self.notices: list[str] = []  # what happened to it (a corrupt file moved aside)
+        self._writer = BackgroundWriter(self._write_batch)
 
     # -- connection -------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is not None:
             return self._conn
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise NotADirectoryError(f"data_dir {self.path.parent} is a file, not a folder")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
                                isolation_level=None)
         try:
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            check_before(conn)
             _use_wal(conn)
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             self._migrate(conn)
+            check_after(conn)
         except sqlite3.DatabaseError:
             conn.close()
             raise
@@ -139,7 +142,10 @@ class Store:
 
     @contextmanager
     def _db(self, what: str) -> Iterator[sqlite3.Connection | None]:
-        """The connection, or None when the database cannot be used (reported, not raised)."""
+        """The connection, or None when the database cannot be used (reported, not raised).
+        ``what`` starting with "saving" is a write: a read that works does not clear the
+        problem of a write that failed (a full disk still reads)."""
+        writing = what.startswith("saving")
         with self._lock:
             conn: sqlite3.Connection | None
             try:
@@ -158,7 +164,8 @@ class Store:
                 return
             try:
                 yield conn
-                self.problem = None
+                if writing or not self._write_failed:
+                    self.problem, self._write_failed = None, False
             except sqlite3.DatabaseError as exc:
                 self._report(what, exc)
                 if _is_corrupt(exc):
@@ -166,7 +173,8 @@ class Store:
 
     def _recover(self, exc: Exception) -> sqlite3.Connection | None:
         self._close()
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(self._clock())}")
+        kind = "foreign" if isinstance(exc, ForeignDatabase) else "corrupt"
+        aside = self.path.with_name(f"{self.path.name}.{kind}-{int(self._clock())}")
         try:
             os.replace(self.path, aside)
             for suffix in ("-wal", "-shm"):
@@ -175,13 +183,15 @@ class Store:
         except (OSError, sqlite3.DatabaseError) as again:
             self._report("recovering the history database", again)
             return None
-        notice = f"the history database was corrupt ({exc}); moved it to {aside.name}"
+        what = ("was not zwaif-fallback's" if kind == "foreign" else "was corrupt")
+        notice = f"the history database {what} ({exc}); moved it to {aside.name} and started a new one"
         self.notices.append(notice)
         log.error("%s", notice)
         return conn
 
     def _report(self, what: str, exc: Exception) -> None:
         self.problem = f"history database unavailable while {what}: {exc}"
+        self._write_failed = what.startswith("saving")
         log.warning("%s", self.problem)
 
     def _close(self) -> None:
@@ -193,8 +203,41 @@ class Store:
             self._conn = None
 
     def close(self) -> None:
+        """Run the queued writes (waiting out a locked database once), then close."""
+        self._writer.close(BUSY_TIMEOUT_S * 2)
+        _open_stores.discard(self)
         with self._lock:
             self._close()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the queued writes have run (or failed, in ``problem``); False when
+        ``timeout`` ran out first."""
+        return self._writer.flush(timeout)
+
+    def _queue(self, what: str, run: Callable[[sqlite3.Connection], None]) -> None:
+        _open_stores.add(self)  # flushed at exit (again, after a close)
+        if not self._writer.put(Write(what, run)):
+            self._write_failed = True
+            self.problem = (f"history is not being saved fast enough: {self._writer.dropped} "
+                            f"write(s) dropped (while {what}); is another program holding "
+                            f"{self.path} open?")
+
+    def _write_batch(self, batch: list[Write]) -> None:
+        """The writer thread's work: the batch in one transaction, so a locked database is
+        waited out once; when it cannot be written, the batch is lost and ``problem`` says why."""
+        what = " and ".join(dict.fromkeys(w.what for w in batch))
+        with self._db(what) as db:
+            if db is None:
+                return
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for write in batch:
+                    write.run(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     # -- benchmarks ----------------------------------------------------------------
 
@@ -209,6 +252,7 @@ class Store:
 
     def benchmarks(self, model: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
         """Newest first; each is the saved result plus ``at`` (Unix time)."""
+        self.flush(READ_WAIT_S)
         with self._db("reading benchmarks") as db:
             if db is None:
                 return []
@@ -236,22 +280,48 @@ class Store:
 
     # -- failovers -------------------------------------------------------------------
 
-    def add_attempts(self, attempts: Sequence[dict[str, Any]]) -> None:
-        """Every attempt of one chat (target, source, ok, error, latency_s)."""
-        with self._db("saving failover events") as db:
-            if db is not None and attempts:
-                now = self._clock()
-                db.executemany(
-                    "INSERT INTO failovers (at, target, source, ok, error, duration_s) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(now, a["target"], a["source"], int(bool(a["ok"])), a.get("error"),
-                      float(a.get("latency_s") or 0.0)) for a in attempts])
-                if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_S:
-                    db.execute("DELETE FROM failovers WHERE at < ?", (now - KEEP_FAILOVERS_S,))
-                    self._pruned_at = now
+    def add_attempts(self, attempts: Sequence[dict[str, Any]], *, events: bool = True) -> None:
+        """Every attempt of one chat (target, source, ok, error, latency_s): counted in
+        ``request_counts``, and kept as failover events unless ``events`` is False (a chat
+        that went straight through). Queued: it returns at once."""
+        if not attempts:
+            return
+        now = self._clock()
+        rows = [(now, a["target"], a["source"], int(bool(a["ok"])), a.get("error"),
+                 float(a.get("latency_s") or 0.0)) for a in attempts]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO requests (minute, target, source, ok, failed) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (minute, target, source) DO UPDATE SET ok = ok + excluded.ok, "
+                "failed = failed + excluded.failed",
+                [(int(at // 60), target, source, ok, 1 - ok) for at, target, source, ok, *_ in rows])
+            if events:
+                db.executemany("INSERT INTO failovers (at, target, source, ok, error, duration_s) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_S:
+                db.execute("DELETE FROM failovers WHERE at < ?", (now - KEEP_FAILOVERS_S,))
+                db.execute("DELETE FROM requests WHERE minute < ?", ((now - KEEP_FAILOVERS_S) // 60,))
+                self._pruned_at = now
+
+        self._queue("saving failover events", write)
+
+    def request_counts(self, *, since_s: float) -> dict[tuple[str, str], tuple[int, int]]:
+        """(target, source) -> (ok, failed) requests of the last ``since_s`` seconds (to the
+        minute), every chat's, those that went straight through included."""
+        self.flush(READ_WAIT_S)
+        with self._db("reading request counts") as db:
+            if db is None:
+                return {}
+            rows = db.execute("SELECT target, source, SUM(ok), SUM(failed) FROM requests "
+                              "WHERE minute >= ? GROUP BY target, source",
+                              (int((self._clock() - since_s) // 60),)).fetchall()
+            return {(target, source): (int(ok), int(failed)) for target, source, ok, failed in rows}
+        return {}
 
     def failovers(self, *, since_s: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Attempts newest first, optionally only those of the last ``since_s`` seconds."""
+        self.flush(READ_WAIT_S)
         with self._db("reading failover events") as db:
             if db is None:
                 return []
@@ -292,6 +362,7 @@ class Store:
         return None
 
     def monitor_sessions(self, *, limit: int = 20) -> list[dict[str, Any]]:
+        self.flush(READ_WAIT_S)
         with self._db("reading monitoring sessions") as db:
             if db is None:
                 return []
@@ -303,6 +374,7 @@ class Store:
         return []
 
     def monitor_samples(self, session: int) -> list[dict[str, Any]]:
+        self.flush(READ_WAIT_S)
         with self._db("reading monitoring samples") as db:
             if db is None:
                 return []
@@ -317,15 +389,18 @@ class Store:
 
     def add_calibration(self, model_key: str, config_key: str, device: str, *,
                         estimated_mb: float, measured_mb: float) -> None:
-        with self._db("saving a calibration") as db:
-            if db is not None:
-                db.execute("INSERT INTO calibrations (at, model_key, config_key, device, "
-                           "estimated_mb, measured_mb) VALUES (?, ?, ?, ?, ?, ?)",
-                           (self._clock(), model_key, config_key, device, estimated_mb,
-                            measured_mb))
+        """Queued (a load writes it, on the chat path): it returns at once."""
+        row = (self._clock(), model_key, config_key, device, estimated_mb, measured_mb)
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO calibrations (at, model_key, config_key, device, "
+                       "estimated_mb, measured_mb) VALUES (?, ?, ?, ?, ?, ?)", row)
+
+        self._queue("saving a calibration", write)
 
     def calibration(self, model_key: str, config_key: str, device: str) -> float | None:
         """measured / estimated of the latest calibration for this model, config and device."""
+        self.flush(READ_WAIT_S)
         with self._db("reading calibrations") as db:
             if db is None:
                 return None
@@ -339,5 +414,7 @@ class Store:
 
 
 def _is_corrupt(exc: Exception) -> bool:
+    if isinstance(exc, ForeignDatabase):
+        return True
     text = str(exc).lower()
     return "not a database" in text or "malformed" in text or "corrupt" in text

@@ -38,12 +38,15 @@ class TokenMeter:
         self._clock = clock
         self._times: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
+        self.used = False  # whether this process has streamed any piece: a rate means something
+
 
     def add(self, count: int = 1) -> None:
         """Count pieces that came now. Every stream calls this per piece (or per network
         read's pieces): the append needs no lock (a deque's append is atomic), and the trim,
         which keeps the deque to the window, is left to whoever holds the lock already."""
         now = self._clock()
+        self.used = True
         if count == 1:
             self._times.append(now)
         else:
@@ -120,9 +123,10 @@ class Telemetry:
 
     def _record(self, attempts: list[Attempt], result: ChatResult | None) -> None:
         try:
-            if len(attempts) > 1 or any(not a.ok for a in attempts):
-                # only chats that did not go straight through
-                self.store.add_attempts([a.model_dump() for a in attempts])
+            # every chat is counted (a failure rate needs the successes); only those that
+            # did not go straight through are kept as failover events. Queued: no wait here.
+            straight = len(attempts) == 1 and attempts[0].ok
+            self.store.add_attempts([a.model_dump() for a in attempts], events=not straight)
             if self._metrics is not None:
                 if result is not None:
                     self._metrics.record_chat(result)
@@ -134,11 +138,12 @@ class Telemetry:
     # -- sampling ----------------------------------------------------------------
 
     def sample(self) -> dict[str, float | None]:
-        """One monitoring sample: VRAM, RAM, CPU, GPU utilisation, tokens/s in flight."""
+        """One monitoring sample: VRAM, RAM, CPU, GPU utilisation, tokens/s in flight (None
+        in a process that has generated nothing: a CLI ``monitor`` cannot see serve's)."""
         status = self._probe.status()
         utilisation = [g.utilization_pct for g in status.gpus if g.utilization_pct is not None]
-        rate = self.meter.rate()
-        if self._metrics is not None:
+        rate = self.meter.rate() if self.meter.used else None
+        if self._metrics is not None and rate is not None:
             self._metrics.set_tokens_per_s(rate)
         return {
             "vram_used_mb": float(sum(g.vram_used_mb for g in status.gpus)) if status.gpus else None,

@@ -1,0 +1,98 @@
+"""The history store's writer thread: writes leave the chat path and run one batch at a time.
+
+A database another process holds in a write transaction makes each write wait out the
+busy timeout (10 s). Done on the chat path, every answer waited that long, and answers
+queued behind each other; here only this thread waits, and a batch of writes waits once.
+The queue is bounded: when it is full (the database has been stuck for a long while), a
+write is dropped and counted rather than kept in memory without end.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from typing import NamedTuple
+
+__all__ = ["BackgroundWriter", "Write"]
+
+log = logging.getLogger(__name__)
+
+#: writes waiting at most; a chat writes one or two, so this is minutes of a stuck database
+CAPACITY = 2000
+
+
+class Write(NamedTuple):
+    """One write: what it saves (for messages) and what it does."""
+
+    what: str
+    run: Callable[..., None]
+
+
+class BackgroundWriter:
+    """Runs writes on one daemon thread, in order, handing ``run_batch`` all that waits."""
+
+    def __init__(self, run_batch: Callable[[list[Write]], None], *, capacity: int = CAPACITY,
+                 name: str = "history-writer") -> None:
+        self._run_batch = run_batch
+        self._capacity = capacity
+        self._name = name
+        self._queue: collections.deque[Write] = collections.deque()
+        self._busy = 0  # writes taken from the queue and not finished yet
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.dropped = 0  # writes dropped because the queue was full
+
+    def put(self, write: Write) -> bool:
+        """Queue a write; False when it was dropped (the queue is full)."""
+        with self._cond:
+            if len(self._queue) >= self._capacity:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 100 == 0:
+                    log.warning("history writes are falling behind: %d dropped so far (%s)",
+                                self.dropped, write.what)
+                return False
+            self._queue.append(write)
+            if self._thread is None:  # the first write, or the first since close()
+                self._closed = False
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+            return True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued write has run; False when ``timeout`` ran out first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Run what is queued, then stop the thread (a later write starts another)."""
+        done = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        return done
+
+    def _loop(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closed or self._thread is not me)
+                if not self._queue:
+                    return  # closed (or replaced after a close) and drained
+                batch = list(self._queue)
+                self._queue.clear()
+                self._busy = len(batch)
+            try:
+                self._run_batch(batch)
+            except Exception:  # the store reports its own errors; anything else must not kill us
+                log.exception("history writer failed on %d write(s)", len(batch))
+            finally:
+                with self._cond:
+                    self._busy = 0
+                    self._cond.notify_all()
