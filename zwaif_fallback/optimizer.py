@@ -85,7 +85,7 @@ class Optimizer:
         best = next((e for e in ranking if e.compatible), None)
         if best is None:
             return Optimization(selected=None, switched=False, ranking=ranking,
-                                reason="no local model fits this machine")
+                                reason=self._local.why_none() or "no local model fits this machine")
         current = self._local.current
         switched, passed_by, reloaded = False, [], None
         if apply and (current is None or current.name != best.model):
