@@ -460,8 +460,10 @@ def test_a_model_that_fails_to_load_is_skipped_with_auto_switch(isolated, tmp_pa
         result = manager.chat(ASK, **GEN)
         assert result.model == SMOL and result.attempts[0].target == "broken"
         assert not result.attempts[0].ok and "damaged or unsupported" in result.attempts[0].error
-        # the file is remembered: the next chat does not load it again
+        # the model that answered is kept; the broken file is not loaded again
+        loads = manager._local.pool.loads
         assert [a.target for a in manager.chat(ASK, **GEN).attempts] == [SMOL]
+        assert manager._local.pool.loads == loads
     with FallbackManager(settings.model_copy(update={"auto_switch": False})) as manager:
         with pytest.raises(AllTargetsFailed) as err:
             manager.chat(ASK, **GEN)

@@ -20,6 +20,7 @@ from .errors import (
     IncompatibleModel,
     InvalidModelFile,
     InvalidSettings,
+    ModelLoadError,
 )
 from .fit import KV_TYPES, Compatibility, plan
 from .hardware import HardwareProbe, SystemStatus
@@ -339,6 +340,9 @@ class LocalModels:
         a local model is not waited on, it is run). ``close`` stops it, inside a decode too."""
         if self._stop.is_set():  # nothing is loaded again after close()
             raise TargetFailed(CLOSED)
+        failed = self._ladder.failed(model)
+        if failed is not None:  # not loaded again: it would fail again, after the same wait
+            raise ModelLoadError(f"{failed} (an earlier load; replace the file to try it again)")
         stop = _Stoppable(cancel)
         unhook = cancel.on_set(stop.set) if isinstance(cancel, Cancel) else None
         with self._reaper_lock:
@@ -363,7 +367,11 @@ class LocalModels:
             if self._ranking is not None and now - self._ranking[0] < RANKING_TTL_S:
                 return self._ranking[1]
             fits = [(m, self.fit(m)) for m in self.usable()]
-            ranked = rank_local(fits, self._settings().preferred_model)
+            preferred = self._settings().preferred_model
+            ranked = rank_local(fits, preferred)
+            # The preferred model stays first when it failed to load: its attempt says so at
+            # once, and with auto_switch off no other model answers in its place.
+            ranked[:0] = [m for m, _ in fits if m.name == preferred and self._ladder.failed(m)]
             self._ranking = (now, ranked)
             return ranked
 
@@ -377,11 +385,12 @@ class LocalModels:
             if broken:
                 return f"no local model can be used: {broken[0].name}: {broken[0].error or 'not usable'}"
             return f"no local model found: put a .gguf in {self._settings().models_dir}"
-        if self.ranked():
+        if any(self._ladder.failed(m) is None for m in self.ranked()):
             return ""
-        failed = self._ladder.failed(usable[0])
-        if failed is not None:
-            return f"no local model can be loaded: {usable[0].name} failed to load here ({failed})"
+        for model in usable:
+            failed = self._ladder.failed(model)
+            if failed is not None:
+                return f"no local model can be loaded: {model.name} failed to load here ({failed})"
         fit = self.fit(usable[0])
         return f"no local model fits: {usable[0].name} {fit.reason}"
 
@@ -393,7 +402,7 @@ class LocalModels:
         """Make the first fallback fast: import the best local model's runtime and run its
         one-time safety check now, while the primary still answers. Nothing is loaded.
         (transformers is not imported ahead: it costs seconds and hundreds of MiB.)"""
-        ranked = self.ranked()
+        ranked = [m for m in self.ranked() if self._ladder.failed(m) is None]
         if not ranked or ranked[0].format != "gguf":
             return
         best = ranked[0]
