@@ -138,6 +138,13 @@ def test_an_hf_id_that_is_not_cached_says_how_to_get_it():
     assert not m.valid and "huggingface-cli download nobody/nothing" in m.error
 
 
+@pytest.mark.parametrize("entry", ["/no/such/folder", "./models/gone", "C:\\models\\gone", "~/gone"])
+def test_a_path_in_hf_models_that_is_not_there_is_not_told_to_be_downloaded(entry):
+    # "download it first (huggingface-cli download /no/such/folder)": nonsense for a path
+    m = discover(hf_models=[entry])[entry]
+    assert not m.valid and m.error.startswith("no such folder or file: ") and "download" not in m.error
+
+
 def test_ollama_models_are_named_by_their_manifest(tiny_gguf):
     root = Path(os.environ["OLLAMA_MODELS"])
     digest = "sha256:" + "ab" * 32

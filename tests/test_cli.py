@@ -229,6 +229,16 @@ def test_a_chat_whose_history_cannot_be_saved_says_so_on_stderr_and_in_json(isol
     assert f"warning: history not saved: {problem}" in result.stderr
 
 
+@pytest.mark.parametrize("field", ["models_dir", "characters_dir"])
+def test_a_folder_saved_that_is_not_there_is_warned_of_as_it_is_saved(isolated, field):
+    # saved without a word (the tabs refuse the characters folder); models_dir warned only
+    # from the next command on
+    result = run_cli("settings", "--set", f"{field}={isolated / 'gone'}", cwd=isolated)
+    assert result.returncode == 0
+    assert result.stderr == f"warning: {field} {isolated / 'gone'} does not exist: no " \
+        f"{'models' if field == 'models_dir' else 'personas'} are read from there; check the path\n"
+
+
 def test_a_models_dir_that_is_not_there_is_warned_of(isolated):
     # a typo in --models-dir (or FALLBACK_MODELS_DIR) read as a folder with no models, silently
     result = run_cli("--models-dir", str(isolated / "modles"), "models", cwd=isolated)

@@ -166,6 +166,15 @@ def test_optimize_passes_by_a_model_that_fits_but_fails_to_load(models_dir):
         assert manager.health().optimal_model == SMOL
 
 
+def test_optimize_says_switched_only_when_the_fallback_model_changes(models_dir):
+    # a CLI command's process holds no model: optimize said "(switched)" on every run
+    with make(models_dir) as manager:
+        assert manager.optimize().switched  # preferred_model was unset
+    with make(models_dir) as manager:
+        again = manager.optimize()
+    assert (again.selected, again.switched) == (SMOL, False)
+
+
 RTX = [{"name": "NVIDIA GeForce RTX 3060", "total_mb": 12288, "used_mb": 11800, "utilization": 20}]
 
 

@@ -332,6 +332,19 @@ def test_a_refused_request_is_an_error_in_ollamas_words(isolated: Path):
         assert words in response.json()["error"]  # text, as Ollama's clients show it
 
 
+def test_a_keep_alive_or_a_context_ollama_would_refuse_is_refused_here(isolated: Path):
+    # "banana" was passed on: an Ollama main API's 400 counted against it and fell back
+    asked = {"model": "m", "messages": ZWAIF_HISTORY, "stream": False}
+    with serve(isolated, refused_url()) as (served, _):
+        refused = [httpx.post(served.url + "/api/chat", json=asked | extra, timeout=30) for extra in (
+            {"keep_alive": "banana"}, {"keep_alive": True}, {"options": {"num_ctx": "big"}})]
+    assert [r.status_code for r in refused] == [400, 400, 400]
+    said = [r.json()["error"].split("=")[0] for r in refused]
+    assert said == ["keep_alive", "keep_alive", "options.num_ctx"]
+    for keep in ("25h", "1h30m", "0", -1, 300, 2.5):  # Ollama's durations and seconds
+        parse_request({"messages": ZWAIF_HISTORY, "keep_alive": keep, "options": {"num_ctx": 8192}})
+
+
 def test_a_chat_no_target_can_answer_is_an_ollama_error_saying_why(isolated: Path):
     # The primary is down, and a local model cannot call the tools the request needs.
     with serve(isolated, refused_url()) as (served, _):

@@ -39,8 +39,10 @@ def test_defaults_match_the_design_table():
 @pytest.mark.parametrize("name", sorted(RANGES))
 def test_bounds_are_enforced_and_named(name):
     _, low, high = RANGES[name]
-    whole = "a whole number from " if FallbackSettings.model_fields[name].annotation is int else ""
-    assert describe_range(FallbackSettings.model_fields[name]) == f"{whole}{low:g} to {high:g}"
+    info = FallbackSettings.model_fields[name]
+    whole = "a whole number from " if info.annotation is int else ""
+    unit = " seconds" if "seconds" in (info.description or "") else ""
+    assert describe_range(info) == f"{whole}{low:g} to {high:g}{unit}"
     FallbackSettings(**{name: low})
     FallbackSettings(**{name: high})
     for bad in (low - 1, high + 1):
@@ -53,7 +55,8 @@ def test_bounds_are_enforced_and_named(name):
     ("download_to", "somewhere", "models_dir or hf_cache"),
     ("auto_switch", "maybe", "true or false"),
     ("max_retries", "2.5", "a whole number from 1 to 10"),
-    ("timeout", "soon", "5 to 120"),
+    ("timeout", "soon", "5 to 120 seconds"),
+    ("keep_alive", "5m", "0 to 86400 seconds"),  # an Ollama user's duration: the unit says what is meant
     ("models_dir", 5, "a folder or file path"),
     ("data_dir", "", "a folder or file path"),  # not "." (the current folder), silently
     ("primary_url", "127.0.0.1:5000", "an http:// or https:// URL, or empty"),

@@ -13,7 +13,7 @@ and to having no import cycle.
     porches       cli, cli_parser, cli_text, cli_process, __main__, default, server, front, admission,
                   cors, listening, embeddings, upstream_probe, upstreams, ollama_api, ollama_info, relay,
                   sse
-    facade        manager
+    facade        manager, manager_hub, manager_measure
     measurement   measuring, pull_jobs, recommend, optimizer, bench_jobs, telemetry, health, bench, quality,
                   metrics, monitor, jobs
     call path     chats, characters, completions, completion_request, routing, failover, chat_run, results,
@@ -35,7 +35,9 @@ and to having no import cycle.
   beside it, and ollama_info: Ollama's routes that describe the models and its way of naming
   them; relay: its streams, servers' read on the event loop; sse: those that reach a local
   model, relayed from their threads).
-* facade: ``FallbackManager`` owns the state and delegates each call to one part.
+* facade: ``FallbackManager`` owns the state and delegates each call to one part; it
+  inherits its methods for the Hub (manager_hub) and for measuring and steering
+  (manager_measure), which sit apart with their docstrings.
 * measurement: the manager's measuring parts, made on first use (measuring -> telemetry,
   bench_jobs, optimizer); benchmark runs and jobs (bench_jobs -> bench, quality); ranking,
   health and the auto-optimizer (optimizer -> health); history, Prometheus metrics and

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -179,9 +180,19 @@ def _hf_entry(entry: str) -> Iterator[Candidate]:
     if snapshot is not None:
         yield hf_folder_candidate(snapshot, "hf_models", entry)
         return
+    if not _could_be_repo_id(entry):  # a path: downloading it makes no sense
+        yield Candidate("transformers", path, "hf_models", entry, [], error=(
+            f"no such folder or file: {path}; check the path in hf_models"))
+        return
     yield Candidate("transformers", path, "hf_models", entry, [], error=(
         f"{entry!r} is neither a folder nor in the Hugging Face cache ({hf_cache_dir()}); "
         f"download it first (huggingface-cli download {entry}) or give its folder"))
+
+
+def _could_be_repo_id(entry: str) -> bool:
+    """Whether ``entry`` has the shape of a Hub repo id (``org/name``), not of a path."""
+    parts = entry.split("/")
+    return len(parts) == 2 and all(re.fullmatch(r"[\w.-]+", p) and p not in (".", "..") for p in parts)
 
 
 def _stat_key(candidate: Candidate, allow_pickle: bool) -> _StatKey | None:

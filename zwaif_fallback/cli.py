@@ -415,6 +415,9 @@ def cmd_settings(manager: FallbackManager, args: argparse.Namespace) -> int:
         manager.update_settings(**changes)
         if "preferred_model" in changes:
             _warn_preferred(manager, logged=True)  # update_settings logged it
+        for problem in manager.settings.folder_problems():  # saved, as the tabs would not
+            if problem.split(" ", 1)[0] in changes:
+                print(f"warning: {problem}", file=sys.stderr)
     settings = manager.settings
     if args.json:
         return print_json({

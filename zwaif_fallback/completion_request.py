@@ -19,6 +19,7 @@ from a host written for Oobabooga (``CompletionRequest.oobabooga``).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -104,6 +105,7 @@ def parse_request(request: Any) -> CompletionRequest:
     n = request.get("n")
     if n is not None and n != 1:
         raise BadRequestField("n", f"n={n!r}: one choice per request is supported; send n=1")
+    _check_ollamas_fields(request)
     return CompletionRequest(messages=messages, model=model or None, gen=gen,
                              include_usage=bool(options and options.get("include_usage")),
                              extra=_passed_on(request), oobabooga=not OOBABOOGA_FIELDS.isdisjoint(request))
@@ -163,3 +165,23 @@ def _passed_on(request: Mapping[Any, Any]) -> dict[str, Any]:
         except (TypeError, ValueError) as exc:
             raise BadRequestField(key, f"cannot be sent on as JSON: {exc}") from None
     return extra
+
+
+#: A duration as Ollama reads ``keep_alive`` (Go's time.ParseDuration): "5m", "1h30m", "-1s".
+_DURATION = re.compile(r"-?(\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))*")
+
+
+def _check_ollamas_fields(request: Mapping[str, Any]) -> None:
+    """Refuse what an Ollama main API would refuse of the fields passed on to it as they
+    came: sent on, its 400 would count against a healthy server and fall back."""
+    keep = request.get("keep_alive")
+    if keep is not None and not (
+            (isinstance(keep, (int, float)) and not isinstance(keep, bool))
+            or (isinstance(keep, str) and (keep == "0" or _DURATION.fullmatch(keep)))):
+        raise BadRequestField("keep_alive", f"keep_alive={keep!r}: give seconds (a number; -1 keeps "
+                                            "the model loaded) or a duration such as \"5m\" or \"1h\"")
+    options = request.get("options")
+    for name in ("num_ctx", "num_predict", "num_keep", "num_batch", "num_gpu", "num_thread"):
+        value = options.get(name) if isinstance(options, Mapping) else None
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise BadRequestField(f"options.{name}", f"options.{name}={value!r}: give a whole number")

@@ -5,7 +5,8 @@ the router and its breakers) and delegates the work: chats to ``chats``, local
 models to ``local``, downloads to ``pull_jobs``, and through ``measuring`` (which makes
 them on first use) benchmarks to ``bench_jobs``, ranking and health to ``optimizer``,
 history, metrics and sampling to ``telemetry``. Each public method's docstring lives
-here, once.
+here, once, or where the facade inherits it from: ``manager_hub`` for the models on the
+Hugging Face Hub, ``manager_measure`` for benchmarks, ranking, health and monitoring.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import completions
 from .backends.base import Message
@@ -25,6 +26,8 @@ from .errors import InvalidSettings, StorageError
 from .fit import Compatibility
 from .hardware import HardwareProbe, SystemStatus
 from .local import LocalModels
+from .manager_hub import FromTheHub
+from .manager_measure import MeasureAndSteer
 from .measuring import Measuring
 from .model_info import ModelInfo
 from .pool import HeldModel
@@ -33,25 +36,12 @@ from .results import ChatResult
 from .routing import Primary, Router
 from .settings import FallbackSettings
 
-if TYPE_CHECKING:
-    from .bench import BenchmarkResult
-    from .bench_jobs import BenchmarkJob
-    from .health import HealthReport, Optimization, PerformanceStats
-    from .jobs import Job
-    from .metrics import Metrics
-    from .monitor import MonitoringReport, Sample
-    from .pull import ProgressCallback
-    from .recommend import Recommendation
-
 __all__ = ["FallbackManager"]
 
 log = logging.getLogger(__name__)
-#: how long store_problem waits for the history writes queued before it (a locked database:
-#: the busy timeout, once)
-STORE_WAIT_S = 15.0
 
 
-class FallbackManager:
+class FallbackManager(FromTheHub, MeasureAndSteer):
     """Discovers models, checks what fits, and answers through the failover chain.
 
     Args:
@@ -240,70 +230,6 @@ class FallbackManager:
                               kv_type=kv_type, free_vram_mb=free_vram_mb)
         return self._local.with_dry_run(model, fit) if dry_run else fit
 
-    def recommend_models(self, models: Sequence[str] | None = None, *,
-                         n_ctx: int | None = None) -> list[Recommendation]:
-        """Which GGUF files on the Hugging Face Hub would fit this machine now, best first,
-        known before downloading: each file's header alone is read (HTTP ranges, a few MiB),
-        planned like a local model, and ranked like ``optimize`` (quality from the parameter
-        count and the quantization's known perplexity cost, then speed and headroom).
-
-        Args:
-            models: ``REPO/FILE.gguf``, a repo id (its Q4_K_M, Q5_K_M and Q8_0 files) or the
-                URL of a .gguf file; None: the curated list (zwaif_fallback/data/recommended.json).
-            n_ctx: context size to plan for; None uses ``settings.n_ctx``, capped at each model's.
-
-        Returns:
-            One ``Recommendation`` a file; ``verdict`` "unknown" with the reason for a file
-            that could not be read.
-
-        Raises:
-            HubOffline: HF_HUB_OFFLINE is set; nothing was fetched.
-            HubUnavailable, HubFileNotFound, HubAccessDenied: no file could be read, and why.
-            InvalidSettings: a model is none of the forms above, or n_ctx is out of range.
-        """
-        from .recommend import recommend
-
-        self._local.check_args(n_ctx, None, "f16", None)
-        return recommend(models, fit=lambda model: self._local.fit(model, n_ctx=n_ctx, on_disk=False))
-
-    def pull_model(self, spec: str, *, progress: ProgressCallback | None = None,
-                   cancel: threading.Event | None = None) -> ModelInfo:
-        """Download one model file from the Hub to ``settings.download_to`` (``models_dir``, or
-        the Hugging Face cache), verified against the Hub's sha256 before discovery can see it;
-        an interrupted download resumes. Discovery lists it at once.
-
-        Args:
-            spec: ``REPO/FILE.gguf`` (or ``.safetensors``), a repo id, a URL, or a curated
-                file's name.
-            progress: called with a ``PullProgress`` (bytes, rate, time left) as it goes.
-            cancel: set it from another thread to stop; the partial file is kept.
-
-        Returns:
-            The downloaded model, as ``discover_models`` lists it.
-
-        Raises:
-            InvalidSettings: a pickle file or another file type, or a spec naming no file.
-            HubOffline, HubUnavailable, HubFileNotFound, HubAccessDenied: the Hub said no.
-            NotEnoughSpace: the disk is too small; nothing was fetched.
-            InvalidModelFile: the sha256 differs from the Hub's; the file was deleted.
-            DownloadCancelled: cancelled or interrupted; pull again to resume.
-        """
-        return self._pulls.pull(spec, progress=progress, cancel=cancel)
-
-    def start_pull(self, spec: str, *, progress: ProgressCallback | None = None) -> Job[ModelInfo]:
-        """Run ``pull_model`` as a background job the UI polls; one download at a time.
-
-        The job's progress is the fraction of the current file downloaded; ``progress`` gets
-        each ``PullProgress`` (bytes, rate, time left) as in ``pull_model``. ``cancel()``
-        stops it at its next chunk and keeps the partial file for the next pull (the job ends
-        "cancelled"); a failure ends it "failed" with the error's one line. Its result is the
-        downloaded model.
-
-        Raises:
-            Busy: a download started here is still running: wait for it or cancel it.
-        """
-        return self._pulls.start(spec, progress=progress)
-
     # -- local models ------------------------------------------------------------
 
     def switch_model(self, name: str, *, persist: bool = True) -> ModelInfo:
@@ -417,110 +343,6 @@ class FallbackManager:
     def breaker_states(self) -> dict[str, dict[str, Any]]:
         """Each target's circuit breaker: state, failures, seconds until it is retried."""
         return {name: state.model_dump() for name, state in self._router.breaker_states().items()}
-
-    # -- measure and steer ----------------------------------------------------------
-
-    def benchmark(self, name: str, prompt: str | None = None,
-                  progress: Callable[[float, str], None] | None = None) -> BenchmarkResult:
-        """Measure one model's speed, memory and quality (it loads its own copy), and save it.
-
-        Raises:
-            ModelNotFound, InvalidModelFile, IncompatibleModel: before anything is loaded.
-        """
-        return self._measuring.benchmarks.benchmark(name, prompt, progress)
-
-    def benchmark_all(self, prompt: str | None = None,
-                      progress: Callable[[float, str], None] | None = None) -> list[BenchmarkResult]:
-        """Benchmark every compatible model; incompatible and invalid ones come back as skipped."""
-        return self._measuring.benchmarks.benchmark_all(prompt, progress)
-
-    def start_benchmark(self, name: str | None = None, prompt: str | None = None) -> BenchmarkJob:
-        """Run ``benchmark`` (or ``benchmark_all`` when name is None) as a background job
-        with progress and cancel. Raises ModelNotFound at once for an unknown name."""
-        return self._measuring.benchmarks.start(name, prompt)
-
-    def job(self, job_id: str) -> BenchmarkJob:
-        """A background job by id. Raises JobNotFound for an unknown id."""
-        return self._measuring.benchmarks.job(job_id)
-
-    def jobs(self) -> list[BenchmarkJob]:
-        """The background jobs still kept (running ones, and the last finished), oldest first."""
-        return self._measuring.benchmarks.jobs()
-
-    def benchmark_history(self, model: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
-        """Saved benchmark results, newest first."""
-        return self._measuring.telemetry.store.benchmarks(model, limit=limit)
-
-    def failover_history(self, *, since_s: float | None = None) -> list[dict[str, Any]]:
-        """Saved attempts of chats that did not go straight through, newest first."""
-        return self._measuring.telemetry.store.failovers(since_s=since_s)
-
-    def optimize(self, apply: bool = True) -> Optimization:
-        """Rank the local models (quality first, then speed and headroom) and, with ``apply``,
-        switch to the best one."""
-        return self._measuring.optimizer.optimize(apply)
-
-    def health(self) -> HealthReport:
-        """The system's health, 0-100, with its factors and recommendations. Changes nothing."""
-        return self._measuring.optimizer.health()
-
-    def performance_stats(self) -> PerformanceStats:
-        """The current model's newest benchmark, how many runs are saved, the last hour's
-        failover attempts, the background samples' summary, and the health report's advice."""
-        return self._measuring.optimizer.performance_stats()
-
-    def start_monitoring(self, duration_s: float, interval_s: float = 1.0) -> None:
-        """Sample VRAM, RAM, CPU, GPU use and tokens/s for ``duration_s`` (10-300 s), in the
-        background.
-
-        Raises:
-            InvalidSettings: a duration or interval out of range.
-            Busy: a session is already running.
-        """
-        self._measuring.telemetry.start_monitoring(duration_s, interval_s)
-
-    def stop_monitoring(self) -> MonitoringReport:
-        """End the running session early (or read the finished one): its report.
-        Raises NotStarted when no session was started."""
-        return self._measuring.telemetry.stop_monitoring()
-
-    def monitoring_report(self) -> MonitoringReport:
-        """The live view of the running (or last) session. Raises NotStarted when no
-        session was started."""
-        return self._measuring.telemetry.monitoring_report()
-
-    def wait_monitoring(self, timeout: float | None = None) -> bool:
-        """Block until the monitoring session ends; True when it has."""
-        return self._measuring.telemetry.wait_monitoring(timeout)
-
-    def monitor_history(self, *, limit: int = 20) -> list[dict[str, Any]]:
-        """Saved monitoring sessions (without their samples), newest first."""
-        return self._measuring.telemetry.store.monitor_sessions(limit=limit)
-
-    @property
-    def metrics(self) -> Metrics:
-        """Prometheus metrics (``metrics.wsgi_app()``, ``metrics.serve(port)``); no prompt text."""
-        return self._measuring.telemetry.metrics
-
-    @property
-    def background_samples(self) -> list[Sample]:
-        """The VRAM sampler's recent samples, oldest first (empty while it is off)."""
-        return self._measuring.telemetry.background_samples()
-
-    def background_work(self) -> list[str]:
-        """What runs in the background now: "vram_sampler", "auto_optimizer"."""
-        return self._measuring.background_work()
-
-    def store_problem(self) -> str | None:
-        """Why the history database cannot be used right now (after the queued writes
-        have run, or failed), or None."""
-        store = self._measuring.telemetry.store
-        store.flush(STORE_WAIT_S)
-        return store.problem
-
-    def store_notices(self) -> list[str]:
-        """What happened to the history database in this process (a file moved aside)."""
-        return list(self._measuring.telemetry.store.notices)
 
     # -- lifecycle ------------------------------------------------------------------
 

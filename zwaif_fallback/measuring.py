@@ -85,6 +85,7 @@ class Measuring:
             primary_api=lambda: self._settings().primary_api, host_call=self._host_call,
             remote_urls=lambda: list(self._settings().remote_urls),
             models_dir=lambda: self._settings().models_dir,
+            preferred=lambda: self._settings().preferred_model,
             samples=lambda: self.telemetry.background_samples()))
 
     def run_background(self) -> None:

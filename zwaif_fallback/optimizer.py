@@ -65,7 +65,7 @@ class Optimizer:
                  samples: Callable[[], list[Sample]], primary_api: Callable[[], str],
                  host_call: Callable[[], str | None],
                  remote_urls: Callable[[], list[str]] = list,
-                 models_dir: Callable[[], object] = str) -> None:
+                 models_dir: Callable[[], object] = str, preferred: Callable[[], str] = str) -> None:
         self._local = local
         self._switch = switch
         self._history = history
@@ -76,6 +76,7 @@ class Optimizer:
         self._host_call = host_call
         self._remote_urls = remote_urls
         self._models_dir = models_dir
+        self._preferred = preferred
         self._samples = samples
         self._lock = threading.Lock()
         self._watcher_stop: threading.Event | None = None
@@ -87,6 +88,8 @@ class Optimizer:
             return Optimization(selected=None, switched=False, ranking=ranking,
                                 reason=self._local.why_none() or "no local model fits this machine")
         current = self._local.current
+        # what the next fallback would have loaded: a CLI command's process holds no model
+        before = current.name if current is not None else self._preferred()
         switched, passed_by, reloaded = False, [], None
         if apply and (current is None or current.name != best.model):
             # One that fits but fails to load (a damaged file) is passed by for the next;
@@ -97,7 +100,7 @@ class Optimizer:
                 except ModelLoadError as exc:
                     passed_by.append(f"{entry.model} failed to load ({exc})")
                     continue
-                best, switched = entry, True
+                best, switched = entry, entry.model != before
                 break
             else:
                 raise ModelLoadError(f"no model that fits could be loaded: {'; '.join(passed_by)}")

@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from .errors import InvalidSettings
+from .files import expanded
 from .settings_fields import Folder, NameList, OriginList, SomePath, Url, UrlList, field_problem
 from .settings_file import (
     file_signature,
@@ -154,13 +155,18 @@ class FallbackSettings(BaseSettings):
         return list(self._problems)
 
     def folder_problems(self) -> list[str]:
-        """A models folder that someone set and that is not there: each command would go on as
-        if it held no models, and say nothing (the file system now, not cached)."""
-        folder = self.models_dir
-        if self.origin("models_dir") == "default" or folder.is_dir():
-            return []
-        what = "is a file" if folder.exists() else "does not exist"
-        return [f"models_dir {folder} {what}: no models are read from there; check the path"]
+        """A models or characters folder that someone set and that is not there: each command
+        would go on as if it held nothing, and say nothing (the file system now, not cached)."""
+        problems = []
+        for name, holds in (("models_dir", "models"), ("characters_dir", "personas")):
+            value = getattr(self, name)
+            if self.origin(name) == "default" or not value:
+                continue
+            folder = expanded(str(value))
+            if not folder.is_dir():
+                what = "is a file" if folder.exists() else "does not exist"
+                problems.append(f"{name} {folder} {what}: no {holds} are read from there; check the path")
+        return problems
 
     def origin(self, field: str) -> SettingsOrigin:
         """Where ``field``'s value came from: argument, environment, file or default."""

@@ -167,7 +167,9 @@ def describe_range(info: FieldInfo) -> str:
     false"`` for a flag, else the kind of value."""
     limits = bounds(info)
     if limits is not None:
-        bounds_text = f"{limits[0]:g} to {limits[1]:g}"
+        # an Ollama user writes keep_alive=5m: the unit says what is meant
+        unit = " seconds" if "seconds" in (info.description or "") else ""
+        bounds_text = f"{limits[0]:g} to {limits[1]:g}{unit}"
         return f"a whole number from {bounds_text}" if info.annotation is int else bounds_text
     if get_origin(info.annotation) is Literal:
         return " or ".join(str(choice) for choice in get_args(info.annotation))
