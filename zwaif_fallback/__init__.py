@@ -18,7 +18,7 @@ and to having no import cycle.
                   metrics, monitor, jobs
     call path     chats, characters, completions, completion_request, routing, failover, chat_run, results,
                   breaker, local, step_down, pool, backends
-    fit           fit, memory, calibration, dry_run, dry_run_log
+    fit           local_fits, fit, memory, calibration, dry_run, dry_run_log
     discovery     catalog, pull, pull_plan, download, hub, hub_api, hub_headers, hub_body, hub_http,
                   hub_models, model_info, locations, gguf_lending, gguf_header, gguf_cursor,
                   safetensors_header, ggml
@@ -48,12 +48,13 @@ and to having no import cycle.
   through them, shared with serve's relay (chat_run), what a chat gives back (results),
   one class per runtime (backends/; backends.llama_preflight: llama.cpp imported, and a GGUF
   loaded in a child process before its first load here; backends.llama_log: llama.cpp's own
-  log, kept during a load and sent to logging between loads), the local models' fits, pool,
-  switching and keep_alive (local -> pool), a load that runs out of memory stepping down
-  (step_down).
-* fit: the memory estimate (memory), the verdict (fit), corrections measured on real
-  loads (calibration), llama.cpp's own no_alloc dry run of a plan (dry_run -> dry_run_log:
-  where its log says the memory would go).
+  log, kept during a load and sent to logging between loads), the local models' pool,
+  switching and keep_alive (local -> pool, local_fits), a load that runs out of memory
+  stepping down (step_down).
+* fit: a found model's fit against the memory free now, counting what the loaded one
+  holds (local_fits), the memory estimate (memory), the verdict (fit), corrections measured
+  on real loads (calibration), llama.cpp's own no_alloc dry run of a plan (dry_run ->
+  dry_run_log: where its log says the memory would go).
 * discovery: which models exist and what they are, read from their files' headers, local or
   on the Hub by range requests (hub -> hub_api: a file's metadata and a repo's listing,
   asked through huggingface_hub; hub_body, hub_http, hub_models; hub_headers: the
