@@ -14,8 +14,8 @@ and to having no import cycle.
                   cors, listening, embeddings, upstream_probe, upstreams, ollama_api, ollama_info, relay,
                   sse
     facade        manager
-    measurement   measuring, pull_jobs, recommend, optimizer, bench_jobs, telemetry, health, bench, quality,
-                  metrics, monitor, jobs
+    measurement   measuring, pull_jobs, recommend, optimizer, bench_jobs, telemetry, health, scoring, bench,
+                  quality, metrics, monitor, jobs
     call path     chats, characters, completions, completion_request, routing, failover, chat_run, results,
                   breaker, local, step_down, pool, backends
     fit           local_fits, fit, memory, calibration, dry_run, dry_run_log
@@ -38,9 +38,9 @@ and to having no import cycle.
 * facade: ``FallbackManager`` owns the state and delegates each call to one part.
 * measurement: the manager's measuring parts, made on first use (measuring -> telemetry,
   bench_jobs, optimizer); benchmark runs and jobs (bench_jobs -> bench, quality); ranking,
-  health and the auto-optimizer (optimizer -> health); history, Prometheus metrics and
-  sampling (telemetry -> store, metrics, monitor); downloads from the Hub as the manager
-  runs them, one at a time as a job (pull_jobs -> pull, jobs).
+  health and the auto-optimizer (optimizer -> health, scoring: a model's score); history,
+  Prometheus metrics and sampling (telemetry -> store, metrics, monitor); downloads from
+  the Hub as the manager runs them, one at a time as a job (pull_jobs -> pull, jobs).
 * call path: one answer: OpenAI request dicts checked (completion_request) and answered
   (completions), input checks and recording (chats), a text-generation-webui
   character's persona for local models and remotes (characters), the targets in order
@@ -108,12 +108,13 @@ if _typing.TYPE_CHECKING:
     from .default import default_manager, try_fallbacks
     from .fit import Compatibility, Estimate, LoadConfig, MemoryBreakdown, estimate, plan
     from .hardware import GPUInfo, HardwareProbe, SystemStatus
-    from .health import HealthReport, Optimization, PerformanceStats
+    from .health import HealthReport, PerformanceStats
     from .jobs import Job, JobStatus
     from .manager import FallbackManager
     from .model_info import ModelInfo, ModelShape
     from .monitor import MonitoringReport
     from .results import Attempt, ChatResult, Switch
+    from .scoring import Optimization
     from .settings import FallbackSettings
 
 __version__ = "0.1.0"
@@ -128,7 +129,7 @@ _WHERE = {
     "FallbackManager": "manager", "FallbackSettings": "settings", "GPUInfo": "hardware",
     "HardwareProbe": "hardware", "HealthReport": "health", "Job": "jobs", "JobStatus": "jobs",
     "LoadConfig": "fit", "MemoryBreakdown": "fit", "ModelInfo": "model_info",
-    "ModelShape": "model_info", "MonitoringReport": "monitor", "Optimization": "health",
+    "ModelShape": "model_info", "MonitoringReport": "monitor", "Optimization": "scoring",
     "PerformanceStats": "health", "Switch": "results", "SystemStatus": "hardware",
     "default_manager": "default", "estimate": "fit", "plan": "fit", "try_fallbacks": "default",
 }
