@@ -22,8 +22,8 @@ and to having no import cycle.
     discovery     catalog, pull, pull_plan, download, hub, hub_api, hub_headers, hub_body, hub_http,
                   hub_models, model_info, locations, gguf_lending, gguf_header, gguf_cursor,
                   safetensors_header, ggml
-    base          settings, settings_fields, settings_file, hardware, ggml_devices, store, store_schema,
-                  store_writer, errors, units, net, files, logs, _model
+    base          settings, settings_fields, settings_file, hardware, ggml_devices, store, store_db,
+                  store_schema, store_writer, errors, units, net, files, logs, _model
 
 * porches: the CLI (cli_parser: its subcommands and their arguments; cli_text: what it
   prints; cli_process: its stdout, its failures and its signals), ``try_fallbacks`` on a
@@ -63,12 +63,13 @@ and to having no import cycle.
   over its vocabulary lent by a file with the same one (gguf_lending -> gguf_header); pull
   downloads one from the Hub into a place discovery reads (pull -> pull_plan: which files,
   download: one file's bytes, verified).
-* base: settings (settings_fields: the kinds of value a field takes, and its range in words;
-  settings_file: the file on disk), hardware probes (hardware; ggml_devices: llama.cpp's own
-  device list), the SQLite store (store_schema: its migrations, and whether a file is ours;
-  store_writer: its writer thread, off the chat path), the errors, and small helpers (units:
-  sizes for people; net: which hosts are loopback; files: text as Windows tools save it, and a rename that
-  waits for a scanner).
+* base: settings (settings_fields: the kinds of value a field takes, and its range in
+  words; settings_file: the file on disk), hardware probes (hardware; ggml_devices:
+  llama.cpp's own device list), the SQLite store (store_db: its file, opened, migrated and
+  recovered; store_schema: its migrations, and whether a file is ours; store_writer: its
+  writer thread, off the chat path), the errors, and small helpers (units: sizes for
+  people; net: which hosts are loopback; files: text as Windows tools save it, and a
+  rename that waits for a scanner).
 """
 
 from __future__ import annotations
