@@ -22,8 +22,8 @@ and to having no import cycle.
     discovery     catalog, pull, pull_plan, download, hub, hub_api, hub_headers, hub_body, hub_http,
                   hub_models, model_info, locations, gguf_lending, gguf_header, gguf_cursor,
                   safetensors_header, ggml
-    base          settings, settings_fields, settings_file, hardware, ggml_devices, store, store_db,
-                  store_schema, store_writer, errors, units, net, files, logs, _model
+    base          settings, settings_fields, settings_file, hardware, gpu_probes, ggml_devices, store,
+                  store_db, store_schema, store_writer, errors, units, net, files, logs, _model
 
 * porches: the CLI (cli_parser: its subcommands and their arguments; cli_text: what it
   prints; cli_process: its stdout, its failures and its signals), ``try_fallbacks`` on a
@@ -64,12 +64,12 @@ and to having no import cycle.
   downloads one from the Hub into a place discovery reads (pull -> pull_plan: which files,
   download: one file's bytes, verified).
 * base: settings (settings_fields: the kinds of value a field takes, and its range in
-  words; settings_file: the file on disk), hardware probes (hardware; ggml_devices:
-  llama.cpp's own device list), the SQLite store (store_db: its file, opened, migrated and
-  recovered; store_schema: its migrations, and whether a file is ours; store_writer: its
-  writer thread, off the chat path), the errors, and small helpers (units: sizes for
-  people; net: which hosts are loopback; files: text as Windows tools save it, and a
-  rename that waits for a scanner).
+  words; settings_file: the file on disk), hardware probes (hardware; gpu_probes: each
+  way to ask about the GPUs; ggml_devices: llama.cpp's own device list), the SQLite store
+  (store_db: its file, opened, migrated and recovered; store_schema: its migrations, and
+  whether a file is ours; store_writer: its writer thread, off the chat path), the errors,
+  and small helpers (units: sizes for people; net: which hosts are loopback; files: text
+  as Windows tools save it, and a rename that waits for a scanner).
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ if _typing.TYPE_CHECKING:
     from .catalog import Catalog
     from .default import default_manager, try_fallbacks
     from .fit import Compatibility, Estimate, LoadConfig, MemoryBreakdown, estimate, plan
-    from .hardware import GPUInfo, HardwareProbe, SystemStatus
+    from .gpu_probes import GPUInfo
+    from .hardware import HardwareProbe, SystemStatus
     from .health import HealthReport, PerformanceStats
     from .jobs import Job, JobStatus
     from .manager import FallbackManager
@@ -127,7 +128,7 @@ _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 _WHERE = {
     "Attempt": "results", "BenchmarkResult": "bench", "Catalog": "catalog",
     "ChatResult": "results", "Compatibility": "fit", "Estimate": "fit",
-    "FallbackManager": "manager", "FallbackSettings": "settings", "GPUInfo": "hardware",
+    "FallbackManager": "manager", "FallbackSettings": "settings", "GPUInfo": "gpu_probes",
     "HardwareProbe": "hardware", "HealthReport": "health", "Job": "jobs", "JobStatus": "jobs",
     "LoadConfig": "fit", "MemoryBreakdown": "fit", "ModelInfo": "model_info",
     "ModelShape": "model_info", "MonitoringReport": "monitor", "Optimization": "scoring",
