@@ -10,9 +10,9 @@ Module map, top to bottom. Each part imports only the parts below it (lazy and
 type-only imports included); tests/test_import_graph.py holds the code to this map
 and to having no import cycle.
 
-    porches       cli, cli_parser, cli_text, cli_process, __main__, default, server, front, admission,
-                  cors, listening, embeddings, upstream_probe, upstreams, ollama_api, ollama_info, relay,
-                  sse
+    porches       cli, cli_commands, cli_parser, cli_text, cli_process, __main__, default, server, front,
+                  admission, cors, listening, embeddings, upstream_probe, upstreams, ollama_api, ollama_info,
+                  relay, sse
     facade        manager
     measurement   measuring, pull_jobs, recommend, optimizer, bench_jobs, telemetry, health, scoring, bench,
                   quality, metrics, monitor, jobs
@@ -25,16 +25,16 @@ and to having no import cycle.
     base          settings, settings_fields, settings_file, hardware, gpu_probes, ggml_devices, store,
                   store_db, store_schema, store_writer, errors, units, net, files, logs, _model
 
-* porches: the CLI (cli_parser: its subcommands and their arguments; cli_text: what it
-  prints; cli_process: its stdout, its failures and its signals), ``try_fallbacks`` on a
-  default manager, the OpenAI-compatible server (front: what every request passes before
-  its route; admission: the API key and the request body it
-  takes; cors: the web pages that may call it from a browser; listening: its socket and
+* porches: the CLI (cli_commands: each command's handler; cli_parser: its subcommands and
+  their arguments; cli_text: what it prints; cli_process: its stdout, its failures and its
+  signals), ``try_fallbacks`` on a default manager, the OpenAI-compatible server (front:
+  what every request passes before its route; admission: the API key and the request body
+  it takes; cors: the web pages that may call it from a browser; listening: its socket and
   uvicorn; embeddings: passed on to the servers; upstreams: the servers it stands in front
   of, and upstream_probe: what they answer, in words for a person; ollama_api: Ollama's API
-  beside it, and ollama_info: Ollama's routes that describe the models and its way of naming
-  them; relay: its streams, servers' read on the event loop; sse: those that reach a local
-  model, relayed from their threads).
+  beside it, and ollama_info: Ollama's routes that describe the models and its way of
+  naming them; relay: its streams, servers' read on the event loop; sse: those that reach a
+  local model, relayed from their threads).
 * facade: ``FallbackManager`` owns the state and delegates each call to one part.
 * measurement: the manager's measuring parts, made on first use (measuring -> telemetry,
   bench_jobs, optimizer); benchmark runs and jobs (bench_jobs -> bench, quality); ranking,
