@@ -22,8 +22,8 @@ import zwaif_fallback
 
 PACKAGE = Path(zwaif_fallback.__file__).parent
 #: the porches: the only modules that may import the facade
-FACADE_USERS = {"zwaif_fallback", "zwaif_fallback.cli", "zwaif_fallback.cli_parser",
-                "zwaif_fallback.default", "zwaif_fallback.server"}
+FACADE_USERS = {"zwaif_fallback", "zwaif_fallback.cli", "zwaif_fallback.cli_commands",
+                "zwaif_fallback.cli_parser", "zwaif_fallback.default", "zwaif_fallback.server"}
 
 
 def module_name(path: Path) -> str:

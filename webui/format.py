@@ -26,8 +26,9 @@ from zwaif_fallback import (
     SystemStatus,
 )
 from zwaif_fallback.fit import layers_text
-from zwaif_fallback.health import Factor, RankEntry
+from zwaif_fallback.health import Factor
 from zwaif_fallback.monitor import MetricSummary
+from zwaif_fallback.scoring import RankEntry
 from zwaif_fallback.units import size_text
 
 MODEL_COLUMNS = ["name", "format", "source", "size", "quantization", "context", "fit"]

@@ -1,7 +1,7 @@
 """How ``zwaif-fallback``'s command line is read: the subcommands and their arguments.
 
-``cli.py`` registers each command's handler with ``@command(name, help, arguments)``;
-``build_parser`` makes the parser from that registry, with the global options before the
+``cli_commands.py`` registers each command's handler with ``@command(name, help,
+arguments)``; ``build_parser`` makes the parser from that registry, with the global options before the
 command and ``--json`` after each command's own. Bad arguments are one line on stderr and
 exit status 2, as every other bad input is. The argument types here refuse a value as it
 is typed, naming the range it must be in.

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import AllTargetsFailed, FallbackError, InvalidSettings
 from .fit import Compatibility, layers_text
-from .hardware import GPUProcess, SystemStatus
+from .gpu_probes import GPUProcess
+from .hardware import SystemStatus
 from .model_info import ModelInfo
 from .units import size_text
 

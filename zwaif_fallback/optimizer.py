@@ -1,8 +1,8 @@
 """The optimal model, the health report's inputs, and the auto-optimizer.
 
-Scoring and ranking are pure (health.py); this module gathers what they need (fits,
-the latest benchmarks, breakers, recent attempts) and acts on the ranking: it switches
-to the best model, now or whenever free memory changes a fit verdict.
+Scoring and ranking are pure (scoring.py, health.py); this module gathers what they need
+(fits, the latest benchmarks, breakers, recent attempts) and acts on the ranking: it
+switches to the best model, now or whenever free memory changes a fit verdict.
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ from .health import (
     STATS_RUNS,
     HealthInputs,
     HealthReport,
-    Optimization,
     PerformanceStats,
     health_report,
     performance_stats,
-    rank_models,
 )
 from .model_info import ModelInfo
 from .routing import primary_breakers
+from .scoring import Optimization, rank_models
 
 if TYPE_CHECKING:
     from .breaker import BreakerState

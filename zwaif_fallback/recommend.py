@@ -2,7 +2,7 @@
 
 hub.py reads each candidate's header by HTTP ranges; ``fit`` (``LocalModels.fit``, passed
 in) plans it against the memory free now, as it plans a local model; and it is scored by
-``optimize``'s rule (``health.model_score``: quality first, then speed and headroom). The
+``optimize``'s rule (``scoring.model_score``: quality first, then speed and headroom). The
 quality comes from the parameter count less what the quantization is known to cost:
 llama.cpp's quantize tool lists the perplexity each quantization adds to Llama-3-8B,
 which is turned into the full-precision size that would have the same perplexity
@@ -18,9 +18,9 @@ from typing import Literal
 from ._model import Model
 from .errors import FallbackError
 from .fit import Compatibility
-from .health import model_score
 from .hub import Hub, HubModel, HubUnavailable, curated
 from .model_info import ModelInfo
+from .scoring import model_score
 
 __all__ = ["PPL_COSTS", "Recommendation", "effective_params", "rank", "recommend"]
 
