@@ -183,5 +183,6 @@ def _check_ollamas_fields(request: Mapping[str, Any]) -> None:
     options = request.get("options")
     for name in ("num_ctx", "num_predict", "num_keep", "num_batch", "num_gpu", "num_thread"):
         value = options.get(name) if isinstance(options, Mapping) else None
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        # Ollama takes any JSON number here (its clients send 1.0), not text or true
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise BadRequestField(f"options.{name}", f"options.{name}={value!r}: give a whole number")
