@@ -155,12 +155,17 @@ def test_a_write_waits_for_no_lock_and_is_saved_once_the_lock_goes(tmp_path):
         store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
         store.add_calibration("m", "ctx=4096", "cpu", estimated_mb=100.0, measured_mb=110.0)
         assert store.problem is None  # returned before any wait on the database
+        # every fit reads calibrations, on the chat path: this one's is known at once, with
+        # no wait for the writes queued behind the lock (it waited the busy timeout)
+        assert store.calibration("m", "ctx=4096", "cpu") == 1.1
+        assert store._writer.flush(0) is False  # the write is still queued behind the lock
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     assert store.flush(60)
     assert [e["target"] for e in store.failovers()] == ["smol"]
     assert store.calibration("m", "ctx=4096", "cpu") == 1.1 and store.problem is None
+    assert Store(tmp_path).calibration("m", "ctx=4096", "cpu") == 1.1  # another process reads it
 
 
 def test_queued_writes_are_saved_when_the_store_closes_and_it_still_works_after(tmp_path):

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -35,6 +37,11 @@ R = TypeVar("R", bound=BaseModel)
 
 class Store(Database):
     """Thread-safe; every public method swallows database errors (see ``problem``)."""
+
+    def __init__(self, data_dir: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(data_dir, clock=clock)
+        # (model, config, device) -> measured / estimated of the loads made in this process
+        self._calibrated: dict[tuple[str, str, str], float] = {}
 
     # -- benchmarks ----------------------------------------------------------------
 
@@ -186,8 +193,12 @@ class Store(Database):
 
     def add_calibration(self, model_key: str, config_key: str, device: str, *,
                         estimated_mb: float, measured_mb: float) -> None:
-        """Queued (a load writes it, on the chat path): it returns at once."""
+        """Queued (a load writes it, on the chat path): it returns at once; ``calibration``
+        reads it at once too."""
         row = (self._clock(), model_key, config_key, device, estimated_mb, measured_mb)
+        if estimated_mb > 0:
+            with self._lock:
+                self._calibrated[(model_key, config_key, device)] = measured_mb / estimated_mb
 
         def write(db: sqlite3.Connection) -> None:
             db.execute("INSERT INTO calibrations (at, model_key, config_key, device, "
@@ -196,8 +207,14 @@ class Store(Database):
         self._queue("saving a calibration", write)
 
     def calibration(self, model_key: str, config_key: str, device: str) -> float | None:
-        """measured / estimated of the latest calibration for this model, config and device."""
-        self.flush(READ_WAIT_S)
+        """measured / estimated of the latest calibration for this model, config and device.
+
+        Read on the chat path (every fit): it waits for no queued write. A calibration this
+        process made is known without the database; another process's is read from it."""
+        with self._lock:
+            here = self._calibrated.get((model_key, config_key, device))
+        if here is not None:
+            return here
         with self._db("reading calibrations") as db:
             if db is None:
                 return None
