@@ -175,6 +175,14 @@ def test_optimize_says_switched_only_when_the_fallback_model_changes(models_dir)
     assert (again.selected, again.switched) == (SMOL, False)
 
 
+def test_health_says_when_the_preferred_model_is_a_typo(models_dir):
+    # it was ignored in silence: another model answered, and health said nothing
+    with make(models_dir, preferred_model="SmolLM2-135M-Instuct.Q4_1") as manager:
+        advice = manager.health().recommendations
+    said = next(a for a in advice if "preferred_model 'SmolLM2-135M-Instuct.Q4_1' cannot" in a)
+    assert f"did you mean '{SMOL}'" in said and "zwaif-fallback models" in said
+
+
 RTX = [{"name": "NVIDIA GeForce RTX 3060", "total_mb": 12288, "used_mb": 11800, "utilization": 20}]
 
 

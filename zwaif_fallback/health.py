@@ -90,6 +90,7 @@ class HealthInputs:
     models_dir: str = ""  # where a local model is looked for (named when none is found)
     history_problem: str | None = None  # why history is not being saved now (Store.problem)
     history_notices: list[str] = field(default_factory=list)  # what happened to it (moved aside)
+    preferred_problem: str | None = None  # why preferred_model cannot be the fallback (a typo)
     speed_history: list[float] = field(default_factory=list)  # current model's gen_tps, newest first
     lower_ctx_fits: int | None = None  # an n_ctx at which the current model would fit the GPU
     full_gpu_mb: float | None = None  # VRAM the current model needs fully offloaded
@@ -144,7 +145,7 @@ def health_report(inputs: HealthInputs) -> HealthReport:
 def _vram(inputs: HealthInputs) -> _Finding:
     status = inputs.status
     if not status.gpus:
-        return _finding("vram", 50, "no GPU: VRAM does not apply, local models use system RAM")
+        return _finding("vram", 50, "no GPU: local models use system RAM, slower than VRAM")
     if status.vram_free_mb < inputs.vram_margin_mb * len(status.gpus):
         return _contended(inputs)
     free = status.vram_free_mb / max(status.vram_total_mb, 1)
@@ -186,11 +187,17 @@ def _model(inputs: HealthInputs) -> _Finding:
     """The current model against the best one here, and what to do when it does not fit the GPU."""
     optimal, current = inputs.optimal, inputs.current
     offload = _offload_advice(inputs)
+    if inputs.preferred_problem:  # the model a person chose is not the one that answers
+        offload.insert(0, f"The model you chose does not answer: {inputs.preferred_problem}. Set "
+                          "preferred_model to a model listed by `zwaif-fallback models` (or pick "
+                          "one in the Management tab), or clear it.")
     if current is None and optimal is None:
         return _finding("model", 0, inputs.no_local_model(), *offload)
     if current is None:
-        load = [f"Load a local fallback model now so the first failover is quick: "
-                f"{optimal.model} scores best here ({optimal.score:.0f})."] if optimal else []
+        load = [f"No local model is loaded in this process yet, so the first failover waits for "
+                f"{optimal.model} (the best here, {optimal.score:.0f}) to load. To load it now, "
+                "press ⚡ Auto-Optimize System in the tabs of the running serve or UI (a CLI "
+                "command's process holds no model)."] if optimal else []
         return _finding("model", 40, "no local model is loaded yet", *load, *offload)
     entry = next((e for e in inputs.ranking if e.model == current.name), None)
     if optimal is None or entry is None or optimal.model == current.name:

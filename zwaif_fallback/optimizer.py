@@ -146,6 +146,7 @@ class Optimizer:
             counts = store.request_counts(since_s=RECENT_S)
             inputs.primary_counts = counts.get((name, "primary"))  # None: read from the attempts
         inputs.history_problem, inputs.history_notices = store.problem, list(store.notices)
+        inputs.preferred_problem = self._local.preferred_problem()
         if current is not None and current_fit is not None and status.gpus:
             inputs.full_gpu_mb = self._local.fit(current, gpu_layers=-1).vram_mb
             inputs.lower_ctx_fits = self.ctx_that_fits(current, current_fit.n_ctx)
