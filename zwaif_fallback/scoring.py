@@ -10,7 +10,8 @@ Model score (0-100), quality first::
 
 * quality: the benchmark's quality_score (perplexity and instruction checks, 0-1).
   Without a benchmark, a prior from the parameter count (0.2 for 100M, rising
-  with log2 of the size, capped at 0.6), so a measured model beats a guess.
+  with log2 of the size, capped at 0.8 for about 14B): a guess, which a benchmark
+  replaces (a measured small model can score below a big one that was not measured).
 * speed: generation tokens/s over 20 (a comfortable reading pace), capped at 1.
   Without a benchmark: 0.9 on the GPU, 0.5 partly offloaded, 0.3 on the CPU.
 * headroom: 1 - needed / available memory where the model runs.
