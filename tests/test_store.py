@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, FakeClock
+from servers import wait_until
 
+from zwaif_fallback import store_db, store_writer
 from zwaif_fallback.bench import BenchmarkResult
 from zwaif_fallback.store import KEEP_FAILOVERS_S, MIGRATIONS, PRUNE_EVERY_S, Store
 
@@ -166,6 +168,27 @@ def test_a_write_waits_for_no_lock_and_is_saved_once_the_lock_goes(tmp_path):
     assert [e["target"] for e in store.failovers()] == ["smol"]
     assert store.calibration("m", "ctx=4096", "cpu") == 1.1 and store.problem is None
     assert Store(tmp_path).calibration("m", "ctx=4096", "cpu") == 1.1  # another process reads it
+
+
+def test_writes_a_lock_holds_past_the_busy_timeout_are_kept_and_saved_once_it_ends(tmp_path,
+                                                                                 monkeypatch):
+    # DB Browser for SQLite with unsaved edits holds the database for minutes: the writes
+    # queued meanwhile were lost after the busy timeout (10 s; shortened here)
+    monkeypatch.setattr(store_db, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(store_writer, "RETRY_S", 0.05)
+    store = Store(tmp_path)
+    store.add_benchmark({"model": "m", "ok": True})  # the database exists, as after any use
+    holder = sqlite3.connect(tmp_path / "history.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
+        wait_until(lambda: store.problem and "kept: 1 write(s)" in store.problem, timeout_s=30,
+                   what="the write to be kept")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.flush(30)
+    assert [e["target"] for e in store.failovers()] == ["smol"] and store.problem is None
 
 
 def test_queued_writes_are_saved_when_the_store_closes_and_it_still_works_after(tmp_path):

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .store_schema import MIGRATIONS, ForeignDatabase, check_after, check_before
-from .store_writer import BackgroundWriter, Write
+from .store_writer import RETRY_S, BackgroundWriter, Write
 
 __all__ = ["BUSY_TIMEOUT_S", "FILE_NAME", "READ_WAIT_S", "Database"]
 
@@ -212,22 +212,47 @@ class Database:
                             f"write(s) dropped (while {what}); is another program holding "
                             f"{self.path} open?")
 
-    def _write_batch(self, batch: list[Write]) -> None:
+    def _write_batch(self, batch: list[Write]) -> bool:
         """The writer thread's work: the batch in one transaction, so a locked database is
-        waited out once; when it cannot be written, the batch is lost and ``problem`` says why."""
+        waited out once. False when another program still held it then: the writer keeps the
+        batch and tries again. When it cannot be written, it is lost and ``problem`` says why."""
         what = " and ".join(dict.fromkeys(w.what for w in batch))
-        with self._db(what) as db:
-            if db is None:
-                return
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for write in batch:
-                    write.run(db)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        try:
+            with self._db(what) as db:
+                if db is None:
+                    return True
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if "locked" in str(exc) or "busy" in str(exc):
+                        raise _Locked(exc) from exc  # past _db, which would report it lost
+                    raise
+                self._run_all(db, batch)
+        except _Locked as locked:
+            self._report(f"{what} (kept: {len(batch)} write(s), tried again every {RETRY_S:g} s "
+                         f"while another program holds {self.path.name})", locked.error)
+            return False
+        return True
+
+    @staticmethod
+    def _run_all(db: sqlite3.Connection, batch: list[Write]) -> None:
+        """The batch's writes, in the transaction begun, then committed (or rolled back)."""
+        try:
+            for write in batch:
+                write.run(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+
+class _Locked(Exception):
+    """Another program held the database through the busy timeout (its ``error``)."""
+
+    def __init__(self, error: sqlite3.OperationalError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _is_corrupt(exc: Exception) -> bool:

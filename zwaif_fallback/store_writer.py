@@ -3,8 +3,11 @@
 A database another process holds in a write transaction makes each write wait out the
 busy timeout (10 s). Done on the chat path, every answer waited that long, and answers
 queued behind each other; here only this thread waits, and a batch of writes waits once.
-The queue is bounded: when it is full (the database has been stuck for a long while), a
-write is dropped and counted rather than kept in memory without end.
+A batch the database stayed locked for (a program that keeps its transaction open for
+minutes: DB Browser for SQLite with unsaved edits) is kept and tried again every
+``RETRY_S``, so that nothing is lost to a lock that ends. The queue is bounded: when it is
+full (the database has been stuck for a long while), a write is dropped and counted rather
+than kept in memory without end.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: writes waiting at most; a chat writes one or two, so this is minutes of a stuck database
 CAPACITY = 2000
+#: seconds between tries of a batch the database was locked for
+RETRY_S = 2.0
 
 
 class Write(NamedTuple):
@@ -31,9 +36,10 @@ class Write(NamedTuple):
 
 
 class BackgroundWriter:
-    """Runs writes on one daemon thread, in order, handing ``run_batch`` all that waits."""
+    """Runs writes on one daemon thread, in order, handing ``run_batch`` all that waits;
+    ``run_batch`` returns False to have the batch kept and tried again (a locked database)."""
 
-    def __init__(self, run_batch: Callable[[list[Write]], None], *, capacity: int = CAPACITY,
+    def __init__(self, run_batch: Callable[[list[Write]], bool], *, capacity: int = CAPACITY,
                  name: str = "history-writer") -> None:
         self._run_batch = run_batch
         self._capacity = capacity
@@ -88,11 +94,19 @@ class BackgroundWriter:
                 batch = list(self._queue)
                 self._queue.clear()
                 self._busy = len(batch)
+            done = True
             try:
-                self._run_batch(batch)
+                done = self._run_batch(batch)
             except Exception:  # the store reports its own errors; anything else must not kill us
                 log.exception("history writer failed on %d write(s)", len(batch))
             finally:
                 with self._cond:
+                    if not done and not self._closed:  # first again, the newer writes after it
+                        kept = batch[:max(self._capacity - len(self._queue), 0)]
+                        self.dropped += len(batch) - len(kept)
+                        self._queue.extendleft(reversed(kept))
                     self._busy = 0
                     self._cond.notify_all()
+            if not done:  # a close ends the wait: the batch then has one last try
+                with self._cond:
+                    self._cond.wait_for(lambda: self._closed or self._thread is not me, RETRY_S)
