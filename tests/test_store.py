@@ -187,7 +187,8 @@ def test_writes_a_lock_holds_past_the_busy_timeout_are_kept_and_saved_once_it_en
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert store.flush(30)
+    # a read in the meantime waited for no lock; once it ends, the kept write is saved
+    wait_until(lambda: store.flush(1), timeout_s=30, what="the kept write to be saved")
     assert [e["target"] for e in store.failovers()] == ["smol"] and store.problem is None
 
 

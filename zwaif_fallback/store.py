@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,8 +41,10 @@ class Store(Database):
 
     def __init__(self, data_dir: str | Path, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(data_dir, clock=clock)
-        # (model, config, device) -> measured / estimated of the loads made in this process
+        # (model, config, device) -> measured / estimated of the loads made in this process; a
+        # lock of its own: the store's is held while the writer waits on another program
         self._calibrated: dict[tuple[str, str, str], float] = {}
+        self._calibrated_lock = threading.Lock()
 
     # -- benchmarks ----------------------------------------------------------------
 
@@ -197,7 +200,7 @@ class Store(Database):
         reads it at once too."""
         row = (self._clock(), model_key, config_key, device, estimated_mb, measured_mb)
         if estimated_mb > 0:
-            with self._lock:
+            with self._calibrated_lock:
                 self._calibrated[(model_key, config_key, device)] = measured_mb / estimated_mb
 
         def write(db: sqlite3.Connection) -> None:
@@ -211,7 +214,7 @@ class Store(Database):
 
         Read on the chat path (every fit): it waits for no queued write. A calibration this
         process made is known without the database; another process's is read from it."""
-        with self._lock:
+        with self._calibrated_lock:
             here = self._calibrated.get((model_key, config_key, device))
         if here is not None:
             return here

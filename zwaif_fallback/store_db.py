@@ -38,6 +38,8 @@ FILE_NAME = "history.sqlite3"
 # How long a write waits for another process (a second host, the CLI) to finish its own:
 # under load (a benchmark, the test suite on 2 cores) 2 s was seen to run out and lose a row.
 BUSY_TIMEOUT_S = 10.0
+#: how long the writer thread waits for another program's lock before it tries again later
+WRITER_WAIT_S = 0.25
 
 #: how long a read waits for this process's queued writes (a locked database: once)
 READ_WAIT_S = BUSY_TIMEOUT_S
@@ -221,12 +223,17 @@ class Database:
             with self._db(what) as db:
                 if db is None:
                     return True
+                # A short wait: the batch is tried again, and the store's lock, which reads
+                # on the chat path take too, is held while SQLite waits
+                db.execute(f"PRAGMA busy_timeout={int(WRITER_WAIT_S * 1000)}")
                 try:
                     db.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as exc:
                     if "locked" in str(exc) or "busy" in str(exc):
                         raise _Locked(exc) from exc  # past _db, which would report it lost
                     raise
+                finally:
+                    db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
                 self._run_all(db, batch)
         except _Locked as locked:
             self._report(f"{what} (kept: {len(batch)} write(s), tried again every {RETRY_S:g} s "

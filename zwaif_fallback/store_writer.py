@@ -49,6 +49,7 @@ class BackgroundWriter:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._stalled = False  # the last batch was held back by another program's lock
         self.dropped = 0  # writes dropped because the queue was full
 
     def put(self, write: Write) -> bool:
@@ -69,9 +70,12 @@ class BackgroundWriter:
             return True
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every queued write has run; False when ``timeout`` ran out first."""
+        """Wait until every queued write has run; False when ``timeout`` ran out first, or at
+        once while another program's lock holds them back (``stalled``): a read then sees
+        what is written, and waits for no lock of minutes."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+            self._cond.wait_for(lambda: self._stalled or (not self._queue and not self._busy), timeout)
+            return not self._queue and not self._busy
 
     def close(self, timeout: float | None = None) -> bool:
         """Run what is queued, then stop the thread (a later write starts another)."""
@@ -89,8 +93,8 @@ class BackgroundWriter:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._queue or self._closed or self._thread is not me)
-                if not self._queue:
-                    return  # closed (or replaced after a close) and drained
+                if not self._queue or (self._thread is not me and not self._closed):
+                    return  # closed and drained, or a write after a close started a new writer
                 batch = list(self._queue)
                 self._queue.clear()
                 self._busy = len(batch)
@@ -105,6 +109,7 @@ class BackgroundWriter:
                         kept = batch[:max(self._capacity - len(self._queue), 0)]
                         self.dropped += len(batch) - len(kept)
                         self._queue.extendleft(reversed(kept))
+                    self._stalled = not done
                     self._busy = 0
                     self._cond.notify_all()
             if not done:  # a close ends the wait: the batch then has one last try
