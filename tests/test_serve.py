@@ -506,17 +506,19 @@ def test_ctrl_c_stops_a_whole_local_answer_in_flight_saying_why(isolated: Path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_a_local_answer_in_flight_without_a_traceback(isolated: Path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hangup"])
+def test_ctrl_c_stops_a_local_answer_in_flight_without_a_traceback(isolated: Path, stop: int):
     """Ctrl-C while the local model streams a long answer: the generation is stopped at
     once, so uvicorn's graceful shutdown does not run out of time and cancel it (which
-    printed a traceback), and the model is not freed under a running decode."""
+    printed a traceback), and the model is not freed under a running decode. A closed
+    terminal's hangup does the same (it was a KeyboardInterrupt inside the event loop)."""
     process, base = serve_with_a_local_model(isolated)
     try:
         with httpx.stream("POST", base + "/v1/chat/completions", json={**COUNT, "stream": True},
                           timeout=60) as response:
             lines = response.iter_lines()
             assert next(lines).startswith("data: {")  # the local model is generating
-            process.send_signal(signal.SIGINT)
+            process.send_signal(stop)
             rest = list(lines)  # the stream ends: the answer was stopped, not left to run
         _, stderr = process.communicate(timeout=30)
     finally:

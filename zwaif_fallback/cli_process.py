@@ -94,8 +94,8 @@ def stopped_as_by_ctrl_c() -> Iterator[None]:
         yield
         return
     # One ignored stays ignored: `nohup zwaif-fallback serve &` outlives its terminal
-    previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS
-                if signal.getsignal(sig) != signal.SIG_IGN}
+    previous = {sig: signal.signal(sig, _hang_up if sig != signal.SIGTERM else _interrupt)
+                for sig in STOP_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
     try:
         yield
     finally:
@@ -105,3 +105,9 @@ def stopped_as_by_ctrl_c() -> Iterator[None]:
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _hang_up(signum: int, frame: Any) -> None:
+    """A hangup is a SIGTERM: serve's uvicorn then ends its answers with the shutting-down
+    error a host can read (it handles SIGTERM, not SIGHUP), as for a service manager's stop."""
+    os.kill(os.getpid(), signal.SIGTERM)

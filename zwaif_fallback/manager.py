@@ -140,10 +140,13 @@ class FallbackManager(FromTheHub, MeasureAndSteer):
     def _current_settings(self) -> FallbackSettings:
         """The settings for a chat: read again first when another process saved the file since
         (a serve beside the `ui` command or `settings --set`), a stat's cost otherwise."""
-        fresh = self._settings.reloaded()
+        before = self._settings
+        fresh = before.reloaded()
         if fresh is None:
-            return self._settings
+            return before
         with self._settings_lock:
+            if self._settings is not before:  # an update_settings meanwhile: it read the file after
+                return self._settings
             self._settings = fresh
         self._local.forget_ranking()
         self._apply_background()
