@@ -247,7 +247,7 @@ def test_nothing_able_to_answer_gives_an_error_object_listing_the_attempts(isola
     assert len(chunks) == 1 and chunks[0]["error"]["code"] == "all_targets_failed"
     # the same attempts; the broken file is not loaded a second time
     assert [a["target"] for a in chunks[0]["attempts"]] == [a["target"] for a in response["attempts"]]
-    assert "(an earlier load; replace the file to try it again)" in chunks[0]["attempts"][1]["error"]
+    assert "(an earlier load in this process: a replaced" in chunks[0]["attempts"][1]["error"]
 
 
 # -- the stream ----------------------------------------------------------------------------

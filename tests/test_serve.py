@@ -189,7 +189,7 @@ def test_nothing_able_to_answer_is_a_503_listing_the_attempts(isolated: Path):
             assert body["error"]["code"] == "all_targets_failed"
             assert [a["target"] for a in body["attempts"]][-1] == "broken"
         # with auto_switch off no other model answers for it, and it is not loaded again
-        assert "(an earlier load; replace the file" in body["attempts"][-1]["error"]
+        assert "(an earlier load in this process" in body["attempts"][-1]["error"]
 
 
 def test_a_failure_after_the_first_piece_ends_the_stream_with_an_error_event(isolated: Path,

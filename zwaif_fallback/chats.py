@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from .backends.base import RAW_ROLE, GenerationParams, Message, check_messages
 from .characters import persona, with_persona
 from .chat_run import ChatRun, Piece, Target
-from .errors import AllTargetsFailed, FallbackError, InvalidSettings
+from .errors import CLOSED, AllTargetsFailed, FallbackError, InvalidSettings
 from .failover import FailoverChain
 from .results import Attempt, ChatResult
 from .routing import Primary, Router
@@ -90,7 +90,7 @@ class Chats:
         and hands the rest to ``ChatPlan.pieces``. Bad input raises here, and so does a
         closed manager (FallbackError)."""
         if self._closed():
-            raise FallbackError("this manager is closed; make a new FallbackManager")
+            raise FallbackError(CLOSED)
         checked = check_messages(messages)
         if raw:
             if len(checked) != 1 or checked[0]["role"] != "user":

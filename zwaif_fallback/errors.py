@@ -62,6 +62,9 @@ __all__ = [
     "StorageError",
 ]
 
+#: What a call on a closed manager is told (not in __all__, which lists the errors).
+CLOSED = "this manager is closed; make a new FallbackManager"
+
 
 class FallbackError(Exception):
     """Root of every error raised by zwaif-fallback."""

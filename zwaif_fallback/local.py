@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .backends.base import Cancel, GenerationParams, LocalBackend, TargetFailed, Usage
 from .calibration import Calibration
-from .errors import FallbackError, IncompatibleModel, InvalidModelFile, ModelLoadError
+from .errors import CLOSED, FallbackError, IncompatibleModel, InvalidModelFile, ModelLoadError
 from .fit import Compatibility
 from .hardware import HardwareProbe
 from .local_fits import LocalFits, check_args
@@ -232,7 +232,8 @@ class LocalModels:
             raise TargetFailed(CLOSED)
         failed = self._ladder.failed(model)
         if failed is not None:  # not loaded again: it would fail again, after the same wait
-            raise ModelLoadError(f"{failed} (an earlier load; replace the file to try it again)")
+            raise ModelLoadError(f"{failed} (an earlier load in this process: a replaced file is "
+                                 "tried again; a newer llama-cpp-python or transformers, after a restart)")
         stop = _Stoppable(cancel)
         unhook = cancel.on_set(stop.set) if isinstance(cancel, Cancel) else None
         with self._reaper_lock:
@@ -341,10 +342,6 @@ class LocalModels:
                 return
             self._reaper = threading.Thread(target=reap, daemon=True, name="zwaif-keep-alive")
             self._reaper.start()
-
-
-#: What a call on a closed manager is told.
-CLOSED = "this manager is closed; make a new FallbackManager"
 
 
 class _Stoppable(Cancel):

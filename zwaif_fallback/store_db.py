@@ -96,7 +96,8 @@ class Database:
         if self._conn is not None:
             return self._conn
         if self.path.parent.exists() and not self.path.parent.is_dir():
-            raise NotADirectoryError(f"data_dir {self.path.parent} is a file, not a folder")
+            raise NotADirectoryError(f"data_dir {self.path.parent} is a file, not a folder: set "
+                                     "data_dir (FALLBACK_DATA_DIR) to a folder")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
                                isolation_level=None)
