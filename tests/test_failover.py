@@ -339,15 +339,41 @@ def test_a_stream_read_from_an_asyncio_hosts_threads_keeps_its_own_result(manage
     async def host():
         local = manager.chat(ASK, primary=refused_url(), **GEN)  # the loop thread's last chat
         stream = manager.stream_chat(ASK, primary=proxy.url, **GEN)
-        pieces = []
-        while (piece := await asyncio.to_thread(next, stream, None)) is not None:
-            pieces.append(piece)  # each next() on whichever executor thread is free
+        pieces = [piece async for piece in stream]  # read on a thread of its own
         return local, stream, pieces
 
     local, stream, pieces = asyncio.run(host())
     assert stream.result is not None and stream.result.source == "primary"
     assert stream.result.text == "".join(pieces) and pieces
     assert manager.last_result is local  # this thread's own last chat is left as it was
+
+
+def test_an_asyncio_host_streams_more_fallbacks_at_once_than_a_thread_pool_holds(manager):
+    # asyncio.to_thread(next, stream) (the README's way) waited for good once more streams fell
+    # back at once than its pool has threads: each local stream holds the model between pieces
+    async def one(i):
+        stream = manager.stream_chat([{"role": "user", "content": f"Name a colour. ({i})"}],
+                                     primary=refused_url(), max_tokens=4, temperature=0.0)
+        return "".join([piece async for piece in stream]), stream.result
+
+    async def host():
+        return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(16))), 300)  # not hung
+
+    answers = asyncio.run(host())
+    assert all(text and result.source == "local" and result.text == text for text, result in answers)
+
+
+def test_leaving_an_async_for_early_stops_the_answer_and_lets_the_model_go(manager):
+    async def host():
+        stream = manager.stream_chat(ASK, primary=refused_url(), max_tokens=400, temperature=0.0)
+        async for _ in stream:
+            break
+        return stream
+
+    stream = asyncio.run(host())
+    # the next chat gets the model: the answer left behind no longer holds it
+    after = ThreadPoolExecutor(1).submit(manager.chat, ASK, **GEN).result(timeout=120)
+    assert after.source == "local" and stream.result is None  # stopped, not finished
 
 
 def test_a_stream_is_stopped_from_another_thread_by_its_cancel(manager, proxy):

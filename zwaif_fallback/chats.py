@@ -6,10 +6,11 @@ the moment; each finished result goes to telemetry and becomes this thread's las
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -131,11 +132,55 @@ class Chats:
 class ChatStream(Iterator[str]):
     """The text of one streamed answer, as it comes; ``result`` is its ChatResult once it
     has ended. Unlike ``last_result`` it does not depend on the thread that read the last
-    piece: an asyncio host reads it with ``asyncio.to_thread(next, stream, None)``."""
+    piece. An asyncio host reads it with ``async for`` (``__aiter__``)."""
 
     def __init__(self) -> None:
         self.result: ChatResult | None = None
         self._pieces: Iterator[Piece] = iter(())
+        self._cancel: threading.Event = threading.Event()
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        """The same text for an event loop, read on a thread of this stream's own: a local
+        model's stream holds the model between pieces, so streams read on a shared pool of
+        threads (``asyncio.to_thread``'s, a few per core) waited on each other for good once
+        more of them fell back at once than the pool had threads. Leaving the ``async for``
+        early stops the answer, as ``cancel`` does."""
+        return self._read_on_a_thread()
+
+    async def _read_on_a_thread(self) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        handed: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def hand(kind: str, value: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(handed.put_nowait, (kind, value))
+            except RuntimeError:  # the loop is closed: nobody reads any more
+                self._cancel.set()
+
+        def read() -> None:
+            try:
+                for text in self:
+                    if self._cancel.is_set():
+                        break  # the reader left
+                    hand("text", text)
+                else:
+                    hand("end", None)
+            except BaseException as exc:  # raised where the host reads, as a plain read would
+                hand("error", exc)
+            finally:
+                self.close()  # on the thread that ran it: the model or connection is let go
+
+        threading.Thread(target=read, name="zwaif-chat-stream", daemon=True).start()
+        try:
+            while True:
+                kind, value = await handed.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            self._cancel.set()  # a no-op once it ended; else the answer stops
 
     def __next__(self) -> str:
         while True:
@@ -153,9 +198,12 @@ class ChatStream(Iterator[str]):
         self.result = result
 
     @classmethod
-    def of(cls, start: Callable[[Callable[[ChatResult], None]], Iterator[Piece]]) -> ChatStream:
-        """The stream of the pieces ``start(done)`` gives, ``done`` keeping their result."""
+    def of(cls, start: Callable[[Callable[[ChatResult], None]], Iterator[Piece]], *,
+           cancel: threading.Event) -> ChatStream:
+        """The stream of the pieces ``start(done)`` gives, ``done`` keeping their result;
+        ``cancel`` is the one ``start`` gave the chat."""
         stream = cls()
+        stream._cancel = cancel
         stream._pieces = start(stream._finished)
         return stream
 

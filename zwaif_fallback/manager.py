@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import completions
-from .backends.base import Message
+from .backends.base import Cancel, Message
 from .catalog import Catalog
 from .chats import ChatPlan, Chats, ChatStream
 from .completion_request import CompletionRequest
@@ -278,11 +278,14 @@ class FallbackManager(FromTheHub, MeasureAndSteer):
                     cancel: threading.Event | None = None, **gen: Any) -> ChatStream:
         """Like ``chat`` but yields the answer as it comes; once it ends, the stream's
         ``result`` (and this thread's ``last_result``) holds its ChatResult. Setting ``cancel``
-        stops it from any thread, as for ``stream_chat_completion``.
+        stops it from any thread, as for ``stream_chat_completion``. An asyncio host reads it
+        with ``async for``, each stream on a thread of its own.
 
         Bad input raises here, before the first piece.
         """
-        return ChatStream.of(lambda done: self._chats.answer(messages, primary, None, gen, done, cancel))
+        stop = cancel if cancel is not None else Cancel()
+        return ChatStream.of(lambda done: self._chats.answer(messages, primary, None, gen, done, stop),
+                             cancel=stop)
 
     def chat_completion(self, request: dict[str, Any], *,
                         cancel: threading.Event | None = None) -> dict[str, Any]:
