@@ -453,6 +453,16 @@ class TestHostCallable:
                    for _ in range(4)]
         assert "circuit open" in results[-1].attempts[0].error  # opened by the three before
 
+    def test_a_lambda_over_each_chats_own_list_is_one_target_too(self, manager):
+        # a list cannot be hashed: told apart by its identity, each chat made a new target
+        def over(history):  # the host's call, closing over its per-chat copy of the messages
+            def call(messages, **gen):
+                raise ConnectionError(f"the host's API is down ({len(history)} messages lost)")
+            return call
+
+        results = [manager.chat(ASK, primary=over([dict(m) for m in ASK]), **GEN) for _ in range(4)]
+        assert "circuit open" in results[-1].attempts[0].error
+
     def test_connection_errors_are_retried(self, manager):
         calls = []
 

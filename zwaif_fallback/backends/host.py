@@ -40,11 +40,14 @@ def _contents(cell: Any) -> Any:
 
 
 def _value(value: Any) -> Hashable:
-    """Equal values alike (the same user id made twice); anything else by its identity."""
+    """Equal values alike (the same user id made twice; objects, by default, by identity). A
+    value that cannot be hashed (a list, a dict: the chat's messages, made anew each time) by
+    its type alone: by its identity, each chat would have made a new target, whose breaker
+    never opened."""
     try:
         hash(value)
     except Exception:  # TypeError, or a __hash__ of the host's own that fails
-        return ("id", id(value))
+        return ("unhashable", type(value).__qualname__)
     return ("value", type(value).__qualname__, value)
 
 
