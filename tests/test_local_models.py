@@ -199,12 +199,13 @@ def test_close_stops_the_answer_being_given_and_a_closed_manager_refuses_more(mo
         rest.extend(stream)
     assert len(rest) <= 1  # the answer stopped at its next token, not at max_tokens
     assert manager.loaded_model() is None
+    loads = manager._local.pool.loads
     with pytest.raises(FallbackError, match="this manager is closed; make a new FallbackManager"):
         manager.chat(ask("Hi"), **GEN)
     with pytest.raises(FallbackError, match="this manager is closed"):
         manager.switch_model("tiny")
     assert "this manager is closed" in manager.chat_completion({"messages": ask("Hi")})["error"]["message"]
-    assert manager.loaded_model() is None  # nothing was loaded again
+    assert manager._local.pool.loads == loads and manager.loaded_model() is None  # nothing loaded again
 
 
 @pytest.fixture(scope="module")
