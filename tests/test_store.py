@@ -192,6 +192,27 @@ def test_writes_a_lock_holds_past_the_busy_timeout_are_kept_and_saved_once_it_en
     assert [e["target"] for e in store.failovers()] == ["smol"] and store.problem is None
 
 
+def test_a_write_sqlite_refuses_costs_only_itself_in_its_batch(tmp_path, monkeypatch):
+    # one refused row rolled back the whole batch: the other chats' attempts written with it
+    monkeypatch.setattr(store_db, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(store_writer, "RETRY_S", 0.05)
+    store = Store(tmp_path)
+    store.add_benchmark({"model": "m", "ok": True})
+    holder = sqlite3.connect(tmp_path / "history.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # so that both writes wait, and go in one batch
+    try:
+        store._queue("saving a refused row", lambda db: db.execute(
+            "INSERT INTO calibrations (id, at) VALUES (1, 0), (1, 0)"))
+        store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
+        wait_until(lambda: store.problem and "kept: 2 write(s)" in store.problem, timeout_s=30,
+                   what="both writes to wait together")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    wait_until(lambda: store.flush(1), timeout_s=30, what="the batch to be written")
+    assert [e["target"] for e in store.failovers()] == ["smol"]
+
+
 def test_queued_writes_are_saved_when_the_store_closes_and_it_still_works_after(tmp_path):
     store = Store(tmp_path)
     for _ in range(20):

@@ -242,12 +242,18 @@ class Database:
             return False
         return True
 
-    @staticmethod
-    def _run_all(db: sqlite3.Connection, batch: list[Write]) -> None:
-        """The batch's writes, in the transaction begun, then committed (or rolled back)."""
+    def _run_all(self, db: sqlite3.Connection, batch: list[Write]) -> None:
+        """The batch's writes, in the transaction begun, then committed (or rolled back). One
+        that fails alone (a value SQLite refuses) is undone alone: the other chats' stay."""
         try:
             for write in batch:
-                write.run(db)
+                db.execute("SAVEPOINT one_write")
+                try:
+                    write.run(db)
+                except sqlite3.IntegrityError as exc:  # this write's own data, not the database
+                    db.execute("ROLLBACK TO one_write")
+                    log.warning("history write refused while %s: %s", write.what, exc)
+                db.execute("RELEASE one_write")
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
