@@ -4,6 +4,8 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,19 @@ def test_the_latest_calibration_gives_the_correction(tmp_path):
     assert store.calibration("m", "ctx=2048", "cpu") is None
 
 
+@contextmanager
+def another_program_holds(folder: Path, how: str = "IMMEDIATE") -> Iterator[None]:
+    """The history database held in a write transaction by another program (DB Browser for
+    SQLite with unsaved edits) while inside."""
+    holder = sqlite3.connect(folder / "history.sqlite3", isolation_level=None)
+    holder.execute(f"BEGIN {how}")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 WRITER = """
 import sys
 import threading
@@ -125,14 +140,9 @@ def test_a_corrupt_database_is_moved_aside_and_replaced(tmp_path):
 def test_a_locked_database_is_reported_not_raised(tmp_path):
     store = Store(tmp_path)
     store.add_benchmark({"model": "m", "ok": True})
-    holder = sqlite3.connect(tmp_path / "history.sqlite3", isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
+    with another_program_holds(tmp_path, "EXCLUSIVE"):
         store.add_benchmark({"model": "n", "ok": True})
         assert "locked" in store.problem
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     store.add_benchmark({"model": "n", "ok": True})
     assert store.problem is None and len(store.benchmarks()) == 2
 
@@ -151,9 +161,7 @@ def test_a_write_waits_for_no_lock_and_is_saved_once_the_lock_goes(tmp_path):
     # path, and were lost after it
     store = Store(tmp_path)
     store.add_benchmark({"model": "m", "ok": True})
-    holder = sqlite3.connect(tmp_path / "history.sqlite3", isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
+    with another_program_holds(tmp_path):
         store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
         store.add_calibration("m", "ctx=4096", "cpu", estimated_mb=100.0, measured_mb=110.0)
         assert store.problem is None  # returned before any wait on the database
@@ -161,9 +169,6 @@ def test_a_write_waits_for_no_lock_and_is_saved_once_the_lock_goes(tmp_path):
         # no wait for the writes queued behind the lock (it waited the busy timeout)
         assert store.calibration("m", "ctx=4096", "cpu") == 1.1
         assert store._writer.flush(0) is False  # the write is still queued behind the lock
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     assert store.flush(60)
     assert [e["target"] for e in store.failovers()] == ["smol"]
     assert store.calibration("m", "ctx=4096", "cpu") == 1.1 and store.problem is None
@@ -178,15 +183,10 @@ def test_writes_a_lock_holds_past_the_busy_timeout_are_kept_and_saved_once_it_en
     monkeypatch.setattr(store_writer, "RETRY_S", 0.05)
     store = Store(tmp_path)
     store.add_benchmark({"model": "m", "ok": True})  # the database exists, as after any use
-    holder = sqlite3.connect(tmp_path / "history.sqlite3", isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
+    with another_program_holds(tmp_path):
         store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
         wait_until(lambda: store.problem and "kept: 1 write(s)" in store.problem, timeout_s=30,
                    what="the write to be kept")
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     # a read in the meantime waited for no lock; once it ends, the kept write is saved
     wait_until(lambda: store.flush(1), timeout_s=30, what="the kept write to be saved")
     assert [e["target"] for e in store.failovers()] == ["smol"] and store.problem is None
@@ -198,17 +198,12 @@ def test_a_write_sqlite_refuses_costs_only_itself_in_its_batch(tmp_path, monkeyp
     monkeypatch.setattr(store_writer, "RETRY_S", 0.05)
     store = Store(tmp_path)
     store.add_benchmark({"model": "m", "ok": True})
-    holder = sqlite3.connect(tmp_path / "history.sqlite3", isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")  # so that both writes wait, and go in one batch
-    try:
+    with another_program_holds(tmp_path):  # so that both writes wait, and go in one batch
         store._queue("saving a refused row", lambda db: db.execute(
             "INSERT INTO calibrations (id, at) VALUES (1, 0), (1, 0)"))
         store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
         wait_until(lambda: store.problem and "kept: 2 write(s)" in store.problem, timeout_s=30,
                    what="both writes to wait together")
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     wait_until(lambda: store.flush(1), timeout_s=30, what="the batch to be written")
     assert [e["target"] for e in store.failovers()] == ["smol"]
 
