@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,14 @@ def _ui_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (anything but loopback needs FALLBACK_UI_AUTH)")
     parser.add_argument("--port", type=port_number, default=7860)
+
+
+def _show(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> int:
+    """What a command found: ``data`` as JSON with ``--json``, else ``text()`` for a person."""
+    if args.json:
+        return print_json(data)
+    print(text())
+    return 0
 
 
 @command("ui", "serve the three settings tabs as a standalone web UI", _ui_arguments,
@@ -117,19 +126,14 @@ def cmd_serve(manager: FallbackManager, args: argparse.Namespace) -> int:
 @command("status", "GPUs, VRAM, RAM, CPU and the probe used")
 def cmd_status(manager: FallbackManager, args: argparse.Namespace) -> int:
     status = manager.system_status()
-    if args.json:
-        return print_json(status.model_dump(exclude={"notes"}) | {"notes": status.notes})
-    print(format_status(status))
-    return 0
+    return _show(args, status.model_dump(exclude={"notes"}) | {"notes": status.notes},
+                 lambda: format_status(status))
 
 
 @command("models", "discovered models, invalid ones with the reason")
 def cmd_models(manager: FallbackManager, args: argparse.Namespace) -> int:
     models = manager.discover_models()
-    if args.json:
-        return print_json([m.model_dump() for m in models])
-    print(format_models(models))
-    return 0
+    return _show(args, [m.model_dump() for m in models], lambda: format_models(models))
 
 
 def _check_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,10 +155,7 @@ def cmd_check(manager: FallbackManager, args: argparse.Namespace) -> int:
     result = manager.check_compatibility(
         args.model, n_ctx=args.ctx, gpu_layers=args.gpu_layers, flash_attn=args.flash_attn,
         kv_type=args.kv_type, free_vram_mb=args.free_vram_mb, dry_run=not args.no_dry_run)
-    if args.json:
-        return print_json(result.model_dump())
-    print(format_check(result))
-    return 0
+    return _show(args, result.model_dump(), lambda: format_check(result))
 
 
 def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,10 +170,7 @@ def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
          _recommend_arguments)
 def cmd_recommend(manager: FallbackManager, args: argparse.Namespace) -> int:
     results = manager.recommend_models(args.models or None, n_ctx=args.ctx)
-    if args.json:
-        return print_json([r.model_dump() for r in results])
-    print(format_recommendations(results))
-    return 0
+    return _show(args, [r.model_dump() for r in results], lambda: format_recommendations(results))
 
 
 def _pull_arguments(parser: argparse.ArgumentParser) -> None:
@@ -271,19 +269,13 @@ def _optimize_arguments(parser: argparse.ArgumentParser) -> None:
 @command("optimize", "rank the models and switch to the best", _optimize_arguments)
 def cmd_optimize(manager: FallbackManager, args: argparse.Namespace) -> int:
     result = manager.optimize(apply=not args.dry_run)
-    if args.json:
-        return print_json(result.model_dump())
-    print(format_optimization(result))
-    return 0
+    return _show(args, result.model_dump(), lambda: format_optimization(result))
 
 
 @command("health", "health score, factors and recommendations")
 def cmd_health(manager: FallbackManager, args: argparse.Namespace) -> int:
     report = manager.health()
-    if args.json:
-        return print_json(report.model_dump())
-    print(format_health(report))
-    return 0
+    return _show(args, report.model_dump(), lambda: format_health(report))
 
 
 def _monitor_arguments(parser: argparse.ArgumentParser) -> None:
