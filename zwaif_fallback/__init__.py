@@ -22,8 +22,9 @@ and to having no import cycle.
     discovery     catalog, pull, pull_plan, download, hub, hub_api, hub_headers, hub_body, hub_http,
                   hub_models, model_info, locations, gguf_lending, gguf_header, gguf_cursor,
                   safetensors_header, ggml
-    base          settings, settings_fields, settings_file, hardware, gpu_probes, ggml_devices, store,
-                  store_db, store_schema, store_writer, errors, units, net, files, logs, _model
+    base          settings, settings_env, settings_fields, settings_file, hardware, gpu_probes,
+                  ggml_devices, store, store_db, store_schema, store_writer, errors, units, net, files,
+                  logs, _model
 
 * porches: the CLI (cli_commands: each command's handler; cli_parser: its subcommands and
   their arguments; cli_text: what it prints; cli_process: its stdout, its failures and its

@@ -20,13 +20,13 @@ from pydantic import Field, PrivateAttr, SecretStr, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
-    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
 from .errors import InvalidSettings
 from .files import expanded
+from .settings_env import ENV_PREFIX, MODEL_ALIAS_ENV, EnvWithAlias, env_name_set
 from .settings_fields import Folder, NameList, OriginList, SomePath, Url, UrlList, field_problem
 from .settings_file import (
     file_signature,
@@ -42,8 +42,6 @@ __all__ = ["FallbackSettings", "SettingsOrigin"]
 
 log = logging.getLogger(__name__)
 
-ENV_PREFIX = "FALLBACK_"
-MODEL_ALIAS_ENV = "API_FALLBACK_MODEL"
 DEFAULT_SETTINGS_FILE = Path("fallback_settings.json")
 # VRAM every load leaves free on each GPU. The estimate comes within 1.3% of NVML's
 # per-process peak (56 loads on an H100), up to ~300 MiB short for a 24 GiB plan; the
@@ -145,7 +143,7 @@ class FallbackSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, _EnvWithAlias(settings_cls), _JsonFileSource(settings_cls))
+        return (init_settings, EnvWithAlias(settings_cls), _JsonFileSource(settings_cls))
 
     # -- where values came from --------------------------------------------
 
@@ -172,7 +170,7 @@ class FallbackSettings(BaseSettings):
         """Where ``field``'s value came from: argument, environment, file or default."""
         if field in self._arguments:
             return "argument"
-        if _env_name_set(field):
+        if env_name_set(field):
             return "environment"
         if field in self._file_fields:
             return "file"
@@ -348,25 +346,6 @@ def _translate(exc: ValidationError, *, arguments: set[str]) -> InvalidSettings:
         else:
             problems.append(field_problem(name, info, error.get("input"), error["msg"]) + where)
     return InvalidSettings("; ".join(problems), problems=problems)
-
-
-def _env_name_set(field: str) -> bool:
-    wanted = {(ENV_PREFIX + field).lower()}
-    if field == "preferred_model":
-        wanted.add(MODEL_ALIAS_ENV.lower())
-    return any(key.lower() in wanted for key in os.environ)
-
-
-class _EnvWithAlias(EnvSettingsSource):
-    """The FALLBACK_* environment, plus API_FALLBACK_MODEL for preferred_model."""
-
-    def __call__(self) -> dict[str, Any]:
-        values = super().__call__()
-        if "preferred_model" not in values:
-            alias = next((v for k, v in os.environ.items() if k.upper() == MODEL_ALIAS_ENV), None)
-            if alias is not None:
-                values["preferred_model"] = alias
-        return values
 
 
 def _settings_path(given: Any) -> Path:
