@@ -149,6 +149,7 @@ def test_check_ctx_takes_the_range_of_the_n_ctx_setting(isolated):
      "error: --interval must be between 0.1 and 60 seconds; got 0.01\n"),
     (["--duration", "20", "--interval", "30"],
      "error: --interval (30 s) must not exceed --duration (20 s)\n"),
+    (["--history", "0"], "error: --history must be 1 or more; got 0\n"),
 ])
 def test_monitor_errors_name_the_options_typed(isolated, args, message):
     result = run_cli("monitor", *args, cwd=isolated)
@@ -420,6 +421,21 @@ def test_monitor_stopped_by_ctrl_c_a_supervisor_or_a_closed_terminal_keeps_its_r
     assert b"ram_used_mb" in out and b"Traceback" not in err
     with FallbackManager(FallbackSettings(scan_system_stores=False)) as manager:  # saved, too
         assert len(manager.monitor_history()) == 1
+
+
+def test_monitor_history_lists_the_saved_sessions_newest_first(isolated):
+    assert "no monitoring session saved yet" in run_cli("monitor", "--history", cwd=isolated).stdout
+    for _ in range(2):
+        monitor = _sampling_monitor(isolated)
+        monitor.send_signal(signal.SIGINT)
+        monitor.communicate(timeout=30)
+    sessions = cli_json("monitor", "--history", cwd=isolated)
+    assert len(sessions) == 2 and sessions[0]["id"] > sessions[1]["id"]
+    assert all(s["duration_s"] == 30 and s["stopped_early"] for s in sessions)
+    assert sessions[0]["summary"]["ram_used_mb"]["mean"] > 0
+    assert [s["id"] for s in cli_json("monitor", "--history", "1", cwd=isolated)] == [sessions[0]["id"]]
+    text = run_cli("monitor", "--history", cwd=isolated).stdout.splitlines()
+    assert len(text) == 2 and all("stopped early" in line and "ram_used_mb mean" in line for line in text)
 
 
 def test_a_hangup_that_nohup_ignores_stays_ignored(isolated):

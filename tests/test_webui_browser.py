@@ -451,6 +451,7 @@ def test_health_tab_buttons_and_monitoring(page: Page, served: Served) -> None:
     expect_plotted(page, "fallback-monitor-load", "line")
     expect_plotted(page, "fallback-history-benchmarks", "rect", "tiny")
     expect_plotted(page, "fallback-history-failovers", "rect")
+    expect_column(page, "fallback-history-sessions", "ended", ["stopped early"])  # the one just saved
     # the main API's failed attempts are red and the local models' answers green (4.36.1 coloured
     # them the other way round): the red pixels lie on the side where the failed attempts are
     red, green = colour_columns(page, "fallback-history-failovers")

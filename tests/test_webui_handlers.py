@@ -668,12 +668,19 @@ def test_stopping_monitoring_that_never_started_warns(manager: FallbackManager) 
     assert status.startswith("❌") and timer == compat.timer_update(active=False)
 
 
-def test_history_charts_show_benchmarks_and_failovers(manager: FallbackManager) -> None:
+def test_history_shows_benchmarks_failovers_and_monitoring_sessions(manager: FallbackManager) -> None:
     manager.switch_model("tiny")
     manager.benchmark("tiny")
     manager.chat([{"role": "user", "content": "Hi"}], primary=refused_url(), max_tokens=4)
+    manager.start_monitoring(10, interval_s=0.1)
+    wait_until(lambda: len(manager.monitoring_report().samples) >= 2, timeout_s=15, what="two samples")
+    manager.stop_monitoring()
     drawn = HealthHandlers(manager).history()
-    benchmarks, failovers = (chart["value"] if isinstance(chart, dict) else chart for chart in drawn)
+    benchmarks, failovers, sessions = (c["value"] if isinstance(c, dict) else c for c in drawn)
+    assert list(sessions.columns) == fmt.SESSION_COLUMNS and len(sessions) == 1
+    session = sessions.iloc[0]
+    assert (session["seconds"], session["ended"]) == (10, "stopped early")
+    assert session["RAM used (MiB), mean"] > 0 and pd.isna(session["VRAM used (MiB), mean"])  # no GPU
     assert list(benchmarks["model"]) == ["tiny"] and benchmarks["gen_tps"].iloc[0] > 0
     # each target has a row for each outcome, failed ones first: 4.x colours the first category red
     assert list(failovers["outcome"]) == ["failed", "failed", "ok", "ok"]

@@ -6,6 +6,7 @@ Pure functions over the result types (no manager, no clock), shared by the three
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -333,6 +334,18 @@ def summary_frame(summary: Mapping[str, MetricSummary]) -> pd.DataFrame:
     if summary and "tokens_per_s" not in summary:  # this process generated nothing: not a 0
         rows.append([SAMPLE_LABELS["tokens_per_s"], None, None, None, None])
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+SESSION_COLUMNS = ["started", "seconds", "ended", *(f"{label}, mean" for label in SAMPLE_LABELS.values())]
+
+
+def sessions_frame(sessions: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Saved monitoring sessions, newest first: each metric's mean (blank where not measured)."""
+    rows = [[time.strftime("%Y-%m-%d %H:%M", time.localtime(s["started"])), s["duration_s"],
+             "stopped early" if s["stopped_early"] else "finished",
+             *(round(s["summary"][name]["mean"], 1) if name in s["summary"] else None
+               for name in SAMPLE_LABELS)] for s in sessions]
+    return pd.DataFrame(rows, columns=SESSION_COLUMNS)
 
 
 def text(value: Any) -> str:

@@ -25,6 +25,7 @@ __all__ = ["HealthHandlers", "HealthTab", "build_health_tab"]
 TAB_LABEL = "System Health Monitor"
 POLL_S = 1.0
 INTERVAL_S = 1.0
+SESSIONS_SHOWN = 20
 
 
 class HealthHandlers:
@@ -114,19 +115,22 @@ class HealthHandlers:
         return (gr.update(value=charts.samples_frame(samples, charts.MEMORY_METRICS), x_lim=x_lim),
                 gr.update(value=charts.samples_frame(samples, charts.LOAD_METRICS), x_lim=x_lim))
 
-    def history(self) -> tuple[Any, Any]:
-        """Past benchmarks (speed over time) and failover attempts (by target and outcome)."""
+    def history(self) -> tuple[Any, Any, Any]:
+        """Past benchmarks (speed over time), failover attempts (by target and outcome) and
+        monitoring sessions."""
         try:
             benchmarks = self.manager.benchmark_history(limit=500)
             failovers = self.manager.failover_history()
+            sessions = self.manager.monitor_history(limit=SESSIONS_SHOWN)
         except FallbackError as exc:
             fmt.failure(exc, "Reading history")
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         problem = self.manager.store_problem()
         if problem:  # the charts would look complete; what is not being saved is missing
             gr.Warning(f"History is not being saved: {problem}")
         return (compat.colored(charts.benchmark_history_frame(benchmarks), "model", charts.MODEL_COLORS),
-                compat.colored(charts.failover_history_frame(failovers), "outcome", charts.OUTCOME_COLORS))
+                compat.colored(charts.failover_history_frame(failovers), "outcome", charts.OUTCOME_COLORS),
+                fmt.sessions_frame(sessions))
 
 
 @dataclass
@@ -181,10 +185,13 @@ def build_health_tab(manager: FallbackManager, prefix: str = "fallback") -> Heal
             failover_history = compat.plot(gr.BarPlot, x="target", y="attempts", color="outcome",
                                            title="Failover attempts by target",
                                            elem_id=eid("history-failovers"))
+        sessions = gr.Dataframe(headers=fmt.SESSION_COLUMNS, label="Past monitoring sessions",
+                                interactive=False, elem_id=eid("history-sessions"))
 
     health_outputs = [health, factors, recommendations]
     monitor_outputs = [monitor_status, memory_plot, load_plot, summary, poll.component]
-    for fn, outputs in ((h.refresh_health, health_outputs), (h.history, [bench_history, failover_history])):
+    history_outputs = [bench_history, failover_history, sessions]
+    for fn, outputs in ((h.refresh_health, health_outputs), (h.history, history_outputs)):
         compat.on_show(tab, fn, outputs)
         compat.on_page_load(fn, outputs)
     compat.redraw_on_show(tab, [summary])  # filled when monitoring ends, maybe in another tab
@@ -196,5 +203,5 @@ def build_health_tab(manager: FallbackManager, prefix: str = "fallback") -> Heal
                 api_name="fallback_monitor_start")
     poll.on_tick(h.poll_monitoring, inputs=[], outputs=monitor_outputs)
     stop.click(h.stop_monitoring, outputs=monitor_outputs, api_name="fallback_monitor_stop"
-               ).then(h.history, outputs=[bench_history, failover_history], **compat.PRIVATE)
+               ).then(h.history, outputs=history_outputs, **compat.PRIVATE)
     return HealthTab(tab=tab, health=health, monitor_status=monitor_status)

@@ -31,6 +31,7 @@ from .cli_text import (
     format_check,
     format_health,
     format_models,
+    format_monitor_sessions,
     format_monitor_summary,
     format_optimization,
     format_pull_progress,
@@ -279,14 +280,24 @@ def cmd_health(manager: FallbackManager, args: argparse.Namespace) -> int:
 
 
 def _monitor_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, required=True, metavar="S",
-                        help="{:g} to {:g} seconds".format(*DURATION_RANGE_S))
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--duration", type=float, metavar="S",
+                      help="{:g} to {:g} seconds".format(*DURATION_RANGE_S))
+    what.add_argument("--history", type=int, nargs="?", const=20, metavar="N",
+                      help="show the last N saved sessions (20) instead of sampling")
     parser.add_argument("--interval", type=float, default=1.0, metavar="I",
                         help="seconds between samples, {:g} to {:g}".format(*INTERVAL_RANGE_S))
 
 
 @command("monitor", "sample VRAM, RAM, CPU and tokens/s for a while", _monitor_arguments)
 def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
+    if args.history is not None:
+        if args.history < 1:
+            raise InvalidSettings(f"--history must be 1 or more; got {args.history}")
+        sessions = manager.monitor_history(limit=args.history)
+        _show(args, sessions, lambda: format_monitor_sessions(sessions))
+        _history_said(manager)  # a database that cannot be read reads as no sessions: say so
+        return 0
     # Checked here as well as by the session, so that the message names the options typed.
     problems = session_problems(args.duration, args.interval, names=("--duration", "--interval"))
     if problems:

@@ -6,6 +6,7 @@ Pure functions over those results; ``print_json`` is the ``--json`` side of ever
 from __future__ import annotations
 
 import json
+import time
 import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,9 +28,9 @@ if TYPE_CHECKING:
     from .settings import FallbackSettings
 
 __all__ = ["error_json", "format_benchmarks", "format_chat_footer", "format_check", "format_health",
-           "format_models", "format_monitor_summary", "format_optimization", "format_pull_progress",
-           "format_recommendations", "format_sample", "format_settings", "format_status", "num",
-           "print_json", "table"]
+           "format_models", "format_monitor_sessions", "format_monitor_summary", "format_optimization",
+           "format_pull_progress", "format_recommendations", "format_sample", "format_settings",
+           "format_status", "num", "print_json", "table"]
 
 
 def print_json(data: Any) -> int:
@@ -202,6 +203,20 @@ def format_monitor_summary(report: MonitoringReport) -> str:
     if "tokens_per_s" not in report.summary:
         lines.append(f"{'tokens_per_s':<20} n/a: nothing was generated in this process (a serve "
                      "running beside it shows its rate on /metrics)")
+    return "\n".join(lines)
+
+
+def format_monitor_sessions(sessions: Sequence[dict[str, Any]]) -> str:
+    """Saved monitoring sessions, newest first: when, how long, and each metric's mean and max."""
+    if not sessions:
+        return "no monitoring session saved yet: `zwaif-fallback monitor --duration 60` records one"
+    lines = []
+    for session in sessions:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(session["started"]))
+        ended = "stopped early" if session["stopped_early"] else "finished"
+        figures = [f"{name} mean {m['mean']:.1f} max {m['max']:.1f}"
+                   for name, m in session["summary"].items()]
+        lines.append(f"{when}  {session['duration_s']:>5g} s  {ended:<13}  " + ", ".join(figures))
     return "\n".join(lines)
 
 
