@@ -10,7 +10,7 @@ from builders import write_gguf, write_hf_folder
 
 from zwaif_fallback import FallbackSettings, LoadConfig, estimate, plan
 from zwaif_fallback.catalog import Catalog
-from zwaif_fallback.fit import CUDA_CONTEXT_MB, HEADROOM_MB, KV_PAD, offloaded
+from zwaif_fallback.fit import CUDA_CONTEXT_MB, HEADROOM_MB, KV_PAD, RAM_MARGIN_MB, offloaded
 from zwaif_fallback.memory import CUBLAS_MB
 
 MIB = 2**20
@@ -153,6 +153,14 @@ class TestVerdicts:
         c = plan(smol, n_ctx=4096, free_vram_mb=[100], free_ram_mb=100)
         assert (c.verdict, c.compatible) == ("none", False)
         assert "lower n_ctx" in c.reason
+
+    def test_a_cpu_plan_leaves_the_ram_margin_free(self, smol):
+        need = plan(smol, n_ctx=4096, free_vram_mb=[], free_ram_mb=16000).ram_mb
+        roomy = plan(smol, n_ctx=4096, free_vram_mb=[], free_ram_mb=need + RAM_MARGIN_MB + 1)
+        tight = plan(smol, n_ctx=4096, free_vram_mb=[], free_ram_mb=need + RAM_MARGIN_MB - 1)
+        assert (roomy.verdict, tight.verdict) == ("cpu", "none")
+        assert tight.available_ram_mb == round(need + RAM_MARGIN_MB - 1, 1)  # as the probe said
+        assert "less 512 MiB kept for the system" in tight.reason
 
     def test_forced_layers_that_do_not_fit_say_how_many_would(self, smol):
         c = plan(smol, n_ctx=4096, free_vram_mb=[1450], free_ram_mb=16000, gpu_layers=-1)

@@ -51,6 +51,10 @@ __all__ = [
 Verdict = Literal["gpu", "partial", "cpu", "none"]
 KV_TYPES = ("f16", "q8_0", "q4_0")
 HEADROOM_MB = float(VRAM_MARGIN_MB)  # VRAM left free on each GPU (settings.vram_margin_mb)
+# RAM a plan leaves free for the system and the host's own allocations: a CPU plan that took
+# all of it would push them into swap (or, on Windows, past the commit limit). The estimate
+# is already 40-170 MiB above measured CPU loads of the bundled model; this is on top of it.
+RAM_MARGIN_MB = 512.0
 
 
 class Compatibility(Model):
@@ -83,7 +87,8 @@ class Compatibility(Model):
 @dataclass(frozen=True)
 class _Budget:
     vram_mb: float  # usable: free VRAM less the headroom
-    ram_mb: float
+    ram_mb: float  # usable: available RAM less RAM_MARGIN_MB
+    free_ram_mb: float  # as the probe reported it
     n_gpus: int
     free_vram_mb: float  # as the probe reported it
     calibrated: bool = False
@@ -105,6 +110,7 @@ def plan(
     kv_type: str = "f16",
     n_batch: int = 512,
     headroom_mb: float = HEADROOM_MB,
+    ram_margin_mb: float = RAM_MARGIN_MB,
     vram_scale: float = 1.0,
     ram_scale: float = 1.0,
     calibrated: bool = False,
@@ -118,6 +124,7 @@ def plan(
         free_vram_mb: free VRAM of each usable GPU (empty: no GPU).
         free_ram_mb: RAM available to a new model.
         gpu_layers: force llama.cpp's n_gpu_layers; None picks the most that fits.
+        headroom_mb, ram_margin_mb: VRAM left free on each GPU, RAM left free for the rest.
         vram_scale, ram_scale: corrections measured on earlier real loads (calibration); the
             VRAM one applies to the buffers, not to the runtime's context.
         calibrated: a real load of this model and configuration was measured.
@@ -134,7 +141,8 @@ def plan(
     n_layers = model.n_layers or 0
     gpus = [v for v in free_vram_mb if v > 0]
     budget = _Budget(vram_mb=max(sum(gpus) - headroom_mb * len(gpus), 0.0),
-                     ram_mb=max(free_ram_mb, 0.0), n_gpus=max(len(gpus), 1),
+                     ram_mb=max(free_ram_mb - ram_margin_mb, 0.0),
+                     free_ram_mb=max(free_ram_mb, 0.0), n_gpus=max(len(gpus), 1),
                      free_vram_mb=float(sum(gpus)),
                      calibrated=calibrated, runtime=runtime, dry_run_checked=dry_run_checked)
 
@@ -173,9 +181,11 @@ def plan(
                f"not even one layer fits in {size_text(budget.vram_mb)} of usable VRAM")
         return _result(model, "cpu", cpu, budget, kv_type, flash_attn,
                        f"{why}: runs on the CPU, needs {size_text(cpu.ram_mb)} of "
-                       f"{size_text(budget.ram_mb)} free RAM")
+                       f"{size_text(budget.ram_mb)} usable RAM")
     return _result(model, "none", cpu, budget, kv_type, flash_attn,
-                   f"needs {size_text(cpu.ram_mb)} of RAM with {size_text(budget.ram_mb)} free"
+                   f"needs {size_text(cpu.ram_mb)} of RAM with {size_text(budget.ram_mb)} usable "
+                   f"({size_text(budget.free_ram_mb)} free, less {size_text(RAM_MARGIN_MB)} kept for "
+                   "the system)"
                    + (f" and does not fit {size_text(budget.vram_mb)} of usable VRAM" if gpus else "")
                    + ": choose a smaller quantization or lower n_ctx")
 
@@ -208,7 +218,7 @@ def _forced(model: ModelInfo, at: Callable[[int], Estimate], layers: int, budget
                  "partial": f"with {est.gpu_layers} of {n_layers} layers on the GPU"}[verdict]
         return _result(model, verdict, est, budget, kv_type, flash_attn,
                        f"runs {where}: needs {size_text(est.vram_mb)} of {size_text(budget.vram_mb)} usable "
-                       f"VRAM and {size_text(est.ram_mb)} of {size_text(budget.ram_mb)} free RAM")
+                       f"VRAM and {size_text(est.ram_mb)} of {size_text(budget.ram_mb)} usable RAM")
     best = _most_layers(at, budget, n_layers) if has_gpu else None
     if best is not None:
         hint = f"at most {best.gpu_layers} layers fit"
@@ -219,7 +229,7 @@ def _forced(model: ModelInfo, at: Callable[[int], Estimate], layers: int, budget
     return _result(model, "none", est, budget, kv_type, flash_attn,
                    f"{est.gpu_layers} GPU layers need {size_text(est.vram_mb)} of VRAM "
                    f"({size_text(budget.vram_mb)} usable) and {size_text(est.ram_mb)} of RAM "
-                   f"({size_text(budget.ram_mb)} free): {hint}")
+                   f"({size_text(budget.ram_mb)} usable): {hint}")
 
 
 def _result(model: ModelInfo, verdict: Verdict, est: Estimate, budget: _Budget, kv_type: str,
@@ -241,7 +251,7 @@ def _result(model: ModelInfo, verdict: Verdict, est: Estimate, budget: _Budget, 
         n_layers=est.n_layers,
         n_ctx=est.n_ctx,
         available_vram_mb=round(budget.free_vram_mb, 1),
-        available_ram_mb=round(budget.ram_mb, 1),
+        available_ram_mb=round(budget.free_ram_mb, 1),
         breakdown=(est.vram + est.ram).rounded(),
         vram_breakdown=est.vram.rounded(),
         ram_breakdown=est.ram.rounded(),
