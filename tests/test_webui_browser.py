@@ -477,6 +477,21 @@ def test_a_summary_that_came_while_its_tab_was_hidden_has_all_its_rows_when_the_
     expect_column(page, "fallback-monitor-summary", "metric", ["RAM used (MiB)", "CPU (%)", "tokens/s"])
 
 
+def test_a_session_that_runs_to_its_end_joins_the_history_at_once(page: Page) -> None:
+    open_tab(page, "System Health Monitor")
+    before = len(table(page, "fallback-history-sessions"))
+    set_number(page, "fallback-monitor-duration", "10")
+    click(page, "📈 Start Monitoring")
+    expect(page.locator("#fallback-monitor-status")).to_contain_text("Monitoring finished", timeout=30_000)
+    rows: list[dict[str, str]] = []
+
+    def joined() -> bool:
+        rows[:] = table(page, "fallback-history-sessions")
+        return len(rows) == before + 1
+    wait_until(joined, timeout_s=WAIT_MS / 1000, what="the session in the history", interval_s=0.2)
+    assert (rows[0]["ended"], rows[0]["seconds"]) == ("finished", "10"), rows
+
+
 def test_the_host_chat_streams_and_names_the_target_of_each_answer(page: Page, served: Served) -> None:
     if served.kind != "host":
         pytest.skip("only the host has a chat")

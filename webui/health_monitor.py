@@ -26,6 +26,7 @@ TAB_LABEL = "System Health Monitor"
 POLL_S = 1.0
 INTERVAL_S = 1.0
 SESSIONS_SHOWN = 20
+SAVE_WAIT_S = 5.0  # a session that has ended is saving itself to history
 
 
 class HealthHandlers:
@@ -88,6 +89,7 @@ class HealthHandlers:
         if report.running:
             return (f"📈 Monitoring: {len(report.samples)} samples so far of {report.duration_s:.0f} s…",
                     *self._plots(report.samples, report.duration_s), gr.skip(), gr.skip())
+        self.manager.wait_monitoring(timeout=SAVE_WAIT_S)  # saved, for the history the summary redraws
         return self._finished(report)
 
     def stop_monitoring(self) -> tuple[Any, ...]:
@@ -202,6 +204,7 @@ def build_health_tab(manager: FallbackManager, prefix: str = "fallback") -> Heal
     start.click(h.start_monitoring, inputs=duration, outputs=monitor_outputs,
                 api_name="fallback_monitor_start")
     poll.on_tick(h.poll_monitoring, inputs=[], outputs=monitor_outputs)
-    stop.click(h.stop_monitoring, outputs=monitor_outputs, api_name="fallback_monitor_stop"
-               ).then(h.history, outputs=history_outputs, **compat.PRIVATE)
+    stop.click(h.stop_monitoring, outputs=monitor_outputs, api_name="fallback_monitor_stop")
+    # a session's summary is drawn when it ends, stopped or run to its end: its row joins the history
+    summary.change(h.history, outputs=history_outputs, **compat.PRIVATE)
     return HealthTab(tab=tab, health=health, monitor_status=monitor_status)
