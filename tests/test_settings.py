@@ -90,6 +90,14 @@ def test_api_fallback_model_is_an_alias_of_preferred_model(monkeypatch):
     assert FallbackSettings().preferred_model == "other"
 
 
+def test_an_empty_api_fallback_model_as_z_waifs_env_example_ships_it_pins_nothing(isolated, monkeypatch):
+    monkeypatch.setenv("API_FALLBACK_MODEL", "")  # env_example.txt: `API_FALLBACK_MODEL=`
+    settings = FallbackSettings()
+    assert settings.origin("preferred_model") == "default"
+    settings.saved(preferred_model="smol")  # the tabs' save is not refused as pinned
+    assert FallbackSettings().preferred_model == "smol"
+
+
 def test_lists_come_comma_separated_from_the_environment(monkeypatch):
     monkeypatch.setenv("FALLBACK_HF_MODELS", "org/a, /models/b ,")
     monkeypatch.setenv("FALLBACK_REMOTE_URLS", "http://127.0.0.1:8080/v1/,https://x.example/v1")

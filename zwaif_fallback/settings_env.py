@@ -15,12 +15,19 @@ ENV_PREFIX = "FALLBACK_"
 MODEL_ALIAS_ENV = "API_FALLBACK_MODEL"
 
 
+def _alias_value() -> str | None:
+    """API_FALLBACK_MODEL when it names a model. Z-WAIF's env_example.txt ships it empty
+    (``API_FALLBACK_MODEL=``): that chooses nothing, so it does not pin preferred_model."""
+    value = next((v for k, v in os.environ.items() if k.upper() == MODEL_ALIAS_ENV), None)
+    return value if value is not None and value.strip() else None
+
+
 def env_name_set(field: str) -> bool:
     """Whether the environment sets ``field`` (its alias counts for preferred_model)."""
-    wanted = {(ENV_PREFIX + field).lower()}
-    if field == "preferred_model":
-        wanted.add(MODEL_ALIAS_ENV.lower())
-    return any(key.lower() in wanted for key in os.environ)
+    if field == "preferred_model" and _alias_value() is not None:
+        return True
+    wanted = (ENV_PREFIX + field).lower()
+    return any(key.lower() == wanted for key in os.environ)
 
 
 class EnvWithAlias(EnvSettingsSource):
@@ -29,7 +36,7 @@ class EnvWithAlias(EnvSettingsSource):
     def __call__(self) -> dict[str, Any]:
         values = super().__call__()
         if "preferred_model" not in values:
-            alias = next((v for k, v in os.environ.items() if k.upper() == MODEL_ALIAS_ENV), None)
+            alias = _alias_value()
             if alias is not None:
                 values["preferred_model"] = alias
         return values
