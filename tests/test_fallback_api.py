@@ -133,10 +133,11 @@ def test_api_call_and_try_fallbacks_are_answered_locally_while_the_primary_is_de
         assert response["x_fallback"]["attempts"][0]["ok"] is False  # the primary was tried first
 
 
-def test_the_local_model_answers_through_fallback_llm_and_the_stream(dead_primary):
+def test_the_local_model_answers_through_fallback_llm_and_the_stream(dead_primary, isolated):
     llm = api.get_fallback_llm()
     assert llm is api.get_fallback_llm()
     assert llm.switch_model(SMOL) is True
+    assert not (isolated / "settings.json").exists()  # Z-WAIF saves API_FALLBACK_MODEL itself
     assert llm.is_initialized and llm.model_name == SMOL and llm.is_gguf
     answer = llm.generate(ASK, max_new_tokens=8, temperature=0.1)
     assert isinstance(answer, str) and answer

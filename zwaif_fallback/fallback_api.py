@@ -188,15 +188,19 @@ def _with_image(messages: list[dict[str, Any]], path: Path) -> list[dict[str, An
 
 
 def switch_fallback_model(new_model_name: str) -> bool:
-    """Load ``new_model_name`` as the local fallback model and remember it as
-    ``preferred_model`` in zwaif-fallback's settings file (not ``.env``).
+    """Load ``new_model_name`` as the local fallback model; the next fallback chat that
+    gets to the local models starts with it.
+
+    Nothing is saved: Z-WAIF's callers save the choice in ``API_FALLBACK_MODEL`` themselves,
+    which zwaif-fallback reads as ``preferred_model`` when it starts (and which pins it, so
+    saving it here as well would only log that it cannot).
 
     Returns:
         True when it is loaded; False when it is not (unknown, unusable, does not fit, its
         load failed), with the reason in the log.
     """
     try:
-        default_manager().switch_model(new_model_name)
+        default_manager().switch_model(new_model_name, persist=False)
     except Exception as exc:
         log.warning("could not switch the fallback model to %s: %s", new_model_name, exc)
         return False

@@ -151,7 +151,7 @@ def get_model_info(model_name: str) -> dict[str, Any]:
         found on disk ``path``, ``file_size_gb``, ``parameters`` and ``quantization``.
     """
     compatible, message, vram_gb = check_model_compatibility(model_name)
-    kind = "gguf" if model_name.lower().endswith(".gguf") else "transformers"
+    kind = "gguf" if "gguf" in model_name.lower() else "transformers"  # until its file says
     info: dict[str, Any] = {"name": model_name, "type": kind, "model_type": kind, "vram_required_gb": vram_gb,
                             "is_compatible": compatible, "compatibility_message": message,
                             "size_estimate_gb": 0.0}
