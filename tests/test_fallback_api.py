@@ -169,7 +169,7 @@ def test_when_nothing_can_answer_each_caller_gets_its_failure_shape(dead_primary
     bad = [{"role": "narrator", "content": "x"}]
     assert "choices" not in api.api_call({"messages": bad}) and api.api_call({"messages": bad})["error"]
     assert api.generate_image_response(bad, image_path="LiveImage.png") == ""
-    assert list(api.generate_streaming_response(bad)) == ["(The fallback could not answer just now.)"]
+    assert list(api.generate_streaming_response(bad)) == [api.FAILED_LINE]
     with pytest.raises(FallbackError, match="role"):
         api.get_fallback_llm().generate(bad)
 

@@ -82,6 +82,8 @@ log = logging.getLogger(__name__)
 
 #: the largest image sent on to the servers, as OpenAI takes them; a bigger one is only named
 MAX_IMAGE_BYTES = 20 * 2**20
+#: the last piece of a stream that nothing could answer (Z-WAIF speaks what it reads)
+FAILED_LINE = "(The fallback could not answer just now.)"
 #: "[Platform: ...]" tags Z-WAIF puts in a message, and its names for them
 PLATFORMS = {"[Platform: Twitch Chat]": "twitch", "[Platform: Discord": "discord",
              "[Platform: Web Interface]": "webui", "[Platform: Voice Chat]": "voice",
@@ -129,11 +131,15 @@ def generate_streaming_response(messages: list[dict[str, Any]], max_tokens: int 
     When nothing can answer, the log says why and the last piece is a short line saying
     that the fallback failed (Z-WAIF speaks what it reads here), so reading never raises.
     """
-    manager = default_manager()
-    for chunk in manager.stream_chat_completion(_request(messages, max_tokens, temperature, stop_sequences)):
+    try:
+        chunks = default_manager().stream_chat_completion(
+            _request(messages, max_tokens, temperature, stop_sequences))
+    except Exception as exc:  # a broken environment: the manager cannot be made
+        chunks = iter([{"error": {"message": str(exc)}}])
+    for chunk in chunks:
         if "error" in chunk:
             log.error("fallback stream failed: %s", chunk["error"]["message"])
-            yield "(The fallback could not answer just now.)"
+            yield FAILED_LINE
             return
         for choice in chunk.get("choices", []):
             piece = choice.get("delta", {}).get("content")
@@ -297,7 +303,7 @@ class FallbackLLM:
 
         Raises:
             FallbackError: nothing could answer; the message says why (every Z-WAIF call
-                site catches it).
+                site catches it). A stream ends with ``FAILED_LINE`` instead.
         """
         request = _request(messages, int(kwargs.get("max_new_tokens") or kwargs.get("max_tokens") or 450),
                            float(kwargs.get("temperature", 0.7)), kwargs.get("stop"))
