@@ -23,7 +23,8 @@ import zwaif_fallback
 PACKAGE = Path(zwaif_fallback.__file__).parent
 #: the porches: the only modules that may import the facade
 FACADE_USERS = {"zwaif_fallback", "zwaif_fallback.cli", "zwaif_fallback.cli_commands",
-                "zwaif_fallback.cli_parser", "zwaif_fallback.default", "zwaif_fallback.server"}
+                "zwaif_fallback.cli_parser", "zwaif_fallback.default", "zwaif_fallback.server",
+                "zwaif_fallback.fallback_api_models"}
 
 
 def module_name(path: Path) -> str:

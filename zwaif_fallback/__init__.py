@@ -12,7 +12,7 @@ and to having no import cycle.
 
     porches       cli, cli_commands, cli_parser, cli_text, cli_process, __main__, default, server, front,
                   admission, cors, listening, embeddings, upstream_probe, upstreams, ollama_api, ollama_info,
-                  relay, sse
+                  relay, sse, fallback_api, fallback_api_models, fallback_api_health
     facade        manager, manager_hub, manager_measure
     measurement   measuring, pull_jobs, recommend, optimizer, bench_jobs, telemetry, health, scoring, bench,
                   quality, metrics, monitor, jobs
@@ -35,7 +35,9 @@ and to having no import cycle.
   of, and upstream_probe: what they answer, in words for a person; ollama_api: Ollama's API
   beside it, and ollama_info: Ollama's routes that describe the models and its way of
   naming them; relay: its streams, servers' read on the event loop; sse: those that reach a
-  local model, relayed from their threads).
+  local model, relayed from their threads), and Z-WAIF's ``API/fallback_api.py`` replaced
+  whole (fallback_api: its chats and its local model; fallback_api_models: the machine and
+  the models, in its shapes; fallback_api_health: speed, ranking, health and monitoring).
 * facade: ``FallbackManager`` owns the state and delegates each call to one part; it
   inherits its methods for the Hub (manager_hub) and for measuring and steering
   (manager_measure), which sit apart with their docstrings.
