@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from zwaif_fallback import AllTargetsFailed, FallbackManager, FallbackSettings, 
 from zwaif_fallback.backends.base import GenerationParams, TargetFailed
 from zwaif_fallback.backends.openai import OpenAIBackend
 from zwaif_fallback.failover import FailoverChain
-from zwaif_fallback.routing import Router, _answers_a_chat
+from zwaif_fallback.routing import SERVERS_KEPT, Router, _answers_a_chat
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 ASK = [{"role": "user", "content": "Name three colours."}]
@@ -109,6 +110,15 @@ def test_an_empty_answer_is_still_an_answer(manager):
     assert (result.source, result.text, result.fell_back) == ("primary", "", False)
 
 
+def test_servers_the_settings_no_longer_name_keep_no_breaker_past_the_last_few(manager):
+    # a serve up for weeks while its user tries 5000, 5001, 11434...: /metrics showed them all
+    urls = [refused_url() for _ in range(SERVERS_KEPT + 3)]
+    for url in urls:
+        manager.update_settings(primary_url=url)
+        assert manager.chat(ASK, max_tokens=1).source == "local"
+    assert set(manager.breaker_states()) == set(urls[-1 - SERVERS_KEPT:])  # the primary and the last few
+
+
 def test_a_hung_primary_yields_at_the_deadline_then_is_skipped(manager):
     hang = HangServer()
     try:
@@ -176,6 +186,27 @@ def test_a_breakers_probe_tells_a_hung_server_from_one_that_is_not_there_or_went
     finally:
         hang.close()  # killed while the probe waits on it
     assert probing.result(timeout=10) == "fails"
+
+
+def test_a_server_that_stays_down_is_logged_once_per_reason_not_once_per_probe(caplog):
+    # probed every 2 s, a main API down over a weekend filled the rotating logs with one line
+    answering = ScriptedServer(["Hi"])
+    proxy, said = FaultProxy(answering.server.server_address[1]), {}
+    backend = OpenAIBackend(proxy.url)
+    outcomes = []
+    try:
+        with caplog.at_level(logging.INFO, logger="zwaif_fallback"):
+            for mode in ["500"] * 4 + ["400"] * 2 + ["pass"] + ["500"] * 2:
+                proxy.mode = mode
+                outcomes.append(_answers_a_chat(backend, None, 5.0, said=said))
+    finally:
+        proxy.close()
+        answering.close()
+    assert outcomes == ["fails"] * 6 + ["answers"] + ["fails"] * 2
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    # the first 500, the first 400 (another reason), the answer, and the 500 after it
+    assert [("answers again" if "answers again" in line else "still does not answer" in line)
+            for line in lines] == [True, True, "answers again", True], lines
 
 
 def test_a_probe_or_a_read_that_ends_leaves_no_thread_behind():

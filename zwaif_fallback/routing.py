@@ -77,6 +77,8 @@ class Router:
         self._remotes: dict[tuple[str, str, str, type[OpenAIBackend]], OpenAIBackend] = {}
         self._host_call: str | None = None  # the latest chat's primary, when a host's own call
         self._host_names: dict[Hashable, str] = {}  # host callables' names, oldest first
+        self._servers_used: dict[str, None] = {}  # servers' URLs, the least recently used first
+        self._probes_said: dict[str, str] = {}  # server URL -> why its last probe failed, as logged
 
     @property
     def host_call(self) -> str | None:
@@ -171,6 +173,27 @@ class Router:
                 self._breakers.pop(HOST_PREFIX + forgotten, None)
             return name
 
+    def _forget_unlisted(self, url: str, *, listed: set[str]) -> None:
+        """``url`` is used now. A server that is no longer in the settings (the person moved
+        the main API) keeps its breakers and its client only while among the last
+        ``SERVERS_KEPT`` such servers used: a serve up for weeks reported every URL it had
+        ever tried on /metrics, and kept a client for each."""
+        with self._lock:
+            self._servers_used.pop(url, None)
+            self._servers_used[url] = None
+            unlisted = [u for u in self._servers_used if u not in listed]
+            gone = unlisted[:max(len(unlisted) - SERVERS_KEPT, 0)]
+            breakers, backends = [], []
+            for old in gone:
+                del self._servers_used[old]
+                breakers += [b for b in (self._breakers.pop(n, None) for n in (old, text_breaker_name(old)))
+                             if b is not None]
+                backends += [self._remotes.pop(key) for key in [k for k in self._remotes if k[0] == old]]
+        for breaker in breakers:
+            breaker.close()
+        for backend in backends:
+            backend.close()
+
     def breaker(self, name: str) -> CircuitBreaker:
         with self._lock:
             if name not in self._breakers:
@@ -215,12 +238,13 @@ class Router:
                 backend = speaks(url, model=configured, api_key=key, source=source,
                                  read_timeout_s=settings.timeout + 5.0)
                 self._remotes[(url, configured, key, speaks)] = backend
+        self._forget_unlisted(url, listed={settings.primary_url, *settings.remote_urls})
         chosen = model if is_primary else None
         breaker = self.breaker(text_breaker_name(url) if raw else url)
         # the probe asks as the last chat did: a server such as Ollama refuses unknown models,
         # and reloads a model asked for with another context or keep_alive
         breaker.probe = partial(_answers_a_chat, backend, chosen, settings.timeout, _as_loaded(extra),
-                                raw=raw)
+                                raw=raw, said=self._probes_said)
         return Target(name=url, source="primary" if is_primary else "remote", model=chosen or configured,
                       stream=partial(backend.stream, model=chosen, extra=extra),
                       astream=partial(backend.astream, model=chosen, extra=extra),
@@ -244,6 +268,9 @@ class Router:
 HOST_PREFIX = "host:"
 #: How many host callables (and their breakers) a router tells apart at most.
 HOST_CALLS_KEPT = 64
+#: servers no longer in the settings whose breakers and clients are kept (a host that passes
+#: its own primary URL to each chat may alternate between a few)
+SERVERS_KEPT = 4
 
 
 def primary_breakers(names: Iterable[str], primary_url: str, host_call: str | None = None) -> list[str]:
@@ -311,11 +338,16 @@ def _as_loaded(extra: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _answers_a_chat(backend: OpenAIBackend, model: str | None, deadline_s: float,
-                    extra: Mapping[str, Any] | None = None, *, raw: bool = False) -> ProbeOutcome:
+                    extra: Mapping[str, Any] | None = None, *, raw: bool = False,
+                    said: dict[str, str] | None = None) -> ProbeOutcome:
     """Whether ``backend`` begins an answer within ``deadline_s``: a circuit breaker's
     probe, on a thread of its own (``CircuitBreaker``). It ``hangs`` when the deadline
     passed without a word, and ``fails`` when the server said no or went away before it:
-    a hung server that is killed ends the probe at once, and the next one follows soon."""
+    a hung server that is killed ends the probe at once, and the next one follows soon.
+
+    A server that is down is probed every few seconds, for days if it stays down: ``said``
+    (URL -> the failure last logged) keeps the log to one line each time the reason
+    changes, not one per probe, which rotated every other message out of the log files."""
     late = Cancel()
     timer = threading.Timer(deadline_s, late.set)  # setting it closes the response
     timer.daemon = True
@@ -332,8 +364,15 @@ def _answers_a_chat(backend: OpenAIBackend, model: str | None, deadline_s: float
         timer.cancel()
     if late.is_set():
         why, hung = f"no word in {deadline_s:.0f} s", True
+    url = backend.base_url
     if why:
-        log.info("%s still does not answer: %s", backend.base_url, why)
+        repeated = said is not None and said.get(url) == why
+        log.log(logging.DEBUG if repeated else logging.INFO, "%s still does not answer: %s%s", url, why,
+                "" if repeated or said is None else " (said again only when that changes)")
+        if said is not None:
+            said[url] = why
         return "hangs" if hung else "fails"
-    log.info("%s answers again: its circuit is closed", backend.base_url)
+    if said is not None:
+        said.pop(url, None)
+    log.info("%s answers again: its circuit is closed", url)
     return "answers"
