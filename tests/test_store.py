@@ -5,7 +5,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from servers import wait_until
 from zwaif_fallback import store_db, store_writer
 from zwaif_fallback.bench import BenchmarkResult
 from zwaif_fallback.store import KEEP_FAILOVERS_S, MIGRATIONS, PRUNE_EVERY_S, Store
+from zwaif_fallback.store_retention import KEEP_BENCHMARKS, KEEP_CALIBRATIONS, KEEP_MONITOR_SESSIONS
 
 
 def test_the_schema_migrates_itself_once(tmp_path):
@@ -71,8 +72,105 @@ def test_failover_events_older_than_thirty_days_are_deleted_as_new_ones_come(tmp
     clock.now = KEEP_FAILOVERS_S - 1.0
     store.add_attempts([event])  # the first is not thirty days old yet: kept
     clock.now = KEEP_FAILOVERS_S + PRUNE_EVERY_S
-    store.add_attempts([event])
-    assert [e["at"] for e in store.failovers()] == [KEEP_FAILOVERS_S + PRUNE_EVERY_S, KEEP_FAILOVERS_S - 1.0]
+    store.add_attempts([event])  # the prune goes on after the write, between later ones
+    wait_until(lambda: [e["at"] for e in store.failovers()] == [KEEP_FAILOVERS_S + PRUNE_EVERY_S,
+                                                                 KEEP_FAILOVERS_S - 1.0],
+               timeout_s=30, what="the attempt of thirty days ago to go")
+
+
+def old_attempts(folder: Path, rows: int, *, at: float = 0.0) -> int:
+    """A history holding ``rows`` failover attempts made at ``at`` (a month away after a
+    month of failovers leaves a million); returns how many there are."""
+    made = Store(folder, clock=lambda: at)
+    made.monitor_sessions()  # the file, migrated
+    made.close()
+    with closing(sqlite3.connect(folder / "history.sqlite3")) as conn, conn:
+        conn.executemany("INSERT INTO failovers (at, target, source, ok, error, duration_s) "
+                         "VALUES (?, 'smol', 'local', 1, NULL, 1.0)", ((at,) for _ in range(rows)))
+        conn.execute("INSERT INTO calibrations (at, model_key, config_key, device, estimated_mb, "
+                     "measured_mb) VALUES (?, 'm', 'ctx=4096', 'cpu', 100.0, 120.0)", (at,))
+    return rows
+
+
+def attempts_left(folder: Path) -> int:
+    with closing(sqlite3.connect(folder / "history.sqlite3")) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM failovers WHERE at < 1").fetchone()[0])
+
+
+def test_a_fit_reads_its_calibration_while_a_large_backlog_is_pruned(tmp_path):
+    # one DELETE of them all held the store for a minute: the fit's read, on the chat path, waited
+    backlog = old_attempts(tmp_path, 200_000)
+    store = Store(tmp_path, clock=lambda: KEEP_FAILOVERS_S + 10.0)
+    store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
+    wait_until(lambda: attempts_left(tmp_path) < backlog, timeout_s=30, what="the prune to begin",
+               interval_s=0.001)
+    assert store.calibration("m", "ctx=4096", "cpu") == 1.2  # another process's, from the file
+    assert attempts_left(tmp_path) > 0  # read between two steps of the prune
+    assert [e["at"] for e in store.failovers()][:1] == [KEEP_FAILOVERS_S + 10.0]
+    wait_until(lambda: attempts_left(tmp_path) == 0, timeout_s=120, what="the prune to end")
+    assert store.problem is None
+
+
+def test_a_process_that_closes_leaves_the_rest_of_a_prune_to_the_next(tmp_path):
+    backlog = old_attempts(tmp_path, 200_000)
+    store = Store(tmp_path, clock=lambda: KEEP_FAILOVERS_S + 10.0)
+    store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
+    wait_until(lambda: attempts_left(tmp_path) < backlog, timeout_s=30, what="the prune to begin",
+               interval_s=0.001)
+    store.close()  # waits for one step of the prune, not for the backlog
+    assert attempts_left(tmp_path) > 0
+    again = Store(tmp_path, clock=lambda: KEEP_FAILOVERS_S + 20.0)
+    again.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
+    wait_until(lambda: attempts_left(tmp_path) == 0, timeout_s=120, what="the next prune to end")
+    assert len(again.failovers()) == 2
+
+
+def test_a_new_database_hands_the_space_a_prune_frees_back(tmp_path):
+    old_attempts(tmp_path, 50_000)
+    before = (tmp_path / "history.sqlite3").stat().st_size
+    store = Store(tmp_path, clock=lambda: KEEP_FAILOVERS_S + 10.0)
+    store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
+
+    def free_pages() -> int:
+        with closing(sqlite3.connect(tmp_path / "history.sqlite3")) as conn:
+            return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+    wait_until(lambda: attempts_left(tmp_path) == 0 and free_pages() == 0, timeout_s=120,
+               what="the prune to end and hand its pages back")
+    store.close()  # checkpoints the write-ahead log into the file
+    assert (tmp_path / "history.sqlite3").stat().st_size < before / 4
+
+
+def test_every_table_keeps_its_rows_only_so_long_and_the_newest_that_are_read(tmp_path):
+    old = FakeClock(0.0)  # a process 400 days ago wrote these
+    store = Store(tmp_path, clock=old)
+    for i in range(8):  # model a benchmarked 8 times, b once, all of it a year ago and more
+        old.now = float(i)
+        store.add_benchmark({"model": "a", "ok": True, "gen_tps": float(i)})
+        store.add_calibration("m", "ctx=4096", "cpu", estimated_mb=100.0, measured_mb=100.0 + i)
+    store.add_benchmark({"model": "b", "ok": True, "gen_tps": 1.0})
+    for i in range(KEEP_MONITOR_SESSIONS + 5):
+        store.add_monitor_session({"started": float(i), "duration_s": 3, "interval_s": 1,
+                                   "samples": [{"t_s": float(t)} for t in range(3)]})
+    store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
+    store.close()
+    store = Store(tmp_path, clock=lambda: 400 * 86400.0)  # its first write prunes
+    store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
+
+    def counts() -> dict[str, int]:
+        with closing(sqlite3.connect(tmp_path / "history.sqlite3")) as conn:
+            return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in
+                    ("failovers", "requests", "monitor_sessions", "monitor_samples", "calibrations")}
+
+    wait_until(lambda: counts() == {"failovers": 1, "requests": 1,
+                                    "monitor_sessions": KEEP_MONITOR_SESSIONS,
+                                    "monitor_samples": 3 * KEEP_MONITOR_SESSIONS,
+                                    "calibrations": KEEP_CALIBRATIONS},
+               timeout_s=30, what=f"the prune to leave only what is kept (now {counts()})")
+    assert [s["started"] for s in store.monitor_sessions(limit=100)][-1] == 5.0  # the newest stay
+    assert [b["gen_tps"] for b in store.benchmarks("a")] == [7.0, 6.0, 5.0, 4.0, 3.0][:KEEP_BENCHMARKS]
+    assert [b["model"] for b in store.benchmarks("b")] == ["b"]  # a model's newest, however old
+    assert store.calibration("m", "ctx=4096", "cpu") == 1.07
 
 
 def test_monitor_sessions_keep_their_samples(tmp_path):
@@ -93,6 +191,17 @@ def test_the_latest_calibration_gives_the_correction(tmp_path):
     store.add_calibration("m", "ctx=4096", "cpu", estimated_mb=100.0, measured_mb=110.0)
     assert store.calibration("m", "ctx=4096", "cpu") == 1.1
     assert store.calibration("m", "ctx=2048", "cpu") is None
+
+
+def test_the_health_tabs_history_reads_benchmarks_in_order_of_an_index(tmp_path):
+    # the newest 500 of every model's: sorting a year of benchmarks took 0.2 s a read
+    store = Store(tmp_path)
+    store.add_benchmark({"model": "a", "ok": True})
+    store.close()
+    with closing(sqlite3.connect(tmp_path / "history.sqlite3")) as conn:
+        plan = conn.execute("EXPLAIN QUERY PLAN SELECT at, data FROM benchmarks "
+                            "ORDER BY at DESC, id DESC LIMIT 500").fetchall()
+    assert "benchmarks_at" in str(plan) and "TEMP B-TREE" not in str(plan)
 
 
 @contextmanager

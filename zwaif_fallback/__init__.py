@@ -23,8 +23,8 @@ and to having no import cycle.
                   hub_models, model_info, locations, gguf_lending, gguf_header, gguf_cursor,
                   safetensors_header, ggml
     base          settings, settings_env, settings_fields, settings_file, hardware, gpu_probes,
-                  ggml_devices, store, store_db, store_schema, store_writer, errors, units, net, files,
-                  logs, _model
+                  ggml_devices, store, store_db, store_schema, store_writer, store_retention, errors,
+                  units, net, files, logs, _model
 
 * porches: the CLI (cli_commands: each command's handler; cli_parser: its subcommands and
   their arguments; cli_text: what it prints; cli_process: its stdout, its failures and its
@@ -72,7 +72,8 @@ and to having no import cycle.
   words; settings_file: the file on disk), hardware probes (hardware; gpu_probes: each
   way to ask about the GPUs; ggml_devices: llama.cpp's own device list), the SQLite store
   (store_db: its file, opened, migrated and recovered; store_schema: its migrations, and
-  whether a file is ours; store_writer: its writer thread, off the chat path), the errors,
+  whether a file is ours; store_writer: its writer thread, off the chat path;
+  store_retention: how long each table is kept, and its prune in short steps), the errors,
   and small helpers (units: sizes for people; net: which hosts are loopback; files: text
   as Windows tools save it, and a rename that waits for a scanner).
 """

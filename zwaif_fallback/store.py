@@ -21,18 +21,13 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from .store_db import READ_WAIT_S, Database
+from .store_retention import KEEP_FAILOVERS_S, PRUNE_EVERY_S
 from .store_schema import MIGRATIONS
 
-__all__ = ["MIGRATIONS", "Store"]
+__all__ = ["KEEP_FAILOVERS_S", "MIGRATIONS", "PRUNE_EVERY_S", "Store"]
 
 log = logging.getLogger(__name__)
 
-#: How long failover attempts are kept. A bot that chats every 10 s while its main API is
-#: down writes two rows a chat (the skipped main API, the answer): about 1.8 MB a day, for as
-#: long as serve runs. Health reads the last hour; the UI, the last day.
-KEEP_FAILOVERS_S = 30 * 86400
-#: How often a long-running process deletes the attempts older than that, at most.
-PRUNE_EVERY_S = 3600.0
 R = TypeVar("R", bound=BaseModel)
 
 
@@ -106,10 +101,6 @@ class Store(Database):
             if events:
                 db.executemany("INSERT INTO failovers (at, target, source, ok, error, duration_s) "
                                "VALUES (?, ?, ?, ?, ?, ?)", rows)
-            if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_S:
-                db.execute("DELETE FROM failovers WHERE at < ?", (now - KEEP_FAILOVERS_S,))
-                db.execute("DELETE FROM requests WHERE minute < ?", ((now - KEEP_FAILOVERS_S) // 60,))
-                self._pruned_at = now
 
         self._queue("saving failover events", write)
 

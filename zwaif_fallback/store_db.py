@@ -10,8 +10,10 @@ version (a schema beyond ours) is left alone and refused, in ``problem``.
 
 Nor does it hold the chat path up: a write can be queued for a writer thread
 (store_writer), so a database another process holds locked delays no answer; ``close``
-(and the interpreter's exit) runs what is queued. What the tables hold, and how each is
-read and written, is store.py's ``Store``, built on ``Database``.
+(and the interpreter's exit) runs what is queued. Old rows are pruned by that thread too, a
+few thousand at a time between writes (store_retention.py): reads wait for one step at most.
+What the tables hold, and how each is read and written, is store.py's ``Store``, built on
+``Database``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .store_retention import PRUNE_EVERY_S, prune_step
 from .store_schema import MIGRATIONS, ForeignDatabase, check_after, check_before
 from .store_writer import RETRY_S, BackgroundWriter, Write
 
@@ -43,14 +46,21 @@ WRITER_WAIT_S = 0.25
 
 #: how long a read waits for this process's queued writes (a locked database: once)
 READ_WAIT_S = BUSY_TIMEOUT_S
+#: the most the write-ahead log keeps on disk after a checkpoint (it grows with the biggest
+#: transaction, and used to keep that size until the process closed the database)
+WAL_LIMIT_BYTES = 8 * 2**20
 
 
 _open_stores: weakref.WeakSet[Database] = weakref.WeakSet()
+_exiting = False  # the interpreter is going: no further step of a prune begins
 
 
 @atexit.register
 def _flush_at_exit() -> None:
-    """Queued writes of every store still open run before the interpreter goes."""
+    """Queued writes of every store still open run before the interpreter goes (a prune
+    under way does not: the next process goes on with it)."""
+    global _exiting
+    _exiting = True
     for store in list(_open_stores):
         store.flush(BUSY_TIMEOUT_S)
 
@@ -86,9 +96,10 @@ class Database:
         self._conn: sqlite3.Connection | None = None
         self.problem: str | None = None  # what keeps the store from working now
         self._write_failed = False  # the problem is a failed write: only a saved one clears it
-        self._pruned_at: float | None = None  # when old failover attempts were last deleted
+        self._pruned_at: float | None = None  # when the last prune began
+        self._pruning: float | None = None  # the time of the prune under way: rows older go
         self.notices: list[str] = []  # what happened to it (a corrupt file moved aside)
-        self._writer = BackgroundWriter(self._write_batch)
+        self._writer = BackgroundWriter(self._write_batch, idle=self._prune_step)
 
     # -- connection -------------------------------------------------------------
 
@@ -104,7 +115,11 @@ class Database:
         try:
             conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             check_before(conn)
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                # a new file: what a prune frees can be handed back (only before WAL and tables)
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             _use_wal(conn)
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             conn.execute("PRAGMA foreign_keys=ON")
             self._migrate(conn)
             check_after(conn)
@@ -236,11 +251,39 @@ class Database:
                 finally:
                     db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
                 self._run_all(db, batch)
+            now = self._clock()
+            if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_S:
+                self._pruned_at = self._pruning = now  # begun by the writer's idle steps
         except _Locked as locked:
             self._report(f"{what} (kept: {len(batch)} write(s), tried again every {RETRY_S:g} s "
                          f"while another program holds {self.path.name})", locked.error)
             return False
         return True
+
+    def _prune_step(self) -> bool:
+        """The writer thread's idle work: one step of the prune under way (store_retention),
+        a transaction of its own; True while more is left. Another program's lock, or an
+        exit, stops it: the next prune (an hour later, or the next process) goes on."""
+        now = self._pruning
+        if now is None or _exiting:
+            return False
+        more = False
+        with self._db("pruning old history") as db:
+            if db is not None:
+                db.execute(f"PRAGMA busy_timeout={int(WRITER_WAIT_S * 1000)}")
+                try:
+                    more = prune_step(db, now)
+                except sqlite3.OperationalError as exc:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    log.info("pruning the history waits for another program's lock: %s", exc)
+                finally:
+                    db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        if not more:
+            self._pruning = None
+        return more
 
     def _run_all(self, db: sqlite3.Connection, batch: list[Write]) -> None:
         """The batch's writes, in the transaction begun, then committed (or rolled back). One

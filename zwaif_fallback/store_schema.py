@@ -47,6 +47,11 @@ MIGRATIONS: list[str] = [
         ok INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (minute, target, source));
     """,
+    # 3: the Health tab's history (the newest benchmarks of every model) and the prune of old
+    # ones read benchmarks by age: without this, each read sorted the whole table
+    """
+    CREATE INDEX benchmarks_at ON benchmarks (at);
+    """,
 ]
 
 

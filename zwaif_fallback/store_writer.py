@@ -7,7 +7,9 @@ A batch the database stayed locked for (a program that keeps its transaction ope
 minutes: DB Browser for SQLite with unsaved edits) is kept and tried again every
 ``RETRY_S``, so that nothing is lost to a lock that ends. The queue is bounded: when it is
 full (the database has been stuck for a long while), a write is dropped and counted rather
-than kept in memory without end.
+than kept in memory without end. Work that may be long (the history's prune) is ``idle``
+work, done one short step at a time while no write waits: a write, a read and a close wait
+for one step at most.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 CAPACITY = 2000
 #: seconds between tries of a batch the database was locked for
 RETRY_S = 2.0
+#: seconds between steps of idle work: the store's lock goes to readers, and new writes go first
+IDLE_PAUSE_S = 0.02
 
 
 class Write(NamedTuple):
@@ -37,11 +41,14 @@ class Write(NamedTuple):
 
 class BackgroundWriter:
     """Runs writes on one daemon thread, in order, handing ``run_batch`` all that waits;
-    ``run_batch`` returns False to have the batch kept and tried again (a locked database)."""
+    ``run_batch`` returns False to have the batch kept and tried again (a locked database).
+    ``idle`` does one step of background work, and says whether more is left: it is called
+    after each batch, then again while it says so and no write waits, and once at a close."""
 
     def __init__(self, run_batch: Callable[[list[Write]], bool], *, capacity: int = CAPACITY,
-                 name: str = "history-writer") -> None:
+                 name: str = "history-writer", idle: Callable[[], bool] | None = None) -> None:
         self._run_batch = run_batch
+        self._idle = idle
         self._capacity = capacity
         self._name = name
         self._queue: collections.deque[Write] = collections.deque()
@@ -90,14 +97,24 @@ class BackgroundWriter:
 
     def _loop(self) -> None:
         me = threading.current_thread()
+        idle_left = False  # idle work is left: its next step comes after a pause
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._closed or self._thread is not me)
-                if not self._queue or (self._thread is not me and not self._closed):
-                    return  # closed and drained, or a write after a close started a new writer
+                self._cond.wait_for(lambda: self._queue or self._closed or self._thread is not me,
+                                    IDLE_PAUSE_S if idle_left else None)
+                if self._thread is not me and not self._closed:
+                    return  # a write after a close started a new writer
+                drained = not self._queue and self._closed
                 batch = list(self._queue)
                 self._queue.clear()
                 self._busy = len(batch)
+            if drained:  # closed: one step of idle work, the rest is done next time
+                if idle_left:
+                    self._idle_step()
+                return
+            if not batch:
+                idle_left = self._idle_step()
+                continue
             done = True
             try:
                 done = self._run_batch(batch)
@@ -115,3 +132,13 @@ class BackgroundWriter:
             if not done:  # a close ends the wait: the batch then has one last try
                 with self._cond:
                     self._cond.wait_for(lambda: self._closed or self._thread is not me, RETRY_S)
+            idle_left = done and self._idle is not None
+
+    def _idle_step(self) -> bool:
+        if self._idle is None:
+            return False
+        try:
+            return self._idle()
+        except Exception:  # as a batch's: the thread must go on writing
+            log.exception("history writer's background work failed")
+            return False
