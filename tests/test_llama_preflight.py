@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+
+import pytest
+from conftest import ROOT
 
 # A process whose locale encoding is not UTF-8, as Windows' ANSI code page (cp1252, cp1251) is
 # not; -X utf8=0 is for this process only, not for the child it starts.
 PREFLIGHT_IN_A_NOT_UTF8_LOCALE = """
 import sys
+
+import pytest
 from zwaif_fallback.backends.llama_preflight import preflight
 try:
     preflight(sys.argv[1])
@@ -26,3 +32,40 @@ def test_the_preflight_of_a_file_under_a_non_ascii_folder_reads_llama_cpps_utf8_
                           str(folder / "damaged.gguf")], capture_output=True, text=True,
                          env=dict(os.environ, LC_ALL="C", PYTHONCOERCECLOCALE="0"), timeout=120)
     assert run.stdout.strip() == "ModelLoadError", run.stdout + run.stderr[-2000:]
+
+
+# libgomp's own report of its settings (OpenMP's omp_display_env, on stderr), in a process that
+# loaded llama.cpp as serve does: libggml for the device list first, then llama-cpp-python.
+GOMP_SETTINGS = """
+import ctypes, os
+from zwaif_fallback.backends.llama_preflight import import_llama
+from zwaif_fallback.ggml_devices import list_devices
+list_devices()
+import_llama()
+try:
+    ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD).omp_display_env(1)  # the one llama.cpp loaded
+except OSError:
+    print("no libgomp")
+"""
+
+
+def gomp_spincount(**env: str) -> str:
+    """How many times llama.cpp's CPU threads spin at a barrier before they sleep."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    run = subprocess.run([sys.executable, "-c", GOMP_SETTINGS], capture_output=True, text=True,
+                         env={**clean, "PYTHONPATH": str(ROOT), **env}, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    if run.stdout.strip() == "no libgomp":
+        pytest.skip("this llama-cpp-python runs its CPU threads without OpenMP")
+    found = re.search(r"GOMP_SPINCOUNT = '(\d+)'", run.stderr)
+    assert found is not None, run.stderr[-2000:]
+    return found.group(1)
+
+
+def test_llama_cpps_cpu_threads_sleep_while_they_wait_for_each_other():
+    # Spinning, they took the cores of a busy machine from each other: answers dozens of times slower.
+    assert gomp_spincount() == "0"
+
+
+def test_a_wait_policy_the_user_set_for_openmp_is_kept():
+    assert gomp_spincount(OMP_WAIT_POLICY="ACTIVE") != "0"

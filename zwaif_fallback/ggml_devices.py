@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
-__all__ = ["DeviceList", "DeviceType", "GgmlDevice", "GgmlLibrary", "list_devices", "share_libstdcxx"]
+__all__ = ["DeviceList", "DeviceType", "GgmlDevice", "GgmlLibrary", "list_devices", "share_libstdcxx",
+           "threads_wait_passively"]
 
 DeviceType = Literal["cpu", "gpu", "igpu", "accel", "meta", "unknown"]
 #: ggml_backend_dev_type's values in the enum's order; "unknown" for any a newer ggml adds
@@ -110,6 +111,22 @@ def share_libstdcxx() -> None:
         ctypes.CDLL("libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
     except OSError:  # no shared libstdc++ (a static build): nothing to share
         pass
+
+
+def threads_wait_passively() -> None:
+    """Have llama.cpp's CPU threads sleep while they wait for each other, not spin.
+
+    llama-cpp-python's wheels run the CPU backend on OpenMP (libgomp), whose threads spin
+    some 300,000 times at each barrier before they sleep, and a token passes hundreds of
+    barriers. On a machine whose cores other work keeps busy (Z-WAIF's own speech and
+    vision, a game, other tests) a spinning thread holds the core that the thread it waits
+    for needs: an 8-token answer of SmolLM2 took 14-28 s there instead of 0.3 s, and serve's
+    32 clients queued on the local model waited 9 minutes for their answers. libgomp reads
+    this once, when it is loaded (by libggml: the device probe's load, or llama-cpp-python's
+    import), so it is set before either. A setting of the user's stays.
+    """
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 class _NotLoaded(Exception):
@@ -236,6 +253,7 @@ def _open(folder: Path) -> _LoadedGgml:
         raise _NotLoaded(f"llama.cpp's libggml is not in {folder}: "
                          "pip install --force-reinstall llama-cpp-python")
     share_libstdcxx()
+    threads_wait_passively()
     if sys.platform == "win32":
         # As llama-cpp-python does: ggml.dll's own dependencies, and the CUDA or HIP runtime.
         runtimes = [os.environ[v] for v in ("CUDA_PATH", "HIP_PATH") if os.environ.get(v)]
