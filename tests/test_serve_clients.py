@@ -673,10 +673,10 @@ WAVE_TIMEOUT_S = 300
 #: Measured on 2 cores: 312 MiB after the first wave, +3.8 to +4.4 MiB after the third, then
 #: ~0.8 MiB a wave, level at ~323 MiB from the 11th; tracemalloc finds +24 KiB of Python
 #: objects over six waves (the rest is SQLite's page cache and the allocator's per-thread
-#: arenas). With llama.cpp's threads waiting passively (``threads_wait_passively``) the
-#: first wave ends lower and the same level comes sooner: 305 MiB, +12.6 to +13.7 after the
-#: third, ~325 from the 5th. A leak of 200 KiB an answer (+12.5 MiB over two waves) fails it.
-RSS_MARGIN_MB = 17
+#: arenas). With llama.cpp's threads spinning briefly (``threads_spin_briefly``): 305 MiB,
+#: +5.8 to +6.3 after the third. A leak of 200 KiB an answer (+12.5 MiB over two waves)
+#: fails it.
+RSS_MARGIN_MB = 12
 
 
 async def one_client(aclient: Any, i: int, began: asyncio.Event,

@@ -24,11 +24,12 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
 __all__ = ["DeviceList", "DeviceType", "GgmlDevice", "GgmlLibrary", "list_devices", "share_libstdcxx",
-           "threads_wait_passively"]
+           "threads_spin_briefly"]
 
 DeviceType = Literal["cpu", "gpu", "igpu", "accel", "meta", "unknown"]
 #: ggml_backend_dev_type's values in the enum's order; "unknown" for any a newer ggml adds
@@ -113,20 +114,37 @@ def share_libstdcxx() -> None:
         pass
 
 
-def threads_wait_passively() -> None:
-    """Have llama.cpp's CPU threads sleep while they wait for each other, not spin.
+#: Spins llama.cpp's OpenMP threads make at a barrier before they sleep (libgomp's default:
+#: 300,000). benchmarks/bench_omp_wait.py, SmolLM2 on 2 cores, medians of 5: 0.95x the
+#: default's tokens/s on an idle machine, 1.4x beside 2 busy processes, 3.1x beside 6; not
+#: spinning at all (OMP_WAIT_POLICY=PASSIVE) was 3.8x and 3.7x busy but 0.38x idle.
+OPENMP_SPINS = 10_000
+_SPIN_LOCK = threading.RLock()
 
-    llama-cpp-python's wheels run the CPU backend on OpenMP (libgomp), whose threads spin
-    some 300,000 times at each barrier before they sleep, and a token passes hundreds of
-    barriers. On a machine whose cores other work keeps busy (Z-WAIF's own speech and
-    vision, a game, other tests) a spinning thread holds the core that the thread it waits
-    for needs: an 8-token answer of SmolLM2 took 14-28 s there instead of 0.3 s, and serve's
-    32 clients queued on the local model waited 9 minutes for their answers. libgomp reads
-    this once, when it is loaded (by libggml: the device probe's load, or llama-cpp-python's
-    import), so it is set before either. A setting of the user's stays.
+
+@contextmanager
+def threads_spin_briefly() -> Iterator[None]:
+    """Load llama.cpp inside this block: its CPU threads then spin ``OPENMP_SPINS`` times
+    while they wait for each other, not 300,000, before they sleep.
+
+    llama-cpp-python runs its CPU backend on OpenMP (libgomp), and a token passes hundreds
+    of its barriers. On a machine whose cores other work keeps busy (the host's speech and
+    vision, a game) a spinning thread holds the core the thread it waits for needs: answers
+    came up to three times slower, and on a machine loaded five times over an 8-token
+    answer of SmolLM2 took 14-28 s, not 0.3 s. libgomp reads ``GOMP_SPINCOUNT`` once, when it is
+    loaded (with libggml: the device probe's load, or llama-cpp-python's import), so it is
+    set for that moment only: the host's own OpenMP libraries and child processes keep
+    their defaults. A setting of the user's (``GOMP_SPINCOUNT``, ``OMP_WAIT_POLICY``) stays.
     """
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    with _SPIN_LOCK:  # another thread's setting is not the user's
+        if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+            yield
+            return
+        os.environ["GOMP_SPINCOUNT"] = str(OPENMP_SPINS)
+        try:
+            yield
+        finally:
+            os.environ.pop("GOMP_SPINCOUNT", None)
 
 
 class _NotLoaded(Exception):
@@ -253,7 +271,6 @@ def _open(folder: Path) -> _LoadedGgml:
         raise _NotLoaded(f"llama.cpp's libggml is not in {folder}: "
                          "pip install --force-reinstall llama-cpp-python")
     share_libstdcxx()
-    threads_wait_passively()
     if sys.platform == "win32":
         # As llama-cpp-python does: ggml.dll's own dependencies, and the CUDA or HIP runtime.
         runtimes = [os.environ[v] for v in ("CUDA_PATH", "HIP_PATH") if os.environ.get(v)]
@@ -262,8 +279,9 @@ def _open(folder: Path) -> _LoadedGgml:
                 os.add_dll_directory(extra)
     base_file = _library_file(folder, "ggml-base")  # older builds have no separate base
     try:
-        base = ctypes.CDLL(str(base_file)) if base_file else None
-        ggml = ctypes.CDLL(str(ggml_file))
+        with threads_spin_briefly():  # libggml loads libgomp, which reads it then
+            base = ctypes.CDLL(str(base_file)) if base_file else None
+            ggml = ctypes.CDLL(str(ggml_file))
     except OSError as exc:
         raise _NotLoaded(f"could not load llama.cpp's {ggml_file.name} from {folder} ({exc})") from None
     return _LoadedGgml(ggml, base, folder)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable, ModelLoadError
-from ..ggml_devices import share_libstdcxx, threads_wait_passively
+from ..ggml_devices import share_libstdcxx, threads_spin_briefly
 
 __all__ = ["import_llama", "preflight", "warm_up"]
 
@@ -56,9 +56,9 @@ def import_llama() -> Any:
         BackendUnavailable: llama-cpp-python is not installed.
     """
     share_libstdcxx()
-    threads_wait_passively()
     try:
-        import llama_cpp
+        with threads_spin_briefly():
+            import llama_cpp
     except ImportError:
         raise BackendUnavailable(
             'llama-cpp-python is not installed: pip install "zwaif-fallback[gguf]"') from None
