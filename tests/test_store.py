@@ -385,6 +385,16 @@ def test_another_programs_database_is_moved_aside_and_replaced(tmp_path):
     assert sqlite3.connect(aside).execute("SELECT name FROM benchmarks").fetchall() == [("theirs",)]
 
 
+def test_an_index_added_later_leaves_the_schema_version_an_older_copy_reads(tmp_path):
+    # schema 2 is what the released copies know: one of them (a host's pinned version) sharing
+    # the file refused it as "written by a newer zwaif-fallback" when an index took version 3
+    Store(tmp_path).add_benchmark({"model": "m", "ok": True})
+    conn = sqlite3.connect(tmp_path / "history.sqlite3")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 2
+    indexes = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+    assert ("benchmarks_at",) in indexes
+
+
 def test_a_database_from_a_newer_version_is_refused_and_left_alone(tmp_path):
     conn = sqlite3.connect(tmp_path / "history.sqlite3")
     conn.execute("PRAGMA user_version = 99")

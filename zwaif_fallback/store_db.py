@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .store_retention import PRUNE_EVERY_S, prune_step
-from .store_schema import MIGRATIONS, ForeignDatabase, check_after, check_before
+from .store_schema import INDEXES, MIGRATIONS, ForeignDatabase, check_after, check_before
 from .store_writer import RETRY_S, BackgroundWriter, Write
 
 __all__ = ["BUSY_TIMEOUT_S", "FILE_NAME", "READ_WAIT_S", "Database"]
@@ -123,6 +123,7 @@ class Database:
             conn.execute("PRAGMA foreign_keys=ON")
             self._migrate(conn)
             check_after(conn)
+            _add_indexes(conn)
         except sqlite3.DatabaseError:
             conn.close()
             raise
@@ -317,3 +318,15 @@ def _is_corrupt(exc: Exception) -> bool:
         return True
     text = str(exc).lower()
     return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
+def _add_indexes(conn: sqlite3.Connection) -> None:
+    """``INDEXES`` the file lacks. Only speed hangs on them: one that cannot be made now
+    (another program holds the file locked) is made at the next open."""
+    have = {row[0] for row in conn.execute("SELECT sql FROM sqlite_master WHERE type = 'index'")}
+    for index in INDEXES:
+        if index.replace(" IF NOT EXISTS", "") not in have:
+            try:
+                conn.execute(index)
+            except sqlite3.OperationalError as exc:
+                log.info("history index not made now (%s): %s", exc, index)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import sqlite3
 
-__all__ = ["MIGRATIONS", "ForeignDatabase", "NewerDatabase", "check_after", "check_before", "our_tables",
-           "tables"]
+__all__ = ["INDEXES", "MIGRATIONS", "ForeignDatabase", "NewerDatabase", "check_after", "check_before",
+           "our_tables", "tables"]
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -47,11 +47,15 @@ MIGRATIONS: list[str] = [
         ok INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (minute, target, source));
     """,
-    # 3: the Health tab's history (the newest benchmarks of every model) and the prune of old
-    # ones read benchmarks by age: without this, each read sorted the whole table
-    """
-    CREATE INDEX benchmarks_at ON benchmarks (at);
-    """,
+]
+
+#: Indexes made after the migrations, if not there: an index changes no table, so it needs
+#: no schema version, and an older zwaif-fallback sharing the file (a host's pinned copy)
+#: still opens it. A version for it would have made that copy refuse the file as newer.
+INDEXES: list[str] = [
+    # the Health tab's history (the newest benchmarks of every model) and the prune of old
+    # ones read benchmarks by age: without it, each read sorted the whole table
+    "CREATE INDEX IF NOT EXISTS benchmarks_at ON benchmarks (at)",
 ]
 
 
