@@ -150,6 +150,8 @@ def test_check_ctx_takes_the_range_of_the_n_ctx_setting(isolated):
     (["--duration", "20", "--interval", "30"],
      "error: --interval (30 s) must not exceed --duration (20 s)\n"),
     (["--history", "0"], "error: --history must be 1 or more; got 0\n"),
+    (["--history", "--interval", "2"],
+     "error: --interval goes with --duration: --history shows saved sessions\n"),
 ])
 def test_monitor_errors_name_the_options_typed(isolated, args, message):
     result = run_cli("monitor", *args, cwd=isolated)
@@ -429,11 +431,14 @@ def test_monitor_history_lists_the_saved_sessions_newest_first(isolated):
         monitor = _sampling_monitor(isolated)
         monitor.send_signal(signal.SIGINT)
         monitor.communicate(timeout=30)
-    sessions = cli_json("monitor", "--history", cwd=isolated)
+    shown = cli_json("monitor", "--history", cwd=isolated)
+    sessions = shown["sessions"]
+    assert shown["history_problem"] is None
     assert len(sessions) == 2 and sessions[0]["id"] > sessions[1]["id"]
     assert all(s["duration_s"] == 30 and s["stopped_early"] for s in sessions)
     assert sessions[0]["summary"]["ram_used_mb"]["mean"] > 0
-    assert [s["id"] for s in cli_json("monitor", "--history", "1", cwd=isolated)] == [sessions[0]["id"]]
+    newest = cli_json("monitor", "--history", "1", cwd=isolated)["sessions"]
+    assert [s["id"] for s in newest] == [sessions[0]["id"]]
     text = run_cli("monitor", "--history", cwd=isolated).stdout.splitlines()
     assert len(text) == 2 and all("stopped early" in line and "ram_used_mb mean" in line for line in text)
 

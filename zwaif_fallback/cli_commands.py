@@ -285,27 +285,23 @@ def _monitor_arguments(parser: argparse.ArgumentParser) -> None:
                       help="{:g} to {:g} seconds".format(*DURATION_RANGE_S))
     what.add_argument("--history", type=int, nargs="?", const=20, metavar="N",
                       help="show the last N saved sessions (20) instead of sampling")
-    parser.add_argument("--interval", type=float, default=1.0, metavar="I",
-                        help="seconds between samples, {:g} to {:g}".format(*INTERVAL_RANGE_S))
+    parser.add_argument("--interval", type=float, metavar="I",
+                        help="seconds between samples, {:g} to {:g} (1)".format(*INTERVAL_RANGE_S))
 
 
 @command("monitor", "sample VRAM, RAM, CPU and tokens/s for a while", _monitor_arguments)
 def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
     if args.history is not None:
-        if args.history < 1:
-            raise InvalidSettings(f"--history must be 1 or more; got {args.history}")
-        sessions = manager.monitor_history(limit=args.history)
-        _show(args, sessions, lambda: format_monitor_sessions(sessions))
-        _history_said(manager)  # a database that cannot be read reads as no sessions: say so
-        return 0
+        return _monitor_history(manager, args)
     # Checked here as well as by the session, so that the message names the options typed.
-    problems = session_problems(args.duration, args.interval, names=("--duration", "--interval"))
+    interval = args.interval if args.interval is not None else 1.0
+    problems = session_problems(args.duration, interval, names=("--duration", "--interval"))
     if problems:
         raise InvalidSettings("; ".join(problems), problems=problems)
-    manager.start_monitoring(args.duration, args.interval)
+    manager.start_monitoring(args.duration, interval)
     interrupted = False
     try:
-        while not manager.wait_monitoring(timeout=args.interval):
+        while not manager.wait_monitoring(timeout=interval):
             if not args.json:
                 latest = manager.monitoring_report().samples[-1:]
                 for s in latest:
@@ -320,6 +316,20 @@ def cmd_monitor(manager: FallbackManager, args: argparse.Namespace) -> int:
         print(format_monitor_summary(report))
         _history_said(manager)
     return 130 if interrupted else 0
+
+
+def _monitor_history(manager: FallbackManager, args: argparse.Namespace) -> int:
+    """``monitor --history N``: the saved sessions, newest first."""
+    if args.history < 1:
+        raise InvalidSettings(f"--history must be 1 or more; got {args.history}")
+    if args.interval is not None:
+        raise InvalidSettings("--interval goes with --duration: --history shows saved sessions")
+    sessions = manager.monitor_history(limit=args.history)
+    problem = manager.store_problem()  # a database that cannot be read reads as no sessions
+    if problem:
+        print(f"warning: history could not be read: {problem}", file=sys.stderr)
+    return _show(args, {"sessions": sessions, "history_problem": problem},
+                 lambda: format_monitor_sessions(sessions))
 
 
 def warn_preferred(manager: FallbackManager, *, logged: bool = False) -> None:

@@ -184,7 +184,7 @@ def plan(
                        f"{size_text(budget.ram_mb)} usable RAM")
     return _result(model, "none", cpu, budget, kv_type, flash_attn,
                    f"needs {size_text(cpu.ram_mb)} of RAM with {size_text(budget.ram_mb)} usable "
-                   f"({size_text(budget.free_ram_mb)} free, less {size_text(RAM_MARGIN_MB)} kept for "
+                   f"({size_text(budget.free_ram_mb)} free, less {size_text(ram_margin_mb)} kept for "
                    "the system)"
                    + (f" and does not fit {size_text(budget.vram_mb)} of usable VRAM" if gpus else "")
                    + ": choose a smaller quantization or lower n_ctx")

@@ -186,6 +186,8 @@ class Router:
             breakers, backends = [], []
             for old in gone:
                 del self._servers_used[old]
+                for name in (old, text_breaker_name(old)):
+                    self._probes_said.pop(name, None)
                 breakers += [b for b in (self._breakers.pop(n, None) for n in (old, text_breaker_name(old)))
                              if b is not None]
                 backends += [self._remotes.pop(key) for key in [k for k in self._remotes if k[0] == old]]
@@ -240,11 +242,12 @@ class Router:
                 self._remotes[(url, configured, key, speaks)] = backend
         self._forget_unlisted(url, listed={settings.primary_url, *settings.remote_urls})
         chosen = model if is_primary else None
-        breaker = self.breaker(text_breaker_name(url) if raw else url)
+        name = text_breaker_name(url) if raw else url
+        breaker = self.breaker(name)
         # the probe asks as the last chat did: a server such as Ollama refuses unknown models,
         # and reloads a model asked for with another context or keep_alive
         breaker.probe = partial(_answers_a_chat, backend, chosen, settings.timeout, _as_loaded(extra),
-                                raw=raw, said=self._probes_said)
+                                raw=raw, said=self._probes_said, said_as=name)
         return Target(name=url, source="primary" if is_primary else "remote", model=chosen or configured,
                       stream=partial(backend.stream, model=chosen, extra=extra),
                       astream=partial(backend.astream, model=chosen, extra=extra),
@@ -339,7 +342,7 @@ def _as_loaded(extra: Mapping[str, Any]) -> dict[str, Any]:
 
 def _answers_a_chat(backend: OpenAIBackend, model: str | None, deadline_s: float,
                     extra: Mapping[str, Any] | None = None, *, raw: bool = False,
-                    said: dict[str, str] | None = None) -> ProbeOutcome:
+                    said: dict[str, str] | None = None, said_as: str = "") -> ProbeOutcome:
     """Whether ``backend`` begins an answer within ``deadline_s``: a circuit breaker's
     probe, on a thread of its own (``CircuitBreaker``). It ``hangs`` when the deadline
     passed without a word, and ``fails`` when the server said no or went away before it:
@@ -347,7 +350,8 @@ def _answers_a_chat(backend: OpenAIBackend, model: str | None, deadline_s: float
 
     A server that is down is probed every few seconds, for days if it stays down: ``said``
     (URL -> the failure last logged) keeps the log to one line each time the reason
-    changes, not one per probe, which rotated every other message out of the log files."""
+    changes, not one per probe, which rotated every other message out of the log files;
+    ``said_as`` is the breaker's name (a server's chats and text completions have one each)."""
     late = Cancel()
     timer = threading.Timer(deadline_s, late.set)  # setting it closes the response
     timer.daemon = True
@@ -364,15 +368,15 @@ def _answers_a_chat(backend: OpenAIBackend, model: str | None, deadline_s: float
         timer.cancel()
     if late.is_set():
         why, hung = f"no word in {deadline_s:.0f} s", True
-    url = backend.base_url
+    url, key = backend.base_url, said_as or backend.base_url
     if why:
-        repeated = said is not None and said.get(url) == why
+        repeated = said is not None and said.get(key) == why
         log.log(logging.DEBUG if repeated else logging.INFO, "%s still does not answer: %s%s", url, why,
                 "" if repeated or said is None else " (said again only when that changes)")
         if said is not None:
-            said[url] = why
+            said[key] = why
         return "hangs" if hung else "fails"
     if said is not None:
-        said.pop(url, None)
+        said.pop(key, None)
     log.info("%s answers again: its circuit is closed", url)
     return "answers"

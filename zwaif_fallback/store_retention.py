@@ -1,4 +1,4 @@
-"""How long the history keeps what, and its prune: a few thousand rows at a time.
+"""How long the history keeps what, and its prune: a thousand rows at a time.
 
 Every table is pruned: failover attempts and request counts after 30 days, monitoring
 sessions after 90 (the newest few always stay), benchmarks after a year (a model's newest
