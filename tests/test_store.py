@@ -97,13 +97,19 @@ def attempts_left(folder: Path) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM failovers WHERE at < 1").fetchone()[0])
 
 
+def pruning(folder: Path) -> Store:
+    """A store whose first write began the prune of a month's backlog of old attempts."""
+    backlog = old_attempts(folder, 200_000)
+    store = Store(folder, clock=lambda: KEEP_FAILOVERS_S + 10.0)
+    store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
+    wait_until(lambda: attempts_left(folder) < backlog, timeout_s=30, what="the prune to begin",
+               interval_s=0.001)
+    return store
+
+
 def test_a_fit_reads_its_calibration_while_a_large_backlog_is_pruned(tmp_path):
     # one DELETE of them all held the store for a minute: the fit's read, on the chat path, waited
-    backlog = old_attempts(tmp_path, 200_000)
-    store = Store(tmp_path, clock=lambda: KEEP_FAILOVERS_S + 10.0)
-    store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
-    wait_until(lambda: attempts_left(tmp_path) < backlog, timeout_s=30, what="the prune to begin",
-               interval_s=0.001)
+    store = pruning(tmp_path)
     assert store.calibration("m", "ctx=4096", "cpu") == 1.2  # another process's, from the file
     assert attempts_left(tmp_path) > 0  # read between two steps of the prune
     assert [e["at"] for e in store.failovers()][:1] == [KEEP_FAILOVERS_S + 10.0]
@@ -112,11 +118,7 @@ def test_a_fit_reads_its_calibration_while_a_large_backlog_is_pruned(tmp_path):
 
 
 def test_a_process_that_closes_leaves_the_rest_of_a_prune_to_the_next(tmp_path):
-    backlog = old_attempts(tmp_path, 200_000)
-    store = Store(tmp_path, clock=lambda: KEEP_FAILOVERS_S + 10.0)
-    store.add_attempts([{"target": "smol", "source": "local", "ok": True, "latency_s": 1.0}])
-    wait_until(lambda: attempts_left(tmp_path) < backlog, timeout_s=30, what="the prune to begin",
-               interval_s=0.001)
+    store = pruning(tmp_path)
     store.close()  # waits for one step of the prune, not for the backlog
     assert attempts_left(tmp_path) > 0
     again = Store(tmp_path, clock=lambda: KEEP_FAILOVERS_S + 20.0)
