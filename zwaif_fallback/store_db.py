@@ -11,7 +11,7 @@ version (a schema beyond ours) is left alone and refused, in ``problem``.
 Nor does it hold the chat path up: a write can be queued for a writer thread
 (store_writer), so a database another process holds locked delays no answer; ``close``
 (and the interpreter's exit) runs what is queued. Old rows are pruned by that thread too, a
-few thousand at a time between writes (store_retention.py): reads wait for one step at most.
+thousand at a time between writes (store_retention.py): reads wait for one step at most.
 What the tables hold, and how each is read and written, is store.py's ``Store``, built on
 ``Database``.
 """
