@@ -6,7 +6,6 @@ Pure functions over the result types (no manager, no clock), shared by the three
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ from zwaif_fallback import (
 )
 from zwaif_fallback.fit import layers_text
 from zwaif_fallback.health import Factor
-from zwaif_fallback.monitor import MetricSummary
+from zwaif_fallback.monitor import MetricSummary, saved_session_heading
 from zwaif_fallback.scoring import RankEntry
 from zwaif_fallback.units import size_text
 
@@ -341,10 +340,12 @@ SESSION_COLUMNS = ["started", "seconds", "ended", *(f"{label}, mean" for label i
 
 def sessions_frame(sessions: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Saved monitoring sessions, newest first: each metric's mean (blank where not measured)."""
-    rows = [[time.strftime("%Y-%m-%d %H:%M", time.localtime(s["started"])), s["duration_s"],
-             "stopped early" if s["stopped_early"] else "finished",
-             *(round(s["summary"][name]["mean"], 1) if name in s["summary"] else None
-               for name in SAMPLE_LABELS)] for s in sessions]
+    rows = []
+    for s in sessions:
+        started, ended = saved_session_heading(s)
+        rows.append([started, s["duration_s"], ended,
+                     *(round(s["summary"][name]["mean"], 1) if name in s["summary"] else None
+                       for name in SAMPLE_LABELS)])
     return pd.DataFrame(rows, columns=SESSION_COLUMNS)
 
 

@@ -6,7 +6,6 @@ Pure functions over those results; ``print_json`` is the ``--json`` side of ever
 from __future__ import annotations
 
 import json
-import time
 import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from .fit import Compatibility, layers_text
 from .gpu_probes import GPUProcess
 from .hardware import SystemStatus
 from .model_info import ModelInfo
+from .monitor import saved_session_heading
 from .units import size_text
 
 if TYPE_CHECKING:
@@ -212,8 +212,7 @@ def format_monitor_sessions(sessions: Sequence[dict[str, Any]]) -> str:
         return "no monitoring session saved yet: `zwaif-fallback monitor --duration 60` records one"
     lines = []
     for session in sessions:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(session["started"]))
-        ended = "stopped early" if session["stopped_early"] else "finished"
+        when, ended = saved_session_heading(session)
         figures = [f"{name} mean {m['mean']:.1f} max {m['max']:.1f}"
                    for name, m in session["summary"].items()]
         lines.append(f"{when}  {session['duration_s']:>5g} s  {ended:<13}  " + ", ".join(figures))

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from pydantic import ConfigDict, Field
 
@@ -23,7 +24,7 @@ from ._model import Model
 from .errors import InvalidSettings
 
 __all__ = ["DURATION_RANGE_S", "INTERVAL_RANGE_S", "BackgroundSampler", "MetricSummary", "MonitorSession",
-           "MonitoringReport", "Sample", "session_problems", "summarize"]
+           "MonitoringReport", "Sample", "saved_session_heading", "session_problems", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,13 @@ def summarize(samples: Iterable[Sample]) -> dict[str, MetricSummary]:
             summary[name] = MetricSummary(min=values[0], mean=math.fsum(values) / len(values),
                                           max=values[-1], p95=values[rank - 1])
     return summary
+
+
+def saved_session_heading(session: Mapping[str, Any]) -> tuple[str, str]:
+    """A saved session's (``monitor_history()``'s) start in local time and how it ended, as
+    the CLI and the Health tab list them."""
+    return (time.strftime("%Y-%m-%d %H:%M", time.localtime(session["started"])),
+            "stopped early" if session["stopped_early"] else "finished")
 
 
 class _Sampling:
